@@ -1,0 +1,373 @@
+// Package vault is a key manager that certifies agents' signing keys with
+// Vault's PKI secrets engine (pki/sign/ROLE), so that the CA key stays in
+// Vault. hallmark-server logs in with its own SPIFFE identity: its X509-SVID
+// through Vault's cert auth method, or a JWT-SVID through the jwt method. A
+// static token (dev_token) exists for development only.
+//
+// The SPIFFE ID a certificate names is passed by the server, which takes it
+// from the caller's mTLS peer certificate; the role should set
+// use_csr_sans=false so that nothing in the CSR can add another name.
+package vault
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.uber.org/zap"
+)
+
+// Errors callers may branch on; each is wrapped with what Vault said.
+var (
+	ErrSealed      = errors.New("vault is sealed")
+	ErrUnreachable = errors.New("vault is unreachable")
+	ErrRefused     = errors.New("vault refused the request")
+)
+
+// JWTSource fetches JWT-SVIDs; a workloadapi.Client is one.
+type JWTSource interface {
+	FetchJWTSVID(ctx context.Context, params jwtsvid.Params) (*jwtsvid.SVID, error)
+}
+
+// Deps are what the key manager needs from the server.
+type Deps struct {
+	Log *zap.Logger
+	// SVIDs gives the server's X509-SVID, presented to Vault as the TLS
+	// client certificate for cert auth.
+	SVIDs x509svid.Source
+	// JWTs gives JWT-SVIDs for jwt auth.
+	JWTs JWTSource
+	// Now returns the current time; time.Now when nil.
+	Now func() time.Time
+}
+
+// KeyManager signs CSRs with Vault PKI.
+type KeyManager struct {
+	cfg    Config
+	deps   Deps
+	client *api.Client // every request but cert login
+	login  *api.Client // cert login: a new TLS handshake each time, so the current SVID is shown
+
+	mu        sync.Mutex
+	hasToken  bool
+	refreshAt time.Time // zero: never
+}
+
+// New returns a key manager for cfg. It does not contact Vault: the first
+// signing request logs in.
+func New(cfg Config, deps Deps) (*KeyManager, error) {
+	cfg, err := cfg.validated()
+	if err != nil {
+		return nil, err
+	}
+	if deps.Log == nil {
+		deps.Log = zap.NewNop()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	switch cfg.Auth.Method {
+	case AuthCert:
+		if deps.SVIDs == nil {
+			return nil, errors.New("vault: cert auth needs an X509-SVID source")
+		}
+	case AuthJWT:
+		if deps.JWTs == nil {
+			return nil, errors.New("vault: jwt auth needs a JWT-SVID source")
+		}
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CACertFile != "" {
+		pemBytes, err := os.ReadFile(cfg.CACertFile)
+		if err != nil {
+			return nil, fmt.Errorf("vault: read ca_cert_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemBytes) {
+			return nil, fmt.Errorf("vault: ca_cert_file %s holds no PEM certificate", cfg.CACertFile)
+		}
+		tlsConfig.RootCAs = pool
+	}
+	client, err := newClient(cfg, &http.Transport{TLSClientConfig: tlsConfig, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 16})
+	if err != nil {
+		return nil, err
+	}
+	km := &KeyManager{cfg: cfg, deps: deps, client: client}
+	if cfg.Auth.Method == AuthCert {
+		loginTLS := tlsConfig.Clone()
+		loginTLS.GetClientCertificate = km.clientCertificate
+		km.login, err = newClient(cfg, &http.Transport{TLSClientConfig: loginTLS, DisableKeepAlives: true})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return km, nil
+}
+
+func newClient(cfg Config, transport *http.Transport) (*api.Client, error) {
+	// api.DefaultConfig would read VAULT_* variables (VAULT_SKIP_VERIFY
+	// among them); the file is the only source of settings here.
+	client, err := api.NewClient(&api.Config{
+		Address:    cfg.Address,
+		HttpClient: &http.Client{Transport: transport, Timeout: 30 * time.Second},
+		Timeout:    30 * time.Second,
+		MaxRetries: 0, // the agent retries with backoff; fail fast and say why
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vault: client: %w", err)
+	}
+	client.ClearToken()
+	client.SetNamespace(cfg.Namespace)
+	return client, nil
+}
+
+// SignCSR asks Vault to sign csr under the configured role, for ttl, with id
+// as the URI SAN. It returns the leaf followed by Vault's CA chain.
+func (k *KeyManager) SignCSR(ctx context.Context, csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+	if id.IsZero() {
+		return nil, errors.New("vault: SPIFFE ID is required")
+	}
+	data := map[string]any{
+		"csr":                  string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr.Raw})),
+		"ttl":                  fmt.Sprintf("%ds", int64(ttl/time.Second)),
+		"uri_sans":             id.String(),
+		"exclude_cn_from_sans": true,
+		"format":               "pem",
+	}
+	path := k.cfg.PKIMount + "/sign/" + k.cfg.Role
+	secret, err := k.write(ctx, path, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(secret.Warnings) > 0 {
+		k.deps.Log.Warn("Vault answered with warnings", zap.String("path", path), zap.Strings("warnings", secret.Warnings))
+	}
+	return parseSignResponse(secret)
+}
+
+// write performs a logical write with a valid token, logging in again once
+// if Vault says the token is no longer good.
+func (k *KeyManager) write(ctx context.Context, path string, data map[string]any) (*api.Secret, error) {
+	if err := k.ensureToken(ctx, false); err != nil {
+		return nil, err
+	}
+	secret, err := k.client.Logical().WriteWithContext(ctx, path, data)
+	if isForbidden(err) && k.cfg.Auth.Method != AuthDevToken {
+		k.deps.Log.Info("Vault token refused; logging in again")
+		if err := k.ensureToken(ctx, true); err != nil {
+			return nil, err
+		}
+		secret, err = k.client.Logical().WriteWithContext(ctx, path, data)
+	}
+	if err != nil {
+		return nil, k.classify("write "+path, err)
+	}
+	if secret == nil {
+		return nil, fmt.Errorf("vault: write %s: empty response: %w", path, ErrRefused)
+	}
+	return secret, nil
+}
+
+// ensureToken logs in (or renews a dev token) when there is no token, when
+// half its lifetime is gone, or when force is set.
+func (k *KeyManager) ensureToken(ctx context.Context, force bool) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.deps.Now()
+	if k.hasToken && !force && (k.refreshAt.IsZero() || now.Before(k.refreshAt)) {
+		return nil
+	}
+	var (
+		ttl       time.Duration
+		renewable bool
+		err       error
+	)
+	switch k.cfg.Auth.Method {
+	case AuthDevToken:
+		ttl, renewable, err = k.devToken(ctx)
+	case AuthCert:
+		ttl, err = k.loginCert(ctx)
+	case AuthJWT:
+		ttl, err = k.loginJWT(ctx)
+	}
+	if err != nil {
+		k.hasToken = false
+		return err
+	}
+	k.hasToken = true
+	k.refreshAt = time.Time{}
+	if ttl > 0 {
+		k.refreshAt = now.Add(ttl / 2)
+	}
+	k.deps.Log.Info("Vault token ready",
+		zap.String("auth_method", k.cfg.Auth.Method),
+		zap.Duration("token_ttl", ttl),
+		zap.Bool("renewable", renewable || k.cfg.Auth.Method != AuthDevToken))
+	return nil
+}
+
+// devToken sets the static token and renews it when Vault allows.
+func (k *KeyManager) devToken(ctx context.Context) (time.Duration, bool, error) {
+	k.client.SetToken(k.cfg.Token)
+	self, err := k.client.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return 0, false, k.classify("token lookup", err)
+	}
+	ttl, err := self.TokenTTL()
+	if err != nil {
+		return 0, false, fmt.Errorf("vault: token lookup: %w", err)
+	}
+	renewable, _ := self.TokenIsRenewable()
+	if !renewable {
+		if ttl > 0 {
+			k.deps.Log.Warn("Vault token is not renewable and will expire", zap.Duration("token_ttl", ttl))
+		}
+		// Nothing to refresh: a root token never expires, others just end.
+		return 0, false, nil
+	}
+	renewed, err := k.client.Auth().Token().RenewSelfWithContext(ctx, 0)
+	if err != nil {
+		return 0, false, k.classify("token renew", err)
+	}
+	return time.Duration(renewed.Auth.LeaseDuration) * time.Second, true, nil
+}
+
+func (k *KeyManager) loginCert(ctx context.Context) (time.Duration, error) {
+	data := map[string]any{}
+	if k.cfg.Auth.Role != "" {
+		data["name"] = k.cfg.Auth.Role
+	}
+	return k.loginWith(ctx, k.login, data)
+}
+
+func (k *KeyManager) loginJWT(ctx context.Context) (time.Duration, error) {
+	svid, err := k.deps.JWTs.FetchJWTSVID(ctx, jwtsvid.Params{Audience: k.cfg.Auth.Audience})
+	if err != nil {
+		return 0, fmt.Errorf("vault: fetch JWT-SVID for audience %q: %w", k.cfg.Auth.Audience, err)
+	}
+	return k.loginWith(ctx, k.client, map[string]any{"role": k.cfg.Auth.Role, "jwt": svid.Marshal()})
+}
+
+func (k *KeyManager) loginWith(ctx context.Context, c *api.Client, data map[string]any) (time.Duration, error) {
+	path := "auth/" + k.cfg.Auth.Mount + "/login"
+	secret, err := c.Logical().WriteWithContext(ctx, path, data)
+	if err != nil {
+		return 0, k.classify(k.cfg.Auth.Method+" login", err)
+	}
+	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
+		return 0, fmt.Errorf("vault: %s login returned no token: %w", k.cfg.Auth.Method, ErrRefused)
+	}
+	k.client.SetToken(secret.Auth.ClientToken)
+	return time.Duration(secret.Auth.LeaseDuration) * time.Second, nil
+}
+
+// clientCertificate presents the server's current X509-SVID to Vault.
+func (k *KeyManager) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	svid, err := k.deps.SVIDs.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("vault: no X509-SVID for cert auth: %w", err)
+	}
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, c := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	return cert, nil
+}
+
+// classify turns a Vault client error into one that says what happened and
+// wraps ErrSealed, ErrUnreachable or ErrRefused.
+func (k *KeyManager) classify(op string, err error) error {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		msg := strings.Join(re.Errors, "; ")
+		if re.StatusCode == http.StatusServiceUnavailable && strings.Contains(strings.ToLower(msg), "sealed") {
+			return fmt.Errorf("vault: %s: %s: %w", op, k.cfg.Address, ErrSealed)
+		}
+		if re.StatusCode >= 500 {
+			return fmt.Errorf("vault: %s: HTTP %d: %s: %w", op, re.StatusCode, msg, ErrUnreachable)
+		}
+		return fmt.Errorf("vault: %s: HTTP %d: %s: %w", op, re.StatusCode, msg, ErrRefused)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("vault: %s: %w", op, err)
+	}
+	return fmt.Errorf("vault: %s: %s: %w: %w", op, k.cfg.Address, ErrUnreachable, err)
+}
+
+func isForbidden(err error) bool {
+	var re *api.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
+}
+
+// parseSignResponse reads data.certificate and data.ca_chain (falling back to
+// data.issuing_ca) from a pki/sign answer.
+func parseSignResponse(secret *api.Secret) ([]*x509.Certificate, error) {
+	certPEM, _ := secret.Data["certificate"].(string)
+	if certPEM == "" {
+		return nil, fmt.Errorf("vault: sign response has no data.certificate: %w", ErrRefused)
+	}
+	chain, err := parsePEMCerts(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("vault: sign response certificate: %w", err)
+	}
+	var caPEMs []string
+	if list, ok := secret.Data["ca_chain"].([]any); ok {
+		for _, v := range list {
+			if s, ok := v.(string); ok {
+				caPEMs = append(caPEMs, s)
+			}
+		}
+	}
+	if len(caPEMs) == 0 {
+		if s, ok := secret.Data["issuing_ca"].(string); ok {
+			caPEMs = append(caPEMs, s)
+		}
+	}
+	for _, p := range caPEMs {
+		certs, err := parsePEMCerts(p)
+		if err != nil {
+			return nil, fmt.Errorf("vault: sign response ca_chain: %w", err)
+		}
+		chain = append(chain, certs...)
+	}
+	if len(chain) < 2 {
+		return nil, fmt.Errorf("vault: sign response has no CA chain: %w", ErrRefused)
+	}
+	return chain, nil
+}
+
+func parsePEMCerts(s string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := []byte(s)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificate")
+	}
+	return out, nil
+}
