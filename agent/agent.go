@@ -1,0 +1,317 @@
+// Package agent is hallmark-agent, the daemon on every CI runner. It takes
+// its X509-SVID from the local SPIRE agent, talks to hallmark-server over
+// mutual TLS (accepting exactly the configured server SPIFFE ID), and keeps
+// a short-lived signing certificate for a key that exists only in its memory,
+// renewed with a fresh key at half its lifetime.
+//
+// An Agent is built with New and runs with Run until its context ends.
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hallmark-dev/hallmark/internal/svidwatch"
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+const callTimeout = 30 * time.Second
+
+// Log field names.
+const (
+	logSPIFFEID = "spiffe_id"
+	logSerial   = "serial"
+	logNotAfter = "not_after"
+	logIssuer   = "issuer"
+	logAddress  = "address"
+	logRetryIn  = "retry_in"
+	logError    = "error"
+)
+
+// certIssuer is the server call the agent makes to renew; the generated
+// serverv1.AgentServiceClient is one.
+type certIssuer interface {
+	IssueSigningCertificate(ctx context.Context, in *serverv1.IssueSigningCertificateRequest, opts ...grpc.CallOption) (*serverv1.IssueSigningCertificateResponse, error)
+}
+
+// Agent is hallmark-agent.
+type Agent struct {
+	cfg     Config
+	log     *zap.Logger
+	metrics *metrics
+	keys    keyHolder
+
+	// retry delays after a failed renewal
+	backoffBase, backoffMax time.Duration
+
+	mu        sync.Mutex // guards the fields below
+	id        spiffeid.ID
+	svid      *x509.Certificate
+	reachable bool
+	lastErr   string
+	renewals  int
+}
+
+// New checks cfg and returns an agent ready to Run.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return &Agent{
+		cfg:         cfg,
+		log:         cfg.Log,
+		metrics:     newMetrics(),
+		backoffBase: time.Second,
+		backoffMax:  30 * time.Second,
+	}, nil
+}
+
+// Run works until ctx ends: it waits for the agent's X509-SVID, then keeps a
+// signing certificate and serves the health endpoints.
+func (a *Agent) Run(ctx context.Context) error {
+	var healthLn net.Listener
+	if a.cfg.HealthAddress != "" {
+		var err error
+		if healthLn, err = net.Listen("tcp", a.cfg.HealthAddress); err != nil {
+			return fmt.Errorf("agent: health listener: %w", err)
+		}
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	if healthLn != nil {
+		g.Go(func() error { return a.serveHealth(ctx, healthLn) })
+	}
+	g.Go(func() error { return a.run(ctx) })
+	return g.Wait()
+}
+
+func (a *Agent) run(ctx context.Context) error {
+	a.log.Info("Waiting for the X509-SVID from the SPIRE Workload API", zap.String(logAddress, a.cfg.WorkloadAPIAddr))
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(a.cfg.WorkloadAPIAddr)))
+	if err != nil {
+		return fmt.Errorf("agent: X509-SVID source: %w", err)
+	}
+	defer source.Close()
+	svid, err := source.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("agent: X509-SVID: %w", err)
+	}
+	a.mu.Lock()
+	a.id = svid.ID
+	a.mu.Unlock()
+
+	creds := grpccredentials.MTLSClientCredentials(source, source, tlsconfig.AuthorizeID(a.cfg.ServerID))
+	conn, err := grpc.NewClient(a.cfg.ServerAddress,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			// Reconnect within seconds of the server's return, not
+			// gRPC's default of up to two minutes.
+			Backoff:           grpcbackoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}))
+	if err != nil {
+		return fmt.Errorf("agent: server client: %w", err)
+	}
+	defer conn.Close()
+	a.log.Info("Agent started",
+		zap.String(logSPIFFEID, svid.ID.String()),
+		zap.String(logAddress, a.cfg.ServerAddress),
+		zap.String("server_spiffe_id", a.cfg.ServerID.String()))
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		svidwatch.Watch(ctx, source, a.log, func(leaf *x509.Certificate, rotated bool) {
+			a.mu.Lock()
+			a.id, a.svid = idOf(leaf), leaf
+			a.mu.Unlock()
+			if rotated {
+				a.metrics.svidRotations.Inc()
+			}
+			a.metrics.svidExpiry.Set(float64(leaf.NotAfter.Unix()))
+		})
+		return nil
+	})
+	g.Go(func() error { return a.renewLoop(ctx, serverv1.NewAgentServiceClient(conn)) })
+	return g.Wait()
+}
+
+// renewLoop keeps a signing certificate: it renews at half the held
+// certificate's lifetime and, after a failure, retries with jittered
+// backoff while the current certificate stays in use until it expires.
+func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
+	b := newBackoff(a.backoffBase, a.backoffMax)
+	for {
+		held := a.keys.cur.Load()
+		if err := sleepUntil(ctx, a.cfg.Now, renewAt(held)); err != nil {
+			return nil
+		}
+		err := a.renew(ctx, client)
+		if err == nil {
+			b.reset()
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		retry := b.delay()
+		fields := []zap.Field{zap.Error(err), zap.Duration(logRetryIn, retry)}
+		if c, ok := a.keys.current(a.cfg.Now()); ok {
+			fields = append(fields, zap.Time("current_not_after", c.leaf().NotAfter))
+			a.log.Warn("Signing certificate renewal failed; keeping the current certificate until it expires", fields...)
+		} else {
+			a.metrics.certExpiry.Set(0)
+			a.metrics.certInfo.Reset()
+			a.log.Error("No valid signing certificate: attestation is unavailable until renewal succeeds", fields...)
+		}
+		if err := sleepUntil(ctx, a.cfg.Now, a.cfg.Now().Add(retry)); err != nil {
+			return nil
+		}
+	}
+}
+
+// renew obtains a certificate for a freshly generated key and installs it.
+func (a *Agent) renew(ctx context.Context, client certIssuer) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate key: %w", err)
+	}
+	// The CSR names nothing: the server certifies the SPIFFE ID of our
+	// mTLS identity, and only that.
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return fmt.Errorf("create CSR: %w", err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := client.IssueSigningCertificate(callCtx, &serverv1.IssueSigningCertificateRequest{Csr: csr})
+	a.recordCall(err)
+	if err != nil {
+		a.metrics.renewals.WithLabelValues("failure").Inc()
+		return fmt.Errorf("issue signing certificate: %w", err)
+	}
+	chain, err := a.checkChain(resp.GetCertificateChain(), key)
+	if err != nil {
+		a.metrics.renewals.WithLabelValues("failure").Inc()
+		return fmt.Errorf("server answer: %w", err)
+	}
+	a.keys.cur.Store(&signingCert{key: key, chain: chain})
+	a.metrics.renewals.WithLabelValues("success").Inc()
+
+	leaf := chain[0]
+	serial := leaf.SerialNumber.Text(16)
+	a.metrics.certExpiry.Set(float64(leaf.NotAfter.Unix()))
+	a.metrics.certInfo.Reset()
+	a.metrics.certInfo.WithLabelValues(serial, leaf.Issuer.String()).Set(1)
+	a.mu.Lock()
+	a.renewals++
+	a.mu.Unlock()
+	a.log.Info("Signing certificate renewed",
+		zap.String(logSerial, serial),
+		zap.String(logSPIFFEID, leaf.URIs[0].String()),
+		zap.Time(logNotAfter, leaf.NotAfter),
+		zap.String(logIssuer, leaf.Issuer.String()),
+		zap.Time("renew_at", renewAt(&signingCert{chain: chain})))
+	return nil
+}
+
+// checkChain parses the server's answer and checks that it certifies key
+// for the agent's own SPIFFE ID, each certificate signed by the next.
+func (a *Agent) checkChain(ders [][]byte, key *ecdsa.PrivateKey) ([]*x509.Certificate, error) {
+	if len(ders) < 2 {
+		return nil, errors.New("certificate chain has no CA certificate")
+	}
+	chain := make([]*x509.Certificate, len(ders))
+	for i, der := range ders {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", i, err)
+		}
+		chain[i] = c
+	}
+	leaf := chain[0]
+	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, errors.New("certificate is not for the key the agent sent")
+	}
+	a.mu.Lock()
+	id := a.id
+	a.mu.Unlock()
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
+		return nil, fmt.Errorf("certificate names %v, not the agent's %s", leaf.URIs, id)
+	}
+	for i := 0; i+1 < len(chain); i++ {
+		if err := chain[i].CheckSignatureFrom(chain[i+1]); err != nil {
+			return nil, fmt.Errorf("certificate %d is not signed by certificate %d: %w", i, i+1, err)
+		}
+	}
+	return chain, nil
+}
+
+// recordCall notes whether the server answered the last call.
+func (a *Agent) recordCall(err error) {
+	reachable := true
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
+		reachable = false
+	}
+	a.mu.Lock()
+	a.reachable = reachable
+	a.lastErr = ""
+	if err != nil {
+		a.lastErr = err.Error()
+	}
+	a.mu.Unlock()
+	if reachable {
+		a.metrics.serverReachable.Set(1)
+	} else {
+		a.metrics.serverReachable.Set(0)
+	}
+}
+
+// sleepUntil waits until t or until ctx ends (then it returns ctx's error).
+func sleepUntil(ctx context.Context, now func() time.Time, t time.Time) error {
+	d := t.Sub(now())
+	if d <= 0 {
+		return ctx.Err()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}
+
+func idOf(leaf *x509.Certificate) spiffeid.ID {
+	if len(leaf.URIs) != 1 {
+		return spiffeid.ID{}
+	}
+	id, _ := spiffeid.FromURI(leaf.URIs[0])
+	return id
+}

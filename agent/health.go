@@ -1,0 +1,109 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status is what /status reports: public facts only, never key material.
+type Status struct {
+	SPIFFEID           string       `json:"spiffe_id,omitempty"`
+	SVIDSerial         string       `json:"svid_serial,omitempty"`
+	SVIDNotAfter       *time.Time   `json:"svid_not_after,omitempty"`
+	Server             ServerStatus `json:"server"`
+	SigningCertificate *CertStatus  `json:"signing_certificate,omitempty"`
+	Renewals           int          `json:"renewals"`
+}
+
+// ServerStatus describes the agent's view of hallmark-server.
+type ServerStatus struct {
+	Address   string `json:"address"`
+	SPIFFEID  string `json:"spiffe_id"`
+	Reachable bool   `json:"reachable"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// CertStatus describes the held signing certificate.
+type CertStatus struct {
+	Serial    string    `json:"serial"`
+	Issuer    string    `json:"issuer"`
+	URISANs   []string  `json:"uri_sans"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RenewAt   time.Time `json:"renew_at"`
+	ChainPEM  string    `json:"chain_pem"`
+}
+
+// Status reports the agent's identity, server link and signing certificate.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	st := Status{
+		Server: ServerStatus{
+			Address: a.cfg.ServerAddress, SPIFFEID: a.cfg.ServerID.String(),
+			Reachable: a.reachable, LastError: a.lastErr,
+		},
+		Renewals: a.renewals,
+	}
+	if !a.id.IsZero() {
+		st.SPIFFEID = a.id.String()
+	}
+	if a.svid != nil {
+		st.SVIDSerial = a.svid.SerialNumber.Text(16)
+		st.SVIDNotAfter = &a.svid.NotAfter
+	}
+	a.mu.Unlock()
+	if c, ok := a.keys.current(a.cfg.Now()); ok {
+		leaf := c.leaf()
+		cs := &CertStatus{
+			Serial: leaf.SerialNumber.Text(16), Issuer: leaf.Issuer.String(),
+			NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, RenewAt: renewAt(c),
+		}
+		for _, u := range leaf.URIs {
+			cs.URISANs = append(cs.URISANs, u.String())
+		}
+		for _, cert := range c.chain {
+			cs.ChainPEM += string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
+		}
+		st.SigningCertificate = cs
+	}
+	return st
+}
+
+func (a *Agent) serveHealth(ctx context.Context, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if _, ok := a.keys.current(a.cfg.Now()); !ok {
+			http.Error(w, "not ready: no valid signing certificate", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(a.Status()) //nolint:errcheck // the client went away
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
+
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx) //nolint:errcheck // best effort on the way out
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("agent: health: %w", err)
+	}
+	return nil
+}

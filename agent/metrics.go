@@ -1,0 +1,50 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are hallmark-agent's Prometheus series, on a registry of their own.
+type metrics struct {
+	registry        *prometheus.Registry
+	renewals        *prometheus.CounterVec
+	certExpiry      prometheus.Gauge
+	certInfo        *prometheus.GaugeVec
+	serverReachable prometheus.Gauge
+	svidRotations   prometheus.Counter
+	svidExpiry      prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_signing_certificate_renewals_total",
+			Help: "Attempts to obtain a signing certificate, by result (success, failure).",
+		}, []string{"result"}),
+		certExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_signing_certificate_expiry_timestamp_seconds",
+			Help: "NotAfter of the held signing certificate; 0 when none is held.",
+		}),
+		certInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "hallmark_agent_signing_certificate_info",
+			Help: "1 for the held signing certificate, labelled with its serial and issuer.",
+		}, []string{"serial", "issuer"}),
+		serverReachable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_server_reachable",
+			Help: "1 when the last call to hallmark-server got an answer, else 0.",
+		}),
+		svidRotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_agent_svid_rotations_total",
+			Help: "Times the agent's X509-SVID changed after the first.",
+		}),
+		svidExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_svid_expiry_timestamp_seconds",
+			Help: "NotAfter of the agent's current X509-SVID.",
+		}),
+	}
+	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,109 @@
+// Command hallmark is the CLI for build steps, security teams and consumers.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hallmark-dev/hallmark/agent"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "hallmark:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	root := &cobra.Command{Use: "hallmark", Short: "Attest build steps and verify what they produced", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(statusCmd())
+	return root
+}
+
+func statusCmd() *cobra.Command {
+	var addr string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the local agent's identity and signing certificate",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := fetchStatus(cmd.Context(), addr)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	def := os.Getenv("HALLMARK_AGENT_HEALTH_ADDR")
+	if def == "" {
+		def = "127.0.0.1:8081"
+	}
+	cmd.Flags().StringVar(&addr, "agent-health-addr", def, "the agent's health_address (env HALLMARK_AGENT_HEALTH_ADDR)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, addr string) (agent.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+	if err != nil {
+		return agent.Status{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return agent.Status{}, fmt.Errorf("no agent status at %s: is hallmark-agent running with health_address set? (%w)", addr, err)
+	}
+	defer resp.Body.Close()
+	var st agent.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		return agent.Status{}, fmt.Errorf("agent status: %w", err)
+	}
+	return st, nil
+}
+
+func printStatus(w io.Writer, st agent.Status) {
+	fmt.Fprintf(w, "agent SPIFFE ID:   %s\n", st.SPIFFEID)
+	if st.SVIDNotAfter != nil {
+		fmt.Fprintf(w, "X509-SVID:         serial %s, expires %s\n", st.SVIDSerial, st.SVIDNotAfter.Format(time.RFC3339))
+	}
+	reach := "reachable"
+	if !st.Server.Reachable {
+		reach = "NOT reachable"
+	}
+	fmt.Fprintf(w, "server:            %s (%s), %s\n", st.Server.Address, st.Server.SPIFFEID, reach)
+	if st.Server.LastError != "" {
+		fmt.Fprintf(w, "last server error: %s\n", st.Server.LastError)
+	}
+	c := st.SigningCertificate
+	if c == nil {
+		fmt.Fprintln(w, "signing cert:      none held: attestation is unavailable")
+		return
+	}
+	fmt.Fprintf(w, "signing cert:      serial %s\n", c.Serial)
+	fmt.Fprintf(w, "  issuer:          %s\n", c.Issuer)
+	fmt.Fprintf(w, "  URI SAN:         %s\n", strings.Join(c.URISANs, ", "))
+	fmt.Fprintf(w, "  valid:           %s .. %s (TTL %s)\n", c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339), c.NotAfter.Sub(c.NotBefore))
+	fmt.Fprintf(w, "  renews at:       %s\n", c.RenewAt.Format(time.RFC3339))
+	fmt.Fprintf(w, "renewals so far:   %d\n", st.Renewals)
+}

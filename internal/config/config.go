@@ -1,0 +1,98 @@
+// Package config holds what hallmark-server's and hallmark-agent's
+// configuration files share: strict HCL decoding (unknown keys are errors,
+// reported with their position), duration settings and the zap logger.
+package config
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// MaxFileSize bounds a configuration file.
+const MaxFileSize = 1 << 20
+
+// Decode parses HCL source named filename into dst, a struct with hcl tags.
+// Unknown attributes and blocks are errors that name the file and line.
+func Decode(filename string, src []byte, dst any) error {
+	if len(src) > MaxFileSize {
+		return fmt.Errorf("%s: larger than %d bytes", filename, MaxFileSize)
+	}
+	file, diags := hclparse.NewParser().ParseHCL(src, filename)
+	if diags.HasErrors() {
+		return diags
+	}
+	if diags := gohcl.DecodeBody(file.Body, nil, dst); diags.HasErrors() {
+		return diags
+	}
+	return nil
+}
+
+// Load reads and decodes the file at path into dst.
+func Load(path string, dst any) error {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	return Decode(path, src, dst)
+}
+
+// DecodeBlock decodes a plugin's own block body into dst, strictly.
+func DecodeBlock(body hcl.Body, dst any) error {
+	if diags := gohcl.DecodeBody(body, nil, dst); diags.HasErrors() {
+		return diags
+	}
+	return nil
+}
+
+// Duration parses the setting named key; empty means def.
+func Duration(key, value string, def time.Duration) (time.Duration, error) {
+	if value == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(value)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %q is not a duration (like 90s, 5m, 1h)", key, value)
+	}
+	if d <= 0 {
+		return 0, fmt.Errorf("%s: must be positive, got %s", key, value)
+	}
+	return d, nil
+}
+
+// Log holds the logging settings both daemons take.
+type Log struct {
+	Level  string `hcl:"log_level,optional"`  // debug, info, warn, error; default info
+	Format string `hcl:"log_format,optional"` // json or text; default json
+}
+
+// NewLogger builds the zap logger for l.
+func (l Log) NewLogger() (*zap.Logger, error) {
+	level := zapcore.InfoLevel
+	if l.Level != "" {
+		if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+			return nil, fmt.Errorf("log_level: %q is not one of debug, info, warn, error", l.Level)
+		}
+	}
+	var cfg zap.Config
+	switch l.Format {
+	case "", "json":
+		cfg = zap.NewProductionConfig()
+	case "text":
+		cfg = zap.NewDevelopmentConfig()
+		cfg.Development = false
+	default:
+		return nil, fmt.Errorf("log_format: %q is not json or text", l.Format)
+	}
+	cfg.Level = zap.NewAtomicLevelAt(level)
+	cfg.Sampling = nil
+	cfg.EncoderConfig.TimeKey = "time"
+	cfg.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	return cfg.Build()
+}

@@ -1,0 +1,90 @@
+package server
+
+import (
+	"context"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+// authorizer decides whether a caller may call a method.
+type authorizer func(id spiffeid.ID) bool
+
+// policy maps every gRPC method to who may call it. A method missing here
+// is refused to everyone.
+func (s *Server) policy() map[string]authorizer {
+	return map[string]authorizer{
+		serverv1.AgentService_IssueSigningCertificate_FullMethodName: s.isAgent,
+	}
+}
+
+// isAgent reports whether id is an agent: in the trust domain, under the
+// configured path prefix.
+func (s *Server) isAgent(id spiffeid.ID) bool {
+	return id.MemberOf(s.cfg.TrustDomain) && strings.HasPrefix(id.Path(), s.cfg.AgentPathPrefix)
+}
+
+// unaryInterceptor authorizes each call by the caller's SPIFFE ID, then logs
+// failures once, here at the API edge.
+func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		id, ok := grpccredentials.PeerIDFromContext(ctx)
+		if !ok {
+			return nil, status.Error(codes.Unauthenticated, "no X509-SVID presented")
+		}
+		allowed, known := policy[info.FullMethod]
+		if !known || !allowed(id) {
+			s.metrics.denied.WithLabelValues(info.FullMethod).Inc()
+			s.log.Warn("Call denied",
+				zap.String(logMethod, info.FullMethod),
+				zap.String(logCallerID, id.String()),
+				zap.String(logReason, "caller is not an agent"))
+			return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s: agents are %s members under %s",
+				id, info.FullMethod, s.cfg.TrustDomain, s.cfg.AgentPathPrefix)
+		}
+		resp, err := handler(withCaller(ctx, id), req)
+		if err != nil {
+			st := status.Convert(err)
+			s.log.Warn("Call failed",
+				zap.String(logMethod, info.FullMethod),
+				zap.String(logCallerID, id.String()),
+				zap.String(logCode, st.Code().String()),
+				zap.String(logError, st.Message()))
+		}
+		return resp, err
+	}
+}
+
+type callerKey struct{}
+
+func withCaller(ctx context.Context, id spiffeid.ID) context.Context {
+	return context.WithValue(ctx, callerKey{}, id)
+}
+
+// caller is the authorized caller's SPIFFE ID, set by the interceptor.
+func caller(ctx context.Context) spiffeid.ID {
+	id, _ := ctx.Value(callerKey{}).(spiffeid.ID)
+	return id
+}
+
+// Log field names.
+const (
+	logMethod     = "method"
+	logCallerID   = "caller_id"
+	logReason     = "reason"
+	logCode       = "code"
+	logError      = "error"
+	logSPIFFEID   = "spiffe_id"
+	logSerial     = "serial"
+	logNotAfter   = "not_after"
+	logIssuer     = "issuer"
+	logKeyManager = "key_manager"
+	logAddress    = "address"
+)

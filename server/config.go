@@ -1,0 +1,171 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+
+	"github.com/hallmark-dev/hallmark/internal/config"
+)
+
+// Defaults for settings a file leaves out.
+const (
+	DefaultListenAddress     = "0.0.0.0:8443"
+	DefaultDataDir           = "/var/lib/hallmark-server"
+	DefaultWorkloadAPISocket = "unix:///run/spire/agent-sockets/api.sock"
+	DefaultAgentPathPrefix   = "/hallmark/agent/"
+	DefaultCertificateTTL    = 5 * time.Minute
+	DefaultMaxConnectionAge  = 10 * time.Minute
+)
+
+// Config is hallmark-server's runtime configuration.
+type Config struct {
+	Log *zap.Logger
+	// ListenAddress is where the agent API is served (mTLS).
+	ListenAddress string
+	// HealthAddress serves /healthz, /readyz and /metrics over plain HTTP;
+	// empty disables it.
+	HealthAddress string
+	// DataDir holds the server's state (the local key manager's CA).
+	DataDir string
+	// WorkloadAPIAddr is the SPIRE agent's Workload API (unix://PATH).
+	WorkloadAPIAddr string
+	// TrustDomain is the only trust domain agents may come from.
+	TrustDomain spiffeid.TrustDomain
+	// AgentPathPrefix: agents are the SPIFFE IDs of TrustDomain whose path
+	// starts with it.
+	AgentPathPrefix string
+	// CertificateTTL is the lifetime of agents' signing certificates.
+	CertificateTTL time.Duration
+	// MaxConnectionAge closes agent connections after this long so that
+	// each reconnects with a fresh handshake (current SVIDs on both sides)
+	// and load spreads across servers.
+	MaxConnectionAge time.Duration
+	// KeyManager names the key manager and builds it once the server holds
+	// its SVID.
+	KeyManager KeyManagerConfig
+	// Now returns the current time; time.Now when nil.
+	Now func() time.Time
+}
+
+// fileConfig is the HCL file: one server block and at most one key_manager.
+type fileConfig struct {
+	Server      serverBlock   `hcl:"server,block"`
+	KeyManagers []pluginBlock `hcl:"key_manager,block"`
+}
+
+type serverBlock struct {
+	TrustDomain       string `hcl:"trust_domain"`
+	AgentPathPrefix   string `hcl:"agent_path_prefix,optional"`
+	ListenAddress     string `hcl:"listen_address,optional"`
+	HealthAddress     string `hcl:"health_address,optional"`
+	DataDir           string `hcl:"data_dir,optional"`
+	WorkloadAPISocket string `hcl:"workload_api_socket,optional"`
+	CertificateTTL    string `hcl:"certificate_ttl,optional"`
+	MaxConnectionAge  string `hcl:"max_connection_age,optional"`
+	LogLevel          string `hcl:"log_level,optional"`
+	LogFormat         string `hcl:"log_format,optional"`
+}
+
+type pluginBlock struct {
+	Name string   `hcl:"name,label"`
+	Body hcl.Body `hcl:",remain"`
+}
+
+// LoadConfig reads a server configuration file. Unknown keys, blocks and
+// plugins are errors; see docs/configuration.md for every setting.
+func LoadConfig(path string) (Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(path, src, os.Getenv)
+}
+
+// ParseConfig parses configuration source; filename is used in errors and
+// getenv supplies environment variables plugins may read (VAULT_TOKEN).
+func ParseConfig(filename string, src []byte, getenv func(string) string) (Config, error) {
+	var f fileConfig
+	if err := config.Decode(filename, src, &f); err != nil {
+		return Config{}, err
+	}
+	s := f.Server
+	log, err := config.Log{Level: s.LogLevel, Format: s.LogFormat}.NewLogger()
+	if err != nil {
+		return Config{}, fmt.Errorf("server.%w", err)
+	}
+	c := Config{
+		Log:             log,
+		ListenAddress:   or(s.ListenAddress, DefaultListenAddress),
+		HealthAddress:   s.HealthAddress,
+		DataDir:         or(s.DataDir, DefaultDataDir),
+		WorkloadAPIAddr: or(s.WorkloadAPISocket, DefaultWorkloadAPISocket),
+		AgentPathPrefix: or(s.AgentPathPrefix, DefaultAgentPathPrefix),
+	}
+	if c.TrustDomain, err = spiffeid.TrustDomainFromString(s.TrustDomain); err != nil {
+		return Config{}, fmt.Errorf("server.trust_domain: %w", err)
+	}
+	if c.CertificateTTL, err = config.Duration("server.certificate_ttl", s.CertificateTTL, DefaultCertificateTTL); err != nil {
+		return Config{}, err
+	}
+	if c.MaxConnectionAge, err = config.Duration("server.max_connection_age", s.MaxConnectionAge, DefaultMaxConnectionAge); err != nil {
+		return Config{}, err
+	}
+	if c.CertificateTTL < 30*time.Second {
+		return Config{}, fmt.Errorf("server.certificate_ttl: %s is below the 30s minimum", c.CertificateTTL)
+	}
+	switch len(f.KeyManagers) {
+	case 0:
+		c.KeyManager, err = keyManagerConfig("local", hcl.EmptyBody(), c.DataDir, getenv)
+	case 1:
+		c.KeyManager, err = keyManagerConfig(f.KeyManagers[0].Name, f.KeyManagers[0].Body, c.DataDir, getenv)
+	default:
+		err = errors.New("key_manager: only one key_manager block is allowed")
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	return c, c.validate()
+}
+
+func (c *Config) validate() error {
+	if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
+		return fmt.Errorf("server.listen_address: %w", err)
+	}
+	if c.HealthAddress != "" {
+		if _, _, err := net.SplitHostPort(c.HealthAddress); err != nil {
+			return fmt.Errorf("server.health_address: %w", err)
+		}
+	}
+	if !strings.HasPrefix(c.WorkloadAPIAddr, "unix://") && !strings.HasPrefix(c.WorkloadAPIAddr, "tcp://") {
+		return fmt.Errorf("server.workload_api_socket: %q must start with unix:// or tcp://", c.WorkloadAPIAddr)
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("server.data_dir: %q must be an absolute path", c.DataDir)
+	}
+	if !strings.HasPrefix(c.AgentPathPrefix, "/") || strings.Contains(c.AgentPathPrefix, "//") {
+		return fmt.Errorf("server.agent_path_prefix: %q must be a SPIFFE ID path starting with /", c.AgentPathPrefix)
+	}
+	if !strings.HasSuffix(c.AgentPathPrefix, "/") {
+		c.AgentPathPrefix += "/" // "/hallmark/agent" must not admit "/hallmark/agentx"
+	}
+	if c.AgentPathPrefix == "/" {
+		return errors.New("server.agent_path_prefix: \"/\" would make every workload of the trust domain an agent")
+	}
+	return nil
+}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}

@@ -1,0 +1,140 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+// maxCSRSize bounds a CSR; a P-256 CSR is a few hundred bytes.
+const maxCSRSize = 8 << 10
+
+// agentService implements serverv1.AgentServiceServer.
+type agentService struct {
+	serverv1.UnimplementedAgentServiceServer
+	s  *Server
+	km KeyManager
+}
+
+// IssueSigningCertificate certifies the caller's signing key for the
+// configured TTL. The certificate's only name is the caller's SPIFFE ID from
+// its mTLS peer certificate: a CSR asking for any other name is refused (the
+// bug class of SPIRE's CVE-2021-27098), and the issued certificate is checked
+// again before it leaves the server.
+func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv1.IssueSigningCertificateRequest) (*serverv1.IssueSigningCertificateResponse, error) {
+	id := caller(ctx)
+	csr, err := parseCSR(req.GetCsr(), id)
+	if err != nil {
+		if errors.Is(err, errForeignName) {
+			a.s.metrics.issued.WithLabelValues(resultDenied).Inc()
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
+		a.s.metrics.issued.WithLabelValues(resultInvalid).Inc()
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+
+	start := time.Now()
+	chain, err := a.km.SignCSR(ctx, csr, id, a.s.cfg.CertificateTTL)
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	a.s.metrics.keyManagerSign.WithLabelValues(a.s.cfg.KeyManager.Name, outcome).Observe(time.Since(start).Seconds())
+	if err != nil {
+		a.s.metrics.issued.WithLabelValues(resultError).Inc()
+		return nil, status.Errorf(codes.Unavailable, "key manager %s: %v", a.s.cfg.KeyManager.Name, err)
+	}
+	if err := checkIssued(chain, csr, id); err != nil {
+		a.s.metrics.issued.WithLabelValues(resultError).Inc()
+		a.s.log.Error("Key manager issued a certificate that does not match the request; discarded",
+			zap.String(logKeyManager, a.s.cfg.KeyManager.Name), zap.String(logSPIFFEID, id.String()), zap.Error(err))
+		return nil, status.Error(codes.Internal, "key manager issued a wrong certificate; it was discarded (see server log)")
+	}
+
+	leaf := chain[0]
+	a.s.metrics.issued.WithLabelValues(resultIssued).Inc()
+	a.s.log.Info("Signing certificate issued",
+		zap.String(logSPIFFEID, id.String()),
+		zap.String(logSerial, leaf.SerialNumber.Text(16)),
+		zap.Time(logNotAfter, leaf.NotAfter),
+		zap.String(logIssuer, leaf.Issuer.String()))
+	resp := &serverv1.IssueSigningCertificateResponse{ExpiresAt: timestamppb.New(leaf.NotAfter)}
+	for _, c := range chain {
+		resp.CertificateChain = append(resp.CertificateChain, c.Raw)
+	}
+	return resp, nil
+}
+
+var errForeignName = errors.New("a CSR may name only its caller")
+
+// parseCSR parses and checks a CSR from caller id: its signature, an ECDSA
+// P-256 or P-384 key, and no name but (optionally) id itself.
+func parseCSR(der []byte, id spiffeid.ID) (*x509.CertificateRequest, error) {
+	if len(der) == 0 {
+		return nil, errors.New("csr is required")
+	}
+	if len(der) > maxCSRSize {
+		return nil, fmt.Errorf("csr is %d bytes, more than the %d allowed", len(der), maxCSRSize)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("csr: signature: %w", err)
+	}
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok || (pub.Curve != elliptic.P256() && pub.Curve != elliptic.P384()) {
+		return nil, fmt.Errorf("csr: key must be ECDSA P-256 or P-384, got %T", csr.PublicKey)
+	}
+	if len(csr.DNSNames)+len(csr.EmailAddresses)+len(csr.IPAddresses) > 0 {
+		return nil, fmt.Errorf("csr names DNS, email or IP SANs: %w", errForeignName)
+	}
+	for _, u := range csr.URIs {
+		if u.String() != id.String() {
+			return nil, fmt.Errorf("csr names %s but the caller is %s: %w", u, id, errForeignName)
+		}
+	}
+	return csr, nil
+}
+
+// checkIssued makes sure a key manager's answer certifies exactly what was
+// asked: csr's key, id as the only name, a signing-only leaf, and a chain
+// whose each certificate is signed by the next.
+func checkIssued(chain []*x509.Certificate, csr *x509.CertificateRequest, id spiffeid.ID) error {
+	if len(chain) < 2 {
+		return errors.New("no CA certificate in the chain")
+	}
+	leaf := chain[0]
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id.String() {
+		return fmt.Errorf("leaf names %v, want only %s", leaf.URIs, id)
+	}
+	if len(leaf.DNSNames)+len(leaf.EmailAddresses)+len(leaf.IPAddresses) > 0 {
+		return errors.New("leaf carries DNS, email or IP SANs")
+	}
+	if leaf.IsCA {
+		return errors.New("leaf is a CA")
+	}
+	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
+	if !ok || !pub.Equal(csr.PublicKey) {
+		return errors.New("leaf does not certify the CSR's key")
+	}
+	for i := 0; i+1 < len(chain); i++ {
+		if err := chain[i].CheckSignatureFrom(chain[i+1]); err != nil {
+			return fmt.Errorf("chain[%d] is not signed by chain[%d]: %w", i, i+1, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+package server
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are hallmark-server's Prometheus series, on a registry of their own.
+type metrics struct {
+	registry       *prometheus.Registry
+	issued         *prometheus.CounterVec
+	denied         *prometheus.CounterVec
+	keyManagerSign *prometheus.HistogramVec
+	svidRotations  prometheus.Counter
+	svidExpiry     prometheus.Gauge
+}
+
+// Result labels of hallmark_server_signing_certificates_total.
+const (
+	resultIssued  = "issued"
+	resultInvalid = "invalid"
+	resultDenied  = "denied"
+	resultError   = "error"
+)
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_server_signing_certificates_total",
+			Help: "Signing certificate requests by result: issued, invalid (bad CSR), denied, error (key manager).",
+		}, []string{"result"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_server_authorization_denied_total",
+			Help: "Calls refused because the caller's SPIFFE ID is not allowed, by method.",
+		}, []string{"method"}),
+		keyManagerSign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "hallmark_server_key_manager_sign_seconds",
+			Help:    "Latency of key manager signing calls, by key manager and outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"key_manager", "outcome"}),
+		svidRotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_server_svid_rotations_total",
+			Help: "Times the server's X509-SVID changed after the first.",
+		}),
+		svidExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_server_svid_expiry_timestamp_seconds",
+			Help: "NotAfter of the server's current X509-SVID.",
+		}),
+	}
+	m.registry.MustRegister(m.issued, m.denied, m.keyManagerSign, m.svidRotations, m.svidExpiry,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,195 @@
+// Package server is hallmark-server: it authenticates agents by their
+// X509-SVIDs over mutual TLS and certifies their short-lived signing keys
+// through a key manager (Vault PKI, or a local CA).
+//
+// A Server is built with New and runs with Run until its context ends.
+package server
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/hallmark-dev/hallmark/internal/svidwatch"
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+// maxRecvMsgSize bounds any request to the agent API.
+const maxRecvMsgSize = 64 << 10
+
+// Server is hallmark-server.
+type Server struct {
+	cfg     Config
+	log     *zap.Logger
+	metrics *metrics
+	ready   atomic.Bool
+}
+
+// New checks cfg and returns a server ready to Run.
+func New(cfg Config) (*Server, error) {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.KeyManager.build == nil {
+		return nil, errors.New("server: no key manager configured")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	return &Server{cfg: cfg, log: cfg.Log, metrics: newMetrics()}, nil
+}
+
+// Run serves until ctx ends. It first waits for the server's X509-SVID from
+// the SPIRE agent, then serves the agent API and the health endpoints.
+func (s *Server) Run(ctx context.Context) error {
+	var healthLn net.Listener
+	if s.cfg.HealthAddress != "" {
+		var err error
+		if healthLn, err = net.Listen("tcp", s.cfg.HealthAddress); err != nil {
+			return fmt.Errorf("server: health listener: %w", err)
+		}
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	if healthLn != nil {
+		g.Go(func() error { return s.serveHealth(ctx, healthLn) })
+	}
+	g.Go(func() error { return s.serve(ctx) })
+	return g.Wait()
+}
+
+func (s *Server) serve(ctx context.Context) error {
+	s.log.Info("Waiting for the X509-SVID from the SPIRE Workload API", zap.String(logAddress, s.cfg.WorkloadAPIAddr))
+	clientOpt := workloadapi.WithClientOptions(workloadapi.WithAddr(s.cfg.WorkloadAPIAddr))
+	source, err := workloadapi.NewX509Source(ctx, clientOpt)
+	if err != nil {
+		return fmt.Errorf("server: X509-SVID source: %w", err)
+	}
+	defer source.Close()
+	svid, err := source.GetX509SVID()
+	if err != nil {
+		return fmt.Errorf("server: X509-SVID: %w", err)
+	}
+	if !svid.ID.MemberOf(s.cfg.TrustDomain) {
+		return fmt.Errorf("server: own SPIFFE ID %s is not in trust domain %s", svid.ID, s.cfg.TrustDomain)
+	}
+
+	jwts, err := workloadapi.New(ctx, workloadapi.WithAddr(s.cfg.WorkloadAPIAddr))
+	if err != nil {
+		return fmt.Errorf("server: workload API client: %w", err)
+	}
+	defer jwts.Close()
+	km, err := s.cfg.KeyManager.build(pluginDeps{log: s.log.With(zap.String(logKeyManager, s.cfg.KeyManager.Name)), svids: source, jwts: jwts, now: s.cfg.Now})
+	if err != nil {
+		return fmt.Errorf("server: key manager %s: %w", s.cfg.KeyManager.Name, err)
+	}
+
+	// TLS admits any member of the trust domain (anything else cannot even
+	// chain to its bundle); which member may call what is decided per call
+	// by the interceptor, so a refused caller gets PermissionDenied with
+	// the reason instead of a bare handshake failure.
+	creds := grpccredentials.MTLSServerCredentials(source, source, tlsconfig.AuthorizeMemberOf(s.cfg.TrustDomain))
+	grpcServer := grpc.NewServer(
+		grpc.Creds(creds),
+		grpc.MaxRecvMsgSize(maxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor(s.policy())),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      s.cfg.MaxConnectionAge,
+			MaxConnectionAgeGrace: 30 * time.Second,
+		}),
+	)
+	serverv1.RegisterAgentServiceServer(grpcServer, &agentService{s: s, km: km})
+
+	ln, err := net.Listen("tcp", s.cfg.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("server: listen: %w", err)
+	}
+	s.log.Info("Serving the agent API",
+		zap.String(logAddress, ln.Addr().String()),
+		zap.String(logSPIFFEID, svid.ID.String()),
+		zap.String(logKeyManager, s.cfg.KeyManager.Name),
+		zap.String("trust_domain", s.cfg.TrustDomain.String()),
+		zap.String("agent_path_prefix", s.cfg.AgentPathPrefix),
+		zap.Duration("certificate_ttl", s.cfg.CertificateTTL))
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		s.ready.Store(true)
+		defer s.ready.Store(false)
+		if err := grpcServer.Serve(ln); err != nil {
+			return fmt.Errorf("server: serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		stopGracefully(grpcServer, 10*time.Second)
+		return nil
+	})
+	g.Go(func() error {
+		svidwatch.Watch(ctx, source, s.log, func(leaf *x509.Certificate, rotated bool) {
+			if rotated {
+				s.metrics.svidRotations.Inc()
+			}
+			s.metrics.svidExpiry.Set(float64(leaf.NotAfter.Unix()))
+		})
+		return nil
+	})
+	return g.Wait()
+}
+
+// stopGracefully lets in-flight calls finish for up to grace.
+func stopGracefully(g *grpc.Server, grace time.Duration) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		g.Stop()
+	}
+}
+
+func (s *Server) serveHealth(ctx context.Context, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready: waiting for the X509-SVID or the key manager", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	return serveHTTP(ctx, ln, mux)
+}
+
+// serveHTTP serves h on ln until ctx ends.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdownCtx) //nolint:errcheck // best effort on the way out
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("server: health: %w", err)
+	}
+	return nil
+}
