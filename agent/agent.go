@@ -69,6 +69,8 @@ type Agent struct {
 	reachable bool
 	lastErr   string
 	renewals  int
+	failures  int // renewals that failed
+	rotations int // SVID rotations seen
 }
 
 // New checks cfg and returns an agent ready to Run.
@@ -150,6 +152,9 @@ func (a *Agent) run(ctx context.Context) error {
 			a.mu.Unlock()
 			if rotated {
 				a.metrics.svidRotations.Inc()
+				a.mu.Lock()
+				a.rotations++
+				a.mu.Unlock()
 			}
 			a.metrics.svidExpiry.Set(float64(leaf.NotAfter.Unix()))
 		})
@@ -177,6 +182,9 @@ func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		a.mu.Lock()
+		a.failures++
+		a.mu.Unlock()
 		retry := b.delay()
 		fields := []zap.Field{zap.Error(err), zap.Duration(logRetryIn, retry)}
 		if c, ok := a.keys.current(a.cfg.Now()); ok {

@@ -21,6 +21,8 @@ type Status struct {
 	Server             ServerStatus `json:"server"`
 	SigningCertificate *CertStatus  `json:"signing_certificate,omitempty"`
 	Renewals           int          `json:"renewals"`
+	RenewalFailures    int          `json:"renewal_failures"`
+	SVIDRotations      int          `json:"svid_rotations"`
 }
 
 // ServerStatus describes the agent's view of hallmark-server.
@@ -50,7 +52,7 @@ func (a *Agent) Status() Status {
 			Address: a.cfg.ServerAddress, SPIFFEID: a.cfg.ServerID.String(),
 			Reachable: a.reachable, LastError: a.lastErr,
 		},
-		Renewals: a.renewals,
+		Renewals: a.renewals, RenewalFailures: a.failures, SVIDRotations: a.rotations,
 	}
 	if !a.id.IsZero() {
 		st.SPIFFEID = a.id.String()

@@ -1,0 +1,221 @@
+// Command hallmark-dev runs a whole Hallmark deployment on this machine:
+// SPIRE server and agent, hallmark-server and hallmark-agent, with Vault as
+// the key manager when a `vault` binary is on PATH and the local key
+// manager otherwise.
+//
+//	make dev    # foreground; Ctrl-C stops everything
+//	make demo   # scripted walkthrough, then stops
+//
+// State, logs and an env.sh with the connection details live in .dev/.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hallmark-dev/hallmark/agent"
+	"github.com/hallmark-dev/hallmark/test/harness"
+)
+
+func main() {
+	demo := flag.Bool("demo", false, "run the scripted walkthrough and stop")
+	verbose := flag.Bool("v", false, "echo every process's output")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *demo, *verbose); err != nil {
+		fmt.Fprintln(os.Stderr, "hallmark-dev:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, demo, verbose bool) (err error) {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(root, ".dev")
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	opts := harness.StackOptions{SVIDTTL: 10 * time.Minute}
+	if demo {
+		// Short enough to watch a renewal.
+		opts.CertificateTTL = 30 * time.Second
+	}
+	if verbose {
+		opts.Echo = os.Stdout
+	}
+	kmName := "local"
+	if vaultBin, err := exec.LookPath("vault"); err == nil {
+		kmName = "vault (" + vaultBin + ", dev mode)"
+		opts.KeyManager = func(ctx context.Context, sp *harness.SPIRE) (string, error) {
+			v, err := startVault(ctx, vaultBin, dir)
+			if err != nil {
+				return "", err
+			}
+			setup, err := harness.ConfigureVault(ctx, v, sp)
+			return setup.KeyManager, err
+		}
+	}
+	step("Starting SPIRE, hallmark-server (key manager: %s) and hallmark-agent in %s", kmName, dir)
+	if kmName == "local" {
+		fmt.Println("   (no `vault` binary on PATH: using the local key manager; put vault on PATH to use Vault PKI)")
+	}
+	start := time.Now()
+	st, err := harness.StartStack(ctx, dir, opts)
+	if err != nil {
+		return fmt.Errorf("%w\n(logs in %s)", err, dir)
+	}
+	defer func() {
+		step("Stopping everything")
+		if cerr := st.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		} else {
+			fmt.Println("   stopped cleanly")
+		}
+		stopVault()
+	}()
+	fmt.Printf("   up in %s\n", time.Since(start).Round(100*time.Millisecond))
+	envFile, err := writeEnv(st, dir)
+	if err != nil {
+		return err
+	}
+	if demo {
+		return walkthrough(ctx, st)
+	}
+	fmt.Printf(`
+Hallmark is running. In another shell:
+
+  source %s
+  hallmark status             # the agent's SVID and signing certificate
+  spire-server entry show     # SPIRE registrations
+
+Logs: %s/*.log
+Press Ctrl-C to stop everything.
+`, envFile, dir)
+	<-ctx.Done()
+	return nil
+}
+
+func walkthrough(ctx context.Context, st *harness.Stack) error {
+	s, err := st.Agent.Status(ctx)
+	if err != nil {
+		return err
+	}
+	step("The agent's identity: an X509-SVID from SPIRE, rotated by SPIRE")
+	fmt.Printf("   SPIFFE ID   %s\n   serial      %s\n   expires     %s\n", s.SPIFFEID, s.SVIDSerial, s.SVIDNotAfter.Format(time.RFC3339))
+
+	step("Its signing certificate, issued by hallmark-server over mTLS for an in-memory key")
+	printCert(s.SigningCertificate)
+
+	step("Waiting for the agent to renew (at half the certificate's lifetime, %s)", s.SigningCertificate.RenewAt.Sub(s.SigningCertificate.NotBefore))
+	first := s.SigningCertificate.Serial
+	err = harness.WaitFor(ctx, "a renewal", time.Minute, func() error {
+		if s, err = st.Agent.Status(ctx); err != nil {
+			return err
+		}
+		if s.SigningCertificate == nil || s.SigningCertificate.Serial == first {
+			return errors.New("not renewed yet")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   renewed: serial %s -> %s (new key), %d renewals, %d failures\n",
+		first, s.SigningCertificate.Serial, s.Renewals, s.RenewalFailures)
+
+	step("The same through the CLI: hallmark status")
+	cmd := exec.CommandContext(ctx, st.Bins.CLI, "status", "--agent-health-addr", st.Agent.HealthAddr)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	return cmd.Run()
+}
+
+func printCert(c *agent.CertStatus) {
+	if c == nil {
+		fmt.Println("   (none)")
+		return
+	}
+	fmt.Printf("   subject SAN %s\n   issuer      %s\n   serial      %s\n   TTL         %s (%s to %s)\n",
+		strings.Join(c.URISANs, ", "), c.Issuer, c.Serial, c.NotAfter.Sub(c.NotBefore),
+		c.NotBefore.Format(time.TimeOnly), c.NotAfter.Format(time.TimeOnly))
+}
+
+// writeEnv writes the connection details as shell exports.
+func writeEnv(st *harness.Stack, dir string) (string, error) {
+	path := filepath.Join(dir, "env.sh")
+	env := fmt.Sprintf(`# Hallmark dev stack (%s); source this file.
+export PATH=%q:%q:"$PATH"
+export HALLMARK_AGENT_HEALTH_ADDR=%q
+export HALLMARK_SERVER_ADDRESS=%q
+export HALLMARK_SERVER_HEALTH_ADDR=%q
+export SPIFFE_ENDPOINT_SOCKET=%q
+export SPIRE_SERVER_SOCKET=%q
+export HALLMARK_TRUST_BUNDLE=%q
+export HALLMARK_SIGNING_CA=%q
+spire-server() { command spire-server "$@" -socketPath "$SPIRE_SERVER_SOCKET"; }
+`, time.Now().Format(time.RFC3339), st.Bins.Dir, filepath.Dir(st.SPIRE.ServerBin),
+		st.Agent.HealthAddr, st.Server.ServerAddr(), st.Server.HealthAddr,
+		st.SPIRE.WorkloadAPIAddr(), st.SPIRE.ServerSocket, st.SPIRE.BundlePath, st.LocalCAPath())
+	return path, os.WriteFile(path, []byte(env), 0o600)
+}
+
+func step(format string, args ...any) {
+	fmt.Printf("\n==> "+format+"\n", args...)
+}
+
+var vaultProc *harness.Process
+
+// startVault runs `vault server -dev -dev-tls` and returns how to reach it.
+func startVault(ctx context.Context, bin, dir string) (harness.Vault, error) {
+	port, err := harness.FreePort()
+	if err != nil {
+		return harness.Vault{}, err
+	}
+	certDir := filepath.Join(dir, "vault")
+	if err := os.MkdirAll(certDir, 0o700); err != nil {
+		return harness.Vault{}, err
+	}
+	const token = "hallmark-dev-root"
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	vaultProc, err = harness.Start("vault", dir, nil, bin, "server", "-dev", "-dev-tls",
+		"-dev-root-token-id="+token, "-dev-listen-address="+addr, "-dev-tls-cert-dir="+certDir)
+	if err != nil {
+		return harness.Vault{}, err
+	}
+	v := harness.Vault{Addr: "https://" + addr, CACertFile: filepath.Join(certDir, "vault-ca.pem"), RootToken: token}
+	err = harness.WaitFor(ctx, "vault to start", 30*time.Second, func() error {
+		if vaultProc.Exited() {
+			return errors.New("vault exited; see " + vaultProc.LogPath)
+		}
+		if _, err := os.Stat(v.CACertFile); err != nil {
+			return err
+		}
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		return err
+	})
+	return v, err
+}
+
+func stopVault() {
+	if vaultProc != nil {
+		vaultProc.Stop() //nolint:errcheck // best effort at shutdown
+	}
+}

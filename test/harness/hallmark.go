@@ -1,0 +1,224 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hallmark-dev/hallmark/agent"
+)
+
+// Binaries are the Hallmark executables built from this repository.
+type Binaries struct {
+	Dir    string
+	Server string // hallmark-server
+	Agent  string // hallmark-agent
+	CLI    string // hallmark
+}
+
+// BuildBinaries builds ./cmd/... from root into dir.
+func BuildBinaries(ctx context.Context, root, dir string) (Binaries, error) {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+string(filepath.Separator), "./cmd/...")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Binaries{}, fmt.Errorf("go build ./cmd/...: %w: %s", err, out)
+	}
+	return Binaries{
+		Dir:    dir,
+		Server: filepath.Join(dir, "hallmark-server"),
+		Agent:  filepath.Join(dir, "hallmark-agent"),
+		CLI:    filepath.Join(dir, "hallmark"),
+	}, nil
+}
+
+// Service is a running hallmark-server or hallmark-agent.
+type Service struct {
+	Name       string
+	Bin        string
+	ConfigPath string
+	HealthAddr string // host:port of /healthz, /readyz, /metrics (and /status on agents)
+	Dir        string
+	echo       io.Writer
+	proc       *Process
+	listenAddr string // servers
+	notReady   bool   // wait for /healthz only
+}
+
+// ServerOptions configure a hallmark-server.
+type ServerOptions struct {
+	ListenAddr       string // default: a free port on 127.0.0.1
+	CertificateTTL   time.Duration
+	MaxConnectionAge time.Duration
+	// KeyManager is an HCL `key_manager "NAME" { ... }` block; empty means
+	// the local key manager.
+	KeyManager string
+	Echo       io.Writer
+}
+
+// ServerAddr is the address agents dial (set after start).
+func (s *Service) ServerAddr() string { return s.listenAddr }
+
+// StartServer writes a configuration for bin under dir/name and starts it,
+// returning once /readyz answers.
+func (sp *SPIRE) StartServer(ctx context.Context, bin, dir, name string, o ServerOptions) (*Service, error) {
+	if o.ListenAddr == "" {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		o.ListenAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "server {\n  trust_domain = %q\n  listen_address = %q\n  health_address = %q\n  data_dir = %q\n  workload_api_socket = %q\n",
+		TrustDomain, o.ListenAddr, "%HEALTH%", filepath.Join(dir, name, "data"), sp.WorkloadAPIAddr())
+	if o.CertificateTTL > 0 {
+		fmt.Fprintf(&b, "  certificate_ttl = %q\n", o.CertificateTTL)
+	}
+	if o.MaxConnectionAge > 0 {
+		fmt.Fprintf(&b, "  max_connection_age = %q\n", o.MaxConnectionAge)
+	}
+	b.WriteString("  log_level = \"debug\"\n}\n")
+	b.WriteString(o.KeyManager)
+	svc, err := startService(ctx, bin, dir, name, b.String(), o.Echo)
+	if err != nil {
+		return nil, err
+	}
+	svc.listenAddr = o.ListenAddr
+	return svc, nil
+}
+
+// AgentOptions configure a hallmark-agent.
+type AgentOptions struct {
+	ServerAddr string
+	ServerID   string
+	// NotReady returns as soon as the agent serves /healthz, without
+	// waiting for a signing certificate (for agents meant to fail).
+	NotReady bool
+	Echo     io.Writer
+}
+
+// StartAgent writes a configuration for bin under dir/name and starts it,
+// returning once it holds a signing certificate (/readyz).
+func (sp *SPIRE) StartAgent(ctx context.Context, bin, dir, name string, o AgentOptions) (*Service, error) {
+	conf := fmt.Sprintf("agent {\n  server_address = %q\n  server_spiffe_id = %q\n  workload_api_socket = %q\n  health_address = %q\n  log_level = \"debug\"\n}\n",
+		o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%")
+	s := &Service{notReady: o.NotReady}
+	return s.start(ctx, bin, dir, name, conf, o.Echo)
+}
+
+func startService(ctx context.Context, bin, dir, name, conf string, echo io.Writer) (*Service, error) {
+	s := &Service{}
+	return s.start(ctx, bin, dir, name, conf, echo)
+}
+
+func (s *Service) start(ctx context.Context, bin, dir, name, conf string, echo io.Writer) (*Service, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	s.Name, s.Bin, s.Dir, s.echo = name, bin, filepath.Join(dir, name), echo
+	s.HealthAddr = fmt.Sprintf("127.0.0.1:%d", port)
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	s.ConfigPath = filepath.Join(s.Dir, "config.hcl")
+	conf = strings.Replace(conf, "%HEALTH%", s.HealthAddr, 1)
+	if err := os.WriteFile(s.ConfigPath, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	return s, s.Start(ctx)
+}
+
+// Start (re)starts the service with its configuration and waits for it.
+func (s *Service) Start(ctx context.Context) error {
+	p, err := Start(s.Name, s.Dir, s.echo, s.Bin, "run", "--config", s.ConfigPath)
+	if err != nil {
+		return err
+	}
+	s.proc = p
+	path := "/readyz"
+	if s.notReady {
+		path = "/healthz"
+	}
+	err = WaitFor(ctx, s.Name+" "+path, 60*time.Second, func() error {
+		if p.Exited() {
+			return errors.New("exited; see " + p.LogPath)
+		}
+		_, err := s.Get(ctx, path)
+		return err
+	})
+	if err != nil {
+		p.Stop() //nolint:errcheck // reporting the start failure
+		return fmt.Errorf("%w\n--- %s log (tail) ---\n%s", err, s.Name, tail(p.Log(), 40))
+	}
+	return nil
+}
+
+// Stop stops the service (SIGTERM, then SIGKILL after 10s).
+func (s *Service) Stop() error {
+	if s.proc == nil {
+		return nil
+	}
+	return s.proc.Stop()
+}
+
+// Log returns the service's output so far.
+func (s *Service) Log() string {
+	if s.proc == nil {
+		return ""
+	}
+	return s.proc.Log()
+}
+
+// LogPath is the service's log file.
+func (s *Service) LogPath() string { return filepath.Join(s.Dir, s.Name+".log") }
+
+// Get fetches path from the service's health listener; non-200 answers are
+// errors.
+func (s *Service) Get(ctx context.Context, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.HealthAddr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	return body, nil
+}
+
+// Status reads an agent's /status.
+func (s *Service) Status(ctx context.Context) (agent.Status, error) {
+	var st agent.Status
+	body, err := s.Get(ctx, "/status")
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(body, &st)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
