@@ -208,4 +208,3 @@ func firstDuration(body map[string]any, keys ...string) (time.Duration, error) {
 	}
 	return 0, nil
 }
-
