@@ -226,7 +226,8 @@ func (a *Agent) renew(ctx context.Context, client certIssuer) error {
 		a.metrics.renewals.WithLabelValues("failure").Inc()
 		return fmt.Errorf("server answer: %w", err)
 	}
-	a.keys.cur.Store(&signingCert{key: key, chain: chain})
+	held := &signingCert{key: key, chain: chain, received: a.cfg.Now()}
+	a.keys.cur.Store(held)
 	a.metrics.renewals.WithLabelValues("success").Inc()
 
 	leaf := chain[0]
@@ -242,7 +243,7 @@ func (a *Agent) renew(ctx context.Context, client certIssuer) error {
 		zap.String(logSPIFFEID, leaf.URIs[0].String()),
 		zap.Time(logNotAfter, leaf.NotAfter),
 		zap.String(logIssuer, leaf.Issuer.String()),
-		zap.Time("renew_at", renewAt(&signingCert{chain: chain})))
+		zap.Time("renew_at", renewAt(held)))
 	return nil
 }
 

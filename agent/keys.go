@@ -12,6 +12,10 @@ import (
 type signingCert struct {
 	key   *ecdsa.PrivateKey
 	chain []*x509.Certificate // leaf first
+	// received is when the agent got the certificate. Vault backdates
+	// NotBefore (the role's not_before_duration, 30s by default), so the
+	// renewal point counts from whichever is later.
+	received time.Time
 }
 
 func (c *signingCert) leaf() *x509.Certificate { return c.chain[0] }
@@ -31,12 +35,17 @@ func (h *keyHolder) current(now time.Time) (*signingCert, bool) {
 	return c, true
 }
 
-// renewAt is when c should be replaced: half way through its lifetime.
+// renewAt is when c should be replaced: half way through the lifetime left
+// when it arrived.
 // A nil c must be replaced at once.
 func renewAt(c *signingCert) time.Time {
 	if c == nil {
 		return time.Time{}
 	}
 	leaf := c.leaf()
-	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	start := leaf.NotBefore
+	if c.received.After(start) {
+		start = c.received
+	}
+	return start.Add(leaf.NotAfter.Sub(start) / 2)
 }

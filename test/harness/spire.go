@@ -178,11 +178,15 @@ func StartSPIRE(ctx context.Context, root, dir string, opts SPIREOptions) (s *SP
 	if err != nil {
 		return nil, err
 	}
-	token, ok := strings.CutPrefix(strings.TrimSpace(out), "Token: ")
-	if !ok {
+	var token string
+	for line := range strings.SplitSeq(out, "\n") {
+		if t, ok := strings.CutPrefix(strings.TrimSpace(line), "Token:"); ok {
+			token = strings.TrimSpace(t)
+		}
+	}
+	if s.AgentID, err = spiffeid.FromPath(spiffeid.RequireTrustDomainFromString(TrustDomain), "/spire/agent/join_token/"+token); token == "" || err != nil {
 		return nil, fmt.Errorf("spire-server token generate: unexpected output %q", out)
 	}
-	s.AgentID = spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString(TrustDomain), "/spire/agent/join_token/"+token)
 
 	agentConf := filepath.Join(dir, "spire-agent.conf")
 	conf = fmt.Sprintf(spireAgentConf, filepath.Join(dir, "agent-data"), port, s.AgentSocket, s.BundlePath, TrustDomain, token)
