@@ -122,7 +122,7 @@ func walkthrough(ctx context.Context, st *harness.Stack) error {
 	step("Its signing certificate, issued by hallmark-server over mTLS for an in-memory key")
 	printCert(s.SigningCertificate)
 
-	step("Waiting for the agent to renew (at half the certificate's lifetime, %s)", s.SigningCertificate.RenewAt.Sub(s.SigningCertificate.NotBefore))
+	step("Waiting for the agent to renew (at half the certificate's lifetime, %s)", s.SigningCertificate.RenewAt.Sub(s.SigningCertificate.NotBefore).Round(time.Second))
 	first := s.SigningCertificate.Serial
 	err = harness.WaitFor(ctx, "a renewal", time.Minute, func() error {
 		if s, err = st.Agent.Status(ctx); err != nil {
