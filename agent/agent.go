@@ -175,9 +175,14 @@ func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
 			return nil
 		}
 		err := a.renew(ctx, client)
-		if err == nil {
+		if err == nil && renewAt(a.keys.cur.Load()).After(a.cfg.Now()) {
 			b.reset()
 			continue
+		}
+		if err == nil {
+			// Valid but already due for renewal (a clock skewed against
+			// the server's, or a TTL clamped by the key manager): don't spin.
+			err = errors.New("the new certificate is already past half its lifetime: check clocks and the key manager's TTL")
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -262,6 +267,9 @@ func (a *Agent) checkChain(ders [][]byte, key *ecdsa.PrivateKey) ([]*x509.Certif
 		chain[i] = c
 	}
 	leaf := chain[0]
+	if now := a.cfg.Now(); now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
+		return nil, fmt.Errorf("certificate is not valid now (%s to %s): check clocks", leaf.NotBefore.Format(time.RFC3339), leaf.NotAfter.Format(time.RFC3339))
+	}
 	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
 	if !ok || !pub.Equal(key.Public()) {
 		return nil, errors.New("certificate is not for the key the agent sent")

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
@@ -41,13 +42,16 @@ func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServer
 		}
 		allowed, known := policy[info.FullMethod]
 		if !known || !allowed(id) {
+			reason := fmt.Sprintf("agents are %s members under %s", s.cfg.TrustDomain, s.cfg.AgentPathPrefix)
+			if !known {
+				reason = "the method has no authorization policy"
+			}
 			s.metrics.denied.WithLabelValues(info.FullMethod).Inc()
 			s.log.Warn("Call denied",
 				zap.String(logMethod, info.FullMethod),
 				zap.String(logCallerID, id.String()),
-				zap.String(logReason, "caller is not an agent"))
-			return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s: agents are %s members under %s",
-				id, info.FullMethod, s.cfg.TrustDomain, s.cfg.AgentPathPrefix)
+				zap.String(logReason, reason))
+			return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s: %s", id, info.FullMethod, reason)
 		}
 		resp, err := handler(withCaller(ctx, id), req)
 		if err != nil {

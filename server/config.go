@@ -133,7 +133,10 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 	if err != nil {
 		return Config{}, err
 	}
-	return c, c.validate()
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
 }
 
 func (c *Config) validate() error {

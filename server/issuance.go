@@ -127,6 +127,14 @@ func checkIssued(chain []*x509.Certificate, csr *x509.CertificateRequest, id spi
 	if leaf.IsCA {
 		return errors.New("leaf is a CA")
 	}
+	// Signing only: code signing as its one extended usage, and a digital
+	// signature key usage without certificate or CRL signing.
+	if len(leaf.ExtKeyUsage) != 1 || leaf.ExtKeyUsage[0] != x509.ExtKeyUsageCodeSigning || len(leaf.UnknownExtKeyUsage) > 0 {
+		return fmt.Errorf("leaf extended key usage must be code signing only (Vault role: code_signing_flag=true, server_flag=false, client_flag=false)")
+	}
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 || leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0 {
+		return errors.New("leaf key usage must include digital signature and exclude certificate and CRL signing")
+	}
 	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
 	if !ok || !pub.Equal(csr.PublicKey) {
 		return errors.New("leaf does not certify the CSR's key")

@@ -142,7 +142,7 @@ func (k *KeyManager) load(dir string) error {
 	}
 	certPEM, err := os.ReadFile(filepath.Join(dir, certFile))
 	if err != nil {
-		return fmt.Errorf("local: CA key present but certificate missing: %w", err)
+		return fmt.Errorf("local: CA key present but certificate missing or unreadable (refusing to replace the CA): %v", err)
 	}
 	kb, _ := pem.Decode(keyPEM)
 	if kb == nil {

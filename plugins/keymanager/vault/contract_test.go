@@ -208,7 +208,11 @@ func TestContract(t *testing.T) {
 		{"an identity outside the role's allowed_uri_sans", tg.config(mount, dev, tg.rootToken), spiffeid.RequireFromString("spiffe://example.org/not-an-agent"), vault.ErrRefused, "not allowed by this role"},
 		{"an unknown role", func() vault.Config { c := tg.config(mount, dev, tg.rootToken); c.Role = "nope"; return c }(), agentID, vault.ErrRefused, "unknown role"},
 		{"a bad token", tg.config(mount, dev, "hvs.not-a-token"), agentID, vault.ErrRefused, "permission denied"},
-		{"an unreachable Vault", func() vault.Config { c := tg.config(mount, dev, tg.rootToken); c.Address = "https://" + closedPort(t); return c }(), agentID, vault.ErrUnreachable, "unreachable"},
+		{"an unreachable Vault", func() vault.Config {
+			c := tg.config(mount, dev, tg.rootToken)
+			c.Address = "https://" + closedPort(t)
+			return c
+		}(), agentID, vault.ErrUnreachable, "unreachable"},
 	}
 	for _, tc := range refusals {
 		t.Run("refuses "+tc.name, func(t *testing.T) {
@@ -296,7 +300,7 @@ func TestContract(t *testing.T) {
 			_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
 			require.NoError(t, err)
 			src.set(ca.svid(t, serverID, "hallmark-server")) // SPIRE rotated it
-			time.Sleep(1100 * time.Millisecond)               // past half the 2s token TTL
+			time.Sleep(1100 * time.Millisecond)              // past half the 2s token TTL
 			_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
 			require.NoError(t, err)
 			require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len())
@@ -437,4 +441,3 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
-

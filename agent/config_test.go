@@ -1,0 +1,191 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+)
+
+// agentHCL is an agent block with the required settings and extra lines.
+func agentHCL(lines ...string) string {
+	return "agent {\n" +
+		"  server_address   = \"hallmark.internal:8443\"\n" +
+		"  server_spiffe_id = \"spiffe://example.org/hallmark/server\"\n" +
+		"  " + strings.Join(lines, "\n  ") + "\n}\n"
+}
+
+func TestParseConfig(t *testing.T) {
+	c, err := ParseConfig("agent.hcl", []byte(agentHCL()))
+	require.NoError(t, err)
+	require.NotNil(t, c.Log)
+	require.Equal(t, "hallmark.internal:8443", c.ServerAddress)
+	require.Equal(t, serverID, c.ServerID)
+	require.Equal(t, DefaultWorkloadAPISocket, c.WorkloadAPIAddr)
+	require.Empty(t, c.HealthAddress)
+	require.Nil(t, c.Now)
+
+	c, err = ParseConfig("agent.hcl", []byte(agentHCL(
+		`workload_api_socket = "unix:///tmp/spire/api.sock"`,
+		`health_address = "127.0.0.1:8081"`,
+		`log_level = "warn"`,
+		`log_format = "text"`,
+	)))
+	require.NoError(t, err)
+	require.Equal(t, "unix:///tmp/spire/api.sock", c.WorkloadAPIAddr)
+	require.Equal(t, "127.0.0.1:8081", c.HealthAddress)
+	require.False(t, c.Log.Core().Enabled(zap.InfoLevel))
+	require.True(t, c.Log.Core().Enabled(zap.WarnLevel))
+
+	_, err = New(c)
+	require.NoError(t, err, "a parsed configuration is one New accepts")
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     string
+		wantErr []string
+	}{
+		{name: "not HCL", src: "agent {", wantErr: []string{"agent.hcl:1"}},
+		{name: "no agent block", src: "", wantErr: []string{"Missing agent block"}},
+		{
+			name:    "unknown key",
+			src:     agentHCL(`server_spiffe_ids = ["spiffe://example.org/x"]`),
+			wantErr: []string{`"server_spiffe_ids"`, "agent.hcl:4"},
+		},
+		{
+			name:    "server block in an agent file",
+			src:     agentHCL() + `server { trust_domain = "example.org" }`,
+			wantErr: []string{`"server"`, "agent.hcl:6"},
+		},
+		{
+			name:    "missing server_spiffe_id",
+			src:     "agent {\n  server_address = \"hallmark.internal:8443\"\n}\n",
+			wantErr: []string{`"server_spiffe_id"`},
+		},
+		{
+			name:    "empty server_spiffe_id",
+			src:     "agent {\n  server_address = \"hallmark.internal:8443\"\n  server_spiffe_id = \"\"\n}\n",
+			wantErr: []string{"agent.server_spiffe_id: "},
+		},
+		{
+			name:    "server_spiffe_id not a SPIFFE ID",
+			src:     "agent {\n  server_address = \"hallmark.internal:8443\"\n  server_spiffe_id = \"https://example.org/hallmark/server\"\n}\n",
+			wantErr: []string{"agent.server_spiffe_id: ", "scheme"},
+		},
+		{
+			name:    "server_spiffe_id a trust domain",
+			src:     "agent {\n  server_address = \"hallmark.internal:8443\"\n  server_spiffe_id = \"example.org\"\n}\n",
+			wantErr: []string{"agent.server_spiffe_id: "},
+		},
+		{
+			name:    "server_spiffe_id with a bad path",
+			src:     "agent {\n  server_address = \"hallmark.internal:8443\"\n  server_spiffe_id = \"spiffe://example.org/hallmark/../server\"\n}\n",
+			wantErr: []string{"agent.server_spiffe_id: "},
+		},
+		{
+			name:    "missing server_address",
+			src:     "agent {\n  server_spiffe_id = \"spiffe://example.org/hallmark/server\"\n}\n",
+			wantErr: []string{`"server_address"`},
+		},
+		{
+			name:    "empty server_address",
+			src:     "agent {\n  server_address = \"\"\n  server_spiffe_id = \"spiffe://example.org/hallmark/server\"\n}\n",
+			wantErr: []string{"agent.server_address is required"},
+		},
+		{
+			name:    "server_address without a port",
+			src:     "agent {\n  server_address = \"hallmark.internal\"\n  server_spiffe_id = \"spiffe://example.org/hallmark/server\"\n}\n",
+			wantErr: []string{"agent.server_address: "},
+		},
+		{
+			name:    "workload_api_socket without a scheme",
+			src:     agentHCL(`workload_api_socket = "/run/spire/api.sock"`),
+			wantErr: []string{"agent.workload_api_socket: ", "unix:// or tcp://"},
+		},
+		{
+			name:    "health_address without a port",
+			src:     agentHCL(`health_address = "localhost"`),
+			wantErr: []string{"agent.health_address: "},
+		},
+		{
+			name:    "unknown log_level",
+			src:     agentHCL(`log_level = "trace"`),
+			wantErr: []string{`agent.log_level: "trace"`},
+		},
+		{
+			name:    "unknown log_format",
+			src:     agentHCL(`log_format = "logfmt"`),
+			wantErr: []string{`agent.log_format: "logfmt"`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig("agent.hcl", []byte(tt.src))
+			require.Error(t, err)
+			for _, want := range tt.wantErr {
+				require.ErrorContains(t, err, want)
+			}
+		})
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "agent.hcl")
+	require.NoError(t, os.WriteFile(good, []byte(agentHCL()), 0o600))
+	c, err := LoadConfig(good)
+	require.NoError(t, err)
+	require.Equal(t, serverID, c.ServerID)
+
+	bad := filepath.Join(dir, "bad.hcl")
+	require.NoError(t, os.WriteFile(bad, []byte(agentHCL(`bogus = 1`)), 0o600))
+	_, err = LoadConfig(bad)
+	require.ErrorContains(t, err, bad+":4")
+	require.ErrorContains(t, err, `"bogus"`)
+
+	_, err = LoadConfig(filepath.Join(dir, "missing.hcl"))
+	require.ErrorContains(t, err, "read config: ")
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+func TestNewValidates(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{name: "empty", cfg: Config{}, wantErr: "agent: agent.server_address is required"},
+		{name: "no server ID", cfg: Config{ServerAddress: "h:1", WorkloadAPIAddr: DefaultWorkloadAPISocket}, wantErr: "agent.server_spiffe_id is required"},
+		{name: "no workload API", cfg: Config{ServerAddress: "h:1", ServerID: serverID}, wantErr: "agent.workload_api_socket"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(tt.cfg)
+			require.ErrorContains(t, err, tt.wantErr)
+		})
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add(agentHCL())
+	f.Add(agentHCL(`workload_api_socket = "tcp://127.0.0.1:1"`, `health_address = "[::1]:0"`, `log_format = "text"`))
+	f.Add(`agent { server_address = "h:1" server_spiffe_id = "spiffe://td/x" }`)
+	f.Add(`agent { server_address = "${x}" }`)
+	f.Add("agent {\n  server_spiffe_id = <<EOT\nspiffe://example.org/x\nEOT\n}\n")
+	f.Fuzz(func(t *testing.T, src string) {
+		c, err := ParseConfig("fuzz.hcl", []byte(src))
+		if err != nil {
+			return
+		}
+		require.False(t, c.ServerID.IsZero())
+		require.NotEmpty(t, c.ServerAddress)
+		require.True(t, strings.HasPrefix(c.WorkloadAPIAddr, "unix://") || strings.HasPrefix(c.WorkloadAPIAddr, "tcp://"))
+		_, err = New(c)
+		require.NoError(t, err)
+	})
+}

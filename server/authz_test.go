@@ -1,0 +1,329 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+var (
+	exampleTD = spiffeid.RequireTrustDomainFromString("example.org")
+	otherTD   = spiffeid.RequireTrustDomainFromString("other.org")
+	serverID  = spiffeid.RequireFromString("spiffe://example.org/hallmark/server")
+	issue     = serverv1.AgentService_IssueSigningCertificate_FullMethodName
+)
+
+// svidSource hands out one fixed X509-SVID.
+type svidSource struct{ svid *x509svid.SVID }
+
+func (s svidSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
+
+// peerNetwork makes gRPC peer information the way a real server does: a TLS
+// handshake through go-spiffe's credentials, which is the only way to get
+// the AuthInfo that grpccredentials.PeerIDFromContext accepts.
+type peerNetwork struct {
+	ca    *testCA
+	creds credentials.TransportCredentials
+}
+
+func newPeerNetwork(t *testing.T) *peerNetwork {
+	t.Helper()
+	ca := newTestCA(t, "spire")
+	key := newP256(t)
+	srv := &x509svid.SVID{ID: serverID, Certificates: []*x509.Certificate{ca.issue(t, svidTemplate(serverID), key.Public())}, PrivateKey: key}
+	// The same CA stands for two trust domains so that a foreign caller can
+	// finish the handshake; the production server's handshake also refuses
+	// it, the interceptor must not rely on that.
+	bundles := x509bundle.NewSet(
+		x509bundle.FromX509Authorities(exampleTD, []*x509.Certificate{ca.cert}),
+		x509bundle.FromX509Authorities(otherTD, []*x509.Certificate{ca.cert}),
+	)
+	return &peerNetwork{ca: ca, creds: grpccredentials.MTLSServerCredentials(svidSource{srv}, bundles, tlsconfig.AuthorizeAny())}
+}
+
+func svidTemplate(id spiffeid.ID) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber:          big.NewInt(testSerial.Add(1)),
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(time.Hour),
+		URIs:                  []*url.URL{id.URL()},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+}
+
+// contextFor returns a context carrying the peer information of a client
+// that presented an X509-SVID for id.
+func (n *peerNetwork) contextFor(t *testing.T, id spiffeid.ID) context.Context {
+	t.Helper()
+	key := newP256(t)
+	leaf := n.ca.issue(t, svidTemplate(id), key.Public())
+	serverConn, clientConn := net.Pipe()
+	t.Cleanup(func() {
+		serverConn.Close()
+		clientConn.Close()
+	})
+	clientErr := make(chan error, 1)
+	go func() {
+		c := tls.Client(clientConn, &tls.Config{
+			Certificates:       []tls.Certificate{{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}},
+			InsecureSkipVerify: true, // the server side is what is under test
+			NextProtos:         []string{"h2"},
+		})
+		clientErr <- c.Handshake()
+		io.Copy(io.Discard, c) //nolint:errcheck // drains session tickets until the pipe closes
+	}()
+	_, authInfo, err := n.creds.ServerHandshake(serverConn)
+	require.NoError(t, err)
+	require.NoError(t, <-clientErr)
+	return peer.NewContext(context.Background(), &peer.Peer{Addr: serverConn.RemoteAddr(), AuthInfo: authInfo})
+}
+
+func newAuthzServer(t *testing.T) (*Server, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	return &Server{
+		cfg:     Config{TrustDomain: exampleTD, AgentPathPrefix: DefaultAgentPathPrefix},
+		log:     zap.New(core),
+		metrics: newMetrics(),
+	}, logs
+}
+
+func TestUnaryInterceptor(t *testing.T) {
+	pn := newPeerNetwork(t)
+	const unknownMethod = "/hallmark.server.v1.AgentService/IssueCACertificate"
+
+	tests := []struct {
+		name     string
+		ctx      func(t *testing.T) context.Context
+		method   string
+		wantCode codes.Code // codes.OK: the handler runs
+		denied   bool       // counted in the denied metric
+	}{
+		{
+			name:   "agent under the prefix",
+			ctx:    func(t *testing.T) context.Context { return pn.contextFor(t, agentID) },
+			method: issue,
+		},
+		{
+			name: "agent deeper under the prefix",
+			ctx: func(t *testing.T) context.Context {
+				return pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/hallmark/agent/pool-a/runner-7"))
+			},
+			method: issue,
+		},
+		{
+			name: "workload of the trust domain outside the prefix",
+			ctx: func(t *testing.T) context.Context {
+				return pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/ci/job-42"))
+			},
+			method:   issue,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name:     "the server itself",
+			ctx:      func(t *testing.T) context.Context { return pn.contextFor(t, serverID) },
+			method:   issue,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name:     "agent path in a foreign trust domain",
+			ctx:      func(t *testing.T) context.Context { return pn.contextFor(t, foreignID) },
+			method:   issue,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name: "lookalike path /hallmark/agentx",
+			ctx: func(t *testing.T) context.Context {
+				return pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/hallmark/agentx"))
+			},
+			method:   issue,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name: "lookalike path /hallmark/agentx/runner-1",
+			ctx: func(t *testing.T) context.Context {
+				return pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/hallmark/agentx/runner-1"))
+			},
+			method:   issue,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name: "prefix without its last segment",
+			ctx: func(t *testing.T) context.Context {
+				return pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/hallmark"))
+			},
+			method:   issue,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name:     "agent calling an unknown method",
+			ctx:      func(t *testing.T) context.Context { return pn.contextFor(t, agentID) },
+			method:   unknownMethod,
+			wantCode: codes.PermissionDenied, denied: true,
+		},
+		{
+			name:     "no peer",
+			ctx:      func(*testing.T) context.Context { return context.Background() },
+			method:   issue,
+			wantCode: codes.Unauthenticated,
+		},
+		{
+			name: "peer not authenticated by go-spiffe credentials",
+			ctx: func(t *testing.T) context.Context {
+				cert := pn.ca.issue(t, svidTemplate(agentID), newP256(t).Public())
+				info := credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}}
+				return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: info})
+			},
+			method:   issue,
+			wantCode: codes.Unauthenticated,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, logs := newAuthzServer(t)
+			ctx := tt.ctx(t)
+			var (
+				called    bool
+				gotCaller spiffeid.ID
+			)
+			handler := func(ctx context.Context, req any) (any, error) {
+				called = true
+				gotCaller = caller(ctx)
+				return "response", nil
+			}
+
+			resp, err := s.unaryInterceptor(s.policy())(ctx, "request", &grpc.UnaryServerInfo{FullMethod: tt.method}, handler)
+
+			denied := counterValue(t, s.metrics.denied.WithLabelValues(tt.method))
+			if tt.wantCode == codes.OK {
+				require.NoError(t, err)
+				require.Equal(t, "response", resp)
+				require.True(t, called, "handler not called")
+				wantID, ok := grpccredentials.PeerIDFromContext(ctx)
+				require.True(t, ok)
+				require.Equal(t, wantID, gotCaller)
+				require.Zero(t, denied)
+				require.Zero(t, logs.Len(), "a successful call logs nothing")
+				return
+			}
+			require.Equal(t, tt.wantCode, status.Code(err), "error %v", err)
+			require.Nil(t, resp)
+			require.False(t, called, "handler called for a refused call")
+			if tt.denied {
+				require.Equal(t, 1.0, denied)
+				require.Equal(t, 1, logs.FilterMessage("Call denied").FilterField(zap.String(logMethod, tt.method)).Len())
+				id, _ := grpccredentials.PeerIDFromContext(ctx)
+				require.Contains(t, status.Convert(err).Message(), id.String())
+			} else {
+				require.Zero(t, denied)
+			}
+		})
+	}
+}
+
+func TestUnaryInterceptorHandlerError(t *testing.T) {
+	pn := newPeerNetwork(t)
+	s, logs := newAuthzServer(t)
+	handler := func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.InvalidArgument, "csr: bad")
+	}
+
+	resp, err := s.unaryInterceptor(s.policy())(pn.contextFor(t, agentID), nil, &grpc.UnaryServerInfo{FullMethod: issue}, handler)
+
+	require.Nil(t, resp)
+	require.Equal(t, codes.InvalidArgument, status.Code(err))
+	require.Zero(t, counterValue(t, s.metrics.denied.WithLabelValues(issue)), "a handler error is not a denial")
+	failed := logs.FilterMessage("Call failed").All()
+	require.Len(t, failed, 1)
+	fields := failed[0].ContextMap()
+	require.Equal(t, agentID.String(), fields[logCallerID])
+	require.Equal(t, codes.InvalidArgument.String(), fields[logCode])
+	require.Equal(t, "csr: bad", fields[logError])
+}
+
+// Every method the service declares must have a policy entry, or agents
+// could not call it (the interceptor refuses what the policy omits).
+func TestPolicyCoversEveryMethod(t *testing.T) {
+	s, _ := newAuthzServer(t)
+	policy := s.policy()
+	desc := serverv1.AgentService_ServiceDesc
+	require.Len(t, policy, len(desc.Methods)+len(desc.Streams))
+	for _, m := range desc.Methods {
+		require.Contains(t, policy, "/"+desc.ServiceName+"/"+m.MethodName)
+	}
+}
+
+func TestIsAgent(t *testing.T) {
+	tests := []struct {
+		name   string
+		prefix string // as configured; New adds a missing trailing slash
+		id     string
+		want   bool
+	}{
+		{name: "under the default prefix", prefix: DefaultAgentPathPrefix, id: "spiffe://example.org/hallmark/agent/runner-1", want: true},
+		{name: "deep under the prefix", prefix: DefaultAgentPathPrefix, id: "spiffe://example.org/hallmark/agent/a/b/c", want: true},
+		{name: "lookalike", prefix: DefaultAgentPathPrefix, id: "spiffe://example.org/hallmark/agentx/runner-1", want: false},
+		{name: "the prefix itself", prefix: DefaultAgentPathPrefix, id: "spiffe://example.org/hallmark/agent", want: false},
+		{name: "foreign trust domain", prefix: DefaultAgentPathPrefix, id: "spiffe://other.org/hallmark/agent/runner-1", want: false},
+		{name: "sub-domain of the trust domain", prefix: DefaultAgentPathPrefix, id: "spiffe://ci.example.org/hallmark/agent/runner-1", want: false},
+		{name: "prefix without trailing slash admits agents", prefix: "/hallmark/agent", id: "spiffe://example.org/hallmark/agent/runner-1", want: true},
+		{name: "prefix without trailing slash refuses lookalikes", prefix: "/hallmark/agent", id: "spiffe://example.org/hallmark/agentx", want: false},
+		{name: "custom prefix", prefix: "/ci/runners/", id: "spiffe://example.org/ci/runners/r1", want: true},
+		{name: "custom prefix refuses the default", prefix: "/ci/runners/", id: "spiffe://example.org/hallmark/agent/r1", want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := New(Config{
+				ListenAddress:    DefaultListenAddress,
+				DataDir:          t.TempDir(),
+				WorkloadAPIAddr:  DefaultWorkloadAPISocket,
+				TrustDomain:      exampleTD,
+				AgentPathPrefix:  tt.prefix,
+				CertificateTTL:   DefaultCertificateTTL,
+				MaxConnectionAge: DefaultMaxConnectionAge,
+				KeyManager: KeyManagerConfig{Name: "none", build: func(pluginDeps) (KeyManager, error) {
+					return nil, errors.New("not used")
+				}},
+			})
+			require.NoError(t, err)
+			require.Equal(t, tt.want, s.isAgent(spiffeid.RequireFromString(tt.id)))
+		})
+	}
+}
+
+// counterValue reads a counter. (prometheus/testutil would need a module
+// that go.mod does not list.)
+func counterValue(t testing.TB, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
