@@ -31,6 +31,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/internal/svidwatch"
+	"github.com/hallmark-dev/hallmark/internal/peercred"
+	"github.com/hallmark-dev/hallmark/internal/policy"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
@@ -45,6 +47,21 @@ const (
 	logAddress  = "address"
 	logRetryIn  = "retry_in"
 	logError    = "error"
+	logSocket   = "socket"
+	logMethod   = "method"
+	logCode     = "code"
+	logReason   = "reason"
+	logEvent    = "event"
+	logPID      = "pid"
+	logUID      = "uid"
+	logGID      = "gid"
+	logStep     = "step"
+	logRule     = "rule"
+
+	logWorkspace    = "workspace"
+	logSPIFFEIDs    = "spiffe_ids"
+	logSelectors    = "selectors"
+	logInvocationID = "invocation_id"
 )
 
 // certIssuer is the server call the agent makes to renew; the generated
@@ -84,6 +101,9 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	if cfg.Policy == nil {
+		cfg.Policy, _ = policy.New(nil) // no rules: deny everything
+	}
 	return &Agent{
 		cfg:         cfg,
 		log:         cfg.Log,
@@ -103,9 +123,22 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("agent: health listener: %w", err)
 		}
 	}
+	var localLn *peercred.Listener
+	if a.cfg.SocketPath != "" {
+		var err error
+		if localLn, err = peercred.Listen(peercred.ListenConfig{Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID}); err != nil {
+			if healthLn != nil {
+				healthLn.Close()
+			}
+			return fmt.Errorf("agent: local API: %w", err)
+		}
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	if healthLn != nil {
 		g.Go(func() error { return a.serveHealth(ctx, healthLn) })
+	}
+	if localLn != nil {
+		g.Go(func() error { return a.serveLocal(ctx, localLn) })
 	}
 	g.Go(func() error { return a.run(ctx) })
 	return g.Wait()

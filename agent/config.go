@@ -5,13 +5,20 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/hcl/v2"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
+	"github.com/hallmark-dev/hallmark/agent/measure"
 	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/internal/policy"
 )
 
 // DefaultWorkloadAPISocket is the SPIRE agent's usual Workload API socket.
@@ -29,12 +36,37 @@ type Config struct {
 	// HealthAddress serves /healthz, /readyz, /metrics and /status over
 	// plain HTTP; keep it on loopback. Empty disables it.
 	HealthAddress string
+	// SocketPath is the local API's unix socket, for build steps.
+	SocketPath string
+	// SocketMode is the socket's permission bits; SocketGID its group
+	// (-1 keeps the agent's).
+	SocketMode os.FileMode
+	SocketGID  int
+	// Attestors identify local callers; every one contributes.
+	Attestors []NamedAttestor
+	// Policy says who may attest which steps where; nil denies everything.
+	Policy *policy.Policy
+	// Limits bound what one attestation may measure.
+	Limits measure.Limits
 	// Now returns the current time; time.Now when nil.
 	Now func() time.Time
 }
 
+// Defaults for the local API.
+const (
+	DefaultSocketPath = "/run/hallmark/agent.sock"
+	DefaultSocketMode = 0o660
+)
+
 type fileConfig struct {
-	Agent agentBlock `hcl:"agent,block"`
+	Agent     agentBlock    `hcl:"agent,block"`
+	Attestors []pluginBlock `hcl:"workload_attestor,block"`
+	Policy    *policy.File  `hcl:"policy,block"`
+}
+
+type pluginBlock struct {
+	Name string   `hcl:"name,label"`
+	Body hcl.Body `hcl:",remain"`
 }
 
 type agentBlock struct {
@@ -44,6 +76,12 @@ type agentBlock struct {
 	HealthAddress     string `hcl:"health_address,optional"`
 	LogLevel          string `hcl:"log_level,optional"`
 	LogFormat         string `hcl:"log_format,optional"`
+	SocketPath        string `hcl:"socket_path,optional"`
+	SocketMode        string `hcl:"socket_mode,optional"`
+	SocketGroup       string `hcl:"socket_group,optional"`
+	MaxFiles          int    `hcl:"max_files,optional"`
+	MaxFileBytes      int64  `hcl:"max_file_bytes,optional"`
+	MaxTotalBytes     int64  `hcl:"max_total_bytes,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -79,7 +117,69 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 	if c.ServerID, err = spiffeid.FromString(a.ServerSPIFFEID); err != nil {
 		return Config{}, fmt.Errorf("agent.server_spiffe_id: %w", err)
 	}
-	return c, c.validate()
+	if err := localAPIConfig(&c, a); err != nil {
+		return Config{}, err
+	}
+	if len(f.Attestors) == 0 {
+		f.Attestors = []pluginBlock{{Name: "unix", Body: hcl.EmptyBody()}}
+	}
+	for _, b := range f.Attestors {
+		att, err := newWorkloadAttestor(b.Name, b.Body)
+		if err != nil {
+			return Config{}, err
+		}
+		c.Attestors = append(c.Attestors, NamedAttestor{Name: b.Name, Attestor: att})
+	}
+	var rules []policy.Rule
+	if f.Policy != nil {
+		rules = f.Policy.Rules
+	}
+	if c.Policy, err = policy.New(rules); err != nil {
+		return Config{}, err
+	}
+	if err := c.validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// localAPIConfig fills the socket and limit settings.
+func localAPIConfig(c *Config, a agentBlock) error {
+	c.SocketPath, c.SocketMode, c.SocketGID = a.SocketPath, DefaultSocketMode, -1
+	if c.SocketPath == "" {
+		c.SocketPath = DefaultSocketPath
+	}
+	if !filepath.IsAbs(c.SocketPath) {
+		return fmt.Errorf("agent.socket_path: %q must be absolute", c.SocketPath)
+	}
+	if a.SocketMode != "" {
+		m, err := strconv.ParseUint(a.SocketMode, 8, 32)
+		if err != nil || m&^0o777 != 0 {
+			return fmt.Errorf("agent.socket_mode: %q is not an octal mode like \"0660\"", a.SocketMode)
+		}
+		if m&0o002 != 0 {
+			return fmt.Errorf("agent.socket_mode: %q lets every local user connect; use a group (socket_group) instead", a.SocketMode)
+		}
+		c.SocketMode = os.FileMode(m)
+	}
+	if a.SocketGroup != "" {
+		g, err := user.LookupGroup(a.SocketGroup)
+		if err != nil {
+			if g, err = user.LookupGroupId(a.SocketGroup); err != nil {
+				return fmt.Errorf("agent.socket_group: %q: no such group", a.SocketGroup)
+			}
+		}
+		gid, err := strconv.Atoi(g.Gid)
+		if err != nil {
+			return fmt.Errorf("agent.socket_group: %w", err)
+		}
+		c.SocketGID = gid
+	}
+	if a.MaxFiles < 0 || a.MaxFileBytes < 0 || a.MaxTotalBytes < 0 {
+		return errors.New("agent: max_files, max_file_bytes and max_total_bytes must be positive")
+	}
+	c.Limits = measure.Limits{MaxFiles: a.MaxFiles, MaxFileBytes: a.MaxFileBytes, MaxTotalBytes: a.MaxTotalBytes}
+	return nil
 }
 
 func (c *Config) validate() error {

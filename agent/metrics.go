@@ -14,7 +14,16 @@ type metrics struct {
 	serverReachable prometheus.Gauge
 	svidRotations   prometheus.Counter
 	svidExpiry      prometheus.Gauge
+	attestations    *prometheus.CounterVec
+	attestSeconds   prometheus.Histogram
 }
+
+// Results of an attestation request.
+const (
+	resultAttested = "attested"
+	resultDenied   = "denied"
+	resultError    = "error"
+)
 
 func newMetrics() *metrics {
 	m := &metrics{
@@ -43,8 +52,18 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_svid_expiry_timestamp_seconds",
 			Help: "NotAfter of the agent's current X509-SVID.",
 		}),
+		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_attestations_total",
+			Help: "Attestation requests on the local API, by result (attested, denied, error).",
+		}, []string{"result"}),
+		attestSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hallmark_agent_attestation_seconds",
+			Help:    "Time to attest a step, from request to signed bundle.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
+		m.attestations, m.attestSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +23,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code) // the wrapped command's status, already reported
+		}
 		fmt.Fprintln(os.Stderr, "hallmark:", err)
 		os.Exit(1)
 	}
@@ -29,7 +34,7 @@ func main() {
 
 func rootCmd() *cobra.Command {
 	root := &cobra.Command{Use: "hallmark", Short: "Attest build steps and verify what they produced", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(statusCmd())
+	root.AddCommand(statusCmd(), attestCmd(), whoamiCmd())
 	return root
 }
 

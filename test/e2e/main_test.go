@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
@@ -42,10 +44,16 @@ func runMain(m *testing.M) int {
 	start := time.Now()
 	stack, err = harness.StartStack(ctx, dir, harness.StackOptions{
 		SVIDTTL: svidTTL, CertificateTTL: certificateTTL, MaxConnectionAge: maxConnectionAge,
+		Policy: testPolicy, SocketGroup: "nogroup", AgentExtra: fmt.Sprintf("max_files = %d", maxFiles),
 	})
 	if err != nil {
 		// Never skip: the end-to-end suite is the proof that Hallmark works.
 		fmt.Fprintf(os.Stderr, "e2e: cannot start the stack: %v\n(logs in %s)\n", err, dir)
+		return 1
+	}
+	if err := registerBuilders(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n(logs in %s)\n", err, dir)
+		stack.Close()
 		return 1
 	}
 	fmt.Printf("e2e: stack up in %s (SPIRE %s, state in %s)\n", time.Since(start).Round(time.Millisecond), stack.SPIRE.ServerBin, dir)
@@ -59,4 +67,21 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: logs kept in %s\n", dir)
 	}
 	return code
+}
+
+// registerBuilders gives this test binary and the hallmark CLI the
+// builder identity that the agent's policy grants steps to.
+func registerBuilders(ctx context.Context) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	id := spiffeid.RequireFromString(builderID)
+	for _, bin := range []string{self, stack.Bins.CLI} {
+		if err := stack.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: id, Binary: bin, X509SVIDTTL: time.Hour}); err != nil {
+			return err
+		}
+	}
+	_, err = stack.SPIRE.WaitForIdentities(ctx, id)
+	return err
 }

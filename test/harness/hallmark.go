@@ -48,8 +48,11 @@ type Service struct {
 	Dir        string
 	echo       io.Writer
 	proc       *Process
-	listenAddr string // servers
-	notReady   bool   // wait for /healthz only
+	listenAddr string   // servers
+	notReady   bool     // wait for /healthz only
+	env        []string // extra environment
+	// Socket is an agent's local API socket.
+	Socket string
 }
 
 // ServerOptions configure a hallmark-server.
@@ -102,15 +105,56 @@ type AgentOptions struct {
 	// NotReady returns as soon as the agent serves /healthz, without
 	// waiting for a signing certificate (for agents meant to fail).
 	NotReady bool
-	Echo     io.Writer
+	// Policy is HCL rule blocks for the agent's policy block.
+	Policy string
+	// Env is extra environment, e.g. test hooks.
+	Env []string
+	// Extra is HCL appended to the agent block, e.g. "max_files = 10".
+	Extra string
+	// SocketGroup is the local API socket's group; the agent's directory
+	// is made traversable (0711) so callers of other uids reach it.
+	SocketGroup string
+	Echo        io.Writer
 }
 
 // StartAgent writes a configuration for bin under dir/name and starts it,
 // returning once it holds a signing certificate (/readyz).
 func (sp *SPIRE) StartAgent(ctx context.Context, bin, dir, name string, o AgentOptions) (*Service, error) {
-	conf := fmt.Sprintf("agent {\n  server_address = %q\n  server_spiffe_id = %q\n  workload_api_socket = %q\n  health_address = %q\n  log_level = \"debug\"\n}\n",
-		o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%")
-	s := &Service{notReady: o.NotReady}
+	socket := filepath.Join(dir, name, "agent.sock")
+	group := ""
+	if o.SocketGroup != "" {
+		group = fmt.Sprintf("socket_group        = %q", o.SocketGroup)
+		for _, d := range []string{dir, filepath.Join(dir, name)} {
+			if err := os.MkdirAll(d, 0o711); err != nil {
+				return nil, err
+			}
+			if err := os.Chmod(d, 0o711); err != nil {
+				return nil, err
+			}
+		}
+	}
+	conf := fmt.Sprintf(`agent {
+  server_address      = %q
+  server_spiffe_id    = %q
+  workload_api_socket = %q
+  health_address      = %q
+  socket_path         = %q
+  %s
+  %s
+  log_level           = "debug"
+}
+
+workload_attestor "unix" {}
+
+workload_attestor "spire" {
+  admin_socket = %q
+}
+
+policy {
+%s
+}
+`, o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, group, o.Extra, sp.AdminAPIAddr(), o.Policy)
+	s := &Service{notReady: o.NotReady, env: o.Env, Socket: socket}
 	return s.start(ctx, bin, dir, name, conf, o.Echo)
 }
 
@@ -139,7 +183,7 @@ func (s *Service) start(ctx context.Context, bin, dir, name, conf string, echo i
 
 // Start (re)starts the service with its configuration and waits for it.
 func (s *Service) Start(ctx context.Context) error {
-	p, err := Start(s.Name, s.Dir, s.echo, s.Bin, "run", "--config", s.ConfigPath)
+	p, err := StartEnv(s.Name, s.Dir, s.echo, s.env, s.Bin, "run", "--config", s.ConfigPath)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,11 @@ type Process struct {
 // Start runs bin with args; its stdout and stderr go to dir/name.log and,
 // when echo is not nil, to echo too.
 func Start(name, dir string, echo io.Writer, bin string, args ...string) (*Process, error) {
+	return StartEnv(name, dir, echo, nil, bin, args...)
+}
+
+// StartEnv is Start with extra environment variables.
+func StartEnv(name, dir string, echo io.Writer, env []string, bin string, args ...string) (*Process, error) {
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -45,7 +50,7 @@ func Start(name, dir string, echo io.Writer, bin string, args ...string) (*Proce
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), env...)
 	// Own process group, and killed if the harness dies first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

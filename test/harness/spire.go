@@ -26,6 +26,7 @@ type SPIRE struct {
 	AgentBin     string
 	ServerSocket string // the server's admin API socket (a path)
 	AgentSocket  string // the agent's Workload API socket (a path)
+	AdminSocket  string // the agent's admin API socket (Delegated Identity API)
 	BundlePath   string // the trust domain's X.509 bundle, PEM
 	AgentID      spiffeid.ID
 
@@ -100,6 +101,10 @@ const spireAgentConf = `agent {
   trust_bundle_path = "%s"
   trust_domain      = "%s"
   join_token        = "%s"
+  # hallmark-agent's spire workload attestor asks here which SPIFFE IDs a
+  # caller's PID holds (Delegated Identity API).
+  admin_socket_path    = "%s"
+  authorized_delegates = ["%s"]
 }
 
 plugins {
@@ -128,18 +133,22 @@ func StartSPIRE(ctx context.Context, root, dir string, opts SPIREOptions) (s *SP
 	s = &SPIRE{
 		Dir: dir, ServerBin: serverBin, AgentBin: agentBin,
 		ServerSocket: filepath.Join(dir, "spire-server.sock"),
-		AgentSocket:  filepath.Join(dir, "spire-agent.sock"),
-		BundlePath:   filepath.Join(dir, "bundle.pem"),
+		AgentSocket:  filepath.Join(dir, "workload", "spire-agent.sock"),
+		// SPIRE wants the admin socket outside the Workload API's
+		// directory and its subdirectories.
+		AdminSocket: filepath.Join(dir, "admin", "spire-admin.sock"),
+		BundlePath:  filepath.Join(dir, "bundle.pem"),
 	}
+	started := s
 	defer func() {
 		if err != nil {
-			s.Close()
+			started.Close()
 		}
 	}()
 	if len(s.AgentSocket) > 100 {
 		return nil, fmt.Errorf("spire: socket path %q is too long for a unix socket; use a shorter directory", s.AgentSocket)
 	}
-	for _, d := range []string{"server-data", "agent-data"} {
+	for _, d := range []string{"server-data", "agent-data", "admin", "workload"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, err
 		}
@@ -189,7 +198,8 @@ func StartSPIRE(ctx context.Context, root, dir string, opts SPIREOptions) (s *SP
 	}
 
 	agentConf := filepath.Join(dir, "spire-agent.conf")
-	conf = fmt.Sprintf(spireAgentConf, filepath.Join(dir, "agent-data"), port, s.AgentSocket, s.BundlePath, TrustDomain, token)
+	conf = fmt.Sprintf(spireAgentConf, filepath.Join(dir, "agent-data"), port, s.AgentSocket, s.BundlePath, TrustDomain, token,
+		s.AdminSocket, AgentID)
 	if err := os.WriteFile(agentConf, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -207,6 +217,9 @@ func StartSPIRE(ctx context.Context, root, dir string, opts SPIREOptions) (s *SP
 	}
 	return s, nil
 }
+
+// AdminAPIAddr is the agent's admin API address.
+func (s *SPIRE) AdminAPIAddr() string { return "unix://" + s.AdminSocket }
 
 // WorkloadAPIAddr is the agent's Workload API address as go-spiffe wants it.
 func (s *SPIRE) WorkloadAPIAddr() string { return "unix://" + s.AgentSocket }

@@ -34,6 +34,16 @@ type StackOptions struct {
 	// KeyManager returns the server's key_manager block once SPIRE runs
 	// (the Vault setup needs the trust bundle); nil means local.
 	KeyManager func(ctx context.Context, sp *SPIRE) (string, error)
+	// Policy is the agent's policy rules (HCL rule blocks); the stack's
+	// directory is passed so rules can name workspaces in it.
+	Policy func(dir string) string
+	// AgentEnv is extra environment for hallmark-agent.
+	AgentEnv []string
+	// AgentExtra is HCL appended to the agent block.
+	AgentExtra string
+	// SocketGroup is the agent socket's group (name or GID); callers of
+	// another uid need it, and the stack's directories become traversable.
+	SocketGroup string
 }
 
 // Stack is SPIRE plus one hallmark-server and one hallmark-agent.
@@ -55,9 +65,10 @@ func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err
 		return nil, err
 	}
 	st = &Stack{Root: root, Dir: dir}
+	started := st
 	defer func() {
 		if err != nil {
-			st.Close()
+			started.Close()
 		}
 	}()
 	if st.Bins, err = BuildBinaries(ctx, root, filepath.Join(dir, "bin")); err != nil {
@@ -89,8 +100,13 @@ func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err
 	}); err != nil {
 		return nil, err
 	}
+	policy := ""
+	if o.Policy != nil {
+		policy = o.Policy(dir)
+	}
 	if st.Agent, err = st.SPIRE.StartAgent(ctx, st.Bins.Agent, dir, "hallmark-agent", AgentOptions{
 		ServerAddr: st.Server.ServerAddr(), ServerID: ServerID.String(), Echo: o.Echo,
+		Policy: policy, Env: o.AgentEnv, SocketGroup: o.SocketGroup, Extra: o.AgentExtra,
 	}); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,307 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hallmark-dev/hallmark/agent/measure"
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/internal/peercred"
+	"github.com/hallmark-dev/hallmark/internal/policy"
+	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+)
+
+// WorkloadAttestor identifies a local caller; plugins/workloadattestor/*
+// implement it.
+type WorkloadAttestor interface {
+	Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error)
+}
+
+// NamedAttestor is a configured workload attestor.
+type NamedAttestor struct {
+	Name     string
+	Attestor WorkloadAttestor
+}
+
+// Limits on one attestation request.
+const (
+	maxRequestBytes = 1 << 20 // a request is names, not content
+	maxPaths        = 10000   // products plus materials named in a request
+	maxPathLen      = 4096
+)
+
+// pauseBeforeSignEnv, when set to a duration, makes the agent wait between
+// measuring and its last check of the caller. End-to-end tests use it to
+// open the window in which a caller could exit or exec; never set it in
+// production.
+const pauseBeforeSignEnv = "HALLMARK_AGENT_TEST_PAUSE_BEFORE_SIGN"
+
+// localAPI implements agentv1.WorkloadServiceServer.
+type localAPI struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	a     *Agent
+	pause time.Duration
+}
+
+// serveLocal serves the local API on cfg.SocketPath until ctx ends.
+func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
+	api := &localAPI{a: a}
+	if v := os.Getenv(pauseBeforeSignEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("agent: %s: %w", pauseBeforeSignEnv, err)
+		}
+		api.pause = d
+		a.log.Warn("Test hook active: attestation pauses before the final caller check; never use in production",
+			zap.Duration("pause", d))
+	}
+	srv := grpc.NewServer(
+		grpc.Creds(peercred.Credentials()),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.UnaryInterceptor(api.logErrors),
+	)
+	agentv1.RegisterWorkloadServiceServer(srv, api)
+	a.log.Info("Serving the local API", zap.String(logSocket, a.cfg.SocketPath))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		srv.GracefulStop()
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("agent: local API: %w", err)
+	}
+}
+
+// logErrors logs unexpected failures once, at the API edge. Denials are
+// logged as audit events where they are decided.
+func (api *localAPI) logErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	if err != nil {
+		if st := status.Convert(err); st.Code() != codes.PermissionDenied && st.Code() != codes.InvalidArgument {
+			api.a.log.Warn("Local API call failed", zap.String(logMethod, info.FullMethod),
+				zap.String(logCode, st.Code().String()), zap.String(logError, st.Message()))
+		}
+	}
+	return resp, err
+}
+
+// caller identifies the peer of ctx with every configured attestor.
+func (api *localAPI) caller(ctx context.Context) (*peercred.Conn, workloadattestor.Caller, policy.Identity, error) {
+	conn, ok := peercred.FromContext(ctx)
+	if !ok {
+		return nil, workloadattestor.Caller{}, policy.Identity{}, status.Error(codes.Unauthenticated, "caller not identified by the kernel")
+	}
+	p := conn.Peer()
+	c := workloadattestor.Caller{PID: p.PID, UID: p.UID, GID: p.GID}
+	var id policy.Identity
+	for _, na := range api.a.cfg.Attestors {
+		res, err := na.Attestor.Attest(ctx, c)
+		if err != nil {
+			return nil, c, id, status.Errorf(codes.Unavailable, "workload attestor %s: %v", na.Name, err)
+		}
+		id.SPIFFEIDs = append(id.SPIFFEIDs, res.SPIFFEIDs...)
+		id.Selectors = append(id.Selectors, res.Selectors...)
+	}
+	slices.Sort(id.SPIFFEIDs)
+	id.SPIFFEIDs = slices.Compact(id.SPIFFEIDs)
+	return conn, c, id, nil
+}
+
+// WhoAmI tells the caller how the agent sees it and what policy grants it.
+func (api *localAPI) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*agentv1.WhoAmIResponse, error) {
+	_, c, id, err := api.caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &agentv1.WhoAmIResponse{
+		Workload:      &agentv1.Workload{Pid: c.PID, Uid: c.UID, Gid: c.GID, SpiffeIds: id.SPIFFEIDs, Selectors: id.Selectors},
+		AgentSpiffeId: api.a.spiffeID(),
+	}
+	for _, r := range api.a.cfg.Policy.Matching(id) {
+		resp.Grants = append(resp.Grants, &agentv1.Grant{Rule: r.Name, Steps: r.Steps, WorkspaceRoots: r.WorkspaceRoots})
+	}
+	return resp, nil
+}
+
+// AttestStep is the agent's reason to exist. In order: identify the caller
+// from the kernel, check the request, decide by policy, measure the
+// products and materials itself, confirm the caller is still the process
+// that connected, and sign with the current short-lived key.
+func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	a := api.a
+	start := a.cfg.Now()
+	conn, c, id, err := api.caller(ctx)
+	if err != nil {
+		a.metrics.attestations.WithLabelValues(resultError).Inc()
+		return nil, err
+	}
+	audit := []zap.Field{
+		zap.Int32(logPID, c.PID), zap.Uint32(logUID, c.UID), zap.Uint32(logGID, c.GID),
+		zap.Strings(logSPIFFEIDs, id.SPIFFEIDs), zap.Strings(logSelectors, id.Selectors),
+		zap.String(logStep, req.GetStep()), zap.String(logWorkspace, req.GetWorkspace()),
+	}
+	deny := func(code codes.Code, reason string) error {
+		a.metrics.attestations.WithLabelValues(resultDenied).Inc()
+		a.log.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, reason))...)
+		return status.Error(code, reason)
+	}
+
+	workspace, err := checkRequest(req)
+	if err != nil {
+		return nil, deny(codes.InvalidArgument, err.Error())
+	}
+	rule, err := a.cfg.Policy.Decide(id, req.GetStep(), workspace)
+	if err != nil {
+		return nil, deny(codes.PermissionDenied, err.Error())
+	}
+	audit = append(audit, zap.String(logRule, rule.Name))
+
+	products, err := measure.Hash(ctx, workspace, req.GetProducts(), a.cfg.Limits)
+	if err != nil {
+		return nil, deny(measureCode(err), "products: "+err.Error())
+	}
+	materials, err := measure.Hash(ctx, workspace, req.GetMaterials(), a.cfg.Limits)
+	if err != nil {
+		return nil, deny(measureCode(err), "materials: "+err.Error())
+	}
+	if len(products)+len(materials) > a.cfg.Limits.MaxFiles && a.cfg.Limits.MaxFiles > 0 {
+		return nil, deny(codes.InvalidArgument, fmt.Sprintf("%d files measured, more than the %d allowed", len(products)+len(materials), a.cfg.Limits.MaxFiles))
+	}
+	if len(products) == 0 {
+		return nil, deny(codes.InvalidArgument, "the products name no files")
+	}
+	cmdline, err := conn.Peer().Cmdline()
+	if err != nil {
+		return nil, deny(codes.PermissionDenied, "caller's command line: "+err.Error())
+	}
+
+	if api.pause > 0 {
+		select {
+		case <-time.After(api.pause):
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	// The identity, measurements and command line above belong to the
+	// process that connected only if it is still that process.
+	if err := conn.Verify(); err != nil {
+		return nil, deny(codes.PermissionDenied, "caller changed since it connected: "+err.Error())
+	}
+
+	held, ok := a.keys.current(a.cfg.Now())
+	if !ok {
+		a.metrics.attestations.WithLabelValues(resultError).Inc()
+		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet (is hallmark-server reachable? see `hallmark status`)")
+	}
+	step := attest.Step{
+		Name:          req.GetStep(),
+		Workspace:     workspace,
+		Command:       req.GetCommand(),
+		CallerCmdline: cmdline,
+		Products:      artifacts(products),
+		Materials:     artifacts(materials),
+		Workload:      attest.Workload{SPIFFEIDs: id.SPIFFEIDs, Selectors: id.Selectors, PID: c.PID, UID: c.UID, GID: c.GID},
+		BuilderID:     a.spiffeID(),
+		InvocationID:  newInvocationID(),
+		StartedOn:     start,
+		FinishedOn:    a.cfg.Now(),
+	}
+	if ts := req.GetStartedOn(); ts != nil && ts.IsValid() && ts.AsTime().Before(start) {
+		step.StartedOn = ts.AsTime()
+	}
+	bundle, err := attest.Sign(step, held.key, held.leaf())
+	if err != nil {
+		a.metrics.attestations.WithLabelValues(resultError).Inc()
+		return nil, status.Errorf(codes.Internal, "sign: %v", err)
+	}
+	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
+	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())
+	a.log.Info("Step attested", append(audit,
+		zap.String(logEvent, "step_attested"),
+		zap.String(logInvocationID, step.InvocationID),
+		zap.Int("products", len(products)), zap.Int("materials", len(materials)),
+		zap.String(logSerial, held.leaf().SerialNumber.Text(16)))...)
+	resp := &agentv1.AttestStepResponse{Bundle: bundle, InvocationId: step.InvocationID}
+	for _, p := range products {
+		resp.Subjects = append(resp.Subjects, &agentv1.Subject{Name: p.Name, Sha256: p.SHA256})
+	}
+	return resp, nil
+}
+
+// checkRequest validates the request and returns the workspace with
+// symlinks resolved, which is what policy and measuring see.
+func checkRequest(req *agentv1.AttestStepRequest) (string, error) {
+	if !policy.ValidStepName(req.GetStep()) {
+		return "", fmt.Errorf("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
+	}
+	if len(req.GetProducts()) == 0 {
+		return "", errors.New("no products: name the files or directories the step produced")
+	}
+	if n := len(req.GetProducts()) + len(req.GetMaterials()); n > maxPaths {
+		return "", fmt.Errorf("%d paths named, more than the %d allowed", n, maxPaths)
+	}
+	for _, p := range slices.Concat(req.GetProducts(), req.GetMaterials(), []string{req.GetWorkspace()}) {
+		if len(p) > maxPathLen || strings.ContainsRune(p, 0) {
+			return "", fmt.Errorf("path %.64q...: too long or contains NUL", p)
+		}
+	}
+	ws := req.GetWorkspace()
+	if !filepath.IsAbs(ws) {
+		return "", fmt.Errorf("workspace %q must be an absolute path", ws)
+	}
+	resolved, err := filepath.EvalSymlinks(ws)
+	if err != nil {
+		return "", fmt.Errorf("workspace: %w", err)
+	}
+	return resolved, nil
+}
+
+func measureCode(err error) codes.Code {
+	switch {
+	case errors.Is(err, measure.ErrEscapes):
+		return codes.PermissionDenied
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return codes.Canceled
+	default:
+		return codes.InvalidArgument
+	}
+}
+
+func artifacts(ds []measure.Digest) []attest.Artifact {
+	out := make([]attest.Artifact, len(ds))
+	for i, d := range ds {
+		out[i] = attest.Artifact{Name: d.Name, SHA256: d.SHA256}
+	}
+	return out
+}
+
+func newInvocationID() string {
+	var b [16]byte
+	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
+}
+
+// spiffeID is the agent's current SPIFFE ID (the builder).
+func (a *Agent) spiffeID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.id.IsZero() {
+		return ""
+	}
+	return a.id.String()
+}

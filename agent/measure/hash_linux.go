@@ -1,0 +1,342 @@
+//go:build linux
+
+package measure
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+)
+
+// maxDepth bounds how deep directories nest, so that a walk holds a bounded
+// number of descriptors.
+const maxDepth = 512
+
+// bufPool holds the read buffers of the hashing workers.
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, 1<<20)
+	return &b
+}}
+
+func hash(ctx context.Context, root string, rels []string, lim Limits) ([]Digest, error) {
+	rootfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.ENOENT {
+			err = ErrNotFound
+		}
+		return nil, fmt.Errorf("measure: open root %q: %w", root, err)
+	}
+	defer unix.Close(rootfd)
+	r, err := newResolver(rootfd)
+	if err != nil {
+		return nil, fmt.Errorf("measure: open root %q: %w", root, err)
+	}
+	w := &walker{r: r, lim: lim, seen: make(map[string]bool)}
+	for _, rel := range rels {
+		if err := w.add(ctx, rel); err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(w.files, func(a, b file) int { return strings.Compare(a.name, b.name) })
+	return hashFiles(ctx, r, w.files, lim)
+}
+
+// file is a regular file found by the walk.
+type file struct {
+	name string
+	size int64 // when walked; the file is measured as it is when read
+}
+
+// dirID identifies a directory, to notice symbolic links that loop.
+type dirID struct{ dev, ino uint64 }
+
+// walker lists the regular files that the paths name, enforcing the limits
+// before anything is read.
+type walker struct {
+	r     *resolver
+	lim   Limits
+	files []file
+	seen  map[string]bool
+	dirs  int
+	total int64
+}
+
+// add lists the files that rel names.
+func (w *walker) add(ctx context.Context, rel string) error {
+	fd, err := w.r.open(rel, unix.O_PATH)
+	if err != nil {
+		return pathError(rel, err)
+	}
+	return w.addOpened(ctx, rel, fd, nil)
+}
+
+// addOpened lists the files that name, opened as fd with O_PATH, names.
+// It closes fd.
+func (w *walker) addOpened(ctx context.Context, name string, fd int, parents []dirID) error {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return pathError(name, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return w.addFile(name, st.Size)
+	case unix.S_IFDIR:
+		id := dirID{uint64(st.Dev), st.Ino}
+		if slices.Contains(parents, id) {
+			return nil // a symbolic link back to a directory being walked
+		}
+		dfd, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return pathError(name, err)
+		}
+		return w.walk(ctx, name, dfd, append(parents, id))
+	default:
+		return fmt.Errorf("measure: %q: %w (%s)", name, ErrNotRegular, kind(st.Mode))
+	}
+}
+
+// walk lists the files in directory dfd, named name, recursively. parents
+// are the directories being walked, dfd's last. It closes dfd.
+func (w *walker) walk(ctx context.Context, name string, dfd int, parents []dirID) error {
+	defer unix.Close(dfd)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("measure: %w", err)
+	}
+	w.dirs++
+	if w.dirs > w.lim.MaxFiles {
+		return fmt.Errorf("measure: %q: %w: more than %d directories", name, ErrTooManyFiles, w.lim.MaxFiles)
+	}
+	if len(parents) > maxDepth {
+		return fmt.Errorf("measure: %q: directories nested more than %d deep", name, maxDepth)
+	}
+	entries, err := readDirNames(dfd)
+	if err != nil {
+		return pathError(name, err)
+	}
+	for _, e := range entries {
+		child := join(name, e)
+		var st unix.Stat_t
+		if err := unix.Fstatat(dfd, e, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return pathError(child, err)
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			if err := w.addFile(child, st.Size); err != nil {
+				return err
+			}
+		case unix.S_IFDIR:
+			cfd, err := w.r.openChild(dfd, e, unix.O_RDONLY|unix.O_DIRECTORY)
+			if err != nil {
+				if err == unix.ELOOP || err == unix.ENOTDIR {
+					return fmt.Errorf("measure: %q: changed while it was walked", child)
+				}
+				return pathError(child, err)
+			}
+			var cst unix.Stat_t
+			if err := unix.Fstat(cfd, &cst); err != nil {
+				unix.Close(cfd)
+				return pathError(child, err)
+			}
+			id := dirID{uint64(cst.Dev), cst.Ino}
+			if slices.Contains(parents, id) {
+				unix.Close(cfd) // reached again through a symbolic link above
+				continue
+			}
+			if err := w.walk(ctx, child, cfd, append(parents, id)); err != nil {
+				return err
+			}
+		case unix.S_IFLNK:
+			// Resolve from the root, not from dfd, so that a link may lead
+			// anywhere beneath the root, and nowhere else.
+			fd, err := w.r.open(child, unix.O_PATH)
+			if err != nil {
+				err = pathError(child, err)
+				if errors.Is(err, ErrEscapes) || errors.Is(err, ErrNotFound) {
+					if target, lerr := readlinkAt(dfd, e); lerr == nil {
+						err = fmt.Errorf("%w (symbolic link to %q)", err, target)
+					}
+				}
+				return err
+			}
+			if err := w.addOpened(ctx, child, fd, parents); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("measure: %q: %w (%s)", child, ErrNotRegular, kind(st.Mode))
+		}
+	}
+	return nil
+}
+
+// addFile lists one regular file, enforcing the limits.
+func (w *walker) addFile(name string, size int64) error {
+	if w.seen[name] {
+		return nil
+	}
+	w.seen[name] = true
+	if len(w.files) >= w.lim.MaxFiles {
+		return fmt.Errorf("measure: %q: %w: more than %d files", name, ErrTooManyFiles, w.lim.MaxFiles)
+	}
+	if size > w.lim.MaxFileBytes {
+		return fmt.Errorf("measure: %q: %w: %d bytes, more than %d per file", name, ErrTooLarge, size, w.lim.MaxFileBytes)
+	}
+	w.total += size
+	if w.total > w.lim.MaxTotalBytes {
+		return fmt.Errorf("measure: %q: %w: files total more than %d bytes", name, ErrTooLarge, w.lim.MaxTotalBytes)
+	}
+	w.files = append(w.files, file{name: name, size: size})
+	return nil
+}
+
+// hashFiles hashes files in parallel, in their order.
+func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits) ([]Digest, error) {
+	out := make([]Digest, len(files))
+	g, gctx := errgroup.WithContext(ctx)
+	var next atomic.Int64
+	var total atomic.Int64
+	for range min(lim.Workers, len(files)) {
+		g.Go(func() error {
+			bp := bufPool.Get().(*[]byte)
+			defer bufPool.Put(bp)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(files) {
+					return nil
+				}
+				d, err := hashFile(gctx, r, files[i].name, *bp, lim, &total)
+				if err != nil {
+					return err
+				}
+				out[i] = d
+			}
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// hashFile opens name beneath the root again (the tree may have changed
+// since the walk) and hashes it, counting what it reads into total.
+func hashFile(ctx context.Context, r *resolver, name string, buf []byte, lim Limits, total *atomic.Int64) (Digest, error) {
+	if err := ctx.Err(); err != nil {
+		return Digest{}, fmt.Errorf("measure: %w", err)
+	}
+	// O_NONBLOCK so that a file replaced by a fifo cannot block the open.
+	fd, err := r.open(name, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
+	if err != nil {
+		return Digest{}, pathError(name, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return Digest{}, pathError(name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return Digest{}, fmt.Errorf("measure: %q: %w (%s)", name, ErrNotRegular, kind(st.Mode))
+	}
+	tooLarge := func() error {
+		return fmt.Errorf("measure: %q: %w: more than %d bytes per file", name, ErrTooLarge, lim.MaxFileBytes)
+	}
+	if st.Size > lim.MaxFileBytes {
+		return Digest{}, tooLarge()
+	}
+	h := sha256.New()
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return Digest{}, fmt.Errorf("measure: %w", err)
+		}
+		k, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return Digest{}, pathError(name, err)
+		}
+		if k == 0 {
+			break
+		}
+		n += int64(k)
+		if n > lim.MaxFileBytes {
+			return Digest{}, tooLarge()
+		}
+		if total.Add(int64(k)) > lim.MaxTotalBytes {
+			return Digest{}, fmt.Errorf("measure: %q: %w: files total more than %d bytes", name, ErrTooLarge, lim.MaxTotalBytes)
+		}
+		h.Write(buf[:k])
+	}
+	return Digest{Name: name, SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
+}
+
+// readDirNames lists directory dfd, without "." and "..".
+func readDirNames(dfd int) ([]string, error) {
+	buf := make([]byte, 32<<10)
+	var names []string
+	for {
+		n, err := unix.ReadDirent(dfd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return names, nil
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+}
+
+// readlinkAt reads the target of the symbolic link name in dirfd.
+func readlinkAt(dirfd int, name string) (string, error) {
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(dirfd, name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// pathError turns a system error about name into the package's errors.
+func pathError(name string, err error) error {
+	switch err {
+	case unix.EXDEV:
+		return fmt.Errorf("measure: %q: %w: a symbolic link, \"..\" or mount point in it leads outside the root", name, ErrEscapes)
+	case unix.ENOENT, unix.ENOTDIR:
+		return fmt.Errorf("measure: %q: %w", name, ErrNotFound)
+	case unix.ELOOP:
+		return fmt.Errorf("measure: %q: too many levels of symbolic links", name)
+	}
+	return fmt.Errorf("measure: %q: %w", name, err)
+}
+
+// kind names a file type for error messages.
+func kind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "fifo"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFCHR:
+		return "character device"
+	case unix.S_IFBLK:
+		return "block device"
+	case unix.S_IFDIR:
+		return "directory"
+	case unix.S_IFLNK:
+		return "symbolic link"
+	}
+	return fmt.Sprintf("file mode %#o", mode)
+}

@@ -1,0 +1,173 @@
+package attest
+
+import (
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+const (
+	// BundleMediaType is the media type of the Sigstore bundles this package
+	// writes.
+	BundleMediaType = "application/vnd.dev.sigstore.bundle.v0.3+json"
+	// bundleMediaTypeV03Alt is the older spelling of the same version, which
+	// the bundle spec says clients must accept.
+	bundleMediaTypeV03Alt = "application/vnd.dev.sigstore.bundle+json;version=0.3"
+
+	// MaxBundleSize is the largest input [ParseBundle] accepts.
+	MaxBundleSize = 16 << 20
+)
+
+// NewBundle packages a signed envelope and the signer's leaf certificate as a
+// Sigstore bundle v0.3. As v0.3 requires, the verification material is the
+// leaf certificate alone: intermediates and roots belong in the verifier's
+// trusted root. The bundle has no transparency log entries yet.
+func NewBundle(env *dssepb.Envelope, leaf *x509.Certificate) (*bundlepb.Bundle, error) {
+	if err := checkEnvelope(env); err != nil {
+		return nil, err
+	}
+	if leaf == nil || len(leaf.Raw) == 0 {
+		return nil, errors.New("attest: no leaf certificate")
+	}
+	return &bundlepb.Bundle{
+		MediaType: BundleMediaType,
+		VerificationMaterial: &bundlepb.VerificationMaterial{
+			Content: &bundlepb.VerificationMaterial_Certificate{
+				Certificate: &protocommon.X509Certificate{RawBytes: leaf.Raw},
+			},
+		},
+		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: env},
+	}, nil
+}
+
+// MarshalBundle returns the JSON encoding of b (protojson, compacted).
+func MarshalBundle(b *bundlepb.Bundle) ([]byte, error) {
+	if b == nil {
+		return nil, errors.New("attest: nil bundle")
+	}
+	out, err := marshalCompact(b)
+	if err != nil {
+		return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+	}
+	return out, nil
+}
+
+// ParseBundle decodes untrusted bundle JSON and checks its shape: at most
+// [MaxBundleSize] bytes, no unknown fields, media type v0.3, a single leaf
+// certificate (not a chain, not a public key) that parses as X.509, and a
+// DSSE envelope carrying an in-toto statement with exactly one signature.
+// It verifies nothing cryptographically.
+func ParseBundle(data []byte) (*bundlepb.Bundle, error) {
+	if len(data) > MaxBundleSize {
+		return nil, fmt.Errorf("attest: bundle is %d bytes, limit is %d", len(data), MaxBundleSize)
+	}
+	var b bundlepb.Bundle
+	if err := (protojson.UnmarshalOptions{}).Unmarshal(data, &b); err != nil {
+		return nil, fmt.Errorf("attest: decode bundle: %w", err)
+	}
+	switch mt := b.GetMediaType(); mt {
+	case BundleMediaType, bundleMediaTypeV03Alt:
+	case "":
+		return nil, errors.New("attest: bundle has no media type")
+	default:
+		return nil, fmt.Errorf("attest: bundle media type is %q, want %q", mt, BundleMediaType)
+	}
+
+	vm := b.GetVerificationMaterial()
+	if vm == nil {
+		return nil, errors.New("attest: bundle has no verification material")
+	}
+	switch c := vm.GetContent().(type) {
+	case *bundlepb.VerificationMaterial_Certificate:
+		raw := c.Certificate.GetRawBytes()
+		if len(raw) == 0 {
+			return nil, errors.New("attest: bundle certificate is empty")
+		}
+		if _, err := x509.ParseCertificate(raw); err != nil {
+			return nil, fmt.Errorf("attest: bundle certificate: %w", err)
+		}
+	case *bundlepb.VerificationMaterial_X509CertificateChain:
+		return nil, errors.New("attest: bundle carries a certificate chain; a v0.3 bundle carries only the leaf certificate")
+	case *bundlepb.VerificationMaterial_PublicKey:
+		return nil, errors.New("attest: bundle carries a public key hint, want a leaf certificate")
+	default:
+		return nil, errors.New("attest: bundle has no certificate")
+	}
+
+	switch c := b.GetContent().(type) {
+	case *bundlepb.Bundle_DsseEnvelope:
+		if err := checkEnvelope(c.DsseEnvelope); err != nil {
+			return nil, err
+		}
+	case *bundlepb.Bundle_MessageSignature:
+		return nil, errors.New("attest: bundle carries a message signature, want a DSSE envelope")
+	default:
+		return nil, errors.New("attest: bundle has no DSSE envelope")
+	}
+	return &b, nil
+}
+
+// checkEnvelope checks the shape this package produces and accepts: an
+// in-toto payload and exactly one non-empty signature.
+func checkEnvelope(env *dssepb.Envelope) error {
+	if env == nil {
+		return errors.New("attest: no DSSE envelope")
+	}
+	if env.GetPayloadType() != PayloadType {
+		return fmt.Errorf("attest: envelope payload type is %q, want %q", env.GetPayloadType(), PayloadType)
+	}
+	if len(env.GetPayload()) == 0 {
+		return errors.New("attest: envelope payload is empty")
+	}
+	if n := len(env.GetSignatures()); n != 1 {
+		return fmt.Errorf("attest: envelope has %d signatures, want exactly 1", n)
+	}
+	if len(env.GetSignatures()[0].GetSig()) == 0 {
+		return errors.New("attest: envelope signature is empty")
+	}
+	return nil
+}
+
+// Sign attests one step: it builds the statement, signs it with signer and
+// returns the Sigstore bundle JSON carrying leaf, which must certify the
+// signer's public key.
+func Sign(s Step, signer crypto.Signer, leaf *x509.Certificate) ([]byte, error) {
+	if signer == nil {
+		return nil, errors.New("attest: nil signer")
+	}
+	if _, err := p256Key(signer.Public()); err != nil {
+		return nil, fmt.Errorf("attest: signer: %w", err)
+	}
+	if leaf == nil {
+		return nil, errors.New("attest: no leaf certificate")
+	}
+	// A bundle whose certificate does not match its signature can never
+	// verify; catch the mix-up (e.g. mid key rotation) at signing time.
+	pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(leaf.PublicKey) {
+		return nil, errors.New("attest: leaf certificate does not certify the signer's public key")
+	}
+	st, err := NewStatement(s)
+	if err != nil {
+		return nil, err
+	}
+	payload, err := MarshalStatement(st)
+	if err != nil {
+		return nil, err
+	}
+	env, err := SignEnvelope(payload, signer)
+	if err != nil {
+		return nil, err
+	}
+	b, err := NewBundle(env, leaf)
+	if err != nil {
+		return nil, err
+	}
+	return MarshalBundle(b)
+}

@@ -1,0 +1,309 @@
+package attest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	slsa1 "github.com/in-toto/attestation/go/predicates/provenance/v1"
+	ita1 "github.com/in-toto/attestation/go/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+const (
+	// BuildType is the SLSA buildType URI of a Hallmark-attested step. Its
+	// parameters are documented in docs/buildtypes/step-v1.md.
+	BuildType = "https://hallmark.dev/buildtypes/step/v1"
+	// PredicateType is the in-toto predicateType of SLSA Provenance v1.
+	PredicateType = "https://slsa.dev/provenance/v1"
+	// PayloadType is the DSSE payloadType of an in-toto statement.
+	PayloadType = "application/vnd.in-toto+json"
+)
+
+// Artifact is a file measured by the agent.
+type Artifact struct {
+	// Name is the slash-separated path relative to the workspace
+	// (as accepted by [io/fs.ValidPath], and not ".").
+	Name string
+	// SHA256 is the lowercase hex SHA-256 of the file's content.
+	SHA256 string
+}
+
+// Workload is the caller as the agent's attestors saw it.
+type Workload struct {
+	// SPIFFEIDs are the caller's SPIFFE IDs from the spire attestor.
+	SPIFFEIDs []string
+	// Selectors are type:value selectors from the workload attestors.
+	Selectors []string
+	// PID, UID and GID are the caller's peer credentials (SO_PEERCRED).
+	PID      int32
+	UID, GID uint32
+}
+
+// Step is everything the agent knows about one attested step.
+//
+// All strings must be valid UTF-8: the statement is JSON and cannot carry
+// anything else faithfully.
+type Step struct {
+	// Name is the step name that policy authorized (required).
+	Name string
+	// Workspace is the directory that artifact names are relative to.
+	Workspace string
+	// Command is the command as the caller reported it (may be empty).
+	Command []string
+	// CallerCmdline is read by the agent from /proc/PID/cmdline.
+	CallerCmdline []string
+	// Products become the statement's subjects (at least one).
+	Products []Artifact
+	// Materials become the predicate's resolvedDependencies.
+	Materials []Artifact
+	// Workload is the caller's identity.
+	Workload Workload
+	// BuilderID is the agent's SPIFFE ID (an absolute URI, required).
+	BuilderID string
+	// InvocationID identifies this attestation request (optional).
+	InvocationID string
+	// StartedOn and FinishedOn bound the step; either may be zero (omitted).
+	StartedOn, FinishedOn time.Time
+}
+
+// Keys of the buildType's parameters; docs/buildtypes/step-v1.md documents
+// each one.
+const (
+	keyStep          = "step"
+	keyCommand       = "command"
+	keyWorkload      = "workload"
+	keySPIFFEIDs     = "spiffe_ids"
+	keySelectors     = "selectors"
+	keyPID           = "pid"
+	keyUID           = "uid"
+	keyGID           = "gid"
+	keyCallerCmdline = "caller_cmdline"
+	keyWorkspace     = "workspace"
+)
+
+// NewStatement returns the in-toto Statement v1 for s: one subject per
+// product (sorted by name) and an SLSA Provenance v1 predicate of build type
+// [BuildType]. Both the predicate and the statement pass the in-toto
+// library's Validate.
+func NewStatement(s Step) (*ita1.Statement, error) {
+	if err := checkStep(s); err != nil {
+		return nil, err
+	}
+	subjects, err := descriptors("product", s.Products)
+	if err != nil {
+		return nil, err
+	}
+	if len(subjects) == 0 {
+		return nil, errors.New("attest: step has no products: a statement needs at least one subject")
+	}
+	deps, err := descriptors("material", s.Materials)
+	if err != nil {
+		return nil, err
+	}
+
+	external, err := structpb.NewStruct(map[string]any{
+		keyStep:    s.Name,
+		keyCommand: stringList(s.Command),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attest: external parameters: %w", err)
+	}
+	internal, err := structpb.NewStruct(map[string]any{
+		keyWorkload: map[string]any{
+			keySPIFFEIDs: stringList(s.Workload.SPIFFEIDs),
+			keySelectors: stringList(s.Workload.Selectors),
+			keyPID:       s.Workload.PID,
+			keyUID:       s.Workload.UID,
+			keyGID:       s.Workload.GID,
+		},
+		keyCallerCmdline: stringList(s.CallerCmdline),
+		keyWorkspace:     s.Workspace,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attest: internal parameters: %w", err)
+	}
+
+	prov := &slsa1.Provenance{
+		BuildDefinition: &slsa1.BuildDefinition{
+			BuildType:            BuildType,
+			ExternalParameters:   external,
+			InternalParameters:   internal,
+			ResolvedDependencies: deps,
+		},
+		RunDetails: &slsa1.RunDetails{
+			Builder:  &slsa1.Builder{Id: s.BuilderID},
+			Metadata: metadata(s),
+		},
+	}
+	if err := prov.Validate(); err != nil {
+		return nil, fmt.Errorf("attest: invalid provenance: %w", err)
+	}
+	predicate, err := toStruct(prov)
+	if err != nil {
+		return nil, err
+	}
+
+	st := &ita1.Statement{
+		Type:          ita1.StatementTypeUri,
+		Subject:       subjects,
+		PredicateType: PredicateType,
+		Predicate:     predicate,
+	}
+	if err := st.Validate(); err != nil {
+		return nil, fmt.Errorf("attest: invalid statement: %w", err)
+	}
+	return st, nil
+}
+
+// MarshalStatement returns the JSON encoding of st that is signed as the DSSE
+// payload: protojson output with insignificant whitespace removed, so the
+// bytes depend only on st (fields in schema order, object keys sorted).
+func MarshalStatement(st *ita1.Statement) ([]byte, error) {
+	if st == nil {
+		return nil, errors.New("attest: nil statement")
+	}
+	b, err := marshalCompact(st)
+	if err != nil {
+		return nil, fmt.Errorf("attest: marshal statement: %w", err)
+	}
+	return b, nil
+}
+
+func checkStep(s Step) error {
+	if s.Name == "" {
+		return errors.New("attest: step name is empty")
+	}
+	if s.BuilderID == "" {
+		return errors.New("attest: builder ID is empty")
+	}
+	if u, err := url.Parse(s.BuilderID); err != nil || !u.IsAbs() {
+		return fmt.Errorf("attest: builder ID %q is not an absolute URI", s.BuilderID)
+	}
+	if !s.StartedOn.IsZero() && !s.FinishedOn.IsZero() && s.FinishedOn.Before(s.StartedOn) {
+		return fmt.Errorf("attest: step finished (%s) before it started (%s)",
+			s.FinishedOn.Format(time.RFC3339Nano), s.StartedOn.Format(time.RFC3339Nano))
+	}
+	// protojson refuses invalid UTF-8; say which field it was.
+	fields := []struct {
+		name string
+		vals []string
+	}{
+		{"step name", []string{s.Name}},
+		{"workspace", []string{s.Workspace}},
+		{"builder ID", []string{s.BuilderID}},
+		{"invocation ID", []string{s.InvocationID}},
+		{"command", s.Command},
+		{"caller cmdline", s.CallerCmdline},
+		{"workload SPIFFE IDs", s.Workload.SPIFFEIDs},
+		{"workload selectors", s.Workload.Selectors},
+	}
+	for _, f := range fields {
+		for i, v := range f.vals {
+			if !utf8.ValidString(v) {
+				return fmt.Errorf("attest: %s[%d] is not valid UTF-8", f.name, i)
+			}
+		}
+	}
+	return nil
+}
+
+// descriptors turns artifacts into resource descriptors sorted by name,
+// refusing bad names, bad digests and duplicates.
+func descriptors(kind string, arts []Artifact) ([]*ita1.ResourceDescriptor, error) {
+	sorted := slices.Clone(arts)
+	slices.SortFunc(sorted, func(a, b Artifact) int { return strings.Compare(a.Name, b.Name) })
+	out := make([]*ita1.ResourceDescriptor, 0, len(sorted))
+	for i, a := range sorted {
+		if !utf8.ValidString(a.Name) || !fs.ValidPath(a.Name) || a.Name == "." {
+			return nil, fmt.Errorf("attest: %s name %q is not a slash-separated relative path", kind, a.Name)
+		}
+		if i > 0 && sorted[i-1].Name == a.Name {
+			return nil, fmt.Errorf("attest: duplicate %s %q", kind, a.Name)
+		}
+		if !isLowerHexSHA256(a.SHA256) {
+			return nil, fmt.Errorf("attest: %s %q: sha256 %q is not 64 lowercase hex digits", kind, a.Name, a.SHA256)
+		}
+		out = append(out, &ita1.ResourceDescriptor{
+			Name:   a.Name,
+			Digest: map[string]string{string(ita1.AlgorithmSHA256): a.SHA256},
+		})
+	}
+	return out, nil
+}
+
+func isLowerHexSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// stringList converts to the []any that structpb wants; nil becomes an
+// empty list so every key is always present.
+func stringList(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+func metadata(s Step) *slsa1.BuildMetadata {
+	m := &slsa1.BuildMetadata{InvocationId: s.InvocationID}
+	if !s.StartedOn.IsZero() {
+		m.StartedOn = timestamppb.New(s.StartedOn)
+	}
+	if !s.FinishedOn.IsZero() {
+		m.FinishedOn = timestamppb.New(s.FinishedOn)
+	}
+	if m.InvocationId == "" && m.StartedOn == nil && m.FinishedOn == nil {
+		return nil
+	}
+	return m
+}
+
+// toStruct converts the provenance message to the generic Struct that a
+// Statement carries, through its canonical JSON mapping.
+func toStruct(prov *slsa1.Provenance) (*structpb.Struct, error) {
+	b, err := protojson.Marshal(prov)
+	if err != nil {
+		return nil, fmt.Errorf("attest: marshal provenance: %w", err)
+	}
+	var st structpb.Struct
+	if err := protojson.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("attest: convert provenance: %w", err)
+	}
+	return &st, nil
+}
+
+// marshalCompact is protojson with its deliberately unstable whitespace
+// removed.
+func marshalCompact(m proto.Message) ([]byte, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(b))
+	if err := json.Compact(&buf, b); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

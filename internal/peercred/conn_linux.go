@@ -1,0 +1,265 @@
+package peercred
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	// ErrForeignSender means bytes on a connection came from a process other
+	// than the one that connected (the socket was passed or inherited). The
+	// bytes are dropped and the connection closed.
+	ErrForeignSender = errors.New("peercred: bytes from a process other than the peer")
+	// ErrPeerGone means the process that connected has exited; its pid may
+	// now name another process.
+	ErrPeerGone = errors.New("peercred: peer process is gone")
+	// ErrPeerExeced means the process that connected now runs another
+	// executable.
+	ErrPeerExeced = errors.New("peercred: peer process exec'd another executable")
+)
+
+// errCtrlMsg means a read carried control data other than the kernel's
+// credentials (for example file descriptors); the connection is closed.
+var errCtrlMsg = errors.New("peercred: unexpected control message")
+
+// credsSpace fits exactly one SCM_CREDENTIALS message. Anything more (such
+// as SCM_RIGHTS) does not fit, so the kernel truncates it (MSG_CTRUNC)
+// instead of installing descriptors in this process.
+var credsSpace = unix.CmsgSpace(unix.SizeofUcred)
+
+// Conn is a connection accepted by a Listener: a net.Conn whose reads only
+// ever return bytes written by the process that connected.
+//
+// Every Read fails with ErrForeignSender, and closes the connection, once
+// the kernel reports bytes from another pid. Pids can be reused, so a
+// handler should also call Verify after reading a request and before acting
+// on it: together they rule out the peer having exited and its pid having
+// been handed to a process that received the socket.
+type Conn struct {
+	uc    *net.UnixConn
+	info  Info
+	laddr net.Addr
+
+	readMu sync.Mutex // serializes Read, which owns oob
+	oob    []byte
+
+	mu     sync.RWMutex
+	pidfd  int   // -1 once closed
+	broken error // sticky, set when the connection was refused
+	closed bool
+}
+
+// Peer returns the process that connected, as identified at accept.
+func (c *Conn) Peer() Info { return c.info }
+
+// Read reads bytes written by the peer. Data from any other process is
+// never returned: Read fails with an error wrapping ErrForeignSender and the
+// connection is closed.
+func (c *Conn) Read(p []byte) (int, error) {
+	if err := c.brokenErr(); err != nil {
+		return 0, err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.readMu.Lock()
+	defer c.readMu.Unlock()
+
+	n, oobn, flags, _, err := c.uc.ReadMsgUnix(p, c.oob)
+	if n > 0 {
+		if cerr := c.checkCreds(c.oob[:oobn], flags); cerr != nil {
+			clear(p[:n])
+			c.fail(cerr)
+			return 0, cerr
+		}
+	} else if oobn > 0 {
+		// At end of file the kernel still reports (empty) credentials.
+		closeRights(c.oob[:oobn])
+	}
+	switch {
+	case n == 0 && err == nil:
+		err = io.EOF // a stream read of 0 bytes is end of file
+	case errors.Is(err, io.EOF):
+		err = io.EOF // unwrapped, as net.Conn.Read returns it
+	}
+	return n, err
+}
+
+// checkCreds requires the control data of one read to be exactly the
+// kernel's credentials for the peer's pid.
+func (c *Conn) checkCreds(oob []byte, flags int) error {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errCtrlMsg, err)
+	}
+	var cred *unix.Ucred
+	var bad error
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_CREDENTIALS && cred == nil:
+			cred, err = unix.ParseUnixCredentials(&m)
+			if err != nil {
+				bad = fmt.Errorf("%w: %w", errCtrlMsg, err)
+			}
+		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_RIGHTS:
+			// Does not fit in oob; close anything the kernel installed.
+			closeRights(oob)
+			bad = fmt.Errorf("%w: file descriptors", errCtrlMsg)
+		default:
+			bad = fmt.Errorf("%w: level %d type %d", errCtrlMsg, m.Header.Level, m.Header.Type)
+		}
+	}
+	switch {
+	case flags&unix.MSG_CTRUNC != 0:
+		return fmt.Errorf("%w: truncated (file descriptors?)", errCtrlMsg)
+	case bad != nil:
+		return bad
+	case cred == nil:
+		// SO_PASSCRED is inherited from the listening socket, so the kernel
+		// attaches credentials to every message; none means we cannot tell.
+		return fmt.Errorf("%w: no credentials on read", ErrForeignSender)
+	case cred.Pid != c.info.PID:
+		return fmt.Errorf("%w: pid %d (uid %d) wrote to the connection of pid %d",
+			ErrForeignSender, cred.Pid, cred.Uid, c.info.PID)
+	}
+	return nil
+}
+
+// closeRights closes any file descriptors received in oob.
+func closeRights(oob []byte) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return
+	}
+	for _, m := range msgs {
+		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
+			continue
+		}
+		if fds, err := unix.ParseUnixRights(&m); err == nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+		}
+	}
+}
+
+// Write writes to the peer.
+func (c *Conn) Write(p []byte) (int, error) {
+	if err := c.brokenErr(); err != nil {
+		return 0, err
+	}
+	return c.uc.Write(p)
+}
+
+// Verify confirms that the peer is still the process that connected: it has
+// not exited (its pidfd is not readable), its pid still shows the same start
+// time, and /proc/PID/exe is still the same file. It returns an error
+// wrapping ErrPeerGone or ErrPeerExeced with detail, or another error if
+// /proc could not be read.
+func (c *Conn) Verify() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return fmt.Errorf("peercred: verify: %w", net.ErrClosed)
+	}
+	i := c.info
+	if err := checkAlive(c.pidfd, i.PID); err != nil {
+		return err
+	}
+	if err := i.checkStartTime(); err != nil {
+		return err
+	}
+	exe, path, exeErr := readExe(i.PID)
+	// Alive after the /proc reads means the pid named this process during
+	// them (a pid is only reused once its process is reaped).
+	if err := checkAlive(c.pidfd, i.PID); err != nil {
+		return err
+	}
+	if exeErr != nil {
+		return fmt.Errorf("peercred: verify pid %d: %w", i.PID, exeErr)
+	}
+	if exe != i.Exe {
+		return fmt.Errorf("%w: pid %d ran %s (%s), now %s (%s)",
+			ErrPeerExeced, i.PID, i.ExePath, i.Exe, path, exe)
+	}
+	return nil
+}
+
+// Close closes the connection and the peer's pidfd.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return fmt.Errorf("peercred: close: %w", net.ErrClosed)
+	}
+	c.closed = true
+	fd := c.pidfd
+	c.pidfd = -1
+	c.mu.Unlock()
+
+	err := c.uc.Close()
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+	return err
+}
+
+// fail records why the connection was refused and closes it.
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	if c.broken == nil {
+		c.broken = err
+	}
+	c.mu.Unlock()
+	c.Close()
+}
+
+func (c *Conn) brokenErr() error {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.broken
+}
+
+// LocalAddr returns the listener's path.
+func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+
+// RemoteAddr returns the peer's address (usually unnamed).
+func (c *Conn) RemoteAddr() net.Addr { return c.uc.RemoteAddr() }
+
+// SetDeadline implements net.Conn.
+func (c *Conn) SetDeadline(t time.Time) error { return c.uc.SetDeadline(t) }
+
+// SetReadDeadline implements net.Conn.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.uc.SetReadDeadline(t) }
+
+// SetWriteDeadline implements net.Conn.
+func (c *Conn) SetWriteDeadline(t time.Time) error { return c.uc.SetWriteDeadline(t) }
+
+// checkAlive fails with ErrPeerGone once the process behind pidfd has
+// exited: a pidfd polls readable when its process exits, zombie or reaped.
+func checkAlive(pidfd int, pid int32) error {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("peercred: poll pidfd of pid %d: %w", pid, err)
+		}
+		if n > 0 && fds[0].Revents&unix.POLLNVAL != 0 {
+			return fmt.Errorf("peercred: poll pidfd of pid %d: %w", pid, os.ErrClosed)
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: pid %d exited", ErrPeerGone, pid)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,285 @@
+package peercred
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultMode is the socket's mode when ListenConfig.Mode is zero.
+const DefaultMode os.FileMode = 0o660
+
+// ListenConfig says where and how to create the socket.
+type ListenConfig struct {
+	// Path is the socket's path, e.g. /run/hallmark/agent.sock.
+	Path string
+	// Mode is the socket's permission bits; zero means DefaultMode. It is
+	// set before the socket appears at Path, whatever the umask.
+	Mode os.FileMode
+	// GID is the socket's group; -1 leaves the creating process's group.
+	// Zero is a real group (root), not "unset".
+	GID int
+	// OnSkip, if set, is called with the reason for every connection that
+	// Accept closed because its peer could not be identified.
+	OnSkip func(err error)
+}
+
+// Listener accepts connections on a unix socket and identifies each peer.
+// It implements net.Listener; Accept returns a *Conn.
+type Listener struct {
+	ul     *net.UnixListener
+	addr   *net.UnixAddr
+	id     FileID // the socket file published at addr.Name
+	onSkip func(error)
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// maxSockPath is the longest path a unix socket address holds.
+const maxSockPath = len(unix.RawSockaddrUnix{}.Path)
+
+// dialTimeout bounds the probe for a live server at Path.
+const dialTimeout = 2 * time.Second
+
+// Listen creates the socket at cfg.Path and listens on it.
+//
+// It refuses a parent directory that others could use to replace the socket:
+// one writable by everyone (sticky bit or not), one writable by a group other
+// than the process's effective group, or one owned by a user other than the
+// process's effective user and root. It refuses if another process already
+// serves Path (a connect succeeds), removes a stale socket (a connect is
+// refused), and never removes anything that is not a socket.
+//
+// The socket is bound under a temporary name in the same directory, given
+// its group and mode, and only then linked at Path, so nobody can connect to
+// it while its permissions are still the umask's.
+func Listen(cfg ListenConfig) (*Listener, error) {
+	if cfg.Path == "" {
+		return nil, errors.New("peercred: listen: empty path")
+	}
+	if cfg.Mode&^os.ModePerm != 0 {
+		return nil, fmt.Errorf("peercred: listen: mode %v has bits other than permissions", cfg.Mode)
+	}
+	mode := cfg.Mode
+	if mode == 0 {
+		mode = DefaultMode
+	}
+	if cfg.GID < -1 {
+		return nil, fmt.Errorf("peercred: listen: invalid gid %d", cfg.GID)
+	}
+	path := filepath.Clean(cfg.Path)
+	if len(path) > maxSockPath {
+		return nil, fmt.Errorf("peercred: listen: %s: longer than %d bytes", path, maxSockPath)
+	}
+	if err := checkDir(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+
+	ul, tmp, err := bindTemp(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Listener, error) {
+		ul.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	if cfg.GID >= 0 {
+		if err := os.Chown(tmp, -1, cfg.GID); err != nil {
+			return fail(fmt.Errorf("peercred: listen: set group of socket: %w", err))
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return fail(fmt.Errorf("peercred: listen: set mode of socket: %w", err))
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(tmp, &st); err != nil {
+		return fail(fmt.Errorf("peercred: listen: %w", &os.PathError{Op: "lstat", Path: tmp, Err: err}))
+	}
+	if err := publish(tmp, path); err != nil {
+		return fail(err)
+	}
+	os.Remove(tmp)
+
+	// Set on the listening socket, SO_PASSCRED is copied to every accepted
+	// socket at accept, so no message ever arrives without credentials.
+	if err := setPassCred(ul); err != nil {
+		ul.Close()
+		removeIfSame(path, fileID(&st))
+		return nil, err
+	}
+	return &Listener{
+		ul:     ul,
+		addr:   &net.UnixAddr{Name: path, Net: "unix"},
+		id:     fileID(&st),
+		onSkip: cfg.OnSkip,
+	}, nil
+}
+
+// checkDir refuses a directory in which someone else could replace the
+// socket.
+func checkDir(dir string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return fmt.Errorf("peercred: listen: socket directory: %w", &os.PathError{Op: "stat", Path: dir, Err: err})
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("peercred: listen: %s is not a directory", dir)
+	}
+	perm := os.FileMode(st.Mode) & os.ModePerm
+	switch {
+	case perm&0o002 != 0:
+		return fmt.Errorf("peercred: listen: refusing socket directory %s: writable by everyone (mode %v); use a directory only the agent can write, e.g. /run/hallmark", dir, perm)
+	case perm&0o020 != 0 && int(st.Gid) != os.Getegid():
+		return fmt.Errorf("peercred: listen: refusing socket directory %s: writable by group %d, not ours (%d)", dir, st.Gid, os.Getegid())
+	case int(st.Uid) != os.Geteuid() && st.Uid != 0:
+		return fmt.Errorf("peercred: listen: refusing socket directory %s: owned by uid %d, neither us (%d) nor root", dir, st.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// bindTemp binds a listening socket to a fresh name in dir.
+func bindTemp(dir string) (*net.UnixListener, string, error) {
+	for range 10 {
+		var b [4]byte
+		rand.Read(b[:])
+		// Short, so that it fits wherever Path fits a typical name.
+		tmp := filepath.Join(dir, ".pc-"+hex.EncodeToString(b[:]))
+		if len(tmp) > maxSockPath {
+			return nil, "", fmt.Errorf("peercred: listen: socket directory %s: path too long for a unix socket", dir)
+		}
+		ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+		if err != nil {
+			if errors.Is(err, unix.EADDRINUSE) {
+				continue
+			}
+			return nil, "", fmt.Errorf("peercred: listen: %w", err)
+		}
+		// The name is unlinked by hand as soon as the socket is published.
+		ul.SetUnlinkOnClose(false)
+		return ul, tmp, nil
+	}
+	return nil, "", fmt.Errorf("peercred: listen: no free temporary name in %s", dir)
+}
+
+// publish hard-links the bound socket tmp at path. link(2) never replaces
+// an existing file, so a file already at path is examined: a stale socket is
+// removed and the link retried, anything else is an error.
+func publish(tmp, path string) error {
+	for range 3 {
+		err := os.Link(tmp, path)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("peercred: listen: %w", err)
+		}
+		if err := removeStale(path); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("peercred: listen: %s keeps reappearing", path)
+}
+
+// removeStale removes the socket at path if nobody serves it.
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("peercred: listen: %w", err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("peercred: listen: %s exists and is not a socket (%v); not removing it", path, fi.Mode().Type())
+	}
+	c, err := net.DialTimeout("unix", path, dialTimeout)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("peercred: listen: another agent is already serving %s", path)
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		// Stale: left by a process that exited without removing it.
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	default:
+		return fmt.Errorf("peercred: listen: %s exists and cannot be probed; not removing it: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("peercred: listen: remove stale socket: %w", err)
+	}
+	return nil
+}
+
+func setPassCred(ul *net.UnixListener) error {
+	rc, err := ul.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("peercred: listen: %w", err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	}); err != nil {
+		return fmt.Errorf("peercred: listen: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("peercred: listen: set SO_PASSCRED: %w", serr)
+	}
+	return nil
+}
+
+// Accept waits for the next connection whose peer can be identified and
+// returns it as a *Conn. Connections whose peer cannot be identified are
+// closed, reported to ListenConfig.OnSkip and never returned.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		uc, err := l.ul.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		c, err := newConn(uc, l.addr)
+		if err != nil {
+			uc.Close()
+			if l.onSkip != nil {
+				l.onSkip(err)
+			}
+			continue
+		}
+		return c, nil
+	}
+}
+
+// Addr returns the socket's path.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// Close stops listening and removes the socket file, unless it has been
+// replaced by another file meanwhile.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() {
+		l.closeErr = l.ul.Close()
+		removeIfSame(l.addr.Name, l.id)
+	})
+	return l.closeErr
+}
+
+func removeIfSame(path string, id FileID) {
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) == nil && fileID(&st) == id {
+		os.Remove(path)
+	}
+}
+
+func fileID(st *unix.Stat_t) FileID {
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino} //nolint:unconvert // Dev is uint32 on some arches
+}

@@ -1,0 +1,106 @@
+// Package spire is the "spire" workload attestor: it asks the local SPIRE
+// agent's Delegated Identity API which SPIFFE IDs a caller's PID holds.
+// SPIRE attests the PID with its own workload attestors (unix, docker, k8s)
+// against its registration entries, so Hallmark's policy can name the same
+// SPIFFE IDs as everything else in the trust domain.
+//
+// The SPIRE agent must list hallmark-agent's SPIFFE ID in
+// authorized_delegates and serve admin_socket_path.
+package spire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	delegatedidentityv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/agent/delegatedidentity/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
+)
+
+// DefaultTimeout bounds one Delegated Identity API exchange.
+const DefaultTimeout = 5 * time.Second
+
+// Config is the workload_attestor "spire" block.
+type Config struct {
+	// AdminSocket is the SPIRE agent's admin API, unix:///path.
+	AdminSocket string `hcl:"admin_socket"`
+	// Timeout bounds each call; default 5s.
+	Timeout string `hcl:"timeout,optional"`
+
+	timeout time.Duration
+}
+
+// ParseConfig decodes the plugin block; unknown keys are errors.
+func ParseConfig(body hcl.Body) (Config, error) {
+	var c Config
+	if err := config.DecodeBlock(body, &c); err != nil {
+		return Config{}, fmt.Errorf("spire: %w", err)
+	}
+	if !strings.HasPrefix(c.AdminSocket, "unix://") {
+		return Config{}, fmt.Errorf("spire: admin_socket %q must be unix:///PATH", c.AdminSocket)
+	}
+	var err error
+	if c.timeout, err = config.Duration("timeout", c.Timeout, DefaultTimeout); err != nil {
+		return Config{}, fmt.Errorf("spire: %w", err)
+	}
+	return c, nil
+}
+
+// Attestor is the spire workload attestor.
+type Attestor struct {
+	cfg    Config
+	conn   *grpc.ClientConn
+	client delegatedidentityv1.DelegatedIdentityClient
+}
+
+// New connects (lazily) to the SPIRE agent's admin socket.
+func New(cfg Config) (*Attestor, error) {
+	if cfg.timeout == 0 {
+		cfg.timeout = DefaultTimeout
+	}
+	conn, err := grpc.NewClient(cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("spire: %w", err)
+	}
+	return &Attestor{cfg: cfg, conn: conn, client: delegatedidentityv1.NewDelegatedIdentityClient(conn)}, nil
+}
+
+// Close closes the connection to the SPIRE agent.
+func (a *Attestor) Close() error { return a.conn.Close() }
+
+// Attest returns the SPIFFE IDs SPIRE issues to the caller's PID (none
+// when no registration entry matches it). The SVIDs' private keys that
+// the API returns alongside are wiped at once and never used.
+func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.timeout)
+	defer cancel() // ends the subscription
+	stream, err := a.client.SubscribeToX509SVIDs(ctx, &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: c.PID})
+	if err != nil {
+		return workloadattestor.Result{}, fmt.Errorf("spire: delegated identity API: %w", err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return workloadattestor.Result{}, fmt.Errorf("spire: no answer from the delegated identity API at %s within %s", a.cfg.AdminSocket, a.cfg.timeout)
+		}
+		return workloadattestor.Result{}, fmt.Errorf("spire: delegated identity API (is hallmark-agent in the SPIRE agent's authorized_delegates?): %w", err)
+	}
+	var res workloadattestor.Result
+	for _, s := range resp.GetX509Svids() {
+		clear(s.X509SvidKey)
+		s.X509SvidKey = nil
+		id := s.GetX509Svid().GetId()
+		if id == nil {
+			continue
+		}
+		res.SPIFFEIDs = append(res.SPIFFEIDs, "spiffe://"+id.GetTrustDomain()+id.GetPath())
+	}
+	return res, nil
+}

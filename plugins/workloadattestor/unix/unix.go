@@ -1,0 +1,113 @@
+// Package unix is the "unix" workload attestor: it describes a local caller
+// with selectors like SPIRE's unix attestor: uid, gid, user, group,
+// executable path and, within a size limit, the executable's sha256.
+package unix
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strconv"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
+)
+
+// DefaultMaxHashBytes bounds how much of an executable is hashed.
+const DefaultMaxHashBytes = 256 << 20
+
+// Config is the workload_attestor "unix" block.
+type Config struct {
+	// HashExecutable adds unix:sha256 (off by default: it reads the
+	// whole executable on every call).
+	HashExecutable bool `hcl:"hash_executable,optional"`
+	// MaxHashBytes skips hashing executables larger than this.
+	MaxHashBytes int64 `hcl:"max_hash_bytes,optional"`
+}
+
+// ParseConfig decodes the plugin block; unknown keys are errors.
+func ParseConfig(body hcl.Body) (Config, error) {
+	var c Config
+	if err := config.DecodeBlock(body, &c); err != nil {
+		return Config{}, fmt.Errorf("unix: %w", err)
+	}
+	if c.MaxHashBytes == 0 {
+		c.MaxHashBytes = DefaultMaxHashBytes
+	}
+	if c.MaxHashBytes < 0 {
+		return Config{}, fmt.Errorf("unix: max_hash_bytes must be positive")
+	}
+	return c, nil
+}
+
+// Attestor is the unix workload attestor.
+type Attestor struct {
+	cfg  Config
+	proc string // /proc, replaceable in tests
+}
+
+// New returns an attestor.
+func New(cfg Config) *Attestor {
+	if cfg.MaxHashBytes == 0 {
+		cfg.MaxHashBytes = DefaultMaxHashBytes
+	}
+	return &Attestor{cfg: cfg, proc: "/proc"}
+}
+
+// Attest returns unix:uid, unix:gid, unix:user and unix:group (when the
+// names resolve), unix:path (the executable) and, when configured,
+// unix:sha256.
+func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
+	uid, gid := strconv.FormatUint(uint64(c.UID), 10), strconv.FormatUint(uint64(c.GID), 10)
+	sel := []string{"unix:uid:" + uid, "unix:gid:" + gid}
+	if u, err := user.LookupId(uid); err == nil {
+		sel = append(sel, "unix:user:"+u.Username)
+	}
+	if g, err := user.LookupGroupId(gid); err == nil {
+		sel = append(sel, "unix:group:"+g.Name)
+	}
+	exeLink := fmt.Sprintf("%s/%d/exe", a.proc, c.PID)
+	path, err := os.Readlink(exeLink)
+	if err != nil {
+		return workloadattestor.Result{}, fmt.Errorf("unix: executable of pid %d: %w", c.PID, err)
+	}
+	sel = append(sel, "unix:path:"+path)
+	if a.cfg.HashExecutable {
+		sum, err := hashExe(exeLink, a.cfg.MaxHashBytes)
+		if err != nil {
+			return workloadattestor.Result{}, fmt.Errorf("unix: pid %d: %w", c.PID, err)
+		}
+		if sum != "" {
+			sel = append(sel, "unix:sha256:"+sum)
+		}
+	}
+	return workloadattestor.Result{Selectors: sel}, nil
+}
+
+// hashExe hashes the executable through /proc/PID/exe, which names the
+// file the process runs even if its path was replaced since.
+func hashExe(exeLink string, limit int64) (string, error) {
+	f, err := os.Open(exeLink)
+	if err != nil {
+		return "", fmt.Errorf("open executable: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if fi.Size() > limit {
+		return "", nil // too large to hash on every call: no sha256 selector
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(f, limit+1)); err != nil {
+		return "", fmt.Errorf("hash executable: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

@@ -1,0 +1,229 @@
+package unix
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
+)
+
+func self() workloadattestor.Caller {
+	return workloadattestor.Caller{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+}
+
+// selfSelectors is what Attest should say about the test process, without
+// unix:sha256.
+func selfSelectors(t *testing.T) []string {
+	t.Helper()
+	uid, gid := strconv.Itoa(os.Getuid()), strconv.Itoa(os.Getgid())
+	want := []string{"unix:uid:" + uid, "unix:gid:" + gid}
+	if u, err := user.LookupId(uid); err == nil {
+		want = append(want, "unix:user:"+u.Username)
+	}
+	if g, err := user.LookupGroupId(gid); err == nil {
+		want = append(want, "unix:group:"+g.Name)
+	}
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	return append(want, "unix:path:"+exe)
+}
+
+func fileSHA256(t *testing.T, path string) (string, int64) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), int64(len(b))
+}
+
+func TestAttestSelf(t *testing.T) {
+	res, err := New(Config{}).Attest(context.Background(), self())
+	require.NoError(t, err)
+	require.Empty(t, res.SPIFFEIDs)
+	require.Equal(t, selfSelectors(t), res.Selectors)
+}
+
+func TestAttestSelfHash(t *testing.T) {
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	sum, size := fileSHA256(t, exe)
+	tests := []struct {
+		name     string
+		maxBytes int64
+		wantHash bool
+	}{
+		{name: "default limit", maxBytes: 0, wantHash: true},
+		{name: "limit equal to the size", maxBytes: size, wantHash: true},
+		{name: "limit one byte short", maxBytes: size - 1, wantHash: false},
+		{name: "small limit", maxBytes: 1024, wantHash: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := New(Config{HashExecutable: true, MaxHashBytes: tt.maxBytes}).Attest(context.Background(), self())
+			require.NoError(t, err)
+			want := selfSelectors(t)
+			if tt.wantHash {
+				want = append(want, "unix:sha256:"+sum)
+			}
+			require.Equal(t, want, res.Selectors)
+		})
+	}
+}
+
+func TestAttestNoHashByDefault(t *testing.T) {
+	res, err := New(Config{MaxHashBytes: 1 << 40}).Attest(context.Background(), self())
+	require.NoError(t, err)
+	for _, s := range res.Selectors {
+		require.False(t, strings.HasPrefix(s, "unix:sha256:"), s)
+	}
+}
+
+func TestAttestCallerIDs(t *testing.T) {
+	// uid and gid come from the caller as the kernel reported it, not from
+	// the process's /proc entry; ids that name no user or group have no
+	// unix:user or unix:group selector.
+	const unnamed = 3999999999
+	c := self()
+	c.UID, c.GID = unnamed, unnamed
+	if _, err := user.LookupId(strconv.Itoa(unnamed)); err == nil {
+		t.Skip("uid 3999999999 has a name here")
+	}
+	if _, err := user.LookupGroupId(strconv.Itoa(unnamed)); err == nil {
+		t.Skip("gid 3999999999 has a name here")
+	}
+	res, err := New(Config{}).Attest(context.Background(), c)
+	require.NoError(t, err)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	require.Equal(t, []string{"unix:uid:3999999999", "unix:gid:3999999999", "unix:path:" + exe}, res.Selectors)
+}
+
+// fakeProc makes proc/PID/exe a symlink to target.
+func fakeProc(t *testing.T, pid int32, target string) string {
+	t.Helper()
+	proc := t.TempDir()
+	dir := filepath.Join(proc, strconv.Itoa(int(pid)))
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	require.NoError(t, os.Symlink(target, filepath.Join(dir, "exe")))
+	return proc
+}
+
+func TestAttestFakeProc(t *testing.T) {
+	const pid = 4242
+	content := []byte("#!/bin/sh\necho hello\n")
+	exe := filepath.Join(t.TempDir(), "tool")
+	require.NoError(t, os.WriteFile(exe, content, 0o755))
+	sum := sha256.Sum256(content)
+	size := int64(len(content))
+	c := workloadattestor.Caller{PID: pid, UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+
+	tests := []struct {
+		name     string
+		cfg      Config
+		target   string
+		want     []string // selectors after uid, gid, user and group
+		wantErr  string
+		noTarget bool
+	}{
+		{name: "path only", cfg: Config{}, target: exe, want: []string{"unix:path:" + exe}},
+		{name: "hashed", cfg: Config{HashExecutable: true}, target: exe, want: []string{"unix:path:" + exe, "unix:sha256:" + hex.EncodeToString(sum[:])}},
+		{name: "hashed at the limit", cfg: Config{HashExecutable: true, MaxHashBytes: size}, target: exe, want: []string{"unix:path:" + exe, "unix:sha256:" + hex.EncodeToString(sum[:])}},
+		{name: "over the limit", cfg: Config{HashExecutable: true, MaxHashBytes: size - 1}, target: exe, want: []string{"unix:path:" + exe}},
+		{name: "executable gone, not hashing", cfg: Config{}, target: "/nonexistent/tool", want: []string{"unix:path:/nonexistent/tool"}},
+		{name: "executable gone, hashing", cfg: Config{HashExecutable: true}, target: "/nonexistent/tool", wantErr: "unix: pid 4242: open executable"},
+		{name: "no such pid", cfg: Config{}, noTarget: true, wantErr: "unix: executable of pid 4242"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := New(tt.cfg)
+			if tt.noTarget {
+				a.proc = t.TempDir()
+			} else {
+				a.proc = fakeProc(t, pid, tt.target)
+			}
+			res, err := a.Attest(context.Background(), c)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				require.Empty(t, res.Selectors)
+				return
+			}
+			require.NoError(t, err)
+			self := selfSelectors(t)
+			want := append(self[:len(self)-1:len(self)-1], tt.want...)
+			require.Equal(t, want, res.Selectors)
+		})
+	}
+}
+
+func TestAttestDeadPID(t *testing.T) {
+	cmd := exec.Command("/bin/sh", "-c", "exit 0")
+	require.NoError(t, cmd.Run())
+	reaped := int32(cmd.Process.Pid)
+
+	for _, pid := range []int32{reaped, 1 << 30, -1} {
+		t.Run(strconv.Itoa(int(pid)), func(t *testing.T) {
+			c := self()
+			c.PID = pid
+			res, err := New(Config{HashExecutable: true}).Attest(context.Background(), c)
+			require.ErrorContains(t, err, "unix: executable of pid "+strconv.Itoa(int(pid))+":")
+			require.ErrorIs(t, err, os.ErrNotExist)
+			require.Empty(t, res.Selectors)
+		})
+	}
+}
+
+func parseBody(t *testing.T, src string) hcl.Body {
+	t.Helper()
+	f, diags := hclparse.NewParser().ParseHCL([]byte(src), "agent.hcl")
+	require.False(t, diags.HasErrors(), diags.Error())
+	return f.Body
+}
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		src     string
+		want    Config
+		wantErr string
+	}{
+		{name: "empty", src: "", want: Config{MaxHashBytes: DefaultMaxHashBytes}},
+		{name: "hashing", src: "hash_executable = true\n", want: Config{HashExecutable: true, MaxHashBytes: DefaultMaxHashBytes}},
+		{name: "every key", src: "hash_executable = true\nmax_hash_bytes = 1048576\n", want: Config{HashExecutable: true, MaxHashBytes: 1 << 20}},
+		{name: "zero means default", src: "max_hash_bytes = 0\n", want: Config{MaxHashBytes: DefaultMaxHashBytes}},
+		{name: "unknown key", src: "hash_executable = true\nhash_exe = true\n", wantErr: `unix: agent.hcl:2,1-9: Unsupported argument; An argument named "hash_exe" is not expected here.`},
+		{name: "unknown block", src: "selectors {}\n", wantErr: `unix: agent.hcl:1`},
+		{name: "negative max_hash_bytes", src: "max_hash_bytes = -1\n", wantErr: "unix: max_hash_bytes must be positive"},
+		{name: "wrong type", src: "hash_executable = \"yes\"\n", wantErr: "unix: agent.hcl:1"},
+		{name: "fractional max_hash_bytes", src: "max_hash_bytes = 1.5\n", wantErr: "unix: agent.hcl:1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := ParseConfig(parseBody(t, tt.src))
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				require.Zero(t, c)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.want, c)
+		})
+	}
+}
+
+func TestParseConfigEmptyBody(t *testing.T) {
+	c, err := ParseConfig(hcl.EmptyBody())
+	require.NoError(t, err)
+	require.Equal(t, Config{MaxHashBytes: DefaultMaxHashBytes}, c)
+}
