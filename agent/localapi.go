@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -189,6 +190,10 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if err != nil {
 		return nil, deny(codes.PermissionDenied, "caller's command line: "+err.Error())
 	}
+	for i, arg := range cmdline {
+		// Recorded as seen; bytes that are not UTF-8 cannot travel in JSON.
+		cmdline[i] = strings.ToValidUTF8(arg, "\uFFFD")
+	}
 
 	if api.pause > 0 {
 		select {
@@ -256,8 +261,8 @@ func checkRequest(req *agentv1.AttestStepRequest) (string, error) {
 		return "", fmt.Errorf("%d paths named, more than the %d allowed", n, maxPaths)
 	}
 	for _, p := range slices.Concat(req.GetProducts(), req.GetMaterials(), []string{req.GetWorkspace()}) {
-		if len(p) > maxPathLen || strings.ContainsRune(p, 0) {
-			return "", fmt.Errorf("path %.64q...: too long or contains NUL", p)
+		if len(p) > maxPathLen || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
+			return "", fmt.Errorf("path %.64q: too long, not UTF-8 or contains NUL", p)
 		}
 	}
 	ws := req.GetWorkspace()
