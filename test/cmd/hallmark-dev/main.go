@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -51,7 +52,7 @@ func run(ctx context.Context, demo, verbose bool) (err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	opts := harness.StackOptions{SVIDTTL: 10 * time.Minute}
+	opts := harness.StackOptions{SVIDTTL: 10 * time.Minute, Policy: devPolicy(root)}
 	if demo {
 		// Short enough to watch a renewal.
 		opts.CertificateTTL = 30 * time.Second
@@ -102,6 +103,8 @@ Hallmark is running. In another shell:
 
   source %s
   hallmark status             # the agent's SVID and signing certificate
+  hallmark whoami             # how the agent sees you; policy lets your uid attest build, test, package
+  hallmark attest --step build --product out.txt -- sh -c 'date > out.txt'
   spire-server entry show     # SPIRE registrations
 
 Logs: %s/*.log
@@ -142,7 +145,126 @@ func walkthrough(ctx context.Context, st *harness.Stack) error {
 	step("The same through the CLI: hallmark status")
 	cmd := exec.CommandContext(ctx, st.Bins.CLI, "status", "--agent-health-addr", st.Agent.HealthAddr)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	return cmd.Run()
+	if err := cmd.Run(); err != nil {
+		return err
+	}
+	return attestWalkthrough(ctx, st)
+}
+
+// devPolicy lets the developer's uid attest a few steps in the repository,
+// the home directory and /tmp.
+func devPolicy(root string) func(string) string {
+	return func(string) string {
+		roots := []string{root, "/tmp"}
+		if home, err := os.UserHomeDir(); err == nil {
+			roots = append(roots, home)
+		}
+		quoted := make([]string, len(roots))
+		for i, r := range roots {
+			quoted[i] = fmt.Sprintf("%q", r)
+		}
+		return fmt.Sprintf(`
+  rule "developer" {
+    selectors       = ["unix:uid:%d"]
+    steps           = ["build", "test", "package"]
+    workspace_roots = [%s]
+  }`, os.Getuid(), strings.Join(quoted, ", "))
+	}
+}
+
+func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
+	ws := filepath.Join(st.Dir, "workspace")
+	if err := os.MkdirAll(ws, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(ws, "main.c"), []byte("int main(void) { return 0; }\n"), 0o644); err != nil {
+		return err
+	}
+	hallmark := func(args ...string) *exec.Cmd {
+		c := exec.CommandContext(ctx, st.Bins.CLI, args...)
+		c.Dir = ws
+		c.Env = append(os.Environ(), "HALLMARK_AGENT_SOCKET="+st.Agent.Socket)
+		c.Stdout, c.Stderr = os.Stdout, os.Stdout
+		return c
+	}
+	step("How the agent sees this shell's user: hallmark whoami")
+	if err := hallmark("whoami").Run(); err != nil {
+		return err
+	}
+	step("A build step, attested: hallmark attest --step build --material main.c --product dist -- sh -c '...'")
+	build := hallmark("attest", "--step", "build", "--material", "main.c", "--product", "dist", "--out", "build.hallmark.json",
+		"--", "sh", "-c", "mkdir -p dist && cp main.c dist/app && echo built > dist/VERSION")
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("attest build: %w", err)
+	}
+	if err := summarizeBundle(filepath.Join(ws, "build.hallmark.json"), ws); err != nil {
+		return err
+	}
+	step("A step outside policy is refused, with the reason: hallmark attest --step deploy ...")
+	deploy := hallmark("attest", "--step", "deploy", "--product", "dist", "--out", "deploy.hallmark.json")
+	if err := deploy.Run(); err == nil {
+		return errors.New("the deploy step was attested, but policy does not allow it")
+	}
+	if _, err := os.Stat(filepath.Join(ws, "deploy.hallmark.json")); err == nil {
+		return errors.New("a bundle was written for a refused step")
+	}
+	fmt.Println("   (refused as expected; no bundle written)")
+	return nil
+}
+
+// summarizeBundle prints what the bundle says and checks its subjects
+// against sha256sum.
+func summarizeBundle(path, ws string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var b struct {
+		MediaType    string `json:"mediaType"`
+		DSSEEnvelope struct {
+			Payload     []byte `json:"payload"`
+			PayloadType string `json:"payloadType"`
+		} `json:"dsseEnvelope"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return err
+	}
+	var st struct {
+		Subject []struct {
+			Name   string            `json:"name"`
+			Digest map[string]string `json:"digest"`
+		} `json:"subject"`
+		PredicateType string `json:"predicateType"`
+		Predicate     struct {
+			RunDetails struct {
+				Builder struct {
+					ID string `json:"id"`
+				} `json:"builder"`
+			} `json:"runDetails"`
+		} `json:"predicate"`
+	}
+	if err := json.Unmarshal(b.DSSEEnvelope.Payload, &st); err != nil {
+		return err
+	}
+	fmt.Printf("   bundle      %s (%s, %d bytes)\n   statement   %s, predicate %s\n   builder.id  %s\n",
+		filepath.Base(path), b.MediaType, len(raw), b.DSSEEnvelope.PayloadType, st.PredicateType, st.Predicate.RunDetails.Builder.ID)
+	for _, s := range st.Subject {
+		fmt.Printf("   subject     %s sha256:%s\n", s.Name, s.Digest["sha256"])
+	}
+	out, err := exec.Command("sh", "-c", "cd "+ws+" && sha256sum dist/*").Output()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   sha256sum says:\n%s", indent(string(out)))
+	return nil
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for line := range strings.SplitSeq(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("     " + line + "\n")
+	}
+	return b.String()
 }
 
 func printCert(c *agent.CertStatus) {
@@ -160,6 +282,7 @@ func writeEnv(st *harness.Stack, dir string) (string, error) {
 	path := filepath.Join(dir, "env.sh")
 	env := fmt.Sprintf(`# Hallmark dev stack (%s); source this file.
 export PATH=%q:%q:"$PATH"
+export HALLMARK_AGENT_SOCKET=%q
 export HALLMARK_AGENT_HEALTH_ADDR=%q
 export HALLMARK_SERVER_ADDRESS=%q
 export HALLMARK_SERVER_HEALTH_ADDR=%q
@@ -169,7 +292,7 @@ export HALLMARK_TRUST_BUNDLE=%q
 export HALLMARK_SIGNING_CA=%q
 spire-server() { command spire-server "$@" -socketPath "$SPIRE_SERVER_SOCKET"; }
 `, time.Now().Format(time.RFC3339), st.Bins.Dir, filepath.Dir(st.SPIRE.ServerBin),
-		st.Agent.HealthAddr, st.Server.ServerAddr(), st.Server.HealthAddr,
+		st.Agent.Socket, st.Agent.HealthAddr, st.Server.ServerAddr(), st.Server.HealthAddr,
 		st.SPIRE.WorkloadAPIAddr(), st.SPIRE.ServerSocket, st.SPIRE.BundlePath, st.LocalCAPath())
 	return path, os.WriteFile(path, []byte(env), 0o600)
 }
