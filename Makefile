@@ -46,8 +46,9 @@ e2e: tools
 ## test: lint, generated-code check, unit tests under -race, end-to-end on real SPIRE.
 test: lint proto-check unit e2e
 
-bench:
-	go test -run '^$$' -bench . -benchtime 2s ./...
+## bench: figures against floors measured in the same run (see test/cmd/hallmark-bench).
+bench: tools
+	go run ./test/cmd/hallmark-bench
 
 ## dev: SPIRE server+agent, hallmark-server+agent in the foreground; Ctrl-C stops all.
 dev: tools

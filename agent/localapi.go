@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -51,11 +52,25 @@ const (
 // production.
 const pauseBeforeSignEnv = "HALLMARK_AGENT_TEST_PAUSE_BEFORE_SIGN"
 
+// identityTTL is how long a connection's attested identity is reused.
+// Reuse is sound because every signing first re-checks, with Verify, that
+// the peer is still the very process (pidfd, start time, executable) that
+// was attested; the TTL bounds how late a registration change is seen.
+const identityTTL = 10 * time.Second
+
 // localAPI implements agentv1.WorkloadServiceServer.
 type localAPI struct {
 	agentv1.UnimplementedWorkloadServiceServer
 	a     *Agent
 	pause time.Duration
+
+	mu         sync.Mutex // guards identities
+	identities map[*peercred.Conn]cachedIdentity
+}
+
+type cachedIdentity struct {
+	id      policy.Identity
+	expires time.Time
 }
 
 // serveLocal serves the local API on cfg.SocketPath until ctx ends.
@@ -109,6 +124,13 @@ func (api *localAPI) caller(ctx context.Context) (*peercred.Conn, workloadattest
 	}
 	p := conn.Peer()
 	c := workloadattestor.Caller{PID: p.PID, UID: p.UID, GID: p.GID}
+	now := api.a.cfg.Now()
+	api.mu.Lock()
+	cached, ok := api.identities[conn]
+	api.mu.Unlock()
+	if ok && now.Before(cached.expires) {
+		return conn, c, cached.id, nil
+	}
 	var id policy.Identity
 	for _, na := range api.a.cfg.Attestors {
 		res, err := na.Attestor.Attest(ctx, c)
@@ -120,6 +142,17 @@ func (api *localAPI) caller(ctx context.Context) (*peercred.Conn, workloadattest
 	}
 	slices.Sort(id.SPIFFEIDs)
 	id.SPIFFEIDs = slices.Compact(id.SPIFFEIDs)
+	api.mu.Lock()
+	if api.identities == nil {
+		api.identities = map[*peercred.Conn]cachedIdentity{}
+	}
+	for k, v := range api.identities { // drop those of closed connections
+		if now.After(v.expires) {
+			delete(api.identities, k)
+		}
+	}
+	api.identities[conn] = cachedIdentity{id: id, expires: now.Add(identityTTL)}
+	api.mu.Unlock()
 	return conn, c, id, nil
 }
 

@@ -266,3 +266,11 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Pid is the running service's process ID (0 when stopped).
+func (s *Service) Pid() int {
+	if s.proc == nil || s.proc.Exited() {
+		return 0
+	}
+	return s.proc.Pid()
+}

@@ -1,0 +1,84 @@
+// Command hallmark-bench measures Hallmark's performance figures, each
+// against a floor measured in the same run, and prints one line per figure:
+//
+//	bench: NAME VALUE UNIT floor FLOOR ratio RATIO
+//
+// RATIO is VALUE/FLOOR for costs (lower is better) and FLOOR/VALUE for
+// rates, so a ratio of 1.0 means "as good as the floor" either way and
+// larger is worse. `make bench` runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+// Result is one measured figure.
+type Result struct {
+	Name  string
+	Value float64
+	Unit  string
+	Floor float64
+	// Rate is true when larger values are better (per second).
+	Rate bool
+}
+
+// Ratio is how far Value is from Floor; 1 is the floor, larger is worse.
+func (r Result) Ratio() float64 {
+	if r.Rate {
+		return r.Floor / r.Value
+	}
+	return r.Value / r.Floor
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("bench: %s %.4g %s floor %.4g ratio %.2f", r.Name, r.Value, r.Unit, r.Floor, r.Ratio())
+}
+
+// figure measures one group of results; dir is scratch space.
+type figure struct {
+	name string
+	run  func(ctx context.Context, dir string) ([]Result, error)
+}
+
+// figures is every figure, in the order printed.
+var figures = []figure{
+	{"attest", benchAttest},
+	{"hashing", benchHashing},
+}
+
+func main() {
+	only := flag.String("only", "", "comma-separated figure names to run (default all)")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	failed := false
+	for _, f := range figures {
+		if *only != "" && !strings.Contains(","+*only+",", ","+f.name+",") {
+			continue
+		}
+		dir, err := os.MkdirTemp("", "hallmark-bench-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		results, err := f.run(ctx, dir)
+		os.RemoveAll(dir)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", f.name, err)
+			failed = true
+			continue
+		}
+		for _, r := range results {
+			fmt.Println(r)
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
