@@ -30,9 +30,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hallmark-dev/hallmark/internal/svidwatch"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
+	"github.com/hallmark-dev/hallmark/internal/svidwatch"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
