@@ -23,6 +23,7 @@ type authorizer func(id spiffeid.ID) bool
 func (s *Server) policy() map[string]authorizer {
 	return map[string]authorizer{
 		serverv1.AgentService_IssueSigningCertificate_FullMethodName: s.isAgent,
+		serverv1.AgentService_GetPolicy_FullMethodName:               s.isAgent,
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/internal/policy"
 )
 
 // Defaults for settings a file leaves out.
@@ -54,12 +55,16 @@ type Config struct {
 	KeyManager KeyManagerConfig
 	// Now returns the current time; time.Now when nil.
 	Now func() time.Time
+	// Policy is the attestation policy pushed to agents; nil when the
+	// file has no policy block (agents then use their own).
+	Policy *policy.Policy
 }
 
 // fileConfig is the HCL file: one server block and at most one key_manager.
 type fileConfig struct {
 	Server      serverBlock   `hcl:"server,block"`
 	KeyManagers []pluginBlock `hcl:"key_manager,block"`
+	Policy      *policy.File  `hcl:"policy,block"`
 }
 
 type serverBlock struct {
@@ -132,6 +137,11 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 	}
 	if err != nil {
 		return Config{}, err
+	}
+	if f.Policy != nil {
+		if c.Policy, err = policy.New(f.Policy.Rules); err != nil {
+			return Config{}, err
+		}
 	}
 	if err := c.validate(); err != nil {
 		return Config{}, err

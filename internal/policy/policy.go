@@ -28,7 +28,8 @@ type Rule struct {
 	// never spiffe://td/cix).
 	SPIFFEIDPrefixes []string `hcl:"spiffe_id_prefixes,optional"`
 	// Selectors match a caller that has every one of them, e.g.
-	// ["unix:uid:1000", "unix:path:/usr/bin/make"].
+	// ["unix:uid:1000", "unix:path:/usr/bin/make"]. A rule matches when
+	// any of its matchers does (IDs, prefixes, or the whole selector set).
 	Selectors []string `hcl:"selectors,optional"`
 	// Steps are the step names the rule grants; "*" grants every step.
 	Steps []string `hcl:"steps"`
@@ -128,20 +129,27 @@ func New(rules []Rule) (*Policy, error) {
 			roots = append(roots, filepath.Clean(root))
 		}
 		r.WorkspaceRoots = roots
-		out = append(out, r)
+		out = append(out, r.clone())
 	}
 	return &Policy{rules: out}, nil
 }
 
-// Matching returns the rules whose identity matchers match id.
+// Matching returns (copies of) the rules whose identity matchers match id.
 func (p *Policy) Matching(id Identity) []Rule {
 	var out []Rule
 	for _, r := range p.rules {
 		if r.matches(id) {
-			out = append(out, r)
+			out = append(out, r.clone())
 		}
 	}
 	return out
+}
+
+// clone copies r deeply, so a Policy never shares slices with callers.
+func (r Rule) clone() Rule {
+	r.SPIFFEIDs, r.SPIFFEIDPrefixes = slices.Clone(r.SPIFFEIDs), slices.Clone(r.SPIFFEIDPrefixes)
+	r.Selectors, r.Steps, r.WorkspaceRoots = slices.Clone(r.Selectors), slices.Clone(r.Steps), slices.Clone(r.WorkspaceRoots)
+	return r
 }
 
 func (r Rule) matches(id Identity) bool {
@@ -169,6 +177,9 @@ func (r Rule) matches(id Identity) bool {
 // Decide returns the rule that allows id to attest step in workspace (an
 // absolute, symlink-free path), or a *Denial saying why not.
 func (p *Policy) Decide(id Identity, step, workspace string) (Rule, error) {
+	if !filepath.IsAbs(workspace) || filepath.Clean(workspace) != workspace {
+		return Rule{}, &Denial{Reason: fmt.Sprintf("workspace %q must be an absolute, clean path", workspace)}
+	}
 	matching := p.Matching(id)
 	if len(matching) == 0 {
 		return Rule{}, &Denial{Reason: fmt.Sprintf("no policy rule matches the caller (%s)", id)}
@@ -210,8 +221,14 @@ func Within(path, root string) bool {
 	return path == root || strings.HasPrefix(path, root+"/")
 }
 
-// Rules returns a copy of the validated rules.
-func (p *Policy) Rules() []Rule { return slices.Clone(p.rules) }
+// Rules returns a deep copy of the validated rules.
+func (p *Policy) Rules() []Rule {
+	out := make([]Rule, len(p.rules))
+	for i, r := range p.rules {
+		out[i] = r.clone()
+	}
+	return out
+}
 
 // Parse reads a policy file: rule blocks only, unknown keys rejected.
 func Parse(filename string, src []byte) (*Policy, error) {

@@ -247,8 +247,9 @@ func TestDecide(t *testing.T) {
 		},
 		{name: "workspace lookalike below", id: ci, step: "build", workspace: "/work/ab/c", wantIn: []string{`workspace /work/ab/c is outside`}},
 		{name: "workspace parent of a root", id: ci, step: "build", workspace: "/work", wantIn: []string{`workspace /work is outside`}},
-		{name: "empty workspace", id: ci, step: "build", workspace: "", wantIn: []string{`workspace  is outside`}},
-		{name: "relative workspace", id: root, step: "build", workspace: "etc", wantIn: []string{`workspace etc is outside`, `rule "root" allows workspaces under /`}},
+		{name: "empty workspace", id: ci, step: "build", workspace: "", wantIn: []string{`workspace "" must be an absolute, clean path`}},
+		{name: "relative workspace", id: root, step: "build", workspace: "etc", wantIn: []string{`workspace "etc" must be an absolute, clean path`}},
+		{name: "unclean workspace", id: root, step: "build", workspace: "/w/../etc", wantIn: []string{`workspace "/w/../etc" must be an absolute, clean path`}},
 		{
 			name: "workspace denial names only the rules granting the step", id: lint, step: "lint", workspace: "/work/a",
 			wantIn:    []string{`for step "lint": rule "ci-lint" allows workspaces under /work/lint`},

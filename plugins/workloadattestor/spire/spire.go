@@ -10,12 +10,15 @@ package spire
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"net/url"
+	"path"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	delegatedidentityv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/agent/delegatedidentity/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -43,8 +46,8 @@ func ParseConfig(body hcl.Body) (Config, error) {
 	if err := config.DecodeBlock(body, &c); err != nil {
 		return Config{}, fmt.Errorf("spire: %w", err)
 	}
-	if !strings.HasPrefix(c.AdminSocket, "unix://") {
-		return Config{}, fmt.Errorf("spire: admin_socket %q must be unix:///PATH", c.AdminSocket)
+	if u, err := url.Parse(c.AdminSocket); err != nil || !strings.HasPrefix(c.AdminSocket, "unix://") || u.Scheme != "unix" || u.Host != "" || !path.IsAbs(u.Path) {
+		return Config{}, fmt.Errorf("spire: admin_socket %q must be unix:///ABSOLUTE/PATH", c.AdminSocket)
 	}
 	var err error
 	if c.timeout, err = config.Duration("timeout", c.Timeout, DefaultTimeout); err != nil {
@@ -63,7 +66,10 @@ type Attestor struct {
 // New connects (lazily) to the SPIRE agent's admin socket.
 func New(cfg Config) (*Attestor, error) {
 	if cfg.timeout == 0 {
-		cfg.timeout = DefaultTimeout
+		var err error
+		if cfg.timeout, err = config.Duration("timeout", cfg.Timeout, DefaultTimeout); err != nil {
+			return nil, fmt.Errorf("spire: %w", err)
+		}
 	}
 	conn, err := grpc.NewClient(cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -79,28 +85,45 @@ func (a *Attestor) Close() error { return a.conn.Close() }
 // when no registration entry matches it). The SVIDs' private keys that
 // the API returns alongside are wiped at once and never used.
 func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.timeout)
+	// Our own timer, not a context deadline: a deadline also travels to
+	// the server, which may end the stream first with an error that hides
+	// the timeout.
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the subscription
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(a.cfg.timeout, func() { timedOut.Store(true); cancel() })
+	defer timer.Stop()
+	fail := func(err error) (workloadattestor.Result, error) {
+		if timedOut.Load() {
+			return workloadattestor.Result{}, fmt.Errorf("spire: no answer from the delegated identity API at %s within %s", a.cfg.AdminSocket, a.cfg.timeout)
+		}
+		return workloadattestor.Result{}, fmt.Errorf("spire: delegated identity API at %s (is hallmark-agent in the SPIRE agent's authorized_delegates?): %w", a.cfg.AdminSocket, err)
+	}
 	stream, err := a.client.SubscribeToX509SVIDs(ctx, &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: c.PID})
 	if err != nil {
-		return workloadattestor.Result{}, fmt.Errorf("spire: delegated identity API: %w", err)
+		return fail(err)
 	}
 	resp, err := stream.Recv()
 	if err != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return workloadattestor.Result{}, fmt.Errorf("spire: no answer from the delegated identity API at %s within %s", a.cfg.AdminSocket, a.cfg.timeout)
-		}
-		return workloadattestor.Result{}, fmt.Errorf("spire: delegated identity API (is hallmark-agent in the SPIRE agent's authorized_delegates?): %w", err)
+		return fail(err)
 	}
 	var res workloadattestor.Result
 	for _, s := range resp.GetX509Svids() {
 		clear(s.X509SvidKey)
 		s.X509SvidKey = nil
-		id := s.GetX509Svid().GetId()
-		if id == nil {
+		pb := s.GetX509Svid().GetId()
+		if pb == nil {
 			continue
 		}
-		res.SPIFFEIDs = append(res.SPIFFEIDs, "spiffe://"+id.GetTrustDomain()+id.GetPath())
+		td, err := spiffeid.TrustDomainFromString(pb.GetTrustDomain())
+		if err != nil {
+			continue // not a SPIFFE ID; never match policy on it
+		}
+		id, err := spiffeid.FromPath(td, pb.GetPath())
+		if err != nil {
+			continue
+		}
+		res.SPIFFEIDs = append(res.SPIFFEIDs, id.String())
 	}
 	return res, nil
 }

@@ -127,6 +127,200 @@ func (x *IssueSigningCertificateResponse) GetExpiresAt() *timestamppb.Timestamp 
 	return nil
 }
 
+type GetPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// known_revision is the revision the agent holds; informational.
+	KnownRevision string `protobuf:"bytes,1,opt,name=known_revision,json=knownRevision,proto3" json:"known_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetPolicyRequest) GetKnownRevision() string {
+	if x != nil {
+		return x.KnownRevision
+	}
+	return ""
+}
+
+type GetPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision identifies the rule set (a digest of its content).
+	Revision string `protobuf:"bytes,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// configured is false when the server holds no policy; agents then keep
+	// their own.
+	Configured    bool          `protobuf:"varint,2,opt,name=configured,proto3" json:"configured,omitempty"`
+	Rules         []*PolicyRule `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetPolicyResponse) GetRevision() string {
+	if x != nil {
+		return x.Revision
+	}
+	return ""
+}
+
+func (x *GetPolicyResponse) GetConfigured() bool {
+	if x != nil {
+		return x.Configured
+	}
+	return false
+}
+
+func (x *GetPolicyResponse) GetRules() []*PolicyRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+// PolicyRule grants steps in workspaces to matching identities; see
+// docs/configuration.md for the semantics of each field.
+type PolicyRule struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	SpiffeIds        []string               `protobuf:"bytes,2,rep,name=spiffe_ids,json=spiffeIds,proto3" json:"spiffe_ids,omitempty"`
+	SpiffeIdPrefixes []string               `protobuf:"bytes,3,rep,name=spiffe_id_prefixes,json=spiffeIdPrefixes,proto3" json:"spiffe_id_prefixes,omitempty"`
+	Selectors        []string               `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	Steps            []string               `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	WorkspaceRoots   []string               `protobuf:"bytes,6,rep,name=workspace_roots,json=workspaceRoots,proto3" json:"workspace_roots,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PolicyRule) Reset() {
+	*x = PolicyRule{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRule) ProtoMessage() {}
+
+func (x *PolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
+func (*PolicyRule) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PolicyRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyRule) GetSpiffeIds() []string {
+	if x != nil {
+		return x.SpiffeIds
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetSpiffeIdPrefixes() []string {
+	if x != nil {
+		return x.SpiffeIdPrefixes
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetSelectors() []string {
+	if x != nil {
+		return x.Selectors
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetSteps() []string {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetWorkspaceRoots() []string {
+	if x != nil {
+		return x.WorkspaceRoots
+	}
+	return nil
+}
+
 var File_hallmark_server_v1_agent_proto protoreflect.FileDescriptor
 
 const file_hallmark_server_v1_agent_proto_rawDesc = "" +
@@ -137,9 +331,27 @@ const file_hallmark_server_v1_agent_proto_rawDesc = "" +
 	"\x1fIssueSigningCertificateResponse\x12+\n" +
 	"\x11certificate_chain\x18\x01 \x03(\fR\x10certificateChain\x129\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt2\x93\x01\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"9\n" +
+	"\x10GetPolicyRequest\x12%\n" +
+	"\x0eknown_revision\x18\x01 \x01(\tR\rknownRevision\"\x85\x01\n" +
+	"\x11GetPolicyResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\tR\brevision\x12\x1e\n" +
+	"\n" +
+	"configured\x18\x02 \x01(\bR\n" +
+	"configured\x124\n" +
+	"\x05rules\x18\x03 \x03(\v2\x1e.hallmark.server.v1.PolicyRuleR\x05rules\"\xca\x01\n" +
+	"\n" +
+	"PolicyRule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"spiffe_ids\x18\x02 \x03(\tR\tspiffeIds\x12,\n" +
+	"\x12spiffe_id_prefixes\x18\x03 \x03(\tR\x10spiffeIdPrefixes\x12\x1c\n" +
+	"\tselectors\x18\x04 \x03(\tR\tselectors\x12\x14\n" +
+	"\x05steps\x18\x05 \x03(\tR\x05steps\x12'\n" +
+	"\x0fworkspace_roots\x18\x06 \x03(\tR\x0eworkspaceRoots2\xed\x01\n" +
 	"\fAgentService\x12\x82\x01\n" +
-	"\x17IssueSigningCertificate\x122.hallmark.server.v1.IssueSigningCertificateRequest\x1a3.hallmark.server.v1.IssueSigningCertificateResponseBDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
+	"\x17IssueSigningCertificate\x122.hallmark.server.v1.IssueSigningCertificateRequest\x1a3.hallmark.server.v1.IssueSigningCertificateResponse\x12X\n" +
+	"\tGetPolicy\x12$.hallmark.server.v1.GetPolicyRequest\x1a%.hallmark.server.v1.GetPolicyResponseBDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
 
 var (
 	file_hallmark_server_v1_agent_proto_rawDescOnce sync.Once
@@ -153,21 +365,27 @@ func file_hallmark_server_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hallmark_server_v1_agent_proto_rawDescData
 }
 
-var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_hallmark_server_v1_agent_proto_goTypes = []any{
 	(*IssueSigningCertificateRequest)(nil),  // 0: hallmark.server.v1.IssueSigningCertificateRequest
 	(*IssueSigningCertificateResponse)(nil), // 1: hallmark.server.v1.IssueSigningCertificateResponse
-	(*timestamppb.Timestamp)(nil),           // 2: google.protobuf.Timestamp
+	(*GetPolicyRequest)(nil),                // 2: hallmark.server.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),               // 3: hallmark.server.v1.GetPolicyResponse
+	(*PolicyRule)(nil),                      // 4: hallmark.server.v1.PolicyRule
+	(*timestamppb.Timestamp)(nil),           // 5: google.protobuf.Timestamp
 }
 var file_hallmark_server_v1_agent_proto_depIdxs = []int32{
-	2, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0, // 1: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
-	1, // 2: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	5, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
+	4, // 1: hallmark.server.v1.GetPolicyResponse.rules:type_name -> hallmark.server.v1.PolicyRule
+	0, // 2: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
+	2, // 3: hallmark.server.v1.AgentService.GetPolicy:input_type -> hallmark.server.v1.GetPolicyRequest
+	1, // 4: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
+	3, // 5: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
+	4, // [4:6] is the sub-list for method output_type
+	2, // [2:4] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_hallmark_server_v1_agent_proto_init() }
@@ -181,7 +399,7 @@ func file_hallmark_server_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_server_v1_agent_proto_rawDesc), len(file_hallmark_server_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

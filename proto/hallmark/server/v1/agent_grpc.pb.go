@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	AgentService_IssueSigningCertificate_FullMethodName = "/hallmark.server.v1.AgentService/IssueSigningCertificate"
+	AgentService_GetPolicy_FullMethodName               = "/hallmark.server.v1.AgentService/GetPolicy"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -38,6 +39,10 @@ type AgentServiceClient interface {
 	// SPIFFE ID as its only URI SAN; a CSR that asks for any other name is
 	// refused.
 	IssueSigningCertificate(ctx context.Context, in *IssueSigningCertificateRequest, opts ...grpc.CallOption) (*IssueSigningCertificateResponse, error)
+	// GetPolicy returns the attestation policy the server holds for agents:
+	// which workloads may attest which steps in which workspaces. Agents
+	// poll it and keep the last one they received.
+	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
 }
 
 type agentServiceClient struct {
@@ -58,6 +63,16 @@ func (c *agentServiceClient) IssueSigningCertificate(ctx context.Context, in *Is
 	return out, nil
 }
 
+func (c *agentServiceClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPolicyResponse)
+	err := c.cc.Invoke(ctx, AgentService_GetPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -71,6 +86,10 @@ type AgentServiceServer interface {
 	// SPIFFE ID as its only URI SAN; a CSR that asks for any other name is
 	// refused.
 	IssueSigningCertificate(context.Context, *IssueSigningCertificateRequest) (*IssueSigningCertificateResponse, error)
+	// GetPolicy returns the attestation policy the server holds for agents:
+	// which workloads may attest which steps in which workspaces. Agents
+	// poll it and keep the last one they received.
+	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -83,6 +102,9 @@ type UnimplementedAgentServiceServer struct{}
 
 func (UnimplementedAgentServiceServer) IssueSigningCertificate(context.Context, *IssueSigningCertificateRequest) (*IssueSigningCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IssueSigningCertificate not implemented")
+}
+func (UnimplementedAgentServiceServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -123,6 +145,24 @@ func _AgentService_IssueSigningCertificate_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).GetPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_GetPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).GetPolicy(ctx, req.(*GetPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -133,6 +173,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IssueSigningCertificate",
 			Handler:    _AgentService_IssueSigningCertificate_Handler,
+		},
+		{
+			MethodName: "GetPolicy",
+			Handler:    _AgentService_GetPolicy_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
