@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
@@ -76,6 +77,7 @@ type Agent struct {
 	log     *zap.Logger
 	metrics *metrics
 	keys    keyHolder
+	pol     atomic.Pointer[policy.Policy] // in force
 
 	// retry delays after a failed renewal
 	backoffBase, backoffMax time.Duration
@@ -87,7 +89,10 @@ type Agent struct {
 	lastErr   string
 	renewals  int
 	failures  int // renewals that failed
-	rotations int // SVID rotations seen
+
+	policySource   string // where the policy in force came from
+	policyRevision string // the server's revision of it
+	rotations      int    // SVID rotations seen
 }
 
 // New checks cfg and returns an agent ready to Run.
@@ -104,13 +109,22 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Policy == nil {
 		cfg.Policy, _ = policy.New(nil) // no rules: deny everything
 	}
-	return &Agent{
+	if cfg.PolicyRefresh <= 0 {
+		cfg.PolicyRefresh = DefaultPolicyRefresh
+	}
+	a := &Agent{
 		cfg:         cfg,
 		log:         cfg.Log,
 		metrics:     newMetrics(),
 		backoffBase: time.Second,
 		backoffMax:  30 * time.Second,
-	}, nil
+	}
+	a.pol.Store(cfg.Policy)
+	a.policySource = "file"
+	if !cfg.PolicyFromFile {
+		a.policySource = "server (none received yet: denying all)"
+	}
+	return a, nil
 }
 
 // Run works until ctx ends: it waits for the agent's X509-SVID, then keeps a
@@ -193,7 +207,11 @@ func (a *Agent) run(ctx context.Context) error {
 		})
 		return nil
 	})
-	g.Go(func() error { return a.renewLoop(ctx, serverv1.NewAgentServiceClient(conn)) })
+	client := serverv1.NewAgentServiceClient(conn)
+	g.Go(func() error { return a.renewLoop(ctx, client) })
+	if !a.cfg.PolicyFromFile {
+		g.Go(func() error { return a.policyLoop(ctx, client) })
+	}
 	return g.Wait()
 }
 

@@ -46,6 +46,11 @@ type Config struct {
 	Attestors []NamedAttestor
 	// Policy says who may attest which steps where; nil denies everything.
 	Policy *policy.Policy
+	// PolicyFromFile is true when Policy came from the agent's own file;
+	// otherwise the agent follows the server's policy.
+	PolicyFromFile bool
+	// PolicyRefresh is how often the server's policy is fetched.
+	PolicyRefresh time.Duration
 	// Limits bound what one attestation may measure.
 	Limits measure.Limits
 	// Now returns the current time; time.Now when nil.
@@ -54,8 +59,9 @@ type Config struct {
 
 // Defaults for the local API.
 const (
-	DefaultSocketPath = "/run/hallmark/agent.sock"
-	DefaultSocketMode = 0o660
+	DefaultSocketPath    = "/run/hallmark/agent.sock"
+	DefaultSocketMode    = 0o660
+	DefaultPolicyRefresh = 30 * time.Second
 )
 
 type fileConfig struct {
@@ -82,6 +88,7 @@ type agentBlock struct {
 	MaxFiles          int    `hcl:"max_files,optional"`
 	MaxFileBytes      int64  `hcl:"max_file_bytes,optional"`
 	MaxTotalBytes     int64  `hcl:"max_total_bytes,optional"`
+	PolicyRefresh     string `hcl:"policy_refresh,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -132,7 +139,10 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 	}
 	var rules []policy.Rule
 	if f.Policy != nil {
-		rules = f.Policy.Rules
+		rules, c.PolicyFromFile = f.Policy.Rules, true
+	}
+	if c.PolicyRefresh, err = config.Duration("agent.policy_refresh", a.PolicyRefresh, DefaultPolicyRefresh); err != nil {
+		return Config{}, err
 	}
 	if c.Policy, err = policy.New(rules); err != nil {
 		return Config{}, err

@@ -23,6 +23,7 @@ type Status struct {
 	Renewals           int          `json:"renewals"`
 	RenewalFailures    int          `json:"renewal_failures"`
 	SVIDRotations      int          `json:"svid_rotations"`
+	Policy             PolicyStatus `json:"policy"`
 }
 
 // ServerStatus describes the agent's view of hallmark-server.
@@ -44,6 +45,13 @@ type CertStatus struct {
 	ChainPEM  string    `json:"chain_pem"`
 }
 
+// PolicyStatus says which attestation policy is in force.
+type PolicyStatus struct {
+	Source   string   `json:"source"`
+	Revision string   `json:"revision,omitempty"`
+	Rules    []string `json:"rules"`
+}
+
 // Status reports the agent's identity, server link and signing certificate.
 func (a *Agent) Status() Status {
 	a.mu.Lock()
@@ -53,6 +61,7 @@ func (a *Agent) Status() Status {
 			Reachable: a.reachable, LastError: a.lastErr,
 		},
 		Renewals: a.renewals, RenewalFailures: a.failures, SVIDRotations: a.rotations,
+		Policy: PolicyStatus{Source: a.policySource, Revision: a.policyRevision},
 	}
 	if !a.id.IsZero() {
 		st.SPIFFEID = a.id.String()
@@ -62,6 +71,9 @@ func (a *Agent) Status() Status {
 		st.SVIDNotAfter = &a.svid.NotAfter
 	}
 	a.mu.Unlock()
+	for _, r := range a.policy().Rules() {
+		st.Policy.Rules = append(st.Policy.Rules, r.Name)
+	}
 	if c, ok := a.keys.current(a.cfg.Now()); ok {
 		leaf := c.leaf()
 		cs := &CertStatus{

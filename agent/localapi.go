@@ -166,7 +166,7 @@ func (api *localAPI) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*age
 		Workload:      &agentv1.Workload{Pid: c.PID, Uid: c.UID, Gid: c.GID, SpiffeIds: id.SPIFFEIDs, Selectors: id.Selectors},
 		AgentSpiffeId: api.a.spiffeID(),
 	}
-	for _, r := range api.a.cfg.Policy.Matching(id) {
+	for _, r := range api.a.policy().Matching(id) {
 		resp.Grants = append(resp.Grants, &agentv1.Grant{Rule: r.Name, Steps: r.Steps, WorkspaceRoots: r.WorkspaceRoots})
 	}
 	return resp, nil
@@ -199,7 +199,7 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if err != nil {
 		return nil, deny(codes.InvalidArgument, err.Error())
 	}
-	rule, err := a.cfg.Policy.Decide(id, req.GetStep(), workspace)
+	rule, err := a.policy().Decide(id, req.GetStep(), workspace)
 	if err != nil {
 		return nil, deny(codes.PermissionDenied, err.Error())
 	}

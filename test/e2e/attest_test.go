@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	provv1 "github.com/in-toto/attestation/go/predicates/provenance/v1"
 	ita1 "github.com/in-toto/attestation/go/v1"
@@ -300,3 +301,34 @@ func (v *ecdsaVerifier) Verify(_ context.Context, data, sig []byte) error {
 func (v *ecdsaVerifier) KeyID() (string, error) { return "", nil }
 
 func (v *ecdsaVerifier) Public() crypto.PublicKey { return v.pub }
+
+// The server holds policy and pushes it to agents that have none of their
+// own; the agent follows it, allowed and denied.
+func TestAttestWithServerPolicy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := startServer(t, "hallmark-server-policy", harness.ServerOptions{Policy: fmt.Sprintf(`
+  rule "releasers" {
+    spiffe_ids      = [%q]
+    steps           = ["release"]
+    workspace_roots = [%q]
+  }`, builderID, filepath.Join(stack.Dir, "workspaces"))})
+	ag := startAgent(t, "hallmark-agent-policy", srv, harness.ServerID) // no policy block of its own
+	waitFor(t, "the agent to take the server's policy", 30*time.Second, func() error {
+		if st := agentStatus(t, ag); st.Policy.Source != "server" {
+			return fmt.Errorf("policy source %q", st.Policy.Source)
+		}
+		return nil
+	})
+	require.Equal(t, []string{"releasers"}, agentStatus(t, ag).Policy.Rules)
+
+	ws := workspace(t, map[string]string{"pkg.tar": "package"})
+	client := localClient(t, ag.Socket)
+	resp, err := client.AttestStep(ctx, &agentv1.AttestStepRequest{Step: "release", Workspace: ws, Products: []string{"pkg.tar"}})
+	require.NoError(t, err, "the server's policy allows release")
+	require.NotEmpty(t, resp.GetBundle())
+
+	_, err = client.AttestStep(ctx, &agentv1.AttestStepRequest{Step: "build", Workspace: ws, Products: []string{"pkg.tar"}})
+	require.Equal(t, codes.PermissionDenied, status.Code(err))
+	require.ErrorContains(t, err, `rule "releasers" allows steps release`)
+}

@@ -63,7 +63,10 @@ type ServerOptions struct {
 	// KeyManager is an HCL `key_manager "NAME" { ... }` block; empty means
 	// the local key manager.
 	KeyManager string
-	Echo       io.Writer
+	// Policy is HCL rule blocks for the server's policy block, pushed to
+	// agents; empty means none.
+	Policy string
+	Echo   io.Writer
 }
 
 // ServerAddr is the address agents dial (set after start).
@@ -90,6 +93,7 @@ func (sp *SPIRE) StartServer(ctx context.Context, bin, dir, name string, o Serve
 	}
 	b.WriteString("  log_level = \"debug\"\n}\n")
 	b.WriteString(o.KeyManager)
+	b.WriteString(policyBlock(o.Policy))
 	svc, err := startService(ctx, bin, dir, name, b.String(), o.Echo)
 	if err != nil {
 		return nil, err
@@ -105,7 +109,8 @@ type AgentOptions struct {
 	// NotReady returns as soon as the agent serves /healthz, without
 	// waiting for a signing certificate (for agents meant to fail).
 	NotReady bool
-	// Policy is HCL rule blocks for the agent's policy block.
+	// Policy is HCL rule blocks for the agent's policy block; empty
+	// means no block: the agent follows the server's policy.
 	Policy string
 	// Env is extra environment, e.g. test hooks.
 	Env []string
@@ -149,11 +154,8 @@ workload_attestor "unix" {}
 workload_attestor "spire" {
   admin_socket = %q
 }
-
-policy {
 %s
-}
-`, o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, group, o.Extra, sp.AdminAPIAddr(), o.Policy)
+`, o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, group, o.Extra, sp.AdminAPIAddr(), policyBlock(o.Policy))
 	s := &Service{notReady: o.NotReady, env: o.Env, Socket: socket}
 	return s.start(ctx, bin, dir, name, conf, o.Echo)
 }
@@ -273,4 +275,12 @@ func (s *Service) Pid() int {
 		return 0
 	}
 	return s.proc.Pid()
+}
+
+// policyBlock wraps rule blocks in a policy block; empty stays empty.
+func policyBlock(rules string) string {
+	if rules == "" {
+		return ""
+	}
+	return "\npolicy {\n" + rules + "\n}\n"
 }
