@@ -73,6 +73,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 	defer c.readMu.Unlock()
 
 	n, oobn, flags, _, err := c.uc.ReadMsgUnix(p, c.oob)
+	// On errors recvmsg's -1 comes through; io.Reader forbids it.
+	n, oobn = max(n, 0), max(oobn, 0)
 	if n > 0 {
 		if cerr := c.checkCreds(c.oob[:oobn], flags); cerr != nil {
 			clear(p[:n])
@@ -110,7 +112,7 @@ func (c *Conn) checkCreds(oob []byte, flags int) error {
 			}
 		case m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_RIGHTS:
 			// Does not fit in oob; close anything the kernel installed.
-			closeRights(oob)
+			closeFDs(&m)
 			bad = fmt.Errorf("%w: file descriptors", errCtrlMsg)
 		default:
 			bad = fmt.Errorf("%w: level %d type %d", errCtrlMsg, m.Header.Level, m.Header.Type)
@@ -138,14 +140,17 @@ func closeRights(oob []byte) {
 	if err != nil {
 		return
 	}
-	for _, m := range msgs {
-		if m.Header.Level != unix.SOL_SOCKET || m.Header.Type != unix.SCM_RIGHTS {
-			continue
+	for i := range msgs {
+		if msgs[i].Header.Level == unix.SOL_SOCKET && msgs[i].Header.Type == unix.SCM_RIGHTS {
+			closeFDs(&msgs[i])
 		}
-		if fds, err := unix.ParseUnixRights(&m); err == nil {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
+	}
+}
+
+func closeFDs(m *unix.SocketControlMessage) {
+	if fds, err := unix.ParseUnixRights(m); err == nil {
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
 	}
 }

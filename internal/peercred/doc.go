@@ -14,5 +14,9 @@
 // refuses directories others could use to swap it. Credentials plugs the
 // listener into a grpc.Server; FromContext gives handlers the caller's Conn.
 //
-// The package is Linux only.
+// The package is Linux only. The agent must see its callers' processes: it
+// needs /proc/PID/exe of every caller, so it runs as root or with
+// CAP_SYS_PTRACE when callers run as other users, and in the host pid
+// namespace (hostPID in Kubernetes) when they run in other containers.
+// Callers it cannot identify are dropped at Accept.
 package peercred

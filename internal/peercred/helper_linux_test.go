@@ -67,7 +67,7 @@ func runHelper(role, sock string) error {
 		return err
 
 	case "exec":
-		// Connect, then exec /bin/sleep keeping the socket open across exec.
+		// Connect, then exec /bin/sleep when told, keeping the socket open.
 		c, err := dial()
 		if err != nil {
 			return err
@@ -86,7 +86,11 @@ func runHelper(role, sock string) error {
 		if ferr != nil {
 			return ferr
 		}
-		say("exec")
+		say("connected")
+		// Exec only once the test has seen the original executable.
+		if _, err := os.Stdin.Read(make([]byte, 1)); err != nil {
+			return err
+		}
 		return syscall.Exec("/bin/sleep", []string{"sleep", "30"}, os.Environ())
 
 	case "pass-fd":

@@ -60,9 +60,9 @@ const dialTimeout = 2 * time.Second
 // serves Path (a connect succeeds), removes a stale socket (a connect is
 // refused), and never removes anything that is not a socket.
 //
-// The socket is bound under a temporary name in the same directory, given
-// its group and mode, and only then linked at Path, so nobody can connect to
-// it while its permissions are still the umask's.
+// The socket is bound under a temporary name in the same directory and
+// given its group and mode before it listens; only then is it linked at
+// Path. Nobody can connect to it while its permissions are the umask's.
 func Listen(cfg ListenConfig) (*Listener, error) {
 	if cfg.Path == "" {
 		return nil, errors.New("peercred: listen: empty path")
@@ -85,45 +85,68 @@ func Listen(cfg ListenConfig) (*Listener, error) {
 		return nil, err
 	}
 
-	ul, tmp, err := bindTemp(filepath.Dir(path))
+	fd, tmp, err := bindTemp(filepath.Dir(path))
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*Listener, error) {
+	ul, id, err := setUp(fd, tmp, mode, cfg.GID)
+	if err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := publish(tmp, path); err != nil {
 		ul.Close()
 		os.Remove(tmp)
 		return nil, err
 	}
-	if cfg.GID >= 0 {
-		if err := os.Chown(tmp, -1, cfg.GID); err != nil {
-			return fail(fmt.Errorf("peercred: listen: set group of socket: %w", err))
-		}
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return fail(fmt.Errorf("peercred: listen: set mode of socket: %w", err))
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(tmp, &st); err != nil {
-		return fail(fmt.Errorf("peercred: listen: %w", &os.PathError{Op: "lstat", Path: tmp, Err: err}))
-	}
-	if err := publish(tmp, path); err != nil {
-		return fail(err)
-	}
 	os.Remove(tmp)
-
-	// Set on the listening socket, SO_PASSCRED is copied to every accepted
-	// socket at accept, so no message ever arrives without credentials.
-	if err := setPassCred(ul); err != nil {
-		ul.Close()
-		removeIfSame(path, fileID(&st))
-		return nil, err
-	}
 	return &Listener{
 		ul:     ul,
 		addr:   &net.UnixAddr{Name: path, Net: "unix"},
-		id:     fileID(&st),
+		id:     id,
 		onSkip: cfg.OnSkip,
 	}, nil
+}
+
+// listenBacklog is passed to listen(2), which caps it at net.core.somaxconn.
+const listenBacklog = 4096
+
+// setUp gives the bound socket fd at tmp its group and mode, then turns it
+// into a listener: only then can anyone connect. It takes ownership of fd.
+func setUp(fd int, tmp string, mode os.FileMode, gid int) (*net.UnixListener, FileID, error) {
+	f := os.NewFile(uintptr(fd), tmp)
+	defer f.Close()
+	if gid >= 0 {
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			return nil, FileID{}, fmt.Errorf("peercred: listen: set group of socket: %w", err)
+		}
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return nil, FileID{}, fmt.Errorf("peercred: listen: set mode of socket: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(tmp, &st); err != nil {
+		return nil, FileID{}, fmt.Errorf("peercred: listen: %w", &os.PathError{Op: "lstat", Path: tmp, Err: err})
+	}
+	// Set on the listening socket, SO_PASSCRED is copied to every accepted
+	// socket at accept, so no message ever arrives without credentials.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return nil, FileID{}, fmt.Errorf("peercred: listen: set SO_PASSCRED: %w", err)
+	}
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		return nil, FileID{}, fmt.Errorf("peercred: listen: %w", os.NewSyscallError("listen", err))
+	}
+	ln, err := net.FileListener(f) // a dup of fd; f's copy is closed on return
+	if err != nil {
+		return nil, FileID{}, fmt.Errorf("peercred: listen: %w", err)
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		ln.Close()
+		return nil, FileID{}, fmt.Errorf("peercred: listen: unexpected listener %T", ln)
+	}
+	ul.SetUnlinkOnClose(false) // Close removes Path itself, if still ours
+	return ul, fileID(&st), nil
 }
 
 // checkDir refuses a directory in which someone else could replace the
@@ -148,28 +171,31 @@ func checkDir(dir string) error {
 	return nil
 }
 
-// bindTemp binds a listening socket to a fresh name in dir.
-func bindTemp(dir string) (*net.UnixListener, string, error) {
+// bindTemp binds a new unix stream socket, not yet listening, to a fresh
+// name in dir.
+func bindTemp(dir string) (int, string, error) {
 	for range 10 {
 		var b [4]byte
 		rand.Read(b[:])
 		// Short, so that it fits wherever Path fits a typical name.
 		tmp := filepath.Join(dir, ".pc-"+hex.EncodeToString(b[:]))
 		if len(tmp) > maxSockPath {
-			return nil, "", fmt.Errorf("peercred: listen: socket directory %s: path too long for a unix socket", dir)
+			return -1, "", fmt.Errorf("peercred: listen: socket directory %s: path too long for a unix socket", dir)
 		}
-		ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 		if err != nil {
+			return -1, "", fmt.Errorf("peercred: listen: %w", os.NewSyscallError("socket", err))
+		}
+		if err := unix.Bind(fd, &unix.SockaddrUnix{Name: tmp}); err != nil {
+			unix.Close(fd)
 			if errors.Is(err, unix.EADDRINUSE) {
 				continue
 			}
-			return nil, "", fmt.Errorf("peercred: listen: %w", err)
+			return -1, "", fmt.Errorf("peercred: listen: bind %s: %w", tmp, err)
 		}
-		// The name is unlinked by hand as soon as the socket is published.
-		ul.SetUnlinkOnClose(false)
-		return ul, tmp, nil
+		return fd, tmp, nil
 	}
-	return nil, "", fmt.Errorf("peercred: listen: no free temporary name in %s", dir)
+	return -1, "", fmt.Errorf("peercred: listen: no free temporary name in %s", dir)
 }
 
 // publish hard-links the bound socket tmp at path. link(2) never replaces
@@ -222,23 +248,6 @@ func removeStale(path string) error {
 	return nil
 }
 
-func setPassCred(ul *net.UnixListener) error {
-	rc, err := ul.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("peercred: listen: %w", err)
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
-	}); err != nil {
-		return fmt.Errorf("peercred: listen: %w", err)
-	}
-	if serr != nil {
-		return fmt.Errorf("peercred: listen: set SO_PASSCRED: %w", serr)
-	}
-	return nil
-}
-
 // Accept waits for the next connection whose peer can be identified and
 // returns it as a *Conn. Connections whose peer cannot be identified are
 // closed, reported to ListenConfig.OnSkip and never returned.
@@ -281,5 +290,5 @@ func removeIfSame(path string, id FileID) {
 }
 
 func fileID(st *unix.Stat_t) FileID {
-	return FileID{Dev: uint64(st.Dev), Ino: st.Ino} //nolint:unconvert // Dev is uint32 on some arches
+	return FileID{Dev: uint64(st.Dev), Ino: st.Ino} // Dev is uint32 on some arches
 }

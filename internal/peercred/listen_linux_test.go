@@ -198,6 +198,8 @@ func TestListenerCloseRemovesOnlyOwnSocket(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, l.Close())
 	require.NoError(t, l.Close()) // idempotent
+	_, err = l.Accept()
+	require.ErrorIs(t, err, net.ErrClosed)
 	_, err = os.Lstat(path)
 	require.ErrorIs(t, err, os.ErrNotExist)
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,7 +48,7 @@ func TestPeerIdentifiesOwnConnection(t *testing.T) {
 	require.Equal(t, exe, p.ExePath)
 	var st unix.Stat_t
 	require.NoError(t, unix.Stat(exe, &st))
-	require.Equal(t, FileID{Dev: uint64(st.Dev), Ino: st.Ino}, p.Exe) //nolint:unconvert
+	require.Equal(t, FileID{Dev: uint64(st.Dev), Ino: st.Ino}, p.Exe)
 
 	self, err := readStartTime(int32(os.Getpid()))
 	require.NoError(t, err)
@@ -105,12 +106,16 @@ func TestVerifyPeerExeced(t *testing.T) {
 	l, path := listen(t)
 	h := startHelper(t, "exec", path)
 	c := accept(t, l)
+	h.expect(t, "connected")
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	require.Equal(t, exe, c.Peer().ExePath)
 	require.Equal(t, h.pid(), c.Peer().PID)
 	require.Equal(t, "pre-exec", readN(t, c, 8))
-	h.expect(t, "exec")
+	require.NoError(t, c.Verify())
+
+	_, err = h.stdin.Write([]byte("x")) // exec now
+	require.NoError(t, err)
 
 	var last error
 	waitFor(t, "ErrPeerExeced", func() bool {
@@ -246,6 +251,24 @@ func TestReadSemantics(t *testing.T) {
 	require.NoError(t, c.Close())
 	require.ErrorIs(t, c.Close(), net.ErrClosed)
 	require.ErrorIs(t, c.Verify(), net.ErrClosed)
+}
+
+// A failed read returns 0 bytes, never recvmsg's -1: a peer that closes
+// with our data unread makes the next read fail with ECONNRESET, and bufio
+// (gRPC's HTTP/2 framer) panics on a negative count.
+func TestReadErrorReturnsZero(t *testing.T) {
+	l, path := listen(t)
+	cc, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	c := accept(t, l)
+	_, err = c.Write([]byte("unread"))
+	require.NoError(t, err)
+	require.NoError(t, cc.Close())
+
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	n, err := c.Read(make([]byte, 8))
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	require.Zero(t, n)
 }
 
 // Without SO_PEERPIDFD (kernels before 6.5) the pidfd comes from pidfd_open

@@ -184,5 +184,5 @@ func readExe(pid int32) (FileID, string, error) {
 	if err != nil {
 		return FileID{}, "", err
 	}
-	return FileID{Dev: uint64(st.Dev), Ino: st.Ino}, path, nil //nolint:unconvert // Dev is uint32 on some arches
+	return fileID(&st), path, nil
 }
