@@ -110,5 +110,14 @@ func printStatus(w io.Writer, st agent.Status) {
 	fmt.Fprintf(w, "  URI SAN:         %s\n", strings.Join(c.URISANs, ", "))
 	fmt.Fprintf(w, "  valid:           %s .. %s (TTL %s)\n", c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339), c.NotAfter.Sub(c.NotBefore))
 	fmt.Fprintf(w, "  renews at:       %s\n", c.RenewAt.Format(time.RFC3339))
-	fmt.Fprintf(w, "renewals so far:   %d\n", st.Renewals)
+	fmt.Fprintf(w, "renewals so far:   %d (%d failed)\n", st.Renewals, st.RenewalFailures)
+	rules := "none: every attestation is denied"
+	if len(st.Policy.Rules) > 0 {
+		rules = strings.Join(st.Policy.Rules, ", ")
+	}
+	rev := ""
+	if st.Policy.Revision != "" {
+		rev = ", revision " + st.Policy.Revision
+	}
+	fmt.Fprintf(w, "policy:            from %s%s; rules: %s\n", st.Policy.Source, rev, rules)
 }
