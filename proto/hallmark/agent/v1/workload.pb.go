@@ -124,13 +124,18 @@ func (x *AttestStepRequest) GetCommand() []string {
 
 type AttestStepResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// bundle is a Sigstore bundle v0.3 (JSON): the DSSE envelope and the
-	// agent's signing certificate.
+	// bundle is a Sigstore bundle v0.3 (JSON): the DSSE envelope, the
+	// agent's signing certificate and, when logged already, the
+	// transparency-log entry.
 	Bundle []byte `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
 	// invocation_id identifies this attestation.
 	InvocationId string `protobuf:"bytes,2,opt,name=invocation_id,json=invocationId,proto3" json:"invocation_id,omitempty"`
 	// subjects are the products as measured by the agent.
-	Subjects      []*Subject `protobuf:"bytes,3,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	Subjects []*Subject `protobuf:"bytes,3,rep,name=subjects,proto3" json:"subjects,omitempty"`
+	// logged is true when bundle carries its transparency-log entry; when
+	// false the envelope is queued durably and GetBundle returns the
+	// complete bundle once it is logged.
+	Logged        bool `protobuf:"varint,4,opt,name=logged,proto3" json:"logged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -186,6 +191,117 @@ func (x *AttestStepResponse) GetSubjects() []*Subject {
 	return nil
 }
 
+func (x *AttestStepResponse) GetLogged() bool {
+	if x != nil {
+		return x.Logged
+	}
+	return false
+}
+
+type GetBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	InvocationId  string                 `protobuf:"bytes,1,opt,name=invocation_id,json=invocationId,proto3" json:"invocation_id,omitempty"`
+	Wait          bool                   `protobuf:"varint,2,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleRequest) Reset() {
+	*x = GetBundleRequest{}
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleRequest) ProtoMessage() {}
+
+func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetBundleRequest) Descriptor() ([]byte, []int) {
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GetBundleRequest) GetInvocationId() string {
+	if x != nil {
+		return x.InvocationId
+	}
+	return ""
+}
+
+func (x *GetBundleRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type GetBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundle        []byte                 `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Logged        bool                   `protobuf:"varint,2,opt,name=logged,proto3" json:"logged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBundleResponse) Reset() {
+	*x = GetBundleResponse{}
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBundleResponse) ProtoMessage() {}
+
+func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
+func (*GetBundleResponse) Descriptor() ([]byte, []int) {
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetBundleResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *GetBundleResponse) GetLogged() bool {
+	if x != nil {
+		return x.Logged
+	}
+	return false
+}
+
 type Subject struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -196,7 +312,7 @@ type Subject struct {
 
 func (x *Subject) Reset() {
 	*x = Subject{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +324,7 @@ func (x *Subject) String() string {
 func (*Subject) ProtoMessage() {}
 
 func (x *Subject) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +337,7 @@ func (x *Subject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subject.ProtoReflect.Descriptor instead.
 func (*Subject) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{2}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Subject) GetName() string {
@@ -246,7 +362,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -258,7 +374,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -271,7 +387,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{3}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{5}
 }
 
 type WhoAmIResponse struct {
@@ -287,7 +403,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +415,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +428,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{4}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WhoAmIResponse) GetWorkload() *Workload {
@@ -351,7 +467,7 @@ type Workload struct {
 
 func (x *Workload) Reset() {
 	*x = Workload{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +479,7 @@ func (x *Workload) String() string {
 func (*Workload) ProtoMessage() {}
 
 func (x *Workload) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +492,7 @@ func (x *Workload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Workload.ProtoReflect.Descriptor instead.
 func (*Workload) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{5}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Workload) GetPid() int32 {
@@ -425,7 +541,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +553,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +566,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{6}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Grant) GetRule() string {
@@ -486,11 +602,18 @@ const file_hallmark_agent_v1_workload_proto_rawDesc = "" +
 	"\tmaterials\x18\x04 \x03(\tR\tmaterials\x129\n" +
 	"\n" +
 	"started_on\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedOn\x12\x18\n" +
-	"\acommand\x18\x06 \x03(\tR\acommand\"\x89\x01\n" +
+	"\acommand\x18\x06 \x03(\tR\acommand\"\xa1\x01\n" +
 	"\x12AttestStepResponse\x12\x16\n" +
 	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12#\n" +
 	"\rinvocation_id\x18\x02 \x01(\tR\finvocationId\x126\n" +
-	"\bsubjects\x18\x03 \x03(\v2\x1a.hallmark.agent.v1.SubjectR\bsubjects\"5\n" +
+	"\bsubjects\x18\x03 \x03(\v2\x1a.hallmark.agent.v1.SubjectR\bsubjects\x12\x16\n" +
+	"\x06logged\x18\x04 \x01(\bR\x06logged\"K\n" +
+	"\x10GetBundleRequest\x12#\n" +
+	"\rinvocation_id\x18\x01 \x01(\tR\finvocationId\x12\x12\n" +
+	"\x04wait\x18\x02 \x01(\bR\x04wait\"C\n" +
+	"\x11GetBundleResponse\x12\x16\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12\x16\n" +
+	"\x06logged\x18\x02 \x01(\bR\x06logged\"5\n" +
 	"\aSubject\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06sha256\x18\x02 \x01(\tR\x06sha256\"\x0f\n" +
@@ -509,11 +632,12 @@ const file_hallmark_agent_v1_workload_proto_rawDesc = "" +
 	"\x05Grant\x12\x12\n" +
 	"\x04rule\x18\x01 \x01(\tR\x04rule\x12\x14\n" +
 	"\x05steps\x18\x02 \x03(\tR\x05steps\x12'\n" +
-	"\x0fworkspace_roots\x18\x03 \x03(\tR\x0eworkspaceRoots2\xbb\x01\n" +
+	"\x0fworkspace_roots\x18\x03 \x03(\tR\x0eworkspaceRoots2\x93\x02\n" +
 	"\x0fWorkloadService\x12Y\n" +
 	"\n" +
 	"AttestStep\x12$.hallmark.agent.v1.AttestStepRequest\x1a%.hallmark.agent.v1.AttestStepResponse\x12M\n" +
-	"\x06WhoAmI\x12 .hallmark.agent.v1.WhoAmIRequest\x1a!.hallmark.agent.v1.WhoAmIResponseBBZ@github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1;agentv1b\x06proto3"
+	"\x06WhoAmI\x12 .hallmark.agent.v1.WhoAmIRequest\x1a!.hallmark.agent.v1.WhoAmIResponse\x12V\n" +
+	"\tGetBundle\x12#.hallmark.agent.v1.GetBundleRequest\x1a$.hallmark.agent.v1.GetBundleResponseBBZ@github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_hallmark_agent_v1_workload_proto_rawDescOnce sync.Once
@@ -527,28 +651,32 @@ func file_hallmark_agent_v1_workload_proto_rawDescGZIP() []byte {
 	return file_hallmark_agent_v1_workload_proto_rawDescData
 }
 
-var file_hallmark_agent_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_hallmark_agent_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_hallmark_agent_v1_workload_proto_goTypes = []any{
 	(*AttestStepRequest)(nil),     // 0: hallmark.agent.v1.AttestStepRequest
 	(*AttestStepResponse)(nil),    // 1: hallmark.agent.v1.AttestStepResponse
-	(*Subject)(nil),               // 2: hallmark.agent.v1.Subject
-	(*WhoAmIRequest)(nil),         // 3: hallmark.agent.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),        // 4: hallmark.agent.v1.WhoAmIResponse
-	(*Workload)(nil),              // 5: hallmark.agent.v1.Workload
-	(*Grant)(nil),                 // 6: hallmark.agent.v1.Grant
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*GetBundleRequest)(nil),      // 2: hallmark.agent.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),     // 3: hallmark.agent.v1.GetBundleResponse
+	(*Subject)(nil),               // 4: hallmark.agent.v1.Subject
+	(*WhoAmIRequest)(nil),         // 5: hallmark.agent.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),        // 6: hallmark.agent.v1.WhoAmIResponse
+	(*Workload)(nil),              // 7: hallmark.agent.v1.Workload
+	(*Grant)(nil),                 // 8: hallmark.agent.v1.Grant
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_hallmark_agent_v1_workload_proto_depIdxs = []int32{
-	7, // 0: hallmark.agent.v1.AttestStepRequest.started_on:type_name -> google.protobuf.Timestamp
-	2, // 1: hallmark.agent.v1.AttestStepResponse.subjects:type_name -> hallmark.agent.v1.Subject
-	5, // 2: hallmark.agent.v1.WhoAmIResponse.workload:type_name -> hallmark.agent.v1.Workload
-	6, // 3: hallmark.agent.v1.WhoAmIResponse.grants:type_name -> hallmark.agent.v1.Grant
+	9, // 0: hallmark.agent.v1.AttestStepRequest.started_on:type_name -> google.protobuf.Timestamp
+	4, // 1: hallmark.agent.v1.AttestStepResponse.subjects:type_name -> hallmark.agent.v1.Subject
+	7, // 2: hallmark.agent.v1.WhoAmIResponse.workload:type_name -> hallmark.agent.v1.Workload
+	8, // 3: hallmark.agent.v1.WhoAmIResponse.grants:type_name -> hallmark.agent.v1.Grant
 	0, // 4: hallmark.agent.v1.WorkloadService.AttestStep:input_type -> hallmark.agent.v1.AttestStepRequest
-	3, // 5: hallmark.agent.v1.WorkloadService.WhoAmI:input_type -> hallmark.agent.v1.WhoAmIRequest
-	1, // 6: hallmark.agent.v1.WorkloadService.AttestStep:output_type -> hallmark.agent.v1.AttestStepResponse
-	4, // 7: hallmark.agent.v1.WorkloadService.WhoAmI:output_type -> hallmark.agent.v1.WhoAmIResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
+	5, // 5: hallmark.agent.v1.WorkloadService.WhoAmI:input_type -> hallmark.agent.v1.WhoAmIRequest
+	2, // 6: hallmark.agent.v1.WorkloadService.GetBundle:input_type -> hallmark.agent.v1.GetBundleRequest
+	1, // 7: hallmark.agent.v1.WorkloadService.AttestStep:output_type -> hallmark.agent.v1.AttestStepResponse
+	6, // 8: hallmark.agent.v1.WorkloadService.WhoAmI:output_type -> hallmark.agent.v1.WhoAmIResponse
+	3, // 9: hallmark.agent.v1.WorkloadService.GetBundle:output_type -> hallmark.agent.v1.GetBundleResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
 	4, // [4:4] is the sub-list for extension extendee
 	0, // [0:4] is the sub-list for field type_name
@@ -565,7 +693,7 @@ func file_hallmark_agent_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_agent_v1_workload_proto_rawDesc), len(file_hallmark_agent_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

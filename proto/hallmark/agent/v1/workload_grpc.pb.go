@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	WorkloadService_AttestStep_FullMethodName = "/hallmark.agent.v1.WorkloadService/AttestStep"
 	WorkloadService_WhoAmI_FullMethodName     = "/hallmark.agent.v1.WorkloadService/WhoAmI"
+	WorkloadService_GetBundle_FullMethodName  = "/hallmark.agent.v1.WorkloadService/GetBundle"
 )
 
 // WorkloadServiceClient is the client API for WorkloadService service.
@@ -40,6 +41,10 @@ type WorkloadServiceClient interface {
 	// WhoAmI returns how the agent identifies the caller and which steps
 	// policy allows it, so a refused caller can see why.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
+	// GetBundle returns the bundle of an earlier attestation by this caller's
+	// invocation ID, with its transparency-log entry once logged. With wait,
+	// it blocks until the entry is logged or the call's deadline passes.
+	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
 }
 
 type workloadServiceClient struct {
@@ -70,6 +75,16 @@ func (c *workloadServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, o
 	return out, nil
 }
 
+func (c *workloadServiceClient) GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBundleResponse)
+	err := c.cc.Invoke(ctx, WorkloadService_GetBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkloadServiceServer is the server API for WorkloadService service.
 // All implementations must embed UnimplementedWorkloadServiceServer
 // for forward compatibility.
@@ -83,6 +98,10 @@ type WorkloadServiceServer interface {
 	// WhoAmI returns how the agent identifies the caller and which steps
 	// policy allows it, so a refused caller can see why.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
+	// GetBundle returns the bundle of an earlier attestation by this caller's
+	// invocation ID, with its transparency-log entry once logged. With wait,
+	// it blocks until the entry is logged or the call's deadline passes.
+	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
 	mustEmbedUnimplementedWorkloadServiceServer()
 }
 
@@ -98,6 +117,9 @@ func (UnimplementedWorkloadServiceServer) AttestStep(context.Context, *AttestSte
 }
 func (UnimplementedWorkloadServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method WhoAmI not implemented")
+}
+func (UnimplementedWorkloadServiceServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
 }
 func (UnimplementedWorkloadServiceServer) mustEmbedUnimplementedWorkloadServiceServer() {}
 func (UnimplementedWorkloadServiceServer) testEmbeddedByValue()                         {}
@@ -156,6 +178,24 @@ func _WorkloadService_WhoAmI_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkloadService_GetBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadServiceServer).GetBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkloadService_GetBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadServiceServer).GetBundle(ctx, req.(*GetBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WorkloadService_ServiceDesc is the grpc.ServiceDesc for WorkloadService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -170,6 +210,10 @@ var WorkloadService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "WhoAmI",
 			Handler:    _WorkloadService_WhoAmI_Handler,
+		},
+		{
+			MethodName: "GetBundle",
+			Handler:    _WorkloadService_GetBundle_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -321,6 +321,205 @@ func (x *PolicyRule) GetWorkspaceRoots() []string {
 	return nil
 }
 
+type SubmitEntriesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*LogSubmission       `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitEntriesRequest) Reset() {
+	*x = SubmitEntriesRequest{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitEntriesRequest) ProtoMessage() {}
+
+func (x *SubmitEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitEntriesRequest.ProtoReflect.Descriptor instead.
+func (*SubmitEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SubmitEntriesRequest) GetEntries() []*LogSubmission {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type LogSubmission struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// envelope is the DSSE envelope as Sigstore bundle JSON (protojson of
+	// io.intoto.Envelope).
+	Envelope []byte `protobuf:"bytes,1,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// certificate is the signing certificate, DER.
+	Certificate   []byte `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogSubmission) Reset() {
+	*x = LogSubmission{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogSubmission) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogSubmission) ProtoMessage() {}
+
+func (x *LogSubmission) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogSubmission.ProtoReflect.Descriptor instead.
+func (*LogSubmission) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *LogSubmission) GetEnvelope() []byte {
+	if x != nil {
+		return x.Envelope
+	}
+	return nil
+}
+
+func (x *LogSubmission) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+type SubmitEntriesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*LogEntryResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitEntriesResponse) Reset() {
+	*x = SubmitEntriesResponse{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitEntriesResponse) ProtoMessage() {}
+
+func (x *SubmitEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitEntriesResponse.ProtoReflect.Descriptor instead.
+func (*SubmitEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SubmitEntriesResponse) GetResults() []*LogEntryResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type LogEntryResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tlog_entry is the logged entry as Sigstore bundle JSON (protojson of
+	// dev.sigstore.rekor.v1.TransparencyLogEntry), with its inclusion proof
+	// and signed checkpoint; empty when error is set.
+	TlogEntry []byte `protobuf:"bytes,1,opt,name=tlog_entry,json=tlogEntry,proto3" json:"tlog_entry,omitempty"`
+	// error says why the entry was refused; refusals are final.
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogEntryResult) Reset() {
+	*x = LogEntryResult{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogEntryResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogEntryResult) ProtoMessage() {}
+
+func (x *LogEntryResult) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogEntryResult.ProtoReflect.Descriptor instead.
+func (*LogEntryResult) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *LogEntryResult) GetTlogEntry() []byte {
+	if x != nil {
+		return x.TlogEntry
+	}
+	return nil
+}
+
+func (x *LogEntryResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_hallmark_server_v1_agent_proto protoreflect.FileDescriptor
 
 const file_hallmark_server_v1_agent_proto_rawDesc = "" +
@@ -348,10 +547,22 @@ const file_hallmark_server_v1_agent_proto_rawDesc = "" +
 	"\x12spiffe_id_prefixes\x18\x03 \x03(\tR\x10spiffeIdPrefixes\x12\x1c\n" +
 	"\tselectors\x18\x04 \x03(\tR\tselectors\x12\x14\n" +
 	"\x05steps\x18\x05 \x03(\tR\x05steps\x12'\n" +
-	"\x0fworkspace_roots\x18\x06 \x03(\tR\x0eworkspaceRoots2\xed\x01\n" +
+	"\x0fworkspace_roots\x18\x06 \x03(\tR\x0eworkspaceRoots\"S\n" +
+	"\x14SubmitEntriesRequest\x12;\n" +
+	"\aentries\x18\x01 \x03(\v2!.hallmark.server.v1.LogSubmissionR\aentries\"M\n" +
+	"\rLogSubmission\x12\x1a\n" +
+	"\benvelope\x18\x01 \x01(\fR\benvelope\x12 \n" +
+	"\vcertificate\x18\x02 \x01(\fR\vcertificate\"U\n" +
+	"\x15SubmitEntriesResponse\x12<\n" +
+	"\aresults\x18\x01 \x03(\v2\".hallmark.server.v1.LogEntryResultR\aresults\"E\n" +
+	"\x0eLogEntryResult\x12\x1d\n" +
+	"\n" +
+	"tlog_entry\x18\x01 \x01(\fR\ttlogEntry\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error2\xd3\x02\n" +
 	"\fAgentService\x12\x82\x01\n" +
 	"\x17IssueSigningCertificate\x122.hallmark.server.v1.IssueSigningCertificateRequest\x1a3.hallmark.server.v1.IssueSigningCertificateResponse\x12X\n" +
-	"\tGetPolicy\x12$.hallmark.server.v1.GetPolicyRequest\x1a%.hallmark.server.v1.GetPolicyResponseBDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
+	"\tGetPolicy\x12$.hallmark.server.v1.GetPolicyRequest\x1a%.hallmark.server.v1.GetPolicyResponse\x12d\n" +
+	"\rSubmitEntries\x12(.hallmark.server.v1.SubmitEntriesRequest\x1a).hallmark.server.v1.SubmitEntriesResponseBDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
 
 var (
 	file_hallmark_server_v1_agent_proto_rawDescOnce sync.Once
@@ -365,27 +576,35 @@ func file_hallmark_server_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hallmark_server_v1_agent_proto_rawDescData
 }
 
-var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_hallmark_server_v1_agent_proto_goTypes = []any{
 	(*IssueSigningCertificateRequest)(nil),  // 0: hallmark.server.v1.IssueSigningCertificateRequest
 	(*IssueSigningCertificateResponse)(nil), // 1: hallmark.server.v1.IssueSigningCertificateResponse
 	(*GetPolicyRequest)(nil),                // 2: hallmark.server.v1.GetPolicyRequest
 	(*GetPolicyResponse)(nil),               // 3: hallmark.server.v1.GetPolicyResponse
 	(*PolicyRule)(nil),                      // 4: hallmark.server.v1.PolicyRule
-	(*timestamppb.Timestamp)(nil),           // 5: google.protobuf.Timestamp
+	(*SubmitEntriesRequest)(nil),            // 5: hallmark.server.v1.SubmitEntriesRequest
+	(*LogSubmission)(nil),                   // 6: hallmark.server.v1.LogSubmission
+	(*SubmitEntriesResponse)(nil),           // 7: hallmark.server.v1.SubmitEntriesResponse
+	(*LogEntryResult)(nil),                  // 8: hallmark.server.v1.LogEntryResult
+	(*timestamppb.Timestamp)(nil),           // 9: google.protobuf.Timestamp
 }
 var file_hallmark_server_v1_agent_proto_depIdxs = []int32{
-	5, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
+	9, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
 	4, // 1: hallmark.server.v1.GetPolicyResponse.rules:type_name -> hallmark.server.v1.PolicyRule
-	0, // 2: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
-	2, // 3: hallmark.server.v1.AgentService.GetPolicy:input_type -> hallmark.server.v1.GetPolicyRequest
-	1, // 4: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
-	3, // 5: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	6, // 2: hallmark.server.v1.SubmitEntriesRequest.entries:type_name -> hallmark.server.v1.LogSubmission
+	8, // 3: hallmark.server.v1.SubmitEntriesResponse.results:type_name -> hallmark.server.v1.LogEntryResult
+	0, // 4: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
+	2, // 5: hallmark.server.v1.AgentService.GetPolicy:input_type -> hallmark.server.v1.GetPolicyRequest
+	5, // 6: hallmark.server.v1.AgentService.SubmitEntries:input_type -> hallmark.server.v1.SubmitEntriesRequest
+	1, // 7: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
+	3, // 8: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
+	7, // 9: hallmark.server.v1.AgentService.SubmitEntries:output_type -> hallmark.server.v1.SubmitEntriesResponse
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_hallmark_server_v1_agent_proto_init() }
@@ -399,7 +618,7 @@ func file_hallmark_server_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_server_v1_agent_proto_rawDesc), len(file_hallmark_server_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	AgentService_IssueSigningCertificate_FullMethodName = "/hallmark.server.v1.AgentService/IssueSigningCertificate"
 	AgentService_GetPolicy_FullMethodName               = "/hallmark.server.v1.AgentService/GetPolicy"
+	AgentService_SubmitEntries_FullMethodName           = "/hallmark.server.v1.AgentService/SubmitEntries"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -43,6 +44,12 @@ type AgentServiceClient interface {
 	// which workloads may attest which steps in which workspaces. Agents
 	// poll it and keep the last one they received.
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
+	// SubmitEntries appends signed envelopes to the transparency log. Each
+	// is accepted only if its DSSE signature is valid, its certificate chains
+	// to a signing CA the server knows and was valid at the integrated time,
+	// and the certificate names the calling agent. Submitting an entry again
+	// returns the existing one. Results come in request order.
+	SubmitEntries(ctx context.Context, in *SubmitEntriesRequest, opts ...grpc.CallOption) (*SubmitEntriesResponse, error)
 }
 
 type agentServiceClient struct {
@@ -73,6 +80,16 @@ func (c *agentServiceClient) GetPolicy(ctx context.Context, in *GetPolicyRequest
 	return out, nil
 }
 
+func (c *agentServiceClient) SubmitEntries(ctx context.Context, in *SubmitEntriesRequest, opts ...grpc.CallOption) (*SubmitEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitEntriesResponse)
+	err := c.cc.Invoke(ctx, AgentService_SubmitEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -90,6 +107,12 @@ type AgentServiceServer interface {
 	// which workloads may attest which steps in which workspaces. Agents
 	// poll it and keep the last one they received.
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
+	// SubmitEntries appends signed envelopes to the transparency log. Each
+	// is accepted only if its DSSE signature is valid, its certificate chains
+	// to a signing CA the server knows and was valid at the integrated time,
+	// and the certificate names the calling agent. Submitting an entry again
+	// returns the existing one. Results come in request order.
+	SubmitEntries(context.Context, *SubmitEntriesRequest) (*SubmitEntriesResponse, error)
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -105,6 +128,9 @@ func (UnimplementedAgentServiceServer) IssueSigningCertificate(context.Context, 
 }
 func (UnimplementedAgentServiceServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedAgentServiceServer) SubmitEntries(context.Context, *SubmitEntriesRequest) (*SubmitEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitEntries not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -163,6 +189,24 @@ func _AgentService_GetPolicy_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_SubmitEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).SubmitEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_SubmitEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).SubmitEntries(ctx, req.(*SubmitEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -177,6 +221,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPolicy",
 			Handler:    _AgentService_GetPolicy_Handler,
+		},
+		{
+			MethodName: "SubmitEntries",
+			Handler:    _AgentService_SubmitEntries_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
