@@ -1,0 +1,449 @@
+// Package outbox is hallmark-agent's durable queue of signed envelopes on
+// their way to the transparency log. An attestation is answered only after
+// its envelope is on disk (fsync), so a crash or kill -9 loses nothing; the
+// submitter drains the queue in batches, and the server's deduplication
+// makes a resubmission after a crash return the entry already logged, so
+// nothing is logged twice.
+//
+// The queue is one append-only file of checksummed records with group
+// commit: concurrent Puts share one write and one fsync. A torn record at
+// the end (a crash mid-write) is cut off when the file is opened. The file
+// is rewritten with only live records when it grows past a threshold.
+package outbox
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// State of an item.
+type State int
+
+// States an item goes through.
+const (
+	Pending State = iota // on disk, not yet logged
+	Logged               // the log accepted it
+	Refused              // the log refused it; final
+)
+
+// Item is one signed envelope and what became of it.
+type Item struct {
+	ID          string `json:"id"`          // the invocation ID
+	Bundle      []byte `json:"bundle"`      // the bundle as returned to the step (no tlog entry)
+	Envelope    []byte `json:"envelope"`    // the DSSE envelope, protojson
+	Certificate []byte `json:"certificate"` // the signing certificate, DER
+	Created     int64  `json:"created"`     // Unix seconds
+
+	State    State  `json:"-"`
+	TlogJSON []byte `json:"-"` // the log entry, when Logged
+	Reason   string `json:"-"` // why, when Refused
+}
+
+type record struct {
+	Op       string `json:"op"` // put, logged, refused
+	Item     *Item  `json:"item,omitempty"`
+	ID       string `json:"id,omitempty"`
+	TlogJSON []byte `json:"tlog,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	At       int64  `json:"at,omitempty"`
+}
+
+// Options tune an Outbox.
+type Options struct {
+	// Retention is how long logged and refused items stay readable
+	// (GetBundle) before compaction drops them. Default 24h.
+	Retention time.Duration
+	// CompactAt is the file size that triggers a rewrite. Default 64 MiB.
+	CompactAt int64
+	Now       func() time.Time
+}
+
+// Outbox is the durable queue. Its methods are safe for concurrent use.
+type Outbox struct {
+	path string
+	opts Options
+
+	mu      sync.Mutex
+	cond    *sync.Cond // broadcast when an item changes state
+	items   map[string]*Item
+	order   []string // pending IDs, oldest first
+	file    *os.File
+	size    int64
+	queue   []pendingWrite
+	writing bool
+	closed  bool
+}
+
+type pendingWrite struct {
+	rec   []byte
+	apply func() // the in-memory change, made under mu once on disk
+	done  chan error
+}
+
+const maxRecord = 64 << 20
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Open opens (or creates) the outbox in dir (created 0700) and replays it.
+func Open(dir string, opts Options) (*Outbox, error) {
+	if opts.Retention <= 0 {
+		opts.Retention = 24 * time.Hour
+	}
+	if opts.CompactAt <= 0 {
+		opts.CompactAt = 64 << 20
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	o := &Outbox{path: filepath.Join(dir, "outbox.log"), opts: opts, items: map[string]*Item{}}
+	o.cond = sync.NewCond(&o.mu)
+	if err := o.replay(); err != nil {
+		return nil, err
+	}
+	if err := o.rewrite(); err != nil { // drop what replay cut or expired
+		return nil, err
+	}
+	return o, nil
+}
+
+// replay reads every whole record; a torn or corrupt tail is ignored (and
+// dropped by the rewrite that follows).
+func (o *Outbox) replay() error {
+	f, err := os.Open(o.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	for {
+		var hdr [8]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return nil // end, or a torn header
+		}
+		n, crc := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
+		if n > maxRecord {
+			return nil
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(r, buf); err != nil || crc32.Checksum(buf, crcTable) != crc {
+			return nil
+		}
+		var rec record
+		if json.Unmarshal(buf, &rec) != nil {
+			return nil
+		}
+		o.apply(rec)
+	}
+}
+
+func (o *Outbox) apply(rec record) {
+	switch rec.Op {
+	case "put":
+		if rec.Item == nil || o.items[rec.Item.ID] != nil {
+			return
+		}
+		it := *rec.Item
+		it.State = Pending
+		o.items[it.ID] = &it
+		o.order = append(o.order, it.ID)
+	case "logged", "refused":
+		it := o.items[rec.ID]
+		if it == nil || it.State != Pending {
+			return
+		}
+		if rec.Op == "logged" {
+			it.State, it.TlogJSON = Logged, rec.TlogJSON
+		} else {
+			it.State, it.Reason = Refused, rec.Reason
+		}
+		if rec.At != 0 {
+			it.Created = rec.At // retention counts from settlement
+		}
+		o.removeFromOrder(rec.ID)
+	}
+}
+
+func (o *Outbox) removeFromOrder(id string) {
+	for i, x := range o.order {
+		if x == id {
+			o.order = append(o.order[:i], o.order[i+1:]...)
+			return
+		}
+	}
+}
+
+// rewrite writes the live records to a new file and swaps it in. Callers
+// hold no lock during Open; later calls hold o.mu with no write in flight.
+func (o *Outbox) rewrite() error {
+	tmp := o.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	w := bufio.NewWriter(f)
+	var size int64
+	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
+	for id, it := range o.items {
+		if it.State != Pending && it.Created < cutoff {
+			delete(o.items, id)
+			continue
+		}
+		recs := []record{{Op: "put", Item: it}}
+		switch it.State {
+		case Logged:
+			recs = append(recs, record{Op: "logged", ID: it.ID, TlogJSON: it.TlogJSON, At: it.Created})
+		case Refused:
+			recs = append(recs, record{Op: "refused", ID: it.ID, Reason: it.Reason, At: it.Created})
+		}
+		for _, rec := range recs {
+			b, err := frame(rec)
+			if err != nil {
+				f.Close()
+				return err
+			}
+			n, _ := w.Write(b)
+			size += int64(n)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("outbox: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("outbox: %w", err)
+	}
+	if err := os.Rename(tmp, o.path); err != nil {
+		f.Close()
+		return fmt.Errorf("outbox: %w", err)
+	}
+	if err := syncDir(filepath.Dir(o.path)); err != nil {
+		f.Close()
+		return err
+	}
+	if o.file != nil {
+		o.file.Close()
+	}
+	f.Close()
+	if o.file, err = os.OpenFile(o.path, os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	o.size = size
+	return nil
+}
+
+func frame(rec record) ([]byte, error) {
+	body, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	if len(body) > maxRecord {
+		return nil, fmt.Errorf("outbox: record of %d bytes is over the %d limit", len(body), maxRecord)
+	}
+	b := make([]byte, 8, 8+len(body))
+	binary.LittleEndian.PutUint32(b[:4], uint32(len(body)))
+	binary.LittleEndian.PutUint32(b[4:], crc32.Checksum(body, crcTable))
+	return append(b, body...), nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	return nil
+}
+
+// write appends rec durably. Concurrent writers are committed together:
+// the first becomes the leader and writes and fsyncs everyone's records.
+func (o *Outbox) write(rec record, apply func()) error {
+	b, err := frame(rec)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return errors.New("outbox: closed")
+	}
+	o.queue = append(o.queue, pendingWrite{rec: b, apply: apply, done: done})
+	if !o.writing {
+		o.writing = true
+		go o.flush()
+	}
+	o.mu.Unlock()
+	return <-done
+}
+
+// flush writes queued records until the queue is empty (group commit).
+func (o *Outbox) flush() {
+	for {
+		o.mu.Lock()
+		batch := o.queue
+		o.queue = nil
+		if len(batch) == 0 {
+			o.writing = false
+			if o.size > o.opts.CompactAt {
+				if err := o.rewrite(); err != nil {
+					o.size = 0 // retry at the next threshold crossing
+				}
+			}
+			o.mu.Unlock()
+			return
+		}
+		f := o.file
+		o.mu.Unlock()
+		var buf []byte
+		for _, w := range batch {
+			buf = append(buf, w.rec...)
+		}
+		_, err := f.Write(buf)
+		if err == nil {
+			err = f.Sync()
+		}
+		if err != nil {
+			err = fmt.Errorf("outbox: write: %w", err)
+		}
+		o.mu.Lock()
+		o.size += int64(len(buf))
+		if err == nil {
+			// Before a compaction can run: it rewrites from memory.
+			for _, w := range batch {
+				w.apply()
+			}
+			o.cond.Broadcast()
+		} else if rerr := o.rewrite(); rerr != nil {
+			// A partial record may sit mid-file, where replay would stop:
+			// rebuild from memory, or refuse to go on appending after it.
+			o.closed = true
+			err = errors.Join(err, rerr)
+		}
+		o.mu.Unlock()
+		for _, w := range batch {
+			w.done <- err
+		}
+	}
+}
+
+// Put stores it durably; it returns once the record is on disk.
+func (o *Outbox) Put(it Item) error {
+	if it.ID == "" {
+		return errors.New("outbox: item without ID")
+	}
+	it.Created = o.opts.Now().Unix()
+	it.State = Pending
+	return o.write(record{Op: "put", Item: &it}, func() {
+		if o.items[it.ID] == nil {
+			o.items[it.ID] = &it
+			o.order = append(o.order, it.ID)
+		}
+	})
+}
+
+// MarkLogged records the log's entry for id.
+func (o *Outbox) MarkLogged(id string, tlogJSON []byte) error {
+	at := o.opts.Now().Unix()
+	return o.write(record{Op: "logged", ID: id, TlogJSON: tlogJSON, At: at}, func() {
+		o.apply(record{Op: "logged", ID: id, TlogJSON: tlogJSON, At: at})
+	})
+}
+
+// MarkRefused records that the log refused id, for good.
+func (o *Outbox) MarkRefused(id, reason string) error {
+	at := o.opts.Now().Unix()
+	return o.write(record{Op: "refused", ID: id, Reason: reason, At: at}, func() {
+		o.apply(record{Op: "refused", ID: id, Reason: reason, At: at})
+	})
+}
+
+// Pending returns up to max pending items, oldest first.
+func (o *Outbox) Pending(max int) []Item {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := min(max, len(o.order))
+	out := make([]Item, n)
+	for i, id := range o.order[:n] {
+		out[i] = *o.items[id]
+	}
+	return out
+}
+
+// Len is the number of pending items.
+func (o *Outbox) Len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.order)
+}
+
+// Get returns the item with id.
+func (o *Outbox) Get(id string) (Item, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	it, ok := o.items[id]
+	if !ok {
+		return Item{}, false
+	}
+	return *it, true
+}
+
+// Wait blocks until id is no longer pending or ctx ends.
+func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
+	stop := context.AfterFunc(ctx, func() {
+		o.mu.Lock()
+		o.cond.Broadcast()
+		o.mu.Unlock()
+	})
+	defer stop()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for {
+		it, ok := o.items[id]
+		if !ok {
+			return Item{}, fmt.Errorf("outbox: no attestation %s", id)
+		}
+		if it.State != Pending {
+			return *it, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return *it, err
+		}
+		o.cond.Wait()
+	}
+}
+
+// Close stops accepting writes and closes the file.
+func (o *Outbox) Close() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	for o.writing {
+		o.mu.Unlock()
+		time.Sleep(time.Millisecond)
+		o.mu.Lock()
+	}
+	if o.file == nil {
+		return nil
+	}
+	return o.file.Close()
+}

@@ -1,0 +1,128 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func item(id string) Item {
+	return Item{ID: id, Bundle: []byte("bundle-" + id), Envelope: []byte("env-" + id), Certificate: []byte("cert")}
+}
+
+func TestPutLoggedRefusedSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	for _, id := range []string{"a", "b", "c"} {
+		require.NoError(t, o.Put(item(id)))
+	}
+	require.NoError(t, o.MarkLogged("a", []byte(`{"logIndex":"1"}`)))
+	require.NoError(t, o.MarkRefused("b", "unknown root"))
+	require.NoError(t, o.Close())
+	fi, err := os.Stat(filepath.Join(dir, "outbox.log"))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	a, ok := o.Get("a")
+	require.True(t, ok)
+	require.Equal(t, Logged, a.State)
+	require.Equal(t, `{"logIndex":"1"}`, string(a.TlogJSON))
+	b, _ := o.Get("b")
+	require.Equal(t, Refused, b.State)
+	require.Equal(t, "unknown root", b.Reason)
+	pending := o.Pending(10)
+	require.Len(t, pending, 1)
+	require.Equal(t, "c", pending[0].ID)
+	require.Equal(t, []byte("env-c"), pending[0].Envelope)
+}
+
+func TestTornTailIsDropped(t *testing.T) {
+	dir := t.TempDir()
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	require.NoError(t, o.Put(item("a")))
+	require.NoError(t, o.Put(item("b")))
+	require.NoError(t, o.Close())
+	path := filepath.Join(dir, "outbox.log")
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, data[:len(data)-5], 0o600)) // crash mid-write of b
+
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	require.Equal(t, 1, o.Len())
+	_, ok := o.Get("b")
+	require.False(t, ok, "a torn record never counts")
+	require.NoError(t, o.Put(item("c")), "appends after the cut")
+	require.Equal(t, 2, o.Len())
+}
+
+func TestGroupCommitConcurrentPuts(t *testing.T) {
+	o, err := Open(t.TempDir(), Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() { require.NoError(t, o.Put(item(fmt.Sprint(i)))) })
+	}
+	wg.Wait()
+	require.Equal(t, 200, o.Len())
+}
+
+func TestWait(t *testing.T) {
+	o, err := Open(t.TempDir(), Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	require.NoError(t, o.Put(item("a")))
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		o.MarkLogged("a", []byte("{}")) //nolint:errcheck
+	}()
+	it, err := o.Wait(context.Background(), "a")
+	require.NoError(t, err)
+	require.Equal(t, Logged, it.State)
+
+	require.NoError(t, o.Put(item("b")))
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = o.Wait(ctx, "b")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	_, err = o.Wait(context.Background(), "nope")
+	require.ErrorContains(t, err, "no attestation")
+}
+
+func TestCompactionKeepsLiveDropsExpired(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Unix(1_000_000, 0)
+	clock := func() time.Time { return now }
+	o, err := Open(dir, Options{CompactAt: 1 << 10, Retention: time.Hour, Now: clock})
+	require.NoError(t, err)
+	for i := range 50 {
+		id := fmt.Sprint(i)
+		require.NoError(t, o.Put(item(id)))
+		if i%2 == 0 {
+			require.NoError(t, o.MarkLogged(id, []byte("{}")))
+		}
+	}
+	require.NoError(t, o.Close())
+	now = now.Add(2 * time.Hour) // logged ones expire
+	o, err = Open(dir, Options{CompactAt: 1 << 10, Retention: time.Hour, Now: clock})
+	require.NoError(t, err)
+	defer o.Close()
+	require.Equal(t, 25, o.Len(), "pending items never expire")
+	_, ok := o.Get("0")
+	require.False(t, ok, "expired logged item dropped")
+	require.NoError(t, o.Put(item("new")))
+	require.Equal(t, 26, o.Len())
+}
