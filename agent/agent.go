@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hallmark-dev/hallmark/agent/outbox"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
 	"github.com/hallmark-dev/hallmark/internal/svidwatch"
@@ -78,6 +80,9 @@ type Agent struct {
 	metrics *metrics
 	keys    keyHolder
 	pol     atomic.Pointer[policy.Policy] // in force
+	outbox  *outbox.Outbox                // opened by Run
+	// submitNudge wakes the log submitter when an envelope is queued.
+	submitNudge chan struct{}
 
 	// retry delays after a failed renewal
 	backoffBase, backoffMax time.Duration
@@ -116,6 +121,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg:         cfg,
 		log:         cfg.Log,
 		metrics:     newMetrics(),
+		submitNudge: make(chan struct{}, 1),
 		backoffBase: time.Second,
 		backoffMax:  30 * time.Second,
 	}
@@ -135,6 +141,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		var err error
 		if healthLn, err = net.Listen("tcp", a.cfg.HealthAddress); err != nil {
 			return fmt.Errorf("agent: health listener: %w", err)
+		}
+	}
+	if a.cfg.DataDir != "" {
+		ob, err := outbox.Open(filepath.Join(a.cfg.DataDir, "outbox"), outbox.Options{Now: a.cfg.Now})
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer ob.Close()
+		a.outbox = ob
+		a.metrics.outboxQueued.Set(float64(ob.Len()))
+		if n := ob.Len(); n > 0 {
+			a.log.Info("Resuming the outbox", zap.Int("queued", n))
 		}
 	}
 	var localLn *peercred.Listener
@@ -211,6 +229,9 @@ func (a *Agent) run(ctx context.Context) error {
 	g.Go(func() error { return a.renewLoop(ctx, client) })
 	if !a.cfg.PolicyFromFile {
 		g.Go(func() error { return a.policyLoop(ctx, client) })
+	}
+	if a.outbox != nil {
+		g.Go(func() error { return a.submitLoop(ctx, client) })
 	}
 	return g.Wait()
 }

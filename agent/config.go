@@ -36,6 +36,9 @@ type Config struct {
 	// HealthAddress serves /healthz, /readyz, /metrics and /status over
 	// plain HTTP; keep it on loopback. Empty disables it.
 	HealthAddress string
+	// DataDir holds the agent's state: the outbox of envelopes waiting
+	// to be logged. Never the signing key.
+	DataDir string
 	// SocketPath is the local API's unix socket, for build steps.
 	SocketPath string
 	// SocketMode is the socket's permission bits; SocketGID its group
@@ -62,6 +65,7 @@ const (
 	DefaultSocketPath    = "/run/hallmark/agent.sock"
 	DefaultSocketMode    = 0o660
 	DefaultPolicyRefresh = 30 * time.Second
+	DefaultDataDir       = "/var/lib/hallmark-agent"
 )
 
 type fileConfig struct {
@@ -89,6 +93,7 @@ type agentBlock struct {
 	MaxFileBytes      int64  `hcl:"max_file_bytes,optional"`
 	MaxTotalBytes     int64  `hcl:"max_total_bytes,optional"`
 	PolicyRefresh     string `hcl:"policy_refresh,optional"`
+	DataDir           string `hcl:"data_dir,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -155,6 +160,13 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 
 // localAPIConfig fills the socket and limit settings.
 func localAPIConfig(c *Config, a agentBlock) error {
+	c.DataDir = a.DataDir
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("agent.data_dir: %q must be absolute", c.DataDir)
+	}
 	c.SocketPath, c.SocketMode, c.SocketGID = a.SocketPath, DefaultSocketMode, -1
 	if c.SocketPath == "" {
 		c.SocketPath = DefaultSocketPath

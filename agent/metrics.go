@@ -16,6 +16,8 @@ type metrics struct {
 	svidExpiry      prometheus.Gauge
 	attestations    *prometheus.CounterVec
 	attestSeconds   prometheus.Histogram
+	logSubmissions  *prometheus.CounterVec
+	outboxQueued    prometheus.Gauge
 }
 
 // Results of an attestation request.
@@ -56,6 +58,14 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_attestations_total",
 			Help: "Attestation requests on the local API, by result (attested, denied, error).",
 		}, []string{"result"}),
+		logSubmissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_log_submissions_total",
+			Help: "Envelopes sent to the transparency log, by result (logged, denied, error).",
+		}, []string{"result"}),
+		outboxQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_outbox_queued",
+			Help: "Signed envelopes on disk waiting to be logged.",
+		}),
 		attestSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "hallmark_agent_attestation_seconds",
 			Help:    "Time to attest a step, from request to signed bundle.",
@@ -63,7 +73,7 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
-		m.attestations, m.attestSeconds,
+		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -144,6 +144,7 @@ func (sp *SPIRE) StartAgent(ctx context.Context, bin, dir, name string, o AgentO
   workload_api_socket = %q
   health_address      = %q
   socket_path         = %q
+  data_dir            = %q
   %s
   %s
   log_level           = "debug"
@@ -155,7 +156,7 @@ workload_attestor "spire" {
   admin_socket = %q
 }
 %s
-`, o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, group, o.Extra, sp.AdminAPIAddr(), policyBlock(o.Policy))
+`, o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, sp.AdminAPIAddr(), policyBlock(o.Policy))
 	s := &Service{notReady: o.NotReady, env: o.Env, Socket: socket}
 	return s.start(ctx, bin, dir, name, conf, o.Echo)
 }

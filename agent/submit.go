@@ -1,0 +1,131 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/agent/outbox"
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+// submitBatch is the most envelopes sent in one SubmitEntries call.
+const submitBatch = 256
+
+// entrySubmitter is the server call that appends envelopes to the log.
+type entrySubmitter interface {
+	SubmitEntries(ctx context.Context, in *serverv1.SubmitEntriesRequest, opts ...grpc.CallOption) (*serverv1.SubmitEntriesResponse, error)
+}
+
+// nudgeSubmitter wakes the submitter after a new envelope is queued.
+func (a *Agent) nudgeSubmitter() {
+	select {
+	case a.submitNudge <- struct{}{}:
+	default:
+	}
+}
+
+// submitLoop drains the outbox into the server's log, in batches, until
+// ctx ends. A failed call is retried with backoff; the server deduplicates,
+// so a batch sent twice (a crash between its answer and our record of it)
+// is logged once.
+func (a *Agent) submitLoop(ctx context.Context, client entrySubmitter) error {
+	b := newBackoff(a.backoffBase, a.backoffMax)
+	for {
+		if a.outbox.Len() == 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.submitNudge:
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if err := a.submitOnce(ctx, client); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			retry := b.delay()
+			a.log.Warn("Log submission failed; envelopes stay queued on disk",
+				zap.Error(err), zap.Int("queued", a.outbox.Len()), zap.Duration(logRetryIn, retry))
+			if err := sleepUntil(ctx, a.cfg.Now, a.cfg.Now().Add(retry)); err != nil {
+				return nil
+			}
+			continue
+		}
+		b.reset()
+	}
+}
+
+func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
+	items := a.outbox.Pending(submitBatch)
+	req := &serverv1.SubmitEntriesRequest{}
+	for _, it := range items {
+		req.Entries = append(req.Entries, &serverv1.LogSubmission{Envelope: it.Envelope, Certificate: it.Certificate})
+	}
+	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := client.SubmitEntries(callCtx, req)
+	a.recordCall(err)
+	if err != nil {
+		a.metrics.logSubmissions.WithLabelValues(resultError).Add(float64(len(items)))
+		return fmt.Errorf("submit entries: %w", err)
+	}
+	if len(resp.GetResults()) != len(items) {
+		return fmt.Errorf("submit entries: %d results for %d entries", len(resp.GetResults()), len(items))
+	}
+	for i, res := range resp.GetResults() {
+		it := items[i]
+		if res.GetError() != "" {
+			a.metrics.logSubmissions.WithLabelValues(resultDenied).Inc()
+			a.log.Error("The log refused an attestation; it will not be retried",
+				zap.String(logInvocationID, it.ID), zap.String(logReason, res.GetError()))
+			if err := a.outbox.MarkRefused(it.ID, res.GetError()); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := withTlogEntry(it.Bundle, res.GetTlogEntry()); err != nil {
+			return fmt.Errorf("server answer for %s: %w", it.ID, err)
+		}
+		if err := a.outbox.MarkLogged(it.ID, res.GetTlogEntry()); err != nil {
+			return err
+		}
+		a.metrics.logSubmissions.WithLabelValues("logged").Inc()
+	}
+	a.metrics.outboxQueued.Set(float64(a.outbox.Len()))
+	return nil
+}
+
+// withTlogEntry returns bundleJSON with the log entry added to its
+// verification material.
+func withTlogEntry(bundleJSON, tlogJSON []byte) ([]byte, error) {
+	var b bundlepb.Bundle
+	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	var e rekorpb.TransparencyLogEntry
+	if err := protojson.Unmarshal(tlogJSON, &e); err != nil {
+		return nil, fmt.Errorf("log entry: %w", err)
+	}
+	if b.GetVerificationMaterial() == nil {
+		return nil, fmt.Errorf("bundle has no verification material")
+	}
+	b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&e}
+	return protojson.Marshal(&b)
+}
+
+// bundleOf returns an outbox item's bundle, complete when it is logged.
+func bundleOf(it outbox.Item) ([]byte, bool, error) {
+	if it.State != outbox.Logged {
+		return it.Bundle, false, nil
+	}
+	b, err := withTlogEntry(it.Bundle, it.TlogJSON)
+	return b, err == nil, err
+}
