@@ -80,6 +80,8 @@ func attestCmd() *cobra.Command {
 	var (
 		socket, step, out, workspace string
 		products, materials          []string
+		waitLog                      bool
+		waitTimeout                  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "attest --step NAME [--material PATH]... [--product PATH]... [--out FILE] [-- CMD ARGS...]",
@@ -127,18 +129,32 @@ itself; paths are relative to the workspace (default: the current directory).`,
 			if err != nil {
 				return explain(socket, err)
 			}
+			bundle, logged := resp.GetBundle(), resp.GetLogged()
+			if waitLog && !logged {
+				wctx, wcancel := context.WithTimeout(cmd.Context(), waitTimeout)
+				defer wcancel()
+				got, err := client.GetBundle(wctx, &agentv1.GetBundleRequest{InvocationId: resp.GetInvocationId(), Wait: true})
+				if err != nil {
+					return fmt.Errorf("attested (invocation %s) but not logged: %w", resp.GetInvocationId(), explain(socket, err))
+				}
+				bundle, logged = got.GetBundle(), got.GetLogged()
+			}
 			if out == "" {
 				out = step + ".hallmark.json"
 			}
 			if out == "-" {
-				_, err = cmd.OutOrStdout().Write(append(resp.GetBundle(), '\n'))
+				_, err = cmd.OutOrStdout().Write(append(bundle, '\n'))
 				return err
 			}
-			if err := os.WriteFile(out, resp.GetBundle(), 0o644); err != nil {
+			if err := os.WriteFile(out, bundle, 0o644); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "hallmark: attested step %s (%d products, invocation %s) -> %s\n",
-				step, len(resp.GetSubjects()), resp.GetInvocationId(), out)
+			state := "logged"
+			if !logged {
+				state = "queued for the log; `--wait-log` waits for it"
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "hallmark: attested step %s (%d products, invocation %s, %s) -> %s\n",
+				step, len(resp.GetSubjects()), resp.GetInvocationId(), state, out)
 			return nil
 		},
 	}
@@ -148,6 +164,8 @@ itself; paths are relative to the workspace (default: the current directory).`,
 	cmd.Flags().StringArrayVar(&materials, "material", nil, "a file or directory the step consumed (repeatable)")
 	cmd.Flags().StringVar(&out, "out", "", `where to write the bundle (default STEP.hallmark.json; "-" for stdout)`)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "the directory paths are relative to (default: current directory)")
+	cmd.Flags().BoolVar(&waitLog, "wait-log", false, "wait until the attestation is in the transparency log and write the complete bundle")
+	cmd.Flags().DurationVar(&waitTimeout, "wait-log-timeout", 2*time.Minute, "how long --wait-log waits")
 	return cmd
 }
 
