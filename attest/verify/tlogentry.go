@@ -1,0 +1,151 @@
+package verify
+
+import (
+	"bytes"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/transparency-dev/merkle/proof"
+
+	"github.com/hallmark-dev/hallmark/attest/tlog"
+)
+
+// verifiedEntry is what a verified transparency-log entry establishes.
+type verifiedEntry struct {
+	index int64
+	logID []byte
+	time  time.Time
+}
+
+// verifyTlogEntry checks the bundle's transparency-log entries: there is
+// exactly one, from a log of the trusted root, of Hallmark's kind; its
+// body commits to env and certDER; the body is in the log (RFC 6962
+// inclusion proof) under a checkpoint that the log's key signed. Only then
+// is the body's integrated time returned as trustworthy.
+func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, env *dssepb.Envelope, certDER []byte) (verifiedEntry, error) {
+	// Hallmark logs every envelope once, in one log.
+	if n := len(entries); n != 1 {
+		return verifiedEntry{}, fmt.Errorf("bundle has %d transparency log entries, want exactly 1", n)
+	}
+	e := entries[0]
+
+	// protobuf-specs rekor/v1 KindVersion names the body's format.
+	if kv := e.GetKindVersion(); kv.GetKind() != tlog.EntryKind || kv.GetVersion() != tlog.EntryVersion {
+		return verifiedEntry{}, fmt.Errorf("entry kind %q version %q, want %q %q",
+			kv.GetKind(), kv.GetVersion(), tlog.EntryKind, tlog.EntryVersion)
+	}
+
+	// protobuf-specs trustroot/v1 TransparencyLogInstance.log_id: the
+	// SHA-256 of the log key's PKIX DER selects a trusted log.
+	id := e.GetLogId().GetKeyId()
+	log, ok := tr.logs[string(id)]
+	if !ok {
+		return verifiedEntry{}, fmt.Errorf("entry is from log %x, which the trusted root does not list", id)
+	}
+
+	// The body (canonicalizedBody) must commit to this very envelope and
+	// certificate (protobuf-specs: "clients MUST verify that the signature
+	// referenced in the canonicalized_body matches the signature provided
+	// in the Bundle.content").
+	body, err := tlog.ParseBody(e.GetCanonicalizedBody())
+	if err != nil {
+		return verifiedEntry{}, err
+	}
+	if err := body.Matches(env, certDER); err != nil {
+		return verifiedEntry{}, err
+	}
+	// The integrated time that counts is the one in the body, which the
+	// proof below covers; the unsigned copy beside it must agree.
+	if e.GetIntegratedTime() != body.IntegratedTime {
+		return verifiedEntry{}, fmt.Errorf("entry integratedTime %d differs from its body's %d", e.GetIntegratedTime(), body.IntegratedTime)
+	}
+
+	// RFC 6962 section 2.1.1: the body's leaf hash is at logIndex in the
+	// tree of treeSize whose root is rootHash.
+	p := e.GetInclusionProof()
+	if p == nil {
+		return verifiedEntry{}, errors.New("entry has no inclusion proof")
+	}
+	if p.GetLogIndex() != e.GetLogIndex() {
+		return verifiedEntry{}, fmt.Errorf("inclusion proof is for index %d, entry is at %d", p.GetLogIndex(), e.GetLogIndex())
+	}
+	if p.GetLogIndex() < 0 || p.GetTreeSize() <= p.GetLogIndex() {
+		return verifiedEntry{}, fmt.Errorf("inclusion proof index %d is outside a tree of size %d", p.GetLogIndex(), p.GetTreeSize())
+	}
+	leaf := tlog.LeafHash(e.GetCanonicalizedBody())
+	if err := tlog.VerifyInclusion(uint64(p.GetLogIndex()), uint64(p.GetTreeSize()), leaf, p.GetHashes(), p.GetRootHash()); err != nil {
+		var mismatch proof.RootMismatchError
+		if errors.As(err, &mismatch) {
+			return verifiedEntry{}, fmt.Errorf("inclusion proof leads to root %x, not the proof's rootHash %x", mismatch.CalculatedRoot, mismatch.ExpectedRoot)
+		}
+		return verifiedEntry{}, fmt.Errorf("inclusion proof: %w", err)
+	}
+
+	// C2SP tlog-checkpoint and signed-note: the checkpoint is signed by
+	// the log's key under its origin, and commits to the proof's tree.
+	cp, err := tlog.OpenCheckpoint([]byte(p.GetCheckpoint().GetEnvelope()), log.origin, log.key)
+	if err != nil {
+		return verifiedEntry{}, err
+	}
+	if cp.Size != uint64(p.GetTreeSize()) || !bytes.Equal(cp.Root, p.GetRootHash()) {
+		return verifiedEntry{}, fmt.Errorf("checkpoint is for a tree of size %d and root %x, the proof for size %d and root %x",
+			cp.Size, cp.Root, p.GetTreeSize(), p.GetRootHash())
+	}
+
+	t := body.Time()
+	// protobuf-specs common/v1 PublicKey.valid_for: a retired log key
+	// vouches only for entries of its time.
+	if !log.validFor.start.IsZero() && !log.validFor.contains(t) {
+		return verifiedEntry{}, fmt.Errorf("log key is trusted for %s, entry was integrated at %s", log.validFor, fmtTime(t))
+	}
+	return verifiedEntry{index: e.GetLogIndex(), logID: log.id, time: t}, nil
+}
+
+// verifyChain finds a certificate authority trusted at t to which leaf
+// chains for code signing, checked at time t.
+func (tr *TrustedRoot) verifyChain(leaf *x509.Certificate, t time.Time) (*certificateAuthority, error) {
+	opts := func(ca *certificateAuthority) x509.VerifyOptions {
+		return x509.VerifyOptions{
+			Roots:         ca.roots,
+			Intermediates: ca.intermediates,
+			CurrentTime:   t,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+		}
+	}
+	// An agent's key certifies nothing: a CA certificate is no signing
+	// certificate, whatever its EKU.
+	if leaf.IsCA {
+		return nil, fmt.Errorf("signing certificate (subject %s) is a CA certificate", leaf.Subject)
+	}
+	var errs []error
+	for _, ca := range tr.cas {
+		if !ca.validFor.contains(t) {
+			continue
+		}
+		_, err := leaf.Verify(opts(ca))
+		if err == nil {
+			return ca, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", ca.anchor.Subject, err))
+	}
+	// Not verified. Say so plainly when the issuing CA is in the trusted
+	// root but was not trusted at t (rotated out, or not yet in).
+	for _, ca := range tr.cas {
+		if ca.validFor.contains(t) {
+			continue
+		}
+		if _, err := leaf.Verify(opts(ca)); err == nil {
+			return nil, fmt.Errorf("certificate chains to %s, which the trusted root trusts for %s only, not at the integrated time %s",
+				ca.anchor.Subject, ca.validFor, fmtTime(t))
+		}
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("no certificate authority in the trusted root is trusted at the integrated time %s", fmtTime(t))
+	}
+	return nil, fmt.Errorf("certificate (issuer %s) chains to no certificate authority trusted at %s: %w",
+		leaf.Issuer, fmtTime(t), errors.Join(errs...))
+}

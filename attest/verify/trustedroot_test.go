@@ -1,0 +1,114 @@
+package verify_test
+
+import (
+	"testing"
+	"time"
+
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	trustrootpb "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
+)
+
+func TestCheckpointOrigin(t *testing.T) {
+	tests := []struct{ baseURL, origin, err string }{
+		{"https://hallmark.example/log", "hallmark.example/log", ""},
+		{"https://hallmark.example/log/", "hallmark.example/log", ""},
+		{"http://hallmark.example:8080", "hallmark.example:8080", ""},
+		{"hallmark.example/log", "hallmark.example/log", ""},
+		{"", "", "no log origin"},
+		{"https://", "", "no log origin"},
+		{"https://hallmark example/log", "", "cannot be a checkpoint origin"},
+		{"https://a+b.example/log", "", "cannot be a checkpoint origin"},
+		{"1x://hallmark.example/log", "1x://hallmark.example/log", ""}, // not a scheme: kept
+	}
+	for _, tc := range tests {
+		t.Run(tc.baseURL, func(t *testing.T) {
+			got, err := verify.CheckpointOrigin(tc.baseURL)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.origin, got)
+		})
+	}
+}
+
+func TestParseTrustedRoot(t *testing.T) {
+	h, err := verifytest.New(t0)
+	require.NoError(t, err)
+	tests := []struct {
+		name   string
+		change func(tr *trustrootpb.TrustedRoot)
+		err    string
+	}{
+		{name: "as exported", change: func(*trustrootpb.TrustedRoot) {}},
+		{name: "media type v0.2", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.MediaType = "application/vnd.dev.sigstore.trustedroot.v0.2+json"
+		}},
+		{name: "unknown media type", err: "media type", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.MediaType = "application/json"
+		}},
+		{name: "no CA", err: "no certificate authority", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.CertificateAuthorities = nil
+		}},
+		{name: "CA without validFor", err: "validFor has no start", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.CertificateAuthorities[0].ValidFor = nil
+		}},
+		{name: "CA validFor reversed", err: "ends before it starts", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.CertificateAuthorities[0].ValidFor.End = timestamppb.New(t0.Add(-100 * time.Hour))
+		}},
+		{name: "CA certificate garbage", err: "certChain[0]", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.CertificateAuthorities[0].CertChain.Certificates[0].RawBytes = []byte("nope")
+		}},
+		{name: "CA chain empty", err: "empty certChain", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.CertificateAuthorities[0].CertChain = nil
+		}},
+		{name: "no log", err: "no transparency log", change: func(tr *trustrootpb.TrustedRoot) { tr.Tlogs = nil }},
+		{name: "only a non-Ed25519 log", err: "no transparency log", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].PublicKey.KeyDetails = protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256
+		}},
+		{name: "log ID not the key's", err: "not the ID of its public key", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].LogId.KeyId = []byte("0123456789abcdef0123456789abcdef")
+		}},
+		{name: "log without baseUrl", err: "no log origin", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].BaseUrl = ""
+		}},
+		{name: "log key garbage", err: "public key", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].PublicKey.RawBytes = []byte("nope")
+		}},
+		{name: "log hash SHA-384", err: "hash algorithm", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].HashAlgorithm = protocommon.HashAlgorithm_SHA2_384
+		}},
+		{name: "log listed twice", err: "duplicate log ID", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs = append(tr.Tlogs, tr.Tlogs[0])
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, err := h.TrustedRoot()
+			require.NoError(t, err)
+			tc.change(tr)
+			data, err := protojson.Marshal(tr)
+			require.NoError(t, err)
+			root, err := verify.ParseTrustedRoot(data)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				require.Nil(t, root)
+				return
+			}
+			require.NoError(t, err)
+			require.NotNil(t, root)
+		})
+	}
+
+	_, err = verify.ParseTrustedRoot([]byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot.v0.2+json","extra":1}`))
+	require.ErrorContains(t, err, "unknown field")
+	_, err = verify.NewTrustedRoot(nil)
+	require.Error(t, err)
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify"
+)
+
+// Exit codes of `hallmark verify`.
+const (
+	exitNotVerified = 1
+	exitUsage       = 2
+)
+
+func verifyCmd() *cobra.Command {
+	var bundlePath, rootPath, policyPath, output string
+	cmd := &cobra.Command{
+		Use:   "verify ARTIFACT... --bundle FILE --trusted-root FILE [--policy FILE] [--output text|json]",
+		Short: "Verify artifacts against a Hallmark bundle, offline",
+		Long: `Check that the bundle is a Hallmark attestation of every ARTIFACT, trusted
+under the trusted root the Hallmark server publishes, and allowed by the
+policy if one is given. Nothing is fetched; the only time used is the
+transparency log's.
+
+Exit status: 0 verified; 1 not verified (the failing check is printed:
+bundle, signature, tlog, validity, chain, statement, subject, predicate or
+policy); 2 usage error (bad flags, unreadable or invalid input files).
+
+A policy file is JSON; each list that is present must be satisfied:
+
+  {
+    "builder_id_prefixes": ["spiffe://example.org/hallmark/agent"],
+    "steps": ["build"],
+    "workload_spiffe_ids": ["spiffe://example.org/ci/runner/widget"]
+  }`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError(cmd, errors.New("name at least one ARTIFACT to verify"))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case output != "text" && output != "json":
+				return usageError(cmd, fmt.Errorf("--output is %q, want text or json", output))
+			case bundlePath == "":
+				return usageError(cmd, errors.New("--bundle is required"))
+			case rootPath == "":
+				return usageError(cmd, errors.New("--trusted-root is required"))
+			}
+			opts, err := loadVerifyOptions(rootPath, policyPath)
+			if err != nil {
+				return usageError(cmd, err)
+			}
+			bundle, err := readFile(bundlePath, attest.MaxBundleSize+1) // one byte over: ParseBundle names the limit
+			if err != nil {
+				return usageError(cmd, fmt.Errorf("--bundle: %w", err))
+			}
+			digests := make([]verify.Digest, 0, len(args))
+			for _, a := range args {
+				d, err := digestFile(a)
+				if err != nil {
+					return usageError(cmd, err)
+				}
+				digests = append(digests, d)
+			}
+
+			res, err := verify.Verify(bundle, digests, opts)
+			var ce *verify.CheckError
+			if errors.As(err, &ce) {
+				return reportNotVerified(cmd, output, ce)
+			}
+			if err != nil {
+				return usageError(cmd, err)
+			}
+			return reportVerified(cmd.OutOrStdout(), output, args, res)
+		},
+	}
+	cmd.Flags().StringVar(&bundlePath, "bundle", "", "the Sigstore bundle (JSON) attesting the artifacts")
+	cmd.Flags().StringVar(&rootPath, "trusted-root", "", "the trusted root (JSON) published by the Hallmark server")
+	cmd.Flags().StringVar(&policyPath, "policy", "", "a policy (JSON) restricting builders, steps and workloads")
+	cmd.Flags().StringVar(&output, "output", "text", "text or json")
+	cmd.SetFlagErrorFunc(usageError)
+	return cmd
+}
+
+// usageError reports err with a pointer to --help and exits 2.
+func usageError(cmd *cobra.Command, err error) error {
+	fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: %v\nRun 'hallmark verify --help' for usage.\n", err)
+	return &exitError{code: exitUsage}
+}
+
+func loadVerifyOptions(rootPath, policyPath string) (verify.Options, error) {
+	data, err := readFile(rootPath, 16<<20)
+	if err != nil {
+		return verify.Options{}, fmt.Errorf("--trusted-root: %w", err)
+	}
+	root, err := verify.ParseTrustedRoot(data)
+	if err != nil {
+		return verify.Options{}, fmt.Errorf("--trusted-root %s: %w", rootPath, err)
+	}
+	opts := verify.Options{TrustedRoot: root}
+	if policyPath != "" {
+		data, err := readFile(policyPath, 1<<20)
+		if err != nil {
+			return verify.Options{}, fmt.Errorf("--policy: %w", err)
+		}
+		if opts.Policy, err = verify.ParsePolicy(data); err != nil {
+			return verify.Options{}, fmt.Errorf("--policy %s: %w", policyPath, err)
+		}
+	}
+	return opts, nil
+}
+
+// readFile reads at most limit bytes of a regular file.
+func readFile(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
+}
+
+func digestFile(path string) (verify.Digest, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return verify.Digest{}, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return verify.Digest{}, err
+	} else if !fi.Mode().IsRegular() {
+		return verify.Digest{}, fmt.Errorf("%s is not a regular file", path)
+	}
+	return verify.DigestReader(path, f)
+}
+
+func reportNotVerified(cmd *cobra.Command, output string, ce *verify.CheckError) error {
+	fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: NOT VERIFIED: %s check failed: %v\n", ce.Check, ce.Err)
+	if output == "json" {
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(struct {
+			Verified bool   `json:"verified"`
+			Check    string `json:"check"`
+			Error    string `json:"error"`
+		}{false, ce.Check, ce.Err.Error()}); err != nil {
+			return err
+		}
+	}
+	return &exitError{code: exitNotVerified}
+}
+
+// reportVerified prints the result; paths are the artifacts as given, in
+// the order of res.Artifacts.
+func reportVerified(w io.Writer, output string, paths []string, res *verify.Result) error {
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Verified bool           `json:"verified"`
+			Result   *verify.Result `json:"result"`
+		}{true, res})
+	}
+	for i, a := range res.Artifacts {
+		fmt.Fprintf(w, "verified: %s (subject %s, sha256 %s)\n", paths[i], a.Name, a.SHA256)
+	}
+	fmt.Fprintf(w, "  builder:   %s\n", res.BuilderID)
+	fmt.Fprintf(w, "  step:      %s\n", res.Step)
+	ids := "(no SPIFFE ID)"
+	if len(res.Workload.SPIFFEIDs) > 0 {
+		ids = strings.Join(res.Workload.SPIFFEIDs, ", ")
+	}
+	fmt.Fprintf(w, "  workload:  %s (pid %d, uid %d, gid %d)\n", ids, res.Workload.PID, res.Workload.UID, res.Workload.GID)
+	fmt.Fprintf(w, "  issuer:    %s\n", res.Issuer)
+	fmt.Fprintf(w, "  log entry: %d in log %s, integrated %s\n", res.LogIndex, res.LogID, res.IntegratedTime.UTC().Format(time.RFC3339))
+	return nil
+}
