@@ -67,7 +67,14 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 	items := a.outbox.Pending(submitBatch)
 	req := &serverv1.SubmitEntriesRequest{}
 	for _, it := range items {
-		req.Entries = append(req.Entries, &serverv1.LogSubmission{Envelope: it.Envelope, Certificate: it.Certificate})
+		env := it.Envelope
+		if len(env) == 0 { // queued with the bundle only: take it from there
+			var err error
+			if env, err = envelopeOf(it.Bundle); err != nil {
+				return fmt.Errorf("queued attestation %s: %w", it.ID, err)
+			}
+		}
+		req.Entries = append(req.Entries, &serverv1.LogSubmission{Envelope: env, Certificate: it.Certificate})
 	}
 	callCtx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
@@ -128,4 +135,16 @@ func bundleOf(it outbox.Item) ([]byte, bool, error) {
 	}
 	b, err := withTlogEntry(it.Bundle, it.TlogJSON)
 	return b, err == nil, err
+}
+
+// envelopeOf returns the DSSE envelope of a bundle, as protojson.
+func envelopeOf(bundleJSON []byte) ([]byte, error) {
+	var b bundlepb.Bundle
+	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	if b.GetDsseEnvelope() == nil {
+		return nil, fmt.Errorf("bundle has no DSSE envelope")
+	}
+	return protojson.Marshal(b.GetDsseEnvelope())
 }
