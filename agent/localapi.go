@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -63,9 +64,32 @@ type localAPI struct {
 	agentv1.UnimplementedWorkloadServiceServer
 	a     *Agent
 	pause time.Duration
+	// auditLog records attestations and denials. The events name
+	// themselves (logEvent), so they skip the source line, which costs a
+	// stack walk per request.
+	auditLog *zap.Logger
 
 	mu         sync.Mutex // guards identities
 	identities map[*peercred.Conn]cachedIdentity
+
+	lastSerial atomic.Pointer[certSerial]
+}
+
+// certSerial is a signing certificate's serial number as logged.
+type certSerial struct {
+	held *signingCert
+	text string
+}
+
+// serial is held's serial number in hex, for the audit log; it is
+// formatted once per certificate.
+func (api *localAPI) serial(held *signingCert) string {
+	if s := api.lastSerial.Load(); s != nil && s.held == held {
+		return s.text
+	}
+	s := &certSerial{held: held, text: held.leaf().SerialNumber.Text(16)}
+	api.lastSerial.Store(s)
+	return s.text
 }
 
 type cachedIdentity struct {
@@ -75,7 +99,7 @@ type cachedIdentity struct {
 
 // serveLocal serves the local API on cfg.SocketPath until ctx ends.
 func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
-	api := &localAPI{a: a}
+	api := &localAPI{a: a, auditLog: a.log.WithOptions(zap.WithCaller(false))}
 	if v := os.Getenv(pauseBeforeSignEnv); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -184,34 +208,42 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, err
 	}
-	audit := []zap.Field{
+	// Room for every field of the audit event, so that it is built once.
+	audit := make([]zap.Field, 0, 14)
+	audit = append(audit,
 		zap.Int32(logPID, c.PID), zap.Uint32(logUID, c.UID), zap.Uint32(logGID, c.GID),
 		zap.Strings(logSPIFFEIDs, id.SPIFFEIDs), zap.Strings(logSelectors, id.Selectors),
 		zap.String(logStep, req.GetStep()), zap.String(logWorkspace, req.GetWorkspace()),
-	}
+	)
 	deny := func(code codes.Code, reason string) error {
 		a.metrics.attestations.WithLabelValues(resultDenied).Inc()
-		a.log.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, reason))...)
+		api.auditLog.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, reason))...)
 		return status.Error(code, reason)
 	}
 
-	workspace, err := checkRequest(req)
+	root, err := openRequest(req)
 	if err != nil {
 		return nil, deny(codes.InvalidArgument, err.Error())
 	}
+	defer root.Close()
+	workspace := root.Path()
 	rule, err := a.policy().Decide(id, req.GetStep(), workspace)
 	if err != nil {
 		return nil, deny(codes.PermissionDenied, err.Error())
 	}
 	audit = append(audit, zap.String(logRule, rule.Name))
 
-	products, err := measure.Hash(ctx, workspace, req.GetProducts(), a.cfg.Limits)
+	// Beneath the directory that policy just allowed, whatever happens to
+	// its path meanwhile.
+	products, err := root.Hash(ctx, req.GetProducts(), a.cfg.Limits)
 	if err != nil {
 		return nil, deny(measureCode(err), "products: "+err.Error())
 	}
-	materials, err := measure.Hash(ctx, workspace, req.GetMaterials(), a.cfg.Limits)
-	if err != nil {
-		return nil, deny(measureCode(err), "materials: "+err.Error())
+	var materials []measure.Digest
+	if len(req.GetMaterials()) > 0 {
+		if materials, err = root.Hash(ctx, req.GetMaterials(), a.cfg.Limits); err != nil {
+			return nil, deny(measureCode(err), "materials: "+err.Error())
+		}
 	}
 	if len(products)+len(materials) > a.cfg.Limits.MaxFiles && a.cfg.Limits.MaxFiles > 0 {
 		return nil, deny(codes.InvalidArgument, fmt.Sprintf("%d files measured, more than the %d allowed", len(products)+len(materials), a.cfg.Limits.MaxFiles))
@@ -219,7 +251,7 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if len(products) == 0 {
 		return nil, deny(codes.InvalidArgument, "the products name no files")
 	}
-	cmdline, err := conn.Peer().Cmdline()
+	cmdline, err := conn.Cmdline()
 	if err != nil {
 		return nil, deny(codes.PermissionDenied, "caller's command line: "+err.Error())
 	}
@@ -269,11 +301,11 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	}
 	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
 	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())
-	a.log.Info("Step attested", append(audit,
+	api.auditLog.Info("Step attested", append(audit,
 		zap.String(logEvent, "step_attested"),
 		zap.String(logInvocationID, step.InvocationID),
 		zap.Int("products", len(products)), zap.Int("materials", len(materials)),
-		zap.String(logSerial, held.leaf().SerialNumber.Text(16)))...)
+		zap.String(logSerial, api.serial(held)))...)
 	resp := &agentv1.AttestStepResponse{Bundle: bundle, InvocationId: step.InvocationID}
 	for _, p := range products {
 		resp.Subjects = append(resp.Subjects, &agentv1.Subject{Name: p.Name, Sha256: p.SHA256})
@@ -282,31 +314,46 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 }
 
 // checkRequest validates the request and returns the workspace with
-// symlinks resolved, which is what policy and measuring see.
+// symlinks resolved, which is what policy sees.
 func checkRequest(req *agentv1.AttestStepRequest) (string, error) {
+	root, err := openRequest(req)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	return root.Path(), nil
+}
+
+// openRequest validates the request and opens its workspace. The root's
+// Path, the workspace with symlinks resolved, is what policy sees, and
+// measuring happens beneath the very directory it names. The caller closes
+// the root.
+func openRequest(req *agentv1.AttestStepRequest) (*measure.Root, error) {
 	if !policy.ValidStepName(req.GetStep()) {
-		return "", fmt.Errorf("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
+		return nil, fmt.Errorf("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
 	}
 	if len(req.GetProducts()) == 0 {
-		return "", errors.New("no products: name the files or directories the step produced")
+		return nil, errors.New("no products: name the files or directories the step produced")
 	}
 	if n := len(req.GetProducts()) + len(req.GetMaterials()); n > maxPaths {
-		return "", fmt.Errorf("%d paths named, more than the %d allowed", n, maxPaths)
-	}
-	for _, p := range slices.Concat(req.GetProducts(), req.GetMaterials(), []string{req.GetWorkspace()}) {
-		if len(p) > maxPathLen || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
-			return "", fmt.Errorf("path %.64q: too long, not UTF-8 or contains NUL", p)
-		}
+		return nil, fmt.Errorf("%d paths named, more than the %d allowed", n, maxPaths)
 	}
 	ws := req.GetWorkspace()
+	for _, paths := range [][]string{req.GetProducts(), req.GetMaterials(), {ws}} {
+		for _, p := range paths {
+			if len(p) > maxPathLen || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
+				return nil, fmt.Errorf("path %.64q: too long, not UTF-8 or contains NUL", p)
+			}
+		}
+	}
 	if !filepath.IsAbs(ws) {
-		return "", fmt.Errorf("workspace %q must be an absolute path", ws)
+		return nil, fmt.Errorf("workspace %q must be an absolute path", ws)
 	}
-	resolved, err := filepath.EvalSymlinks(ws)
+	root, err := measure.OpenRoot(ws)
 	if err != nil {
-		return "", fmt.Errorf("workspace: %w", err)
+		return nil, fmt.Errorf("workspace: %w", err)
 	}
-	return resolved, nil
+	return root, nil
 }
 
 func measureCode(err error) codes.Code {

@@ -12,9 +12,12 @@
 //  4. [NewBundle] and [MarshalBundle] package the envelope and the signer's
 //     leaf certificate as a Sigstore bundle v0.3.
 //
-// [Sign] runs all four. [ParseBundle] is the strict inverse of
-// [MarshalBundle] for untrusted input; full verification (certificate chain,
-// transparency log, policy) lives in package attest/verify.
+// [Sign] does all four in one pass, writing the JSON itself rather than
+// through protojson: its output is byte for byte what the four stages
+// produce one after the other, several times faster. [ParseBundle] is the
+// strict inverse of [MarshalBundle] for untrusted input; full verification
+// (certificate chain, transparency log, policy) lives in package
+// attest/verify.
 //
 // The package is offline and stateless: no I/O, no clocks, no globals.
 // It imports nothing from the Hallmark repository, so consumers can depend

@@ -37,6 +37,26 @@ func PAE(payloadType string, payload []byte) []byte {
 	return b
 }
 
+// paeDigest is SHA-256(PAE(payloadType, payload)), without copying the
+// payload into the PAE.
+func paeDigest(payloadType string, payload []byte) [sha256.Size]byte {
+	var hdr [64]byte
+	b := append(hdr[:0], "DSSEv1 "...)
+	b = strconv.AppendInt(b, int64(len(payloadType)), 10)
+	b = append(b, ' ')
+	h := sha256.New()
+	h.Write(b)
+	h.Write([]byte(payloadType))
+	b = append(hdr[:0], ' ')
+	b = strconv.AppendInt(b, int64(len(payload)), 10)
+	b = append(b, ' ')
+	h.Write(b)
+	h.Write(payload)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
 // SignEnvelope signs payload as an in-toto statement ([PayloadType]) and
 // returns a DSSE envelope with one signature and an empty keyid. The signer
 // must hold an ECDSA P-256 key; the signature is ASN.1 DER over
@@ -49,7 +69,7 @@ func SignEnvelope(payload []byte, signer crypto.Signer) (*dssepb.Envelope, error
 	if _, err := p256Key(signer.Public()); err != nil {
 		return nil, fmt.Errorf("attest: signer: %w", err)
 	}
-	digest := sha256.Sum256(PAE(PayloadType, payload))
+	digest := paeDigest(PayloadType, payload)
 	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
 		return nil, fmt.Errorf("attest: sign envelope: %w", err)
@@ -84,7 +104,7 @@ func VerifyEnvelope(env *dssepb.Envelope, pub crypto.PublicKey) ([]byte, error) 
 	if n := len(env.GetSignatures()); n != 1 {
 		return nil, fmt.Errorf("attest: envelope has %d signatures, want 1", n)
 	}
-	digest := sha256.Sum256(PAE(env.GetPayloadType(), env.GetPayload()))
+	digest := paeDigest(env.GetPayloadType(), env.GetPayload())
 	if !ecdsa.VerifyASN1(key, digest[:], env.GetSignatures()[0].GetSig()) {
 		return nil, errors.New("attest: envelope signature does not verify")
 	}

@@ -105,7 +105,7 @@ func NewStatement(s Step) (*ita1.Statement, error) {
 		return nil, err
 	}
 	if len(subjects) == 0 {
-		return nil, errors.New("attest: step has no products: a statement needs at least one subject")
+		return nil, errNoProducts
 	}
 	deps, err := descriptors("material", s.Materials)
 	if err != nil {
@@ -149,10 +149,7 @@ func NewStatement(s Step) (*ita1.Statement, error) {
 	if err := prov.Validate(); err != nil {
 		return nil, fmt.Errorf("attest: invalid provenance: %w", err)
 	}
-	predicate, err := toStruct(prov)
-	if err != nil {
-		return nil, err
-	}
+	predicate := provenanceStruct(prov)
 
 	st := &ita1.Statement{
 		Type:          ita1.StatementTypeUri,
@@ -218,12 +215,31 @@ func checkStep(s Step) error {
 	return nil
 }
 
+// errNoProducts means a step names no products.
+var errNoProducts = errors.New("attest: step has no products: a statement needs at least one subject")
+
 // descriptors turns artifacts into resource descriptors sorted by name,
 // refusing bad names, bad digests and duplicates.
 func descriptors(kind string, arts []Artifact) ([]*ita1.ResourceDescriptor, error) {
+	sorted, err := sortedArtifacts(kind, arts)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*ita1.ResourceDescriptor, 0, len(sorted))
+	for _, a := range sorted {
+		out = append(out, &ita1.ResourceDescriptor{
+			Name:   a.Name,
+			Digest: map[string]string{string(ita1.AlgorithmSHA256): a.SHA256},
+		})
+	}
+	return out, nil
+}
+
+// sortedArtifacts returns a copy of arts sorted by name, refusing bad
+// names, bad digests and duplicates.
+func sortedArtifacts(kind string, arts []Artifact) ([]Artifact, error) {
 	sorted := slices.Clone(arts)
 	slices.SortFunc(sorted, func(a, b Artifact) int { return strings.Compare(a.Name, b.Name) })
-	out := make([]*ita1.ResourceDescriptor, 0, len(sorted))
 	for i, a := range sorted {
 		if !utf8.ValidString(a.Name) || !fs.ValidPath(a.Name) || a.Name == "." {
 			return nil, fmt.Errorf("attest: %s name %q is not a slash-separated relative path", kind, a.Name)
@@ -234,12 +250,8 @@ func descriptors(kind string, arts []Artifact) ([]*ita1.ResourceDescriptor, erro
 		if !isLowerHexSHA256(a.SHA256) {
 			return nil, fmt.Errorf("attest: %s %q: sha256 %q is not 64 lowercase hex digits", kind, a.Name, a.SHA256)
 		}
-		out = append(out, &ita1.ResourceDescriptor{
-			Name:   a.Name,
-			Digest: map[string]string{string(ita1.AlgorithmSHA256): a.SHA256},
-		})
 	}
-	return out, nil
+	return sorted, nil
 }
 
 func isLowerHexSHA256(s string) bool {
@@ -279,18 +291,63 @@ func metadata(s Step) *slsa1.BuildMetadata {
 	return m
 }
 
-// toStruct converts the provenance message to the generic Struct that a
-// Statement carries, through its canonical JSON mapping.
-func toStruct(prov *slsa1.Provenance) (*structpb.Struct, error) {
-	b, err := protojson.Marshal(prov)
-	if err != nil {
-		return nil, fmt.Errorf("attest: marshal provenance: %w", err)
+// provenanceStruct is the generic Struct that a Statement carries for
+// prov: its canonical JSON mapping (as protojson writes it), built directly
+// rather than through JSON. It covers the fields NewStatement sets.
+func provenanceStruct(prov *slsa1.Provenance) *structpb.Struct {
+	bd := prov.GetBuildDefinition()
+	def := map[string]*structpb.Value{
+		"buildType":          structpb.NewStringValue(bd.GetBuildType()),
+		"externalParameters": structpb.NewStructValue(bd.GetExternalParameters()),
+		"internalParameters": structpb.NewStructValue(bd.GetInternalParameters()),
 	}
-	var st structpb.Struct
-	if err := protojson.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("attest: convert provenance: %w", err)
+	if deps := bd.GetResolvedDependencies(); len(deps) > 0 {
+		list := make([]*structpb.Value, len(deps))
+		for i, d := range deps {
+			list[i] = descriptorValue(d)
+		}
+		def["resolvedDependencies"] = structpb.NewListValue(&structpb.ListValue{Values: list})
 	}
-	return &st, nil
+	rd := prov.GetRunDetails()
+	run := map[string]*structpb.Value{
+		"builder": structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			"id": structpb.NewStringValue(rd.GetBuilder().GetId()),
+		}}),
+	}
+	if md := rd.GetMetadata(); md != nil {
+		m := map[string]*structpb.Value{}
+		if md.GetInvocationId() != "" {
+			m["invocationId"] = structpb.NewStringValue(md.GetInvocationId())
+		}
+		if ts := md.GetStartedOn(); ts != nil {
+			m["startedOn"] = structpb.NewStringValue(string(appendTimestamp(nil, ts.AsTime())))
+		}
+		if ts := md.GetFinishedOn(); ts != nil {
+			m["finishedOn"] = structpb.NewStringValue(string(appendTimestamp(nil, ts.AsTime())))
+		}
+		run["metadata"] = structpb.NewStructValue(&structpb.Struct{Fields: m})
+	}
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		"buildDefinition": structpb.NewStructValue(&structpb.Struct{Fields: def}),
+		"runDetails":      structpb.NewStructValue(&structpb.Struct{Fields: run}),
+	}}
+}
+
+// descriptorValue is the JSON mapping of a name-and-digest resource
+// descriptor as a Struct value.
+func descriptorValue(d *ita1.ResourceDescriptor) *structpb.Value {
+	f := map[string]*structpb.Value{}
+	if d.GetName() != "" {
+		f["name"] = structpb.NewStringValue(d.GetName())
+	}
+	if len(d.GetDigest()) > 0 {
+		digest := make(map[string]*structpb.Value, len(d.GetDigest()))
+		for alg, v := range d.GetDigest() {
+			digest[alg] = structpb.NewStringValue(v)
+		}
+		f["digest"] = structpb.NewStructValue(&structpb.Struct{Fields: digest})
+	}
+	return structpb.NewStructValue(&structpb.Struct{Fields: f})
 }
 
 // marshalCompact is protojson with its deliberately unstable whitespace

@@ -8,7 +8,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,33 +23,137 @@ import (
 // number of descriptors.
 const maxDepth = 512
 
-// bufPool holds the read buffers of the hashing workers.
-var bufPool = sync.Pool{New: func() any {
-	b := make([]byte, 1<<20)
-	return &b
-}}
+// Read buffers of the hashing workers: large ones for throughput, small
+// ones for requests whose files are all small (the common case of a step
+// attesting a few files), so that those neither allocate nor clear a large
+// buffer whenever a garbage collection has emptied the pool.
+const (
+	bufSize      = 1 << 20
+	smallBufSize = 32 << 10
+)
 
-func hash(ctx context.Context, root string, rels []string, lim Limits) ([]Digest, error) {
-	rootfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+var (
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+)
+
+// rootSys is the open root directory.
+type rootSys struct {
+	fd int
+	r  *resolver
+}
+
+// openRoot opens root, an absolute path, as a directory; with resolve, the
+// Root's path is the kernel's name of the directory opened.
+func openRoot(root string, resolve bool) (*Root, error) {
+	fd, path, err := openRootDir(root, resolve)
 	if err != nil {
 		if err == unix.ENOENT {
 			err = ErrNotFound
 		}
 		return nil, fmt.Errorf("measure: open root %q: %w", root, err)
 	}
-	defer unix.Close(rootfd)
-	r, err := newResolver(rootfd)
+	r, err := newResolver(fd)
 	if err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("measure: open root %q: %w", root, err)
 	}
-	w := &walker{r: r, lim: lim, seen: make(map[string]bool)}
+	if resolve && path == "" {
+		if path, err = fdPath(fd); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("measure: resolve root %q: %w", root, err)
+		}
+	}
+	if path == "" {
+		path = root
+	}
+	return &Root{path: path, sys: rootSys{fd: fd, r: r}}, nil
+}
+
+// openRootDir opens root as an O_PATH directory. With resolve, when root
+// is clean and no symbolic link is on the way, it returns root as the
+// directory's resolved path; otherwise the path is empty and openRoot asks
+// the kernel. (A clean absolute path without symbolic links is the one the
+// kernel would give.)
+func openRootDir(root string, resolve bool) (int, string, error) {
+	const flags = unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC
+	if resolve && filepath.Clean(root) == root && !disableOpenat2 && openat2Support.Load() != 2 {
+		how := unix.OpenHow{Flags: flags, Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+		for {
+			fd, err := unix.Openat2(unix.AT_FDCWD, root, &how)
+			switch err {
+			case nil:
+				return fd, root, nil
+			case unix.EINTR, unix.EAGAIN:
+				continue
+			case unix.ELOOP, unix.ENOSYS, unix.EPERM:
+				// A symbolic link on the way, or no openat2: open as usual.
+			default:
+				return -1, "", err
+			}
+			break
+		}
+	}
+	for {
+		fd, err := unix.Open(root, flags, 0)
+		if err != unix.EINTR {
+			return fd, "", err
+		}
+	}
+}
+
+// fdPath is the absolute path by which the kernel names the directory open
+// as fd: every symbolic link resolved, "." and ".." gone.
+func fdPath(fd int) (string, error) {
+	link := "/proc/self/fd/" + strconv.Itoa(fd)
+	var small [256]byte
+	buf := small[:]
+	for {
+		n, err := unix.Readlink(link, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		if len(buf) >= unix.PathMax {
+			return "", unix.ENAMETOOLONG
+		}
+		buf = make([]byte, unix.PathMax)
+	}
+	p := string(buf)
+	switch {
+	case strings.HasSuffix(p, " (deleted)"):
+		return "", errors.New("the directory has been removed")
+	case !filepath.IsAbs(p) || filepath.Clean(p) != p:
+		// Such as a directory out of reach of the process's root.
+		return "", fmt.Errorf("the kernel names it %q, not an absolute path", p)
+	}
+	return p, nil
+}
+
+func (root *Root) close() error {
+	if root.sys.fd < 0 {
+		return nil
+	}
+	err := unix.Close(root.sys.fd)
+	root.sys.fd = -1
+	return err
+}
+
+func (root *Root) hash(ctx context.Context, rels []string, lim Limits) ([]Digest, error) {
+	if root.sys.fd < 0 {
+		return nil, errors.New("measure: root is closed")
+	}
+	w := &walker{r: root.sys.r, lim: lim, seen: make(map[string]bool, len(rels))}
 	for _, rel := range rels {
 		if err := w.add(ctx, rel); err != nil {
 			return nil, err
 		}
 	}
 	slices.SortFunc(w.files, func(a, b file) int { return strings.Compare(a.name, b.name) })
-	return hashFiles(ctx, r, w.files, lim)
+	return hashFiles(ctx, root.sys.r, w.files, lim)
 }
 
 // file is a regular file found by the walk.
@@ -198,16 +304,34 @@ func (w *walker) addFile(name string, size int64) error {
 	return nil
 }
 
-// hashFiles hashes files in parallel, in their order.
+// hashFiles hashes files in parallel, in their order. One file, or one
+// worker, is hashed on the calling goroutine.
 func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits) ([]Digest, error) {
 	out := make([]Digest, len(files))
+	pool := &bufPool
+	if !slices.ContainsFunc(files, func(f file) bool { return f.size > smallBufSize }) {
+		pool = &smallBufPool
+	}
+	var total atomic.Int64
+	workers := min(lim.Workers, len(files))
+	if workers <= 1 {
+		bp := pool.Get().(*[]byte)
+		defer pool.Put(bp)
+		for i, f := range files {
+			d, err := hashFile(ctx, r, f.name, *bp, lim, &total)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = d
+		}
+		return out, nil
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	var next atomic.Int64
-	var total atomic.Int64
-	for range min(lim.Workers, len(files)) {
+	for range workers {
 		g.Go(func() error {
-			bp := bufPool.Get().(*[]byte)
-			defer bufPool.Put(bp)
+			bp := pool.Get().(*[]byte)
+			defer pool.Put(bp)
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(files) {

@@ -8,8 +8,16 @@ import (
 	"fmt"
 )
 
-// hash needs openat2(2) or the Linux fallback walk; other systems are not
-// supported.
-func hash(context.Context, string, []string, Limits) ([]Digest, error) {
+// rootSys is empty: measuring needs openat2(2) or the Linux fallback walk;
+// other systems are not supported.
+type rootSys struct{}
+
+func openRoot(string, bool) (*Root, error) {
+	return nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
+}
+
+func (*Root) close() error { return nil }
+
+func (*Root) hash(context.Context, []string, Limits) ([]Digest, error) {
 	return nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }

@@ -10,7 +10,8 @@
 // even while the step changes the tree under the agent. Symbolic links that
 // stay inside the root are followed. On kernels without openat2 (before
 // Linux 5.6) the same rules are enforced by opening one component at a time
-// with O_NOFOLLOW and resolving symbolic links by hand. Directories are read
+// with O_NOFOLLOW and resolving symbolic links by hand; there a mount point
+// is recognized by a directory's device number. Directories are read
 // through the file descriptors opened beneath the root, never by path name.
 //
 // Only regular files are hashed. Directories are walked recursively; a
@@ -111,6 +112,63 @@ func Hash(ctx context.Context, root string, paths []string, lim Limits) ([]Diges
 	if !filepath.IsAbs(root) {
 		return nil, fmt.Errorf("measure: root %q is not an absolute path", root)
 	}
+	rels, err := cleanRels(paths)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("measure: %w", err)
+	}
+	r, err := openRoot(root, false)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return r.hash(ctx, rels, lim.withDefaults())
+}
+
+// Root is a directory opened for measuring. Whatever later happens to the
+// path it was opened by, its Hash resolves paths beneath the directory that
+// was opened.
+type Root struct {
+	path string
+	sys  rootSys
+}
+
+// OpenRoot opens dir, an absolute path to a directory, for measuring. The
+// Root's Path is the directory's own absolute path, free of symbolic links,
+// "." and "..", as the kernel names the directory it opened: what a policy
+// about where the measured files are should look at. Close the Root when
+// done.
+func OpenRoot(dir string) (*Root, error) {
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("measure: root %q is not an absolute path", dir)
+	}
+	return openRoot(dir, true)
+}
+
+// Path is the root directory's absolute path, symbolic links resolved.
+func (r *Root) Path() string { return r.path }
+
+// Hash is the package's Hash beneath r.
+func (r *Root) Hash(ctx context.Context, paths []string, lim Limits) ([]Digest, error) {
+	rels, err := cleanRels(paths)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("measure: %w", err)
+	}
+	return r.hash(ctx, rels, lim.withDefaults())
+}
+
+// Close closes the root directory. A closed Root hashes nothing. Hash may
+// be called from several goroutines at once, but not together with Close.
+func (r *Root) Close() error { return r.close() }
+
+// cleanRels checks every path lexically and returns them cleaned, without
+// duplicates.
+func cleanRels(paths []string) ([]string, error) {
 	rels := make([]string, 0, len(paths))
 	seen := make(map[string]bool, len(paths))
 	for _, p := range paths {
@@ -123,10 +181,7 @@ func Hash(ctx context.Context, root string, paths []string, lim Limits) ([]Diges
 			rels = append(rels, rel)
 		}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("measure: %w", err)
-	}
-	return hash(ctx, root, rels, lim.withDefaults())
+	return rels, nil
 }
 
 // cleanRel checks p lexically and returns it cleaned. It fails with

@@ -5,6 +5,7 @@ package measure
 import (
 	"errors"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,9 +22,16 @@ const maxSymlinks = 40
 // disableOpenat2 makes every resolver use the fallback walk, for tests.
 var disableOpenat2 bool
 
+// openat2Support caches whether the kernel has openat2(2) (and a seccomp
+// filter lets it through), which does not change while the process runs:
+// 0 not probed yet, 1 yes, 2 no.
+var openat2Support atomic.Int32
+
 // resolver opens paths beneath a root directory.
 type resolver struct {
-	rootfd  int
+	rootfd int
+	// rootDev is the root's device; set only without openat2, the one
+	// case that needs it (see dev).
 	rootDev uint64
 	// openat2 is whether the kernel has openat2(2). It is set once, before
 	// the resolver is shared.
@@ -31,27 +39,51 @@ type resolver struct {
 }
 
 func newResolver(rootfd int) (*resolver, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(rootfd, &st); err != nil {
-		return nil, err
-	}
-	r := &resolver{rootfd: rootfd, rootDev: uint64(st.Dev)}
+	r := &resolver{rootfd: rootfd}
 	if !disableOpenat2 {
-		fd, err := unix.Openat2(rootfd, ".", &unix.OpenHow{
-			Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
-			Resolve: resolveFlags,
-		})
-		switch {
-		case err == nil:
-			unix.Close(fd)
+		switch openat2Support.Load() {
+		case 1:
 			r.openat2 = true
-		case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM):
-			// Old kernel, or a seccomp filter that does not know openat2.
+		case 2:
 		default:
-			return nil, err
+			fd, err := unix.Openat2(rootfd, ".", &unix.OpenHow{
+				Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+				Resolve: resolveFlags,
+			})
+			switch {
+			case err == nil:
+				unix.Close(fd)
+				r.openat2 = true
+				openat2Support.Store(1)
+			case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM):
+				// Old kernel, or a seccomp filter that does not know openat2.
+				openat2Support.Store(2)
+			default:
+				return nil, err
+			}
 		}
 	}
+	if !r.openat2 {
+		var st unix.Stat_t
+		if err := unix.Fstat(rootfd, &st); err != nil {
+			return nil, err
+		}
+		r.rootDev = uint64(st.Dev) //nolint:unconvert // Dev is uint32 on some arches
+	}
 	return r, nil
+}
+
+// dev returns the root's device number.
+func (r *resolver) dev() (uint64, error) {
+	if !r.openat2 {
+		return r.rootDev, nil
+	}
+	// Only if openat2 failed after the probe said it works.
+	var st unix.Stat_t
+	if err := unix.Fstat(r.rootfd, &st); err != nil {
+		return 0, err
+	}
+	return uint64(st.Dev), nil //nolint:unconvert // Dev is uint32 on some arches
 }
 
 // open opens rel, a cleaned relative path, beneath the root with flags
@@ -120,7 +152,14 @@ func (r *resolver) checkDev(fd int) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	if st.Mode&unix.S_IFMT == unix.S_IFDIR && uint64(st.Dev) != r.rootDev {
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil
+	}
+	rootDev, err := r.dev()
+	if err != nil {
+		return err
+	}
+	if uint64(st.Dev) != rootDev { //nolint:unconvert // Dev is uint32 on some arches
 		return unix.EXDEV
 	}
 	return nil
@@ -133,6 +172,10 @@ func (r *resolver) checkDev(fd int) error {
 // targets, and ".." above the root, fail with EXDEV, as RESOLVE_BENEATH
 // does. It returns EAGAIN if the final file changed while it was opened.
 func (r *resolver) openSlow(rel string, flags int) (int, error) {
+	rootDev, err := r.dev()
+	if err != nil {
+		return -1, err
+	}
 	var stack []int // descriptors of the directories below the root walked so far
 	defer func() {
 		for _, fd := range stack {
@@ -190,7 +233,7 @@ func (r *resolver) openSlow(rel string, flags int) (int, error) {
 			}
 			comps = append(strings.Split(target, "/"), comps...)
 		case unix.S_IFDIR:
-			if uint64(st.Dev) != r.rootDev {
+			if uint64(st.Dev) != rootDev { //nolint:unconvert // Dev is uint32 on some arches
 				unix.Close(fd)
 				return -1, unix.EXDEV
 			}

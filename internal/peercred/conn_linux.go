@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,6 +56,12 @@ type Conn struct {
 	pidfd  int   // -1 once closed
 	broken error // sticky, set when the connection was refused
 	closed bool
+	// statFD and cmdlineFD are the peer's /proc/PID/stat and cmdline, opened
+	// on first use (while mu is held for reading) and kept until Close
+	// (which holds mu): -1 until then and after. A /proc/PID descriptor
+	// stays with the process it was opened for: once that process is gone,
+	// reads through it fail even if its pid names another process by then.
+	statFD, cmdlineFD atomic.Int32
 }
 
 // Peer returns the process that connected, as identified at accept.
@@ -97,6 +105,19 @@ func (c *Conn) Read(p []byte) (int, error) {
 // checkCreds requires the control data of one read to be exactly the
 // kernel's credentials for the peer's pid.
 func (c *Conn) checkCreds(oob []byte, flags int) error {
+	// The usual case, without allocating: exactly one SCM_CREDENTIALS
+	// message, from the peer. Anything else takes the long way, which
+	// also says what was wrong.
+	if flags&unix.MSG_CTRUNC == 0 && len(oob) == credsSpace {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_CREDENTIALS &&
+			uint64(h.Len) == uint64(unix.CmsgLen(unix.SizeofUcred)) {
+			cred := (*unix.Ucred)(unsafe.Pointer(&oob[unix.CmsgLen(0)]))
+			if cred.Pid == c.info.PID {
+				return nil
+			}
+		}
+	}
 	msgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errCtrlMsg, err)
@@ -167,7 +188,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 // not exited (its pidfd is not readable), its pid still shows the same start
 // time, and /proc/PID/exe is still the same file. It returns an error
 // wrapping ErrPeerGone or ErrPeerExeced with detail, or another error if
-// /proc could not be read.
+// /proc could not be read. The connection keeps /proc/PID/stat open from
+// the first call (and /proc/PID/cmdline from the first Cmdline) until
+// Close.
 func (c *Conn) Verify() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -178,10 +201,16 @@ func (c *Conn) Verify() error {
 	if err := checkAlive(c.pidfd, i.PID); err != nil {
 		return err
 	}
-	if err := i.checkStartTime(); err != nil {
+	if err := c.checkStartTime(); err != nil {
 		return err
 	}
-	exe, path, exeErr := readExe(i.PID)
+	exe, exeErr := statExe(i.PID)
+	var path string
+	if exeErr == nil && exe != i.Exe {
+		// Only for the message, but read before the liveness check like
+		// the rest.
+		path, _ = os.Readlink(procPath(i.PID, "exe"))
+	}
 	// Alive after the /proc reads means the pid named this process during
 	// them (a pid is only reused once its process is reaped).
 	if err := checkAlive(c.pidfd, i.PID); err != nil {
@@ -195,6 +224,67 @@ func (c *Conn) Verify() error {
 			ErrPeerExeced, i.PID, i.ExePath, i.Exe, path, exe)
 	}
 	return nil
+}
+
+// Cmdline reads the peer's command line from /proc/PID/cmdline now, as
+// Info.Cmdline does, but proves that the pid still named the peer during
+// the read with the connection's pidfd rather than by reading its start
+// time again. It fails with ErrPeerGone if the peer has exited. Call Verify
+// afterwards to rule out an exec.
+func (c *Conn) Cmdline() ([]string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return nil, fmt.Errorf("peercred: cmdline: %w", net.ErrClosed)
+	}
+	fd, err := c.procFD(&c.cmdlineFD, "cmdline")
+	if err != nil {
+		return nil, cmdlineError(c.info.PID, err)
+	}
+	var buf [cmdlineBuf]byte
+	b, err := preadAll(buf[:0], fd, c.info.PID, "cmdline", MaxCmdline, true)
+	if err != nil {
+		return nil, cmdlineError(c.info.PID, err)
+	}
+	// Alive after the read means the pid named this process during it.
+	if err := checkAlive(c.pidfd, c.info.PID); err != nil {
+		return nil, err
+	}
+	return splitCmdline(b), nil
+}
+
+// checkStartTime is Info.checkStartTime through the kept descriptor of
+// /proc/PID/stat. The caller holds c.mu for reading.
+func (c *Conn) checkStartTime() error {
+	fd, err := c.procFD(&c.statFD, "stat")
+	if err != nil {
+		return c.info.sameStartTime(0, err)
+	}
+	st, err := startTimeOf(fd, c.info.PID)
+	return c.info.sameStartTime(st, err)
+}
+
+// procFD returns the descriptor kept in slot for /proc/PID/name, opening
+// it first if need be. The caller holds c.mu for reading.
+func (c *Conn) procFD(slot *atomic.Int32, name string) (int, error) {
+	if fd := slot.Load(); fd >= 0 {
+		return int(fd), nil
+	}
+	fd, err := openProc(c.info.PID, name)
+	if err != nil {
+		return -1, err
+	}
+	// Alive after the open means the pid named the peer when it was opened,
+	// so the descriptor is the peer's for good.
+	if err := checkAlive(c.pidfd, c.info.PID); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if !slot.CompareAndSwap(-1, int32(fd)) {
+		unix.Close(fd) // another call opened it first
+		return int(slot.Load()), nil
+	}
+	return fd, nil
 }
 
 // Close closes the connection and the peer's pidfd.
@@ -212,6 +302,11 @@ func (c *Conn) Close() error {
 	err := c.uc.Close()
 	if fd >= 0 {
 		unix.Close(fd)
+	}
+	for _, slot := range []*atomic.Int32{&c.statFD, &c.cmdlineFD} {
+		if fd := slot.Swap(-1); fd >= 0 {
+			unix.Close(int(fd))
+		}
 	}
 	return err
 }

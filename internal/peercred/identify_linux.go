@@ -99,7 +99,7 @@ func newConn(uc *net.UnixConn, laddr net.Addr) (*Conn, error) {
 	}
 
 	ok = true
-	return &Conn{
+	c := &Conn{
 		uc:    uc,
 		laddr: laddr,
 		oob:   make([]byte, credsSpace),
@@ -112,5 +112,8 @@ func newConn(uc *net.UnixConn, laddr net.Addr) (*Conn, error) {
 			ExePath:   exePath,
 			StartTime: start,
 		},
-	}, nil
+	}
+	c.statFD.Store(-1)
+	c.cmdlineFD.Store(-1)
+	return c, nil
 }

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"slices"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -49,12 +49,10 @@ func (f FileID) String() string { return fmt.Sprintf("%d:%d", f.Dev, f.Ino) }
 // ErrPeerGone if the process has exited or the pid now names another
 // process, and with an error if the command line exceeds MaxCmdline.
 func (i Info) Cmdline() ([]string, error) {
-	b, err := readProcFile(i.PID, "cmdline", MaxCmdline)
+	var buf [cmdlineBuf]byte
+	b, err := readCmdline(buf[:0], i.PID)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
-			return nil, fmt.Errorf("%w: read cmdline of pid %d: %w", ErrPeerGone, i.PID, err)
-		}
-		return nil, fmt.Errorf("peercred: read cmdline of pid %d: %w", i.PID, err)
+		return nil, err
 	}
 	// The pid cannot have named this process again after naming another, so
 	// an unchanged start time read after the cmdline proves the cmdline was
@@ -65,10 +63,39 @@ func (i Info) Cmdline() ([]string, error) {
 	return splitCmdline(b), nil
 }
 
+// cmdlineBuf is the stack buffer a command line is first read into; longer
+// ones (up to MaxCmdline) grow on the heap.
+const cmdlineBuf = 1 << 10
+
+// readCmdline reads /proc/PID/cmdline into dst's spare capacity.
+func readCmdline(dst []byte, pid int32) ([]byte, error) {
+	b, err := readProcFile(dst, pid, "cmdline", MaxCmdline)
+	if err != nil {
+		return nil, cmdlineError(pid, err)
+	}
+	return b, nil
+}
+
+func cmdlineError(pid int32, err error) error {
+	if errors.Is(err, ErrPeerGone) {
+		return err
+	}
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("%w: read cmdline of pid %d: %w", ErrPeerGone, pid, err)
+	}
+	return fmt.Errorf("peercred: read cmdline of pid %d: %w", pid, err)
+}
+
 // checkStartTime fails with ErrPeerGone unless /proc/PID/stat still shows
 // the start time taken at accept.
 func (i Info) checkStartTime() error {
 	st, err := readStartTime(i.PID)
+	return i.sameStartTime(st, err)
+}
+
+// sameStartTime turns the outcome of reading the start time into
+// checkStartTime's answer.
+func (i Info) sameStartTime(st uint64, err error) error {
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("%w: pid %d exited", ErrPeerGone, i.PID)
@@ -89,29 +116,79 @@ func splitCmdline(b []byte) []string {
 		return []string{}
 	}
 	b = bytes.TrimSuffix(b, []byte{0})
-	parts := bytes.Split(b, []byte{0})
-	args := make([]string, len(parts))
-	for i, p := range parts {
-		args[i] = string(p)
+	args := make([]string, 0, bytes.Count(b, []byte{0})+1)
+	for {
+		i := bytes.IndexByte(b, 0)
+		if i < 0 {
+			return append(args, string(b))
+		}
+		args = append(args, string(b[:i]))
+		b = b[i+1:]
 	}
-	return args
 }
 
-// readProcFile reads /proc/PID/name, failing if it is longer than limit.
-func readProcFile(pid int32, name string, limit int64) ([]byte, error) {
-	f, err := os.Open(procPath(pid, name))
+// readProcFile reads /proc/PID/name into dst's spare capacity (growing it
+// as needed), failing if the file is longer than limit. Like all /proc
+// access here it uses plain system calls rather than an *os.File: these
+// reads are on every request, and the runtime poller has nothing to offer
+// for procfs.
+func readProcFile(dst []byte, pid int32, name string, limit int) ([]byte, error) {
+	fd, err := openProc(pid, name)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
+	defer unix.Close(fd)
+	return preadAll(dst, fd, pid, name, limit, false)
+}
+
+// openProc opens /proc/PID/name for reading.
+func openProc(pid int32, name string) (int, error) {
+	p := procPath(pid, name)
+	for {
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, &os.PathError{Op: "open", Path: p, Err: err}
+		}
+		return fd, nil
 	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is longer than %d bytes", f.Name(), limit)
+}
+
+// preadAll reads /proc/PID/name, open as fd, from its start into dst's
+// spare capacity (growing it as needed), failing if it is longer than
+// limit. It reads until end of file, except that with shortIsEnd a read
+// that does not fill the buffer is taken to be the end. That holds for
+// /proc/PID/stat, one seq_file record returned whole when it fits (a
+// further read would generate it again), and for /proc/PID/cmdline,
+// copied in one go as far as the process's memory can be read (a further
+// read would start where it could not, and return nothing).
+func preadAll(dst []byte, fd int, pid int32, name string, limit int, shortIsEnd bool) ([]byte, error) {
+	b := dst[:0]
+	for {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(max(cap(b), 512), limit+1-len(b)))
+		}
+		room := cap(b) - len(b)
+		n, err := unix.Pread(fd, b[len(b):cap(b)], int64(len(b)))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: procPath(pid, name), Err: err}
+		}
+		if n <= 0 {
+			return b, nil
+		}
+		b = b[:len(b)+n]
+		if len(b) > limit {
+			return nil, fmt.Errorf("%s is longer than %d bytes", procPath(pid, name), limit)
+		}
+		if shortIsEnd && n < room {
+			return b, nil
+		}
 	}
-	return b, nil
 }
 
 func procPath(pid int32, name string) string {
@@ -120,7 +197,18 @@ func procPath(pid int32, name string) string {
 
 // readStartTime returns field 22 of /proc/PID/stat.
 func readStartTime(pid int32) (uint64, error) {
-	b, err := readProcFile(pid, "stat", maxStat)
+	fd, err := openProc(pid, "stat")
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	return startTimeOf(fd, pid)
+}
+
+// startTimeOf returns field 22 of /proc/PID/stat, open as fd.
+func startTimeOf(fd int, pid int32) (uint64, error) {
+	var buf [512]byte // most stat lines are shorter; longer ones grow
+	b, err := preadAll(buf[:0], fd, pid, "stat", maxStat, true)
 	if err != nil {
 		return 0, err
 	}
@@ -163,6 +251,22 @@ func parseStartTime(stat []byte) (uint64, error) {
 			return v, nil
 		}
 		n++
+	}
+}
+
+// statExe returns the identity of /proc/PID/exe, the file it links to.
+func statExe(pid int32) (FileID, error) {
+	p := procPath(pid, "exe")
+	var st unix.Stat_t
+	for {
+		err := unix.Stat(p, &st)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return FileID{}, &os.PathError{Op: "stat", Path: p, Err: err}
+		}
+		return fileID(&st), nil
 	}
 }
 
