@@ -117,6 +117,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.PolicyRefresh <= 0 {
 		cfg.PolicyRefresh = DefaultPolicyRefresh
 	}
+	if cfg.LogBatchSize <= 0 {
+		cfg.LogBatchSize = DefaultLogBatchSize
+	}
 	a := &Agent{
 		cfg:         cfg,
 		log:         cfg.Log,

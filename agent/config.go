@@ -54,6 +54,8 @@ type Config struct {
 	PolicyFromFile bool
 	// PolicyRefresh is how often the server's policy is fetched.
 	PolicyRefresh time.Duration
+	// LogBatchSize is the most envelopes submitted to the log at once.
+	LogBatchSize int
 	// Limits bound what one attestation may measure.
 	Limits measure.Limits
 	// Now returns the current time; time.Now when nil.
@@ -94,6 +96,7 @@ type agentBlock struct {
 	MaxTotalBytes     int64  `hcl:"max_total_bytes,optional"`
 	PolicyRefresh     string `hcl:"policy_refresh,optional"`
 	DataDir           string `hcl:"data_dir,optional"`
+	LogBatchSize      int    `hcl:"log_batch_size,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -160,6 +163,10 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 
 // localAPIConfig fills the socket and limit settings.
 func localAPIConfig(c *Config, a agentBlock) error {
+	c.LogBatchSize = a.LogBatchSize
+	if c.LogBatchSize < 0 || c.LogBatchSize > 10000 {
+		return fmt.Errorf("agent.log_batch_size: %d is not in 1..10000", c.LogBatchSize)
+	}
 	c.DataDir = a.DataDir
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir

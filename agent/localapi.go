@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
+	"github.com/hallmark-dev/hallmark/agent/outbox"
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
@@ -298,6 +299,16 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if err != nil {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, status.Errorf(codes.Internal, "sign: %v", err)
+	}
+	// On disk before the step hears of it: nothing signed is ever lost on
+	// its way to the log (group commit shares the fsync among callers).
+	if a.outbox != nil {
+		if err := a.outbox.Put(outbox.Item{ID: step.InvocationID, Bundle: bundle, Certificate: held.leaf().Raw}); err != nil {
+			a.metrics.attestations.WithLabelValues(resultError).Inc()
+			return nil, status.Errorf(codes.Unavailable, "queue the attestation for the log: %v", err)
+		}
+		a.nudgeSubmitter()
+		a.metrics.outboxQueued.Set(float64(a.outbox.Len()))
 	}
 	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
 	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())

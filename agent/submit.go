@@ -15,8 +15,8 @@ import (
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
-// submitBatch is the most envelopes sent in one SubmitEntries call.
-const submitBatch = 256
+// DefaultLogBatchSize is the most envelopes sent in one SubmitEntries call.
+const DefaultLogBatchSize = 256
 
 // entrySubmitter is the server call that appends envelopes to the log.
 type entrySubmitter interface {
@@ -64,7 +64,7 @@ func (a *Agent) submitLoop(ctx context.Context, client entrySubmitter) error {
 }
 
 func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
-	items := a.outbox.Pending(submitBatch)
+	items := a.outbox.Pending(a.cfg.LogBatchSize)
 	req := &serverv1.SubmitEntriesRequest{}
 	for _, it := range items {
 		env := it.Envelope

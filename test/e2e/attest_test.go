@@ -178,7 +178,7 @@ func TestAttestRefusals(t *testing.T) {
 	}{
 		{"step outside the caller's policy",
 			&agentv1.AttestStepRequest{Step: "deploy", Workspace: ws, Products: []string{"out"}},
-			codes.PermissionDenied, `step "deploy" is not allowed for ` + builderID + `: rule "builders" allows steps build, test`},
+			codes.PermissionDenied, `rule "builders" allows steps build, test`},
 		{"workspace outside the granted roots",
 			&agentv1.AttestStepRequest{Step: "build", Workspace: "/etc", Products: []string{"passwd"}},
 			codes.PermissionDenied, "workspace /etc is outside the workspace roots"},
