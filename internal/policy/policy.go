@@ -53,7 +53,7 @@ func (id Identity) String() string {
 	if len(id.SPIFFEIDs) > 0 {
 		return strings.Join(id.SPIFFEIDs, ", ")
 	}
-	return "no SPIFFE ID; selectors " + strings.Join(id.Selectors, ", ")
+	return "a caller with no SPIFFE ID (selectors " + strings.Join(id.Selectors, ", ") + ")"
 }
 
 // Policy is a validated, immutable rule set.
@@ -182,7 +182,7 @@ func (p *Policy) Decide(id Identity, step, workspace string) (Rule, error) {
 	}
 	matching := p.Matching(id)
 	if len(matching) == 0 {
-		return Rule{}, &Denial{Reason: fmt.Sprintf("no policy rule matches the caller (%s)", id)}
+		return Rule{}, &Denial{Reason: fmt.Sprintf("no policy rule matches %s", id)}
 	}
 	var stepOK []Rule
 	for _, r := range matching {

@@ -225,7 +225,7 @@ func TestAttestUnregisteredUID(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 	output, err := cmd.CombinedOutput()
 	require.Error(t, err, "output: %s", output)
-	require.Contains(t, string(output), "refused: no policy rule matches the caller (no SPIFFE ID; selectors unix:uid:65534")
+	require.Contains(t, string(output), "refused: no policy rule matches a caller with no SPIFFE ID (selectors unix:uid:65534")
 	require.NoFileExists(t, out)
 
 	who := exec.Command(stack.Bins.CLI, "whoami", "--socket", stack.Agent.Socket)
