@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -139,6 +140,12 @@ func bundleOf(it outbox.Item) ([]byte, bool, error) {
 
 // envelopeOf returns the DSSE envelope of a bundle, as protojson.
 func envelopeOf(bundleJSON []byte) ([]byte, error) {
+	// Fast path: attest.Sign writes the envelope last, as the bundle's
+	// final member, in protojson form already.
+	const marker = `,"dsseEnvelope":{"payload":"`
+	if i := bytes.LastIndex(bundleJSON, []byte(marker)); i > 0 && bytes.HasSuffix(bundleJSON, []byte(`"}]}}`)) {
+		return bundleJSON[i+len(`,"dsseEnvelope":`) : len(bundleJSON)-1], nil
+	}
 	var b bundlepb.Bundle
 	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
