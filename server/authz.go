@@ -24,6 +24,7 @@ func (s *Server) policy() map[string]authorizer {
 	return map[string]authorizer{
 		serverv1.AgentService_IssueSigningCertificate_FullMethodName: s.isAgent,
 		serverv1.AgentService_GetPolicy_FullMethodName:               s.isAgent,
+		serverv1.AgentService_SubmitEntries_FullMethodName:           s.isAgent,
 	}
 }
 

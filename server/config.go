@@ -58,13 +58,41 @@ type Config struct {
 	// Policy is the attestation policy pushed to agents; nil when the
 	// file has no policy block (agents then use their own).
 	Policy *policy.Policy
+	// Store keeps the transparency log and the signing CAs; sqlite in
+	// DataDir when unset.
+	Store StoreConfig
+	// LogOrigin is the transparency log's checkpoint origin;
+	// DefaultLogOrigin(TrustDomain) when empty. See docs/log.md.
+	LogOrigin string
 }
 
-// fileConfig is the HCL file: one server block and at most one key_manager.
+// DefaultLogOrigin is the log origin of a trust domain when the file sets
+// none: "hallmark/" followed by the trust domain's name.
+func DefaultLogOrigin(td spiffeid.TrustDomain) string { return "hallmark/" + td.Name() }
+
+// setLogDefaults fills in the store and the log origin.
+func (c *Config) setLogDefaults() {
+	if c.Store.open == nil {
+		c.Store, _ = storeConfig("sqlite", hcl.EmptyBody(), c.DataDir) // an empty body always decodes
+	}
+	if c.LogOrigin == "" {
+		c.LogOrigin = DefaultLogOrigin(c.TrustDomain)
+	}
+}
+
+// fileConfig is the HCL file: one server block, at most one key_manager,
+// at most one store and at most one log block.
 type fileConfig struct {
 	Server      serverBlock   `hcl:"server,block"`
 	KeyManagers []pluginBlock `hcl:"key_manager,block"`
 	Policy      *policy.File  `hcl:"policy,block"`
+	Stores      []pluginBlock `hcl:"store,block"`
+	Log         *logBlock     `hcl:"log,block"`
+}
+
+// logBlock configures the transparency log.
+type logBlock struct {
+	Origin string `hcl:"origin,optional"`
 }
 
 type serverBlock struct {
@@ -143,6 +171,21 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 			return Config{}, err
 		}
 	}
+	switch len(f.Stores) {
+	case 0:
+		c.Store, err = storeConfig("sqlite", hcl.EmptyBody(), c.DataDir)
+	case 1:
+		c.Store, err = storeConfig(f.Stores[0].Name, f.Stores[0].Body, c.DataDir)
+	default:
+		err = errors.New("store: only one store block is allowed")
+	}
+	if err != nil {
+		return Config{}, err
+	}
+	if f.Log != nil {
+		c.LogOrigin = f.Log.Origin
+	}
+	c.setLogDefaults()
 	if err := c.validate(); err != nil {
 		return Config{}, err
 	}
@@ -172,6 +215,11 @@ func (c *Config) validate() error {
 	}
 	if c.AgentPathPrefix == "/" {
 		return errors.New("server.agent_path_prefix: \"/\" would make every workload of the trust domain an agent")
+	}
+	if c.LogOrigin != "" {
+		if err := validOrigin(c.LogOrigin); err != nil {
+			return fmt.Errorf("log.origin: %w", err)
+		}
 	}
 	return nil
 }

@@ -26,6 +26,8 @@ type agentService struct {
 	serverv1.UnimplementedAgentServiceServer
 	s  *Server
 	km KeyManager
+	// tlog is the transparency log; nil in tests that do not need it.
+	tlog *TransparencyLog
 }
 
 // IssueSigningCertificate certifies the caller's signing key for the
@@ -61,6 +63,12 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 		a.s.log.Error("Key manager issued a certificate that does not match the request; discarded",
 			zap.String(logKeyManager, a.s.cfg.KeyManager.Name), zap.String(logSPIFFEID, id.String()), zap.Error(err))
 		return nil, status.Error(codes.Internal, "key manager issued a wrong certificate; it was discarded (see server log)")
+	}
+	// The log must know the CA before the agent can submit anything
+	// signed under it.
+	if err := a.recordSigningCA(ctx, chain); err != nil {
+		a.s.metrics.issued.WithLabelValues(resultError).Inc()
+		return nil, status.Errorf(codes.Unavailable, "recording the signing CA: %v", err)
 	}
 
 	leaf := chain[0]

@@ -28,8 +28,10 @@ import (
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
-// maxRecvMsgSize bounds any request to the agent API.
-const maxRecvMsgSize = 64 << 10
+// maxRecvMsgSize bounds any request to the agent API: SubmitEntries
+// carries envelopes (each up to MaxEnvelopeSize), so it is the largest.
+// Only authenticated agents get as far as sending one.
+const maxRecvMsgSize = 32 << 20
 
 // Server is hallmark-server.
 type Server struct {
@@ -37,6 +39,8 @@ type Server struct {
 	log     *zap.Logger
 	metrics *metrics
 	ready   atomic.Bool
+	// tlog is the transparency log, opened by Run.
+	tlog *TransparencyLog
 }
 
 // New checks cfg and returns a server ready to Run.
@@ -50,23 +54,35 @@ func New(cfg Config) (*Server, error) {
 	if cfg.KeyManager.build == nil {
 		return nil, errors.New("server: no key manager configured")
 	}
+	cfg.setLogDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	return &Server{cfg: cfg, log: cfg.Log, metrics: newMetrics()}, nil
 }
 
-// Run serves until ctx ends. It first waits for the server's X509-SVID from
-// the SPIRE agent, then serves the agent API and the health endpoints.
-func (s *Server) Run(ctx context.Context) error {
+// Run serves until ctx ends. It opens the store and the transparency log,
+// serves the health, log and trust endpoints, waits for the server's
+// X509-SVID from the SPIRE agent, then serves the agent API.
+func (s *Server) Run(ctx context.Context) (err error) {
+	tl, st, err := s.openLog(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := st.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("server: close store: %w", cerr)
+		}
+	}()
+	s.tlog = tl
 	var healthLn net.Listener
 	if s.cfg.HealthAddress != "" {
-		var err error
 		if healthLn, err = net.Listen("tcp", s.cfg.HealthAddress); err != nil {
 			return fmt.Errorf("server: health listener: %w", err)
 		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return tl.Run(ctx) })
 	if healthLn != nil {
 		g.Go(func() error { return s.serveHealth(ctx, healthLn) })
 	}
@@ -99,6 +115,9 @@ func (s *Server) serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("server: key manager %s: %w", s.cfg.KeyManager.Name, err)
 	}
+	if err := s.recordKeyManagerRoots(ctx, km); err != nil {
+		return err
+	}
 
 	// TLS admits any member of the trust domain (anything else cannot even
 	// chain to its bundle); which member may call what is decided per call
@@ -114,7 +133,7 @@ func (s *Server) serve(ctx context.Context) error {
 			MaxConnectionAgeGrace: 30 * time.Second,
 		}),
 	)
-	serverv1.RegisterAgentServiceServer(grpcServer, &agentService{s: s, km: km})
+	serverv1.RegisterAgentServiceServer(grpcServer, &agentService{s: s, km: km, tlog: s.tlog})
 
 	ln, err := net.Listen("tcp", s.cfg.ListenAddress)
 	if err != nil {
@@ -176,6 +195,9 @@ func (s *Server) serveHealth(ctx context.Context, ln net.Listener) error {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	if s.tlog != nil {
+		s.tlog.registerHTTP(mux, s.log)
+	}
 	return serveHTTP(ctx, ln, mux)
 }
 

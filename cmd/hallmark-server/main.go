@@ -58,6 +58,37 @@ func rootCmd() *cobra.Command {
 				return nil
 			},
 		},
+		trustCmd(&configPath),
 	)
 	return root
+}
+
+// trustCmd exports trust material from the store and the log key, offline
+// (the server may be running or not).
+func trustCmd(configPath *string) *cobra.Command {
+	var out string
+	export := &cobra.Command{
+		Use:   "export",
+		Short: "Write the Sigstore trusted root (signing CAs and the log's key) for offline verification",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := server.LoadConfig(*configPath)
+			if err != nil {
+				return err
+			}
+			data, err := server.ExportTrustedRoot(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err = cmd.OutOrStdout().Write(data)
+				return err
+			}
+			return os.WriteFile(out, data, 0o644)
+		},
+	}
+	export.Flags().StringVar(&out, "out", "", "file to write (default: standard output)")
+	trust := &cobra.Command{Use: "trust", Short: "Trust material for verifiers"}
+	trust.AddCommand(export)
+	return trust
 }

@@ -285,3 +285,10 @@ func policyBlock(rules string) string {
 	}
 	return "\npolicy {\n" + rules + "\n}\n"
 }
+
+// Kill sends SIGKILL to the service and waits for it (a crash).
+func (s *Service) Kill() {
+	if s.proc != nil && !s.proc.Exited() {
+		s.proc.Kill()
+	}
+}

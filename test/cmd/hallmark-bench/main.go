@@ -50,6 +50,7 @@ type figure struct {
 var figures = []figure{
 	{"attest", benchAttest},
 	{"hashing", benchHashing},
+	{"logappend", benchLogAppend},
 	{"verify", benchVerify},
 }
 

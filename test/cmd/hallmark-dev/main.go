@@ -191,8 +191,8 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 	if err := hallmark("whoami").Run(); err != nil {
 		return err
 	}
-	step("A build step, attested: hallmark attest --step build --material main.c --product dist -- sh -c '...'")
-	build := hallmark("attest", "--step", "build", "--material", "main.c", "--product", "dist", "--out", "build.hallmark.json",
+	step("A build step, attested and logged: hallmark attest --wait-log --step build --material main.c --product dist -- sh -c '...'")
+	build := hallmark("attest", "--wait-log", "--step", "build", "--material", "main.c", "--product", "dist", "--out", "build.hallmark.json",
 		"--", "sh", "-c", "mkdir -p dist && cp main.c dist/app && echo built > dist/VERSION")
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("attest build: %w", err)
@@ -209,6 +209,28 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 		return errors.New("a bundle was written for a refused step")
 	}
 	fmt.Println("   (refused as expected; no bundle written)")
+
+	step("Offline verification against the server's trusted root (GET /trust/trusted_root.json)")
+	root, err := st.Server.Get(ctx, "/trust/trusted_root.json")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(ws, "trusted_root.json"), root, 0o644); err != nil {
+		return err
+	}
+	fmt.Println("   $ hallmark verify dist/app --bundle build.hallmark.json --trusted-root trusted_root.json")
+	if err := hallmark("verify", "dist/app", "--bundle", "build.hallmark.json", "--trusted-root", "trusted_root.json").Run(); err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	step("A tampered artifact fails, naming the check")
+	if err := os.WriteFile(filepath.Join(ws, "dist", "app"), []byte("int main(void) { return 1; }\n"), 0o644); err != nil {
+		return err
+	}
+	fmt.Println("   $ hallmark verify dist/app ... (after changing dist/app)")
+	if err := hallmark("verify", "dist/app", "--bundle", "build.hallmark.json", "--trusted-root", "trusted_root.json").Run(); err == nil {
+		return errors.New("a tampered artifact verified")
+	}
+	fmt.Println("   (not verified, as expected)")
 	return nil
 }
 

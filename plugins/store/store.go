@@ -1,0 +1,98 @@
+// Package store holds the records hallmark-server keeps about its
+// transparency log and its signing CAs. The server declares the interface
+// it needs (server.Store); the plugins under this directory implement it
+// over one database each: sqlite (the embedded default) and, later,
+// postgres. Nothing here does I/O.
+//
+// A store is dumb on purpose: it never computes a hash, signs or decides
+// what an index is. The server's single appender hands it whole batches
+// (entries, the Merkle tree nodes they complete, one signed checkpoint),
+// and a store's only duty is to commit each batch atomically and durably,
+// and to answer lookups from committed state.
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrNotFound is returned by lookups of a single record that is absent.
+var ErrNotFound = errors.New("store: not found")
+
+// Entry is one log entry.
+type Entry struct {
+	// Index is the entry's leaf index, from 0 without gaps.
+	Index uint64
+	// LeafHash is the RFC 6962 leaf hash of Body.
+	LeafHash []byte
+	// DedupeKey identifies the submission regardless of when it was
+	// integrated (see docs/log.md); unique.
+	DedupeKey []byte
+	// Body is the canonical entry body (attest/tlog).
+	Body []byte
+	// Envelope is the DSSE envelope as submitted (Sigstore bundle JSON).
+	Envelope []byte
+	// Certificate is the signing certificate, DER.
+	Certificate []byte
+	// SPIFFEID is the submitting agent.
+	SPIFFEID string
+	// IntegratedTime is when the log accepted the entry (Unix seconds).
+	IntegratedTime int64
+	// SubjectDigests are the raw SHA-256 digests of the statement's
+	// subjects, indexed for search. Written on append; lookups leave it
+	// empty.
+	SubjectDigests [][]byte
+}
+
+// NodeID names a node of the Merkle tree: Level 0 are the leaves, and
+// node (L, I) covers leaves [I·2^L, (I+1)·2^L).
+type NodeID struct {
+	Level uint
+	Index uint64
+}
+
+// Node is the hash of a perfect subtree.
+type Node struct {
+	NodeID
+	Hash []byte
+}
+
+// Checkpoint is a signed checkpoint (a C2SP signed note) for a tree size.
+type Checkpoint struct {
+	Size uint64
+	Note []byte
+}
+
+// Batch is what one append commits, all or nothing: entries that continue
+// the log, the perfect-subtree hashes they complete, and the checkpoint
+// that signs the new tree.
+type Batch struct {
+	Entries    []Entry
+	Nodes      []Node
+	Checkpoint Checkpoint
+}
+
+// SigningCA is a certificate chain the server has seen issue agents'
+// signing certificates: issuing CA first, root last.
+type SigningCA struct {
+	// ID is the SHA-256 of DER; unique.
+	ID []byte
+	// DER is the chain's certificates, DER, concatenated (parse it with
+	// x509.ParseCertificates).
+	DER []byte
+	// NotBefore and NotAfter bound the validity of every certificate of
+	// the chain.
+	NotBefore time.Time
+	NotAfter  time.Time
+	// FirstSeen is when the server first recorded the chain.
+	FirstSeen time.Time
+}
+
+// ErrDuplicate is returned by an append whose batch holds an entry with
+// a dedupe key the store already has; nothing of the batch is written.
+var ErrDuplicate = errors.New("store: an entry with this dedupe key is already logged")
+
+// ErrConflict is returned by an append that does not continue the log as
+// the store holds it: another writer appended in between. The writer's
+// view is stale; it must stop.
+var ErrConflict = errors.New("store: the log was changed by another writer")

@@ -1,0 +1,187 @@
+package server
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// maxEntriesPerPage bounds one GET /log/entries answer.
+const maxEntriesPerPage = 100
+
+// registerHTTP serves the log and trust endpoints (docs/log.md) on mux.
+func (l *TransparencyLog) registerHTTP(mux *http.ServeMux, log *zap.Logger) {
+	h := &logHTTP{l: l, log: log}
+	mux.HandleFunc("GET /trust/trusted_root.json", h.trustedRoot)
+	mux.HandleFunc("GET /trust/bundle.pem", h.bundlePEM)
+	mux.HandleFunc("GET /log/checkpoint", h.checkpoint)
+	mux.HandleFunc("GET /log/proof/consistency", h.consistency)
+	mux.HandleFunc("GET /log/entries", h.entries)
+}
+
+type logHTTP struct {
+	l   *TransparencyLog
+	log *zap.Logger
+}
+
+// internal answers 500 and logs the cause once.
+func (h *logHTTP) internal(w http.ResponseWriter, r *http.Request, err error) {
+	h.log.Error("Log endpoint failed", zap.String("path", r.URL.Path), zap.Error(err))
+	http.Error(w, "internal error (see server log)", http.StatusInternalServerError)
+}
+
+func (h *logHTTP) trustedRoot(w http.ResponseWriter, r *http.Request) {
+	out, err := h.l.TrustedRootJSON(r.Context())
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(out) //nolint:errcheck // the client went away
+}
+
+func (h *logHTTP) bundlePEM(w http.ResponseWriter, r *http.Request) {
+	cas, err := h.l.store.SigningCAs(r.Context())
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	out, err := caBundlePEM(cas)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(out) //nolint:errcheck // the client went away
+}
+
+func (h *logHTTP) checkpoint(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(h.l.Checkpoint()) //nolint:errcheck // the client went away
+}
+
+// consistencyJSON answers GET /log/proof/consistency.
+type consistencyJSON struct {
+	From   uint64   `json:"from"`
+	To     uint64   `json:"to"`
+	Hashes [][]byte `json:"hashes"` // standard base64
+}
+
+func (h *logHTTP) consistency(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	from, err := strconv.ParseUint(q.Get("from"), 10, 64)
+	if err != nil {
+		http.Error(w, "from: want a tree size", http.StatusBadRequest)
+		return
+	}
+	to := h.l.currentHead().size
+	if v := q.Get("to"); v != "" {
+		if to, err = strconv.ParseUint(v, 10, 64); err != nil {
+			http.Error(w, "to: want a tree size", http.StatusBadRequest)
+			return
+		}
+	}
+	if from > to || to > h.l.currentHead().size {
+		http.Error(w, fmt.Sprintf("want 0 <= from <= to <= %d (the latest checkpoint)", h.l.currentHead().size), http.StatusBadRequest)
+		return
+	}
+	hashes, err := h.l.ConsistencyProof(r.Context(), from, to)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	if hashes == nil {
+		hashes = [][]byte{}
+	}
+	writeJSON(w, consistencyJSON{From: from, To: to, Hashes: hashes})
+}
+
+// entriesJSON answers GET /log/entries.
+type entriesJSON struct {
+	Entries []entryJSON `json:"entries"`
+	// Next, when present, is the start= of the next page.
+	Next *uint64 `json:"next,omitempty"`
+}
+
+// entryJSON is one logged entry with what a client needs to rebuild its
+// bundle.
+type entryJSON struct {
+	// TlogEntry is the bundle's TransparencyLogEntry, with an inclusion
+	// proof against the latest checkpoint.
+	TlogEntry json.RawMessage `json:"tlogEntry"`
+	// DSSEEnvelope is the envelope as submitted (bundle JSON).
+	DSSEEnvelope json.RawMessage `json:"dsseEnvelope"`
+	// Certificate is the signing certificate, DER (standard base64).
+	Certificate []byte `json:"certificate"`
+	// SPIFFEID is the agent that submitted it.
+	SPIFFEID string `json:"spiffeId"`
+}
+
+func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	digest, err := parseDigest(q.Get("digest"))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	var start uint64
+	if v := q.Get("start"); v != "" {
+		if start, err = strconv.ParseUint(v, 10, 63); err != nil {
+			http.Error(w, "start: want a log index", http.StatusBadRequest)
+			return
+		}
+	}
+	found, err := h.l.store.EntriesBySubjectDigest(r.Context(), digest, start, maxEntriesPerPage)
+	if err != nil {
+		h.internal(w, r, err)
+		return
+	}
+	out := entriesJSON{Entries: make([]entryJSON, 0, len(found))}
+	for _, e := range found {
+		te, err := h.l.proveStored(r.Context(), e)
+		if err != nil {
+			h.internal(w, r, err)
+			return
+		}
+		b, err := protojson.Marshal(te)
+		if err != nil {
+			h.internal(w, r, err)
+			return
+		}
+		out.Entries = append(out.Entries, entryJSON{TlogEntry: b, DSSEEnvelope: e.Envelope, Certificate: e.Certificate, SPIFFEID: e.SPIFFEID})
+	}
+	if len(found) == maxEntriesPerPage {
+		next := found[len(found)-1].Index + 1
+		out.Next = &next
+	}
+	writeJSON(w, out)
+}
+
+// parseDigest parses "sha256:HEX" into the raw digest.
+func parseDigest(s string) ([]byte, error) {
+	hexDigest, ok := strings.CutPrefix(s, "sha256:")
+	if !ok {
+		return nil, errors.New("digest: want sha256:HEX")
+	}
+	d, err := hex.DecodeString(hexDigest)
+	if err != nil || len(d) != 32 {
+		return nil, errors.New("digest: want sha256: followed by 64 hex digits")
+	}
+	return d, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-cache")
+	json.NewEncoder(w).Encode(v) //nolint:errcheck,errchkjson // the client went away
+}

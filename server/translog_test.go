@@ -1,0 +1,528 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/stretchr/testify/require"
+	"github.com/transparency-dev/merkle/compact"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
+)
+
+const testOrigin = "hallmark/example.org"
+
+// testAgent signs envelopes as an agent would.
+type testAgent struct {
+	id   spiffeid.ID
+	key  *ecdsa.PrivateKey
+	cert *x509.Certificate
+}
+
+func newTestAgent(t testing.TB, ca *testCA, id spiffeid.ID) testAgent {
+	t.Helper()
+	key := newP256(t)
+	return testAgent{id: id, key: key, cert: ca.issue(t, leafTemplate(id), key.Public())}
+}
+
+// statement is an in-toto statement naming subjects by the sha256 of
+// their names.
+func statement(subjects ...string) []byte {
+	b := []byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[`)
+	for i, s := range subjects {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = fmt.Appendf(b, `{"name":%q,"digest":{"sha256":%q}}`, s, digestOf(s))
+	}
+	return append(b, `],"predicateType":"https://slsa.dev/provenance/v1","predicate":{}}`...)
+}
+
+func digestOf(s string) string {
+	d := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(d[:])
+}
+
+func (a testAgent) sign(t testing.TB, payload []byte) *dssepb.Envelope {
+	t.Helper()
+	env, err := attest.SignEnvelope(payload, a.key)
+	require.NoError(t, err)
+	return env
+}
+
+func submission(t testing.TB, env *dssepb.Envelope, cert *x509.Certificate) Submission {
+	t.Helper()
+	b, err := protojson.Marshal(env)
+	require.NoError(t, err)
+	return Submission{Envelope: b, Certificate: cert.Raw}
+}
+
+// submit signs a statement naming subjects and returns its submission.
+func (a testAgent) submit(t testing.TB, subjects ...string) Submission {
+	t.Helper()
+	return submission(t, a.sign(t, statement(subjects...)), a.cert)
+}
+
+// newLogKey returns a fresh Ed25519 log key.
+func newLogKey(t testing.TB) ed25519.PrivateKey {
+	t.Helper()
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	return priv
+}
+
+func openStore(t testing.TB, path string) *sqlite.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), sqlite.Config{Path: path})
+	require.NoError(t, err)
+	return st
+}
+
+// runningLog is a TransparencyLog with its appender running.
+type runningLog struct {
+	*TransparencyLog
+	stop func() error
+}
+
+func startLog(t testing.TB, cfg TransparencyLogConfig) runningLog {
+	t.Helper()
+	l, err := NewTransparencyLog(context.Background(), cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { stop() }) //nolint:errcheck // tests that care call stop
+	return runningLog{TransparencyLog: l, stop: stop}
+}
+
+// newTestLog starts a log on a fresh SQLite store that knows ca.
+func newTestLog(t testing.TB, ca *testCA, now func() time.Time) runningLog {
+	t.Helper()
+	st := openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))
+	t.Cleanup(func() { st.Close() })
+	l := startLog(t, TransparencyLogConfig{Store: st, Key: newLogKey(t), KeyCreated: time.Now(), Origin: testOrigin, Now: now})
+	if ca != nil {
+		require.NoError(t, l.RecordSigningCA(context.Background(), []*x509.Certificate{ca.cert}))
+	}
+	return l
+}
+
+// checkEntry verifies te as a verifier would: the body commits to sub, the
+// inclusion proof leads to the root of a checkpoint signed by the log.
+func checkEntry(t testing.TB, l *TransparencyLog, te *rekorpb.TransparencyLogEntry, sub Submission) tlog.Checkpoint {
+	t.Helper()
+	body, err := tlog.ParseBody(te.GetCanonicalizedBody())
+	require.NoError(t, err)
+	var env dssepb.Envelope
+	require.NoError(t, protojson.Unmarshal(sub.Envelope, &env))
+	require.NoError(t, body.Matches(&env, sub.Certificate))
+	require.Equal(t, body.IntegratedTime, te.GetIntegratedTime())
+	require.Equal(t, tlog.EntryKind, te.GetKindVersion().GetKind())
+	require.Equal(t, tlog.EntryVersion, te.GetKindVersion().GetVersion())
+	logID, err := tlog.LogID(l.PublicKey())
+	require.NoError(t, err)
+	require.Equal(t, logID, te.GetLogId().GetKeyId())
+
+	p := te.GetInclusionProof()
+	require.Equal(t, te.GetLogIndex(), p.GetLogIndex())
+	cp, err := tlog.OpenCheckpoint([]byte(p.GetCheckpoint().GetEnvelope()), l.Origin(), l.PublicKey())
+	require.NoError(t, err)
+	require.Equal(t, uint64(p.GetTreeSize()), cp.Size)
+	require.Equal(t, p.GetRootHash(), cp.Root)
+	require.NoError(t, tlog.VerifyInclusion(uint64(p.GetLogIndex()), cp.Size, tlog.LeafHash(te.GetCanonicalizedBody()), p.GetHashes(), cp.Root))
+	return cp
+}
+
+func submitOne(t testing.TB, l *TransparencyLog, id spiffeid.ID, sub Submission) SubmitResult {
+	t.Helper()
+	res, err := l.Submit(context.Background(), id, []Submission{sub})
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	return res[0]
+}
+
+func TestLogProofsAcrossSizesAndReopen(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	path := filepath.Join(t.TempDir(), "hallmark.db")
+	key := newLogKey(t)
+
+	st := openStore(t, path)
+	l := startLog(t, TransparencyLogConfig{Store: st, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+	require.NoError(t, l.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
+
+	// The empty log has a signed checkpoint of size 0.
+	cp0, err := tlog.OpenCheckpoint(l.Checkpoint(), testOrigin, l.PublicKey())
+	require.NoError(t, err)
+	require.Equal(t, uint64(0), cp0.Size)
+	require.Equal(t, tlog.Hasher.EmptyRoot(), cp0.Root)
+
+	checkpoints := []tlog.Checkpoint{cp0} // one per tree size reached
+	var leaves [][]byte
+	const total, reopenAt = 300, 150
+	n, reopened := 0, false
+	for batch := 1; n < total; batch = batch%7 + 1 {
+		if n >= reopenAt && !reopened {
+			// Reopen once: stop the appender, close the store, open both again.
+			reopened = true
+			require.NoError(t, l.stop())
+			require.NoError(t, st.Close())
+			st = openStore(t, path)
+			l = startLog(t, TransparencyLogConfig{Store: st, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+			reopened, err := tlog.OpenCheckpoint(l.Checkpoint(), testOrigin, l.PublicKey())
+			require.NoError(t, err)
+			require.Equal(t, checkpoints[len(checkpoints)-1], reopened, "the reopened log continues from its latest checkpoint")
+		}
+		k := min(batch, total-n)
+		var subs []Submission
+		for range k {
+			subs = append(subs, agent.submit(t, fmt.Sprintf("artifact-%d", n+len(subs))))
+		}
+		res, err := l.Submit(ctx, agentID, subs)
+		require.NoError(t, err)
+		var cp tlog.Checkpoint
+		for i, r := range res {
+			require.NoError(t, r.Refusal)
+			require.Equal(t, int64(n+i), r.Entry.GetLogIndex(), "indexes follow submission order")
+			cp = checkEntry(t, l.TransparencyLog, r.Entry, subs[i])
+			require.Equal(t, uint64(n+k), cp.Size, "one batch, one checkpoint")
+			leaves = append(leaves, tlog.LeafHash(r.Entry.GetCanonicalizedBody()))
+		}
+		n += k
+		checkpoints = append(checkpoints, cp)
+
+		// Every earlier checkpoint is consistent with this one, by a proof
+		// made from stored nodes; so is every entry's stored proof.
+		for _, old := range checkpoints {
+			hashes, err := l.ConsistencyProof(ctx, old.Size, cp.Size)
+			require.NoError(t, err)
+			require.NoError(t, tlog.VerifyConsistency(old.Size, cp.Size, hashes, old.Root, cp.Root), "consistency %d -> %d", old.Size, cp.Size)
+		}
+	}
+	require.Equal(t, total, len(leaves))
+
+	// At the end, every entry proves from the store against the head.
+	head, err := tlog.OpenCheckpoint(l.Checkpoint(), testOrigin, l.PublicKey())
+	require.NoError(t, err)
+	require.Equal(t, uint64(total), head.Size)
+	for i := range total {
+		nodes, err := buildProof(uint64(i), head.Size, func(ids []compact.NodeID) ([][]byte, error) { return st.Nodes(ctx, storeIDs(ids)) })
+		require.NoError(t, err)
+		require.NoError(t, tlog.VerifyInclusion(uint64(i), head.Size, leaves[i], nodes, head.Root), "entry %d", i)
+	}
+	// And consistency between any two sizes, not only checkpointed ones.
+	for from := uint64(0); from <= total; from += 13 {
+		for _, to := range []uint64{from, from + 1, total} {
+			if to > total {
+				continue
+			}
+			hashes, err := l.ConsistencyProof(ctx, from, to)
+			require.NoError(t, err)
+			require.NoError(t, tlog.VerifyConsistency(from, to, hashes, rootOfLeaves(leaves[:from]), rootOfLeaves(leaves[:to])))
+		}
+	}
+	_, err = l.ConsistencyProof(ctx, 0, total+1)
+	require.Error(t, err)
+	require.NoError(t, l.stop())
+	require.NoError(t, st.Close())
+}
+
+// rootOfLeaves computes a tree root independently of the log.
+func rootOfLeaves(leaves [][]byte) []byte {
+	if len(leaves) == 0 {
+		return tlog.Hasher.EmptyRoot()
+	}
+	r := rangeFactory.NewEmptyRange(0)
+	for _, l := range leaves {
+		if err := r.Append(l, nil); err != nil {
+			panic(err)
+		}
+	}
+	root, err := r.GetRootHash(nil)
+	if err != nil {
+		panic(err)
+	}
+	return root
+}
+
+func TestLogReopenRefusesAnotherKeyOrOrigin(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "hallmark.db")
+	key := newLogKey(t)
+	st := openStore(t, path)
+	l := startLog(t, TransparencyLogConfig{Store: st, Key: key, Origin: testOrigin})
+	require.NoError(t, l.stop())
+	defer st.Close()
+
+	_, err := NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: newLogKey(t), Origin: testOrigin})
+	require.ErrorContains(t, err, "does not verify with this log key and origin")
+	_, err = NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: key, Origin: "hallmark/other.org"})
+	require.ErrorContains(t, err, "does not verify with this log key and origin")
+	_, err = NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: key, Origin: testOrigin})
+	require.NoError(t, err)
+
+	for _, bad := range []string{"", "https://hallmark/example.org", "hallmark example.org", "hallmark+example.org", "a\nb", "hallmark/example.org/"} {
+		_, err := NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: key, Origin: bad})
+		require.Error(t, err, "origin %q", bad)
+	}
+}
+
+func TestSubmitChecks(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	inter := ca.intermediate(t, "issuing CA")
+	unknownCA := newTestCA(t, "unknown CA")
+	agent := newTestAgent(t, ca, agentID)
+
+	// A self-signed leaf naming the agent.
+	selfKey := newP256(t)
+	selfTmpl := leafTemplate(agentID)
+	selfSigned := createCert(t, selfTmpl, selfTmpl, selfKey.Public(), selfKey)
+
+	// A certificate that expired before now.
+	expiredTmpl := leafTemplate(agentID)
+	expiredTmpl.NotBefore, expiredTmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(-time.Minute)
+	expired := ca.issue(t, expiredTmpl, agent.key.Public())
+
+	// A leaf without the code-signing usage.
+	serverTmpl := leafTemplate(agentID)
+	serverTmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	noCodeSigning := ca.issue(t, serverTmpl, agent.key.Public())
+
+	// An intermediate the server never recorded.
+	viaInter := inter.issue(t, leafTemplate(agentID), agent.key.Public())
+
+	l := newTestLog(t, ca, nil)
+
+	good := agent.submit(t, "good")
+	badSig := agent.sign(t, statement("bad signature"))
+	badSig.Signatures[0].Sig[len(badSig.Signatures[0].Sig)-1] ^= 1
+	twoSigs := agent.sign(t, statement("two"))
+	twoSigs.Signatures = append(twoSigs.Signatures, twoSigs.Signatures[0])
+	notStatement := agent.sign(t, []byte(`{"_type":"https://in-toto.io/Statement/v0.1","subject":[]}`))
+	notJSON := agent.sign(t, []byte(`not json`))
+	otherType := agent.sign(t, statement("x"))
+	otherType.PayloadType = "text/plain"
+	other := newTestAgent(t, ca, otherID)
+
+	tests := []struct {
+		name    string
+		caller  spiffeid.ID
+		sub     Submission
+		wantErr string // refusal substring; empty: accepted
+	}{
+		{name: "valid", caller: agentID, sub: good},
+		{name: "bad signature", caller: agentID, sub: submission(t, badSig, agent.cert), wantErr: "signature does not verify"},
+		{name: "foreign SPIFFE ID", caller: otherID, sub: agent.submit(t, "foreign"), wantErr: "but the caller is " + otherID.String()},
+		{name: "another agent's valid entry", caller: agentID, sub: other.submit(t, "other"), wantErr: "an agent logs only its own signatures"},
+		{name: "unknown root", caller: agentID, sub: submission(t, agent.sign(t, statement("u")), unknownCA.issue(t, leafTemplate(agentID), agent.key.Public())), wantErr: "does not chain to a signing CA"},
+		{name: "self-signed", caller: agentID, sub: submission(t, selfKeySign(t, selfKey), selfSigned), wantErr: "does not chain to a signing CA"},
+		{name: "unrecorded intermediate", caller: agentID, sub: submission(t, agent.sign(t, statement("i")), viaInter), wantErr: "does not chain to a signing CA"},
+		{name: "expired at the integrated time", caller: agentID, sub: submission(t, agent.sign(t, statement("e")), expired), wantErr: "expired"},
+		{name: "not for code signing", caller: agentID, sub: submission(t, agent.sign(t, statement("c")), noCodeSigning), wantErr: "does not chain"},
+		{name: "CA certificate as the signer", caller: agentID, sub: Submission{Envelope: good.Envelope, Certificate: ca.cert.Raw}, wantErr: "is a CA certificate"},
+		{name: "two signatures", caller: agentID, sub: submission(t, twoSigs, agent.cert), wantErr: "2 signatures"},
+		{name: "other payload type", caller: agentID, sub: submission(t, otherType, agent.cert), wantErr: "payload type"},
+		{name: "not a statement v1", caller: agentID, sub: submission(t, notStatement, agent.cert), wantErr: "_type"},
+		{name: "not JSON", caller: agentID, sub: submission(t, notJSON, agent.cert), wantErr: "not an in-toto statement"},
+		{name: "envelope garbage", caller: agentID, sub: Submission{Envelope: []byte("{"), Certificate: agent.cert.Raw}, wantErr: "envelope"},
+		{name: "envelope unknown field", caller: agentID, sub: Submission{Envelope: []byte(`{"payload":"e30=","surprise":1}`), Certificate: agent.cert.Raw}, wantErr: "envelope"},
+		{name: "no envelope", caller: agentID, sub: Submission{Certificate: agent.cert.Raw}, wantErr: "no envelope"},
+		{name: "oversize envelope", caller: agentID, sub: Submission{Envelope: make([]byte, MaxEnvelopeSize+1), Certificate: agent.cert.Raw}, wantErr: "more than"},
+		{name: "certificate garbage", caller: agentID, sub: Submission{Envelope: good.Envelope, Certificate: []byte("x")}, wantErr: "certificate"},
+		{name: "no certificate", caller: agentID, sub: Submission{Envelope: good.Envelope}, wantErr: "no certificate"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := submitOne(t, l.TransparencyLog, tt.caller, tt.sub)
+			if tt.wantErr == "" {
+				require.NoError(t, r.Refusal)
+				checkEntry(t, l.TransparencyLog, r.Entry, tt.sub)
+				return
+			}
+			require.Nil(t, r.Entry)
+			require.ErrorContains(t, r.Refusal, tt.wantErr)
+		})
+	}
+
+	t.Run("duplicate returns the existing entry", func(t *testing.T) {
+		first := submitOne(t, l.TransparencyLog, agentID, good)
+		require.NoError(t, first.Refusal)
+		// Another entry grows the tree in between.
+		require.NoError(t, submitOne(t, l.TransparencyLog, agentID, agent.submit(t, "later")).Refusal)
+		again := submitOne(t, l.TransparencyLog, agentID, good)
+		require.NoError(t, again.Refusal)
+		require.Equal(t, first.Entry.GetLogIndex(), again.Entry.GetLogIndex())
+		require.Equal(t, first.Entry.GetCanonicalizedBody(), again.Entry.GetCanonicalizedBody())
+		cp := checkEntry(t, l.TransparencyLog, again.Entry, good)
+		require.Greater(t, cp.Size, uint64(first.Entry.GetInclusionProof().GetTreeSize()), "proved against the newer tree")
+
+		// A logged entry and new ones in one call: the batch is retried
+		// without the logged one.
+		fresh1, fresh2 := agent.submit(t, "fresh 1"), agent.submit(t, "fresh 2")
+		res, err := l.Submit(ctx, agentID, []Submission{fresh1, good, fresh2})
+		require.NoError(t, err)
+		require.Equal(t, first.Entry.GetLogIndex(), res[1].Entry.GetLogIndex())
+		require.Equal(t, res[0].Entry.GetLogIndex()+1, res[2].Entry.GetLogIndex(), "no gap where the duplicate was")
+		for i, sub := range []Submission{fresh1, good, fresh2} {
+			checkEntry(t, l.TransparencyLog, res[i].Entry, sub)
+		}
+
+		// Twice in one call: one entry.
+		dup := agent.submit(t, "twice")
+		res, err = l.Submit(ctx, agentID, []Submission{dup, dup})
+		require.NoError(t, err)
+		require.Equal(t, res[0].Entry.GetLogIndex(), res[1].Entry.GetLogIndex())
+		checkEntry(t, l.TransparencyLog, res[1].Entry, dup)
+	})
+
+	t.Run("results keep request order", func(t *testing.T) {
+		subs := []Submission{agent.submit(t, "o1"), {Envelope: []byte("{")}, agent.submit(t, "o2")}
+		res, err := l.Submit(ctx, agentID, subs)
+		require.NoError(t, err)
+		require.NoError(t, res[0].Refusal)
+		require.Error(t, res[1].Refusal)
+		require.NoError(t, res[2].Refusal)
+		require.Equal(t, res[0].Entry.GetLogIndex()+1, res[2].Entry.GetLogIndex())
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		head, err := tlog.OpenCheckpoint(l.Checkpoint(), testOrigin, l.PublicKey())
+		require.NoError(t, err)
+		appended := counterValue(t, l.metrics.appends.WithLabelValues(appendAppended))
+		require.Equal(t, float64(head.Size), appended)
+		require.Positive(t, counterValue(t, l.metrics.appends.WithLabelValues(appendDuplicate)))
+		require.Positive(t, counterValue(t, l.metrics.appends.WithLabelValues(appendRefused)))
+		var m dto.Metric
+		require.NoError(t, l.metrics.size.Write(&m))
+		require.Equal(t, float64(head.Size), m.GetGauge().GetValue())
+	})
+}
+
+// selfKeySign signs a statement with a bare key.
+func selfKeySign(t testing.TB, key *ecdsa.PrivateKey) *dssepb.Envelope {
+	t.Helper()
+	env, err := attest.SignEnvelope(statement("self"), key)
+	require.NoError(t, err)
+	return env
+}
+
+// TestSubmitValidityAtIntegratedTime: the certificate must be valid when
+// the entry is integrated, not only when it was checked; and an entry
+// logged while its certificate was valid is still returned later.
+func TestSubmitValidityAtIntegratedTime(t *testing.T) {
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+
+	var mu sync.Mutex
+	next := time.Now
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return next() }
+	set := func(f func() time.Time) { mu.Lock(); next = f; mu.Unlock() }
+	l := newTestLog(t, ca, now)
+
+	logged := agent.submit(t, "before expiry")
+	first := submitOne(t, l.TransparencyLog, agentID, logged)
+	require.NoError(t, first.Refusal)
+
+	// The checks pass at one time (Submit reads the clock once), the
+	// batch is integrated (the appender reads it once more) a second
+	// after the certificate expired.
+	edge := agent.cert.NotAfter
+	calls := 0
+	set(func() time.Time {
+		calls++
+		if calls == 1 {
+			return edge
+		}
+		return edge.Add(time.Second)
+	})
+	late := submitOne(t, l.TransparencyLog, agentID, agent.submit(t, "too late"))
+	require.Nil(t, late.Entry)
+	require.ErrorContains(t, late.Refusal, "not valid at the integrated time")
+
+	// After expiry, the logged entry is still found; a new one is refused.
+	set(func() time.Time { return agent.cert.NotAfter.Add(time.Hour) })
+	again := submitOne(t, l.TransparencyLog, agentID, logged)
+	require.NoError(t, again.Refusal)
+	require.Equal(t, first.Entry.GetLogIndex(), again.Entry.GetLogIndex())
+	checkEntry(t, l.TransparencyLog, again.Entry, logged)
+	r := submitOne(t, l.TransparencyLog, agentID, agent.submit(t, "new after expiry"))
+	require.ErrorContains(t, r.Refusal, "expired")
+}
+
+func TestSubmitConcurrent(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	l := newTestLog(t, ca, nil)
+	const submitters, each = 16, 12
+	agents := make([]testAgent, submitters)
+	for i := range agents {
+		agents[i] = newTestAgent(t, ca, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/hallmark/agent/r%d", i)))
+	}
+	type got struct {
+		sub Submission
+		te  *rekorpb.TransparencyLogEntry
+	}
+	results := make(chan got, submitters*each)
+	var wg sync.WaitGroup
+	for i := range submitters {
+		wg.Go(func() {
+			a := agents[i]
+			for j := range each {
+				sub := a.submit(t, fmt.Sprintf("%d-%d", i, j))
+				res, err := l.Submit(ctx, a.id, []Submission{sub})
+				if err != nil || res[0].Refusal != nil {
+					t.Errorf("submit: %v %v", err, res)
+					return
+				}
+				results <- got{sub, res[0].Entry}
+			}
+		})
+	}
+	wg.Wait()
+	close(results)
+	seen := make(map[int64]bool)
+	for g := range results {
+		checkEntry(t, l.TransparencyLog, g.te, g.sub)
+		require.False(t, seen[g.te.GetLogIndex()], "index %d twice", g.te.GetLogIndex())
+		seen[g.te.GetLogIndex()] = true
+	}
+	require.Len(t, seen, submitters*each)
+	for i := range int64(submitters * each) {
+		require.True(t, seen[i], "index %d missing", i)
+	}
+}
+
+func TestSubmitWhenStopped(t *testing.T) {
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	l := newTestLog(t, ca, nil)
+	require.NoError(t, l.stop())
+	_, err := l.Submit(context.Background(), agentID, []Submission{agent.submit(t, "x")})
+	require.True(t, errors.Is(err, errLogStopped), "got %v", err)
+}

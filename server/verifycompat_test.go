@@ -1,0 +1,87 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify"
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+// TestLoggedBundleVerifiesOffline closes the loop with package
+// attest/verify: a bundle completed with the entry SubmitEntries returned
+// verifies against the trusted root the server serves, and the baseUrl
+// rule gives back the log's origin.
+func TestLoggedBundleVerifiesOffline(t *testing.T) {
+	ctx := withCaller(context.Background(), agentID)
+	root := newTestCA(t, "root CA")
+	inter := root.intermediate(t, "issuing CA")
+	km := chainKeyManager(t, root, inter)
+	ls := newLogServer(t, km)
+	svc := &agentService{s: ls.s, km: km, tlog: ls.tl}
+
+	origin, err := verify.CheckpointOrigin(LogBaseURL(ls.tl.Origin()))
+	require.NoError(t, err)
+	require.Equal(t, ls.tl.Origin(), origin)
+
+	key := newP256(t)
+	issued, err := svc.IssueSigningCertificate(ctx, &serverv1.IssueSigningCertificateRequest{Csr: makeCSR(t, key, nil)})
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(issued.GetCertificateChain()[0])
+	require.NoError(t, err)
+
+	product := []byte("the product")
+	sum := sha256.Sum256(product)
+	now := time.Now()
+	bundleJSON, err := attest.Sign(attest.Step{
+		Name: "build", Workspace: "/w", Products: []attest.Artifact{{Name: "app", SHA256: hex.EncodeToString(sum[:])}},
+		BuilderID: agentID.String(), StartedOn: now, FinishedOn: now,
+	}, key, leaf)
+	require.NoError(t, err)
+	b, err := attest.ParseBundle(bundleJSON)
+	require.NoError(t, err)
+	env, err := protojson.Marshal(b.GetDsseEnvelope())
+	require.NoError(t, err)
+
+	resp, err := svc.SubmitEntries(ctx, &serverv1.SubmitEntriesRequest{Entries: []*serverv1.LogSubmission{{Envelope: env, Certificate: leaf.Raw}}})
+	require.NoError(t, err)
+	require.Empty(t, resp.GetResults()[0].GetError())
+	var te rekorpb.TransparencyLogEntry
+	require.NoError(t, protojson.Unmarshal(resp.GetResults()[0].GetTlogEntry(), &te))
+	b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&te}
+	logged, err := protojson.Marshal(b)
+	require.NoError(t, err)
+
+	mux := http.NewServeMux()
+	ls.tl.registerHTTP(mux, zap.NewNop())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	_, _, trJSON := httpGet(t, srv.URL+"/trust/trusted_root.json")
+	tr, err := verify.ParseTrustedRoot(trJSON)
+	require.NoError(t, err)
+
+	res, err := verify.Verify(logged, []verify.Digest{verify.DigestBytes("app", product)}, verify.Options{TrustedRoot: tr})
+	require.NoError(t, err)
+	require.Equal(t, agentID.String(), res.BuilderID)
+	require.Equal(t, te.GetLogIndex(), res.LogIndex)
+	require.Equal(t, te.GetIntegratedTime(), res.IntegratedTime.Unix())
+
+	// A bundle without the entry does not verify.
+	b.VerificationMaterial.TlogEntries = nil
+	unlogged, err := protojson.Marshal(b)
+	require.NoError(t, err)
+	_, err = verify.Verify(unlogged, []verify.Digest{verify.DigestBytes("app", product)}, verify.Options{TrustedRoot: tr})
+	require.Error(t, err)
+}
