@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -46,4 +47,40 @@ func TestVerifyLoggedBundle(t *testing.T) {
 	text, code = verify("app.tampered")
 	require.Equal(t, 1, code, "verify: %s", text)
 	require.Contains(t, text, "subject")
+}
+
+// hallmark search finds a logged attestation by digest and rebuilds a
+// bundle that verifies.
+func TestSearchByDigest(t *testing.T) {
+	t.Parallel()
+	ws := workspace(t, map[string]string{"lib.so": "library " + t.Name()})
+	attestCmd := exec.Command(stack.Bins.CLI, "attest", "--socket", stack.Agent.Socket, "--step", "test", "--wait-log",
+		"--product", "lib.so", "--out", filepath.Join(ws, "orig.json"))
+	attestCmd.Dir = ws
+	output, err := attestCmd.CombinedOutput()
+	require.NoError(t, err, "output: %s", output)
+	sum := sha256sum(t, ws, "lib.so")[0] // "lib.so HEX"
+	digest := "sha256:" + sum[len("lib.so "):]
+
+	found := filepath.Join(ws, "found")
+	search := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", digest, "--out-dir", found)
+	output, err = search.CombinedOutput()
+	require.NoError(t, err, "output: %s", output)
+	matches, err := filepath.Glob(filepath.Join(found, "*.hallmark.json"))
+	require.NoError(t, err)
+	require.Len(t, matches, 1, "output: %s", output)
+
+	root, err := stack.Server.Get(context.Background(), "/trust/trusted_root.json")
+	require.NoError(t, err)
+	rootFile := filepath.Join(ws, "trusted_root.json")
+	require.NoError(t, os.WriteFile(rootFile, root, 0o644))
+	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, "lib.so"), "--bundle", matches[0], "--trusted-root", rootFile)
+	output, err = verify.CombinedOutput()
+	require.NoError(t, err, "verify: %s", output)
+
+	none := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", "sha256:"+strings.Repeat("0", 64), "--out-dir", found)
+	output, err = none.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "output: %s", output)
+	require.Equal(t, 1, ee.ExitCode())
 }

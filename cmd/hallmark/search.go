@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/attest"
+)
+
+// searchPage is GET /log/entries's answer (docs/log.md).
+type searchPage struct {
+	Entries []struct {
+		TlogEntry    json.RawMessage `json:"tlogEntry"`
+		DSSEEnvelope json.RawMessage `json:"dsseEnvelope"`
+		Certificate  string          `json:"certificate"`
+		SPIFFEID     string          `json:"spiffeId"`
+	} `json:"entries"`
+	Next *int64 `json:"next"`
+}
+
+func searchCmd() *cobra.Command {
+	var server, digest, outDir string
+	cmd := &cobra.Command{
+		Use:   "search --digest sha256:HEX [--server http://HOST:PORT] [--out-dir DIR]",
+		Short: "Find logged attestations of an artifact and rebuild their bundles",
+		Long: `Asks hallmark-server's log (GET /log/entries on its health_address) for
+every entry whose statement names a subject with the digest, and writes each
+as a complete Sigstore bundle (DSSE envelope, certificate, log entry) that
+'hallmark verify' checks offline. Nothing fetched is trusted until verified.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			hexDigest, ok := strings.CutPrefix(digest, "sha256:")
+			if !ok || len(hexDigest) != 64 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "hallmark search: --digest must be sha256: followed by 64 hex digits")
+				return &exitError{code: 2}
+			}
+			if err := os.MkdirAll(outDir, 0o755); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), time.Minute)
+			defer cancel()
+			found := 0
+			for start := int64(0); ; {
+				page, err := fetchPage(ctx, server, digest, start)
+				if err != nil {
+					return err
+				}
+				for _, e := range page.Entries {
+					b, index, err := rebuildBundle(e.TlogEntry, e.DSSEEnvelope, e.Certificate)
+					if err != nil {
+						return fmt.Errorf("entry from the server: %w", err)
+					}
+					path := filepath.Join(outDir, fmt.Sprintf("%s.%d.hallmark.json", hexDigest[:12], index))
+					if err := os.WriteFile(path, b, 0o644); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "%s  log index %d  builder %s\n", path, index, e.SPIFFEID)
+					found++
+				}
+				if page.Next == nil {
+					break
+				}
+				start = *page.Next
+			}
+			if found == 0 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "hallmark search: no logged attestation names "+digest)
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	def := os.Getenv("HALLMARK_SERVER_HEALTH_ADDR")
+	if def != "" && !strings.Contains(def, "://") {
+		def = "http://" + def
+	}
+	cmd.Flags().StringVar(&server, "server", def, "hallmark-server's HTTP address (env HALLMARK_SERVER_HEALTH_ADDR)")
+	cmd.Flags().StringVar(&digest, "digest", "", "the artifact's digest, sha256:HEX")
+	cmd.Flags().StringVar(&outDir, "out-dir", ".", "where to write the bundles")
+	return cmd
+}
+
+func fetchPage(ctx context.Context, server, digest string, start int64) (*searchPage, error) {
+	if server == "" {
+		return nil, errors.New("no server: set --server or HALLMARK_SERVER_HEALTH_ADDR")
+	}
+	u := fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(server, "/"), url.QueryEscape(digest), start)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("search %s: %w", server, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("search %s: %s: %s", server, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var page searchPage
+	if err := json.Unmarshal(body, &page); err != nil {
+		return nil, fmt.Errorf("search answer: %w", err)
+	}
+	return &page, nil
+}
+
+// rebuildBundle assembles a v0.3 bundle from a log entry, its envelope and
+// its certificate.
+func rebuildBundle(tlogJSON, envJSON json.RawMessage, certB64 string) ([]byte, int64, error) {
+	var entry rekorpb.TransparencyLogEntry
+	if err := protojson.Unmarshal(tlogJSON, &entry); err != nil {
+		return nil, 0, fmt.Errorf("tlog entry: %w", err)
+	}
+	var env dssepb.Envelope
+	if err := protojson.Unmarshal(envJSON, &env); err != nil {
+		return nil, 0, fmt.Errorf("envelope: %w", err)
+	}
+	cert, err := base64.StdEncoding.DecodeString(certB64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("certificate: %w", err)
+	}
+	b := &bundlepb.Bundle{
+		MediaType: attest.BundleMediaType,
+		VerificationMaterial: &bundlepb.VerificationMaterial{
+			Content:     &bundlepb.VerificationMaterial_Certificate{Certificate: &commonpb.X509Certificate{RawBytes: cert}},
+			TlogEntries: []*rekorpb.TransparencyLogEntry{&entry},
+		},
+		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
+	}
+	out, err := protojson.Marshal(b)
+	return out, entry.GetLogIndex(), err
+}
