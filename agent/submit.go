@@ -88,24 +88,24 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 	if len(resp.GetResults()) != len(items) {
 		return fmt.Errorf("submit entries: %d results for %d entries", len(resp.GetResults()), len(items))
 	}
+	settled := make([]outbox.Settlement, 0, len(items))
 	for i, res := range resp.GetResults() {
 		it := items[i]
 		if res.GetError() != "" {
 			a.metrics.logSubmissions.WithLabelValues(resultDenied).Inc()
 			a.log.Error("The log refused an attestation; it will not be retried",
 				zap.String(logInvocationID, it.ID), zap.String(logReason, res.GetError()))
-			if err := a.outbox.MarkRefused(it.ID, res.GetError()); err != nil {
-				return err
-			}
+			settled = append(settled, outbox.Settlement{ID: it.ID, Reason: res.GetError()})
 			continue
 		}
-		if _, err := withTlogEntry(it.Bundle, res.GetTlogEntry()); err != nil {
-			return fmt.Errorf("server answer for %s: %w", it.ID, err)
+		if err := protojson.Unmarshal(res.GetTlogEntry(), &rekorpb.TransparencyLogEntry{}); err != nil {
+			return fmt.Errorf("server answer for %s: log entry: %w", it.ID, err)
 		}
-		if err := a.outbox.MarkLogged(it.ID, res.GetTlogEntry()); err != nil {
-			return err
-		}
+		settled = append(settled, outbox.Settlement{ID: it.ID, TlogJSON: res.GetTlogEntry()})
 		a.metrics.logSubmissions.WithLabelValues("logged").Inc()
+	}
+	if err := a.outbox.Settle(settled); err != nil {
+		return err
 	}
 	a.metrics.outboxQueued.Set(float64(a.outbox.Len()))
 	return nil

@@ -73,15 +73,20 @@ type Outbox struct {
 	path string
 	opts Options
 
-	mu      sync.Mutex
-	cond    *sync.Cond // broadcast when an item changes state
-	items   map[string]*Item
-	order   []string // pending IDs, oldest first
-	file    *os.File
-	size    int64
-	queue   []pendingWrite
-	writing bool
-	closed  bool
+	mu       sync.Mutex
+	cond     *sync.Cond // broadcast when an item changes state
+	items    map[string]*Item
+	order    []string // IDs in arrival order; settled ones are skipped lazily
+	npending int
+	// compactAt is the size that triggers the next rewrite: at least
+	// twice what the last rewrite kept, so retained items never make
+	// every write a rewrite.
+	compactAt int64
+	file     *os.File
+	size     int64
+	queue    []pendingWrite
+	writing  bool
+	closed   bool
 }
 
 type pendingWrite struct {
@@ -162,6 +167,7 @@ func (o *Outbox) apply(rec record) {
 		it.State = Pending
 		o.items[it.ID] = &it
 		o.order = append(o.order, it.ID)
+		o.npending++
 	case "logged", "refused":
 		it := o.items[rec.ID]
 		if it == nil || it.State != Pending {
@@ -175,15 +181,13 @@ func (o *Outbox) apply(rec record) {
 		if rec.At != 0 {
 			it.Created = rec.At // retention counts from settlement
 		}
-		o.removeFromOrder(rec.ID)
-	}
-}
-
-func (o *Outbox) removeFromOrder(id string) {
-	for i, x := range o.order {
-		if x == id {
-			o.order = append(o.order[:i], o.order[i+1:]...)
-			return
+		o.npending--
+		// Drop settled IDs from the front; the rest are skipped lazily.
+		for len(o.order) > 0 {
+			if head := o.items[o.order[0]]; head != nil && head.State == Pending {
+				break
+			}
+			o.order = o.order[1:]
 		}
 	}
 }
@@ -199,6 +203,13 @@ func (o *Outbox) rewrite() error {
 	w := bufio.NewWriter(f)
 	var size int64
 	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
+	var order []string
+	for _, id := range o.order {
+		if it := o.items[id]; it != nil && it.State == Pending {
+			order = append(order, id)
+		}
+	}
+	o.order = order
 	for id, it := range o.items {
 		if it.State != Pending && it.Created < cutoff {
 			delete(o.items, id)
@@ -245,6 +256,7 @@ func (o *Outbox) rewrite() error {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	o.size = size
+	o.compactAt = max(o.opts.CompactAt, 2*size)
 	return nil
 }
 
@@ -277,9 +289,17 @@ func syncDir(dir string) error {
 // write appends rec durably. Concurrent writers are committed together:
 // the first becomes the leader and writes and fsyncs everyone's records.
 func (o *Outbox) write(rec record, apply func()) error {
-	b, err := frame(rec)
-	if err != nil {
-		return err
+	return o.writeMany([]record{rec}, apply)
+}
+
+func (o *Outbox) writeMany(recs []record, apply func()) error {
+	var b []byte
+	for _, rec := range recs {
+		f, err := frame(rec)
+		if err != nil {
+			return err
+		}
+		b = append(b, f...)
 	}
 	done := make(chan error, 1)
 	o.mu.Lock()
@@ -304,7 +324,7 @@ func (o *Outbox) flush() {
 		o.queue = nil
 		if len(batch) == 0 {
 			o.writing = false
-			if o.size > o.opts.CompactAt {
+			if o.size > o.compactAt {
 				if err := o.rewrite(); err != nil {
 					o.size = 0 // retry at the next threshold crossing
 				}
@@ -357,6 +377,7 @@ func (o *Outbox) Put(it Item) error {
 		if o.items[it.ID] == nil {
 			o.items[it.ID] = &it
 			o.order = append(o.order, it.ID)
+			o.npending++
 		}
 	})
 }
@@ -381,10 +402,14 @@ func (o *Outbox) MarkRefused(id, reason string) error {
 func (o *Outbox) Pending(max int) []Item {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	n := min(max, len(o.order))
-	out := make([]Item, n)
-	for i, id := range o.order[:n] {
-		out[i] = *o.items[id]
+	out := make([]Item, 0, min(max, o.npending))
+	for _, id := range o.order {
+		if len(out) == max {
+			break
+		}
+		if it := o.items[id]; it != nil && it.State == Pending {
+			out = append(out, *it)
+		}
 	}
 	return out
 }
@@ -393,7 +418,35 @@ func (o *Outbox) Pending(max int) []Item {
 func (o *Outbox) Len() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return len(o.order)
+	return o.npending
+}
+
+// Settlement is what the log said of one item: its entry, or a refusal.
+type Settlement struct {
+	ID       string
+	TlogJSON []byte // set when logged
+	Reason   string // set when refused
+}
+
+// Settle records many outcomes with one write and one fsync.
+func (o *Outbox) Settle(ss []Settlement) error {
+	if len(ss) == 0 {
+		return nil
+	}
+	at := o.opts.Now().Unix()
+	recs := make([]record, len(ss))
+	for i, st := range ss {
+		if st.Reason != "" {
+			recs[i] = record{Op: "refused", ID: st.ID, Reason: st.Reason, At: at}
+		} else {
+			recs[i] = record{Op: "logged", ID: st.ID, TlogJSON: st.TlogJSON, At: at}
+		}
+	}
+	return o.writeMany(recs, func() {
+		for _, rec := range recs {
+			o.apply(rec)
+		}
+	})
 }
 
 // Get returns the item with id.

@@ -126,3 +126,48 @@ func TestCompactionKeepsLiveDropsExpired(t *testing.T) {
 	require.NoError(t, o.Put(item("new")))
 	require.Equal(t, 26, o.Len())
 }
+
+func TestSettleManyInOneWrite(t *testing.T) {
+	dir := t.TempDir()
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	for i := range 10 {
+		require.NoError(t, o.Put(item(fmt.Sprint(i))))
+	}
+	require.NoError(t, o.Settle([]Settlement{
+		{ID: "0", TlogJSON: []byte("{}")}, {ID: "5", Reason: "refused"}, {ID: "9", TlogJSON: []byte("{}")},
+	}))
+	require.Equal(t, 7, o.Len())
+	var ids []string
+	for _, it := range o.Pending(100) {
+		ids = append(ids, it.ID)
+	}
+	require.Equal(t, []string{"1", "2", "3", "4", "6", "7", "8"}, ids, "oldest first, settled skipped")
+	require.Len(t, o.Pending(2), 2)
+	require.NoError(t, o.Close())
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	require.Equal(t, 7, o.Len())
+	it, _ := o.Get("5")
+	require.Equal(t, Refused, it.State)
+}
+
+func TestCompactionIsNotRepeatedForRetainedItems(t *testing.T) {
+	dir := t.TempDir()
+	o, err := Open(dir, Options{CompactAt: 1 << 10})
+	require.NoError(t, err)
+	defer o.Close()
+	for i := range 300 {
+		id := fmt.Sprint(i)
+		require.NoError(t, o.Put(item(id)))
+		require.NoError(t, o.MarkLogged(id, []byte("{}")))
+	}
+	// Everything is retained (24h), so the file keeps growing; the
+	// threshold grows with it instead of rewriting on every write.
+	o.mu.Lock()
+	size, next := o.size, o.compactAt
+	o.mu.Unlock()
+	require.Greater(t, next, int64(1<<10))
+	require.LessOrEqual(t, size, next)
+}
