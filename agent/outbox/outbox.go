@@ -82,11 +82,11 @@ type Outbox struct {
 	// twice what the last rewrite kept, so retained items never make
 	// every write a rewrite.
 	compactAt int64
-	file     *os.File
-	size     int64
-	queue    []pendingWrite
-	writing  bool
-	closed   bool
+	file      *os.File
+	size      int64
+	queue     []pendingWrite
+	writing   bool
+	closed    bool
 }
 
 type pendingWrite struct {
