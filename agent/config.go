@@ -191,7 +191,9 @@ func localAPIConfig(c *Config, a agentBlock) error {
 		}
 		c.SocketMode = os.FileMode(m)
 	}
-	if a.SocketGroup != "" {
+	if gid, err := strconv.Atoi(a.SocketGroup); err == nil && gid >= 0 {
+		c.SocketGID = gid // a numeric GID needs no entry in /etc/group
+	} else if a.SocketGroup != "" {
 		g, err := user.LookupGroup(a.SocketGroup)
 		if err != nil {
 			if g, err = user.LookupGroupId(a.SocketGroup); err != nil {
