@@ -6,7 +6,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check
 
 build:
 	go build -o bin/ ./cmd/...
@@ -43,8 +43,12 @@ unit:
 e2e: tools
 	go test -count=1 -timeout 30m -v ./test/e2e/...
 
-## test: lint, generated-code check, unit tests under -race, end-to-end on real SPIRE.
-test: lint proto-check unit e2e
+## test: lint, generated-code check, deploy files, unit tests under -race, end-to-end on real SPIRE.
+test: lint proto-check deploy-check unit e2e
+
+## deploy-check: systemd-analyze verify on deploy/systemd, validate of its sample configs.
+deploy-check:
+	@./test/scripts/deploy-check.sh
 
 ## bench: figures against floors measured in the same run (see test/cmd/hallmark-bench).
 bench: tools
