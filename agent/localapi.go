@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
@@ -116,6 +117,7 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 		grpc.UnaryInterceptor(api.logErrors),
 	)
 	agentv1.RegisterWorkloadServiceServer(srv, api)
+	healthpb.RegisterHealthServer(srv, &localHealth{a: a})
 	a.log.Info("Serving the local API", zap.String(logSocket, a.cfg.SocketPath))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
@@ -24,9 +25,16 @@ func (s *Server) policy() map[string]authorizer {
 	return map[string]authorizer{
 		serverv1.AgentService_IssueSigningCertificate_FullMethodName: s.isAgent,
 		serverv1.AgentService_GetPolicy_FullMethodName:               s.isAgent,
+		healthpb.Health_Check_FullMethodName:                         s.isMember,
+		healthpb.Health_List_FullMethodName:                          s.isMember,
+		healthpb.Health_Watch_FullMethodName:                         s.isMember,
 		serverv1.AgentService_SubmitEntries_FullMethodName:           s.isAgent,
 	}
 }
+
+// isMember reports whether id is in the server's trust domain (TLS has
+// already required it; kept explicit here).
+func (s *Server) isMember(id spiffeid.ID) bool { return id.MemberOf(s.cfg.TrustDomain) }
 
 // isAgent reports whether id is an agent: in the trust domain, under the
 // configured path prefix.
@@ -94,3 +102,21 @@ const (
 	logKeyManager = "key_manager"
 	logAddress    = "address"
 )
+
+// streamInterceptor applies the same per-method policy to streaming calls.
+func (s *Server) streamInterceptor(policy map[string]authorizer) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		id, ok := grpccredentials.PeerIDFromContext(ss.Context())
+		if !ok {
+			return status.Error(codes.Unauthenticated, "no X509-SVID presented")
+		}
+		allowed, known := policy[info.FullMethod]
+		if !known || !allowed(id) {
+			s.metrics.denied.WithLabelValues(info.FullMethod).Inc()
+			s.log.Warn("Call denied", zap.String(logMethod, info.FullMethod), zap.String(logCallerID, id.String()),
+				zap.String(logReason, "no authorization policy allows it"))
+			return status.Errorf(codes.PermissionDenied, "%s may not call %s", id, info.FullMethod)
+		}
+		return handler(srv, ss)
+	}
+}

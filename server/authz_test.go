@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -274,11 +275,22 @@ func TestUnaryInterceptorHandlerError(t *testing.T) {
 func TestPolicyCoversEveryMethod(t *testing.T) {
 	s, _ := newAuthzServer(t)
 	policy := s.policy()
-	desc := serverv1.AgentService_ServiceDesc
-	require.Len(t, policy, len(desc.Methods)+len(desc.Streams))
-	for _, m := range desc.Methods {
-		require.Contains(t, policy, "/"+desc.ServiceName+"/"+m.MethodName)
+	n := 0
+	for _, desc := range []grpc.ServiceDesc{serverv1.AgentService_ServiceDesc, healthpb.Health_ServiceDesc} {
+		n += len(desc.Methods) + len(desc.Streams)
+		for _, m := range desc.Methods {
+			require.Contains(t, policy, "/"+desc.ServiceName+"/"+m.MethodName)
+		}
+		for _, st := range desc.Streams {
+			require.Contains(t, policy, "/"+desc.ServiceName+"/"+st.StreamName)
+		}
 	}
+	require.Len(t, policy, n, "no policy for a method nobody serves")
+	// Health is for any member of the trust domain; the agent API for agents.
+	outsider := spiffeid.RequireFromString("spiffe://example.org/test/outsider")
+	require.True(t, policy[healthpb.Health_Check_FullMethodName](outsider))
+	require.False(t, policy[healthpb.Health_Check_FullMethodName](spiffeid.RequireFromString("spiffe://other.org/hallmark/agent/x")))
+	require.False(t, policy[serverv1.AgentService_SubmitEntries_FullMethodName](outsider))
 }
 
 func TestIsAgent(t *testing.T) {

@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	grpchealth "google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/hallmark-dev/hallmark/internal/svidwatch"
@@ -128,12 +130,20 @@ func (s *Server) serve(ctx context.Context) error {
 		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor(s.policy())),
+		grpc.ChainStreamInterceptor(s.streamInterceptor(s.policy())),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge:      s.cfg.MaxConnectionAge,
 			MaxConnectionAgeGrace: 30 * time.Second,
 		}),
 	)
 	serverv1.RegisterAgentServiceServer(grpcServer, &agentService{s: s, km: km, tlog: s.tlog})
+	// gRPC health (grpc.health.v1) for any member of the trust domain:
+	// SERVING once the SVID and the key manager are in place.
+	health := grpchealth.NewServer()
+	health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	health.SetServingStatus(serverv1.AgentService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(grpcServer, health)
+	defer health.Shutdown()
 
 	ln, err := net.Listen("tcp", s.cfg.ListenAddress)
 	if err != nil {
