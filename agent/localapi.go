@@ -218,21 +218,22 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 		zap.Strings(logSPIFFEIDs, id.SPIFFEIDs), zap.Strings(logSelectors, id.Selectors),
 		zap.String(logStep, req.GetStep()), zap.String(logWorkspace, req.GetWorkspace()),
 	)
-	deny := func(code codes.Code, reason string) error {
+	deny := func(code codes.Code, class, reason string) error {
 		a.metrics.attestations.WithLabelValues(resultDenied).Inc()
+		a.metrics.denials.WithLabelValues(class).Inc()
 		api.auditLog.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, reason))...)
 		return status.Error(code, reason)
 	}
 
 	root, err := openRequest(req)
 	if err != nil {
-		return nil, deny(codes.InvalidArgument, err.Error())
+		return nil, deny(codes.InvalidArgument, denyRequest, err.Error())
 	}
 	defer root.Close()
 	workspace := root.Path()
 	rule, err := a.policy().Decide(id, req.GetStep(), workspace)
 	if err != nil {
-		return nil, deny(codes.PermissionDenied, err.Error())
+		return nil, deny(codes.PermissionDenied, denyPolicy, err.Error())
 	}
 	audit = append(audit, zap.String(logRule, rule.Name))
 
@@ -240,23 +241,23 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	// its path meanwhile.
 	products, err := root.Hash(ctx, req.GetProducts(), a.cfg.Limits)
 	if err != nil {
-		return nil, deny(measureCode(err), "products: "+err.Error())
+		return nil, deny(measureCode(err), measureClass(err), "products: "+err.Error())
 	}
 	var materials []measure.Digest
 	if len(req.GetMaterials()) > 0 {
 		if materials, err = root.Hash(ctx, req.GetMaterials(), a.cfg.Limits); err != nil {
-			return nil, deny(measureCode(err), "materials: "+err.Error())
+			return nil, deny(measureCode(err), measureClass(err), "materials: "+err.Error())
 		}
 	}
 	if len(products)+len(materials) > a.cfg.Limits.MaxFiles && a.cfg.Limits.MaxFiles > 0 {
-		return nil, deny(codes.InvalidArgument, fmt.Sprintf("%d files measured, more than the %d allowed", len(products)+len(materials), a.cfg.Limits.MaxFiles))
+		return nil, deny(codes.InvalidArgument, denyLimits, fmt.Sprintf("%d files measured, more than the %d allowed", len(products)+len(materials), a.cfg.Limits.MaxFiles))
 	}
 	if len(products) == 0 {
-		return nil, deny(codes.InvalidArgument, "the products name no files")
+		return nil, deny(codes.InvalidArgument, denyRequest, "the products name no files")
 	}
 	cmdline, err := conn.Cmdline()
 	if err != nil {
-		return nil, deny(codes.PermissionDenied, "caller's command line: "+err.Error())
+		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller's command line: "+err.Error())
 	}
 	for i, arg := range cmdline {
 		// Recorded as seen; bytes that are not UTF-8 cannot travel in JSON.
@@ -273,7 +274,7 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	// The identity, measurements and command line above belong to the
 	// process that connected only if it is still that process.
 	if err := conn.Verify(); err != nil {
-		return nil, deny(codes.PermissionDenied, "caller changed since it connected: "+err.Error())
+		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
 	}
 
 	held, ok := a.keys.current(a.cfg.Now())
@@ -313,6 +314,7 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 		a.metrics.outboxQueued.Set(float64(a.outbox.Len()))
 	}
 	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
+	a.metrics.attestedSteps.WithLabelValues(step.Name).Inc() // names policy granted: bounded
 	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())
 	api.auditLog.Info("Step attested", append(audit,
 		zap.String(logEvent, "step_attested"),
@@ -367,6 +369,26 @@ func openRequest(req *agentv1.AttestStepRequest) (*measure.Root, error) {
 		return nil, fmt.Errorf("workspace: %w", err)
 	}
 	return root, nil
+}
+
+// Denial classes, the reason label of hallmark_agent_attestation_denials_total.
+const (
+	denyRequest       = "invalid_request"
+	denyPolicy        = "policy"
+	denyEscape        = "path_escape"
+	denyLimits        = "limits"
+	denyCallerChanged = "caller_changed"
+)
+
+func measureClass(err error) string {
+	switch {
+	case errors.Is(err, measure.ErrEscapes):
+		return denyEscape
+	case errors.Is(err, measure.ErrTooManyFiles), errors.Is(err, measure.ErrTooLarge):
+		return denyLimits
+	default:
+		return denyRequest
+	}
 }
 
 func measureCode(err error) codes.Code {

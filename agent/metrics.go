@@ -17,6 +17,8 @@ type metrics struct {
 	attestations    *prometheus.CounterVec
 	attestSeconds   prometheus.Histogram
 	logSubmissions  *prometheus.CounterVec
+	denials         *prometheus.CounterVec
+	attestedSteps   *prometheus.CounterVec
 	outboxQueued    prometheus.Gauge
 }
 
@@ -62,6 +64,14 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_log_submissions_total",
 			Help: "Envelopes sent to the transparency log, by result (logged, denied, error).",
 		}, []string{"result"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_attestation_denials_total",
+			Help: "Refused attestation requests by reason (invalid_request, policy, path_escape, limits, caller_changed).",
+		}, []string{"reason"}),
+		attestedSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_attested_steps_total",
+			Help: "Attestations made, by step name (only names policy allowed).",
+		}, []string{"step"}),
 		outboxQueued: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hallmark_agent_outbox_queued",
 			Help: "Signed envelopes on disk waiting to be logged.",
@@ -73,7 +83,7 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
-		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued,
+		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.denials, m.attestedSteps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -70,11 +70,13 @@ func TestMetrics(t *testing.T) {
 
 	// Counters are bumped right after the answers; allow that moment.
 	want := map[string]float64{
-		`hallmark_agent_attestations_total{result="attested"}`:  attested,
-		`hallmark_agent_attestations_total{result="denied"}`:    denied,
-		`hallmark_agent_attestation_seconds_count`:              attested,
-		`hallmark_agent_log_submissions_total{result="logged"}`: attested,
-		`hallmark_agent_outbox_queued`:                          0,
+		`hallmark_agent_attestations_total{result="attested"}`:      attested,
+		`hallmark_agent_attestations_total{result="denied"}`:        denied,
+		`hallmark_agent_attestation_seconds_count`:                  attested,
+		`hallmark_agent_log_submissions_total{result="logged"}`:     attested,
+		`hallmark_agent_outbox_queued`:                              0,
+		`hallmark_agent_attestation_denials_total{reason="policy"}`: denied,
+		`hallmark_agent_attested_steps_total{step="build"}`:         attested,
 	}
 	waitFor(t, "the agent's metrics", 15*time.Second, func() error {
 		body := scrape(t, ag)
