@@ -112,7 +112,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	if cfg.Policy == nil {
-		cfg.Policy, _ = policy.New(nil) // no rules: deny everything
+		cfg.Policy = policy.DenyAll()
 	}
 	if cfg.PolicyRefresh <= 0 {
 		cfg.PolicyRefresh = DefaultPolicyRefresh

@@ -328,17 +328,6 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	return resp, nil
 }
 
-// checkRequest validates the request and returns the workspace with
-// symlinks resolved, which is what policy sees.
-func checkRequest(req *agentv1.AttestStepRequest) (string, error) {
-	root, err := openRequest(req)
-	if err != nil {
-		return "", err
-	}
-	defer root.Close()
-	return root.Path(), nil
-}
-
 // openRequest validates the request and opens its workspace. The root's
 // Path, the workspace with symlinks resolved, is what policy sees, and
 // measuring happens beneath the very directory it names. The caller closes

@@ -14,7 +14,7 @@ import (
 
 // FuzzAttestStepRequest feeds arbitrary bytes through what the agent does
 // with a caller's request before measuring: the protobuf decoding gRPC
-// does, then checkRequest. Whatever passes must be a request the rest of
+// does, then openRequest. Whatever passes must be a request the rest of
 // the pipeline can trust.
 func FuzzAttestStepRequest(f *testing.F) {
 	ws := f.TempDir()
@@ -36,10 +36,12 @@ func FuzzAttestStepRequest(f *testing.F) {
 		if proto.Unmarshal(data, &req) != nil {
 			return
 		}
-		workspace, err := checkRequest(&req)
+		root, err := openRequest(&req)
 		if err != nil {
 			return
 		}
+		workspace := root.Path()
+		root.Close()
 		if !policy.ValidStepName(req.GetStep()) {
 			t.Fatalf("accepted step %q", req.GetStep())
 		}

@@ -45,7 +45,7 @@ func (a *Agent) syncPolicy(ctx context.Context, client policyGetter) error {
 	if !resp.GetConfigured() {
 		if known != "none" {
 			a.log.Warn("The server holds no attestation policy: every attestation is denied (add a policy block to the server's or this agent's configuration)")
-			a.pol.Store(must(policy.New(nil)))
+			a.pol.Store(policy.DenyAll())
 			a.setPolicySource("server (no policy configured there: denying all)", "none")
 		}
 		return nil
@@ -75,11 +75,4 @@ func (a *Agent) setPolicySource(source, revision string) {
 	a.mu.Lock()
 	a.policySource, a.policyRevision = source, revision
 	a.mu.Unlock()
-}
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(err)
-	}
-	return v
 }

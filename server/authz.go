@@ -42,26 +42,36 @@ func (s *Server) isAgent(id spiffeid.ID) bool {
 	return id.MemberOf(s.cfg.TrustDomain) && strings.HasPrefix(id.Path(), s.cfg.AgentPathPrefix)
 }
 
+// authorize decides one call, unary or streaming, by the caller's SPIFFE
+// ID and the method's policy entry; a denial is counted and logged here.
+func (s *Server) authorize(ctx context.Context, policy map[string]authorizer, method string) (spiffeid.ID, error) {
+	id, ok := grpccredentials.PeerIDFromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no X509-SVID presented")
+	}
+	allowed, known := policy[method]
+	if known && allowed(id) {
+		return id, nil
+	}
+	reason := fmt.Sprintf("agents are %s members under %s", s.cfg.TrustDomain, s.cfg.AgentPathPrefix)
+	if !known {
+		reason = "the method has no authorization policy"
+	}
+	s.metrics.denied.WithLabelValues(method).Inc()
+	s.log.Warn("Call denied",
+		zap.String(logMethod, method),
+		zap.String(logCallerID, id.String()),
+		zap.String(logReason, reason))
+	return id, status.Errorf(codes.PermissionDenied, "%s may not call %s: %s", id, method, reason)
+}
+
 // unaryInterceptor authorizes each call by the caller's SPIFFE ID, then logs
 // failures once, here at the API edge.
 func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		id, ok := grpccredentials.PeerIDFromContext(ctx)
-		if !ok {
-			return nil, status.Error(codes.Unauthenticated, "no X509-SVID presented")
-		}
-		allowed, known := policy[info.FullMethod]
-		if !known || !allowed(id) {
-			reason := fmt.Sprintf("agents are %s members under %s", s.cfg.TrustDomain, s.cfg.AgentPathPrefix)
-			if !known {
-				reason = "the method has no authorization policy"
-			}
-			s.metrics.denied.WithLabelValues(info.FullMethod).Inc()
-			s.log.Warn("Call denied",
-				zap.String(logMethod, info.FullMethod),
-				zap.String(logCallerID, id.String()),
-				zap.String(logReason, reason))
-			return nil, status.Errorf(codes.PermissionDenied, "%s may not call %s: %s", id, info.FullMethod, reason)
+		id, err := s.authorize(ctx, policy, info.FullMethod)
+		if err != nil {
+			return nil, err
 		}
 		resp, err := handler(withCaller(ctx, id), req)
 		if err != nil {
@@ -73,6 +83,16 @@ func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServer
 				zap.String(logError, st.Message()))
 		}
 		return resp, err
+	}
+}
+
+// streamInterceptor applies the same per-method policy to streaming calls.
+func (s *Server) streamInterceptor(policy map[string]authorizer) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if _, err := s.authorize(ss.Context(), policy, info.FullMethod); err != nil {
+			return err
+		}
+		return handler(srv, ss)
 	}
 }
 
@@ -102,21 +122,3 @@ const (
 	logKeyManager = "key_manager"
 	logAddress    = "address"
 )
-
-// streamInterceptor applies the same per-method policy to streaming calls.
-func (s *Server) streamInterceptor(policy map[string]authorizer) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		id, ok := grpccredentials.PeerIDFromContext(ss.Context())
-		if !ok {
-			return status.Error(codes.Unauthenticated, "no X509-SVID presented")
-		}
-		allowed, known := policy[info.FullMethod]
-		if !known || !allowed(id) {
-			s.metrics.denied.WithLabelValues(info.FullMethod).Inc()
-			s.log.Warn("Call denied", zap.String(logMethod, info.FullMethod), zap.String(logCallerID, id.String()),
-				zap.String(logReason, "no authorization policy allows it"))
-			return status.Errorf(codes.PermissionDenied, "%s may not call %s", id, info.FullMethod)
-		}
-		return handler(srv, ss)
-	}
-}

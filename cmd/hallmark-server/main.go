@@ -4,63 +4,25 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
+	"github.com/hallmark-dev/hallmark/internal/daemon"
 	"github.com/hallmark-dev/hallmark/server"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := rootCmd().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "hallmark-server:", err)
-		os.Exit(1)
-	}
-}
-
-func rootCmd() *cobra.Command {
-	var configPath string
-	root := &cobra.Command{Use: "hallmark-server", Short: "Hallmark's coordinating server", SilenceUsage: true, SilenceErrors: true}
-	root.PersistentFlags().StringVar(&configPath, "config", "/etc/hallmark/server.hcl", "configuration file")
-	root.AddCommand(
-		&cobra.Command{
-			Use:   "run",
-			Short: "Run the server until SIGINT or SIGTERM",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				cfg, err := server.LoadConfig(configPath)
-				if err != nil {
-					return err
-				}
-				defer cfg.Log.Sync() //nolint:errcheck
-				srv, err := server.New(cfg)
-				if err != nil {
-					return err
-				}
-				return srv.Run(cmd.Context())
-			},
-		},
-		&cobra.Command{
-			Use:   "validate",
-			Short: "Check the configuration file and exit",
-			Args:  cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, _ []string) error {
-				if _, err := server.LoadConfig(configPath); err != nil {
-					return err
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), configPath+": valid")
-				return nil
-			},
-		},
-		trustCmd(&configPath),
-	)
-	return root
+	root, configPath := daemon.Command(daemon.Spec[server.Config]{
+		Name: "hallmark-server", Short: "Hallmark's coordinating server", Noun: "server",
+		DefaultConfig: "/etc/hallmark/server.hcl",
+		Load:          server.LoadConfig,
+		Logger:        func(c server.Config) *zap.Logger { return c.Log },
+		New:           func(c server.Config) (daemon.Runner, error) { return server.New(c) },
+	})
+	root.AddCommand(trustCmd(configPath))
+	daemon.Main("hallmark-server", root)
 }
 
 // trustCmd exports trust material from the store and the log key, offline

@@ -134,6 +134,9 @@ func New(rules []Rule) (*Policy, error) {
 	return &Policy{rules: out}, nil
 }
 
+// DenyAll is the policy with no rules.
+func DenyAll() *Policy { return &Policy{} }
+
 // Matching returns (copies of) the rules whose identity matchers match id.
 func (p *Policy) Matching(id Identity) []Rule {
 	var out []Rule

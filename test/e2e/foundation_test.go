@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -178,11 +177,7 @@ func TestRenewalsAcrossSVIDRotations(t *testing.T) {
 	var serverRotations float64
 	waitFor(t, "3 SVID rotations of the agent and of the server", 5*svidTTL, func() error {
 		st = agentStatus(t, stack.Agent)
-		metrics, err := stack.Server.Get(context.Background(), "/metrics")
-		if err != nil {
-			return err
-		}
-		serverRotations = metricValue(t, string(metrics), "hallmark_server_svid_rotations_total")
+		serverRotations = gauge(t, stack.Server, "hallmark_server_svid_rotations_total")
 		if st.SVIDRotations < 3 || serverRotations < 3 {
 			return fmt.Errorf("%d agent and %v server SVID rotations so far", st.SVIDRotations, serverRotations)
 		}
@@ -339,18 +334,23 @@ func newCSR(t *testing.T, key crypto.Signer, uris []*url.URL) []byte {
 // dialAs connects to the server at addr with the SVID for id from x509ctx.
 func dialAs(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.ID, addr string) serverv1.AgentServiceClient {
 	t.Helper()
-	var svid *x509svid.SVID
-	for _, s := range x509ctx.SVIDs {
-		if s.ID == id {
-			svid = s
-		}
-	}
-	require.NotNil(t, svid, "no SVID for %s", id)
-	creds := grpccredentials.MTLSClientCredentials(svid, x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
+	creds := grpccredentials.MTLSClientCredentials(svidFor(t, x509ctx, id), x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return serverv1.NewAgentServiceClient(conn)
+}
+
+// svidFor picks the SVID for id among those the Workload API returned.
+func svidFor(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.ID) *x509svid.SVID {
+	t.Helper()
+	for _, s := range x509ctx.SVIDs {
+		if s.ID == id {
+			return s
+		}
+	}
+	t.Fatalf("no SVID for %s", id)
+	return nil
 }
 
 func copyFile(t *testing.T, from, to string) {
@@ -363,21 +363,6 @@ func copyFile(t *testing.T, from, to string) {
 	_, err = io.Copy(out, in)
 	require.NoError(t, err)
 	require.NoError(t, out.Close())
-}
-
-// metricValue returns the value of an unlabelled Prometheus sample.
-func metricValue(t *testing.T, exposition, name string) float64 {
-	t.Helper()
-	for line := range strings.SplitSeq(exposition, "\n") {
-		if rest, ok := strings.CutPrefix(line, name+" "); ok {
-			var v float64
-			_, err := fmt.Sscan(rest, &v)
-			require.NoError(t, err)
-			return v
-		}
-	}
-	t.Fatalf("metric %s not exposed", name)
-	return 0
 }
 
 // vaultTarget is a real Vault when HALLMARK_TEST_VAULT_ADDR (with

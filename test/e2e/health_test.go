@@ -8,7 +8,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -41,14 +40,7 @@ func TestGRPCHealth(t *testing.T) {
 	builder := spiffeid.RequireFromString(builderID)
 	x509ctx, err := stack.SPIRE.WaitForIdentities(ctx, builder)
 	require.NoError(t, err)
-	var svid *x509svid.SVID
-	for _, s := range x509ctx.SVIDs {
-		if s.ID == builder {
-			svid = s
-		}
-	}
-	require.NotNil(t, svid)
-	creds := grpccredentials.MTLSClientCredentials(svid, x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
+	creds := grpccredentials.MTLSClientCredentials(svidFor(t, x509ctx, builder), x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
 	sconn, err := grpc.NewClient(stack.Server.ServerAddr(), grpc.WithTransportCredentials(creds))
 	require.NoError(t, err)
 	defer sconn.Close()

@@ -19,6 +19,7 @@ import (
 // metric reads one sample from a Prometheus text exposition: series is the
 // metric name with its labels exactly as exposed, e.g.
 // `hallmark_agent_attestations_total{result="attested"}`.
+// metric reads one sample of a Prometheus exposition.
 func metric(body []byte, series string) (float64, bool) {
 	for line := range strings.SplitSeq(string(body), "\n") {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
@@ -27,6 +28,21 @@ func metric(body []byte, series string) (float64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// gauge is a series that must be exposed.
+func gauge(t *testing.T, s *harness.Service, series string) float64 {
+	t.Helper()
+	v, ok := metric(scrape(t, s), series)
+	require.True(t, ok, "%s not exposed", series)
+	return v
+}
+
+// counter is a series that counts from 0 (absent until first counted).
+func counter(t *testing.T, s *harness.Service, series string) float64 {
+	t.Helper()
+	v, _ := metric(scrape(t, s), series)
+	return v
 }
 
 func scrape(t *testing.T, s *harness.Service) []byte {

@@ -124,10 +124,3 @@ func logSize(t *testing.T, srv *harness.Service) uint64 {
 	require.NoError(t, err)
 	return cp.Size
 }
-
-func gauge(t *testing.T, s *harness.Service, name string) float64 {
-	t.Helper()
-	body, err := s.Get(context.Background(), "/metrics")
-	require.NoError(t, err)
-	return metricValue(t, string(body), name)
-}

@@ -40,8 +40,11 @@ func TestForbiddenImports(t *testing.T) {
 		{pkg: "plugins/keymanager/local", forbidden: []string{"agent", "server", "cmd/", "test/"}},
 		{pkg: "plugins/keymanager/vault", forbidden: []string{"agent", "server", "cmd/", "test/"}},
 		{pkg: "plugins/store/sqlite", forbidden: []string{"agent", "server", "cmd/", "test/"}},
-		// attest is the public library: only its own packages and proto.
-		{pkg: "attest/verify", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/"}},
+		// attest is the public library consumers import alone: nothing of
+		// the repository but its own packages.
+		{pkg: "attest", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
+		{pkg: "attest/tlog", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
+		{pkg: "attest/verify", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {

@@ -1,0 +1,82 @@
+// Package daemon is the command line that hallmark-agent and
+// hallmark-server share: a root command with --config and the run and
+// validate subcommands, around each daemon's own config loader and
+// constructor.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+)
+
+// Runner is a long-lived component.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Spec describes one daemon.
+type Spec[C any] struct {
+	Name          string // e.g. "hallmark-agent"
+	Short         string
+	Noun          string // "agent", in "Run the agent until ..."
+	DefaultConfig string
+	Load          func(path string) (C, error)
+	Logger        func(C) *zap.Logger
+	New           func(C) (Runner, error)
+}
+
+// Command returns the root command and the --config value it fills.
+func Command[C any](s Spec[C]) (*cobra.Command, *string) {
+	configPath := new(string)
+	root := &cobra.Command{Use: s.Name, Short: s.Short, SilenceUsage: true, SilenceErrors: true}
+	root.PersistentFlags().StringVar(configPath, "config", s.DefaultConfig, "configuration file")
+	root.AddCommand(
+		&cobra.Command{
+			Use:   "run",
+			Short: "Run the " + s.Noun + " until SIGINT or SIGTERM",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				cfg, err := s.Load(*configPath)
+				if err != nil {
+					return err
+				}
+				defer s.Logger(cfg).Sync() //nolint:errcheck // nothing to do if stderr is gone
+				r, err := s.New(cfg)
+				if err != nil {
+					return err
+				}
+				return r.Run(cmd.Context())
+			},
+		},
+		&cobra.Command{
+			Use:   "validate",
+			Short: "Check the configuration file and exit",
+			Args:  cobra.NoArgs,
+			RunE: func(cmd *cobra.Command, _ []string) error {
+				if _, err := s.Load(*configPath); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), *configPath+": valid")
+				return nil
+			},
+		},
+	)
+	return root, configPath
+}
+
+// Main executes root until SIGINT or SIGTERM and exits 1 on error.
+func Main(name string, root *cobra.Command) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		stop()
+		os.Exit(1)
+	}
+}
