@@ -142,7 +142,7 @@ func (root *Root) close() error {
 	return err
 }
 
-func (root *Root) hash(ctx context.Context, rels []string, lim Limits) ([]Digest, error) {
+func (root *Root) hash(ctx context.Context, rels []string, lim Limits, p *Progress) ([]Digest, error) {
 	if root.sys.fd < 0 {
 		return nil, errors.New("measure: root is closed")
 	}
@@ -153,7 +153,23 @@ func (root *Root) hash(ctx context.Context, rels []string, lim Limits) ([]Digest
 		}
 	}
 	slices.SortFunc(w.files, func(a, b file) int { return strings.Compare(a.name, b.name) })
-	return hashFiles(ctx, root.sys.r, w.files, lim)
+	if p == nil {
+		return hashFiles(ctx, root.sys.r, w.files, lim, nil)
+	}
+	p.FilesTotal.Add(int64(len(w.files)))
+	p.BytesTotal.Add(w.total)
+	out, err := hashFiles(ctx, root.sys.r, w.files, lim, p)
+	if err != nil {
+		return nil, err
+	}
+	// The files are measured as they were when read: the total becomes
+	// what was read.
+	var read int64
+	for _, d := range out {
+		read += d.Size
+	}
+	p.BytesTotal.Add(read - w.total)
+	return out, nil
 }
 
 // file is a regular file found by the walk.
@@ -304,9 +320,10 @@ func (w *walker) addFile(name string, size int64) error {
 	return nil
 }
 
-// hashFiles hashes files in parallel, in their order. One file, or one
-// worker, is hashed on the calling goroutine.
-func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits) ([]Digest, error) {
+// hashFiles hashes files in parallel, in their order, counting into p
+// when it is not nil. One file, or one worker, is hashed on the calling
+// goroutine.
+func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits, p *Progress) ([]Digest, error) {
 	out := make([]Digest, len(files))
 	pool := &bufPool
 	if !slices.ContainsFunc(files, func(f file) bool { return f.size > smallBufSize }) {
@@ -318,7 +335,7 @@ func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits) ([]Di
 		bp := pool.Get().(*[]byte)
 		defer pool.Put(bp)
 		for i, f := range files {
-			d, err := hashFile(ctx, r, f.name, *bp, lim, &total)
+			d, err := hashFile(ctx, r, f.name, *bp, lim, &total, p)
 			if err != nil {
 				return nil, err
 			}
@@ -337,7 +354,7 @@ func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits) ([]Di
 				if i >= len(files) {
 					return nil
 				}
-				d, err := hashFile(gctx, r, files[i].name, *bp, lim, &total)
+				d, err := hashFile(gctx, r, files[i].name, *bp, lim, &total, p)
 				if err != nil {
 					return err
 				}
@@ -352,8 +369,9 @@ func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits) ([]Di
 }
 
 // hashFile opens name beneath the root again (the tree may have changed
-// since the walk) and hashes it, counting what it reads into total.
-func hashFile(ctx context.Context, r *resolver, name string, buf []byte, lim Limits, total *atomic.Int64) (Digest, error) {
+// since the walk) and hashes it, counting what it reads into total and,
+// when it is not nil, p: one atomic add per read of up to bufSize bytes.
+func hashFile(ctx context.Context, r *resolver, name string, buf []byte, lim Limits, total *atomic.Int64, p *Progress) (Digest, error) {
 	if err := ctx.Err(); err != nil {
 		return Digest{}, fmt.Errorf("measure: %w", err)
 	}
@@ -400,6 +418,12 @@ func hashFile(ctx context.Context, r *resolver, name string, buf []byte, lim Lim
 			return Digest{}, fmt.Errorf("measure: %q: %w: files total more than %d bytes", name, ErrTooLarge, lim.MaxTotalBytes)
 		}
 		h.Write(buf[:k])
+		if p != nil {
+			p.BytesDone.Add(int64(k))
+		}
+	}
+	if p != nil {
+		p.FilesDone.Add(1)
 	}
 	return Digest{Name: name, SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
 }

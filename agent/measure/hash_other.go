@@ -18,6 +18,6 @@ func openRoot(string, bool) (*Root, error) {
 
 func (*Root) close() error { return nil }
 
-func (*Root) hash(context.Context, []string, Limits) ([]Digest, error) {
+func (*Root) hash(context.Context, []string, Limits, *Progress) ([]Digest, error) {
 	return nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }

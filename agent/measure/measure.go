@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 )
 
 // Defaults for the zero fields of Limits.
@@ -124,7 +125,7 @@ func Hash(ctx context.Context, root string, paths []string, lim Limits) ([]Diges
 		return nil, err
 	}
 	defer r.Close()
-	return r.hash(ctx, rels, lim.withDefaults())
+	return r.hash(ctx, rels, lim.withDefaults(), nil)
 }
 
 // Root is a directory opened for measuring. Whatever later happens to the
@@ -152,6 +153,12 @@ func (r *Root) Path() string { return r.path }
 
 // Hash is the package's Hash beneath r.
 func (r *Root) Hash(ctx context.Context, paths []string, lim Limits) ([]Digest, error) {
+	return r.HashWithProgress(ctx, paths, lim, nil)
+}
+
+// HashWithProgress is Hash that counts its work into p as it goes; a nil p
+// counts nothing.
+func (r *Root) HashWithProgress(ctx context.Context, paths []string, lim Limits, p *Progress) ([]Digest, error) {
 	rels, err := cleanRels(paths)
 	if err != nil {
 		return nil, err
@@ -159,7 +166,22 @@ func (r *Root) Hash(ctx context.Context, paths []string, lim Limits) ([]Digest, 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("measure: %w", err)
 	}
-	return r.hash(ctx, rels, lim.withDefaults())
+	return r.hash(ctx, rels, lim.withDefaults(), p)
+}
+
+// Progress counts the work of hashing while it happens, for whoever shows
+// it: once the walk has listed the files, before any content is read, it
+// adds their number and size to the totals; the hashing workers then add to
+// the done counts as they read. The counters are atomic: read them at any
+// time from any goroutine, while the hashing goes on undisturbed.
+//
+// A Progress may be shared by several calls one after another (products,
+// then materials); the totals then grow as each call's walk ends. When a
+// call succeeds, the done counts have caught up with the totals exactly,
+// even when a file changed size between the walk and the read.
+type Progress struct {
+	FilesTotal, FilesDone atomic.Int64
+	BytesTotal, BytesDone atomic.Int64
 }
 
 // Close closes the root directory. A closed Root hashes nothing. Hash may

@@ -321,7 +321,7 @@ func TestHashCancelled(t *testing.T) {
 
 		// Cancelled between the walk and the hashing.
 		r := openTestResolver(t, fx.root)
-		_, err = hashFiles(ctx, r, []file{{name: "a.txt"}, {name: "dir/b.txt"}}, Limits{}.withDefaults())
+		_, err = hashFiles(ctx, r, []file{{name: "a.txt"}, {name: "dir/b.txt"}}, Limits{}.withDefaults(), nil)
 		require.ErrorIs(t, err, context.Canceled)
 	})
 }
