@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"time"
 
@@ -21,15 +22,42 @@ const systemMaxTTL = 768 * time.Hour
 
 type pkiMount struct {
 	issuers   map[string]*issuer
-	order     []string
+	order     []string // creation order; LIST answers in storage (sorted) order
 	defaultID string
-	roles     map[string]*pkiRole
+	// followsLatest is default_follows_latest_issuer: false unless written,
+	// so rotating does not move the default.
+	followsLatest bool
+	roles         map[string]*pkiRole
 }
 
 type issuer struct {
 	id, name, keyID string
 	key             *ecdsa.PrivateKey
 	cert            *x509.Certificate
+	// revoked issuers lose the issuing-certificates usage for good.
+	revoked   bool
+	revokedAt time.Time
+}
+
+// Issuer usages as Vault names them, sorted as Vault prints them.
+const (
+	usageAll     = "crl-signing,issuing-certificates,ocsp-signing,read-only"
+	usageRevoked = "crl-signing,ocsp-signing,read-only"
+)
+
+func (iss *issuer) usage() string {
+	if iss.revoked {
+		return usageRevoked
+	}
+	return usageAll
+}
+
+// ref is how Vault names an issuer in errors: [id:ID / name:NAME].
+func (iss *issuer) ref() string {
+	if iss.name == "" {
+		return "id:" + iss.id
+	}
+	return "id:" + iss.id + " / name:" + iss.name
 }
 
 type pkiRole struct {
@@ -63,15 +91,12 @@ func (m *pkiMount) handle(rest string, req *request, now time.Time) *response {
 		return m.sign(parts[1], req, now)
 	case req.method == "GET" && len(parts) == 2 && parts[0] == "issuer":
 		return m.readIssuer(parts[1])
+	case req.method == "WRITE" && len(parts) == 3 && parts[0] == "issuer" && parts[2] == "revoke":
+		return m.revokeIssuer(parts[1], now)
 	case rest == "config/issuers" && req.method == "GET":
-		return &response{data: map[string]any{"default": m.defaultID, "default_follows_latest_issuer": false}}
+		return m.issuersConfig()
 	case rest == "config/issuers" && req.method == "WRITE":
-		iss := m.lookup(str(req.body, "default"))
-		if iss == nil {
-			return errorf(http.StatusBadRequest, "unable to resolve issuer %s: unable to find PKI issuer for reference: %s", str(req.body, "default"), str(req.body, "default"))
-		}
-		m.defaultID = iss.id
-		return &response{data: map[string]any{"default": m.defaultID, "default_follows_latest_issuer": false}}
+		return m.writeIssuersConfig(req)
 	}
 	return errorf(http.StatusNotFound, "no handler for route %q. route entry not found.", req.path)
 }
@@ -128,7 +153,7 @@ func (m *pkiMount) generateRoot(req *request, now time.Time) *response {
 	iss := &issuer{id: newUUID(), name: name, keyID: newUUID(), key: key, cert: cert}
 	m.issuers[iss.id] = iss
 	m.order = append(m.order, iss.id)
-	if m.defaultID == "" {
+	if m.defaultID == "" || m.followsLatest {
 		m.defaultID = iss.id
 	}
 	return &response{data: map[string]any{
@@ -207,6 +232,11 @@ func (m *pkiMount) sign(roleName string, req *request, now time.Time) *response 
 	iss := m.lookup(role.issuerRef)
 	if iss == nil {
 		return errorf(http.StatusBadRequest, "unable to find PKI issuer for reference: %s", role.issuerRef)
+	}
+	if iss.revoked {
+		// Vault returns this as an internal error (HTTP 500).
+		return errorf(http.StatusInternalServerError, "error fetching CA certificate: error while attempting to use issuer %s: requested usage issuing-certificates for issuer [%s] but only had usage %s",
+			iss.id, iss.ref(), iss.usage())
 	}
 
 	var warnings []string
@@ -347,8 +377,13 @@ func containsURI(uris []*url.URL, s string) bool {
 }
 
 func (m *pkiMount) listIssuers() *response {
+	if len(m.order) == 0 {
+		return &response{status: http.StatusNotFound, errors: []string{}} // Vault: an empty LIST is a 404
+	}
 	info := map[string]any{}
-	for _, id := range m.order {
+	keys := append([]string(nil), m.order...)
+	sort.Strings(keys) // Vault lists storage keys, which come sorted
+	for _, id := range keys {
 		iss := m.issuers[id]
 		info[id] = map[string]any{
 			"is_default":    id == m.defaultID,
@@ -357,7 +392,7 @@ func (m *pkiMount) listIssuers() *response {
 			"serial_number": colonHex(iss.cert.SerialNumber),
 		}
 	}
-	return &response{data: map[string]any{"keys": append([]string(nil), m.order...), "key_info": info}}
+	return &response{data: map[string]any{"keys": keys, "key_info": info}}
 }
 
 func (m *pkiMount) readIssuer(ref string) *response {
@@ -365,20 +400,96 @@ func (m *pkiMount) readIssuer(ref string) *response {
 	if iss == nil {
 		return errorf(http.StatusBadRequest, "unable to find PKI issuer for reference: %s", ref)
 	}
-	return &response{data: map[string]any{
-		"ca_chain":                []string{pemCert(iss.cert)},
-		"certificate":             pemCert(iss.cert),
-		"crl_distribution_points": []string{},
-		"issuer_id":               iss.id,
-		"issuer_name":             iss.name,
-		"issuing_certificates":    []string{},
-		"key_id":                  iss.keyID,
-		"leaf_not_after_behavior": "err",
-		"manual_chain":            nil,
-		"ocsp_servers":            []string{},
-		"revoked":                 false,
-		"usage":                   "crl-signing,issuing-certificates,ocsp-signing,read-only",
-	}}
+	return &response{data: iss.info()}
+}
+
+// info is Vault's answer to reading pki/issuer/REF.
+func (iss *issuer) info() map[string]any {
+	data := map[string]any{
+		"ca_chain":                       []string{pemCert(iss.cert)},
+		"certificate":                    pemCert(iss.cert),
+		"crl_distribution_points":        []string{},
+		"delta_crl_distribution_points":  []string{},
+		"issuer_id":                      iss.id,
+		"issuer_name":                    iss.name,
+		"issuing_certificates":           []string{},
+		"key_id":                         iss.keyID,
+		"leaf_not_after_behavior":        "err",
+		"manual_chain":                   nil,
+		"ocsp_servers":                   []string{},
+		"revocation_signature_algorithm": "",
+		"revoked":                        iss.revoked,
+		"usage":                          iss.usage(),
+	}
+	if iss.revoked {
+		data["revocation_time"] = iss.revokedAt.Unix()
+		data["revocation_time_rfc3339"] = iss.revokedAt.UTC().Format(time.RFC3339Nano)
+	}
+	return data
+}
+
+// revokeIssuer implements pki/issuer/REF/revoke: the issuer loses its
+// issuing-certificates usage for good. Like Vault, revoking twice answers
+// the issuer as it is, and revoking the default issuer is allowed (with a
+// warning): issuance then fails until another default is chosen.
+func (m *pkiMount) revokeIssuer(ref string, now time.Time) *response {
+	iss := m.lookup(ref)
+	if iss == nil {
+		return errorf(http.StatusBadRequest, "unable to find PKI issuer for reference: %s", ref)
+	}
+	if iss.revoked {
+		return &response{data: iss.info()}
+	}
+	iss.revoked = true
+	iss.revokedAt = now
+	resp := &response{data: iss.info()}
+	selfSigned, otherParent := false, false
+	for _, id := range m.order {
+		if iss.cert.CheckSignatureFrom(m.issuers[id].cert) == nil {
+			if id == iss.id {
+				selfSigned = true
+			} else {
+				otherParent = true
+			}
+		}
+	}
+	if selfSigned {
+		resp.warnings = append(resp.warnings, "This issuer is a self-signed (potentially root) certificate. This means it may not be considered revoked if there is not an external, cross-signed variant of this certificate. This issuer's serial number will not appear on its own CRL.")
+	}
+	if !otherParent {
+		resp.warnings = append(resp.warnings, "This issuer lacks another parent issuer within the mount. This means it will not appear on any other CRLs and may not be considered revoked by clients. Consider adding this issuer to its issuer's CRL as well if it is not self-signed.")
+	}
+	if m.defaultID == iss.id {
+		resp.warnings = append(resp.warnings, "This issuer is currently configured as the default issuer for this mount; operations such as certificate issuance may not work until a new default issuer is selected.")
+	}
+	return resp
+}
+
+func (m *pkiMount) issuersConfig() *response {
+	return &response{data: map[string]any{"default": m.defaultID, "default_follows_latest_issuer": m.followsLatest}}
+}
+
+// writeIssuersConfig implements writing pki/config/issuers: default (an
+// issuer ID or name, not "default") and default_follows_latest_issuer. Like
+// Vault, it does not refuse a revoked issuer: issuance then fails.
+func (m *pkiMount) writeIssuersConfig(req *request) *response {
+	ref := str(req.body, "default")
+	if ref == "" || ref == "default" {
+		return errorf(http.StatusBadRequest, "Invalid issuer specification; must be non-empty and can't be 'default'.")
+	}
+	iss := m.lookup(ref)
+	if iss == nil {
+		return errorf(http.StatusBadRequest, "Error resolving issuer reference: unable to find PKI issuer for reference: %s", ref)
+	}
+	if _, ok := req.body["default_follows_latest_issuer"]; ok {
+		follows, err := boolean(req.body, "default_follows_latest_issuer", false)
+		if err != nil {
+			return errorf(http.StatusBadRequest, "%v", err)
+		}
+		m.followsLatest = follows
+	}
+	m.defaultID = iss.id
+	return m.issuersConfig()
 }
 
 func (m *pkiMount) readIssuerPublic(ref string) *response {

@@ -5,7 +5,11 @@
 //
 //   - sys/mounts/PATH and sys/auth/PATH to enable the pki, cert and jwt engines;
 //   - pki: root/generate/internal, root/rotate/internal, roles/NAME,
-//     sign/ROLE, issuers (LIST), issuer/REF[/json|/pem], config/issuers;
+//     sign/ROLE, issuers (LIST, keys in storage order: sorted IDs),
+//     issuer/REF[/json|/pem] (REF: an ID, a name or "default"),
+//     issuer/REF/revoke, config/issuers (default,
+//     default_follows_latest_issuer); sign/ROLE uses the role's issuer_ref
+//     ("default" unless set), and a revoked issuer never signs again;
 //   - auth/cert: certs/NAME and login (TLS client certificate);
 //   - auth/jwt: config, role/NAME and login;
 //   - auth/token: lookup-self, renew-self, create;
