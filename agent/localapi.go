@@ -115,6 +115,7 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 		grpc.Creds(peercred.Credentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.UnaryInterceptor(api.logErrors),
+		grpc.StreamInterceptor(api.logStreamErrors),
 	)
 	agentv1.RegisterWorkloadServiceServer(srv, api)
 	healthpb.RegisterHealthServer(srv, &localHealth{a: a})
@@ -134,13 +135,25 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 // logged as audit events where they are decided.
 func (api *localAPI) logErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
-	if err != nil {
-		if st := status.Convert(err); st.Code() != codes.PermissionDenied && st.Code() != codes.InvalidArgument {
-			api.a.log.Warn("Local API call failed", zap.String(logMethod, info.FullMethod),
-				zap.String(logCode, st.Code().String()), zap.String(logError, st.Message()))
-		}
-	}
+	api.logFailure(info.FullMethod, err)
 	return resp, err
+}
+
+// logStreamErrors is logErrors for streaming calls.
+func (api *localAPI) logStreamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	err := handler(srv, ss)
+	api.logFailure(info.FullMethod, err)
+	return err
+}
+
+func (api *localAPI) logFailure(method string, err error) {
+	if err == nil {
+		return
+	}
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied && st.Code() != codes.InvalidArgument {
+		api.a.log.Warn("Local API call failed", zap.String(logMethod, method),
+			zap.String(logCode, st.Code().String()), zap.String(logError, st.Message()))
+	}
 }
 
 // caller identifies the peer of ctx with every configured attestor.
@@ -199,11 +212,25 @@ func (api *localAPI) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*age
 	return resp, nil
 }
 
-// AttestStep is the agent's reason to exist. In order: identify the caller
-// from the kernel, check the request, decide by policy, measure the
-// products and materials itself, confirm the caller is still the process
-// that connected, and sign with the current short-lived key.
+// AttestStep is the agent's reason to exist; attestStep does the work.
 func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	return api.attestStep(ctx, req, nil)
+}
+
+// AttestStepStream is AttestStep that reports progress while it measures
+// (see progress.go). Whom it serves and what it refuses is decided by the
+// very same attestStep.
+func (api *localAPI) AttestStepStream(req *agentv1.AttestStepRequest, stream agentv1.WorkloadService_AttestStepStreamServer) error {
+	return api.attestStepStream(req, stream)
+}
+
+// attestStep serves AttestStep and AttestStepStream. In order: identify
+// the caller from the kernel, check the request, decide by policy, measure
+// the products and materials itself (counting into progress, when not
+// nil: nothing counts before policy has allowed the call), confirm the
+// caller is still the process that connected, and sign with the current
+// short-lived key.
+func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequest, progress *measure.Progress) (*agentv1.AttestStepResponse, error) {
 	a := api.a
 	start := a.cfg.Now()
 	conn, c, id, err := api.caller(ctx)
@@ -239,13 +266,13 @@ func (api *localAPI) AttestStep(ctx context.Context, req *agentv1.AttestStepRequ
 
 	// Beneath the directory that policy just allowed, whatever happens to
 	// its path meanwhile.
-	products, err := root.Hash(ctx, req.GetProducts(), a.cfg.Limits)
+	products, err := root.HashWithProgress(ctx, req.GetProducts(), a.cfg.Limits, progress)
 	if err != nil {
 		return nil, deny(measureCode(err), measureClass(err), "products: "+err.Error())
 	}
 	var materials []measure.Digest
 	if len(req.GetMaterials()) > 0 {
-		if materials, err = root.Hash(ctx, req.GetMaterials(), a.cfg.Limits); err != nil {
+		if materials, err = root.HashWithProgress(ctx, req.GetMaterials(), a.cfg.Limits, progress); err != nil {
 			return nil, deny(measureCode(err), measureClass(err), "materials: "+err.Error())
 		}
 	}

@@ -198,6 +198,162 @@ func (x *AttestStepResponse) GetLogged() bool {
 	return false
 }
 
+// AttestStepStreamResponse is one message of AttestStepStream: progress
+// any number of times, then the result once, last.
+type AttestStepStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*AttestStepStreamResponse_Progress
+	//	*AttestStepStreamResponse_Result
+	Event         isAttestStepStreamResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestStepStreamResponse) Reset() {
+	*x = AttestStepStreamResponse{}
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestStepStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestStepStreamResponse) ProtoMessage() {}
+
+func (x *AttestStepStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestStepStreamResponse.ProtoReflect.Descriptor instead.
+func (*AttestStepStreamResponse) Descriptor() ([]byte, []int) {
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AttestStepStreamResponse) GetEvent() isAttestStepStreamResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *AttestStepStreamResponse) GetProgress() *AttestProgress {
+	if x != nil {
+		if x, ok := x.Event.(*AttestStepStreamResponse_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *AttestStepStreamResponse) GetResult() *AttestStepResponse {
+	if x != nil {
+		if x, ok := x.Event.(*AttestStepStreamResponse_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isAttestStepStreamResponse_Event interface {
+	isAttestStepStreamResponse_Event()
+}
+
+type AttestStepStreamResponse_Progress struct {
+	Progress *AttestProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type AttestStepStreamResponse_Result struct {
+	Result *AttestStepResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*AttestStepStreamResponse_Progress) isAttestStepStreamResponse_Event() {}
+
+func (*AttestStepStreamResponse_Result) isAttestStepStreamResponse_Event() {}
+
+// AttestProgress counts the measuring of products and materials. The
+// totals are known once the agent has listed the files a path names, and
+// grow when it lists the next (materials after products); done counts
+// only grow and equal the totals when measuring is done.
+type AttestProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FilesDone     int64                  `protobuf:"varint,1,opt,name=files_done,json=filesDone,proto3" json:"files_done,omitempty"`
+	FilesTotal    int64                  `protobuf:"varint,2,opt,name=files_total,json=filesTotal,proto3" json:"files_total,omitempty"`
+	BytesDone     int64                  `protobuf:"varint,3,opt,name=bytes_done,json=bytesDone,proto3" json:"bytes_done,omitempty"`
+	BytesTotal    int64                  `protobuf:"varint,4,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestProgress) Reset() {
+	*x = AttestProgress{}
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestProgress) ProtoMessage() {}
+
+func (x *AttestProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestProgress.ProtoReflect.Descriptor instead.
+func (*AttestProgress) Descriptor() ([]byte, []int) {
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AttestProgress) GetFilesDone() int64 {
+	if x != nil {
+		return x.FilesDone
+	}
+	return 0
+}
+
+func (x *AttestProgress) GetFilesTotal() int64 {
+	if x != nil {
+		return x.FilesTotal
+	}
+	return 0
+}
+
+func (x *AttestProgress) GetBytesDone() int64 {
+	if x != nil {
+		return x.BytesDone
+	}
+	return 0
+}
+
+func (x *AttestProgress) GetBytesTotal() int64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
 type GetBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	InvocationId  string                 `protobuf:"bytes,1,opt,name=invocation_id,json=invocationId,proto3" json:"invocation_id,omitempty"`
@@ -208,7 +364,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +376,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[2]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +389,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{2}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetBundleRequest) GetInvocationId() string {
@@ -260,7 +416,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +428,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[3]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +441,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{3}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetBundleResponse) GetBundle() []byte {
@@ -312,7 +468,7 @@ type Subject struct {
 
 func (x *Subject) Reset() {
 	*x = Subject{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +480,7 @@ func (x *Subject) String() string {
 func (*Subject) ProtoMessage() {}
 
 func (x *Subject) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[4]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +493,7 @@ func (x *Subject) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subject.ProtoReflect.Descriptor instead.
 func (*Subject) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{4}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Subject) GetName() string {
@@ -362,7 +518,7 @@ type WhoAmIRequest struct {
 
 func (x *WhoAmIRequest) Reset() {
 	*x = WhoAmIRequest{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +530,7 @@ func (x *WhoAmIRequest) String() string {
 func (*WhoAmIRequest) ProtoMessage() {}
 
 func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[5]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +543,7 @@ func (x *WhoAmIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIRequest.ProtoReflect.Descriptor instead.
 func (*WhoAmIRequest) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{5}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{7}
 }
 
 type WhoAmIResponse struct {
@@ -403,7 +559,7 @@ type WhoAmIResponse struct {
 
 func (x *WhoAmIResponse) Reset() {
 	*x = WhoAmIResponse{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +571,7 @@ func (x *WhoAmIResponse) String() string {
 func (*WhoAmIResponse) ProtoMessage() {}
 
 func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[6]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +584,7 @@ func (x *WhoAmIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WhoAmIResponse.ProtoReflect.Descriptor instead.
 func (*WhoAmIResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{6}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WhoAmIResponse) GetWorkload() *Workload {
@@ -467,7 +623,7 @@ type Workload struct {
 
 func (x *Workload) Reset() {
 	*x = Workload{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[7]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +635,7 @@ func (x *Workload) String() string {
 func (*Workload) ProtoMessage() {}
 
 func (x *Workload) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[7]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +648,7 @@ func (x *Workload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Workload.ProtoReflect.Descriptor instead.
 func (*Workload) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{7}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Workload) GetPid() int32 {
@@ -541,7 +697,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[8]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +709,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[8]
+	mi := &file_hallmark_agent_v1_workload_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +722,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{8}
+	return file_hallmark_agent_v1_workload_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Grant) GetRule() string {
@@ -607,7 +763,20 @@ const file_hallmark_agent_v1_workload_proto_rawDesc = "" +
 	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12#\n" +
 	"\rinvocation_id\x18\x02 \x01(\tR\finvocationId\x126\n" +
 	"\bsubjects\x18\x03 \x03(\v2\x1a.hallmark.agent.v1.SubjectR\bsubjects\x12\x16\n" +
-	"\x06logged\x18\x04 \x01(\bR\x06logged\"K\n" +
+	"\x06logged\x18\x04 \x01(\bR\x06logged\"\xa5\x01\n" +
+	"\x18AttestStepStreamResponse\x12?\n" +
+	"\bprogress\x18\x01 \x01(\v2!.hallmark.agent.v1.AttestProgressH\x00R\bprogress\x12?\n" +
+	"\x06result\x18\x02 \x01(\v2%.hallmark.agent.v1.AttestStepResponseH\x00R\x06resultB\a\n" +
+	"\x05event\"\x90\x01\n" +
+	"\x0eAttestProgress\x12\x1d\n" +
+	"\n" +
+	"files_done\x18\x01 \x01(\x03R\tfilesDone\x12\x1f\n" +
+	"\vfiles_total\x18\x02 \x01(\x03R\n" +
+	"filesTotal\x12\x1d\n" +
+	"\n" +
+	"bytes_done\x18\x03 \x01(\x03R\tbytesDone\x12\x1f\n" +
+	"\vbytes_total\x18\x04 \x01(\x03R\n" +
+	"bytesTotal\"K\n" +
 	"\x10GetBundleRequest\x12#\n" +
 	"\rinvocation_id\x18\x01 \x01(\tR\finvocationId\x12\x12\n" +
 	"\x04wait\x18\x02 \x01(\bR\x04wait\"C\n" +
@@ -632,10 +801,11 @@ const file_hallmark_agent_v1_workload_proto_rawDesc = "" +
 	"\x05Grant\x12\x12\n" +
 	"\x04rule\x18\x01 \x01(\tR\x04rule\x12\x14\n" +
 	"\x05steps\x18\x02 \x03(\tR\x05steps\x12'\n" +
-	"\x0fworkspace_roots\x18\x03 \x03(\tR\x0eworkspaceRoots2\x93\x02\n" +
+	"\x0fworkspace_roots\x18\x03 \x03(\tR\x0eworkspaceRoots2\xfc\x02\n" +
 	"\x0fWorkloadService\x12Y\n" +
 	"\n" +
-	"AttestStep\x12$.hallmark.agent.v1.AttestStepRequest\x1a%.hallmark.agent.v1.AttestStepResponse\x12M\n" +
+	"AttestStep\x12$.hallmark.agent.v1.AttestStepRequest\x1a%.hallmark.agent.v1.AttestStepResponse\x12g\n" +
+	"\x10AttestStepStream\x12$.hallmark.agent.v1.AttestStepRequest\x1a+.hallmark.agent.v1.AttestStepStreamResponse0\x01\x12M\n" +
 	"\x06WhoAmI\x12 .hallmark.agent.v1.WhoAmIRequest\x1a!.hallmark.agent.v1.WhoAmIResponse\x12V\n" +
 	"\tGetBundle\x12#.hallmark.agent.v1.GetBundleRequest\x1a$.hallmark.agent.v1.GetBundleResponseBBZ@github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1;agentv1b\x06proto3"
 
@@ -651,35 +821,41 @@ func file_hallmark_agent_v1_workload_proto_rawDescGZIP() []byte {
 	return file_hallmark_agent_v1_workload_proto_rawDescData
 }
 
-var file_hallmark_agent_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_hallmark_agent_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_hallmark_agent_v1_workload_proto_goTypes = []any{
-	(*AttestStepRequest)(nil),     // 0: hallmark.agent.v1.AttestStepRequest
-	(*AttestStepResponse)(nil),    // 1: hallmark.agent.v1.AttestStepResponse
-	(*GetBundleRequest)(nil),      // 2: hallmark.agent.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),     // 3: hallmark.agent.v1.GetBundleResponse
-	(*Subject)(nil),               // 4: hallmark.agent.v1.Subject
-	(*WhoAmIRequest)(nil),         // 5: hallmark.agent.v1.WhoAmIRequest
-	(*WhoAmIResponse)(nil),        // 6: hallmark.agent.v1.WhoAmIResponse
-	(*Workload)(nil),              // 7: hallmark.agent.v1.Workload
-	(*Grant)(nil),                 // 8: hallmark.agent.v1.Grant
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*AttestStepRequest)(nil),        // 0: hallmark.agent.v1.AttestStepRequest
+	(*AttestStepResponse)(nil),       // 1: hallmark.agent.v1.AttestStepResponse
+	(*AttestStepStreamResponse)(nil), // 2: hallmark.agent.v1.AttestStepStreamResponse
+	(*AttestProgress)(nil),           // 3: hallmark.agent.v1.AttestProgress
+	(*GetBundleRequest)(nil),         // 4: hallmark.agent.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),        // 5: hallmark.agent.v1.GetBundleResponse
+	(*Subject)(nil),                  // 6: hallmark.agent.v1.Subject
+	(*WhoAmIRequest)(nil),            // 7: hallmark.agent.v1.WhoAmIRequest
+	(*WhoAmIResponse)(nil),           // 8: hallmark.agent.v1.WhoAmIResponse
+	(*Workload)(nil),                 // 9: hallmark.agent.v1.Workload
+	(*Grant)(nil),                    // 10: hallmark.agent.v1.Grant
+	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
 }
 var file_hallmark_agent_v1_workload_proto_depIdxs = []int32{
-	9, // 0: hallmark.agent.v1.AttestStepRequest.started_on:type_name -> google.protobuf.Timestamp
-	4, // 1: hallmark.agent.v1.AttestStepResponse.subjects:type_name -> hallmark.agent.v1.Subject
-	7, // 2: hallmark.agent.v1.WhoAmIResponse.workload:type_name -> hallmark.agent.v1.Workload
-	8, // 3: hallmark.agent.v1.WhoAmIResponse.grants:type_name -> hallmark.agent.v1.Grant
-	0, // 4: hallmark.agent.v1.WorkloadService.AttestStep:input_type -> hallmark.agent.v1.AttestStepRequest
-	5, // 5: hallmark.agent.v1.WorkloadService.WhoAmI:input_type -> hallmark.agent.v1.WhoAmIRequest
-	2, // 6: hallmark.agent.v1.WorkloadService.GetBundle:input_type -> hallmark.agent.v1.GetBundleRequest
-	1, // 7: hallmark.agent.v1.WorkloadService.AttestStep:output_type -> hallmark.agent.v1.AttestStepResponse
-	6, // 8: hallmark.agent.v1.WorkloadService.WhoAmI:output_type -> hallmark.agent.v1.WhoAmIResponse
-	3, // 9: hallmark.agent.v1.WorkloadService.GetBundle:output_type -> hallmark.agent.v1.GetBundleResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	11, // 0: hallmark.agent.v1.AttestStepRequest.started_on:type_name -> google.protobuf.Timestamp
+	6,  // 1: hallmark.agent.v1.AttestStepResponse.subjects:type_name -> hallmark.agent.v1.Subject
+	3,  // 2: hallmark.agent.v1.AttestStepStreamResponse.progress:type_name -> hallmark.agent.v1.AttestProgress
+	1,  // 3: hallmark.agent.v1.AttestStepStreamResponse.result:type_name -> hallmark.agent.v1.AttestStepResponse
+	9,  // 4: hallmark.agent.v1.WhoAmIResponse.workload:type_name -> hallmark.agent.v1.Workload
+	10, // 5: hallmark.agent.v1.WhoAmIResponse.grants:type_name -> hallmark.agent.v1.Grant
+	0,  // 6: hallmark.agent.v1.WorkloadService.AttestStep:input_type -> hallmark.agent.v1.AttestStepRequest
+	0,  // 7: hallmark.agent.v1.WorkloadService.AttestStepStream:input_type -> hallmark.agent.v1.AttestStepRequest
+	7,  // 8: hallmark.agent.v1.WorkloadService.WhoAmI:input_type -> hallmark.agent.v1.WhoAmIRequest
+	4,  // 9: hallmark.agent.v1.WorkloadService.GetBundle:input_type -> hallmark.agent.v1.GetBundleRequest
+	1,  // 10: hallmark.agent.v1.WorkloadService.AttestStep:output_type -> hallmark.agent.v1.AttestStepResponse
+	2,  // 11: hallmark.agent.v1.WorkloadService.AttestStepStream:output_type -> hallmark.agent.v1.AttestStepStreamResponse
+	8,  // 12: hallmark.agent.v1.WorkloadService.WhoAmI:output_type -> hallmark.agent.v1.WhoAmIResponse
+	5,  // 13: hallmark.agent.v1.WorkloadService.GetBundle:output_type -> hallmark.agent.v1.GetBundleResponse
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_hallmark_agent_v1_workload_proto_init() }
@@ -687,13 +863,17 @@ func file_hallmark_agent_v1_workload_proto_init() {
 	if File_hallmark_agent_v1_workload_proto != nil {
 		return
 	}
+	file_hallmark_agent_v1_workload_proto_msgTypes[2].OneofWrappers = []any{
+		(*AttestStepStreamResponse_Progress)(nil),
+		(*AttestStepStreamResponse_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_agent_v1_workload_proto_rawDesc), len(file_hallmark_agent_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

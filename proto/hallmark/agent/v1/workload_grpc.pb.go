@@ -23,9 +23,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	WorkloadService_AttestStep_FullMethodName = "/hallmark.agent.v1.WorkloadService/AttestStep"
-	WorkloadService_WhoAmI_FullMethodName     = "/hallmark.agent.v1.WorkloadService/WhoAmI"
-	WorkloadService_GetBundle_FullMethodName  = "/hallmark.agent.v1.WorkloadService/GetBundle"
+	WorkloadService_AttestStep_FullMethodName       = "/hallmark.agent.v1.WorkloadService/AttestStep"
+	WorkloadService_AttestStepStream_FullMethodName = "/hallmark.agent.v1.WorkloadService/AttestStepStream"
+	WorkloadService_WhoAmI_FullMethodName           = "/hallmark.agent.v1.WorkloadService/WhoAmI"
+	WorkloadService_GetBundle_FullMethodName        = "/hallmark.agent.v1.WorkloadService/GetBundle"
 )
 
 // WorkloadServiceClient is the client API for WorkloadService service.
@@ -38,6 +39,14 @@ type WorkloadServiceClient interface {
 	// signed provenance for them. The caller must be allowed, by policy, to
 	// attest the step in the workspace; otherwise PermissionDenied says why.
 	AttestStep(ctx context.Context, in *AttestStepRequest, opts ...grpc.CallOption) (*AttestStepResponse, error)
+	// AttestStepStream is AttestStep that reports how the measuring goes:
+	// progress messages while the agent hashes (at most one every 150 ms,
+	// and a last one when hashing is done), then one message with the
+	// result. The caller is identified, the request checked and policy
+	// decided exactly as for AttestStep, by the same code; a refusal or
+	// failure ends the stream with the status AttestStep would return, and
+	// nothing is signed.
+	AttestStepStream(ctx context.Context, in *AttestStepRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttestStepStreamResponse], error)
 	// WhoAmI returns how the agent identifies the caller and which steps
 	// policy allows it, so a refused caller can see why.
 	WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error)
@@ -64,6 +73,25 @@ func (c *workloadServiceClient) AttestStep(ctx context.Context, in *AttestStepRe
 	}
 	return out, nil
 }
+
+func (c *workloadServiceClient) AttestStepStream(ctx context.Context, in *AttestStepRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AttestStepStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &WorkloadService_ServiceDesc.Streams[0], WorkloadService_AttestStepStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttestStepRequest, AttestStepStreamResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type WorkloadService_AttestStepStreamClient = grpc.ServerStreamingClient[AttestStepStreamResponse]
 
 func (c *workloadServiceClient) WhoAmI(ctx context.Context, in *WhoAmIRequest, opts ...grpc.CallOption) (*WhoAmIResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -95,6 +123,14 @@ type WorkloadServiceServer interface {
 	// signed provenance for them. The caller must be allowed, by policy, to
 	// attest the step in the workspace; otherwise PermissionDenied says why.
 	AttestStep(context.Context, *AttestStepRequest) (*AttestStepResponse, error)
+	// AttestStepStream is AttestStep that reports how the measuring goes:
+	// progress messages while the agent hashes (at most one every 150 ms,
+	// and a last one when hashing is done), then one message with the
+	// result. The caller is identified, the request checked and policy
+	// decided exactly as for AttestStep, by the same code; a refusal or
+	// failure ends the stream with the status AttestStep would return, and
+	// nothing is signed.
+	AttestStepStream(*AttestStepRequest, grpc.ServerStreamingServer[AttestStepStreamResponse]) error
 	// WhoAmI returns how the agent identifies the caller and which steps
 	// policy allows it, so a refused caller can see why.
 	WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error)
@@ -114,6 +150,9 @@ type UnimplementedWorkloadServiceServer struct{}
 
 func (UnimplementedWorkloadServiceServer) AttestStep(context.Context, *AttestStepRequest) (*AttestStepResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttestStep not implemented")
+}
+func (UnimplementedWorkloadServiceServer) AttestStepStream(*AttestStepRequest, grpc.ServerStreamingServer[AttestStepStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method AttestStepStream not implemented")
 }
 func (UnimplementedWorkloadServiceServer) WhoAmI(context.Context, *WhoAmIRequest) (*WhoAmIResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method WhoAmI not implemented")
@@ -159,6 +198,17 @@ func _WorkloadService_AttestStep_Handler(srv interface{}, ctx context.Context, d
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _WorkloadService_AttestStepStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AttestStepRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(WorkloadServiceServer).AttestStepStream(m, &grpc.GenericServerStream[AttestStepRequest, AttestStepStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type WorkloadService_AttestStepStreamServer = grpc.ServerStreamingServer[AttestStepStreamResponse]
 
 func _WorkloadService_WhoAmI_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(WhoAmIRequest)
@@ -216,6 +266,12 @@ var WorkloadService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _WorkloadService_GetBundle_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AttestStepStream",
+			Handler:       _WorkloadService_AttestStepStream_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "hallmark/agent/v1/workload.proto",
 }
