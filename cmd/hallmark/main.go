@@ -34,7 +34,7 @@ func main() {
 
 func rootCmd() *cobra.Command {
 	root := &cobra.Command{Use: "hallmark", Short: "Attest build steps and verify what they produced", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(statusCmd(), attestCmd(), whoamiCmd(), verifyCmd(), searchCmd(), doctorCmd())
+	root.AddCommand(statusCmd(), attestCmd(), whoamiCmd(), verifyCmd(), searchCmd(), doctorCmd(), adminCmd())
 	return root
 }
 
