@@ -450,7 +450,7 @@ log {
 		name, extra string
 		wantErr     []string
 	}{
-		{name: "unknown store", extra: `store "postgres" {}`, wantErr: []string{`store "postgres": unknown (built in: sqlite)`}},
+		{name: "unknown store", extra: `store "mysql" {}`, wantErr: []string{`store "mysql": unknown (built in: postgres, sqlite)`}},
 		{name: "unknown key in the store block", extra: "store \"sqlite\" {\n  paht = \"/x\"\n}", wantErr: []string{`"paht"`, "server.hcl:6"}},
 		{name: "relative store path", extra: `store "sqlite" { path = "x.db" }`, wantErr: []string{"must be an absolute path"}},
 		{name: "two stores", extra: `store "sqlite" {}` + "\n" + `store "sqlite" {}`, wantErr: []string{"only one store block"}},

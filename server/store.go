@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/internal/config"
 	"github.com/hallmark-dev/hallmark/plugins/store"
+	"github.com/hallmark-dev/hallmark/plugins/store/postgres"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
 )
 
@@ -56,7 +58,8 @@ type storeOptions struct {
 
 // stores lists the built-in stores by their block label.
 var stores = map[string]func(body hcl.Body, dataDir string) (func(context.Context, storeOptions) (Store, error), error){
-	"sqlite": sqliteStore,
+	"sqlite":   sqliteStore,
+	"postgres": postgresStore,
 }
 
 func storeConfig(name string, body hcl.Body, dataDir string) (StoreConfig, error) {
@@ -89,5 +92,35 @@ func sqliteStore(body hcl.Body, dataDir string) (func(context.Context, storeOpti
 	path := or(b.Path, filepath.Join(dataDir, DefaultStoreFile)) // data_dir is checked to be absolute
 	return func(ctx context.Context, o storeOptions) (Store, error) {
 		return sqlite.Open(ctx, sqlite.Config{Path: path, MustExist: o.mustExist})
+	}, nil
+}
+
+// postgresStore decodes store "postgres": the DSN in the file (dsn) or,
+// to keep the password out of it, in an environment variable (dsn_env)
+// read when the store is opened. The DSN is never logged.
+func postgresStore(body hcl.Body, _ string) (func(context.Context, storeOptions) (Store, error), error) {
+	var b struct {
+		DSN    string `hcl:"dsn,optional"`
+		DSNEnv string `hcl:"dsn_env,optional"`
+	}
+	if err := config.DecodeBlock(body, &b); err != nil {
+		return nil, err
+	}
+	if (b.DSN == "") == (b.DSNEnv == "") {
+		return nil, fmt.Errorf("exactly one of dsn and dsn_env is required")
+	}
+	if b.DSN != "" {
+		if err := postgres.CheckDSN(b.DSN); err != nil {
+			return nil, fmt.Errorf("dsn: %w", err)
+		}
+	}
+	return func(ctx context.Context, o storeOptions) (Store, error) {
+		dsn := b.DSN
+		if b.DSNEnv != "" {
+			if dsn = os.Getenv(b.DSNEnv); dsn == "" {
+				return nil, fmt.Errorf("dsn_env: %s is not set", b.DSNEnv)
+			}
+		}
+		return postgres.Open(ctx, postgres.Config{DSN: dsn, MustExist: o.mustExist})
 	}, nil
 }

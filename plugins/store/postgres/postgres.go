@@ -1,0 +1,411 @@
+// Package postgres is hallmark-server's PostgreSQL store
+// (github.com/jackc/pgx/v5), for several server replicas sharing one log.
+//
+// The log stays one linear Merkle log however many processes append: an
+// append takes a transaction-scoped advisory lock (pg_advisory_xact_lock)
+// before it reads the log's head, so appenders run one at a time, and a
+// batch that does not continue the head it finds is refused with
+// store.ErrConflict before anything is written. The primary keys on
+// entries.idx, nodes and checkpoints.size back the lock up: two batches
+// for the same index can never both commit. Commits are synchronous (as
+// the server's synchronous_commit says; keep it on): a signed checkpoint
+// the log has returned is on disk.
+//
+// The schema is versioned: forward-only migrations embedded in the binary
+// (migrations/NNNN_name.sql) are applied at Open in one transaction under
+// another advisory lock, so replicas starting together apply each once,
+// and recorded in schema_migrations. A database newer than the binary is
+// refused. Tables live in the first schema of the connection's
+// search_path.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hallmark-dev/hallmark/plugins/store"
+	"github.com/hallmark-dev/hallmark/plugins/store/migrate"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// Migrations are the schema versions this binary knows, in order.
+func Migrations() []migrate.Migration {
+	ms, err := migrate.Parse(migrationFiles, "migrations")
+	if err != nil { // the files are embedded: a broken one fails every test
+		panic(err)
+	}
+	return ms
+}
+
+// Advisory lock keys: (lockClass, hash of the schema and the purpose), so
+// logs in different schemas of one database do not wait for each other.
+const lockClass = 0x484c4d4b // "HLMK"
+
+// Config configures the store.
+type Config struct {
+	// DSN is a libpq connection string (keyword/value or URL); pgxpool's
+	// pool_* parameters are accepted. It is never logged.
+	DSN string
+	// MustExist refuses a database without the current schema instead
+	// of creating or migrating it (for offline tools such as trust
+	// export).
+	MustExist bool
+}
+
+// Store is a PostgreSQL-backed store. Its methods are safe for concurrent
+// use, also from several processes on one database.
+type Store struct {
+	pool    *pgxpool.Pool
+	logLock int32 // the advisory lock appenders take
+}
+
+// Open connects to cfg.DSN and brings the schema up to date.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.DSN == "" {
+		return nil, errors.New("postgres: dsn is required")
+	}
+	pc, err := pgxpool.ParseConfig(cfg.DSN) // its errors redact the password
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	s := &Store{pool: pool}
+	if err := s.init(ctx, cfg.MustExist, Migrations()); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// CheckDSN reports whether dsn parses, without connecting. Its error
+// never holds the password.
+func CheckDSN(dsn string) error {
+	_, err := pgxpool.ParseConfig(dsn)
+	return err
+}
+
+func lockKey(schema, purpose string) int32 {
+	h := fnv.New32a()
+	h.Write([]byte(schema + "\x00" + purpose))
+	return int32(h.Sum32())
+}
+
+func (s *Store) init(ctx context.Context, mustExist bool, known []migrate.Migration) error {
+	var schema *string
+	if err := s.pool.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return fmt.Errorf("postgres: connect: %w", err)
+	}
+	if schema == nil {
+		return errors.New("postgres: no schema to use: the search_path names no existing schema")
+	}
+	s.logLock = lockKey(*schema, "log")
+	if mustExist {
+		return checkSchema(ctx, s.pool, known)
+	}
+	return migrateSchema(ctx, s.pool, lockKey(*schema, "migrate"), known)
+}
+
+// schemaVersion is the database's schema version: 0 when it has none.
+func schemaVersion(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (int, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+		return 0, fmt.Errorf("postgres: schema version: %w", err)
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int
+	if err := q.QueryRow(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("postgres: schema version: %w", err)
+	}
+	return v, nil
+}
+
+func checkSchema(ctx context.Context, pool *pgxpool.Pool, known []migrate.Migration) error {
+	v, err := schemaVersion(ctx, pool)
+	if err != nil {
+		return err
+	}
+	switch {
+	case v == 0:
+		return errors.New("postgres: the database has no hallmark schema (hallmark-server creates it when it starts)")
+	case v < len(known):
+		return fmt.Errorf("postgres: the database schema is at version %d, this binary's is %d (hallmark-server migrates it when it starts)", v, len(known))
+	case v > len(known):
+		_, err := migrate.Plan(v, known)
+		return fmt.Errorf("postgres: %w", err)
+	}
+	return nil
+}
+
+// migrateSchema applies the migrations the database lacks, all in one
+// transaction under an advisory lock: concurrent starters wait, and then
+// find nothing left to do.
+func migrateSchema(ctx context.Context, pool *pgxpool.Pool, lock int32, known []migrate.Migration) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, int32(lockClass), lock); err != nil {
+			return fmt.Errorf("postgres: lock for migrations: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+  version    INTEGER PRIMARY KEY,
+  name       TEXT    NOT NULL,
+  applied_at BIGINT  NOT NULL
+)`); err != nil {
+			return fmt.Errorf("postgres: create schema_migrations: %w", err)
+		}
+		v, err := schemaVersion(ctx, tx)
+		if err != nil {
+			return err
+		}
+		plan, err := migrate.Plan(v, known)
+		if err != nil {
+			return fmt.Errorf("postgres: %w", err)
+		}
+		for _, m := range plan {
+			// The simple protocol runs a file of several statements.
+			if _, err := tx.Conn().PgConn().Exec(ctx, m.SQL).ReadAll(); err != nil {
+				return fmt.Errorf("postgres: migration %s: %w", m.Name, err)
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
+				m.Version, m.Name, time.Now().Unix()); err != nil {
+				return fmt.Errorf("postgres: record migration %s: %w", m.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Close closes the connection pool.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// The batch inserts take one array per column (unnest), so each is one
+// statement, prepared once, whatever the batch's size.
+const (
+	insertEntries = `INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time)
+SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::text[], $8::bigint[])`
+	insertDigests = `INSERT INTO subject_digests (digest, idx) SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT DO NOTHING`
+	insertNodes   = `INSERT INTO nodes (level, idx, hash) SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])`
+)
+
+// AppendBatch commits b in one transaction, after every other appender's
+// (an advisory lock orders them). It fails with store.ErrConflict unless
+// b continues the log from its latest checkpoint: entries numbered from
+// that size on, and a checkpoint for the size they reach.
+func (s *Store) AppendBatch(ctx context.Context, b store.Batch) (err error) {
+	n := len(b.Entries)
+	var (
+		idx                               = make([]int64, n)
+		leaf, key, body, envelope, certif = make([][]byte, n), make([][]byte, n), make([][]byte, n), make([][]byte, n), make([][]byte, n)
+		spiffeID                          = make([]string, n)
+		integrated                        = make([]int64, n)
+		digests                           [][]byte
+		digestIdx                         []int64
+		nodeLevel                         = make([]int32, len(b.Nodes))
+		nodeIdx                           = make([]int64, len(b.Nodes))
+		nodeHash                          = make([][]byte, len(b.Nodes))
+	)
+	for i, e := range b.Entries {
+		idx[i], leaf[i], key[i], body[i], envelope[i], certif[i], spiffeID[i], integrated[i] =
+			int64(e.Index), e.LeafHash, e.DedupeKey, e.Body, e.Envelope, e.Certificate, e.SPIFFEID, e.IntegratedTime
+		for _, d := range e.SubjectDigests {
+			digests, digestIdx = append(digests, d), append(digestIdx, int64(e.Index))
+		}
+	}
+	for i, nd := range b.Nodes {
+		nodeLevel[i], nodeIdx[i], nodeHash[i] = int32(nd.Level), int64(nd.Index), nd.Hash
+	}
+
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // the append error is what matters
+		}
+	}()
+	// The head is read after the lock is held (each statement of a READ
+	// COMMITTED transaction sees what was committed before it began).
+	var latest *int64
+	head := &pgx.Batch{}
+	head.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, int32(lockClass), s.logLock)
+	head.Queue(`SELECT MAX(size) FROM checkpoints`).QueryRow(func(r pgx.Row) error { return r.Scan(&latest) })
+	if err := tx.SendBatch(ctx, head).Close(); err != nil {
+		return fmt.Errorf("postgres: lock the log: %w", err)
+	}
+	var prev uint64 // 0 when there is no checkpoint
+	if latest != nil {
+		prev = uint64(*latest)
+	}
+	if b.Checkpoint.Size != prev+uint64(n) || (latest != nil && n == 0) {
+		return fmt.Errorf("%w: batch of %d entries for size %d, the log is at %d", store.ErrConflict, n, b.Checkpoint.Size, prev)
+	}
+	for i, e := range b.Entries {
+		if e.Index != prev+uint64(i) {
+			return fmt.Errorf("%w: entry %d in a batch from %d", store.ErrConflict, e.Index, prev)
+		}
+	}
+
+	ins := &pgx.Batch{}
+	if n > 0 {
+		ins.Queue(insertEntries, idx, leaf, key, body, envelope, certif, spiffeID, integrated)
+	}
+	if len(digests) > 0 {
+		ins.Queue(insertDigests, digests, digestIdx)
+	}
+	if len(b.Nodes) > 0 {
+		ins.Queue(insertNodes, nodeLevel, nodeIdx, nodeHash)
+	}
+	ins.Queue(`INSERT INTO checkpoints (size, note) VALUES ($1, $2)`, int64(b.Checkpoint.Size), b.Checkpoint.Note)
+	if err := tx.SendBatch(ctx, ins).Close(); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == uniqueViolation {
+			if pe.ConstraintName == "entries_dedupe_key_key" {
+				return fmt.Errorf("%w (in entries %d to %d)", store.ErrDuplicate, prev, prev+uint64(n)-1)
+			}
+			// Only a writer that ignored the lock gets here.
+			return fmt.Errorf("%w: %s", store.ErrConflict, pe.Message)
+		}
+		return fmt.Errorf("postgres: append: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres: commit: %w", err)
+	}
+	return nil
+}
+
+// uniqueViolation is SQLSTATE unique_violation.
+const uniqueViolation = "23505"
+
+// LatestCheckpoint returns the checkpoint of the largest tree, or
+// store.ErrNotFound on a new database.
+func (s *Store) LatestCheckpoint(ctx context.Context) (store.Checkpoint, error) {
+	var size int64
+	var note []byte
+	err := s.pool.QueryRow(ctx, `SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1`).Scan(&size, &note)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.Checkpoint{}, store.ErrNotFound
+	}
+	if err != nil {
+		return store.Checkpoint{}, fmt.Errorf("postgres: latest checkpoint: %w", err)
+	}
+	return store.Checkpoint{Size: uint64(size), Note: note}, nil
+}
+
+// Nodes returns the hashes of ids, in order, from one statement (one
+// snapshot). A missing node is an error wrapping store.ErrNotFound.
+func (s *Store) Nodes(ctx context.Context, ids []store.NodeID) ([][]byte, error) {
+	if len(ids) == 0 {
+		return [][]byte{}, nil
+	}
+	levels, idxs := make([]int32, len(ids)), make([]int64, len(ids))
+	for i, id := range ids {
+		levels[i], idxs[i] = int32(id.Level), int64(id.Index)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT n.hash FROM unnest($1::integer[], $2::bigint[]) WITH ORDINALITY AS q(level, idx, ord)
+LEFT JOIN nodes n ON n.level = q.level AND n.idx = q.idx ORDER BY q.ord`, levels, idxs)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: nodes: %w", err)
+	}
+	hashes, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		return nil, fmt.Errorf("postgres: nodes: %w", err)
+	}
+	if len(hashes) != len(ids) {
+		return nil, fmt.Errorf("postgres: nodes: %d rows for %d ids", len(hashes), len(ids))
+	}
+	for i, h := range hashes {
+		if h == nil {
+			return nil, fmt.Errorf("postgres: node (%d, %d): %w", ids[i].Level, ids[i].Index, store.ErrNotFound)
+		}
+	}
+	return hashes, nil
+}
+
+const entryColumns = `e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time`
+
+// EntriesByDedupeKey returns the entries whose dedupe keys are among keys,
+// in no particular order.
+func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	return s.queryEntries(ctx, `SELECT `+entryColumns+` FROM entries e WHERE e.dedupe_key = ANY($1::bytea[])`, keys)
+}
+
+// EntriesBySubjectDigest returns up to limit entries, by increasing index
+// from start, whose statements name a subject with this raw SHA-256 digest.
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	return s.queryEntries(ctx, `SELECT `+entryColumns+`
+FROM subject_digests d JOIN entries e ON e.idx = d.idx
+WHERE d.digest = $1 AND d.idx >= $2 ORDER BY d.idx LIMIT $3`, digest, int64(start), limit)
+}
+
+func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {
+	rows, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: query entries: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Entry, error) {
+		var e store.Entry
+		var idx int64
+		err := r.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime)
+		e.Index = uint64(idx)
+		return e, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read entries: %w", err)
+	}
+	return out, nil
+}
+
+// AddSigningCA records ca unless a CA with its ID is already there (whose
+// FirstSeen is then kept).
+func (s *Store) AddSigningCA(ctx context.Context, ca store.SigningCA) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO signing_roots (id, der, not_before, not_after, first_seen) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING`,
+		ca.ID, ca.DER, ca.NotBefore.Unix(), ca.NotAfter.Unix(), ca.FirstSeen.Unix())
+	if err != nil {
+		return fmt.Errorf("postgres: record signing CA: %w", err)
+	}
+	return nil
+}
+
+// SigningCAs returns every recorded signing CA, oldest first.
+func (s *Store) SigningCAs(ctx context.Context) ([]store.SigningCA, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, der, not_before, not_after, first_seen FROM signing_roots ORDER BY first_seen, id`)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: signing CAs: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.SigningCA, error) {
+		var ca store.SigningCA
+		var nb, na, fs int64
+		err := r.Scan(&ca.ID, &ca.DER, &nb, &na, &fs)
+		ca.NotBefore, ca.NotAfter, ca.FirstSeen = time.Unix(nb, 0).UTC(), time.Unix(na, 0).UTC(), time.Unix(fs, 0).UTC()
+		return ca, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read signing CAs: %w", err)
+	}
+	return out, nil
+}
