@@ -69,9 +69,8 @@ func TestNewCreatesCA(t *testing.T) {
 	require.Equal(t, os.FileMode(0o700), mode(t, dir))
 	require.Equal(t, os.FileMode(0o600), mode(t, filepath.Join(dir, keyFile)))
 	require.Equal(t, os.FileMode(0o644), mode(t, filepath.Join(dir, certFile)), "the CA certificate is public")
-	entries, err := os.ReadDir(dir)
-	require.NoError(t, err)
-	require.Len(t, entries, 2, "no temporary files left behind")
+	require.Equal(t, os.FileMode(0o600), mode(t, filepath.Join(dir, stateFile)))
+	require.ElementsMatch(t, []string{keyFile, certFile, stateFile}, dirNames(t, dir), "no temporary files left behind")
 
 	ca := caCert(t, km)
 	require.True(t, ca.IsCA)
@@ -304,9 +303,9 @@ func TestNewRefusesBadCA(t *testing.T) {
 	}
 }
 
-// A key that does not belong to the certificate is not caught by New;
-// signing fails instead, so no mismatched chain is ever handed out.
-func TestMismatchedKeyFailsToSign(t *testing.T) {
+// A key that does not belong to the certificate is refused at start, so no
+// mismatched chain is ever handed out.
+func TestNewRefusesMismatchedKey(t *testing.T) {
 	dir := t.TempDir()
 	newKM(t, dir)
 	otherKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -316,19 +315,18 @@ func TestMismatchedKeyFailsToSign(t *testing.T) {
 	writeKeyFile(t, dir, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}))
 
 	km, err := New(Config{Dir: dir, Now: fixedClock(now)})
-	require.NoError(t, err)
-	_, csr := newCSR(t, nil)
-	chain, err := km.SignCSR(context.Background(), csr, agentID, time.Minute)
-	require.ErrorContains(t, err, "local: sign certificate: ")
-	require.Nil(t, chain)
+	require.ErrorContains(t, err, "local: ca.key is not the key of the certificate in ca.pem")
+	require.Nil(t, km)
 }
 
 func TestNewRecreatesCAWithoutKey(t *testing.T) {
-	// The key is written last: a certificate without its key is an
-	// interrupted first start, and a new CA is made.
+	// The key is written last, then issuers.json: a certificate without
+	// its key or issuers.json is an interrupted first start, and a new CA
+	// is made.
 	dir := t.TempDir()
 	first := caCert(t, newKM(t, dir))
 	require.NoError(t, os.Remove(filepath.Join(dir, keyFile)))
+	require.NoError(t, os.Remove(filepath.Join(dir, stateFile)))
 	second := caCert(t, newKM(t, dir))
 	require.NotEqual(t, first.Raw, second.Raw)
 	require.Equal(t, os.FileMode(0o600), mode(t, filepath.Join(dir, keyFile)))
@@ -372,6 +370,17 @@ func TestNewErrors(t *testing.T) {
 func writeKeyFile(t *testing.T, dir string, data []byte) {
 	t.Helper()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, keyFile), data, 0o600))
+}
+
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
 
 func replaceWithDir(t *testing.T, path string) {
