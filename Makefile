@@ -6,7 +6,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres
 
 build:
 	go build -o bin/ ./cmd/...
@@ -16,6 +16,10 @@ tools: spire protoc
 
 spire:
 	@./test/scripts/install-spire.sh
+
+## postgres: Debian's PostgreSQL server programs, for the tests' private instances (test/pgtest).
+postgres:
+	@./test/scripts/install-postgres.sh
 
 protoc:
 	@command -v protoc >/dev/null || ./test/scripts/apt-install.sh protobuf-compiler
@@ -37,7 +41,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go vet ./...
 
-unit:
+unit: postgres
 	go test -race -count=1 $$(go list ./... | grep -v /test/e2e)
 
 e2e: tools
@@ -51,7 +55,7 @@ deploy-check:
 	@./test/scripts/deploy-check.sh
 
 ## bench: figures against floors measured in the same run (see test/cmd/hallmark-bench).
-bench: tools
+bench: tools postgres
 	go run ./test/cmd/hallmark-bench
 
 ## dev: SPIRE server+agent, hallmark-server+agent in the foreground; Ctrl-C stops all.
