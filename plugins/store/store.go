@@ -1,8 +1,8 @@
 // Package store holds the records hallmark-server keeps about its
 // transparency log and its signing CAs. The server declares the interface
 // it needs (server.Store); the plugins under this directory implement it
-// over one database each: sqlite (the embedded default) and, later,
-// postgres. Nothing here does I/O.
+// over one database each: sqlite (the embedded default) and postgres.
+// Nothing here does I/O.
 //
 // A store is dumb on purpose: it never computes a hash, signs or decides
 // what an index is. The server's single appender hands it whole batches
