@@ -32,6 +32,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/hallmark-dev/hallmark/plugins/keymanager"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager/vault"
 	"github.com/hallmark-dev/hallmark/test/vaultdev"
 )
@@ -345,6 +346,191 @@ func TestContract(t *testing.T) {
 				require.NoError(t, err)
 			})
 		}
+	})
+}
+
+// TestContractRotation drives one PKI mount through the rotation steps the
+// server uses (prepare, activate, revoke), against the same target as
+// TestContract.
+func TestContractRotation(t *testing.T) {
+	tg := newTarget(t)
+	t.Logf("vault rotation contract runs against: %s", tg.name)
+	mount, oldRoot := tg.pki(t)
+	ctx := context.Background()
+	newKM := func(t *testing.T) *vault.KeyManager {
+		t.Helper()
+		km, err := vault.New(tg.config(mount, vault.AuthConfig{Method: vault.AuthDevToken}, tg.rootToken), vault.Deps{})
+		require.NoError(t, err)
+		return km
+	}
+	km := newKM(t)
+	list := func(t *testing.T, km *vault.KeyManager) ([]keymanager.Issuer, []string) {
+		t.Helper()
+		issuers, err := km.Issuers(ctx)
+		require.NoError(t, err)
+		var flags []string
+		for _, iss := range issuers {
+			switch {
+			case iss.Active && iss.Revoked:
+				flags = append(flags, "A+R")
+			case iss.Active:
+				flags = append(flags, "A")
+			case iss.Revoked:
+				flags = append(flags, "R")
+			default:
+				flags = append(flags, "-")
+			}
+		}
+		return issuers, flags
+	}
+	signsWith := func(t *testing.T, km *vault.KeyManager, root, other *x509.Certificate) {
+		t.Helper()
+		csr, _ := newCSR(t)
+		chain, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		requireChainsTo(t, chain, root)
+		require.Error(t, chain[0].CheckSignatureFrom(other), "signed by the other issuer")
+	}
+	defaultIssuer := func(t *testing.T) string {
+		t.Helper()
+		s, err := tg.admin.Logical().Read(mount + "/config/issuers")
+		require.NoError(t, err)
+		return s.Data["default"].(string)
+	}
+
+	issuers, flags := list(t, km)
+	require.Equal(t, []string{"A"}, flags)
+	old := issuers[0]
+	require.Equal(t, oldRoot.Raw, old.Chain[0].Raw)
+	require.Equal(t, defaultIssuer(t), old.ID, "the ID is Vault's issuer_id")
+
+	var next keymanager.Issuer
+	t.Run("prepare creates an issuer that does not sign yet", func(t *testing.T) {
+		var err error
+		next, err = km.PrepareIssuer(ctx)
+		require.NoError(t, err)
+		require.NotEqual(t, old.ID, next.ID)
+		require.False(t, next.Active)
+		require.False(t, next.Revoked)
+		require.NotEmpty(t, next.Chain)
+		root := next.Chain[len(next.Chain)-1]
+		require.True(t, root.IsCA)
+		require.Equal(t, oldRoot.Subject.CommonName, root.Subject.CommonName)
+		require.IsType(t, &ecdsa.PublicKey{}, root.PublicKey)
+		require.Equal(t, elliptic.P256(), root.PublicKey.(*ecdsa.PublicKey).Curve)
+		require.InDelta(t, oldRoot.NotAfter.Sub(oldRoot.NotBefore).Seconds(), root.NotAfter.Sub(root.NotBefore).Seconds(), 120, "same lifetime as the current issuer")
+		issuers, flags := list(t, km)
+		require.Equal(t, []string{"A", "-"}, flags, "oldest first")
+		require.Equal(t, []string{old.ID, next.ID}, []string{issuers[0].ID, issuers[1].ID})
+		require.Equal(t, old.ID, defaultIssuer(t), "rotating does not move Vault's default")
+		signsWith(t, km, oldRoot, root)
+	})
+
+	t.Run("activate makes the role sign with it", func(t *testing.T) {
+		require.NoError(t, km.ActivateIssuer(ctx, next.ID))
+		_, flags := list(t, km)
+		require.Equal(t, []string{"-", "A"}, flags)
+		require.Equal(t, next.ID, defaultIssuer(t))
+		signsWith(t, km, next.Chain[len(next.Chain)-1], oldRoot)
+		require.NoError(t, km.ActivateIssuer(ctx, next.ID), "activating the active issuer again is harmless")
+	})
+
+	t.Run("revoke revokes the old issuer in Vault", func(t *testing.T) {
+		require.NoError(t, km.RevokeIssuer(ctx, old.ID))
+		_, flags := list(t, km)
+		require.Equal(t, []string{"R", "A"}, flags)
+		s, err := tg.admin.Logical().Read(mount + "/issuer/" + old.ID)
+		require.NoError(t, err)
+		require.Equal(t, true, s.Data["revoked"])
+		signsWith(t, km, next.Chain[len(next.Chain)-1], oldRoot)
+		require.NoError(t, km.RevokeIssuer(ctx, old.ID), "revoking twice is harmless")
+	})
+
+	t.Run("another key manager (a restarted server) sees the same", func(t *testing.T) {
+		issuers, _ := list(t, km)
+		again, flags := list(t, newKM(t))
+		require.Equal(t, []string{"R", "A"}, flags)
+		require.Equal(t, issuers, again)
+	})
+
+	refusals := []struct {
+		name    string
+		op      func() error
+		wantIs  error
+		wantMsg string
+	}{
+		{"activate an unknown issuer", func() error { return km.ActivateIssuer(ctx, "00000000-0000-0000-0000-000000000000") }, keymanager.ErrUnknownIssuer, "unknown issuer"},
+		{"activate by reference rather than ID", func() error { return km.ActivateIssuer(ctx, "default") }, keymanager.ErrUnknownIssuer, "unknown issuer"},
+		{"activate by name rather than ID", func() error { return km.ActivateIssuer(ctx, "root-1") }, keymanager.ErrUnknownIssuer, "unknown issuer"},
+		{"revoke an unknown issuer", func() error { return km.RevokeIssuer(ctx, "") }, keymanager.ErrUnknownIssuer, "unknown issuer"},
+		{"revoke the active issuer", func() error { return km.RevokeIssuer(ctx, next.ID) }, nil, "it is the active (default) issuer; activate another one first"},
+		{"activate a revoked issuer", func() error { return km.ActivateIssuer(ctx, old.ID) }, nil, "it is revoked and can never sign again"},
+	}
+	for _, tc := range refusals {
+		t.Run("refuses to "+tc.name, func(t *testing.T) {
+			err := tc.op()
+			require.ErrorContains(t, err, tc.wantMsg)
+			if tc.wantIs != nil {
+				require.ErrorIs(t, err, tc.wantIs)
+			}
+			_, flags := list(t, km)
+			require.Equal(t, []string{"R", "A"}, flags, "nothing changed")
+		})
+	}
+
+	t.Run("refuses to prepare when Vault's default follows the latest issuer", func(t *testing.T) {
+		tg.write(t, mount+"/config/issuers", map[string]any{"default": next.ID, "default_follows_latest_issuer": true})
+		defer tg.write(t, mount+"/config/issuers", map[string]any{"default": next.ID, "default_follows_latest_issuer": false})
+		_, err := km.PrepareIssuer(ctx)
+		require.ErrorContains(t, err, "default_follows_latest_issuer=true")
+		_, flags := list(t, km)
+		require.Equal(t, []string{"R", "A"}, flags)
+	})
+
+	t.Run("signing goes on while the active issuer changes", func(t *testing.T) {
+		third, err := km.PrepareIssuer(ctx)
+		require.NoError(t, err)
+		roots := map[string]bool{string(next.Chain[len(next.Chain)-1].Raw): true, string(third.Chain[len(third.Chain)-1].Raw): true}
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		stop := make(chan struct{})
+		for range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				csr, _ := newCSR(t)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					chain, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+					if err == nil && !roots[string(chain[len(chain)-1].Raw)] {
+						err = fmt.Errorf("chain ends in an unexpected root %s", chain[len(chain)-1].Subject)
+					}
+					if err == nil {
+						err = chain[0].CheckSignatureFrom(chain[1])
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		for _, id := range []string{third.ID, next.ID, third.ID} {
+			require.NoError(t, km.ActivateIssuer(ctx, id))
+			time.Sleep(20 * time.Millisecond)
+		}
+		close(stop)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		_, flags := list(t, km)
+		require.Equal(t, []string{"R", "-", "A"}, flags)
 	})
 }
 

@@ -158,24 +158,36 @@ func (k *KeyManager) SignCSR(ctx context.Context, csr *x509.CertificateRequest, 
 }
 
 // write performs a logical write with a valid token, logging in again once
-// if Vault says the token is no longer good.
+// if Vault says the token is no longer good. An empty answer is an error.
 func (k *KeyManager) write(ctx context.Context, path string, data map[string]any) (*api.Secret, error) {
+	secret, err := k.call(ctx, "write "+path, func() (*api.Secret, error) {
+		return k.client.Logical().WriteWithContext(ctx, path, data)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if secret == nil {
+		return nil, fmt.Errorf("vault: write %s: empty response: %w", path, ErrRefused)
+	}
+	return secret, nil
+}
+
+// call runs one Vault request with a valid token, logging in again once if
+// Vault says the token is no longer good; op names it in errors.
+func (k *KeyManager) call(ctx context.Context, op string, do func() (*api.Secret, error)) (*api.Secret, error) {
 	if err := k.ensureToken(ctx, false); err != nil {
 		return nil, err
 	}
-	secret, err := k.client.Logical().WriteWithContext(ctx, path, data)
+	secret, err := do()
 	if isForbidden(err) && k.cfg.Auth.Method != AuthDevToken {
 		k.deps.Log.Info("Vault token refused; logging in again")
 		if err := k.ensureToken(ctx, true); err != nil {
 			return nil, err
 		}
-		secret, err = k.client.Logical().WriteWithContext(ctx, path, data)
+		secret, err = do()
 	}
 	if err != nil {
-		return nil, k.classify("write "+path, err)
-	}
-	if secret == nil {
-		return nil, fmt.Errorf("vault: write %s: empty response: %w", path, ErrRefused)
+		return nil, k.classify(op, err)
 	}
 	return secret, nil
 }
