@@ -82,6 +82,7 @@ func attestCmd() *cobra.Command {
 		products, materials          []string
 		waitLog                      bool
 		waitTimeout                  time.Duration
+		progress                     = progressAuto
 	)
 	cmd := &cobra.Command{
 		Use:   "attest --step NAME [--material PATH]... [--product PATH]... [--out FILE] [-- CMD ARGS...]",
@@ -89,7 +90,12 @@ func attestCmd() *cobra.Command {
 		Long: `With a command, run it (stdio passed through, signals forwarded) and, when
 it succeeds, have the agent attest the step; the exit code is the command's.
 Without one, attest the given products now. The agent measures the files
-itself; paths are relative to the workspace (default: the current directory).`,
+itself; paths are relative to the workspace (default: the current directory).
+
+While the agent hashes large products, a line on stderr shows how far it
+got: with --progress auto (the default) only when stderr is a terminal and
+hashing takes more than half a second; "always" shows it from the start, as
+plain lines when stderr is not a terminal; "never" shows nothing.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if step == "" {
 				return errors.New("--step is required")
@@ -122,10 +128,12 @@ itself; paths are relative to the workspace (default: the current directory).`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Minute)
 			defer cancel()
-			resp, err := client.AttestStep(ctx, &agentv1.AttestStepRequest{
+			stderr := cmd.ErrOrStderr()
+			display := newProgressDisplay(stderr, isTerminal(stderr), progress, time.Now)
+			resp, err := attestStep(ctx, client, &agentv1.AttestStepRequest{
 				Step: step, Workspace: ws, Products: products, Materials: materials,
 				StartedOn: timestamppb.New(started), Command: args,
-			})
+			}, display)
 			if err != nil {
 				return explain(socket, err)
 			}
@@ -166,6 +174,7 @@ itself; paths are relative to the workspace (default: the current directory).`,
 	cmd.Flags().StringVar(&workspace, "workspace", "", "the directory paths are relative to (default: current directory)")
 	cmd.Flags().BoolVar(&waitLog, "wait-log", false, "wait until the attestation is in the transparency log and write the complete bundle")
 	cmd.Flags().DurationVar(&waitTimeout, "wait-log-timeout", 2*time.Minute, "how long --wait-log waits")
+	cmd.Flags().Var(&progress, "progress", "show hashing progress on stderr: auto (on a terminal, when slow), always or never")
 	return cmd
 }
 
