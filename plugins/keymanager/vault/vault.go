@@ -7,6 +7,9 @@
 // The SPIFFE ID a certificate names is passed by the server, which takes it
 // from the caller's mTLS peer certificate; the role should set
 // use_csr_sans=false so that nothing in the CSR can add another name.
+//
+// Signing-CA rotation (Issuers, PrepareIssuer, ActivateIssuer, RevokeIssuer)
+// uses the mount's issuers: see issuers.go.
 package vault
 
 import (
