@@ -70,8 +70,9 @@ type Config struct {
 type KeyManager struct {
 	cfg Config
 
-	// active is what SignCSR signs with: read without a lock.
-	active atomic.Pointer[issuer]
+	// active is what SignCSR signs with: read without a lock, replaced
+	// whole, never modified.
+	active atomic.Pointer[signingCA]
 
 	mu      sync.Mutex // serializes rotation; guards issuers and their revocation
 	issuers []*issuer  // oldest first
@@ -87,6 +88,17 @@ type issuer struct {
 }
 
 func (i *issuer) revoked() bool { return !i.revokedAt.IsZero() }
+
+// signingCA is the active issuer as SignCSR sees it.
+type signingCA struct {
+	id   string
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+func (k *KeyManager) activate(iss *issuer) {
+	k.active.Store(&signingCA{id: iss.id, cert: iss.cert, key: iss.key})
+}
 
 func (i *issuer) certPath() string {
 	if i.legacy {
@@ -175,7 +187,7 @@ func (k *KeyManager) upgrade() error {
 	if err := k.saveState(iss.id); err != nil {
 		return err
 	}
-	k.active.Store(iss)
+	k.activate(iss)
 	return nil
 }
 
@@ -228,7 +240,7 @@ func (k *KeyManager) loadState(data []byte) error {
 	if active.revoked() {
 		return fmt.Errorf("local: %s: active issuer %s is revoked", stateFile, active.id)
 	}
-	k.active.Store(active)
+	k.activate(active)
 	return nil
 }
 
@@ -268,10 +280,10 @@ func (k *KeyManager) Roots(context.Context) ([]*x509.Certificate, error) {
 func (k *KeyManager) Issuers(context.Context) ([]keymanager.Issuer, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	active := k.active.Load()
+	active := k.active.Load().id
 	out := make([]keymanager.Issuer, 0, len(k.issuers))
 	for _, iss := range k.issuers {
-		out = append(out, iss.public(iss == active))
+		out = append(out, iss.public(iss.id == active))
 	}
 	return out, nil
 }
@@ -331,13 +343,13 @@ func (k *KeyManager) ActivateIssuer(ctx context.Context, id string) error {
 	if iss.revoked() {
 		return fmt.Errorf("local: activate issuer %s: it is revoked and can never sign again", id)
 	}
-	if k.active.Load() == iss {
+	if k.active.Load().id == iss.id {
 		return nil
 	}
 	if err := k.saveState(iss.id); err != nil {
 		return err
 	}
-	k.active.Store(iss)
+	k.activate(iss)
 	return nil
 }
 
@@ -358,7 +370,7 @@ func (k *KeyManager) RevokeIssuer(ctx context.Context, id string) error {
 	if iss.revoked() {
 		return nil
 	}
-	if k.active.Load() == iss {
+	if k.active.Load().id == iss.id {
 		return fmt.Errorf("local: revoke issuer %s: it is the active issuer; activate another one first", id)
 	}
 	// Recorded first, so that a crash before the key is removed is finished

@@ -453,3 +453,57 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// BenchmarkSignCSR measures the hot path; the parallel variant flips the
+// active issuer meanwhile, which must not slow signing down.
+func BenchmarkSignCSR(b *testing.B) {
+	km, err := New(Config{Dir: b.TempDir(), Now: fixedClock(now)})
+	require.NoError(b, err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(b, err)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	require.NoError(b, err)
+	csr, err := x509.ParseCertificateRequest(der)
+	require.NoError(b, err)
+	b.Run("sequential", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := km.SignCSR(ctx, csr, agentID, time.Minute); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("parallel while activating", func(b *testing.B) {
+		first, err := km.Issuers(ctx)
+		require.NoError(b, err)
+		next, err := km.PrepareIssuer(ctx)
+		require.NoError(b, err)
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Millisecond):
+				}
+				id := first[0].ID
+				if i%2 == 0 {
+					id = next.ID
+				}
+				if err := km.ActivateIssuer(ctx, id); err != nil {
+					panic(err)
+				}
+			}
+		}()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := km.SignCSR(ctx, csr, agentID, time.Minute); err != nil {
+					panic(err)
+				}
+			}
+		})
+		close(stop)
+		<-done
+	})
+}
