@@ -25,6 +25,7 @@ import (
 func TestProgress(t *testing.T) {
 	t.Parallel()
 	ws := workspace(t, nil)
+	t.Cleanup(func() { os.RemoveAll(ws) })
 	const files, size = 6, 48 << 20 // 288 MiB
 	chunk := make([]byte, 1<<20)
 	rand.Read(chunk)
