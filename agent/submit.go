@@ -3,10 +3,12 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -98,10 +100,11 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 			settled = append(settled, outbox.Settlement{ID: it.ID, Reason: res.GetError()})
 			continue
 		}
-		if err := protojson.Unmarshal(res.GetTlogEntry(), &rekorpb.TransparencyLogEntry{}); err != nil {
-			return fmt.Errorf("server answer for %s: log entry: %w", it.ID, err)
+		logged, err := loggedMaterial(res.GetTlogEntry(), res.GetSignedTimestamp())
+		if err != nil {
+			return fmt.Errorf("server answer for %s: %w", it.ID, err)
 		}
-		settled = append(settled, outbox.Settlement{ID: it.ID, TlogJSON: res.GetTlogEntry()})
+		settled = append(settled, outbox.Settlement{ID: it.ID, Logged: logged})
 		a.metrics.logSubmissions.WithLabelValues("logged").Inc()
 	}
 	if err := a.outbox.Settle(settled); err != nil {
@@ -111,21 +114,41 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 	return nil
 }
 
-// withTlogEntry returns bundleJSON with the log entry added to its
-// verification material.
-func withTlogEntry(bundleJSON, tlogJSON []byte) ([]byte, error) {
+// loggedMaterial is what logging adds to a bundle: the log entry and the
+// RFC 3161 timestamp of the signature, as the protojson of a
+// VerificationMaterial holding only those two (withLogged merges it).
+func loggedMaterial(tlogJSON, timestamp []byte) ([]byte, error) {
+	var e rekorpb.TransparencyLogEntry
+	if err := protojson.Unmarshal(tlogJSON, &e); err != nil {
+		return nil, fmt.Errorf("log entry: %w", err)
+	}
+	if len(timestamp) == 0 {
+		return nil, errors.New("no signed timestamp for the log entry")
+	}
+	return protojson.Marshal(&bundlepb.VerificationMaterial{
+		TlogEntries: []*rekorpb.TransparencyLogEntry{&e},
+		TimestampVerificationData: &bundlepb.TimestampVerificationData{
+			Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: timestamp}},
+		},
+	})
+}
+
+// withLogged returns bundleJSON with what logging added (loggedMaterial)
+// merged into its verification material.
+func withLogged(bundleJSON, logged []byte) ([]byte, error) {
 	var b bundlepb.Bundle
 	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
-	var e rekorpb.TransparencyLogEntry
-	if err := protojson.Unmarshal(tlogJSON, &e); err != nil {
+	var m bundlepb.VerificationMaterial
+	if err := protojson.Unmarshal(logged, &m); err != nil {
 		return nil, fmt.Errorf("log entry: %w", err)
 	}
 	if b.GetVerificationMaterial() == nil {
 		return nil, fmt.Errorf("bundle has no verification material")
 	}
-	b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&e}
+	b.VerificationMaterial.TlogEntries = m.TlogEntries
+	b.VerificationMaterial.TimestampVerificationData = m.TimestampVerificationData
 	return protojson.Marshal(&b)
 }
 
@@ -134,7 +157,7 @@ func bundleOf(it outbox.Item) ([]byte, bool, error) {
 	if it.State != outbox.Logged {
 		return it.Bundle, false, nil
 	}
-	b, err := withTlogEntry(it.Bundle, it.TlogJSON)
+	b, err := withLogged(it.Bundle, it.Logged)
 	return b, err == nil, err
 }
 

@@ -67,8 +67,8 @@ type Config struct {
 }
 
 // DefaultLogOrigin is the log origin of a trust domain when the file sets
-// none: "hallmark/" followed by the trust domain's name.
-func DefaultLogOrigin(td spiffeid.TrustDomain) string { return "hallmark/" + td.Name() }
+// none: "hallmark." followed by the trust domain's name.
+func DefaultLogOrigin(td spiffeid.TrustDomain) string { return "hallmark." + td.Name() }
 
 // setLogDefaults fills in the store and the log origin.
 func (c *Config) setLogDefaults() {

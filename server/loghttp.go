@@ -125,6 +125,9 @@ type entryJSON struct {
 	Certificate []byte `json:"certificate"`
 	// SPIFFEID is the agent that submitted it.
 	SPIFFEID string `json:"spiffeId"`
+	// SignedTimestamp is the RFC 3161 timestamp of the envelope's
+	// signature, DER TimeStampResp (standard base64).
+	SignedTimestamp []byte `json:"signedTimestamp"`
 }
 
 func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
@@ -158,7 +161,7 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 			h.internal(w, r, err)
 			return
 		}
-		out.Entries = append(out.Entries, entryJSON{TlogEntry: b, DSSEEnvelope: e.Envelope, Certificate: e.Certificate, SPIFFEID: e.SPIFFEID})
+		out.Entries = append(out.Entries, entryJSON{TlogEntry: b, DSSEEnvelope: e.Envelope, Certificate: e.Certificate, SPIFFEID: e.SPIFFEID, SignedTimestamp: e.Timestamp})
 	}
 	if len(found) == maxEntriesPerPage {
 		next := found[len(found)-1].Index + 1

@@ -84,16 +84,8 @@ func readLogKey(path string) (logKey, error) {
 	return logKey{priv: priv, created: created.UTC().Truncate(time.Second)}, nil
 }
 
-// createLogKey writes a new key to path without ever replacing one: the
-// key goes to a temporary file first and is then linked into place.
+// createLogKey writes a new key to path without ever replacing one.
 func createLogKey(path string, now time.Time) (logKey, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return logKey{}, fmt.Errorf("create log key directory: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return logKey{}, fmt.Errorf("restrict log key directory: %w", err)
-	}
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		return logKey{}, fmt.Errorf("generate log key: %w", err)
@@ -104,29 +96,45 @@ func createLogKey(path string, now time.Time) (logKey, error) {
 	}
 	created := now.UTC().Truncate(time.Second)
 	data := pem.EncodeToMemory(&pem.Block{Type: logKeyPEMType, Headers: map[string]string{logKeyCreatedAt: created.Format(time.RFC3339)}, Bytes: der})
+	if err := createExclusive(path, data); err != nil {
+		return logKey{}, fmt.Errorf("log key: %w", err)
+	}
+	return logKey{priv: priv, created: created}, nil
+}
 
-	tmp, err := os.CreateTemp(dir, ".key-*") // mode 0600
+// createExclusive writes data to path (mode 0600, its directory 0700)
+// without ever replacing a file there: the data goes to a temporary file
+// first, is synced, and is then linked into place.
+func createExclusive(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create directory: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restrict directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".new-*") // mode 0600
 	if err != nil {
-		return logKey{}, fmt.Errorf("write log key: %w", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	defer os.Remove(tmp.Name())
 	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
-		return logKey{}, fmt.Errorf("write log key: %w", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	if err := tmp.Sync(); err != nil {
 		tmp.Close()
-		return logKey{}, fmt.Errorf("write log key: %w", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
-		return logKey{}, fmt.Errorf("write log key: %w", err)
+		return fmt.Errorf("write: %w", err)
 	}
 	if err := os.Link(tmp.Name(), path); err != nil {
-		return logKey{}, fmt.Errorf("install log key: %w", err)
+		return fmt.Errorf("install: %w", err)
 	}
 	if d, err := os.Open(dir); err == nil {
 		d.Sync() //nolint:errcheck // best effort: make the new name durable
 		d.Close()
 	}
-	return logKey{priv: priv, created: created}, nil
+	return nil
 }

@@ -254,7 +254,7 @@ func TestLogHTTP(t *testing.T) {
 	require.Equal(t, TrustedRootMediaType, tr.GetMediaType())
 	require.Len(t, tr.GetTlogs(), 1)
 	tl := tr.GetTlogs()[0]
-	require.Equal(t, "https://hallmark/example.org", tl.GetBaseUrl())
+	require.Equal(t, "https://hallmark.example.org", tl.GetBaseUrl())
 	require.Equal(t, protocommon.HashAlgorithm_SHA2_256, tl.GetHashAlgorithm())
 	require.Equal(t, protocommon.PublicKeyDetails_PKIX_ED25519, tl.GetPublicKey().GetKeyDetails())
 	require.NotNil(t, tl.GetPublicKey().GetValidFor().GetStart())
@@ -389,7 +389,7 @@ func dedupeKeyOf(t *testing.T, s Submission) []byte {
 	t.Helper()
 	var env dssepb.Envelope
 	require.NoError(t, protojson.Unmarshal(s.Envelope, &env))
-	body, err := tlog.NewBody(&env, s.Certificate, time.Unix(0, 0))
+	body, err := tlog.NewBody(&env, s.Certificate)
 	require.NoError(t, err)
 	return tlog.LeafHash(body)
 }
@@ -412,7 +412,7 @@ func TestExportTrustedRootOffline(t *testing.T) {
 	var tr trustrootpb.TrustedRoot
 	require.NoError(t, protojson.Unmarshal(out, &tr))
 	require.Empty(t, tr.GetCertificateAuthorities())
-	require.Equal(t, "https://hallmark/example.org", tr.GetTlogs()[0].GetBaseUrl())
+	require.Equal(t, "https://hallmark.example.org", tr.GetTlogs()[0].GetBaseUrl())
 
 	cfg.LogOrigin = "hallmark/elsewhere"
 	_, err = ExportTrustedRoot(context.Background(), cfg)
@@ -424,7 +424,7 @@ func TestParseConfigStoreAndLog(t *testing.T) {
 	c, err := ParseConfig("server.hcl", []byte(serverHCL(`data_dir = "`+dir+`"`)), noEnv)
 	require.NoError(t, err)
 	require.Equal(t, "sqlite", c.Store.Name)
-	require.Equal(t, "hallmark/example.org", c.LogOrigin)
+	require.Equal(t, "hallmark.example.org", c.LogOrigin)
 	st, err := c.Store.open(context.Background(), storeOptions{})
 	require.NoError(t, err)
 	require.NoError(t, st.Close())
@@ -436,11 +436,11 @@ store "sqlite" {
   path = "`+dbPath+`"
 }
 log {
-  origin = "ci.example.org/hallmark-log"
+  origin = "hallmark-log.ci.example.org"
 }
 `), noEnv)
 	require.NoError(t, err)
-	require.Equal(t, "ci.example.org/hallmark-log", c.LogOrigin)
+	require.Equal(t, "hallmark-log.ci.example.org", c.LogOrigin)
 	st, err = c.Store.open(context.Background(), storeOptions{})
 	require.NoError(t, err)
 	require.NoError(t, st.Close())
@@ -454,7 +454,7 @@ log {
 		{name: "unknown key in the store block", extra: "store \"sqlite\" {\n  paht = \"/x\"\n}", wantErr: []string{`"paht"`, "server.hcl:6"}},
 		{name: "relative store path", extra: `store "sqlite" { path = "x.db" }`, wantErr: []string{"must be an absolute path"}},
 		{name: "two stores", extra: `store "sqlite" {}` + "\n" + `store "sqlite" {}`, wantErr: []string{"only one store block"}},
-		{name: "origin with a scheme", extra: `log { origin = "https://hallmark.example.org" }`, wantErr: []string{"log.origin", "scheme"}},
+		{name: "origin with a scheme", extra: `log { origin = "https://hallmark.example.org" }`, wantErr: []string{"log.origin", "host name"}},
 		{name: "origin with a space", extra: `log { origin = "hallmark log" }`, wantErr: []string{"log.origin"}},
 		{name: "origin with a plus", extra: `log { origin = "a+b" }`, wantErr: []string{"log.origin"}},
 		{name: "unknown key in the log block", extra: "log {\n  orign = \"x\"\n}", wantErr: []string{`"orign"`}},
@@ -502,7 +502,7 @@ func FuzzSubmitCheck(f *testing.F) {
 	f.Add([]byte(`{}`), []byte{})
 	st := openStore(f, filepath.Join(f.TempDir(), "hallmark.db"))
 	defer st.Close()
-	l, err := NewTransparencyLog(context.Background(), TransparencyLogConfig{Store: st, Key: newLogKey(f), Origin: testOrigin})
+	l, err := NewTransparencyLog(context.Background(), TransparencyLogConfig{Store: st, Key: newLogKey(f), Origin: testOrigin, TSA: newTestTSA(f)})
 	require.NoError(f, err)
 	require.NoError(f, l.RecordSigningCA(context.Background(), []*x509.Certificate{ca.cert}))
 	f.Fuzz(func(t *testing.T, envelope, cert []byte) {

@@ -49,8 +49,12 @@ type Submission struct {
 // with its inclusion proof and signed checkpoint) or Refusal, which is
 // final.
 type SubmitResult struct {
-	Entry   *rekorpb.TransparencyLogEntry
-	Refusal error
+	Entry *rekorpb.TransparencyLogEntry
+	// Timestamp is the RFC 3161 timestamp (DER TimeStampResp) the log's
+	// timestamp authority granted the entry's signature when it was
+	// first accepted.
+	Timestamp []byte
+	Refusal   error
 }
 
 // Submit logs subs for the agent caller, checking each in order:
@@ -121,7 +125,7 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 			if err != nil {
 				return nil, fmt.Errorf("prove entry %d: %w", e.Index, err)
 			}
-			results[retryPos[j]].Entry = entry
+			results[retryPos[j]].Entry, results[retryPos[j]].Timestamp = entry, e.Timestamp
 			l.metrics.appends.WithLabelValues(appendDuplicate).Inc()
 		}
 	}
@@ -144,13 +148,13 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 			if err != nil {
 				return nil, fmt.Errorf("prove entry %d: %w", it.entry.Index, err)
 			}
-			results[i].Entry = entry
+			results[i].Entry, results[i].Timestamp = entry, it.entry.Timestamp
 		case it.batch != nil:
 			entry, err := l.proveInBatch(it.entry, it.batch)
 			if err != nil {
 				return nil, fmt.Errorf("prove entry %d: %w", it.entry.Index, err)
 			}
-			results[i].Entry = entry
+			results[i].Entry, results[i].Timestamp = entry, it.entry.Timestamp
 		default:
 			return nil, errors.New("transparency log: entry left unanswered")
 		}
@@ -215,13 +219,13 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 		return nil, err
 	}
 
-	body0, err := tlog.NewBody(env, sub.Certificate, time.Unix(0, 0))
+	body, err := tlog.NewBody(env, sub.Certificate)
 	if err != nil {
 		return nil, err
 	}
 	it := &pendingEntry{
 		envelope: sub.Envelope, env: env, cert: sub.Certificate, spiffeID: caller.String(),
-		key: tlog.LeafHash(body0),
+		body: body, key: tlog.LeafHash(body),
 	}
 
 	// 4. The chain, valid now; the appender checks the window again at
@@ -238,6 +242,12 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 
 	// 5. The statement.
 	if it.digests, err = subjectDigests(env.GetPayload()); err != nil {
+		return nil, err
+	}
+
+	// Accepted: timestamp the signature now (RFC 3161). Kept only if
+	// the entry is new; a repeat answers with the first one's.
+	if it.timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), now); err != nil {
 		return nil, err
 	}
 	return it, nil

@@ -54,7 +54,7 @@ func (a *agentService) SubmitEntries(ctx context.Context, req *serverv1.SubmitEn
 		if err != nil {
 			return nil, status.Errorf(codes.Internal, "marshal log entry: %v", err)
 		}
-		resp.Results[i] = &serverv1.LogEntryResult{TlogEntry: out}
+		resp.Results[i] = &serverv1.LogEntryResult{TlogEntry: out, SignedTimestamp: r.Timestamp}
 	}
 	return resp, nil
 }
@@ -121,8 +121,16 @@ func (s *Server) openLogIn(ctx context.Context, st Store) (*TransparencyLog, err
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	tsaPath := tsaKeyPath(s.cfg.DataDir)
+	ts, err := loadTSA(tsaPath, s.cfg.LogOrigin, !hasLog, s.cfg.Now())
+	if errors.Is(err, errNoTSAKey) {
+		return nil, fmt.Errorf("server: the store holds a transparency log but its timestamp key %s is missing: restore it (the trusted root names its certificate)", tsaPath)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	tl, err := NewTransparencyLog(ctx, TransparencyLogConfig{
-		Store: st, Key: key.priv, KeyCreated: key.created, Origin: s.cfg.LogOrigin,
+		Store: st, Key: key.priv, KeyCreated: key.created, Origin: s.cfg.LogOrigin, TSA: ts,
 		Log: s.log.With(zap.String("component", "tlog")), Now: s.cfg.Now,
 	})
 	if err != nil {

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
@@ -22,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
@@ -40,7 +39,9 @@ type TransparencyLogConfig struct {
 	KeyCreated time.Time
 	// Origin is the checkpoint origin; see docs/log.md.
 	Origin string
-	Log    *zap.Logger
+	// TSA timestamps every accepted signature (RFC 3161).
+	TSA *tsa.Signer
+	Log *zap.Logger
 	// Now returns the current time; time.Now when nil.
 	Now func() time.Time
 	// MaxBatch bounds the entries of one append transaction (one
@@ -63,6 +64,7 @@ type TransparencyLog struct {
 	created time.Time
 	origin  string
 	logID   []byte
+	tsa     *tsa.Signer
 	now     func() time.Time
 	log     *zap.Logger
 	metrics *logMetrics
@@ -110,6 +112,9 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 	if err := validOrigin(cfg.Origin); err != nil {
 		return nil, fmt.Errorf("transparency log: %w", err)
 	}
+	if cfg.TSA == nil {
+		return nil, errors.New("transparency log: no timestamp authority")
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -129,7 +134,7 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 	}
 	l := &TransparencyLog{
 		store: cfg.Store, key: cfg.Key, pub: pub, created: cfg.KeyCreated, origin: cfg.Origin, logID: logID,
-		now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
+		tsa: cfg.TSA, now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
 		maxBatch: cfg.MaxBatch, batchWait: cfg.BatchWait,
 		reqs: make(chan *appendRequest, 1024), stopped: make(chan struct{}),
 		certs: newCertCache(),
@@ -203,17 +208,16 @@ func rootOf(r *compact.Range) ([]byte, error) {
 // trusted root's baseUrl is "https://" followed by it and verifiers take
 // the baseUrl without scheme and trailing '/' as the origin.
 func validOrigin(o string) error {
-	switch {
-	case o == "":
+	if o == "" {
 		return errors.New("log origin is empty")
-	case !utf8.ValidString(o):
-		return errors.New("log origin is not UTF-8")
-	case strings.Contains(o, "://"):
-		return fmt.Errorf("log origin %q must not have a scheme", o)
-	case strings.HasSuffix(o, "/"):
-		return fmt.Errorf("log origin %q must not end with '/'", o)
-	case strings.ContainsFunc(o, func(r rune) bool { return r == '+' || unicode.IsSpace(r) || unicode.IsControl(r) }):
-		return fmt.Errorf("log origin %q must not contain spaces or '+'", o)
+	}
+	for _, r := range o {
+		if !('a' <= r && r <= 'z' || '0' <= r && r <= '9' || r == '.' || r == '-' || r == '_') {
+			return fmt.Errorf("log origin %q must be a lowercase host name: the trusted root's baseUrl is https://ORIGIN and Sigstore clients take the checkpoint origin from its host", o)
+		}
+	}
+	if strings.HasPrefix(o, ".") || strings.HasSuffix(o, ".") || strings.Contains(o, "..") {
+		return fmt.Errorf("log origin %q is not a host name", o)
 	}
 	return nil
 }
@@ -241,7 +245,9 @@ type pendingEntry struct {
 	env       *dssepb.Envelope
 	cert      []byte
 	spiffeID  string
-	key       []byte   // dedupe key
+	body      []byte   // canonical entry body (attest/tlog)
+	key       []byte   // dedupe key: the body's leaf hash
+	timestamp []byte   // RFC 3161 timestamp of the signature
 	digests   [][]byte // raw sha256 subject digests
 	notBefore time.Time
 	notAfter  time.Time
@@ -458,15 +464,10 @@ func (l *TransparencyLog) appendItems(ctx context.Context, items []*pendingEntry
 				integrated.UTC().Format(time.RFC3339), it.notBefore.UTC().Format(time.RFC3339), it.notAfter.UTC().Format(time.RFC3339))
 			continue
 		}
-		body, err := tlog.NewBody(it.env, it.cert, integrated)
-		if err != nil {
-			it.refusal = err
-			continue
-		}
 		e := store.Entry{
-			Index: start + uint64(len(entries)), LeafHash: tlog.LeafHash(body), DedupeKey: it.key, Body: body,
+			Index: start + uint64(len(entries)), LeafHash: it.key, DedupeKey: it.key, Body: it.body,
 			Envelope: it.envelope, Certificate: it.cert, SPIFFEID: it.spiffeID, IntegratedTime: integrated.Unix(),
-			SubjectDigests: it.digests,
+			Timestamp: it.timestamp, SubjectDigests: it.digests,
 		}
 		if err := l.tree.Append(e.LeafHash, visit); err != nil {
 			return fail(fmt.Errorf("append to the tree: %w", err))
@@ -547,10 +548,11 @@ func (l *TransparencyLog) enqueue(ctx context.Context, items []*pendingEntry) er
 // proof against the tree of size, root and its signed note.
 func (l *TransparencyLog) tlogEntry(e store.Entry, size uint64, root, note []byte, hashes [][]byte) *rekorpb.TransparencyLogEntry {
 	return &rekorpb.TransparencyLogEntry{
-		LogIndex:       int64(e.Index),
-		LogId:          &protocommon.LogId{KeyId: l.logID},
-		KindVersion:    &rekorpb.KindVersion{Kind: tlog.EntryKind, Version: tlog.EntryVersion},
-		IntegratedTime: e.IntegratedTime,
+		LogIndex:    int64(e.Index),
+		LogId:       &protocommon.LogId{KeyId: l.logID},
+		KindVersion: &rekorpb.KindVersion{Kind: tlog.EntryKind, Version: tlog.EntryVersion},
+		// No integratedTime, as in Rekor v2: the bundle's RFC 3161
+		// timestamp says when the signature existed.
 		InclusionProof: &rekorpb.InclusionProof{
 			LogIndex:   int64(e.Index),
 			RootHash:   root,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -25,10 +26,11 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
 )
 
-const testOrigin = "hallmark/example.org"
+const testOrigin = "hallmark.example.org"
 
 // testAgent signs envelopes as an agent would.
 type testAgent struct {
@@ -119,12 +121,24 @@ func startLog(t testing.TB, cfg TransparencyLogConfig) runningLog {
 	return runningLog{TransparencyLog: l, stop: stop}
 }
 
+// newTestTSA is a fresh timestamp authority.
+func newTestTSA(t testing.TB) *tsa.Signer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	chain, err := tsa.NewChain(key, "test tsa", time.Now().Add(-time.Hour))
+	require.NoError(t, err)
+	s, err := tsa.NewSigner(key, chain)
+	require.NoError(t, err)
+	return s
+}
+
 // newTestLog starts a log on a fresh SQLite store that knows ca.
 func newTestLog(t testing.TB, ca *testCA, now func() time.Time) runningLog {
 	t.Helper()
 	st := openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))
 	t.Cleanup(func() { st.Close() })
-	l := startLog(t, TransparencyLogConfig{Store: st, Key: newLogKey(t), KeyCreated: time.Now(), Origin: testOrigin, Now: now})
+	l := startLog(t, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: newLogKey(t), KeyCreated: time.Now(), Origin: testOrigin, Now: now})
 	if ca != nil {
 		require.NoError(t, l.RecordSigningCA(context.Background(), []*x509.Certificate{ca.cert}))
 	}
@@ -140,7 +154,7 @@ func checkEntry(t testing.TB, l *TransparencyLog, te *rekorpb.TransparencyLogEnt
 	var env dssepb.Envelope
 	require.NoError(t, protojson.Unmarshal(sub.Envelope, &env))
 	require.NoError(t, body.Matches(&env, sub.Certificate))
-	require.Equal(t, body.IntegratedTime, te.GetIntegratedTime())
+	require.Zero(t, te.GetIntegratedTime(), "as in Rekor v2, time comes from the timestamp")
 	require.Equal(t, tlog.EntryKind, te.GetKindVersion().GetKind())
 	require.Equal(t, tlog.EntryVersion, te.GetKindVersion().GetVersion())
 	logID, err := tlog.LogID(l.PublicKey())
@@ -173,7 +187,7 @@ func TestLogProofsAcrossSizesAndReopen(t *testing.T) {
 	key := newLogKey(t)
 
 	st := openStore(t, path)
-	l := startLog(t, TransparencyLogConfig{Store: st, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+	l := startLog(t, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, KeyCreated: time.Now(), Origin: testOrigin})
 	require.NoError(t, l.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
 
 	// The empty log has a signed checkpoint of size 0.
@@ -193,7 +207,7 @@ func TestLogProofsAcrossSizesAndReopen(t *testing.T) {
 			require.NoError(t, l.stop())
 			require.NoError(t, st.Close())
 			st = openStore(t, path)
-			l = startLog(t, TransparencyLogConfig{Store: st, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+			l = startLog(t, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, KeyCreated: time.Now(), Origin: testOrigin})
 			reopened, err := tlog.OpenCheckpoint(l.Checkpoint(), testOrigin, l.PublicKey())
 			require.NoError(t, err)
 			require.Equal(t, checkpoints[len(checkpoints)-1], reopened, "the reopened log continues from its latest checkpoint")
@@ -275,19 +289,19 @@ func TestLogReopenRefusesAnotherKeyOrOrigin(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "hallmark.db")
 	key := newLogKey(t)
 	st := openStore(t, path)
-	l := startLog(t, TransparencyLogConfig{Store: st, Key: key, Origin: testOrigin})
+	l := startLog(t, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, Origin: testOrigin})
 	require.NoError(t, l.stop())
 	defer st.Close()
 
-	_, err := NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: newLogKey(t), Origin: testOrigin})
+	_, err := NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: newLogKey(t), Origin: testOrigin})
 	require.ErrorContains(t, err, "does not verify with this log key and origin")
-	_, err = NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: key, Origin: "hallmark/other.org"})
+	_, err = NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, Origin: "hallmark.other.org"})
 	require.ErrorContains(t, err, "does not verify with this log key and origin")
-	_, err = NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: key, Origin: testOrigin})
+	_, err = NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, Origin: testOrigin})
 	require.NoError(t, err)
 
-	for _, bad := range []string{"", "https://hallmark/example.org", "hallmark example.org", "hallmark+example.org", "a\nb", "hallmark/example.org/"} {
-		_, err := NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, Key: key, Origin: bad})
+	for _, bad := range []string{"", "https://hallmark.example.org", "hallmark example.org", "hallmark+example.org", "a\nb", "hallmark/example.org", "Hallmark.example.org", ".example.org", "example.org."} {
+		_, err := NewTransparencyLog(ctx, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, Origin: bad})
 		require.Error(t, err, "origin %q", bad)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
@@ -29,8 +30,8 @@ const TrustedRootMediaType = "application/vnd.dev.sigstore.trustedroot+json;vers
 func LogBaseURL(origin string) string { return "https://" + origin }
 
 // trustedRoot builds the Sigstore trusted root: every recorded signing CA
-// chain and the log.
-func trustedRoot(cas []store.SigningCA, pub ed25519.PublicKey, keyCreated time.Time, origin string) (*trustrootpb.TrustedRoot, error) {
+// chain, the log, and the log's timestamp authority.
+func trustedRoot(cas []store.SigningCA, pub ed25519.PublicKey, keyCreated time.Time, origin string, ts *tsa.Signer) (*trustrootpb.TrustedRoot, error) {
 	pkix, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("trusted root: log key: %w", err)
@@ -52,6 +53,17 @@ func trustedRoot(cas []store.SigningCA, pub ed25519.PublicKey, keyCreated time.T
 			LogId: &protocommon.LogId{KeyId: logID},
 		}},
 	}
+	tsaChain := ts.Chain()
+	certs := make([]*protocommon.X509Certificate, len(tsaChain))
+	for i, c := range tsaChain {
+		certs[i] = &protocommon.X509Certificate{RawBytes: c.Raw}
+	}
+	tr.TimestampAuthorities = []*trustrootpb.CertificateAuthority{{
+		Subject:   &protocommon.DistinguishedName{Organization: "Hallmark", CommonName: tsaChain[0].Subject.CommonName},
+		Uri:       LogBaseURL(origin),
+		CertChain: &protocommon.X509CertificateChain{Certificates: certs},
+		ValidFor:  &protocommon.TimeRange{Start: timestamppb.New(tsaChain[0].NotBefore)},
+	}}
 	for _, ca := range cas {
 		chain, err := x509.ParseCertificates(ca.DER)
 		if err != nil || len(chain) == 0 {
@@ -114,7 +126,7 @@ func (l *TransparencyLog) TrustedRootJSON(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, err := trustedRoot(cas, l.pub, l.created, l.origin)
+	tr, err := trustedRoot(cas, l.pub, l.created, l.origin, l.tsa)
 	if err != nil {
 		return nil, err
 	}
@@ -135,6 +147,10 @@ func ExportTrustedRoot(ctx context.Context, cfg Config) ([]byte, error) {
 		return nil, fmt.Errorf("trust export: store %s: %w", cfg.Store.Name, err)
 	}
 	defer st.Close()
+	ts, err := loadTSA(tsaKeyPath(cfg.DataDir), cfg.LogOrigin, false, time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("trust export: %w", err)
+	}
 	cp, err := st.LatestCheckpoint(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("trust export: %w", err)
@@ -146,7 +162,7 @@ func ExportTrustedRoot(ctx context.Context, cfg Config) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust export: %w", err)
 	}
-	tr, err := trustedRoot(cas, key.public(), key.created, cfg.LogOrigin)
+	tr, err := trustedRoot(cas, key.public(), key.created, cfg.LogOrigin, ts)
 	if err != nil {
 		return nil, err
 	}

@@ -10,15 +10,26 @@ import (
 	"testing"
 	"time"
 
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+	"github.com/hallmark-dev/hallmark/test/interop/sigstorego"
 )
+
+func marshalBundle(t *testing.T, b *bundlepb.Bundle) []byte {
+	t.Helper()
+	out, err := protojson.Marshal(b)
+	require.NoError(t, err)
+	return out
+}
 
 // TestLoggedBundleVerifiesOffline closes the loop with package
 // attest/verify: a bundle completed with the entry SubmitEntries returned
@@ -61,6 +72,11 @@ func TestLoggedBundleVerifiesOffline(t *testing.T) {
 	var te rekorpb.TransparencyLogEntry
 	require.NoError(t, protojson.Unmarshal(resp.GetResults()[0].GetTlogEntry(), &te))
 	b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&te}
+	ts := resp.GetResults()[0].GetSignedTimestamp()
+	require.NotEmpty(t, ts)
+	b.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
+		Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: ts}},
+	}
 	logged, err := protojson.Marshal(b)
 	require.NoError(t, err)
 
@@ -76,9 +92,19 @@ func TestLoggedBundleVerifiesOffline(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, agentID.String(), res.BuilderID)
 	require.Equal(t, te.GetLogIndex(), res.LogIndex)
-	require.Equal(t, te.GetIntegratedTime(), res.IntegratedTime.Unix())
+	require.WithinDuration(t, now, res.SignedAt, 2*time.Second)
 
-	// A bundle without the entry does not verify.
+	// Sigstore's own verifier agrees, from the served trusted root alone.
+	sg, err := sigstorego.Verify(logged, trJSON, sum[:], agentID.String())
+	require.NoError(t, err)
+	require.Equal(t, res.SignedAt, sg.SignedAt.UTC())
+
+	// A bundle without the entry, or without the timestamp, does not
+	// verify.
+	noTimestamp := proto.Clone(b).(*bundlepb.Bundle)
+	noTimestamp.VerificationMaterial.TimestampVerificationData = nil
+	_, err = verify.Verify(marshalBundle(t, noTimestamp), []verify.Digest{verify.DigestBytes("app", product)}, verify.Options{TrustedRoot: tr})
+	require.ErrorIs(t, err, verify.ErrNotVerified)
 	b.VerificationMaterial.TlogEntries = nil
 	unlogged, err := protojson.Marshal(b)
 	require.NoError(t, err)

@@ -44,18 +44,18 @@ type Item struct {
 	Certificate []byte `json:"certificate"` // the signing certificate, DER
 	Created     int64  `json:"created"`     // Unix seconds
 
-	State    State  `json:"-"`
-	TlogJSON []byte `json:"-"` // the log entry, when Logged
-	Reason   string `json:"-"` // why, when Refused
+	State  State  `json:"-"`
+	Logged []byte `json:"-"` // what logging added (see agent.loggedMaterial), when Logged
+	Reason string `json:"-"` // why, when Refused
 }
 
 type record struct {
-	Op       string `json:"op"` // put, logged, refused
-	Item     *Item  `json:"item,omitempty"`
-	ID       string `json:"id,omitempty"`
-	TlogJSON []byte `json:"tlog,omitempty"`
-	Reason   string `json:"reason,omitempty"`
-	At       int64  `json:"at,omitempty"`
+	Op     string `json:"op"` // put, logged, refused
+	Item   *Item  `json:"item,omitempty"`
+	ID     string `json:"id,omitempty"`
+	Logged []byte `json:"tlog,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	At     int64  `json:"at,omitempty"`
 }
 
 // Options tune an Outbox.
@@ -174,7 +174,7 @@ func (o *Outbox) apply(rec record) {
 			return
 		}
 		if rec.Op == "logged" {
-			it.State, it.TlogJSON = Logged, rec.TlogJSON
+			it.State, it.Logged = Logged, rec.Logged
 		} else {
 			it.State, it.Reason = Refused, rec.Reason
 		}
@@ -218,7 +218,7 @@ func (o *Outbox) rewrite() error {
 		recs := []record{{Op: "put", Item: it}}
 		switch it.State {
 		case Logged:
-			recs = append(recs, record{Op: "logged", ID: it.ID, TlogJSON: it.TlogJSON, At: it.Created})
+			recs = append(recs, record{Op: "logged", ID: it.ID, Logged: it.Logged, At: it.Created})
 		case Refused:
 			recs = append(recs, record{Op: "refused", ID: it.ID, Reason: it.Reason, At: it.Created})
 		}
@@ -385,8 +385,8 @@ func (o *Outbox) Put(it Item) error {
 // MarkLogged records the log's entry for id.
 func (o *Outbox) MarkLogged(id string, tlogJSON []byte) error {
 	at := o.opts.Now().Unix()
-	return o.write(record{Op: "logged", ID: id, TlogJSON: tlogJSON, At: at}, func() {
-		o.apply(record{Op: "logged", ID: id, TlogJSON: tlogJSON, At: at})
+	return o.write(record{Op: "logged", ID: id, Logged: tlogJSON, At: at}, func() {
+		o.apply(record{Op: "logged", ID: id, Logged: tlogJSON, At: at})
 	})
 }
 
@@ -423,9 +423,9 @@ func (o *Outbox) Len() int {
 
 // Settlement is what the log said of one item: its entry, or a refusal.
 type Settlement struct {
-	ID       string
-	TlogJSON []byte // set when logged
-	Reason   string // set when refused
+	ID     string
+	Logged []byte // set when logged
+	Reason string // set when refused
 }
 
 // Settle records many outcomes with one write and one fsync.
@@ -439,7 +439,7 @@ func (o *Outbox) Settle(ss []Settlement) error {
 		if st.Reason != "" {
 			recs[i] = record{Op: "refused", ID: st.ID, Reason: st.Reason, At: at}
 		} else {
-			recs[i] = record{Op: "logged", ID: st.ID, TlogJSON: st.TlogJSON, At: at}
+			recs[i] = record{Op: "logged", ID: st.ID, Logged: st.Logged, At: at}
 		}
 	}
 	return o.writeMany(recs, func() {

@@ -36,7 +36,7 @@ func TestPutLoggedRefusedSurviveReopen(t *testing.T) {
 	a, ok := o.Get("a")
 	require.True(t, ok)
 	require.Equal(t, Logged, a.State)
-	require.Equal(t, `{"logIndex":"1"}`, string(a.TlogJSON))
+	require.Equal(t, `{"logIndex":"1"}`, string(a.Logged))
 	b, _ := o.Get("b")
 	require.Equal(t, Refused, b.State)
 	require.Equal(t, "unknown root", b.Reason)
@@ -135,7 +135,7 @@ func TestSettleManyInOneWrite(t *testing.T) {
 		require.NoError(t, o.Put(item(fmt.Sprint(i))))
 	}
 	require.NoError(t, o.Settle([]Settlement{
-		{ID: "0", TlogJSON: []byte("{}")}, {ID: "5", Reason: "refused"}, {ID: "9", TlogJSON: []byte("{}")},
+		{ID: "0", Logged: []byte("{}")}, {ID: "5", Reason: "refused"}, {ID: "9", Logged: []byte("{}")},
 	}))
 	require.Equal(t, 7, o.Len())
 	var ids []string

@@ -2,12 +2,18 @@
 // a client checks it, shared by the server that appends and the verifiers
 // that check offline:
 //
-//   - the entry body: a canonical JSON document binding a DSSE envelope, the
-//     signing certificate and the integrated time (the log's inclusion
-//     proof is what makes that time trustworthy);
+//   - the entry body: a Rekor v2 "dsse" v0.0.2 entry
+//     (github.com/sigstore/rekor-tiles, api/proto/rekor/v2/dsse.proto) in
+//     canonical JSON, binding the DSSE payload's hash, the envelope's
+//     signature and the signing certificate. Shaping entries like Rekor
+//     v2's is what lets Sigstore clients (sigstore-go, cosign) check them;
 //   - RFC 6962 leaf and node hashing (github.com/transparency-dev/merkle);
 //   - checkpoints in the C2SP tlog-checkpoint format, signed as C2SP signed
 //     notes with an Ed25519 log key (golang.org/x/mod/sumdb/note).
+//
+// The body carries no time: as in Rekor v2, the time a signature existed
+// is vouched for by an RFC 3161 timestamp (package attest/tsa), not by the
+// log.
 //
 // In a Sigstore bundle an entry travels as a TransparencyLogEntry whose
 // canonicalizedBody is the body, whose kindVersion is {EntryKind,
@@ -20,13 +26,11 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"github.com/transparency-dev/merkle/proof"
@@ -34,48 +38,85 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
-// Entry kind and version, as a bundle's tlogEntries[].kindVersion names them.
+// Entry kind and version, as a bundle's tlogEntries[].kindVersion names
+// them and as the body's kind and apiVersion say: Rekor v2's dsse entry.
 const (
-	EntryKind    = "hallmark-dsse"
-	EntryVersion = "0.1.0"
+	EntryKind    = "dsse"
+	EntryVersion = "0.0.2"
 )
 
-// Body is a log entry's content. Hashes are lowercase hex SHA-256.
+// Names of protobuf-specs enums as the body spells them.
+const (
+	hashSHA256   = "SHA2_256"
+	keyECDSAP256 = "PKIX_ECDSA_P256_SHA_256"
+)
+
+// Body is a log entry's content: the protojson form of a rekor v2 Entry
+// whose spec is a DSSELogEntryV002. Byte fields are base64 (standard, with
+// padding), as protojson writes them.
 type Body struct {
-	Kind    string `json:"kind"`
-	Version string `json:"version"`
-	// IntegratedTime is when the log accepted the entry (Unix seconds).
-	IntegratedTime int64 `json:"integratedTime"`
-	// PayloadType and PayloadSHA256 identify the DSSE payload.
-	PayloadType   string `json:"payloadType"`
-	PayloadSHA256 string `json:"payloadSha256"`
-	// SignatureSHA256 is the hash of the envelope's only signature.
-	SignatureSHA256 string `json:"signatureSha256"`
-	// CertificateSHA256 is the hash of the signing certificate (DER).
-	CertificateSHA256 string `json:"certificateSha256"`
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Spec       bodySpec `json:"spec"`
 }
 
-// NewBody returns the canonical body for env signed by certDER, integrated
-// at t. The envelope must carry exactly one signature.
-func NewBody(env *dssepb.Envelope, certDER []byte, t time.Time) ([]byte, error) {
+type bodySpec struct {
+	DSSEV002 *dsseV002 `json:"dsseV002"`
+}
+
+type dsseV002 struct {
+	PayloadHash hashOutput      `json:"payloadHash"`
+	Signatures  []bodySignature `json:"signatures"`
+}
+
+type hashOutput struct {
+	Algorithm string `json:"algorithm"`
+	Digest    []byte `json:"digest"`
+}
+
+type bodySignature struct {
+	Content  []byte       `json:"content"`
+	Verifier bodyVerifier `json:"verifier"`
+}
+
+type bodyVerifier struct {
+	KeyDetails      string    `json:"keyDetails"`
+	X509Certificate *rawBytes `json:"x509Certificate"`
+}
+
+type rawBytes struct {
+	RawBytes []byte `json:"rawBytes"`
+}
+
+// NewBody returns the canonical body for env signed with the key of
+// certDER (an ECDSA P-256 certificate, as every Hallmark signing
+// certificate is). The envelope must carry exactly one signature. The
+// JSON has its keys sorted and no insignificant space (RFC 8785 for these
+// values), so equal entries have equal bodies and leaf hashes.
+func NewBody(env *dssepb.Envelope, certDER []byte) ([]byte, error) {
 	if len(env.GetSignatures()) != 1 {
 		return nil, fmt.Errorf("tlog: envelope has %d signatures, want 1", len(env.GetSignatures()))
 	}
 	if len(certDER) == 0 {
 		return nil, errors.New("tlog: no certificate")
 	}
+	payload := sha256.Sum256(env.GetPayload())
 	b := Body{
-		Kind: EntryKind, Version: EntryVersion, IntegratedTime: t.Unix(),
-		PayloadType:       env.GetPayloadType(),
-		PayloadSHA256:     sum(env.GetPayload()),
-		SignatureSHA256:   sum(env.GetSignatures()[0].GetSig()),
-		CertificateSHA256: sum(certDER),
+		APIVersion: EntryVersion, Kind: EntryKind,
+		Spec: bodySpec{DSSEV002: &dsseV002{
+			PayloadHash: hashOutput{Algorithm: hashSHA256, Digest: payload[:]},
+			Signatures: []bodySignature{{
+				Content:  env.GetSignatures()[0].GetSig(),
+				Verifier: bodyVerifier{KeyDetails: keyECDSAP256, X509Certificate: &rawBytes{RawBytes: certDER}},
+			}},
+		}},
 	}
-	return json.Marshal(b) // field order is fixed by the struct: canonical
+	return json.Marshal(b) // struct field order is the sorted key order
 }
 
-// ParseBody decodes a body strictly (unknown fields refused) and checks its
-// kind and version.
+// ParseBody decodes a body strictly (unknown fields refused) and checks
+// its kind, version and shape: one signature by a certificate, a SHA-256
+// payload hash.
 func ParseBody(data []byte) (Body, error) {
 	var b Body
 	dec := json.NewDecoder(bytes.NewReader(data))
@@ -83,8 +124,22 @@ func ParseBody(data []byte) (Body, error) {
 	if err := dec.Decode(&b); err != nil {
 		return Body{}, fmt.Errorf("tlog: entry body: %w", err)
 	}
-	if b.Kind != EntryKind || b.Version != EntryVersion {
-		return Body{}, fmt.Errorf("tlog: entry body kind %q version %q, want %q %q", b.Kind, b.Version, EntryKind, EntryVersion)
+	if dec.More() {
+		return Body{}, errors.New("tlog: entry body: data after the JSON object")
+	}
+	if b.Kind != EntryKind || b.APIVersion != EntryVersion {
+		return Body{}, fmt.Errorf("tlog: entry body kind %q apiVersion %q, want %q %q", b.Kind, b.APIVersion, EntryKind, EntryVersion)
+	}
+	d := b.Spec.DSSEV002
+	switch {
+	case d == nil:
+		return Body{}, errors.New("tlog: entry body has no dsseV002 spec")
+	case d.PayloadHash.Algorithm != hashSHA256 || len(d.PayloadHash.Digest) != sha256.Size:
+		return Body{}, fmt.Errorf("tlog: entry body payload hash is %s of %d bytes, want a SHA-256", d.PayloadHash.Algorithm, len(d.PayloadHash.Digest))
+	case len(d.Signatures) != 1:
+		return Body{}, fmt.Errorf("tlog: entry body has %d signatures, want 1", len(d.Signatures))
+	case d.Signatures[0].Verifier.X509Certificate == nil:
+		return Body{}, errors.New("tlog: entry body's verifier is not a certificate")
 	}
 	return b, nil
 }
@@ -94,25 +149,19 @@ func (b Body) Matches(env *dssepb.Envelope, certDER []byte) error {
 	if len(env.GetSignatures()) != 1 {
 		return fmt.Errorf("tlog: envelope has %d signatures, want 1", len(env.GetSignatures()))
 	}
+	d := b.Spec.DSSEV002
+	payload := sha256.Sum256(env.GetPayload())
 	switch {
-	case b.PayloadType != env.GetPayloadType():
-		return errors.New("tlog: entry names another payload type")
-	case b.PayloadSHA256 != sum(env.GetPayload()):
+	case d == nil || len(d.Signatures) != 1 || d.Signatures[0].Verifier.X509Certificate == nil:
+		return errors.New("tlog: entry body is not a parsed dsse entry")
+	case !bytes.Equal(d.PayloadHash.Digest, payload[:]):
 		return errors.New("tlog: entry commits to another payload")
-	case b.SignatureSHA256 != sum(env.GetSignatures()[0].GetSig()):
+	case !bytes.Equal(d.Signatures[0].Content, env.GetSignatures()[0].GetSig()):
 		return errors.New("tlog: entry commits to another signature")
-	case b.CertificateSHA256 != sum(certDER):
+	case !bytes.Equal(d.Signatures[0].Verifier.X509Certificate.RawBytes, certDER):
 		return errors.New("tlog: entry commits to another certificate")
 	}
 	return nil
-}
-
-// Time is the integrated time.
-func (b Body) Time() time.Time { return time.Unix(b.IntegratedTime, 0).UTC() }
-
-func sum(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
 }
 
 // Hasher is the RFC 6962 SHA-256 hasher the log uses.

@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"testing"
-	"time"
 
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"github.com/stretchr/testify/require"
@@ -15,17 +14,20 @@ import (
 func TestBodyRoundTrip(t *testing.T) {
 	env := &dssepb.Envelope{Payload: []byte("{}"), PayloadType: "application/vnd.in-toto+json", Signatures: []*dssepb.Signature{{Sig: []byte("sig")}}}
 	cert := []byte("cert")
-	b, err := NewBody(env, cert, time.Unix(1700000000, 0))
+	b, err := NewBody(env, cert)
 	require.NoError(t, err)
+	require.Equal(t, `{"apiVersion":"0.0.2","kind":"dsse","spec":{"dsseV002":{"payloadHash":{"algorithm":"SHA2_256",`+
+		`"digest":"RBNvo1WzZ4oRRq0W9+hknpT7T8If536DEMBg9hyq/4o="},"signatures":[{"content":"c2ln","verifier":`+
+		`{"keyDetails":"PKIX_ECDSA_P256_SHA_256","x509Certificate":{"rawBytes":"Y2VydA=="}}}]}}}`, string(b))
 	body, err := ParseBody(b)
 	require.NoError(t, err)
 	require.NoError(t, body.Matches(env, cert))
-	require.Equal(t, int64(1700000000), body.IntegratedTime)
 
 	tampered := &dssepb.Envelope{Payload: []byte("{ }"), PayloadType: env.PayloadType, Signatures: env.Signatures}
 	require.ErrorContains(t, body.Matches(tampered, cert), "another payload")
 	require.ErrorContains(t, body.Matches(env, []byte("other")), "another certificate")
-	_, err = ParseBody([]byte(`{"kind":"x","version":"0.1.0"}`))
+	require.ErrorContains(t, body.Matches(env2sig(env, "other"), cert), "another signature")
+	_, err = ParseBody([]byte(`{"kind":"x","apiVersion":"0.0.2"}`))
 	require.Error(t, err)
 	_, err = ParseBody(append(b[:len(b)-1], []byte(`,"extra":1}`)...))
 	require.Error(t, err)
@@ -69,6 +71,10 @@ func TestInclusionAndConsistency(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, VerifyInclusion(5, 13, leaves[5], hashes, root))
 	require.Error(t, VerifyInclusion(6, 13, leaves[5], hashes, root))
+}
+
+func env2sig(env *dssepb.Envelope, sig string) *dssepb.Envelope {
+	return &dssepb.Envelope{Payload: env.Payload, PayloadType: env.PayloadType, Signatures: []*dssepb.Signature{{Sig: []byte(sig)}}}
 }
 
 // subtree computes the hash of the perfect subtree id from leaves.

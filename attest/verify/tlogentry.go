@@ -7,25 +7,27 @@ import (
 	"fmt"
 	"time"
 
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/transparency-dev/merkle/proof"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 )
 
 // verifiedEntry is what a verified transparency-log entry establishes.
 type verifiedEntry struct {
 	index int64
-	logID []byte
-	time  time.Time
+	log   *transparencyLog
 }
 
 // verifyTlogEntry checks the bundle's transparency-log entries: there is
-// exactly one, from a log of the trusted root, of Hallmark's kind; its
+// exactly one, from a log of the trusted root, a Rekor v2 dsse entry; its
 // body commits to env and certDER; the body is in the log (RFC 6962
-// inclusion proof) under a checkpoint that the log's key signed. Only then
-// is the body's integrated time returned as trustworthy.
+// inclusion proof) under a checkpoint that the log's key signed. As in
+// Rekor v2, the entry says nothing about time: the bundle's timestamp
+// does, and the caller checks the log key's validFor against it.
 func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, env *dssepb.Envelope, certDER []byte) (verifiedEntry, error) {
 	// Hallmark logs every envelope once, in one log.
 	if n := len(entries); n != 1 {
@@ -33,7 +35,8 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 	}
 	e := entries[0]
 
-	// protobuf-specs rekor/v1 KindVersion names the body's format.
+	// protobuf-specs rekor/v1 KindVersion names the body's format: Rekor
+	// v2's dsse entry (rekor-tiles api/proto/rekor/v2/dsse.proto).
 	if kv := e.GetKindVersion(); kv.GetKind() != tlog.EntryKind || kv.GetVersion() != tlog.EntryVersion {
 		return verifiedEntry{}, fmt.Errorf("entry kind %q version %q, want %q %q",
 			kv.GetKind(), kv.GetVersion(), tlog.EntryKind, tlog.EntryVersion)
@@ -57,11 +60,6 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 	}
 	if err := body.Matches(env, certDER); err != nil {
 		return verifiedEntry{}, err
-	}
-	// The integrated time that counts is the one in the body, which the
-	// proof below covers; the unsigned copy beside it must agree.
-	if e.GetIntegratedTime() != body.IntegratedTime {
-		return verifiedEntry{}, fmt.Errorf("entry integratedTime %d differs from its body's %d", e.GetIntegratedTime(), body.IntegratedTime)
 	}
 
 	// RFC 6962 section 2.1.1: the body's leaf hash is at logIndex in the
@@ -96,13 +94,43 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 			cp.Size, cp.Root, p.GetTreeSize(), p.GetRootHash())
 	}
 
-	t := body.Time()
-	// protobuf-specs common/v1 PublicKey.valid_for: a retired log key
-	// vouches only for entries of its time.
-	if !log.validFor.start.IsZero() && !log.validFor.contains(t) {
-		return verifiedEntry{}, fmt.Errorf("log key is trusted for %s, entry was integrated at %s", log.validFor, fmtTime(t))
+	return verifiedEntry{index: e.GetLogIndex(), log: log}, nil
+}
+
+// trustedAt reports whether the log's key vouched for entries at t
+// (protobuf-specs common/v1 PublicKey.valid_for: a retired log key
+// vouches only for entries of its time).
+func (l *transparencyLog) trustedAt(t time.Time) error {
+	if !l.validFor.start.IsZero() && !l.validFor.contains(t) {
+		return fmt.Errorf("log key is trusted for %s, the signature is timestamped %s", l.validFor, fmtTime(t))
 	}
-	return verifiedEntry{index: e.GetLogIndex(), logID: log.id, time: t}, nil
+	return nil
+}
+
+// verifyTimestamp checks the bundle's RFC 3161 timestamps: there is
+// exactly one, over the envelope's signature, from a timestamp authority
+// of the trusted root whose validFor covers the time it grants (RFC 3161;
+// Sigstore bundle spec, timestampVerificationData). It returns that time.
+func (tr *TrustedRoot) verifyTimestamp(tvd *bundlepb.TimestampVerificationData, sig []byte) (time.Time, error) {
+	stamps := tvd.GetRfc3161Timestamps()
+	if n := len(stamps); n != 1 {
+		return time.Time{}, fmt.Errorf("bundle has %d RFC 3161 timestamps, want exactly 1", n)
+	}
+	var errs []error
+	for _, ta := range tr.tsas {
+		t, err := tsa.Verify(stamps[0].GetSignedTimestamp(), sig, ta.leaf, ta.roots, ta.intermediates)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		// protobuf-specs trustroot/v1: a timestamp authority is trusted
+		// only for timestamps within its validFor.
+		if !ta.validFor.contains(t) {
+			return time.Time{}, fmt.Errorf("timestamp authority %s is trusted for %s, not at %s", ta.leaf.Subject, ta.validFor, fmtTime(t))
+		}
+		return t, nil
+	}
+	return time.Time{}, fmt.Errorf("no timestamp authority of the trusted root vouches for the timestamp: %w", errors.Join(errs...))
 }
 
 // verifyChain finds a certificate authority trusted at t to which leaf

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
@@ -30,10 +31,22 @@ const maxTrustedRootSize = 16 << 20
 // TrustedRoot is the verifier's trust material, parsed and checked once and
 // safe for concurrent use: the certificate authorities that may have issued
 // agents' signing certificates, each with the time range it was trusted
-// for, and the transparency logs whose checkpoints are accepted.
+// for, the transparency logs whose checkpoints are accepted, and the
+// timestamp authorities whose RFC 3161 timestamps say when a signature
+// existed.
 type TrustedRoot struct {
 	cas  []*certificateAuthority
 	logs map[string]*transparencyLog // by string(log ID)
+	tsas []*timestampAuthority
+}
+
+// timestampAuthority is one timestampAuthorities[] entry: its chain's
+// first certificate signs timestamps, the last is the trust anchor.
+type timestampAuthority struct {
+	leaf          *x509.Certificate
+	roots         *x509.CertPool
+	intermediates *x509.CertPool
+	validFor      timeRange
 }
 
 // certificateAuthority is one trusted root's certificateAuthorities[]
@@ -86,11 +99,11 @@ func ParseTrustedRoot(data []byte) (*TrustedRoot, error) {
 
 // NewTrustedRoot checks a TrustedRoot message and prepares it for
 // verification. It needs at least one certificate authority (every
-// certificate parses, validFor has a start) and at least one transparency
+// certificate parses, validFor has a start), at least one transparency
 // log with an Ed25519 key (PKIX_ED25519), a baseUrl and, if given, a logId
-// equal to the key's ID. Logs with other key types cannot have signed a
-// Hallmark checkpoint and are skipped; so are ctlogs and
-// timestampAuthorities, which Hallmark bundles do not use.
+// equal to the key's ID, and at least one timestamp authority. Logs with
+// other key types cannot have signed a Hallmark checkpoint and are
+// skipped; so are ctlogs, which Hallmark bundles do not use.
 func NewTrustedRoot(pb *trustrootpb.TrustedRoot) (*TrustedRoot, error) {
 	if pb == nil {
 		return nil, errors.New("verify: nil trusted root")
@@ -132,7 +145,46 @@ func NewTrustedRoot(pb *trustrootpb.TrustedRoot) (*TrustedRoot, error) {
 	if len(tr.logs) == 0 {
 		return nil, errors.New("verify: trusted root has no transparency log with an Ed25519 key")
 	}
+
+	for i, ta := range pb.GetTimestampAuthorities() {
+		a, err := newTimestampAuthority(ta)
+		if err != nil {
+			return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
+		}
+		tr.tsas = append(tr.tsas, a)
+	}
+	if len(tr.tsas) == 0 {
+		return nil, errors.New("verify: trusted root has no timestamp authority")
+	}
 	return tr, nil
+}
+
+func newTimestampAuthority(pb *trustrootpb.CertificateAuthority) (*timestampAuthority, error) {
+	raws := pb.GetCertChain().GetCertificates()
+	if len(raws) < 2 {
+		return nil, fmt.Errorf("certChain has %d certificates, want the timestamping leaf and its root", len(raws))
+	}
+	ta := &timestampAuthority{roots: x509.NewCertPool(), intermediates: x509.NewCertPool()}
+	for i, raw := range raws {
+		cert, err := x509.ParseCertificate(raw.GetRawBytes())
+		if err != nil {
+			return nil, fmt.Errorf("certChain[%d]: %w", i, err)
+		}
+		switch {
+		case i == 0:
+			ta.leaf = cert
+		case i == len(raws)-1:
+			ta.roots.AddCert(cert)
+		default:
+			ta.intermediates.AddCert(cert)
+		}
+	}
+	vf, err := newTimeRange(pb.GetValidFor())
+	if err != nil {
+		return nil, err
+	}
+	ta.validFor = vf
+	return ta, nil
 }
 
 func newCertificateAuthority(pb *trustrootpb.CertificateAuthority) (*certificateAuthority, error) {
@@ -226,26 +278,20 @@ func newTimeRange(pb *protocommon.TimeRange) (timeRange, error) {
 }
 
 // CheckpointOrigin is the origin line (and signed-note key name) of the
-// checkpoints of the log whose trusted-root baseUrl is baseURL: the URL
-// without its scheme and without a trailing slash, so
-// "https://hallmark.example/log" has origin "hallmark.example/log". A
-// scheme-less baseUrl (which protobuf-specs allows) is its own origin.
-// This is the only place the rule lives; the log signs with the same.
+// checkpoints of the log whose trusted-root baseUrl is baseURL: the URL's
+// host name, as sigstore-go reads a Rekor v2 log's baseUrl
+// (pkg/verify/tlog.go), so "https://hallmark.example.org" has origin
+// "hallmark.example.org". This is the only place the rule lives; the
+// server derives baseUrl from its origin the other way round.
 func CheckpointOrigin(baseURL string) (string, error) {
-	origin := baseURL
-	if scheme, rest, ok := strings.Cut(baseURL, "://"); ok && isScheme(scheme) {
-		origin = rest
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return "", fmt.Errorf("baseUrl %q: %w", baseURL, err)
 	}
-	origin = strings.TrimSuffix(origin, "/")
-	if origin == "" {
-		return "", fmt.Errorf("baseUrl %q names no log origin", baseURL)
+	if !isScheme(u.Scheme) || u.Hostname() == "" {
+		return "", fmt.Errorf("baseUrl %q is not an absolute URL naming the log's host", baseURL)
 	}
-	if strings.ContainsAny(origin, " \n+") {
-		// A note key name must not contain spaces or '+'; a newline would
-		// split the checkpoint's origin line.
-		return "", fmt.Errorf("baseUrl %q cannot be a checkpoint origin", baseURL)
-	}
-	return origin, nil
+	return u.Hostname(), nil
 }
 
 // isScheme reports whether s is a URI scheme (RFC 3986 section 3.1).

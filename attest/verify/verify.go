@@ -23,6 +23,7 @@ const (
 	CheckBundle    = "bundle"
 	CheckSignature = "signature"
 	CheckTlog      = "tlog"
+	CheckTimestamp = "timestamp"
 	CheckValidity  = "validity"
 	CheckChain     = "chain"
 	CheckStatement = "statement"
@@ -79,9 +80,10 @@ type Result struct {
 	// Workload is the caller's identity as the agent attested it
 	// (internalParameters.workload).
 	Workload Workload `json:"workload"`
-	// IntegratedTime is when the log accepted the entry; every time-based
-	// check used it.
-	IntegratedTime time.Time `json:"integratedTime"`
+	// SignedAt is when the signature existed, as the bundle's RFC 3161
+	// timestamp grants it (the server timestamps what its log accepts);
+	// every time-based check used it.
+	SignedAt time.Time `json:"signedAt"`
 	// LogIndex is the entry's index in the log, LogID the log's ID (hex).
 	LogIndex int64  `json:"logIndex"`
 	LogID    string `json:"logId"`
@@ -112,9 +114,9 @@ type Workload struct {
 // is wrong (no trusted root, no artifact), a plain error.
 //
 // The steps follow sigstore-go's Verifier.Verify, adapted to what a
-// Hallmark bundle carries: the certificate's time of use comes from the
-// transparency log, and the statement is read only once its signer is
-// trusted.
+// Hallmark bundle carries: a Rekor v2 shaped log entry, and the
+// certificate's time of use from an RFC 3161 timestamp; the statement is
+// read only once its signer is trusted.
 func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error) {
 	tr := opts.TrustedRoot
 	if tr == nil {
@@ -165,30 +167,42 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 	if err != nil {
 		return nil, fail(CheckTlog, err)
 	}
-	t := entry.time
 
-	// 4. validity. RFC 5280 section 4.1.2.5: the short-lived leaf
-	// certificate was valid when the log integrated the entry,
+	// 4. timestamp. RFC 3161 (Sigstore bundle spec,
+	// verificationMaterial.timestampVerificationData): the signature
+	// existed at t, by a timestamp authority of the trusted root; see
+	// verifyTimestamp. The log key must have been trusted at t too.
+	t, err := tr.verifyTimestamp(b.GetVerificationMaterial().GetTimestampVerificationData(), env.GetSignatures()[0].GetSig())
+	if err != nil {
+		return nil, fail(CheckTimestamp, err)
+	}
+	if err := entry.log.trustedAt(t); err != nil {
+		return nil, fail(CheckTlog, err)
+	}
+
+	// 5. validity. RFC 5280 section 4.1.2.5: the short-lived leaf
+	// certificate was valid when the signature was timestamped,
 	// NotBefore <= t < NotAfter. (Before the chain, so that the chain
 	// check's own time checks concern the CA certificates alone.)
 	if t.Before(leaf.NotBefore) || !t.Before(leaf.NotAfter) {
-		return nil, fail(CheckValidity, fmt.Errorf("certificate (serial %s) is valid %s .. %s, integrated time is %s",
+		return nil, fail(CheckValidity, fmt.Errorf("certificate (serial %s) is valid %s .. %s, the signature is timestamped %s",
 			leaf.SerialNumber, fmtTime(leaf.NotBefore), fmtTime(leaf.NotAfter), fmtTime(t)))
 	}
 
-	// 5. chain. RFC 5280 section 6 path validation at the integrated time
+	// 6. chain. RFC 5280 section 6 path validation at the timestamp
 	// (x509 Verify, CurrentTime = t) with the code-signing EKU, to a
 	// certificateAuthority of the trusted root whose validFor (inclusive)
 	// covers t (protobuf-specs trustroot/v1: "Clients MUST check
 	// timestamps against both the valid_for time range and the entire
 	// certificate chain"). Roots and intermediates come only from the
-	// trusted root.
+	// trusted root. A revoked signing CA's validFor ends at its
+	// revocation time (docs/rotation.md).
 	ca, err := tr.verifyChain(leaf, t)
 	if err != nil {
 		return nil, fail(CheckChain, err)
 	}
 
-	// 6. statement. in-toto Statement v1
+	// 7. statement. in-toto Statement v1
 	// (https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md),
 	// strictly decoded and validated.
 	st, err := parseStatement(payload)
@@ -196,7 +210,7 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		return nil, fail(CheckStatement, err)
 	}
 
-	// 7. subject. in-toto Statement v1 "subject": an artifact is attested
+	// 8. subject. in-toto Statement v1 "subject": an artifact is attested
 	// only if its SHA-256 is a subject's sha256 digest. Names are not
 	// compared: a file may be renamed, never altered.
 	matched, err := st.match(artifacts)
@@ -204,7 +218,7 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		return nil, fail(CheckSubject, err)
 	}
 
-	// 8. predicate. SLSA Provenance v1 (https://slsa.dev/spec/v1.0/provenance)
+	// 9. predicate. SLSA Provenance v1 (https://slsa.dev/spec/v1.0/provenance)
 	// with buildType https://hallmark.dev/buildtypes/step/v1
 	// (docs/buildtypes/step-v1.md): builder.id is the agent's SPIFFE ID
 	// and must be the certificate's URI SAN.
@@ -216,7 +230,7 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		return nil, fail(CheckPredicate, err)
 	}
 
-	// 9. policy. The consumer's own rules (Policy): allowed builders,
+	// 10. policy. The consumer's own rules (Policy): allowed builders,
 	// steps and workloads.
 	if opts.Policy != nil {
 		if err := opts.Policy.check(prov); err != nil {
@@ -225,15 +239,15 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 	}
 
 	return &Result{
-		BuilderID:      prov.builderID,
-		Step:           prov.step,
-		Subjects:       st.subjects,
-		Artifacts:      matched,
-		Workload:       prov.workload,
-		IntegratedTime: t,
-		LogIndex:       entry.index,
-		LogID:          hex.EncodeToString(entry.logID),
-		Issuer:         ca.anchor.Subject.String(),
+		BuilderID: prov.builderID,
+		Step:      prov.step,
+		Subjects:  st.subjects,
+		Artifacts: matched,
+		Workload:  prov.workload,
+		SignedAt:  t,
+		LogIndex:  entry.index,
+		LogID:     hex.EncodeToString(entry.log.id),
+		Issuer:    ca.anchor.Subject.String(),
 	}, nil
 }
 

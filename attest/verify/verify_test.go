@@ -22,7 +22,7 @@ import (
 	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 )
 
-// t0 is the integrated time of the fixture's bundle.
+// t0 is the timestamp of the fixture's bundle.
 var t0 = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
 
 const (
@@ -137,7 +137,7 @@ func TestVerifyHappyPath(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, verifytest.AgentID, res.BuilderID)
 	require.Equal(t, "build", res.Step)
-	require.Equal(t, t0, res.IntegratedTime)
+	require.Equal(t, t0, res.SignedAt)
 	require.Equal(t, int64(5), res.LogIndex)
 	require.Equal(t, []string{workloadID}, res.Workload.SPIFFEIDs)
 	require.Equal(t, int64(4242), res.Workload.PID)
@@ -236,7 +236,7 @@ func TestVerifyRefuses(t *testing.T) {
 			})
 		}},
 		{name: "unknown entry kind", check: verify.CheckTlog, msg: "kind", bundle: func(t *testing.T) []byte {
-			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).KindVersion.Kind = "dsse" })
+			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).KindVersion.Kind = "hashedrekord" })
 		}},
 		{name: "entry from an unknown log", check: verify.CheckTlog, msg: "does not list", bundle: func(t *testing.T) []byte {
 			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).LogId.KeyId = other(t).Log.ID() })
@@ -245,16 +245,12 @@ func TestVerifyRefuses(t *testing.T) {
 			o := f.attest(t, f.agent, verifytest.Step("build", f.agent.ID, map[string]string{"x": "y"}), t0)
 			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).CanonicalizedBody = entryOf(o).CanonicalizedBody })
 		}},
-		{name: "body with another time", check: verify.CheckTlog, msg: "inclusion proof", bundle: func(t *testing.T) []byte {
-			body, err := tlog.NewBody(f.bundle.GetDsseEnvelope(), f.agent.Cert.Raw, t0.Add(-time.Second))
+		{name: "body naming another certificate", check: verify.CheckTlog, msg: "another certificate", bundle: func(t *testing.T) []byte {
+			ag, err := f.h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(-time.Minute), t0.Add(time.Minute))
 			require.NoError(t, err)
-			return f.tampered(t, func(b *bundlepb.Bundle) {
-				entryOf(b).CanonicalizedBody = body
-				entryOf(b).IntegratedTime--
-			})
-		}},
-		{name: "integratedTime beside the body changed", check: verify.CheckTlog, msg: "integratedTime", bundle: func(t *testing.T) []byte {
-			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).IntegratedTime += 3600 })
+			body, err := tlog.NewBody(f.bundle.GetDsseEnvelope(), ag.Cert.Raw)
+			require.NoError(t, err)
+			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).CanonicalizedBody = body })
 		}},
 		{name: "inclusion proof hash altered", check: verify.CheckTlog, msg: "inclusion proof", bundle: func(t *testing.T) []byte {
 			return f.tampered(t, func(b *bundlepb.Bundle) {
@@ -300,23 +296,62 @@ func TestVerifyRefuses(t *testing.T) {
 			})
 		}},
 		{name: "log key not yet valid", check: verify.CheckTlog, msg: "log key is trusted for", root: func(t *testing.T) *verify.TrustedRoot {
+			was := f.h.Log.ValidFrom
 			f.h.Log.ValidFrom = t0.Add(time.Hour)
-			defer func() { f.h.Log.ValidFrom = time.Time{} }()
+			defer func() { f.h.Log.ValidFrom = was }()
+			return f.trustedRoot(t)
+		}},
+
+		// timestamp
+		{name: "timestamp removed", check: verify.CheckTimestamp, msg: "0 RFC 3161 timestamps", bundle: func(t *testing.T) []byte {
+			return f.tampered(t, func(b *bundlepb.Bundle) { b.VerificationMaterial.TimestampVerificationData = nil })
+		}},
+		{name: "timestamp duplicated", check: verify.CheckTimestamp, msg: "2 RFC 3161 timestamps", bundle: func(t *testing.T) []byte {
+			return f.tampered(t, func(b *bundlepb.Bundle) {
+				ts := b.VerificationMaterial.TimestampVerificationData
+				ts.Rfc3161Timestamps = append(ts.Rfc3161Timestamps, ts.Rfc3161Timestamps[0])
+			})
+		}},
+		{name: "timestamp of another signature", check: verify.CheckTimestamp, msg: "other data", bundle: func(t *testing.T) []byte {
+			o := f.attest(t, f.agent, verifytest.Step("x", f.agent.ID, map[string]string{"x": "x"}), t0)
+			return f.tampered(t, func(b *bundlepb.Bundle) {
+				b.VerificationMaterial.TimestampVerificationData = o.VerificationMaterial.TimestampVerificationData
+			})
+		}},
+		{name: "timestamp by an unknown authority", check: verify.CheckTimestamp, msg: "no timestamp authority", bundle: func(t *testing.T) []byte {
+			rogue, err := verifytest.NewTSA("hallmark test timestamp authority", t0.Add(-48*time.Hour))
+			require.NoError(t, err)
+			ts, err := rogue.Signer.Timestamp(f.bundle.GetDsseEnvelope().GetSignatures()[0].GetSig(), t0)
+			require.NoError(t, err)
+			return f.tampered(t, func(b *bundlepb.Bundle) {
+				b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps[0].SignedTimestamp = ts
+			})
+		}},
+		{name: "timestamp altered", check: verify.CheckTimestamp, msg: "does not parse", bundle: func(t *testing.T) []byte {
+			return f.tampered(t, func(b *bundlepb.Bundle) {
+				ts := b.VerificationMaterial.TimestampVerificationData.Rfc3161Timestamps[0]
+				ts.SignedTimestamp = bytes.Clone(ts.SignedTimestamp)
+				ts.SignedTimestamp[len(ts.SignedTimestamp)-20] ^= 1
+			})
+		}},
+		{name: "timestamp authority not trusted at the time", check: verify.CheckTimestamp, msg: "is trusted for", root: func(t *testing.T) *verify.TrustedRoot {
+			f.h.TSA.ValidUntil = t0.Add(-time.Minute)
+			defer func() { f.h.TSA.ValidUntil = time.Time{} }()
 			return f.trustedRoot(t)
 		}},
 
 		// validity
-		{name: "certificate expired at the integrated time", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
+		{name: "certificate expired at the timestamp", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
 			ag, err := f.h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(-10*time.Minute), t0.Add(-5*time.Minute))
 			require.NoError(t, err)
 			return marshal(t, f.attest(t, ag, step(ag.ID), t0))
 		}},
-		{name: "certificate not yet valid at the integrated time", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
+		{name: "certificate not yet valid at the timestamp", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
 			ag, err := f.h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(time.Second), t0.Add(5*time.Minute))
 			require.NoError(t, err)
 			return marshal(t, f.attest(t, ag, step(ag.ID), t0))
 		}},
-		{name: "certificate expiring at the integrated time", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
+		{name: "certificate expiring at the timestamp", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
 			ag, err := f.h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(-5*time.Minute), t0)
 			require.NoError(t, err)
 			return marshal(t, f.attest(t, ag, step(ag.ID), t0))
@@ -347,7 +382,7 @@ func TestVerifyRefuses(t *testing.T) {
 			require.NoError(t, err)
 			return marshal(t, f.attest(t, ag, step(ag.ID), t0))
 		}},
-		{name: "CA trusted only before the integrated time", check: verify.CheckChain, msg: "trusts for", root: func(t *testing.T) *verify.TrustedRoot {
+		{name: "CA trusted only before the timestamp", check: verify.CheckChain, msg: "trusts for", root: func(t *testing.T) *verify.TrustedRoot {
 			ca := f.h.CAs[0]
 			saved := ca.ValidUntil
 			ca.ValidUntil = t0.Add(-time.Second)
@@ -474,7 +509,7 @@ func TestRotation(t *testing.T) {
 			}
 			require.NoError(t, err)
 			require.Contains(t, res.Issuer+",", tc.issuer)
-			require.Equal(t, tc.at, res.IntegratedTime)
+			require.Equal(t, tc.at, res.SignedAt)
 		})
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,8 +28,9 @@ type searchPage struct {
 	Entries []struct {
 		TlogEntry    json.RawMessage `json:"tlogEntry"`
 		DSSEEnvelope json.RawMessage `json:"dsseEnvelope"`
-		Certificate  string          `json:"certificate"`
+		Certificate  []byte          `json:"certificate"`
 		SPIFFEID     string          `json:"spiffeId"`
+		Timestamp    []byte          `json:"signedTimestamp"`
 	} `json:"entries"`
 	Next *int64 `json:"next"`
 }
@@ -63,7 +63,7 @@ as a complete Sigstore bundle (DSSE envelope, certificate, log entry) that
 					return err
 				}
 				for _, e := range page.Entries {
-					b, index, err := rebuildBundle(e.TlogEntry, e.DSSEEnvelope, e.Certificate)
+					b, index, err := rebuildBundle(e.TlogEntry, e.DSSEEnvelope, e.Certificate, e.Timestamp)
 					if err != nil {
 						return fmt.Errorf("entry from the server: %w", err)
 					}
@@ -124,9 +124,9 @@ func fetchPage(ctx context.Context, server, digest string, start int64) (*search
 	return &page, nil
 }
 
-// rebuildBundle assembles a v0.3 bundle from a log entry, its envelope and
-// its certificate.
-func rebuildBundle(tlogJSON, envJSON json.RawMessage, certB64 string) ([]byte, int64, error) {
+// rebuildBundle assembles a v0.3 bundle from a log entry, its envelope,
+// its certificate and the RFC 3161 timestamp of its signature.
+func rebuildBundle(tlogJSON, envJSON json.RawMessage, cert, timestamp []byte) ([]byte, int64, error) {
 	var entry rekorpb.TransparencyLogEntry
 	if err := protojson.Unmarshal(tlogJSON, &entry); err != nil {
 		return nil, 0, fmt.Errorf("tlog entry: %w", err)
@@ -135,15 +135,17 @@ func rebuildBundle(tlogJSON, envJSON json.RawMessage, certB64 string) ([]byte, i
 	if err := protojson.Unmarshal(envJSON, &env); err != nil {
 		return nil, 0, fmt.Errorf("envelope: %w", err)
 	}
-	cert, err := base64.StdEncoding.DecodeString(certB64)
-	if err != nil {
-		return nil, 0, fmt.Errorf("certificate: %w", err)
+	if len(cert) == 0 || len(timestamp) == 0 {
+		return nil, 0, fmt.Errorf("log entry %d: no certificate or timestamp in the server's answer", entry.GetLogIndex())
 	}
 	b := &bundlepb.Bundle{
 		MediaType: attest.BundleMediaType,
 		VerificationMaterial: &bundlepb.VerificationMaterial{
 			Content:     &bundlepb.VerificationMaterial_Certificate{Certificate: &commonpb.X509Certificate{RawBytes: cert}},
 			TlogEntries: []*rekorpb.TransparencyLogEntry{&entry},
+			TimestampVerificationData: &bundlepb.TimestampVerificationData{
+				Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: timestamp}},
+			},
 		},
 		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
 	}

@@ -183,6 +183,7 @@ func reportVerified(w io.Writer, output string, paths []string, res *verify.Resu
 	}
 	fmt.Fprintf(w, "  workload:  %s (pid %d, uid %d, gid %d)\n", ids, res.Workload.PID, res.Workload.UID, res.Workload.GID)
 	fmt.Fprintf(w, "  issuer:    %s\n", res.Issuer)
-	fmt.Fprintf(w, "  log entry: %d in log %s, integrated %s\n", res.LogIndex, res.LogID, res.IntegratedTime.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "  signed at: %s (RFC 3161 timestamp)\n", res.SignedAt.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "  log entry: %d in log %s\n", res.LogIndex, res.LogID)
 	return nil
 }

@@ -38,6 +38,9 @@ type Entry struct {
 	SPIFFEID string
 	// IntegratedTime is when the log accepted the entry (Unix seconds).
 	IntegratedTime int64
+	// Timestamp is the RFC 3161 timestamp (DER TimeStampResp) of the
+	// envelope's signature, granted when the entry was accepted.
+	Timestamp []byte
 	// SubjectDigests are the raw SHA-256 digests of the statement's
 	// subjects, indexed for search. Written on append; lookups leave it
 	// empty.

@@ -32,12 +32,13 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 )
 
 // Defaults of New.
 const (
-	LogBaseURL = "https://hallmark.example/log"
+	LogBaseURL = "https://hallmark.example"
 	AgentID    = "spiffe://example.org/hallmark/agent/node-1"
 )
 
@@ -232,8 +233,7 @@ func (l *Log) Entry(index, size uint64) (*rekorpb.TransparencyLogEntry, error) {
 		return nil, fmt.Errorf("verifytest: no entry %d in a tree of size %d (log size %d)", index, size, len(l.bodies))
 	}
 	body := l.bodies[index]
-	b, err := tlog.ParseBody(body)
-	if err != nil {
+	if _, err := tlog.ParseBody(body); err != nil {
 		return nil, err
 	}
 	root := l.hash(0, size)
@@ -242,10 +242,9 @@ func (l *Log) Entry(index, size uint64) (*rekorpb.TransparencyLogEntry, error) {
 		return nil, err
 	}
 	return &rekorpb.TransparencyLogEntry{
-		LogIndex:       int64(index),
-		LogId:          &protocommon.LogId{KeyId: l.ID()},
-		KindVersion:    &rekorpb.KindVersion{Kind: tlog.EntryKind, Version: tlog.EntryVersion},
-		IntegratedTime: b.IntegratedTime,
+		LogIndex:    int64(index),
+		LogId:       &protocommon.LogId{KeyId: l.ID()},
+		KindVersion: &rekorpb.KindVersion{Kind: tlog.EntryKind, Version: tlog.EntryVersion},
 		InclusionProof: &rekorpb.InclusionProof{
 			LogIndex:   int64(index),
 			RootHash:   root,
@@ -285,14 +284,43 @@ func (l *Log) path(m, begin, end uint64) [][]byte {
 // splitPoint is the largest power of two smaller than n (n > 1).
 func splitPoint(n uint64) uint64 { return 1 << (bits.Len64(n-1) - 1) }
 
-// Hallmark is one deployment: certificate authorities and a log.
+// TSA is a timestamp authority and the window the trusted root trusts it
+// for.
+type TSA struct {
+	Signer *tsa.Signer
+	// ValidFrom and ValidUntil are the trusted root's validFor; a zero
+	// ValidUntil is open-ended.
+	ValidFrom, ValidUntil time.Time
+}
+
+// NewTSA returns a timestamp authority whose certificates are valid from
+// notBefore (for ten years) and trusted from then on.
+func NewTSA(name string, notBefore time.Time) (*TSA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := tsa.NewChain(key, name, notBefore)
+	if err != nil {
+		return nil, err
+	}
+	s, err := tsa.NewSigner(key, chain)
+	if err != nil {
+		return nil, err
+	}
+	return &TSA{Signer: s, ValidFrom: notBefore}, nil
+}
+
+// Hallmark is one deployment: certificate authorities, a log and a
+// timestamp authority (the server is both).
 type Hallmark struct {
 	CAs []*CA
 	Log *Log
+	TSA *TSA
 }
 
 // New returns a deployment with one root CA trusted from a day before now
-// to a day after, and one log at LogBaseURL.
+// to a day after, one log at LogBaseURL and one timestamp authority.
 func New(now time.Time) (*Hallmark, error) {
 	ca, err := NewCA("hallmark test signing CA", now.Add(-24*time.Hour), now.Add(24*time.Hour))
 	if err != nil {
@@ -302,7 +330,12 @@ func New(now time.Time) (*Hallmark, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Hallmark{CAs: []*CA{ca}, Log: log}, nil
+	log.ValidFrom = now.Add(-48 * time.Hour)
+	ts, err := NewTSA("hallmark test timestamp authority", now.Add(-48*time.Hour))
+	if err != nil {
+		return nil, err
+	}
+	return &Hallmark{CAs: []*CA{ca}, Log: log, TSA: ts}, nil
 }
 
 // TrustedRoot is the deployment's trusted root, as the server exports it.
@@ -333,6 +366,18 @@ func (h *Hallmark) TrustedRoot() (*trustrootpb.TrustedRoot, error) {
 		PublicKey:     pk,
 		LogId:         &protocommon.LogId{KeyId: h.Log.ID()},
 	})
+	if h.TSA != nil {
+		chain := &protocommon.X509CertificateChain{}
+		for _, c := range h.TSA.Signer.Chain() {
+			chain.Certificates = append(chain.Certificates, &protocommon.X509Certificate{RawBytes: c.Raw})
+		}
+		tr.TimestampAuthorities = append(tr.TimestampAuthorities, &trustrootpb.CertificateAuthority{
+			Subject:   &protocommon.DistinguishedName{CommonName: h.TSA.Signer.Chain()[0].Subject.CommonName},
+			Uri:       h.Log.BaseURL,
+			CertChain: chain,
+			ValidFor:  timeRange(h.TSA.ValidFrom, h.TSA.ValidUntil),
+		})
+	}
 	return tr, nil
 }
 
@@ -354,8 +399,9 @@ func timeRange(start, end time.Time) *protocommon.TimeRange {
 }
 
 // Attest does what the agent and server do for one step: sign it with
-// attest.Sign as agent, log the envelope at integrated time t, and return
-// the bundle with its log entry (proof against the tree just after it).
+// attest.Sign as agent, log the envelope and timestamp its signature at
+// t, and return the bundle with its log entry (proof against the tree
+// just after it) and timestamp.
 func (h *Hallmark) Attest(agent *Agent, s attest.Step, t time.Time) (*bundlepb.Bundle, error) {
 	signed, err := attest.Sign(s, agent.Key, agent.Cert)
 	if err != nil {
@@ -388,7 +434,7 @@ func (h *Hallmark) logBundle(b *bundlepb.Bundle, t time.Time) (*bundlepb.Bundle,
 	if cert == nil {
 		return nil, errors.New("verifytest: bundle has no certificate")
 	}
-	body, err := tlog.NewBody(b.GetDsseEnvelope(), cert, t)
+	body, err := tlog.NewBody(b.GetDsseEnvelope(), cert)
 	if err != nil {
 		return nil, err
 	}
@@ -397,7 +443,14 @@ func (h *Hallmark) logBundle(b *bundlepb.Bundle, t time.Time) (*bundlepb.Bundle,
 	if err != nil {
 		return nil, err
 	}
+	ts, err := h.TSA.Signer.Timestamp(b.GetDsseEnvelope().GetSignatures()[0].GetSig(), t)
+	if err != nil {
+		return nil, err
+	}
 	b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{entry}
+	b.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
+		Rfc3161Timestamps: []*protocommon.RFC3161SignedTimestamp{{SignedTimestamp: ts}},
+	}
 	return b, nil
 }
 

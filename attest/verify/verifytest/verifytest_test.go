@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"github.com/stretchr/testify/require"
 	"github.com/transparency-dev/merkle/compact"
 
@@ -19,8 +20,9 @@ func TestLogProofs(t *testing.T) {
 	rf := compact.RangeFactory{Hash: tlog.Hasher.HashChildren}
 	tree := rf.NewEmptyRange(0)
 	for size := uint64(1); size <= 33; size++ {
-		body := fmt.Appendf(nil, `{"kind":%q,"version":%q,"integratedTime":%d,"payloadType":"","payloadSha256":"","signatureSha256":"","certificateSha256":""}`,
-			tlog.EntryKind, tlog.EntryVersion, size)
+		env := &dssepb.Envelope{Payload: fmt.Appendf(nil, "%d", size), Signatures: []*dssepb.Signature{{Sig: []byte("s")}}}
+		body, err := tlog.NewBody(env, []byte("cert"))
+		require.NoError(t, err)
 		require.Equal(t, size-1, l.Append(body))
 		require.NoError(t, tree.Append(tlog.LeafHash(body), nil))
 		root, err := tree.GetRootHash(nil)
@@ -34,7 +36,7 @@ func TestLogProofs(t *testing.T) {
 			cp, err := tlog.OpenCheckpoint([]byte(p.GetCheckpoint().GetEnvelope()), l.Origin, l.PublicKey())
 			require.NoError(t, err)
 			require.Equal(t, size, cp.Size)
-			require.Equal(t, int64(idx+1), e.GetIntegratedTime())
+			require.Equal(t, tlog.EntryKind, e.GetKindVersion().GetKind())
 		}
 	}
 	_, err = l.Entry(33, 33)

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS entries (
   envelope        BLOB    NOT NULL,
   certificate     BLOB    NOT NULL,
   spiffe_id       TEXT    NOT NULL,
-  integrated_time INTEGER NOT NULL
+  integrated_time INTEGER NOT NULL,
+  signed_timestamp BLOB   NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS nodes (
   level INTEGER NOT NULL,
@@ -80,8 +81,16 @@ CREATE TABLE IF NOT EXISTS subject_digests (
 `
 
 // schemaVersion is recorded in meta; a database from a newer version is
-// refused.
-const schemaVersion = "1"
+// refused, one from an older version is migrated (migrations).
+const schemaVersion = "2"
+
+// migrations[v] takes a database from schema version v to v+1. Schema
+// creates the latest shape directly.
+var migrations = map[string]struct{ to, ddl string }{
+	// 2: entries.signed_timestamp, the RFC 3161 timestamp of the
+	// entry's signature (version 1 entries have none).
+	"1": {"2", `ALTER TABLE entries ADD COLUMN signed_timestamp BLOB NOT NULL DEFAULT x''`},
+}
 
 // readers bounds the read pool.
 const readers = 4
@@ -229,10 +238,18 @@ func (s *Store) init(ctx context.Context) error {
 		}
 	case err != nil:
 		return fmt.Errorf("sqlite: schema version: %w", err)
-	case v != schemaVersion:
-		return fmt.Errorf("sqlite: database schema version %s, this server knows %s", v, schemaVersion)
 	}
-	s.insertEntry = newMultiInsert(s.w, `INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time) VALUES `, ``, 8)
+	for v != "" && v != schemaVersion {
+		m, ok := migrations[v]
+		if !ok {
+			return fmt.Errorf("sqlite: database schema version %s, this server knows %s", v, schemaVersion)
+		}
+		if err := s.migrate(ctx, m.ddl, m.to); err != nil {
+			return fmt.Errorf("sqlite: migrate schema %s to %s: %w", v, m.to, err)
+		}
+		v = m.to
+	}
+	s.insertEntry = newMultiInsert(s.w, `INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp) VALUES `, ``, 9)
 	s.insertNode = newMultiInsert(s.w, `INSERT INTO nodes (level, idx, hash) VALUES `, ``, 3)
 	s.insertDigest = newMultiInsert(s.w, `INSERT INTO subject_digests (digest, idx) VALUES `, ` ON CONFLICT DO NOTHING`, 2)
 	stmt, err := s.w.PrepareContext(ctx, `INSERT INTO checkpoints (size, note) VALUES (?, ?)`)
@@ -388,7 +405,7 @@ func (s *Store) AppendBatch(ctx context.Context, b store.Batch) (err error) {
 	entryArgs := make([]any, 0, 8*len(b.Entries))
 	var digestArgs []any
 	for _, e := range b.Entries {
-		entryArgs = append(entryArgs, int64(e.Index), e.LeafHash, e.DedupeKey, e.Body, e.Envelope, e.Certificate, e.SPIFFEID, e.IntegratedTime)
+		entryArgs = append(entryArgs, int64(e.Index), e.LeafHash, e.DedupeKey, e.Body, e.Envelope, e.Certificate, e.SPIFFEID, e.IntegratedTime, nonNil(e.Timestamp))
 		for _, d := range e.SubjectDigests {
 			digestArgs = append(digestArgs, d, int64(e.Index))
 		}
@@ -508,7 +525,7 @@ func (s *Store) Nodes(ctx context.Context, ids []store.NodeID) ([][]byte, error)
 	return hashes, nil
 }
 
-const entryColumns = `idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time`
+const entryColumns = `idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp`
 
 // maxParams bounds the parameters of one IN list (SQLite allows 32766,
 // PostgreSQL 65535).
@@ -538,7 +555,7 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 // EntriesBySubjectDigest returns up to limit entries, by increasing index
 // from start, whose statements name a subject with this raw SHA-256 digest.
 func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error) {
-	q := `SELECT e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time
+	q := `SELECT e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = ? AND d.idx >= ? ORDER BY d.idx LIMIT ?`
 	return s.queryEntries(ctx, q, digest, int64(start), limit)
@@ -554,7 +571,7 @@ func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]stor
 	for rows.Next() {
 		var e store.Entry
 		var idx int64
-		if err := rows.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime); err != nil {
+		if err := rows.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime, &e.Timestamp); err != nil {
 			return nil, fmt.Errorf("sqlite: read entry: %w", err)
 		}
 		e.Index = uint64(idx)
@@ -598,4 +615,30 @@ func (s *Store) SigningCAs(ctx context.Context) ([]store.SigningCA, error) {
 		return nil, fmt.Errorf("sqlite: read signing CAs: %w", err)
 	}
 	return out, nil
+}
+
+// migrate applies one migration's DDL and records the version it reaches,
+// in one transaction.
+func (s *Store) migrate(ctx context.Context, ddl, to string) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // after Commit, a no-op
+	if _, err := tx.ExecContext(ctx, ddl); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE meta SET value = ? WHERE name = 'schema_version'`, to); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// nonNil keeps a NOT NULL blob column from receiving NULL for an absent
+// value.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }

@@ -84,7 +84,7 @@ func Entry(i uint64, digests ...[]byte) store.Entry {
 	return store.Entry{
 		Index: i, LeafHash: HashOf("leaf", i), DedupeKey: HashOf("key", i), Body: []byte("body"),
 		Envelope: []byte(`{"payload":"e30="}`), Certificate: []byte("der"), SPIFFEID: "spiffe://example.org/a",
-		IntegratedTime: 1700000000 + int64(i), SubjectDigests: digests,
+		IntegratedTime: 1700000000 + int64(i), Timestamp: []byte("timestamp"), SubjectDigests: digests,
 	}
 }
 

@@ -471,9 +471,14 @@ type LogEntryResult struct {
 	// and signed checkpoint; empty when error is set.
 	TlogEntry []byte `protobuf:"bytes,1,opt,name=tlog_entry,json=tlogEntry,proto3" json:"tlog_entry,omitempty"`
 	// error says why the entry was refused; refusals are final.
-	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// signed_timestamp is the RFC 3161 timestamp (DER TimeStampResp) the
+	// server's timestamp authority granted the envelope's signature when the
+	// log accepted it; it goes into the bundle's
+	// timestampVerificationData.rfc3161Timestamps. Empty when error is set.
+	SignedTimestamp []byte `protobuf:"bytes,3,opt,name=signed_timestamp,json=signedTimestamp,proto3" json:"signed_timestamp,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LogEntryResult) Reset() {
@@ -520,6 +525,13 @@ func (x *LogEntryResult) GetError() string {
 	return ""
 }
 
+func (x *LogEntryResult) GetSignedTimestamp() []byte {
+	if x != nil {
+		return x.SignedTimestamp
+	}
+	return nil
+}
+
 var File_hallmark_server_v1_agent_proto protoreflect.FileDescriptor
 
 const file_hallmark_server_v1_agent_proto_rawDesc = "" +
@@ -554,11 +566,12 @@ const file_hallmark_server_v1_agent_proto_rawDesc = "" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\x12 \n" +
 	"\vcertificate\x18\x02 \x01(\fR\vcertificate\"U\n" +
 	"\x15SubmitEntriesResponse\x12<\n" +
-	"\aresults\x18\x01 \x03(\v2\".hallmark.server.v1.LogEntryResultR\aresults\"E\n" +
+	"\aresults\x18\x01 \x03(\v2\".hallmark.server.v1.LogEntryResultR\aresults\"p\n" +
 	"\x0eLogEntryResult\x12\x1d\n" +
 	"\n" +
 	"tlog_entry\x18\x01 \x01(\fR\ttlogEntry\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error2\xd3\x02\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12)\n" +
+	"\x10signed_timestamp\x18\x03 \x01(\fR\x0fsignedTimestamp2\xd3\x02\n" +
 	"\fAgentService\x12\x82\x01\n" +
 	"\x17IssueSigningCertificate\x122.hallmark.server.v1.IssueSigningCertificateRequest\x1a3.hallmark.server.v1.IssueSigningCertificateResponse\x12X\n" +
 	"\tGetPolicy\x12$.hallmark.server.v1.GetPolicyRequest\x1a%.hallmark.server.v1.GetPolicyResponse\x12d\n" +

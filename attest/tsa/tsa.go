@@ -1,0 +1,196 @@
+// Package tsa issues and checks RFC 3161 timestamps over DSSE signatures,
+// the way Sigstore uses them: the timestamp's message imprint is the
+// SHA-256 of the signature bytes, and its time is when the signature is
+// known to have existed. A Hallmark server is its own timestamp authority;
+// its certificate chain is published in the trusted root
+// (timestampAuthorities), where sigstore-go finds it too.
+//
+// Tokens are built and parsed with github.com/digitorus/timestamp, the
+// library Sigstore's own timestamp authority uses.
+package tsa
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/digitorus/timestamp"
+)
+
+// MaxResponseSize bounds a timestamp response a verifier will parse.
+const MaxResponseSize = 16 << 10
+
+var (
+	oidExtKeyUsage  = asn1.ObjectIdentifier{2, 5, 29, 37}
+	oidTimeStamping = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 3, 8}
+	// anyPolicy (RFC 5280 section 4.2.1.4): Hallmark states no TSA policy
+	// beyond what docs/log.md says.
+	oidAnyPolicy     = asn1.ObjectIdentifier{2, 5, 29, 32, 0}
+	certificateTTL   = 10 * 365 * 24 * time.Hour
+	errNotTimestamps = errors.New("tsa: certificate is not for timestamping (RFC 3161 section 2.3: one critical extended key usage, timeStamping)")
+)
+
+// Signer issues timestamps with a key and its certificate chain (leaf
+// first, root last).
+type Signer struct {
+	key   crypto.Signer
+	chain []*x509.Certificate
+}
+
+// NewSigner checks that chain[0] certifies key for timestamping and
+// returns a Signer.
+func NewSigner(key crypto.Signer, chain []*x509.Certificate) (*Signer, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("tsa: no certificate")
+	}
+	leaf := chain[0]
+	if err := checkLeaf(leaf); err != nil {
+		return nil, err
+	}
+	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, errors.New("tsa: the certificate is not for this key")
+	}
+	return &Signer{key: key, chain: chain}, nil
+}
+
+// Chain is the signer's certificate chain, leaf first.
+func (s *Signer) Chain() []*x509.Certificate { return s.chain }
+
+// Timestamp returns a DER TimeStampResp (RFC 3161 section 2.4.2) granting
+// time t to signature: the message imprint is SHA-256(signature), and the
+// token embeds the TSA certificate.
+func (s *Signer) Timestamp(signature []byte, t time.Time) ([]byte, error) {
+	h := sha256.Sum256(signature)
+	ts := timestamp.Timestamp{
+		HashAlgorithm:     crypto.SHA256,
+		HashedMessage:     h[:],
+		Time:              t.UTC().Truncate(time.Millisecond),
+		Accuracy:          time.Second,
+		Policy:            oidAnyPolicy,
+		AddTSACertificate: true,
+	}
+	resp, err := ts.CreateResponseWithOpts(s.chain[0], s.key, crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("tsa: sign timestamp: %w", err)
+	}
+	return resp, nil
+}
+
+// Verify checks an RFC 3161 TimeStampResp over signature and returns the
+// time it grants. The token must be signed by leaf, a timestamping
+// certificate (RFC 3161 section 2.3) that chains to roots (through
+// intermediates) at that time; its imprint must be SHA-256(signature).
+func Verify(resp, signature []byte, leaf *x509.Certificate, roots, intermediates *x509.CertPool) (time.Time, error) {
+	if len(resp) > MaxResponseSize {
+		return time.Time{}, fmt.Errorf("tsa: timestamp is %d bytes, more than the %d allowed", len(resp), MaxResponseSize)
+	}
+	// RFC 3161 section 2.4.2: a granted response whose token is CMS
+	// SignedData over a TSTInfo. Parse verifies the CMS signature with the
+	// certificate the token embeds, so insist on exactly one, the leaf.
+	ts, err := timestamp.ParseResponse(resp)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("tsa: timestamp does not parse or its signature is invalid: %w", err)
+	}
+	if len(ts.Certificates) != 1 || !bytes.Equal(ts.Certificates[0].Raw, leaf.Raw) {
+		return time.Time{}, errors.New("tsa: timestamp is not signed by the trusted timestamp authority's certificate")
+	}
+	// RFC 3161 section 2.4.2, messageImprint: the hash of the data
+	// timestamped, here the DSSE signature.
+	want := sha256.Sum256(signature)
+	if ts.HashAlgorithm != crypto.SHA256 || !bytes.Equal(ts.HashedMessage, want[:]) {
+		return time.Time{}, errors.New("tsa: timestamp is for other data than this signature")
+	}
+	// RFC 3161 section 2.3 and RFC 5280 section 6: the TSA certificate is
+	// for timestamping and chains to a trusted root at genTime.
+	if err := checkLeaf(leaf); err != nil {
+		return time.Time{}, err
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: intermediates, CurrentTime: ts.Time,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping},
+	}); err != nil {
+		return time.Time{}, fmt.Errorf("tsa: timestamp authority certificate at %s: %w", ts.Time.UTC().Format(time.RFC3339), err)
+	}
+	return ts.Time, nil
+}
+
+// checkLeaf enforces RFC 3161 section 2.3: the TSA certificate has one
+// extended key usage, timeStamping, and it is critical.
+func checkLeaf(c *x509.Certificate) error {
+	if len(c.ExtKeyUsage) != 1 || c.ExtKeyUsage[0] != x509.ExtKeyUsageTimeStamping || len(c.UnknownExtKeyUsage) != 0 {
+		return errNotTimestamps
+	}
+	for _, e := range c.Extensions {
+		if e.Id.Equal(oidExtKeyUsage) && e.Critical {
+			return nil
+		}
+	}
+	return errNotTimestamps
+}
+
+// NewChain makes a timestamp authority's certificates for leafKey: a
+// self-signed root, whose key is generated here and dropped once it has
+// signed, and a leaf for timestamping. Both are valid from notBefore for
+// ten years. Dropping the root key means the chain can never certify
+// another key: a new TSA key is a new root in the trusted root.
+func NewChain(leafKey crypto.Signer, name string, notBefore time.Time) ([]*x509.Certificate, error) {
+	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("tsa: generate root key: %w", err)
+	}
+	notAfter := notBefore.Add(certificateTTL)
+	rootTmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: name + " root", Organization: []string{"Hallmark"}},
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping},
+	}
+	root, err := create(rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	eku, err := asn1.Marshal([]asn1.ObjectIdentifier{oidTimeStamping})
+	if err != nil {
+		return nil, err
+	}
+	leafTmpl := &x509.Certificate{
+		Subject:         pkix.Name{CommonName: name, Organization: []string{"Hallmark"}},
+		NotBefore:       notBefore,
+		NotAfter:        notAfter,
+		KeyUsage:        x509.KeyUsageDigitalSignature,
+		ExtraExtensions: []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: eku}},
+	}
+	leaf, err := create(leafTmpl, root, leafKey.Public(), rootKey)
+	if err != nil {
+		return nil, err
+	}
+	return []*x509.Certificate{leaf, root}, nil
+}
+
+func create(tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) (*x509.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
+	if err != nil {
+		return nil, fmt.Errorf("tsa: create certificate: %w", err)
+	}
+	return x509.ParseCertificate(der)
+}
