@@ -70,7 +70,7 @@ func BinDir() (string, error) {
 			}
 		}
 	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	dirs, _ := filepath.Glob(filepath.Join(debianDir, "*", "bin"))
 	sort.Slice(dirs, func(i, j int) bool { return version(dirs[i]) > version(dirs[j]) })
 	for _, d := range dirs {
 		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
@@ -81,6 +81,9 @@ func BinDir() (string, error) {
 	}
 	return "", fmt.Errorf("pgtest: PostgreSQL not found (no initdb and postgres on PATH or in /usr/lib/postgresql/*/bin): %s", installHint)
 }
+
+// debianDir is where Debian installs PostgreSQL's versions.
+var debianDir = "/usr/lib/postgresql"
 
 func version(binDir string) int {
 	v, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))

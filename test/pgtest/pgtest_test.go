@@ -28,3 +28,12 @@ func TestWithSearchPath(t *testing.T) {
 	require.Equal(t, "postgres://h/db?sslmode=disable&search_path=s", withSearchPath("postgres://h/db?sslmode=disable", "s"))
 	require.Equal(t, "postgres://h/db?search_path=s", withSearchPath("postgres://h/db", "s"))
 }
+
+func TestBinDirMissingSaysHowToInstall(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	defer func(d string) { debianDir = d }(debianDir)
+	debianDir = t.TempDir()
+	_, err := BinDir()
+	require.ErrorContains(t, err, "test/scripts/install-postgres.sh")
+	require.ErrorContains(t, err, DSNEnv)
+}

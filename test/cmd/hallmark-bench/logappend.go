@@ -46,7 +46,15 @@ var logAppendConcurrency = []int{64, 256}
 func benchLogAppend(ctx context.Context, dir string) ([]Result, error) {
 	var results []Result
 	for _, n := range logAppendConcurrency {
-		r, err := logAppendRun(ctx, filepath.Join(dir, fmt.Sprintf("c%d", n)), n)
+		path := filepath.Join(dir, fmt.Sprintf("c%d", n), "log", "hallmark.db")
+		r, err := logAppendRun(ctx, "logappend", n, logStore{
+			open: func(ctx context.Context) (server.Store, error) {
+				return sqlite.Open(ctx, sqlite.Config{Path: path})
+			},
+			floor: func(ctx context.Context) (float64, int, error) {
+				return logAppendFloor(ctx, path, filepath.Join(dir, fmt.Sprintf("c%d", n), "floor", "floor.db"))
+			},
+		})
 		if err != nil {
 			return nil, fmt.Errorf("%d submitters: %w", n, err)
 		}
@@ -55,15 +63,24 @@ func benchLogAppend(ctx context.Context, dir string) ([]Result, error) {
 	return results, nil
 }
 
-// logAppendRun is one run with submitters concurrent agents.
-func logAppendRun(ctx context.Context, dir string, submitters int) (Result, error) {
+// logStore is the database of one run: open opens the log's store (a new
+// database), floor replays what the run wrote into a fresh database with
+// the same settings and returns the entries per second and the number of
+// batches.
+type logStore struct {
+	open  func(ctx context.Context) (server.Store, error)
+	floor func(ctx context.Context) (float64, int, error)
+}
+
+// logAppendRun is one run of figure name with submitters concurrent
+// agents.
+func logAppendRun(ctx context.Context, name string, submitters int, db logStore) (Result, error) {
 	subs, ids, root, err := logAppendWorkload(submitters, logAppendEntries)
 	if err != nil {
 		return Result{}, err
 	}
 
-	path := filepath.Join(dir, "log", "hallmark.db")
-	st, err := sqlite.Open(ctx, sqlite.Config{Path: path})
+	st, err := db.open(ctx)
 	if err != nil {
 		return Result{}, err
 	}
@@ -130,14 +147,14 @@ func logAppendRun(ctx context.Context, dir string, submitters int) (Result, erro
 		return Result{}, err
 	}
 
-	floor, batches, err := logAppendFloor(ctx, path, filepath.Join(dir, "floor", "floor.db"))
+	floor, batches, err := db.floor(ctx)
 	if err != nil {
 		return Result{}, fmt.Errorf("floor: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "bench: logappend: %d entries from %d submitters in %d batches (%.1f entries per batch)\n",
-		logAppendEntries, submitters, batches, float64(logAppendEntries)/float64(batches))
+	fmt.Fprintf(os.Stderr, "bench: %s: %d entries from %d submitters in %d batches (%.1f entries per batch)\n",
+		name, logAppendEntries, submitters, batches, float64(logAppendEntries)/float64(batches))
 	return Result{
-		Name:  fmt.Sprintf("logappend_rate_c%d", submitters),
+		Name:  fmt.Sprintf("%s_rate_c%d", strings.ReplaceAll(name, "-", "_"), submitters),
 		Value: float64(logAppendEntries) / elapsed.Seconds(), Unit: "appends/s",
 		Floor: floor, Rate: true,
 	}, nil

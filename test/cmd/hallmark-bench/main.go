@@ -51,6 +51,7 @@ var figures = []figure{
 	{"attest", benchAttest},
 	{"hashing", benchHashing},
 	{"logappend", benchLogAppend},
+	{"logappend-postgres", benchLogAppendPostgres},
 	{"verify", benchVerify},
 }
 
