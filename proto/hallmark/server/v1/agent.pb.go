@@ -25,6 +25,98 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WatchSigningAuthoritiesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchSigningAuthoritiesRequest) Reset() {
+	*x = WatchSigningAuthoritiesRequest{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchSigningAuthoritiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchSigningAuthoritiesRequest) ProtoMessage() {}
+
+func (x *WatchSigningAuthoritiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchSigningAuthoritiesRequest.ProtoReflect.Descriptor instead.
+func (*WatchSigningAuthoritiesRequest) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{0}
+}
+
+type SigningAuthorities struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tainted_issuers are the SHA-256 fingerprints of the DER of issuing CA
+	// certificates that are tainted or revoked: certificates they issued are
+	// no longer accepted for new log entries.
+	TaintedIssuers [][]byte `protobuf:"bytes,1,rep,name=tainted_issuers,json=taintedIssuers,proto3" json:"tainted_issuers,omitempty"`
+	// revision increases whenever the set changes.
+	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigningAuthorities) Reset() {
+	*x = SigningAuthorities{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigningAuthorities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigningAuthorities) ProtoMessage() {}
+
+func (x *SigningAuthorities) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigningAuthorities.ProtoReflect.Descriptor instead.
+func (*SigningAuthorities) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SigningAuthorities) GetTaintedIssuers() [][]byte {
+	if x != nil {
+		return x.TaintedIssuers
+	}
+	return nil
+}
+
+func (x *SigningAuthorities) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type IssueSigningCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// csr is a DER-encoded PKCS #10 certificate signing request, signed by the
@@ -37,7 +129,7 @@ type IssueSigningCertificateRequest struct {
 
 func (x *IssueSigningCertificateRequest) Reset() {
 	*x = IssueSigningCertificateRequest{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[0]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -49,7 +141,7 @@ func (x *IssueSigningCertificateRequest) String() string {
 func (*IssueSigningCertificateRequest) ProtoMessage() {}
 
 func (x *IssueSigningCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[0]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -62,7 +154,7 @@ func (x *IssueSigningCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueSigningCertificateRequest.ProtoReflect.Descriptor instead.
 func (*IssueSigningCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *IssueSigningCertificateRequest) GetCsr() []byte {
@@ -85,7 +177,7 @@ type IssueSigningCertificateResponse struct {
 
 func (x *IssueSigningCertificateResponse) Reset() {
 	*x = IssueSigningCertificateResponse{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[1]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +189,7 @@ func (x *IssueSigningCertificateResponse) String() string {
 func (*IssueSigningCertificateResponse) ProtoMessage() {}
 
 func (x *IssueSigningCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[1]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +202,7 @@ func (x *IssueSigningCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IssueSigningCertificateResponse.ProtoReflect.Descriptor instead.
 func (*IssueSigningCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *IssueSigningCertificateResponse) GetCertificateChain() [][]byte {
@@ -137,7 +229,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[2]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -149,7 +241,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[2]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -162,7 +254,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetPolicyRequest) GetKnownRevision() string {
@@ -186,7 +278,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[3]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +290,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[3]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +303,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetPolicyResponse) GetRevision() string {
@@ -251,7 +343,7 @@ type PolicyRule struct {
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[4]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +355,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[4]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +368,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PolicyRule) GetName() string {
@@ -330,7 +422,7 @@ type SubmitEntriesRequest struct {
 
 func (x *SubmitEntriesRequest) Reset() {
 	*x = SubmitEntriesRequest{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[5]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -342,7 +434,7 @@ func (x *SubmitEntriesRequest) String() string {
 func (*SubmitEntriesRequest) ProtoMessage() {}
 
 func (x *SubmitEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[5]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -355,7 +447,7 @@ func (x *SubmitEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntriesRequest.ProtoReflect.Descriptor instead.
 func (*SubmitEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitEntriesRequest) GetEntries() []*LogSubmission {
@@ -378,7 +470,7 @@ type LogSubmission struct {
 
 func (x *LogSubmission) Reset() {
 	*x = LogSubmission{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[6]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -390,7 +482,7 @@ func (x *LogSubmission) String() string {
 func (*LogSubmission) ProtoMessage() {}
 
 func (x *LogSubmission) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[6]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -403,7 +495,7 @@ func (x *LogSubmission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogSubmission.ProtoReflect.Descriptor instead.
 func (*LogSubmission) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *LogSubmission) GetEnvelope() []byte {
@@ -429,7 +521,7 @@ type SubmitEntriesResponse struct {
 
 func (x *SubmitEntriesResponse) Reset() {
 	*x = SubmitEntriesResponse{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[7]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -441,7 +533,7 @@ func (x *SubmitEntriesResponse) String() string {
 func (*SubmitEntriesResponse) ProtoMessage() {}
 
 func (x *SubmitEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[7]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -454,7 +546,7 @@ func (x *SubmitEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntriesResponse.ProtoReflect.Descriptor instead.
 func (*SubmitEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitEntriesResponse) GetResults() []*LogEntryResult {
@@ -483,7 +575,7 @@ type LogEntryResult struct {
 
 func (x *LogEntryResult) Reset() {
 	*x = LogEntryResult{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[8]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +587,7 @@ func (x *LogEntryResult) String() string {
 func (*LogEntryResult) ProtoMessage() {}
 
 func (x *LogEntryResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[8]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +600,7 @@ func (x *LogEntryResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntryResult.ProtoReflect.Descriptor instead.
 func (*LogEntryResult) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogEntryResult) GetTlogEntry() []byte {
@@ -536,7 +628,11 @@ var File_hallmark_server_v1_agent_proto protoreflect.FileDescriptor
 
 const file_hallmark_server_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1ehallmark/server/v1/agent.proto\x12\x12hallmark.server.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n" +
+	"\x1ehallmark/server/v1/agent.proto\x12\x12hallmark.server.v1\x1a\x1fgoogle/protobuf/timestamp.proto\" \n" +
+	"\x1eWatchSigningAuthoritiesRequest\"Y\n" +
+	"\x12SigningAuthorities\x12'\n" +
+	"\x0ftainted_issuers\x18\x01 \x03(\fR\x0etaintedIssuers\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\"2\n" +
 	"\x1eIssueSigningCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"\x89\x01\n" +
 	"\x1fIssueSigningCertificateResponse\x12+\n" +
@@ -571,11 +667,12 @@ const file_hallmark_server_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"tlog_entry\x18\x01 \x01(\fR\ttlogEntry\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12)\n" +
-	"\x10signed_timestamp\x18\x03 \x01(\fR\x0fsignedTimestamp2\xd3\x02\n" +
+	"\x10signed_timestamp\x18\x03 \x01(\fR\x0fsignedTimestamp2\xcc\x03\n" +
 	"\fAgentService\x12\x82\x01\n" +
 	"\x17IssueSigningCertificate\x122.hallmark.server.v1.IssueSigningCertificateRequest\x1a3.hallmark.server.v1.IssueSigningCertificateResponse\x12X\n" +
 	"\tGetPolicy\x12$.hallmark.server.v1.GetPolicyRequest\x1a%.hallmark.server.v1.GetPolicyResponse\x12d\n" +
-	"\rSubmitEntries\x12(.hallmark.server.v1.SubmitEntriesRequest\x1a).hallmark.server.v1.SubmitEntriesResponseBDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
+	"\rSubmitEntries\x12(.hallmark.server.v1.SubmitEntriesRequest\x1a).hallmark.server.v1.SubmitEntriesResponse\x12w\n" +
+	"\x17WatchSigningAuthorities\x122.hallmark.server.v1.WatchSigningAuthoritiesRequest\x1a&.hallmark.server.v1.SigningAuthorities0\x01BDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
 
 var (
 	file_hallmark_server_v1_agent_proto_rawDescOnce sync.Once
@@ -589,35 +686,39 @@ func file_hallmark_server_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hallmark_server_v1_agent_proto_rawDescData
 }
 
-var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_hallmark_server_v1_agent_proto_goTypes = []any{
-	(*IssueSigningCertificateRequest)(nil),  // 0: hallmark.server.v1.IssueSigningCertificateRequest
-	(*IssueSigningCertificateResponse)(nil), // 1: hallmark.server.v1.IssueSigningCertificateResponse
-	(*GetPolicyRequest)(nil),                // 2: hallmark.server.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),               // 3: hallmark.server.v1.GetPolicyResponse
-	(*PolicyRule)(nil),                      // 4: hallmark.server.v1.PolicyRule
-	(*SubmitEntriesRequest)(nil),            // 5: hallmark.server.v1.SubmitEntriesRequest
-	(*LogSubmission)(nil),                   // 6: hallmark.server.v1.LogSubmission
-	(*SubmitEntriesResponse)(nil),           // 7: hallmark.server.v1.SubmitEntriesResponse
-	(*LogEntryResult)(nil),                  // 8: hallmark.server.v1.LogEntryResult
-	(*timestamppb.Timestamp)(nil),           // 9: google.protobuf.Timestamp
+	(*WatchSigningAuthoritiesRequest)(nil),  // 0: hallmark.server.v1.WatchSigningAuthoritiesRequest
+	(*SigningAuthorities)(nil),              // 1: hallmark.server.v1.SigningAuthorities
+	(*IssueSigningCertificateRequest)(nil),  // 2: hallmark.server.v1.IssueSigningCertificateRequest
+	(*IssueSigningCertificateResponse)(nil), // 3: hallmark.server.v1.IssueSigningCertificateResponse
+	(*GetPolicyRequest)(nil),                // 4: hallmark.server.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),               // 5: hallmark.server.v1.GetPolicyResponse
+	(*PolicyRule)(nil),                      // 6: hallmark.server.v1.PolicyRule
+	(*SubmitEntriesRequest)(nil),            // 7: hallmark.server.v1.SubmitEntriesRequest
+	(*LogSubmission)(nil),                   // 8: hallmark.server.v1.LogSubmission
+	(*SubmitEntriesResponse)(nil),           // 9: hallmark.server.v1.SubmitEntriesResponse
+	(*LogEntryResult)(nil),                  // 10: hallmark.server.v1.LogEntryResult
+	(*timestamppb.Timestamp)(nil),           // 11: google.protobuf.Timestamp
 }
 var file_hallmark_server_v1_agent_proto_depIdxs = []int32{
-	9, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 1: hallmark.server.v1.GetPolicyResponse.rules:type_name -> hallmark.server.v1.PolicyRule
-	6, // 2: hallmark.server.v1.SubmitEntriesRequest.entries:type_name -> hallmark.server.v1.LogSubmission
-	8, // 3: hallmark.server.v1.SubmitEntriesResponse.results:type_name -> hallmark.server.v1.LogEntryResult
-	0, // 4: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
-	2, // 5: hallmark.server.v1.AgentService.GetPolicy:input_type -> hallmark.server.v1.GetPolicyRequest
-	5, // 6: hallmark.server.v1.AgentService.SubmitEntries:input_type -> hallmark.server.v1.SubmitEntriesRequest
-	1, // 7: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
-	3, // 8: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
-	7, // 9: hallmark.server.v1.AgentService.SubmitEntries:output_type -> hallmark.server.v1.SubmitEntriesResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	11, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6,  // 1: hallmark.server.v1.GetPolicyResponse.rules:type_name -> hallmark.server.v1.PolicyRule
+	8,  // 2: hallmark.server.v1.SubmitEntriesRequest.entries:type_name -> hallmark.server.v1.LogSubmission
+	10, // 3: hallmark.server.v1.SubmitEntriesResponse.results:type_name -> hallmark.server.v1.LogEntryResult
+	2,  // 4: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
+	4,  // 5: hallmark.server.v1.AgentService.GetPolicy:input_type -> hallmark.server.v1.GetPolicyRequest
+	7,  // 6: hallmark.server.v1.AgentService.SubmitEntries:input_type -> hallmark.server.v1.SubmitEntriesRequest
+	0,  // 7: hallmark.server.v1.AgentService.WatchSigningAuthorities:input_type -> hallmark.server.v1.WatchSigningAuthoritiesRequest
+	3,  // 8: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
+	5,  // 9: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
+	9,  // 10: hallmark.server.v1.AgentService.SubmitEntries:output_type -> hallmark.server.v1.SubmitEntriesResponse
+	1,  // 11: hallmark.server.v1.AgentService.WatchSigningAuthorities:output_type -> hallmark.server.v1.SigningAuthorities
+	8,  // [8:12] is the sub-list for method output_type
+	4,  // [4:8] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_hallmark_server_v1_agent_proto_init() }
@@ -631,7 +732,7 @@ func file_hallmark_server_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_server_v1_agent_proto_rawDesc), len(file_hallmark_server_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	AgentService_IssueSigningCertificate_FullMethodName = "/hallmark.server.v1.AgentService/IssueSigningCertificate"
 	AgentService_GetPolicy_FullMethodName               = "/hallmark.server.v1.AgentService/GetPolicy"
 	AgentService_SubmitEntries_FullMethodName           = "/hallmark.server.v1.AgentService/SubmitEntries"
+	AgentService_WatchSigningAuthorities_FullMethodName = "/hallmark.server.v1.AgentService/WatchSigningAuthorities"
 )
 
 // AgentServiceClient is the client API for AgentService service.
@@ -50,6 +51,12 @@ type AgentServiceClient interface {
 	// and the certificate names the calling agent. Submitting an entry again
 	// returns the existing one. Results come in request order.
 	SubmitEntries(ctx context.Context, in *SubmitEntriesRequest, opts ...grpc.CallOption) (*SubmitEntriesResponse, error)
+	// WatchSigningAuthorities streams the signing CAs agents must stop using:
+	// the current set when the call starts, then the whole set again each
+	// time it changes. An agent whose signing certificate comes from one of
+	// them renews at once. The stream stays open; agents reconnect when it
+	// breaks.
+	WatchSigningAuthorities(ctx context.Context, in *WatchSigningAuthoritiesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SigningAuthorities], error)
 }
 
 type agentServiceClient struct {
@@ -90,6 +97,25 @@ func (c *agentServiceClient) SubmitEntries(ctx context.Context, in *SubmitEntrie
 	return out, nil
 }
 
+func (c *agentServiceClient) WatchSigningAuthorities(ctx context.Context, in *WatchSigningAuthoritiesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SigningAuthorities], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[0], AgentService_WatchSigningAuthorities_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchSigningAuthoritiesRequest, SigningAuthorities]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchSigningAuthoritiesClient = grpc.ServerStreamingClient[SigningAuthorities]
+
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
@@ -113,6 +139,12 @@ type AgentServiceServer interface {
 	// and the certificate names the calling agent. Submitting an entry again
 	// returns the existing one. Results come in request order.
 	SubmitEntries(context.Context, *SubmitEntriesRequest) (*SubmitEntriesResponse, error)
+	// WatchSigningAuthorities streams the signing CAs agents must stop using:
+	// the current set when the call starts, then the whole set again each
+	// time it changes. An agent whose signing certificate comes from one of
+	// them renews at once. The stream stays open; agents reconnect when it
+	// breaks.
+	WatchSigningAuthorities(*WatchSigningAuthoritiesRequest, grpc.ServerStreamingServer[SigningAuthorities]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }
 
@@ -131,6 +163,9 @@ func (UnimplementedAgentServiceServer) GetPolicy(context.Context, *GetPolicyRequ
 }
 func (UnimplementedAgentServiceServer) SubmitEntries(context.Context, *SubmitEntriesRequest) (*SubmitEntriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitEntries not implemented")
+}
+func (UnimplementedAgentServiceServer) WatchSigningAuthorities(*WatchSigningAuthoritiesRequest, grpc.ServerStreamingServer[SigningAuthorities]) error {
+	return status.Error(codes.Unimplemented, "method WatchSigningAuthorities not implemented")
 }
 func (UnimplementedAgentServiceServer) mustEmbedUnimplementedAgentServiceServer() {}
 func (UnimplementedAgentServiceServer) testEmbeddedByValue()                      {}
@@ -207,6 +242,17 @@ func _AgentService_SubmitEntries_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_WatchSigningAuthorities_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchSigningAuthoritiesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AgentServiceServer).WatchSigningAuthorities(m, &grpc.GenericServerStream[WatchSigningAuthoritiesRequest, SigningAuthorities]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AgentService_WatchSigningAuthoritiesServer = grpc.ServerStreamingServer[SigningAuthorities]
+
 // AgentService_ServiceDesc is the grpc.ServiceDesc for AgentService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -227,6 +273,12 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AgentService_SubmitEntries_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchSigningAuthorities",
+			Handler:       _AgentService_WatchSigningAuthorities_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "hallmark/server/v1/agent.proto",
 }
