@@ -5,7 +5,9 @@
 // append takes a transaction-scoped advisory lock (pg_advisory_xact_lock)
 // before it reads the log's head, so appenders run one at a time, and a
 // batch that does not continue the head it finds is refused with
-// store.ErrConflict before anything is written. The primary keys on
+// store.ErrConflict before anything is written. Both happen in a function
+// the migrations create (hallmark_begin_append), so that a whole append
+// (BEGIN, lock and check, inserts, COMMIT) is one pipelined round trip. The primary keys on
 // entries.idx, nodes and checkpoints.size back the lock up: two batches
 // for the same index can never both commit. Commits are synchronous (as
 // the server's synchronous_commit says; keep it on): a signed checkpoint
@@ -199,8 +201,8 @@ func (s *Store) Close() error {
 // The batch inserts take one array per column (unnest), so each is one
 // statement, prepared once, whatever the batch's size.
 const (
-	insertEntries = `INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time)
-SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::text[], $8::bigint[])`
+	insertEntries = `INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp)
+SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::text[], $8::bigint[], $9::bytea[])`
 	insertDigests = `INSERT INTO subject_digests (digest, idx) SELECT * FROM unnest($1::bytea[], $2::bigint[]) ON CONFLICT DO NOTHING`
 	insertNodes   = `INSERT INTO nodes (level, idx, hash) SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])`
 )
@@ -209,11 +211,12 @@ SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::by
 // (an advisory lock orders them). It fails with store.ErrConflict unless
 // b continues the log from its latest checkpoint: entries numbered from
 // that size on, and a checkpoint for the size they reach.
-func (s *Store) AppendBatch(ctx context.Context, b store.Batch) (err error) {
+func (s *Store) AppendBatch(ctx context.Context, b store.Batch) error {
 	n := len(b.Entries)
 	var (
 		idx                               = make([]int64, n)
 		leaf, key, body, envelope, certif = make([][]byte, n), make([][]byte, n), make([][]byte, n), make([][]byte, n), make([][]byte, n)
+		timestamp                         = make([][]byte, n)
 		spiffeID                          = make([]string, n)
 		integrated                        = make([]int64, n)
 		digests                           [][]byte
@@ -223,8 +226,8 @@ func (s *Store) AppendBatch(ctx context.Context, b store.Batch) (err error) {
 		nodeHash                          = make([][]byte, len(b.Nodes))
 	)
 	for i, e := range b.Entries {
-		idx[i], leaf[i], key[i], body[i], envelope[i], certif[i], spiffeID[i], integrated[i] =
-			int64(e.Index), e.LeafHash, e.DedupeKey, e.Body, e.Envelope, e.Certificate, e.SPIFFEID, e.IntegratedTime
+		idx[i], leaf[i], key[i], body[i], envelope[i], certif[i], spiffeID[i], integrated[i], timestamp[i] =
+			int64(e.Index), e.LeafHash, e.DedupeKey, e.Body, e.Envelope, e.Certificate, e.SPIFFEID, e.IntegratedTime, nonNil(e.Timestamp)
 		for _, d := range e.SubjectDigests {
 			digests, digestIdx = append(digests, d), append(digestIdx, int64(e.Index))
 		}
@@ -233,64 +236,70 @@ func (s *Store) AppendBatch(ctx context.Context, b store.Batch) (err error) {
 		nodeLevel[i], nodeIdx[i], nodeHash[i] = int32(nd.Level), int64(nd.Index), nd.Hash
 	}
 
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("postgres: begin: %w", err)
+	// The batch must continue the log from prev; whether the log is at
+	// prev is checked under the lock (hallmark_begin_append).
+	if b.Checkpoint.Size < uint64(n) {
+		return fmt.Errorf("%w: batch of %d entries for size %d", store.ErrConflict, n, b.Checkpoint.Size)
 	}
-	defer func() {
-		if err != nil {
-			tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // the append error is what matters
-		}
-	}()
-	// The head is read after the lock is held (each statement of a READ
-	// COMMITTED transaction sees what was committed before it began).
-	var latest *int64
-	head := &pgx.Batch{}
-	head.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, int32(lockClass), s.logLock)
-	head.Queue(`SELECT MAX(size) FROM checkpoints`).QueryRow(func(r pgx.Row) error { return r.Scan(&latest) })
-	if err := tx.SendBatch(ctx, head).Close(); err != nil {
-		return fmt.Errorf("postgres: lock the log: %w", err)
-	}
-	var prev uint64 // 0 when there is no checkpoint
-	if latest != nil {
-		prev = uint64(*latest)
-	}
-	if b.Checkpoint.Size != prev+uint64(n) || (latest != nil && n == 0) {
-		return fmt.Errorf("%w: batch of %d entries for size %d, the log is at %d", store.ErrConflict, n, b.Checkpoint.Size, prev)
-	}
+	prev := b.Checkpoint.Size - uint64(n)
 	for i, e := range b.Entries {
 		if e.Index != prev+uint64(i) {
 			return fmt.Errorf("%w: entry %d in a batch from %d", store.ErrConflict, e.Index, prev)
 		}
 	}
 
-	ins := &pgx.Batch{}
+	// One round trip: BEGIN, lock and check, inserts, COMMIT, pipelined.
+	// The first error skips the rest (the server discards the pipeline
+	// up to its end), and the transaction is rolled back.
+	q := &pgx.Batch{}
+	q.Queue(`BEGIN`)
+	q.Queue(`SELECT hallmark_begin_append($1, $2, $3, $4)`, int32(lockClass), s.logLock, int64(prev), int64(n))
 	if n > 0 {
-		ins.Queue(insertEntries, idx, leaf, key, body, envelope, certif, spiffeID, integrated)
+		q.Queue(insertEntries, idx, leaf, key, body, envelope, certif, spiffeID, integrated, timestamp)
 	}
 	if len(digests) > 0 {
-		ins.Queue(insertDigests, digests, digestIdx)
+		q.Queue(insertDigests, digests, digestIdx)
 	}
 	if len(b.Nodes) > 0 {
-		ins.Queue(insertNodes, nodeLevel, nodeIdx, nodeHash)
+		q.Queue(insertNodes, nodeLevel, nodeIdx, nodeHash)
 	}
-	ins.Queue(`INSERT INTO checkpoints (size, note) VALUES ($1, $2)`, int64(b.Checkpoint.Size), b.Checkpoint.Note)
-	if err := tx.SendBatch(ctx, ins).Close(); err != nil {
+	q.Queue(`INSERT INTO checkpoints (size, note) VALUES ($1, $2)`, int64(b.Checkpoint.Size), b.Checkpoint.Note)
+	q.Queue(`COMMIT`).Exec(func(tag pgconn.CommandTag) error {
+		if tag.String() != "COMMIT" { // a COMMIT of a failed transaction rolls back
+			return fmt.Errorf("postgres: the append was rolled back (%s)", tag)
+		}
+		return nil
+	})
+
+	conn, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	// Released with a transaction open (after a failure whose rollback
+	// failed too), the connection is closed rather than reused.
+	defer conn.Release()
+	if err := conn.SendBatch(ctx, q).Close(); err != nil {
+		if conn.Conn().PgConn().TxStatus() != 'I' {
+			conn.Exec(context.WithoutCancel(ctx), `ROLLBACK`) //nolint:errcheck // see Release above
+		}
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == uniqueViolation {
-			if pe.ConstraintName == "entries_dedupe_key_key" {
-				return fmt.Errorf("%w (in entries %d to %d)", store.ErrDuplicate, prev, prev+uint64(n)-1)
-			}
+		switch {
+		case errors.As(err, &pe) && pe.Code == headMoved:
+			return fmt.Errorf("%w: %s", store.ErrConflict, pe.Message)
+		case errors.As(err, &pe) && pe.Code == uniqueViolation && pe.ConstraintName == "entries_dedupe_key_key":
+			return fmt.Errorf("%w (in entries %d to %d)", store.ErrDuplicate, prev, prev+uint64(n)-1)
+		case errors.As(err, &pe) && pe.Code == uniqueViolation:
 			// Only a writer that ignored the lock gets here.
 			return fmt.Errorf("%w: %s", store.ErrConflict, pe.Message)
 		}
 		return fmt.Errorf("postgres: append: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("postgres: commit: %w", err)
-	}
 	return nil
 }
+
+// headMoved is the SQLSTATE hallmark_begin_append raises for a batch
+// that does not continue the log.
+const headMoved = "HL409"
 
 // uniqueViolation is SQLSTATE unique_violation.
 const uniqueViolation = "23505"
@@ -340,7 +349,16 @@ LEFT JOIN nodes n ON n.level = q.level AND n.idx = q.idx ORDER BY q.ord`, levels
 	return hashes, nil
 }
 
-const entryColumns = `e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time`
+const entryColumns = `e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp`
+
+// nonNil keeps a NOT NULL bytea column from receiving NULL for an absent
+// value.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
 
 // EntriesByDedupeKey returns the entries whose dedupe keys are among keys,
 // in no particular order.
@@ -370,7 +388,7 @@ func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]stor
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Entry, error) {
 		var e store.Entry
 		var idx int64
-		err := r.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime)
+		err := r.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime, &e.Timestamp)
 		e.Index = uint64(idx)
 		return e, err
 	})
