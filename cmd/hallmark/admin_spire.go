@@ -25,6 +25,11 @@ func spireSocketDefault() string {
 
 const spireSocketUsage = "the SPIRE server's API socket (spire-server's socket_path; env " + spireSocketEnv + ")"
 
+// serverAddressEnv is the default of --server-address.
+const serverAddressEnv = "HALLMARK_SERVER_ADDRESS"
+
+const serverAddressUsage = "hallmark-server's listen address (host:port): also show which authority signed its SVID (env " + serverAddressEnv + ")"
+
 // spireStep is one step of `hallmark admin rotate spire`.
 type spireStep struct {
 	use, short, long string
@@ -81,7 +86,7 @@ and workload holds an SVID from the active authority (see docs/rotation.md).`,
 }
 
 func rotateSPIRECmd() *cobra.Command {
-	var socket string
+	var socket, serverAddr string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "spire",
@@ -94,6 +99,7 @@ prepare, activate, taint, revoke. Each picks the authority it acts on
 		Args: cobra.NoArgs,
 	}
 	cmd.PersistentFlags().StringVar(&socket, "spire-socket", spireSocketDefault(), spireSocketUsage)
+	cmd.PersistentFlags().StringVar(&serverAddr, "server-address", os.Getenv(serverAddressEnv), serverAddressUsage)
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
 	for _, s := range spireSteps {
 		var id string
@@ -101,7 +107,7 @@ prepare, activate, taint, revoke. Each picks the authority it acts on
 		sub := &cobra.Command{
 			Use: s.use, Short: s.short, Long: s.long, Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				return runSPIREStep(cmd.Context(), cmd.OutOrStdout(), socket, s, id, force, asJSON)
+				return runSPIREStep(cmd.Context(), cmd.OutOrStdout(), socket, serverAddr, s, id, force, asJSON)
 			},
 		}
 		if s.takesID {
@@ -114,7 +120,7 @@ prepare, activate, taint, revoke. Each picks the authority it acts on
 	return cmd
 }
 
-func runSPIREStep(ctx context.Context, w io.Writer, socket string, s spireStep, id string, force, asJSON bool) error {
+func runSPIREStep(ctx context.Context, w io.Writer, socket, serverAddr string, s spireStep, id string, force, asJSON bool) error {
 	c, err := spireadmin.Dial(socket)
 	if err != nil {
 		return err
@@ -130,7 +136,7 @@ func runSPIREStep(ctx context.Context, w io.Writer, socket string, s spireStep, 
 	if err != nil {
 		return fmt.Errorf("%s done, but reading the state after it: %w", s.use, err)
 	}
-	rep := newSPIREReport(socket, st)
+	rep := newSPIREReport(ctx, socket, serverAddr, st)
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -152,16 +158,28 @@ type spireReport struct {
 	*spireadmin.State
 	Phase string `json:"phase"`
 	Next  string `json:"next"`
+	// Server is hallmark-server's SVID, with --server-address.
+	Server *spireadmin.Holder `json:"server_svid,omitempty"`
 }
 
-func newSPIREReport(socket string, st *spireadmin.State) *spireReport {
+func newSPIREReport(ctx context.Context, socket, serverAddr string, st *spireadmin.State) *spireReport {
 	phase, next := st.Phase()
-	return &spireReport{Socket: socket, State: st, Phase: phase, Next: next}
+	r := &spireReport{Socket: socket, State: st, Phase: phase, Next: next}
+	if serverAddr != "" {
+		if chain, err := spireadmin.PeerSVID(ctx, serverAddr); err != nil {
+			r.Server = &spireadmin.Holder{Address: serverAddr, Error: err.Error()}
+		} else {
+			h := st.Holder(serverAddr, chain)
+			r.Server = &h
+		}
+	}
+	return r
 }
 
 func bindSPIREStatus(cmd *cobra.Command) func(context.Context) (statusReport, error) {
-	var socket string
+	var socket, serverAddr string
 	cmd.Flags().StringVar(&socket, "spire-socket", spireSocketDefault(), spireSocketUsage)
+	cmd.Flags().StringVar(&serverAddr, "server-address", os.Getenv(serverAddressEnv), serverAddressUsage)
 	return func(ctx context.Context) (statusReport, error) {
 		c, err := spireadmin.Dial(socket)
 		if err != nil {
@@ -174,7 +192,7 @@ func bindSPIREStatus(cmd *cobra.Command) func(context.Context) (statusReport, er
 		if err != nil {
 			return nil, err
 		}
-		return newSPIREReport(socket, st), nil
+		return newSPIREReport(ctx, socket, serverAddr, st), nil
 	}
 }
 
@@ -211,6 +229,22 @@ func (r *spireReport) Print(w io.Writer) {
 			role += ", TAINTED"
 		}
 		fmt.Fprintf(w, "    %s  %-17s not after %s\n", b.ID, role, b.NotAfter.Format(time.RFC3339))
+	}
+	if h := r.Server; h != nil {
+		if h.Error != "" {
+			fmt.Fprintf(w, "  hallmark-server %s: cannot read its SVID: %s\n", h.Address, h.Error)
+		} else {
+			role := h.Role
+			if role == spireadmin.RoleOther {
+				role = "in no slot"
+			}
+			trust := "trusted by the bundle"
+			if !h.Trusted {
+				trust = "NOT trusted by the current bundle"
+			}
+			fmt.Fprintf(w, "  hallmark-server %s: SVID %s serial %s%s, signed by %s (%s), %s\n",
+				h.Address, h.SPIFFEID, h.Serial, expires(h.NotAfter), h.SignedBy, role, trust)
+		}
 	}
 	fmt.Fprintf(w, "  phase:    %s\n  next:     %s\n", r.Phase, r.Next)
 }

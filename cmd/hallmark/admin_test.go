@@ -117,3 +117,56 @@ func TestAdminStatus(t *testing.T) {
 	require.True(t, strings.HasPrefix(out, "spire: ERROR spireadmin: SPIRE server socket "), out)
 	require.ErrorContains(t, err, "none.sock")
 }
+
+// With --server-address, the SPIRE section says which authority signed
+// hallmark-server's SVID and whether the current bundle trusts it.
+func TestAdminStatusServerSVID(t *testing.T) {
+	fake := spiretest.Start(t)
+	a := fake.ActiveID()
+	const id = "spiffe://example.org/hallmark/server"
+	moved := fake.ServeSVID(t, id) // re-issued after activate, as taint makes SPIRE do
+	stale := fake.ServeSVID(t, id) // never re-issued
+	status := func(addr string) string {
+		t.Helper()
+		out, err := runCLI(t, "admin", "status", "--spire-socket", fake.Socket, "--server-address", addr)
+		require.NoError(t, err)
+		return out
+	}
+	rotate := func(step string) {
+		t.Helper()
+		_, err := runCLI(t, "admin", "rotate", "spire", step, "--spire-socket", fake.Socket)
+		require.NoError(t, err)
+	}
+	require.Contains(t, status(moved.Addr), "hallmark-server "+moved.Addr+": SVID "+id+" serial ")
+	require.Contains(t, status(moved.Addr), "signed by "+a+" (active), trusted by the bundle")
+
+	rotate("prepare")
+	rotate("activate")
+	b := fake.ActiveID()
+	require.Contains(t, status(moved.Addr), "signed by "+a+" (old), trusted by the bundle")
+	require.NoError(t, moved.Reissue(id))
+	require.Contains(t, status(moved.Addr), "signed by "+b+" (active), trusted by the bundle")
+
+	rotate("taint")
+	rotate("revoke")
+	require.Contains(t, status(moved.Addr), "signed by "+b+" (active), trusted by the bundle")
+	require.Contains(t, status(stale.Addr), "signed by "+a+" (old), NOT trusted by the current bundle")
+
+	out, err := runCLI(t, "admin", "status", "--json", "--spire-socket", fake.Socket, "--server-address", stale.Addr)
+	require.NoError(t, err)
+	var st struct {
+		SPIRE struct {
+			ServerSVID struct {
+				SignedBy string `json:"signed_by"`
+				Role     string
+				Trusted  bool
+			} `json:"server_svid"`
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	require.Equal(t, a, st.SPIRE.ServerSVID.SignedBy)
+	require.Equal(t, "old", st.SPIRE.ServerSVID.Role)
+	require.False(t, st.SPIRE.ServerSVID.Trusted)
+
+	require.Contains(t, status("127.0.0.1:1"), "hallmark-server 127.0.0.1:1: cannot read its SVID: ")
+}

@@ -59,6 +59,8 @@ type BundleAuthority struct {
 	NotAfter time.Time `json:"not_after"`
 	Tainted  bool      `json:"tainted"`
 	Role     string    `json:"role,omitempty"`
+
+	cert *x509.Certificate
 }
 
 // State is the server's X.509 authorities and the bundle they publish.
@@ -351,7 +353,7 @@ func bundleAuthorities(certs []*types.X509Certificate) ([]BundleAuthority, error
 			return nil, fmt.Errorf("spireadmin: bundle holds an unparsable X.509 authority: %w", err)
 		}
 		out = append(out, BundleAuthority{
-			ID: AuthorityID(cert), Subject: cert.Subject.String(), NotAfter: cert.NotAfter.UTC(), Tainted: c.GetTainted(),
+			ID: AuthorityID(cert), Subject: cert.Subject.String(), NotAfter: cert.NotAfter.UTC(), Tainted: c.GetTainted(), cert: cert,
 		})
 	}
 	return out, nil

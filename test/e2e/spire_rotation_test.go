@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,7 +252,14 @@ func TestSpireRotation(t *testing.T) {
 	require.Equal(t, r.serverPid, st.Server.Pid(), "hallmark-server was not restarted")
 	require.GreaterOrEqual(t, renewals, 2.0, "renewals during the rotation")
 	require.Equal(t, float64(res.ok), delta(agent0, agent1, `hallmark_agent_attestations_total{result="attested"}`))
-	require.Equal(t, authorityB, r.status().Active.ID)
+	// What `hallmark admin status` tells an operator at the end.
+	end := r.status()
+	require.Equal(t, authorityB, end.Active.ID)
+	require.Equal(t, "rotated", end.Phase)
+	require.Len(t, end.Bundle, 1)
+	require.Equal(t, authorityB, end.ServerSVID.SignedBy)
+	require.Equal(t, spireadmin.RoleActive, end.ServerSVID.Role)
+	require.True(t, end.ServerSVID.Trusted)
 }
 
 // rotation runs the CLI and keeps a timeline.
@@ -295,15 +300,22 @@ func (r *rotation) step(name string) stepResult {
 	var res stepResult
 	require.NoError(r.t, json.Unmarshal(out, &res), "%s", out)
 	// What an operator sees.
-	r.t.Logf("$ hallmark admin rotate spire %s\n%s", name, r.cli("admin", "status"))
+	r.t.Logf("$ hallmark admin rotate spire %s\n%s", name, r.cli("admin", "status", "--server-address", r.st.Server.ServerAddr()))
 	r.events = append(r.events, fmt.Sprintf("%-8s at +%s", name, at.Round(100*time.Millisecond)))
 	return res
 }
 
-func (r *rotation) status() spireadmin.State {
+// adminStatus is `hallmark admin status --json`'s SPIRE section.
+type adminStatus struct {
+	spireadmin.State
+	Phase      string
+	ServerSVID spireadmin.Holder `json:"server_svid"`
+}
+
+func (r *rotation) status() adminStatus {
 	r.t.Helper()
-	var st struct{ SPIRE spireadmin.State }
-	out := r.cli("admin", "status", "--json")
+	var st struct{ SPIRE adminStatus }
+	out := r.cli("admin", "status", "--json", "--server-address", r.st.Server.ServerAddr())
 	require.NoError(r.t, json.Unmarshal(out, &st), "%s", out)
 	return st.SPIRE
 }
@@ -339,30 +351,12 @@ func (r *rotation) waitForBundle(what string, ok func(ids []string) bool) *x509b
 	return b
 }
 
-// serverSVID is the certificate chain hallmark-server presents, read
-// from a TLS handshake (verified by the caller, against a bundle).
+// serverSVID is the certificate chain hallmark-server presents in a TLS
+// handshake (verified by the caller, against a bundle).
 func (r *rotation) serverSVID() []*x509.Certificate {
 	r.t.Helper()
-	var chain []*x509.Certificate
-	conf := &tls.Config{
-		InsecureSkipVerify: true, //nolint:gosec // only reads the chain; callers verify it against the bundle
-		NextProtos:         []string{"h2"},
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			for _, der := range raw {
-				c, err := x509.ParseCertificate(der)
-				if err != nil {
-					return err
-				}
-				chain = append(chain, c)
-			}
-			return nil
-		},
-	}
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", r.st.Server.ServerAddr(), conf)
-	if err == nil {
-		conn.Close()
-	}
-	require.NotEmpty(r.t, chain, "hallmark-server presented no certificate: %v", err)
+	chain, err := spireadmin.PeerSVID(context.Background(), r.st.Server.ServerAddr())
+	require.NoError(r.t, err)
 	return chain
 }
 

@@ -12,11 +12,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha1" //nolint:gosec // SPIRE's Subject Key IDs are SHA-1 of the key, as RFC 5280 suggests
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -40,6 +42,7 @@ const (
 
 type root struct {
 	cert    *x509.Certificate
+	key     *ecdsa.PrivateKey
 	tainted bool
 }
 
@@ -118,7 +121,7 @@ func (f *Fake) newRoot() (slot, error) {
 	if err != nil {
 		return slot{}, err
 	}
-	f.roots = append(f.roots, root{cert: cert})
+	f.roots = append(f.roots, root{cert: cert, key: key})
 	f.sequence++
 	return slot{id: fmt.Sprintf("%x", cert.SubjectKeyId), notAfter: cert.NotAfter}, nil
 }
@@ -291,4 +294,84 @@ func (f *Fake) GetBundle(context.Context, *bundlev1.GetBundleRequest) (*types.Bu
 		b.X509Authorities = append(b.X509Authorities, &types.X509Certificate{Asn1: r.cert.Raw, Tainted: r.tainted})
 	}
 	return b, nil
+}
+
+// SVIDServer is a TLS server presenting an X509-SVID signed by one of the
+// fake's authorities, like hallmark-server does.
+type SVIDServer struct {
+	Addr string
+	f    *Fake
+	mu   sync.Mutex
+	cert *tls.Certificate
+}
+
+// ServeSVID starts a TLS server on loopback presenting an SVID for id
+// from the active authority; it stops when the test ends.
+func (f *Fake) ServeSVID(t testing.TB, id string) *SVIDServer {
+	t.Helper()
+	s := &SVIDServer{f: f}
+	if err := s.Reissue(id); err != nil {
+		t.Fatal(err)
+	}
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.cert, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lis.Close() })
+	s.Addr = lis.Addr().String()
+	go func() {
+		for {
+			conn, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				conn.(*tls.Conn).Handshake() //nolint:errcheck // the client only reads the certificate
+				conn.Close()
+			}()
+		}
+	}()
+	return s
+}
+
+// Reissue replaces the SVID with one for id from the current active
+// authority, as SPIRE does at a rotation.
+func (s *SVIDServer) Reissue(id string) error {
+	s.f.mu.Lock()
+	var ca root
+	for _, r := range s.f.roots {
+		if fmt.Sprintf("%x", r.cert.SubjectKeyId) == s.f.active.id {
+			ca = r
+		}
+	}
+	s.f.mu.Unlock()
+	if ca.cert == nil {
+		return fmt.Errorf("spiretest: active authority not in the bundle")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	u, err := url.Parse(id)
+	if err != nil {
+		return err
+	}
+	now := time.Now().Truncate(time.Second)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(now.UnixNano()), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour),
+		URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cert = &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return nil
 }
