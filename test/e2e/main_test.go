@@ -9,8 +9,11 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,7 +76,9 @@ func runMain(m *testing.M) int {
 }
 
 // registerBuilders gives this test binary and the hallmark CLI the
-// builder identity that the agent's policy grants steps to.
+// builder identity that the agent's policy grants steps to, and waits
+// until both are known by it: each entry reaches the SPIRE agent at its
+// own sync, so the test binary's SVID says nothing about the CLI's.
 func registerBuilders(ctx context.Context) error {
 	self, err := os.Executable()
 	if err != nil {
@@ -85,6 +90,34 @@ func registerBuilders(ctx context.Context) error {
 			return err
 		}
 	}
-	_, err = stack.SPIRE.WaitForIdentities(ctx, id)
-	return err
+	if _, err := stack.SPIRE.WaitForIdentities(ctx, id); err != nil {
+		return err
+	}
+	return waitCLIBuilder(ctx)
+}
+
+// waitCLIBuilder waits until the agent identifies the hallmark CLI, run
+// the way tests run it, as the builder: `hallmark whoami` lists builderID
+// among its SPIFFE IDs.
+func waitCLIBuilder(ctx context.Context) error {
+	var last string
+	err := harness.WaitFor(ctx, "hallmark whoami to report "+builderID, time.Minute, func() error {
+		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(wctx, stack.Bins.CLI, "whoami", "--socket", stack.Agent.Socket).CombinedOutput()
+		last = strings.TrimSpace(string(out))
+		if err != nil {
+			return fmt.Errorf("whoami: %w", err)
+		}
+		for _, l := range strings.Split(last, "\n") {
+			if strings.HasPrefix(l, "SPIFFE IDs:") && strings.Contains(l, builderID) {
+				return nil
+			}
+		}
+		return errors.New("whoami does not list " + builderID + " yet")
+	})
+	if err != nil {
+		return fmt.Errorf("the agent does not identify the hallmark CLI (%s) as the builder: its SPIRE entry has not reached the SPIRE agent, or the agent's workload attestation of it fails: %w\nlast whoami output:\n%s", stack.Bins.CLI, err, last)
+	}
+	return nil
 }

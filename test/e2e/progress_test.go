@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,7 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -47,16 +45,6 @@ func TestProgress(t *testing.T) {
 		require.NoError(t, f.Close())
 	}
 
-	// The CLI's registration may reach the SPIRE agent after this test
-	// binary's (TestMain waits for the latter only) when this test runs
-	// first.
-	waitFor(t, "the agent to know the CLI as the builder", time.Minute, func() error {
-		out, err := exec.Command(stack.Bins.CLI, "whoami", "--socket", stack.Agent.Socket).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), builderID) {
-			return fmt.Errorf("whoami: %v: %s", err, out)
-		}
-		return nil
-	})
 	root, err := stack.Server.Get(context.Background(), "/trust/trusted_root.json")
 	require.NoError(t, err)
 	rootFile := filepath.Join(t.TempDir(), "trusted_root.json")
