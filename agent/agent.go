@@ -83,9 +83,15 @@ type Agent struct {
 	outbox  *outbox.Outbox                // opened by Run
 	// submitNudge wakes the log submitter when an envelope is queued.
 	submitNudge chan struct{}
+	// renewNudge wakes the renew loop to look at the held certificate
+	// again: its CA may have been tainted.
+	renewNudge chan struct{}
+	tainted    atomic.Pointer[taintSet] // the server's last word, nil before any
 
 	// retry delays after a failed renewal
 	backoffBase, backoffMax time.Duration
+	// between asks for the signing-CA stream of a server without it
+	authoritiesRetryUnimplemented time.Duration
 
 	mu        sync.Mutex // guards the fields below
 	id        spiffeid.ID
@@ -125,8 +131,11 @@ func New(cfg Config) (*Agent, error) {
 		log:         cfg.Log,
 		metrics:     newMetrics(),
 		submitNudge: make(chan struct{}, 1),
+		renewNudge:  make(chan struct{}, 1),
 		backoffBase: time.Second,
 		backoffMax:  30 * time.Second,
+
+		authoritiesRetryUnimplemented: DefaultAuthoritiesRetryUnimplemented,
 	}
 	a.pol.Store(cfg.Policy)
 	a.policySource = "file"
@@ -230,6 +239,7 @@ func (a *Agent) run(ctx context.Context) error {
 	})
 	client := serverv1.NewAgentServiceClient(conn)
 	g.Go(func() error { return a.renewLoop(ctx, client) })
+	g.Go(func() error { return a.watchAuthorities(ctx, client) })
 	if !a.cfg.PolicyFromFile {
 		g.Go(func() error { return a.policyLoop(ctx, client) })
 	}
@@ -240,16 +250,28 @@ func (a *Agent) run(ctx context.Context) error {
 }
 
 // renewLoop keeps a signing certificate: it renews at half the held
-// certificate's lifetime and, after a failure, retries with jittered
-// backoff while the current certificate stays in use until it expires.
+// certificate's lifetime, or at once when the server taints its CA, and,
+// after a failure, retries with jittered backoff while the current
+// certificate stays in use until it expires.
 func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
 	b := newBackoff(a.backoffBase, a.backoffMax)
 	for {
 		held := a.keys.cur.Load()
-		if err := sleepUntil(ctx, a.cfg.Now, renewAt(held)); err != nil {
+		if _, tainted := a.taintedIssuer(held); tainted {
+			a.metrics.taintedRenewals.Inc()
+		} else if nudged, err := a.waitRenewal(ctx, renewAt(held)); err != nil {
 			return nil
+		} else if nudged {
+			continue // look again at what is held now
 		}
 		err := a.renew(ctx, client)
+		if err == nil {
+			if fp, tainted := a.taintedIssuer(a.keys.cur.Load()); tainted {
+				// Installed, the held one being no better; the server
+				// has yet to activate a new signing CA.
+				err = fmt.Errorf("the server issued the new certificate from tainted CA %x too", fp)
+			}
+		}
 		if err == nil && renewAt(a.keys.cur.Load()).After(a.cfg.Now()) {
 			b.reset()
 			continue
@@ -307,6 +329,14 @@ func (a *Agent) renew(ctx context.Context, client certIssuer) error {
 		return fmt.Errorf("server answer: %w", err)
 	}
 	held := &signingCert{key: key, chain: chain, received: a.cfg.Now()}
+	if fp, tainted := a.taintedIssuer(held); tainted {
+		if c, ok := a.keys.current(a.cfg.Now()); ok {
+			if _, alsoTainted := a.taintedIssuer(c); !alsoTainted {
+				a.metrics.renewals.WithLabelValues("failure").Inc()
+				return fmt.Errorf("server answer: issued by tainted CA %x; keeping the current certificate from an untainted one", fp)
+			}
+		}
+	}
 	a.keys.cur.Store(held)
 	a.metrics.renewals.WithLabelValues("success").Inc()
 
@@ -381,6 +411,25 @@ func (a *Agent) recordCall(err error) {
 		a.metrics.serverReachable.Set(1)
 	} else {
 		a.metrics.serverReachable.Set(0)
+	}
+}
+
+// waitRenewal waits until t, until the renew loop is nudged (nudged is
+// then true) or until ctx ends (then it returns ctx's error).
+func (a *Agent) waitRenewal(ctx context.Context, t time.Time) (nudged bool, err error) {
+	d := t.Sub(a.cfg.Now())
+	if d <= 0 {
+		return false, ctx.Err()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-timer.C:
+		return false, nil
+	case <-a.renewNudge:
+		return true, nil
 	}
 }
 

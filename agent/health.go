@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -36,13 +37,16 @@ type ServerStatus struct {
 
 // CertStatus describes the held signing certificate.
 type CertStatus struct {
-	Serial    string    `json:"serial"`
-	Issuer    string    `json:"issuer"`
-	URISANs   []string  `json:"uri_sans"`
-	NotBefore time.Time `json:"not_before"`
-	NotAfter  time.Time `json:"not_after"`
-	RenewAt   time.Time `json:"renew_at"`
-	ChainPEM  string    `json:"chain_pem"`
+	Serial string `json:"serial"`
+	Issuer string `json:"issuer"`
+	// IssuerSHA256 is the hex SHA-256 of the issuing CA certificate's DER,
+	// as the server names tainted CAs.
+	IssuerSHA256 string    `json:"issuer_sha256,omitempty"`
+	URISANs      []string  `json:"uri_sans"`
+	NotBefore    time.Time `json:"not_before"`
+	NotAfter     time.Time `json:"not_after"`
+	RenewAt      time.Time `json:"renew_at"`
+	ChainPEM     string    `json:"chain_pem"`
 }
 
 // PolicyStatus says which attestation policy is in force.
@@ -79,6 +83,9 @@ func (a *Agent) Status() Status {
 		cs := &CertStatus{
 			Serial: leaf.SerialNumber.Text(16), Issuer: leaf.Issuer.String(),
 			NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, RenewAt: renewAt(c),
+		}
+		if fp, ok := issuerSHA256(c); ok {
+			cs.IssuerSHA256 = hex.EncodeToString(fp[:])
 		}
 		for _, u := range leaf.URIs {
 			cs.URISANs = append(cs.URISANs, u.String())

@@ -20,6 +20,9 @@ type metrics struct {
 	denials         *prometheus.CounterVec
 	attestedSteps   *prometheus.CounterVec
 	outboxQueued    prometheus.Gauge
+
+	taintedRenewals  prometheus.Counter
+	authoritiesWatch prometheus.Gauge
 }
 
 // Results of an attestation request.
@@ -81,9 +84,18 @@ func newMetrics() *metrics {
 			Help:    "Time to attest a step, from request to signed bundle.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		taintedRenewals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_agent_tainted_renewals_total",
+			Help: "Signing certificate renewals started because the server tainted the CA of the held certificate, retries included.",
+		}),
+		authoritiesWatch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_signing_authorities_watch_connected",
+			Help: "1 while the stream of tainted signing CAs from hallmark-server is open and has delivered the current set, else 0.",
+		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
 		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.denials, m.attestedSteps,
+		m.taintedRenewals, m.authoritiesWatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
