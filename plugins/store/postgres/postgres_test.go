@@ -2,9 +2,11 @@ package postgres
 
 import (
 	"context"
+	mathrand "math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -157,4 +159,54 @@ func TestSearchPathWithoutSchema(t *testing.T) {
 	dsn := pgtest.NewSchema(t) + "_missing"
 	_, err := Open(context.Background(), Config{DSN: dsn})
 	require.ErrorContains(t, err, "search_path")
+}
+
+// Appends whose context ends at any point (before, during or after the
+// pipelined transaction) commit all of their batch or nothing, and leave
+// the store usable and the log linear.
+func TestCancelledAppendsAreAllOrNothing(t *testing.T) {
+	bg := context.Background()
+	s := openTest(t, pgtest.NewSchema(t))
+	began := time.Now()
+	require.NoError(t, s.AppendBatch(bg, store.Batch{Checkpoint: storetest.Checkpoint(0)}))
+	took := time.Since(began) // deadlines fall before, within and after an append's usual time
+	var attempts [][][]byte   // the dedupe keys of each attempt
+	failed := 0
+	for a := range 40 {
+		cp, err := s.LatestCheckpoint(bg)
+		require.NoError(t, err)
+		var b store.Batch
+		var keys [][]byte
+		for j := range 1 + a%17 {
+			e := storetest.Entry(cp.Size + uint64(j))
+			e.DedupeKey = storetest.HashOf("attempt", a, "entry", j)
+			b.Entries = append(b.Entries, e)
+			b.Nodes = append(b.Nodes, store.Node{NodeID: store.NodeID{Index: e.Index}, Hash: e.LeafHash})
+			keys = append(keys, e.DedupeKey)
+		}
+		b.Checkpoint = storetest.Checkpoint(cp.Size + uint64(len(b.Entries)))
+		attempts = append(attempts, keys)
+		ctx, cancel := context.WithTimeout(bg, time.Duration(mathrand.Int64N(int64(3*took)+1)))
+		if err := s.AppendBatch(ctx, b); err != nil {
+			failed++
+			require.NotErrorIs(t, err, store.ErrConflict)
+		}
+		cancel()
+	}
+	t.Logf("%d of %d appends cut short", failed, len(attempts))
+
+	var total uint64
+	for a, keys := range attempts {
+		found, err := s.EntriesByDedupeKey(bg, keys)
+		require.NoError(t, err)
+		require.Contains(t, []int{0, len(keys)}, len(found), "attempt %d: %d of %d entries", a, len(found), len(keys))
+		total += uint64(len(found))
+	}
+	cp, err := s.LatestCheckpoint(bg)
+	require.NoError(t, err)
+	require.Equal(t, total, cp.Size)
+	var entries int
+	require.NoError(t, s.pool.QueryRow(bg, `SELECT count(*) FROM entries WHERE idx < $1`, int64(total)).Scan(&entries))
+	require.Equal(t, int(total), entries, "no gaps")
+	require.NoError(t, s.AppendBatch(bg, store.Batch{Entries: []store.Entry{storetest.Entry(total)}, Checkpoint: storetest.Checkpoint(total + 1)}))
 }
