@@ -100,7 +100,12 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "hallmark-pg-")
+	// The socket's path must fit in sockaddr_un (108 bytes).
+	tmp := os.TempDir()
+	if len(tmp) > 60 {
+		tmp = "/tmp"
+	}
+	dir, err := os.MkdirTemp(tmp, "hallmark-pg-")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
