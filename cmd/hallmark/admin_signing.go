@@ -98,10 +98,11 @@ cannot be tainted.`,
 	{
 		use: "revoke", done: "revoked", idDefault: "the tainted one", takesAt: true,
 		short: "Trust the tainted signing CA only until a time (--at, default now) in the trusted root",
-		long: `Revoke the tainted issuer from a time on (--at, RFC 3339; default now): the
-trusted root trusts it only until then. Revoking from time T rejects entries
-integrated after T and keeps earlier ones valid. Verifiers see the change
-once they refresh their trusted root.`,
+		long: `Revoke the tainted issuer from a time on (--at, RFC 3339, now or in the past,
+not before the issuer existed; default now): the trusted root trusts it only
+until then. Revoking from time T rejects entries integrated after T and
+keeps earlier ones valid. Verifiers see the change once they refresh their
+trusted root.`,
 		run: func(ctx context.Context, c serverv1.AdminServiceClient, id string, at *timestamppb.Timestamp) (*serverv1.IssuerStatus, error) {
 			return c.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{Id: id, At: at})
 		},
@@ -144,7 +145,7 @@ after it. The runbook is docs/rotation.md.`,
 			sub.Flags().StringVar(&id, "id", "", "the issuer to "+s.use+" (default: "+s.idDefault+")")
 		}
 		if s.takesAt {
-			sub.Flags().StringVar(&at, "at", "", "revoke from this time on, RFC 3339 (default: now, on the server's clock)")
+			sub.Flags().StringVar(&at, "at", "", "revoke from this time on, RFC 3339, not in the future (default: now, on the server's clock)")
 		}
 		cmd.AddCommand(sub)
 	}
@@ -281,13 +282,19 @@ func (c *serverAdmin) rpcErr(what string, err error) error {
 		if dialErr != nil {
 			return socketErr(c.socket, dialErr)
 		}
-		return fmt.Errorf("%s: cannot reach hallmark-server on %s: %s", what, c.socket, st.Message())
-	case codes.PermissionDenied:
-		return fmt.Errorf("%s: hallmark-server refused (PermissionDenied): %s: run as the server's user or root", what, st.Message())
+		// Connected: the server's own answer, or the connection broke.
+		return fmt.Errorf("%s: hallmark-server unavailable: %s", what, strings.TrimPrefix(st.Message(), what+": "))
 	case codes.Unimplemented:
-		return fmt.Errorf("%s: the server on %s does not serve %s (%s): is it a hallmark-server with signing-CA rotation?", what, c.socket, serverv1.AdminService_ServiceDesc.ServiceName, st.Message())
+		if strings.HasPrefix(st.Message(), "unknown service") {
+			return fmt.Errorf("%s: the server on %s does not serve %s (%s): is it a hallmark-server with signing-CA rotation?", what, c.socket, serverv1.AdminService_ServiceDesc.ServiceName, st.Message())
+		}
 	}
-	return fmt.Errorf("%s: hallmark-server refused (%s): %s", what, st.Code(), st.Message())
+	// The server names the step itself ("taint: no old issuer; ...").
+	msg := strings.TrimPrefix(st.Message(), what+": ")
+	if st.Code() == codes.PermissionDenied && !strings.Contains(msg, "run as") {
+		msg += ": run as the server's user or root"
+	}
+	return fmt.Errorf("%s: hallmark-server refused (%s): %s", what, st.Code(), msg)
 }
 
 // report reads every issuer and agent.

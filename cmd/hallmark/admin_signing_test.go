@@ -95,7 +95,8 @@ func (f *fakeAdmin) newIssuer() *serverv1.IssuerStatus {
 	return is
 }
 
-// pick returns the issuer named id, or the only one in state want.
+// pick returns the issuer named id, or the only one in state want. Its
+// refusals name the step first, as hallmark-server's do.
 func (f *fakeAdmin) pick(id, want, verb string) (*serverv1.IssuerStatus, error) {
 	var found []*serverv1.IssuerStatus
 	for _, is := range f.issuers {
@@ -105,18 +106,18 @@ func (f *fakeAdmin) pick(id, want, verb string) (*serverv1.IssuerStatus, error) 
 	}
 	switch {
 	case id != "" && len(found) == 0:
-		return nil, status.Errorf(codes.NotFound, "no issuer %q", id)
+		return nil, status.Errorf(codes.NotFound, "%s: no issuer %q", verb, id)
 	case len(found) == 0:
-		return nil, status.Errorf(codes.FailedPrecondition, "no %s issuer to %s", want, verb)
+		return nil, status.Errorf(codes.FailedPrecondition, "%s: no %s issuer", verb, want)
 	case len(found) > 1:
-		return nil, status.Errorf(codes.FailedPrecondition, "%d %s issuers; name one", len(found), want)
+		return nil, status.Errorf(codes.FailedPrecondition, "%s: %d %s issuers; name one with its ID", verb, len(found), want)
 	}
 	is := found[0]
 	if is.State == issuerActive && verb == "taint" {
-		return nil, status.Errorf(codes.FailedPrecondition, "issuer %s is the active issuer and cannot be tainted", is.Id)
+		return nil, status.Errorf(codes.FailedPrecondition, "taint: issuer %s is the active one; activate another one first", is.Id)
 	}
 	if is.State != want {
-		return nil, status.Errorf(codes.FailedPrecondition, "issuer %s is %s, not %s", is.Id, is.State, want)
+		return nil, status.Errorf(codes.FailedPrecondition, "%s: issuer %s is %s", verb, is.Id, is.State)
 	}
 	return is, nil
 }
@@ -149,7 +150,7 @@ func (f *fakeAdmin) PrepareIssuer(context.Context, *serverv1.PrepareIssuerReques
 	}
 	for _, is := range f.issuers {
 		if is.State == issuerPrepared {
-			return nil, status.Errorf(codes.FailedPrecondition, "issuer %s is already prepared; activate it first", is.Id)
+			return nil, status.Errorf(codes.FailedPrecondition, "prepare: issuer %s is already prepared; activate it first", is.Id)
 		}
 	}
 	return f.newIssuer(), nil
@@ -240,12 +241,12 @@ func TestAdminRotateSigning(t *testing.T) {
 	}{
 		{
 			args:     []string{"taint"},
-			wantErr:  `taint: hallmark-server refused (FailedPrecondition): no old issuer to taint`,
+			wantErr:  `taint: hallmark-server refused (FailedPrecondition): no old issuer`,
 			wantCall: `taint ""`,
 		},
 		{
 			args:     []string{"activate"},
-			wantErr:  `activate: hallmark-server refused (FailedPrecondition): no prepared issuer to activate`,
+			wantErr:  `activate: hallmark-server refused (FailedPrecondition): no prepared issuer`,
 			wantCall: `activate ""`,
 		},
 		{
@@ -268,7 +269,7 @@ func TestAdminRotateSigning(t *testing.T) {
 		},
 		{
 			args:     []string{"activate", "--id", "issuer-1"},
-			wantErr:  `activate: hallmark-server refused (FailedPrecondition): issuer issuer-1 is active, not prepared`,
+			wantErr:  `activate: hallmark-server refused (FailedPrecondition): issuer issuer-1 is active`,
 			wantCall: `activate "issuer-1"`,
 		},
 		{
@@ -289,12 +290,12 @@ func TestAdminRotateSigning(t *testing.T) {
 		},
 		{
 			args:     []string{"taint", "--id", "issuer-2"},
-			wantErr:  `taint: hallmark-server refused (FailedPrecondition): issuer issuer-2 is the active issuer and cannot be tainted`,
+			wantErr:  `taint: hallmark-server refused (FailedPrecondition): issuer issuer-2 is the active one; activate another one first`,
 			wantCall: `taint "issuer-2"`,
 		},
 		{
 			args:     []string{"revoke"},
-			wantErr:  `revoke: hallmark-server refused (FailedPrecondition): no tainted issuer to revoke`,
+			wantErr:  `revoke: hallmark-server refused (FailedPrecondition): no tainted issuer`,
 			wantCall: `revoke "" at unset`,
 		},
 		{
@@ -438,9 +439,23 @@ func TestAdminSigningErrors(t *testing.T) {
 		{
 			name: "refused by the server", socket: fake.Socket,
 			setup: func(*testing.T) {
-				fake.FailNext(status.Error(codes.PermissionDenied, "peer uid 1000 is neither the server's user (999) nor root"))
+				fake.FailNext(status.Error(codes.PermissionDenied, "uid 1000 may not call /hallmark.server.v1.AdminService/PrepareIssuer: run as the server's user or root"))
 			},
-			wantErr: "prepare: hallmark-server refused (PermissionDenied): peer uid 1000 is neither the server's user (999) nor root: run as the server's user or root",
+			wantErr: "prepare: hallmark-server refused (PermissionDenied): uid 1000 may not call /hallmark.server.v1.AdminService/PrepareIssuer: run as the server's user or root",
+		},
+		{
+			name: "refused by the server, without a hint", socket: fake.Socket,
+			setup: func(*testing.T) {
+				fake.FailNext(status.Error(codes.PermissionDenied, "uid 1000 is not allowed"))
+			},
+			wantErr: "prepare: hallmark-server refused (PermissionDenied): uid 1000 is not allowed: run as the server's user or root",
+		},
+		{
+			name: "server failing", socket: fake.Socket,
+			setup: func(*testing.T) {
+				fake.FailNext(status.Error(codes.Unavailable, "prepare: publish the new issuer: database is locked"))
+			},
+			wantErr: "prepare: hallmark-server unavailable: publish the new issuer: database is locked",
 		},
 		{
 			name: "no AdminService", socket: other,
