@@ -17,13 +17,16 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	delegatedidentityv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/agent/delegatedidentity/v1"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/hallmark-dev/hallmark/internal/spireadmin"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
@@ -101,8 +104,11 @@ func TestSpireRotation(t *testing.T) {
 
 	agentLog0, serverLog0 := len(st.Agent.Log()), len(st.Server.Log())
 
-	// The load runs from before prepare to after revoke.
+	// The load runs from before prepare to after revoke, and so does a
+	// prober making a fresh mTLS handshake with hallmark-server 5 times a
+	// second, from SVIDs and a bundle that follow SPIRE like the daemons'.
 	load := startLoad(t, st, dir)
+	probe := startProbe(t, st, builder)
 	time.Sleep(5 * time.Second)
 
 	prepared := r.step("prepare")
@@ -167,6 +173,7 @@ func TestSpireRotation(t *testing.T) {
 		return nil
 	})
 	res := load.stop()
+	probes := probe.stop()
 
 	// Both sides on the new authority, verified against the final bundle.
 	serverChain, agentChain := r.serverSVID(), r.agentSVID(agentSVIDs)
@@ -228,8 +235,12 @@ func TestSpireRotation(t *testing.T) {
 	t.Logf("load: %d attestations in %s (%.1f/s) from %d steps, %d failed", res.ok, res.elapsed.Round(100*time.Millisecond), rate, len(loadSteps), res.failed)
 	t.Logf("agent↔server: %.0f signing-certificate renewals, %.0f envelopes logged, %.0f failed calls, %.0f authorization denials; SVID rotations: server %.0f, agent %d",
 		renewals, logged, failedCalls, denials, delta(server0, server1, "hallmark_server_svid_rotations_total"), status1.SVIDRotations-status0.SVIDRotations)
+	t.Logf("fresh mTLS handshakes with hallmark-server (grpc.health.v1 Check): %d, %d failed", probes.ok, probes.failed)
 	for _, e := range res.errors {
 		t.Logf("failed attestation: %s", e)
+	}
+	for _, e := range probes.errors {
+		t.Logf("failed probe: %s", e)
 	}
 	// Neither daemon logged a warning or an error during the rotation
 	// (failed or retried calls, refused handshakes, policy sync).
@@ -240,6 +251,8 @@ func TestSpireRotation(t *testing.T) {
 
 	require.Zero(t, res.failed, "attestations that failed during the rotation")
 	require.Empty(t, complaints, "warnings and errors the daemons logged during the rotation")
+	require.Zero(t, probes.failed, "fresh mTLS handshakes with hallmark-server that failed")
+	require.Greater(t, probes.ok, int64(100))
 	require.GreaterOrEqual(t, rate, 20.0, "attestations per second")
 	require.NoError(t, loggedErr)
 	for _, f := range failures {
@@ -481,21 +494,75 @@ func startLoad(t *testing.T, st *harness.Stack, dir string) *loadRun {
 				if err == nil && len(resp.GetBundle()) == 0 {
 					err = errors.New("no bundle")
 				}
-				if err != nil {
-					l.failed.Add(1)
-					l.mu.Lock()
-					if len(l.errors) < 10 {
-						l.errors = append(l.errors, fmt.Sprintf("+%s %s: %v", time.Since(l.start).Round(time.Millisecond), step, err))
-					}
-					l.mu.Unlock()
-					continue
-				}
-				l.ok.Add(1)
+				l.count(step, err)
 			}
 		}()
 	}
 	t.Cleanup(func() { cancel(); l.wg.Wait() })
 	return l
+}
+
+// startProbe calls hallmark-server's grpc.health.v1 over a new mTLS
+// connection every 200 ms, as id, until stop.
+func startProbe(t *testing.T, st *harness.Stack, id spiffeid.ID) *loadRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	src, err := workloadapi.NewX509Source(ctx,
+		workloadapi.WithClientOptions(workloadapi.WithAddr(st.SPIRE.WorkloadAPIAddr())),
+		workloadapi.WithDefaultX509SVIDPicker(func(svids []*x509svid.SVID) *x509svid.SVID {
+			for _, s := range svids {
+				if s.ID == id {
+					return s
+				}
+			}
+			return svids[0]
+		}))
+	require.NoError(t, err)
+	creds := grpccredentials.MTLSClientCredentials(src, src, tlsconfig.AuthorizeID(harness.ServerID))
+	l := &loadRun{cancel: cancel, start: time.Now()}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			err := func() error {
+				conn, err := grpc.NewClient(st.Server.ServerAddr(), grpc.WithTransportCredentials(creds))
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer ccancel()
+				resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: "hallmark.server.v1.AgentService"})
+				if err == nil && resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+					err = fmt.Errorf("status %s", resp.GetStatus())
+				}
+				return err
+			}()
+			l.count("probe", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); l.wg.Wait(); src.Close() })
+	return l
+}
+
+func (l *loadRun) count(what string, err error) {
+	if err == nil {
+		l.ok.Add(1)
+		return
+	}
+	l.failed.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errors) < 10 {
+		l.errors = append(l.errors, fmt.Sprintf("+%s %s: %v", time.Since(l.start).Round(time.Millisecond), what, err))
+	}
 }
 
 func (l *loadRun) stop() loadResult {
