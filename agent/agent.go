@@ -264,9 +264,13 @@ func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
 		} else if nudged {
 			continue // look again at what is held now
 		}
+		known := a.tainted.Load()
 		err := a.renew(ctx, client)
 		if err == nil {
 			if fp, tainted := a.taintedIssuer(a.keys.cur.Load()); tainted {
+				if a.tainted.Load() != known {
+					continue // tainted during the call: renew again now
+				}
 				// Installed, the held one being no better; the server
 				// has yet to activate a new signing CA.
 				err = fmt.Errorf("the server issued the new certificate from tainted CA %x too", fp)
