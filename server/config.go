@@ -35,6 +35,10 @@ type Config struct {
 	// HealthAddress serves /healthz, /readyz and /metrics over plain HTTP;
 	// empty disables it.
 	HealthAddress string
+	// AdminSocket, if set, is the unix socket of the admin API (signing-CA
+	// rotation; docs/rotation.md): mode 0600, for the server's user and
+	// root only.
+	AdminSocket string
 	// DataDir holds the server's state (the local key manager's CA).
 	DataDir string
 	// WorkloadAPIAddr is the SPIRE agent's Workload API (unix://PATH).
@@ -100,6 +104,7 @@ type serverBlock struct {
 	AgentPathPrefix   string `hcl:"agent_path_prefix,optional"`
 	ListenAddress     string `hcl:"listen_address,optional"`
 	HealthAddress     string `hcl:"health_address,optional"`
+	AdminSocket       string `hcl:"admin_socket,optional"`
 	DataDir           string `hcl:"data_dir,optional"`
 	WorkloadAPISocket string `hcl:"workload_api_socket,optional"`
 	CertificateTTL    string `hcl:"certificate_ttl,optional"`
@@ -139,6 +144,7 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 		Log:             log,
 		ListenAddress:   or(s.ListenAddress, DefaultListenAddress),
 		HealthAddress:   s.HealthAddress,
+		AdminSocket:     s.AdminSocket,
 		DataDir:         or(s.DataDir, DefaultDataDir),
 		WorkloadAPIAddr: or(s.WorkloadAPISocket, DefaultWorkloadAPISocket),
 		AgentPathPrefix: or(s.AgentPathPrefix, DefaultAgentPathPrefix),
@@ -195,6 +201,9 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 func (c *Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.ListenAddress); err != nil {
 		return fmt.Errorf("server.listen_address: %w", err)
+	}
+	if c.AdminSocket != "" && !filepath.IsAbs(c.AdminSocket) {
+		return fmt.Errorf("server.admin_socket: %q must be an absolute path", c.AdminSocket)
 	}
 	if c.HealthAddress != "" {
 		if _, _, err := net.SplitHostPort(c.HealthAddress); err != nil {

@@ -72,6 +72,7 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 	}
 
 	leaf := chain[0]
+	a.s.agents.issued(id.String(), chain, start)
 	a.s.metrics.issued.WithLabelValues(resultIssued).Inc()
 	a.s.log.Info("Signing certificate issued",
 		zap.String(logSPIFFEID, id.String()),

@@ -43,7 +43,14 @@ type logServer struct {
 
 func newLogServer(t *testing.T, km KeyManager) *logServer {
 	t.Helper()
+	return newLogServerAt(t, km, nil)
+}
+
+// newLogServerAt is newLogServer with the server's clock (nil: time.Now).
+func newLogServerAt(t *testing.T, km KeyManager, now func() time.Time) *logServer {
+	t.Helper()
 	cfg := Config{
+		Now:           now,
 		ListenAddress: DefaultListenAddress, DataDir: t.TempDir(), WorkloadAPIAddr: DefaultWorkloadAPISocket,
 		TrustDomain: exampleTD, AgentPathPrefix: DefaultAgentPathPrefix,
 		CertificateTTL: DefaultCertificateTTL, MaxConnectionAge: DefaultMaxConnectionAge,

@@ -239,6 +239,11 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 		l.certs.put(sum, v)
 	}
 	it.notBefore, it.notAfter = cached.notBefore, cached.notAfter
+	// Rotation: a tainted issuer's certificates are refused after the
+	// grace, a revoked one's from its revocation time (docs/rotation.md).
+	if err := l.issuers.refusal(cached.issuer, now); err != nil {
+		return it, &chainError{err}
+	}
 
 	// 5. The statement.
 	if it.digests, err = subjectDigests(env.GetPayload()); err != nil {
@@ -291,6 +296,7 @@ type verifiedCert struct {
 	cert      *x509.Certificate
 	notBefore time.Time
 	notAfter  time.Time
+	issuer    fingerprint // of the issuing CA certificate
 }
 
 // certCache remembers verified certificates by the SHA-256 of their DER:
@@ -383,7 +389,7 @@ func (c *caSet) verify(cert *x509.Certificate, t time.Time) (*verifiedCert, erro
 		return nil, fmt.Errorf("certificate does not chain to a signing CA of this server at %s: %w", t.UTC().Format(time.RFC3339), err)
 	}
 	nb, na := window(chains[0])
-	return &verifiedCert{cert: cert, notBefore: nb, notAfter: na}, nil
+	return &verifiedCert{cert: cert, notBefore: nb, notAfter: na, issuer: fingerprintOf(chains[0][1])}, nil
 }
 
 // window is the intersection of the validity of every certificate.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,8 @@ type Server struct {
 	ready   atomic.Bool
 	// tlog is the transparency log, opened by Run.
 	tlog *TransparencyLog
+	// agents are the latest certificates issued, for the admin API.
+	agents agentRecords
 }
 
 // New checks cfg and returns a server ready to Run.
@@ -120,6 +123,16 @@ func (s *Server) serve(ctx context.Context) error {
 	if err := s.recordKeyManagerRoots(ctx, km); err != nil {
 		return err
 	}
+	var admin *adminService
+	if im, ok := km.(issuerManager); ok && s.tlog != nil {
+		admin = &adminService{s: s, km: im, tlog: s.tlog}
+		if err := admin.publishIssuers(ctx); err != nil {
+			return err
+		}
+	}
+	if s.cfg.AdminSocket != "" && admin == nil {
+		return fmt.Errorf("server: admin_socket is set but key manager %s cannot rotate its signing CA", s.cfg.KeyManager.Name)
+	}
 
 	// TLS admits any member of the trust domain (anything else cannot even
 	// chain to its bundle); which member may call what is decided per call
@@ -158,6 +171,9 @@ func (s *Server) serve(ctx context.Context) error {
 		zap.Duration("certificate_ttl", s.cfg.CertificateTTL))
 
 	g, ctx := errgroup.WithContext(ctx)
+	if s.cfg.AdminSocket != "" {
+		g.Go(func() error { return s.serveAdmin(ctx, admin, allowAdmin(os.Geteuid())) })
+	}
 	g.Go(func() error {
 		s.ready.Store(true)
 		defer s.ready.Store(false)

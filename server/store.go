@@ -38,6 +38,11 @@ type Store interface {
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	// SigningCAs returns every recorded signing CA chain.
 	SigningCAs(ctx context.Context) ([]store.SigningCA, error)
+	// SetIssuerState records rotation's decision about an issuer,
+	// replacing the earlier one.
+	SetIssuerState(ctx context.Context, st store.IssuerState) error
+	// IssuerStates returns every recorded issuer state.
+	IssuerStates(ctx context.Context) ([]store.IssuerState, error)
 	Close() error
 }
 

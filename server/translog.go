@@ -65,6 +65,7 @@ type TransparencyLog struct {
 	origin  string
 	logID   []byte
 	tsa     *tsa.Signer
+	issuers *issuerStates
 	now     func() time.Time
 	log     *zap.Logger
 	metrics *logMetrics
@@ -145,6 +146,11 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 	if l.cas, err = loadCASet(ctx, cfg.Store); err != nil {
 		return nil, err
 	}
+	states, err := cfg.Store.IssuerStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("transparency log: issuer states: %w", err)
+	}
+	l.issuers = newIssuerStates(states)
 	l.metrics.size.Set(float64(l.head.size))
 	return l, nil
 }
@@ -284,6 +290,9 @@ type batchResult struct {
 // once: afterwards Submit fails.
 func (l *TransparencyLog) Run(ctx context.Context) error {
 	defer l.stopOnce.Do(func() { close(l.stopped) })
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go l.watchIssuers(watchCtx)
 	for {
 		var first *appendRequest
 		select {

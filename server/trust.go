@@ -30,8 +30,15 @@ const TrustedRootMediaType = "application/vnd.dev.sigstore.trustedroot+json;vers
 func LogBaseURL(origin string) string { return "https://" + origin }
 
 // trustedRoot builds the Sigstore trusted root: every recorded signing CA
-// chain, the log, and the log's timestamp authority.
-func trustedRoot(cas []store.SigningCA, pub ed25519.PublicKey, keyCreated time.Time, origin string, ts *tsa.Signer) (*trustrootpb.TrustedRoot, error) {
+// chain, trusted until it expires or, if its issuer is revoked, until the
+// revocation time; the log; and the log's timestamp authority.
+func trustedRoot(cas []store.SigningCA, states []store.IssuerState, pub ed25519.PublicKey, keyCreated time.Time, origin string, ts *tsa.Signer) (*trustrootpb.TrustedRoot, error) {
+	revoked := make(map[fingerprint]time.Time)
+	for fp, st := range index(states) {
+		if !st.RevokedAt.IsZero() {
+			revoked[fp] = st.RevokedAt
+		}
+	}
 	pkix, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil {
 		return nil, fmt.Errorf("trusted root: log key: %w", err)
@@ -78,10 +85,14 @@ func trustedRoot(cas []store.SigningCA, pub ed25519.PublicKey, keyCreated time.T
 		for i, c := range chain {
 			certs[i] = &protocommon.X509Certificate{RawBytes: c.Raw}
 		}
+		end := ca.NotAfter
+		if t, ok := revoked[fingerprintOf(chain[0])]; ok && t.Before(end) {
+			end = t // docs/rotation.md: revoked from t on
+		}
 		tr.CertificateAuthorities = append(tr.CertificateAuthorities, &trustrootpb.CertificateAuthority{
 			Subject:   subject,
 			CertChain: &protocommon.X509CertificateChain{Certificates: certs},
-			ValidFor:  &protocommon.TimeRange{Start: timestamppb.New(ca.NotBefore), End: timestamppb.New(ca.NotAfter)},
+			ValidFor:  &protocommon.TimeRange{Start: timestamppb.New(ca.NotBefore), End: timestamppb.New(end)},
 		})
 	}
 	return tr, nil
@@ -126,7 +137,11 @@ func (l *TransparencyLog) TrustedRootJSON(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, err := trustedRoot(cas, l.pub, l.created, l.origin, l.tsa)
+	states, err := l.store.IssuerStates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := trustedRoot(cas, states, l.pub, l.created, l.origin, l.tsa)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +177,11 @@ func ExportTrustedRoot(ctx context.Context, cfg Config) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust export: %w", err)
 	}
-	tr, err := trustedRoot(cas, key.public(), key.created, cfg.LogOrigin, ts)
+	states, err := st.IssuerStates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("trust export: %w", err)
+	}
+	tr, err := trustedRoot(cas, states, key.public(), key.created, cfg.LogOrigin, ts)
 	if err != nil {
 		return nil, err
 	}

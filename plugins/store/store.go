@@ -91,6 +91,20 @@ type SigningCA struct {
 	FirstSeen time.Time
 }
 
+// IssuerState is what the server's rotation has decided about one issuing
+// CA (an issuer): when it was tainted and from when it is revoked. An
+// issuer without a record is neither.
+type IssuerState struct {
+	// Fingerprint is the SHA-256 of the issuing CA certificate's DER;
+	// unique.
+	Fingerprint []byte
+	// TaintedAt is when the issuer was tainted; zero if it is not.
+	TaintedAt time.Time
+	// RevokedAt is the time from which the issuer is revoked; zero if it
+	// is not.
+	RevokedAt time.Time
+}
+
 // ErrDuplicate is returned by an append whose batch holds an entry with
 // a dedupe key the store already has; nothing of the batch is written.
 var ErrDuplicate = errors.New("store: an entry with this dedupe key is already logged")

@@ -39,8 +39,9 @@ import (
 //   - signing_roots: the signing CA chains the server has issued with,
 //     for trust export and for checking submissions.
 //   - subject_digests: sha256 subject digests of each entry's statement.
+//   - issuer_states: signing-CA rotation's taint and revocation times.
 //   - meta: the schema version.
-const Schema = `
+const Schema = issuerStatesDDL + `;
 CREATE TABLE IF NOT EXISTS meta (
   name  TEXT PRIMARY KEY,
   value TEXT NOT NULL
@@ -82,7 +83,7 @@ CREATE TABLE IF NOT EXISTS subject_digests (
 
 // schemaVersion is recorded in meta; a database from a newer version is
 // refused, one from an older version is migrated (migrations).
-const schemaVersion = "2"
+const schemaVersion = "3"
 
 // migrations[v] takes a database from schema version v to v+1. Schema
 // creates the latest shape directly.
@@ -90,7 +91,17 @@ var migrations = map[string]struct{ to, ddl string }{
 	// 2: entries.signed_timestamp, the RFC 3161 timestamp of the
 	// entry's signature (version 1 entries have none).
 	"1": {"2", `ALTER TABLE entries ADD COLUMN signed_timestamp BLOB NOT NULL DEFAULT x''`},
+	// 3: issuer_states, signing-CA rotation's taint and revocation times.
+	"2": {"3", issuerStatesDDL},
 }
+
+// issuerStatesDDL creates the issuer_states table (times in Unix seconds,
+// 0 for none).
+const issuerStatesDDL = `CREATE TABLE IF NOT EXISTS issuer_states (
+  fingerprint BLOB    PRIMARY KEY,
+  tainted_at  INTEGER NOT NULL DEFAULT 0,
+  revoked_at  INTEGER NOT NULL DEFAULT 0
+)`
 
 // readers bounds the read pool.
 const readers = 4
@@ -641,4 +652,53 @@ func nonNil(b []byte) []byte {
 		return []byte{}
 	}
 	return b
+}
+
+// SetIssuerState records st, replacing any earlier record for the same
+// fingerprint.
+func (s *Store) SetIssuerState(ctx context.Context, st store.IssuerState) error {
+	_, err := s.w.ExecContext(ctx, `INSERT INTO issuer_states (fingerprint, tainted_at, revoked_at) VALUES (?, ?, ?)
+ON CONFLICT (fingerprint) DO UPDATE SET tainted_at = excluded.tainted_at, revoked_at = excluded.revoked_at`,
+		st.Fingerprint, unixOrZero(st.TaintedAt), unixOrZero(st.RevokedAt))
+	if err != nil {
+		return fmt.Errorf("sqlite: record issuer state: %w", err)
+	}
+	return nil
+}
+
+// IssuerStates returns every recorded issuer state.
+func (s *Store) IssuerStates(ctx context.Context) ([]store.IssuerState, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT fingerprint, tainted_at, revoked_at FROM issuer_states ORDER BY fingerprint`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: issuer states: %w", err)
+	}
+	defer rows.Close()
+	var out []store.IssuerState
+	for rows.Next() {
+		var st store.IssuerState
+		var tainted, revoked int64
+		if err := rows.Scan(&st.Fingerprint, &tainted, &revoked); err != nil {
+			return nil, fmt.Errorf("sqlite: read issuer state: %w", err)
+		}
+		st.TaintedAt, st.RevokedAt = timeOrZero(tainted), timeOrZero(revoked)
+		out = append(out, st)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: read issuer states: %w", err)
+	}
+	return out, nil
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func timeOrZero(u int64) time.Time {
+	if u == 0 {
+		return time.Time{}
+	}
+	return time.Unix(u, 0).UTC()
 }

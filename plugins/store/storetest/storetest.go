@@ -6,6 +6,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -31,6 +32,8 @@ type Store interface {
 	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error)
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	SigningCAs(ctx context.Context) ([]store.SigningCA, error)
+	SetIssuerState(ctx context.Context, st store.IssuerState) error
+	IssuerStates(ctx context.Context) ([]store.IssuerState, error)
 	Close() error
 }
 
@@ -49,6 +52,7 @@ func Run(t *testing.T, newDB NewDB) {
 		{"ManyDedupeKeys", testManyDedupeKeys},
 		{"RefusesWhatDoesNotContinueTheLog", testRefuses},
 		{"SigningCAs", testSigningCAs},
+		{"IssuerStates", testIssuerStates},
 		{"Reopen", testReopen},
 		{"ConcurrentReadersDuringAppends", testConcurrentReaders},
 		{"StaleWriterConflicts", testStaleWriter},
@@ -248,6 +252,32 @@ func testSigningCAs(t *testing.T, newDB NewDB) {
 	cas, err = s.SigningCAs(ctx)
 	require.NoError(t, err)
 	require.Equal(t, []store.SigningCA{a, b}, cas)
+}
+
+func testIssuerStates(t *testing.T, newDB NewDB) {
+	ctx := context.Background()
+	open := newDB(t)
+	s := open(t)
+	states, err := s.IssuerStates(ctx)
+	require.NoError(t, err)
+	require.Empty(t, states)
+	t0 := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	a := store.IssuerState{Fingerprint: HashOf("a"), TaintedAt: t0}
+	require.NoError(t, s.SetIssuerState(ctx, a))
+	a.RevokedAt = t0.Add(-time.Minute) // revoked from before the taint: allowed
+	require.NoError(t, s.SetIssuerState(ctx, a))
+	b := store.IssuerState{Fingerprint: HashOf("b"), TaintedAt: t0.Add(time.Hour)}
+	require.NoError(t, s.SetIssuerState(ctx, b))
+	require.NoError(t, s.Close())
+
+	s = open(t)
+	states, err = s.IssuerStates(ctx)
+	require.NoError(t, err)
+	want := []store.IssuerState{a, b}
+	if bytes.Compare(a.Fingerprint, b.Fingerprint) > 0 {
+		want = []store.IssuerState{b, a}
+	}
+	require.Equal(t, want, states)
 }
 
 func testReopen(t *testing.T, newDB NewDB) {

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
 	"github.com/hallmark-dev/hallmark/server"
 )
@@ -89,7 +90,19 @@ func logAppendRun(ctx context.Context, name string, submitters int, db logStore)
 	if err != nil {
 		return Result{}, err
 	}
-	l, err := server.NewTransparencyLog(ctx, server.TransparencyLogConfig{Store: st, Key: logKey, KeyCreated: time.Now(), Origin: "hallmark/bench.example.org"})
+	tsaKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Result{}, err
+	}
+	tsaChain, err := tsa.NewChain(tsaKey, "bench tsa", time.Now().Add(-time.Hour))
+	if err != nil {
+		return Result{}, err
+	}
+	ts, err := tsa.NewSigner(tsaKey, tsaChain)
+	if err != nil {
+		return Result{}, err
+	}
+	l, err := server.NewTransparencyLog(ctx, server.TransparencyLogConfig{Store: st, Key: logKey, KeyCreated: time.Now(), Origin: "hallmark.bench.example.org", TSA: ts})
 	if err != nil {
 		return Result{}, err
 	}

@@ -1,0 +1,344 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	trustrootpb "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/internal/peercred"
+	"github.com/hallmark-dev/hallmark/plugins/keymanager/local"
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+)
+
+// clock is a settable clock for the server under test.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// rotationFixture is a server with the local key manager, its admin API
+// and its agent API.
+type rotationFixture struct {
+	ls    *logServer
+	admin *adminService
+	agent *agentService
+	clk   *clock
+}
+
+func newRotationFixture(t *testing.T) *rotationFixture {
+	t.Helper()
+	clk := &clock{t: time.Now().UTC().Truncate(time.Second)}
+	km, err := local.New(local.Config{Dir: t.TempDir(), Now: clk.now})
+	require.NoError(t, err)
+	ls := newLogServerAt(t, km, clk.now)
+	f := &rotationFixture{
+		ls:    ls,
+		admin: &adminService{s: ls.s, km: km, tlog: ls.tl},
+		agent: &agentService{s: ls.s, km: km, tlog: ls.tl},
+		clk:   clk,
+	}
+	require.NoError(t, f.admin.publishIssuers(context.Background()))
+	return f
+}
+
+// signed is an attestation signed under a freshly issued certificate.
+type signed struct {
+	key     *ecdsa.PrivateKey
+	bundle  *bundlepb.Bundle
+	env     []byte
+	leaf    *x509.Certificate
+	issuer  string // hex fingerprint of the issuing CA
+	product []byte
+}
+
+func (f *rotationFixture) sign(t *testing.T) signed {
+	t.Helper()
+	ctx := withCaller(context.Background(), agentID)
+	key := newP256(t)
+	issued, err := f.agent.IssueSigningCertificate(ctx, &serverv1.IssueSigningCertificateRequest{Csr: makeCSR(t, key, nil)})
+	require.NoError(t, err)
+	chain := issued.GetCertificateChain()
+	leaf, err := x509.ParseCertificate(chain[0])
+	require.NoError(t, err)
+	fp := sha256.Sum256(chain[1])
+	return f.signWith(t, key, leaf, hex.EncodeToString(fp[:]))
+}
+
+// signUnder signs a new statement with the key and certificate of s, as
+// an agent that has not renewed would.
+func (f *rotationFixture) signUnder(t *testing.T, s signed) signed {
+	t.Helper()
+	return f.signWith(t, s.key, s.leaf, s.issuer)
+}
+
+var productSeq struct {
+	sync.Mutex
+	n int
+}
+
+func (f *rotationFixture) signWith(t *testing.T, key *ecdsa.PrivateKey, leaf *x509.Certificate, issuer string) signed {
+	t.Helper()
+	productSeq.Lock()
+	productSeq.n++
+	product := []byte(fmt.Sprintf("product %d", productSeq.n))
+	productSeq.Unlock()
+	sum := sha256.Sum256(product)
+	now := f.clk.now()
+	bundleJSON, err := attest.Sign(attest.Step{
+		Name: "build", Workspace: "/w", Products: []attest.Artifact{{Name: "app", SHA256: hex.EncodeToString(sum[:])}},
+		BuilderID: agentID.String(), StartedOn: now, FinishedOn: now,
+	}, key, leaf)
+	require.NoError(t, err)
+	b, err := attest.ParseBundle(bundleJSON)
+	require.NoError(t, err)
+	env, err := protojson.Marshal(b.GetDsseEnvelope())
+	require.NoError(t, err)
+	return signed{key: key, bundle: b, env: env, leaf: leaf, issuer: issuer, product: product}
+}
+
+// submit logs s and returns the complete bundle, or the refusal.
+func (f *rotationFixture) submit(t *testing.T, s signed) ([]byte, string) {
+	t.Helper()
+	ctx := withCaller(context.Background(), agentID)
+	resp, err := f.agent.SubmitEntries(ctx, &serverv1.SubmitEntriesRequest{Entries: []*serverv1.LogSubmission{{Envelope: s.env, Certificate: s.leaf.Raw}}})
+	require.NoError(t, err)
+	r := resp.GetResults()[0]
+	if r.GetError() != "" {
+		return nil, r.GetError()
+	}
+	var te rekorpb.TransparencyLogEntry
+	require.NoError(t, protojson.Unmarshal(r.GetTlogEntry(), &te))
+	s.bundle.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&te}
+	s.bundle.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
+		Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: r.GetSignedTimestamp()}},
+	}
+	out, err := protojson.Marshal(s.bundle)
+	require.NoError(t, err)
+	return out, ""
+}
+
+func (f *rotationFixture) verify(t *testing.T, bundle []byte, s signed) error {
+	t.Helper()
+	trJSON, err := f.ls.tl.TrustedRootJSON(context.Background())
+	require.NoError(t, err)
+	tr, err := verify.ParseTrustedRoot(trJSON)
+	require.NoError(t, err)
+	_, err = verify.Verify(bundle, []verify.Digest{verify.DigestBytes("app", s.product)}, verify.Options{TrustedRoot: tr})
+	return err
+}
+
+func (f *rotationFixture) states(t *testing.T) map[string]string {
+	t.Helper()
+	st, err := f.admin.GetStatus(context.Background(), &serverv1.GetStatusRequest{})
+	require.NoError(t, err)
+	out := map[string]string{}
+	for _, is := range st.GetIssuers() {
+		out[is.GetId()] = is.GetState()
+	}
+	return out
+}
+
+// published reports whether the trusted root lists a CA whose issuing
+// certificate has fingerprint fp.
+func (f *rotationFixture) published(t *testing.T, fp []byte) bool {
+	t.Helper()
+	trJSON, err := f.ls.tl.TrustedRootJSON(context.Background())
+	require.NoError(t, err)
+	var tr trustrootpb.TrustedRoot
+	require.NoError(t, protojson.Unmarshal(trJSON, &tr))
+	for _, ca := range tr.GetCertificateAuthorities() {
+		first := sha256.Sum256(ca.GetCertChain().GetCertificates()[0].GetRawBytes())
+		if bytes.Equal(first[:], fp) {
+			return true
+		}
+	}
+	return false
+}
+
+// fakeWatch is the server side of a WatchSigningAuthorities stream.
+type fakeWatch struct {
+	grpc.ServerStream
+	ctx  context.Context
+	sent chan *serverv1.SigningAuthorities
+}
+
+func (w *fakeWatch) Context() context.Context { return w.ctx }
+func (w *fakeWatch) Send(m *serverv1.SigningAuthorities) error {
+	w.sent <- m
+	return nil
+}
+
+func TestSigningCARotation(t *testing.T) {
+	ctx := context.Background()
+	f := newRotationFixture(t)
+	code := func(err error) codes.Code { return status.Code(err) }
+
+	// Before any rotation: one active issuer; each later step is refused
+	// with what to do first.
+	before := f.sign(t)
+	beforeBundle, refusal := f.submit(t, before)
+	require.Empty(t, refusal)
+	require.NoError(t, f.verify(t, beforeBundle, before))
+	oldFP := before.issuer
+	_, err := f.admin.ActivateIssuer(ctx, &serverv1.IssuerRequest{})
+	require.Equal(t, codes.FailedPrecondition, code(err))
+	require.ErrorContains(t, err, "run prepare first")
+	_, err = f.admin.TaintIssuer(ctx, &serverv1.IssuerRequest{})
+	require.ErrorContains(t, err, "no old issuer; run activate first")
+	_, err = f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{})
+	require.ErrorContains(t, err, "no tainted issuer; run taint first")
+
+	// An agent watching from the start sees the empty set, then each
+	// change.
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	watch := &fakeWatch{ctx: wctx, sent: make(chan *serverv1.SigningAuthorities, 8)}
+	watchDone := make(chan error, 1)
+	go func() {
+		watchDone <- f.agent.WatchSigningAuthorities(&serverv1.WatchSigningAuthoritiesRequest{}, watch)
+	}()
+	require.Empty(t, (<-watch.sent).GetTaintedIssuers())
+
+	// prepare: a second issuer, not active, already in the trusted root.
+	prepared, err := f.admin.PrepareIssuer(ctx, &serverv1.PrepareIssuerRequest{})
+	require.NoError(t, err)
+	require.Equal(t, issuerPrepared, prepared.GetState())
+	require.True(t, f.published(t, prepared.GetFingerprint()), "the prepared issuer is in the trusted root")
+	require.Equal(t, oldFP, f.sign(t).issuer, "prepare does not change who signs")
+
+	// activate: new certificates come from the prepared issuer.
+	_, err = f.admin.ActivateIssuer(ctx, &serverv1.IssuerRequest{})
+	require.NoError(t, err)
+	after := f.sign(t)
+	require.Equal(t, hex.EncodeToString(prepared.GetFingerprint()), after.issuer)
+	_, err = f.admin.TaintIssuer(ctx, &serverv1.IssuerRequest{Id: prepared.GetId()})
+	require.ErrorContains(t, err, "is the active one")
+	_, err = f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{})
+	require.ErrorContains(t, err, "run taint first")
+	// An old-issuer certificate still logs: nothing is tainted yet.
+	_, refusal = f.submit(t, f.signUnder(t, before))
+	require.Empty(t, refusal)
+
+	// taint: agents are told; old certificates are refused after the
+	// grace.
+	f.clk.add(time.Minute)
+	tainted, err := f.admin.TaintIssuer(ctx, &serverv1.IssuerRequest{})
+	require.NoError(t, err)
+	require.Equal(t, issuerTainted, tainted.GetState())
+	update := <-watch.sent
+	require.Len(t, update.GetTaintedIssuers(), 1)
+	require.Equal(t, oldFP, hex.EncodeToString(update.GetTaintedIssuers()[0]))
+	inGrace := f.signUnder(t, before)
+	inGraceBundle, refusal := f.submit(t, inGrace)
+	require.Empty(t, refusal, "within the grace")
+	f.clk.add(TaintGrace)
+	_, refusal = f.submit(t, f.signUnder(t, before))
+	require.Contains(t, refusal, "tainted")
+	newBundle, refusal := f.submit(t, after)
+	require.Empty(t, refusal, "the new issuer's certificates log")
+	// A repeat of an entry logged before the taint still answers.
+	_, refusal = f.submit(t, before)
+	require.Empty(t, refusal)
+
+	// revoke: not in the future; then from a time between the first
+	// bundle and the in-grace one.
+	_, err = f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(f.clk.now().Add(time.Hour))})
+	require.Equal(t, codes.InvalidArgument, code(err))
+	revokeAt := f.clk.now().Add(-TaintGrace - 30*time.Second)
+	revoked, err := f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(revokeAt)})
+	require.NoError(t, err)
+	require.Equal(t, issuerRevoked, revoked.GetState())
+	require.True(t, revoked.GetTrustedUntil().AsTime().Equal(revokeAt))
+	require.Equal(t, map[string]string{tainted.GetId(): issuerRevoked, prepared.GetId(): issuerActive}, f.states(t))
+
+	// Before T: still verifies. After T under the revoked issuer: no
+	// longer. The new issuer's: verifies.
+	require.NoError(t, f.verify(t, beforeBundle, before))
+	err = f.verify(t, inGraceBundle, inGrace)
+	require.ErrorIs(t, err, verify.ErrNotVerified)
+	var ce *verify.CheckError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, verify.CheckChain, ce.Check)
+	require.NoError(t, f.verify(t, newBundle, after))
+	_, refusal = f.submit(t, f.signUnder(t, before))
+	require.Contains(t, refusal, "revoked")
+
+	// The status lists the agent on the new issuer.
+	st, err := f.admin.GetStatus(ctx, &serverv1.GetStatusRequest{})
+	require.NoError(t, err)
+	require.Len(t, st.GetAgents(), 1)
+	require.Equal(t, after.issuer, hex.EncodeToString(st.GetAgents()[0].GetIssuerFingerprint()))
+
+	stopWatch()
+	require.NoError(t, <-watchDone)
+}
+
+func TestAllowAdmin(t *testing.T) {
+	allowed := allowAdmin(1000)
+	for uid, want := range map[uint32]bool{0: true, 1000: true, 1001: false, 65534: false} {
+		require.Equal(t, want, allowed(uid), "uid %d", uid)
+	}
+}
+
+// TestAdminSocketAuthorization runs the admin API on a real socket: the
+// server's own user is let in, anyone the policy refuses gets
+// PermissionDenied, and the socket is 0600.
+func TestAdminSocketAuthorization(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		allowed func(uint32) bool
+		want    codes.Code
+	}{
+		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
+		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newRotationFixture(t)
+			dir := t.TempDir()
+			f.ls.s.cfg.AdminSocket = filepath.Join(dir, "admin.sock")
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- f.ls.s.serveAdmin(ctx, f.admin, tc.allowed) }()
+			defer func() { cancel(); require.NoError(t, <-done) }()
+			require.Eventually(t, func() bool { _, err := os.Stat(f.ls.s.cfg.AdminSocket); return err == nil }, 5*time.Second, 10*time.Millisecond)
+			info, err := os.Stat(f.ls.s.cfg.AdminSocket)
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+
+			conn, err := grpc.NewClient("unix://"+f.ls.s.cfg.AdminSocket, grpc.WithTransportCredentials(peercred.Credentials()))
+			require.NoError(t, err)
+			defer conn.Close()
+			_, err = serverv1.NewAdminServiceClient(conn).GetStatus(context.Background(), &serverv1.GetStatusRequest{})
+			require.Equal(t, tc.want, status.Code(err), "%v", err)
+		})
+	}
+}

@@ -1,0 +1,156 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/hallmark-dev/hallmark/plugins/store"
+)
+
+// TaintGrace is how long after a taint the log still accepts entries
+// signed under the tainted issuer: agents are told at once and renew
+// within a second or two, and entries they signed just before hold no
+// lesser proof. After it, such entries are refused.
+const TaintGrace = 10 * time.Second
+
+// issuerRefresh is how often a log re-reads the issuer states from its
+// store, so that a rotation made through another server on the same
+// database reaches this one's agents.
+const issuerRefresh = 5 * time.Second
+
+// fingerprint is the SHA-256 of an issuing CA certificate's DER: how
+// rotation names an issuer across the key manager, the store and agents.
+type fingerprint [sha256.Size]byte
+
+func fingerprintOf(c *x509.Certificate) fingerprint { return sha256.Sum256(c.Raw) }
+
+// issuerStates holds rotation's decisions (taint and revocation times) by
+// issuer, and wakes watchers when they change. Safe for concurrent use.
+type issuerStates struct {
+	mu       sync.RWMutex
+	states   map[fingerprint]store.IssuerState
+	revision uint64
+	changed  chan struct{} // closed and replaced on every change
+}
+
+func newIssuerStates(list []store.IssuerState) *issuerStates {
+	s := &issuerStates{changed: make(chan struct{})}
+	s.states = index(list)
+	return s
+}
+
+func index(list []store.IssuerState) map[fingerprint]store.IssuerState {
+	m := make(map[fingerprint]store.IssuerState, len(list))
+	for _, st := range list {
+		var fp fingerprint
+		copy(fp[:], st.Fingerprint)
+		m[fp] = st
+	}
+	return m
+}
+
+// get returns the state of an issuer; the zero state if none.
+func (s *issuerStates) get(fp fingerprint) store.IssuerState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.states[fp]
+}
+
+// replace installs a new set of states, waking watchers if it differs.
+func (s *issuerStates) replace(list []store.IssuerState) {
+	m := index(list)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if equalStates(s.states, m) {
+		return
+	}
+	s.states = m
+	s.revision++
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func equalStates(a, b map[fingerprint]store.IssuerState) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || !v.TaintedAt.Equal(w.TaintedAt) || !v.RevokedAt.Equal(w.RevokedAt) {
+			return false
+		}
+	}
+	return true
+}
+
+// tainted returns the fingerprints of every tainted or revoked issuer,
+// sorted, the revision they are from, and a channel closed at the next
+// change.
+func (s *issuerStates) tainted() ([][]byte, uint64, <-chan struct{}) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out [][]byte
+	for fp, st := range s.states {
+		if !st.TaintedAt.IsZero() || !st.RevokedAt.IsZero() {
+			out = append(out, bytes.Clone(fp[:]))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i], out[j]) < 0 })
+	return out, s.revision, s.changed
+}
+
+// refusal says why the log no longer accepts new entries signed under an
+// issuer at time now, or nil if it does.
+func (s *issuerStates) refusal(fp fingerprint, now time.Time) error {
+	st := s.get(fp)
+	switch {
+	case !st.RevokedAt.IsZero() && !now.Before(st.RevokedAt):
+		return fmt.Errorf("the signing CA %x is revoked since %s", fp[:8], st.RevokedAt.UTC().Format(time.RFC3339))
+	case !st.TaintedAt.IsZero() && !now.Before(st.TaintedAt.Add(TaintGrace)):
+		return fmt.Errorf("the signing CA %x is tainted since %s: the agent must renew its signing certificate", fp[:8], st.TaintedAt.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// SetIssuerState records a rotation decision in the store and applies it
+// at once.
+func (l *TransparencyLog) SetIssuerState(ctx context.Context, st store.IssuerState) error {
+	if err := l.store.SetIssuerState(ctx, st); err != nil {
+		return err
+	}
+	return l.refreshIssuers(ctx)
+}
+
+func (l *TransparencyLog) refreshIssuers(ctx context.Context) error {
+	list, err := l.store.IssuerStates(ctx)
+	if err != nil {
+		return err
+	}
+	l.issuers.replace(list)
+	return nil
+}
+
+// watchIssuers re-reads the issuer states every issuerRefresh until ctx
+// ends: a rotation through another server sharing the store shows here.
+func (l *TransparencyLog) watchIssuers(ctx context.Context) {
+	t := time.NewTicker(issuerRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := l.refreshIssuers(ctx); err != nil && ctx.Err() == nil {
+				l.log.Warn("Cannot re-read the signing CAs' rotation states", zap.Error(err))
+			}
+		}
+	}
+}
