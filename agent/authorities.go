@@ -158,7 +158,7 @@ func (a *Agent) applyAuthorities(msg *serverv1.SigningAuthorities) {
 	}
 	prev := a.tainted.Swap(set)
 	if prev == nil || prev.revision != set.revision {
-		a.log.Debug("Tainted signing CAs updated", zap.Uint64(logRevision, set.revision), zap.Int(logTainted, len(set.issuers)))
+		a.log.Info("Tainted signing CAs updated", zap.Uint64(logRevision, set.revision), zap.Int(logTainted, len(set.issuers)))
 	}
 	fp, tainted := a.taintedIssuer(a.keys.cur.Load())
 	if !tainted {

@@ -37,16 +37,17 @@ type ServerStatus struct {
 
 // CertStatus describes the held signing certificate.
 type CertStatus struct {
-	Serial string `json:"serial"`
-	Issuer string `json:"issuer"`
+	Serial    string    `json:"serial"`
+	Issuer    string    `json:"issuer"`
+	URISANs   []string  `json:"uri_sans"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RenewAt   time.Time `json:"renew_at"`
+	ChainPEM  string    `json:"chain_pem"`
+
 	// IssuerSHA256 is the hex SHA-256 of the issuing CA certificate's DER,
 	// as the server names tainted CAs.
-	IssuerSHA256 string    `json:"issuer_sha256,omitempty"`
-	URISANs      []string  `json:"uri_sans"`
-	NotBefore    time.Time `json:"not_before"`
-	NotAfter     time.Time `json:"not_after"`
-	RenewAt      time.Time `json:"renew_at"`
-	ChainPEM     string    `json:"chain_pem"`
+	IssuerSHA256 string `json:"issuer_sha256,omitempty"`
 }
 
 // PolicyStatus says which attestation policy is in force.
