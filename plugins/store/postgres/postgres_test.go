@@ -35,6 +35,15 @@ func TestContract(t *testing.T) {
 	})
 }
 
+// Through a transaction-mode pooler (PgBouncer) statements cannot be
+// prepared: the simple protocol, which interpolates arguments, must do.
+func TestContractSimpleProtocol(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) func(t *testing.T) storetest.Store {
+		dsn := pgtest.NewSchema(t) + " default_query_exec_mode=simple_protocol"
+		return func(t *testing.T) storetest.Store { return openTest(t, dsn) }
+	})
+}
+
 func schemaVersions(t *testing.T, s *Store) []int {
 	t.Helper()
 	rows, err := s.pool.Query(context.Background(), `SELECT version FROM schema_migrations ORDER BY version`)
