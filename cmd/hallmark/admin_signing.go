@@ -432,7 +432,7 @@ func (r *signingReport) printAgents(w io.Writer) {
 	fmt.Fprintln(tw, "  SPIFFE ID\tSERIAL\tEXPIRES\tISSUER\tISSUED")
 	for _, a := range r.Agents {
 		issuer := shortHex(a.IssuerFingerprint)
-		if a.Issuer != "" {
+		if a.Issuer != "" && !strings.HasPrefix(a.Issuer, issuer) { // local IDs are fingerprint prefixes
 			issuer += " (" + a.Issuer + ")"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", a.SPIFFEID, orDash(a.Serial), stamp(a.ExpiresAt), issuer, stamp(a.IssuedAt))

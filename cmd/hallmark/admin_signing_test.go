@@ -594,3 +594,32 @@ func TestSigningReportEmpty(t *testing.T) {
   next:     run prepare, then activate
 `, b.String())
 }
+
+// The agents' ISSUER column: the short fingerprint, with the issuer's ID
+// when it is known and says more than the fingerprint (the local key
+// manager's IDs are fingerprint prefixes).
+func TestSigningReportAgentIssuer(t *testing.T) {
+	local := fingerprintOf("local")
+	cases := []struct {
+		name   string
+		issuer *serverv1.IssuerStatus
+		agent  []byte // issuer fingerprint
+		want   string
+	}{
+		{"named issuer", &serverv1.IssuerStatus{Id: "vault-issuer-7", Fingerprint: fingerprintOf("v")}, fingerprintOf("v"), short("v") + " (vault-issuer-7)"},
+		{"local issuer", &serverv1.IssuerStatus{Id: hex.EncodeToString(local[:16]), Fingerprint: local}, local, short("local")},
+		{"unknown issuer", &serverv1.IssuerStatus{Id: "other", Fingerprint: fingerprintOf("v")}, fingerprintOf("gone"), short("gone")},
+		{"no issuer", &serverv1.IssuerStatus{Id: "other", Fingerprint: fingerprintOf("v")}, nil, "-"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newSigningReport("s", &serverv1.GetStatusResponse{
+				Issuers: []*serverv1.IssuerStatus{tc.issuer},
+				Agents:  []*serverv1.AgentStatus{{SpiffeId: "spiffe://example.org/a", Serial: "1", IssuerFingerprint: tc.agent}},
+			})
+			var b strings.Builder
+			r.printAgents(&b)
+			require.Regexp(t, regexp.MustCompile(`(?m)^  spiffe://example.org/a +1 +- +`+regexp.QuoteMeta(tc.want)+` +-$`), b.String())
+		})
+	}
+}
