@@ -57,7 +57,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: cannot start the stack: %v\n(logs in %s)\n", err, dir)
 		return 1
 	}
-	if err := registerBuilders(ctx); err != nil {
+	if err := registerBuilders(ctx, stack); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n(logs in %s)\n", err, dir)
 		stack.Close()
 		return 1
@@ -79,7 +79,7 @@ func runMain(m *testing.M) int {
 // builder identity that the agent's policy grants steps to, and waits
 // until both are known by it: each entry reaches the SPIRE agent at its
 // own sync, so the test binary's SVID says nothing about the CLI's.
-func registerBuilders(ctx context.Context) error {
+func registerBuilders(ctx context.Context, stack *harness.Stack) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -93,13 +93,13 @@ func registerBuilders(ctx context.Context) error {
 	if _, err := stack.SPIRE.WaitForIdentities(ctx, id); err != nil {
 		return err
 	}
-	return waitCLIBuilder(ctx)
+	return waitCLIBuilder(ctx, stack)
 }
 
 // waitCLIBuilder waits until the agent identifies the hallmark CLI, run
 // the way tests run it, as the builder: `hallmark whoami` lists builderID
 // among its SPIFFE IDs.
-func waitCLIBuilder(ctx context.Context) error {
+func waitCLIBuilder(ctx context.Context, stack *harness.Stack) error {
 	var last string
 	err := harness.WaitFor(ctx, "hallmark whoami to report "+builderID, time.Minute, func() error {
 		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)

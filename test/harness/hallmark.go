@@ -53,6 +53,8 @@ type Service struct {
 	env        []string // extra environment
 	// Socket is an agent's local API socket.
 	Socket string
+	// AdminSocket is a server's admin API socket (signing-CA rotation).
+	AdminSocket string
 }
 
 // ServerOptions configure a hallmark-server.
@@ -91,6 +93,8 @@ func (sp *SPIRE) StartServer(ctx context.Context, bin, dir, name string, o Serve
 	if o.MaxConnectionAge > 0 {
 		fmt.Fprintf(&b, "  max_connection_age = %q\n", o.MaxConnectionAge)
 	}
+	adminSocket := filepath.Join(dir, name, "admin.sock")
+	fmt.Fprintf(&b, "  admin_socket = %q\n", adminSocket)
 	b.WriteString("  log_level = \"debug\"\n}\n")
 	b.WriteString(o.KeyManager)
 	b.WriteString(policyBlock(o.Policy))
@@ -99,6 +103,7 @@ func (sp *SPIRE) StartServer(ctx context.Context, bin, dir, name string, o Serve
 		return nil, err
 	}
 	svc.listenAddr = o.ListenAddr
+	svc.AdminSocket = adminSocket
 	return svc, nil
 }
 
