@@ -313,7 +313,8 @@ func (r *rotation) step(name string) stepResult {
 	var res stepResult
 	require.NoError(r.t, json.Unmarshal(out, &res), "%s", out)
 	// What an operator sees.
-	r.t.Logf("$ hallmark admin rotate spire %s\n%s", name, r.cli("admin", "status", "--server-address", r.st.Server.ServerAddr()))
+	r.t.Logf("$ hallmark admin rotate spire %s\n%s", name, r.cli("admin", "status",
+		"--server-address", r.st.Server.ServerAddr(), "--server-admin-socket", r.st.Server.AdminSocket))
 	r.events = append(r.events, fmt.Sprintf("%-8s at +%s", name, at.Round(100*time.Millisecond)))
 	return res
 }
