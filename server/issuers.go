@@ -138,8 +138,9 @@ func (l *TransparencyLog) refreshIssuers(ctx context.Context) error {
 	return nil
 }
 
-// watchIssuers re-reads the issuer states every issuerRefresh until ctx
-// ends: a rotation through another server sharing the store shows here.
+// watchIssuers re-reads the issuer states and the latest checkpoint every
+// issuerRefresh until ctx ends: a rotation or appends through another
+// server sharing the store show here.
 func (l *TransparencyLog) watchIssuers(ctx context.Context) {
 	t := time.NewTicker(issuerRefresh)
 	defer t.Stop()
@@ -150,6 +151,9 @@ func (l *TransparencyLog) watchIssuers(ctx context.Context) {
 		case <-t.C:
 			if err := l.refreshIssuers(ctx); err != nil && ctx.Err() == nil {
 				l.log.Warn("Cannot re-read the signing CAs' rotation states", zap.Error(err))
+			}
+			if err := l.refreshHead(ctx); err != nil && ctx.Err() == nil {
+				l.log.Warn("Cannot re-read the log's latest checkpoint", zap.Error(err))
 			}
 		}
 	}

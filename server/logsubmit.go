@@ -87,9 +87,20 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 		retryPos []int
 		retryErr []error
 	)
+	reloaded := false
 	for i, sub := range subs {
 		it, err := l.check(caller, sub, now)
 		var chainErr *chainError
+		if errors.As(err, &chainErr) && !reloaded {
+			// Another server sharing the store may have recorded a
+			// signing CA or a rotation decision since this one loaded
+			// them: look again, once per call, before deciding.
+			reloaded = true
+			if _, rerr := l.reloadFromStore(ctx); rerr != nil {
+				return nil, rerr
+			}
+			it, err = l.check(caller, sub, now)
+		}
 		switch {
 		case errors.As(err, &chainErr):
 			retry, retryPos, retryErr = append(retry, it), append(retryPos, i), append(retryErr, err)
@@ -339,6 +350,34 @@ type caSet struct {
 type caPools struct {
 	roots, intermediates *x509.CertPool
 	n                    int
+}
+
+// reloadFromStore adds the signing CAs and applies the issuer states that
+// the store holds and this log has not seen (recorded through another
+// server sharing the store). It reports whether any CA was new.
+func (l *TransparencyLog) reloadFromStore(ctx context.Context) (bool, error) {
+	if err := l.refreshIssuers(ctx); err != nil {
+		return false, fmt.Errorf("reload issuer states: %w", err)
+	}
+	cas, err := l.store.SigningCAs(ctx)
+	if err != nil {
+		return false, fmt.Errorf("reload signing CAs: %w", err)
+	}
+	l.cas.mu.Lock()
+	defer l.cas.mu.Unlock()
+	changed := false
+	for _, ca := range cas {
+		if l.cas.known[string(ca.ID)] {
+			continue
+		}
+		chain, err := x509.ParseCertificates(ca.DER)
+		if err != nil || len(chain) == 0 {
+			return false, fmt.Errorf("stored signing CA %x does not parse: %v", ca.ID, err)
+		}
+		l.cas.addLocked(ca.ID, chain)
+		changed = true
+	}
+	return changed, nil
 }
 
 func loadCASet(ctx context.Context, st Store) (*caSet, error) {

@@ -168,7 +168,7 @@ func (l *TransparencyLog) loadTree(ctx context.Context) error {
 			return fmt.Errorf("transparency log: start: %w", err)
 		}
 		l.tree = rangeFactory.NewEmptyRange(0)
-		l.head = logHead{size: 0, root: root, note: note}
+		l.setHead(logHead{size: 0, root: root, note: note})
 		return nil
 	}
 	if err != nil {
@@ -198,8 +198,45 @@ func (l *TransparencyLog) loadTree(ctx context.Context) error {
 		return fmt.Errorf("transparency log: the stored tree of size %d does not hash to its checkpoint's root", c.Size)
 	}
 	l.tree = tree
-	l.head = logHead{size: c.Size, root: c.Root, note: cp.Note}
+	l.setHead(logHead{size: c.Size, root: c.Root, note: cp.Note})
 	return nil
+}
+
+// storedHead is the head of the store's latest checkpoint, which may be
+// ahead of this log's own when another server shares the store.
+func (l *TransparencyLog) storedHead(ctx context.Context) (logHead, error) {
+	cp, err := l.store.LatestCheckpoint(ctx)
+	if err != nil {
+		return logHead{}, err
+	}
+	c, err := tlog.OpenCheckpoint(cp.Note, l.origin, l.pub)
+	if err != nil {
+		return logHead{}, err
+	}
+	return logHead{size: c.Size, root: c.Root, note: cp.Note}, nil
+}
+
+// refreshHead publishes the store's latest checkpoint when it is ahead of
+// this log's (another server appended), so that /log/checkpoint and
+// proofs keep up. The appender's tree catches up at its next append.
+func (l *TransparencyLog) refreshHead(ctx context.Context) error {
+	h, err := l.storedHead(ctx)
+	if err != nil {
+		return err
+	}
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	if h.size > l.head.size {
+		l.head = h
+		l.metrics.size.Set(float64(h.size))
+	}
+	return nil
+}
+
+func (l *TransparencyLog) setHead(h logHead) {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	l.head = h
 }
 
 func rootOf(r *compact.Range) ([]byte, error) {
@@ -384,25 +421,26 @@ func (l *TransparencyLog) commit(ctx context.Context, reqs []*appendRequest) err
 			close(r.done)
 		}
 	}()
-	err := l.appendItems(ctx, items, nil)
-	if errors.Is(err, store.ErrDuplicate) {
-		keys := make([][]byte, len(items))
-		for i, it := range items {
-			keys[i] = it.key
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = l.appendOnce(ctx, items)
+		if !errors.Is(err, store.ErrConflict) {
+			break
 		}
-		found, lerr := l.store.EntriesByDedupeKey(ctx, keys)
-		if lerr != nil {
+		// Another server sharing the store appended first (the store
+		// serializes appenders and refuses a batch that does not continue
+		// the log as stored): catch up with the stored tree and append
+		// after it. The log stays one linear tree.
+		l.metrics.conflicts.Inc()
+		if attempt == maxConflictRetries {
+			break
+		}
+		if rerr := l.loadTree(ctx); rerr != nil {
 			for _, it := range items {
-				*it = pendingEntry{envelope: it.envelope, env: it.env, cert: it.cert, spiffeID: it.spiffeID, key: it.key,
-					digests: it.digests, notBefore: it.notBefore, notAfter: it.notAfter, err: fmt.Errorf("look up duplicates: %w", lerr)}
+				it.err = fmt.Errorf("reload the log after another writer's append: %w", rerr)
 			}
 			return nil
 		}
-		stored := make(map[string]store.Entry, len(found))
-		for _, e := range found {
-			stored[string(e.DedupeKey)] = e
-		}
-		err = l.appendItems(ctx, items, stored)
 	}
 	for _, it := range items {
 		switch {
@@ -416,10 +454,41 @@ func (l *TransparencyLog) commit(ctx context.Context, reqs []*appendRequest) err
 		}
 	}
 	if errors.Is(err, store.ErrConflict) {
-		l.log.Error("Another writer changed the transparency log; stopping", zap.Error(err))
+		l.log.Error("The transparency log keeps being changed by another writer; stopping", zap.Error(err), zap.Int("attempts", maxConflictRetries))
 		return fmt.Errorf("transparency log: %w", err)
 	}
 	return nil
+}
+
+// maxConflictRetries bounds how often one batch is retried after other
+// writers appended first.
+const maxConflictRetries = 100
+
+// appendOnce appends items against the tree as this log holds it. A batch
+// that holds an entry already stored (store.ErrDuplicate) is written
+// again without it, answered with the stored entry. It returns
+// store.ErrConflict when the store has moved on.
+func (l *TransparencyLog) appendOnce(ctx context.Context, items []*pendingEntry) error {
+	err := l.appendItems(ctx, items, nil)
+	if !errors.Is(err, store.ErrDuplicate) {
+		return err
+	}
+	keys := make([][]byte, len(items))
+	for i, it := range items {
+		keys[i] = it.key
+	}
+	found, lerr := l.store.EntriesByDedupeKey(ctx, keys)
+	if lerr != nil {
+		for _, it := range items {
+			it.refusal, it.batch, it.err = nil, nil, fmt.Errorf("look up duplicates: %w", lerr)
+		}
+		return nil
+	}
+	stored := make(map[string]store.Entry, len(found))
+	for _, e := range found {
+		stored[string(e.DedupeKey)] = e
+	}
+	return l.appendItems(ctx, items, stored)
 }
 
 // appendItems appends items, minus those in stored (which are answered
@@ -513,10 +582,12 @@ func (l *TransparencyLog) appendItems(ctx context.Context, items []*pendingEntry
 	}
 
 	l.headMu.Lock()
-	l.head = logHead{size: res.size, root: root, note: note}
+	if res.size > l.head.size { // refreshHead may have published a later one
+		l.head = logHead{size: res.size, root: root, note: note}
+		l.metrics.size.Set(float64(res.size))
+	}
 	l.headMu.Unlock()
 	l.metrics.batchSize.Observe(float64(len(entries)))
-	l.metrics.size.Set(float64(res.size))
 	return nil
 }
 
@@ -597,16 +668,12 @@ func (l *TransparencyLog) proveInBatch(e store.Entry, b *batchResult) (*rekorpb.
 func (l *TransparencyLog) proveStored(ctx context.Context, e store.Entry) (*rekorpb.TransparencyLogEntry, error) {
 	h := l.currentHead()
 	if e.Index >= h.size {
-		// Committed, but the appender has not published its head yet.
-		cp, err := l.store.LatestCheckpoint(ctx)
-		if err != nil {
+		// Committed, but the appender has not published its head yet,
+		// or another server sharing the store appended it.
+		var err error
+		if h, err = l.storedHead(ctx); err != nil {
 			return nil, err
 		}
-		c, err := tlog.OpenCheckpoint(cp.Note, l.origin, l.pub)
-		if err != nil {
-			return nil, err
-		}
-		h = logHead{size: c.Size, root: c.Root, note: cp.Note}
 	}
 	hashes, err := buildProof(e.Index, h.size, func(ids []compact.NodeID) ([][]byte, error) {
 		return l.store.Nodes(ctx, storeIDs(ids))
@@ -636,7 +703,14 @@ func buildProof(index, size uint64, get func([]compact.NodeID) ([][]byte, error)
 // ConsistencyProof returns the RFC 6962 consistency proof between the
 // trees of sizes from and to; to must not exceed the latest checkpoint.
 func (l *TransparencyLog) ConsistencyProof(ctx context.Context, from, to uint64) ([][]byte, error) {
-	if h := l.currentHead(); to > h.size {
+	h := l.currentHead()
+	if to > h.size {
+		var err error
+		if h, err = l.storedHead(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if to > h.size {
 		return nil, fmt.Errorf("size %d is beyond the latest checkpoint (%d)", to, h.size)
 	}
 	if from > to {
@@ -674,6 +748,7 @@ type logMetrics struct {
 	batchSize     prometheus.Histogram
 	commitSeconds prometheus.Histogram
 	size          prometheus.Gauge
+	conflicts     prometheus.Counter
 }
 
 func newLogMetrics() *logMetrics {
@@ -696,9 +771,13 @@ func newLogMetrics() *logMetrics {
 			Name: "hallmark_server_log_size",
 			Help: "Entries in the transparency log (the latest checkpoint's tree size).",
 		}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_server_log_append_conflicts_total",
+			Help: "Batches retried because another server sharing the store appended first.",
+		}),
 	}
 }
 
 func (m *logMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.appends, m.batchSize, m.commitSeconds, m.size}
+	return []prometheus.Collector{m.appends, m.batchSize, m.commitSeconds, m.size, m.conflicts}
 }

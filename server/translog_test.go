@@ -540,3 +540,86 @@ func TestSubmitWhenStopped(t *testing.T) {
 	_, err := l.Submit(context.Background(), agentID, []Submission{agent.submit(t, "x")})
 	require.True(t, errors.Is(err, errLogStopped), "got %v", err)
 }
+
+// TestLogsShareAStore runs two logs (two servers) on one database: each
+// appends after the other's batches (store.ErrConflict, reload, retry),
+// so every entry lands exactly once in one linear tree whose checkpoints
+// are consistent, and a signing CA or a taint recorded through one is
+// honoured by the other.
+func TestLogsShareAStore(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "hallmark.db")
+	key, ts := newLogKey(t), newTestTSA(t)
+	start := func() runningLog {
+		st := openStore(t, path)
+		t.Cleanup(func() { st.Close() })
+		return startLog(t, TransparencyLogConfig{Store: st, TSA: ts, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+	}
+	a := start()
+	b := start()
+	// A CA recorded through a after b started is known to b when needed.
+	ca := newTestCA(t, "signing CA")
+	require.NoError(t, a.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
+	firstCheckpoint := a.Checkpoint()
+
+	const submitters, each = 8, 10
+	type got struct {
+		sub Submission
+		te  *rekorpb.TransparencyLogEntry
+	}
+	results := make(chan got, submitters*each)
+	var wg sync.WaitGroup
+	for i := range submitters {
+		l := []runningLog{a, b}[i%2]
+		wg.Go(func() {
+			ag := newTestAgent(t, ca, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/hallmark/agent/s%d", i)))
+			for j := range each {
+				sub := ag.submit(t, fmt.Sprintf("%d-%d", i, j))
+				res, err := l.Submit(ctx, ag.id, []Submission{sub})
+				if err != nil || res[0].Refusal != nil {
+					t.Errorf("submit: %v %v", err, res)
+					return
+				}
+				results <- got{sub, res[0].Entry}
+			}
+		})
+	}
+	wg.Wait()
+	close(results)
+	seen := make(map[int64]bool)
+	for g := range results {
+		checkEntry(t, a.TransparencyLog, g.te, g.sub)
+		require.False(t, seen[g.te.GetLogIndex()], "index %d twice", g.te.GetLogIndex())
+		seen[g.te.GetLogIndex()] = true
+	}
+	require.Len(t, seen, submitters*each)
+	conflicts := counterValue(t, a.metrics.conflicts) + counterValue(t, b.metrics.conflicts)
+	require.Positive(t, conflicts, "the two appenders did contend")
+	t.Logf("%d batches retried after the other server's append", int(conflicts))
+
+	// One linear log: the first checkpoint is consistent with the last
+	// (the store's: either server may have appended last).
+	latest, err := b.store.LatestCheckpoint(ctx)
+	require.NoError(t, err)
+	last := latest.Note
+	c1, err := tlog.OpenCheckpoint(firstCheckpoint, testOrigin, key.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	_, err = tlog.OpenCheckpoint(a.Checkpoint(), testOrigin, key.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	c2, err := tlog.OpenCheckpoint(last, testOrigin, key.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	require.Equal(t, uint64(submitters*each), c2.Size-c1.Size)
+	hashes, err := b.ConsistencyProof(ctx, c1.Size, c2.Size)
+	require.NoError(t, err)
+	require.NoError(t, tlog.VerifyConsistency(c1.Size, c2.Size, hashes, c1.Root, c2.Root))
+
+	// A resubmission through the other server answers with the entry.
+	ag := newTestAgent(t, ca, spiffeid.RequireFromString("spiffe://example.org/hallmark/agent/dup"))
+	sub := ag.submit(t, "dup")
+	ra, err := a.Submit(ctx, ag.id, []Submission{sub})
+	require.NoError(t, err)
+	rb, err := b.Submit(ctx, ag.id, []Submission{sub})
+	require.NoError(t, err)
+	require.Equal(t, ra[0].Entry.GetLogIndex(), rb[0].Entry.GetLogIndex())
+	require.Equal(t, ra[0].Timestamp, rb[0].Timestamp)
+}
