@@ -429,6 +429,8 @@ func (a *agentService) WatchSigningAuthorities(_ *serverv1.WatchSigningAuthoriti
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-a.stopping: // nil in tests: never
+			return status.Error(codes.Unavailable, "the server is stopping")
 		case <-changed:
 		}
 	}

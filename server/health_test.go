@@ -2,9 +2,12 @@ package server
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -44,4 +47,31 @@ func TestHealthEndpoints(t *testing.T) {
 	code, body = get("/readyz")
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, "ready\n", body)
+
+	// A store that stops answering makes the server not ready; it is
+	// ready again once the store answers.
+	st := &pingStore{Store: openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))}
+	s.tlog = &TransparencyLog{store: st}
+	code, _ = get("/readyz")
+	require.Equal(t, http.StatusOK, code)
+	st.down.Store(true)
+	code, body = get("/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "the store does not answer")
+	st.down.Store(false)
+	code, _ = get("/readyz")
+	require.Equal(t, http.StatusOK, code)
+}
+
+// pingStore is a Store whose Ping can be made to fail.
+type pingStore struct {
+	Store
+	down atomic.Bool
+}
+
+func (p *pingStore) Ping(ctx context.Context) error {
+	if p.down.Load() {
+		return errors.New("connection refused")
+	}
+	return p.Store.Ping(ctx)
 }

@@ -28,6 +28,9 @@ type agentService struct {
 	km KeyManager
 	// tlog is the transparency log; nil in tests that do not need it.
 	tlog *TransparencyLog
+	// stopping is closed when the server begins to stop: long-lived
+	// streams end then, so a graceful stop does not wait for them.
+	stopping chan struct{}
 }
 
 // IssueSigningCertificate certifies the caller's signing key for the

@@ -149,7 +149,8 @@ func (s *Server) serve(ctx context.Context) error {
 			MaxConnectionAgeGrace: 30 * time.Second,
 		}),
 	)
-	serverv1.RegisterAgentServiceServer(grpcServer, &agentService{s: s, km: km, tlog: s.tlog})
+	agents := &agentService{s: s, km: km, tlog: s.tlog, stopping: make(chan struct{})}
+	serverv1.RegisterAgentServiceServer(grpcServer, agents)
 	// gRPC health (grpc.health.v1) for any member of the trust domain:
 	// SERVING once the SVID and the key manager are in place.
 	health := grpchealth.NewServer()
@@ -184,6 +185,7 @@ func (s *Server) serve(ctx context.Context) error {
 	})
 	g.Go(func() error {
 		<-ctx.Done()
+		close(agents.stopping) // end the agents' watch streams first
 		stopGracefully(grpcServer, 10*time.Second)
 		return nil
 	})
@@ -213,9 +215,13 @@ func stopGracefully(g *grpc.Server, grace time.Duration) {
 func (s *Server) serveHealth(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
 			http.Error(w, "not ready: waiting for the X509-SVID or the key manager", http.StatusServiceUnavailable)
+			return
+		}
+		if err := s.storeReady(r.Context()); err != nil {
+			http.Error(w, "not ready: the store does not answer: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -240,4 +246,15 @@ func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler) error {
 		return fmt.Errorf("server: health: %w", err)
 	}
 	return nil
+}
+
+// storeReady pings the log's store, briefly: a server whose database is
+// gone says so, and load balancers and agents move to another replica.
+func (s *Server) storeReady(ctx context.Context) error {
+	if s.tlog == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return s.tlog.store.Ping(ctx)
 }

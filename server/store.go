@@ -43,6 +43,8 @@ type Store interface {
 	SetIssuerState(ctx context.Context, st store.IssuerState) error
 	// IssuerStates returns every recorded issuer state.
 	IssuerStates(ctx context.Context) ([]store.IssuerState, error)
+	// Ping reports whether the store answers (for readiness).
+	Ping(ctx context.Context) error
 	Close() error
 }
 

@@ -54,3 +54,12 @@ func timeOrZero(u int64) time.Time {
 	}
 	return time.Unix(u, 0).UTC()
 }
+
+// Ping reports whether the database answers a query.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.pool.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("postgres: ping: %w", err)
+	}
+	return nil
+}

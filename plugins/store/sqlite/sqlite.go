@@ -702,3 +702,12 @@ func timeOrZero(u int64) time.Time {
 	}
 	return time.Unix(u, 0).UTC()
 }
+
+// Ping reports whether the database file answers a query.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.r.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return fmt.Errorf("sqlite: ping: %w", err)
+	}
+	return nil
+}

@@ -34,6 +34,7 @@ type Store interface {
 	SigningCAs(ctx context.Context) ([]store.SigningCA, error)
 	SetIssuerState(ctx context.Context, st store.IssuerState) error
 	IssuerStates(ctx context.Context) ([]store.IssuerState, error)
+	Ping(ctx context.Context) error
 	Close() error
 }
 
@@ -258,6 +259,7 @@ func testIssuerStates(t *testing.T, newDB NewDB) {
 	ctx := context.Background()
 	open := newDB(t)
 	s := open(t)
+	require.NoError(t, s.Ping(ctx))
 	states, err := s.IssuerStates(ctx)
 	require.NoError(t, err)
 	require.Empty(t, states)
