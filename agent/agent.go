@@ -28,7 +28,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
-	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -43,23 +42,24 @@ const callTimeout = 30 * time.Second
 
 // Log field names.
 const (
-	logSPIFFEID = "spiffe_id"
-	logSerial   = "serial"
-	logNotAfter = "not_after"
-	logIssuer   = "issuer"
-	logAddress  = "address"
-	logRetryIn  = "retry_in"
-	logError    = "error"
-	logSocket   = "socket"
-	logMethod   = "method"
-	logCode     = "code"
-	logReason   = "reason"
-	logEvent    = "event"
-	logPID      = "pid"
-	logUID      = "uid"
-	logGID      = "gid"
-	logStep     = "step"
-	logRule     = "rule"
+	logSPIFFEID  = "spiffe_id"
+	logSerial    = "serial"
+	logNotAfter  = "not_after"
+	logIssuer    = "issuer"
+	logAddress   = "address"
+	logAddresses = "addresses"
+	logRetryIn   = "retry_in"
+	logError     = "error"
+	logSocket    = "socket"
+	logMethod    = "method"
+	logCode      = "code"
+	logReason    = "reason"
+	logEvent     = "event"
+	logPID       = "pid"
+	logUID       = "uid"
+	logGID       = "gid"
+	logStep      = "step"
+	logRule      = "rule"
 
 	logWorkspace    = "workspace"
 	logSPIFFEIDs    = "spiffe_ids"
@@ -204,21 +204,14 @@ func (a *Agent) run(ctx context.Context) error {
 	a.mu.Unlock()
 
 	creds := grpccredentials.MTLSClientCredentials(source, source, tlsconfig.AuthorizeID(a.cfg.ServerID))
-	conn, err := grpc.NewClient(a.cfg.ServerAddress,
-		grpc.WithTransportCredentials(creds),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			// Reconnect within seconds of the server's return, not
-			// gRPC's default of up to two minutes.
-			Backoff:           grpcbackoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
-			MinConnectTimeout: 5 * time.Second,
-		}))
+	conn, err := dialServers(a.cfg.servers(), creds)
 	if err != nil {
 		return fmt.Errorf("agent: server client: %w", err)
 	}
 	defer conn.Close()
 	a.log.Info("Agent started",
 		zap.String(logSPIFFEID, svid.ID.String()),
-		zap.String(logAddress, a.cfg.ServerAddress),
+		zap.Strings(logAddresses, a.cfg.servers()),
 		zap.String("server_spiffe_id", a.cfg.ServerID.String()))
 
 	g, ctx := errgroup.WithContext(ctx)

@@ -27,8 +27,13 @@ const DefaultWorkloadAPISocket = "unix:///run/spire/agent-sockets/api.sock"
 // Config is hallmark-agent's runtime configuration.
 type Config struct {
 	Log *zap.Logger
-	// ServerAddress is hallmark-server's agent API (host:port).
+	// ServerAddress is hallmark-server's agent API (host:port). A host
+	// name that resolves to several addresses spreads the load over them.
 	ServerAddress string
+	// ServerAddresses are replicas of hallmark-server (host:port each)
+	// sharing one database; calls spread over them and move on from one
+	// that fails. Exactly one of ServerAddress and ServerAddresses is set.
+	ServerAddresses []string
 	// ServerID is the only SPIFFE ID the agent accepts from the server.
 	ServerID spiffeid.ID
 	// WorkloadAPIAddr is the local SPIRE agent's Workload API (unix://PATH).
@@ -82,21 +87,22 @@ type pluginBlock struct {
 }
 
 type agentBlock struct {
-	ServerAddress     string `hcl:"server_address"`
-	ServerSPIFFEID    string `hcl:"server_spiffe_id"`
-	WorkloadAPISocket string `hcl:"workload_api_socket,optional"`
-	HealthAddress     string `hcl:"health_address,optional"`
-	LogLevel          string `hcl:"log_level,optional"`
-	LogFormat         string `hcl:"log_format,optional"`
-	SocketPath        string `hcl:"socket_path,optional"`
-	SocketMode        string `hcl:"socket_mode,optional"`
-	SocketGroup       string `hcl:"socket_group,optional"`
-	MaxFiles          int    `hcl:"max_files,optional"`
-	MaxFileBytes      int64  `hcl:"max_file_bytes,optional"`
-	MaxTotalBytes     int64  `hcl:"max_total_bytes,optional"`
-	PolicyRefresh     string `hcl:"policy_refresh,optional"`
-	DataDir           string `hcl:"data_dir,optional"`
-	LogBatchSize      int    `hcl:"log_batch_size,optional"`
+	ServerAddress     string    `hcl:"server_address,optional"`
+	ServerAddresses   *[]string `hcl:"server_addresses,optional"`
+	ServerSPIFFEID    string    `hcl:"server_spiffe_id"`
+	WorkloadAPISocket string    `hcl:"workload_api_socket,optional"`
+	HealthAddress     string    `hcl:"health_address,optional"`
+	LogLevel          string    `hcl:"log_level,optional"`
+	LogFormat         string    `hcl:"log_format,optional"`
+	SocketPath        string    `hcl:"socket_path,optional"`
+	SocketMode        string    `hcl:"socket_mode,optional"`
+	SocketGroup       string    `hcl:"socket_group,optional"`
+	MaxFiles          int       `hcl:"max_files,optional"`
+	MaxFileBytes      int64     `hcl:"max_file_bytes,optional"`
+	MaxTotalBytes     int64     `hcl:"max_total_bytes,optional"`
+	PolicyRefresh     string    `hcl:"policy_refresh,optional"`
+	DataDir           string    `hcl:"data_dir,optional"`
+	LogBatchSize      int       `hcl:"log_batch_size,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -125,6 +131,12 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 		ServerAddress:   a.ServerAddress,
 		WorkloadAPIAddr: a.WorkloadAPISocket,
 		HealthAddress:   a.HealthAddress,
+	}
+	if a.ServerAddresses != nil {
+		if len(*a.ServerAddresses) == 0 {
+			return Config{}, errors.New("agent.server_addresses is empty: list at least one host:port")
+		}
+		c.ServerAddresses = *a.ServerAddresses
 	}
 	if c.WorkloadAPIAddr == "" {
 		c.WorkloadAPIAddr = DefaultWorkloadAPISocket
@@ -214,11 +226,8 @@ func localAPIConfig(c *Config, a agentBlock) error {
 }
 
 func (c *Config) validate() error {
-	if c.ServerAddress == "" {
-		return errors.New("agent.server_address is required")
-	}
-	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
-		return fmt.Errorf("agent.server_address: %w", err)
+	if err := c.validateServers(); err != nil {
+		return err
 	}
 	if c.ServerID.IsZero() {
 		return errors.New("agent.server_spiffe_id is required")

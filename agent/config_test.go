@@ -90,12 +90,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{
 			name:    "missing server_address",
 			src:     "agent {\n  server_spiffe_id = \"spiffe://example.org/hallmark/server\"\n}\n",
-			wantErr: []string{`"server_address"`},
+			wantErr: []string{"agent.server_address (one host:port) or agent.server_addresses (a list) is required"},
 		},
 		{
 			name:    "empty server_address",
 			src:     "agent {\n  server_address = \"\"\n  server_spiffe_id = \"spiffe://example.org/hallmark/server\"\n}\n",
-			wantErr: []string{"agent.server_address is required"},
+			wantErr: []string{"agent.server_address (one host:port) or agent.server_addresses (a list) is required"},
 		},
 		{
 			name:    "server_address without a port",
@@ -159,7 +159,7 @@ func TestNewValidates(t *testing.T) {
 		cfg     Config
 		wantErr string
 	}{
-		{name: "empty", cfg: Config{}, wantErr: "agent: agent.server_address is required"},
+		{name: "empty", cfg: Config{}, wantErr: "agent: agent.server_address (one host:port) or agent.server_addresses (a list) is required"},
 		{name: "no server ID", cfg: Config{ServerAddress: "h:1", WorkloadAPIAddr: DefaultWorkloadAPISocket}, wantErr: "agent.server_spiffe_id is required"},
 		{name: "no workload API", cfg: Config{ServerAddress: "h:1", ServerID: serverID}, wantErr: "agent.workload_api_socket"},
 	}
@@ -176,6 +176,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add(agentHCL(`workload_api_socket = "tcp://127.0.0.1:1"`, `health_address = "[::1]:0"`, `log_format = "text"`))
 	f.Add(`agent { server_address = "h:1" server_spiffe_id = "spiffe://td/x" }`)
 	f.Add(`agent { server_address = "${x}" }`)
+	f.Add(`agent { server_addresses = ["a:1", "[::1]:2"] server_spiffe_id = "spiffe://td/x" }`)
 	f.Add("agent {\n  server_spiffe_id = <<EOT\nspiffe://example.org/x\nEOT\n}\n")
 	f.Fuzz(func(t *testing.T, src string) {
 		c, err := ParseConfig("fuzz.hcl", []byte(src))
@@ -183,7 +184,7 @@ func FuzzParseConfig(f *testing.F) {
 			return
 		}
 		require.False(t, c.ServerID.IsZero())
-		require.NotEmpty(t, c.ServerAddress)
+		require.NotEmpty(t, c.servers())
 		require.True(t, strings.HasPrefix(c.WorkloadAPIAddr, "unix://") || strings.HasPrefix(c.WorkloadAPIAddr, "tcp://"))
 		_, err = New(c)
 		require.NoError(t, err)

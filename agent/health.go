@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,10 +30,13 @@ type Status struct {
 
 // ServerStatus describes the agent's view of hallmark-server.
 type ServerStatus struct {
-	Address   string `json:"address"`
-	SPIFFEID  string `json:"spiffe_id"`
-	Reachable bool   `json:"reachable"`
-	LastError string `json:"last_error,omitempty"`
+	// Address is every configured server address, comma-separated.
+	Address string `json:"address"`
+	// Addresses lists them: replicas the agent spreads its calls over.
+	Addresses []string `json:"addresses,omitempty"`
+	SPIFFEID  string   `json:"spiffe_id"`
+	Reachable bool     `json:"reachable"`
+	LastError string   `json:"last_error,omitempty"`
 }
 
 // CertStatus describes the held signing certificate.
@@ -62,7 +66,8 @@ func (a *Agent) Status() Status {
 	a.mu.Lock()
 	st := Status{
 		Server: ServerStatus{
-			Address: a.cfg.ServerAddress, SPIFFEID: a.cfg.ServerID.String(),
+			Address: strings.Join(a.cfg.servers(), ", "), Addresses: a.cfg.servers(),
+			SPIFFEID:  a.cfg.ServerID.String(),
 			Reachable: a.reachable, LastError: a.lastErr,
 		},
 		Renewals: a.renewals, RenewalFailures: a.failures, SVIDRotations: a.rotations,

@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+)
+
+// An agent talks to every replica of hallmark-server through one gRPC
+// ClientConn balanced with round_robin: each call goes to the next
+// replica with a ready connection, so the load spreads and a replica that
+// is down is skipped until gRPC's reconnection (jittered backoff) finds it
+// back. A call that fails with Unavailable on one replica is retried by
+// gRPC on the next (retryPolicy below) before the agent's own loops see
+// the error and fall back to their backoff: the server deduplicates log
+// submissions and certifies a CSR as often as it is asked, so every
+// AgentService call can be sent twice.
+
+// serversScheme is the resolver scheme of a configured list of servers.
+const serversScheme = "hallmark-servers"
+
+// retryBufferSize bounds the bytes of a call that gRPC keeps to send it
+// again on another replica (its default of 256 KiB is less than a batch
+// of envelopes can weigh).
+const retryBufferSize = 32 << 20
+
+// servers are the configured server addresses.
+func (c *Config) servers() []string {
+	if len(c.ServerAddresses) > 0 {
+		return c.ServerAddresses
+	}
+	if c.ServerAddress != "" {
+		return []string{c.ServerAddress}
+	}
+	return nil
+}
+
+// validateServers checks that exactly one of ServerAddress and
+// ServerAddresses is set, each address a host:port.
+func (c *Config) validateServers() error {
+	switch {
+	case c.ServerAddress != "" && len(c.ServerAddresses) > 0:
+		return errors.New("agent.server_address and agent.server_addresses are both set: use one")
+	case c.ServerAddress != "":
+		if err := checkHostPort(c.ServerAddress); err != nil {
+			return fmt.Errorf("agent.server_address: %w", err)
+		}
+		return nil
+	case len(c.ServerAddresses) == 0:
+		return errors.New("agent.server_address (one host:port) or agent.server_addresses (a list) is required")
+	}
+	seen := make(map[string]bool, len(c.ServerAddresses))
+	for i, addr := range c.ServerAddresses {
+		if err := checkHostPort(addr); err != nil {
+			return fmt.Errorf("agent.server_addresses[%d]: %w", i, err)
+		}
+		if seen[addr] {
+			return fmt.Errorf("agent.server_addresses[%d]: %q is listed twice", i, addr)
+		}
+		seen[addr] = true
+	}
+	return nil
+}
+
+// checkHostPort accepts host:port with a host name or IP address (IPv6
+// in brackets) and a port.
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	switch {
+	case host == "":
+		return fmt.Errorf("%q has no host", addr)
+	case port == "":
+		return fmt.Errorf("%q has no port", addr)
+	case strings.ContainsAny(host, "/@ \t\r\n") || strings.ContainsAny(port, "/@ \t\r\n"):
+		return fmt.Errorf("%q is not host:port (no scheme or path)", addr)
+	}
+	return nil
+}
+
+// serviceConfig balances calls with round_robin and retries a call that a
+// replica could not take (Unavailable) on another, after a jittered pause
+// of at most 100 ms, 200 ms, ... 1 s: gRPC draws each from [0, bound].
+// maxAttempts is filled in: one more than the number of replicas.
+const serviceConfig = `{
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [{
+    "name": [{"service": "hallmark.server.v1.AgentService"}],
+    "retryPolicy": {
+      "maxAttempts": %d,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`
+
+// dialServers returns one ClientConn over every address in addrs: a list
+// through a static resolver, a single host:port through gRPC's dns
+// resolver, which spreads over every address the name resolves to and
+// resolves it again when a connection fails. creds secure each
+// connection; the agent's authorize the server's SPIFFE ID.
+func dialServers(addrs []string, creds credentials.TransportCredentials, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if len(addrs) == 0 {
+		return nil, errors.New("no server address")
+	}
+	// gRPC caps attempts at 5 however many replicas there are.
+	attempts := min(len(addrs)+1, 5)
+	opts = append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultServiceConfig(fmt.Sprintf(serviceConfig, attempts)),
+		grpc.WithDefaultCallOptions(grpc.MaxRetryRPCBufferSize(retryBufferSize)),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			// Reconnect within seconds of a server's return, not
+			// gRPC's default of up to two minutes.
+			Backoff:           grpcbackoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	}, opts...)
+	if len(addrs) == 1 {
+		return grpc.NewClient("dns:///"+addrs[0], opts...)
+	}
+	r := manual.NewBuilderWithScheme(serversScheme)
+	state := resolver.State{Endpoints: make([]resolver.Endpoint, len(addrs))}
+	for i, addr := range addrs {
+		state.Endpoints[i] = resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr}}}
+	}
+	r.InitialState(state)
+	return grpc.NewClient(serversScheme+":///hallmark-server", append(opts, grpc.WithResolvers(r))...)
+}
