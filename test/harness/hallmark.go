@@ -68,7 +68,10 @@ type ServerOptions struct {
 	// Policy is HCL rule blocks for the server's policy block, pushed to
 	// agents; empty means none.
 	Policy string
-	Echo   io.Writer
+	// Store is an HCL `store "NAME" { ... }` block; empty means the
+	// sqlite store in the data directory.
+	Store string
+	Echo  io.Writer
 }
 
 // ServerAddr is the address agents dial (set after start).
@@ -97,6 +100,7 @@ func (sp *SPIRE) StartServer(ctx context.Context, bin, dir, name string, o Serve
 	fmt.Fprintf(&b, "  admin_socket = %q\n", adminSocket)
 	b.WriteString("  log_level = \"debug\"\n}\n")
 	b.WriteString(o.KeyManager)
+	b.WriteString(o.Store)
 	b.WriteString(policyBlock(o.Policy))
 	svc, err := startService(ctx, bin, dir, name, b.String(), o.Echo)
 	if err != nil {
