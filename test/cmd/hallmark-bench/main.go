@@ -49,6 +49,7 @@ type figure struct {
 // figures is every figure, in the order printed.
 var figures = []figure{
 	{"attest", benchAttest},
+	{"fleet", benchFleet},
 	{"hashing", benchHashing},
 	{"logappend", benchLogAppend},
 	{"logappend-postgres", benchLogAppendPostgres},
@@ -57,10 +58,16 @@ var figures = []figure{
 
 func main() {
 	only := flag.String("only", "", "comma-separated figure names to run (default all)")
+	flag.IntVar(&fleetCfg.Agents, "fleet-agents", fleetCfg.Agents, "fleet: simulated agents")
+	flag.IntVar(&fleetCfg.Replicas, "fleet-replicas", fleetCfg.Replicas, "fleet: hallmark-server replicas")
+	flag.DurationVar(&fleetCfg.Duration, "fleet-duration", fleetCfg.Duration, "fleet: length of the measured phase")
+	flag.DurationVar(&fleetCfg.Renew, "fleet-renew", fleetCfg.Renew, "fleet: how often each agent renews its signing certificate")
+	flag.Float64Var(&fleetCfg.SubmitRate, "fleet-submit-rate", fleetCfg.SubmitRate, "fleet: log submissions per second, in total")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	failed := false
+	var all []Result
 	for _, f := range figures {
 		if *only != "" && !strings.Contains(","+*only+",", ","+f.name+",") {
 			continue
@@ -72,16 +79,35 @@ func main() {
 		}
 		results, err := f.run(ctx, dir)
 		os.RemoveAll(dir)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", f.name, err)
-			failed = true
-			continue
-		}
+		// A figure may measure and still fail its condition (fleet:
+		// every renewal must succeed); its figures are printed.
 		for _, r := range results {
 			fmt.Println(r)
 		}
+		all = append(all, results...)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %s: %v\n", f.name, err)
+			failed = true
+		}
 	}
+	printLogAppendStores(all)
 	if failed {
 		os.Exit(1)
+	}
+}
+
+// printLogAppendStores puts the log's append rates on SQLite and on
+// PostgreSQL side by side, for each number of submitters both measured.
+func printLogAppendStores(results []Result) {
+	byName := make(map[string]Result, len(results))
+	for _, r := range results {
+		byName[r.Name] = r
+	}
+	for _, n := range logAppendConcurrency {
+		lite, ok1 := byName[fmt.Sprintf("logappend_rate_c%d", n)]
+		pg, ok2 := byName[fmt.Sprintf("logappend_postgres_rate_c%d", n)]
+		if ok1 && ok2 {
+			fmt.Fprintf(os.Stderr, "bench: log appends with %d submitters: SQLite %.0f/s, PostgreSQL %.0f/s\n", n, lite.Value, pg.Value)
+		}
 	}
 }
