@@ -92,6 +92,9 @@ type Agent struct {
 	backoffBase, backoffMax time.Duration
 	// between asks for the signing-CA stream of a server without it
 	authoritiesRetryUnimplemented time.Duration
+	// serverReady says whether a server replica is connected; set by run
+	// before the loops start, nil in tests that call them directly.
+	serverReady func() bool
 
 	mu        sync.Mutex // guards the fields below
 	id        spiffeid.ID
@@ -209,6 +212,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return fmt.Errorf("agent: server client: %w", err)
 	}
 	defer conn.Close()
+	a.serverReady = serverReady(conn)
 	a.log.Info("Agent started",
 		zap.String(logSPIFFEID, svid.ID.String()),
 		zap.Strings(logAddresses, a.cfg.servers()),

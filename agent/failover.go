@@ -9,9 +9,12 @@ import (
 
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 )
 
 // An agent talks to every replica of hallmark-server through one gRPC
@@ -20,9 +23,15 @@ import (
 // is down is skipped until gRPC's reconnection (jittered backoff) finds it
 // back. A call that fails with Unavailable on one replica is retried by
 // gRPC on the next (retryPolicy below) before the agent's own loops see
-// the error and fall back to their backoff: the server deduplicates log
-// submissions and certifies a CSR as often as it is asked, so every
-// AgentService call can be sent twice.
+// the error; the log submitter then still retries promptly while a
+// replica is connected (failoverBackoff) before it backs off. The server
+// deduplicates log submissions and certifies a CSR as often as it is
+// asked, so every AgentService call can be sent twice.
+
+// serverReady reports whether conn has a replica connected.
+func serverReady(conn *grpc.ClientConn) func() bool {
+	return func() bool { return conn.GetState() == connectivity.Ready }
+}
 
 // serversScheme is the resolver scheme of a configured list of servers.
 const serversScheme = "hallmark-servers"
@@ -138,4 +147,37 @@ func dialServers(addrs []string, creds credentials.TransportCredentials, opts ..
 	}
 	r.InitialState(state)
 	return grpc.NewClient(serversScheme+":///hallmark-server", append(opts, grpc.WithResolvers(r))...)
+}
+
+// promptRetry bounds the pause before a call that failed with Unavailable
+// is sent again while another replica is connected: gRPC routes it there.
+const promptRetry = 100 * time.Millisecond
+
+// failoverBackoff is the backoff of a loop calling the servers. After a
+// failure with Unavailable while the connection still has a replica
+// ready (gRPC's retries having run out on the failing ones), it retries
+// after a jittered pause of at most promptRetry, up to once per replica
+// in a row; otherwise, and after those, it backs off as b does.
+type failoverBackoff struct {
+	b        *backoff
+	ready    func() bool // a replica is connected; nil: never known
+	replicas int
+	prompt   int // prompt retries since the last success
+}
+
+func (a *Agent) newFailoverBackoff() *failoverBackoff {
+	return &failoverBackoff{b: newBackoff(a.backoffBase, a.backoffMax), ready: a.serverReady, replicas: len(a.cfg.servers())}
+}
+
+func (f *failoverBackoff) delay(err error) time.Duration {
+	if status.Code(err) == codes.Unavailable && f.ready != nil && f.prompt < f.replicas && f.ready() {
+		f.prompt++
+		return promptRetry/2 + time.Duration(f.b.rand()*float64(promptRetry/2))
+	}
+	return f.b.delay()
+}
+
+func (f *failoverBackoff) reset() {
+	f.prompt = 0
+	f.b.reset()
 }

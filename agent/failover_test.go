@@ -49,6 +49,7 @@ type fakeReplica struct {
 	srv      *grpc.Server
 	calls    map[string]int  // answered or hung, by method
 	hang     bool            // calls block until the server stops
+	fail     error           // the answer to every call, when set
 	hung     map[string]bool // methods with a call blocked now
 	watching int             // open WatchSigningAuthorities streams
 }
@@ -117,7 +118,11 @@ func (r *fakeReplica) stop() {
 func (r *fakeReplica) call(ctx context.Context, method string) error {
 	r.mu.Lock()
 	r.calls[method]++
-	hang := r.hang
+	hang, fail := r.hang, r.fail
+	if fail != nil {
+		r.mu.Unlock()
+		return fail
+	}
 	if hang {
 		r.hung[method] = true
 	}
@@ -153,6 +158,12 @@ func (r *fakeReplica) total() int {
 func (r *fakeReplica) setHang() {
 	r.mu.Lock()
 	r.hang = true
+	r.mu.Unlock()
+}
+
+func (r *fakeReplica) setFail(err error) {
+	r.mu.Lock()
+	r.fail = err
 	r.mu.Unlock()
 }
 
@@ -284,6 +295,45 @@ func TestFailoverSpreadsCalls(t *testing.T) {
 	}
 }
 
+// Must show: a replica that answers Unavailable (its store is down) has
+// the call retried on another, and the caller sees nothing; when every
+// replica does, the caller gets Unavailable after one attempt per replica
+// and one more.
+func TestFailoverRetriesUnavailableAnswers(t *testing.T) {
+	rs := startReplicas(t, 3)
+	_, client := dialTest(t, addrsOf(rs))
+	waitAllReady(t, client, rs)
+
+	down := status.Error(codes.Unavailable, "transparency log: store unavailable")
+	rs[0].setFail(down)
+	for range 30 {
+		_, err := client.SubmitEntries(context.Background(), &serverv1.SubmitEntriesRequest{
+			Entries: []*serverv1.LogSubmission{{Envelope: []byte(`{"payload":"x"}`)}},
+		})
+		require.NoError(t, err)
+	}
+	require.Positive(t, rs[0].count(mSubmit), "calls went to the replica that is down")
+	require.Equal(t, 30, rs[1].count(mSubmit)+rs[2].count(mSubmit))
+
+	for _, r := range rs {
+		r.setFail(down)
+	}
+	before := rs[0].total() + rs[1].total() + rs[2].total()
+	_, err := client.GetPolicy(context.Background(), &serverv1.GetPolicyRequest{})
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "store unavailable")
+	require.Equal(t, 4, rs[0].total()+rs[1].total()+rs[2].total()-before)
+
+	// Other codes are the replica's answer, not retried.
+	for _, r := range rs {
+		r.setFail(status.Error(codes.PermissionDenied, "not an agent"))
+	}
+	before = rs[0].total() + rs[1].total() + rs[2].total()
+	_, err = client.GetPolicy(context.Background(), &serverv1.GetPolicyRequest{})
+	require.Equal(t, codes.PermissionDenied, status.Code(err))
+	require.Equal(t, 1, rs[0].total()+rs[1].total()+rs[2].total()-before)
+}
+
 // Must show: a single server_address goes through gRPC's dns resolver (an
 // IP address or a name) and works.
 func TestFailoverSingleAddress(t *testing.T) {
@@ -297,7 +347,7 @@ func TestFailoverSingleAddress(t *testing.T) {
 			defer cancel()
 			_, err := client.GetPolicy(ctx, &serverv1.GetPolicyRequest{}, grpc.WaitForReady(true))
 			require.NoError(t, err)
-			require.Equal(t, connectivity.Ready, conn.GetState())
+			require.Eventually(t, func() bool { return conn.GetState() == connectivity.Ready }, 5*time.Second, time.Millisecond)
 		})
 	}
 }
@@ -311,7 +361,7 @@ func TestFailoverReplicaStops(t *testing.T) {
 	rs := startReplicas(t, 3)
 	conn, client := dialTest(t, addrsOf(rs))
 	waitAllReady(t, client, rs)
-	require.Equal(t, connectivity.Ready, conn.GetState())
+	require.Eventually(t, func() bool { return conn.GetState() == connectivity.Ready }, 5*time.Second, time.Millisecond)
 
 	core, logs := observer.New(zapcore.DebugLevel)
 	a := newTestAgent(t, nil, zap.New(core))
@@ -338,10 +388,11 @@ func TestFailoverReplicaStops(t *testing.T) {
 	}
 	// A build queues an envelope every few milliseconds.
 	var queued atomic.Int64
-	stopQueueing := make(chan struct{})
+	stopQueueing, queueingDone := make(chan struct{}), make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		defer close(queueingDone)
 		for {
 			select {
 			case <-stopQueueing:
@@ -391,14 +442,12 @@ func TestFailoverReplicaStops(t *testing.T) {
 
 	// Every envelope queued is logged, none lost.
 	close(stopQueueing)
+	<-queueingDone
 	require.Eventually(t, func() bool { return ob.Len() == 0 }, 10*time.Second, 5*time.Millisecond)
 	n := int(queued.Load())
 	require.Greater(t, n, 10)
 	for i := 1; i <= n; i++ {
 		it, ok := ob.Get(fmt.Sprintf("inv-%d", i))
-		if i == n && !ok {
-			continue // the Put that raced the stop
-		}
 		require.True(t, ok, "inv-%d", i)
 		require.Equal(t, outbox.Logged, it.State, "inv-%d", i)
 		require.True(t, rs[0].log.has(it.Envelope), "inv-%d in the log", i)
@@ -488,4 +537,88 @@ func TestNewValidatesServers(t *testing.T) {
 	st := a.Status().Server
 	require.Equal(t, "h:1, h:2", st.Address)
 	require.Equal(t, []string{"h:1", "h:2"}, st.Addresses)
+}
+
+// fakeSubmitter is an entrySubmitter that fails its first calls.
+type fakeSubmitter struct {
+	mu    sync.Mutex
+	fail  []error // answers of the first calls, in order
+	times []time.Time
+}
+
+func (f *fakeSubmitter) SubmitEntries(_ context.Context, req *serverv1.SubmitEntriesRequest, _ ...grpc.CallOption) (*serverv1.SubmitEntriesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.times = append(f.times, time.Now())
+	if n := len(f.times); n <= len(f.fail) {
+		return nil, f.fail[n-1]
+	}
+	resp := &serverv1.SubmitEntriesResponse{}
+	for range req.GetEntries() {
+		resp.Results = append(resp.Results, &serverv1.LogEntryResult{TlogEntry: []byte(`{"logIndex":"7"}`), SignedTimestamp: []byte("ts")})
+	}
+	return resp, nil
+}
+
+func (f *fakeSubmitter) calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.times)
+}
+
+// Must show: the submitter retries an Unavailable failure at once while a
+// replica is connected, up to once per replica, and backs off otherwise.
+func TestFailoverSubmitterRetriesPromptly(t *testing.T) {
+	unavailable := status.Error(codes.Unavailable, "max retries exhausted")
+	tests := []struct {
+		name      string
+		addrs     []string
+		ready     bool
+		fail      []error
+		wantQuick bool // every envelope logged without one full backoff
+	}{
+		{name: "replica connected", addrs: []string{"a:1", "b:1", "c:1"}, ready: true, fail: []error{unavailable, unavailable}, wantQuick: true},
+		{name: "more failures than replicas", addrs: []string{"a:1", "b:1"}, ready: true, fail: []error{unavailable, unavailable, unavailable}},
+		{name: "none connected", addrs: []string{"a:1", "b:1"}, ready: false, fail: []error{unavailable}},
+		{name: "not Unavailable", addrs: []string{"a:1", "b:1"}, ready: true, fail: []error{status.Error(codes.Internal, "bug")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newTestAgent(t, nil)
+			a.cfg.ServerAddress, a.cfg.ServerAddresses = "", tt.addrs
+			a.backoffBase, a.backoffMax = time.Minute, time.Minute
+			a.serverReady = func() bool { return tt.ready }
+			ob, err := outbox.Open(filepath.Join(t.TempDir(), "outbox"), outbox.Options{})
+			require.NoError(t, err)
+			t.Cleanup(func() { ob.Close() })
+			a.outbox = ob
+			require.NoError(t, ob.Put(outbox.Item{ID: "inv-1", Envelope: []byte(`{"payload":"1"}`)}))
+
+			sub := &fakeSubmitter{fail: tt.fail}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.submitLoop(ctx, sub) }()
+			t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+
+			if tt.wantQuick {
+				require.Eventually(t, func() bool { return ob.Len() == 0 }, 5*time.Second, time.Millisecond)
+				require.Equal(t, len(tt.fail)+1, sub.calls())
+				sub.mu.Lock()
+				defer sub.mu.Unlock()
+				for i := 1; i < len(sub.times); i++ {
+					require.Less(t, sub.times[i].Sub(sub.times[i-1]), time.Second)
+				}
+				return
+			}
+			// A full backoff (30 s at least) follows one failure too many.
+			want := len(tt.fail)
+			if tt.ready && status.Code(tt.fail[0]) == codes.Unavailable {
+				want = len(tt.addrs) + 1
+			}
+			require.Eventually(t, func() bool { return sub.calls() == want }, 5*time.Second, time.Millisecond)
+			time.Sleep(300 * time.Millisecond)
+			require.Equal(t, want, sub.calls(), "no call during the backoff")
+			require.Equal(t, 1, ob.Len())
+		})
+	}
 }

@@ -35,11 +35,12 @@ func (a *Agent) nudgeSubmitter() {
 }
 
 // submitLoop drains the outbox into the server's log, in batches, until
-// ctx ends. A failed call is retried with backoff; the server deduplicates,
+// ctx ends. A failed call is retried with backoff, promptly while another
+// replica is connected (failoverBackoff); the server deduplicates,
 // so a batch sent twice (a crash between its answer and our record of it)
 // is logged once.
 func (a *Agent) submitLoop(ctx context.Context, client entrySubmitter) error {
-	b := newBackoff(a.backoffBase, a.backoffMax)
+	b := a.newFailoverBackoff()
 	for {
 		if a.outbox.Len() == 0 {
 			select {
@@ -54,7 +55,7 @@ func (a *Agent) submitLoop(ctx context.Context, client entrySubmitter) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			retry := b.delay()
+			retry := b.delay(err)
 			a.log.Warn("Log submission failed; envelopes stay queued on disk",
 				zap.Error(err), zap.Int("queued", a.outbox.Len()), zap.Duration(logRetryIn, retry))
 			if err := sleepUntil(ctx, a.cfg.Now, a.cfg.Now().Add(retry)); err != nil {
