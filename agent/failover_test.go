@@ -11,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -621,4 +625,65 @@ func TestFailoverSubmitterRetriesPromptly(t *testing.T) {
 			require.Equal(t, 1, ob.Len())
 		})
 	}
+}
+
+// svidFor returns an X509-SVID for id from ca.
+func svidFor(t *testing.T, ca *testCA, id spiffeid.ID) *x509svid.SVID {
+	t.Helper()
+	key := newP256(t)
+	chain := ca.issue(t, key.Public(), []spiffeid.ID{id}, time.Now().Add(-time.Minute), time.Hour)
+	leaf, err := x509.ParseCertificate(chain[0])
+	require.NoError(t, err)
+	return &x509svid.SVID{ID: id, Certificates: []*x509.Certificate{leaf}, PrivateKey: key}
+}
+
+// Must show: the agent's SPIFFE mTLS works through both resolvers (the
+// target's name plays no part) and still refuses a replica with another
+// SPIFFE ID: a list spreads only over replicas that prove the server ID.
+func TestFailoverSPIFFEMTLS(t *testing.T) {
+	ca := newTestCA(t)
+	bundle := x509bundle.FromX509Authorities(serverID.TrustDomain(), []*x509.Certificate{ca.cert})
+	impostorID := spiffeid.RequireFromString("spiffe://example.org/hallmark/impostor")
+	start := func(id spiffeid.ID) *fakeReplica {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		r := &fakeReplica{name: id.String(), ca: ca, log: &fakeLog{logged: map[string]int{}}, addr: ln.Addr().String(),
+			calls: map[string]int{}, hung: map[string]bool{}}
+		r.srv = grpc.NewServer(grpc.Creds(grpccredentials.MTLSServerCredentials(svidFor(t, ca, id), bundle, tlsconfig.AuthorizeMemberOf(serverID.TrustDomain()))))
+		serverv1.RegisterAgentServiceServer(r.srv, r)
+		go r.srv.Serve(ln) //nolint:errcheck // ends with Stop
+		t.Cleanup(r.srv.Stop)
+		return r
+	}
+	good1, good2, impostor := start(serverID), start(serverID), start(impostorID)
+	creds := grpccredentials.MTLSClientCredentials(svidFor(t, ca, agentID), bundle, tlsconfig.AuthorizeID(serverID))
+
+	t.Run("one address", func(t *testing.T) {
+		conn, err := dialServers([]string{good1.addr}, creds)
+		require.NoError(t, err)
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err = serverv1.NewAgentServiceClient(conn).GetPolicy(ctx, &serverv1.GetPolicyRequest{}, grpc.WaitForReady(true))
+		require.NoError(t, err)
+	})
+	t.Run("a list with an impostor", func(t *testing.T) {
+		conn, err := dialServers([]string{good1.addr, impostor.addr, good2.addr}, creds)
+		require.NoError(t, err)
+		defer conn.Close()
+		client := serverv1.NewAgentServiceClient(conn)
+		before1, before2 := good1.total(), good2.total()
+		require.Eventually(t, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err := client.GetPolicy(ctx, &serverv1.GetPolicyRequest{}, grpc.WaitForReady(true))
+			require.NoError(t, err)
+			return good1.total() > before1 && good2.total() > before2
+		}, 10*time.Second, 5*time.Millisecond)
+		for range 20 {
+			_, err := client.GetPolicy(context.Background(), &serverv1.GetPolicyRequest{})
+			require.NoError(t, err)
+		}
+		require.Zero(t, impostor.total(), "no call reaches a server with another SPIFFE ID")
+	})
 }
