@@ -5,7 +5,9 @@
 //
 // RATIO is VALUE/FLOOR for costs (lower is better) and FLOOR/VALUE for
 // rates, so a ratio of 1.0 means "as good as the floor" either way and
-// larger is worse. `make bench` runs it.
+// larger is worse. `make bench` runs it; `-only NAME[,NAME]` runs some
+// figures, and the -fleet-* flags shape the fleet figure (simulated
+// agents against hallmark-server replicas; see benchFleet).
 package main
 
 import (
