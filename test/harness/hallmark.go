@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -114,7 +115,10 @@ func (sp *SPIRE) StartServer(ctx context.Context, bin, dir, name string, o Serve
 // AgentOptions configure a hallmark-agent.
 type AgentOptions struct {
 	ServerAddr string
-	ServerID   string
+	// ServerAddrs, if set, are several replicas' addresses
+	// (server_addresses) instead of ServerAddr.
+	ServerAddrs []string
+	ServerID    string
 	// NotReady returns as soon as the agent serves /healthz, without
 	// waiting for a signing certificate (for agents meant to fail).
 	NotReady bool
@@ -147,8 +151,16 @@ func (sp *SPIRE) StartAgent(ctx context.Context, bin, dir, name string, o AgentO
 			}
 		}
 	}
+	addr := fmt.Sprintf("server_address      = %q", o.ServerAddr)
+	if len(o.ServerAddrs) > 0 {
+		quoted := make([]string, len(o.ServerAddrs))
+		for i, a := range o.ServerAddrs {
+			quoted[i] = strconv.Quote(a)
+		}
+		addr = "server_addresses    = [" + strings.Join(quoted, ", ") + "]"
+	}
 	conf := fmt.Sprintf(`agent {
-  server_address      = %q
+  %s
   server_spiffe_id    = %q
   workload_api_socket = %q
   health_address      = %q
@@ -165,7 +177,7 @@ workload_attestor "spire" {
   admin_socket = %q
 }
 %s
-`, o.ServerAddr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, sp.AdminAPIAddr(), policyBlock(o.Policy))
+`, addr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, sp.AdminAPIAddr(), policyBlock(o.Policy))
 	s := &Service{notReady: o.NotReady, env: o.Env, Socket: socket}
 	return s.start(ctx, bin, dir, name, conf, o.Echo)
 }

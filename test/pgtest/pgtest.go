@@ -58,6 +58,8 @@ type Server struct {
 	done chan struct{}
 	err  error // set before done is closed
 	logf *os.File
+	// relaunch makes the command that started the server, for Restart.
+	relaunch func() *exec.Cmd
 }
 
 // BinDir finds PostgreSQL's server programs: initdb and postgres on PATH,
@@ -178,6 +180,12 @@ func (s *Server) start(ctx context.Context, bin string, cred *syscall.Credential
 		// The server dies with the process that started it, even when
 		// that process is killed.
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT, Setpgid: true}
+		args, attr := cmd.Args, cmd.SysProcAttr
+		s.relaunch = func() *exec.Cmd {
+			c := exec.Command(args[0], args[1:]...)
+			c.Dir, c.Stdout, c.Stderr, c.SysProcAttr = s.dir, logf, logf, attr
+			return c
+		}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("pgtest: start postgres: %w", err)
 		}
@@ -243,6 +251,37 @@ func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error
 		return "", fmt.Errorf("pgtest: create database %s: %w", name, err)
 	}
 	return s.DSN(name), nil
+}
+
+// Down stops the server (fast shutdown) and keeps its data, for Up.
+func (s *Server) Down() error {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return errors.New("pgtest: not started")
+	}
+	select {
+	case <-s.done:
+		return nil
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGINT) //nolint:errcheck // it may be gone
+	select {
+	case <-s.done:
+		return nil
+	case <-time.After(30 * time.Second):
+		return errors.New("pgtest: postgres did not stop within 30s")
+	}
+}
+
+// Up starts a server stopped by Down again, on the same port and data.
+func (s *Server) Up(ctx context.Context) error {
+	cmd := s.relaunch()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("pgtest: restart postgres: %w", err)
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() { s.err = cmd.Wait(); close(s.done) }()
+	return s.waitReady(ctx)
 }
 
 // Stop stops the server (fast shutdown) and removes its directory.
