@@ -2,15 +2,26 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/plugins/store"
 	"github.com/hallmark-dev/hallmark/plugins/store/postgres"
 	"github.com/hallmark-dev/hallmark/test/pgtest"
 )
@@ -74,4 +85,94 @@ func TestLogOnPostgres(t *testing.T) {
 	res := submitOne(t, l2.TransparencyLog, agentID, next)
 	require.Equal(t, int64(n), res.Entry.GetLogIndex())
 	checkEntry(t, l2.TransparencyLog, res.Entry, next)
+}
+
+// previousStore is the store as the binary before schema version 4 used
+// it: that binary had no signing-CA rotation, so it never read or wrote
+// issuer states (the table did not exist).
+type previousStore struct{ *postgres.Store }
+
+func (previousStore) IssuerStates(context.Context) ([]store.IssuerState, error) { return nil, nil }
+func (previousStore) SetIssuerState(context.Context, store.IssuerState) error {
+	return errors.New("no issuer_states table before schema version 4")
+}
+
+// Issue #7: a database written by the previous schema version upgrades in
+// place, and everything in it still verifies: bundles logged under
+// version 3 verify against the trusted root the upgraded server serves,
+// and the upgraded log continues the same tree (a consistency proof from
+// the old checkpoint verifies).
+func TestPostgresUpgradeKeepsTheLogVerifiable(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewSchema(t)
+	previous := len(postgres.Migrations()) - 1
+	old, err := postgres.Open(ctx, postgres.Config{DSN: dsn, SchemaVersion: previous})
+	require.NoError(t, err)
+	key, ts := newLogKey(t), newTestTSA(t)
+	ca := newTestCA(t, "signing CA")
+	cfg := TransparencyLogConfig{Store: previousStore{old}, TSA: ts, Key: key, KeyCreated: time.Now().Add(-time.Minute), Origin: testOrigin}
+	l := startLog(t, cfg)
+	require.NoError(t, l.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
+	type logged struct {
+		bundle  []byte
+		product []byte
+	}
+	sign := func(l runningLog, i int) logged {
+		key := newP256(t)
+		leaf := ca.issue(t, leafTemplate(agentID), key.Public())
+		product := fmt.Appendf(nil, "product %d", i)
+		sum := sha256.Sum256(product)
+		now := time.Now()
+		bundleJSON, err := attest.Sign(attest.Step{
+			Name: "build", Workspace: "/w", Products: []attest.Artifact{{Name: "app", SHA256: hex.EncodeToString(sum[:])}},
+			BuilderID: agentID.String(), StartedOn: now, FinishedOn: now,
+		}, key, leaf)
+		require.NoError(t, err)
+		b, err := attest.ParseBundle(bundleJSON)
+		require.NoError(t, err)
+		env, err := protojson.Marshal(b.GetDsseEnvelope())
+		require.NoError(t, err)
+		res, err := l.Submit(ctx, agentID, []Submission{{Envelope: env, Certificate: leaf.Raw}})
+		require.NoError(t, err)
+		require.NoError(t, res[0].Refusal)
+		b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{res[0].Entry}
+		b.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
+			Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: res[0].Timestamp}},
+		}
+		out, err := protojson.Marshal(b)
+		require.NoError(t, err)
+		return logged{out, product}
+	}
+	var before []logged
+	for i := range 5 {
+		before = append(before, sign(l, i))
+	}
+	oldHead := l.Checkpoint()
+	require.NoError(t, l.stop())
+	require.NoError(t, old.Close())
+
+	// The new binary opens the same database: it migrates it in place.
+	upgraded, err := postgres.Open(ctx, postgres.Config{DSN: dsn})
+	require.NoError(t, err)
+	t.Cleanup(func() { upgraded.Close() })
+	cfg.Store = upgraded
+	l2 := startLog(t, cfg)
+	after := sign(l2, 99)
+
+	trJSON, err := l2.TrustedRootJSON(ctx)
+	require.NoError(t, err)
+	tr, err := verify.ParseTrustedRoot(trJSON)
+	require.NoError(t, err)
+	for _, b := range append(before, after) {
+		_, err := verify.Verify(b.bundle, []verify.Digest{verify.DigestBytes("app", b.product)}, verify.Options{TrustedRoot: tr})
+		require.NoError(t, err)
+	}
+	c1, err := tlog.OpenCheckpoint(oldHead, testOrigin, key.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	c2, err := tlog.OpenCheckpoint(l2.Checkpoint(), testOrigin, key.Public().(ed25519.PublicKey))
+	require.NoError(t, err)
+	require.Equal(t, c1.Size+1, c2.Size)
+	hashes, err := l2.ConsistencyProof(ctx, c1.Size, c2.Size)
+	require.NoError(t, err)
+	require.NoError(t, tlog.VerifyConsistency(c1.Size, c2.Size, hashes, c1.Root, c2.Root))
 }

@@ -62,6 +62,10 @@ type Config struct {
 	// of creating or migrating it (for offline tools such as trust
 	// export).
 	MustExist bool
+	// SchemaVersion, if not zero, holds the schema at that version: the
+	// migrations after it are not applied (upgrade tests, and rollouts
+	// that keep an older binary working on the database for a while).
+	SchemaVersion int
 }
 
 // Store is a PostgreSQL-backed store. Its methods are safe for concurrent
@@ -84,8 +88,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
+	known := Migrations()
+	if v := cfg.SchemaVersion; v != 0 {
+		if v < 0 || v > len(known) {
+			pool.Close()
+			return nil, fmt.Errorf("postgres: schema version %d: this binary knows 1 to %d", v, len(known))
+		}
+		known = known[:v]
+	}
 	s := &Store{pool: pool}
-	if err := s.init(ctx, cfg.MustExist, Migrations()); err != nil {
+	if err := s.init(ctx, cfg.MustExist, known); err != nil {
 		pool.Close()
 		return nil, err
 	}
