@@ -92,6 +92,52 @@ func (s *Signer) Timestamp(signature []byte, t time.Time) ([]byte, error) {
 // certificate (RFC 3161 section 2.3) that chains to roots (through
 // intermediates) at that time; its imprint must be SHA-256(signature).
 func Verify(resp, signature []byte, leaf *x509.Certificate, roots, intermediates *x509.CertPool) (time.Time, error) {
+	a, err := NewAuthority(leaf, roots, intermediates)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return a.Verify(resp, signature)
+}
+
+// Authority is a timestamp authority's certificate checked once against
+// its trust anchors, for verifying many timestamps: the chain's
+// signatures and usages do not depend on time, only its validity window
+// does, and that is kept.
+type Authority struct {
+	leaf                *x509.Certificate
+	notBefore, notAfter time.Time // where every certificate of the chain is valid
+}
+
+// NewAuthority checks that leaf is a timestamping certificate (RFC 3161
+// section 2.3) that chains to roots through intermediates (RFC 5280
+// section 6, timeStamping usage).
+func NewAuthority(leaf *x509.Certificate, roots, intermediates *x509.CertPool) (*Authority, error) {
+	if err := checkLeaf(leaf); err != nil {
+		return nil, err
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: intermediates, CurrentTime: leaf.NotBefore,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tsa: timestamp authority certificate: %w", err)
+	}
+	a := &Authority{leaf: leaf, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
+	for _, c := range chains[0] {
+		if c.NotBefore.After(a.notBefore) {
+			a.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(a.notAfter) {
+			a.notAfter = c.NotAfter
+		}
+	}
+	return a, nil
+}
+
+// Verify checks an RFC 3161 TimeStampResp over signature, signed by the
+// authority's certificate while its chain was valid, and returns the time
+// it grants.
+func (a *Authority) Verify(resp, signature []byte) (time.Time, error) {
 	if len(resp) > MaxResponseSize {
 		return time.Time{}, fmt.Errorf("tsa: timestamp is %d bytes, more than the %d allowed", len(resp), MaxResponseSize)
 	}
@@ -102,7 +148,7 @@ func Verify(resp, signature []byte, leaf *x509.Certificate, roots, intermediates
 	if err != nil {
 		return time.Time{}, fmt.Errorf("tsa: timestamp does not parse or its signature is invalid: %w", err)
 	}
-	if len(ts.Certificates) != 1 || !bytes.Equal(ts.Certificates[0].Raw, leaf.Raw) {
+	if len(ts.Certificates) != 1 || !bytes.Equal(ts.Certificates[0].Raw, a.leaf.Raw) {
 		return time.Time{}, errors.New("tsa: timestamp is not signed by the trusted timestamp authority's certificate")
 	}
 	// RFC 3161 section 2.4.2, messageImprint: the hash of the data
@@ -111,16 +157,10 @@ func Verify(resp, signature []byte, leaf *x509.Certificate, roots, intermediates
 	if ts.HashAlgorithm != crypto.SHA256 || !bytes.Equal(ts.HashedMessage, want[:]) {
 		return time.Time{}, errors.New("tsa: timestamp is for other data than this signature")
 	}
-	// RFC 3161 section 2.3 and RFC 5280 section 6: the TSA certificate is
-	// for timestamping and chains to a trusted root at genTime.
-	if err := checkLeaf(leaf); err != nil {
-		return time.Time{}, err
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: intermediates, CurrentTime: ts.Time,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping},
-	}); err != nil {
-		return time.Time{}, fmt.Errorf("tsa: timestamp authority certificate at %s: %w", ts.Time.UTC().Format(time.RFC3339), err)
+	// RFC 5280 section 6: the chain was valid at genTime.
+	if ts.Time.Before(a.notBefore) || ts.Time.After(a.notAfter) {
+		return time.Time{}, fmt.Errorf("tsa: timestamp authority certificate is valid %s .. %s, not at %s",
+			a.notBefore.UTC().Format(time.RFC3339), a.notAfter.UTC().Format(time.RFC3339), ts.Time.UTC().Format(time.RFC3339))
 	}
 	return ts.Time, nil
 }

@@ -57,7 +57,7 @@ func TestTimestampVerify(t *testing.T) {
 		"untrusted root":          {resp, sig, leaf, pool(other.Chain()[1]), "certificate"},
 		"corrupted":               {tampered, sig, leaf, pool(root), "does not parse"},
 		"garbage":                 {[]byte{0x30, 0x01}, sig, leaf, pool(root), "does not parse"},
-		"root is no TSA leaf":     {resp, sig, root, pool(root), "not signed by the trusted"},
+		"root is no TSA leaf":     {resp, sig, root, pool(root), "not for timestamping"},
 		"oversized":               {make([]byte, MaxResponseSize+1), sig, leaf, pool(root), "more than"},
 		"leaf not yet valid at t": {mustStamp(t, s, sig, t0.Add(-2*time.Hour)), sig, leaf, pool(root), "certificate"},
 	} {

@@ -2,6 +2,7 @@ package verify
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -13,7 +14,6 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
-	"github.com/hallmark-dev/hallmark/attest/tsa"
 )
 
 // verifiedEntry is what a verified transparency-log entry establishes.
@@ -118,7 +118,7 @@ func (tr *TrustedRoot) verifyTimestamp(tvd *bundlepb.TimestampVerificationData, 
 	}
 	var errs []error
 	for _, ta := range tr.tsas {
-		t, err := tsa.Verify(stamps[0].GetSignedTimestamp(), sig, ta.leaf, ta.roots, ta.intermediates)
+		t, err := ta.authority.Verify(stamps[0].GetSignedTimestamp(), sig)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -133,9 +133,56 @@ func (tr *TrustedRoot) verifyTimestamp(tvd *bundlepb.TimestampVerificationData, 
 	return time.Time{}, fmt.Errorf("no timestamp authority of the trusted root vouches for the timestamp: %w", errors.Join(errs...))
 }
 
+// verifiedChain remembers that a leaf chains, for code signing, to a
+// certificate authority: everything x509 path validation checks but
+// validity, which is the window [notBefore, notAfter] of the chain found.
+type verifiedChain struct {
+	ca                  *certificateAuthority
+	notBefore, notAfter time.Time
+}
+
+// maxChainCache bounds the verified-chain cache; past it, chains are
+// verified every time (correct, only slower).
+const maxChainCache = 4096
+
 // verifyChain finds a certificate authority trusted at t to which leaf
-// chains for code signing, checked at time t.
+// chains for code signing, checked at time t. An agent signs many
+// attestations with one short-lived certificate, so a chain once verified
+// is remembered (by the leaf's SHA-256) and, for a later t, only its
+// validity window and its authority's validFor are checked again.
 func (tr *TrustedRoot) verifyChain(leaf *x509.Certificate, t time.Time) (*certificateAuthority, error) {
+	key := sha256.Sum256(leaf.Raw)
+	if v, ok := tr.chains.Load(key); ok {
+		vc := v.(*verifiedChain)
+		if !t.Before(vc.notBefore) && !t.After(vc.notAfter) && vc.ca.validFor.contains(t) {
+			return vc.ca, nil
+		}
+	}
+	ca, chain, err := tr.buildChain(leaf, t)
+	if err != nil {
+		return nil, err
+	}
+	if tr.chainCount.Load() < maxChainCache {
+		vc := &verifiedChain{ca: ca, notBefore: chain[0].NotBefore, notAfter: chain[0].NotAfter}
+		for _, c := range chain {
+			if c.NotBefore.After(vc.notBefore) {
+				vc.notBefore = c.NotBefore
+			}
+			if c.NotAfter.Before(vc.notAfter) {
+				vc.notAfter = c.NotAfter
+			}
+		}
+		if _, loaded := tr.chains.LoadOrStore(key, vc); !loaded {
+			tr.chainCount.Add(1)
+		}
+	}
+	return ca, nil
+}
+
+// buildChain is RFC 5280 path validation of leaf at t against each
+// certificate authority trusted at t; it returns the first that verifies
+// and the chain found.
+func (tr *TrustedRoot) buildChain(leaf *x509.Certificate, t time.Time) (*certificateAuthority, []*x509.Certificate, error) {
 	opts := func(ca *certificateAuthority) x509.VerifyOptions {
 		return x509.VerifyOptions{
 			Roots:         ca.roots,
@@ -147,16 +194,16 @@ func (tr *TrustedRoot) verifyChain(leaf *x509.Certificate, t time.Time) (*certif
 	// An agent's key certifies nothing: a CA certificate is no signing
 	// certificate, whatever its EKU.
 	if leaf.IsCA {
-		return nil, fmt.Errorf("signing certificate (subject %s) is a CA certificate", leaf.Subject)
+		return nil, nil, fmt.Errorf("signing certificate (subject %s) is a CA certificate", leaf.Subject)
 	}
 	var errs []error
 	for _, ca := range tr.cas {
 		if !ca.validFor.contains(t) {
 			continue
 		}
-		_, err := leaf.Verify(opts(ca))
+		chains, err := leaf.Verify(opts(ca))
 		if err == nil {
-			return ca, nil
+			return ca, chains[0], nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", ca.anchor.Subject, err))
 	}
@@ -167,13 +214,13 @@ func (tr *TrustedRoot) verifyChain(leaf *x509.Certificate, t time.Time) (*certif
 			continue
 		}
 		if _, err := leaf.Verify(opts(ca)); err == nil {
-			return nil, fmt.Errorf("certificate chains to %s, which the trusted root trusts for %s only, not at the integrated time %s",
+			return nil, nil, fmt.Errorf("certificate chains to %s, which the trusted root trusts for %s only, not at the integrated time %s",
 				ca.anchor.Subject, ca.validFor, fmtTime(t))
 		}
 	}
 	if len(errs) == 0 {
-		return nil, fmt.Errorf("no certificate authority in the trusted root is trusted at the integrated time %s", fmtTime(t))
+		return nil, nil, fmt.Errorf("no certificate authority in the trusted root is trusted at the integrated time %s", fmtTime(t))
 	}
-	return nil, fmt.Errorf("certificate (issuer %s) chains to no certificate authority trusted at %s: %w",
+	return nil, nil, fmt.Errorf("certificate (issuer %s) chains to no certificate authority trusted at %s: %w",
 		leaf.Issuer, fmtTime(t), errors.Join(errs...))
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/tsa"
 )
 
 // Media types of a trusted root this package reads: the protobuf-specs
@@ -38,15 +41,18 @@ type TrustedRoot struct {
 	cas  []*certificateAuthority
 	logs map[string]*transparencyLog // by string(log ID)
 	tsas []*timestampAuthority
+
+	// chains caches verified signing-certificate chains (verifyChain).
+	chains     sync.Map // [sha256.Size]byte -> *verifiedChain
+	chainCount atomic.Int64
 }
 
 // timestampAuthority is one timestampAuthorities[] entry: its chain's
 // first certificate signs timestamps, the last is the trust anchor.
 type timestampAuthority struct {
-	leaf          *x509.Certificate
-	roots         *x509.CertPool
-	intermediates *x509.CertPool
-	validFor      timeRange
+	leaf      *x509.Certificate
+	authority *tsa.Authority // the chain, checked once
+	validFor  timeRange
 }
 
 // certificateAuthority is one trusted root's certificateAuthorities[]
@@ -164,7 +170,8 @@ func newTimestampAuthority(pb *trustrootpb.CertificateAuthority) (*timestampAuth
 	if len(raws) < 2 {
 		return nil, fmt.Errorf("certChain has %d certificates, want the timestamping leaf and its root", len(raws))
 	}
-	ta := &timestampAuthority{roots: x509.NewCertPool(), intermediates: x509.NewCertPool()}
+	ta := &timestampAuthority{}
+	roots, intermediates := x509.NewCertPool(), x509.NewCertPool()
 	for i, raw := range raws {
 		cert, err := x509.ParseCertificate(raw.GetRawBytes())
 		if err != nil {
@@ -174,11 +181,19 @@ func newTimestampAuthority(pb *trustrootpb.CertificateAuthority) (*timestampAuth
 		case i == 0:
 			ta.leaf = cert
 		case i == len(raws)-1:
-			ta.roots.AddCert(cert)
+			roots.AddCert(cert)
 		default:
-			ta.intermediates.AddCert(cert)
+			intermediates.AddCert(cert)
 		}
 	}
+	// RFC 3161 section 2.3 and RFC 5280 section 6, once: the leaf is for
+	// timestamping and chains to the anchor; each timestamp is then
+	// checked against the chain's validity window.
+	a, err := tsa.NewAuthority(ta.leaf, roots, intermediates)
+	if err != nil {
+		return nil, err
+	}
+	ta.authority = a
 	vf, err := newTimeRange(pb.GetValidFor())
 	if err != nil {
 		return nil, err

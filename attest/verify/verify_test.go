@@ -554,3 +554,33 @@ func TestVerifyMany(t *testing.T) {
 	}
 	require.Empty(t, verify.VerifyMany(nil, verify.Options{TrustedRoot: f.root}))
 }
+
+// The verified-chain cache never outlives what it cached: a second bundle
+// by the same certificate, timestamped after its CA's trust ended, fails
+// the chain check although the first one put the chain in the cache.
+func TestChainCacheRechecksTime(t *testing.T) {
+	h, err := verifytest.New(t0)
+	require.NoError(t, err)
+	ca := h.CAs[0]
+	ca.ValidUntil = t0.Add(time.Minute)
+	agent, err := ca.NewAgent(verifytest.AgentID, t0.Add(-time.Minute), t0.Add(10*time.Minute))
+	require.NoError(t, err)
+	data, err := h.TrustedRootJSON()
+	require.NoError(t, err)
+	root, err := verify.ParseTrustedRoot(data)
+	require.NoError(t, err)
+	opts := verify.Options{TrustedRoot: root}
+	artifacts := []verify.Digest{product()}
+
+	early, err := h.Attest(agent, step(agent.ID), t0)
+	require.NoError(t, err)
+	_, err = verify.Verify(marshal(t, early), artifacts, opts)
+	require.NoError(t, err)
+
+	late, err := h.Attest(agent, step(agent.ID), t0.Add(2*time.Minute))
+	require.NoError(t, err)
+	_, err = verify.Verify(marshal(t, late), artifacts, opts)
+	var ce *verify.CheckError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, verify.CheckChain, ce.Check)
+}
