@@ -214,12 +214,12 @@ func (tr *TrustedRoot) buildChain(leaf *x509.Certificate, t time.Time) (*certifi
 			continue
 		}
 		if _, err := leaf.Verify(opts(ca)); err == nil {
-			return nil, nil, fmt.Errorf("certificate chains to %s, which the trusted root trusts for %s only, not at the integrated time %s",
+			return nil, nil, fmt.Errorf("certificate chains to %s, which the trusted root trusts for %s only, not at the signature's timestamp %s",
 				ca.anchor.Subject, ca.validFor, fmtTime(t))
 		}
 	}
 	if len(errs) == 0 {
-		return nil, nil, fmt.Errorf("no certificate authority in the trusted root is trusted at the integrated time %s", fmtTime(t))
+		return nil, nil, fmt.Errorf("no certificate authority in the trusted root is trusted at the signature's timestamp %s", fmtTime(t))
 	}
 	return nil, nil, fmt.Errorf("certificate (issuer %s) chains to no certificate authority trusted at %s: %w",
 		leaf.Issuer, fmtTime(t), errors.Join(errs...))

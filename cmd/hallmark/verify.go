@@ -29,10 +29,10 @@ func verifyCmd() *cobra.Command {
 		Long: `Check that the bundle is a Hallmark attestation of every ARTIFACT, trusted
 under the trusted root the Hallmark server publishes, and allowed by the
 policy if one is given. Nothing is fetched; the only time used is the
-transparency log's.
+bundle's RFC 3161 timestamp.
 
 Exit status: 0 verified; 1 not verified (the failing check is printed:
-bundle, signature, tlog, validity, chain, statement, subject, predicate or
+bundle, signature, tlog, timestamp, validity, chain, statement, subject, predicate or
 policy); 2 usage error (bad flags, unreadable or invalid input files).
 
 A policy file is JSON; each list that is present must be satisfied:

@@ -40,11 +40,16 @@ func TestForbiddenImports(t *testing.T) {
 		{pkg: "plugins/keymanager/local", forbidden: []string{"agent", "server", "cmd/", "test/"}},
 		{pkg: "plugins/keymanager/vault", forbidden: []string{"agent", "server", "cmd/", "test/"}},
 		{pkg: "plugins/store/sqlite", forbidden: []string{"agent", "server", "cmd/", "test/"}},
+		{pkg: "plugins/store/postgres", forbidden: []string{"agent", "server", "cmd/", "test/"}},
+		{pkg: "plugins/keymanager", forbidden: []string{"agent", "server", "cmd/", "test/", "internal/"}},
 		// attest is the public library consumers import alone: nothing of
 		// the repository but its own packages.
 		{pkg: "attest", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 		{pkg: "attest/tlog", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
+		{pkg: "attest/tsa", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 		{pkg: "attest/verify", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
+		// The interop check verifies with sigstore-go and nothing of ours.
+		{pkg: "test/interop/sigstorego", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "proto/", "attest"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.pkg, func(t *testing.T) {
