@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
@@ -136,6 +137,10 @@ func dialServers(addrs []string, creds credentials.TransportCredentials, opts ..
 			Backoff:           grpcbackoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
 			MinConnectTimeout: 5 * time.Second,
 		}),
+		// A replica that vanishes without closing its connections (a
+		// partition, a powered-off host) is noticed within 40 s, and the
+		// watch stream with it; the server permits these pings.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	}, opts...)
 	if len(addrs) == 1 {
 		return grpc.NewClient("dns:///"+addrs[0], opts...)

@@ -148,6 +148,8 @@ func (s *Server) serve(ctx context.Context) error {
 			MaxConnectionAge:      s.cfg.MaxConnectionAge,
 			MaxConnectionAgeGrace: 30 * time.Second,
 		}),
+		// Agents ping every 30 s to notice a vanished replica; allow it.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),
 	)
 	agents := &agentService{s: s, km: km, tlog: s.tlog, stopping: make(chan struct{})}
 	serverv1.RegisterAgentServiceServer(grpcServer, agents)
