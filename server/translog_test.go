@@ -27,6 +27,7 @@ import (
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
+	"github.com/hallmark-dev/hallmark/plugins/store"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
 )
 
@@ -622,4 +623,17 @@ func TestLogsShareAStore(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ra[0].Entry.GetLogIndex(), rb[0].Entry.GetLogIndex())
 	require.Equal(t, ra[0].Timestamp, rb[0].Timestamp)
+
+	// A taint recorded through one server reaches the other's watchers
+	// (its agents' streams) within the refresh period, without a call.
+	_, _, changed := b.issuers.tainted()
+	fp := fingerprintOf(ca.cert)
+	require.NoError(t, a.SetIssuerState(ctx, store.IssuerState{Fingerprint: fp[:], TaintedAt: time.Now().UTC().Truncate(time.Second)}))
+	select {
+	case <-changed:
+	case <-time.After(2 * issuerRefresh):
+		t.Fatal("the other server did not see the taint")
+	}
+	set, _, _ := b.issuers.tainted()
+	require.Equal(t, [][]byte{fp[:]}, set)
 }
