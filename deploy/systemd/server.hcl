@@ -7,6 +7,10 @@ server {
   data_dir            = "/var/lib/hallmark-server"                # StateDirectory=hallmark-server
   workload_api_socket = "unix:///run/spire/agent-sockets/api.sock"
   certificate_ttl     = "5m"
+  # Signing-CA rotation (docs/rotation.md): RuntimeDirectory=hallmark-server.
+  # Run `sudo -u hallmark hallmark admin ...`: the unit's ProtectProc hides
+  # other users' processes from the server, root's included.
+  admin_socket        = "/run/hallmark-server/admin.sock"
 }
 
 # For trying it out; production uses key_manager "vault" (plugins/keymanager/vault).
