@@ -8,8 +8,8 @@ server {
   workload_api_socket = "unix:///run/spire/agent-sockets/api.sock"
   certificate_ttl     = "5m"
   # Signing-CA rotation (docs/rotation.md): RuntimeDirectory=hallmark-server.
-  # Run `sudo -u hallmark hallmark admin ...`: the unit's ProtectProc hides
-  # other users' processes from the server, root's included.
+  # Run `sudo -u hallmark hallmark admin ...`: the unprivileged server cannot
+  # identify other users' processes, root's included.
   admin_socket        = "/run/hallmark-server/admin.sock"
 }
 
