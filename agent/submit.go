@@ -3,12 +3,12 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"time"
 
 	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
-	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -118,6 +118,8 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 // loggedMaterial is what logging adds to a bundle: the log entry and the
 // RFC 3161 timestamp of the signature, as the protojson of a
 // VerificationMaterial holding only those two (withLogged merges it).
+// The entry is checked to be a TransparencyLogEntry, then spliced in as
+// the server sent it: re-encoding it would cost more than the check.
 func loggedMaterial(tlogJSON, timestamp []byte) ([]byte, error) {
 	var e rekorpb.TransparencyLogEntry
 	if err := protojson.Unmarshal(tlogJSON, &e); err != nil {
@@ -126,12 +128,18 @@ func loggedMaterial(tlogJSON, timestamp []byte) ([]byte, error) {
 	if len(timestamp) == 0 {
 		return nil, errors.New("no signed timestamp for the log entry")
 	}
-	return protojson.Marshal(&bundlepb.VerificationMaterial{
-		TlogEntries: []*rekorpb.TransparencyLogEntry{&e},
-		TimestampVerificationData: &bundlepb.TimestampVerificationData{
-			Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: timestamp}},
-		},
-	})
+	const (
+		head = `{"tlogEntries":[`
+		mid  = `],"timestampVerificationData":{"rfc3161Timestamps":[{"signedTimestamp":"`
+		tail = `"}]}}`
+	)
+	tlog := bytes.TrimSpace(tlogJSON)
+	out := make([]byte, 0, len(head)+len(tlog)+len(mid)+base64.StdEncoding.EncodedLen(len(timestamp))+len(tail))
+	out = append(out, head...)
+	out = append(out, tlog...)
+	out = append(out, mid...)
+	out = base64.StdEncoding.AppendEncode(out, timestamp)
+	return append(out, tail...), nil
 }
 
 // withLogged returns bundleJSON with what logging added (loggedMaterial)

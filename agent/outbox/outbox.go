@@ -22,6 +22,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -261,6 +262,11 @@ func (o *Outbox) rewrite() error {
 }
 
 func frame(rec record) ([]byte, error) {
+	return appendFrame(nil, rec)
+}
+
+// appendFrame appends rec, framed, to dst.
+func appendFrame(dst []byte, rec record) ([]byte, error) {
 	body, err := json.Marshal(rec)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
@@ -268,10 +274,10 @@ func frame(rec record) ([]byte, error) {
 	if len(body) > maxRecord {
 		return nil, fmt.Errorf("outbox: record of %d bytes is over the %d limit", len(body), maxRecord)
 	}
-	b := make([]byte, 8, 8+len(body))
-	binary.LittleEndian.PutUint32(b[:4], uint32(len(body)))
-	binary.LittleEndian.PutUint32(b[4:], crc32.Checksum(body, crcTable))
-	return append(b, body...), nil
+	dst = slices.Grow(dst, 8+len(body))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(body)))
+	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(body, crcTable))
+	return append(dst, body...), nil
 }
 
 func syncDir(dir string) error {
@@ -294,12 +300,28 @@ func (o *Outbox) write(rec record, apply func()) error {
 
 func (o *Outbox) writeMany(recs []record, apply func()) error {
 	var b []byte
-	for _, rec := range recs {
-		f, err := frame(rec)
-		if err != nil {
+	if len(recs) == 1 {
+		var err error
+		if b, err = frame(recs[0]); err != nil {
 			return err
 		}
-		b = append(b, f...)
+	} else {
+		// Framed one by one, then joined with one allocation: a batch
+		// of settlements is hundreds of records.
+		frames := make([][]byte, len(recs))
+		n := 0
+		for i, rec := range recs {
+			f, err := frame(rec)
+			if err != nil {
+				return err
+			}
+			frames[i] = f
+			n += len(f)
+		}
+		b = make([]byte, 0, n)
+		for _, f := range frames {
+			b = append(b, f...)
+		}
 	}
 	done := make(chan error, 1)
 	o.mu.Lock()
@@ -334,9 +356,16 @@ func (o *Outbox) flush() {
 		}
 		f := o.file
 		o.mu.Unlock()
-		var buf []byte
-		for _, w := range batch {
-			buf = append(buf, w.rec...)
+		buf := batch[0].rec
+		if len(batch) > 1 {
+			n := 0
+			for _, w := range batch {
+				n += len(w.rec)
+			}
+			buf = make([]byte, 0, n)
+			for _, w := range batch {
+				buf = append(buf, w.rec...)
+			}
 		}
 		_, err := f.Write(buf)
 		if err == nil {
