@@ -14,6 +14,7 @@ package outbox
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -22,7 +23,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 )
@@ -262,22 +262,31 @@ func (o *Outbox) rewrite() error {
 }
 
 func frame(rec record) ([]byte, error) {
-	return appendFrame(nil, rec)
+	return appendFrame(make([]byte, 0, frameSize(rec)), rec)
+}
+
+// frameSize is about the size of rec framed: exact unless its strings
+// need escapes.
+func frameSize(rec record) int {
+	enc := base64.StdEncoding.EncodedLen
+	n := 8 + 96 + len(rec.Op) + len(rec.ID) + len(rec.Reason) + enc(len(rec.Logged))
+	if it := rec.Item; it != nil {
+		n += len(it.ID) + enc(len(it.Bundle)) + enc(len(it.Envelope)) + enc(len(it.Certificate))
+	}
+	return n
 }
 
 // appendFrame appends rec, framed, to dst.
 func appendFrame(dst []byte, rec record) ([]byte, error) {
-	body, err := json.Marshal(rec)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: %w", err)
-	}
+	start := len(dst)
+	dst = appendRecord(append(dst, make([]byte, 8)...), rec)
+	body := dst[start+8:]
 	if len(body) > maxRecord {
 		return nil, fmt.Errorf("outbox: record of %d bytes is over the %d limit", len(body), maxRecord)
 	}
-	dst = slices.Grow(dst, 8+len(body))
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(body)))
-	dst = binary.LittleEndian.AppendUint32(dst, crc32.Checksum(body, crcTable))
-	return append(dst, body...), nil
+	binary.LittleEndian.PutUint32(dst[start:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(body, crcTable))
+	return dst, nil
 }
 
 func syncDir(dir string) error {
@@ -299,28 +308,15 @@ func (o *Outbox) write(rec record, apply func()) error {
 }
 
 func (o *Outbox) writeMany(recs []record, apply func()) error {
-	var b []byte
-	if len(recs) == 1 {
+	n := 0
+	for _, rec := range recs {
+		n += frameSize(rec)
+	}
+	b := make([]byte, 0, n)
+	for _, rec := range recs {
 		var err error
-		if b, err = frame(recs[0]); err != nil {
+		if b, err = appendFrame(b, rec); err != nil {
 			return err
-		}
-	} else {
-		// Framed one by one, then joined with one allocation: a batch
-		// of settlements is hundreds of records.
-		frames := make([][]byte, len(recs))
-		n := 0
-		for i, rec := range recs {
-			f, err := frame(rec)
-			if err != nil {
-				return err
-			}
-			frames[i] = f
-			n += len(f)
-		}
-		b = make([]byte, 0, n)
-		for _, f := range frames {
-			b = append(b, f...)
 		}
 	}
 	done := make(chan error, 1)
