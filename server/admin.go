@@ -409,29 +409,3 @@ func (r *agentRecords) list() []*serverv1.AgentStatus {
 	sort.Slice(out, func(i, j int) bool { return out[i].SpiffeId < out[j].SpiffeId })
 	return out
 }
-
-// WatchSigningAuthorities streams the tainted issuers to an agent: the
-// set now, then again on every change.
-func (a *agentService) WatchSigningAuthorities(_ *serverv1.WatchSigningAuthoritiesRequest, stream serverv1.AgentService_WatchSigningAuthoritiesServer) error {
-	if a.tlog == nil {
-		return status.Error(codes.Unimplemented, "this server has no transparency log")
-	}
-	sent := false
-	var last uint64
-	for {
-		set, rev, changed := a.tlog.issuers.tainted()
-		if !sent || rev != last {
-			if err := stream.Send(&serverv1.SigningAuthorities{TaintedIssuers: set, Revision: rev}); err != nil {
-				return err
-			}
-			sent, last = true, rev
-		}
-		select {
-		case <-stream.Context().Done():
-			return nil
-		case <-a.stopping: // nil in tests: never
-			return status.Error(codes.Unavailable, "the server is stopping")
-		case <-changed:
-		}
-	}
-}

@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/plugins/store"
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
 // TaintGrace is how long after a taint the log still accepts entries
@@ -155,6 +158,32 @@ func (l *TransparencyLog) watchIssuers(ctx context.Context) {
 			if err := l.refreshHead(ctx); err != nil && ctx.Err() == nil {
 				l.log.Warn("Cannot re-read the log's latest checkpoint", zap.Error(err))
 			}
+		}
+	}
+}
+
+// WatchSigningAuthorities streams the tainted issuers to an agent: the
+// set now, then again on every change.
+func (a *agentService) WatchSigningAuthorities(_ *serverv1.WatchSigningAuthoritiesRequest, stream serverv1.AgentService_WatchSigningAuthoritiesServer) error {
+	if a.tlog == nil {
+		return status.Error(codes.Unimplemented, "this server has no transparency log")
+	}
+	sent := false
+	var last uint64
+	for {
+		set, rev, changed := a.tlog.issuers.tainted()
+		if !sent || rev != last {
+			if err := stream.Send(&serverv1.SigningAuthorities{TaintedIssuers: set, Revision: rev}); err != nil {
+				return err
+			}
+			sent, last = true, rev
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-a.stopping: // nil in tests: never
+			return status.Error(codes.Unavailable, "the server is stopping")
+		case <-changed:
 		}
 	}
 }

@@ -87,18 +87,6 @@ func (s *Signer) Timestamp(signature []byte, t time.Time) ([]byte, error) {
 	return resp, nil
 }
 
-// Verify checks an RFC 3161 TimeStampResp over signature and returns the
-// time it grants. The token must be signed by leaf, a timestamping
-// certificate (RFC 3161 section 2.3) that chains to roots (through
-// intermediates) at that time; its imprint must be SHA-256(signature).
-func Verify(resp, signature []byte, leaf *x509.Certificate, roots, intermediates *x509.CertPool) (time.Time, error) {
-	a, err := NewAuthority(leaf, roots, intermediates)
-	if err != nil {
-		return time.Time{}, err
-	}
-	return a.Verify(resp, signature)
-}
-
 // Authority is a timestamp authority's certificate checked once against
 // its trust anchors, for verifying many timestamps: the chain's
 // signatures and usages do not depend on time, only its validity window

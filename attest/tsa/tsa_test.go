@@ -39,7 +39,7 @@ func TestTimestampVerify(t *testing.T) {
 	require.NoError(t, err)
 
 	leaf, root := s.Chain()[0], s.Chain()[1]
-	got, err := Verify(resp, sig, leaf, pool(root), nil)
+	got, err := verify(resp, sig, leaf, pool(root), nil)
 	require.NoError(t, err)
 	require.True(t, got.Equal(t0), "granted %s", got)
 
@@ -62,7 +62,7 @@ func TestTimestampVerify(t *testing.T) {
 		"leaf not yet valid at t": {mustStamp(t, s, sig, t0.Add(-2*time.Hour)), sig, leaf, pool(root), "certificate"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := Verify(tc.resp, tc.sig, tc.leaf, tc.roots, nil)
+			_, err := verify(tc.resp, tc.sig, tc.leaf, tc.roots, nil)
 			require.ErrorContains(t, err, tc.want)
 		})
 	}
@@ -92,8 +92,19 @@ func FuzzVerify(f *testing.F) {
 	sig := []byte("sig")
 	resp, _ := s.Timestamp(sig, time.Now())
 	f.Add(resp)
-	roots := pool(s.Chain()[1])
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(f, err)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		Verify(data, sig, s.Chain()[0], roots, nil) //nolint:errcheck // must not panic
+		a.Verify(data, sig) //nolint:errcheck // must not panic
 	})
+}
+
+// verify checks a timestamp with an Authority built for leaf, as a
+// verifier holding a trusted root does.
+func verify(resp, sig []byte, leaf *x509.Certificate, roots, intermediates *x509.CertPool) (time.Time, error) {
+	a, err := NewAuthority(leaf, roots, intermediates)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return a.Verify(resp, sig)
 }

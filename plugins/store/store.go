@@ -113,3 +113,20 @@ var ErrDuplicate = errors.New("store: an entry with this dedupe key is already l
 // the store holds it: another writer appended in between. The writer's
 // view is stale; it must stop.
 var ErrConflict = errors.New("store: the log was changed by another writer")
+
+// UnixOrZero is t in Unix seconds, and 0 for the zero time: how stores
+// keep optional times such as IssuerState's.
+func UnixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// TimeOrZero reverses UnixOrZero (UTC).
+func TimeOrZero(u int64) time.Time {
+	if u == 0 {
+		return time.Time{}
+	}
+	return time.Unix(u, 0).UTC()
+}

@@ -3,7 +3,6 @@ package postgres
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,7 +14,7 @@ import (
 func (s *Store) SetIssuerState(ctx context.Context, st store.IssuerState) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO issuer_states (fingerprint, tainted_at, revoked_at) VALUES ($1, $2, $3)
 ON CONFLICT (fingerprint) DO UPDATE SET tainted_at = excluded.tainted_at, revoked_at = excluded.revoked_at`,
-		st.Fingerprint, unixOrZero(st.TaintedAt), unixOrZero(st.RevokedAt))
+		st.Fingerprint, store.UnixOrZero(st.TaintedAt), store.UnixOrZero(st.RevokedAt))
 	if err != nil {
 		return fmt.Errorf("postgres: record issuer state: %w", err)
 	}
@@ -32,27 +31,13 @@ func (s *Store) IssuerStates(ctx context.Context) ([]store.IssuerState, error) {
 		var st store.IssuerState
 		var tainted, revoked int64
 		err := r.Scan(&st.Fingerprint, &tainted, &revoked)
-		st.TaintedAt, st.RevokedAt = timeOrZero(tainted), timeOrZero(revoked)
+		st.TaintedAt, st.RevokedAt = store.TimeOrZero(tainted), store.TimeOrZero(revoked)
 		return st, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read issuer states: %w", err)
 	}
 	return out, nil
-}
-
-func unixOrZero(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.Unix()
-}
-
-func timeOrZero(u int64) time.Time {
-	if u == 0 {
-		return time.Time{}
-	}
-	return time.Unix(u, 0).UTC()
 }
 
 // Ping reports whether the database answers a query.

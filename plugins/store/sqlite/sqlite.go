@@ -659,7 +659,7 @@ func nonNil(b []byte) []byte {
 func (s *Store) SetIssuerState(ctx context.Context, st store.IssuerState) error {
 	_, err := s.w.ExecContext(ctx, `INSERT INTO issuer_states (fingerprint, tainted_at, revoked_at) VALUES (?, ?, ?)
 ON CONFLICT (fingerprint) DO UPDATE SET tainted_at = excluded.tainted_at, revoked_at = excluded.revoked_at`,
-		st.Fingerprint, unixOrZero(st.TaintedAt), unixOrZero(st.RevokedAt))
+		st.Fingerprint, store.UnixOrZero(st.TaintedAt), store.UnixOrZero(st.RevokedAt))
 	if err != nil {
 		return fmt.Errorf("sqlite: record issuer state: %w", err)
 	}
@@ -680,27 +680,13 @@ func (s *Store) IssuerStates(ctx context.Context) ([]store.IssuerState, error) {
 		if err := rows.Scan(&st.Fingerprint, &tainted, &revoked); err != nil {
 			return nil, fmt.Errorf("sqlite: read issuer state: %w", err)
 		}
-		st.TaintedAt, st.RevokedAt = timeOrZero(tainted), timeOrZero(revoked)
+		st.TaintedAt, st.RevokedAt = store.TimeOrZero(tainted), store.TimeOrZero(revoked)
 		out = append(out, st)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("sqlite: read issuer states: %w", err)
 	}
 	return out, nil
-}
-
-func unixOrZero(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.Unix()
-}
-
-func timeOrZero(u int64) time.Time {
-	if u == 0 {
-		return time.Time{}
-	}
-	return time.Unix(u, 0).UTC()
 }
 
 // Ping reports whether the database file answers a query.

@@ -5,7 +5,6 @@ package sigstorego
 
 import (
 	"fmt"
-	"regexp"
 	"time"
 
 	"github.com/sigstore/sigstore-go/pkg/bundle"
@@ -56,6 +55,5 @@ func Verify(bundleJSON, trustedRootJSON, artifactSHA256 []byte, builderID string
 	if res.Signature != nil && res.Signature.Certificate != nil {
 		out.SAN = res.Signature.Certificate.SubjectAlternativeName
 	}
-	_ = regexp.QuoteMeta
 	return out, nil
 }
