@@ -15,7 +15,6 @@ import (
 	"time"
 
 	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
-	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	trustrootpb "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
 	"github.com/stretchr/testify/require"
@@ -25,7 +24,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager/local"
@@ -111,17 +109,7 @@ func (f *rotationFixture) signWith(t *testing.T, key *ecdsa.PrivateKey, leaf *x5
 	productSeq.n++
 	product := []byte(fmt.Sprintf("product %d", productSeq.n))
 	productSeq.Unlock()
-	sum := sha256.Sum256(product)
-	now := f.clk.now()
-	bundleJSON, err := attest.Sign(attest.Step{
-		Name: "build", Workspace: "/w", Products: []attest.Artifact{{Name: "app", SHA256: hex.EncodeToString(sum[:])}},
-		BuilderID: agentID.String(), StartedOn: now, FinishedOn: now,
-	}, key, leaf)
-	require.NoError(t, err)
-	b, err := attest.ParseBundle(bundleJSON)
-	require.NoError(t, err)
-	env, err := protojson.Marshal(b.GetDsseEnvelope())
-	require.NoError(t, err)
+	b, env := signStep(t, key, leaf, product, f.clk.now())
 	return signed{key: key, bundle: b, env: env, leaf: leaf, issuer: issuer, product: product}
 }
 
@@ -137,13 +125,7 @@ func (f *rotationFixture) submit(t *testing.T, s signed) ([]byte, string) {
 	}
 	var te rekorpb.TransparencyLogEntry
 	require.NoError(t, protojson.Unmarshal(r.GetTlogEntry(), &te))
-	s.bundle.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&te}
-	s.bundle.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
-		Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: r.GetSignedTimestamp()}},
-	}
-	out, err := protojson.Marshal(s.bundle)
-	require.NoError(t, err)
-	return out, ""
+	return completeBundle(t, s.bundle, &te, r.GetSignedTimestamp()), ""
 }
 
 func (f *rotationFixture) verify(t *testing.T, bundle []byte, s signed) error {

@@ -3,22 +3,15 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
-	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
-	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
-	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/plugins/store"
@@ -121,27 +114,11 @@ func TestPostgresUpgradeKeepsTheLogVerifiable(t *testing.T) {
 		key := newP256(t)
 		leaf := ca.issue(t, leafTemplate(agentID), key.Public())
 		product := fmt.Appendf(nil, "product %d", i)
-		sum := sha256.Sum256(product)
-		now := time.Now()
-		bundleJSON, err := attest.Sign(attest.Step{
-			Name: "build", Workspace: "/w", Products: []attest.Artifact{{Name: "app", SHA256: hex.EncodeToString(sum[:])}},
-			BuilderID: agentID.String(), StartedOn: now, FinishedOn: now,
-		}, key, leaf)
-		require.NoError(t, err)
-		b, err := attest.ParseBundle(bundleJSON)
-		require.NoError(t, err)
-		env, err := protojson.Marshal(b.GetDsseEnvelope())
-		require.NoError(t, err)
+		b, env := signStep(t, key, leaf, product, time.Now())
 		res, err := l.Submit(ctx, agentID, []Submission{{Envelope: env, Certificate: leaf.Raw}})
 		require.NoError(t, err)
 		require.NoError(t, res[0].Refusal)
-		b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{res[0].Entry}
-		b.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
-			Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: res[0].Timestamp}},
-		}
-		out, err := protojson.Marshal(b)
-		require.NoError(t, err)
-		return logged{out, product}
+		return logged{completeBundle(t, b, res[0].Entry, res[0].Timestamp), product}
 	}
 	var before []logged
 	for i := range 5 {

@@ -491,14 +491,23 @@ func TestSubmitValidityAtIntegratedTime(t *testing.T) {
 }
 
 func TestSubmitConcurrent(t *testing.T) {
-	ctx := context.Background()
 	ca := newTestCA(t, "signing CA")
 	l := newTestLog(t, ca, nil)
 	const submitters, each = 16, 12
-	agents := make([]testAgent, submitters)
-	for i := range agents {
-		agents[i] = newTestAgent(t, ca, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/hallmark/agent/r%d", i)))
+	seen := submitConcurrently(t, ca, []runningLog{l}, submitters, each)
+	require.Len(t, seen, submitters*each)
+	for i := range int64(submitters * each) {
+		require.True(t, seen[i], "index %d missing", i)
 	}
+}
+
+// submitConcurrently has submitters agents each submit each entries at
+// once, agent i through logs[i%len(logs)]; every answer must verify (as
+// checkEntry does, with the first log's key) at an index no other answer
+// has. It returns the indices seen.
+func submitConcurrently(t *testing.T, ca *testCA, logs []runningLog, submitters, each int) map[int64]bool {
+	t.Helper()
+	ctx := context.Background()
 	type got struct {
 		sub Submission
 		te  *rekorpb.TransparencyLogEntry
@@ -506,8 +515,9 @@ func TestSubmitConcurrent(t *testing.T) {
 	results := make(chan got, submitters*each)
 	var wg sync.WaitGroup
 	for i := range submitters {
+		l := logs[i%len(logs)]
 		wg.Go(func() {
-			a := agents[i]
+			a := newTestAgent(t, ca, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/hallmark/agent/r%d", i)))
 			for j := range each {
 				sub := a.submit(t, fmt.Sprintf("%d-%d", i, j))
 				res, err := l.Submit(ctx, a.id, []Submission{sub})
@@ -523,14 +533,11 @@ func TestSubmitConcurrent(t *testing.T) {
 	close(results)
 	seen := make(map[int64]bool)
 	for g := range results {
-		checkEntry(t, l.TransparencyLog, g.te, g.sub)
+		checkEntry(t, logs[0].TransparencyLog, g.te, g.sub)
 		require.False(t, seen[g.te.GetLogIndex()], "index %d twice", g.te.GetLogIndex())
 		seen[g.te.GetLogIndex()] = true
 	}
-	require.Len(t, seen, submitters*each)
-	for i := range int64(submitters * each) {
-		require.True(t, seen[i], "index %d missing", i)
-	}
+	return seen
 }
 
 func TestSubmitWhenStopped(t *testing.T) {
@@ -564,35 +571,7 @@ func TestLogsShareAStore(t *testing.T) {
 	firstCheckpoint := a.Checkpoint()
 
 	const submitters, each = 8, 10
-	type got struct {
-		sub Submission
-		te  *rekorpb.TransparencyLogEntry
-	}
-	results := make(chan got, submitters*each)
-	var wg sync.WaitGroup
-	for i := range submitters {
-		l := []runningLog{a, b}[i%2]
-		wg.Go(func() {
-			ag := newTestAgent(t, ca, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/hallmark/agent/s%d", i)))
-			for j := range each {
-				sub := ag.submit(t, fmt.Sprintf("%d-%d", i, j))
-				res, err := l.Submit(ctx, ag.id, []Submission{sub})
-				if err != nil || res[0].Refusal != nil {
-					t.Errorf("submit: %v %v", err, res)
-					return
-				}
-				results <- got{sub, res[0].Entry}
-			}
-		})
-	}
-	wg.Wait()
-	close(results)
-	seen := make(map[int64]bool)
-	for g := range results {
-		checkEntry(t, a.TransparencyLog, g.te, g.sub)
-		require.False(t, seen[g.te.GetLogIndex()], "index %d twice", g.te.GetLogIndex())
-		seen[g.te.GetLogIndex()] = true
-	}
+	seen := submitConcurrently(t, ca, []runningLog{a, b}, submitters, each)
 	require.Len(t, seen, submitters*each)
 	conflicts := counterValue(t, a.metrics.conflicts) + counterValue(t, b.metrics.conflicts)
 	require.Positive(t, conflicts, "the two appenders did contend")

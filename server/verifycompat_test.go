@@ -4,21 +4,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
 	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
-	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 	"github.com/hallmark-dev/hallmark/test/interop/sigstorego"
@@ -56,29 +53,14 @@ func TestLoggedBundleVerifiesOffline(t *testing.T) {
 	product := []byte("the product")
 	sum := sha256.Sum256(product)
 	now := time.Now()
-	bundleJSON, err := attest.Sign(attest.Step{
-		Name: "build", Workspace: "/w", Products: []attest.Artifact{{Name: "app", SHA256: hex.EncodeToString(sum[:])}},
-		BuilderID: agentID.String(), StartedOn: now, FinishedOn: now,
-	}, key, leaf)
-	require.NoError(t, err)
-	b, err := attest.ParseBundle(bundleJSON)
-	require.NoError(t, err)
-	env, err := protojson.Marshal(b.GetDsseEnvelope())
-	require.NoError(t, err)
+	b, env := signStep(t, key, leaf, product, now)
 
 	resp, err := svc.SubmitEntries(ctx, &serverv1.SubmitEntriesRequest{Entries: []*serverv1.LogSubmission{{Envelope: env, Certificate: leaf.Raw}}})
 	require.NoError(t, err)
 	require.Empty(t, resp.GetResults()[0].GetError())
 	var te rekorpb.TransparencyLogEntry
 	require.NoError(t, protojson.Unmarshal(resp.GetResults()[0].GetTlogEntry(), &te))
-	b.VerificationMaterial.TlogEntries = []*rekorpb.TransparencyLogEntry{&te}
-	ts := resp.GetResults()[0].GetSignedTimestamp()
-	require.NotEmpty(t, ts)
-	b.VerificationMaterial.TimestampVerificationData = &bundlepb.TimestampVerificationData{
-		Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: ts}},
-	}
-	logged, err := protojson.Marshal(b)
-	require.NoError(t, err)
+	logged := completeBundle(t, b, &te, resp.GetResults()[0].GetSignedTimestamp())
 
 	mux := http.NewServeMux()
 	ls.tl.registerHTTP(mux, zap.NewNop())
