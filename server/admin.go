@@ -95,6 +95,15 @@ func (a *adminService) issuers(ctx context.Context) ([]issuerView, error) {
 	return out, nil
 }
 
+// resolve returns the issuer a step acts on: see pick.
+func (a *adminService) resolve(ctx context.Context, id, want, step string) (issuerView, error) {
+	list, err := a.issuers(ctx)
+	if err != nil {
+		return issuerView{}, err
+	}
+	return pick(list, id, want, step)
+}
+
 // pick returns the issuer named id, or, when id is empty, the only issuer
 // in state want.
 func pick(list []issuerView, id, want, step string) (issuerView, error) {
@@ -185,11 +194,7 @@ func (a *adminService) PrepareIssuer(ctx context.Context, _ *serverv1.PrepareIss
 func (a *adminService) ActivateIssuer(ctx context.Context, req *serverv1.IssuerRequest) (*serverv1.IssuerStatus, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	list, err := a.issuers(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := pick(list, req.GetId(), issuerPrepared, "activate")
+	v, err := a.resolve(ctx, req.GetId(), issuerPrepared, "activate")
 	if err != nil {
 		return nil, err
 	}
@@ -212,11 +217,7 @@ func (a *adminService) ActivateIssuer(ctx context.Context, req *serverv1.IssuerR
 func (a *adminService) TaintIssuer(ctx context.Context, req *serverv1.IssuerRequest) (*serverv1.IssuerStatus, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	list, err := a.issuers(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := pick(list, req.GetId(), issuerOld, "taint")
+	v, err := a.resolve(ctx, req.GetId(), issuerOld, "taint")
 	if err != nil {
 		return nil, err
 	}
@@ -241,11 +242,7 @@ func (a *adminService) TaintIssuer(ctx context.Context, req *serverv1.IssuerRequ
 func (a *adminService) RevokeIssuer(ctx context.Context, req *serverv1.RevokeIssuerRequest) (*serverv1.IssuerStatus, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	list, err := a.issuers(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := pick(list, req.GetId(), issuerTainted, "revoke")
+	v, err := a.resolve(ctx, req.GetId(), issuerTainted, "revoke")
 	if err != nil {
 		return nil, err
 	}

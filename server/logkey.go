@@ -52,14 +52,7 @@ func loadLogKey(path string, create bool, now time.Time) (logKey, error) {
 }
 
 func readLogKey(path string) (logKey, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return logKey{}, err
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return logKey{}, fmt.Errorf("log key %s is accessible by group or others (mode %s): chmod 600 it", path, info.Mode().Perm())
-	}
-	data, err := os.ReadFile(path)
+	data, info, err := readPrivate(path, "log key")
 	if err != nil {
 		return logKey{}, err
 	}
@@ -137,4 +130,19 @@ func createExclusive(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// readPrivate reads a key file, refusing one that group or others can
+// access; what names it in the error. A missing file's error wraps
+// fs.ErrNotExist.
+func readPrivate(path, what string) ([]byte, fs.FileInfo, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if info.Mode().Perm()&0o077 != 0 {
+		return nil, nil, fmt.Errorf("%s %s is accessible by group or others (mode %s): chmod 600 it", what, path, info.Mode().Perm())
+	}
+	data, err := os.ReadFile(path)
+	return data, info, err
 }

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -45,14 +44,7 @@ func loadTSA(path, origin string, create bool, now time.Time) (*tsa.Signer, erro
 }
 
 func readTSA(path string) (*tsa.Signer, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("timestamp key %s is accessible by group or others (mode %s): chmod 600 it", path, info.Mode().Perm())
-	}
-	data, err := os.ReadFile(path)
+	data, _, err := readPrivate(path, "timestamp key")
 	if err != nil {
 		return nil, err
 	}

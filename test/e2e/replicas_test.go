@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,7 +17,6 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/verify"
-	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 	"github.com/hallmark-dev/hallmark/test/harness"
 	"github.com/hallmark-dev/hallmark/test/pgtest"
 )
@@ -53,14 +50,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 	root, err := harness.RepoRoot()
 	require.NoError(t, err)
 	st := &harness.Stack{Root: root, Dir: dir}
-	t.Cleanup(func() {
-		st.Close()
-		if t.Failed() {
-			t.Logf("logs kept in %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	t.Cleanup(func() { closeKeepingLogs(t, dir, st.Close) })
 	st.Bins, err = harness.BuildBinaries(ctx, root, filepath.Join(dir, "bin"))
 	require.NoError(t, err)
 	st.SPIRE, err = harness.StartSPIRE(ctx, root, dir, harness.SPIREOptions{})
@@ -111,7 +101,11 @@ func TestReplicasOnPostgres(t *testing.T) {
 	rep.readTrust(ctx)
 
 	// Phase 1: kill -9 a replica under load.
-	load := startReplicaLoad(t, agents, dir, steps)
+	spec := loadSpec{dir: dir, steps: steps, workers: replicaWorkers, perSecond: replicaLoadPerWorker}
+	for _, a := range agents {
+		spec.sockets = append(spec.sockets, a.Socket)
+	}
+	load := startLoad(t, spec)
 	time.Sleep(8 * time.Second)
 	before := rep.checkpoint(replicas[1])
 	replicas[0].Kill()
@@ -130,7 +124,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 	rep.baseline = size
 
 	// Phase 2: restart PostgreSQL under load.
-	load = startReplicaLoad(t, agents, dir, steps)
+	load = startLoad(t, spec)
 	time.Sleep(5 * time.Second)
 	before = rep.checkpoint(replicas[1])
 	require.NoError(t, pg.Down())
@@ -206,7 +200,11 @@ func (r *replicaRun) drained(ctx context.Context, live []*harness.Service, want 
 			if err != nil {
 				return false
 			}
-			queued += sumSeries(m, "hallmark_agent_outbox_queued")
+			q, ok := metric(m, "hallmark_agent_outbox_queued")
+			if !ok {
+				return false
+			}
+			queued += q
 		}
 		if queued > 0 {
 			return false
@@ -241,51 +239,4 @@ func readyStatus(s *harness.Service) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-// startReplicaLoad attests on every agent's socket from replicaWorkers
-// workers each, replicaLoadPerWorker times a second, until stop.
-func startReplicaLoad(t *testing.T, agents []*harness.Service, dir string, steps []string) *loadRun {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	l := &loadRun{cancel: cancel, start: time.Now()}
-	var n atomic.Int64
-	for ai, a := range agents {
-		client := localClient(t, a.Socket)
-		for w := range replicaWorkers {
-			step := steps[w%len(steps)]
-			ws := filepath.Join(dir, "workspaces", fmt.Sprintf("a%d-w%d", ai, w))
-			require.NoError(t, os.MkdirAll(ws, 0o755))
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				tick := time.NewTicker(time.Second / replicaLoadPerWorker)
-				defer tick.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-tick.C:
-					}
-					// A distinct product each time: every attestation is
-					// its own log entry.
-					name := fmt.Sprintf("out-%d", n.Add(1))
-					if err := os.WriteFile(filepath.Join(ws, name), []byte(name), 0o644); err != nil {
-						l.count(step, err)
-						continue
-					}
-					cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
-					resp, err := client.AttestStep(cctx, &agentv1.AttestStepRequest{Step: step, Workspace: ws, Products: []string{name}})
-					ccancel()
-					if err == nil && len(resp.GetBundle()) == 0 {
-						err = fmt.Errorf("no bundle")
-					}
-					l.count(step, err)
-					os.Remove(filepath.Join(ws, name))
-				}
-			}()
-		}
-	}
-	t.Cleanup(func() { cancel(); l.wg.Wait() })
-	return l
 }

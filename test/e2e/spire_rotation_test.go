@@ -50,6 +50,38 @@ const (
 
 var loadSteps = []string{"build", "test", "package", "lint", "scan", "release"}
 
+// loadStack starts a stack of a test's own (directory prefix) whose
+// agent lets the builder attest every load step in its workspaces, and
+// stops it at the end, keeping the logs when the test failed.
+func loadStack(t *testing.T, prefix string, o harness.StackOptions) *harness.Stack {
+	t.Helper()
+	dir, err := harness.ShortTempDir(prefix)
+	require.NoError(t, err)
+	o.Policy = func(dir string) string {
+		return fmt.Sprintf(`
+  rule "rotation-load" {
+    spiffe_ids      = [%q]
+    steps           = [%s]
+    workspace_roots = [%q]
+  }`, builderID, `"`+strings.Join(loadSteps, `", "`)+`"`, filepath.Join(dir, "workspaces"))
+	}
+	st, err := harness.StartStack(context.Background(), dir, o)
+	require.NoError(t, err, "logs in %s", dir)
+	t.Cleanup(func() { closeKeepingLogs(t, dir, st.Close) })
+	return st
+}
+
+// closeKeepingLogs stops what close stops and removes dir, unless the
+// test failed: then it says where the logs are.
+func closeKeepingLogs(t *testing.T, dir string, close func() error) {
+	close() //nolint:errcheck // the test's outcome is decided
+	if t.Failed() {
+		t.Logf("logs kept in %s", dir)
+		return
+	}
+	os.RemoveAll(dir)
+}
+
 // Issue #5, SPIRE part. Under continuous load (30 attestations/s from six
 // build steps) a full SPIRE X.509 authority rotation through the real
 // `hallmark admin rotate spire` CLI: no attestation and no agent↔server
@@ -59,27 +91,8 @@ var loadSteps = []string{"build", "test", "package", "lint", "scan", "release"}
 // the old one.
 func TestSpireRotation(t *testing.T) {
 	ctx := context.Background()
-	dir, err := harness.ShortTempDir("hm-rot-")
-	require.NoError(t, err)
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{
+	st := loadStack(t, "hm-rot-", harness.StackOptions{
 		SVIDTTL: rotationSVIDTTL, CertificateTTL: rotationCertTTL, MaxConnectionAge: rotationConnAge,
-		Policy: func(dir string) string {
-			return fmt.Sprintf(`
-  rule "rotation-load" {
-    spiffe_ids      = [%q]
-    steps           = [%s]
-    workspace_roots = [%q]
-  }`, builderID, `"`+strings.Join(loadSteps, `", "`)+`"`, filepath.Join(dir, "workspaces"))
-		},
-	})
-	require.NoError(t, err, "logs in %s", dir)
-	t.Cleanup(func() {
-		st.Close()
-		if t.Failed() {
-			t.Logf("logs kept in %s", dir)
-			return
-		}
-		os.RemoveAll(dir)
 	})
 
 	// This test binary attests as a builder, and holds the agent's ID
@@ -107,7 +120,7 @@ func TestSpireRotation(t *testing.T) {
 	// The load runs from before prepare to after revoke, and so does a
 	// prober making a fresh mTLS handshake with hallmark-server 5 times a
 	// second, from SVIDs and a bundle that follow SPIRE like the daemons'.
-	load := startLoad(t, st, dir)
+	load := startLoad(t, rotationLoad(st))
 	probe := startProbe(t, st, builder)
 	time.Sleep(5 * time.Second)
 
@@ -467,40 +480,70 @@ type loadRun struct {
 	errors []string
 }
 
-// startLoad attests steps on the agent's socket, each from a worker of its
-// own at loadPerWorker a second, until stop.
-func startLoad(t *testing.T, st *harness.Stack, dir string) *loadRun {
+// loadSpec is a load of attestations: on each agent socket, workers
+// callers, worker w attesting steps[w%len(steps)] perSecond times a
+// second, each time of a product of its own (so every attestation is its
+// own log entry), in workspaces under dir/workspaces.
+type loadSpec struct {
+	dir       string
+	sockets   []string
+	steps     []string
+	workers   int
+	perSecond int
+}
+
+// rotationLoad is the rotation tests' load: one worker per load step on
+// the stack's agent, loadPerWorker a second each.
+func rotationLoad(st *harness.Stack) loadSpec {
+	return loadSpec{dir: st.Dir, sockets: []string{st.Agent.Socket}, steps: loadSteps, workers: len(loadSteps), perSecond: loadPerWorker}
+}
+
+// startLoad runs spec until stop.
+func startLoad(t *testing.T, spec loadSpec) *loadRun {
 	t.Helper()
-	client := localClient(t, st.Agent.Socket)
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &loadRun{cancel: cancel, start: time.Now()}
-	for _, step := range loadSteps {
-		ws := filepath.Join(dir, "workspaces", step)
-		require.NoError(t, os.MkdirAll(ws, 0o755))
-		require.NoError(t, os.WriteFile(filepath.Join(ws, "out"), []byte("product of "+step), 0o644))
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			tick := time.NewTicker(time.Second / loadPerWorker)
-			defer tick.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
+	var n atomic.Int64
+	for si, socket := range spec.sockets {
+		client := localClient(t, socket)
+		for w := range spec.workers {
+			step := spec.steps[w%len(spec.steps)]
+			ws := filepath.Join(spec.dir, "workspaces", fmt.Sprintf("a%d-w%d", si, w))
+			require.NoError(t, os.MkdirAll(ws, 0o755))
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				tick := time.NewTicker(time.Second / time.Duration(spec.perSecond))
+				defer tick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+					}
+					l.count(step, attestOnce(client, ws, step, fmt.Sprintf("out-%d", n.Add(1))))
 				}
-				cctx, ccancel := context.WithTimeout(context.Background(), 15*time.Second)
-				resp, err := client.AttestStep(cctx, &agentv1.AttestStepRequest{Step: step, Workspace: ws, Products: []string{"out"}})
-				ccancel()
-				if err == nil && len(resp.GetBundle()) == 0 {
-					err = errors.New("no bundle")
-				}
-				l.count(step, err)
-			}
-		}()
+			}()
+		}
 	}
 	t.Cleanup(func() { cancel(); l.wg.Wait() })
 	return l
+}
+
+// attestOnce writes a product and attests step on it.
+func attestOnce(client agentv1.WorkloadServiceClient, ws, step, name string) error {
+	path := filepath.Join(ws, name)
+	if err := os.WriteFile(path, []byte(name), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	resp, err := client.AttestStep(ctx, &agentv1.AttestStepRequest{Step: step, Workspace: ws, Products: []string{name}})
+	if err == nil && len(resp.GetBundle()) == 0 {
+		err = errors.New("no bundle")
+	}
+	return err
 }
 
 // startProbe calls hallmark-server's grpc.health.v1 over a new mTLS
