@@ -89,6 +89,7 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 	)
 	reloaded := false
 	for i, sub := range subs {
+		checkedAt := time.Now()
 		it, err := l.check(caller, sub, now)
 		var chainErr *chainError
 		if errors.As(err, &chainErr) && !reloaded {
@@ -96,7 +97,7 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 			// signing CA or a rotation decision since this one loaded
 			// them: look again, once per call, before deciding.
 			reloaded = true
-			if _, rerr := l.reloadFromStore(ctx); rerr != nil {
+			if rerr := l.reloadFromStore(ctx, checkedAt); rerr != nil {
 				return nil, rerr
 			}
 			it, err = l.check(caller, sub, now)
@@ -354,30 +355,39 @@ type caPools struct {
 
 // reloadFromStore adds the signing CAs and applies the issuer states that
 // the store holds and this log has not seen (recorded through another
-// server sharing the store). It reports whether any CA was new.
-func (l *TransparencyLog) reloadFromStore(ctx context.Context) (bool, error) {
+// server sharing the store).
+//
+// Concurrent callers share reads: one whose check failed at checkedAt
+// reuses a reload that began after it (what the store held then is what
+// it needs), so a burst of such submissions costs one read, not one each.
+func (l *TransparencyLog) reloadFromStore(ctx context.Context, checkedAt time.Time) error {
+	l.reloadMu.Lock()
+	defer l.reloadMu.Unlock()
+	if l.reloadStarted.After(checkedAt) {
+		return nil
+	}
+	started := time.Now()
 	if err := l.refreshIssuers(ctx); err != nil {
-		return false, fmt.Errorf("reload issuer states: %w", err)
+		return fmt.Errorf("reload issuer states: %w", err)
 	}
 	cas, err := l.store.SigningCAs(ctx)
 	if err != nil {
-		return false, fmt.Errorf("reload signing CAs: %w", err)
+		return fmt.Errorf("reload signing CAs: %w", err)
 	}
 	l.cas.mu.Lock()
 	defer l.cas.mu.Unlock()
-	changed := false
 	for _, ca := range cas {
 		if l.cas.known[string(ca.ID)] {
 			continue
 		}
 		chain, err := x509.ParseCertificates(ca.DER)
 		if err != nil || len(chain) == 0 {
-			return false, fmt.Errorf("stored signing CA %x does not parse: %v", ca.ID, err)
+			return fmt.Errorf("stored signing CA %x does not parse: %v", ca.ID, err)
 		}
 		l.cas.addLocked(ca.ID, chain)
-		changed = true
 	}
-	return changed, nil
+	l.reloadStarted = started // only a reload that succeeded is reused
+	return nil
 }
 
 func loadCASet(ctx context.Context, st Store) (*caSet, error) {

@@ -85,6 +85,10 @@ type TransparencyLog struct {
 
 	cas   *caSet
 	certs *certCache
+	// reloadMu serializes submissions' re-reads of the store;
+	// reloadStarted is when the last one began.
+	reloadMu      sync.Mutex
+	reloadStarted time.Time
 }
 
 // logHead is the latest committed tree.

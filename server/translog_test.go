@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -615,4 +616,48 @@ func TestLogsShareAStore(t *testing.T) {
 	}
 	set, _, _ := b.issuers.tainted()
 	require.Equal(t, [][]byte{fp[:]}, set)
+}
+
+// countingStore counts reads of the signing CAs.
+type countingStore struct {
+	Store
+	reads atomic.Int64
+}
+
+func (c *countingStore) SigningCAs(ctx context.Context) ([]store.SigningCA, error) {
+	c.reads.Add(1)
+	return c.Store.SigningCAs(ctx)
+}
+
+// A burst of submissions under a CA that another server recorded is
+// accepted, and costs one re-read of the store, not one per submission.
+func TestReloadsAreShared(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "hallmark.db")
+	key, ts := newLogKey(t), newTestTSA(t)
+	other := openStore(t, path)
+	t.Cleanup(func() { other.Close() })
+	a := startLog(t, TransparencyLogConfig{Store: other, TSA: ts, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+	st := &countingStore{Store: openStore(t, path)}
+	t.Cleanup(func() { st.Close() })
+	b := startLog(t, TransparencyLogConfig{Store: st, TSA: ts, Key: key, KeyCreated: time.Now(), Origin: testOrigin})
+	ca := newTestCA(t, "signing CA")
+	require.NoError(t, a.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
+	before := st.reads.Load()
+
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			ag := newTestAgent(t, ca, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/hallmark/agent/b%d", i)))
+			res, err := b.Submit(ctx, ag.id, []Submission{ag.submit(t, "burst")})
+			if err != nil || res[0].Refusal != nil {
+				t.Errorf("submit: %v %v", err, res)
+			}
+		})
+	}
+	wg.Wait()
+	reads := st.reads.Load() - before
+	t.Logf("%d submissions, %d re-reads of the signing CAs", n, reads)
+	require.Less(t, reads, int64(n))
 }
