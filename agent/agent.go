@@ -170,25 +170,56 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Info("Resuming the outbox", zap.Int("queued", n))
 		}
 	}
-	var localLn *peercred.Listener
+	var (
+		localLn *peercred.Listener
+		execs   *peercred.ExecWatch
+	)
 	if a.cfg.SocketPath != "" {
 		var err error
-		if localLn, err = peercred.Listen(peercred.ListenConfig{Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID}); err != nil {
+		if localLn, execs, err = a.listenLocal(); err != nil {
 			if healthLn != nil {
 				healthLn.Close()
 			}
 			return fmt.Errorf("agent: local API: %w", err)
 		}
+		defer execs.Close()
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	if healthLn != nil {
 		g.Go(func() error { return a.serveHealth(ctx, healthLn) })
 	}
 	if localLn != nil {
+		g.Go(func() error { return execs.Run(ctx) })
 		g.Go(func() error { return a.serveLocal(ctx, localLn) })
 	}
 	g.Go(func() error { return a.run(ctx) })
 	return g.Wait()
+}
+
+// listenLocal starts watching execs, which the local API needs to tie a
+// request to the program image that sent it, and listens on the socket.
+func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
+	execs, err := peercred.WatchExecs()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (hallmark-agent needs CAP_NET_ADMIN and the host's network, user and pid namespaces: on Kubernetes hostNetwork and hostPID)", err)
+	}
+	lim := a.cfg.LocalLimits.withDefaults()
+	ln, err := peercred.Listen(peercred.ListenConfig{
+		Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID,
+		MaxConns: lim.Connections, MaxConnsPerUID: lim.ConnectionsPerUID, Execs: execs,
+		OnSkip: func(err error) {
+			reason := "unidentified"
+			if errors.Is(err, peercred.ErrTooManyConns) {
+				reason = "limits"
+			}
+			a.metrics.refusedConns.WithLabelValues(reason).Inc()
+		},
+	})
+	if err != nil {
+		execs.Close()
+		return nil, nil, err
+	}
+	return ln, execs, nil
 }
 
 func (a *Agent) run(ctx context.Context) error {

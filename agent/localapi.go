@@ -10,15 +10,16 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
@@ -47,6 +48,9 @@ const (
 	maxRequestBytes = 1 << 20 // a request is names, not content
 	maxPaths        = 10000   // products plus materials named in a request
 	maxPathLen      = 4096
+	maxHeaderBytes  = 16 << 10
+	// handshakeTimeout bounds how long a connection may take to greet.
+	handshakeTimeout = 10 * time.Second
 )
 
 // pauseBeforeSignEnv, when set to a duration, makes the agent wait between
@@ -54,12 +58,6 @@ const (
 // open the window in which a caller could exit or exec; never set it in
 // production.
 const pauseBeforeSignEnv = "HALLMARK_AGENT_TEST_PAUSE_BEFORE_SIGN"
-
-// identityTTL is how long a connection's attested identity is reused.
-// Reuse is sound because every signing first re-checks, with Verify, that
-// the peer is still the very process (pidfd, start time, executable) that
-// was attested; the TTL bounds how late a registration change is seen.
-const identityTTL = 10 * time.Second
 
 // localAPI implements agentv1.WorkloadServiceServer.
 type localAPI struct {
@@ -70,9 +68,9 @@ type localAPI struct {
 	// themselves (logEvent), so they skip the source line, which costs a
 	// stack walk per request.
 	auditLog *zap.Logger
-
-	mu         sync.Mutex // guards identities
-	identities map[*peercred.Conn]cachedIdentity
+	// attests and idents bound, per uid and in all, the attestations and
+	// the identifications (workload attestor calls) under way.
+	attests, idents *uidLimit
 
 	lastSerial atomic.Pointer[certSerial]
 }
@@ -94,14 +92,14 @@ func (api *localAPI) serial(held *signingCert) string {
 	return s.text
 }
 
-type cachedIdentity struct {
-	id      policy.Identity
-	expires time.Time
-}
-
-// serveLocal serves the local API on cfg.SocketPath until ctx ends.
+// serveLocal serves the local API on ln until ctx ends.
 func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
-	api := &localAPI{a: a, auditLog: a.log.WithOptions(zap.WithCaller(false))}
+	lim := a.cfg.LocalLimits.withDefaults()
+	api := &localAPI{
+		a: a, auditLog: a.log.WithOptions(zap.WithCaller(false)),
+		attests: newUIDLimit(lim.AttestationsPerUID, 0),
+		idents:  newUIDLimit(lim.IdentificationsPerUID, lim.Identifications),
+	}
 	if v := os.Getenv(pauseBeforeSignEnv); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -114,6 +112,10 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	srv := grpc.NewServer(
 		grpc.Creds(peercred.Credentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.MaxConcurrentStreams(uint32(lim.StreamsPerConnection)),
+		grpc.ConnectionTimeout(handshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout}),
 		grpc.UnaryInterceptor(api.logErrors),
 		grpc.StreamInterceptor(api.logStreamErrors),
 	)
@@ -150,63 +152,86 @@ func (api *localAPI) logFailure(method string, err error) {
 	if err == nil {
 		return
 	}
-	if st := status.Convert(err); st.Code() != codes.PermissionDenied && st.Code() != codes.InvalidArgument {
+	switch st := status.Convert(err); st.Code() {
+	case codes.PermissionDenied, codes.InvalidArgument, codes.Canceled:
+	default:
 		api.a.log.Warn("Local API call failed", zap.String(logMethod, method),
 			zap.String(logCode, st.Code().String()), zap.String(logError, st.Message()))
 	}
 }
 
-// caller identifies the peer of ctx with every configured attestor.
-func (api *localAPI) caller(ctx context.Context) (*peercred.Conn, workloadattestor.Caller, policy.Identity, error) {
+// refusal is why a stage of the gate stopped a request: the status code
+// the caller gets, the denial class of the metric, and the reason, which
+// is all the caller is told.
+type refusal struct {
+	code   codes.Code
+	class  string
+	reason string
+}
+
+func refuse(code codes.Code, class, reason string) *refusal {
+	return &refusal{code: code, class: class, reason: reason}
+}
+
+// caller is who sent a request, as the gate learns it stage by stage.
+type caller struct {
+	conn *peercred.Conn
+	peer peercred.Info
+	id   policy.Identity
+}
+
+// kernelCaller is the first thing the gate knows of a request: the
+// connection the kernel vouches for.
+func kernelCaller(ctx context.Context) (*caller, *refusal) {
 	conn, ok := peercred.FromContext(ctx)
 	if !ok {
-		return nil, workloadattestor.Caller{}, policy.Identity{}, status.Error(codes.Unauthenticated, "caller not identified by the kernel")
+		return nil, refuse(codes.Unauthenticated, denyRequest, "caller not identified by the kernel")
 	}
-	p := conn.Peer()
-	c := workloadattestor.Caller{PID: p.PID, UID: p.UID, GID: p.GID}
-	now := api.a.cfg.Now()
-	api.mu.Lock()
-	cached, ok := api.identities[conn]
-	api.mu.Unlock()
-	if ok && now.Before(cached.expires) {
-		return conn, c, cached.id, nil
+	return &caller{conn: conn, peer: conn.Peer()}, nil
+}
+
+// identify asks every workload attestor who the caller is, at most a few
+// at a time per uid. Nothing is kept for the next call: each call is
+// identified anew, so no identity outlives a check that would now fail. A
+// caller already known to have exec'd is refused without asking.
+func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
+	if err := c.conn.Execed(); err != nil {
+		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
 	}
-	var id policy.Identity
+	release, err := api.idents.acquire(ctx, c.peer.UID)
+	if err != nil {
+		return refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting to be identified: "+err.Error())
+	}
+	defer release()
+	wc := workloadattestor.Caller{PID: c.peer.PID, UID: c.peer.UID, GID: c.peer.GID}
 	for _, na := range api.a.cfg.Attestors {
-		res, err := na.Attestor.Attest(ctx, c)
+		res, err := na.Attestor.Attest(ctx, wc)
 		if err != nil {
-			return nil, c, id, status.Errorf(codes.Unavailable, "workload attestor %s: %v", na.Name, err)
+			return refuse(codes.Unavailable, "", fmt.Sprintf("workload attestor %s: %v", na.Name, err))
 		}
-		id.SPIFFEIDs = append(id.SPIFFEIDs, res.SPIFFEIDs...)
-		id.Selectors = append(id.Selectors, res.Selectors...)
+		c.id.SPIFFEIDs = append(c.id.SPIFFEIDs, res.SPIFFEIDs...)
+		c.id.Selectors = append(c.id.Selectors, res.Selectors...)
 	}
-	slices.Sort(id.SPIFFEIDs)
-	id.SPIFFEIDs = slices.Compact(id.SPIFFEIDs)
-	api.mu.Lock()
-	if api.identities == nil {
-		api.identities = map[*peercred.Conn]cachedIdentity{}
-	}
-	for k, v := range api.identities { // drop those of closed connections
-		if now.After(v.expires) {
-			delete(api.identities, k)
-		}
-	}
-	api.identities[conn] = cachedIdentity{id: id, expires: now.Add(identityTTL)}
-	api.mu.Unlock()
-	return conn, c, id, nil
+	slices.Sort(c.id.SPIFFEIDs)
+	c.id.SPIFFEIDs = slices.Compact(c.id.SPIFFEIDs)
+	return nil
 }
 
 // WhoAmI tells the caller how the agent sees it and what policy grants it.
 func (api *localAPI) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*agentv1.WhoAmIResponse, error) {
-	_, c, id, err := api.caller(ctx)
-	if err != nil {
-		return nil, err
+	c, r := kernelCaller(ctx)
+	if r == nil {
+		r = api.identify(ctx, c)
 	}
+	if r != nil {
+		return nil, status.Error(r.code, r.reason)
+	}
+	p := c.peer
 	resp := &agentv1.WhoAmIResponse{
-		Workload:      &agentv1.Workload{Pid: c.PID, Uid: c.UID, Gid: c.GID, SpiffeIds: id.SPIFFEIDs, Selectors: id.Selectors},
+		Workload:      &agentv1.Workload{Pid: p.PID, Uid: p.UID, Gid: p.GID, SpiffeIds: c.id.SPIFFEIDs, Selectors: c.id.Selectors},
 		AgentSpiffeId: api.a.spiffeID(),
 	}
-	for _, r := range api.a.policy().Matching(id) {
+	for _, r := range api.a.policy().Matching(c.id) {
 		resp.Grants = append(resp.Grants, &agentv1.Grant{Rule: r.Name, Steps: r.Steps, WorkspaceRoots: r.WorkspaceRoots})
 	}
 	return resp, nil
@@ -224,84 +249,75 @@ func (api *localAPI) AttestStepStream(req *agentv1.AttestStepRequest, stream age
 	return api.attestStepStream(req, stream)
 }
 
-// attestStep serves AttestStep and AttestStepStream. In order: identify
-// the caller from the kernel, check the request, decide by policy, measure
-// the products and materials itself (counting into progress, when not
-// nil: nothing counts before policy has allowed the call), confirm the
-// caller is still the process that connected, and sign with the current
-// short-lived key.
+// attestStep is the local API's gate, one ordered pipeline in which each
+// stage has one reason to refuse:
+//
+//  1. request: the request is well formed (names only; nothing is opened);
+//  2. limits: the caller's uid is within its attestations under way;
+//  3. identify: who the caller is, from the kernel and the workload
+//     attestors (a few identifications at a time per uid);
+//  4. decide: policy allows this identity this step in this workspace, as
+//     the caller names it; until here nothing touched the file system, so
+//     a caller policy refuses learns nothing about files;
+//  5. measure: the products and materials, in the caller's own root and
+//     mount namespace and with the caller's own rights (counting into
+//     progress, when not nil);
+//  6. confirm: the caller is still the process, running the program image,
+//     that connected and sent every byte of the request; a measurement
+//     error reaches the caller only once this holds;
+//  7. sign: with the current short-lived key, then queue for the log.
 func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequest, progress *measure.Progress) (*agentv1.AttestStepResponse, error) {
 	a := api.a
 	start := a.cfg.Now()
-	conn, c, id, err := api.caller(ctx)
-	if err != nil {
+	c, r := kernelCaller(ctx)
+	if r != nil {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
-		return nil, err
+		return nil, status.Error(r.code, r.reason)
 	}
 	// Room for every field of the audit event, so that it is built once.
 	audit := make([]zap.Field, 0, 14)
 	audit = append(audit,
-		zap.Int32(logPID, c.PID), zap.Uint32(logUID, c.UID), zap.Uint32(logGID, c.GID),
-		zap.Strings(logSPIFFEIDs, id.SPIFFEIDs), zap.Strings(logSelectors, id.Selectors),
+		zap.Int32(logPID, c.peer.PID), zap.Uint32(logUID, c.peer.UID), zap.Uint32(logGID, c.peer.GID),
 		zap.String(logStep, req.GetStep()), zap.String(logWorkspace, req.GetWorkspace()),
 	)
-	deny := func(code codes.Code, class, reason string) error {
+	deny := func(r *refusal) error {
+		if r.class == "" { // not a denial: the agent could not answer
+			a.metrics.attestations.WithLabelValues(resultError).Inc()
+			return status.Error(r.code, r.reason)
+		}
 		a.metrics.attestations.WithLabelValues(resultDenied).Inc()
-		a.metrics.denials.WithLabelValues(class).Inc()
-		api.auditLog.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, reason))...)
-		return status.Error(code, reason)
+		a.metrics.denials.WithLabelValues(r.class).Inc()
+		api.auditLog.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, r.reason))...)
+		return status.Error(r.code, r.reason)
 	}
 
-	root, err := openRequest(req)
-	if err != nil {
-		return nil, deny(codes.InvalidArgument, denyRequest, err.Error())
+	if r := checkRequest(req); r != nil {
+		return nil, deny(r)
 	}
-	defer root.Close()
-	workspace := root.Path()
-	rule, err := a.policy().Decide(id, req.GetStep(), workspace)
+	release, err := api.attests.acquire(ctx, c.peer.UID)
 	if err != nil {
-		return nil, deny(codes.PermissionDenied, denyPolicy, err.Error())
+		return nil, deny(refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting for the caller's other attestations: "+err.Error()))
+	}
+	defer release()
+	if r := api.identify(ctx, c); r != nil {
+		return nil, deny(r)
+	}
+	audit = append(audit, zap.Strings(logSPIFFEIDs, c.id.SPIFFEIDs), zap.Strings(logSelectors, c.id.Selectors))
+	rule, err := a.policy().Decide(c.id, req.GetStep(), req.GetWorkspace())
+	if err != nil {
+		return nil, deny(refuse(codes.PermissionDenied, denyPolicy, err.Error()))
 	}
 	audit = append(audit, zap.String(logRule, rule.Name))
-
-	// Beneath the directory that policy just allowed, whatever happens to
-	// its path meanwhile.
-	products, err := root.HashWithProgress(ctx, req.GetProducts(), a.cfg.Limits, progress)
-	if err != nil {
-		return nil, deny(measureCode(err), measureClass(err), "products: "+err.Error())
-	}
-	var materials []measure.Digest
-	if len(req.GetMaterials()) > 0 {
-		if materials, err = root.HashWithProgress(ctx, req.GetMaterials(), a.cfg.Limits, progress); err != nil {
-			return nil, deny(measureCode(err), measureClass(err), "materials: "+err.Error())
+	products, materials, r := api.measure(ctx, c, req, progress)
+	if r != nil {
+		if cr := api.pauseAndConfirm(ctx, c, nil); cr != nil {
+			return nil, deny(cr) // the measurement's detail is for the caller that asked
 		}
+		return nil, deny(r)
 	}
-	if len(products)+len(materials) > a.cfg.Limits.MaxFiles && a.cfg.Limits.MaxFiles > 0 {
-		return nil, deny(codes.InvalidArgument, denyLimits, fmt.Sprintf("%d files measured, more than the %d allowed", len(products)+len(materials), a.cfg.Limits.MaxFiles))
-	}
-	if len(products) == 0 {
-		return nil, deny(codes.InvalidArgument, denyRequest, "the products name no files")
-	}
-	cmdline, err := conn.Cmdline()
-	if err != nil {
-		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller's command line: "+err.Error())
-	}
-	for i, arg := range cmdline {
-		// Recorded as seen; bytes that are not UTF-8 cannot travel in JSON.
-		cmdline[i] = strings.ToValidUTF8(arg, "\uFFFD")
-	}
-
-	if api.pause > 0 {
-		select {
-		case <-time.After(api.pause):
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
-	}
-	// The identity, measurements and command line above belong to the
-	// process that connected only if it is still that process.
-	if err := conn.Verify(); err != nil {
-		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
+	var cmdline []string
+	if r := api.pauseAndConfirm(ctx, c, &cmdline); r != nil {
+		return nil, deny(r)
 	}
 
 	held, ok := a.keys.current(a.cfg.Now())
@@ -309,14 +325,15 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet (is hallmark-server reachable? see `hallmark status`)")
 	}
+	p := c.peer
 	step := attest.Step{
 		Name:          req.GetStep(),
-		Workspace:     workspace,
+		Workspace:     req.GetWorkspace(),
 		Command:       req.GetCommand(),
 		CallerCmdline: cmdline,
 		Products:      artifacts(products),
 		Materials:     artifacts(materials),
-		Workload:      attest.Workload{SPIFFEIDs: id.SPIFFEIDs, Selectors: id.Selectors, PID: c.PID, UID: c.UID, GID: c.GID},
+		Workload:      attest.Workload{SPIFFEIDs: c.id.SPIFFEIDs, Selectors: c.id.Selectors, PID: p.PID, UID: p.UID, GID: p.GID},
 		BuilderID:     a.spiffeID(),
 		InvocationID:  newInvocationID(),
 		StartedOn:     start,
@@ -355,36 +372,89 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	return resp, nil
 }
 
-// openRequest validates the request and opens its workspace. The root's
-// Path, the workspace with symlinks resolved, is what policy sees, and
-// measuring happens beneath the very directory it names. The caller closes
-// the root.
-func openRequest(req *agentv1.AttestStepRequest) (*measure.Root, error) {
+// checkRequest refuses a malformed request by its names alone.
+func checkRequest(req *agentv1.AttestStepRequest) *refusal {
+	bad := func(format string, args ...any) *refusal {
+		return refuse(codes.InvalidArgument, denyRequest, fmt.Sprintf(format, args...))
+	}
 	if !policy.ValidStepName(req.GetStep()) {
-		return nil, fmt.Errorf("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
+		return bad("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
 	}
 	if len(req.GetProducts()) == 0 {
-		return nil, errors.New("no products: name the files or directories the step produced")
+		return bad("no products: name the files or directories the step produced")
 	}
 	if n := len(req.GetProducts()) + len(req.GetMaterials()); n > maxPaths {
-		return nil, fmt.Errorf("%d paths named, more than the %d allowed", n, maxPaths)
+		return bad("%d paths named, more than the %d allowed", n, maxPaths)
 	}
 	ws := req.GetWorkspace()
 	for _, paths := range [][]string{req.GetProducts(), req.GetMaterials(), {ws}} {
 		for _, p := range paths {
 			if len(p) > maxPathLen || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
-				return nil, fmt.Errorf("path %.64q: too long, not UTF-8 or contains NUL", p)
+				return bad("path %.64q: too long, not UTF-8 or contains NUL", p)
 			}
 		}
 	}
-	if !filepath.IsAbs(ws) {
-		return nil, fmt.Errorf("workspace %q must be an absolute path", ws)
+	if !filepath.IsAbs(ws) || filepath.Clean(ws) != ws {
+		return bad("workspace %q must be an absolute, clean path (the CLI sends the real path of its directory)", ws)
 	}
-	root, err := measure.OpenRoot(ws)
+	return nil
+}
+
+// measure hashes the request's products and materials in the caller's
+// root, reached through the caller's pidfd, with the caller's uid, groups
+// and capabilities.
+func (api *localAPI) measure(ctx context.Context, c *caller, req *agentv1.AttestStepRequest, progress *measure.Progress) (products, materials []measure.Digest, r *refusal) {
+	root, err := c.conn.OpenRoot()
 	if err != nil {
-		return nil, fmt.Errorf("workspace: %w", err)
+		return nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's root directory: "+err.Error())
 	}
-	return root, nil
+	defer unix.Close(root)
+	mc := measure.Caller{Root: root, UID: c.peer.UID, GID: c.peer.GID, Groups: c.peer.Groups}
+	if c.peer.UID == 0 {
+		// Others' capabilities go with their non-zero fsuid anyway.
+		if mc.Caps, err = c.conn.Capabilities(); err != nil {
+			return nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's capabilities: "+err.Error())
+		}
+	}
+	products, materials, err = measure.Measure(ctx, mc, req.GetWorkspace(), req.GetProducts(), req.GetMaterials(), api.a.cfg.Limits, progress)
+	if err != nil {
+		return nil, nil, refuse(measureCode(err), measureClass(err), err.Error())
+	}
+	api.a.metrics.measuredFiles.Add(float64(len(products) + len(materials)))
+	if len(products) == 0 {
+		return nil, nil, refuse(codes.InvalidArgument, denyRequest, "the products name no files")
+	}
+	return products, materials, nil
+}
+
+// pauseAndConfirm is the gate's last check: after the test hook's pause,
+// it reads the caller's command line into cmdline (when not nil) and then
+// confirms that the caller is the very process, running the very program
+// image, that connected: every measurement and the command line belong to
+// it only if so.
+func (api *localAPI) pauseAndConfirm(ctx context.Context, c *caller, cmdline *[]string) *refusal {
+	if api.pause > 0 {
+		select {
+		case <-time.After(api.pause):
+		case <-ctx.Done():
+			return refuse(codes.Canceled, "", ctx.Err().Error())
+		}
+	}
+	if cmdline != nil {
+		args, err := c.conn.Cmdline()
+		if err != nil {
+			return refuse(codes.PermissionDenied, denyCallerChanged, "caller's command line: "+err.Error())
+		}
+		for i, arg := range args {
+			// Recorded as seen; bytes that are not UTF-8 cannot travel in JSON.
+			args[i] = strings.ToValidUTF8(arg, "\uFFFD")
+		}
+		*cmdline = args
+	}
+	if err := c.conn.Verify(); err != nil {
+		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
+	}
+	return nil
 }
 
 // Denial classes, the reason label of hallmark_agent_attestation_denials_total.
@@ -394,12 +464,15 @@ const (
 	denyEscape        = "path_escape"
 	denyLimits        = "limits"
 	denyCallerChanged = "caller_changed"
+	denyAccess        = "no_access"
 )
 
 func measureClass(err error) string {
 	switch {
 	case errors.Is(err, measure.ErrEscapes):
 		return denyEscape
+	case errors.Is(err, measure.ErrNoAccess):
+		return denyAccess
 	case errors.Is(err, measure.ErrTooManyFiles), errors.Is(err, measure.ErrTooLarge):
 		return denyLimits
 	default:
@@ -409,7 +482,7 @@ func measureClass(err error) string {
 
 func measureCode(err error) codes.Code {
 	switch {
-	case errors.Is(err, measure.ErrEscapes):
+	case errors.Is(err, measure.ErrEscapes), errors.Is(err, measure.ErrNoAccess):
 		return codes.PermissionDenied
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return codes.Canceled

@@ -20,6 +20,8 @@ type metrics struct {
 	denials         *prometheus.CounterVec
 	attestedSteps   *prometheus.CounterVec
 	outboxQueued    prometheus.Gauge
+	measuredFiles   prometheus.Counter
+	refusedConns    *prometheus.CounterVec
 
 	taintedRenewals  prometheus.Counter
 	authoritiesWatch prometheus.Gauge
@@ -75,6 +77,14 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_attested_steps_total",
 			Help: "Attestations made, by step name (only names policy allowed).",
 		}, []string{"step"}),
+		measuredFiles: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_agent_measured_files_total",
+			Help: "Files the local API hashed for callers, products and materials.",
+		}),
+		refusedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_local_connections_refused_total",
+			Help: "Connections to the local API closed at accept, by reason (limits, unidentified).",
+		}, []string{"reason"}),
 		outboxQueued: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hallmark_agent_outbox_queued",
 			Help: "Signed envelopes on disk waiting to be logged.",
@@ -95,7 +105,7 @@ func newMetrics() *metrics {
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
 		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.denials, m.attestedSteps,
-		m.taintedRenewals, m.authoritiesWatch,
+		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -8,16 +8,13 @@ import (
 	"fmt"
 )
 
-// rootSys is empty: measuring needs openat2(2) or the Linux fallback walk;
-// other systems are not supported.
-type rootSys struct{}
+// Measuring needs openat2(2) or the Linux fallback walk, and per-thread
+// credentials: other systems are not supported.
 
-func openRoot(string, bool) (*Root, error) {
-	return nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
+func hashOwn(context.Context, string, []string, Limits) ([]Digest, []Digest, error) {
+	return nil, nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }
 
-func (*Root) close() error { return nil }
-
-func (*Root) hash(context.Context, []string, Limits, *Progress) ([]Digest, error) {
-	return nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
+func measureAs(context.Context, Caller, string, []string, []string, Limits, *Progress) ([]Digest, []Digest, error) {
+	return nil, nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }
