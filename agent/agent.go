@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -204,6 +205,15 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 		return nil, nil, fmt.Errorf("%w (hallmark-agent needs CAP_NET_ADMIN and the host's network, user and pid namespaces: on Kubernetes hostNetwork and hostPID)", err)
 	}
 	lim := a.cfg.LocalLimits.withDefaults()
+	// Every connection holds up to four descriptors (socket, pidfd,
+	// /proc/PID/cmdline and status); the rest must stay free for the
+	// health listener, the server connection and the outbox.
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < uint64(4*lim.Connections+512) {
+		execs.Close()
+		return nil, nil, fmt.Errorf("the open files limit (%d) is too low for max_connections = %d: raise it to %d (LimitNOFILE) or lower max_connections",
+			rl.Cur, lim.Connections, 4*lim.Connections+512)
+	}
 	ln, err := peercred.Listen(peercred.ListenConfig{
 		Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID,
 		MaxConns: lim.Connections, MaxConnsPerUID: lim.ConnectionsPerUID, Execs: execs,

@@ -85,7 +85,7 @@ func TestDeployExamples(t *testing.T) {
 			require.FileExists(t, bundle)
 			rootFile := filepath.Join(ws, "trusted_root.test.json")
 			require.NoError(t, os.WriteFile(rootFile, trusted, 0o644))
-			verify := exec.Command(stack.Bins.CLI, "verify", "dist/app", "--bundle", bundle, "--trusted-root", rootFile)
+			verify := exec.Command(stack.Bins.CLI, "verify", "dist/app", "--bundle", bundle, "--trusted-root", rootFile, "--builder-id-prefix", harness.AgentID.String())
 			verify.Dir = ws
 			out, err := verify.CombinedOutput()
 			require.NoError(t, err, "verify: %s", out)
