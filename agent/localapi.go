@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -71,6 +72,9 @@ type localAPI struct {
 	// attests and idents bound, per uid and in all, the attestations and
 	// the identifications (workload attestor calls) under way.
 	attests, idents *uidLimit
+
+	mu      sync.Mutex // guards watched
+	watched map[*peercred.Conn]*watchedIDs
 
 	lastSerial atomic.Pointer[certSerial]
 }
@@ -190,10 +194,86 @@ func kernelCaller(ctx context.Context) (*caller, *refusal) {
 	return &caller{conn: conn, peer: conn.Peer()}, nil
 }
 
+// watchingAttestor is a WorkloadAttestor that can vouch for its answer
+// over time (the spire attestor: SPIRE's own subscription): changed closes
+// as soon as the answer may no longer hold, and the watch ends with ctx.
+type watchingAttestor interface {
+	AttestWatch(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, <-chan struct{}, error)
+}
+
+// watchedIDs are the watching attestors' answers about one connection's
+// caller, each good until its changed closes; they end with the
+// connection.
+type watchedIDs struct {
+	ctx     context.Context // ends when the connection closes
+	mu      sync.Mutex
+	answers map[string]watchedAnswer
+}
+
+type watchedAnswer struct {
+	res     workloadattestor.Result
+	changed <-chan struct{}
+}
+
+// watchedFor returns the answers kept for conn, made on first use.
+func (api *localAPI) watchedFor(conn *peercred.Conn) *watchedIDs {
+	api.mu.Lock()
+	defer api.mu.Unlock()
+	if w := api.watched[conn]; w != nil {
+		return w
+	}
+	if api.watched == nil {
+		api.watched = map[*peercred.Conn]*watchedIDs{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watchedIDs{ctx: ctx, answers: map[string]watchedAnswer{}}
+	api.watched[conn] = w
+	go func() {
+		<-conn.Done()
+		cancel() // ends the watches
+		api.mu.Lock()
+		delete(api.watched, conn)
+		api.mu.Unlock()
+	}()
+	return w
+}
+
+// answer is what attestor na says of the caller: a watching attestor's
+// kept answer while it holds, else a fresh one.
+func (api *localAPI) answer(ctx context.Context, c *caller, na NamedAttestor, wc workloadattestor.Caller) (workloadattestor.Result, error) {
+	wa, ok := na.Attestor.(watchingAttestor)
+	if !ok {
+		return na.Attestor.Attest(ctx, wc)
+	}
+	w := api.watchedFor(c.conn)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if a, ok := w.answers[na.Name]; ok {
+		select {
+		case <-a.changed:
+		default:
+			return a.res, nil
+		}
+	}
+	// The watch lives with the connection, not with this call; its first
+	// answer is still bounded by the attestor's own timeout.
+	res, changed, err := wa.AttestWatch(w.ctx, wc)
+	if err != nil {
+		delete(w.answers, na.Name)
+		return res, err
+	}
+	w.answers[na.Name] = watchedAnswer{res: res, changed: changed}
+	return res, nil
+}
+
 // identify asks every workload attestor who the caller is, at most a few
-// at a time per uid. Nothing is kept for the next call: each call is
-// identified anew, so no identity outlives a check that would now fail. A
-// caller already known to have exec'd is refused without asking.
+// at a time per uid. No identity outlives a check that would now fail:
+// attestors answer anew on every call, except that a watching attestor's
+// answer is kept for the connection while the attestor vouches for it
+// (SPIRE has sent nothing since: no entry for the caller changed); the
+// caller's program image cannot change meanwhile (the gate refuses a
+// connection whose peer exec'd), nor its uid and groups (set at connect).
+// A caller already known to have exec'd is refused without asking.
 func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
 	if err := c.conn.Execed(); err != nil {
 		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
@@ -205,7 +285,7 @@ func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
 	defer release()
 	wc := workloadattestor.Caller{PID: c.peer.PID, UID: c.peer.UID, GID: c.peer.GID}
 	for _, na := range api.a.cfg.Attestors {
-		res, err := na.Attestor.Attest(ctx, wc)
+		res, err := api.answer(ctx, c, na, wc)
 		if err != nil {
 			return refuse(codes.Unavailable, "", fmt.Sprintf("workload attestor %s: %v", na.Name, err))
 		}
@@ -427,19 +507,12 @@ func (api *localAPI) measure(ctx context.Context, c *caller, req *agentv1.Attest
 	return products, materials, nil
 }
 
-// pauseAndConfirm is the gate's last check: after the test hook's pause,
-// it reads the caller's command line into cmdline (when not nil) and then
+// pauseAndConfirm is the gate's last check: it reads the caller's command
+// line into cmdline (when not nil) and, after the test hook's pause,
 // confirms that the caller is the very process, running the very program
 // image, that connected: every measurement and the command line belong to
 // it only if so.
 func (api *localAPI) pauseAndConfirm(ctx context.Context, c *caller, cmdline *[]string) *refusal {
-	if api.pause > 0 {
-		select {
-		case <-time.After(api.pause):
-		case <-ctx.Done():
-			return refuse(codes.Canceled, "", ctx.Err().Error())
-		}
-	}
 	if cmdline != nil {
 		args, err := c.conn.Cmdline()
 		if err != nil {
@@ -450,6 +523,13 @@ func (api *localAPI) pauseAndConfirm(ctx context.Context, c *caller, cmdline *[]
 			args[i] = strings.ToValidUTF8(arg, "\uFFFD")
 		}
 		*cmdline = args
+	}
+	if api.pause > 0 {
+		select {
+		case <-time.After(api.pause):
+		case <-ctx.Done():
+			return refuse(codes.Canceled, "", ctx.Err().Error())
+		}
 	}
 	if err := c.conn.Verify(); err != nil {
 		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())

@@ -58,6 +58,7 @@ type Conn struct {
 	pidfd  int   // -1 once closed
 	broken error // sticky, set when the connection was refused
 	closed bool
+	done   chan struct{} // closed by Close
 	// statFD, cmdlineFD and statusFD are the peer's /proc/PID/stat,
 	// cmdline and status, opened on first use (while mu is held for
 	// reading) and kept until Close (which holds mu): -1 until then and
@@ -78,6 +79,9 @@ type Conn struct {
 
 // Peer returns the process that connected, as identified at accept.
 func (c *Conn) Peer() Info { return c.info }
+
+// Done is closed when the connection is closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Read reads bytes written by the peer. Data from any other process is
 // never returned: Read fails with an error wrapping ErrForeignSender and the
@@ -456,6 +460,7 @@ func (c *Conn) Close() error {
 	c.closed = true
 	fd := c.pidfd
 	c.pidfd = -1
+	close(c.done)
 	c.mu.Unlock()
 
 	if c.watch != nil {

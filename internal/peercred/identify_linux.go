@@ -143,6 +143,7 @@ func newConn(uc *net.UnixConn, laddr net.Addr, cred *unix.Ucred) (*Conn, error) 
 	c := &Conn{
 		uc:    uc,
 		laddr: laddr,
+		done:  make(chan struct{}),
 		oob:   make([]byte, credsSpace),
 		pidfd: pidfd,
 		info: Info{

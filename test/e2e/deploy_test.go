@@ -135,7 +135,7 @@ func githubJob(t *testing.T, actionDir, ws string, inputs map[string]string) ciJ
 	for name := range inputs {
 		require.Contains(t, action.Inputs, name, "the action has no input %q", name)
 	}
-	expr := regexp.MustCompile(`\$\{\{\s*inputs\.([a-z-]+)\s*\}\}`)
+	expr := regexp.MustCompile(`\$\{\{\s*inputs\.([a-z0-9-]+)\s*\}\}`)
 	fill := func(s string) string {
 		return expr.ReplaceAllStringFunc(s, func(m string) string {
 			name := expr.FindStringSubmatch(m)[1]
@@ -226,7 +226,7 @@ func tektonJob(t *testing.T, file, ws string, params, extra map[string]string) c
 		}
 	}
 	results := t.TempDir()
-	expr := regexp.MustCompile(`\$\((params|workspaces|results)\.([a-z-]+)(\.path)?\)`)
+	expr := regexp.MustCompile(`\$\((params|workspaces|results)\.([a-z0-9-]+)(\.path)?\)`)
 	fill := func(s string) string {
 		return expr.ReplaceAllStringFunc(s, func(m string) string {
 			sub := expr.FindStringSubmatch(m)
