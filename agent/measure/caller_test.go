@@ -190,3 +190,20 @@ func TestMeasuringThreadsRestored(t *testing.T) {
 		require.Equal(t, os.Geteuid(), fsuid)
 	}
 }
+
+// The probe for openat2 may meet a root the caller cannot search; that
+// says nothing about the kernel: the measurement fails as the caller's.
+func TestFirstMeasurementInAClosedDirectory(t *testing.T) {
+	needRoot(t)
+	ws := openDirFor(t)
+	writeFile(t, ws, "closed/secret", []byte("secret"))
+	require.NoError(t, os.Chmod(filepath.Join(ws, "closed"), 0o700))
+	step := asSelf(t)
+	step.UID, step.GID, step.Groups, step.Caps = stepUID, stepGID, nil, 0
+	old := openat2Support.Load()
+	t.Cleanup(func() { openat2Support.Store(old) })
+	openat2Support.Store(0)
+	_, _, err := Measure(context.Background(), step, filepath.Join(ws, "closed"), []string{"secret"}, nil, Limits{}, nil)
+	require.ErrorIs(t, err, ErrNoAccess)
+	require.NotEqual(t, int32(2), openat2Support.Load(), "openat2 still in use")
+}

@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -124,9 +126,11 @@ func roleAbuse(socket string) error {
 		return v
 	}
 	var (
-		mu   sync.Mutex
-		held []net.Conn
-		wg   sync.WaitGroup
+		mu       sync.Mutex
+		held     []net.Conn
+		wg       sync.WaitGroup
+		headers  atomic.Int64 // streams opened on connections the agent greeted
+		answered atomic.Int64 // WhoAmI calls answered
 	)
 	keep := func(c net.Conn) {
 		mu.Lock()
@@ -143,7 +147,9 @@ func roleAbuse(socket string) error {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				agentv1.NewWorkloadServiceClient(conn).WhoAmI(ctx, &agentv1.WhoAmIRequest{}) //nolint:errcheck // abuse
+				if _, err := agentv1.NewWorkloadServiceClient(conn).WhoAmI(ctx, &agentv1.WhoAmIRequest{}); err == nil {
+					answered.Add(1)
+				}
 				conn.Close()
 			})
 		}
@@ -168,6 +174,7 @@ func roleAbuse(socket string) error {
 				if h.headers(id, methodAttest, false) != nil {
 					break
 				}
+				headers.Add(1)
 				opened++
 			}
 			c.SetDeadline(time.Time{}) //nolint:errcheck // abuse
@@ -181,6 +188,18 @@ func roleAbuse(socket string) error {
 		}
 	})
 	wg.Wait()
+	// What the agent let through: connections it still holds open.
+	mu.Lock()
+	open := 0
+	for _, c := range held {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond)) //nolint:errcheck // a probe
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			open++
+		}
+	}
+	mu.Unlock()
+	fmt.Fprintf(os.Stderr, "abuser: %d connections still open of %d made, %d stream headers sent on greeted connections, %d WhoAmI answered\n",
+		open, len(held), headers.Load(), answered.Load())
 	fmt.Println("ABUSING")
 	os.Stdin.Read(make([]byte, 1)) //nolint:errcheck // until told to stop
 	mu.Lock()
