@@ -276,6 +276,11 @@ func (api *localAPI) answer(ctx context.Context, c *caller, na NamedAttestor, wc
 // A caller already known to have exec'd is refused without asking.
 func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
 	if err := c.conn.Execed(); err != nil {
+		// Known already, without a system call; Verify says precisely why
+		// (gone, if the exec was of a process that took over the pid).
+		if verr := c.conn.Verify(); verr != nil {
+			err = verr
+		}
 		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
 	}
 	release, err := api.idents.acquire(ctx, c.peer.UID)

@@ -215,10 +215,14 @@ func (c *Conn) Verify() error {
 	}
 	i := c.info
 	if c.watch != nil {
-		if err := c.watch.check(c); err != nil {
+		werr := c.watch.check(c)
+		// Alive after the check means every exec of this pid since the
+		// watch began was the peer's own (a pid is reused only once its
+		// process is reaped); gone is the more precise reason otherwise.
+		if err := checkAlive(c.pidfd, i.PID); err != nil {
 			return err
 		}
-		return checkAlive(c.pidfd, i.PID)
+		return werr
 	}
 	if err := checkAlive(c.pidfd, i.PID); err != nil {
 		return err
