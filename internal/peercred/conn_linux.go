@@ -75,6 +75,9 @@ type Conn struct {
 	// release gives back the connection's place under the listener's
 	// limits; called once, by Close.
 	release func()
+	// caps is Capabilities' answer, kept: a process's permitted set only
+	// ever shrinks without an exec.
+	caps atomic.Pointer[uint64]
 }
 
 // Peer returns the process that connected, as identified at accept.
@@ -343,11 +346,23 @@ func (c *Conn) OpenRoot() (int, error) {
 	return fd, nil
 }
 
-// Capabilities returns the peer's permitted capability set now (CapPrm of
-// /proc/PID/status, bit N for capability N). A peer in another user
-// namespace than this process holds its capabilities there, not here: it
-// gets none.
+// Capabilities returns the peer's permitted capability set (CapPrm of
+// /proc/PID/status, bit N for capability N) as first read for this
+// connection: a process's permitted set only shrinks until it execs, so
+// that is the most it may ever do. A peer in another user namespace than
+// this process holds its capabilities there, not here: it gets none.
 func (c *Conn) Capabilities() (uint64, error) {
+	if p := c.caps.Load(); p != nil {
+		return *p, nil
+	}
+	caps, err := c.readCapabilities()
+	if err == nil {
+		c.caps.Store(&caps)
+	}
+	return caps, err
+}
+
+func (c *Conn) readCapabilities() (uint64, error) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed {
