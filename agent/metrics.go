@@ -71,7 +71,7 @@ func newMetrics() *metrics {
 		}, []string{"result"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_attestation_denials_total",
-			Help: "Refused attestation requests by reason (invalid_request, policy, path_escape, limits, caller_changed).",
+			Help: "Refused attestation requests by reason (invalid_request, policy, path_escape, no_access, limits, caller_changed).",
 		}, []string{"reason"}),
 		attestedSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_attested_steps_total",

@@ -159,7 +159,7 @@ func (fx *localAPIFixture) denials(t *testing.T) (events []string, metric float6
 	for _, e := range fx.logs.FilterField(zap.String(logEvent, "attestation_denied")).All() {
 		events = append(events, e.ContextMap()[logReason].(string))
 	}
-	for _, class := range []string{denyRequest, denyPolicy, denyEscape, denyLimits, denyCallerChanged} {
+	for _, class := range []string{denyRequest, denyPolicy, denyEscape, denyAccess, denyLimits, denyCallerChanged} {
 		metric += metricValue(t, fx.a.metrics.denials.WithLabelValues(class))
 	}
 	return events, metric
