@@ -293,18 +293,26 @@ func TestAllowAdmin(t *testing.T) {
 	}
 }
 
+// adminCaller is a caller of the admin socket and what it must get.
+type adminCaller struct {
+	name    string
+	allowed func(uint32) bool
+	want    codes.Code
+}
+
+// adminCallers are an allowed and a refused caller.
+func adminCallers() []adminCaller {
+	return []adminCaller{
+		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
+		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
+	}
+}
+
 // TestAdminSocketAuthorization runs the admin API on a real socket: the
 // server's own user is let in, anyone the policy refuses gets
 // PermissionDenied, and the socket is 0600.
 func TestAdminSocketAuthorization(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		allowed func(uint32) bool
-		want    codes.Code
-	}{
-		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
-		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
-	} {
+	for _, tc := range adminCallers() {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newRotationFixture(t)
 			dir := t.TempDir()
@@ -330,14 +338,7 @@ func TestAdminSocketAuthorization(t *testing.T) {
 // Must show: streaming calls on the admin socket are authorized like unary
 // ones (a health Watch stream stands in for any streaming method).
 func TestAdminSocketAuthorizesStreams(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		allowed func(uint32) bool
-		want    codes.Code
-	}{
-		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
-		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
-	} {
+	for _, tc := range adminCallers() {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newRotationFixture(t)
 			path := filepath.Join(t.TempDir(), "admin.sock")
