@@ -335,10 +335,11 @@ func (api *localAPI) AttestStepStream(req *agentv1.AttestStepRequest, stream age
 }
 
 // attestStep is the local API's gate, one ordered pipeline in which each
-// stage has one reason to refuse:
+// stage is a small function with one reason to refuse:
 //
-//  1. request: the request is well formed (names only; nothing is opened);
-//  2. limits: the caller's uid is within its attestations under way;
+//  1. limits: the caller's uid is within its attestations under way (its
+//     connections and streams were bounded before the call began);
+//  2. request: the request is well formed (names only; nothing is opened);
 //  3. identify: who the caller is, from the kernel and the workload
 //     attestors (a few identifications at a time per uid);
 //  4. decide: policy allows this identity this step in this workspace, as
@@ -352,59 +353,106 @@ func (api *localAPI) AttestStepStream(req *agentv1.AttestStepRequest, stream age
 //     error reaches the caller only once this holds;
 //  7. sign: with the current short-lived key, then queue for the log.
 func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequest, progress *measure.Progress) (*agentv1.AttestStepResponse, error) {
-	a := api.a
-	start := a.cfg.Now()
+	start := api.a.cfg.Now()
 	c, r := kernelCaller(ctx)
 	if r != nil {
-		a.metrics.attestations.WithLabelValues(resultError).Inc()
+		api.a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, status.Error(r.code, r.reason)
 	}
-	// Room for every field of the audit event, so that it is built once.
-	audit := make([]zap.Field, 0, 14)
-	audit = append(audit,
+	au := api.newAudit(c, req)
+
+	release, r := api.limit(ctx, c)
+	if r != nil {
+		return nil, au.deny(r)
+	}
+	defer release()
+	if r := checkRequest(req); r != nil {
+		return nil, au.deny(r)
+	}
+	if r := api.identify(ctx, c); r != nil {
+		return nil, au.deny(r)
+	}
+	au.identified(c)
+	rule, r := api.decide(c, req)
+	if r != nil {
+		return nil, au.deny(r)
+	}
+	au.allowed(rule)
+	products, materials, r := api.measure(ctx, c, req, progress)
+	if r != nil {
+		if cr := api.confirm(ctx, c, nil); cr != nil {
+			return nil, au.deny(cr) // the measurement's detail is for the caller that asked
+		}
+		return nil, au.deny(r)
+	}
+	var cmdline []string
+	if r := api.confirm(ctx, c, &cmdline); r != nil {
+		return nil, au.deny(r)
+	}
+	return api.sign(c, req, products, materials, cmdline, start, au)
+}
+
+// audit is one request's audit event, built up as the gate learns more.
+type audit struct {
+	api    *localAPI
+	fields []zap.Field
+}
+
+func (api *localAPI) newAudit(c *caller, req *agentv1.AttestStepRequest) *audit {
+	// Room for every field of the event, so that it is built once.
+	fields := make([]zap.Field, 0, 14)
+	fields = append(fields,
 		zap.Int32(logPID, c.peer.PID), zap.Uint32(logUID, c.peer.UID), zap.Uint32(logGID, c.peer.GID),
 		zap.String(logStep, req.GetStep()), zap.String(logWorkspace, req.GetWorkspace()),
 	)
-	deny := func(r *refusal) error {
-		if r.class == "" { // not a denial: the agent could not answer
-			a.metrics.attestations.WithLabelValues(resultError).Inc()
-			return status.Error(r.code, r.reason)
-		}
-		a.metrics.attestations.WithLabelValues(resultDenied).Inc()
-		a.metrics.denials.WithLabelValues(r.class).Inc()
-		api.auditLog.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, r.reason))...)
+	return &audit{api: api, fields: fields}
+}
+
+func (au *audit) identified(c *caller) {
+	au.fields = append(au.fields, zap.Strings(logSPIFFEIDs, c.id.SPIFFEIDs), zap.Strings(logSelectors, c.id.Selectors))
+}
+
+func (au *audit) allowed(rule policy.Rule) {
+	au.fields = append(au.fields, zap.String(logRule, rule.Name))
+}
+
+// deny counts and logs a refusal and returns it as the caller's status. A
+// refusal without a class is no denial: the agent could not answer.
+func (au *audit) deny(r *refusal) error {
+	m := au.api.a.metrics
+	if r.class == "" {
+		m.attestations.WithLabelValues(resultError).Inc()
 		return status.Error(r.code, r.reason)
 	}
+	m.attestations.WithLabelValues(resultDenied).Inc()
+	m.denials.WithLabelValues(r.class).Inc()
+	au.api.auditLog.Warn("Attestation denied", append(au.fields, zap.String(logEvent, "attestation_denied"), zap.String(logReason, r.reason))...)
+	return status.Error(r.code, r.reason)
+}
 
-	if r := checkRequest(req); r != nil {
-		return nil, deny(r)
-	}
+// limit waits for one of the caller's uid's attestation slots.
+func (api *localAPI) limit(ctx context.Context, c *caller) (func(), *refusal) {
 	release, err := api.attests.acquire(ctx, c.peer.UID)
 	if err != nil {
-		return nil, deny(refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting for the caller's other attestations: "+err.Error()))
+		return nil, refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting for the caller's other attestations: "+err.Error())
 	}
-	defer release()
-	if r := api.identify(ctx, c); r != nil {
-		return nil, deny(r)
-	}
-	audit = append(audit, zap.Strings(logSPIFFEIDs, c.id.SPIFFEIDs), zap.Strings(logSelectors, c.id.Selectors))
-	rule, err := a.policy().Decide(c.id, req.GetStep(), req.GetWorkspace())
-	if err != nil {
-		return nil, deny(refuse(codes.PermissionDenied, denyPolicy, err.Error()))
-	}
-	audit = append(audit, zap.String(logRule, rule.Name))
-	products, materials, r := api.measure(ctx, c, req, progress)
-	if r != nil {
-		if cr := api.pauseAndConfirm(ctx, c, nil); cr != nil {
-			return nil, deny(cr) // the measurement's detail is for the caller that asked
-		}
-		return nil, deny(r)
-	}
-	var cmdline []string
-	if r := api.pauseAndConfirm(ctx, c, &cmdline); r != nil {
-		return nil, deny(r)
-	}
+	return release, nil
+}
 
+// decide asks policy whether the caller may attest the step in the
+// workspace, as the caller names it.
+func (api *localAPI) decide(c *caller, req *agentv1.AttestStepRequest) (policy.Rule, *refusal) {
+	rule, err := api.a.policy().Decide(c.id, req.GetStep(), req.GetWorkspace())
+	if err != nil {
+		return policy.Rule{}, refuse(codes.PermissionDenied, denyPolicy, err.Error())
+	}
+	return rule, nil
+}
+
+// sign signs the step with the current short-lived key and queues the
+// bundle for the log.
+func (api *localAPI) sign(c *caller, req *agentv1.AttestStepRequest, products, materials []measure.Digest, cmdline []string, start time.Time, au *audit) (*agentv1.AttestStepResponse, error) {
+	a := api.a
 	held, ok := a.keys.current(a.cfg.Now())
 	if !ok {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
@@ -445,7 +493,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
 	a.metrics.attestedSteps.WithLabelValues(step.Name).Inc() // names policy granted: bounded
 	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())
-	api.auditLog.Info("Step attested", append(audit,
+	api.auditLog.Info("Step attested", append(au.fields,
 		zap.String(logEvent, "step_attested"),
 		zap.String(logInvocationID, step.InvocationID),
 		zap.Int("products", len(products)), zap.Int("materials", len(materials)),
@@ -512,12 +560,12 @@ func (api *localAPI) measure(ctx context.Context, c *caller, req *agentv1.Attest
 	return products, materials, nil
 }
 
-// pauseAndConfirm is the gate's last check: it reads the caller's command
+// confirm is the gate's last check: it reads the caller's command
 // line into cmdline (when not nil) and, after the test hook's pause,
 // confirms that the caller is the very process, running the very program
 // image, that connected: every measurement and the command line belong to
 // it only if so.
-func (api *localAPI) pauseAndConfirm(ctx context.Context, c *caller, cmdline *[]string) *refusal {
+func (api *localAPI) confirm(ctx context.Context, c *caller, cmdline *[]string) *refusal {
 	if cmdline != nil {
 		args, err := c.conn.Cmdline()
 		if err != nil {
