@@ -210,7 +210,8 @@ func roleCmd(t *testing.T, bin, role, socket, ws string) *exec.Cmd {
 }
 
 // Must show: a caller that exits, its PID then reused by another process,
-// is refused before signing; so is one that exec()s another binary.
+// is refused before signing, and before it is told anything its
+// measurement found; so is one that exec()s another binary.
 func TestAttestRefusesChangedCaller(t *testing.T) {
 	t.Parallel()
 	ag := slowAgent(t)
@@ -234,6 +235,28 @@ func TestAttestRefusesChangedCaller(t *testing.T) {
 			return nil
 		})
 	})
+	t.Run("caller exits: its failed measurement's detail is not told to whoever holds the connection", func(t *testing.T) {
+		// The product is a directory holding a symbolic link out of the
+		// workspace: the measurement fails, naming the link's target.
+		ws := workspace(t, nil)
+		require.NoError(t, os.MkdirAll(filepath.Join(ws, "out"), 0o755))
+		require.NoError(t, os.Symlink("/etc/passwd", filepath.Join(ws, "out", "passwd")))
+		cmd := roleCmd(t, self, "exit-keeping-connection", ag.Socket, ws)
+		require.NoError(t, cmd.Run())
+		reusePID(t, cmd.Process.Pid)
+		var denial string
+		waitFor(t, "the agent to refuse the gone caller", 2*pauseTime, func() error {
+			for _, line := range strings.Split(ag.Log(), "\n") {
+				if strings.Contains(line, `"workspace":"`+ws+`"`) && strings.Contains(line, "attestation_denied") {
+					denial = line
+					return nil
+				}
+			}
+			return fmt.Errorf("not refused yet")
+		})
+		require.Contains(t, denial, "caller changed since it connected: peercred: peer process is gone")
+		require.NotContains(t, denial, "symbolic link to", "the measurement's detail went to a caller that is gone")
+	})
 	t.Run("caller execs another binary", func(t *testing.T) {
 		cmd := roleCmd(t, self, "exec-after-send", ag.Socket, ws)
 		require.NoError(t, cmd.Start())
@@ -246,7 +269,7 @@ func TestAttestRefusesChangedCaller(t *testing.T) {
 		})
 	})
 	require.Zero(t, counter(t, ag, `hallmark_agent_attestations_total{result="attested"}`), "nothing was signed")
-	require.Equal(t, 2.0, counter(t, ag, `hallmark_agent_attestations_total{result="denied"}`))
+	require.Equal(t, 3.0, counter(t, ag, `hallmark_agent_attestations_total{result="denied"}`))
 }
 
 // Must show: a connection opened by an allowed process and handed to an
