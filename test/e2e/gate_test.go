@@ -332,7 +332,17 @@ func TestAbuseFromAnotherUID(t *testing.T) {
 	require.NoError(t, err)
 	abuser.Stderr = os.Stderr
 	require.NoError(t, abuser.Start())
-	t.Cleanup(func() { stdin.Close(); abuser.Wait() }) //nolint:errcheck // the abuser's own status
+	t.Cleanup(func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { abuser.Wait(); close(done) }() //nolint:errcheck // the abuser's own status
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			abuser.Process.Kill() //nolint:errcheck // it did not stop when told
+			<-done
+		}
+	})
 
 	var maxRSS, maxFDs atomic.Int64
 	stop := make(chan struct{})

@@ -109,11 +109,12 @@ func roleExecChain(socket, ws string) error {
 	return nil
 }
 
-// roleAbuse is a uid with socket access and no grant doing its worst, all
-// at once, until its stdin closes: HALLMARK_E2E_IDLE idle connections,
-// HALLMARK_E2E_STREAMS half-open streams (headers, never a message) and
-// HALLMARK_E2E_WHOAMI concurrent WhoAmI calls on fresh connections. It
-// prints what it attempted once everything is under way.
+// roleAbuse is a uid with socket access and no grant doing its worst,
+// until its stdin closes: HALLMARK_E2E_WHOAMI concurrent WhoAmI calls on
+// fresh connections, then HALLMARK_E2E_STREAMS half-open streams (headers,
+// never a message) over as many connections as the agent takes, held, then
+// HALLMARK_E2E_IDLE idle connections on top. It reports on stderr what got
+// through and prints ABUSING once everything is held.
 func roleAbuse(socket string) error {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
@@ -137,57 +138,56 @@ func roleAbuse(socket string) error {
 		held = append(held, c)
 		mu.Unlock()
 	}
-	wg.Go(func() { // concurrent identifications
-		var calls sync.WaitGroup
-		for range n("HALLMARK_E2E_WHOAMI") {
-			calls.Go(func() {
-				conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-				if err != nil {
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				if _, err := agentv1.NewWorkloadServiceClient(conn).WhoAmI(ctx, &agentv1.WhoAmIRequest{}); err == nil {
-					answered.Add(1)
-				}
-				conn.Close()
-			})
-		}
-		calls.Wait()
-	})
-	wg.Go(func() { // half-open streams, as many per connection as it can
-		streams := n("HALLMARK_E2E_STREAMS")
-		for opened := 0; opened < streams; {
-			c, err := dialRaw(socket)
+	// Concurrent identifications.
+	for range n("HALLMARK_E2E_WHOAMI") {
+		wg.Go(func() {
+			conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
-				time.Sleep(time.Millisecond)
-				continue
+				return
 			}
-			keep(c)
-			h := newH2(c)
-			c.SetDeadline(time.Now().Add(2 * time.Second)) //nolint:errcheck // abuse
-			if h.greet() != nil {
-				opened++ // refused at accept: counts as an attempt
-				continue
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := agentv1.NewWorkloadServiceClient(conn).WhoAmI(ctx, &agentv1.WhoAmIRequest{}); err == nil {
+				answered.Add(1)
 			}
-			for id := uint32(1); id < 2*500 && opened < streams; id += 2 {
-				if h.headers(id, methodAttest, false) != nil {
-					break
-				}
-				headers.Add(1)
-				opened++
-			}
-			c.SetDeadline(time.Time{}) //nolint:errcheck // abuse
-		}
-	})
-	wg.Go(func() { // idle connections
-		for range n("HALLMARK_E2E_IDLE") {
-			if c, err := dialRaw(socket); err == nil {
-				keep(c)
-			}
-		}
-	})
+			conn.Close()
+		})
+	}
 	wg.Wait()
+	// Half-open streams, as many per connection as the total allows
+	// spread over the agent's limit of connections, held open.
+	streams := n("HALLMARK_E2E_STREAMS")
+	perConn := max(1, streams/64)
+	for opened := 0; opened < streams; {
+		c, err := dialRaw(socket)
+		if err != nil { // the agent's queue is full, or this process's descriptors
+			opened++ // an attempt all the same
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		h := newH2(c)
+		c.SetDeadline(time.Now().Add(2 * time.Second)) //nolint:errcheck // abuse
+		if h.greet() != nil {
+			c.Close()
+			opened++ // refused at accept: counts as an attempt
+			continue
+		}
+		keep(c)
+		for i := 0; i < perConn && opened < streams; i++ {
+			if h.headers(uint32(2*i+1), methodAttest, false) != nil {
+				break
+			}
+			headers.Add(1)
+			opened++
+		}
+		c.SetDeadline(time.Time{}) //nolint:errcheck // abuse
+	}
+	// Idle connections on top.
+	for range n("HALLMARK_E2E_IDLE") {
+		if c, err := dialRaw(socket); err == nil {
+			keep(c)
+		}
+	}
 	// What the agent let through: connections it still holds open.
 	mu.Lock()
 	open := 0
