@@ -22,7 +22,7 @@
 //	           revoked signing CA is trusted only until its revocation)
 //	statement  the payload is an in-toto Statement v1
 //	subject    every given artifact digest is a subject of the statement
-//	predicate  SLSA Provenance v1 of build type step/v1, whose builder.id
+//	predicate  SLSA Provenance v1 of build type step/v2 (or v1), whose builder.id
 //	           is the certificate's SPIFFE ID
 //	policy     optional: builder, step and workload are ones the policy allows
 //

@@ -411,7 +411,7 @@ func TestVerifyRefuses(t *testing.T) {
 			return marshal(t, f.attestPayload(t, p))
 		}},
 		{name: "unknown buildType", check: verify.CheckPredicate, msg: "buildType", bundle: func(t *testing.T) []byte {
-			p := bytes.Replace(statementJSON(t, step(f.agent.ID)), []byte(attest.BuildType), []byte("https://hallmark.dev/buildtypes/step/v2"), 1)
+			p := bytes.Replace(statementJSON(t, step(f.agent.ID)), []byte(attest.BuildType), []byte("https://hallmark.dev/buildtypes/step/v3"), 1)
 			return marshal(t, f.attestPayload(t, p))
 		}},
 		{name: "step missing", check: verify.CheckPredicate, msg: "externalParameters.step", bundle: func(t *testing.T) []byte {
