@@ -150,6 +150,9 @@ func ParsePolicy(filename string, src []byte) (*Policy, error) {
 	if diags := gohcl.DecodeBody(body, nil, &f); diags.HasErrors() {
 		return nil, fmt.Errorf("pipeline: policy: %w", diags)
 	}
+	if f.Version == nil {
+		return nil, fmt.Errorf("pipeline: policy %s: no version: say version = %d", filename, Version)
+	}
 	if *f.Version != Version {
 		return nil, fmt.Errorf("pipeline: policy %s: version %d is not supported (this verifier reads version %d)", filename, *f.Version, Version)
 	}

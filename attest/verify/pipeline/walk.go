@@ -268,23 +268,37 @@ func (w *walker) noProducer(s StepRule, digest, why string) (*Failure, error) {
 // as a subject, newest first: those already verified, then what the
 // source finds.
 func (w *walker) producers(s StepRule, digest string) ([]*attestation, error) {
-	cands, ok := w.found[digest]
-	if !ok {
-		var err error
-		if cands, err = w.opts.Source.Find(w.ctx, digest); err != nil {
-			return nil, err
-		}
-		w.found[digest] = cands
+	if err := w.search(digest); err != nil {
+		return nil, err
 	}
+	return w.known(s, digest), nil
+}
+
+// search asks the source for digest, once, and verifies what it finds.
+func (w *walker) search(digest string) error {
+	if _, ok := w.found[digest]; ok {
+		return nil
+	}
+	cands, err := w.opts.Source.Find(w.ctx, digest)
+	if err != nil {
+		return err
+	}
+	w.found[digest] = cands
 	var d verify.Digest
 	if _, err := hex.Decode(d.SHA256[:], []byte(digest)); err != nil {
-		return nil, fmt.Errorf("pipeline: digest %q: %w", digest, err)
+		return fmt.Errorf("pipeline: digest %q: %w", digest, err)
 	}
 	for _, c := range cands {
 		if err := w.verifyCandidate(c, d); err != nil {
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
+
+// known returns the verified attestations of step s that have digest as
+// a subject, newest first.
+func (w *walker) known(s StepRule, digest string) []*attestation {
 	var out []*attestation
 	for _, a := range w.byStep[s.Name] {
 		if slices.ContainsFunc(a.res.Subjects, func(sub verify.Subject) bool { return sub.SHA256 == digest }) {
@@ -297,7 +311,7 @@ func (w *walker) producers(s StepRule, digest string) ([]*attestation, error) {
 		}
 		return strings.Compare(a.origin, b.origin)
 	})
-	return out, nil
+	return out
 }
 
 // limitError stops the walk when it would verify too many bundles.
@@ -491,22 +505,28 @@ func linkList(links map[string]*Link, order []string) []Link {
 // that has m as a product and itself verifies. Otherwise it returns the
 // first such attestation that was refused, if any.
 func (w *walker) producerOf(s StepRule, m Material) (ok, failed *Node, err error) {
-	for _, from := range s.MaterialsFrom {
-		t, _ := w.p.Step(from)
-		cands, err := w.producers(t, m.SHA256)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, a := range cands {
-			n, err := w.evalStep(t, a, false)
-			if err != nil {
+	// First the attestations already verified (a step's products are
+	// usually all materials of the next: one search finds them all), then
+	// what a search for the material finds.
+	for pass := 0; pass < 2; pass++ {
+		if pass == 1 {
+			if err := w.search(m.SHA256); err != nil {
 				return nil, nil, err
 			}
-			if n.first == nil {
-				return n, nil, nil
-			}
-			if failed == nil {
-				failed = n
+		}
+		for _, from := range s.MaterialsFrom {
+			t, _ := w.p.Step(from)
+			for _, a := range w.known(t, m.SHA256) {
+				n, err := w.evalStep(t, a, false)
+				if err != nil {
+					return nil, nil, err
+				}
+				if n.first == nil {
+					return n, nil, nil
+				}
+				if failed == nil {
+					failed = n
+				}
 			}
 		}
 	}
