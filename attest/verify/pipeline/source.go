@@ -72,8 +72,30 @@ func (s *BundleSet) Find(_ context.Context, sha256Hex string) ([]Candidate, erro
 // a missing step from one whose products do not match.
 func (s *BundleSet) All() []Candidate { return s.all }
 
-// enumerator is a Source that can list everything it holds.
-type enumerator interface{ All() []Candidate }
+// enumerator is a Source that may be able to list everything it holds
+// (ok false: it cannot).
+type enumerator interface {
+	enumerate() (all []Candidate, ok bool)
+}
+
+func (s *BundleSet) enumerate() ([]Candidate, bool) { return s.all, true }
+
+// enumerate lists every source's bundles when every source can.
+func (ss Sources) enumerate() ([]Candidate, bool) {
+	var out []Candidate
+	for _, s := range ss {
+		e, ok := s.(enumerator)
+		if !ok {
+			return nil, false
+		}
+		all, ok := e.enumerate()
+		if !ok {
+			return nil, false
+		}
+		out = append(out, all...)
+	}
+	return out, true
+}
 
 // claimedSubjects returns the sha256 digests a bundle's payload claims as
 // subjects, unverified: only to narrow the search.
@@ -226,4 +248,21 @@ func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
 	}
 	out, err := protojson.Marshal(b)
 	return out, entry.GetLogIndex(), err
+}
+
+// Sources asks each of its sources in turn and returns everything they
+// find (bundles on disk, then the log, say).
+type Sources []Source
+
+// Find returns what every source finds for the digest.
+func (ss Sources) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
+	var out []Candidate
+	for _, s := range ss {
+		found, err := s.Find(ctx, sha256Hex)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, found...)
+	}
+	return out, nil
 }

@@ -157,6 +157,7 @@ type walker struct {
 	max  int
 
 	report   *Report
+	bundles  int                     // how many an enumerable source holds
 	verified map[string]*attestation // bundle SHA-256 -> verified
 	refused  map[string]error        // bundle SHA-256 -> why not (not the subject check)
 	found    map[string][]Candidate  // digest -> Find's answer
@@ -259,7 +260,7 @@ func (w *walker) noProducer(s StepRule, digest, why string) (*Failure, error) {
 	}
 	if w.all && len(w.byStep[s.Name]) == 0 {
 		return &Failure{Step: s.Name, Rule: "step." + s.Name,
-			Reason: fmt.Sprintf("missing step: none of the %d bundles is a verified attestation of step %s%s", len(w.opts.Source.(enumerator).All()), s.Name, w.refusedSummary())}, nil
+			Reason: fmt.Sprintf("missing step: none of the %d bundles is a verified attestation of step %s%s", w.bundles, s.Name, w.refusedSummary())}, nil
 	}
 	return &Failure{Step: s.Name, Rule: "step." + s.Name, Reason: why + w.otherRunHint(s.Name, digest, "") + w.refusedSummary()}, nil
 }
@@ -359,11 +360,18 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 // verifyAll verifies every bundle of an enumerable source once, so that
 // a failure can say whether a step is missing altogether.
 func (w *walker) verifyAll() error {
-	e, ok := w.opts.Source.(enumerator)
-	if !ok || w.all {
+	if w.all {
 		return nil
 	}
-	for _, c := range e.All() {
+	e, ok := w.opts.Source.(enumerator)
+	if !ok {
+		return nil
+	}
+	all, ok := e.enumerate()
+	if !ok {
+		return nil
+	}
+	for _, c := range all {
 		subs := claimedSubjects(c.Bundle)
 		if len(subs) == 0 {
 			continue
@@ -376,7 +384,7 @@ func (w *walker) verifyAll() error {
 			return err
 		}
 	}
-	w.all = true
+	w.all, w.bundles = true, len(all)
 	return nil
 }
 
@@ -544,7 +552,7 @@ func (w *walker) unproduced(s StepRule, m Material, hasSource bool) (*Failure, e
 			if len(w.byStep[from]) == 0 {
 				return &Failure{Step: from, Rule: "step." + from,
 					Reason: fmt.Sprintf("missing step: none of the %d bundles is a verified attestation of step %s (step %s takes its material %s from it)%s",
-						len(w.opts.Source.(enumerator).All()), from, s.Name, m.Name, w.refusedSummary())}, nil
+						w.bundles, from, s.Name, m.Name, w.refusedSummary())}, nil
 			}
 		}
 	}
