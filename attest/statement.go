@@ -265,11 +265,12 @@ func checkStep(s Step) error {
 			}
 		}
 	}
-	return checkClaims(s.CallerClaims)
+	return CheckCallerClaims(s.CallerClaims)
 }
 
-// checkClaims bounds what a caller may have recorded as its claim.
-func checkClaims(claims map[string]string) error {
+// CheckCallerClaims bounds what a caller may have recorded as its claim
+// (Step.CallerClaims).
+func CheckCallerClaims(claims map[string]string) error {
 	if len(claims) > MaxCallerClaims {
 		return fmt.Errorf("attest: %d caller claims, at most %d", len(claims), MaxCallerClaims)
 	}
