@@ -103,7 +103,7 @@ Hallmark is running. In another shell:
 
   source %s
   hallmark status             # the agent's SVID and signing certificate
-  hallmark whoami             # how the agent sees you; policy lets your uid attest build, test, package
+  hallmark whoami             # how the agent sees you; policy lets your uid attest checkout, build, test, package
   hallmark attest --step build --product out.txt -- sh -c 'date > out.txt'
   spire-server entry show     # SPIRE registrations
 
@@ -166,7 +166,7 @@ func devPolicy(root string) func(string) string {
 		return fmt.Sprintf(`
   rule "developer" {
     selectors       = ["unix:uid:%d"]
-    steps           = ["build", "test", "package"]
+    steps           = ["checkout", "build", "test", "package"]
     workspace_roots = [%s]
   }`, os.Getuid(), strings.Join(quoted, ", "))
 	}
@@ -231,7 +231,7 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 		return errors.New("a tampered artifact verified")
 	}
 	fmt.Println("   (not verified, as expected)")
-	return nil
+	return pipelineWalkthrough(ctx, st)
 }
 
 // summarizeBundle prints what the bundle says and checks its subjects
