@@ -51,8 +51,11 @@ func (r *Report) writeNode(b *strings.Builder, n *Node, indent string, last bool
 	shown[n.ID] = true
 	a := n.Attestation
 	workload := "no SPIFFE ID"
-	if len(a.Workload.SPIFFEIDs) > 0 {
+	switch {
+	case len(a.Workload.SPIFFEIDs) > 0:
 		workload = strings.Join(a.Workload.SPIFFEIDs, ", ")
+	case len(a.Workload.Selectors) > 0:
+		workload = truncList(a.Workload.Selectors, 3)
 	}
 	fmt.Fprintf(b, "%s%s%s %s: %s  [%s; workload %s; builder %s; log entry %d, signed %s]\n",
 		indent, branch, mark, n.Step, n.Verdict, n.Origin, workload, a.BuilderID, a.LogIndex, a.SignedAt.UTC().Format(time.RFC3339))

@@ -563,10 +563,7 @@ func (w *walker) unproduced(s StepRule, m Material, hasSource bool) (*Failure, e
 	} else {
 		why.WriteString("not allowed: the step takes materials from no earlier step")
 	}
-	switch {
-	case len(s.Sources) == 0:
-		why.WriteString(", and the step names no source")
-	case hasSource:
+	if hasSource {
 		why.WriteString(", and lies in no clean work tree of an allowed source")
 	}
 	for _, from := range s.MaterialsFrom {
