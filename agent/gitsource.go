@@ -30,10 +30,17 @@ func gitSources(root *measure.Root, paths []string, lim measure.Limits, measured
 	defer osRoot.Close()
 	fsys := osRoot.FS()
 
+	// The workspace, and the named paths that are directories: a path
+	// measured as a file is not one (so a request naming many files costs
+	// no look-ups).
+	files := make(map[string]bool, len(measured))
+	for _, d := range measured {
+		files[d.Name] = true
+	}
 	dirs := []string{"."}
 	for _, p := range paths {
 		c := path.Clean(strings.TrimPrefix(p, "./"))
-		if c != "." && fs.ValidPath(c) && !slices.Contains(dirs, c) {
+		if c != "." && fs.ValidPath(c) && !files[c] && !slices.Contains(dirs, c) {
 			dirs = append(dirs, c)
 		}
 	}

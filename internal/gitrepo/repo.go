@@ -71,7 +71,8 @@ type Source struct {
 	// RemoteURL is the remote's URL with the user and password removed
 	// (an scp-like user@host:path keeps its user), "" without a remote.
 	RemoteURL string
-	// Clean is true when the work tree is exactly Tree.
+	// Clean is true when the work tree is exactly Tree; false also when
+	// it is too large to compare within the limits (Difference says so).
 	Clean bool
 	// Difference says why the tree is not clean (the first difference
 	// found); empty when clean.
@@ -144,6 +145,12 @@ func Read(fsys fs.FS, dir string, lim Limits) (*Source, error) {
 	}
 	c := &comparer{fsys: fsys, rl: rl, store: store, lim: lim, files: map[string]string{}, links: map[string]string{}}
 	diff, err := c.compareTree(dir, "", treeID, true, 0)
+	var tooLarge *tooLargeError
+	if errors.As(err, &tooLarge) {
+		// The commit is known; whether the files are its tree is not:
+		// never claim it.
+		diff, err = "not compared: "+tooLarge.Error(), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -435,6 +442,11 @@ func stripCredentials(raw string) string {
 	return u.String()
 }
 
+// tooLargeError is a work tree too large to compare within the limits.
+type tooLargeError struct{ msg string }
+
+func (e *tooLargeError) Error() string { return e.msg }
+
 // comparer walks a tree and the work tree together.
 type comparer struct {
 	fsys    fs.FS
@@ -497,7 +509,7 @@ func (c *comparer) compareTree(dir, rel string, id ID, top bool, depth int) (str
 	}
 	c.entries += len(entries)
 	if c.entries > c.lim.MaxFiles {
-		return "", fmt.Errorf("gitrepo: more than %d tree entries", c.lim.MaxFiles)
+		return "", &tooLargeError{fmt.Sprintf("more than %d tree entries", c.lim.MaxFiles)}
 	}
 	listing, err := fs.ReadDir(c.fsys, dir)
 	if err != nil {
@@ -569,7 +581,7 @@ func (c *comparer) hasFile(p string, d fs.DirEntry, depth int) (bool, error) {
 	}
 	for _, e := range listing {
 		if c.entries++; c.entries > c.lim.MaxFiles {
-			return false, fmt.Errorf("gitrepo: more than %d entries", c.lim.MaxFiles)
+			return false, &tooLargeError{fmt.Sprintf("more than %d entries", c.lim.MaxFiles)}
 		}
 		if has, err := c.hasFile(path.Join(p, e.Name()), e, depth+1); has || err != nil {
 			return has, err
@@ -588,7 +600,7 @@ func (c *comparer) compareFile(p, name string, fi fs.FileInfo, e treeEntry) (str
 		return name + ": executable bit differs", nil
 	}
 	if fi.Size() > c.lim.MaxFileBytes {
-		return "", fmt.Errorf("gitrepo: %s is larger than %d bytes", name, c.lim.MaxFileBytes)
+		return "", &tooLargeError{fmt.Sprintf("%s is larger than %d bytes", name, c.lim.MaxFileBytes)}
 	}
 	f, err := c.fsys.Open(p)
 	if err != nil {
@@ -605,7 +617,7 @@ func (c *comparer) compareFile(p, name string, fi fs.FileInfo, e treeEntry) (str
 		return name + " changed while it was read", nil
 	}
 	if c.bytes += int64(len(content)); c.bytes > c.lim.MaxTotalBytes {
-		return "", fmt.Errorf("gitrepo: work tree larger than %d bytes", c.lim.MaxTotalBytes)
+		return "", &tooLargeError{fmt.Sprintf("work tree larger than %d bytes", c.lim.MaxTotalBytes)}
 	}
 	if hashObject("blob", content) != e.id {
 		return name + " differs from the commit", nil

@@ -218,10 +218,23 @@ func TestReadLimits(t *testing.T) {
 	root, err := os.OpenRoot(dir)
 	require.NoError(t, err)
 	defer root.Close()
-	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{MaxFiles: 3})
-	require.ErrorContains(t, err, "more than 3")
-	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{MaxFileBytes: 100})
-	require.ErrorContains(t, err, "larger than 100 bytes")
+	// Too large to compare: the commit is read, clean is never claimed.
+	for _, tc := range []struct {
+		lim  gitrepo.Limits
+		want string
+	}{
+		{gitrepo.Limits{MaxFiles: 3}, "not compared: more than 3"},
+		{gitrepo.Limits{MaxFileBytes: 100}, "not compared: src/lib/util.c is larger than 100 bytes"},
+		{gitrepo.Limits{MaxTotalBytes: 1000}, "not compared: work tree larger than 1000 bytes"},
+	} {
+		src, err := gitrepo.Read(root.FS(), ".", tc.lim)
+		require.NoError(t, err)
+		require.False(t, src.Clean)
+		require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
+		require.Contains(t, src.Difference, tc.want)
+	}
+	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{MaxObjectBytes: 10})
+	require.ErrorContains(t, err, "larger than 10 bytes")
 }
 
 func TestRemoteURL(t *testing.T) {
