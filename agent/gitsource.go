@@ -23,27 +23,29 @@ const maxGitSources = 16
 // differs from the one the git comparison read changed during the
 // attestation, and the tree is recorded as not clean.
 func gitSources(root *measure.Root, paths []string, lim measure.Limits, measured []measure.Digest) ([]attest.GitSource, error) {
+	// The workspace, and the named paths that are directories (a path
+	// measured as a file is not one), that hold a .git: usually none,
+	// found with one look-up beneath the root each.
+	files := make(map[string]bool, len(measured))
+	for _, d := range measured {
+		files[d.Name] = true
+	}
+	var dirs []string
+	for _, p := range append([]string{"."}, paths...) {
+		c := path.Clean(strings.TrimPrefix(p, "./"))
+		if fs.ValidPath(c) && !files[c] && !slices.Contains(dirs, c) && root.Exists(path.Join(c, ".git")) {
+			dirs = append(dirs, c)
+		}
+	}
+	if len(dirs) == 0 {
+		return nil, nil
+	}
 	osRoot, err := root.OSRoot()
 	if err != nil {
 		return nil, err
 	}
 	defer osRoot.Close()
 	fsys := osRoot.FS()
-
-	// The workspace, and the named paths that are directories: a path
-	// measured as a file is not one (so a request naming many files costs
-	// no look-ups).
-	files := make(map[string]bool, len(measured))
-	for _, d := range measured {
-		files[d.Name] = true
-	}
-	dirs := []string{"."}
-	for _, p := range paths {
-		c := path.Clean(strings.TrimPrefix(p, "./"))
-		if c != "." && fs.ValidPath(c) && !files[c] && !slices.Contains(dirs, c) {
-			dirs = append(dirs, c)
-		}
-	}
 	var out []attest.GitSource
 	for _, dir := range dirs {
 		if fi, err := fs.Stat(fsys, dir); err != nil || !fi.IsDir() || !gitrepo.IsWorkTree(fsys, dir) {

@@ -27,3 +27,6 @@ func (*Root) hash(context.Context, []string, Limits, *Progress) ([]Digest, error
 func (*Root) OSRoot() (*os.Root, error) {
 	return nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }
+
+// Exists is not supported on this system: nothing exists.
+func (*Root) Exists(string) bool { return false }

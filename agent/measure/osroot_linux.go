@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // OSRoot opens the very directory r measures (through its descriptor,
@@ -18,4 +20,16 @@ func (r *Root) OSRoot() (*os.Root, error) {
 		return nil, fmt.Errorf("measure: reopen root: %w", err)
 	}
 	return root, nil
+}
+
+// Exists reports whether rel, a clean slash-separated relative path,
+// names anything beneath r, resolved as Hash resolves paths (one
+// openat2 with O_PATH: cheap enough to ask on every attestation).
+func (r *Root) Exists(rel string) bool {
+	fd, err := r.sys.r.open(rel, unix.O_PATH)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
 }
