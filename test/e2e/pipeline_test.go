@@ -209,6 +209,7 @@ func newPipelineEnv(t *testing.T) *pipelineEnv {
 // from the log by digest alone, and every way the chain can be broken is
 // refused with the rule named.
 func TestPipelineEndToEnd(t *testing.T) {
+	t.Parallel()
 	e := newPipelineEnv(t)
 
 	// The source: a repository with two commits; checkout clones it and
