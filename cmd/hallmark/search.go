@@ -149,6 +149,6 @@ func rebuildBundle(tlogJSON, envJSON json.RawMessage, cert, timestamp []byte) ([
 		},
 		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
 	}
-	out, err := protojson.Marshal(b)
+	out, err := attest.MarshalBundle(b)
 	return out, entry.GetLogIndex(), err
 }
