@@ -29,6 +29,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/trust"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
@@ -125,6 +126,45 @@ func TestSubmitEntriesRPC(t *testing.T) {
 		checkEntry(t, ls.tl, &te, subs[i])
 	}
 	require.Contains(t, resp.GetResults()[2].GetError(), "envelope")
+
+	// Malformed entries among good ones: each is refused on its own, with
+	// its reason; the good ones are logged; the call succeeds.
+	otherKey := newP256(t)
+	wrongKey, err := attest.SignEnvelope(statement("wrong key"), otherKey)
+	require.NoError(t, err)
+	malformed := []*serverv1.LogSubmission{
+		nil,
+		{},
+		{Envelope: []byte("\xff\xfe not UTF-8"), Certificate: leaf.Raw},
+		{Envelope: []byte(`{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AAAA"}]}`), Certificate: leaf.Raw},
+		{Envelope: []byte(`{"payload":"!!","payloadType":"x","signatures":[]}`), Certificate: leaf.Raw},
+		{Envelope: logSubmission(agent.submit(t, "garbage certificate")).GetEnvelope(), Certificate: []byte("not DER")},
+		{Envelope: logSubmission(agent.submit(t, "CA certificate")).GetEnvelope(), Certificate: inter.cert.Raw},
+		logSubmission(submission(t, wrongKey, leaf)),
+		logSubmission(submission(t, agent.sign(t, []byte(`{"not":"a statement"}`)), leaf)),
+		{Envelope: make([]byte, MaxEnvelopeSize+1), Certificate: leaf.Raw},
+	}
+	mixed := &serverv1.SubmitEntriesRequest{}
+	var good []Submission
+	for i, m := range malformed {
+		g := agent.submit(t, fmt.Sprintf("good %d", i))
+		good = append(good, g)
+		mixed.Entries = append(mixed.Entries, logSubmission(g), m)
+	}
+	resp, err = svc.SubmitEntries(ctx, mixed)
+	require.NoError(t, err, "malformed entries never fail the call")
+	require.Len(t, resp.GetResults(), 2*len(malformed))
+	for i, r := range resp.GetResults() {
+		if i%2 == 0 {
+			require.Empty(t, r.GetError(), "good entry %d", i/2)
+			var te rekorpb.TransparencyLogEntry
+			require.NoError(t, protojson.Unmarshal(r.GetTlogEntry(), &te))
+			checkEntry(t, ls.tl, &te, good[i/2])
+			continue
+		}
+		require.NotEmpty(t, r.GetError(), "malformed entry %d", i/2)
+		require.Empty(t, r.GetTlogEntry())
+	}
 
 	// Call-level refusals.
 	tooMany := &serverv1.SubmitEntriesRequest{Entries: make([]*serverv1.LogSubmission, MaxSubmitEntries+1)}
