@@ -738,3 +738,58 @@ func TestReloadsAreShared(t *testing.T) {
 	t.Logf("%d submissions, %d re-reads of the signing CAs", n, reads)
 	require.Less(t, reads, int64(n))
 }
+
+// A log written before hashedrekord (one legacy dsse entry) continues with
+// hashedrekord entries: the legacy entry is served with its kind under the
+// new log ID, and submitting its envelope again returns it instead of
+// logging it a second time (the dedupe key is the legacy leaf hash).
+func TestContinueLegacyLog(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	st := openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))
+	t.Cleanup(func() { st.Close() })
+	key := newLogKey(t)
+
+	// The old log: one dsse entry at index 0, as the previous release
+	// appended it (leaf hash and dedupe key both of the legacy body).
+	old := agent.submit(t, "logged before the upgrade")
+	var env dssepb.Envelope
+	require.NoError(t, protojson.Unmarshal(old.Envelope, &env))
+	legacy, err := tlog.NewLegacyBody(&env, old.Certificate)
+	require.NoError(t, err)
+	leaf := tlog.LeafHash(legacy)
+	note, err := tlog.SignCheckpoint(tlog.Checkpoint{Origin: testOrigin, Size: 0, Root: tlog.Hasher.EmptyRoot()}, key)
+	require.NoError(t, err)
+	require.NoError(t, st.AppendBatch(ctx, store.Batch{Checkpoint: store.Checkpoint{Size: 0, Note: note}}))
+	note, err = tlog.SignCheckpoint(tlog.Checkpoint{Origin: testOrigin, Size: 1, Root: leaf}, key)
+	require.NoError(t, err)
+	require.NoError(t, st.AppendBatch(ctx, store.Batch{
+		Entries: []store.Entry{{Index: 0, LeafHash: leaf, DedupeKey: leaf, Body: legacy, Envelope: old.Envelope,
+			Certificate: old.Certificate, SPIFFEID: agentID.String(), IntegratedTime: time.Now().Unix(), Timestamp: []byte("old timestamp")}},
+		Nodes:      []store.Node{{NodeID: store.NodeID{Level: 0, Index: 0}, Hash: leaf}},
+		Checkpoint: store.Checkpoint{Size: 1, Note: note},
+	}))
+
+	l := startLog(t, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, KeyCreated: time.Now().Add(-time.Hour), Origin: testOrigin})
+	require.NoError(t, l.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
+
+	again := submitOne(t, l.TransparencyLog, agentID, old)
+	require.NoError(t, again.Refusal)
+	require.Equal(t, int64(0), again.Entry.GetLogIndex(), "the entry logged before, not a new one")
+	require.Equal(t, tlog.LegacyEntryKind, again.Entry.GetKindVersion().GetKind())
+	require.Equal(t, legacy, again.Entry.GetCanonicalizedBody())
+	require.Equal(t, tlog.KeyID(testOrigin, l.PublicKey()), again.Entry.GetLogId().GetKeyId())
+	require.Equal(t, []byte("old timestamp"), again.Timestamp)
+
+	after := agent.submit(t, "logged after the upgrade")
+	next := submitOne(t, l.TransparencyLog, agentID, after)
+	require.NoError(t, next.Refusal)
+	require.Equal(t, int64(1), next.Entry.GetLogIndex())
+	cp := checkEntry(t, l.TransparencyLog, next.Entry, after)
+	require.Equal(t, uint64(2), cp.Size)
+	// The old tree is a prefix of the new one.
+	hashes, err := l.ConsistencyProof(ctx, 1, 2)
+	require.NoError(t, err)
+	require.NoError(t, tlog.VerifyConsistency(1, 2, hashes, leaf, cp.Root))
+}

@@ -171,9 +171,7 @@ func interopVerifiers(t *testing.T) []interopVerifier {
 				"--bundle", c.bundle, "--trusted-root", c.root, "--artifact", c.artifact, "--san", c.identity))
 		}},
 		{"hallmark verify", func(t *testing.T, c interopCase) error {
-			policy := filepath.Join(t.TempDir(), "policy.json")
-			require.NoError(t, os.WriteFile(policy, fmt.Appendf(nil, `{"builder_id_prefixes":[%q]}`, c.identity), 0o644))
-			return runVerifier(exec.Command(stack.Bins.CLI, "verify", c.artifact, "--bundle", c.bundle, "--trusted-root", c.root, "--policy", policy))
+			return hallmarkVerifyAs(t, c.artifact, c.bundle, c.root, c.identity)
 		}},
 	}
 }
