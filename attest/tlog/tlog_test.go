@@ -216,12 +216,19 @@ func FuzzParseBody(f *testing.F) {
 	good, err := NewBody(env, []byte("cert"))
 	require.NoError(f, err)
 	f.Add(good)
+	legacy, err := NewLegacyBody(env, []byte("cert"))
+	require.NoError(f, err)
+	f.Add(legacy)
 	f.Add([]byte(`{"apiVersion":"0.0.2","kind":"dsse","spec":{}}`))
+	f.Add([]byte(`{"apiVersion":"0.0.2","kind":"hashedrekord","spec":{"hashedRekordV002":{}}}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b, err := ParseBody(data)
 		if err != nil {
 			return
+		}
+		if b.Kind != EntryKind && b.Kind != LegacyEntryKind {
+			t.Fatalf("accepted kind %q", b.Kind)
 		}
 		_ = b.Matches(env, []byte("cert"))
 	})

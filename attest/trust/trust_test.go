@@ -140,3 +140,47 @@ func TestTrustedRootJSON(t *testing.T) {
 	require.Equal(t, "hallmark.example.org", back.Logs[0].Origin)
 	require.True(t, pub.Equal(back.Logs[0].Key))
 }
+
+// FuzzParseTrustedRoot: trusted roots come from files and over HTTP; what
+// parses renders again and parses to the same logs.
+func FuzzParseTrustedRoot(f *testing.F) {
+	nb := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(f, err)
+	chain := func() []*x509.Certificate {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		require.NoError(f, err)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "CA"}, NotBefore: nb, NotAfter: nb.Add(time.Hour),
+			IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+		require.NoError(f, err)
+		c, err := x509.ParseCertificate(der)
+		require.NoError(f, err)
+		return []*x509.Certificate{c}
+	}()
+	ca, err := SigningCA(chain, time.Time{}, nb.Add(30*time.Minute))
+	require.NoError(f, err)
+	seed, err := State{CAs: []CA{ca}, Logs: []Log{{Origin: "hallmark.example.org", Key: pub, ValidFor: Range{Start: nb}}}}.MarshalJSON()
+	require.NoError(f, err)
+	f.Add(seed)
+	f.Add([]byte(`{"mediaType":"application/vnd.dev.sigstore.trustedroot+json;version=0.1","tlogs":[{"baseUrl":"x","publicKey":{"keyDetails":"PKIX_ED25519"}}]}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		st, err := ParseTrustedRoot(data)
+		if err != nil {
+			return
+		}
+		again, err := st.MarshalJSON()
+		if err != nil {
+			t.Fatalf("a parsed trusted root does not render: %v", err)
+		}
+		back, err := ParseTrustedRoot(again)
+		if err != nil {
+			t.Fatalf("a rendered trusted root does not parse: %v", err)
+		}
+		if len(back.Logs) != len(st.Logs) || len(back.CAs) != len(st.CAs) || len(back.TSAs) != len(st.TSAs) {
+			t.Fatalf("round trip changed the state: %d/%d/%d logs/CAs/TSAs, then %d/%d/%d",
+				len(st.Logs), len(st.CAs), len(st.TSAs), len(back.Logs), len(back.CAs), len(back.TSAs))
+		}
+	})
+}
