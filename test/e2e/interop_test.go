@@ -12,11 +12,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/mod/modfile"
 
 	"github.com/hallmark-dev/hallmark/test/harness"
 	"github.com/hallmark-dev/hallmark/test/interop/sigstorego"
@@ -123,13 +123,15 @@ func interopVerifiers(t *testing.T) []interopVerifier {
 	root, err := harness.RepoRoot()
 	require.NoError(t, err)
 
-	// sigstore-go: the version this module links.
-	info, ok := debug.ReadBuildInfo()
-	require.True(t, ok)
+	// sigstore-go: the version this module requires (and so links).
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	require.NoError(t, err)
+	mf, err := modfile.Parse("go.mod", gomod, nil)
+	require.NoError(t, err)
 	linked := ""
-	for _, d := range info.Deps {
-		if d.Path == "github.com/sigstore/sigstore-go" {
-			linked = d.Version
+	for _, r := range mf.Require {
+		if r.Mod.Path == "github.com/sigstore/sigstore-go" {
+			linked = r.Mod.Version
 		}
 	}
 	require.Equal(t, sigstoreGoVersion, linked, "the sigstore-go the docs name")
