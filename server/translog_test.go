@@ -28,6 +28,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
@@ -792,4 +793,59 @@ func TestContinueLegacyLog(t *testing.T) {
 	hashes, err := l.ConsistencyProof(ctx, 1, 2)
 	require.NoError(t, err)
 	require.NoError(t, tlog.VerifyConsistency(1, 2, hashes, leaf, cp.Root))
+}
+
+// The log and verifiers draw the rotation lines in one place (package
+// attest/trust): for an issuer revoked from R, a signature timestamped a
+// second before R is admitted and inside the exported CA's validFor, one
+// timestamped at R is refused and outside it; for an issuer tainted at T,
+// the line is T + trust.TaintGrace.
+func TestRotationBoundariesAreOneRule(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		state func(fp []byte, at time.Time) store.IssuerState
+		line  func(at time.Time) time.Time
+	}{
+		{"revoked", func(fp []byte, at time.Time) store.IssuerState {
+			return store.IssuerState{Fingerprint: fp, TaintedAt: at, RevokedAt: at}
+		},
+			func(at time.Time) time.Time { return at }},
+		{"tainted", func(fp []byte, at time.Time) store.IssuerState {
+			return store.IssuerState{Fingerprint: fp, TaintedAt: at}
+		},
+			func(at time.Time) time.Time { return at.Add(trust.TaintGrace) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := newTestCA(t, "signing CA")
+			agent := newTestAgent(t, ca, agentID)
+			l := newTestLog(t, ca, nil)
+			at := time.Now().Add(time.Minute).Truncate(time.Second) // within the agent certificate's validity, line included
+			fp := fingerprintOf(ca.cert)
+			require.NoError(t, l.SetIssuerState(ctx, tc.state(fp[:], at)))
+			line := tc.line(at)
+
+			rootJSON, err := l.TrustedRootJSON(ctx)
+			require.NoError(t, err)
+			st, err := trust.ParseTrustedRoot(rootJSON)
+			require.NoError(t, err)
+			require.True(t, st.CAs[0].ValidFor.Contains(line.Add(-time.Second)), "exported: trusted a second before the line")
+			require.False(t, st.CAs[0].ValidFor.Contains(line), "exported: not trusted at the line")
+
+			stamped := func(name string, when time.Time) Submission {
+				sub := agent.submit(t, name)
+				var env dssepb.Envelope
+				require.NoError(t, protojson.Unmarshal(sub.Envelope, &env))
+				sub.Timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), when)
+				require.NoError(t, err)
+				return sub
+			}
+			before := submitOne(t, l.TransparencyLog, agentID, stamped("before the line", line.Add(-time.Second)))
+			require.NoError(t, before.Refusal, "admitted a second before the line")
+			atLine := submitOne(t, l.TransparencyLog, agentID, stamped("at the line", line))
+			require.Error(t, atLine.Refusal, "refused at the line")
+			require.ErrorContains(t, atLine.Refusal, "verify: chain")
+			require.ErrorContains(t, atLine.Refusal, "the signing CA")
+		})
+	}
 }
