@@ -17,7 +17,7 @@ tools: spire protoc
 spire:
 	@./test/scripts/install-spire.sh
 
-## interop-tools: cosign v3.1.3 built into .tools/bin (cached; ~5 minutes cold) and sigstore-js
+## interop-tools: cosign v3.1.3 built into .tools/bin (cached; tens of minutes cold on 2 busy cores) and sigstore-js
 ## (@sigstore/verify, @sigstore/bundle) from package-lock.json into test/interop/sigstorejs/node_modules.
 interop-tools:
 	@./test/scripts/install-cosign.sh

@@ -4,7 +4,8 @@
 #
 # Uses a binary already in .tools/bin, and only then builds it from the Go
 # module proxy through the tools/cosign module, whose go.sum pins every
-# dependency (about 5 minutes cold on 2 cores; once). A cosign on PATH is not
+# dependency (once; 48 minutes measured cold on a 2-core machine busy with
+# other builds). A cosign on PATH is not
 # used: the tests name the version they run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -16,7 +17,7 @@ if [ -x "$bin/cosign" ] && "$bin/cosign" version 2>/dev/null | grep -q "GitVersi
   exit 0
 fi
 
-echo "cosign: building cosign $want from the module proxy (about 5 minutes cold, once)..."
+echo "cosign: building cosign $want from the module proxy (cold: minutes to tens of minutes on 2 cores; once)..."
 start=$(date +%s)
 cd "$root/tools/cosign"
 tmp=$(mktemp -d "$bin/.cosign.XXXXXX")
