@@ -551,3 +551,55 @@ func FuzzSubmitCheck(f *testing.F) {
 		}
 	})
 }
+
+// GET /log/entries bounds a page by bytes as well as by count: envelopes
+// of about 1.5 MiB each come three to a 4 MiB page (always at least one),
+// and every entry is reached by following next.
+func TestLogEntriesPageByBytes(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	l := newTestLog(t, ca, nil)
+	long := strings.Repeat("x", 3000)
+	var subs []Submission
+	for i := range 8 {
+		names := []string{"big"}
+		for j := range 500 { // 500 products with long names: ~1.5 MiB of payload, ~2 MiB as base64
+			names = append(names, fmt.Sprintf("%d-%d-%s", i, j, long))
+		}
+		subs = append(subs, agent.submit(t, names...))
+	}
+	res, err := l.Submit(withCaller(ctx, agentID), agentID, subs)
+	require.NoError(t, err)
+	for _, r := range res {
+		require.NoError(t, r.Refusal)
+	}
+	mux := http.NewServeMux()
+	l.registerHTTP(mux, zap.NewNop())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	var got []int64
+	pages := 0
+	for start := uint64(0); ; pages++ {
+		code, _, body := httpGet(t, fmt.Sprintf("%s/log/entries?digest=sha256:%s&start=%d", srv.URL, digestOf("big"), start))
+		require.Equal(t, http.StatusOK, code)
+		require.LessOrEqual(t, len(body), 2*maxPageBytes, "a page's answer stays near the byte bound")
+		var page entriesJSON
+		require.NoError(t, json.Unmarshal(body, &page))
+		for _, e := range page.Entries {
+			var te rekorpb.TransparencyLogEntry
+			require.NoError(t, protojson.Unmarshal(e.TlogEntry, &te))
+			got = append(got, te.GetLogIndex())
+		}
+		if page.Next == nil {
+			require.Empty(t, page.Entries)
+			break
+		}
+		require.NotEmpty(t, page.Entries)
+		require.Less(t, len(page.Entries), 4, "cut by bytes, not by count")
+		start = *page.Next
+	}
+	require.Equal(t, []int64{0, 1, 2, 3, 4, 5, 6, 7}, got)
+	require.GreaterOrEqual(t, pages, 3)
+}
