@@ -300,6 +300,7 @@ func TestLogHTTP(t *testing.T) {
 	var tr trustrootpb.TrustedRoot
 	require.NoError(t, protojson.Unmarshal(body, &tr))
 	require.Equal(t, trust.MediaType, tr.GetMediaType())
+	require.Contains(t, string(body), `"ctlogs": []`, "written although empty: strict parsers require it")
 	require.Len(t, tr.GetTlogs(), 1)
 	tl := tr.GetTlogs()[0]
 	require.Equal(t, "https://hallmark.example.org", tl.GetBaseUrl())
