@@ -6,7 +6,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres interop-tools
 
 build:
 	go build -o bin/ ./cmd/...
@@ -16,6 +16,12 @@ tools: spire protoc
 
 spire:
 	@./test/scripts/install-spire.sh
+
+## interop-tools: cosign v3.1.3 built into .tools/bin (cached; tens of minutes cold on 2 busy cores) and sigstore-js
+## (@sigstore/verify, @sigstore/bundle) from package-lock.json into test/interop/sigstorejs/node_modules.
+interop-tools:
+	@./test/scripts/install-cosign.sh
+	@./test/scripts/install-sigstorejs.sh
 
 ## postgres: Debian's PostgreSQL server programs, for the tests' private instances (test/pgtest).
 postgres:
@@ -44,7 +50,7 @@ lint:
 unit: postgres
 	go test -race -count=1 $$(go list ./... | grep -v /test/e2e)
 
-e2e: tools
+e2e: tools interop-tools
 	go test -count=1 -timeout 30m -v ./test/e2e/...
 
 ## test: lint, generated-code check, deploy files, unit tests under -race, end-to-end on real SPIRE.

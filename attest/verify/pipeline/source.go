@@ -246,7 +246,7 @@ func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
 		},
 		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
 	}
-	out, err := protojson.Marshal(b)
+	out, err := attest.MarshalBundle(b)
 	return out, entry.GetLogIndex(), err
 }
 
