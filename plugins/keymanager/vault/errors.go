@@ -84,6 +84,13 @@ func (e *Error) FaultName() string {
 	}
 }
 
+// Transient reports whether the fault may end by itself (sealed,
+// unreachable), as opposed to needing an operator (refused by policy,
+// misconfigured).
+func (e *Error) Transient() bool {
+	return e.Fault == ErrSealed || e.Fault == ErrUnreachable
+}
+
 // knownMisconfigurations map a piece of Vault's message to its fix.
 var knownMisconfigurations = []struct{ says, fix string }{
 	{"missing name in alias", "cert auth names the login after the certificate's CN and the server's X509-SVID has none: register hallmark-server in SPIRE with a DNS name (`spire-server entry create ... -dns hallmark-server`), or use jwt auth"},
