@@ -28,8 +28,8 @@ import (
 
 	"github.com/hallmark-dev/hallmark/agent"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
-	"github.com/hallmark-dev/hallmark/test/harness"
 	"github.com/hallmark-dev/hallmark/test/baotest"
+	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
 // Must show 1: the certificate names the agent, lives the configured TTL
