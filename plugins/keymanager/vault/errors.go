@@ -220,7 +220,12 @@ func (f *faultLog) note(log *zap.Logger, op string, err error) {
 	}
 	if name := e.FaultName(); name != f.last[op] {
 		f.last[op] = name
-		log.Error("Vault fault: "+name, zap.String(logOp, op), zap.String(logFault, name), zap.Error(e), zap.String(logFix, e.Fix()))
+		fields := []zap.Field{zap.String(logOp, op), zap.String(logFault, name), zap.Error(e), zap.String(logFix, e.Fix())}
+		if e.Transient() {
+			log.Warn("Vault fault: "+name, fields...) // the server retries; agents keep signing meanwhile
+		} else {
+			log.Error("Vault fault: "+name, fields...) // needs an operator
+		}
 	}
 }
 
