@@ -190,7 +190,7 @@ func showVaultIssuer(c *agent.CertStatus, bao *baotest.Server, vault harness.Vau
 	if err := chain[0].CheckSignatureFrom(vault.CA); err != nil {
 		return fmt.Errorf("the signing certificate was not issued by the Vault CA: %w", err)
 	}
-	fmt.Printf("   issued by the Vault CA: %q, the root of PKI mount %s/ on %s\n   (checked: its signature verifies with that CA's key; Vault never lets the key out)\n",
+	fmt.Printf("   issued by the Vault CA: %q, the root of PKI mount %s/ on %s\n   (checked: its signature verifies with that CA's key, which never leaves Vault;\n   Vault backdates NotBefore by 30s, so the TTL above is certificate_ttl plus 30s)\n",
 		vault.CA.Subject.CommonName, vault.Setup.PKIMount, bao)
 	return nil
 }
