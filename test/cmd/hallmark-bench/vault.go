@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
@@ -100,7 +101,7 @@ func benchVault(ctx context.Context, dir string) ([]Result, error) {
 		return nil, err
 	}
 	maxC := slices.Max(vaultConcurrency)
-	agents, err := vaultAgents(ctx, sp, srv, maxC)
+	agents, svids, err := vaultAgents(ctx, sp, srv, maxC)
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +155,11 @@ func benchVault(ctx context.Context, dir string) ([]Result, error) {
 			Result{Name: "vault_issuance_p50" + suffix, Value: ms(srvRun.p(50)), Unit: "ms", Floor: ms(rawRun.p(50))},
 			Result{Name: "vault_issuance_p99" + suffix, Value: ms(srvRun.p(99)), Unit: "ms", Floor: ms(rawRun.p(99))},
 		)
+	}
+	if bundle, err := sp.X509Bundle(); err == nil {
+		if rtt, err := fleetRoundTrip(ctx, srv.ServerAddr(), svids[0], bundle, 500); err == nil {
+			logf("for context, an mTLS gRPC Health/Check round trip to hallmark-server: p50 %s p99 %s", fmtDur(percentile(rtt, 50)), fmtDur(percentile(rtt, 99)))
+		}
 	}
 	if d, err := keyManagerSignMean(ctx, srv); err == nil {
 		logf("inside hallmark-server, the vault key manager's SignCSR (the pki/sign call, its token check and parsing the answer) took %s on average", fmtDur(d))
@@ -210,8 +216,8 @@ type vaultAgent struct {
 }
 
 // vaultAgents are n agents with SVIDs minted by SPIRE, each connected to
-// srv.
-func vaultAgents(ctx context.Context, sp *harness.SPIRE, srv *harness.Service, n int) ([]vaultAgent, error) {
+// srv, and their SVIDs.
+func vaultAgents(ctx context.Context, sp *harness.SPIRE, srv *harness.Service, n int) ([]vaultAgent, []*x509svid.SVID, error) {
 	td := spiffeid.RequireTrustDomainFromString(harness.TrustDomain)
 	ids := make([]spiffeid.ID, n)
 	for i := range ids {
@@ -219,22 +225,22 @@ func vaultAgents(ctx context.Context, sp *harness.SPIRE, srv *harness.Service, n
 	}
 	svids, err := sp.MintX509SVIDs(ctx, ids, 0, 4)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	bundle, err := sp.X509Bundle()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	agents := make([]vaultAgent, n)
 	for i := range agents {
 		creds := grpccredentials.MTLSClientCredentials(svids[i], bundle, tlsconfig.AuthorizeID(harness.ServerID))
 		conn, err := grpc.NewClient(srv.ServerAddr(), grpc.WithTransportCredentials(creds))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		agents[i] = vaultAgent{id: ids[i], conn: conn, client: serverv1.NewAgentServiceClient(conn)}
 	}
-	return agents, nil
+	return agents, svids, nil
 }
 
 // vaultRun accumulates the calls of several slices.
