@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -148,6 +149,7 @@ func benchVault(ctx context.Context, dir string) ([]Result, error) {
 		}
 		logf("%d caller(s): raw pki/sign %.0f/s p50 %s p99 %s; through hallmark-server %.0f/s p50 %s p99 %s (%d rounds of %s each, alternating)",
 			c, rawRun.rate(), fmtDur(rawRun.p(50)), fmtDur(rawRun.p(99)), srvRun.rate(), fmtDur(srvRun.p(50)), fmtDur(srvRun.p(99)), vaultRounds, vaultSlice)
+		logf("%d caller(s): CPU per certificate: raw %s; through hallmark-server %s", c, rawRun.cpuPerOp(), srvRun.cpuPerOp())
 		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 		suffix := fmt.Sprintf("_c%d", c)
 		results = append(results,
@@ -243,11 +245,30 @@ func vaultAgents(ctx context.Context, sp *harness.SPIRE, srv *harness.Service, n
 	return agents, svids, nil
 }
 
-// vaultRun accumulates the calls of several slices.
+// vaultRun accumulates the calls of several slices, and the CPU time this
+// generator and the processes it started (OpenBao, hallmark-server, SPIRE)
+// used meanwhile.
 type vaultRun struct {
 	ops     int
 	elapsed time.Duration
 	took    []time.Duration
+	cpu     map[string]time.Duration // by process name; "generator" is this one
+}
+
+// cpuPerOp says the CPU each process spent per call, busiest first.
+func (r *vaultRun) cpuPerOp() string {
+	names := make([]string, 0, len(r.cpu))
+	for n := range r.cpu {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(r.cpu[b], r.cpu[a]) })
+	var b strings.Builder
+	for _, n := range names {
+		if per := r.cpu[n] / time.Duration(max(r.ops, 1)); per >= 10*time.Microsecond {
+			fmt.Fprintf(&b, "%s %dus, ", n, per.Microseconds())
+		}
+	}
+	return strings.TrimSuffix(b.String(), ", ")
 }
 
 // add runs c callers of op for vaultSlice; op(w, i) is caller w's i-th call.
@@ -257,6 +278,23 @@ func (r *vaultRun) add(ctx context.Context, c int, op func(w, i int) error) erro
 		wg    sync.WaitGroup
 		first error
 	)
+	cpu0, err := readCPU(nil)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cpu1, err := readCPU(nil)
+		if err != nil {
+			return
+		}
+		if r.cpu == nil {
+			r.cpu = map[string]time.Duration{}
+		}
+		r.cpu["generator"] += cpu1.self - cpu0.self
+		for pid, t := range cpu1.children {
+			r.cpu[t.name] += t.cpu - cpu0.children[pid].cpu
+		}
+	}()
 	start := time.Now()
 	end := start.Add(vaultSlice)
 	for w := range c {
