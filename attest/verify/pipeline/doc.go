@@ -16,7 +16,8 @@
 //     the agent recorded matches a source block: repositories, commits,
 //     refs, require_clean), products (final step);
 //  3. each material of the step: inside a clean work tree of an allowed
-//     source, or a product of an attestation of a step in materials_from
+//     source (not in its .git: the repository is not the commit's
+//     tree), or a product of an attestation of a step in materials_from
 //     that itself passes 2 and 3;
 //  4. every step of the policy is part of the chain.
 //

@@ -684,10 +684,16 @@ func matchSource(step string, r SourceRule, g GitSource) *Failure {
 	return nil
 }
 
-// coveredBy returns the clean allowed work tree that holds material name.
+// coveredBy returns the clean allowed work tree whose commit holds
+// material name: a file beneath the tree, not in its .git (the
+// repository, which the clean check does not compare with the commit).
 func coveredBy(trees []allowedTree, name string) (allowedTree, bool) {
 	for _, t := range trees {
-		if t.clean && (t.path == "." || name == t.path || strings.HasPrefix(name, t.path+"/")) {
+		rel, inside := name, t.path == "."
+		if !inside {
+			rel, inside = strings.CutPrefix(name, t.path+"/")
+		}
+		if t.clean && inside && rel != ".git" && !strings.HasPrefix(rel, ".git/") {
 			return t, true
 		}
 	}

@@ -1,0 +1,61 @@
+package pipeline_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
+)
+
+// The attacks in this file are written as a build step or a bundle
+// supplier would try them: each makes the walk accept what the policy
+// refuses unless the walk holds.
+
+// A step whose source is a clean work tree stashes an input under the
+// work tree's .git directory, which the clean check does not compare
+// (the repository is not the tree): the material must not pass as the
+// source's.
+func TestAttackMaterialUnderDotGit(t *testing.T) {
+	f := newFixture(t)
+	// build checks the source out itself; package takes build's app.
+	p := mustPolicy(t, `
+version = 1
+source "widget" {
+  repositories = ["https://git.example.org/acme/*"]
+  commits      = ["`+commit+`"]
+}
+step "build" {
+  workload_spiffe_ids = ["`+buildID+`"]
+  sources             = ["widget"]
+}
+step "package" {
+  workload_spiffe_ids = ["`+packageID+`"]
+  materials_from      = ["build"]
+}
+`)
+	for _, tc := range []struct {
+		name, treePath, material string
+	}{
+		{"work tree at src", "src", "src/.git/hooks/payload.c"},
+		{"workspace is the work tree", ".", ".git/payload.c"},
+		{"the .git file itself", "src", "src/.git"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRun("1")
+			r.build.Sources = r.checkout.Sources
+			r.build.Sources[0].Path = tc.treePath
+			honest := f.bundles(t, r.build, r.packag)
+			rep, err := f.verifyArtifact(p, "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(honest))
+			require.NoError(t, err, "the honest chain verifies")
+			require.Equal(t, "widget", rep.Chain()[1].Inputs[0].Source)
+
+			r.build.Materials = append(r.build.Materials, artifact(tc.material, "int backdoor;"))
+			_, err = f.verifyArtifact(p, "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(f.bundles(t, r.build, r.packag)))
+			var re *pipeline.RuleError
+			require.ErrorAs(t, err, &re, "a file under .git came from no commit")
+			require.Equal(t, "step.build.materials_from", re.Failure.Rule, re.Failure.Reason)
+			require.Contains(t, re.Failure.Reason, "material "+tc.material+" ")
+		})
+	}
+}
