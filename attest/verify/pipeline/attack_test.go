@@ -59,3 +59,34 @@ step "package" {
 		})
 	}
 }
+
+// Every step must be part of the chain that verified, not merely of some
+// chain the walk examined: a refused candidate of the final step that did
+// reach checkout must not lend checkout to the candidate that verifies
+// without it.
+func TestAttackMissingStepLentByRefusedCandidate(t *testing.T) {
+	f := newFixture(t)
+	r := newRun("1")
+	// The candidate examined first (origins break the tie of equal
+	// signing times): its app goes back to checkout, but its other
+	// material no step produced.
+	first := r.step("package", packageID, []string{"widget-1.0.tar.gz"}, []string{"app"})
+	first.Materials = append(first.Materials, artifact("zz-unproduced", "stray"))
+	// The candidate that verifies: its app' came from a build that took
+	// nothing from checkout.
+	r.files["app2"] = "ELF app built from nothing the policy knows"
+	build2 := r.step("build", buildID, []string{"app2"}, nil)
+	build2.Workload.Selectors = r.build.Workload.Selectors
+	second := r.step("package", packageID, []string{"widget-1.0.tar.gz"}, []string{"app2"})
+
+	cands := f.bundles(t, r.checkout, r.build, build2)
+	cands = append(cands,
+		pipeline.Candidate{Bundle: f.bundle(t, first), Origin: "a-package.hallmark.json"},
+		pipeline.Candidate{Bundle: f.bundle(t, second), Origin: "b-package.hallmark.json"})
+	rep, err := f.verifyArtifact(mustPolicy(t, testPolicy), "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(cands))
+	var re *pipeline.RuleError
+	require.ErrorAs(t, err, &re, "checkout is in no chain from the verified package")
+	require.Equal(t, "step.checkout", re.Failure.Rule, re.Failure.Reason)
+	require.Contains(t, re.Failure.Reason, "missing step")
+	require.False(t, rep.Verified)
+}

@@ -122,6 +122,12 @@ func (r *Report) Chain() []*Node {
 	if !r.Verified || r.Root == nil {
 		return r.Nodes
 	}
+	return r.reachable(*r.Root)
+}
+
+// reachable returns the node root and every node its links lead to, in
+// walk order.
+func (r *Report) reachable(root int) []*Node {
 	seen := map[int]bool{}
 	var out []*Node
 	var visit func(id int)
@@ -138,7 +144,7 @@ func (r *Report) Chain() []*Node {
 			}
 		}
 	}
-	visit(*r.Root)
+	visit(root)
 	return out
 }
 
@@ -236,10 +242,11 @@ func (w *walker) walk() (*Failure, error) {
 	if first.first != nil {
 		return first.first, nil
 	}
-	// Every step must be part of the chain: a step no material came from
-	// is missing.
+	// Every step must be part of the chain that verified (not merely of
+	// a candidate examined and refused): a step no material of it came
+	// from is missing.
 	reached := map[string]bool{}
-	for _, n := range w.report.Chain() {
+	for _, n := range w.report.reachable(first.ID) {
 		reached[n.Step] = true
 	}
 	for _, s := range w.p.Steps {
