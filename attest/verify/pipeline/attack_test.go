@@ -1,10 +1,15 @@
 package pipeline_test
 
 import (
+	"context"
+	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
 )
 
@@ -89,4 +94,39 @@ func TestAttackMissingStepLentByRefusedCandidate(t *testing.T) {
 	require.Equal(t, "step.checkout", re.Failure.Rule, re.Failure.Reason)
 	require.Contains(t, re.Failure.Reason, "missing step")
 	require.False(t, rep.Verified)
+}
+
+// hostileSource is a log server that answers every search with the honest
+// bundles and with many others that do not name the digest asked for:
+// authentic attestations (anyone who may attest any step can make them),
+// each costly to verify.
+type hostileSource struct {
+	honest, decoys []pipeline.Candidate
+	searches       int
+}
+
+func (h *hostileSource) Find(_ context.Context, _ string) ([]pipeline.Candidate, error) {
+	h.searches++
+	return append(slices.Clone(h.honest), h.decoys...), nil
+}
+
+// A bundle that does not even claim the digest searched for is not worth
+// a verification, and every verification counts against the limit: a
+// hostile source cannot make the walk verify without bound.
+func TestAttackHostileSourceDecoys(t *testing.T) {
+	f := newFixture(t)
+	r := newRun("1")
+	src := &hostileSource{honest: f.bundles(t, r.checkout, r.build, r.packag)}
+	for i := range 20 {
+		lint := r.step("lint", buildID, nil, nil)
+		lint.Products = []attest.Artifact{artifact(fmt.Sprintf("report-%d.txt", i), fmt.Sprint("lint report ", i))}
+		src.decoys = append(src.decoys, pipeline.Candidate{Bundle: f.bundle(t, lint), Origin: fmt.Sprintf("log entry %d", 100+i)})
+	}
+	calls := pipeline.CountVerifications(t)
+	rep, err := pipeline.Verify(context.Background(), mustPolicy(t, testPolicy), verify.DigestBytes("w", []byte(r.files["widget-1.0.tar.gz"])),
+		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Source: src, MaxAttestations: 10})
+	require.NoError(t, err)
+	require.True(t, rep.Verified)
+	require.GreaterOrEqual(t, src.searches, 2)
+	require.LessOrEqual(t, *calls, 10, "%d verifications for %d searches", *calls, src.searches)
 }
