@@ -169,8 +169,9 @@ type walker struct {
 	claims   map[string][]string     // bundle SHA-256 -> subjects claimed, unverified
 	found    map[string][]Candidate  // digest -> Find's answer
 	byStep   map[string][]*attestation
-	nodes    map[string]*Node // step "|" bundle SHA-256
-	all      bool             // every bundle of an enumerable source verified
+	producer map[string][]*attestation // step "|" subject SHA-256 -> verified attestations
+	nodes    map[string]*Node          // step "|" bundle SHA-256
+	all      bool                      // every bundle of an enumerable source verified
 }
 
 // Verify checks that artifact is the product of the policy's final step
@@ -191,7 +192,7 @@ func Verify(ctx context.Context, p *Policy, artifact verify.Digest, opts Options
 	w := &walker{
 		ctx: ctx, p: p, opts: opts, max: cmp.Or(opts.MaxAttestations, 1000),
 		verified: map[string]*attestation{}, refused: map[string]error{}, claims: map[string][]string{},
-		found: map[string][]Candidate{}, byStep: map[string][]*attestation{}, nodes: map[string]*Node{},
+		found: map[string][]Candidate{}, byStep: map[string][]*attestation{}, producer: map[string][]*attestation{}, nodes: map[string]*Node{},
 		report: &Report{
 			Artifact:     verify.Subject{Name: artifact.Name, SHA256: hex.EncodeToString(artifact.SHA256[:])},
 			PolicySHA256: hex.EncodeToString(p.Digest[:]),
@@ -306,14 +307,10 @@ func (w *walker) search(digest string) error {
 }
 
 // known returns the verified attestations of step s that have digest as
-// a subject, newest first.
+// a subject, newest first: a look-up, so that a step with many materials
+// costs no scan of every subject of every attestation per material.
 func (w *walker) known(s StepRule, digest string) []*attestation {
-	var out []*attestation
-	for _, a := range w.byStep[s.Name] {
-		if slices.ContainsFunc(a.res.Subjects, func(sub verify.Subject) bool { return sub.SHA256 == digest }) {
-			out = append(out, a)
-		}
-	}
+	out := slices.Clone(w.producer[s.Name+"|"+digest])
 	slices.SortStableFunc(out, func(a, b *attestation) int {
 		if c := b.res.SignedAt.Compare(a.res.SignedAt); c != 0 {
 			return c
@@ -372,6 +369,12 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 	a := &attestation{origin: c.Origin, sha: key, res: res, prov: prov}
 	w.verified[key] = a
 	w.byStep[res.Step] = append(w.byStep[res.Step], a)
+	for _, sub := range res.Subjects {
+		k := res.Step + "|" + sub.SHA256
+		if p := w.producer[k]; len(p) == 0 || p[len(p)-1] != a {
+			w.producer[k] = append(p, a)
+		}
+	}
 	return nil
 }
 
