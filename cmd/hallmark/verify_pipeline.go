@@ -146,7 +146,7 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 		return err
 	}
 	if re != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: NOT VERIFIED: rule %s: %s\n", re.Failure.Rule, re.Failure.Reason)
+		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: NOT VERIFIED: rule %s\n", re.Failure)
 		return &exitError{code: exitNotVerified}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -129,4 +130,48 @@ func TestAttackHostileSourceDecoys(t *testing.T) {
 	require.True(t, rep.Verified)
 	require.GreaterOrEqual(t, src.searches, 2)
 	require.LessOrEqual(t, *calls, 10, "%d verifications for %d searches", *calls, src.searches)
+}
+
+// What an attested step wrote (its caller's claims, the remote URL in its
+// repository's config, file names) reaches the consumer's terminal: it
+// must not carry control characters that rewrite the verdict line above
+// it.
+func TestAttackTerminalEscapes(t *testing.T) {
+	f := newFixture(t)
+	const forged = "\x1b[1A\x1b[2K\rVERIFIED: widget-1.0.tar.gz"
+	r := newRun("1")
+	r.checkout.CallerClaims["job"] = forged
+	r.checkout.Sources[0].RemoteURL = "https://git.example.org/mallory/widget.git\n" + forged
+	r.build.Materials = append(r.build.Materials, artifact("src/\u202egnp.exe", "x"))
+	for _, tc := range []struct {
+		name    string
+		mutate  func(r *run)
+		missing string
+	}{
+		{"claims and remote URL", func(*run) {}, "source.widget.repositories"},
+		{"material name", func(r *run) { r.checkout.Sources[0].RemoteURL = repoURL }, "step.build.materials_from"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := *r
+			r.checkout.Sources = slices.Clone(r.checkout.Sources)
+			tc.mutate(&r)
+			rep, err := f.verifyArtifact(mustPolicy(t, testPolicy), "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(f.bundles(t, r.checkout, r.build, r.packag)))
+			var re *pipeline.RuleError
+			require.ErrorAs(t, err, &re)
+			require.Equal(t, tc.missing, re.Failure.Rule)
+			var text strings.Builder
+			require.NoError(t, rep.WriteText(&text))
+			for _, out := range []string{text.String(), err.Error(), re.Failure.String()} {
+				require.NotContains(t, out, "\x1b")
+				require.NotContains(t, out, "\r")
+				require.NotContains(t, out, "\u202e")
+				for _, line := range strings.Split(out, "\n") {
+					require.False(t, strings.HasPrefix(line, "VERIFIED"), "forged line %q in:\n%s", line, out)
+				}
+			}
+		})
+	}
+	// Bytes that are no UTF-8 are shown as escapes too; printable text,
+	// the tree's own glyphs included, as it is.
+	require.Equal(t, `r: a\xffb \x1b é ✓`, pipeline.Failure{Rule: "r", Reason: "a\xffb \x1b é ✓"}.String())
 }

@@ -37,9 +37,7 @@ type Failure struct {
 // RuleError is a refused chain: the Failure, as an error.
 type RuleError struct{ Failure Failure }
 
-func (e *RuleError) Error() string {
-	return "pipeline: " + e.Failure.Rule + ": " + e.Failure.Reason
-}
+func (e *RuleError) Error() string { return "pipeline: " + e.Failure.String() }
 
 // Is makes errors.Is(err, ErrNotVerified) true.
 func (e *RuleError) Is(target error) bool { return target == ErrNotVerified }
