@@ -94,8 +94,10 @@ func IsWorkTree(fsys fs.FS, dir string) bool {
 }
 
 // Read reads the work tree at dir (a slash path in fsys, "." for its
-// root): fsys must implement fs.ReadLinkFS (os.Root's FS does) so that
-// symbolic links are compared, never followed.
+// root): fsys must implement fs.ReadLinkFS so that symbolic links are
+// compared, never followed. For a directory on disk, pass FS(root): a
+// file system that can block on open (os.Root's own FS, on a FIFO) lets
+// whoever writes the work tree stall Read.
 func Read(fsys fs.FS, dir string, lim Limits) (*Source, error) {
 	lim = lim.withDefaults()
 	rl, ok := fsys.(fs.ReadLinkFS)

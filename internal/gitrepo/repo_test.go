@@ -3,6 +3,7 @@ package gitrepo_test
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/hallmark-dev/hallmark/internal/gitrepo"
 )
@@ -63,7 +65,7 @@ func read(t *testing.T, dir, sub string) *gitrepo.Source {
 	root, err := os.OpenRoot(dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	src, err := gitrepo.Read(root.FS(), sub, gitrepo.Limits{})
+	src, err := gitrepo.Read(gitrepo.FS(root), sub, gitrepo.Limits{})
 	require.NoError(t, err)
 	return src
 }
@@ -184,13 +186,13 @@ func TestReadGitFile(t *testing.T) {
 	r, err := os.OpenRoot(root)
 	require.NoError(t, err)
 	defer r.Close()
-	_, err = gitrepo.Read(r.FS(), "src", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(r), "src", gitrepo.Limits{})
 	require.ErrorContains(t, err, "points outside the workspace")
 	writeFile(t, filepath.Join(root, "src", ".git"), "gitdir: /etc\n", 0o644)
-	_, err = gitrepo.Read(r.FS(), "src", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(r), "src", gitrepo.Limits{})
 	require.ErrorContains(t, err, "only a relative 'gitdir:'")
 
-	_, err = gitrepo.Read(r.FS(), ".", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(r), ".", gitrepo.Limits{})
 	require.ErrorIs(t, err, gitrepo.ErrNotRepository)
 }
 
@@ -209,7 +211,7 @@ func TestReadTamperedObject(t *testing.T) {
 	root, err := os.OpenRoot(dir)
 	require.NoError(t, err)
 	defer root.Close()
-	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(root), ".", gitrepo.Limits{})
 	require.ErrorContains(t, err, "hashes to "+other)
 }
 
@@ -227,13 +229,13 @@ func TestReadLimits(t *testing.T) {
 		{gitrepo.Limits{MaxFileBytes: 100}, "not compared: src/lib/util.c is larger than 100 bytes"},
 		{gitrepo.Limits{MaxTotalBytes: 1000}, "not compared: work tree larger than 1000 bytes"},
 	} {
-		src, err := gitrepo.Read(root.FS(), ".", tc.lim)
+		src, err := gitrepo.Read(gitrepo.FS(root), ".", tc.lim)
 		require.NoError(t, err)
 		require.False(t, src.Clean)
 		require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
 		require.Contains(t, src.Difference, tc.want)
 	}
-	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{MaxObjectBytes: 10})
+	_, err = gitrepo.Read(gitrepo.FS(root), ".", gitrepo.Limits{MaxObjectBytes: 10})
 	require.ErrorContains(t, err, "larger than 10 bytes")
 }
 
@@ -255,4 +257,36 @@ func TestRemoteURL(t *testing.T) {
 		}
 		require.Equal(t, tc.want, read(t, dir, ".").RemoteURL, tc.config)
 	}
+}
+
+// FS opens no FIFO (open(2) would block until a writer came) and lists
+// directories in name order, as os.Root's FS does.
+func TestFSRefusesFIFO(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
+	writeFile(t, filepath.Join(dir, "b"), "b", 0o644)
+	writeFile(t, filepath.Join(dir, "a", "x"), "x", 0o644)
+	root, err := os.OpenRoot(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	fsys := gitrepo.FS(root)
+	_, err = fsys.Open("fifo")
+	require.ErrorContains(t, err, "not a regular file")
+	_, err = fs.ReadDir(fsys, "fifo")
+	require.ErrorContains(t, err, "not a regular file")
+	_, err = fsys.Open("../escape")
+	require.ErrorIs(t, err, fs.ErrInvalid)
+	list, err := fs.ReadDir(fsys, ".")
+	require.NoError(t, err)
+	names := []string{}
+	for _, e := range list {
+		names = append(names, e.Name())
+	}
+	require.Equal(t, []string{"a", "b", "fifo"}, names)
+	b, err := fs.ReadFile(fsys, "a/x")
+	require.NoError(t, err)
+	require.Equal(t, "x", string(b))
+	fi, err := fs.Lstat(fsys, "fifo")
+	require.NoError(t, err)
+	require.Equal(t, fs.ModeNamedPipe, fi.Mode().Type())
 }
