@@ -62,7 +62,7 @@ type objectStore struct {
 	dir   string // the objects directory
 	lim   Limits
 	packs []*pack
-	read  int64 // bytes inflated so far
+	read  int64 // bytes inflated or produced by deltas so far
 }
 
 func newObjectStore(fsys fs.FS, dir string, lim Limits) (*objectStore, error) {
@@ -166,11 +166,21 @@ func (s *objectStore) inflate(r io.Reader, limit int64) ([]byte, error) {
 	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("object larger than %d bytes", limit)
 	}
-	s.read += int64(len(data))
-	if s.read > s.lim.MaxTotalBytes {
-		return nil, fmt.Errorf("more than %d bytes of objects inflated", s.lim.MaxTotalBytes)
+	if err := s.count(len(data)); err != nil {
+		return nil, err
 	}
 	return data, nil
+}
+
+// count adds n bytes made (inflated, or produced by a delta) to the
+// store's total: a chain of deltas each copying a large base makes much
+// out of little, so both count.
+func (s *objectStore) count(n int) error {
+	s.read += int64(n)
+	if s.read > s.lim.MaxTotalBytes {
+		return fmt.Errorf("more than %d bytes of objects inflated or produced by deltas", s.lim.MaxTotalBytes)
+	}
+	return nil
 }
 
 // pack is a pack file's index (version 2).
@@ -322,6 +332,9 @@ func (s *objectStore) packObject(p *pack, off int64, depth int) (string, []byte,
 		return typeNames[typ], data, nil
 	}
 	out, err := applyDelta(base, data, s.lim.MaxObjectBytes)
+	if err == nil {
+		err = s.count(len(out))
+	}
 	if err != nil {
 		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
 	}
