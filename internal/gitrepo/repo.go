@@ -430,13 +430,26 @@ func configValue(raw string) (string, error) {
 }
 
 // stripCredentials removes what a remote URL should never carry into an
-// attestation: the password always, and for http(s) the user name too.
+// attestation: the password always, and for http(s) (or no scheme) the
+// user name too. A URL with a control character, or one that does not
+// parse and may hold a password ("user:pass@" anywhere), is not recorded
+// at all: there is no telling where its credentials end.
 func stripCredentials(raw string) string {
+	if strings.ContainsFunc(raw, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return ""
+	}
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil || !u.IsAbs() {
+	if err != nil || u.Opaque != "" {
+		// An scp-like [user@]host:path has no password; keep it.
+		if at := strings.IndexByte(raw, '@'); at >= 0 && strings.ContainsAny(raw[:at], ":/") {
+			return ""
+		}
 		return raw
 	}
-	if u.Scheme == "http" || u.Scheme == "https" {
+	if u.User == nil {
+		return raw
+	}
+	if u.Scheme == "" || u.Scheme == "http" || u.Scheme == "https" {
 		u.User = nil
 	} else {
 		u.User = url.User(u.User.Username())

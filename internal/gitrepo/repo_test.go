@@ -290,3 +290,31 @@ func TestFSRefusesFIFO(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fs.ModeNamedPipe, fi.Mode().Type())
 }
+
+// A remote URL that Go's URL parser refuses (a token with '/', '#' or a
+// stray '%', a control character) or that has no scheme must not carry
+// its password into an attestation, which is public and permanent.
+func TestAttackRemoteURLCredentials(t *testing.T) {
+	dir := newRepo(t)
+	for _, tc := range []struct{ url, want string }{
+		{`https://ci:tok/en@git.example.org/acme/widget.git`, ""},
+		{`"https://ci:se#cret@git.example.org/acme/widget.git"`, ""},
+		{`https://ci:p%zzsecret@git.example.org/acme/widget.git`, ""},
+		{`ssh://git:secret@git.example.org:bad/acme/widget.git`, ""},
+		{`//ci:secret@git.example.org/acme/widget.git`, "//git.example.org/acme/widget.git"},
+		{`ci:secret@git.example.org:acme/widget.git`, ""},
+		{`"https://ci:secret@git.example.org/acme/widget.git\n"`, ""},
+		{`"https://git.example.org/acme/widget.git\t\b"`, ""},
+		// What has no password stays as written.
+		{`git@git.example.org:acme/widget.git`, "git@git.example.org:acme/widget.git"},
+		{`/srv/git/widget.git`, "/srv/git/widget.git"},
+		{`https://ci:secret@git.example.org/acme/widget.git`, "https://git.example.org/acme/widget.git"},
+	} {
+		cfg := "[remote \"origin\"]\n\turl = " + tc.url + "\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, ".git", "config"), []byte(cfg), 0o644))
+		got := read(t, dir, ".").RemoteURL
+		require.Equal(t, tc.want, got, tc.url)
+		require.NotContains(t, got, "secret")
+		require.NotContains(t, got, "tok/en")
+	}
+}
