@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"path"
@@ -46,12 +47,19 @@ func ParseID(s string) (ID, error) {
 
 // hashObject is git's object ID of content of type typ.
 func hashObject(typ string, content []byte) ID {
-	h := sha1.New() //nolint:gosec // git's object format
-	fmt.Fprintf(h, "%s %d\x00", typ, len(content))
+	h := newObjectHash(typ, int64(len(content)))
 	h.Write(content)
 	var id ID
 	h.Sum(id[:0])
 	return id
+}
+
+// newObjectHash starts git's object ID of an object of type typ and size
+// bytes: write the content, then Sum.
+func newObjectHash(typ string, size int64) hash.Hash {
+	h := sha1.New() //nolint:gosec // git's object format
+	fmt.Fprintf(h, "%s %d\x00", typ, size)
+	return h
 }
 
 // objectStore reads objects from a repository's objects directory:

@@ -622,23 +622,23 @@ func (c *comparer) compareFile(p, name string, fi fs.FileInfo, e treeEntry) (str
 		return "", fmt.Errorf("gitrepo: %w", err)
 	}
 	defer f.Close()
-	// The header needs the size before the content: read at most the
+	if c.bytes += fi.Size(); c.bytes > c.lim.MaxTotalBytes {
+		return "", &tooLargeError{fmt.Sprintf("work tree larger than %d bytes", c.lim.MaxTotalBytes)}
+	}
+	// The header needs the size before the content: stream at most the
 	// size seen (plus one byte, to see a file that grew) into both hashes.
-	content, err := io.ReadAll(io.LimitReader(f, fi.Size()+1))
+	blob, sum := newObjectHash("blob", fi.Size()), sha256.New()
+	n, err := io.Copy(io.MultiWriter(blob, sum), io.LimitReader(f, fi.Size()+1))
 	if err != nil {
 		return "", fmt.Errorf("gitrepo: %s: %w", name, err)
 	}
-	if int64(len(content)) != fi.Size() {
+	if n != fi.Size() {
 		return name + " changed while it was read", nil
 	}
-	if c.bytes += int64(len(content)); c.bytes > c.lim.MaxTotalBytes {
-		return "", &tooLargeError{fmt.Sprintf("work tree larger than %d bytes", c.lim.MaxTotalBytes)}
-	}
-	if hashObject("blob", content) != e.id {
+	if ID(blob.Sum(nil)) != e.id {
 		return name + " differs from the commit", nil
 	}
-	sum := sha256.Sum256(content)
-	c.files[name] = hex.EncodeToString(sum[:])
+	c.files[name] = hex.EncodeToString(sum.Sum(nil))
 	return "", nil
 }
 

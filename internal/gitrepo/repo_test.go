@@ -1,12 +1,14 @@
 package gitrepo_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -317,4 +319,28 @@ func TestAttackRemoteURLCredentials(t *testing.T) {
 		require.NotContains(t, got, "secret")
 		require.NotContains(t, got, "tok/en")
 	}
+}
+
+// A step commits a large file: the agent compares it with the commit
+// without holding it in memory (each attestation would otherwise hold up
+// to MaxFileBytes, a GiB by default, per file).
+func TestAttackLargeFileMemory(t *testing.T) {
+	dir := t.TempDir()
+	git(t, dir, "init", "-q", "-b", "main")
+	const size = 48 << 20
+	big := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "big.bin"), big, 0o644))
+	git(t, dir, "add", "-A")
+	git(t, dir, "commit", "-q", "-m", "big")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	src := read(t, dir, ".")
+	runtime.ReadMemStats(&after)
+	require.True(t, src.Clean, src.Difference)
+	sum := sha256.Sum256(big)
+	require.Equal(t, hex.EncodeToString(sum[:]), src.Files["big.bin"])
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %d KiB to compare a %d MiB file", allocated>>10, size>>20)
+	require.Less(t, allocated, uint64(4<<20))
 }
