@@ -124,6 +124,7 @@ func Read(fsys fs.FS, dir string, lim Limits) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer store.close()
 	typ, content, err := store.get(commitID)
 	if err != nil {
 		return nil, err
