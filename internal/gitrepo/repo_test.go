@@ -3,12 +3,14 @@ package gitrepo_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -343,4 +345,81 @@ func TestAttackLargeFileMemory(t *testing.T) {
 	allocated := after.TotalAlloc - before.TotalAlloc
 	t.Logf("allocated %d KiB to compare a %d MiB file", allocated>>10, size>>20)
 	require.Less(t, allocated, uint64(4<<20))
+}
+
+// Repositories a step may shape to make the agent record a commit or a
+// clean state that is not so: each is read as git reads it, or refused.
+func TestAttackRepositoryShapes(t *testing.T) {
+	readErr := func(t *testing.T, dir string) error {
+		root, err := os.OpenRoot(dir)
+		require.NoError(t, err)
+		defer root.Close()
+		_, err = gitrepo.Read(gitrepo.FS(root), ".", gitrepo.Limits{})
+		return err
+	}
+	t.Run("symlinked .git", func(t *testing.T) {
+		ws := t.TempDir()
+		repo := newRepo(t)
+		require.NoError(t, os.Rename(filepath.Join(repo, ".git"), filepath.Join(ws, "elsewhere.git")))
+		require.NoError(t, os.Symlink("elsewhere.git", filepath.Join(ws, ".git")))
+		require.ErrorContains(t, readErr(t, ws), "neither a directory nor a file")
+	})
+	t.Run("loose ref beats packed-refs, as in git", func(t *testing.T) {
+		dir := newRepo(t)
+		git(t, dir, "pack-refs", "--all")
+		// packed-refs keeps HEAD~1's ID for main; a loose ref says HEAD.
+		head, prev := git(t, dir, "rev-parse", "HEAD"), git(t, dir, "rev-parse", "HEAD~1")
+		packed, err := os.ReadFile(filepath.Join(dir, ".git", "packed-refs"))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, ".git", "packed-refs"), []byte(strings.ReplaceAll(string(packed), head, prev)), 0o644))
+		writeFile(t, filepath.Join(dir, ".git", "refs", "heads", "main"), head+"\n", 0o644)
+		require.Equal(t, head, git(t, dir, "rev-parse", "HEAD"))
+		src := read(t, dir, ".")
+		require.Equal(t, head, src.Commit)
+		require.True(t, src.Clean, src.Difference)
+	})
+	t.Run("pack index pointing an ID at another object", func(t *testing.T) {
+		dir := newRepo(t)
+		git(t, dir, "gc", "-q", "--prune=now")
+		idxPath := mustGlob(t, filepath.Join(dir, ".git", "objects", "pack", "*.idx"))
+		idx, err := os.ReadFile(idxPath)
+		require.NoError(t, err)
+		// Swap the offsets of HEAD's tree and HEAD~1's tree.
+		n := int(binary.BigEndian.Uint32(idx[8+255*4:]))
+		pos := func(hexID string) int {
+			id, err := hex.DecodeString(hexID)
+			require.NoError(t, err)
+			for m := range n {
+				if bytes.Equal(idx[8+1024+20*m:8+1024+20*m+20], id) {
+					return 8 + 1024 + 24*n + 4*m
+				}
+			}
+			t.Fatalf("%s not in the index", hexID)
+			return 0
+		}
+		a, b := pos(git(t, dir, "rev-parse", "HEAD^{tree}")), pos(git(t, dir, "rev-parse", "HEAD~1^{tree}"))
+		for i := range 4 {
+			idx[a+i], idx[b+i] = idx[b+i], idx[a+i]
+		}
+		require.NoError(t, os.Chmod(idxPath, 0o644))
+		require.NoError(t, os.WriteFile(idxPath, idx, 0o644))
+		require.ErrorContains(t, readErr(t, dir), "the repository is corrupt or was tampered with")
+	})
+	t.Run("objects only in alternates", func(t *testing.T) {
+		dir := newRepo(t)
+		store := t.TempDir()
+		require.NoError(t, os.Rename(filepath.Join(dir, ".git", "objects"), filepath.Join(store, "objects")))
+		writeFile(t, filepath.Join(dir, ".git", "objects", "info", "alternates"), filepath.Join(store, "objects")+"\n", 0o644)
+		git(t, dir, "cat-file", "-e", "HEAD:src/main.c") // git reads them
+		require.ErrorContains(t, readErr(t, dir), "alternates and promisor remotes are not read")
+	})
+	t.Run("trees nested deeper than the reader goes", func(t *testing.T) {
+		dir := t.TempDir()
+		git(t, dir, "init", "-q", "-b", "main")
+		deep := filepath.Join(append([]string{dir}, slices.Repeat([]string{"d"}, 300)...)...)
+		writeFile(t, filepath.Join(deep, "f"), "x", 0o644)
+		git(t, dir, "add", "-A")
+		git(t, dir, "commit", "-q", "-m", "deep")
+		require.ErrorContains(t, readErr(t, dir), "nested deeper than 256")
+	})
 }
