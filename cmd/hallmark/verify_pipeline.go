@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -54,17 +55,23 @@ func addPipelineFlags(cmd *cobra.Command, pf *pipelineFlags) {
 	cmd.Long += pipelineHelp
 }
 
-// pipelinePolicy reads the --policy file and reports whether it is a
-// pipeline policy.
+// pipelinePolicy reads the --policy file and reports whether it is (or
+// was meant to be) a pipeline policy: one with a top-level version, or
+// anything that is not JSON, which a single-step policy always is. So a
+// pipeline policy that does not parse, or lacks its version, is reported
+// by the pipeline policy parser, with the position of the mistake.
 func pipelinePolicy(path string) ([]byte, bool) {
 	if path == "" {
 		return nil, false
 	}
 	data, err := readFile(path, pipeline.MaxPolicySize+1)
-	if err != nil || !pipeline.IsPolicy(data) {
+	if err != nil {
 		return nil, false
 	}
-	return data, true
+	if trimmed := bytes.TrimLeft(data, " \t\r\n"); pipeline.IsPolicy(data) || len(trimmed) == 0 || trimmed[0] != '{' {
+		return data, true
+	}
+	return nil, false
 }
 
 // runPipelineVerify is `hallmark verify --policy PIPELINE ARTIFACT`.

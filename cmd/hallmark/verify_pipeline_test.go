@@ -178,3 +178,24 @@ func TestVerifyPipelineRefusalAndUsage(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, errOut, `bad.hcl:14,3-12: Unsupported argument; An argument named "materials"`)
 }
+
+// A pipeline policy so broken that it does not parse, or whose version
+// line is misspelt, is still reported as the pipeline policy it was meant
+// to be, with the position of the mistake, not as a single-step policy
+// (whose error would be about --bundle or JSON).
+func TestVerifyPipelineBrokenPolicy(t *testing.T) {
+	dir := pipelineFiles(t, "spiffe://example.org/ci/package")
+	p := func(name string) string { return filepath.Join(dir, name) }
+	for _, tc := range []struct{ name, policy, want string }{
+		{"unclosed block", strings.TrimSuffix(strings.TrimSpace(cliPipelinePolicy), "}"), "broken.hcl:"},
+		{"misspelt version", strings.Replace(cliPipelinePolicy, "version = 1", "verison = 1", 1), `broken.hcl:1,1-8: Unsupported argument; An argument named "verison"`},
+		{"no version", strings.Replace(cliPipelinePolicy, "version = 1", "", 1), "no version: say version = 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(p("broken.hcl"), []byte(tc.policy), 0o644))
+			code, _, errOut := runHallmark(t, "verify", p("app.tar.gz"), "--policy", p("broken.hcl"), "--trusted-root", p("trusted_root.json"), "--bundle-dir", p("bundles"))
+			require.Equal(t, 2, code)
+			require.Contains(t, errOut, tc.want)
+		})
+	}
+}
