@@ -175,3 +175,68 @@ func TestAttackTerminalEscapes(t *testing.T) {
 	// the tree's own glyphs included, as it is.
 	require.Equal(t, `r: a\xffb \x1b é ✓`, pipeline.Failure{Rule: "r", Reason: "a\xffb \x1b é ✓"}.String())
 }
+
+// Bundles a supplier mixes in to make the walk accept: each is refused
+// with the rule that should catch it.
+func TestAttackMixedBundles(t *testing.T) {
+	f := newFixture(t)
+	// Another deployment: its own CAs, log and timestamp authority, the
+	// same agent and workload names.
+	other := newFixture(t)
+	for _, tc := range []struct {
+		name   string
+		setup  func(t *testing.T, r *run) []pipeline.Candidate
+		rule   string
+		reason string
+	}{
+		{
+			name: "build attested under another trust root",
+			setup: func(t *testing.T, r *run) []pipeline.Candidate {
+				return append(f.bundles(t, r.checkout, r.packag), other.bundles(t, r.build)...)
+			},
+			rule:   "step.build",
+			reason: "build.hallmark.json: verify: tlog: entry is from log ",
+		},
+		{
+			name: "checkout's sources served by a bundle of another step",
+			setup: func(t *testing.T, r *run) []pipeline.Candidate {
+				// build also lists the sources as products; checkout is
+				// left out: build's materials cannot come from build.
+				r.build.Products = append(r.build.Products, r.checkout.Products...)
+				return f.bundles(t, r.build, r.packag)
+			},
+			rule:   "step.checkout",
+			reason: "missing step: none of the 2 bundles is a verified attestation of step checkout",
+		},
+		{
+			name: "a step whose material is its own product",
+			setup: func(t *testing.T, r *run) []pipeline.Candidate {
+				r.build.Materials = append(r.build.Materials, r.build.Products...)
+				return f.bundles(t, r.checkout, r.build, r.packag)
+			},
+			rule:   "step.build.materials_from",
+			reason: "material app (sha256 ",
+		},
+		{
+			name: "caller claims that say what the policy wants",
+			setup: func(t *testing.T, r *run) []pipeline.Candidate {
+				r.checkout.Sources[0].Ref = "refs/heads/wip"
+				r.checkout.CallerClaims = map[string]string{"ref": "refs/heads/main", "repository": repoURL, "commit": commit, "clean": "true"}
+				return f.bundles(t, r.checkout, r.build, r.packag)
+			},
+			rule:   "source.widget.refs",
+			reason: "branch refs/heads/wip is none of refs/heads/main",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRun("1")
+			r.checkout.Sources = slices.Clone(r.checkout.Sources)
+			cands := tc.setup(t, r)
+			_, err := f.verifyArtifact(mustPolicy(t, testPolicy), "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(cands))
+			var re *pipeline.RuleError
+			require.ErrorAs(t, err, &re)
+			require.Equal(t, tc.rule, re.Failure.Rule, re.Failure.Reason)
+			require.Contains(t, re.Failure.Reason, tc.reason)
+		})
+	}
+}
