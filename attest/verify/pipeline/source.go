@@ -68,12 +68,9 @@ func (s *BundleSet) Find(_ context.Context, sha256Hex string) ([]Candidate, erro
 	return out, nil
 }
 
-// All returns every bundle of the set: the walk verifies them all to tell
-// a missing step from one whose products do not match.
-func (s *BundleSet) All() []Candidate { return s.all }
-
 // enumerator is a Source that may be able to list everything it holds
-// (ok false: it cannot).
+// (ok false: it cannot): the walk verifies them all to tell a missing step
+// from one whose products do not match.
 type enumerator interface {
 	enumerate() (all []Candidate, ok bool)
 }
