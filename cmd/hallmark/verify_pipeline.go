@@ -106,20 +106,20 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 			return usageError(cmd, fmt.Errorf("--vsa-key: %w", err))
 		}
 	}
-	var sources pipeline.Sources
+	var finders pipeline.Finders
 	cands, err := readBundles(bundlePaths, pf.bundleDir)
 	if err != nil {
 		return usageError(cmd, err)
 	}
 	if len(cands) > 0 {
-		sources = append(sources, pipeline.NewBundleSet(cands))
+		finders = append(finders, pipeline.NewBundleSet(cands))
 	}
 	if pf.server != "" {
 		server := pf.server
 		if !strings.Contains(server, "://") {
 			server = "http://" + server
 		}
-		sources = append(sources, &pipeline.LogSearch{BaseURL: server, Client: &http.Client{Timeout: 30 * time.Second}})
+		finders = append(finders, &pipeline.LogSearch{BaseURL: server, Client: &http.Client{Timeout: 30 * time.Second}})
 	}
 	artifact, err := digestFile(args[0])
 	if err != nil {
@@ -128,7 +128,7 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 
 	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
 	defer cancel()
-	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Source: sources})
+	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Finder: finders})
 	var re *pipeline.RuleError
 	if err != nil && !errors.As(err, &re) {
 		return usageError(cmd, err)

@@ -97,16 +97,16 @@ func TestAttackMissingStepLentByRefusedCandidate(t *testing.T) {
 	require.False(t, rep.Verified)
 }
 
-// hostileSource is a log server that answers every search with the honest
+// hostileFinder is a log server that answers every search with the honest
 // bundles and with many others that do not name the digest asked for:
 // authentic attestations (anyone who may attest any step can make them),
 // each costly to verify.
-type hostileSource struct {
+type hostileFinder struct {
 	honest, decoys []pipeline.Candidate
 	searches       int
 }
 
-func (h *hostileSource) Find(_ context.Context, _ string) ([]pipeline.Candidate, error) {
+func (h *hostileFinder) Find(_ context.Context, _ string) ([]pipeline.Candidate, error) {
 	h.searches++
 	return append(slices.Clone(h.honest), h.decoys...), nil
 }
@@ -117,7 +117,7 @@ func (h *hostileSource) Find(_ context.Context, _ string) ([]pipeline.Candidate,
 func TestAttackHostileSourceDecoys(t *testing.T) {
 	f := newFixture(t)
 	r := newRun("1")
-	src := &hostileSource{honest: f.bundles(t, r.checkout, r.build, r.packag)}
+	src := &hostileFinder{honest: f.bundles(t, r.checkout, r.build, r.packag)}
 	for i := range 20 {
 		lint := r.step("lint", buildID, nil, nil)
 		lint.Products = []attest.Artifact{artifact(fmt.Sprintf("report-%d.txt", i), fmt.Sprint("lint report ", i))}
@@ -125,7 +125,7 @@ func TestAttackHostileSourceDecoys(t *testing.T) {
 	}
 	calls := pipeline.CountVerifications(t)
 	rep, err := pipeline.Verify(context.Background(), mustPolicy(t, testPolicy), verify.DigestBytes("w", []byte(r.files["widget-1.0.tar.gz"])),
-		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Source: src, MaxAttestations: 10})
+		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Finder: src, MaxAttestations: 10})
 	require.NoError(t, err)
 	require.True(t, rep.Verified)
 	require.GreaterOrEqual(t, src.searches, 2)

@@ -21,7 +21,7 @@
 //     that itself passes 2 and 3;
 //  4. every step of the policy is part of the chain.
 //
-// Attestations come from a Source (bundles given up front, or the
+// Attestations come from a Finder (bundles given up front, or the
 // server's log searched by digest); every one is verified by
 // verify.Verify (signature, log entry, timestamp, certificate chain to
 // the trusted root) before anything in it is read. The Report has the

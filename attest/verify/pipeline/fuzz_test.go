@@ -84,7 +84,7 @@ func FuzzChainWalk(f *testing.F) {
 		cands := []pipeline.Candidate{{Bundle: a, Origin: "a"}, {Bundle: b, Origin: "b"}, {Bundle: c, Origin: "c"}}
 		set := pipeline.NewBundleSet(cands)
 		d := verify.DigestBytes("artifact", []byte(content))
-		rep, err := pipeline.Verify(context.Background(), p, d, pipeline.Options{Verify: verify.Options{TrustedRoot: fx.root}, Source: set, MaxAttestations: 8})
+		rep, err := pipeline.Verify(context.Background(), p, d, pipeline.Options{Verify: verify.Options{TrustedRoot: fx.root}, Finder: set, MaxAttestations: 8})
 		if err != nil {
 			if rep == nil || rep.Verified || rep.Failure == nil {
 				t.Fatalf("refused without a report and failure: %v", err)

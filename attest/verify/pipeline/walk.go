@@ -48,9 +48,9 @@ type Options struct {
 	// (required). Its Policy must be nil: the pipeline policy's rules
 	// replace it.
 	Verify verify.Options
-	// Source finds attestations: a BundleSet, a LogSearch, or both
-	// through Sources.
-	Source Source
+	// Finder finds attestations: a BundleSet, a LogSearch, or both
+	// through Finders.
+	Finder Finder
 	// MaxAttestations bounds how many distinct bundles the walk verifies
 	// (default 1000); beyond it the chain is refused (rule "limits").
 	MaxAttestations int
@@ -174,15 +174,15 @@ type walker struct {
 
 // Verify checks that artifact is the product of the policy's final step
 // and walks back to the source: every step's attestation is found through
-// opts.Source and fully verified (verify.Verify: signature, log entry,
+// opts.Finder and fully verified (verify.Verify: signature, log entry,
 // timestamp, certificate chain to the trusted root), and every rule of the
 // policy is checked. The Report is returned in every case where the chain
 // was examined; when it is refused the error is a *RuleError naming the
 // one rule that failed (the first in walk order), else a plain error for
 // a call that could not be made (no trusted root, a source that fails).
 func Verify(ctx context.Context, p *Policy, artifact verify.Digest, opts Options) (*Report, error) {
-	if p == nil || opts.Verify.TrustedRoot == nil || opts.Source == nil {
-		return nil, errors.New("pipeline: a policy, Options.Verify.TrustedRoot and Options.Source are required")
+	if p == nil || opts.Verify.TrustedRoot == nil || opts.Finder == nil {
+		return nil, errors.New("pipeline: a policy, Options.Verify.TrustedRoot and Options.Finder are required")
 	}
 	if opts.Verify.Policy != nil {
 		return nil, errors.New("pipeline: Options.Verify.Policy must be nil: the pipeline policy's step rules apply")
@@ -287,7 +287,7 @@ func (w *walker) search(digest string) error {
 	if _, ok := w.found[digest]; ok {
 		return nil
 	}
-	cands, err := w.opts.Source.Find(w.ctx, digest)
+	cands, err := w.opts.Finder.Find(w.ctx, digest)
 	if err != nil {
 		return err
 	}
@@ -382,7 +382,7 @@ func (w *walker) verifyAll() error {
 	if w.all {
 		return nil
 	}
-	e, ok := w.opts.Source.(enumerator)
+	e, ok := w.opts.Finder.(enumerator)
 	if !ok {
 		return nil
 	}

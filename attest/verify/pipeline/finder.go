@@ -28,15 +28,15 @@ type Candidate struct {
 	Origin string
 }
 
-// Source finds the attestations the chain walk needs. Find returns the
+// Finder finds the attestations the chain walk needs. Find returns the
 // bundles that may name an artifact of the given SHA-256 (lowercase hex)
 // as a subject; it may return others too, and may return the same bundle
 // on every call: the walk verifies each bundle fully, once.
-type Source interface {
+type Finder interface {
 	Find(ctx context.Context, sha256Hex string) ([]Candidate, error)
 }
 
-// BundleSet is a Source over bundles given up front (files on the command
+// BundleSet is a Finder over bundles given up front (files on the command
 // line or in a directory). It indexes them by the subjects their payloads
 // claim, read without trusting them (a bundle that does not parse is
 // indexed under nothing); the walk verifies whatever Find returns.
@@ -68,7 +68,7 @@ func (s *BundleSet) Find(_ context.Context, sha256Hex string) ([]Candidate, erro
 	return out, nil
 }
 
-// enumerator is a Source that may be able to list everything it holds
+// enumerator is a Finder that may be able to list everything it holds
 // (ok false: it cannot): the walk verifies them all to tell a missing step
 // from one whose products do not match.
 type enumerator interface {
@@ -77,11 +77,11 @@ type enumerator interface {
 
 func (s *BundleSet) enumerate() ([]Candidate, bool) { return s.all, true }
 
-// enumerate lists every source's bundles when every source can.
-func (ss Sources) enumerate() ([]Candidate, bool) {
+// enumerate lists every finder's bundles when every finder can.
+func (ff Finders) enumerate() ([]Candidate, bool) {
 	var out []Candidate
-	for _, s := range ss {
-		e, ok := s.(enumerator)
+	for _, f := range ff {
+		e, ok := f.(enumerator)
 		if !ok {
 			return nil, false
 		}
@@ -114,7 +114,7 @@ func claimedSubjects(bundleJSON []byte) []string {
 	return out
 }
 
-// LogSearch is a Source that asks a Hallmark server's log for the
+// LogSearch is a Finder that asks a Hallmark server's log for the
 // entries naming a digest (GET /log/entries, docs/log.md) and rebuilds
 // each as a bundle. The server is not trusted: every bundle is verified
 // against the trusted root like any other.
@@ -247,15 +247,15 @@ func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
 	return out, entry.GetLogIndex(), err
 }
 
-// Sources asks each of its sources in turn and returns everything they
+// Finders asks each of its finders in turn and returns everything they
 // find (bundles on disk, then the log, say).
-type Sources []Source
+type Finders []Finder
 
-// Find returns what every source finds for the digest.
-func (ss Sources) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
+// Find returns what every finder finds for the digest.
+func (ff Finders) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
 	var out []Candidate
-	for _, s := range ss {
-		found, err := s.Find(ctx, sha256Hex)
+	for _, f := range ff {
+		found, err := f.Find(ctx, sha256Hex)
 		if err != nil {
 			return nil, err
 		}
