@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -50,7 +51,7 @@ func addPipelineFlags(cmd *cobra.Command, pf *pipelineFlags) {
 	cmd.Flags().StringVar(&pf.server, "server", "", "pipeline mode: hallmark-server's HTTP address, to search its log by digest")
 	cmd.Flags().StringVar(&pf.vsa, "vsa", "", "pipeline mode: write an SLSA Verification Summary Attestation to this file")
 	cmd.Flags().StringVar(&pf.vsaKey, "vsa-key", "", "pipeline mode: sign the VSA in DSSE with this key (PEM, ECDSA P-256; not readable by group or others)")
-	cmd.Flags().StringVar(&pf.vsaResource, "vsa-resource-uri", "", "pipeline mode: the VSA's resourceUri (default: the ARTIFACT as given)")
+	cmd.Flags().StringVar(&pf.vsaResource, "vsa-resource-uri", "", "pipeline mode: the VSA's resourceUri (default: the ARTIFACT's file: URI)")
 	cmd.Flags().BoolVar(&pf.asJSON, "json", false, "print JSON (same as --output json)")
 	cmd.Long += pipelineHelp
 }
@@ -136,9 +137,9 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	if pf.vsa != "" {
 		resource := pf.vsaResource
 		if resource == "" {
-			resource = args[0]
+			resource = fileURI(args[0])
 		}
-		if err := writeVSA(pf.vsa, report, resource, policyPath, key); err != nil {
+		if err := writeVSA(pf.vsa, report, resource, fileURI(policyPath), key); err != nil {
 			return usageError(cmd, fmt.Errorf("--vsa: %w", err))
 		}
 	}
@@ -178,7 +179,7 @@ func readBundles(paths []string, dir string) ([]pipeline.Candidate, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bundle: %w", err)
 		}
-		out = append(out, pipeline.Candidate{Bundle: b, Origin: p})
+		out = append(out, pipeline.Candidate{Bundle: b, Origin: p, URI: fileURI(p)})
 	}
 	return out, nil
 }
@@ -220,9 +221,18 @@ func readVSAKey(path string) (crypto.Signer, error) {
 	return ec, nil
 }
 
+// fileURI is the file: URI of path, made absolute ("" when it cannot be).
+func fileURI(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return ""
+	}
+	return (&url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}).String()
+}
+
 // writeVSA writes the report's VSA, signed in DSSE when key is not nil.
-func writeVSA(path string, report *pipeline.Report, resource, policyPath string, key crypto.Signer) error {
-	st, err := report.VSA(pipeline.VSAOptions{ResourceURI: resource, PolicyURI: policyPath, Time: time.Now().UTC()})
+func writeVSA(path string, report *pipeline.Report, resource, policyURI string, key crypto.Signer) error {
+	st, err := report.VSA(pipeline.VSAOptions{ResourceURI: resource, PolicyURI: policyURI, Time: time.Now().UTC()})
 	if err != nil {
 		return err
 	}

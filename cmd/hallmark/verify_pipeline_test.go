@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -144,7 +145,7 @@ func TestVerifyPipelineCommand(t *testing.T) {
 	var vsa vsa1.VerificationSummary
 	require.NoError(t, protojson.Unmarshal(pj, &vsa))
 	require.Equal(t, "PASSED", vsa.GetVerificationResult())
-	require.Equal(t, p("app.tar.gz"), vsa.GetResourceUri())
+	require.Equal(t, "file://"+p("app.tar.gz"), vsa.GetResourceUri())
 }
 
 func TestVerifyPipelineRefusalAndUsage(t *testing.T) {
@@ -198,4 +199,31 @@ func TestVerifyPipelineBrokenPolicy(t *testing.T) {
 			require.Contains(t, errOut, tc.want)
 		})
 	}
+}
+
+// The VSA's resourceUri, policy.uri and every inputAttestations[].uri are
+// URIs (SLSA VSA v1.0: ResourceURI, ResourceDescriptor.uri), here file:
+// URIs of the absolute paths, not paths as typed.
+func TestVerifyPipelineVSAURIs(t *testing.T) {
+	dir := pipelineFiles(t, "spiffe://example.org/ci/package")
+	t.Chdir(dir)
+	code, _, errOut := runHallmark(t, "verify", "app.tar.gz", "--policy", "pipeline.hcl", "--trusted-root", "trusted_root.json",
+		"--bundle-dir", "bundles", "--vsa", "vsa.json")
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	data, err := os.ReadFile(filepath.Join(dir, "vsa.json"))
+	require.NoError(t, err)
+	var st ita1.Statement
+	require.NoError(t, protojson.Unmarshal(data, &st))
+	pj, err := protojson.Marshal(st.GetPredicate())
+	require.NoError(t, err)
+	var vsa vsa1.VerificationSummary
+	require.NoError(t, protojson.Unmarshal(pj, &vsa))
+	fileURI := func(p string) string { return (&url.URL{Scheme: "file", Path: filepath.Join(dir, p)}).String() }
+	require.Equal(t, fileURI("app.tar.gz"), vsa.GetResourceUri())
+	require.Equal(t, fileURI("pipeline.hcl"), vsa.GetPolicy().GetUri())
+	var uris []string
+	for _, in := range vsa.GetInputAttestations() {
+		uris = append(uris, in.GetUri())
+	}
+	require.ElementsMatch(t, []string{fileURI("bundles/build.hallmark.json"), fileURI("bundles/package.hallmark.json")}, uris)
 }

@@ -25,7 +25,11 @@ import (
 // (a file name, a log entry). Nothing in it is trusted until verified.
 type Candidate struct {
 	Bundle []byte
+	// Origin names the bundle for people (a file name, "log entry 12").
 	Origin string
+	// URI locates the bundle (a file: URI, the log search that returns
+	// it), for a VSA's inputAttestations; empty when there is none.
+	URI string
 }
 
 // Finder finds the attestations the chain walk needs. Find returns the
@@ -167,7 +171,7 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 			if err != nil {
 				return nil, fmt.Errorf("pipeline: log search: entry from %s: %w", l.BaseURL, err)
 			}
-			out = append(out, Candidate{Bundle: b, Origin: fmt.Sprintf("log entry %d", index)})
+			out = append(out, Candidate{Bundle: b, Origin: fmt.Sprintf("log entry %d", index), URI: l.searchURL(sha256Hex, index)})
 		}
 		if len(out) > limit {
 			return nil, fmt.Errorf("pipeline: log search: more than %d entries name sha256:%s", limit, sha256Hex)
@@ -182,12 +186,17 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 	}
 }
 
+// searchURL is the search for the entries naming a digest from index
+// start on (its first answer is the entry at start, when it names it).
+func (l *LogSearch) searchURL(sha256Hex string, start int64) string {
+	return fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
+}
+
 func (l *LogSearch) page(ctx context.Context, sha256Hex string, start int64) (*searchPage, error) {
 	if l.BaseURL == "" {
 		return nil, errors.New("pipeline: log search: no server address")
 	}
-	u := fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.searchURL(sha256Hex, start), nil)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: log search: %w", err)
 	}

@@ -135,7 +135,7 @@ func (f *fixture) bundles(t testing.TB, steps ...attest.Step) []pipeline.Candida
 	t.Helper()
 	var out []pipeline.Candidate
 	for _, s := range steps {
-		out = append(out, pipeline.Candidate{Bundle: f.bundle(t, s), Origin: s.Name + ".hallmark.json"})
+		out = append(out, pipeline.Candidate{Bundle: f.bundle(t, s), Origin: s.Name + ".hallmark.json", URI: "file:///bundles/" + s.Name + ".hallmark.json"})
 	}
 	return out
 }

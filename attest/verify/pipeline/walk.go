@@ -68,8 +68,10 @@ type Node struct {
 	ID      int    `json:"id"`
 	Step    string `json:"step"`
 	Verdict string `json:"verdict"`
-	// Origin is where the bundle came from (file, log entry).
+	// Origin is where the bundle came from (file, log entry), and URI
+	// locates it when its finder could say (Candidate.URI).
 	Origin string `json:"origin"`
+	URI    string `json:"uri,omitempty"`
 	// BundleSHA256 is the SHA-256 of the bundle's bytes as verified.
 	BundleSHA256 string `json:"bundleSha256"`
 	// Attestation is what verify.Verify proved about the bundle.
@@ -149,6 +151,7 @@ func (r *Report) reachable(root int) []*Node {
 // attestation is a verified bundle and what the walk reads from it.
 type attestation struct {
 	origin string
+	uri    string
 	sha    string
 	res    *verify.Result
 	prov   stepProvenance
@@ -364,7 +367,7 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 		w.refused[key] = fmt.Errorf("%s: predicate: %w", c.Origin, err)
 		return nil
 	}
-	a := &attestation{origin: c.Origin, sha: key, res: res, prov: prov}
+	a := &attestation{origin: c.Origin, uri: c.URI, sha: key, res: res, prov: prov}
 	w.verified[key] = a
 	w.byStep[res.Step] = append(w.byStep[res.Step], a)
 	for _, sub := range res.Subjects {
@@ -450,7 +453,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 		return n, nil
 	}
 	n := &Node{
-		ID: len(w.report.Nodes), Step: s.Name, Origin: a.origin, BundleSHA256: a.sha,
+		ID: len(w.report.Nodes), Step: s.Name, Origin: a.origin, URI: a.uri, BundleSHA256: a.sha,
 		Attestation: a.res, BuildType: a.prov.buildType, Sources: a.prov.sources, CallerClaims: a.prov.claims,
 	}
 	w.report.Nodes = append(w.report.Nodes, n)
