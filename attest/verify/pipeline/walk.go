@@ -164,7 +164,7 @@ type walker struct {
 	max  int
 
 	report   *Report
-	bundles  int                     // how many an enumerable source holds
+	bundles  int                     // how many an enumerable finder holds
 	verified map[string]*attestation // bundle SHA-256 -> verified
 	refused  map[string]error        // bundle SHA-256 -> why not
 	claims   map[string][]string     // bundle SHA-256 -> subjects claimed, unverified
@@ -172,7 +172,7 @@ type walker struct {
 	byStep   map[string][]*attestation
 	producer map[string][]*attestation // step "|" subject SHA-256 -> verified attestations
 	nodes    map[string]*Node          // step "|" bundle SHA-256
-	all      bool                      // every bundle of an enumerable source verified
+	all      bool                      // every bundle of an enumerable finder verified
 }
 
 // Verify checks that artifact is the product of the policy's final step
@@ -182,7 +182,7 @@ type walker struct {
 // policy is checked. The Report is returned in every case where the chain
 // was examined; when it is refused the error is a *RuleError naming the
 // one rule that failed (the first in walk order), else a plain error for
-// a call that could not be made (no trusted root, a source that fails).
+// a call that could not be made (no trusted root, a finder that fails).
 func Verify(ctx context.Context, p *Policy, artifact verify.Digest, opts Options) (*Report, error) {
 	if p == nil || opts.Verify.TrustedRoot == nil || opts.Finder == nil {
 		return nil, errors.New("pipeline: a policy, Options.Verify.TrustedRoot and Options.Finder are required")
@@ -277,7 +277,7 @@ func (w *walker) noProducer(s StepRule, digest, why string) (*Failure, error) {
 
 // producers returns the verified attestations of step s that have digest
 // as a subject, newest first: those already verified, then what the
-// source finds.
+// finder finds.
 func (w *walker) producers(s StepRule, digest string) ([]*attestation, error) {
 	if err := w.search(digest); err != nil {
 		return nil, err
@@ -285,7 +285,7 @@ func (w *walker) producers(s StepRule, digest string) ([]*attestation, error) {
 	return w.known(s, digest), nil
 }
 
-// search asks the source for digest, once, and verifies what it finds.
+// search asks the finder for digest, once, and verifies what it finds.
 func (w *walker) search(digest string) error {
 	if _, ok := w.found[digest]; ok {
 		return nil
@@ -331,7 +331,7 @@ func (e *limitError) Error() string { return e.Failure.Reason }
 
 // verifyCandidate verifies c once, against d, remembering the outcome;
 // past the limit it returns a *limitError. A bundle whose payload does
-// not even claim d is skipped unverified: a source (a log server) may
+// not even claim d is skipped unverified: a finder (a log server) may
 // answer with anything, and each verification costs signatures and a
 // certificate chain, so every one made counts against the limit.
 func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
@@ -379,7 +379,7 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 	return nil
 }
 
-// verifyAll verifies every bundle of an enumerable source once, so that
+// verifyAll verifies every bundle of an enumerable finder once, so that
 // a failure can say whether a step is missing altogether.
 func (w *walker) verifyAll() error {
 	if w.all {
