@@ -113,7 +113,7 @@ func (h *hostileFinder) Find(_ context.Context, _ string) ([]pipeline.Candidate,
 
 // A bundle that does not even claim the digest searched for is not worth
 // a verification, and every verification counts against the limit: a
-// hostile source cannot make the walk verify without bound.
+// hostile finder cannot make the walk verify without bound.
 func TestAttackHostileSourceDecoys(t *testing.T) {
 	f := newFixture(t)
 	r := newRun("1")

@@ -262,7 +262,7 @@ func (w *walker) walk() (*Failure, error) {
 }
 
 // noProducer is the failure when no verified attestation of step s has
-// digest as a subject: a missing step when the source can show that no
+// digest as a subject: a missing step when the finder can show that no
 // attestation of s exists at all, otherwise the consumer's rule (why).
 func (w *walker) noProducer(s StepRule, digest, why string) (*Failure, error) {
 	if err := w.verifyAll(); err != nil {
