@@ -45,7 +45,7 @@ func gitSources(root *measure.Root, paths []string, lim measure.Limits, measured
 		return nil, err
 	}
 	defer osRoot.Close()
-	fsys := osRoot.FS()
+	fsys := gitrepo.FS(osRoot)
 	var out []attest.GitSource
 	for _, dir := range dirs {
 		if fi, err := fs.Stat(fsys, dir); err != nil || !fi.IsDir() || !gitrepo.IsWorkTree(fsys, dir) {

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
 )
@@ -82,4 +84,42 @@ func TestGitSources(t *testing.T) {
 	require.Len(t, got, 1)
 	require.Equal(t, ".", got[0].Path)
 	require.False(t, got[0].Clean)
+}
+
+// A step plants a FIFO where the repository has a file: reading it must
+// fail the attestation at once, not block the agent's handler forever
+// (nothing would ever write to it).
+func TestGitSourcesFIFO(t *testing.T) {
+	for _, name := range []string{".git/HEAD", ".git/config", ".git/refs/heads/main", ".git/packed-refs"} {
+		t.Run(name, func(t *testing.T) {
+			ws := t.TempDir()
+			gitCmd(t, ws, "init", "-q", "-b", "main")
+			require.NoError(t, os.WriteFile(filepath.Join(ws, "main.c"), []byte("int main;"), 0o644))
+			gitCmd(t, ws, "add", "-A")
+			gitCmd(t, ws, "commit", "-q", "-m", "c")
+			if name == ".git/packed-refs" {
+				gitCmd(t, ws, "pack-refs", "--all")
+			}
+			p := filepath.Join(ws, name)
+			require.NoError(t, os.Remove(p))
+			require.NoError(t, unix.Mkfifo(p, 0o644))
+
+			root, err := measure.OpenRoot(ws)
+			require.NoError(t, err)
+			defer root.Close()
+			products, err := root.Hash(context.Background(), []string{"main.c"}, measure.Limits{})
+			require.NoError(t, err)
+			done := make(chan error, 1)
+			go func() {
+				_, err := gitSources(root, []string{"main.c"}, measure.Limits{}, products)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				require.ErrorContains(t, err, "not a regular file")
+			case <-time.After(20 * time.Second):
+				t.Fatalf("reading a work tree whose %s is a FIFO blocked", name)
+			}
+		})
+	}
 }
