@@ -378,7 +378,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 		return nil, au.deny(r)
 	}
 	au.allowed(rule)
-	products, materials, r := api.measure(ctx, c, req, progress)
+	products, materials, sources, r := api.measure(ctx, c, req, progress)
 	if r != nil {
 		if cr := api.confirm(ctx, c, nil); cr != nil {
 			return nil, au.deny(cr) // the measurement's detail is for the caller that asked
@@ -389,7 +389,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if r := api.confirm(ctx, c, &cmdline); r != nil {
 		return nil, au.deny(r)
 	}
-	return api.sign(c, req, products, materials, cmdline, start, au)
+	return api.sign(c, req, products, materials, sources, cmdline, start, au)
 }
 
 // audit is one request's audit event, built up as the gate learns more.
@@ -451,7 +451,7 @@ func (api *localAPI) decide(c *caller, req *agentv1.AttestStepRequest) (policy.R
 
 // sign signs the step with the current short-lived key and queues the
 // bundle for the log.
-func (api *localAPI) sign(c *caller, req *agentv1.AttestStepRequest, products, materials []measure.Digest, cmdline []string, start time.Time, au *audit) (*agentv1.AttestStepResponse, error) {
+func (api *localAPI) sign(c *caller, req *agentv1.AttestStepRequest, products, materials []measure.Digest, sources []attest.GitSource, cmdline []string, start time.Time, au *audit) (*agentv1.AttestStepResponse, error) {
 	a := api.a
 	held, ok := a.keys.current(a.cfg.Now())
 	if !ok {
@@ -466,6 +466,8 @@ func (api *localAPI) sign(c *caller, req *agentv1.AttestStepRequest, products, m
 		CallerCmdline: cmdline,
 		Products:      artifacts(products),
 		Materials:     artifacts(materials),
+		Sources:       sources,
+		CallerClaims:  req.GetCallerClaims(),
 		Workload:      attest.Workload{SPIFFEIDs: c.id.SPIFFEIDs, Selectors: c.id.Selectors, PID: p.PID, UID: p.UID, GID: p.GID},
 		BuilderID:     a.spiffeID(),
 		InvocationID:  newInvocationID(),
@@ -530,34 +532,39 @@ func checkRequest(req *agentv1.AttestStepRequest) *refusal {
 	if !filepath.IsAbs(ws) || filepath.Clean(ws) != ws {
 		return bad("workspace %q must be an absolute, clean path (the CLI sends the real path of its directory)", ws)
 	}
+	if err := attest.CheckCallerClaims(req.GetCallerClaims()); err != nil {
+		return bad("%v", err)
+	}
 	return nil
 }
 
 // measure hashes the request's products and materials in the caller's
 // root, reached through the caller's pidfd, with the caller's uid, groups
-// and capabilities.
-func (api *localAPI) measure(ctx context.Context, c *caller, req *agentv1.AttestStepRequest, progress *measure.Progress) (products, materials []measure.Digest, r *refusal) {
+// and capabilities, and reads the step's git work trees the same way
+// (agent/gitsource.go).
+func (api *localAPI) measure(ctx context.Context, c *caller, req *agentv1.AttestStepRequest, progress *measure.Progress) (products, materials []measure.Digest, sources []attest.GitSource, r *refusal) {
 	root, err := c.conn.OpenRoot()
 	if err != nil {
-		return nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's root directory: "+err.Error())
+		return nil, nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's root directory: "+err.Error())
 	}
 	defer unix.Close(root)
 	mc := measure.Caller{Root: root, UID: c.peer.UID, GID: c.peer.GID, Groups: c.peer.Groups}
 	if c.peer.UID == 0 {
 		// Others' capabilities go with their non-zero fsuid anyway.
 		if mc.Caps, err = c.conn.Capabilities(); err != nil {
-			return nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's capabilities: "+err.Error())
+			return nil, nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's capabilities: "+err.Error())
 		}
 	}
-	products, materials, err = measure.Measure(ctx, mc, req.GetWorkspace(), req.GetProducts(), req.GetMaterials(), api.a.cfg.Limits, progress)
+	git := &gitWorkTrees{paths: append(slices.Clone(req.GetProducts()), req.GetMaterials()...), lim: api.a.cfg.Limits}
+	products, materials, err = measure.MeasureAndRead(ctx, mc, req.GetWorkspace(), req.GetProducts(), req.GetMaterials(), api.a.cfg.Limits, progress, git.read)
 	if err != nil {
-		return nil, nil, refuse(measureCode(err), measureClass(err), err.Error())
+		return nil, nil, nil, refuse(measureCode(err), measureClass(err), err.Error())
 	}
 	api.a.metrics.measuredFiles.Add(float64(len(products) + len(materials)))
 	if len(products) == 0 {
-		return nil, nil, refuse(codes.InvalidArgument, denyRequest, "the products name no files")
+		return nil, nil, nil, refuse(codes.InvalidArgument, denyRequest, "the products name no files")
 	}
-	return products, materials, nil
+	return products, materials, git.sources(append(slices.Clone(products), materials...)), nil
 }
 
 // confirm is the gate's last check: it reads the caller's command

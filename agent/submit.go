@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/agent/outbox"
+	"github.com/hallmark-dev/hallmark/attest"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
@@ -158,7 +159,7 @@ func withLogged(bundleJSON, logged []byte) ([]byte, error) {
 	}
 	b.VerificationMaterial.TlogEntries = m.TlogEntries
 	b.VerificationMaterial.TimestampVerificationData = m.TimestampVerificationData
-	return protojson.Marshal(&b)
+	return attest.MarshalBundle(&b) // with the members strict parsers require
 }
 
 // bundleOf returns an outbox item's bundle, complete when it is logged.

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,7 +71,7 @@ const inlineBytes = 1 << 20
 // thread with c's credentials it opens the workspace, walks both lists and,
 // for a small measurement, hashes it too; a larger one is hashed by
 // parallel measuring threads afterwards.
-func measureAs(ctx context.Context, c Caller, dir string, prels, mrels []string, lim Limits, p *Progress) (prods, mats []Digest, err error) {
+func measureAs(ctx context.Context, c Caller, dir string, prels, mrels []string, lim Limits, p *Progress, read WorkspaceReader) (prods, mats []Digest, err error) {
 	cr := newCreds(c)
 	var (
 		fd    = -1
@@ -94,6 +95,11 @@ func measureAs(ctx context.Context, c Caller, dir string, prels, mrels []string,
 		}
 		if w, err = walkAll(ctx, r, prels, mrels, lim, true); err != nil {
 			return err
+		}
+		if read != nil {
+			if err := readWorkspace(fd, read); err != nil {
+				return err
+			}
 		}
 		files = w.files()
 		if p != nil {
@@ -122,6 +128,18 @@ func measureAs(ctx context.Context, c Caller, dir string, prels, mrels []string,
 		p.BytesTotal.Add(read - w.b.total)
 	}
 	return w.split(out)
+}
+
+// readWorkspace calls read with the open workspace fd as an os.Root, on
+// the calling (measuring) thread: the thread's own descriptor link, which
+// this process may always follow.
+func readWorkspace(fd int, read WorkspaceReader) error {
+	ws, err := os.OpenRoot("/proc/thread-self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		return fmt.Errorf("measure: reopen the workspace: %w", err)
+	}
+	defer ws.Close()
+	return read(ws)
 }
 
 func openDir(dirfd int, name string) (int, error) {

@@ -15,6 +15,6 @@ func hashOwn(context.Context, string, []string, Limits) ([]Digest, []Digest, err
 	return nil, nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }
 
-func measureAs(context.Context, Caller, string, []string, []string, Limits, *Progress) ([]Digest, []Digest, error) {
+func measureAs(context.Context, Caller, string, []string, []string, Limits, *Progress, WorkspaceReader) ([]Digest, []Digest, error) {
 	return nil, nil, fmt.Errorf("measure: %w", errors.ErrUnsupported)
 }

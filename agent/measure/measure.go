@@ -36,6 +36,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"runtime"
@@ -173,6 +174,10 @@ type Caller struct {
 // walked, and every file checked for access by c, before any content is
 // read: a file c could not read fails with ErrNoAccess.
 func Measure(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress) (prods, mats []Digest, err error) {
+	return measure(ctx, c, workspace, products, materials, lim, p, nil)
+}
+
+func measure(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress, read WorkspaceReader) (prods, mats []Digest, err error) {
 	if !path.IsAbs(workspace) || path.Clean(workspace) != workspace {
 		return nil, nil, fmt.Errorf("measure: workspace %q is not a clean absolute path", workspace)
 	}
@@ -187,7 +192,21 @@ func Measure(ctx context.Context, c Caller, workspace string, products, material
 	if err := ctx.Err(); err != nil {
 		return nil, nil, fmt.Errorf("measure: %w", err)
 	}
-	return measureAs(ctx, c, workspace, prels, mrels, lim.withDefaults(), p)
+	return measureAs(ctx, c, workspace, prels, mrels, lim.withDefaults(), p, read)
+}
+
+// A WorkspaceReader reads more of a workspace for a measurement (its git
+// work trees, say). MeasureAndRead calls it once the walk is done, on the
+// measuring thread, with the caller's credentials, and with the workspace
+// that was walked as ws: an os.Root opened from the workspace's descriptor
+// (its path is not resolved again), beneath which every name is confined.
+// What it reads is what the caller could read.
+type WorkspaceReader func(ws *os.Root) error
+
+// MeasureAndRead is Measure that also lets read (when not nil) read the
+// workspace on the caller's behalf; its error fails the measurement.
+func MeasureAndRead(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress, read WorkspaceReader) (prods, mats []Digest, err error) {
+	return measure(ctx, c, workspace, products, materials, lim, p, read)
 }
 
 // Progress counts the work of hashing while it happens, for whoever shows
