@@ -129,3 +129,67 @@ func TestGitSourcesFIFO(t *testing.T) {
 		})
 	}
 }
+
+// The agent reads a step's work tree with the step's own rights, like
+// its products: a repository the step could not read is no source it may
+// claim (the attestation fails), and the same repository made readable is
+// read and recorded.
+func TestGitSourcesWithCallersRights(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("measuring as another user takes CAP_SETUID and CAP_SETGID: run as root (CI does)")
+	}
+	const stepUID, stepGID = 4011, 4011
+	base, err := os.MkdirTemp("", "hm-gitsrc-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(base) })
+	require.NoError(t, os.Chmod(base, 0o755))
+	base, err = filepath.EvalSymlinks(base)
+	require.NoError(t, err)
+	ws := filepath.Join(base, "ws")
+	require.NoError(t, os.Mkdir(ws, 0o755))
+	gitCmd(t, ws, "init", "-q", "-b", "main")
+	require.NoError(t, os.WriteFile(filepath.Join(ws, "main.c"), []byte("int main;"), 0o644))
+	gitCmd(t, ws, "add", "-A")
+	gitCmd(t, ws, "commit", "-q", "-m", "c")
+	commit := gitCmd(t, ws, "rev-parse", "HEAD")
+	// Readable by everyone: git writes objects 0444 and directories 0755.
+	require.NoError(t, filepath.Walk(filepath.Join(ws, ".git"), func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chmod(p, fi.Mode().Perm()|0o444)
+	}))
+
+	rootfd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(rootfd)
+	step := measure.Caller{Root: rootfd, UID: stepUID, GID: stepGID}
+	attestAs := func() ([]attest.GitSource, error) {
+		g := &gitWorkTrees{paths: []string{"main.c"}}
+		prods, _, err := measure.MeasureAndRead(context.Background(), step, ws, []string{"main.c"}, nil, measure.Limits{}, nil, g.read)
+		if err != nil {
+			return nil, err
+		}
+		return g.sources(prods), nil
+	}
+
+	got, err := attestAs()
+	require.NoError(t, err, "a repository the step can read")
+	require.Len(t, got, 1)
+	require.Equal(t, commit, got[0].Commit)
+	require.True(t, got[0].Clean)
+
+	// HEAD made root's alone (0600): the step could not read it, so
+	// neither does the agent on its behalf.
+	head := filepath.Join(ws, ".git", "HEAD")
+	require.NoError(t, os.Chmod(head, 0o600))
+	_, err = attestAs()
+	require.Error(t, err, "a repository file the step cannot read")
+	require.ErrorContains(t, err, "permission denied")
+
+	// Given to the step's uid, it is read again.
+	require.NoError(t, os.Chown(head, stepUID, stepGID))
+	got, err = attestAs()
+	require.NoError(t, err)
+	require.Equal(t, commit, got[0].Commit)
+}
