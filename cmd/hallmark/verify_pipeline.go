@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
@@ -97,15 +98,21 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	// Every step naming its builders is an identity constraint; otherwise
 	// --builder-id-prefix (for every step) or --insecure-any-builder is
 	// needed, as in single-step mode.
-	stepsNameBuilders := policy.NamesEveryBuilder() && len(builderPrefixes) == 0
-	if anyBuilder && stepsNameBuilders {
-		return usageError(cmd, errors.New("--insecure-any-builder contradicts the builders every step of --policy names"))
-	}
-	opts, err := loadVerifyOptions(rootPath, "", builderPrefixes, anyBuilder || stepsNameBuilders)
-	if errors.Is(err, errNoIdentity) {
+	switch constrained := policy.NamesEveryBuilder() || len(builderPrefixes) > 0; {
+	case anyBuilder && constrained:
+		return usageError(cmd, errors.New("--insecure-any-builder contradicts the builders named by --builder-id-prefix or every step of --policy"))
+	case !anyBuilder && !constrained:
 		return usageError(cmd, errors.New("no identity constraint: name the builders you trust with builder_id_prefixes in every step of --policy, "+
 			"or with --builder-id-prefix, or accept any builder in the trust domain with --insecure-any-builder"))
 	}
+	for _, p := range builderPrefixes {
+		if _, err := spiffeid.FromString(strings.TrimSuffix(p, "/")); err != nil {
+			return usageError(cmd, fmt.Errorf("--builder-id-prefix %q: %w", p, err))
+		}
+	}
+	// The pipeline policy's rules replace a single-step policy; the
+	// builder constraint goes to the walk.
+	opts, err := loadVerifyOptions(rootPath, "", nil, true)
 	if err != nil {
 		return usageError(cmd, err)
 	}
@@ -140,7 +147,7 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 
 	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
 	defer cancel()
-	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Finder: finders})
+	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Finder: finders, BuilderIDPrefixes: builderPrefixes})
 	var re *pipeline.RuleError
 	if err != nil && !errors.As(err, &re) {
 		return usageError(cmd, err)

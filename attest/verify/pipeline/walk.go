@@ -54,6 +54,10 @@ type Options struct {
 	// MaxAttestations bounds how many distinct bundles the walk verifies
 	// (default 1000); beyond it the chain is refused (rule "limits").
 	MaxAttestations int
+	// BuilderIDPrefixes, when set, is the verifier's own builder
+	// constraint: every step's builder must also be one of these or under
+	// one (rule step.NAME.builder_id_prefixes), whatever the step names.
+	BuilderIDPrefixes []string
 }
 
 // Verdicts of a Node.
@@ -462,7 +466,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 		n.Verdict, n.Failure, n.first = VerdictRefused, f, f
 		return n, nil
 	}
-	if f := checkIdentity(s, a.res); f != nil {
+	if f := checkIdentity(s, w.opts.BuilderIDPrefixes, a.res); f != nil {
 		return refuse(f)
 	}
 	allowed, f := w.checkSources(s, a.prov.sources)
@@ -594,12 +598,15 @@ func (w *walker) unproduced(s StepRule, m Material, hasSource bool) (*Failure, e
 	return &Failure{Step: s.Name, Rule: "step." + s.Name + ".materials_from", Reason: why.String()}, nil
 }
 
-// checkIdentity applies the step's builder and workload rules.
-func checkIdentity(s StepRule, r *verify.Result) *Failure {
+// checkIdentity applies the step's builder and workload rules, and the
+// verifier's own builder prefixes (when any).
+func checkIdentity(s StepRule, verifierPrefixes []string, r *verify.Result) *Failure {
 	at := "step." + s.Name + "."
-	if len(s.BuilderIDPrefixes) > 0 && !slices.ContainsFunc(s.BuilderIDPrefixes, func(p string) bool { return underPrefix(r.BuilderID, p) }) {
-		return &Failure{Step: s.Name, Rule: at + "builder_id_prefixes",
-			Reason: fmt.Sprintf("builder %s is under none of %s", r.BuilderID, strings.Join(s.BuilderIDPrefixes, ", "))}
+	for _, prefixes := range [][]string{s.BuilderIDPrefixes, verifierPrefixes} {
+		if len(prefixes) > 0 && !slices.ContainsFunc(prefixes, func(p string) bool { return underPrefix(r.BuilderID, p) }) {
+			return &Failure{Step: s.Name, Rule: at + "builder_id_prefixes",
+				Reason: fmt.Sprintf("builder %s is under none of %s", r.BuilderID, strings.Join(prefixes, ", "))}
+		}
 	}
 	if len(s.WorkloadSPIFFEIDs) > 0 && !slices.ContainsFunc(r.Workload.SPIFFEIDs, func(id string) bool { return slices.Contains(s.WorkloadSPIFFEIDs, id) }) {
 		held := "no SPIFFE ID"
