@@ -327,6 +327,14 @@ func (s *SPIRE) Close() error {
 	return errors.Join(errs...)
 }
 
+// AgentPid is the SPIRE agent's process ID (0 when it is not running).
+func (s *SPIRE) AgentPid() int {
+	if s.agent == nil || s.agent.Exited() {
+		return 0
+	}
+	return s.agent.Pid()
+}
+
 // Logs returns the SPIRE processes' log file paths.
 func (s *SPIRE) Logs() []string {
 	var logs []string

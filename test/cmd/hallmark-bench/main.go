@@ -5,7 +5,12 @@
 //
 // RATIO is VALUE/FLOOR for costs (lower is better) and FLOOR/VALUE for
 // rates, so a ratio of 1.0 means "as good as the floor" either way and
-// larger is worse. `make bench` runs it; `-only NAME[,NAME]` runs some
+// larger is worse. A figure with a target (issue #15) ends with it and
+// whether it was met:
+//
+//	bench: NAME VALUE UNIT floor FLOOR ratio RATIO target <=T met|MISSED
+//
+// A missed target is reported, not an error: the number is the finding. `make bench` runs it; `-only NAME[,NAME]` runs some
 // figures, and the -fleet-* flags shape the fleet figure (simulated
 // agents against hallmark-server replicas; see benchFleet).
 package main
@@ -28,6 +33,29 @@ type Result struct {
 	Floor float64
 	// Rate is true when larger values are better (per second).
 	Rate bool
+	// Max, Min and MaxRatio, when not 0, are the figure's target: Value
+	// at most Max, at least Min, Ratio at most MaxRatio.
+	Max, Min, MaxRatio float64
+}
+
+// target is the figure's target and whether it was met ("" without one).
+func (r Result) target() string {
+	var t string
+	var met bool
+	switch {
+	case r.Max != 0:
+		t, met = fmt.Sprintf("<=%.4g", r.Max), r.Value <= r.Max
+	case r.Min != 0:
+		t, met = fmt.Sprintf(">=%.4g", r.Min), r.Value >= r.Min
+	case r.MaxRatio != 0:
+		t, met = fmt.Sprintf("ratio<=%.3g", r.MaxRatio), r.Ratio() <= r.MaxRatio
+	default:
+		return ""
+	}
+	if met {
+		return " target " + t + " met"
+	}
+	return " target " + t + " MISSED"
 }
 
 // Ratio is how far Value is from Floor; 1 is the floor, larger is worse.
@@ -39,7 +67,7 @@ func (r Result) Ratio() float64 {
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("bench: %s %.4g %s floor %.4g ratio %.2f", r.Name, r.Value, r.Unit, r.Floor, r.Ratio())
+	return fmt.Sprintf("bench: %s %.4g %s floor %.4g ratio %.2f%s", r.Name, r.Value, r.Unit, r.Floor, r.Ratio(), r.target())
 }
 
 // figure measures one group of results; dir is scratch space.
@@ -52,6 +80,7 @@ type figure struct {
 var figures = []figure{
 	{"attest", benchAttest},
 	{"fleet", benchFleet},
+	{"fresh", benchFresh},
 	{"hashing", benchHashing},
 	{"logappend", benchLogAppend},
 	{"logappend-postgres", benchLogAppendPostgres},
@@ -66,6 +95,8 @@ func main() {
 	flag.DurationVar(&fleetCfg.Duration, "fleet-duration", fleetCfg.Duration, "fleet: length of the measured phase")
 	flag.DurationVar(&fleetCfg.Renew, "fleet-renew", fleetCfg.Renew, "fleet: how often each agent renews its signing certificate")
 	flag.Float64Var(&fleetCfg.SubmitRate, "fleet-submit-rate", fleetCfg.SubmitRate, "fleet: log submissions per second, in total")
+	flag.IntVar(&freshCfg.Rounds, "fresh-rounds", freshCfg.Rounds, "fresh: alternating rounds (medians are reported)")
+	flag.IntVar(&freshCfg.Steps, "fresh-steps", freshCfg.Steps, "fresh: steps per concurrent caller in each run")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/hallmark-dev/hallmark/test/harness"
+)
+
+// freshCfg shapes the fresh figure; flags set it.
+var freshCfg = struct {
+	Rounds int // alternating rounds; medians are reported
+	Steps  int // steps per run and per concurrent caller
+}{Rounds: 5, Steps: 40}
+
+var freshConcurrency = []int{1, 16}
+
+const freshStepID = "spiffe://example.org/bench/step"
+
+// benchFresh measures what a build step feels: each step a fresh
+// `hallmark attest --step build --product P -- true` process, started the
+// way a CI runner starts a step, against the bare command (`true`) started
+// the same way in the same run, at 1 and 16 concurrent steps, on the real
+// stack (SPIRE server and agent, hallmark-server, hallmark-agent with the
+// spire and unix workload attestors). Every step is identified afresh: a
+// new process, a new connection, a new Delegated Identity subscription
+// in SPIRE (which attests the PID with its own unix attestor); caches
+// warmed by earlier processes (page cache, digests of unchanged
+// executables) are what a busy runner has.
+//
+// Rounds alternate the bare command, the step and the step with
+// --wait-log, so that other load on the machine weighs on all alike; each
+// figure is the median over rounds. Added latency at a quantile is the
+// step's quantile minus the bare command's quantile in the same round.
+// CPU per step is Hallmark's whole cost on the runner: the CLI process
+// (its rusage, which includes the command it ran) plus the CPU that
+// hallmark-agent and the SPIRE agent used during the run (/proc/PID/stat),
+// divided by the steps, minus the bare command's own rusage. The CLI's
+// own share is also set against the floor of any Go program: an empty
+// one (built here, static), started the same way in the same rounds.
+func benchFresh(ctx context.Context, dir string) ([]Result, error) {
+	ws := filepath.Join(dir, "ws")
+	st, err := harness.StartStack(ctx, dir, harness.StackOptions{
+		Policy: func(string) string {
+			return fmt.Sprintf(`rule "steps" {
+    spiffe_ids      = [%q]
+    steps           = ["build"]
+    workspace_roots = [%q]
+  }`, freshStepID, ws)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	// The step is the hallmark CLI as a build runs it: SPIRE knows it by
+	// its user and executable path.
+	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: spiffeid.RequireFromString(freshStepID), Binary: st.Bins.CLI}); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{ws, filepath.Join(dir, "out")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(ws, "P"), bytes.Repeat([]byte("p"), 4096), 0o644); err != nil {
+		return nil, err
+	}
+	bare, err := exec.LookPath("true")
+	if err != nil {
+		return nil, err
+	}
+	empty, err := buildEmptyGo(ctx, filepath.Join(dir, "empty"))
+	if err != nil {
+		return nil, err
+	}
+	r := &stepRunner{
+		cli: st.Bins.CLI, bare: bare, empty: empty, ws: ws, out: filepath.Join(dir, "out"),
+		env:  append(os.Environ(), "HALLMARK_AGENT_SOCKET="+st.Agent.Socket),
+		pids: []int{st.Agent.Pid(), st.SPIRE.AgentPid()},
+	}
+	// The entry takes a SPIRE sync to reach the agent: warm up until a
+	// step is attested.
+	if err := harness.WaitFor(ctx, "a fresh step to be attested", 90*time.Second, func() error {
+		_, err := r.step(ctx, 0, false)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+
+	var results []Result
+	for _, n := range freshConcurrency {
+		runs := make([][]stepRun, kinds)
+		for range freshCfg.Rounds {
+			for k := range stepKind(kinds) {
+				sr, err := r.run(ctx, n, freshCfg.Steps, k)
+				if err != nil {
+					return results, fmt.Errorf("%s at %d concurrent steps: %w", k, n, err)
+				}
+				runs[k] = append(runs[k], sr)
+			}
+		}
+		results = append(results, freshResults(n, runs)...)
+	}
+	return results, nil
+}
+
+type stepKind int
+
+const (
+	kindBare    stepKind = iota // the command alone
+	kindEmptyGo                 // an empty Go program
+	kindStep                    // hallmark attest ... -- the command
+	kindWaitLog                 // the same with --wait-log
+	kinds
+)
+
+func (k stepKind) String() string {
+	return [...]string{"bare command", "empty Go program", "hallmark attest", "hallmark attest --wait-log"}[k]
+}
+
+// stepRunner starts steps.
+type stepRunner struct {
+	cli, bare, empty, ws, out string
+	env                       []string
+	pids                      []int // hallmark-agent, SPIRE agent
+}
+
+// stepRun is one run's outcome.
+type stepRun struct {
+	latencies []time.Duration
+	// own is the started processes' CPU (rusage, with their children);
+	// daemons is what hallmark-agent and the SPIRE agent used meanwhile.
+	own, agent, spire time.Duration
+}
+
+func (s stepRun) quantile(q float64) time.Duration {
+	l := slices.Clone(s.latencies)
+	slices.Sort(l)
+	return l[int(q*float64(len(l)-1))]
+}
+
+func (s stepRun) perStep(d time.Duration) time.Duration {
+	return d / time.Duration(len(s.latencies))
+}
+
+// run starts steps steps on each of n workers at once.
+func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun, error) {
+	var (
+		mu   sync.Mutex
+		out  stepRun
+		errs []error
+		wg   sync.WaitGroup
+	)
+	agent0, spire0 := procCPU(r.pids[0]), procCPU(r.pids[1])
+	for w := range n {
+		wg.Go(func() {
+			var lat []time.Duration
+			var own time.Duration
+			for range steps {
+				var (
+					d   time.Duration
+					cpu time.Duration
+					err error
+				)
+				switch k {
+				case kindBare:
+					d, cpu, err = r.exec(ctx, exec.CommandContext(ctx, r.bare))
+				case kindEmptyGo:
+					d, cpu, err = r.exec(ctx, exec.CommandContext(ctx, r.empty))
+				default:
+					d, cpu, err = r.stepCPU(ctx, w, k == kindWaitLog)
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					return
+				}
+				lat = append(lat, d)
+				own += cpu
+			}
+			mu.Lock()
+			out.latencies = append(out.latencies, lat...)
+			out.own += own
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	out.agent, out.spire = procCPU(r.pids[0])-agent0, procCPU(r.pids[1])-spire0
+	if len(errs) > 0 {
+		return stepRun{}, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// step runs one attested step as worker w and returns its latency.
+func (r *stepRunner) step(ctx context.Context, w int, waitLog bool) (time.Duration, error) {
+	d, _, err := r.stepCPU(ctx, w, waitLog)
+	return d, err
+}
+
+func (r *stepRunner) stepCPU(ctx context.Context, w int, waitLog bool) (time.Duration, time.Duration, error) {
+	args := []string{"attest", "--step", "build", "--product", "P", "--out", filepath.Join(r.out, fmt.Sprintf("w%d.json", w))}
+	if waitLog {
+		args = append(args, "--wait-log")
+	}
+	args = append(args, "--", "true")
+	cmd := exec.CommandContext(ctx, r.cli, args...)
+	cmd.Dir, cmd.Env = r.ws, r.env
+	return r.exec(ctx, cmd)
+}
+
+// exec runs cmd and returns its wall time from start to reaped and its
+// CPU (user plus system, with the children it waited for).
+func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, time.Duration, error) {
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if cmd.Dir == "" {
+		cmd.Dir = r.ws
+	}
+	t := time.Now()
+	err := cmd.Run()
+	d := time.Since(t)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: %w: %s", cmd.Args[0], err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	if !ok {
+		return 0, 0, errors.New("no rusage")
+	}
+	return d, time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ctx.Err()
+}
+
+// freshResults turns the rounds (runs, by kind) into figures: medians
+// over rounds, the targets of issue #15 on the 16-step figures.
+func freshResults(n int, runs [][]stepRun) []Result {
+	bare, empty, step, wait := runs[kindBare], runs[kindEmptyGo], runs[kindStep], runs[kindWaitLog]
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	added := func(runs []stepRun, q float64) (float64, float64) {
+		var a, f []time.Duration
+		for i, s := range runs {
+			a = append(a, s.quantile(q)-bare[i].quantile(q))
+			f = append(f, bare[i].quantile(q))
+		}
+		return ms(median(a)), ms(median(f))
+	}
+	var cpu, bareCPU, emptyCPU, cli, agent, spire []time.Duration
+	for i, s := range step {
+		b := bare[i].perStep(bare[i].own)
+		bareCPU = append(bareCPU, b)
+		emptyCPU = append(emptyCPU, empty[i].perStep(empty[i].own))
+		cli = append(cli, s.perStep(s.own)-b)
+		agent = append(agent, s.perStep(s.agent))
+		spire = append(spire, s.perStep(s.spire))
+		cpu = append(cpu, s.perStep(s.own+s.agent+s.spire)-b)
+	}
+	suffix := fmt.Sprintf("_c%d", n)
+	p50, f50 := added(step, 0.50)
+	p99, f99 := added(step, 0.99)
+	w50, wf50 := added(wait, 0.50)
+	res := []Result{
+		{Name: "fresh_added_p50" + suffix, Value: p50, Unit: "ms", Floor: f50},
+		{Name: "fresh_added_p99" + suffix, Value: p99, Unit: "ms", Floor: f99},
+		{Name: "fresh_cpu_per_step" + suffix, Value: ms(median(cpu)), Unit: "ms", Floor: ms(median(bareCPU))},
+		{Name: "fresh_cli_cpu_per_step" + suffix, Value: ms(median(cli)), Unit: "ms", Floor: ms(median(emptyCPU))},
+		{Name: "fresh_waitlog_added_p50" + suffix, Value: w50, Unit: "ms", Floor: wf50},
+	}
+	if n == 16 {
+		res[0].Max, res[1].Max, res[2].Max, res[4].Max = 10, 30, 5, 20
+	}
+	fmt.Fprintf(os.Stderr, "bench: fresh steps at %d concurrent, CPU per step (medians over %d rounds): hallmark CLI %.2f ms beyond the command (an empty Go program: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
+		n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
+	return res
+}
+
+// buildEmptyGo builds an empty Go program (static, like any Go binary
+// without cgo) into dir: the floor of any Go CLI's start.
+func buildEmptyGo(ctx context.Context, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte("package main\n\nfunc main() {}\n"), 0o644); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "empty")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "main.go")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build an empty Go program: %w: %s", err, out)
+	}
+	return bin, nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
