@@ -18,6 +18,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
 	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/internal/exedigest"
 	"github.com/hallmark-dev/hallmark/internal/policy"
 )
 
@@ -160,8 +161,9 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 	if len(f.Attestors) == 0 {
 		f.Attestors = []pluginBlock{{Name: "unix", Body: hcl.EmptyBody()}}
 	}
+	digests := exedigest.New(0)
 	for _, b := range f.Attestors {
-		att, err := newWorkloadAttestor(b.Name, b.Body)
+		att, err := newWorkloadAttestor(b.Name, b.Body, digests)
 		if err != nil {
 			return Config{}, err
 		}

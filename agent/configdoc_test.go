@@ -26,7 +26,7 @@ func TestConfigurationReference(t *testing.T) {
 		key := "workload_attestor." + name
 		decoded[key] = true
 		decoded.Add(configdoc.Record(key, func(body hcl.Body) error {
-			_, err := build(body)
+			_, err := build(body, nil)
 			return err
 		}))
 	}

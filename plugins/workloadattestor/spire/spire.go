@@ -4,6 +4,11 @@
 // against its registration entries, so Hallmark's policy can name the same
 // SPIFFE IDs as everything else in the trust domain.
 //
+// With attest = "unix_selectors" (SelectorAttestor) hallmark-agent derives
+// the caller's unix selectors itself, as SPIRE's unix attestor would, and
+// asks SPIRE which SPIFFE IDs those selectors hold, keeping one
+// subscription per distinct set of selectors open.
+//
 // The SPIRE agent must list hallmark-agent's SPIFFE ID in
 // authorized_delegates and serve admin_socket_path.
 package spire
@@ -31,12 +36,32 @@ import (
 // DefaultTimeout bounds one Delegated Identity API exchange.
 const DefaultTimeout = 5 * time.Second
 
+// How the caller is attested (Config.Attest).
+const (
+	// AttestPID has SPIRE attest the caller's PID with its own workload
+	// attestors, once per connection to hallmark-agent.
+	AttestPID = "pid"
+	// AttestUnixSelectors has hallmark-agent derive the caller's unix
+	// selectors and SPIRE answer for those selectors.
+	AttestUnixSelectors = "unix_selectors"
+)
+
 // Config is the workload_attestor "spire" block.
 type Config struct {
 	// AdminSocket is the SPIRE agent's admin API, unix:///path.
 	AdminSocket string `hcl:"admin_socket"`
 	// Timeout bounds each call; default 5s.
 	Timeout string `hcl:"timeout,optional"`
+	// Attest is AttestPID (the default) or AttestUnixSelectors.
+	Attest string `hcl:"attest,optional"`
+	// DiscoverWorkloadPath and WorkloadSizeLimit apply to
+	// AttestUnixSelectors only and mean what the SPIRE agent's unix
+	// workload attestor's settings of the same names mean: with
+	// DiscoverWorkloadPath the path and sha256 selectors are derived; the
+	// sha256 of an executable larger than WorkloadSizeLimit (> 0) is an
+	// error, and a negative limit derives no sha256 selector at all.
+	DiscoverWorkloadPath bool  `hcl:"discover_workload_path,optional"`
+	WorkloadSizeLimit    int64 `hcl:"workload_size_limit,optional"`
 
 	timeout time.Duration
 }
@@ -54,33 +79,63 @@ func ParseConfig(body hcl.Body) (Config, error) {
 	if c.timeout, err = config.Duration("timeout", c.Timeout, DefaultTimeout); err != nil {
 		return Config{}, fmt.Errorf("spire: %w", err)
 	}
+	switch c.Attest {
+	case "":
+		c.Attest = AttestPID
+	case AttestPID, AttestUnixSelectors:
+	default:
+		return Config{}, fmt.Errorf("spire: attest %q: use %q or %q", c.Attest, AttestPID, AttestUnixSelectors)
+	}
+	if c.Attest != AttestUnixSelectors {
+		switch {
+		case c.DiscoverWorkloadPath:
+			return Config{}, fmt.Errorf("spire: discover_workload_path applies to attest = %q only", AttestUnixSelectors)
+		case c.WorkloadSizeLimit != 0:
+			return Config{}, fmt.Errorf("spire: workload_size_limit applies to attest = %q only", AttestUnixSelectors)
+		}
+	}
 	return c, nil
 }
 
-// Attestor is the spire workload attestor.
-type Attestor struct {
+// delegate is a connection to the SPIRE agent's Delegated Identity API.
+type delegate struct {
 	cfg    Config
 	conn   *grpc.ClientConn
 	client delegatedidentityv1.DelegatedIdentityClient
 }
 
-// New connects (lazily) to the SPIRE agent's admin socket.
-func New(cfg Config) (*Attestor, error) {
+// dial connects (lazily) to the SPIRE agent's admin socket.
+func dial(cfg Config) (delegate, error) {
 	if cfg.timeout == 0 {
 		var err error
 		if cfg.timeout, err = config.Duration("timeout", cfg.Timeout, DefaultTimeout); err != nil {
-			return nil, fmt.Errorf("spire: %w", err)
+			return delegate{}, fmt.Errorf("spire: %w", err)
 		}
 	}
 	conn, err := grpc.NewClient(cfg.AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, fmt.Errorf("spire: %w", err)
+		return delegate{}, fmt.Errorf("spire: %w", err)
 	}
-	return &Attestor{cfg: cfg, conn: conn, client: delegatedidentityv1.NewDelegatedIdentityClient(conn)}, nil
+	return delegate{cfg: cfg, conn: conn, client: delegatedidentityv1.NewDelegatedIdentityClient(conn)}, nil
 }
 
-// Close closes the connection to the SPIRE agent.
-func (a *Attestor) Close() error { return a.conn.Close() }
+// Close closes the connection to the SPIRE agent, ending every
+// subscription.
+func (d delegate) Close() error { return d.conn.Close() }
+
+// Attestor is the spire workload attestor with attest = "pid".
+type Attestor struct {
+	delegate
+}
+
+// New connects (lazily) to the SPIRE agent's admin socket.
+func New(cfg Config) (*Attestor, error) {
+	d, err := dial(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Attestor{delegate: d}, nil
+}
 
 // Attest returns the SPIFFE IDs SPIRE issues to the caller's PID (none
 // when no registration entry matches it). The SVIDs' private keys that
@@ -88,7 +143,7 @@ func (a *Attestor) Close() error { return a.conn.Close() }
 func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the subscription
-	res, _, err := a.subscribe(ctx, c)
+	res, _, err := a.subscribe(ctx, &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: c.PID})
 	return res, err
 }
 
@@ -99,7 +154,7 @@ func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workl
 // hold. Until then the answer stands as SPIRE's own.
 func (a *Attestor) AttestWatch(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, <-chan struct{}, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	res, stream, err := a.subscribe(ctx, c)
+	res, stream, err := a.subscribe(ctx, &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: c.PID})
 	if err != nil {
 		cancel()
 		return res, nil, err
@@ -109,15 +164,16 @@ func (a *Attestor) AttestWatch(ctx context.Context, c workloadattestor.Caller) (
 		defer cancel()
 		defer close(changed)
 		if resp, err := stream.Recv(); err == nil {
-			wipe(resp)
+			spiffeIDs(resp) // wipes the keys
 		}
 	}()
 	return res, changed, nil
 }
 
-// subscribe asks SPIRE for the caller's SVIDs and reads the first answer,
-// within the timeout; the subscription lives as long as ctx.
-func (a *Attestor) subscribe(parent context.Context, c workloadattestor.Caller) (workloadattestor.Result, delegatedidentityv1.DelegatedIdentity_SubscribeToX509SVIDsClient, error) {
+// subscribe asks SPIRE for the SVIDs of req's PID or selectors and reads
+// the first answer, within the timeout; the subscription lives as long as
+// parent.
+func (a delegate) subscribe(parent context.Context, req *delegatedidentityv1.SubscribeToX509SVIDsRequest) (workloadattestor.Result, delegatedidentityv1.DelegatedIdentity_SubscribeToX509SVIDsClient, error) {
 	// Our own timer, not a context deadline: a deadline also travels to
 	// the server, which may end the stream first with an error that hides
 	// the timeout.
@@ -132,7 +188,7 @@ func (a *Attestor) subscribe(parent context.Context, c workloadattestor.Caller) 
 		}
 		return workloadattestor.Result{}, nil, fmt.Errorf("spire: delegated identity API at %s (is hallmark-agent in the SPIRE agent's authorized_delegates?): %w", a.cfg.AdminSocket, err)
 	}
-	stream, err := a.client.SubscribeToX509SVIDs(ctx, &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: c.PID})
+	stream, err := a.client.SubscribeToX509SVIDs(ctx, req)
 	if err != nil {
 		return fail(err)
 	}
@@ -140,12 +196,22 @@ func (a *Attestor) subscribe(parent context.Context, c workloadattestor.Caller) 
 	if err != nil {
 		return fail(err)
 	}
+	res := workloadattestor.Result{SPIFFEIDs: spiffeIDs(resp)}
 	if !timer.Stop() {
 		return fail(errors.New("timed out"))
 	}
-	wipe(resp)
-	var res workloadattestor.Result
+	// The subscription goes on until parent ends.
+	context.AfterFunc(parent, cancel)
+	return res, stream, nil
+}
+
+// spiffeIDs are the SPIFFE IDs of an answer's SVIDs; it wipes their
+// private keys, which come with every answer.
+func spiffeIDs(resp *delegatedidentityv1.SubscribeToX509SVIDsResponse) []string {
+	var ids []string
 	for _, s := range resp.GetX509Svids() {
+		clear(s.X509SvidKey)
+		s.X509SvidKey = nil
 		pb := s.GetX509Svid().GetId()
 		if pb == nil {
 			continue
@@ -158,17 +224,7 @@ func (a *Attestor) subscribe(parent context.Context, c workloadattestor.Caller) 
 		if err != nil {
 			continue
 		}
-		res.SPIFFEIDs = append(res.SPIFFEIDs, id.String())
+		ids = append(ids, id.String())
 	}
-	// The subscription goes on until parent ends.
-	context.AfterFunc(parent, cancel)
-	return res, stream, nil
-}
-
-// wipe clears the SVIDs' private keys that come with every answer.
-func wipe(resp *delegatedidentityv1.SubscribeToX509SVIDsResponse) {
-	for _, s := range resp.GetX509Svids() {
-		clear(s.X509SvidKey)
-		s.X509SvidKey = nil
-	}
+	return ids
 }

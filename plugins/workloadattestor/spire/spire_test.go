@@ -34,6 +34,9 @@ func TestParseConfig(t *testing.T) {
 		src         string
 		wantSocket  string
 		wantTimeout time.Duration
+		wantAttest  string
+		wantPath    bool
+		wantLimit   int64
 		wantErr     string
 	}{
 		{
@@ -68,6 +71,29 @@ func TestParseConfig(t *testing.T) {
 			wantErr: `spire: agent.hcl:2,1-12: Unsupported argument; An argument named "socket_path" is not expected here.`,
 		},
 		{name: "unknown block", src: "admin_socket = \"unix:///a.sock\"\nretry {}\n", wantErr: `spire: agent.hcl:2`},
+		{
+			name:       "attest unix_selectors",
+			src:        "admin_socket = \"unix:///a.sock\"\nattest = \"unix_selectors\"\n",
+			wantSocket: "unix:///a.sock", wantTimeout: DefaultTimeout, wantAttest: AttestUnixSelectors,
+		},
+		{
+			name:       "attest unix_selectors, as SPIRE's unix attestor with path and a limit",
+			src:        "admin_socket = \"unix:///a.sock\"\nattest = \"unix_selectors\"\ndiscover_workload_path = true\nworkload_size_limit = 1024\n",
+			wantSocket: "unix:///a.sock", wantTimeout: DefaultTimeout, wantAttest: AttestUnixSelectors, wantPath: true, wantLimit: 1024,
+		},
+		{
+			name:       "attest unix_selectors, no sha256",
+			src:        "admin_socket = \"unix:///a.sock\"\nattest = \"unix_selectors\"\ndiscover_workload_path = true\nworkload_size_limit = -1\n",
+			wantSocket: "unix:///a.sock", wantTimeout: DefaultTimeout, wantAttest: AttestUnixSelectors, wantPath: true, wantLimit: -1,
+		},
+		{
+			name:       "attest pid",
+			src:        "admin_socket = \"unix:///a.sock\"\nattest = \"pid\"\n",
+			wantSocket: "unix:///a.sock", wantTimeout: DefaultTimeout,
+		},
+		{name: "attest unknown", src: "admin_socket = \"unix:///a.sock\"\nattest = \"docker\"\n", wantErr: `spire: attest "docker": use "pid" or "unix_selectors"`},
+		{name: "discover_workload_path in pid mode", src: "admin_socket = \"unix:///a.sock\"\ndiscover_workload_path = true\n", wantErr: `spire: discover_workload_path applies to attest = "unix_selectors" only`},
+		{name: "workload_size_limit in pid mode", src: "admin_socket = \"unix:///a.sock\"\nattest = \"pid\"\nworkload_size_limit = 5\n", wantErr: `spire: workload_size_limit applies to attest = "unix_selectors" only`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,6 +106,12 @@ func TestParseConfig(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, tt.wantSocket, c.AdminSocket)
 			require.Equal(t, tt.wantTimeout, c.timeout)
+			if tt.wantAttest == "" {
+				tt.wantAttest = AttestPID
+			}
+			require.Equal(t, tt.wantAttest, c.Attest)
+			require.Equal(t, tt.wantPath, c.DiscoverWorkloadPath)
+			require.Equal(t, tt.wantLimit, c.WorkloadSizeLimit)
 		})
 	}
 }

@@ -5,10 +5,7 @@ package unix
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/user"
 	"strconv"
@@ -16,6 +13,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/internal/exedigest"
 	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
 )
 
@@ -25,7 +23,8 @@ const DefaultMaxHashBytes = 256 << 20
 // Config is the workload_attestor "unix" block.
 type Config struct {
 	// HashExecutable adds unix:sha256 (off by default: it reads the
-	// whole executable on every call).
+	// whole executable on every call, except where its digest can be
+	// remembered; see internal/exedigest).
 	HashExecutable bool `hcl:"hash_executable,optional"`
 	// MaxHashBytes skips hashing executables larger than this.
 	MaxHashBytes int64 `hcl:"max_hash_bytes,optional"`
@@ -48,16 +47,18 @@ func ParseConfig(body hcl.Body) (Config, error) {
 
 // Attestor is the unix workload attestor.
 type Attestor struct {
-	cfg  Config
-	proc string // /proc, replaceable in tests
+	cfg     Config
+	digests *exedigest.Cache
+	proc    string // /proc, replaceable in tests
 }
 
-// New returns an attestor.
-func New(cfg Config) *Attestor {
+// New returns an attestor; digests remembers executables' digests (nil:
+// hash every time).
+func New(cfg Config, digests *exedigest.Cache) *Attestor {
 	if cfg.MaxHashBytes == 0 {
 		cfg.MaxHashBytes = DefaultMaxHashBytes
 	}
-	return &Attestor{cfg: cfg, proc: "/proc"}
+	return &Attestor{cfg: cfg, digests: digests, proc: "/proc"}
 }
 
 // Attest returns unix:uid, unix:gid, unix:user and unix:group (when the
@@ -79,7 +80,7 @@ func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloa
 	}
 	sel = append(sel, "unix:path:"+path)
 	if a.cfg.HashExecutable {
-		sum, err := hashExe(exeLink, a.cfg.MaxHashBytes)
+		sum, err := a.hashExe(exeLink)
 		if err != nil {
 			return workloadattestor.Result{}, fmt.Errorf("unix: pid %d: %w", c.PID, err)
 		}
@@ -91,23 +92,17 @@ func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloa
 }
 
 // hashExe hashes the executable through /proc/PID/exe, which names the
-// file the process runs even if its path was replaced since.
-func hashExe(exeLink string, limit int64) (string, error) {
+// file the process runs even if its path was replaced since; "" when it is
+// larger than max_hash_bytes.
+func (a *Attestor) hashExe(exeLink string) (string, error) {
 	f, err := os.Open(exeLink)
 	if err != nil {
 		return "", fmt.Errorf("open executable: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	sum, err := a.digests.Sum(f, a.cfg.MaxHashBytes)
 	if err != nil {
-		return "", err
-	}
-	if fi.Size() > limit {
-		return "", nil // too large to hash on every call: no sha256 selector
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(f, limit+1)); err != nil {
 		return "", fmt.Errorf("hash executable: %w", err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return sum, nil
 }

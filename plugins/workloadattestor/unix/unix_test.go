@@ -49,7 +49,7 @@ func fileSHA256(t *testing.T, path string) (string, int64) {
 }
 
 func TestAttestSelf(t *testing.T) {
-	res, err := New(Config{}).Attest(context.Background(), self())
+	res, err := New(Config{}, nil).Attest(context.Background(), self())
 	require.NoError(t, err)
 	require.Empty(t, res.SPIFFEIDs)
 	require.Equal(t, selfSelectors(t), res.Selectors)
@@ -71,7 +71,7 @@ func TestAttestSelfHash(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res, err := New(Config{HashExecutable: true, MaxHashBytes: tt.maxBytes}).Attest(context.Background(), self())
+			res, err := New(Config{HashExecutable: true, MaxHashBytes: tt.maxBytes}, nil).Attest(context.Background(), self())
 			require.NoError(t, err)
 			want := selfSelectors(t)
 			if tt.wantHash {
@@ -83,7 +83,7 @@ func TestAttestSelfHash(t *testing.T) {
 }
 
 func TestAttestNoHashByDefault(t *testing.T) {
-	res, err := New(Config{MaxHashBytes: 1 << 40}).Attest(context.Background(), self())
+	res, err := New(Config{MaxHashBytes: 1 << 40}, nil).Attest(context.Background(), self())
 	require.NoError(t, err)
 	for _, s := range res.Selectors {
 		require.False(t, strings.HasPrefix(s, "unix:sha256:"), s)
@@ -103,7 +103,7 @@ func TestAttestCallerIDs(t *testing.T) {
 	if _, err := user.LookupGroupId(strconv.Itoa(unnamed)); err == nil {
 		t.Skip("gid 3999999999 has a name here")
 	}
-	res, err := New(Config{}).Attest(context.Background(), c)
+	res, err := New(Config{}, nil).Attest(context.Background(), c)
 	require.NoError(t, err)
 	exe, err := os.Executable()
 	require.NoError(t, err)
@@ -147,7 +147,7 @@ func TestAttestFakeProc(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := New(tt.cfg)
+			a := New(tt.cfg, nil)
 			if tt.noTarget {
 				a.proc = t.TempDir()
 			} else {
@@ -176,7 +176,7 @@ func TestAttestDeadPID(t *testing.T) {
 		t.Run(strconv.Itoa(int(pid)), func(t *testing.T) {
 			c := self()
 			c.PID = pid
-			res, err := New(Config{HashExecutable: true}).Attest(context.Background(), c)
+			res, err := New(Config{HashExecutable: true}, nil).Attest(context.Background(), c)
 			require.ErrorContains(t, err, "unix: executable of pid "+strconv.Itoa(int(pid))+":")
 			require.ErrorIs(t, err, os.ErrNotExist)
 			require.Empty(t, res.Selectors)

@@ -1,0 +1,261 @@
+package spire
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/user"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	delegatedidentityv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/agent/delegatedidentity/v1"
+	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
+
+	"github.com/hallmark-dev/hallmark/internal/exedigest"
+	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
+)
+
+// Subscriptions by selectors are kept open for reuse, at most
+// maxSubscriptions at once; one unused for subscriptionIdle is closed when
+// room is needed.
+const (
+	maxSubscriptions = 256
+	subscriptionIdle = 10 * time.Minute
+)
+
+// SelectorAttestor is the spire workload attestor with attest =
+// "unix_selectors". It derives the caller's selectors as SPIRE's unix
+// workload attestor (v1.13.3) does, and asks SPIRE's Delegated Identity API
+// which SPIFFE IDs those selectors hold: SPIRE treats a delegate's
+// selectors as attested and matches them to its registration entries
+// exactly as it matches those of a PID it attested itself (an entry matches
+// when its selectors are a subset). The selectors are uid, user, gid,
+// group, supplementary_gid and supplementary_group, and with
+// discover_workload_path also path and sha256 (unless workload_size_limit
+// is negative; above a positive limit the caller is refused, as SPIRE
+// refuses it). Where they can differ from SPIRE's own:
+//
+//   - uid, gid and the supplementary gids are the kernel's record of the
+//     connection (SO_PEERCRED, SO_PEERGROUPS, taken at connect(2)), where
+//     SPIRE reads /proc/PID/status when it attests. They differ only for a
+//     caller that changed its credentials after it connected without an
+//     exec (the gate refuses a caller that exec'd), which needs privilege.
+//   - user and group names are looked up by hallmark-agent (Go's os/user)
+//     and by the SPIRE agent: they agree when both see the same user
+//     database.
+//   - path is /proc/PID/exe as hallmark-agent reads it, and SPIRE's as the
+//     SPIRE agent reads it (or under HOST_PROC): they agree when both run
+//     in the same mount namespace and root, as two services on one host do.
+//   - sha256 is of the same file; hallmark-agent may use a digest it
+//     remembers (internal/exedigest: only for files only root can change).
+//   - SPIRE's other workload attestors (docker, k8s, systemd, ...) play no
+//     part: an entry that needs their selectors matches no caller.
+//
+// One subscription per distinct set of selectors stays open and carries
+// SPIRE's current answer: every update SPIRE sends (an entry changed, SVIDs
+// rotated) replaces it, and a subscription that ends is asked anew. So a
+// fresh process costs SPIRE nothing when another with the same selectors
+// came before, and every call still derives its caller's selectors.
+type SelectorAttestor struct {
+	delegate
+	digests *exedigest.Cache
+	proc    string // /proc, replaceable in tests
+	now     func() time.Time
+
+	mu   sync.Mutex
+	subs map[string]*subscription
+}
+
+// subscription is SPIRE's standing answer for one set of selectors.
+type subscription struct {
+	key    string
+	ready  chan struct{} // closed once the first answer or err is in
+	err    error
+	ids    atomic.Pointer[[]string]
+	ended  atomic.Bool
+	used   atomic.Int64 // unix nanoseconds
+	cancel context.CancelFunc
+}
+
+// NewSelectors connects (lazily) to the SPIRE agent's admin socket;
+// digests remembers executables' digests (nil: hash every time).
+func NewSelectors(cfg Config, digests *exedigest.Cache) (*SelectorAttestor, error) {
+	d, err := dial(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &SelectorAttestor{delegate: d, digests: digests, proc: "/proc", now: time.Now, subs: map[string]*subscription{}}, nil
+}
+
+// Attest returns the SPIFFE IDs SPIRE's registration entries give the
+// caller's unix selectors (none when no entry matches them).
+func (a *SelectorAttestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
+	sels, err := a.selectors(c)
+	if err != nil {
+		return workloadattestor.Result{}, err
+	}
+	for range 2 { // a second time if SPIRE ended the subscription meanwhile
+		s, err := a.subscription(ctx, sels)
+		if err != nil {
+			return workloadattestor.Result{}, err
+		}
+		ids := *s.ids.Load()
+		if !s.ended.Load() {
+			return workloadattestor.Result{SPIFFEIDs: ids}, nil
+		}
+	}
+	return workloadattestor.Result{}, fmt.Errorf("spire: the delegated identity API at %s keeps ending subscriptions", a.cfg.AdminSocket)
+}
+
+// selectors are the caller's selectors of type "unix", sorted.
+func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error) {
+	uid, gid := strconv.FormatUint(uint64(c.UID), 10), strconv.FormatUint(uint64(c.GID), 10)
+	sels := []string{"uid:" + uid, "gid:" + gid}
+	if u, err := user.LookupId(uid); err == nil {
+		sels = append(sels, "user:"+u.Username)
+	}
+	if g, err := user.LookupGroupId(gid); err == nil {
+		sels = append(sels, "group:"+g.Name)
+	}
+	for _, sg := range c.Groups {
+		id := strconv.FormatUint(uint64(sg), 10)
+		sels = append(sels, "supplementary_gid:"+id)
+		if g, err := user.LookupGroupId(id); err == nil {
+			sels = append(sels, "supplementary_group:"+g.Name)
+		}
+	}
+	if a.cfg.DiscoverWorkloadPath {
+		path, sum, err := a.executable(c.PID)
+		if err != nil {
+			return nil, err
+		}
+		sels = append(sels, "path:"+path)
+		if sum != "" {
+			sels = append(sels, "sha256:"+sum)
+		}
+	}
+	slices.Sort(sels)
+	return slices.Compact(sels), nil
+}
+
+// executable is the path of the file the caller runs, as /proc/PID/exe
+// names it, and its sha256 (none with a negative workload_size_limit),
+// from one open of that very file.
+func (a *SelectorAttestor) executable(pid int32) (string, string, error) {
+	f, err := os.Open(fmt.Sprintf("%s/%d/exe", a.proc, pid))
+	if err != nil {
+		return "", "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err != nil {
+		return "", "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+	}
+	limit := a.cfg.WorkloadSizeLimit
+	switch {
+	case limit < 0:
+		return path, "", nil
+	case limit == 0:
+		limit = math.MaxInt64
+	}
+	sum, err := a.digests.Sum(f, limit)
+	if err != nil {
+		return "", "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+	}
+	if sum == "" {
+		return "", "", fmt.Errorf("spire: executable of pid %d, %s: larger than workload_size_limit (%d bytes)", pid, path, limit)
+	}
+	return path, sum, nil
+}
+
+// subscription returns the standing subscription for sels, opening one and
+// waiting for SPIRE's first answer if there is none.
+func (a *SelectorAttestor) subscription(ctx context.Context, sels []string) (*subscription, error) {
+	key := strings.Join(sels, "\n")
+	a.mu.Lock()
+	s := a.subs[key]
+	if s == nil || s.ended.Load() {
+		a.makeRoomLocked()
+		sctx, cancel := context.WithCancel(context.Background())
+		s = &subscription{key: key, ready: make(chan struct{}), cancel: cancel}
+		a.subs[key] = s
+		go a.follow(sctx, s, sels)
+	}
+	s.used.Store(a.now().UnixNano())
+	a.mu.Unlock()
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("spire: waiting for the delegated identity API: %w", ctx.Err())
+	}
+	if s.err != nil {
+		return nil, s.err
+	}
+	return s, nil
+}
+
+// follow opens the subscription s and keeps its answer current until SPIRE
+// ends it or it is closed.
+func (a *SelectorAttestor) follow(ctx context.Context, s *subscription, sels []string) {
+	defer a.end(s)
+	req := &delegatedidentityv1.SubscribeToX509SVIDsRequest{}
+	for _, v := range sels {
+		req.Selectors = append(req.Selectors, &types.Selector{Type: "unix", Value: v})
+	}
+	res, stream, err := a.subscribe(ctx, req)
+	if err != nil {
+		s.err = err
+		close(s.ready)
+		return
+	}
+	s.ids.Store(&res.SPIFFEIDs)
+	close(s.ready)
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return
+		}
+		ids := spiffeIDs(resp)
+		s.ids.Store(&ids)
+	}
+}
+
+// end marks s ended and forgets it.
+func (a *SelectorAttestor) end(s *subscription) {
+	s.ended.Store(true)
+	s.cancel()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.subs[s.key] == s {
+		delete(a.subs, s.key)
+	}
+}
+
+// makeRoomLocked closes subscriptions idle for subscriptionIdle and, if
+// there are still maxSubscriptions, the least recently used one.
+func (a *SelectorAttestor) makeRoomLocked() {
+	if len(a.subs) < maxSubscriptions {
+		return
+	}
+	idle := a.now().Add(-subscriptionIdle).UnixNano()
+	var oldest *subscription
+	for k, s := range a.subs {
+		if s.used.Load() < idle {
+			s.cancel()
+			delete(a.subs, k)
+			continue
+		}
+		if oldest == nil || s.used.Load() < oldest.used.Load() {
+			oldest = s
+		}
+	}
+	if len(a.subs) >= maxSubscriptions && oldest != nil {
+		oldest.cancel()
+		delete(a.subs, oldest.key)
+	}
+}
