@@ -132,10 +132,10 @@ type AgentOptions struct {
 	// SocketGroup is the local API socket's group; the agent's directory
 	// is made traversable (0711) so callers of other uids reach it.
 	SocketGroup string
-	// SPIREAttest is the spire workload attestor's attest setting
-	// ("pid" or "unix_selectors"); empty leaves it out (pid).
-	SPIREAttest string
-	Echo        io.Writer
+	// SPIREExtra is added to the spire workload attestor's block (e.g.
+	// `attest = "unix_selectors"`).
+	SPIREExtra string
+	Echo       io.Writer
 }
 
 // StartAgent writes a configuration for bin under dir/name and starts it,
@@ -153,10 +153,6 @@ func (sp *SPIRE) StartAgent(ctx context.Context, bin, dir, name string, o AgentO
 				return nil, err
 			}
 		}
-	}
-	attest := ""
-	if o.SPIREAttest != "" {
-		attest = fmt.Sprintf("attest       = %q", o.SPIREAttest)
 	}
 	addr := fmt.Sprintf("server_address      = %q", o.ServerAddr)
 	if len(o.ServerAddrs) > 0 {
@@ -185,7 +181,7 @@ workload_attestor "spire" {
   %s
 }
 %s
-`, addr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, sp.AdminAPIAddr(), attest, policyBlock(o.Policy))
+`, addr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, sp.AdminAPIAddr(), o.SPIREExtra, policyBlock(o.Policy))
 	s := &Service{notReady: o.NotReady, env: o.Env, Socket: socket}
 	return s.start(ctx, bin, dir, name, conf, o.Echo)
 }

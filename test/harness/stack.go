@@ -44,9 +44,8 @@ type StackOptions struct {
 	// SocketGroup is the agent socket's group (name or GID); callers of
 	// another uid need it, and the stack's directories become traversable.
 	SocketGroup string
-	// SPIREAttest is the agent's spire attestor's attest setting (empty:
-	// the default, pid).
-	SPIREAttest string
+	// SPIREExtra is added to the agent's spire workload attestor block.
+	SPIREExtra string
 }
 
 // Stack is SPIRE plus one hallmark-server and one hallmark-agent.
@@ -105,7 +104,7 @@ func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err
 	}
 	if st.Agent, err = st.SPIRE.StartAgent(ctx, st.Bins.Agent, dir, "hallmark-agent", AgentOptions{
 		ServerAddr: st.Server.ServerAddr(), ServerID: ServerID.String(), Echo: o.Echo,
-		Policy: policy, Env: o.AgentEnv, SocketGroup: o.SocketGroup, Extra: o.AgentExtra, SPIREAttest: o.SPIREAttest,
+		Policy: policy, Env: o.AgentEnv, SocketGroup: o.SocketGroup, Extra: o.AgentExtra, SPIREExtra: o.SPIREExtra,
 	}); err != nil {
 		return nil, err
 	}
