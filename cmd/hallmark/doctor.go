@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hallmark-dev/hallmark/agent"
+	"github.com/hallmark-dev/hallmark/agent/agentstatus"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -32,7 +32,7 @@ type doctorState struct {
 	now         func() time.Time
 
 	spireIDs []string                // SVIDs SPIRE issued to this process
-	status   *agent.Status           // the agent's /status, once read
+	status   *agentstatus.Status     // the agent's /status, once read
 	socketOK bool                    // the agent socket exists and is a socket
 	whoami   *agentv1.WhoAmIResponse // the agent's WhoAmI answer, once made
 }

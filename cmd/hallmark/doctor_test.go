@@ -19,27 +19,27 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/hallmark-dev/hallmark/agent"
+	"github.com/hallmark-dev/hallmark/agent/agentstatus"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
 var doctorNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 
 // healthyStatus is what a working agent reports.
-func healthyStatus() agent.Status {
+func healthyStatus() agentstatus.Status {
 	svidNotAfter := doctorNow.Add(30 * time.Minute)
-	return agent.Status{
+	return agentstatus.Status{
 		SPIFFEID: "spiffe://example.org/hallmark/agent/runner-1", SVIDSerial: "1a", SVIDNotAfter: &svidNotAfter,
-		Server: agent.ServerStatus{Address: "127.0.0.1:8443", SPIFFEID: "spiffe://example.org/hallmark/server", Reachable: true},
-		SigningCertificate: &agent.CertStatus{
+		Server: agentstatus.ServerStatus{Address: "127.0.0.1:8443", SPIFFEID: "spiffe://example.org/hallmark/server", Reachable: true},
+		SigningCertificate: &agentstatus.CertStatus{
 			Serial: "2b", Issuer: "CN=ca", NotBefore: doctorNow.Add(-time.Minute), NotAfter: doctorNow.Add(4 * time.Minute),
 		},
-		Policy: agent.PolicyStatus{Source: "file", Rules: []string{"builders"}},
+		Policy: agentstatus.PolicyStatus{Source: "file", Rules: []string{"builders"}},
 	}
 }
 
 // fakeHealth serves st on /status and returns its host:port.
-func fakeHealth(t *testing.T, st agent.Status) string {
+func fakeHealth(t *testing.T, st agentstatus.Status) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/status" {
@@ -106,7 +106,7 @@ func startFakeAgent(t *testing.T, f *fakeAgent) string {
 }
 
 type doctorSetup struct {
-	status agent.Status
+	status agentstatus.Status
 	whoami *fakeAgent
 	// edit changes the state after the fakes start (e.g. a wrong path).
 	edit func(t *testing.T, s *doctorState)
@@ -178,38 +178,38 @@ func TestDoctorBrokenLinks(t *testing.T) {
 		{"no agent health listener", doctorSetup{status: healthyStatus(), edit: func(_ *testing.T, s *doctorState) {
 			s.healthAddr = "127.0.0.1:1"
 		}}, "agent", "--agent-health-addr", "127.0.0.1:1"},
-		{"agent without SPIFFE ID", doctorSetup{status: func() agent.Status {
+		{"agent without SPIFFE ID", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.SPIFFEID = ""
 			return st
 		}()}, "agent", "register hallmark-agent in SPIRE", "no SPIFFE ID"},
-		{"no SVID", doctorSetup{status: func() agent.Status {
+		{"no SVID", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.SVIDNotAfter = nil
 			return st
 		}()}, "agent-svid", "register hallmark-agent", "no X509-SVID"},
-		{"expired SVID", doctorSetup{status: func() agent.Status {
+		{"expired SVID", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.SVIDNotAfter = &expired
 			return st
 		}()}, "agent-svid", "SPIRE agent is running", "expired"},
-		{"server unreachable", doctorSetup{status: func() agent.Status {
+		{"server unreachable", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.Server.Reachable = false
 			st.Server.LastError = "connection refused"
 			return st
 		}()}, "server", "server_spiffe_id", "connection refused"},
-		{"no signing certificate", doctorSetup{status: func() agent.Status {
+		{"no signing certificate", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.SigningCertificate = nil
 			return st
 		}()}, "signing-cert", "key manager", "attestation is unavailable"},
-		{"expired signing certificate", doctorSetup{status: func() agent.Status {
+		{"expired signing certificate", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.SigningCertificate.NotAfter = expired
 			return st
 		}()}, "signing-cert", "renewals are failing", "expired"},
-		{"Vault sealed, no signing certificate", doctorSetup{status: func() agent.Status {
+		{"Vault sealed, no signing certificate", doctorSetup{status: func() agentstatus.Status {
 			st := healthyStatus()
 			st.SigningCertificate = nil
 			st.Server.Reachable = false // the server answered Unavailable

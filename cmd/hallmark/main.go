@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/hallmark-dev/hallmark/agent"
+	"github.com/hallmark-dev/hallmark/agent/agentstatus"
 )
 
 func main() {
@@ -68,26 +68,26 @@ func statusCmd() *cobra.Command {
 	return cmd
 }
 
-func fetchStatus(ctx context.Context, addr string) (agent.Status, error) {
+func fetchStatus(ctx context.Context, addr string) (agentstatus.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
 	if err != nil {
-		return agent.Status{}, err
+		return agentstatus.Status{}, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return agent.Status{}, fmt.Errorf("no agent status at %s: is hallmark-agent running with health_address set? (%w)", addr, err)
+		return agentstatus.Status{}, fmt.Errorf("no agent status at %s: is hallmark-agent running with health_address set? (%w)", addr, err)
 	}
 	defer resp.Body.Close()
-	var st agent.Status
+	var st agentstatus.Status
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
-		return agent.Status{}, fmt.Errorf("agent status: %w", err)
+		return agentstatus.Status{}, fmt.Errorf("agent status: %w", err)
 	}
 	return st, nil
 }
 
-func printStatus(w io.Writer, st agent.Status) {
+func printStatus(w io.Writer, st agentstatus.Status) {
 	fmt.Fprintf(w, "agent SPIFFE ID:   %s\n", st.SPIFFEID)
 	if st.SVIDNotAfter != nil {
 		fmt.Fprintf(w, "X509-SVID:         serial %s, expires %s\n", st.SVIDSerial, st.SVIDNotAfter.Format(time.RFC3339))

@@ -1,0 +1,56 @@
+// Package agentstatus is what hallmark-agent's /status endpoint reports,
+// as JSON: the agent serves it and the hallmark CLI reads it. It holds
+// types only, so that the CLI, which every build step starts, need not
+// link the agent.
+package agentstatus
+
+import "time"
+
+// Status is what /status reports: public facts only, never key material.
+type Status struct {
+	SPIFFEID           string       `json:"spiffe_id,omitempty"`
+	SVIDSerial         string       `json:"svid_serial,omitempty"`
+	SVIDNotAfter       *time.Time   `json:"svid_not_after,omitempty"`
+	Server             ServerStatus `json:"server"`
+	SigningCertificate *CertStatus  `json:"signing_certificate,omitempty"`
+	Renewals           int          `json:"renewals"`
+	RenewalFailures    int          `json:"renewal_failures"`
+	// RenewalError is why the last renewal failed; empty once one
+	// succeeds. The server's key manager faults end in "; fix: ...".
+	RenewalError  string       `json:"renewal_error,omitempty"`
+	SVIDRotations int          `json:"svid_rotations"`
+	Policy        PolicyStatus `json:"policy"`
+}
+
+// ServerStatus describes the agent's view of hallmark-server.
+type ServerStatus struct {
+	// Address is every configured server address, comma-separated.
+	Address string `json:"address"`
+	// Addresses lists them: replicas the agent spreads its calls over.
+	Addresses []string `json:"addresses,omitempty"`
+	SPIFFEID  string   `json:"spiffe_id"`
+	Reachable bool     `json:"reachable"`
+	LastError string   `json:"last_error,omitempty"`
+}
+
+// CertStatus describes the held signing certificate.
+type CertStatus struct {
+	Serial    string    `json:"serial"`
+	Issuer    string    `json:"issuer"`
+	URISANs   []string  `json:"uri_sans"`
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
+	RenewAt   time.Time `json:"renew_at"`
+	ChainPEM  string    `json:"chain_pem"`
+
+	// IssuerSHA256 is the hex SHA-256 of the issuing CA certificate's DER,
+	// as the server names tainted CAs.
+	IssuerSHA256 string `json:"issuer_sha256,omitempty"`
+}
+
+// PolicyStatus says which attestation policy is in force.
+type PolicyStatus struct {
+	Source   string   `json:"source"`
+	Revision string   `json:"revision,omitempty"`
+	Rules    []string `json:"rules"`
+}
