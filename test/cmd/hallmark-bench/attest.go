@@ -37,25 +37,40 @@ var attestConcurrency = []int{1, 16, 64}
 // unix socket (on the real stack: SPIRE, server, agent, spire and unix
 // workload attestors) at 1, 16 and 64 concurrent callers, against the
 // floor of a raw DSSE sign behind a raw gRPC round trip on a unix socket
-// at the same concurrency.
+// at the same concurrency. It is reported three times, each named:
+//
+//   - attest_*: warm, each caller on one connection for the whole run, so
+//     the caller's identity is kept for the connection (as long as SPIRE
+//     sends nothing) and the measured window makes no identification call;
+//   - attest_cold_pid_*: every call on a new connection, so the caller is
+//     identified on every call (spire attest = "pid": a Delegated Identity
+//     subscription per call, SPIRE attesting the PID); the floor also dials
+//     anew for every call;
+//   - attest_cold_selectors_*: the same against a second agent with attest
+//     = "unix_selectors".
+//
+// CPU counts this process, the agent and, for the cold figures, the SPIRE
+// agent.
 func benchAttest(ctx context.Context, dir string) ([]Result, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{
-		Policy: func(d string) string {
-			return fmt.Sprintf(`rule "bench" {
+	policy := fmt.Sprintf(`rule "bench" {
     spiffe_ids      = [%q]
     steps           = ["bench"]
     workspace_roots = [%q]
-  }`, benchCallerID, filepath.Join(d, "ws"))
-		},
-	})
+  }`, benchCallerID, filepath.Join(dir, "ws"))
+	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }})
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
+	sel, err := startSelectorsAgent(ctx, st, dir, policy)
+	if err != nil {
+		return nil, err
+	}
+	defer sel.Stop()
 	id := spiffeid.RequireFromString(benchCallerID)
 	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: id, Binary: self}); err != nil {
 		return nil, err
@@ -80,22 +95,37 @@ func benchAttest(ctx context.Context, dir string) ([]Result, error) {
 	defer stopFloor()
 
 	var results []Result
-	for _, n := range attestConcurrency {
-		agentRun, err := load(ctx, st.Agent.Socket, n, req, st.Agent.Pid())
-		if err != nil {
-			return nil, fmt.Errorf("agent at %d callers: %w", n, err)
+	for _, v := range []struct {
+		name   string
+		socket string
+		pids   []int
+		cold   bool
+	}{
+		{"attest", st.Agent.Socket, []int{st.Agent.Pid()}, false},
+		{"attest_cold_pid", st.Agent.Socket, []int{st.Agent.Pid(), st.SPIRE.AgentPid()}, true},
+		{"attest_cold_selectors", sel.Socket, []int{sel.Pid(), st.SPIRE.AgentPid()}, true},
+	} {
+		for _, n := range attestConcurrency {
+			agentRun, err := load(ctx, v.socket, n, req, v.cold, v.pids...)
+			if err != nil {
+				return results, fmt.Errorf("%s: agent at %d callers: %w", v.name, n, err)
+			}
+			floorRun, err := load(ctx, floorSocket, n, req, v.cold)
+			if err != nil {
+				return results, fmt.Errorf("%s: floor at %d callers: %w", v.name, n, err)
+			}
+			suffix := fmt.Sprintf("_c%d", n)
+			res := []Result{
+				{Name: v.name + "_rate" + suffix, Value: agentRun.rate(), Unit: "ops/s", Floor: floorRun.rate(), Rate: true},
+				{Name: v.name + "_p50" + suffix, Value: agentRun.quantile(0.50), Unit: "ms", Floor: floorRun.quantile(0.50)},
+				{Name: v.name + "_p99" + suffix, Value: agentRun.quantile(0.99), Unit: "ms", Floor: floorRun.quantile(0.99)},
+				{Name: v.name + "_cpu_per_op" + suffix, Value: agentRun.cpuPerOp(), Unit: "us", Floor: floorRun.cpuPerOp()},
+			}
+			if v.cold && n == 64 { // issue #15: identification on every call
+				res[0].Min, res[2].Max, res[3].MaxRatio = 5000, 10, 3
+			}
+			results = append(results, res...)
 		}
-		floorRun, err := load(ctx, floorSocket, n, req, 0)
-		if err != nil {
-			return nil, fmt.Errorf("floor at %d callers: %w", n, err)
-		}
-		suffix := fmt.Sprintf("_c%d", n)
-		results = append(results,
-			Result{Name: "attest_rate" + suffix, Value: agentRun.rate(), Unit: "ops/s", Floor: floorRun.rate(), Rate: true},
-			Result{Name: "attest_p50" + suffix, Value: agentRun.quantile(0.50), Unit: "ms", Floor: floorRun.quantile(0.50)},
-			Result{Name: "attest_p99" + suffix, Value: agentRun.quantile(0.99), Unit: "ms", Floor: floorRun.quantile(0.99)},
-			Result{Name: "attest_cpu_per_op" + suffix, Value: agentRun.cpuPerOp(), Unit: "us", Floor: floorRun.cpuPerOp()},
-		)
 	}
 	return results, nil
 }
@@ -116,22 +146,48 @@ func (r run) quantile(q float64) float64 {
 }
 
 // load runs n callers, each on its own connection, for attestDuration
-// after a warm-up; serverPID's CPU is counted too when not 0 (an in-process
-// server is counted in our own).
-func load(ctx context.Context, socket string, n int, req *agentv1.AttestStepRequest, serverPID int) (run, error) {
-	clients := make([]agentv1.WorkloadServiceClient, n)
+// after a warm-up; with cold, every call is made on a new connection
+// instead. The CPU of pids is counted too (an in-process server is
+// counted in our own).
+func load(ctx context.Context, socket string, n int, req *agentv1.AttestStepRequest, cold bool, pids ...int) (run, error) {
+	dial := func() (*grpc.ClientConn, error) {
+		return grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	clients := make([]func(context.Context) error, n)
 	for i := range clients {
-		conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := dial()
 		if err != nil {
 			return run{}, err
 		}
 		defer conn.Close()
-		clients[i] = agentv1.NewWorkloadServiceClient(conn)
-		if _, err := clients[i].AttestStep(ctx, req); err != nil { // warm-up, and fail fast
+		c := agentv1.NewWorkloadServiceClient(conn)
+		clients[i] = func(ctx context.Context) error {
+			_, err := c.AttestStep(ctx, req)
+			return err
+		}
+		if cold {
+			clients[i] = func(ctx context.Context) error {
+				conn, err := dial()
+				if err != nil {
+					return err
+				}
+				defer conn.Close()
+				_, err = agentv1.NewWorkloadServiceClient(conn).AttestStep(ctx, req)
+				return err
+			}
+		}
+		if err := clients[i](ctx); err != nil { // warm-up, and fail fast
 			return run{}, err
 		}
 	}
-	cpu0 := selfCPU() + procCPU(serverPID)
+	cpu := func() time.Duration {
+		d := selfCPU()
+		for _, pid := range pids {
+			d += procCPU(pid)
+		}
+		return d
+	}
+	cpu0 := cpu()
 	start := time.Now()
 	deadline := start.Add(attestDuration)
 	var (
@@ -145,7 +201,7 @@ func load(ctx context.Context, socket string, n int, req *agentv1.AttestStepRequ
 			var mine []time.Duration
 			for time.Now().Before(deadline) {
 				t := time.Now()
-				if _, err := c.AttestStep(ctx, req); err != nil {
+				if err := c(ctx); err != nil {
 					mu.Lock()
 					werr = err
 					mu.Unlock()
@@ -160,11 +216,11 @@ func load(ctx context.Context, socket string, n int, req *agentv1.AttestStepRequ
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := selfCPU() + procCPU(serverPID) - cpu0
+	used := cpu() - cpu0
 	if werr != nil {
 		return run{}, werr
 	}
-	return run{ops: len(lat), elapsed: elapsed, latencies: lat, cpu: cpu}, nil
+	return run{ops: len(lat), elapsed: elapsed, latencies: lat, cpu: used}, nil
 }
 
 // serveFloor serves the floor: AttestStep answered with an ECDSA P-256

@@ -34,10 +34,16 @@ const freshStepID = "spiffe://example.org/bench/step"
 // the same way in the same run, at 1 and 16 concurrent steps, on the real
 // stack (SPIRE server and agent, hallmark-server, hallmark-agent with the
 // spire and unix workload attestors). Every step is identified afresh: a
-// new process, a new connection, a new Delegated Identity subscription
-// in SPIRE (which attests the PID with its own unix attestor); caches
-// warmed by earlier processes (page cache, digests of unchanged
-// executables) are what a busy runner has.
+// new process on a new connection. Two agents on the same SPIRE take
+// turns, each figure named after its mode: "pid" (spire attest = "pid": a
+// new Delegated Identity subscription per step, SPIRE attesting the PID
+// with its own unix attestor, which reads the whole executable) and
+// "selectors" (attest = "unix_selectors": hallmark-agent derives the unix
+// selectors, the executable's digest remembered while it cannot have
+// changed, and SPIRE's answer for those selectors comes from a standing
+// subscription). Caches warmed by earlier processes (page cache, digests of
+// unchanged executables, the subscription for the same selectors) are what
+// a busy runner has.
 //
 // Rounds alternate the bare command, the step and the step with
 // --wait-log, so that other load on the machine weighs on all alike; each
@@ -51,19 +57,21 @@ const freshStepID = "spiffe://example.org/bench/step"
 // one (built here, static), started the same way in the same rounds.
 func benchFresh(ctx context.Context, dir string) ([]Result, error) {
 	ws := filepath.Join(dir, "ws")
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{
-		Policy: func(string) string {
-			return fmt.Sprintf(`rule "steps" {
+	policy := fmt.Sprintf(`rule "steps" {
     spiffe_ids      = [%q]
     steps           = ["build"]
     workspace_roots = [%q]
   }`, freshStepID, ws)
-		},
-	})
+	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }})
 	if err != nil {
 		return nil, err
 	}
 	defer st.Close()
+	sel, err := startSelectorsAgent(ctx, st, dir, policy)
+	if err != nil {
+		return nil, err
+	}
+	defer sel.Stop()
 	// The step is the hallmark CLI as a build runs it: SPIRE knows it by
 	// its user and executable path.
 	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: spiffeid.RequireFromString(freshStepID), Binary: st.Bins.CLI}); err != nil {
@@ -85,33 +93,42 @@ func benchFresh(ctx context.Context, dir string) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &stepRunner{
-		cli: st.Bins.CLI, bare: bare, empty: empty, ws: ws, out: filepath.Join(dir, "out"),
-		env:  append(os.Environ(), "HALLMARK_AGENT_SOCKET="+st.Agent.Socket),
-		pids: []int{st.Agent.Pid(), st.SPIRE.AgentPid()},
-	}
-	// The entry takes a SPIRE sync to reach the agent: warm up until a
-	// step is attested.
-	if err := harness.WaitFor(ctx, "a fresh step to be attested", 90*time.Second, func() error {
-		_, err := r.step(ctx, 0, false)
-		return err
-	}); err != nil {
-		return nil, err
+	var runners []*stepRunner
+	for _, m := range []struct {
+		mode  string
+		agent *harness.Service
+	}{{"pid", st.Agent}, {"selectors", sel}} {
+		r := &stepRunner{
+			mode: m.mode, cli: st.Bins.CLI, bare: bare, empty: empty, ws: ws, out: filepath.Join(dir, "out"),
+			env:  append(os.Environ(), "HALLMARK_AGENT_SOCKET="+m.agent.Socket),
+			pids: []int{m.agent.Pid(), st.SPIRE.AgentPid()},
+		}
+		// The entry takes a SPIRE sync to reach the agent: warm up until
+		// a step is attested.
+		if err := harness.WaitFor(ctx, "a fresh step to be attested ("+m.mode+")", 90*time.Second, func() error {
+			_, err := r.step(ctx, 0, false)
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		runners = append(runners, r)
 	}
 
 	var results []Result
-	for _, n := range freshConcurrency {
-		runs := make([][]stepRun, kinds)
-		for range freshCfg.Rounds {
-			for k := range stepKind(kinds) {
-				sr, err := r.run(ctx, n, freshCfg.Steps, k)
-				if err != nil {
-					return results, fmt.Errorf("%s at %d concurrent steps: %w", k, n, err)
+	for _, r := range runners {
+		for _, n := range freshConcurrency {
+			runs := make([][]stepRun, kinds)
+			for range freshCfg.Rounds {
+				for k := range stepKind(kinds) {
+					sr, err := r.run(ctx, n, freshCfg.Steps, k)
+					if err != nil {
+						return results, fmt.Errorf("%s, %s at %d concurrent steps: %w", r.mode, k, n, err)
+					}
+					runs[k] = append(runs[k], sr)
 				}
-				runs[k] = append(runs[k], sr)
 			}
+			results = append(results, freshResults(r.mode, n, runs)...)
 		}
-		results = append(results, freshResults(n, runs)...)
 	}
 	return results, nil
 }
@@ -132,6 +149,7 @@ func (k stepKind) String() string {
 
 // stepRunner starts steps.
 type stepRunner struct {
+	mode                      string // the agent's spire attest mode, as figures name it
 	cli, bare, empty, ws, out string
 	env                       []string
 	pids                      []int // hallmark-agent, SPIRE agent
@@ -245,7 +263,7 @@ func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, ti
 
 // freshResults turns the rounds (runs, by kind) into figures: medians
 // over rounds, the targets of issue #15 on the 16-step figures.
-func freshResults(n int, runs [][]stepRun) []Result {
+func freshResults(mode string, n int, runs [][]stepRun) []Result {
 	bare, empty, step, wait := runs[kindBare], runs[kindEmptyGo], runs[kindStep], runs[kindWaitLog]
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	added := func(runs []stepRun, q float64) (float64, float64) {
@@ -266,7 +284,7 @@ func freshResults(n int, runs [][]stepRun) []Result {
 		spire = append(spire, s.perStep(s.spire))
 		cpu = append(cpu, s.perStep(s.own+s.agent+s.spire)-b)
 	}
-	suffix := fmt.Sprintf("_c%d", n)
+	suffix := fmt.Sprintf("_%s_c%d", mode, n)
 	p50, f50 := added(step, 0.50)
 	p99, f99 := added(step, 0.99)
 	w50, wf50 := added(wait, 0.50)
@@ -280,8 +298,8 @@ func freshResults(n int, runs [][]stepRun) []Result {
 	if n == 16 {
 		res[0].Max, res[1].Max, res[2].Max, res[4].Max = 10, 30, 5, 20
 	}
-	fmt.Fprintf(os.Stderr, "bench: fresh steps at %d concurrent, CPU per step (medians over %d rounds): hallmark CLI %.2f ms beyond the command (an empty Go program: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
-		n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
+	fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent, CPU per step (medians over %d rounds): hallmark CLI %.2f ms beyond the command (an empty Go program: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
+		mode, n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
 	return res
 }
 

@@ -23,6 +23,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
 // Result is one measured figure.
@@ -144,4 +146,19 @@ func printLogAppendStores(results []Result) {
 			fmt.Fprintf(os.Stderr, "bench: log appends with %d submitters: SQLite %.0f/s, PostgreSQL %.0f/s\n", n, lite.Value, pg.Value)
 		}
 	}
+}
+
+// selectorsAgentConf is the spire workload attestor's setting of an agent
+// whose spire attestor derives the caller's unix selectors itself (as the
+// harness's SPIRE agent's unix attestor, discover_workload_path = true).
+const selectorsAgentConf = "attest = \"unix_selectors\"\n  discover_workload_path = true"
+
+// startSelectorsAgent starts, beside st's agent (attest = "pid"), a second
+// hallmark-agent on the same SPIRE and server with attest =
+// "unix_selectors" and the same policy.
+func startSelectorsAgent(ctx context.Context, st *harness.Stack, dir, policy string) (*harness.Service, error) {
+	return st.SPIRE.StartAgent(ctx, st.Bins.Agent, dir, "hallmark-agent-selectors", harness.AgentOptions{
+		ServerAddr: st.Server.ServerAddr(), ServerID: harness.ServerID.String(),
+		Policy: policy, SPIREExtra: selectorsAgentConf,
+	})
 }
