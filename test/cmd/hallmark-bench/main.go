@@ -99,6 +99,10 @@ func main() {
 	flag.Float64Var(&fleetCfg.SubmitRate, "fleet-submit-rate", fleetCfg.SubmitRate, "fleet: log submissions per second, in total")
 	flag.IntVar(&freshCfg.Rounds, "fresh-rounds", freshCfg.Rounds, "fresh: alternating rounds (medians are reported)")
 	flag.IntVar(&freshCfg.Steps, "fresh-steps", freshCfg.Steps, "fresh: steps per concurrent caller in each run")
+	flag.Func("fresh-modes", "fresh: comma-separated spire attest modes to measure (pid, selectors; default both)", func(v string) error {
+		freshCfg.Modes = strings.Split(v, ",")
+		return nil
+	})
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
