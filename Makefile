@@ -1,4 +1,4 @@
-# Hallmark: make build test lint bench demo dev tools proto
+# Hallmark: make build test lint bench demo dev tools proto fuzz
 SHELL := /bin/bash
 export GOTOOLCHAIN := local
 TOOLS := $(CURDIR)/.tools
@@ -6,7 +6,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres fuzz
 
 build:
 	go build -o bin/ ./cmd/...
@@ -57,6 +57,11 @@ deploy-check:
 ## bench: figures against floors measured in the same run (see test/cmd/hallmark-bench).
 bench: tools postgres
 	go run ./test/cmd/hallmark-bench
+
+## fuzz: every fuzz target for FUZZTIME each (default 60s; FUZZ_ONLY=FuzzX for one), from the corpora in testdata/fuzz.
+FUZZTIME ?= 60s
+fuzz:
+	@FUZZTIME=$(FUZZTIME) FUZZ_ONLY=$(FUZZ_ONLY) ./test/scripts/fuzz.sh
 
 ## dev: SPIRE server+agent, hallmark-server+agent in the foreground; Ctrl-C stops all.
 dev: tools

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
 	"github.com/hallmark-dev/hallmark/internal/config"
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/internal/policy"
 )
 
@@ -176,8 +177,8 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 // localAPIConfig fills the socket and limit settings.
 func localAPIConfig(c *Config, a agentBlock) error {
 	c.LogBatchSize = a.LogBatchSize
-	if c.LogBatchSize < 0 || c.LogBatchSize > 10000 {
-		return fmt.Errorf("agent.log_batch_size: %d is not in 1..10000", c.LogBatchSize)
+	if c.LogBatchSize < 0 || c.LogBatchSize > limits.MaxEntriesPerCall {
+		return fmt.Errorf("agent.log_batch_size: %d is not in 1..%d, what the log takes in one call", c.LogBatchSize, limits.MaxEntriesPerCall)
 	}
 	c.DataDir = a.DataDir
 	if c.DataDir == "" {

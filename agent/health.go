@@ -26,6 +26,8 @@ type Status struct {
 	RenewalFailures    int          `json:"renewal_failures"`
 	SVIDRotations      int          `json:"svid_rotations"`
 	Policy             PolicyStatus `json:"policy"`
+	// Outbox is nil when the agent keeps none (no data_dir).
+	Outbox *OutboxStatus `json:"outbox,omitempty"`
 }
 
 // ServerStatus describes the agent's view of hallmark-server.
@@ -84,6 +86,7 @@ func (a *Agent) Status() Status {
 	for _, r := range a.policy().Rules() {
 		st.Policy.Rules = append(st.Policy.Rules, r.Name)
 	}
+	st.Outbox = a.outboxStatus()
 	if c, ok := a.keys.current(a.cfg.Now()); ok {
 		leaf := c.leaf()
 		cs := &CertStatus{

@@ -325,10 +325,14 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if ts := req.GetStartedOn(); ts != nil && ts.IsValid() && ts.AsTime().Before(start) {
 		step.StartedOn = ts.AsTime()
 	}
-	bundle, err := attest.Sign(step, held.key, held.leaf())
+	bundle, err := a.signStep(ctx, step, held)
+	var refusal *signRefusal
+	if errors.As(err, &refusal) { // the log would never take it (sign.go)
+		return nil, deny(refusal.code, refusal.class, refusal.reason)
+	}
 	if err != nil {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
-		return nil, status.Errorf(codes.Internal, "sign: %v", err)
+		return nil, err
 	}
 	// On disk before the step hears of it: nothing signed is ever lost on
 	// its way to the log (group commit shares the fsync among callers).

@@ -21,17 +21,19 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
-// Limits on what agents submit.
+// Limits on what agents submit: the set agents size their calls by
+// (internal/limits).
 const (
 	// MaxSubmitEntries bounds the entries of one SubmitEntries call.
-	MaxSubmitEntries = 500
+	MaxSubmitEntries = limits.MaxEntriesPerCall
 	// MaxEnvelopeSize bounds one envelope's JSON: the same as a bundle.
-	MaxEnvelopeSize = attest.MaxBundleSize
+	MaxEnvelopeSize = limits.MaxEnvelopeBytes
 	// MaxCertificateSize bounds one signing certificate (DER).
-	MaxCertificateSize = 16 << 10
+	MaxCertificateSize = limits.MaxCertificateBytes
 )
 
 // intotoStatementV1 is the _type of the statements agents sign.
@@ -43,6 +45,9 @@ type Submission struct {
 	Envelope []byte
 	// Certificate is the signing certificate, DER.
 	Certificate []byte
+	// Timestamp is the RFC 3161 timestamp of the signature granted when
+	// it was made (Timestamp); optional (see admission.go).
+	Timestamp []byte
 }
 
 // SubmitResult is the outcome of one Submission: Entry (the logged entry
@@ -67,8 +72,10 @@ type SubmitResult struct {
 //  3. the DSSE signature verifies with the certificate's key (ECDSA P-256,
 //     ASN.1 DER over SHA-256 of the PAE; attest.VerifyEnvelope);
 //  4. the certificate chains, for code signing, to a signing CA this
-//     server has recorded, and it and its chain are valid at the
-//     integrated time;
+//     server has recorded, and it and its chain are valid at the check
+//     time: the genTime of the submitted timestamp, which must be this
+//     log's over the signature (admission.go), or else the integrated
+//     time;
 //  5. the payload is an in-toto Statement v1 (its sha256 subject digests
 //     are indexed for search).
 //
@@ -240,10 +247,15 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 		body: body, key: tlog.LeafHash(body),
 	}
 
-	// 4. The chain, valid now; the appender checks the window again at
-	// the integrated time.
-	if cached == nil || now.Before(cached.notBefore) || now.After(cached.notAfter) {
-		v, err := l.cas.verify(cert, now)
+	// 4. The chain, valid at the check time (admission.go); without a
+	// timestamp the appender checks the window again at the integrated
+	// time.
+	at, timestamped, err := l.checkTime(sub.Timestamp, env.GetSignatures()[0].GetSig(), now)
+	if err != nil {
+		return nil, err
+	}
+	if cached == nil || at.Before(cached.notBefore) || at.After(cached.notAfter) {
+		v, err := l.cas.verify(cert, at)
 		if err != nil {
 			return it, &chainError{err}
 		}
@@ -253,7 +265,7 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 	it.notBefore, it.notAfter = cached.notBefore, cached.notAfter
 	// Rotation: a tainted issuer's certificates are refused after the
 	// grace, a revoked one's from its revocation time (docs/rotation.md).
-	if err := l.issuers.refusal(cached.issuer, now); err != nil {
+	if err := l.issuers.refusal(cached.issuer, at); err != nil {
 		return it, &chainError{err}
 	}
 
@@ -262,8 +274,13 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 		return nil, err
 	}
 
-	// Accepted: timestamp the signature now (RFC 3161). Kept only if
-	// the entry is new; a repeat answers with the first one's.
+	// Accepted: with the timestamp granted at signing, or one now (RFC
+	// 3161). Kept only if the entry is new; a repeat answers with the
+	// first one's.
+	if timestamped {
+		it.timestamp, it.checkAt = sub.Timestamp, at
+		return it, nil
+	}
 	if it.timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), now); err != nil {
 		return nil, err
 	}

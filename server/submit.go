@@ -30,7 +30,7 @@ func (a *agentService) SubmitEntries(ctx context.Context, req *serverv1.SubmitEn
 	}
 	subs := make([]Submission, n)
 	for i, e := range req.GetEntries() {
-		subs[i] = Submission{Envelope: e.GetEnvelope(), Certificate: e.GetCertificate()}
+		subs[i] = Submission{Envelope: e.GetEnvelope(), Certificate: e.GetCertificate(), Timestamp: e.GetTimestamp()}
 	}
 	id := caller(ctx)
 	results, err := a.tlog.Submit(ctx, id, subs)

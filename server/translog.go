@@ -65,10 +65,12 @@ type TransparencyLog struct {
 	origin  string
 	logID   []byte
 	tsa     *tsa.Signer
-	issuers *issuerStates
-	now     func() time.Time
-	log     *zap.Logger
-	metrics *logMetrics
+	// tsaAuthority verifies tsa's timestamps (admission.go).
+	tsaAuthority func() (*tsa.Authority, error)
+	issuers      *issuerStates
+	now          func() time.Time
+	log          *zap.Logger
+	metrics      *logMetrics
 
 	maxBatch  int
 	batchWait time.Duration
@@ -139,7 +141,7 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 	}
 	l := &TransparencyLog{
 		store: cfg.Store, key: cfg.Key, pub: pub, created: cfg.KeyCreated, origin: cfg.Origin, logID: logID,
-		tsa: cfg.TSA, now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
+		tsa: cfg.TSA, tsaAuthority: newTSAAuthority(cfg.TSA), now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
 		maxBatch: cfg.MaxBatch, batchWait: cfg.BatchWait,
 		reqs: make(chan *appendRequest, 1024), stopped: make(chan struct{}),
 		certs: newCertCache(),
@@ -298,6 +300,10 @@ type pendingEntry struct {
 	digests   [][]byte // raw sha256 subject digests
 	notBefore time.Time
 	notAfter  time.Time
+	// checkAt is the genTime of a timestamp submitted with the entry,
+	// when the certificate's window was checked (admission.go); zero
+	// without one: the appender checks at the integrated time.
+	checkAt time.Time
 
 	// Set by the appender before the request's done closes.
 	refusal  error
@@ -540,8 +546,9 @@ func (l *TransparencyLog) appendItems(ctx context.Context, items []*pendingEntry
 			placed = append(placed, it)
 			continue
 		}
-		// x509: valid when NotBefore <= t <= NotAfter.
-		if integrated.Before(it.notBefore) || integrated.After(it.notAfter) {
+		// x509: valid when NotBefore <= t <= NotAfter. An entry with
+		// a timestamp was checked at its genTime (admission.go).
+		if it.checkAt.IsZero() && (integrated.Before(it.notBefore) || integrated.After(it.notAfter)) {
 			it.refusal = fmt.Errorf("the certificate is not valid at the integrated time %s (valid %s to %s)",
 				integrated.UTC().Format(time.RFC3339), it.notBefore.UTC().Format(time.RFC3339), it.notAfter.UTC().Format(time.RFC3339))
 			continue

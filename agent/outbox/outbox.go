@@ -6,23 +6,26 @@
 // nothing is logged twice.
 //
 // The queue is one append-only file of checksummed records with group
-// commit: concurrent Puts share one write and one fsync. A torn record at
-// the end (a crash mid-write) is cut off when the file is opened. The file
-// is rewritten with only live records when it grows past a threshold.
+// commit: concurrent Puts share one write and one fsync. The format is
+// versioned and specified in docs/outbox.md. Damage isolates: a record
+// that fails its checksum is moved aside into the damaged/ directory (kept
+// for inspection, reported by Damaged) and every intact record before and
+// after it is kept. A record cut short at the end (a crash mid-write,
+// never acknowledged) is dropped. A file in a format this package does
+// not know is left as it is and Open fails. The file is rewritten with
+// only live records when it grows past a threshold.
 package outbox
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/base64"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -71,14 +74,16 @@ type Options struct {
 
 // Outbox is the durable queue. Its methods are safe for concurrent use.
 type Outbox struct {
-	path string
-	opts Options
+	path    string
+	opts    Options
+	damaged []Damage // found by Open
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
 	items    map[string]*Item
 	order    []string // IDs in arrival order; settled ones are skipped lazily
 	npending int
+	nrefused int // refused items retained
 	// compactAt is the size that triggers the next rewrite: at least
 	// twice what the last rewrite kept, so retained items never make
 	// every write a rewrite.
@@ -96,11 +101,18 @@ type pendingWrite struct {
 	done  chan error
 }
 
-const maxRecord = 64 << 20
+// DamagedDir is the directory, in the outbox's, where damaged records are
+// kept.
+const DamagedDir = "damaged"
 
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
+// ErrUnknownFormat is returned by Open for a file it cannot read: a
+// format version it does not know, or no format at all. The file is left
+// untouched.
+var ErrUnknownFormat = errors.New("outbox: unknown format")
 
 // Open opens (or creates) the outbox in dir (created 0700) and replays it.
+// Damaged records are moved aside first (see Damaged); a file Open cannot
+// read fails it with ErrUnknownFormat, left as it is.
 func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Retention <= 0 {
 		opts.Retention = 24 * time.Hour
@@ -125,37 +137,75 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	return o, nil
 }
 
-// replay reads every whole record; a torn or corrupt tail is ignored (and
-// dropped by the rewrite that follows).
+// replay reads every intact record, any version, and moves damaged ones
+// aside; a torn tail is left for the rewrite that follows to drop.
 func (o *Outbox) replay() error {
-	f, err := os.Open(o.path)
+	data, err := os.ReadFile(o.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	defer f.Close()
-	r := bufio.NewReader(f)
-	for {
-		var hdr [8]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return nil // end, or a torn header
-		}
-		n, crc := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
-		if n > maxRecord {
-			return nil
-		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(r, buf); err != nil || crc32.Checksum(buf, crcTable) != crc {
-			return nil
-		}
-		var rec record
-		if json.Unmarshal(buf, &rec) != nil {
-			return nil
-		}
+	s, err := scanFile(data)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w (the file is left as it is; move it aside to start with an empty outbox)", ErrUnknownFormat, o.path, err)
+	}
+	if err := o.keepDamaged(data, s.damaged); err != nil {
+		return err
+	}
+	for _, rec := range s.records {
 		o.apply(rec)
 	}
+	return nil
+}
+
+// keepDamaged writes each damaged stretch of data to a file of its own in
+// DamagedDir, durably, before the rewrite drops it from the outbox.
+func (o *Outbox) keepDamaged(data []byte, damaged [][2]int) error {
+	if len(damaged) == 0 {
+		return nil
+	}
+	dir := filepath.Join(filepath.Dir(o.path), DamagedDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("outbox: keep damaged records: %w", err)
+	}
+	stamp := o.opts.Now().UTC().Format("20060102T150405.000000000Z")
+	for _, d := range damaged {
+		name := filepath.Join(dir, fmt.Sprintf("%s-offset-%d.bin", stamp, d[0]))
+		if err := writeSynced(name, data[d[0]:d[1]]); err != nil {
+			return fmt.Errorf("outbox: keep damaged records: %w", err)
+		}
+		o.damaged = append(o.damaged, Damage{Offset: int64(d[0]), Length: int64(d[1] - d[0]), File: name})
+	}
+	return syncDir(dir)
+}
+
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Damaged lists what Open moved aside.
+func (o *Outbox) Damaged() []Damage { return slices.Clone(o.damaged) }
+
+// DamagedFiles counts the files kept in the damaged directory, from this
+// Open and earlier ones, until an operator removes them.
+func (o *Outbox) DamagedFiles() (dir string, n int) {
+	dir = filepath.Join(filepath.Dir(o.path), DamagedDir)
+	entries, _ := os.ReadDir(dir) // none yet: 0
+	return dir, len(entries)
 }
 
 func (o *Outbox) apply(rec record) {
@@ -178,6 +228,7 @@ func (o *Outbox) apply(rec record) {
 			it.State, it.Logged = Logged, rec.Logged
 		} else {
 			it.State, it.Reason = Refused, rec.Reason
+			o.nrefused++
 		}
 		if rec.At != 0 {
 			it.Created = rec.At // retention counts from settlement
@@ -202,7 +253,7 @@ func (o *Outbox) rewrite() error {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	w := bufio.NewWriter(f)
-	var size int64
+	size, _ := w.Write(fileHeader())
 	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
 	var order []string
 	for _, id := range o.order {
@@ -211,11 +262,26 @@ func (o *Outbox) rewrite() error {
 		}
 	}
 	o.order = order
+	// Settled items first, by settlement, then the pending ones in
+	// their order: a reopened outbox drains oldest first.
+	var all []*Item
 	for id, it := range o.items {
-		if it.State != Pending && it.Created < cutoff {
+		switch {
+		case it.State == Pending:
+		case it.Created < cutoff:
 			delete(o.items, id)
-			continue
+			if it.State == Refused {
+				o.nrefused--
+			}
+		default:
+			all = append(all, it)
 		}
+	}
+	slices.SortFunc(all, func(a, b *Item) int { return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.ID, b.ID)) })
+	for _, id := range order {
+		all = append(all, o.items[id])
+	}
+	for _, it := range all {
 		recs := []record{{Op: "put", Item: it}}
 		switch it.State {
 		case Logged:
@@ -230,7 +296,7 @@ func (o *Outbox) rewrite() error {
 				return err
 			}
 			n, _ := w.Write(b)
-			size += int64(n)
+			size += n
 		}
 	}
 	if err := w.Flush(); err != nil {
@@ -256,8 +322,8 @@ func (o *Outbox) rewrite() error {
 	if o.file, err = os.OpenFile(o.path, os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	o.size = size
-	o.compactAt = max(o.opts.CompactAt, 2*size)
+	o.size = int64(size)
+	o.compactAt = max(o.opts.CompactAt, 2*o.size)
 	return nil
 }
 
@@ -269,24 +335,11 @@ func frame(rec record) ([]byte, error) {
 // need escapes.
 func frameSize(rec record) int {
 	enc := base64.StdEncoding.EncodedLen
-	n := 8 + 96 + len(rec.Op) + len(rec.ID) + len(rec.Reason) + enc(len(rec.Logged))
+	n := frameHead + 96 + len(rec.Op) + len(rec.ID) + len(rec.Reason) + enc(len(rec.Logged))
 	if it := rec.Item; it != nil {
 		n += len(it.ID) + enc(len(it.Bundle)) + enc(len(it.Envelope)) + enc(len(it.Certificate))
 	}
 	return n
-}
-
-// appendFrame appends rec, framed, to dst.
-func appendFrame(dst []byte, rec record) ([]byte, error) {
-	start := len(dst)
-	dst = appendRecord(append(dst, make([]byte, 8)...), rec)
-	body := dst[start+8:]
-	if len(body) > maxRecord {
-		return nil, fmt.Errorf("outbox: record of %d bytes is over the %d limit", len(body), maxRecord)
-	}
-	binary.LittleEndian.PutUint32(dst[start:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(body, crcTable))
-	return dst, nil
 }
 
 func syncDir(dir string) error {
@@ -444,6 +497,27 @@ func (o *Outbox) Len() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.npending
+}
+
+// RefusedLen is the number of refused items retained.
+func (o *Outbox) RefusedLen() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.nrefused
+}
+
+// Refused returns up to max of the refused items retained, newest first.
+func (o *Outbox) Refused(max int) []Item {
+	o.mu.Lock()
+	var out []Item
+	for _, it := range o.items {
+		if it.State == Refused {
+			out = append(out, *it)
+		}
+	}
+	o.mu.Unlock()
+	slices.SortFunc(out, func(a, b Item) int { return cmp.Or(cmp.Compare(b.Created, a.Created), cmp.Compare(a.ID, b.ID)) })
+	return out[:min(max, len(out))]
 }
 
 // Settlement is what the log said of one item: its entry, or a refusal.

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -45,6 +46,9 @@ func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
 	}
 	conn, err := grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// An answer holds a bundle (at most limits.MaxBundleBytes) and
+		// the list of its subjects, about as large again.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4*limits.MaxBundleBytes)),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
