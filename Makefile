@@ -1,4 +1,4 @@
-# Hallmark: make build test lint bench demo dev tools proto fuzz
+# Hallmark: make build test lint bench demo dev tools proto fuzz soak
 SHELL := /bin/bash
 export GOTOOLCHAIN := local
 TOOLS := $(CURDIR)/.tools
@@ -6,7 +6,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres fuzz
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres fuzz soak
 
 build:
 	go build -o bin/ ./cmd/...
@@ -62,6 +62,11 @@ bench: tools postgres
 FUZZTIME ?= 60s
 fuzz:
 	@FUZZTIME=$(FUZZTIME) FUZZ_ONLY=$(FUZZ_ONLY) ./test/scripts/fuzz.sh
+
+## soak: SPIRE, OpenBao, two servers on PostgreSQL and two agents under load and faults for SOAK_DURATION (default 30m), then the log checked against what every step was told (test/cmd/hallmark-soak). Not part of test.
+SOAK_DURATION ?= 30m
+soak: tools postgres
+	go run ./test/cmd/hallmark-soak -duration $(SOAK_DURATION)
 
 ## dev: SPIRE server+agent, hallmark-server+agent in the foreground; Ctrl-C stops all.
 dev: tools
