@@ -165,7 +165,7 @@ func TestSubmitFourLargeEnvelopesAfterOutage(t *testing.T) {
 	drain(t, a, client, 10)
 	for i, env := range envs {
 		require.Equal(t, 1, l.times(env), "envelope %d", i)
-		it, _ := a.outbox.Get(fmt.Sprintf("inv-%d", i))
+		it, _ := mustGet(t, a.outbox, fmt.Sprintf("inv-%d", i))
 		require.Equal(t, outbox.Logged, it.State)
 	}
 	require.Equal(t, []int{2, 2}, l.calls, "two 12 MB envelopes per call of at most %d bytes", limits.MaxCallBytes)
@@ -197,7 +197,7 @@ func TestSubmitRefusedEntryDoesNotBlockTheQueue(t *testing.T) {
 	for _, env := range good {
 		require.Equal(t, 1, l.times(env))
 	}
-	it, _ := a.outbox.Get("inv-bad")
+	it, _ := mustGet(t, a.outbox, "inv-bad")
 	require.Equal(t, outbox.Refused, it.State)
 
 	st := a.Status().Outbox
@@ -247,12 +247,12 @@ func TestSubmitRefusesWhatTheLogNeverTakes(t *testing.T) {
 		"inv-unreadable": "the queued attestation is unreadable: bundle has no DSSE envelope",
 		"inv-big-cert":   "more than the log takes (limits.MaxCertificateBytes",
 	} {
-		it, _ := a.outbox.Get(id)
+		it, _ := mustGet(t, a.outbox, id)
 		require.Equal(t, outbox.Refused, it.State, id)
 		require.Contains(t, it.Reason, want, id)
 	}
 	for _, id := range []string{"inv-ok-1", "inv-ok-2"} {
-		it, _ := a.outbox.Get(id)
+		it, _ := mustGet(t, a.outbox, id)
 		require.Equal(t, outbox.Logged, it.State, id)
 	}
 	require.Equal(t, 3, a.Status().Outbox.Refused)
@@ -278,7 +278,7 @@ func TestSubmitSplitsCallsRefusedAsAWhole(t *testing.T) {
 	}
 	drain(t, a, direct{l}, 100)
 	for i, env := range envs {
-		it, _ := a.outbox.Get(fmt.Sprintf("inv-%d", i))
+		it, _ := mustGet(t, a.outbox, fmt.Sprintf("inv-%d", i))
 		if i == 7 {
 			require.Equal(t, outbox.Refused, it.State)
 			require.Contains(t, it.Reason, "the server refused the call carrying it: grpc: received message larger than max")
@@ -315,4 +315,12 @@ func TestSignStepRefusesWhatTheLogWouldNot(t *testing.T) {
 	bundle, err := a.signStep(context.Background(), step, held)
 	require.NoError(t, err)
 	require.NotEmpty(t, bundle)
+}
+
+// mustGet is the outbox's Get, its bytes read back without error.
+func mustGet(t testing.TB, o *outbox.Outbox, id string) (outbox.Item, bool) {
+	t.Helper()
+	it, ok, err := o.Get(id)
+	require.NoError(t, err)
+	return it, ok
 }

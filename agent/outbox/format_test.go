@@ -177,7 +177,7 @@ func FuzzOpen(f *testing.F) {
 		pending := o.Pending(1 << 20)
 		require.Len(t, pending, o.Len())
 		for _, it := range pending {
-			got, ok := o.Get(it.ID)
+			got, ok := mustGet(t, o, it.ID)
 			require.True(t, ok)
 			require.Equal(t, Pending, got.State)
 		}

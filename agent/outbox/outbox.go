@@ -73,6 +73,12 @@ type Options struct {
 }
 
 // Outbox is the durable queue. Its methods are safe for concurrent use.
+//
+// Pending items are held in memory whole, for the submitter. A settled
+// item keeps only its ID, state, reason and time in memory: its bytes
+// (bundle, envelope, certificate, what logging added) are read back from
+// the file when asked for, so the memory an outbox takes does not grow
+// with the items it retains.
 type Outbox struct {
 	path    string
 	opts    Options
@@ -80,7 +86,7 @@ type Outbox struct {
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
-	items    map[string]*Item
+	items    map[string]*slot
 	order    []string // IDs in arrival order; settled ones are skipped lazily
 	npending int
 	nrefused int // refused items retained
@@ -88,16 +94,32 @@ type Outbox struct {
 	// twice what the last rewrite kept, so retained items never make
 	// every write a rewrite.
 	compactAt int64
-	file      *os.File
+	file      *os.File // read and appended to
 	size      int64
 	queue     []pendingWrite
 	writing   bool
 	closed    bool
 }
 
+// slot is an item and where its records lie in the file.
+type slot struct {
+	Item
+	put, settle span
+	// onDisk: the item's bytes were dropped from memory; read them
+	// from put and settle.
+	onDisk bool
+}
+
+// span is where a frame lies in the file; n is 0 when it is not there.
+type span struct {
+	off int64
+	n   int
+}
+
 type pendingWrite struct {
 	rec   []byte
-	apply func() // the in-memory change, made under mu once on disk
+	ends  []int // where each record framed in rec ends
+	apply func(at []span) // the in-memory change, made under mu once on disk
 	done  chan error
 }
 
@@ -126,7 +148,7 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	o := &Outbox{path: filepath.Join(dir, "outbox.log"), opts: opts, items: map[string]*Item{}}
+	o := &Outbox{path: filepath.Join(dir, "outbox.log"), opts: opts, items: map[string]*slot{}}
 	o.cond = sync.NewCond(&o.mu)
 	if err := o.replay(); err != nil {
 		return nil, err
@@ -155,7 +177,7 @@ func (o *Outbox) replay() error {
 		return err
 	}
 	for _, rec := range s.records {
-		o.apply(rec)
+		o.apply(rec, span{}) // where they lie once rewritten
 	}
 	return nil
 }
@@ -208,32 +230,36 @@ func (o *Outbox) DamagedFiles() (dir string, n int) {
 	return dir, len(entries)
 }
 
-func (o *Outbox) apply(rec record) {
+// apply makes rec's change in memory; at is where rec lies in the file
+// (n 0: not in the current file yet).
+func (o *Outbox) apply(rec record, at span) {
 	switch rec.Op {
 	case "put":
 		if rec.Item == nil || o.items[rec.Item.ID] != nil {
 			return
 		}
-		it := *rec.Item
-		it.State = Pending
-		o.items[it.ID] = &it
-		o.order = append(o.order, it.ID)
+		sl := &slot{Item: *rec.Item, put: at}
+		sl.State = Pending
+		o.items[sl.ID] = sl
+		o.order = append(o.order, sl.ID)
 		o.npending++
 	case "logged", "refused":
-		it := o.items[rec.ID]
-		if it == nil || it.State != Pending {
+		sl := o.items[rec.ID]
+		if sl == nil || sl.State != Pending {
 			return
 		}
 		if rec.Op == "logged" {
-			it.State, it.Logged = Logged, rec.Logged
+			sl.State, sl.Logged = Logged, rec.Logged
 		} else {
-			it.State, it.Reason = Refused, rec.Reason
+			sl.State, sl.Reason = Refused, rec.Reason
 			o.nrefused++
 		}
 		if rec.At != 0 {
-			it.Created = rec.At // retention counts from settlement
+			sl.Created = rec.At // retention counts from settlement
 		}
+		sl.settle = at
 		o.npending--
+		sl.dropBytes()
 		// Drop settled IDs from the front; the rest are skipped lazily.
 		for len(o.order) > 0 {
 			if head := o.items[o.order[0]]; head != nil && head.State == Pending {
@@ -244,8 +270,55 @@ func (o *Outbox) apply(rec record) {
 	}
 }
 
+// dropBytes forgets a settled item's bytes once both its records are in
+// the file.
+func (sl *slot) dropBytes() {
+	if sl.State == Pending || sl.put.n == 0 || sl.settle.n == 0 {
+		return
+	}
+	sl.Bundle, sl.Envelope, sl.Certificate, sl.Logged = nil, nil, nil, nil
+	sl.onDisk = true
+}
+
+// load returns sl's item whole, reading its bytes from the file when
+// they are not in memory. Callers hold o.mu.
+func (o *Outbox) load(sl *slot) (Item, error) {
+	if !sl.onDisk {
+		return sl.Item, nil
+	}
+	put, err := o.readFrame(sl.put)
+	if err != nil {
+		return sl.Item, err
+	}
+	settle, err := o.readFrame(sl.settle)
+	if err != nil {
+		return sl.Item, err
+	}
+	if put.Item == nil || put.Item.ID != sl.ID || settle.ID != sl.ID {
+		return sl.Item, fmt.Errorf("outbox: the records at %d and %d are not %s's", sl.put.off, sl.settle.off, sl.ID)
+	}
+	it := *put.Item
+	it.State, it.Created, it.Logged, it.Reason = sl.State, sl.Created, settle.Logged, sl.Reason
+	return it, nil
+}
+
+// readFrame reads and checks the frame at sp of the current file.
+func (o *Outbox) readFrame(sp span) (record, error) {
+	b := make([]byte, sp.n)
+	if _, err := o.file.ReadAt(b, sp.off); err != nil {
+		return record{}, fmt.Errorf("outbox: read the record at %d: %w", sp.off, err)
+	}
+	rec, _, _, intact := frameAt(b, 0)
+	if !intact {
+		return record{}, fmt.Errorf("outbox: the record at %d is damaged", sp.off)
+	}
+	return rec, nil
+}
+
 // rewrite writes the live records to a new file and swaps it in. Callers
 // hold no lock during Open; later calls hold o.mu with no write in flight.
+// Records of items whose bytes are on disk are copied from the current
+// file as they are.
 func (o *Outbox) rewrite() error {
 	tmp := o.path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
@@ -253,76 +326,101 @@ func (o *Outbox) rewrite() error {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	w := bufio.NewWriter(f)
-	size, _ := w.Write(fileHeader())
+	hdr, _ := w.Write(fileHeader())
+	size := int64(hdr)
 	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
 	var order []string
 	for _, id := range o.order {
-		if it := o.items[id]; it != nil && it.State == Pending {
+		if sl := o.items[id]; sl != nil && sl.State == Pending {
 			order = append(order, id)
 		}
 	}
 	o.order = order
 	// Settled items first, by settlement, then the pending ones in
 	// their order: a reopened outbox drains oldest first.
-	var all []*Item
-	for id, it := range o.items {
+	var all []*slot
+	for id, sl := range o.items {
 		switch {
-		case it.State == Pending:
-		case it.Created < cutoff:
+		case sl.State == Pending:
+		case sl.Created < cutoff:
 			delete(o.items, id)
-			if it.State == Refused {
+			if sl.State == Refused {
 				o.nrefused--
 			}
 		default:
-			all = append(all, it)
+			all = append(all, sl)
 		}
 	}
-	slices.SortFunc(all, func(a, b *Item) int { return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.ID, b.ID)) })
+	slices.SortFunc(all, func(a, b *slot) int { return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.ID, b.ID)) })
 	for _, id := range order {
 		all = append(all, o.items[id])
 	}
-	for _, it := range all {
-		recs := []record{{Op: "put", Item: it}}
-		switch it.State {
-		case Logged:
-			recs = append(recs, record{Op: "logged", ID: it.ID, Logged: it.Logged, At: it.Created})
-		case Refused:
-			recs = append(recs, record{Op: "refused", ID: it.ID, Reason: it.Reason, At: it.Created})
-		}
-		for _, rec := range recs {
-			b, err := frame(rec)
-			if err != nil {
-				f.Close()
-				return err
+	moved := make([][2]span, len(all)) // new put and settle spans
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	for i, sl := range all {
+		var frames [2][]byte
+		if sl.onDisk {
+			for j, sp := range []span{sl.put, sl.settle} {
+				frames[j] = make([]byte, sp.n)
+				if _, err := o.file.ReadAt(frames[j], sp.off); err != nil {
+					return fail(fmt.Errorf("outbox: rewrite: read the record at %d: %w", sp.off, err))
+				}
 			}
-			n, _ := w.Write(b)
-			size += n
+		} else {
+			recs := []record{{Op: "put", Item: &sl.Item}}
+			switch sl.State {
+			case Logged:
+				recs = append(recs, record{Op: "logged", ID: sl.ID, Logged: sl.Logged, At: sl.Created})
+			case Refused:
+				recs = append(recs, record{Op: "refused", ID: sl.ID, Reason: sl.Reason, At: sl.Created})
+			}
+			for j, rec := range recs {
+				b, err := frame(rec)
+				if err != nil {
+					return fail(err)
+				}
+				frames[j] = b
+			}
+		}
+		for j, b := range frames {
+			if b == nil {
+				continue
+			}
+			moved[i][j] = span{off: size, n: len(b)}
+			w.Write(b) //nolint:errcheck // Flush reports it
+			size += int64(len(b))
 		}
 	}
 	if err := w.Flush(); err != nil {
-		f.Close()
-		return fmt.Errorf("outbox: %w", err)
+		return fail(fmt.Errorf("outbox: %w", err))
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("outbox: %w", err)
+		return fail(fmt.Errorf("outbox: %w", err))
 	}
 	if err := os.Rename(tmp, o.path); err != nil {
-		f.Close()
-		return fmt.Errorf("outbox: %w", err)
+		return fail(fmt.Errorf("outbox: %w", err))
 	}
+	f.Close()
 	if err := syncDir(filepath.Dir(o.path)); err != nil {
-		f.Close()
 		return err
+	}
+	nf, err := os.OpenFile(o.path, os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
 	}
 	if o.file != nil {
 		o.file.Close()
 	}
-	f.Close()
-	if o.file, err = os.OpenFile(o.path, os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
-		return fmt.Errorf("outbox: %w", err)
+	o.file = nf
+	for i, sl := range all {
+		sl.put, sl.settle = moved[i][0], moved[i][1]
+		sl.dropBytes()
 	}
-	o.size = int64(size)
+	o.size = size
 	o.compactAt = max(o.opts.CompactAt, 2*o.size)
 	return nil
 }
@@ -356,21 +454,23 @@ func syncDir(dir string) error {
 
 // write appends rec durably. Concurrent writers are committed together:
 // the first becomes the leader and writes and fsyncs everyone's records.
-func (o *Outbox) write(rec record, apply func()) error {
+func (o *Outbox) write(rec record, apply func(at []span)) error {
 	return o.writeMany([]record{rec}, apply)
 }
 
-func (o *Outbox) writeMany(recs []record, apply func()) error {
+func (o *Outbox) writeMany(recs []record, apply func(at []span)) error {
 	n := 0
 	for _, rec := range recs {
 		n += frameSize(rec)
 	}
 	b := make([]byte, 0, n)
-	for _, rec := range recs {
+	ends := make([]int, len(recs))
+	for i, rec := range recs {
 		var err error
 		if b, err = appendFrame(b, rec); err != nil {
 			return err
 		}
+		ends[i] = len(b)
 	}
 	done := make(chan error, 1)
 	o.mu.Lock()
@@ -378,7 +478,7 @@ func (o *Outbox) writeMany(recs []record, apply func()) error {
 		o.mu.Unlock()
 		return errors.New("outbox: closed")
 	}
-	o.queue = append(o.queue, pendingWrite{rec: b, apply: apply, done: done})
+	o.queue = append(o.queue, pendingWrite{rec: b, ends: ends, apply: apply, done: done})
 	if !o.writing {
 		o.writing = true
 		go o.flush()
@@ -403,7 +503,7 @@ func (o *Outbox) flush() {
 			o.mu.Unlock()
 			return
 		}
-		f := o.file
+		f, base := o.file, o.size
 		o.mu.Unlock()
 		buf := batch[0].rec
 		if len(batch) > 1 {
@@ -424,11 +524,18 @@ func (o *Outbox) flush() {
 			err = fmt.Errorf("outbox: write: %w", err)
 		}
 		o.mu.Lock()
-		o.size += int64(len(buf))
 		if err == nil {
-			// Before a compaction can run: it rewrites from memory.
+			o.size += int64(len(buf))
+			// Before a compaction can run: it rewrites from memory
+			// and from where records lie.
 			for _, w := range batch {
-				w.apply()
+				at, start := make([]span, len(w.ends)), 0
+				for i, end := range w.ends {
+					at[i] = span{off: base + int64(start), n: end - start}
+					start = end
+				}
+				base += int64(len(w.rec))
+				w.apply(at)
 			}
 			o.cond.Broadcast()
 		} else if rerr := o.rewrite(); rerr != nil {
@@ -451,29 +558,18 @@ func (o *Outbox) Put(it Item) error {
 	}
 	it.Created = o.opts.Now().Unix()
 	it.State = Pending
-	return o.write(record{Op: "put", Item: &it}, func() {
-		if o.items[it.ID] == nil {
-			o.items[it.ID] = &it
-			o.order = append(o.order, it.ID)
-			o.npending++
-		}
-	})
+	rec := record{Op: "put", Item: &it}
+	return o.write(rec, func(at []span) { o.apply(rec, at[0]) })
 }
 
 // MarkLogged records the log's entry for id.
 func (o *Outbox) MarkLogged(id string, tlogJSON []byte) error {
-	at := o.opts.Now().Unix()
-	return o.write(record{Op: "logged", ID: id, Logged: tlogJSON, At: at}, func() {
-		o.apply(record{Op: "logged", ID: id, Logged: tlogJSON, At: at})
-	})
+	return o.Settle([]Settlement{{ID: id, Logged: tlogJSON}})
 }
 
 // MarkRefused records that the log refused id, for good.
 func (o *Outbox) MarkRefused(id, reason string) error {
-	at := o.opts.Now().Unix()
-	return o.write(record{Op: "refused", ID: id, Reason: reason, At: at}, func() {
-		o.apply(record{Op: "refused", ID: id, Reason: reason, At: at})
-	})
+	return o.Settle([]Settlement{{ID: id, Reason: reason}})
 }
 
 // Pending returns up to max pending items, oldest first.
@@ -485,8 +581,8 @@ func (o *Outbox) Pending(max int) []Item {
 		if len(out) == max {
 			break
 		}
-		if it := o.items[id]; it != nil && it.State == Pending {
-			out = append(out, *it)
+		if sl := o.items[id]; sl != nil && sl.State == Pending {
+			out = append(out, sl.Item)
 		}
 	}
 	return out
@@ -506,13 +602,14 @@ func (o *Outbox) RefusedLen() int {
 	return o.nrefused
 }
 
-// Refused returns up to max of the refused items retained, newest first.
+// Refused returns up to max of the refused items retained, newest first,
+// without their bytes (ID, reason, time).
 func (o *Outbox) Refused(max int) []Item {
 	o.mu.Lock()
 	var out []Item
-	for _, it := range o.items {
-		if it.State == Refused {
-			out = append(out, *it)
+	for _, sl := range o.items {
+		if sl.State == Refused {
+			out = append(out, Item{ID: sl.ID, State: sl.State, Reason: sl.Reason, Created: sl.Created})
 		}
 	}
 	o.mu.Unlock()
@@ -541,25 +638,28 @@ func (o *Outbox) Settle(ss []Settlement) error {
 			recs[i] = record{Op: "logged", ID: st.ID, Logged: st.Logged, At: at}
 		}
 	}
-	return o.writeMany(recs, func() {
-		for _, rec := range recs {
-			o.apply(rec)
+	return o.writeMany(recs, func(spans []span) {
+		for i, rec := range recs {
+			o.apply(rec, spans[i])
 		}
 	})
 }
 
-// Get returns the item with id.
-func (o *Outbox) Get(id string) (Item, bool) {
+// Get returns the item with id, its bytes read back from the file when it
+// is settled; an error when they cannot be (the disk failed since).
+func (o *Outbox) Get(id string) (Item, bool, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	it, ok := o.items[id]
+	sl, ok := o.items[id]
 	if !ok {
-		return Item{}, false
+		return Item{}, false, nil
 	}
-	return *it, true
+	it, err := o.load(sl)
+	return it, true, err
 }
 
-// Wait blocks until id is no longer pending or ctx ends.
+// Wait blocks until id is no longer pending or ctx ends, and returns it
+// as Get does.
 func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 	stop := context.AfterFunc(ctx, func() {
 		o.mu.Lock()
@@ -570,15 +670,15 @@ func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		it, ok := o.items[id]
+		sl, ok := o.items[id]
 		if !ok {
 			return Item{}, fmt.Errorf("outbox: no attestation %s", id)
 		}
-		if it.State != Pending {
-			return *it, nil
+		if sl.State != Pending {
+			return o.load(sl)
 		}
 		if err := ctx.Err(); err != nil {
-			return *it, err
+			return sl.Item, err
 		}
 		o.cond.Wait()
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/hallmark-dev/hallmark/test/harness"
@@ -90,6 +91,9 @@ func startStack(ctx context.Context, dir string, ev *events) (st *soakStack, err
 	setup, err := harness.ConfigureVault(ctx, vault, st.spire)
 	if err != nil {
 		return st, fmt.Errorf("configure OpenBao: %w", err)
+	}
+	if err := completeVaultSetup(ctx, vault); err != nil {
+		return st, err
 	}
 	ev.add("start", "two hallmark-server replicas on PostgreSQL")
 	st.servers, err = st.spire.StartReplicas(ctx, st.bins.Server, dir, "hallmark-server", 2, harness.ServerOptions{
@@ -202,4 +206,47 @@ func (st *soakStack) close() {
 	if st.pg != nil {
 		st.pg.Stop()
 	}
+}
+
+// rotationPolicy is the server's policy when it drives signing-CA
+// rotation: signing plus what plugins/keymanager/vault/README.md adds for
+// rotation, on the harness's mount.
+const rotationPolicy = `
+path "hallmark-pki/sign/hallmark-agent"  { capabilities = ["create", "update"] }
+path "hallmark-pki/issuers"              { capabilities = ["list"] }
+path "hallmark-pki/issuer/+"             { capabilities = ["read"] }
+path "hallmark-pki/issuer/+/revoke"      { capabilities = ["update"] }
+path "hallmark-pki/config/issuers"       { capabilities = ["read", "update"] }
+path "hallmark-pki/root/rotate/internal" { capabilities = ["update"] }
+`
+
+// completeVaultSetup gives what a real OpenBao needs beyond the harness's
+// setup (written against an emulator): an EC role, as
+// plugins/keymanager/vault/README.md configures it, and the server policy
+// rotation needs.
+//
+// TODO(#11): drop once the harness's OpenBao setup does it.
+func completeVaultSetup(ctx context.Context, v harness.Vault) error {
+	cfg := api.DefaultConfig()
+	cfg.Address = v.Addr
+	if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CACertFile}); err != nil {
+		return err
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return err
+	}
+	c.SetToken(v.RootToken)
+	if _, err := c.Logical().WriteWithContext(ctx, "hallmark-pki/roles/hallmark-agent", map[string]any{
+		"allowed_uri_sans": "spiffe://" + harness.TrustDomain + "/hallmark/agent/*",
+		"max_ttl":          "1h", "require_cn": false, "use_csr_sans": false, "use_csr_common_name": false,
+		"server_flag": false, "client_flag": false, "code_signing_flag": true, "no_store": true,
+		"key_type": "ec", "key_bits": 256, "key_usage": "DigitalSignature",
+	}); err != nil {
+		return fmt.Errorf("OpenBao: write the agent role: %w", err)
+	}
+	if err := c.Sys().PutPolicyWithContext(ctx, "hallmark-server", rotationPolicy); err != nil {
+		return fmt.Errorf("OpenBao: write the server's policy: %w", err)
+	}
+	return nil
 }
