@@ -69,7 +69,9 @@ func explain(socket string, err error) error {
 	case codes.PermissionDenied:
 		return fmt.Errorf("refused: %s (run `hallmark whoami` to see how the agent identifies you)", st.Message())
 	case codes.Unavailable:
-		if strings.Contains(st.Message(), "connect") {
+		// gRPC's own failure to reach the socket, not the agent's
+		// answer (which may quote a failure to reach the server).
+		if strings.HasPrefix(st.Message(), "connection error") {
 			return fmt.Errorf("no agent at %s: is hallmark-agent running? (%s)", socket, st.Message())
 		}
 		return fmt.Errorf("agent unavailable: %s", st.Message())
