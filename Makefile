@@ -6,16 +6,27 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire protoc deploy-check postgres fuzz soak
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire openbao protoc deploy-check postgres interop-tools fuzz soak
 
 build:
 	go build -o bin/ ./cmd/...
 
-## tools: SPIRE v1.13.3 (cached in .tools/bin, skipped when present or on PATH), protoc and its plugins.
-tools: spire protoc
+## tools: SPIRE v1.13.3 and a Vault-API server (OpenBao; cached in .tools/bin, taken from PATH when
+## there), protoc and its plugins.
+tools: spire openbao protoc
 
 spire:
 	@./test/scripts/install-spire.sh
+
+## openbao: `bao` or `vault` from PATH, else the OpenBao in ../shared/tools/openbao, as .tools/bin/bao.
+openbao:
+	@./test/scripts/install-openbao.sh
+
+## interop-tools: cosign v3.1.3 built into .tools/bin (cached; tens of minutes cold on 2 busy cores) and sigstore-js
+## (@sigstore/verify, @sigstore/bundle) from package-lock.json into test/interop/sigstorejs/node_modules.
+interop-tools:
+	@./test/scripts/install-cosign.sh
+	@./test/scripts/install-sigstorejs.sh
 
 ## postgres: Debian's PostgreSQL server programs, for the tests' private instances (test/pgtest).
 postgres:
@@ -41,10 +52,10 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	go vet ./...
 
-unit: postgres
+unit: postgres openbao
 	go test -race -count=1 $$(go list ./... | grep -v /test/e2e)
 
-e2e: tools
+e2e: tools interop-tools
 	go test -count=1 -timeout 30m -v ./test/e2e/...
 
 ## test: lint, generated-code check, deploy files, unit tests under -race, end-to-end on real SPIRE.

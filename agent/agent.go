@@ -108,6 +108,7 @@ type Agent struct {
 	svid      *x509.Certificate
 	reachable bool
 	lastErr   string
+	renewErr  string // why the last renewal failed; empty after a success
 	renewals  int
 	failures  int // renewals that failed
 
@@ -278,6 +279,9 @@ func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
 			}
 		}
 		if err == nil && renewAt(a.keys.cur.Load()).After(a.cfg.Now()) {
+			a.mu.Lock()
+			a.renewErr = ""
+			a.mu.Unlock()
 			b.reset()
 			continue
 		}
@@ -291,6 +295,7 @@ func (a *Agent) renewLoop(ctx context.Context, client certIssuer) error {
 		}
 		a.mu.Lock()
 		a.failures++
+		a.renewErr = err.Error()
 		a.mu.Unlock()
 		retry := b.delay()
 		fields := []zap.Field{zap.Error(err), zap.Duration(logRetryIn, retry)}

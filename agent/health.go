@@ -24,8 +24,11 @@ type Status struct {
 	SigningCertificate *CertStatus  `json:"signing_certificate,omitempty"`
 	Renewals           int          `json:"renewals"`
 	RenewalFailures    int          `json:"renewal_failures"`
-	SVIDRotations      int          `json:"svid_rotations"`
-	Policy             PolicyStatus `json:"policy"`
+	// RenewalError is why the last renewal failed; empty once one
+	// succeeds. The server's key manager faults end in "; fix: ...".
+	RenewalError  string       `json:"renewal_error,omitempty"`
+	SVIDRotations int          `json:"svid_rotations"`
+	Policy        PolicyStatus `json:"policy"`
 	// Outbox is nil when the agent keeps none (no data_dir).
 	Outbox *OutboxStatus `json:"outbox,omitempty"`
 }
@@ -72,7 +75,7 @@ func (a *Agent) Status() Status {
 			SPIFFEID:  a.cfg.ServerID.String(),
 			Reachable: a.reachable, LastError: a.lastErr,
 		},
-		Renewals: a.renewals, RenewalFailures: a.failures, SVIDRotations: a.rotations,
+		Renewals: a.renewals, RenewalFailures: a.failures, RenewalError: a.renewErr, SVIDRotations: a.rotations,
 		Policy: PolicyStatus{Source: a.policySource, Revision: a.policyRevision},
 	}
 	if !a.id.IsZero() {

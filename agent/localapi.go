@@ -282,6 +282,11 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if len(products) == 0 {
 		return nil, deny(codes.InvalidArgument, denyRequest, "the products name no files")
 	}
+	// Git work trees, read by the agent itself (agent/gitsource.go).
+	sources, err := gitSources(root, append(slices.Clone(req.GetProducts()), req.GetMaterials()...), a.cfg.Limits, append(slices.Clone(products), materials...))
+	if err != nil {
+		return nil, deny(codes.InvalidArgument, denyRequest, "git source: "+err.Error())
+	}
 	cmdline, err := conn.Cmdline()
 	if err != nil {
 		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller's command line: "+err.Error())
@@ -316,6 +321,8 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 		CallerCmdline: cmdline,
 		Products:      artifacts(products),
 		Materials:     artifacts(materials),
+		Sources:       sources,
+		CallerClaims:  req.GetCallerClaims(),
 		Workload:      attest.Workload{SPIFFEIDs: id.SPIFFEIDs, Selectors: id.Selectors, PID: c.PID, UID: c.UID, GID: c.GID},
 		BuilderID:     a.spiffeID(),
 		InvocationID:  newInvocationID(),
@@ -383,6 +390,9 @@ func openRequest(req *agentv1.AttestStepRequest) (*measure.Root, error) {
 	}
 	if !filepath.IsAbs(ws) {
 		return nil, fmt.Errorf("workspace %q must be an absolute path", ws)
+	}
+	if err := attest.CheckCallerClaims(req.GetCallerClaims()); err != nil {
+		return nil, err
 	}
 	root, err := measure.OpenRoot(ws)
 	if err != nil {

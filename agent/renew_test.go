@@ -185,6 +185,7 @@ func TestRenew(t *testing.T) {
 			require.NoError(t, leaf.CheckSignatureFrom(got.chain[1]))
 			require.Equal(t, 1, st.Renewals)
 			require.Equal(t, 1.0, metricValue(t, a.metrics.renewals.WithLabelValues("success")))
+			require.Eventually(t, func() bool { return a.Status().RenewalError == "" }, 5*time.Second, time.Millisecond, "cleared by the success")
 			require.Zero(t, metricValue(t, a.metrics.renewals.WithLabelValues("failure")))
 			require.Equal(t, float64(leaf.NotAfter.Unix()), metricValue(t, a.metrics.certExpiry))
 			require.Equal(t, 1.0, metricValue(t, a.metrics.certInfo.WithLabelValues(leaf.SerialNumber.Text(16), leaf.Issuer.String())))
@@ -307,6 +308,7 @@ func TestRenewLoopKeepsCertificateThroughFailures(t *testing.T) {
 			if !tt.held {
 				require.Zero(t, metricValue(t, a.metrics.certExpiry))
 			}
+			require.NotEmpty(t, a.Status().RenewalError, "the status says why renewals fail")
 
 			// The server recovers.
 			issuer.setAnswer(certifies(ca, agentID, now, time.Hour))

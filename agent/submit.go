@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/agent/outbox"
+	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/internal/limits"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -243,7 +244,7 @@ func withLogged(bundleJSON, logged []byte) ([]byte, error) {
 	}
 	b.VerificationMaterial.TlogEntries = m.TlogEntries
 	b.VerificationMaterial.TimestampVerificationData = m.TimestampVerificationData
-	return protojson.Marshal(&b)
+	return attest.MarshalBundle(&b) // with the members strict parsers require
 }
 
 // bundleOf returns an outbox item's bundle, complete when it is logged.

@@ -1,8 +1,10 @@
 package attest
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -10,6 +12,8 @@ import (
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/attest/tlog"
 )
 
 const (
@@ -46,16 +50,72 @@ func NewBundle(env *dssepb.Envelope, leaf *x509.Certificate) (*bundlepb.Bundle, 
 	}, nil
 }
 
-// MarshalBundle returns the JSON encoding of b (protojson, compacted).
+// MarshalBundle returns the JSON encoding of b: protojson, compacted, with
+// its transparency-log entries written by tlog.MarshalEntry, which writes
+// the members strict parsers require even when zero (logIndex 0, an empty
+// list of proof hashes).
 func MarshalBundle(b *bundlepb.Bundle) ([]byte, error) {
 	if b == nil {
 		return nil, errors.New("attest: nil bundle")
 	}
-	out, err := marshalCompact(b)
+	entries := b.GetVerificationMaterial().GetTlogEntries()
+	if len(entries) == 0 {
+		out, err := marshalCompact(b)
+		if err != nil {
+			return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+		}
+		return out, nil
+	}
+	// The bundle without its entries, then the entries spliced into its
+	// verification material.
+	vm := b.GetVerificationMaterial()
+	rest := &bundlepb.Bundle{
+		MediaType: b.GetMediaType(), Content: b.GetContent(),
+		VerificationMaterial: &bundlepb.VerificationMaterial{Content: vm.GetContent(), TimestampVerificationData: vm.GetTimestampVerificationData()},
+	}
+	out, err := marshalCompact(rest)
+	if err != nil {
+		return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+	}
+	var material map[string]json.RawMessage
+	if err := json.Unmarshal(doc["verificationMaterial"], &material); err != nil {
+		return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+	}
+	list := []byte{'['}
+	for i, e := range entries {
+		if i > 0 {
+			list = append(list, ',')
+		}
+		ej, err := tlog.MarshalEntry(e)
+		if err != nil {
+			return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+		}
+		list = append(list, ej...)
+	}
+	material["tlogEntries"] = append(list, ']')
+	if doc["verificationMaterial"], err = marshalRaw(material); err != nil {
+		return nil, fmt.Errorf("attest: marshal bundle: %w", err)
+	}
+	out, err = marshalRaw(doc)
 	if err != nil {
 		return nil, fmt.Errorf("attest: marshal bundle: %w", err)
 	}
 	return out, nil
+}
+
+// marshalRaw encodes members compactly, without HTML escaping.
+func marshalRaw(members map[string]json.RawMessage) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(members); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
 }
 
 // ParseBundle decodes untrusted bundle JSON and checks its shape: at most

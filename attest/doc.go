@@ -4,7 +4,7 @@
 //
 //  1. [NewStatement] builds an in-toto Statement v1 whose subjects are the
 //     step's products and whose predicate is SLSA Provenance v1 with build
-//     type [BuildType] (documented in docs/buildtypes/step-v1.md).
+//     type [BuildType] (documented in docs/buildtypes/step-v2.md).
 //  2. [MarshalStatement] serializes it to the JSON payload that is signed.
 //  3. [SignEnvelope] wraps the payload in a DSSE envelope signed with an
 //     ECDSA P-256 key over SHA-256 of the DSSE pre-authentication encoding

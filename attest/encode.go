@@ -3,6 +3,7 @@ package attest
 import (
 	"encoding/base64"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -46,6 +47,10 @@ func statementJSON(s Step) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	sources, err := sortedSources(s.Sources)
+	if err != nil {
+		return nil, err
+	}
 	if !validTimestamp(s.StartedOn) || !validTimestamp(s.FinishedOn) {
 		// Rare; NewStatement words the error as the validator does.
 		if _, err := NewStatement(s); err != nil {
@@ -73,7 +78,21 @@ func statementJSON(s Step) ([]byte, error) {
 	// The predicate is a Struct: keys sorted at every level.
 	b = append(b, `,"predicate":{"buildDefinition":{"buildType":`...)
 	b = appendString(b, BuildType)
-	b = append(b, `,"externalParameters":{"command":`...)
+	b = append(b, `,"externalParameters":{"caller_claims":{`...)
+	keys := make([]string, 0, len(s.CallerClaims))
+	for k := range s.CallerClaims {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = appendString(b, s.CallerClaims[k])
+	}
+	b = append(b, `},"command":`...)
 	b = appendStrings(b, s.Command)
 	b = append(b, `,"step":`...)
 	b = appendString(b, s.Name)
@@ -92,7 +111,7 @@ func statementJSON(s Step) ([]byte, error) {
 	b = append(b, `},"workspace":`...)
 	b = appendString(b, s.Workspace)
 	b = append(b, '}')
-	if len(materials) > 0 {
+	if len(materials)+len(sources) > 0 {
 		b = append(b, `,"resolvedDependencies":[`...)
 		for i, m := range materials {
 			if i > 0 {
@@ -102,6 +121,28 @@ func statementJSON(s Step) ([]byte, error) {
 			b = appendString(b, m.SHA256)
 			b = append(b, `},"name":`...)
 			b = appendString(b, m.Name)
+			b = append(b, '}')
+		}
+		for i, g := range sources {
+			if i > 0 || len(materials) > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"annotations":{"clean":`...)
+			b = strconv.AppendBool(b, g.Clean)
+			b = append(b, `,"ref":`...)
+			b = appendString(b, g.Ref)
+			b = append(b, `,"remote_url":`...)
+			b = appendString(b, g.RemoteURL)
+			b = append(b, `,"tree":`...)
+			b = appendString(b, g.Tree)
+			b = append(b, `},"digest":{"gitCommit":`...)
+			b = appendString(b, g.Commit)
+			b = append(b, `},"name":`...)
+			b = appendString(b, g.Path)
+			if uri := g.URI(); uri != "" {
+				b = append(b, `,"uri":`...)
+				b = appendString(b, uri)
+			}
 			b = append(b, '}')
 		}
 		b = append(b, ']')
@@ -152,6 +193,12 @@ func statementSizeHint(s Step, artifacts int) int {
 		for _, v := range ss {
 			n += len(v) + 3
 		}
+	}
+	for k, v := range s.CallerClaims {
+		n += len(k) + len(v) + 6
+	}
+	for _, g := range s.Sources {
+		n += 256 + 2*len(g.RemoteURL) + len(g.Ref) + len(g.Path)
 	}
 	return n
 }

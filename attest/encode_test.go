@@ -111,6 +111,21 @@ func TestStatementJSONMatchesProtojson(t *testing.T) {
 		{"bad digest", func(s *Step) { s.Products[0].SHA256 = "abc" }},
 		{"duplicate", func(s *Step) { s.Materials[1].Name = s.Materials[0].Name }},
 		{"no products", func(s *Step) { s.Products = nil }},
+		{"claims and sources", func(s *Step) {
+			s.CallerClaims = map[string]string{"run_id": "7", "job": "b\"q\n", "ci": "日本"}
+			s.Sources = []GitSource{
+				{Path: "z", Commit: strings.Repeat("a", 40), Tree: strings.Repeat("b", 40), RemoteURL: "git@h:o/r.git"},
+				{Path: ".", Commit: strings.Repeat("c", 40), Tree: strings.Repeat("d", 40), Clean: true, Ref: "refs/tags/v1", RemoteURL: "https://h/o/r"},
+			}
+		}},
+		{"sources without materials", func(s *Step) {
+			s.Materials = nil
+			s.Sources = []GitSource{{Path: "src", Commit: strings.Repeat("e", 40), Tree: strings.Repeat("f", 40), RemoteURL: "file:///srv/git/r"}}
+		}},
+		{"bad source", func(s *Step) {
+			s.Sources = []GitSource{{Path: "/abs", Commit: strings.Repeat("e", 40), Tree: strings.Repeat("f", 40)}}
+		}},
+		{"bad claim", func(s *Step) { s.CallerClaims = map[string]string{"": "x"} }},
 		{"many artifacts", func(s *Step) {
 			for i := range 40 {
 				n := strings.Repeat("d/", i%5) + "f" + string(rune('a'+i%26)) + string(rune('a'+i/26))
@@ -132,6 +147,7 @@ func FuzzStatementJSON(f *testing.F) {
 	f.Add("s", "", "", "", int32(-1), uint32(math.MaxUint32), int64(-62135596800), int64(253402300799), uint32(999999999), "", "a/b", "")
 	f.Add("\x00", "\"\\", "\u2028\x1f", "😀", int32(0), uint32(0), int64(1), int64(253402300800), uint32(1000), "\xff", "..", "x")
 	f.Fuzz(func(t *testing.T, name, ws, cmd, sel string, pid int32, uid uint32, start, finish int64, nanos uint32, inv, product, material string) {
+		// The fuzzed strings also become a claim, a ref and a remote URL.
 		s := Step{
 			Name:          name,
 			Workspace:     ws,
@@ -144,6 +160,8 @@ func FuzzStatementJSON(f *testing.F) {
 		}
 		if material != "" {
 			s.Materials = []Artifact{{Name: material, SHA256: hexSum(material)}}
+			s.CallerClaims = map[string]string{"job": inv, "ref": sel}
+			s.Sources = []GitSource{{Path: material, Commit: hexSum(material)[:40], Tree: hexSum(inv)[:40], Ref: "refs/" + sel, RemoteURL: ws, Clean: pid%2 == 0}}
 		}
 		if start != 0 {
 			s.StartedOn = time.Unix(start, int64(nanos%1e9))

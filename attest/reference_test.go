@@ -28,9 +28,17 @@ func referenceStatement(s Step) (*ita1.Statement, error) {
 	if err != nil {
 		return nil, err
 	}
+	sources, err := sortedSources(s.Sources)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range sources {
+		deps = append(deps, g.descriptor())
+	}
 	external, err := structpb.NewStruct(map[string]any{
-		keyStep:    s.Name,
-		keyCommand: stringList(s.Command),
+		keyStep:         s.Name,
+		keyCommand:      stringList(s.Command),
+		keyCallerClaims: claimsMap(s.CallerClaims),
 	})
 	if err != nil {
 		return nil, err

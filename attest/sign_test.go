@@ -13,7 +13,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,7 +44,7 @@ func (v ecdsaVerifier) KeyID() (string, error)   { return "", nil }
 func (v ecdsaVerifier) Public() crypto.PublicKey { return v.pub }
 
 // The JSON shapes below are written from the in-toto, SLSA and Sigstore
-// specs and docs/buildtypes/step-v1.md; decoding with DisallowUnknownFields
+// specs and docs/buildtypes/step-v2.md; decoding with DisallowUnknownFields
 // pins the exact set of fields.
 
 type bundleJSON struct {
@@ -60,6 +62,20 @@ type descriptorJSON struct {
 	Digest map[string]string `json:"digest"`
 }
 
+// dependencyJSON is a resolvedDependencies entry: a file (name, sha256)
+// or a git source (name, uri, gitCommit, annotations).
+type dependencyJSON struct {
+	Name        string            `json:"name"`
+	URI         string            `json:"uri"`
+	Digest      map[string]string `json:"digest"`
+	Annotations *struct {
+		Clean     bool   `json:"clean"`
+		Ref       string `json:"ref"`
+		RemoteURL string `json:"remote_url"`
+		Tree      string `json:"tree"`
+	} `json:"annotations"`
+}
+
 type statementJSON struct {
 	Type          string           `json:"_type"`
 	Subject       []descriptorJSON `json:"subject"`
@@ -71,8 +87,9 @@ type predicateJSON struct {
 	BuildDefinition struct {
 		BuildType          string `json:"buildType"`
 		ExternalParameters struct {
-			Step    string   `json:"step"`
-			Command []string `json:"command"`
+			Step         string            `json:"step"`
+			Command      []string          `json:"command"`
+			CallerClaims map[string]string `json:"caller_claims"`
 		} `json:"externalParameters"`
 		InternalParameters struct {
 			Workload struct {
@@ -85,7 +102,7 @@ type predicateJSON struct {
 			CallerCmdline []string `json:"caller_cmdline"`
 			Workspace     string   `json:"workspace"`
 		} `json:"internalParameters"`
-		ResolvedDependencies []descriptorJSON `json:"resolvedDependencies"`
+		ResolvedDependencies []dependencyJSON `json:"resolvedDependencies"`
 	} `json:"buildDefinition"`
 	RunDetails struct {
 		Builder struct {
@@ -120,6 +137,14 @@ func TestSignIndependentChecks(t *testing.T) {
 		manyProducts.Products = append(manyProducts.Products, attest.Artifact{Name: name, SHA256: sha256Hex(name)})
 	}
 
+	withSources := testStep()
+	withSources.CallerClaims = map[string]string{"job": "build", "run_id": "42", "ref": "refs/heads/main"}
+	withSources.Sources = []attest.GitSource{
+		{Path: "vendor/lib", Commit: strings.Repeat("b", 40), Tree: strings.Repeat("c", 40), RemoteURL: "git@example.org:acme/lib.git"},
+		{Path: ".", Commit: strings.Repeat("1", 40), Tree: strings.Repeat("2", 40), Clean: true,
+			Ref: "refs/heads/main", RemoteURL: "https://git.example.org/acme/widget.git"},
+	}
+
 	for _, tc := range []struct {
 		name string
 		step attest.Step
@@ -127,6 +152,7 @@ func TestSignIndependentChecks(t *testing.T) {
 		{"full step", testStep()},
 		{"minimal step", minimal},
 		{"many products", manyProducts},
+		{"git sources and claims", withSources},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			step := tc.step
@@ -189,9 +215,14 @@ func TestSignIndependentChecks(t *testing.T) {
 			var pj predicateJSON
 			decodeStrict(t, sj.Predicate, &pj)
 			bd := pj.BuildDefinition
-			require.Equal(t, "https://hallmark.dev/buildtypes/step/v1", bd.BuildType)
+			require.Equal(t, "https://hallmark.dev/buildtypes/step/v2", bd.BuildType)
 			require.Equal(t, step.Name, bd.ExternalParameters.Step)
 			require.Equal(t, orEmpty(step.Command), bd.ExternalParameters.Command)
+			wantClaims := step.CallerClaims
+			if wantClaims == nil {
+				wantClaims = map[string]string{}
+			}
+			require.Equal(t, wantClaims, bd.ExternalParameters.CallerClaims)
 			w := bd.InternalParameters.Workload
 			require.Equal(t, orEmpty(step.Workload.SPIFFEIDs), w.SPIFFEIDs)
 			require.Equal(t, orEmpty(step.Workload.Selectors), w.Selectors)
@@ -200,11 +231,7 @@ func TestSignIndependentChecks(t *testing.T) {
 			require.Equal(t, step.Workload.GID, w.GID)
 			require.Equal(t, orEmpty(step.CallerCmdline), bd.InternalParameters.CallerCmdline)
 			require.Equal(t, step.Workspace, bd.InternalParameters.Workspace)
-			if len(step.Materials) == 0 {
-				require.Empty(t, bd.ResolvedDependencies)
-			} else {
-				require.Equal(t, wantDescriptors(step.Materials), bd.ResolvedDependencies)
-			}
+			require.Equal(t, wantDependencies(step), bd.ResolvedDependencies)
 			rd := pj.RunDetails
 			require.Equal(t, step.BuilderID, rd.Builder.ID)
 			require.Equal(t, step.InvocationID, rd.Metadata.InvocationID)
@@ -219,6 +246,33 @@ func TestSignIndependentChecks(t *testing.T) {
 			require.Equal(t, payload, got)
 		})
 	}
+}
+
+// wantDependencies is what resolvedDependencies must hold for step, as
+// docs/buildtypes/step-v2.md says: the materials sorted by name, then the
+// git sources sorted by path, with a git+URL@REF uri when the remote URL
+// is an absolute URL.
+func wantDependencies(step attest.Step) []dependencyJSON {
+	var out []dependencyJSON
+	for _, d := range wantDescriptors(step.Materials) {
+		out = append(out, dependencyJSON{Name: d.Name, Digest: d.Digest})
+	}
+	srcs := slices.Clone(step.Sources)
+	slices.SortFunc(srcs, func(a, b attest.GitSource) int { return strings.Compare(a.Path, b.Path) })
+	for _, g := range srcs {
+		d := dependencyJSON{Name: g.Path, Digest: map[string]string{"gitCommit": g.Commit}}
+		if strings.HasPrefix(g.RemoteURL, "https://") {
+			d.URI = "git+" + g.RemoteURL + "@" + g.Ref
+		}
+		d.Annotations = &struct {
+			Clean     bool   `json:"clean"`
+			Ref       string `json:"ref"`
+			RemoteURL string `json:"remote_url"`
+			Tree      string `json:"tree"`
+		}{g.Clean, g.Ref, g.RemoteURL, g.Tree}
+		out = append(out, d)
+	}
+	return out
 }
 
 func TestSignDeterministicPayload(t *testing.T) {

@@ -22,8 +22,12 @@ import (
 
 const (
 	// BuildType is the SLSA buildType URI of a Hallmark-attested step. Its
-	// parameters are documented in docs/buildtypes/step-v1.md.
-	BuildType = "https://hallmark.dev/buildtypes/step/v1"
+	// parameters are documented in docs/buildtypes/step-v2.md.
+	BuildType = "https://hallmark.dev/buildtypes/step/v2"
+	// BuildTypeV1 is the build type of attestations made before git
+	// sources and caller claims were recorded (docs/buildtypes/step-v1.md).
+	// Verifiers still read it; nothing writes it.
+	BuildTypeV1 = "https://hallmark.dev/buildtypes/step/v1"
 	// PredicateType is the in-toto predicateType of SLSA Provenance v1.
 	PredicateType = "https://slsa.dev/provenance/v1"
 	// PayloadType is the DSSE payloadType of an in-toto statement.
@@ -50,6 +54,32 @@ type Workload struct {
 	UID, GID uint32
 }
 
+// GitSource is a git work tree the agent read itself: the commit checked
+// out and whether the files on disk are exactly that commit's tree.
+type GitSource struct {
+	// Path is the work tree's directory relative to the workspace,
+	// slash-separated; "." is the workspace itself.
+	Path string
+	// Commit is HEAD's commit ID and Tree its tree's ID, lowercase hex
+	// (SHA-1: 40 digits).
+	Commit, Tree string
+	// Clean is true when the work tree holds exactly Tree: no tracked
+	// file changed or missing and no other file (ignored ones included).
+	Clean bool
+	// Ref is HEAD's symbolic ref (refs/heads/main) or empty when HEAD is
+	// detached.
+	Ref string
+	// RemoteURL is the configured remote's URL, credentials removed: the
+	// repository's own say, recorded as evidence. Empty when none.
+	RemoteURL string
+}
+
+// Limits on what a caller may claim (Step.CallerClaims).
+const (
+	MaxCallerClaims     = 32
+	MaxCallerClaimBytes = 1024
+)
+
 // Step is everything the agent knows about one attested step.
 //
 // All strings must be valid UTF-8: the statement is JSON and cannot carry
@@ -67,6 +97,13 @@ type Step struct {
 	Products []Artifact
 	// Materials become the predicate's resolvedDependencies.
 	Materials []Artifact
+	// Sources are git work trees the agent read; they become
+	// resolvedDependencies with a gitCommit digest, after the materials.
+	Sources []GitSource
+	// CallerClaims is CI context only the caller knows (job, run, ref),
+	// recorded as the caller's claim: keys are 1-64 of [a-z0-9_]
+	// starting with a letter, values at most MaxCallerClaimBytes.
+	CallerClaims map[string]string
 	// Workload is the caller's identity.
 	Workload Workload
 	// BuilderID is the agent's SPIFFE ID (an absolute URI, required).
@@ -77,7 +114,7 @@ type Step struct {
 	StartedOn, FinishedOn time.Time
 }
 
-// Keys of the buildType's parameters; docs/buildtypes/step-v1.md documents
+// Keys of the buildType's parameters; docs/buildtypes/step-v2.md documents
 // each one.
 const (
 	keyStep          = "step"
@@ -90,6 +127,14 @@ const (
 	keyGID           = "gid"
 	keyCallerCmdline = "caller_cmdline"
 	keyWorkspace     = "workspace"
+	keyCallerClaims  = "caller_claims"
+	// annotations of a git source (docs/buildtypes/step-v2.md)
+	keyClean     = "clean"
+	keyRef       = "ref"
+	keyRemoteURL = "remote_url"
+	keyTree      = "tree"
+	// DigestGitCommit is the in-toto digest algorithm of a git source.
+	DigestGitCommit = string(ita1.AlgorithmGitCommit)
 )
 
 // NewStatement returns the in-toto Statement v1 for s: one subject per
@@ -111,10 +156,18 @@ func NewStatement(s Step) (*ita1.Statement, error) {
 	if err != nil {
 		return nil, err
 	}
+	sources, err := sortedSources(s.Sources)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range sources {
+		deps = append(deps, g.descriptor())
+	}
 
 	external, err := structpb.NewStruct(map[string]any{
-		keyStep:    s.Name,
-		keyCommand: stringList(s.Command),
+		keyStep:         s.Name,
+		keyCommand:      stringList(s.Command),
+		keyCallerClaims: claimsMap(s.CallerClaims),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("attest: external parameters: %w", err)
@@ -212,7 +265,104 @@ func checkStep(s Step) error {
 			}
 		}
 	}
+	return CheckCallerClaims(s.CallerClaims)
+}
+
+// CheckCallerClaims bounds what a caller may have recorded as its claim
+// (Step.CallerClaims).
+func CheckCallerClaims(claims map[string]string) error {
+	if len(claims) > MaxCallerClaims {
+		return fmt.Errorf("attest: %d caller claims, at most %d", len(claims), MaxCallerClaims)
+	}
+	for k, v := range claims {
+		if !ValidClaimKey(k) {
+			return fmt.Errorf("attest: caller claim key %.64q: use 1-64 of a-z, 0-9 and _, starting with a letter", k)
+		}
+		if len(v) > MaxCallerClaimBytes || !utf8.ValidString(v) {
+			return fmt.Errorf("attest: caller claim %s: value longer than %d bytes or not UTF-8", k, MaxCallerClaimBytes)
+		}
+	}
 	return nil
+}
+
+// ValidClaimKey reports whether k may name a caller claim.
+func ValidClaimKey(k string) bool {
+	if len(k) == 0 || len(k) > 64 || k[0] < 'a' || k[0] > 'z' {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+func claimsMap(claims map[string]string) map[string]any {
+	out := make(map[string]any, len(claims))
+	for k, v := range claims {
+		out[k] = v
+	}
+	return out
+}
+
+// sortedSources returns a copy of srcs sorted by path, refusing bad
+// paths, bad IDs, credentials in a remote URL and duplicates.
+func sortedSources(srcs []GitSource) ([]GitSource, error) {
+	sorted := slices.Clone(srcs)
+	slices.SortFunc(sorted, func(a, b GitSource) int { return strings.Compare(a.Path, b.Path) })
+	for i, g := range sorted {
+		if !utf8.ValidString(g.Path) || !fs.ValidPath(g.Path) {
+			return nil, fmt.Errorf("attest: git source path %q is not a slash-separated relative path", g.Path)
+		}
+		if i > 0 && sorted[i-1].Path == g.Path {
+			return nil, fmt.Errorf("attest: duplicate git source %q", g.Path)
+		}
+		if !isLowerHex(g.Commit, 40) || !isLowerHex(g.Tree, 40) {
+			return nil, fmt.Errorf("attest: git source %q: commit and tree must be 40 lowercase hex digits", g.Path)
+		}
+		if g.Ref != "" && (!strings.HasPrefix(g.Ref, "refs/") || !utf8.ValidString(g.Ref)) {
+			return nil, fmt.Errorf("attest: git source %q: ref %q does not start with refs/", g.Path, g.Ref)
+		}
+		if !utf8.ValidString(g.RemoteURL) {
+			return nil, fmt.Errorf("attest: git source %q: remote URL is not valid UTF-8", g.Path)
+		}
+		if u, err := url.Parse(g.RemoteURL); err == nil && u.User != nil {
+			if _, hasPassword := u.User.Password(); hasPassword {
+				return nil, fmt.Errorf("attest: git source %q: remote URL carries a password", g.Path)
+			}
+		}
+	}
+	return sorted, nil
+}
+
+// URI is the source's SLSA-style locator, git+URL@REF, or empty when the
+// remote URL is not an absolute URL.
+func (g GitSource) URI() string {
+	u, err := url.Parse(g.RemoteURL)
+	if err != nil || !u.IsAbs() || u.Opaque != "" {
+		return ""
+	}
+	uri := "git+" + g.RemoteURL
+	if g.Ref != "" {
+		uri += "@" + g.Ref
+	}
+	return uri
+}
+
+func (g GitSource) descriptor() *ita1.ResourceDescriptor {
+	return &ita1.ResourceDescriptor{
+		Name:   g.Path,
+		Uri:    g.URI(),
+		Digest: map[string]string{DigestGitCommit: g.Commit},
+		Annotations: &structpb.Struct{Fields: map[string]*structpb.Value{
+			keyClean:     structpb.NewBoolValue(g.Clean),
+			keyRef:       structpb.NewStringValue(g.Ref),
+			keyRemoteURL: structpb.NewStringValue(g.RemoteURL),
+			keyTree:      structpb.NewStringValue(g.Tree),
+		}},
+	}
 }
 
 // errNoProducts means a step names no products.
@@ -254,8 +404,10 @@ func sortedArtifacts(kind string, arts []Artifact) ([]Artifact, error) {
 	return sorted, nil
 }
 
-func isLowerHexSHA256(s string) bool {
-	if len(s) != 64 {
+func isLowerHexSHA256(s string) bool { return isLowerHex(s, 64) }
+
+func isLowerHex(s string, n int) bool {
+	if len(s) != n {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -333,12 +485,18 @@ func provenanceStruct(prov *slsa1.Provenance) *structpb.Struct {
 	}}
 }
 
-// descriptorValue is the JSON mapping of a name-and-digest resource
-// descriptor as a Struct value.
+// descriptorValue is the JSON mapping of a resource descriptor (name,
+// uri, digest, annotations) as a Struct value.
 func descriptorValue(d *ita1.ResourceDescriptor) *structpb.Value {
 	f := map[string]*structpb.Value{}
 	if d.GetName() != "" {
 		f["name"] = structpb.NewStringValue(d.GetName())
+	}
+	if d.GetUri() != "" {
+		f["uri"] = structpb.NewStringValue(d.GetUri())
+	}
+	if a := d.GetAnnotations(); a != nil {
+		f["annotations"] = structpb.NewStructValue(a)
 	}
 	if len(d.GetDigest()) > 0 {
 		digest := make(map[string]*structpb.Value, len(d.GetDigest()))

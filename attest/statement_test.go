@@ -2,6 +2,7 @@ package attest_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -45,6 +46,30 @@ func TestNewStatementErrors(t *testing.T) {
 		{"non-UTF-8 cmdline", func(s *attest.Step) { s.CallerCmdline[1] = "\xc3\x28" }, "caller cmdline[1] is not valid UTF-8"},
 		{"non-UTF-8 command", func(s *attest.Step) { s.Command[0] = "\xff" }, "command[0] is not valid UTF-8"},
 		{"finished before started", func(s *attest.Step) { s.FinishedOn = s.StartedOn.Add(-time.Second) }, "finished"},
+		{"bad claim key", func(s *attest.Step) { s.CallerClaims = map[string]string{"Job": "x"} }, "caller claim key"},
+		{"long claim", func(s *attest.Step) { s.CallerClaims = map[string]string{"job": strings.Repeat("x", 1025)} }, "caller claim job"},
+		{"too many claims", func(s *attest.Step) {
+			s.CallerClaims = map[string]string{}
+			for i := range 33 {
+				s.CallerClaims[fmt.Sprintf("k%d", i)] = "v"
+			}
+		}, "33 caller claims"},
+		{"git source bad commit", func(s *attest.Step) {
+			s.Sources = []attest.GitSource{{Path: ".", Commit: "abc", Tree: strings.Repeat("a", 40)}}
+		}, "40 lowercase hex"},
+		{"git source bad path", func(s *attest.Step) {
+			s.Sources = []attest.GitSource{{Path: "../x", Commit: strings.Repeat("a", 40), Tree: strings.Repeat("a", 40)}}
+		}, "not a slash-separated relative path"},
+		{"git source duplicate", func(s *attest.Step) {
+			g := attest.GitSource{Path: "src", Commit: strings.Repeat("a", 40), Tree: strings.Repeat("a", 40)}
+			s.Sources = []attest.GitSource{g, g}
+		}, `duplicate git source "src"`},
+		{"git source bad ref", func(s *attest.Step) {
+			s.Sources = []attest.GitSource{{Path: ".", Commit: strings.Repeat("a", 40), Tree: strings.Repeat("a", 40), Ref: "main"}}
+		}, "does not start with refs/"},
+		{"git source password", func(s *attest.Step) {
+			s.Sources = []attest.GitSource{{Path: ".", Commit: strings.Repeat("a", 40), Tree: strings.Repeat("a", 40), RemoteURL: "https://u:secret@example.org/r.git"}}
+		}, "carries a password"},
 		{"timestamp out of range", func(s *attest.Step) {
 			s.StartedOn = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
 			s.FinishedOn = time.Time{}
@@ -98,7 +123,7 @@ func TestNewStatementShape(t *testing.T) {
 			mutate: func(s *attest.Step) { s.Command, s.CallerCmdline, s.Workload = nil, nil, attest.Workload{} },
 			check: func(t *testing.T, pred map[string]any) {
 				bd := pred["buildDefinition"].(map[string]any)
-				require.Equal(t, map[string]any{"step": "build", "command": []any{}}, bd["externalParameters"])
+				require.Equal(t, map[string]any{"step": "build", "command": []any{}, "caller_claims": map[string]any{}}, bd["externalParameters"])
 				ip := bd["internalParameters"].(map[string]any)
 				require.Equal(t, []any{}, ip["caller_cmdline"])
 				require.Equal(t, map[string]any{
@@ -152,10 +177,10 @@ func TestMarshalStatementNil(t *testing.T) {
 	require.ErrorContains(t, err, "nil statement")
 }
 
-// TestBuildTypeDocExample keeps the example in docs/buildtypes/step-v1.md
+// TestBuildTypeDocExample keeps the example in docs/buildtypes/step-v2.md
 // equal to what NewStatement produces.
 func TestBuildTypeDocExample(t *testing.T) {
-	doc, err := os.ReadFile("../docs/buildtypes/step-v1.md")
+	doc, err := os.ReadFile("../docs/buildtypes/step-v2.md")
 	require.NoError(t, err)
 	_, rest, ok := strings.Cut(string(doc), "## Example")
 	require.True(t, ok, "no Example section")
@@ -166,6 +191,11 @@ func TestBuildTypeDocExample(t *testing.T) {
 
 	s := testStep()
 	s.Products = s.Products[:2]
+	s.CallerClaims = map[string]string{"ci": "gitlab", "job": "build", "run_id": "7315", "ref": "refs/heads/main"}
+	s.Sources = []attest.GitSource{{
+		Path: ".", Commit: "9fceb02d0ae598e95dc970b74767f19372d61af8", Tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+		Clean: true, Ref: "refs/heads/main", RemoteURL: "https://git.example.org/acme/widget.git",
+	}}
 	var st struct {
 		Predicate json.RawMessage `json:"predicate"`
 	}

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager"
 	"github.com/hallmark-dev/hallmark/plugins/store"
@@ -163,14 +164,16 @@ func (v issuerView) status() *serverv1.IssuerStatus {
 		NotBefore: timestamppb.New(c.NotBefore), NotAfter: timestamppb.New(c.NotAfter),
 		TrustedUntil: timestamppb.New(c.NotAfter),
 	}
+	// The trust rule's end (package attest/trust), as the trusted root
+	// says it.
+	if ca, err := trust.SigningCA(v.Chain, v.st.TaintedAt, v.st.RevokedAt); err == nil {
+		out.TrustedUntil = timestamppb.New(ca.ValidFor.End)
+	}
 	if !v.st.TaintedAt.IsZero() {
 		out.TaintedAt = timestamppb.New(v.st.TaintedAt)
 	}
 	if !v.st.RevokedAt.IsZero() {
 		out.RevokedAt = timestamppb.New(v.st.RevokedAt)
-		if v.st.RevokedAt.Before(c.NotAfter) {
-			out.TrustedUntil = timestamppb.New(v.st.RevokedAt)
-		}
 	}
 	return out
 }
@@ -213,7 +216,7 @@ func (a *adminService) ActivateIssuer(ctx context.Context, req *serverv1.IssuerR
 }
 
 // TaintIssuer tells agents to leave an issuer and stops logging its
-// certificates after TaintGrace.
+// certificates after trust.TaintGrace.
 func (a *adminService) TaintIssuer(ctx context.Context, req *serverv1.IssuerRequest) (*serverv1.IssuerStatus, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -234,7 +237,7 @@ func (a *adminService) TaintIssuer(ctx context.Context, req *serverv1.IssuerRequ
 		return nil, status.Errorf(codes.Unavailable, "taint: %v", err)
 	}
 	a.s.log.Warn("Signing CA tainted: agents renew now; its certificates are refused for new log entries after the grace",
-		zap.String(logIssuer, v.ID), zap.Duration("grace", TaintGrace))
+		zap.String(logIssuer, v.ID), zap.Duration("grace", trust.TaintGrace))
 	return a.report(ctx, "taint", v.ID)
 }
 

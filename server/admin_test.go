@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager/local"
@@ -242,7 +243,7 @@ func TestSigningCARotation(t *testing.T) {
 	inGrace := f.signUnder(t, before)
 	inGraceBundle, refusal := f.submit(t, inGrace)
 	require.Empty(t, refusal, "within the grace")
-	f.clk.add(TaintGrace)
+	f.clk.add(trust.TaintGrace)
 	_, refusal = f.submit(t, f.signUnder(t, before))
 	require.Contains(t, refusal, "tainted")
 	newBundle, refusal := f.submit(t, after)
@@ -255,11 +256,11 @@ func TestSigningCARotation(t *testing.T) {
 	// bundle and the in-grace one.
 	_, err = f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(f.clk.now().Add(time.Hour))})
 	require.Equal(t, codes.InvalidArgument, code(err))
-	revokeAt := f.clk.now().Add(-TaintGrace - 30*time.Second)
+	revokeAt := f.clk.now().Add(-trust.TaintGrace - 30*time.Second)
 	revoked, err := f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(revokeAt)})
 	require.NoError(t, err)
 	require.Equal(t, issuerRevoked, revoked.GetState())
-	require.True(t, revoked.GetTrustedUntil().AsTime().Equal(revokeAt))
+	require.True(t, revoked.GetTrustedUntil().AsTime().Equal(revokeAt.Add(-time.Nanosecond)), "revoked from T: trusted until just before")
 	require.Equal(t, map[string]string{tainted.GetId(): issuerRevoked, prepared.GetId(): issuerActive}, f.states(t))
 
 	// Before T: still verifies. After T under the revoked issuer: no

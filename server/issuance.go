@@ -59,7 +59,7 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 	a.s.metrics.keyManagerSign.WithLabelValues(a.s.cfg.KeyManager.Name, outcome).Observe(time.Since(start).Seconds())
 	if err != nil {
 		a.s.metrics.issued.WithLabelValues(resultError).Inc()
-		return nil, status.Errorf(codes.Unavailable, "key manager %s: %v", a.s.cfg.KeyManager.Name, err)
+		return nil, keyManagerStatus(a.s.cfg.KeyManager.Name, err)
 	}
 	if err := checkIssued(chain, csr, id); err != nil {
 		a.s.metrics.issued.WithLabelValues(resultError).Inc()
@@ -90,6 +90,34 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 }
 
 var errForeignName = errors.New("a CSR may name only its caller")
+
+// keyManagerFault is implemented by key manager errors that know whether
+// waiting helps and what the operator should do (vault.Error).
+type keyManagerFault interface {
+	// Transient: the key manager is down or sealed, and will likely
+	// answer again by itself.
+	Transient() bool
+	// Fix says what the operator should do.
+	Fix() string
+}
+
+// keyManagerStatus is the status of a failed SignCSR: Unavailable (the
+// agent retries, trying other replicas first), or FailedPrecondition when
+// the key manager knows its fault is not transient (refused by policy,
+// misconfigured): retrying elsewhere fixes nothing, though the agent still
+// retries with backoff. The message ends with the fix when the key manager
+// knows it, so that the agent's status and `hallmark doctor` show it.
+func keyManagerStatus(name string, err error) error {
+	var f keyManagerFault
+	if !errors.As(err, &f) {
+		return status.Errorf(codes.Unavailable, "key manager %s: %v", name, err)
+	}
+	code := codes.Unavailable
+	if !f.Transient() {
+		code = codes.FailedPrecondition
+	}
+	return status.Errorf(code, "key manager %s: %v; fix: %s", name, err, f.Fix())
+}
 
 // parseCSR parses and checks a CSR from caller id: its signature, an ECDSA
 // P-256 or P-384 key, and no name but (optionally) id itself.

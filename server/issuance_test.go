@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"testing"
@@ -290,6 +291,16 @@ func (k *fakeKeyManager) SignCSR(_ context.Context, csr *x509.CertificateRequest
 	return k.sign(csr, id, ttl)
 }
 
+// fakeFault is a key manager error that knows its fix, as vault.Error does.
+type fakeFault struct {
+	msg, fix  string
+	transient bool
+}
+
+func (f *fakeFault) Error() string   { return f.msg }
+func (f *fakeFault) Fix() string     { return f.fix }
+func (f *fakeFault) Transient() bool { return f.transient }
+
 func TestIssueSigningCertificate(t *testing.T) {
 	ca := newTestCA(t, "key manager CA")
 	good := func(csr *x509.CertificateRequest, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
@@ -305,6 +316,7 @@ func TestIssueSigningCertificate(t *testing.T) {
 		wantCode   codes.Code
 		wantResult string // label of hallmark_server_signing_certificates_total
 		wantSigned bool   // the key manager was asked
+		wantMsg    string // the status message, when set
 	}{
 		{name: "issued", csr: makeCSR(t, key, nil), sign: good, wantCode: codes.OK, wantResult: resultIssued, wantSigned: true},
 		{name: "bad CSR", csr: []byte("garbage"), sign: good, wantCode: codes.InvalidArgument, wantResult: resultInvalid},
@@ -321,6 +333,24 @@ func TestIssueSigningCertificate(t *testing.T) {
 				return nil, errors.New("vault sealed")
 			},
 			wantCode: codes.Unavailable, wantResult: resultError, wantSigned: true,
+		},
+		{
+			name: "key manager sealed: transient, with its fix",
+			csr:  makeCSR(t, key, nil),
+			sign: func(*x509.CertificateRequest, spiffeid.ID, time.Duration) ([]*x509.Certificate, error) {
+				return nil, fmt.Errorf("wrapped: %w", &fakeFault{msg: "vault is sealed", transient: true, fix: "unseal Vault"})
+			},
+			wantCode: codes.Unavailable, wantResult: resultError, wantSigned: true,
+			wantMsg: "key manager fake: wrapped: vault is sealed; fix: unseal Vault",
+		},
+		{
+			name: "key manager refused by policy: not transient, with its fix",
+			csr:  makeCSR(t, key, nil),
+			sign: func(*x509.CertificateRequest, spiffeid.ID, time.Duration) ([]*x509.Certificate, error) {
+				return nil, &fakeFault{msg: "vault refused by policy", fix: "grant the path"}
+			},
+			wantCode: codes.FailedPrecondition, wantResult: resultError, wantSigned: true,
+			wantMsg: "key manager fake: vault refused by policy; fix: grant the path",
 		},
 		{
 			name: "key manager names another agent",
@@ -342,6 +372,9 @@ func TestIssueSigningCertificate(t *testing.T) {
 			resp, err := svc.IssueSigningCertificate(withCaller(context.Background(), agentID), &serverv1.IssueSigningCertificateRequest{Csr: tt.csr})
 
 			require.Equal(t, tt.wantCode, status.Code(err), "error %v", err)
+			if tt.wantMsg != "" {
+				require.Equal(t, tt.wantMsg, status.Convert(err).Message())
+			}
 			require.Equal(t, tt.wantSigned, km.calls == 1)
 			require.Equal(t, 1.0, counterValue(t, s.metrics.issued.WithLabelValues(tt.wantResult)))
 			if tt.wantCode != codes.OK {

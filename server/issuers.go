@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -17,12 +16,6 @@ import (
 	"github.com/hallmark-dev/hallmark/plugins/store"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
-
-// TaintGrace is how long after a taint the log still accepts entries
-// signed under the tainted issuer: agents are told at once and renew
-// within a second or two, and entries they signed just before hold no
-// lesser proof. After it, such entries are refused.
-const TaintGrace = 10 * time.Second
 
 // issuerRefresh is how often a log re-reads the issuer states from its
 // store, so that a rotation made through another server on the same
@@ -67,18 +60,20 @@ func (s *issuerStates) get(fp fingerprint) store.IssuerState {
 	return s.states[fp]
 }
 
-// replace installs a new set of states, waking watchers if it differs.
-func (s *issuerStates) replace(list []store.IssuerState) {
+// replace installs a new set of states, waking watchers if it differs,
+// and reports whether it did.
+func (s *issuerStates) replace(list []store.IssuerState) bool {
 	m := index(list)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if equalStates(s.states, m) {
-		return
+		return false
 	}
 	s.states = m
 	s.revision++
 	close(s.changed)
 	s.changed = make(chan struct{})
+	return true
 }
 
 func equalStates(a, b map[fingerprint]store.IssuerState) bool {
@@ -110,35 +105,40 @@ func (s *issuerStates) tainted() ([][]byte, uint64, <-chan struct{}) {
 	return out, s.revision, s.changed
 }
 
-// refusal says why the log no longer accepts new entries signed under an
-// issuer at time now, or nil if it does.
-func (s *issuerStates) refusal(fp fingerprint, now time.Time) error {
-	st := s.get(fp)
-	switch {
-	case !st.RevokedAt.IsZero() && !now.Before(st.RevokedAt):
-		return fmt.Errorf("the signing CA %x is revoked since %s", fp[:8], st.RevokedAt.UTC().Format(time.RFC3339))
-	case !st.TaintedAt.IsZero() && !now.Before(st.TaintedAt.Add(TaintGrace)):
-		return fmt.Errorf("the signing CA %x is tainted since %s: the agent must renew its signing certificate", fp[:8], st.TaintedAt.UTC().Format(time.RFC3339))
+// list returns every issuer state.
+func (s *issuerStates) list() []store.IssuerState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]store.IssuerState, 0, len(s.states))
+	for _, st := range s.states {
+		out = append(out, st)
 	}
-	return nil
+	return out
 }
 
 // SetIssuerState records a rotation decision in the store and applies it
-// at once.
+// at once: to the agents' streams and to the trust state the log admits
+// entries against and exports (package attest/trust says what a taint and
+// a revocation end).
 func (l *TransparencyLog) SetIssuerState(ctx context.Context, st store.IssuerState) error {
 	if err := l.store.SetIssuerState(ctx, st); err != nil {
 		return err
 	}
-	return l.refreshIssuers(ctx)
+	_, err := l.refreshIssuers(ctx)
+	return err
 }
 
-func (l *TransparencyLog) refreshIssuers(ctx context.Context) error {
+// refreshIssuers re-reads the issuer states and, when they changed,
+// prepares the admission again; it reports whether they changed.
+func (l *TransparencyLog) refreshIssuers(ctx context.Context) (bool, error) {
 	list, err := l.store.IssuerStates(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
-	l.issuers.replace(list)
-	return nil
+	if !l.issuers.replace(list) {
+		return false, nil
+	}
+	return true, l.rebuildAdmission()
 }
 
 // watchIssuers re-reads the issuer states and the latest checkpoint every
@@ -152,7 +152,7 @@ func (l *TransparencyLog) watchIssuers(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := l.refreshIssuers(ctx); err != nil && ctx.Err() == nil {
+			if _, err := l.refreshIssuers(ctx); err != nil && ctx.Err() == nil {
 				l.log.Warn("Cannot re-read the signing CAs' rotation states", zap.Error(err))
 			}
 			if err := l.refreshHead(ctx); err != nil && ctx.Err() == nil {

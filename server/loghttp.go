@@ -10,11 +10,19 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/attest/tlog"
 )
 
-// maxEntriesPerPage bounds one GET /log/entries answer.
-const maxEntriesPerPage = 100
+// Bounds of one GET /log/entries answer: at most maxEntriesPerPage
+// entries, and no more than fit in maxPageBytes of stored entry data
+// (store.Entry.Size; the answer is about 4/3 of it, base64), but always
+// one. An envelope may be up to MaxEnvelopeSize, so a page by count alone
+// could be gigabytes.
+const (
+	maxEntriesPerPage = 100
+	maxPageBytes      = 4 << 20
+)
 
 // registerHTTP serves the log and trust endpoints (docs/log.md) on mux.
 func (l *TransparencyLog) registerHTTP(mux *http.ServeMux, log *zap.Logger) {
@@ -144,7 +152,7 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	found, err := h.l.store.EntriesBySubjectDigest(r.Context(), digest, start, maxEntriesPerPage)
+	found, err := h.l.store.EntriesBySubjectDigest(r.Context(), digest, start, maxEntriesPerPage, maxPageBytes)
 	if err != nil {
 		h.internal(w, r, err)
 		return
@@ -156,14 +164,17 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 			h.internal(w, r, err)
 			return
 		}
-		b, err := protojson.Marshal(te)
+		b, err := tlog.MarshalEntry(te)
 		if err != nil {
 			h.internal(w, r, err)
 			return
 		}
 		out.Entries = append(out.Entries, entryJSON{TlogEntry: b, DSSEEnvelope: e.Envelope, Certificate: e.Certificate, SPIFFEID: e.SPIFFEID, SignedTimestamp: e.Timestamp})
 	}
-	if len(found) == maxEntriesPerPage {
+	// The page may have been cut by count or by bytes (which a page
+	// cannot tell from the end of the list): a non-empty page always
+	// says where the next starts; the last one is empty.
+	if len(found) > 0 {
 		next := found[len(found)-1].Index + 1
 		out.Next = &next
 	}

@@ -29,7 +29,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
@@ -124,6 +126,45 @@ func TestSubmitEntriesRPC(t *testing.T) {
 		checkEntry(t, ls.tl, &te, subs[i])
 	}
 	require.Contains(t, resp.GetResults()[2].GetError(), "envelope")
+
+	// Malformed entries among good ones: each is refused on its own, with
+	// its reason; the good ones are logged; the call succeeds.
+	otherKey := newP256(t)
+	wrongKey, err := attest.SignEnvelope(statement("wrong key"), otherKey)
+	require.NoError(t, err)
+	malformed := []*serverv1.LogSubmission{
+		nil,
+		{},
+		{Envelope: []byte("\xff\xfe not UTF-8"), Certificate: leaf.Raw},
+		{Envelope: []byte(`{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AAAA"}]}`), Certificate: leaf.Raw},
+		{Envelope: []byte(`{"payload":"!!","payloadType":"x","signatures":[]}`), Certificate: leaf.Raw},
+		{Envelope: logSubmission(agent.submit(t, "garbage certificate")).GetEnvelope(), Certificate: []byte("not DER")},
+		{Envelope: logSubmission(agent.submit(t, "CA certificate")).GetEnvelope(), Certificate: inter.cert.Raw},
+		logSubmission(submission(t, wrongKey, leaf)),
+		logSubmission(submission(t, agent.sign(t, []byte(`{"not":"a statement"}`)), leaf)),
+		{Envelope: make([]byte, MaxEnvelopeSize+1), Certificate: leaf.Raw},
+	}
+	mixed := &serverv1.SubmitEntriesRequest{}
+	var good []Submission
+	for i, m := range malformed {
+		g := agent.submit(t, fmt.Sprintf("good %d", i))
+		good = append(good, g)
+		mixed.Entries = append(mixed.Entries, logSubmission(g), m)
+	}
+	resp, err = svc.SubmitEntries(ctx, mixed)
+	require.NoError(t, err, "malformed entries never fail the call")
+	require.Len(t, resp.GetResults(), 2*len(malformed))
+	for i, r := range resp.GetResults() {
+		if i%2 == 0 {
+			require.Empty(t, r.GetError(), "good entry %d", i/2)
+			var te rekorpb.TransparencyLogEntry
+			require.NoError(t, protojson.Unmarshal(r.GetTlogEntry(), &te))
+			checkEntry(t, ls.tl, &te, good[i/2])
+			continue
+		}
+		require.NotEmpty(t, r.GetError(), "malformed entry %d", i/2)
+		require.Empty(t, r.GetTlogEntry())
+	}
 
 	// Call-level refusals.
 	tooMany := &serverv1.SubmitEntriesRequest{Entries: make([]*serverv1.LogSubmission, MaxSubmitEntries+1)}
@@ -258,7 +299,8 @@ func TestLogHTTP(t *testing.T) {
 	require.Equal(t, "application/json", ctype)
 	var tr trustrootpb.TrustedRoot
 	require.NoError(t, protojson.Unmarshal(body, &tr))
-	require.Equal(t, TrustedRootMediaType, tr.GetMediaType())
+	require.Equal(t, trust.MediaType, tr.GetMediaType())
+	require.Contains(t, string(body), `"ctlogs": []`, "written although empty: strict parsers require it")
 	require.Len(t, tr.GetTlogs(), 1)
 	tl := tr.GetTlogs()[0]
 	require.Equal(t, "https://hallmark.example.org", tl.GetBaseUrl())
@@ -268,10 +310,8 @@ func TestLogHTTP(t *testing.T) {
 	pubAny, err := x509.ParsePKIXPublicKey(tl.GetPublicKey().GetRawBytes())
 	require.NoError(t, err)
 	pub := pubAny.(ed25519.PublicKey)
-	logID, err := tlog.LogID(pub)
-	require.NoError(t, err)
-	require.Equal(t, logID, tl.GetLogId().GetKeyId())
 	origin := strings.TrimPrefix(tl.GetBaseUrl(), "https://")
+	require.Equal(t, tlog.KeyID(origin, pub), tl.GetLogId().GetKeyId(), "the log ID is the C2SP key ID")
 
 	require.Len(t, tr.GetCertificateAuthorities(), 2)
 	byRoot := map[string]*trustrootpb.CertificateAuthority{}
@@ -337,8 +377,11 @@ func TestLogHTTP(t *testing.T) {
 	first := checkPage(page)
 	require.Equal(t, int64(0), first[0])
 	page = fetch(fmt.Sprintf("digest=sha256:%s&start=%d", digestOf("common"), *page.Next))
-	require.Nil(t, page.Next)
 	require.Equal(t, []int64{100, 101, 102, 103, 104}, checkPage(page))
+	require.NotNil(t, page.Next, "a page cut by bytes looks like the last: every non-empty page says where to go on")
+	page = fetch(fmt.Sprintf("digest=sha256:%s&start=%d", digestOf("common"), *page.Next))
+	require.Empty(t, page.Entries)
+	require.Nil(t, page.Next)
 	page = fetch("digest=sha256:" + digestOf("rare"))
 	require.Equal(t, []int64{7}, checkPage(page))
 	page = fetch("digest=sha256:" + digestOf("nothing"))
@@ -392,11 +435,13 @@ func TestLogHTTP(t *testing.T) {
 	}
 }
 
+// dedupeKeyOf is the dedupe key of a submission: the leaf hash of its
+// legacy body (docs/log.md).
 func dedupeKeyOf(t *testing.T, s Submission) []byte {
 	t.Helper()
 	var env dssepb.Envelope
 	require.NoError(t, protojson.Unmarshal(s.Envelope, &env))
-	body, err := tlog.NewBody(&env, s.Certificate)
+	body, err := tlog.NewLegacyBody(&env, s.Certificate)
 	require.NoError(t, err)
 	return tlog.LeafHash(body)
 }
@@ -477,26 +522,6 @@ log {
 	}
 }
 
-func FuzzSubjectDigests(f *testing.F) {
-	f.Add(statement("a", "b", "a"))
-	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[{"digest":{"sha256":"zz"}}]}`))
-	f.Add([]byte(`{"_type":"https://in-toto.io/Statement/v1","subject":null}`))
-	f.Add([]byte(`[]`))
-	f.Fuzz(func(t *testing.T, payload []byte) {
-		digests, err := subjectDigests(payload)
-		if err != nil {
-			require.Nil(t, digests)
-			return
-		}
-		seen := map[string]bool{}
-		for _, d := range digests {
-			require.Len(t, d, 32)
-			require.False(t, seen[string(d)])
-			seen[string(d)] = true
-		}
-	})
-}
-
 // FuzzSubmitCheck feeds arbitrary envelopes and certificates to the
 // submission checks: they refuse, never panic, and accept only what
 // verifies.
@@ -526,4 +551,56 @@ func FuzzSubmitCheck(f *testing.F) {
 			require.Equal(t, agent.cert.Raw, cert)
 		}
 	})
+}
+
+// GET /log/entries bounds a page by bytes as well as by count: envelopes
+// of about 1.5 MiB each come three to a 4 MiB page (always at least one),
+// and every entry is reached by following next.
+func TestLogEntriesPageByBytes(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	l := newTestLog(t, ca, nil)
+	long := strings.Repeat("x", 3000)
+	var subs []Submission
+	for i := range 8 {
+		names := []string{"big"}
+		for j := range 500 { // 500 products with long names: ~1.5 MiB of payload, ~2 MiB as base64
+			names = append(names, fmt.Sprintf("%d-%d-%s", i, j, long))
+		}
+		subs = append(subs, agent.submit(t, names...))
+	}
+	res, err := l.Submit(withCaller(ctx, agentID), agentID, subs)
+	require.NoError(t, err)
+	for _, r := range res {
+		require.NoError(t, r.Refusal)
+	}
+	mux := http.NewServeMux()
+	l.registerHTTP(mux, zap.NewNop())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	var got []int64
+	pages := 0
+	for start := uint64(0); ; pages++ {
+		code, _, body := httpGet(t, fmt.Sprintf("%s/log/entries?digest=sha256:%s&start=%d", srv.URL, digestOf("big"), start))
+		require.Equal(t, http.StatusOK, code)
+		require.LessOrEqual(t, len(body), 2*maxPageBytes, "a page's answer stays near the byte bound")
+		var page entriesJSON
+		require.NoError(t, json.Unmarshal(body, &page))
+		for _, e := range page.Entries {
+			var te rekorpb.TransparencyLogEntry
+			require.NoError(t, protojson.Unmarshal(e.TlogEntry, &te))
+			got = append(got, te.GetLogIndex())
+		}
+		if page.Next == nil {
+			require.Empty(t, page.Entries)
+			break
+		}
+		require.NotEmpty(t, page.Entries)
+		require.Less(t, len(page.Entries), 4, "cut by bytes, not by count")
+		start = *page.Next
+	}
+	require.Equal(t, []int64{0, 1, 2, 3, 4, 5, 6, 7}, got)
+	require.GreaterOrEqual(t, pages, 3)
 }

@@ -6,11 +6,9 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
@@ -19,8 +17,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
+	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
@@ -36,17 +35,18 @@ const (
 	MaxCertificateSize = limits.MaxCertificateBytes
 )
 
-// intotoStatementV1 is the _type of the statements agents sign.
-const intotoStatementV1 = "https://in-toto.io/Statement/v1"
-
 // Submission is one entry an agent asks to log.
 type Submission struct {
 	// Envelope is a DSSE envelope as Sigstore bundle JSON.
 	Envelope []byte
 	// Certificate is the signing certificate, DER.
 	Certificate []byte
-	// Timestamp is the RFC 3161 timestamp of the signature granted when
-	// it was made (Timestamp); optional (see admission.go).
+	// Timestamp, if not nil, is an RFC 3161 timestamp (DER
+	// TimeStampResp) over the envelope's signature that the signer
+	// obtained when it signed, from a timestamp authority of the trusted
+	// root. Its time is then the time of every check, however late the
+	// entry arrives; without one the log checks at the time it accepts
+	// the entry and timestamps it then.
 	Timestamp []byte
 }
 
@@ -65,25 +65,24 @@ type SubmitResult struct {
 // Submit logs subs for the agent caller, checking each in order:
 //
 //  1. the envelope parses (at most MaxEnvelopeSize, no unknown fields)
-//     and has exactly one signature;
+//     and has exactly one, non-empty signature and a non-empty payload;
 //  2. the certificate parses (at most MaxCertificateSize), is not a CA,
 //     and its only URI SAN is caller: an agent logs only its own
 //     signatures;
-//  3. the DSSE signature verifies with the certificate's key (ECDSA P-256,
-//     ASN.1 DER over SHA-256 of the PAE; attest.VerifyEnvelope);
-//  4. the certificate chains, for code signing, to a signing CA this
-//     server has recorded, and it and its chain are valid at the check
-//     time: the genTime of the submitted timestamp, which must be this
-//     log's over the signature (admission.go), or else the integrated
-//     time;
-//  5. the payload is an in-toto Statement v1 (its sha256 subject digests
-//     are indexed for search).
+//  3. the verifier's own checks, in its order (verify.TrustedRoot.Admit,
+//     against the trust state this log exports): signature, the
+//     submission's timestamp if it has one (whose time is then the time
+//     of every check; otherwise that time is now), validity and chain
+//     at that time, in-toto statement, SLSA predicate whose builder.id is
+//     the certificate's SPIFFE ID.
 //
-// An entry logged before is returned as it is, with a fresh inclusion
-// proof, even when check 4 would now fail (its certificate expired since):
-// it was checked when it was appended. Results come in the order of subs.
-// The error is for the call as a whole (store down, log stopping) and
-// means nothing was decided: the caller retries.
+// An accepted entry without a timestamp is timestamped now by the log's
+// timestamp authority. An entry logged before is returned as it is, with
+// a fresh inclusion proof, even when the validity or chain check would
+// now fail (its certificate expired since): it was checked when it was
+// appended. Results come in the order of subs; each is decided on its
+// own. The error is for the call as a whole (store down, log stopping)
+// and means nothing was decided: the caller retries.
 func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs []Submission) ([]SubmitResult, error) {
 	results := make([]SubmitResult, len(subs))
 	now := l.now().Truncate(time.Second)
@@ -181,13 +180,16 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 	return results, nil
 }
 
-// chainError is a failure of check 4 (chain and validity).
+// chainError is a failure of the validity or chain check: the
+// certificate may have expired since the entry was logged, or another
+// server sharing the store may know a CA or decision this one has not
+// loaded yet.
 type chainError struct{ err error }
 
 func (e *chainError) Error() string { return e.err.Error() }
 func (e *chainError) Unwrap() error { return e.err }
 
-// check runs checks 1-5 on sub at time now. On a chainError the returned
+// check runs checks 1-3 on sub at time now. On a chainError the returned
 // entry carries its dedupe key, so the caller can look for it in the log.
 func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Time) (*pendingEntry, error) {
 	// 1. The envelope.
@@ -215,16 +217,9 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 	if len(sub.Certificate) > MaxCertificateSize {
 		return nil, fmt.Errorf("certificate is %d bytes, more than the %d allowed", len(sub.Certificate), MaxCertificateSize)
 	}
-	sum := sha256.Sum256(sub.Certificate)
-	cached := l.certs.get(sum)
-	var cert *x509.Certificate
-	if cached != nil {
-		cert = cached.cert
-	} else {
-		var err error
-		if cert, err = x509.ParseCertificate(sub.Certificate); err != nil {
-			return nil, fmt.Errorf("certificate: %w", err)
-		}
+	cert, err := l.certs.parse(sub.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
 	}
 	if cert.IsCA {
 		return nil, errors.New("certificate is a CA certificate")
@@ -233,141 +228,165 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 		return nil, fmt.Errorf("certificate names %v, but the caller is %s: an agent logs only its own signatures", cert.URIs, caller)
 	}
 
-	// 3. The signature.
-	if _, err := attest.VerifyEnvelope(env, cert.PublicKey); err != nil {
+	body, err := tlog.NewBody(env, sub.Certificate)
+	if err != nil {
 		return nil, err
 	}
-
-	body, err := tlog.NewBody(env, sub.Certificate)
+	// The dedupe key is the leaf hash of the entry as logs wrote it
+	// before hashedrekord, so that an envelope logged then and submitted
+	// again now is recognized (docs/log.md, "Upgrading").
+	legacy, err := tlog.NewLegacyBody(env, sub.Certificate)
 	if err != nil {
 		return nil, err
 	}
 	it := &pendingEntry{
 		envelope: sub.Envelope, env: env, cert: sub.Certificate, spiffeID: caller.String(),
-		body: body, key: tlog.LeafHash(body),
+		body: body, leaf: tlog.LeafHash(body), key: tlog.LeafHash(legacy),
 	}
 
-	// 4. The chain, valid at the check time (admission.go); without a
-	// timestamp the appender checks the window again at the integrated
-	// time.
-	at, timestamped, err := l.checkTime(sub.Timestamp, env.GetSignatures()[0].GetSig(), now)
+	// 3. The verifier's checks, against the trust state this log exports.
+	ad := l.admission.Load()
+	if ad.root == nil {
+		return it, &chainError{ad.err}
+	}
+	a, err := ad.root.Admit(verify.Entry{Envelope: env, Certificate: cert, Timestamp: sub.Timestamp}, now)
+	var ce *verify.CheckError
+	if errors.As(err, &ce) && (ce.Check == verify.CheckValidity || ce.Check == verify.CheckChain) {
+		return it, &chainError{l.explainRotation(cert, err)}
+	}
 	if err != nil {
 		return nil, err
 	}
-	if cached == nil || at.Before(cached.notBefore) || at.After(cached.notAfter) {
-		v, err := l.cas.verify(cert, at)
-		if err != nil {
-			return it, &chainError{err}
-		}
-		cached = v
-		l.certs.put(sum, v)
-	}
-	it.notBefore, it.notAfter = cached.notBefore, cached.notAfter
-	// Rotation: a tainted issuer's certificates are refused after the
-	// grace, a revoked one's from its revocation time (docs/rotation.md).
-	if err := l.issuers.refusal(cached.issuer, at); err != nil {
-		return it, &chainError{err}
-	}
+	it.digests = subjectDigests(a.Subjects)
 
-	// 5. The statement.
-	if it.digests, err = subjectDigests(env.GetPayload()); err != nil {
-		return nil, err
-	}
-
-	// Accepted: with the timestamp granted at signing, or one now (RFC
-	// 3161). Kept only if the entry is new; a repeat answers with the
-	// first one's.
-	if timestamped {
-		it.timestamp, it.checkAt = sub.Timestamp, at
-		return it, nil
-	}
-	if it.timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), now); err != nil {
+	// Accepted. An entry timestamped when it was signed keeps that
+	// timestamp; any other is timestamped now (RFC 3161), kept only if
+	// the entry is new: a repeat answers with the first one's.
+	if a.Timestamped {
+		it.timestamp = sub.Timestamp
+	} else if it.timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), now); err != nil {
 		return nil, err
 	}
 	return it, nil
 }
 
+// explainRotation says, in front of err, why the certificate's issuer is
+// no longer trusted when rotation tainted or revoked it: the agent must
+// renew.
+func (l *TransparencyLog) explainRotation(cert *x509.Certificate, err error) error {
+	l.cas.mu.Lock()
+	list := l.cas.list
+	l.cas.mu.Unlock()
+	for _, rec := range list {
+		chain, perr := x509.ParseCertificates(rec.DER)
+		if perr != nil || len(chain) == 0 || cert.CheckSignatureFrom(chain[0]) != nil {
+			continue
+		}
+		fp := fingerprintOf(chain[0])
+		switch st := l.issuers.get(fp); {
+		case !st.RevokedAt.IsZero():
+			return fmt.Errorf("the signing CA %x is revoked from %s: %w", fp[:8], st.RevokedAt.UTC().Format(time.RFC3339), err)
+		case !st.TaintedAt.IsZero():
+			return fmt.Errorf("the signing CA %x is tainted since %s: the agent must renew its signing certificate: %w", fp[:8], st.TaintedAt.UTC().Format(time.RFC3339), err)
+		}
+	}
+	return err
+}
+
 // subjectDigests returns the distinct sha256 digests of a statement's
-// subjects, raw. Only what the index needs is decoded.
-func subjectDigests(payload []byte) ([][]byte, error) {
-	var st struct {
-		Type    string `json:"_type"`
-		Subject []struct {
-			Digest map[string]string `json:"digest"`
-		} `json:"subject"`
-	}
-	if err := json.Unmarshal(payload, &st); err != nil {
-		return nil, fmt.Errorf("payload is not an in-toto statement: %w", err)
-	}
-	if st.Type != intotoStatementV1 {
-		return nil, fmt.Errorf("payload _type is %q, want %q", st.Type, intotoStatementV1)
-	}
-	var out [][]byte
-	seen := make(map[string]bool, len(st.Subject))
-	for _, s := range st.Subject {
-		h := s.Digest["sha256"]
-		if len(h) != 2*sha256.Size || seen[h] {
+// subjects, raw, for the search index.
+func subjectDigests(subjects []verify.Subject) [][]byte {
+	out := make([][]byte, 0, len(subjects))
+	seen := make(map[string]bool, len(subjects))
+	for _, s := range subjects {
+		if seen[s.SHA256] {
 			continue
 		}
-		d, err := hex.DecodeString(h)
-		if err != nil {
-			continue
+		d, err := hex.DecodeString(s.SHA256)
+		if err != nil || len(d) != sha256.Size {
+			continue // cannot happen: the verifier checked every digest
 		}
-		seen[h] = true
+		seen[s.SHA256] = true
 		out = append(out, d)
 	}
-	return out, nil
+	return out
 }
 
-// verifiedCert is a signing certificate that chains to a known signing CA;
-// the chain is valid from notBefore to notAfter.
-type verifiedCert struct {
-	cert      *x509.Certificate
-	notBefore time.Time
-	notAfter  time.Time
-	issuer    fingerprint // of the issuing CA certificate
-}
-
-// certCache remembers verified certificates by the SHA-256 of their DER:
-// an agent signs many envelopes with one certificate. It forgets
-// everything when full. CAs are only ever added, so an entry never turns
-// wrong; the validity window is checked on every use.
+// certCache remembers parsed signing certificates by the SHA-256 of their
+// DER: an agent signs many envelopes with one certificate. It forgets
+// everything when full.
 type certCache struct {
 	mu sync.Mutex
-	m  map[[sha256.Size]byte]*verifiedCert
+	m  map[[sha256.Size]byte]*x509.Certificate
 }
 
 const certCacheSize = 4096
 
 func newCertCache() *certCache {
-	return &certCache{m: make(map[[sha256.Size]byte]*verifiedCert)}
+	return &certCache{m: make(map[[sha256.Size]byte]*x509.Certificate)}
 }
 
-func (c *certCache) get(sum [sha256.Size]byte) *verifiedCert {
+// parse returns der parsed, from the cache when it can.
+func (c *certCache) parse(der []byte) (*x509.Certificate, error) {
+	sum := sha256.Sum256(der)
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[sum]
-}
-
-func (c *certCache) put(sum [sha256.Size]byte, v *verifiedCert) {
+	cert, ok := c.m[sum]
+	c.mu.Unlock()
+	if ok {
+		return cert, nil
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.m) >= certCacheSize {
 		clear(c.m)
 	}
-	c.m[sum] = v
+	c.m[sum] = cert
+	return cert, nil
 }
 
-// caSet is the signing CAs the server knows, as certificate pools.
-type caSet struct {
-	mu    sync.Mutex // serializes additions
+// admission is the trust this log admits entries against: the verifier's
+// TrustedRoot prepared from the trust state the log's records make
+// (trustState, the same the trusted root it exports is made of), or why
+// there is none.
+type admission struct {
+	root *verify.TrustedRoot
+	err  error // why root is nil
+}
+
+// caRecords are the signing CAs the log has recorded or read.
+type caRecords struct {
+	mu    sync.Mutex // serializes additions and rebuilds of the admission
 	known map[string]bool
-	pools atomic.Pointer[caPools]
+	list  []store.SigningCA
 }
 
-type caPools struct {
-	roots, intermediates *x509.CertPool
-	n                    int
+// rebuildAdmissionLocked prepares the admission from the recorded CAs
+// and the current issuer states; l.cas.mu is held.
+func (l *TransparencyLog) rebuildAdmissionLocked() error {
+	st, err := trustState(l.cas.list, l.issuers.list(), l.pub, l.created, l.origin, l.tsa)
+	if err != nil {
+		return err
+	}
+	ad := &admission{}
+	if len(st.CAs) == 0 {
+		ad.err = errors.New("the server has recorded no signing CA yet")
+	} else if ad.root, err = verify.NewTrustedRootFromState(st); err != nil {
+		return fmt.Errorf("trust state: %w", err)
+	}
+	l.admission.Store(ad)
+	return nil
+}
+
+// rebuildAdmission is rebuildAdmissionLocked for callers that do not hold
+// l.cas.mu.
+func (l *TransparencyLog) rebuildAdmission() error {
+	l.cas.mu.Lock()
+	defer l.cas.mu.Unlock()
+	return l.rebuildAdmissionLocked()
 }
 
 // reloadFromStore adds the signing CAs and applies the issuer states that
@@ -384,12 +403,22 @@ func (l *TransparencyLog) reloadFromStore(ctx context.Context, checkedAt time.Ti
 		return nil
 	}
 	started := time.Now()
-	if err := l.refreshIssuers(ctx); err != nil {
+	if _, err := l.refreshIssuers(ctx); err != nil {
 		return fmt.Errorf("reload issuer states: %w", err)
 	}
+	if err := l.loadCAs(ctx); err != nil {
+		return fmt.Errorf("reload signing CAs: %w", err)
+	}
+	l.reloadStarted = started // only a reload that succeeded is reused
+	return nil
+}
+
+// loadCAs adds the signing CAs the store holds that this log has not
+// seen, and prepares the admission again.
+func (l *TransparencyLog) loadCAs(ctx context.Context) error {
 	cas, err := l.store.SigningCAs(ctx)
 	if err != nil {
-		return fmt.Errorf("reload signing CAs: %w", err)
+		return err
 	}
 	l.cas.mu.Lock()
 	defer l.cas.mu.Unlock()
@@ -397,78 +426,10 @@ func (l *TransparencyLog) reloadFromStore(ctx context.Context, checkedAt time.Ti
 		if l.cas.known[string(ca.ID)] {
 			continue
 		}
-		chain, err := x509.ParseCertificates(ca.DER)
-		if err != nil || len(chain) == 0 {
-			return fmt.Errorf("stored signing CA %x does not parse: %v", ca.ID, err)
-		}
-		l.cas.addLocked(ca.ID, chain)
+		l.cas.known[string(ca.ID)] = true
+		l.cas.list = append(l.cas.list, ca)
 	}
-	l.reloadStarted = started // only a reload that succeeded is reused
-	return nil
-}
-
-func loadCASet(ctx context.Context, st Store) (*caSet, error) {
-	cas, err := st.SigningCAs(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("transparency log: signing CAs: %w", err)
-	}
-	c := &caSet{known: make(map[string]bool)}
-	c.pools.Store(&caPools{roots: x509.NewCertPool(), intermediates: x509.NewCertPool()})
-	for _, ca := range cas {
-		chain, err := x509.ParseCertificates(ca.DER)
-		if err != nil || len(chain) == 0 {
-			return nil, fmt.Errorf("transparency log: stored signing CA %x does not parse: %v", ca.ID, err)
-		}
-		c.addLocked(ca.ID, chain)
-	}
-	return c, nil
-}
-
-func (c *caSet) addLocked(id []byte, chain []*x509.Certificate) {
-	old := c.pools.Load()
-	p := &caPools{roots: old.roots.Clone(), intermediates: old.intermediates.Clone(), n: old.n + 1}
-	for i, cert := range chain {
-		if i == len(chain)-1 {
-			p.roots.AddCert(cert)
-		} else {
-			p.intermediates.AddCert(cert)
-		}
-	}
-	c.pools.Store(p)
-	c.known[string(id)] = true
-}
-
-// verify checks that cert chains, for code signing, to a known CA and that
-// the chain is valid at t.
-func (c *caSet) verify(cert *x509.Certificate, t time.Time) (*verifiedCert, error) {
-	p := c.pools.Load()
-	if p.n == 0 {
-		return nil, errors.New("the server has recorded no signing CA yet")
-	}
-	chains, err := cert.Verify(x509.VerifyOptions{
-		Roots:         p.roots,
-		Intermediates: p.intermediates,
-		CurrentTime:   t,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("certificate does not chain to a signing CA of this server at %s: %w", t.UTC().Format(time.RFC3339), err)
-	}
-	nb, na := window(chains[0])
-	return &verifiedCert{cert: cert, notBefore: nb, notAfter: na, issuer: fingerprintOf(chains[0][1])}, nil
-}
-
-// window is the intersection of the validity of every certificate.
-func window(chain []*x509.Certificate) (notBefore, notAfter time.Time) {
-	for i, c := range chain {
-		if i == 0 || c.NotBefore.After(notBefore) {
-			notBefore = c.NotBefore
-		}
-		if i == 0 || c.NotAfter.Before(notAfter) {
-			notAfter = c.NotAfter
-		}
-	}
-	return notBefore, notAfter
+	return l.rebuildAdmissionLocked()
 }
 
 // RecordSigningCA records a CA chain that issues agents' signing
@@ -500,12 +461,16 @@ func (l *TransparencyLog) RecordSigningCA(ctx context.Context, chain []*x509.Cer
 			}
 		}
 	}
-	nb, na := window(chain)
+	nb, na := trust.Window(chain)
 	ca := store.SigningCA{ID: id[:], DER: der.Bytes(), NotBefore: nb, NotAfter: na, FirstSeen: l.now()}
 	if err := l.store.AddSigningCA(ctx, ca); err != nil {
 		return fmt.Errorf("record signing CA: %w", err)
 	}
-	l.cas.addLocked(id[:], chain)
+	l.cas.known[string(id[:])] = true
+	l.cas.list = append(l.cas.list, ca)
+	if err := l.rebuildAdmissionLocked(); err != nil {
+		return fmt.Errorf("record signing CA: %w", err)
+	}
 	root := chain[len(chain)-1]
 	l.log.Info("Signing CA recorded",
 		zap.String(logIssuer, chain[0].Subject.String()),

@@ -32,8 +32,10 @@ type Store interface {
 	// EntriesByDedupeKey returns the entries with these dedupe keys.
 	EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error)
 	// EntriesBySubjectDigest returns up to limit entries from index start
-	// on whose statements name this SHA-256 subject digest.
-	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error)
+	// on whose statements name this SHA-256 subject digest, and fewer
+	// when their store.Entry.Size would add up to more than maxBytes (but
+	// always the first); maxBytes 0 is no bound.
+	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error)
 	// AddSigningCA records a signing CA chain unless already there.
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	// SigningCAs returns every recorded signing CA chain.

@@ -10,8 +10,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -50,8 +50,8 @@ func (a *agentService) SubmitEntries(ctx context.Context, req *serverv1.SubmitEn
 			a.s.log.Warn("Log entry refused", zap.String(logCallerID, id.String()), zap.Int("position", i), zap.String(logReason, r.Refusal.Error()))
 			continue
 		}
-		out, err := protojson.Marshal(r.Entry)
-		if err != nil {
+		out, err := tlog.MarshalEntry(r.Entry)
+		if err != nil { // cannot happen: the log made the entry
 			return nil, status.Errorf(codes.Internal, "marshal log entry: %v", err)
 		}
 		resp.Results[i] = &serverv1.LogEntryResult{TlogEntry: out, SignedTimestamp: r.Timestamp}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,12 +66,10 @@ type TransparencyLog struct {
 	origin  string
 	logID   []byte
 	tsa     *tsa.Signer
-	// tsaAuthority verifies tsa's timestamps (admission.go).
-	tsaAuthority func() (*tsa.Authority, error)
-	issuers      *issuerStates
-	now          func() time.Time
-	log          *zap.Logger
-	metrics      *logMetrics
+	issuers *issuerStates
+	now     func() time.Time
+	log     *zap.Logger
+	metrics *logMetrics
 
 	maxBatch  int
 	batchWait time.Duration
@@ -85,8 +84,9 @@ type TransparencyLog struct {
 	headMu sync.RWMutex
 	head   logHead
 
-	cas   *caSet
-	certs *certCache
+	cas       caRecords
+	admission atomic.Pointer[admission]
+	certs     *certCache
 	// reloadMu serializes submissions' re-reads of the store;
 	// reloadStarted is when the last one began.
 	reloadMu      sync.Mutex
@@ -135,21 +135,15 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 		cfg.BatchWait = DefaultLogBatchWait
 	}
 	pub := cfg.Key.Public().(ed25519.PublicKey)
-	logID, err := tlog.LogID(pub)
-	if err != nil {
-		return nil, fmt.Errorf("transparency log: log ID: %w", err)
-	}
+	logID := tlog.KeyID(cfg.Origin, pub)
 	l := &TransparencyLog{
 		store: cfg.Store, key: cfg.Key, pub: pub, created: cfg.KeyCreated, origin: cfg.Origin, logID: logID,
-		tsa: cfg.TSA, tsaAuthority: newTSAAuthority(cfg.TSA), now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
+		tsa: cfg.TSA, now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
 		maxBatch: cfg.MaxBatch, batchWait: cfg.BatchWait,
 		reqs: make(chan *appendRequest, 1024), stopped: make(chan struct{}),
-		certs: newCertCache(),
+		certs: newCertCache(), cas: caRecords{known: make(map[string]bool)},
 	}
 	if err := l.loadTree(ctx); err != nil {
-		return nil, err
-	}
-	if l.cas, err = loadCASet(ctx, cfg.Store); err != nil {
 		return nil, err
 	}
 	states, err := cfg.Store.IssuerStates(ctx)
@@ -157,6 +151,9 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 		return nil, fmt.Errorf("transparency log: issuer states: %w", err)
 	}
 	l.issuers = newIssuerStates(states)
+	if err := l.loadCAs(ctx); err != nil {
+		return nil, fmt.Errorf("transparency log: signing CAs: %w", err)
+	}
 	l.metrics.size.Set(float64(l.head.size))
 	return l, nil
 }
@@ -295,15 +292,10 @@ type pendingEntry struct {
 	cert      []byte
 	spiffeID  string
 	body      []byte   // canonical entry body (attest/tlog)
-	key       []byte   // dedupe key: the body's leaf hash
+	leaf      []byte   // the body's leaf hash
+	key       []byte   // dedupe key: the leaf hash of the legacy body
 	timestamp []byte   // RFC 3161 timestamp of the signature
 	digests   [][]byte // raw sha256 subject digests
-	notBefore time.Time
-	notAfter  time.Time
-	// checkAt is the genTime of a timestamp submitted with the entry,
-	// when the certificate's window was checked (admission.go); zero
-	// without one: the appender checks at the integrated time.
-	checkAt time.Time
 
 	// Set by the appender before the request's done closes.
 	refusal  error
@@ -546,15 +538,10 @@ func (l *TransparencyLog) appendItems(ctx context.Context, items []*pendingEntry
 			placed = append(placed, it)
 			continue
 		}
-		// x509: valid when NotBefore <= t <= NotAfter. An entry with
-		// a timestamp was checked at its genTime (admission.go).
-		if it.checkAt.IsZero() && (integrated.Before(it.notBefore) || integrated.After(it.notAfter)) {
-			it.refusal = fmt.Errorf("the certificate is not valid at the integrated time %s (valid %s to %s)",
-				integrated.UTC().Format(time.RFC3339), it.notBefore.UTC().Format(time.RFC3339), it.notAfter.UTC().Format(time.RFC3339))
-			continue
-		}
+		// No time check here: the checks ran at the entry's trusted
+		// time (its timestamp), which integration does not change.
 		e := store.Entry{
-			Index: start + uint64(len(entries)), LeafHash: it.key, DedupeKey: it.key, Body: it.body,
+			Index: start + uint64(len(entries)), LeafHash: it.leaf, DedupeKey: it.key, Body: it.body,
 			Envelope: it.envelope, Certificate: it.cert, SPIFFEID: it.spiffeID, IntegratedTime: integrated.Unix(),
 			Timestamp: it.timestamp, SubjectDigests: it.digests,
 		}
@@ -636,12 +623,17 @@ func (l *TransparencyLog) enqueue(ctx context.Context, items []*pendingEntry) er
 }
 
 // tlogEntry renders e as a bundle's TransparencyLogEntry with an inclusion
-// proof against the tree of size, root and its signed note.
+// proof against the tree of size, root and its signed note. Its kind is
+// its body's: entries logged before hashedrekord keep theirs.
 func (l *TransparencyLog) tlogEntry(e store.Entry, size uint64, root, note []byte, hashes [][]byte) *rekorpb.TransparencyLogEntry {
+	kind := tlog.EntryKind
+	if isLegacyBody(e.Body) {
+		kind = tlog.LegacyEntryKind
+	}
 	return &rekorpb.TransparencyLogEntry{
 		LogIndex:    int64(e.Index),
 		LogId:       &protocommon.LogId{KeyId: l.logID},
-		KindVersion: &rekorpb.KindVersion{Kind: tlog.EntryKind, Version: tlog.EntryVersion},
+		KindVersion: &rekorpb.KindVersion{Kind: kind, Version: tlog.EntryVersion},
 		// No integratedTime, as in Rekor v2: the bundle's RFC 3161
 		// timestamp says when the signature existed.
 		InclusionProof: &rekorpb.InclusionProof{
@@ -653,6 +645,12 @@ func (l *TransparencyLog) tlogEntry(e store.Entry, size uint64, root, note []byt
 		},
 		CanonicalizedBody: e.Body,
 	}
+}
+
+// isLegacyBody reports whether a stored body is a legacy dsse entry. The
+// log wrote it, so its kind member is where NewLegacyBody puts it.
+func isLegacyBody(body []byte) bool {
+	return bytes.HasPrefix(body, []byte(`{"apiVersion":"0.0.2","kind":"`+tlog.LegacyEntryKind+`"`))
 }
 
 // proveInBatch builds e's entry from its batch's nodes.

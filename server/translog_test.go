@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
@@ -49,15 +51,32 @@ func newTestAgent(t testing.TB, ca *testCA, id spiffeid.ID) testAgent {
 
 // statement is an in-toto statement naming subjects by the sha256 of
 // their names.
+// builderPlaceholder stands for the signing agent's SPIFFE ID in a
+// statement; testAgent.sign puts the agent's own in its place, so that
+// the statement passes the log's predicate check (builder.id is the
+// certificate's SPIFFE ID).
+const builderPlaceholder = "spiffe://builder.invalid/placeholder"
+
+// statement is an in-toto statement with SLSA provenance, as the agent
+// signs, naming subjects (each name with the SHA-256 of the name).
 func statement(subjects ...string) []byte {
-	b := []byte(`{"_type":"https://in-toto.io/Statement/v1","subject":[`)
-	for i, s := range subjects {
-		if i > 0 {
-			b = append(b, ',')
+	step := attest.Step{Name: "build", Workspace: "/builds/w", Command: []string{"make"}, BuilderID: builderPlaceholder}
+	seen := map[string]bool{}
+	for _, s := range subjects {
+		if !seen[s] { // a product is named once
+			step.Products = append(step.Products, attest.Artifact{Name: s, SHA256: digestOf(s)})
 		}
-		b = fmt.Appendf(b, `{"name":%q,"digest":{"sha256":%q}}`, s, digestOf(s))
+		seen[s] = true
 	}
-	return append(b, `],"predicateType":"https://slsa.dev/provenance/v1","predicate":{}}`...)
+	st, err := attest.NewStatement(step)
+	if err != nil {
+		panic(err)
+	}
+	b, err := attest.MarshalStatement(st)
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 func digestOf(s string) string {
@@ -67,6 +86,7 @@ func digestOf(s string) string {
 
 func (a testAgent) sign(t testing.TB, payload []byte) *dssepb.Envelope {
 	t.Helper()
+	payload = bytes.ReplaceAll(payload, []byte(builderPlaceholder), []byte(a.id.String()))
 	env, err := attest.SignEnvelope(payload, a.key)
 	require.NoError(t, err)
 	return env
@@ -159,9 +179,7 @@ func checkEntry(t testing.TB, l *TransparencyLog, te *rekorpb.TransparencyLogEnt
 	require.Zero(t, te.GetIntegratedTime(), "as in Rekor v2, time comes from the timestamp")
 	require.Equal(t, tlog.EntryKind, te.GetKindVersion().GetKind())
 	require.Equal(t, tlog.EntryVersion, te.GetKindVersion().GetVersion())
-	logID, err := tlog.LogID(l.PublicKey())
-	require.NoError(t, err)
-	require.Equal(t, logID, te.GetLogId().GetKeyId())
+	require.Equal(t, tlog.KeyID(l.Origin(), l.PublicKey()), te.GetLogId().GetKeyId())
 
 	p := te.GetInclusionProof()
 	require.Equal(t, te.GetLogIndex(), p.GetLogIndex())
@@ -356,11 +374,11 @@ func TestSubmitChecks(t *testing.T) {
 		{name: "bad signature", caller: agentID, sub: submission(t, badSig, agent.cert), wantErr: "signature does not verify"},
 		{name: "foreign SPIFFE ID", caller: otherID, sub: agent.submit(t, "foreign"), wantErr: "but the caller is " + otherID.String()},
 		{name: "another agent's valid entry", caller: agentID, sub: other.submit(t, "other"), wantErr: "an agent logs only its own signatures"},
-		{name: "unknown root", caller: agentID, sub: submission(t, agent.sign(t, statement("u")), unknownCA.issue(t, leafTemplate(agentID), agent.key.Public())), wantErr: "does not chain to a signing CA"},
-		{name: "self-signed", caller: agentID, sub: submission(t, selfKeySign(t, selfKey), selfSigned), wantErr: "does not chain to a signing CA"},
-		{name: "unrecorded intermediate", caller: agentID, sub: submission(t, agent.sign(t, statement("i")), viaInter), wantErr: "does not chain to a signing CA"},
-		{name: "expired at the integrated time", caller: agentID, sub: submission(t, agent.sign(t, statement("e")), expired), wantErr: "expired"},
-		{name: "not for code signing", caller: agentID, sub: submission(t, agent.sign(t, statement("c")), noCodeSigning), wantErr: "does not chain"},
+		{name: "unknown root", caller: agentID, sub: submission(t, agent.sign(t, statement("u")), unknownCA.issue(t, leafTemplate(agentID), agent.key.Public())), wantErr: "chains to no certificate authority"},
+		{name: "self-signed", caller: agentID, sub: submission(t, selfKeySign(t, selfKey), selfSigned), wantErr: "chains to no certificate authority"},
+		{name: "unrecorded intermediate", caller: agentID, sub: submission(t, agent.sign(t, statement("i")), viaInter), wantErr: "chains to no certificate authority"},
+		{name: "expired at the trusted time", caller: agentID, sub: submission(t, agent.sign(t, statement("e")), expired), wantErr: "verify: validity"},
+		{name: "not for code signing", caller: agentID, sub: submission(t, agent.sign(t, statement("c")), noCodeSigning), wantErr: "incompatible key usage"},
 		{name: "CA certificate as the signer", caller: agentID, sub: Submission{Envelope: good.Envelope, Certificate: ca.cert.Raw}, wantErr: "is a CA certificate"},
 		{name: "two signatures", caller: agentID, sub: submission(t, twoSigs, agent.cert), wantErr: "2 signatures"},
 		{name: "other payload type", caller: agentID, sub: submission(t, otherType, agent.cert), wantErr: "payload type"},
@@ -448,10 +466,13 @@ func selfKeySign(t testing.TB, key *ecdsa.PrivateKey) *dssepb.Envelope {
 	return env
 }
 
-// TestSubmitValidityAtIntegratedTime: the certificate must be valid when
-// the entry is integrated, not only when it was checked; and an entry
-// logged while its certificate was valid is still returned later.
-func TestSubmitValidityAtIntegratedTime(t *testing.T) {
+// TestSubmitChecksAtTrustedTime: the checks run at the entry's trusted
+// time, and integrating it later changes nothing; an entry logged while
+// its certificate was valid is still returned later; an entry timestamped
+// when it was signed is admitted late, after its certificate expired
+// (docs/log.md, "Time"), and only with a timestamp the trusted root
+// vouches for.
+func TestSubmitChecksAtTrustedTime(t *testing.T) {
 	ca := newTestCA(t, "signing CA")
 	agent := newTestAgent(t, ca, agentID)
 
@@ -465,9 +486,10 @@ func TestSubmitValidityAtIntegratedTime(t *testing.T) {
 	first := submitOne(t, l.TransparencyLog, agentID, logged)
 	require.NoError(t, first.Refusal)
 
-	// The checks pass at one time (Submit reads the clock once), the
-	// batch is integrated (the appender reads it once more) a second
-	// after the certificate expired.
+	// The checks pass at one time (Submit reads the clock once: the
+	// certificate's last valid second), the batch is integrated (the
+	// appender reads it once more) a second after the certificate
+	// expired: admitted, and it verifies at its timestamp.
 	edge := agent.cert.NotAfter
 	calls := 0
 	set(func() time.Time {
@@ -477,18 +499,74 @@ func TestSubmitValidityAtIntegratedTime(t *testing.T) {
 		}
 		return edge.Add(time.Second)
 	})
-	late := submitOne(t, l.TransparencyLog, agentID, agent.submit(t, "too late"))
-	require.Nil(t, late.Entry)
-	require.ErrorContains(t, late.Refusal, "not valid at the integrated time")
+	atEdge := agent.submit(t, "at the edge")
+	r := submitOne(t, l.TransparencyLog, agentID, atEdge)
+	require.NoError(t, r.Refusal)
+	checkEntry(t, l.TransparencyLog, r.Entry, atEdge)
+	stampTime, err := tsaTime(l.TransparencyLog, r.Timestamp, atEdge)
+	require.NoError(t, err)
+	require.True(t, stampTime.Equal(edge), "timestamped at the check, %s", stampTime)
 
 	// After expiry, the logged entry is still found; a new one is refused.
-	set(func() time.Time { return agent.cert.NotAfter.Add(time.Hour) })
+	later := agent.cert.NotAfter.Add(time.Hour)
+	set(func() time.Time { return later })
 	again := submitOne(t, l.TransparencyLog, agentID, logged)
 	require.NoError(t, again.Refusal)
 	require.Equal(t, first.Entry.GetLogIndex(), again.Entry.GetLogIndex())
 	checkEntry(t, l.TransparencyLog, again.Entry, logged)
-	r := submitOne(t, l.TransparencyLog, agentID, agent.submit(t, "new after expiry"))
-	require.ErrorContains(t, r.Refusal, "expired")
+	r = submitOne(t, l.TransparencyLog, agentID, agent.submit(t, "new after expiry"))
+	require.ErrorContains(t, r.Refusal, "verify: validity")
+
+	// Signed and timestamped while the certificate was valid, submitted
+	// an hour after it expired: admitted, with its own timestamp.
+	signedEarly := agent.submit(t, "signed during an outage")
+	var env dssepb.Envelope
+	require.NoError(t, protojson.Unmarshal(signedEarly.Envelope, &env))
+	signedAt := agent.cert.NotAfter.Add(-time.Minute).Truncate(time.Second)
+	signedEarly.Timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), signedAt)
+	require.NoError(t, err)
+	r = submitOne(t, l.TransparencyLog, agentID, signedEarly)
+	require.NoError(t, r.Refusal)
+	require.Equal(t, signedEarly.Timestamp, r.Timestamp, "the entry keeps its own timestamp")
+	checkEntry(t, l.TransparencyLog, r.Entry, signedEarly)
+
+	// A timestamp after the certificate expired, or by an authority the
+	// trusted root does not list, does not help.
+	lateStamp := agent.submit(t, "timestamped too late")
+	require.NoError(t, protojson.Unmarshal(lateStamp.Envelope, &env))
+	lateStamp.Timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), agent.cert.NotAfter.Add(time.Second))
+	require.NoError(t, err)
+	r = submitOne(t, l.TransparencyLog, agentID, lateStamp)
+	require.ErrorContains(t, r.Refusal, "verify: validity")
+
+	rogueKey := newP256(t)
+	rogueChain, err := tsa.NewChain(rogueKey, "rogue TSA", signedAt.Add(-time.Hour))
+	require.NoError(t, err)
+	rogue, err := tsa.NewSigner(rogueKey, rogueChain)
+	require.NoError(t, err)
+	rogueStamp := agent.submit(t, "timestamped by a stranger")
+	require.NoError(t, protojson.Unmarshal(rogueStamp.Envelope, &env))
+	rogueStamp.Timestamp, err = rogue.Timestamp(env.GetSignatures()[0].GetSig(), signedAt)
+	require.NoError(t, err)
+	r = submitOne(t, l.TransparencyLog, agentID, rogueStamp)
+	require.ErrorContains(t, r.Refusal, "verify: timestamp")
+}
+
+// tsaTime verifies a timestamp of sub's signature with the log's timestamp
+// authority and returns its time.
+func tsaTime(l *TransparencyLog, stamp []byte, sub Submission) (time.Time, error) {
+	var env dssepb.Envelope
+	if err := protojson.Unmarshal(sub.Envelope, &env); err != nil {
+		return time.Time{}, err
+	}
+	chain := l.tsa.Chain()
+	roots := x509.NewCertPool()
+	roots.AddCert(chain[len(chain)-1])
+	a, err := tsa.NewAuthority(chain[0], roots, x509.NewCertPool())
+	if err != nil {
+		return time.Time{}, err
+	}
+	return a.Verify(stamp, env.GetSignatures()[0].GetSig())
 }
 
 func TestSubmitConcurrent(t *testing.T) {
@@ -660,4 +738,114 @@ func TestReloadsAreShared(t *testing.T) {
 	reads := st.reads.Load() - before
 	t.Logf("%d submissions, %d re-reads of the signing CAs", n, reads)
 	require.Less(t, reads, int64(n))
+}
+
+// A log written before hashedrekord (one legacy dsse entry) continues with
+// hashedrekord entries: the legacy entry is served with its kind under the
+// new log ID, and submitting its envelope again returns it instead of
+// logging it a second time (the dedupe key is the legacy leaf hash).
+func TestContinueLegacyLog(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	st := openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))
+	t.Cleanup(func() { st.Close() })
+	key := newLogKey(t)
+
+	// The old log: one dsse entry at index 0, as the previous release
+	// appended it (leaf hash and dedupe key both of the legacy body).
+	old := agent.submit(t, "logged before the upgrade")
+	var env dssepb.Envelope
+	require.NoError(t, protojson.Unmarshal(old.Envelope, &env))
+	legacy, err := tlog.NewLegacyBody(&env, old.Certificate)
+	require.NoError(t, err)
+	leaf := tlog.LeafHash(legacy)
+	note, err := tlog.SignCheckpoint(tlog.Checkpoint{Origin: testOrigin, Size: 0, Root: tlog.Hasher.EmptyRoot()}, key)
+	require.NoError(t, err)
+	require.NoError(t, st.AppendBatch(ctx, store.Batch{Checkpoint: store.Checkpoint{Size: 0, Note: note}}))
+	note, err = tlog.SignCheckpoint(tlog.Checkpoint{Origin: testOrigin, Size: 1, Root: leaf}, key)
+	require.NoError(t, err)
+	require.NoError(t, st.AppendBatch(ctx, store.Batch{
+		Entries: []store.Entry{{Index: 0, LeafHash: leaf, DedupeKey: leaf, Body: legacy, Envelope: old.Envelope,
+			Certificate: old.Certificate, SPIFFEID: agentID.String(), IntegratedTime: time.Now().Unix(), Timestamp: []byte("old timestamp")}},
+		Nodes:      []store.Node{{NodeID: store.NodeID{Level: 0, Index: 0}, Hash: leaf}},
+		Checkpoint: store.Checkpoint{Size: 1, Note: note},
+	}))
+
+	l := startLog(t, TransparencyLogConfig{Store: st, TSA: newTestTSA(t), Key: key, KeyCreated: time.Now().Add(-time.Hour), Origin: testOrigin})
+	require.NoError(t, l.RecordSigningCA(ctx, []*x509.Certificate{ca.cert}))
+
+	again := submitOne(t, l.TransparencyLog, agentID, old)
+	require.NoError(t, again.Refusal)
+	require.Equal(t, int64(0), again.Entry.GetLogIndex(), "the entry logged before, not a new one")
+	require.Equal(t, tlog.LegacyEntryKind, again.Entry.GetKindVersion().GetKind())
+	require.Equal(t, legacy, again.Entry.GetCanonicalizedBody())
+	require.Equal(t, tlog.KeyID(testOrigin, l.PublicKey()), again.Entry.GetLogId().GetKeyId())
+	require.Equal(t, []byte("old timestamp"), again.Timestamp)
+
+	after := agent.submit(t, "logged after the upgrade")
+	next := submitOne(t, l.TransparencyLog, agentID, after)
+	require.NoError(t, next.Refusal)
+	require.Equal(t, int64(1), next.Entry.GetLogIndex())
+	cp := checkEntry(t, l.TransparencyLog, next.Entry, after)
+	require.Equal(t, uint64(2), cp.Size)
+	// The old tree is a prefix of the new one.
+	hashes, err := l.ConsistencyProof(ctx, 1, 2)
+	require.NoError(t, err)
+	require.NoError(t, tlog.VerifyConsistency(1, 2, hashes, leaf, cp.Root))
+}
+
+// The log and verifiers draw the rotation lines in one place (package
+// attest/trust): for an issuer revoked from R, a signature timestamped a
+// second before R is admitted and inside the exported CA's validFor, one
+// timestamped at R is refused and outside it; for an issuer tainted at T,
+// the line is T + trust.TaintGrace.
+func TestRotationBoundariesAreOneRule(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		state func(fp []byte, at time.Time) store.IssuerState
+		line  func(at time.Time) time.Time
+	}{
+		{"revoked", func(fp []byte, at time.Time) store.IssuerState {
+			return store.IssuerState{Fingerprint: fp, TaintedAt: at, RevokedAt: at}
+		},
+			func(at time.Time) time.Time { return at }},
+		{"tainted", func(fp []byte, at time.Time) store.IssuerState {
+			return store.IssuerState{Fingerprint: fp, TaintedAt: at}
+		},
+			func(at time.Time) time.Time { return at.Add(trust.TaintGrace) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ca := newTestCA(t, "signing CA")
+			agent := newTestAgent(t, ca, agentID)
+			l := newTestLog(t, ca, nil)
+			at := time.Now().Add(time.Minute).Truncate(time.Second) // within the agent certificate's validity, line included
+			fp := fingerprintOf(ca.cert)
+			require.NoError(t, l.SetIssuerState(ctx, tc.state(fp[:], at)))
+			line := tc.line(at)
+
+			rootJSON, err := l.TrustedRootJSON(ctx)
+			require.NoError(t, err)
+			st, err := trust.ParseTrustedRoot(rootJSON)
+			require.NoError(t, err)
+			require.True(t, st.CAs[0].ValidFor.Contains(line.Add(-time.Second)), "exported: trusted a second before the line")
+			require.False(t, st.CAs[0].ValidFor.Contains(line), "exported: not trusted at the line")
+
+			stamped := func(name string, when time.Time) Submission {
+				sub := agent.submit(t, name)
+				var env dssepb.Envelope
+				require.NoError(t, protojson.Unmarshal(sub.Envelope, &env))
+				sub.Timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), when)
+				require.NoError(t, err)
+				return sub
+			}
+			before := submitOne(t, l.TransparencyLog, agentID, stamped("before the line", line.Add(-time.Second)))
+			require.NoError(t, before.Refusal, "admitted a second before the line")
+			atLine := submitOne(t, l.TransparencyLog, agentID, stamped("at the line", line))
+			require.Error(t, atLine.Refusal, "refused at the line")
+			require.ErrorContains(t, atLine.Refusal, "verify: chain")
+			require.ErrorContains(t, atLine.Refusal, "the signing CA")
+		})
+	}
 }

@@ -10,101 +10,38 @@ import (
 	"fmt"
 	"time"
 
-	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
-	trustrootpb "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
-// TrustedRootMediaType is the media type of the trusted root the server
-// exports.
-const TrustedRootMediaType = "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
-
-// LogBaseURL is the trusted root's baseUrl for a log origin: "https://"
-// followed by the origin. A verifier recovers the origin by removing the
-// "https://" prefix (docs/log.md).
-func LogBaseURL(origin string) string { return "https://" + origin }
-
-// trustedRoot builds the Sigstore trusted root: every recorded signing CA
-// chain, trusted until it expires or, if its issuer is revoked, until the
-// revocation time; the log; and the log's timestamp authority.
-func trustedRoot(cas []store.SigningCA, states []store.IssuerState, pub ed25519.PublicKey, keyCreated time.Time, origin string, ts *tsa.Signer) (*trustrootpb.TrustedRoot, error) {
-	revoked := make(map[fingerprint]time.Time)
-	for fp, st := range index(states) {
-		if !st.RevokedAt.IsZero() {
-			revoked[fp] = st.RevokedAt
-		}
-	}
-	pkix, err := x509.MarshalPKIXPublicKey(pub)
-	if err != nil {
-		return nil, fmt.Errorf("trusted root: log key: %w", err)
-	}
-	logID, err := tlog.LogID(pub)
-	if err != nil {
-		return nil, fmt.Errorf("trusted root: log key: %w", err)
-	}
-	tr := &trustrootpb.TrustedRoot{
-		MediaType: TrustedRootMediaType,
-		Tlogs: []*trustrootpb.TransparencyLogInstance{{
-			BaseUrl:       LogBaseURL(origin),
-			HashAlgorithm: protocommon.HashAlgorithm_SHA2_256,
-			PublicKey: &protocommon.PublicKey{
-				RawBytes:   pkix,
-				KeyDetails: protocommon.PublicKeyDetails_PKIX_ED25519,
-				ValidFor:   &protocommon.TimeRange{Start: timestamppb.New(keyCreated)},
-			},
-			LogId: &protocommon.LogId{KeyId: logID},
-		}},
-	}
+// trustState is the trust state (package attest/trust) the server's
+// records make: every recorded signing CA chain, trusted as trust.SigningCA
+// rules from its issuer's taint and revocation; the log; and the log's
+// timestamp authority. The log admits entries against it and exports it
+// as the trusted root, so the two cannot disagree.
+func trustState(cas []store.SigningCA, states []store.IssuerState, pub ed25519.PublicKey, keyCreated time.Time, origin string, ts *tsa.Signer) (trust.State, error) {
+	byIssuer := index(states)
+	l := trust.Log{Origin: origin, Key: pub, ValidFor: trust.Range{Start: keyCreated}}
 	tsaChain := ts.Chain()
-	certs := make([]*protocommon.X509Certificate, len(tsaChain))
-	for i, c := range tsaChain {
-		certs[i] = &protocommon.X509Certificate{RawBytes: c.Raw}
+	st := trust.State{
+		Logs: []trust.Log{l},
+		TSAs: []trust.TSA{{Chain: tsaChain, URI: l.BaseURL(), ValidFor: trust.Range{Start: tsaChain[0].NotBefore}}},
 	}
-	tr.TimestampAuthorities = []*trustrootpb.CertificateAuthority{{
-		Subject:   &protocommon.DistinguishedName{Organization: "Hallmark", CommonName: tsaChain[0].Subject.CommonName},
-		Uri:       LogBaseURL(origin),
-		CertChain: &protocommon.X509CertificateChain{Certificates: certs},
-		ValidFor:  &protocommon.TimeRange{Start: timestamppb.New(tsaChain[0].NotBefore)},
-	}}
-	for _, ca := range cas {
-		chain, err := x509.ParseCertificates(ca.DER)
+	for _, rec := range cas {
+		chain, err := x509.ParseCertificates(rec.DER)
 		if err != nil || len(chain) == 0 {
-			return nil, fmt.Errorf("trusted root: stored signing CA %x does not parse: %v", ca.ID, err)
+			return trust.State{}, fmt.Errorf("trust state: stored signing CA %x does not parse: %v", rec.ID, err)
 		}
-		root := chain[len(chain)-1]
-		subject := &protocommon.DistinguishedName{CommonName: root.Subject.CommonName}
-		if len(root.Subject.Organization) > 0 {
-			subject.Organization = root.Subject.Organization[0]
+		is := byIssuer[fingerprintOf(chain[0])]
+		ca, err := trust.SigningCA(chain, is.TaintedAt, is.RevokedAt)
+		if err != nil {
+			return trust.State{}, fmt.Errorf("trust state: stored signing CA %x: %w", rec.ID, err)
 		}
-		certs := make([]*protocommon.X509Certificate, len(chain))
-		for i, c := range chain {
-			certs[i] = &protocommon.X509Certificate{RawBytes: c.Raw}
-		}
-		end := ca.NotAfter
-		if t, ok := revoked[fingerprintOf(chain[0])]; ok && t.Before(end) {
-			end = t // docs/rotation.md: revoked from t on
-		}
-		tr.CertificateAuthorities = append(tr.CertificateAuthorities, &trustrootpb.CertificateAuthority{
-			Subject:   subject,
-			CertChain: &protocommon.X509CertificateChain{Certificates: certs},
-			ValidFor:  &protocommon.TimeRange{Start: timestamppb.New(ca.NotBefore), End: timestamppb.New(end)},
-		})
+		st.CAs = append(st.CAs, ca)
 	}
-	return tr, nil
-}
-
-// marshalTrustedRoot renders a trusted root as indented JSON.
-func marshalTrustedRoot(tr *trustrootpb.TrustedRoot) ([]byte, error) {
-	out, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(tr)
-	if err != nil {
-		return nil, fmt.Errorf("trusted root: %w", err)
-	}
-	return append(out, '\n'), nil
+	return st, nil
 }
 
 // caBundlePEM is every certificate of every signing CA chain, each once,
@@ -131,7 +68,8 @@ func caBundlePEM(cas []store.SigningCA) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// TrustedRootJSON is the trusted root as served and exported.
+// TrustedRootJSON is the trusted root as served: the trust state as the
+// store holds it now.
 func (l *TransparencyLog) TrustedRootJSON(ctx context.Context) ([]byte, error) {
 	cas, err := l.store.SigningCAs(ctx)
 	if err != nil {
@@ -141,11 +79,11 @@ func (l *TransparencyLog) TrustedRootJSON(ctx context.Context) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr, err := trustedRoot(cas, states, l.pub, l.created, l.origin, l.tsa)
+	st, err := trustState(cas, states, l.pub, l.created, l.origin, l.tsa)
 	if err != nil {
 		return nil, err
 	}
-	return marshalTrustedRoot(tr)
+	return st.MarshalJSON()
 }
 
 // ExportTrustedRoot reads the store and the log key named by cfg, without
@@ -181,9 +119,9 @@ func ExportTrustedRoot(ctx context.Context, cfg Config) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust export: %w", err)
 	}
-	tr, err := trustedRoot(cas, states, key.public(), key.created, cfg.LogOrigin, ts)
+	ts2, err := trustState(cas, states, key.public(), key.created, cfg.LogOrigin, ts)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("trust export: %w", err)
 	}
-	return marshalTrustedRoot(tr)
+	return ts2.MarshalJSON()
 }

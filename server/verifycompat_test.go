@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 	"github.com/hallmark-dev/hallmark/test/interop/sigstorego"
@@ -40,7 +41,7 @@ func TestLoggedBundleVerifiesOffline(t *testing.T) {
 	ls := newLogServer(t, km)
 	svc := &agentService{s: ls.s, km: km, tlog: ls.tl}
 
-	origin, err := verify.CheckpointOrigin(LogBaseURL(ls.tl.Origin()))
+	origin, err := trust.CheckpointOrigin(trust.Log{Origin: ls.tl.Origin()}.BaseURL())
 	require.NoError(t, err)
 	require.Equal(t, ls.tl.Origin(), origin)
 

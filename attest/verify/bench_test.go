@@ -38,3 +38,16 @@ func BenchmarkRawECDSAVerify(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAdmit is what a log runs on one submission before it
+// integrates it: signature, validity, chain, statement, predicate.
+func BenchmarkAdmit(b *testing.B) {
+	f := newFixture(b)
+	e := verify.Entry{Envelope: f.bundle.GetDsseEnvelope(), Certificate: f.agent.Cert}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := f.root.Admit(e, t0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

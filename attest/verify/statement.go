@@ -91,7 +91,7 @@ func (st *statement) match(artifacts []Digest) ([]Subject, error) {
 	return out, nil
 }
 
-// provenance is what a verifier reads from a step/v1 predicate.
+// provenance is what a verifier reads from a step/v1 or step/v2 predicate.
 type provenance struct {
 	builderID string
 	step      string
@@ -99,10 +99,10 @@ type provenance struct {
 }
 
 // knownBuildTypes are the SLSA buildTypes this package understands.
-var knownBuildTypes = []string{attest.BuildType}
+var knownBuildTypes = []string{attest.BuildType, attest.BuildTypeV1}
 
 // provenance checks the predicate type and build type and reads the
-// fields docs/buildtypes/step-v1.md defines. Keys it does not read are
+// fields docs/buildtypes/step-v2.md (and step-v1.md) define. Keys it does not read are
 // ignored, as the build type asks of verifiers.
 func (st *statement) provenance() (provenance, error) {
 	if pt := st.pb.GetPredicateType(); pt != attest.PredicateType {

@@ -23,11 +23,12 @@ type verifiedEntry struct {
 }
 
 // verifyTlogEntry checks the bundle's transparency-log entries: there is
-// exactly one, from a log of the trusted root, a Rekor v2 dsse entry; its
-// body commits to env and certDER; the body is in the log (RFC 6962
-// inclusion proof) under a checkpoint that the log's key signed. As in
-// Rekor v2, the entry says nothing about time: the bundle's timestamp
-// does, and the caller checks the log key's validFor against it.
+// exactly one, from a log of the trusted root, a Rekor v2 hashedrekord
+// entry (or a legacy dsse one); its body commits to env and certDER; the
+// body is in the log (RFC 6962 inclusion proof) under a checkpoint that
+// the log's key signed. As in Rekor v2, the entry says nothing about time:
+// the bundle's timestamp does, and the caller checks the log key's
+// validFor against it.
 func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, env *dssepb.Envelope, certDER []byte) (verifiedEntry, error) {
 	// Hallmark logs every envelope once, in one log.
 	if n := len(entries); n != 1 {
@@ -36,27 +37,41 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 	e := entries[0]
 
 	// protobuf-specs rekor/v1 KindVersion names the body's format: Rekor
-	// v2's dsse entry (rekor-tiles api/proto/rekor/v2/dsse.proto).
-	if kv := e.GetKindVersion(); kv.GetKind() != tlog.EntryKind || kv.GetVersion() != tlog.EntryVersion {
+	// v2's hashedrekord entry (rekor-tiles
+	// api/proto/rekor/v2/hashedrekord.proto), or the dsse entry of logs
+	// written before Hallmark moved to it (docs/log.md, "Upgrading").
+	kv := e.GetKindVersion()
+	legacy := kv.GetKind() == tlog.LegacyEntryKind
+	if (kv.GetKind() != tlog.EntryKind && !legacy) || kv.GetVersion() != tlog.EntryVersion {
 		return verifiedEntry{}, fmt.Errorf("entry kind %q version %q, want %q %q",
 			kv.GetKind(), kv.GetVersion(), tlog.EntryKind, tlog.EntryVersion)
 	}
 
-	// protobuf-specs trustroot/v1 TransparencyLogInstance.log_id: the
-	// SHA-256 of the log key's PKIX DER selects a trusted log.
+	// rekor-tiles CLIENTS.md: the log ID is the C2SP signed-note key ID
+	// of the log's checkpoint key, and selects a log of the trusted root.
+	// A legacy entry may also name its log by the SHA-256 of the key's
+	// PKIX DER, as bundles written before the change do.
 	id := e.GetLogId().GetKeyId()
 	log, ok := tr.logs[string(id)]
+	if !ok && legacy {
+		log, ok = tr.legacyLogs[string(id)]
+	}
 	if !ok {
 		return verifiedEntry{}, fmt.Errorf("entry is from log %x, which the trusted root does not list", id)
 	}
 
-	// The body (canonicalizedBody) must commit to this very envelope and
-	// certificate (protobuf-specs: "clients MUST verify that the signature
-	// referenced in the canonicalized_body matches the signature provided
-	// in the Bundle.content").
+	// The body (canonicalizedBody), of the kind its kindVersion names,
+	// must commit to this very envelope and certificate (protobuf-specs:
+	// "clients MUST verify that the signature referenced in the
+	// canonicalized_body matches the signature provided in the
+	// Bundle.content"; for hashedrekord that is the digest of the DSSE
+	// PAE, the signature and the certificate).
 	body, err := tlog.ParseBody(e.GetCanonicalizedBody())
 	if err != nil {
 		return verifiedEntry{}, err
+	}
+	if body.Kind != kv.GetKind() {
+		return verifiedEntry{}, fmt.Errorf("entry body is of kind %q, its kindVersion says %q", body.Kind, kv.GetKind())
 	}
 	if err := body.Matches(env, certDER); err != nil {
 		return verifiedEntry{}, err
@@ -101,36 +116,41 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 // (protobuf-specs common/v1 PublicKey.valid_for: a retired log key
 // vouches only for entries of its time).
 func (l *transparencyLog) trustedAt(t time.Time) error {
-	if !l.validFor.start.IsZero() && !l.validFor.contains(t) {
+	if !l.validFor.Start.IsZero() && !l.validFor.Contains(t) {
 		return fmt.Errorf("log key is trusted for %s, the signature is timestamped %s", l.validFor, fmtTime(t))
 	}
 	return nil
 }
 
-// verifyTimestamp checks the bundle's RFC 3161 timestamps: there is
-// exactly one, over the envelope's signature, from a timestamp authority
-// of the trusted root whose validFor covers the time it grants (RFC 3161;
+// verifyTimestamp checks an RFC 3161 timestamp (DER TimeStampResp) over
+// the envelope's signature sig: it is from a timestamp authority of the
+// trusted root whose validFor covers the time it grants (RFC 3161;
 // Sigstore bundle spec, timestampVerificationData). It returns that time.
-func (tr *TrustedRoot) verifyTimestamp(tvd *bundlepb.TimestampVerificationData, sig []byte) (time.Time, error) {
-	stamps := tvd.GetRfc3161Timestamps()
-	if n := len(stamps); n != 1 {
-		return time.Time{}, fmt.Errorf("bundle has %d RFC 3161 timestamps, want exactly 1", n)
-	}
+func (tr *TrustedRoot) verifyTimestamp(stamp, sig []byte) (time.Time, error) {
 	var errs []error
 	for _, ta := range tr.tsas {
-		t, err := ta.authority.Verify(stamps[0].GetSignedTimestamp(), sig)
+		t, err := ta.authority.Verify(stamp, sig)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		// protobuf-specs trustroot/v1: a timestamp authority is trusted
 		// only for timestamps within its validFor.
-		if !ta.validFor.contains(t) {
+		if !ta.validFor.Contains(t) {
 			return time.Time{}, fmt.Errorf("timestamp authority %s is trusted for %s, not at %s", ta.leaf.Subject, ta.validFor, fmtTime(t))
 		}
 		return t, nil
 	}
 	return time.Time{}, fmt.Errorf("no timestamp authority of the trusted root vouches for the timestamp: %w", errors.Join(errs...))
+}
+
+// bundleTimestamp is the bundle's one RFC 3161 timestamp.
+func bundleTimestamp(tvd *bundlepb.TimestampVerificationData) ([]byte, error) {
+	stamps := tvd.GetRfc3161Timestamps()
+	if n := len(stamps); n != 1 {
+		return nil, fmt.Errorf("bundle has %d RFC 3161 timestamps, want exactly 1", n)
+	}
+	return stamps[0].GetSignedTimestamp(), nil
 }
 
 // verifiedChain remembers that a leaf chains, for code signing, to a
@@ -154,7 +174,7 @@ func (tr *TrustedRoot) verifyChain(leaf *x509.Certificate, t time.Time) (*certif
 	key := sha256.Sum256(leaf.Raw)
 	if v, ok := tr.chains.Load(key); ok {
 		vc := v.(*verifiedChain)
-		if !t.Before(vc.notBefore) && !t.After(vc.notAfter) && vc.ca.validFor.contains(t) {
+		if !t.Before(vc.notBefore) && !t.After(vc.notAfter) && vc.ca.validFor.Contains(t) {
 			return vc.ca, nil
 		}
 	}
@@ -198,7 +218,7 @@ func (tr *TrustedRoot) buildChain(leaf *x509.Certificate, t time.Time) (*certifi
 	}
 	var errs []error
 	for _, ca := range tr.cas {
-		if !ca.validFor.contains(t) {
+		if !ca.validFor.Contains(t) {
 			continue
 		}
 		chains, err := leaf.Verify(opts(ca))
@@ -210,7 +230,7 @@ func (tr *TrustedRoot) buildChain(leaf *x509.Certificate, t time.Time) (*certifi
 	// Not verified. Say so plainly when the issuing CA is in the trusted
 	// root but was not trusted at t (rotated out, or not yet in).
 	for _, ca := range tr.cas {
-		if ca.validFor.contains(t) {
+		if ca.validFor.Contains(t) {
 			continue
 		}
 		if _, err := leaf.Verify(opts(ca)); err == nil {

@@ -14,31 +14,6 @@ import (
 	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 )
 
-func TestCheckpointOrigin(t *testing.T) {
-	tests := []struct{ baseURL, origin, err string }{
-		{"https://hallmark.example.org", "hallmark.example.org", ""},
-		{"https://hallmark.example.org/", "hallmark.example.org", ""},
-		{"https://hallmark.example.org/log", "hallmark.example.org", ""}, // as sigstore-go: the host alone
-		{"http://hallmark.example:8080", "hallmark.example", ""},
-		{"hallmark.example/log", "", "not an absolute URL"},
-		{"", "", "not an absolute URL"},
-		{"https://", "", "not an absolute URL"},
-		{"https://hallmark example/log", "", "invalid character"},
-		{"1x://hallmark.example/log", "", "first path segment"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.baseURL, func(t *testing.T) {
-			got, err := verify.CheckpointOrigin(tc.baseURL)
-			if tc.err != "" {
-				require.ErrorContains(t, err, tc.err)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tc.origin, got)
-		})
-	}
-}
-
 func TestParseTrustedRoot(t *testing.T) {
 	h, err := verifytest.New(t0)
 	require.NoError(t, err)
@@ -60,7 +35,7 @@ func TestParseTrustedRoot(t *testing.T) {
 		{name: "CA without validFor", err: "validFor has no start", change: func(tr *trustrootpb.TrustedRoot) {
 			tr.CertificateAuthorities[0].ValidFor = nil
 		}},
-		{name: "CA validFor reversed", err: "ends before it starts", change: func(tr *trustrootpb.TrustedRoot) {
+		{name: "CA validFor reversed: trusted never, but readable", change: func(tr *trustrootpb.TrustedRoot) {
 			tr.CertificateAuthorities[0].ValidFor.End = timestamppb.New(t0.Add(-100 * time.Hour))
 		}},
 		{name: "CA certificate garbage", err: "certChain[0]", change: func(tr *trustrootpb.TrustedRoot) {
@@ -73,8 +48,24 @@ func TestParseTrustedRoot(t *testing.T) {
 		{name: "only a non-Ed25519 log", err: "no transparency log", change: func(tr *trustrootpb.TrustedRoot) {
 			tr.Tlogs[0].PublicKey.KeyDetails = protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256
 		}},
-		{name: "log ID not the key's", err: "not the ID of its public key", change: func(tr *trustrootpb.TrustedRoot) {
+		{name: "log ID not the key's", err: "not the ID of the log's key", change: func(tr *trustrootpb.TrustedRoot) {
 			tr.Tlogs[0].LogId.KeyId = []byte("0123456789abcdef0123456789abcdef")
+		}},
+		{name: "legacy log ID (SHA-256 of the key's PKIX DER)", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].LogId.KeyId = h.Log.LegacyID()
+		}},
+		{name: "checkpointKeyId, 4 bytes", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.MediaType = "application/vnd.dev.sigstore.trustedroot.v0.2+json"
+			tr.Tlogs[0].CheckpointKeyId = &protocommon.LogId{KeyId: h.Log.ID()[:4]}
+		}},
+		{name: "checkpointKeyId, whole", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].CheckpointKeyId = &protocommon.LogId{KeyId: h.Log.ID()}
+		}},
+		{name: "checkpointKeyId not the key's", err: "checkpointKeyId", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].CheckpointKeyId = &protocommon.LogId{KeyId: []byte{1, 2, 3, 4}}
+		}},
+		{name: "log ID under another origin", err: "not the ID of the log's key", change: func(tr *trustrootpb.TrustedRoot) {
+			tr.Tlogs[0].BaseUrl = "https://other.example"
 		}},
 		{name: "log without baseUrl", err: "not an absolute URL", change: func(tr *trustrootpb.TrustedRoot) {
 			tr.Tlogs[0].BaseUrl = ""

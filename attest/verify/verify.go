@@ -147,17 +147,10 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		return nil, fail(CheckBundle, fmt.Errorf("leaf certificate: %w", err))
 	}
 
-	// 2. signature. DSSE v1 protocol
-	// (https://github.com/secure-systems-lab/dsse/blob/master/protocol.md):
-	// exactly one signature, ECDSA P-256 ASN.1 DER over
-	// SHA-256(PAE(payloadType, payload)), by the leaf certificate's key.
-	// The payload stays unread until steps 3 to 5 vouch for that key.
-	if n := len(env.GetSignatures()); n != 1 {
-		return nil, fail(CheckSignature, fmt.Errorf("envelope has %d signatures, want exactly 1", n))
-	}
-	payload, err := attest.VerifyEnvelope(env, leaf.PublicKey)
+	// 2. signature. DSSE v1 protocol: see checkSignature.
+	payload, err := checkSignature(env, leaf)
 	if err != nil {
-		return nil, fail(CheckSignature, err)
+		return nil, err
 	}
 
 	// 3. tlog. Sigstore bundle spec (verificationMaterial.tlogEntries),
@@ -169,10 +162,15 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 	}
 
 	// 4. timestamp. RFC 3161 (Sigstore bundle spec,
-	// verificationMaterial.timestampVerificationData): the signature
-	// existed at t, by a timestamp authority of the trusted root; see
-	// verifyTimestamp. The log key must have been trusted at t too.
-	t, err := tr.verifyTimestamp(b.GetVerificationMaterial().GetTimestampVerificationData(), env.GetSignatures()[0].GetSig())
+	// verificationMaterial.timestampVerificationData): exactly one
+	// timestamp; the signature existed at t, by a timestamp authority of
+	// the trusted root (see verifyTimestamp). The log key must have been
+	// trusted at t too.
+	stamp, err := bundleTimestamp(b.GetVerificationMaterial().GetTimestampVerificationData())
+	if err != nil {
+		return nil, fail(CheckTimestamp, err)
+	}
+	t, err := tr.verifyTimestamp(stamp, env.GetSignatures()[0].GetSig())
 	if err != nil {
 		return nil, fail(CheckTimestamp, err)
 	}
@@ -180,35 +178,13 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		return nil, fail(CheckTlog, err)
 	}
 
-	// 5. validity. RFC 5280 section 4.1.2.5: the short-lived leaf
-	// certificate was valid when the signature was timestamped,
-	// NotBefore <= t < NotAfter. (Before the chain, so that the chain
-	// check's own time checks concern the CA certificates alone.)
-	if t.Before(leaf.NotBefore) || !t.Before(leaf.NotAfter) {
-		return nil, fail(CheckValidity, fmt.Errorf("certificate (serial %s) is valid %s .. %s, the signature is timestamped %s",
-			leaf.SerialNumber, fmtTime(leaf.NotBefore), fmtTime(leaf.NotAfter), fmtTime(t)))
-	}
-
-	// 6. chain. RFC 5280 section 6 path validation at the timestamp
-	// (x509 Verify, CurrentTime = t) with the code-signing EKU, to a
-	// certificateAuthority of the trusted root whose validFor (inclusive)
-	// covers t (protobuf-specs trustroot/v1: "Clients MUST check
-	// timestamps against both the valid_for time range and the entire
-	// certificate chain"). Roots and intermediates come only from the
-	// trusted root. A revoked signing CA's validFor ends at its
-	// revocation time (docs/rotation.md).
-	ca, err := tr.verifyChain(leaf, t)
+	// 5-9: validity, chain, statement, predicate, as a log checks them
+	// before it admits an entry: see checkSigned.
+	signed, err := tr.checkSigned(leaf, t, payload)
 	if err != nil {
-		return nil, fail(CheckChain, err)
+		return nil, err
 	}
-
-	// 7. statement. in-toto Statement v1
-	// (https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md),
-	// strictly decoded and validated.
-	st, err := parseStatement(payload)
-	if err != nil {
-		return nil, fail(CheckStatement, err)
-	}
+	st, prov, ca := signed.st, signed.prov, signed.ca
 
 	// 8. subject. in-toto Statement v1 "subject": an artifact is attested
 	// only if its SHA-256 is a subject's sha256 digest. Names are not
@@ -216,18 +192,6 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 	matched, err := st.match(artifacts)
 	if err != nil {
 		return nil, fail(CheckSubject, err)
-	}
-
-	// 9. predicate. SLSA Provenance v1 (https://slsa.dev/spec/v1.0/provenance)
-	// with buildType https://hallmark.dev/buildtypes/step/v1
-	// (docs/buildtypes/step-v1.md): builder.id is the agent's SPIFFE ID
-	// and must be the certificate's URI SAN.
-	prov, err := st.provenance()
-	if err != nil {
-		return nil, fail(CheckPredicate, err)
-	}
-	if err := checkBuilderIdentity(prov.builderID, leaf); err != nil {
-		return nil, fail(CheckPredicate, err)
 	}
 
 	// 10. policy. The consumer's own rules (Policy): allowed builders,
@@ -249,6 +213,81 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		LogID:     hex.EncodeToString(entry.log.id),
 		Issuer:    ca.anchor.Subject.String(),
 	}, nil
+}
+
+// checkSignature is step 2. DSSE v1 protocol
+// (https://github.com/secure-systems-lab/dsse/blob/master/protocol.md):
+// exactly one signature, ECDSA P-256 ASN.1 DER over
+// SHA-256(PAE(payloadType, payload)), by the leaf certificate's key. The
+// payload stays unread until the checks after it vouch for that key.
+func checkSignature(env *dssepb.Envelope, leaf *x509.Certificate) ([]byte, error) {
+	if n := len(env.GetSignatures()); n != 1 {
+		return nil, fail(CheckSignature, fmt.Errorf("envelope has %d signatures, want exactly 1", n))
+	}
+	payload, err := attest.VerifyEnvelope(env, leaf.PublicKey)
+	if err != nil {
+		return nil, fail(CheckSignature, err)
+	}
+	return payload, nil
+}
+
+// signedChecks is what checkSigned establishes.
+type signedChecks struct {
+	st   *statement
+	prov provenance
+	ca   *certificateAuthority
+}
+
+// checkSigned runs the checks that follow the trusted time t, in order,
+// on a signature already verified with leaf's key over payload: validity,
+// chain, statement and predicate. Verify runs them after the log entry
+// and the timestamp; a log runs them (Admit) before it integrates an
+// entry, so that it never admits what a verifier would refuse here.
+func (tr *TrustedRoot) checkSigned(leaf *x509.Certificate, t time.Time, payload []byte) (*signedChecks, error) {
+	// 5. validity. RFC 5280 section 4.1.2.5: the short-lived leaf
+	// certificate was valid at t, NotBefore <= t <= NotAfter (both
+	// inclusive, as x509 path validation has them). Before the chain,
+	// so that the chain check's own time checks concern the CA
+	// certificates alone.
+	if t.Before(leaf.NotBefore) || t.After(leaf.NotAfter) {
+		return nil, fail(CheckValidity, fmt.Errorf("certificate (serial %s) is valid %s .. %s, the signature is timestamped %s",
+			leaf.SerialNumber, fmtTime(leaf.NotBefore), fmtTime(leaf.NotAfter), fmtTime(t)))
+	}
+
+	// 6. chain. RFC 5280 section 6 path validation at t (x509 Verify,
+	// CurrentTime = t) with the code-signing EKU, to a
+	// certificateAuthority of the trusted root whose validFor (inclusive)
+	// covers t (protobuf-specs trustroot/v1: "Clients MUST check
+	// timestamps against both the valid_for time range and the entire
+	// certificate chain"). Roots and intermediates come only from the
+	// trusted root. A tainted or revoked signing CA's validFor ends where
+	// package attest/trust's rules end it.
+	ca, err := tr.verifyChain(leaf, t)
+	if err != nil {
+		return nil, fail(CheckChain, err)
+	}
+
+	// 7. statement. in-toto Statement v1
+	// (https://github.com/in-toto/attestation/blob/main/spec/v1/statement.md),
+	// strictly decoded and validated.
+	st, err := parseStatement(payload)
+	if err != nil {
+		return nil, fail(CheckStatement, err)
+	}
+
+	// 9. predicate. SLSA Provenance v1 (https://slsa.dev/spec/v1.0/provenance)
+	// with buildType https://hallmark.dev/buildtypes/step/v1
+	// (docs/buildtypes/step-v1.md): builder.id is the agent's SPIFFE ID
+	// and must be the certificate's URI SAN. (Verify checks the subjects,
+	// step 8, in between; they concern the consumer's artifacts.)
+	prov, err := st.provenance()
+	if err != nil {
+		return nil, fail(CheckPredicate, err)
+	}
+	if err := checkBuilderIdentity(prov.builderID, leaf); err != nil {
+		return nil, fail(CheckPredicate, err)
+	}
+	return &signedChecks{st: st, prov: prov, ca: ca}, nil
 }
 
 // Request is one bundle for VerifyMany and the artifacts it should vouch

@@ -236,7 +236,7 @@ func TestVerifyRefuses(t *testing.T) {
 			})
 		}},
 		{name: "unknown entry kind", check: verify.CheckTlog, msg: "kind", bundle: func(t *testing.T) []byte {
-			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).KindVersion.Kind = "hashedrekord" })
+			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).KindVersion.Kind = "intoto" })
 		}},
 		{name: "entry from an unknown log", check: verify.CheckTlog, msg: "does not list", bundle: func(t *testing.T) []byte {
 			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).LogId.KeyId = other(t).Log.ID() })
@@ -351,8 +351,10 @@ func TestVerifyRefuses(t *testing.T) {
 			require.NoError(t, err)
 			return marshal(t, f.attest(t, ag, step(ag.ID), t0))
 		}},
-		{name: "certificate expiring at the timestamp", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
-			ag, err := f.h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(-5*time.Minute), t0)
+		// RFC 5280 section 4.1.2.5: notBefore through notAfter, inclusive;
+		// a certificate expiring at the timestamp still verifies.
+		{name: "certificate expired just before the timestamp", check: verify.CheckValidity, bundle: func(t *testing.T) []byte {
+			ag, err := f.h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(-5*time.Minute), t0.Add(-time.Second))
 			require.NoError(t, err)
 			return marshal(t, f.attest(t, ag, step(ag.ID), t0))
 		}},
@@ -411,7 +413,7 @@ func TestVerifyRefuses(t *testing.T) {
 			return marshal(t, f.attestPayload(t, p))
 		}},
 		{name: "unknown buildType", check: verify.CheckPredicate, msg: "buildType", bundle: func(t *testing.T) []byte {
-			p := bytes.Replace(statementJSON(t, step(f.agent.ID)), []byte(attest.BuildType), []byte("https://hallmark.dev/buildtypes/step/v2"), 1)
+			p := bytes.Replace(statementJSON(t, step(f.agent.ID)), []byte(attest.BuildType), []byte("https://hallmark.dev/buildtypes/step/v3"), 1)
 			return marshal(t, f.attestPayload(t, p))
 		}},
 		{name: "step missing", check: verify.CheckPredicate, msg: "externalParameters.step", bundle: func(t *testing.T) []byte {

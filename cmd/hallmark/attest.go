@@ -85,7 +85,7 @@ func explain(socket string, err error) error {
 func attestCmd() *cobra.Command {
 	var (
 		socket, step, out, workspace string
-		products, materials          []string
+		products, materials, claims  []string
 		waitLog                      bool
 		waitTimeout                  time.Duration
 		progress                     = progressAuto
@@ -97,6 +97,10 @@ func attestCmd() *cobra.Command {
 it succeeds, have the agent attest the step; the exit code is the command's.
 Without one, attest the given products now. The agent measures the files
 itself; paths are relative to the workspace (default: the current directory).
+When the workspace, or a product or material directory, is a git work tree,
+the agent reads the repository itself and records the commit, its tree,
+whether the tree is clean, the branch and the remote URL. CI context (GitHub
+Actions, GitLab CI) and --claim values are recorded as your claim.
 
 While the agent hashes large products, a line on stderr shows how far it
 got: with --progress auto (the default) only when stderr is a terminal and
@@ -108,6 +112,10 @@ plain lines when stderr is not a terminal; "never" shows nothing.`,
 			}
 			if len(products) == 0 {
 				return errors.New("at least one --product is required")
+			}
+			callerClaims, err := callerClaims(os.LookupEnv, claims)
+			if err != nil {
+				return err
 			}
 			if workspace == "" {
 				wd, err := os.Getwd()
@@ -138,7 +146,7 @@ plain lines when stderr is not a terminal; "never" shows nothing.`,
 			display := newProgressDisplay(stderr, isTerminal(stderr), progress, time.Now)
 			resp, err := attestStep(ctx, client, &agentv1.AttestStepRequest{
 				Step: step, Workspace: ws, Products: products, Materials: materials,
-				StartedOn: timestamppb.New(started), Command: args,
+				StartedOn: timestamppb.New(started), Command: args, CallerClaims: callerClaims,
 			}, display)
 			if err != nil {
 				return explain(socket, err)
@@ -176,6 +184,7 @@ plain lines when stderr is not a terminal; "never" shows nothing.`,
 	cmd.Flags().StringVar(&step, "step", "", "the step's name, as policy grants it")
 	cmd.Flags().StringArrayVar(&products, "product", nil, "a file or directory the step produced (repeatable)")
 	cmd.Flags().StringArrayVar(&materials, "material", nil, "a file or directory the step consumed (repeatable)")
+	cmd.Flags().StringArrayVar(&claims, "claim", nil, "CI context to record as your claim, KEY=VALUE (repeatable; GitHub Actions and GitLab CI context is added from the environment)")
 	cmd.Flags().StringVar(&out, "out", "", `where to write the bundle (default STEP.hallmark.json; "-" for stdout)`)
 	cmd.Flags().StringVar(&workspace, "workspace", "", "the directory paths are relative to (default: current directory)")
 	cmd.Flags().BoolVar(&waitLog, "wait-log", false, "wait until the attestation is in the transparency log and write the complete bundle")

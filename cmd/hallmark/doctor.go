@@ -166,6 +166,11 @@ func checkAgentSVID(_ context.Context, s *doctorState) (bool, string, string) {
 
 func checkServer(_ context.Context, s *doctorState) (bool, string, string) {
 	sv := s.status.Server
+	if !sv.Reachable && strings.Contains(sv.LastError, keyManagerPrefix) {
+		// The server answered: its key manager (Vault) is what failed.
+		return true, fmt.Sprintf("hallmark-server %s (%s) answers, but its key manager cannot certify (see signing-cert)", sv.Address, sv.SPIFFEID),
+			"fix the key manager as signing-cert says"
+	}
 	if !sv.Reachable {
 		detail := fmt.Sprintf("hallmark-server %s (%s) NOT reachable", sv.Address, sv.SPIFFEID)
 		if sv.LastError != "" {
@@ -179,16 +184,49 @@ func checkServer(_ context.Context, s *doctorState) (bool, string, string) {
 
 func checkSigningCert(_ context.Context, s *doctorState) (bool, string, string) {
 	c := s.status.SigningCertificate
+	failing, fix := renewalFault(s.status.RenewalError)
 	if c == nil {
+		if failing != "" {
+			return false, "no signing certificate held: attestation is unavailable; renewal fails: " + failing, fix
+		}
 		return false, "no signing certificate held: attestation is unavailable",
 			"fix the server link first; otherwise the server's key manager refuses to certify (see the server's log)"
 	}
 	left := c.NotAfter.Sub(s.now())
 	if left <= 0 {
+		if failing != "" {
+			return false, fmt.Sprintf("signing certificate serial %s expired at %s; renewal fails: %s", c.Serial, c.NotAfter.Format(time.RFC3339), failing), fix
+		}
 		return false, fmt.Sprintf("signing certificate serial %s expired at %s", c.Serial, c.NotAfter.Format(time.RFC3339)),
 			"renewals are failing: see the agent's log and hallmark_agent_signing_certificate_renewals_total{result=\"failure\"}"
 	}
-	return true, fmt.Sprintf("signing certificate serial %s, expires %s (%s left)", c.Serial, c.NotAfter.Format(time.RFC3339), left.Round(time.Second)), ""
+	detail := fmt.Sprintf("signing certificate serial %s, expires %s (%s left)", c.Serial, c.NotAfter.Format(time.RFC3339), left.Round(time.Second))
+	if failing != "" {
+		// Still signing, but not for long unless this is fixed.
+		return true, detail + "; renewal fails: " + failing, fix
+	}
+	return true, detail, ""
+}
+
+// keyManagerPrefix starts the server's message about a key manager that
+// could not certify; keyManagerFix precedes the fix the key manager gives.
+const (
+	keyManagerPrefix = "desc = key manager "
+	keyManagerFix    = "; fix: "
+)
+
+// renewalFault splits the agent's last renewal error into what failed and
+// the fix: the one the server's key manager gave (for Vault: sealed,
+// unreachable, refused by policy or misconfigured, with what to do), or a
+// pointer to the logs.
+func renewalFault(msg string) (failing, fix string) {
+	if msg == "" {
+		return "", ""
+	}
+	if i := strings.LastIndex(msg, keyManagerFix); i >= 0 && strings.Contains(msg, keyManagerPrefix) {
+		return msg[:i], msg[i+len(keyManagerFix):]
+	}
+	return msg, "see the agent's log, and the server's log when the server answered"
 }
 
 func checkPolicy(_ context.Context, s *doctorState) (bool, string, string) {

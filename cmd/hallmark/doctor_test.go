@@ -209,6 +209,14 @@ func TestDoctorBrokenLinks(t *testing.T) {
 			st.SigningCertificate.NotAfter = expired
 			return st
 		}()}, "signing-cert", "renewals are failing", "expired"},
+		{"Vault sealed, no signing certificate", doctorSetup{status: func() agent.Status {
+			st := healthyStatus()
+			st.SigningCertificate = nil
+			st.Server.Reachable = false // the server answered Unavailable
+			st.Server.LastError = vaultSealed
+			st.RenewalError = vaultSealed
+			return st
+		}()}, "signing-cert", "fix: unseal Vault (`vault operator unseal`", "renewal fails: issue signing certificate: rpc error: code = Unavailable desc = key manager vault: vault: write pki/sign/hallmark-agent: HTTP 503: Vault is sealed: vault is sealed\n"},
 		{"no agent socket", doctorSetup{status: healthyStatus(), edit: func(t *testing.T, s *doctorState) {
 			s.socket = filepath.Join(shortDir(t), "agent.sock")
 		}}, "socket", "--socket", "no such file"},
@@ -244,6 +252,32 @@ func TestDoctorBrokenLinks(t *testing.T) {
 			require.Contains(t, out, tc.wantText, out)
 		})
 	}
+}
+
+// vaultSealed is how an agent reports a renewal refused because the
+// server's Vault is sealed.
+const vaultSealed = "issue signing certificate: rpc error: code = Unavailable desc = key manager vault: vault: write pki/sign/hallmark-agent: HTTP 503: Vault is sealed: vault is sealed; fix: unseal Vault (`vault operator unseal`, or let its auto-unseal finish)"
+
+// Must show: a Vault fault reaches the operator with its fix while the
+// agent still signs with its current certificate.
+func TestDoctorKeyManagerFault(t *testing.T) {
+	st := healthyStatus()
+	st.RenewalError = "issue signing certificate: rpc error: code = FailedPrecondition desc = key manager vault: vault: write pki/sign/hallmark-agent: HTTP 403: permission denied: vault refused by policy; fix: the server's Vault token lacks a grant for pki/sign/hallmark-agent"
+	ok, out := runDoctorWith(t, doctorSetup{status: st})
+	require.True(t, ok, "the certificate is still valid:\n%s", out)
+	require.Contains(t, out, "WARN  signing-cert")
+	require.Contains(t, out, "renewal fails: issue signing certificate: rpc error: code = FailedPrecondition desc = key manager vault: vault: write pki/sign/hallmark-agent: HTTP 403: permission denied: vault refused by policy\n")
+	require.Contains(t, out, "hint: the server's Vault token lacks a grant for pki/sign/hallmark-agent")
+	require.Contains(t, out, "OK    server")
+
+	st = healthyStatus()
+	st.Server.Reachable, st.Server.LastError, st.RenewalError = false, vaultSealed, vaultSealed
+	ok, out = runDoctorWith(t, doctorSetup{status: st})
+	require.True(t, ok, out)
+	require.Contains(t, out, "WARN  server")
+	require.Contains(t, out, "answers, but its key manager cannot certify")
+	require.Contains(t, out, "WARN  signing-cert")
+	require.Contains(t, out, "hint: unseal Vault")
 }
 
 func TestDoctorWarnings(t *testing.T) {

@@ -13,26 +13,15 @@ import (
 	"strings"
 	"time"
 
-	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
-	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
-	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
-	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
 )
 
 // searchPage is GET /log/entries's answer (docs/log.md).
 type searchPage struct {
-	Entries []struct {
-		TlogEntry    json.RawMessage `json:"tlogEntry"`
-		DSSEEnvelope json.RawMessage `json:"dsseEnvelope"`
-		Certificate  []byte          `json:"certificate"`
-		SPIFFEID     string          `json:"spiffeId"`
-		Timestamp    []byte          `json:"signedTimestamp"`
-	} `json:"entries"`
-	Next *int64 `json:"next"`
+	Entries []pipeline.SearchEntry `json:"entries"`
+	Next    *int64                 `json:"next"`
 }
 
 func searchCmd() *cobra.Command {
@@ -63,7 +52,7 @@ as a complete Sigstore bundle (DSSE envelope, certificate, log entry) that
 					return err
 				}
 				for _, e := range page.Entries {
-					b, index, err := rebuildBundle(e.TlogEntry, e.DSSEEnvelope, e.Certificate, e.Timestamp)
+					b, index, err := pipeline.RebuildBundle(e)
 					if err != nil {
 						return fmt.Errorf("entry from the server: %w", err)
 					}
@@ -122,33 +111,4 @@ func fetchPage(ctx context.Context, server, digest string, start int64) (*search
 		return nil, fmt.Errorf("search answer: %w", err)
 	}
 	return &page, nil
-}
-
-// rebuildBundle assembles a v0.3 bundle from a log entry, its envelope,
-// its certificate and the RFC 3161 timestamp of its signature.
-func rebuildBundle(tlogJSON, envJSON json.RawMessage, cert, timestamp []byte) ([]byte, int64, error) {
-	var entry rekorpb.TransparencyLogEntry
-	if err := protojson.Unmarshal(tlogJSON, &entry); err != nil {
-		return nil, 0, fmt.Errorf("tlog entry: %w", err)
-	}
-	var env dssepb.Envelope
-	if err := protojson.Unmarshal(envJSON, &env); err != nil {
-		return nil, 0, fmt.Errorf("envelope: %w", err)
-	}
-	if len(cert) == 0 || len(timestamp) == 0 {
-		return nil, 0, fmt.Errorf("log entry %d: no certificate or timestamp in the server's answer", entry.GetLogIndex())
-	}
-	b := &bundlepb.Bundle{
-		MediaType: attest.BundleMediaType,
-		VerificationMaterial: &bundlepb.VerificationMaterial{
-			Content:     &bundlepb.VerificationMaterial_Certificate{Certificate: &commonpb.X509Certificate{RawBytes: cert}},
-			TlogEntries: []*rekorpb.TransparencyLogEntry{&entry},
-			TimestampVerificationData: &bundlepb.TimestampVerificationData{
-				Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: timestamp}},
-			},
-		},
-		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
-	}
-	out, err := protojson.Marshal(b)
-	return out, entry.GetLogIndex(), err
 }

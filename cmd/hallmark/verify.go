@@ -22,7 +22,9 @@ const (
 )
 
 func verifyCmd() *cobra.Command {
-	var bundlePath, rootPath, policyPath, output string
+	var rootPath, policyPath, output string
+	var bundlePaths []string
+	var pf pipelineFlags
 	cmd := &cobra.Command{
 		Use:   "verify ARTIFACT... --bundle FILE --trusted-root FILE [--policy FILE] [--output text|json]",
 		Short: "Verify artifacts against a Hallmark bundle, offline",
@@ -49,11 +51,17 @@ A policy file is JSON; each list that is present must be satisfied:
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if src, ok := pipelinePolicy(policyPath); ok {
+				return runPipelineVerify(cmd, args, policyPath, src, bundlePaths, rootPath, output, pf)
+			}
+			if pf.asJSON {
+				output = "json"
+			}
 			switch {
 			case output != "text" && output != "json":
 				return usageError(cmd, fmt.Errorf("--output is %q, want text or json", output))
-			case bundlePath == "":
-				return usageError(cmd, errors.New("--bundle is required"))
+			case len(bundlePaths) != 1:
+				return usageError(cmd, errors.New("--bundle is required, once (several bundles: use a pipeline policy)"))
 			case rootPath == "":
 				return usageError(cmd, errors.New("--trusted-root is required"))
 			}
@@ -61,7 +69,7 @@ A policy file is JSON; each list that is present must be satisfied:
 			if err != nil {
 				return usageError(cmd, err)
 			}
-			bundle, err := readFile(bundlePath, attest.MaxBundleSize+1) // one byte over: ParseBundle names the limit
+			bundle, err := readFile(bundlePaths[0], attest.MaxBundleSize+1) // one byte over: ParseBundle names the limit
 			if err != nil {
 				return usageError(cmd, fmt.Errorf("--bundle: %w", err))
 			}
@@ -85,10 +93,11 @@ A policy file is JSON; each list that is present must be satisfied:
 			return reportVerified(cmd.OutOrStdout(), output, args, res)
 		},
 	}
-	cmd.Flags().StringVar(&bundlePath, "bundle", "", "the Sigstore bundle (JSON) attesting the artifacts")
+	cmd.Flags().StringArrayVar(&bundlePaths, "bundle", nil, "the Sigstore bundle (JSON) attesting the artifacts (pipeline mode: repeatable)")
 	cmd.Flags().StringVar(&rootPath, "trusted-root", "", "the trusted root (JSON) published by the Hallmark server")
-	cmd.Flags().StringVar(&policyPath, "policy", "", "a policy (JSON) restricting builders, steps and workloads")
+	cmd.Flags().StringVar(&policyPath, "policy", "", "a policy (JSON) restricting builders, steps and workloads, or a pipeline policy")
 	cmd.Flags().StringVar(&output, "output", "text", "text or json")
+	addPipelineFlags(cmd, &pf)
 	cmd.SetFlagErrorFunc(usageError)
 	return cmd
 }

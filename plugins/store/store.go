@@ -47,6 +47,12 @@ type Entry struct {
 	SubjectDigests [][]byte
 }
 
+// Size is what the entry's variable-length fields weigh in bytes: the
+// measure by which lookups bound their answers.
+func (e Entry) Size() int {
+	return len(e.Body) + len(e.Envelope) + len(e.Certificate) + len(e.Timestamp) + len(e.SPIFFEID)
+}
+
 // NodeID names a node of the Merkle tree: Level 0 are the leaves, and
 // node (L, I) covers leaves [I·2^L, (I+1)·2^L).
 type NodeID struct {

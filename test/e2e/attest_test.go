@@ -137,7 +137,7 @@ func TestAttestAllowedStep(t *testing.T) {
 	require.NoError(t, protojson.Unmarshal(predJSON, &prov))
 	require.NoError(t, prov.Validate())
 	bd := prov.GetBuildDefinition()
-	require.Equal(t, "https://hallmark.dev/buildtypes/step/v1", bd.GetBuildType())
+	require.Equal(t, "https://hallmark.dev/buildtypes/step/v2", bd.GetBuildType())
 	require.Equal(t, "build", bd.GetExternalParameters().GetFields()["step"].GetStringValue())
 	require.Contains(t, string(predJSON), `"make"`)
 	require.Contains(t, string(predJSON), builderID, "the caller's workload identity")

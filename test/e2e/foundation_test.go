@@ -28,8 +28,8 @@ import (
 
 	"github.com/hallmark-dev/hallmark/agent"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+	"github.com/hallmark-dev/hallmark/test/baotest"
 	"github.com/hallmark-dev/hallmark/test/harness"
-	"github.com/hallmark-dev/hallmark/test/vaultdev"
 )
 
 // Must show 1: the certificate names the agent, lives the configured TTL
@@ -43,9 +43,8 @@ func TestSigningCertificate(t *testing.T) {
 	})
 	t.Run("vault", func(t *testing.T) {
 		ctx := context.Background()
-		v, which := vaultTarget(t)
-		t.Logf("key manager vault against %s", which)
-		setup, err := harness.ConfigureVault(ctx, v, stack.SPIRE)
+		bao := sharedVault(t)
+		setup, err := harness.ConfigureVault(ctx, bao, stack.SPIRE, harness.VaultOptions{})
 		require.NoError(t, err)
 		srv := startServer(t, "hallmark-server-vault", harness.ServerOptions{CertificateTTL: certificateTTL, KeyManager: setup.KeyManager})
 		ag := startAgent(t, "hallmark-agent-vault", srv, harness.ServerID)
@@ -370,20 +369,13 @@ func copyFile(t *testing.T, from, to string) {
 	require.NoError(t, out.Close())
 }
 
-// vaultTarget is a real Vault when HALLMARK_TEST_VAULT_ADDR (with
-// HALLMARK_TEST_VAULT_TOKEN and HALLMARK_TEST_VAULT_CACERT) is set, and
-// otherwise test/vaultdev in this process.
-func vaultTarget(t *testing.T) (harness.Vault, string) {
+// sharedVault is the test binary's OpenBao dev server (test/baotest), or
+// the Vault HALLMARK_TEST_VAULT_ADDR names; tests set up mounts of their
+// own on it.
+func sharedVault(t *testing.T) *baotest.Server {
 	t.Helper()
-	if addr := os.Getenv("HALLMARK_TEST_VAULT_ADDR"); addr != "" {
-		return harness.Vault{Addr: addr, RootToken: os.Getenv("HALLMARK_TEST_VAULT_TOKEN"), CACertFile: os.Getenv("HALLMARK_TEST_VAULT_CACERT")},
-			"real Vault at " + addr
-	}
-	dev, err := vaultdev.Start(vaultdev.Options{})
+	bao, err := baotest.Shared(context.Background())
 	require.NoError(t, err)
-	t.Cleanup(func() { dev.Close() })
-	caFile, err := dev.WriteCACert(t.TempDir())
-	require.NoError(t, err)
-	return harness.Vault{Addr: dev.URL(), RootToken: dev.RootToken(), CACertFile: caFile},
-		"test/vaultdev (set HALLMARK_TEST_VAULT_ADDR for a real Vault)"
+	t.Logf("Vault: %s", bao)
+	return bao
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 )
 
@@ -53,7 +54,7 @@ func TestLogSearchCheckpointAndExport(t *testing.T) {
 	var tr trustrootpb.TrustedRoot
 	require.NoError(t, protojson.Unmarshal(rootJSON, &tr))
 	require.Len(t, tr.GetTlogs(), 1)
-	origin, err := verify.CheckpointOrigin(tr.GetTlogs()[0].GetBaseUrl())
+	origin, err := trust.CheckpointOrigin(tr.GetTlogs()[0].GetBaseUrl())
 	require.NoError(t, err)
 	pubAny, err := x509.ParsePKIXPublicKey(tr.GetTlogs()[0].GetPublicKey().GetRawBytes())
 	require.NoError(t, err)

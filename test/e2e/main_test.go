@@ -1,7 +1,8 @@
 // Package e2e runs Hallmark end to end on real parts: the SPIRE server and
 // agent binaries from `make tools`, the hallmark-server and hallmark-agent
-// binaries built from this repository, real sockets, and Vault (a real one
-// given by HALLMARK_TEST_VAULT_ADDR, otherwise test/vaultdev).
+// binaries built from this repository, real sockets, and a real Vault-API
+// server (OpenBao from `make tools`, started once per run by test/baotest;
+// or the one HALLMARK_TEST_VAULT_ADDR names).
 //
 // TestMain starts one shared stack; tests that disturb a server start their
 // own server and agent against the same SPIRE.
@@ -19,6 +20,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/hallmark-dev/hallmark/test/baotest"
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
@@ -63,7 +65,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	fmt.Printf("e2e: stack up in %s (SPIRE %s, state in %s)\n", time.Since(start).Round(time.Millisecond), stack.SPIRE.ServerBin, dir)
-	code := m.Run()
+	code := baotest.Main(m) // runs the tests, then stops the shared Vault
 	if err := stack.Close(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: stopping the stack:", err)
 	}

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
-	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/test/harness"
 	"github.com/hallmark-dev/hallmark/test/pgtest"
 )
@@ -167,7 +167,7 @@ func (r *replicaRun) readTrust(ctx context.Context) {
 	require.NoError(r.t, err)
 	var tr trustrootpb.TrustedRoot
 	require.NoError(r.t, protojson.Unmarshal(rootJSON, &tr))
-	r.origin, err = verify.CheckpointOrigin(tr.GetTlogs()[0].GetBaseUrl())
+	r.origin, err = trust.CheckpointOrigin(tr.GetTlogs()[0].GetBaseUrl())
 	require.NoError(r.t, err)
 	pub, err := x509.ParsePKIXPublicKey(tr.GetTlogs()[0].GetPublicKey().GetRawBytes())
 	require.NoError(r.t, err)

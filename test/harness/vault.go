@@ -8,16 +8,27 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"sort"
 
-	"github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+
+	"github.com/hallmark-dev/hallmark/test/baotest"
 )
 
-// Vault is a Vault server the harness configures for Hallmark: any Vault
-// (a real `vault server -dev-tls`, or test/vaultdev) reachable over TLS.
-type Vault struct {
-	Addr       string
-	CACertFile string
-	RootToken  string
+// VaultOptions configure ConfigureVault.
+type VaultOptions struct {
+	// Auth is how hallmark-server logs in: "cert" (its X509-SVID; the
+	// default) or "jwt" (a JWT-SVID).
+	Auth string
+	// Rotation grants the server the rotation policy, for `hallmark admin
+	// rotate signing`.
+	Rotation bool
+	// Prefix starts the names of the mounts and policy (made unique);
+	// default "hallmark".
+	Prefix string
+	// TokenTTL is the lifetime of the server's Vault token; default 10m.
+	TokenTTL string
 }
 
 // VaultSetup is what ConfigureVault produced.
@@ -26,87 +37,130 @@ type VaultSetup struct {
 	KeyManager string
 	// CA is the PKI mount's issuing root.
 	CA *x509.Certificate
+	// Setup is the setup.sh run, with the names it used.
+	Setup baotest.Setup
+	// Server is the Vault the setup is on.
+	Server *baotest.Server
 }
 
-// ConfigureVault sets Vault up the way docs (plugins/keymanager/vault)
-// describe: a PKI mount "hallmark-pki" with an EC root and the
-// "hallmark-agent" role, and a cert auth mount trusting the SPIRE bundle
-// for the server's SPIFFE ID only.
-func ConfigureVault(ctx context.Context, v Vault, sp *SPIRE) (VaultSetup, error) {
-	cfg := api.DefaultConfig()
-	cfg.Address = v.Addr
-	if err := cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CACertFile}); err != nil {
-		return VaultSetup{}, err
+// ConfigureVault sets up srv for Hallmark by running
+// plugins/keymanager/vault/setup.sh, the setup that plugin's README
+// documents, on mounts of its own: it trusts the SPIRE bundle of the
+// moment (cert auth) or SPIRE's JWT authorities (jwt auth) for ServerID.
+func ConfigureVault(ctx context.Context, srv *baotest.Server, sp *SPIRE, o VaultOptions) (VaultSetup, error) {
+	if o.Auth == "" {
+		o.Auth = "cert"
 	}
-	c, err := api.NewClient(cfg)
+	if o.Prefix == "" {
+		o.Prefix = "hallmark"
+	}
+	st := baotest.NewSetup(o.Prefix, o.Auth)
+	st.TrustDomain, st.ServerID, st.Rotation, st.TokenTTL = TrustDomain, ServerID.String(), o.Rotation, o.TokenTTL
+	dir, err := os.MkdirTemp("", "hallmark-vault-setup-")
 	if err != nil {
 		return VaultSetup{}, err
 	}
-	c.SetToken(v.RootToken)
-	bundle, err := os.ReadFile(sp.BundlePath)
-	if err != nil {
-		return VaultSetup{}, err
-	}
-	steps := []struct {
-		path string
-		data map[string]any
-	}{
-		{"sys/mounts/hallmark-pki", map[string]any{"type": "pki", "config": map[string]any{"max_lease_ttl": "87600h"}}},
-		{"hallmark-pki/root/generate/internal", map[string]any{
-			"common_name": "Hallmark signing CA", "key_type": "ec", "key_bits": 256, "ttl": "8760h", "issuer_name": "root-1",
-		}},
-		{"hallmark-pki/roles/hallmark-agent", map[string]any{
-			"allowed_uri_sans":    "spiffe://" + TrustDomain + "/hallmark/agent/*",
-			"max_ttl":             "1h",
-			"require_cn":          false,
-			"use_csr_sans":        false,
-			"use_csr_common_name": false,
-			"server_flag":         false,
-			"client_flag":         false,
-			"code_signing_flag":   true,
-			"no_store":            true,
-		}},
-		{"sys/auth/hallmark-cert", map[string]any{"type": "cert"}},
-		{"auth/hallmark-cert/certs/hallmark-server", map[string]any{
-			"certificate": string(bundle), "allowed_uri_sans": ServerID.String(), "token_policies": "hallmark-server", "token_ttl": "10m",
-		}},
-	}
-	for _, s := range steps {
-		if _, err := c.Logical().WriteWithContext(ctx, s.path, s.data); err != nil {
-			return VaultSetup{}, fmt.Errorf("vault: write %s: %w", s.path, err)
+	defer os.RemoveAll(dir)
+	switch o.Auth {
+	case "cert":
+		bundle, err := sp.ServerCmd(ctx, "bundle", "show", "-format", "pem")
+		if err != nil {
+			return VaultSetup{}, fmt.Errorf("vault setup: SPIRE bundle: %w", err)
 		}
+		st.SPIREBundle = filepath.Join(dir, "spire-bundle.pem")
+		if err := os.WriteFile(st.SPIREBundle, []byte(bundle), 0o600); err != nil {
+			return VaultSetup{}, err
+		}
+	case "jwt":
+		keys, err := spireJWTKeys(ctx, sp)
+		if err != nil {
+			return VaultSetup{}, err
+		}
+		st.JWTKeys = filepath.Join(dir, "spire-jwt-keys.pem")
+		if err := os.WriteFile(st.JWTKeys, keys, 0o600); err != nil {
+			return VaultSetup{}, err
+		}
+	default:
+		return VaultSetup{}, fmt.Errorf("vault setup: unknown auth %q", o.Auth)
 	}
-	// The server's token may sign with the agent role, nothing else.
-	if err := c.Sys().PutPolicyWithContext(ctx, "hallmark-server", `path "hallmark-pki/sign/hallmark-agent" { capabilities = ["create", "update"] }`); err != nil {
-		return VaultSetup{}, fmt.Errorf("vault: write policy: %w", err)
+	if _, err := srv.Run(ctx, st); err != nil {
+		return VaultSetup{}, err
 	}
-	resp, err := c.Logical().ReadRawWithContext(ctx, "hallmark-pki/issuer/default/pem")
+	ca, err := defaultIssuer(ctx, srv, st.PKIMount)
 	if err != nil {
-		return VaultSetup{}, fmt.Errorf("vault: read issuer: %w", err)
+		return VaultSetup{}, err
+	}
+	auth := fmt.Sprintf("  auth %q {\n    mount = %q\n    role  = %q\n  }\n", o.Auth, st.AuthMount, st.AuthRole)
+	hcl := fmt.Sprintf("key_manager \"vault\" {\n  address      = %q\n  ca_cert_file = %q\n  pki_mount    = %q\n  role         = %q\n%s}\n",
+		srv.Addr, srv.CACertFile, st.PKIMount, st.Role, auth)
+	return VaultSetup{KeyManager: hcl, CA: ca, Setup: st, Server: srv}, nil
+}
+
+// VaultKeyManager is a StackOptions.KeyManager that configures srv (see
+// ConfigureVault) and stores the result in *out.
+func VaultKeyManager(srv *baotest.Server, o VaultOptions, out *VaultSetup) func(ctx context.Context, sp *SPIRE) (string, error) {
+	return func(ctx context.Context, sp *SPIRE) (string, error) {
+		setup, err := ConfigureVault(ctx, srv, sp, o)
+		if err != nil {
+			return "", err
+		}
+		if out != nil {
+			*out = setup
+		}
+		return setup.KeyManager, nil
+	}
+}
+
+// spireJWTKeys is the PEM of the public keys of SPIRE's JWT authorities,
+// from its bundle in SPIFFE format (a JWKS).
+func spireJWTKeys(ctx context.Context, sp *SPIRE) ([]byte, error) {
+	out, err := sp.ServerCmd(ctx, "bundle", "show", "-format", "spiffe")
+	if err != nil {
+		return nil, fmt.Errorf("vault setup: SPIRE bundle: %w", err)
+	}
+	b, err := spiffebundle.Parse(td, []byte(out))
+	if err != nil {
+		return nil, fmt.Errorf("vault setup: SPIRE bundle: %w", err)
+	}
+	auths := b.JWTAuthorities()
+	ids := make([]string, 0, len(auths))
+	for id := range auths {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var keys []byte
+	for _, id := range ids {
+		der, err := x509.MarshalPKIXPublicKey(auths[id])
+		if err != nil {
+			return nil, fmt.Errorf("vault setup: JWT authority %s: %w", id, err)
+		}
+		keys = append(keys, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})...)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("vault setup: SPIRE's bundle has no JWT authority")
+	}
+	return keys, nil
+}
+
+// defaultIssuer reads the mount's default issuer certificate (an
+// unauthenticated endpoint).
+func defaultIssuer(ctx context.Context, srv *baotest.Server, mount string) (*x509.Certificate, error) {
+	c, err := srv.Client()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Logical().ReadRawWithContext(ctx, mount+"/issuer/default/pem")
+	if err != nil {
+		return nil, fmt.Errorf("vault: read issuer: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return VaultSetup{}, err
+		return nil, err
 	}
 	block, _ := pem.Decode(body)
 	if block == nil {
-		return VaultSetup{}, errors.New("vault: issuer/default/pem returned no PEM")
+		return nil, errors.New("vault: issuer/default/pem returned no PEM")
 	}
-	ca, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return VaultSetup{}, err
-	}
-	hcl := fmt.Sprintf(`key_manager "vault" {
-  address      = %q
-  ca_cert_file = %q
-  pki_mount    = "hallmark-pki"
-  role         = "hallmark-agent"
-  auth "cert" {
-    mount = "hallmark-cert"
-    role  = "hallmark-server"
-  }
-}
-`, v.Addr, v.CACertFile)
-	return VaultSetup{KeyManager: hcl, CA: ca}, nil
+	return x509.ParseCertificate(block.Bytes)
 }

@@ -47,7 +47,9 @@ func TestForbiddenImports(t *testing.T) {
 		{pkg: "attest", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 		{pkg: "attest/tlog", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 		{pkg: "attest/tsa", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
+		{pkg: "attest/trust", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 		{pkg: "attest/verify", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
+		{pkg: "attest/verify/pipeline", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "test/", "proto/"}},
 		// The interop check verifies with sigstore-go and nothing of ours.
 		{pkg: "test/interop/sigstorego", forbidden: []string{"agent", "server", "plugins/", "internal/", "cmd/", "proto/", "attest"}},
 	}

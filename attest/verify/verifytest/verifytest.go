@@ -28,10 +28,10 @@ import (
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	trustrootpb "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 )
@@ -171,9 +171,9 @@ type Log struct {
 }
 
 // NewLog returns an empty log with a fresh Ed25519 key, whose checkpoint
-// origin is verify.CheckpointOrigin(baseURL).
+// origin is trust.CheckpointOrigin(baseURL).
 func NewLog(baseURL string) (*Log, error) {
-	origin, err := verify.CheckpointOrigin(baseURL)
+	origin, err := trust.CheckpointOrigin(baseURL)
 	if err != nil {
 		return nil, err
 	}
@@ -187,9 +187,13 @@ func NewLog(baseURL string) (*Log, error) {
 // PublicKey is the log's checkpoint key.
 func (l *Log) PublicKey() ed25519.PublicKey { return l.Key.Public().(ed25519.PublicKey) }
 
-// ID is the log's ID (tlog.LogID of its key).
-func (l *Log) ID() []byte {
-	id, err := tlog.LogID(l.PublicKey())
+// ID is the log's ID (tlog.KeyID of its origin and key).
+func (l *Log) ID() []byte { return tlog.KeyID(l.Origin, l.PublicKey()) }
+
+// LegacyID is the log's ID as bundles written before hashedrekord name
+// it (tlog.LegacyLogID).
+func (l *Log) LegacyID() []byte {
+	id, err := tlog.LegacyLogID(l.PublicKey())
 	if err != nil {
 		panic(err) // an Ed25519 key always marshals
 	}
@@ -233,8 +237,13 @@ func (l *Log) Entry(index, size uint64) (*rekorpb.TransparencyLogEntry, error) {
 		return nil, fmt.Errorf("verifytest: no entry %d in a tree of size %d (log size %d)", index, size, len(l.bodies))
 	}
 	body := l.bodies[index]
-	if _, err := tlog.ParseBody(body); err != nil {
+	parsed, err := tlog.ParseBody(body)
+	if err != nil {
 		return nil, err
+	}
+	id := l.ID()
+	if parsed.Legacy() {
+		id = l.LegacyID() // as such bundles were written
 	}
 	root := l.hash(0, size)
 	signed, err := tlog.SignCheckpoint(tlog.Checkpoint{Origin: l.Origin, Size: size, Root: root}, l.Key)
@@ -243,8 +252,8 @@ func (l *Log) Entry(index, size uint64) (*rekorpb.TransparencyLogEntry, error) {
 	}
 	return &rekorpb.TransparencyLogEntry{
 		LogIndex:    int64(index),
-		LogId:       &protocommon.LogId{KeyId: l.ID()},
-		KindVersion: &rekorpb.KindVersion{Kind: tlog.EntryKind, Version: tlog.EntryVersion},
+		LogId:       &protocommon.LogId{KeyId: id},
+		KindVersion: &rekorpb.KindVersion{Kind: parsed.Kind, Version: parsed.APIVersion},
 		InclusionProof: &rekorpb.InclusionProof{
 			LogIndex:   int64(index),
 			RootHash:   root,
@@ -317,6 +326,9 @@ type Hallmark struct {
 	CAs []*CA
 	Log *Log
 	TSA *TSA
+	// Legacy makes Attest log legacy dsse entries named by the legacy
+	// log ID, as Hallmark logs did before hashedrekord.
+	Legacy bool
 }
 
 // New returns a deployment with one root CA trusted from a day before now
@@ -338,45 +350,25 @@ func New(now time.Time) (*Hallmark, error) {
 	return &Hallmark{CAs: []*CA{ca}, Log: log, TSA: ts}, nil
 }
 
-// TrustedRoot is the deployment's trusted root, as the server exports it.
-func (h *Hallmark) TrustedRoot() (*trustrootpb.TrustedRoot, error) {
-	tr := &trustrootpb.TrustedRoot{MediaType: "application/vnd.dev.sigstore.trustedroot+json;version=0.1"}
+// State is the deployment's trust state.
+func (h *Hallmark) State() trust.State {
+	var st trust.State
 	for _, ca := range h.CAs {
-		chain := &protocommon.X509CertificateChain{}
-		for _, c := range ca.Chain {
-			chain.Certificates = append(chain.Certificates, &protocommon.X509Certificate{RawBytes: c.Raw})
-		}
-		tr.CertificateAuthorities = append(tr.CertificateAuthorities, &trustrootpb.CertificateAuthority{
-			Subject:   &protocommon.DistinguishedName{CommonName: ca.Cert.Subject.CommonName},
-			CertChain: chain,
-			ValidFor:  timeRange(ca.ValidFrom, ca.ValidUntil),
-		})
+		st.CAs = append(st.CAs, trust.CA{Chain: ca.Chain, ValidFor: trust.Range{Start: ca.ValidFrom, End: ca.ValidUntil}})
 	}
-	der, err := x509.MarshalPKIXPublicKey(h.Log.PublicKey())
-	if err != nil {
-		return nil, err
-	}
-	pk := &protocommon.PublicKey{RawBytes: der, KeyDetails: protocommon.PublicKeyDetails_PKIX_ED25519}
-	if !h.Log.ValidFrom.IsZero() {
-		pk.ValidFor = timeRange(h.Log.ValidFrom, time.Time{})
-	}
-	tr.Tlogs = append(tr.Tlogs, &trustrootpb.TransparencyLogInstance{
-		BaseUrl:       h.Log.BaseURL,
-		HashAlgorithm: protocommon.HashAlgorithm_SHA2_256,
-		PublicKey:     pk,
-		LogId:         &protocommon.LogId{KeyId: h.Log.ID()},
-	})
+	st.Logs = []trust.Log{{Origin: h.Log.Origin, Key: h.Log.PublicKey(), ValidFor: trust.Range{Start: h.Log.ValidFrom}}}
 	if h.TSA != nil {
-		chain := &protocommon.X509CertificateChain{}
-		for _, c := range h.TSA.Signer.Chain() {
-			chain.Certificates = append(chain.Certificates, &protocommon.X509Certificate{RawBytes: c.Raw})
-		}
-		tr.TimestampAuthorities = append(tr.TimestampAuthorities, &trustrootpb.CertificateAuthority{
-			Subject:   &protocommon.DistinguishedName{CommonName: h.TSA.Signer.Chain()[0].Subject.CommonName},
-			Uri:       h.Log.BaseURL,
-			CertChain: chain,
-			ValidFor:  timeRange(h.TSA.ValidFrom, h.TSA.ValidUntil),
-		})
+		st.TSAs = []trust.TSA{{Chain: h.TSA.Signer.Chain(), URI: h.Log.BaseURL, ValidFor: trust.Range{Start: h.TSA.ValidFrom, End: h.TSA.ValidUntil}}}
+	}
+	return st
+}
+
+// TrustedRoot is the deployment's trusted root, as the server exports it
+// (a log key without ValidFrom has no validFor).
+func (h *Hallmark) TrustedRoot() (*trustrootpb.TrustedRoot, error) {
+	tr := h.State().TrustedRoot()
+	if h.Log.ValidFrom.IsZero() {
+		tr.Tlogs[0].PublicKey.ValidFor = nil
 	}
 	return tr, nil
 }
@@ -388,14 +380,6 @@ func (h *Hallmark) TrustedRootJSON() ([]byte, error) {
 		return nil, err
 	}
 	return protojson.Marshal(tr)
-}
-
-func timeRange(start, end time.Time) *protocommon.TimeRange {
-	r := &protocommon.TimeRange{Start: timestamppb.New(start)}
-	if !end.IsZero() {
-		r.End = timestamppb.New(end)
-	}
-	return r
 }
 
 // Attest does what the agent and server do for one step: sign it with
@@ -434,7 +418,11 @@ func (h *Hallmark) logBundle(b *bundlepb.Bundle, t time.Time) (*bundlepb.Bundle,
 	if cert == nil {
 		return nil, errors.New("verifytest: bundle has no certificate")
 	}
-	body, err := tlog.NewBody(b.GetDsseEnvelope(), cert)
+	newBody := tlog.NewBody
+	if h.Legacy {
+		newBody = tlog.NewLegacyBody
+	}
+	body, err := newBody(b.GetDsseEnvelope(), cert)
 	if err != nil {
 		return nil, err
 	}

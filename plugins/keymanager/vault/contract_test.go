@@ -1,12 +1,13 @@
 package vault_test
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -14,10 +15,9 @@ import (
 	"io"
 	"math/big"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"strings"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -34,152 +34,174 @@ import (
 
 	"github.com/hallmark-dev/hallmark/plugins/keymanager"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager/vault"
-	"github.com/hallmark-dev/hallmark/test/vaultdev"
+	"github.com/hallmark-dev/hallmark/test/baotest"
 )
 
-// The contract suite runs against a real Vault when HALLMARK_TEST_VAULT_ADDR
-// (with HALLMARK_TEST_VAULT_TOKEN, a root-capable token, and for https
-// HALLMARK_TEST_VAULT_CACERT) is set, for example a `vault server -dev
-// -dev-tls` or `bao server -dev -dev-tls`; otherwise against test/vaultdev.
-// It configures its own PKI mount, role and auth mounts through the API, the
-// same way for both.
+// The contract suite runs against a real Vault-API server: the test
+// binary's OpenBao dev server (test/baotest), or the server
+// HALLMARK_TEST_VAULT_ADDR names (with HALLMARK_TEST_VAULT_TOKEN and
+// HALLMARK_TEST_VAULT_CACERT), so that it can be rerun against one server.
+// Each test sets Vault up by running setup.sh, the setup the README
+// documents, on mounts of its own; the key manager then logs in as
+// hallmark-server would (cert auth with an X509-SVID, or jwt auth), so
+// every request is checked by the policies setup.sh writes.
+
+func TestMain(m *testing.M) { os.Exit(baotest.Main(m)) }
 
 var (
 	agentID  = spiffeid.RequireFromString("spiffe://example.org/hallmark/agent/node-1")
 	serverID = spiffeid.RequireFromString("spiffe://example.org/hallmark/server")
 )
 
-type target struct {
-	name      string
-	addr      string
-	caFile    string
-	rootToken string
-	dev       *vaultdev.Server // nil against a real Vault
-	admin     *api.Client
+// fixture is one run of setup.sh on a server, with the stand-in for SPIRE
+// whose bundle (cert) or JWT key (jwt) it trusts.
+type fixture struct {
+	srv    *baotest.Server
+	admin  *api.Client // root
+	setup  baotest.Setup
+	spire  *testCA           // issues the server's X509-SVIDs
+	jwtKey *ecdsa.PrivateKey // signs the server's JWT-SVIDs
+	root   *x509.Certificate // the PKI mount's root
 }
 
-func newTarget(t *testing.T) *target {
+func sharedServer(t *testing.T) *baotest.Server {
 	t.Helper()
-	tg := &target{}
-	if addr := os.Getenv("HALLMARK_TEST_VAULT_ADDR"); addr != "" {
-		tg.name = "real Vault at " + addr
-		tg.addr, tg.caFile, tg.rootToken = addr, os.Getenv("HALLMARK_TEST_VAULT_CACERT"), os.Getenv("HALLMARK_TEST_VAULT_TOKEN")
-		require.NotEmpty(t, tg.rootToken, "HALLMARK_TEST_VAULT_TOKEN is required with HALLMARK_TEST_VAULT_ADDR")
-	} else {
-		dev, err := vaultdev.Start(vaultdev.Options{})
-		require.NoError(t, err)
-		t.Cleanup(func() { dev.Close() })
-		tg.name = "test/vaultdev (Vault-API-faithful dev server; set HALLMARK_TEST_VAULT_ADDR for a real Vault)"
-		tg.dev, tg.addr, tg.rootToken = dev, dev.URL(), dev.RootToken()
-		tg.caFile, err = dev.WriteCACert(t.TempDir())
-		require.NoError(t, err)
-	}
-	cfg := api.DefaultConfig()
-	cfg.Address = tg.addr
-	if tg.caFile != "" {
-		require.NoError(t, cfg.ConfigureTLS(&api.TLSConfig{CACert: tg.caFile}))
-	}
-	admin, err := api.NewClient(cfg)
+	srv, err := baotest.Shared(context.Background())
 	require.NoError(t, err)
-	admin.SetToken(tg.rootToken)
-	tg.admin = admin
-	return tg
+	t.Logf("against %s", srv)
+	return srv
 }
 
-// pki mounts a PKI engine with an EC root and the agent role Hallmark
-// documents, and returns the mount path and the root certificate.
-func (tg *target) pki(t *testing.T) (string, *x509.Certificate) {
+// newFixture runs setup.sh on srv with mounts of its own; edit may change
+// the settings first.
+func newFixture(t *testing.T, srv *baotest.Server, auth string, edit func(*baotest.Setup)) *fixture {
 	t.Helper()
-	mount := fmt.Sprintf("pki-%d", time.Now().UnixNano())
-	tg.write(t, "sys/mounts/"+mount, map[string]any{"type": "pki", "config": map[string]any{"max_lease_ttl": "87600h"}})
-	tg.write(t, mount+"/root/generate/internal", map[string]any{"common_name": "Hallmark test signing CA", "key_type": "ec", "key_bits": 256, "ttl": "8760h", "issuer_name": "root-1"})
-	tg.write(t, mount+"/roles/hallmark-agent", map[string]any{
-		"allowed_uri_sans":    "spiffe://example.org/hallmark/agent/*",
-		"max_ttl":             "10m",
-		"ttl":                 "5m",
-		"require_cn":          false,
-		"use_csr_sans":        false,
-		"use_csr_common_name": false,
-		"server_flag":         false,
-		"client_flag":         false,
-		"code_signing_flag":   true,
-		"no_store":            true,
-	})
-	client := http.DefaultClient
-	if tg.caFile != "" {
-		client = tg.httpClient(t)
+	f := &fixture{srv: srv, spire: newTestCA(t), jwtKey: must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))}
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "spire-bundle.pem")
+	require.NoError(t, os.WriteFile(bundle, []byte(f.spire.pem), 0o600))
+	keys := filepath.Join(dir, "jwt-keys.pem")
+	pub := must(x509.MarshalPKIXPublicKey(f.jwtKey.Public()))
+	require.NoError(t, os.WriteFile(keys, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o600))
+	f.setup = baotest.NewSetup("contract", auth)
+	f.setup.MaxTTL = "10m"
+	f.setup.SPIREBundle, f.setup.JWTKeys = bundle, keys
+	if edit != nil {
+		edit(&f.setup)
 	}
-	resp, err := client.Get(tg.addr + "/v1/" + mount + "/issuer/default/pem") //nolint:noctx
+	_, err := srv.Run(context.Background(), f.setup)
+	require.NoError(t, err)
+	f.admin = must(srv.Client())
+	f.root = f.defaultIssuerCert(t)
+	return f
+}
+
+func (f *fixture) defaultIssuerCert(t *testing.T) *x509.Certificate {
+	t.Helper()
+	hc := must(f.srv.HTTPClient())
+	resp, err := hc.Get(f.srv.Addr + "/v1/" + f.setup.PKIMount + "/issuer/default/pem") //nolint:noctx
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
+	body := must(io.ReadAll(resp.Body))
 	block, _ := pem.Decode(body)
-	require.NotNil(t, block, "issuer/default/pem returned no PEM")
-	root, err := x509.ParseCertificate(block.Bytes)
-	require.NoError(t, err)
-	return mount, root
+	require.NotNil(t, block, "issuer/default/pem returned no PEM: %s", body)
+	return must(x509.ParseCertificate(block.Bytes))
 }
 
-func (tg *target) write(t *testing.T, path string, data map[string]any) *api.Secret {
+func (f *fixture) config(auth vault.AuthConfig) vault.Config {
+	return vault.Config{Address: f.srv.Addr, CACertFile: f.srv.CACertFile, PKIMount: f.setup.PKIMount, Role: f.setup.Role, Auth: auth}
+}
+
+func (f *fixture) certAuth() vault.AuthConfig {
+	return vault.AuthConfig{Method: vault.AuthCert, Mount: f.setup.AuthMount, Role: f.setup.AuthRole}
+}
+
+// serverKM is the key manager as hallmark-server runs it: logging in by
+// cert auth with an X509-SVID for the server's SPIFFE ID, CN
+// hallmark-server (SPIRE sets it from the entry's first DNS name).
+func (f *fixture) serverKM(t *testing.T, log *zap.Logger) *vault.KeyManager {
 	t.Helper()
-	s, err := tg.admin.Logical().Write(path, data)
+	km, err := vault.New(f.config(f.certAuth()), vault.Deps{Log: log, SVIDs: &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}})
+	require.NoError(t, err)
+	return km
+}
+
+// tokenKM logs in with a static token (dev_token).
+func (f *fixture) tokenKM(t *testing.T, token string, log *zap.Logger) *vault.KeyManager {
+	t.Helper()
+	c := f.config(vault.AuthConfig{Method: vault.AuthDevToken})
+	c.Token = token
+	km, err := vault.New(c, vault.Deps{Log: log})
+	require.NoError(t, err)
+	return km
+}
+
+func (f *fixture) write(t *testing.T, path string, data map[string]any) *api.Secret {
+	t.Helper()
+	s, err := f.admin.Logical().Write(path, data)
 	require.NoError(t, err, "setup: write %s", path)
 	return s
 }
 
-func (tg *target) httpClient(t *testing.T) *http.Client {
-	pemBytes, err := os.ReadFile(tg.caFile)
-	require.NoError(t, err)
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pemBytes)
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-}
-
-func (tg *target) config(mount string, auth vault.AuthConfig, token string) vault.Config {
-	return vault.Config{Address: tg.addr, CACertFile: tg.caFile, PKIMount: mount, Role: "hallmark-agent", Auth: auth, Token: token}
-}
-
 func newCSR(t *testing.T, uris ...*url.URL) (*x509.CertificateRequest, crypto.Signer) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: uris}, key)
-	require.NoError(t, err)
-	csr, err := x509.ParseCertificateRequest(der)
-	require.NoError(t, err)
-	return csr, key
+	key := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
+	return csrFor(t, key, uris...), key
+}
+
+func csrFor(t *testing.T, key crypto.Signer, uris ...*url.URL) *x509.CertificateRequest {
+	t.Helper()
+	der := must(x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: uris}, key))
+	return must(x509.ParseCertificateRequest(der))
+}
+
+// requireFault checks err is the *vault.Error for fault, carrying Vault's
+// message (msg) and a fix.
+func requireFault(t *testing.T, err error, fault error, msg string) *vault.Error {
+	t.Helper()
+	require.ErrorIs(t, err, fault)
+	require.ErrorContains(t, err, msg)
+	var ve *vault.Error
+	require.ErrorAs(t, err, &ve)
+	require.NotEmpty(t, ve.Fix())
+	t.Logf("%v\n    fix: %s", err, ve.Fix())
+	for _, other := range []error{vault.ErrSealed, vault.ErrUnreachable, vault.ErrRefusedByPolicy, vault.ErrMisconfigured} {
+		if other != fault {
+			require.NotErrorIs(t, err, other, "one fault only")
+		}
+	}
+	return ve
 }
 
 func TestContract(t *testing.T) {
-	tg := newTarget(t)
-	t.Logf("vault contract suite runs against: %s", tg.name)
-	mount, root := tg.pki(t)
-	dev := vault.AuthConfig{Method: vault.AuthDevToken}
+	t.Parallel()
+	srv := sharedServer(t)
+	f := newFixture(t, srv, "cert", nil)
+	ctx := context.Background()
 
 	t.Run("sign issues the requested identity and ttl, chained to the PKI root", func(t *testing.T) {
-		km, err := vault.New(tg.config(mount, dev, tg.rootToken), vault.Deps{})
-		require.NoError(t, err)
+		km := f.serverKM(t, nil)
 		csr, key := newCSR(t)
 		start := time.Now()
-		chain, err := km.SignCSR(context.Background(), csr, agentID, 5*time.Minute)
+		chain, err := km.SignCSR(ctx, csr, agentID, 5*time.Minute)
 		require.NoError(t, err)
 		leaf := chain[0]
 		require.Len(t, leaf.URIs, 1)
 		require.Equal(t, agentID.String(), leaf.URIs[0].String())
 		require.Empty(t, leaf.DNSNames)
+		require.Empty(t, leaf.IPAddresses)
+		require.Empty(t, leaf.Subject.CommonName)
 		require.WithinDuration(t, start.Add(5*time.Minute), leaf.NotAfter, 5*time.Second)
 		require.True(t, leaf.PublicKey.(*ecdsa.PublicKey).Equal(key.Public()))
-		require.Contains(t, leaf.ExtKeyUsage, x509.ExtKeyUsageCodeSigning)
-		requireChainsTo(t, chain, root)
+		require.Equal(t, x509.KeyUsageDigitalSignature, leaf.KeyUsage, "the role's key_usage: DigitalSignature only")
+		require.Equal(t, []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, leaf.ExtKeyUsage)
+		requireChainsTo(t, chain, f.root)
 	})
 
 	t.Run("a CSR naming another SPIFFE ID yields a certificate for the caller only", func(t *testing.T) {
-		km, err := vault.New(tg.config(mount, dev, tg.rootToken), vault.Deps{})
-		require.NoError(t, err)
 		other := spiffeid.RequireFromString("spiffe://example.org/hallmark/agent/victim")
 		csr, _ := newCSR(t, other.URL())
-		chain, err := km.SignCSR(context.Background(), csr, agentID, time.Minute)
+		chain, err := f.serverKM(t, nil).SignCSR(ctx, csr, agentID, time.Minute)
 		require.NoError(t, err)
 		require.Len(t, chain[0].URIs, 1)
 		require.Equal(t, agentID.String(), chain[0].URIs[0].String())
@@ -187,11 +209,9 @@ func TestContract(t *testing.T) {
 
 	t.Run("a ttl above the role's max_ttl is clamped and the warning logged", func(t *testing.T) {
 		core, logs := observer.New(zap.WarnLevel)
-		km, err := vault.New(tg.config(mount, dev, tg.rootToken), vault.Deps{Log: zap.New(core)})
-		require.NoError(t, err)
 		csr, _ := newCSR(t)
 		start := time.Now()
-		chain, err := km.SignCSR(context.Background(), csr, agentID, time.Hour)
+		chain, err := f.serverKM(t, zap.New(core)).SignCSR(ctx, csr, agentID, time.Hour)
 		require.NoError(t, err)
 		require.WithinDuration(t, start.Add(10*time.Minute), chain[0].NotAfter, 5*time.Second)
 		warned := logs.FilterMessage("Vault answered with warnings").All()
@@ -199,170 +219,326 @@ func TestContract(t *testing.T) {
 		require.Contains(t, fmt.Sprint(warned[0].ContextMap()["warnings"]), "maxTTL")
 	})
 
+	t.Run("the server's token reads the issuers it needs at start", func(t *testing.T) {
+		issuers, err := f.serverKM(t, nil).Issuers(ctx)
+		require.NoError(t, err)
+		require.Len(t, issuers, 1)
+		require.True(t, issuers[0].Active)
+		require.Equal(t, f.root.Raw, issuers[0].Chain[0].Raw)
+	})
+
 	refusals := []struct {
-		name    string
-		cfg     vault.Config
-		id      spiffeid.ID
-		wantErr error
-		wantMsg string
+		name  string
+		km    func(t *testing.T) *vault.KeyManager
+		csr   func(t *testing.T) *x509.CertificateRequest
+		id    spiffeid.ID
+		fault error
+		msg   string
 	}{
-		{"an identity outside the role's allowed_uri_sans", tg.config(mount, dev, tg.rootToken), spiffeid.RequireFromString("spiffe://example.org/not-an-agent"), vault.ErrRefused, "not allowed by this role"},
-		{"an unknown role", func() vault.Config { c := tg.config(mount, dev, tg.rootToken); c.Role = "nope"; return c }(), agentID, vault.ErrRefused, "unknown role"},
-		{"a bad token", tg.config(mount, dev, "hvs.not-a-token"), agentID, vault.ErrRefused, "permission denied"},
-		{"an unreachable Vault", func() vault.Config {
-			c := tg.config(mount, dev, tg.rootToken)
-			c.Address = "https://" + closedPort(t)
-			return c
-		}(), agentID, vault.ErrUnreachable, "unreachable"},
+		{
+			name: "an identity outside the role's allowed_uri_sans (misconfigured)",
+			km:   func(t *testing.T) *vault.KeyManager { return f.serverKM(t, nil) },
+			id:   spiffeid.RequireFromString("spiffe://example.org/not-an-agent"), fault: vault.ErrMisconfigured,
+			msg: "HTTP 400: URI Subject Alternative Names were provided via the API which are not valid for this role",
+		},
+		{
+			name: "an RSA key: the role takes EC keys only (misconfigured)",
+			km:   func(t *testing.T) *vault.KeyManager { return f.serverKM(t, nil) },
+			csr: func(t *testing.T) *x509.CertificateRequest {
+				return csrFor(t, must(rsa.GenerateKey(rand.Reader, 2048)))
+			},
+			id: agentID, fault: vault.ErrMisconfigured, msg: "role requires keys of type ec",
+		},
+		{
+			name: "an unknown role, as root (misconfigured)",
+			km: func(t *testing.T) *vault.KeyManager {
+				c := f.config(vault.AuthConfig{Method: vault.AuthDevToken})
+				c.Token, c.Role = f.srv.RootToken, "nope"
+				return must(vault.New(c, vault.Deps{}))
+			},
+			id: agentID, fault: vault.ErrMisconfigured, msg: "unknown role: nope",
+		},
+		{
+			name: "a role the server's policy does not grant (refused by policy)",
+			km: func(t *testing.T) *vault.KeyManager {
+				c := f.config(f.certAuth())
+				c.Role = "nope"
+				return must(vault.New(c, vault.Deps{SVIDs: &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}}))
+			},
+			id: agentID, fault: vault.ErrRefusedByPolicy, msg: "HTTP 403: permission denied",
+		},
+		{
+			name: "a bad static token (refused by policy)",
+			km:   func(t *testing.T) *vault.KeyManager { return f.tokenKM(t, "s.not-a-token", nil) },
+			id:   agentID, fault: vault.ErrRefusedByPolicy, msg: "permission denied",
+		},
+		{
+			name: "an unreachable Vault",
+			km: func(t *testing.T) *vault.KeyManager {
+				c := f.config(f.certAuth())
+				c.Address = "https://" + closedPort(t)
+				return must(vault.New(c, vault.Deps{SVIDs: &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}}))
+			},
+			id: agentID, fault: vault.ErrUnreachable, msg: "connection refused",
+		},
 	}
 	for _, tc := range refusals {
 		t.Run("refuses "+tc.name, func(t *testing.T) {
-			km, err := vault.New(tc.cfg, vault.Deps{})
-			require.NoError(t, err)
 			csr, _ := newCSR(t)
-			chain, err := km.SignCSR(context.Background(), csr, tc.id, time.Minute)
-			require.ErrorIs(t, err, tc.wantErr)
-			require.ErrorContains(t, err, tc.wantMsg)
+			if tc.csr != nil {
+				csr = tc.csr(t)
+			}
+			chain, err := tc.km(t).SignCSR(ctx, csr, tc.id, time.Minute)
+			requireFault(t, err, tc.fault, tc.msg)
 			require.Nil(t, chain)
 		})
 	}
 
-	t.Run("a sealed Vault is named as such, and signing resumes when unsealed", func(t *testing.T) {
-		if tg.dev == nil {
-			t.Skip("sealing needs unseal keys: runs against test/vaultdev only")
-		}
-		km, err := vault.New(tg.config(mount, dev, tg.rootToken), vault.Deps{})
-		require.NoError(t, err)
+	t.Run("the server's token may not rotate the signing CA unless setup granted it", func(t *testing.T) {
+		core, logs := observer.New(zap.InfoLevel)
+		km := f.serverKM(t, zap.New(core))
+		_, err := km.PrepareIssuer(ctx)
+		ve := requireFault(t, err, vault.ErrRefusedByPolicy, "write "+f.setup.PKIMount+"/root/rotate/internal: HTTP 403: permission denied")
+		require.Contains(t, ve.Fix(), f.setup.PKIMount+"/root/rotate/internal")
+		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len(), "one fresh login after the 403, not more")
+		_, err = km.PrepareIssuer(ctx)
+		requireFault(t, err, vault.ErrRefusedByPolicy, "permission denied")
+		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len(), "the refused token's policy is known: no login loop")
+		require.Len(t, logs.FilterMessage("Vault fault: refused by policy").All(), 1, "the fault is logged once")
 		csr, _ := newCSR(t)
-		tg.dev.Seal()
-		_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
-		require.ErrorIs(t, err, vault.ErrSealed)
-		tg.dev.Unseal()
-		_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err, "signing is granted")
+		issuers, err := km.Issuers(ctx)
 		require.NoError(t, err)
+		require.Len(t, issuers, 1, "nothing was prepared")
 	})
 
-	t.Run("a renewable dev token is renewed before it expires", func(t *testing.T) {
-		secret := tg.write(t, "auth/token/create", map[string]any{"ttl": "3s", "policies": []string{"default"}})
+	t.Run("a renewable static token is renewed before it expires", func(t *testing.T) {
+		secret := f.write(t, "auth/token/create", map[string]any{"ttl": "3s", "policies": []string{f.setup.Policy}, "no_default_policy": false})
 		core, logs := observer.New(zap.InfoLevel)
-		km, err := vault.New(tg.config(mount, dev, secret.Auth.ClientToken), vault.Deps{Log: zap.New(core)})
-		require.NoError(t, err)
+		km := f.tokenKM(t, secret.Auth.ClientToken, zap.New(core))
 		csr, _ := newCSR(t)
 		for range 4 { // 4 x 1.2s outlives the 3s token unless it is renewed
-			_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
+			_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
 			require.NoError(t, err)
 			time.Sleep(1200 * time.Millisecond)
 		}
 		require.GreaterOrEqual(t, logs.FilterMessage("Vault token ready").Len(), 2)
 	})
+}
 
-	t.Run("cert auth", func(t *testing.T) {
-		if !strings.HasPrefix(tg.addr, "https://") {
-			t.Skip("cert auth needs Vault on TLS (set HALLMARK_TEST_VAULT_CACERT for a -dev-tls Vault)")
-		}
-		ca := newTestCA(t)
-		certMount := fmt.Sprintf("cert-%d", time.Now().UnixNano())
-		tg.write(t, "sys/auth/"+certMount, map[string]any{"type": "cert"})
-		tg.write(t, "auth/"+certMount+"/certs/hallmark-server", map[string]any{
-			"certificate": ca.pem, "allowed_uri_sans": serverID.String(), "token_policies": "default", "token_ttl": "2s",
-		})
-		auth := vault.AuthConfig{Method: vault.AuthCert, Mount: certMount, Role: "hallmark-server"}
-		cases := []struct {
-			name    string
-			svid    *x509svid.SVID
-			wantMsg string // empty: success
-		}{
-			{"logs in with the server's X509-SVID", ca.svid(t, serverID, "hallmark-server"), ""},
-			{"refuses an SVID with another SPIFFE ID", ca.svid(t, agentID, "hallmark-agent"), "no chain matching all constraints"},
-			{"refuses an SVID from another CA", newTestCA(t).svid(t, serverID, "hallmark-server"), "no chain matching all constraints"},
-			{"refuses an SVID without a CN (Vault's alias needs one)", ca.svid(t, serverID, ""), "missing name in alias"},
-		}
-		for _, tc := range cases {
-			t.Run(tc.name, func(t *testing.T) {
-				src := &svidSource{svid: tc.svid}
-				km, err := vault.New(tg.config(mount, auth, ""), vault.Deps{SVIDs: src})
-				require.NoError(t, err)
-				csr, _ := newCSR(t)
-				_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
-				if tc.wantMsg != "" {
-					require.ErrorIs(t, err, vault.ErrRefused)
-					require.ErrorContains(t, err, tc.wantMsg)
-					return
-				}
-				require.NoError(t, err)
-			})
-		}
-		t.Run("logs in again with the rotated SVID when the token ages", func(t *testing.T) {
-			src := &svidSource{svid: ca.svid(t, serverID, "hallmark-server")}
-			core, logs := observer.New(zap.InfoLevel)
-			km, err := vault.New(tg.config(mount, auth, ""), vault.Deps{SVIDs: src, Log: zap.New(core)})
+// Must show: cert auth with X509-SVIDs, as setup.sh configures it.
+func TestContractCertAuth(t *testing.T) {
+	t.Parallel()
+	srv := sharedServer(t)
+	f := newFixture(t, srv, "cert", func(s *baotest.Setup) { s.TokenTTL = "2s" })
+	ctx := context.Background()
+	cases := []struct {
+		name  string
+		svid  func(t *testing.T) *x509svid.SVID
+		fault error  // nil: logs in
+		msg   string // Vault's message
+	}{
+		{"logs in with the server's X509-SVID", func(t *testing.T) *x509svid.SVID { return f.spire.svid(t, serverID, "hallmark-server") }, nil, ""},
+		{"refuses an SVID with another SPIFFE ID", func(t *testing.T) *x509svid.SVID { return f.spire.svid(t, agentID, "hallmark-agent") }, vault.ErrMisconfigured, "no chain matching all constraints could be found for this login certificate"},
+		{"refuses an SVID from another CA", func(t *testing.T) *x509svid.SVID { return newTestCA(t).svid(t, serverID, "hallmark-server") }, vault.ErrMisconfigured, "invalid certificate or no client certificate supplied"},
+		{"refuses an SVID without a CN (Vault's alias needs one): misconfigured, not unreachable", func(t *testing.T) *x509svid.SVID { return f.spire.svid(t, serverID, "") }, vault.ErrMisconfigured, "HTTP 500: missing name in alias"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			km, err := vault.New(f.config(f.certAuth()), vault.Deps{SVIDs: &svidSource{svid: tc.svid(t)}})
 			require.NoError(t, err)
 			csr, _ := newCSR(t)
-			_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
-			require.NoError(t, err)
-			src.set(ca.svid(t, serverID, "hallmark-server")) // SPIRE rotated it
-			time.Sleep(1100 * time.Millisecond)              // past half the 2s token TTL
-			_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
-			require.NoError(t, err)
-			require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len())
-		})
-	})
-
-	t.Run("jwt auth", func(t *testing.T) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		require.NoError(t, err)
-		pub, err := x509.MarshalPKIXPublicKey(key.Public())
-		require.NoError(t, err)
-		jwtMount := fmt.Sprintf("jwt-%d", time.Now().UnixNano())
-		tg.write(t, "sys/auth/"+jwtMount, map[string]any{"type": "jwt"})
-		tg.write(t, "auth/"+jwtMount+"/config", map[string]any{
-			"jwt_validation_pubkeys": []string{string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}))},
-		})
-		tg.write(t, "auth/"+jwtMount+"/role/hallmark-server", map[string]any{
-			"role_type": "jwt", "bound_audiences": "vault", "bound_subject": serverID.String(),
-			"user_claim": "sub", "token_policies": "default", "token_ttl": "1m",
-		})
-		cases := []struct {
-			name    string
-			src     *jwtSource
-			wantMsg string
-		}{
-			{"logs in with the server's JWT-SVID", &jwtSource{key: key, sub: serverID}, ""},
-			{"refuses a JWT-SVID for another subject", &jwtSource{key: key, sub: agentID}, "sub claim does not match"},
-			{"refuses a JWT-SVID signed by an unknown key", &jwtSource{key: must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader)), sub: serverID}, "validat"},
-		}
-		for _, tc := range cases {
-			t.Run(tc.name, func(t *testing.T) {
-				auth := vault.AuthConfig{Method: vault.AuthJWT, Mount: jwtMount, Role: "hallmark-server"}
-				km, err := vault.New(tg.config(mount, auth, ""), vault.Deps{JWTs: tc.src})
+			_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+			if tc.fault == nil {
 				require.NoError(t, err)
-				csr, _ := newCSR(t)
-				_, err = km.SignCSR(context.Background(), csr, agentID, time.Minute)
-				if tc.wantMsg != "" {
-					require.ErrorIs(t, err, vault.ErrRefused)
-					require.ErrorContains(t, err, tc.wantMsg)
-					return
-				}
-				require.NoError(t, err)
-			})
-		}
+				return
+			}
+			ve := requireFault(t, err, tc.fault, tc.msg)
+			if tc.name == cases[3].name {
+				require.Contains(t, ve.Fix(), "-dns", "the fix names the registration's DNS name")
+			}
+		})
+	}
+	t.Run("logs in again with the rotated SVID when the token ages", func(t *testing.T) {
+		src := &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}
+		core, logs := observer.New(zap.InfoLevel)
+		km, err := vault.New(f.config(f.certAuth()), vault.Deps{SVIDs: src, Log: zap.New(core)})
+		require.NoError(t, err)
+		csr, _ := newCSR(t)
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		src.set(f.spire.svid(t, serverID, "hallmark-server")) // SPIRE rotated it
+		time.Sleep(1100 * time.Millisecond)                   // past half the 2s token TTL
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len())
+		require.Equal(t, 2, src.fetches(), "each login showed the SVID current then")
 	})
 }
 
-// TestContractRotation drives one PKI mount through the rotation steps the
-// server uses (prepare, activate, revoke), against the same target as
-// TestContract.
-func TestContractRotation(t *testing.T) {
-	tg := newTarget(t)
-	t.Logf("vault rotation contract runs against: %s", tg.name)
-	mount, oldRoot := tg.pki(t)
+// Must show: jwt auth with JWT-SVIDs, as setup.sh configures it.
+func TestContractJWTAuth(t *testing.T) {
+	t.Parallel()
+	srv := sharedServer(t)
+	f := newFixture(t, srv, "jwt", nil)
 	ctx := context.Background()
-	newKM := func(t *testing.T) *vault.KeyManager {
-		t.Helper()
-		km, err := vault.New(tg.config(mount, vault.AuthConfig{Method: vault.AuthDevToken}, tg.rootToken), vault.Deps{})
-		require.NoError(t, err)
-		return km
+	auth := vault.AuthConfig{Method: vault.AuthJWT, Mount: f.setup.AuthMount, Role: f.setup.AuthRole}
+	cases := []struct {
+		name  string
+		src   *jwtSource
+		fault error
+		msg   string
+	}{
+		{"logs in with the server's JWT-SVID", &jwtSource{key: f.jwtKey, sub: serverID}, nil, ""},
+		{"refuses a JWT-SVID for another subject", &jwtSource{key: f.jwtKey, sub: agentID}, vault.ErrMisconfigured, "sub"},
+		{"refuses a JWT-SVID signed by an unknown key", &jwtSource{key: must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader)), sub: serverID}, vault.ErrMisconfigured, "error validating token"},
+		{"refuses a JWT-SVID for another audience", &jwtSource{key: f.jwtKey, sub: serverID, aud: "not-vault"}, vault.ErrMisconfigured, "aud"},
 	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			km, err := vault.New(f.config(auth), vault.Deps{JWTs: tc.src})
+			require.NoError(t, err)
+			csr, _ := newCSR(t)
+			chain, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+			if tc.fault == nil {
+				require.NoError(t, err)
+				requireChainsTo(t, chain, f.root)
+				return
+			}
+			requireFault(t, err, tc.fault, tc.msg)
+		})
+	}
+}
+
+// Must show: each fault of a running Vault is told apart, logged once with
+// its fix, and signing resumes when it ends: the server's token revoked,
+// its policy removed, the default issuer revoked (an HTTP 500 that is a
+// misconfiguration, not an outage), Vault sealed, Vault stopped.
+func TestContractFaults(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := sharedServer(t)
+
+	t.Run("token revoked: one fresh login and signing goes on", func(t *testing.T) {
+		f := newFixture(t, srv, "cert", nil)
+		core, logs := observer.New(zap.InfoLevel)
+		km := f.serverKM(t, zap.New(core))
+		csr, _ := newCSR(t)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		f.write(t, "sys/leases/revoke-prefix/auth/"+f.setup.AuthMount+"/login", nil)
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, 1, logs.FilterMessage("Vault refused the server's token (revoked, expired, or its policy changed); logging in again").Len())
+		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len())
+	})
+
+	t.Run("policy removed: refused by policy after one fresh login, signing resumes when restored", func(t *testing.T) {
+		f := newFixture(t, srv, "cert", nil)
+		core, logs := observer.New(zap.InfoLevel)
+		km := f.serverKM(t, zap.New(core))
+		csr, _ := newCSR(t)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		policy, err := f.admin.Sys().GetPolicy(f.setup.Policy)
+		require.NoError(t, err)
+		require.NoError(t, f.admin.Sys().DeletePolicy(f.setup.Policy))
+		for range 3 {
+			_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+			ve := requireFault(t, err, vault.ErrRefusedByPolicy, "HTTP 403: permission denied: vault refused by policy")
+			require.Contains(t, ve.Fix(), f.setup.PKIMount+"/sign/"+f.setup.Role)
+		}
+		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len(), "one fresh login, not a loop")
+		faults := logs.FilterMessage("Vault fault: refused by policy").All()
+		require.Len(t, faults, 1)
+		require.Equal(t, "refused by policy", faults[0].ContextMap()["vault_fault"])
+		require.NoError(t, f.admin.Sys().PutPolicy(f.setup.Policy, policy))
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		require.Equal(t, 1, logs.FilterMessage("Vault answers again").Len())
+	})
+
+	t.Run("default issuer revoked: HTTP 500 is misconfigured with Vault's message, not unreachable", func(t *testing.T) {
+		f := newFixture(t, srv, "cert", nil)
+		core, logs := observer.New(zap.InfoLevel)
+		km := f.serverKM(t, zap.New(core))
+		def := f.write(t, f.setup.PKIMount+"/root/rotate/internal", map[string]any{"common_name": "spare", "key_type": "ec", "issuer_name": "spare"})
+		current := must(f.admin.Logical().Read(f.setup.PKIMount + "/config/issuers")).Data["default"].(string)
+		f.write(t, f.setup.PKIMount+"/issuer/"+current+"/revoke", nil) // OpenBao lets one revoke the default issuer
+		csr, _ := newCSR(t)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		ve := requireFault(t, err, vault.ErrMisconfigured, "HTTP 500")
+		require.Contains(t, ve.Fix(), "activate a valid issuer")
+		require.Len(t, logs.FilterMessage("Vault fault: misconfigured").All(), 1)
+		f.write(t, f.setup.PKIMount+"/config/issuers", map[string]any{"default": def.Data["issuer_id"]})
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+	})
+
+	// Sealing and stopping need a server of the test's own: a persistent
+	// one, which keeps its mounts across a restart.
+	own, err := baotest.StartPersistent(ctx)
+	require.NoError(t, err)
+	t.Cleanup(own.Stop)
+	t.Logf("sealed and stopped: %s", own)
+
+	t.Run("sealed, then unsealed", func(t *testing.T) {
+		f := newFixture(t, own, "cert", nil)
+		core, logs := observer.New(zap.InfoLevel)
+		km := f.serverKM(t, zap.New(core))
+		csr, _ := newCSR(t)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		require.NoError(t, own.Seal(ctx))
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		ve := requireFault(t, err, vault.ErrSealed, "HTTP 503: Vault is sealed")
+		require.Contains(t, ve.Fix(), "unseal")
+		require.Len(t, logs.FilterMessage("Vault fault: sealed").All(), 1)
+		require.NoError(t, own.Unseal(ctx))
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		require.Len(t, logs.FilterMessage("Vault answers again").All(), 1)
+	})
+
+	t.Run("stopped, then restarted", func(t *testing.T) {
+		f := newFixture(t, own, "cert", nil)
+		core, logs := observer.New(zap.InfoLevel)
+		km := f.serverKM(t, zap.New(core))
+		csr, _ := newCSR(t)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		own.Kill()
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		ve := requireFault(t, err, vault.ErrUnreachable, "connection refused")
+		require.Contains(t, ve.Fix(), own.Addr)
+		require.NoError(t, own.Restart(ctx))
+		chain, err := km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		requireChainsTo(t, chain, f.root) // the same root: Vault kept its data
+		require.Len(t, logs.FilterMessage("Vault fault: unreachable").All(), 1)
+		require.Len(t, logs.FilterMessage("Vault answers again").All(), 1)
+	})
+}
+
+// Must show: the README shows setup.sh as it is, so the documented setup
+// is the tested one.
+func TestREADMEShowsSetupScript(t *testing.T) {
+	script := must(os.ReadFile("setup.sh"))
+	readme := must(os.ReadFile("README.md"))
+	require.Contains(t, string(readme), "```sh\n"+string(script)+"```\n", "README.md must include setup.sh verbatim (copy it between the markers)")
+}
+
+// TestContractRotation drives one PKI mount through the rotation steps the
+// server uses (prepare, activate, revoke), logged in as the server with the
+// rotation policy setup.sh writes (ROTATION=yes).
+func TestContractRotation(t *testing.T) {
+	t.Parallel()
+	srv := sharedServer(t)
+	f := newFixture(t, srv, "cert", func(s *baotest.Setup) { s.Rotation = true })
+	oldRoot := f.root
+	ctx := context.Background()
+	newKM := func(t *testing.T) *vault.KeyManager { return f.serverKM(t, nil) }
 	km := newKM(t)
 	list := func(t *testing.T, km *vault.KeyManager) ([]keymanager.Issuer, []string) {
 		t.Helper()
@@ -393,7 +569,7 @@ func TestContractRotation(t *testing.T) {
 	}
 	defaultIssuer := func(t *testing.T) string {
 		t.Helper()
-		s, err := tg.admin.Logical().Read(mount + "/config/issuers")
+		s, err := f.admin.Logical().Read(f.setup.PKIMount + "/config/issuers")
 		require.NoError(t, err)
 		return s.Data["default"].(string)
 	}
@@ -439,7 +615,7 @@ func TestContractRotation(t *testing.T) {
 		require.NoError(t, km.RevokeIssuer(ctx, old.ID))
 		_, flags := list(t, km)
 		require.Equal(t, []string{"R", "A"}, flags)
-		s, err := tg.admin.Logical().Read(mount + "/issuer/" + old.ID)
+		s, err := f.admin.Logical().Read(f.setup.PKIMount + "/issuer/" + old.ID)
 		require.NoError(t, err)
 		require.Equal(t, true, s.Data["revoked"])
 		signsWith(t, km, next.Chain[len(next.Chain)-1], oldRoot)
@@ -479,8 +655,8 @@ func TestContractRotation(t *testing.T) {
 	}
 
 	t.Run("refuses to prepare when Vault's default follows the latest issuer", func(t *testing.T) {
-		tg.write(t, mount+"/config/issuers", map[string]any{"default": next.ID, "default_follows_latest_issuer": true})
-		defer tg.write(t, mount+"/config/issuers", map[string]any{"default": next.ID, "default_follows_latest_issuer": false})
+		f.write(t, f.setup.PKIMount+"/config/issuers", map[string]any{"default": next.ID, "default_follows_latest_issuer": true})
+		defer f.write(t, f.setup.PKIMount+"/config/issuers", map[string]any{"default": next.ID, "default_follows_latest_issuer": false})
 		_, err := km.PrepareIssuer(ctx)
 		require.ErrorContains(t, err, "default_follows_latest_issuer=true")
 		_, flags := list(t, km)
@@ -588,22 +764,31 @@ func (ca *testCA) svid(t *testing.T, id spiffeid.ID, cn string) *x509svid.SVID {
 }
 
 type svidSource struct {
-	mu   sync.Mutex
-	svid *x509svid.SVID
+	mu    sync.Mutex
+	svid  *x509svid.SVID
+	shown map[*x509svid.SVID]bool
 }
 
 func (s *svidSource) GetX509SVID() (*x509svid.SVID, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.shown == nil {
+		s.shown = map[*x509svid.SVID]bool{}
+	}
+	s.shown[s.svid] = true
 	return s.svid, nil
 }
 
 func (s *svidSource) set(v *x509svid.SVID) { s.mu.Lock(); s.svid = v; s.mu.Unlock() }
 
+// fetches is how many distinct SVIDs were shown.
+func (s *svidSource) fetches() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.shown) }
+
 // jwtSource mints JWT-SVIDs as the SPIRE Workload API would.
 type jwtSource struct {
 	key *ecdsa.PrivateKey
 	sub spiffeid.ID
+	aud string // overrides the requested audience
 }
 
 func (j *jwtSource) FetchJWTSVID(_ context.Context, p jwtsvid.Params) (*jwtsvid.SVID, error) {
@@ -612,13 +797,13 @@ func (j *jwtSource) FetchJWTSVID(_ context.Context, p jwtsvid.Params) (*jwtsvid.
 		return nil, err
 	}
 	token, err := jwt.Signed(signer).Claims(jwt.Claims{
-		Subject: j.sub.String(), Audience: jwt.Audience{p.Audience},
+		Subject: j.sub.String(), Audience: jwt.Audience{cmp.Or(j.aud, p.Audience)},
 		Expiry: jwt.NewNumericDate(time.Now().Add(5 * time.Minute)), IssuedAt: jwt.NewNumericDate(time.Now()),
 	}).Serialize()
 	if err != nil {
 		return nil, err
 	}
-	return jwtsvid.ParseInsecure(token, []string{p.Audience})
+	return jwtsvid.ParseInsecure(token, []string{cmp.Or(j.aud, p.Audience)})
 }
 
 func must[T any](v T, err error) T {

@@ -119,7 +119,7 @@ func (k *KeyManager) PrepareIssuer(ctx context.Context) (keymanager.Issuer, erro
 	k.logWarnings(path, secret)
 	id, _ := secret.Data["issuer_id"].(string)
 	if id == "" {
-		return keymanager.Issuer{}, fmt.Errorf("vault: %s returned no issuer_id: %w", path, ErrRefused)
+		return keymanager.Issuer{}, k.misconfigured("write "+path, "no issuer_id in the answer")
 	}
 	iss, _, err := k.readIssuer(ctx, id)
 	if err != nil {
@@ -151,7 +151,7 @@ func (k *KeyManager) ActivateIssuer(ctx context.Context, id string) error {
 	}
 	k.logWarnings(path, secret)
 	if got, _ := secret.Data["default"].(string); got != id {
-		return fmt.Errorf("vault: activate issuer %s: default issuer is now %q: %w", id, got, ErrRefused)
+		return k.misconfigured("write "+path, "asked to make issuer %s the default, the default is now %q", id, got)
 	}
 	k.deps.Log.Info("Vault issuer activated", zap.String("issuer_id", id))
 	return nil
@@ -177,7 +177,7 @@ func (k *KeyManager) RevokeIssuer(ctx context.Context, id string) error {
 		return err
 	}
 	if revoked, _ := secret.Data["revoked"].(bool); !revoked {
-		return fmt.Errorf("vault: revoke issuer %s: Vault does not report it revoked: %w", id, ErrRefused)
+		return k.misconfigured("write "+path, "issuer %s is not reported revoked", id)
 	}
 	k.logWarnings(path, secret)
 	k.deps.Log.Info("Vault issuer revoked", zap.String("issuer_id", id))
@@ -241,7 +241,7 @@ func (k *KeyManager) readIssuer(ctx context.Context, id string) (keymanager.Issu
 	certPEM, _ := secret.Data["certificate"].(string)
 	certs, err := parsePEMCerts(certPEM)
 	if err != nil {
-		return keymanager.Issuer{}, "", fmt.Errorf("vault: %s: certificate: %w", path, err)
+		return keymanager.Issuer{}, "", k.misconfigured("read "+path, "certificate: %v", err)
 	}
 	chain := certs[:1]
 	if list, ok := secret.Data["ca_chain"].([]any); ok {
@@ -249,7 +249,7 @@ func (k *KeyManager) readIssuer(ctx context.Context, id string) (keymanager.Issu
 			s, _ := v.(string)
 			more, err := parsePEMCerts(s)
 			if err != nil {
-				return keymanager.Issuer{}, "", fmt.Errorf("vault: %s: ca_chain: %w", path, err)
+				return keymanager.Issuer{}, "", k.misconfigured("read "+path, "ca_chain: %v", err)
 			}
 			for _, c := range more {
 				if !bytes.Equal(c.Raw, chain[0].Raw) {
@@ -260,7 +260,7 @@ func (k *KeyManager) readIssuer(ctx context.Context, id string) (keymanager.Issu
 	}
 	gotID, _ := secret.Data["issuer_id"].(string)
 	if gotID != id {
-		return keymanager.Issuer{}, "", fmt.Errorf("vault: %s answered for issuer %q: %w", path, gotID, ErrRefused)
+		return keymanager.Issuer{}, "", k.misconfigured("read "+path, "answered for issuer %q", gotID)
 	}
 	revoked, _ := secret.Data["revoked"].(bool)
 	name, _ := secret.Data["issuer_name"].(string)
@@ -275,7 +275,7 @@ func (k *KeyManager) read(ctx context.Context, path string) (*api.Secret, error)
 		return nil, err
 	}
 	if secret == nil {
-		return nil, fmt.Errorf("vault: read %s: not found: %w", path, ErrRefused)
+		return nil, k.misconfigured("read "+path, "not found")
 	}
 	return secret, nil
 }

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -30,13 +29,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
-)
-
-// Errors callers may branch on; each is wrapped with what Vault said.
-var (
-	ErrSealed      = errors.New("vault is sealed")
-	ErrUnreachable = errors.New("vault is unreachable")
-	ErrRefused     = errors.New("vault refused the request")
 )
 
 // JWTSource fetches JWT-SVIDs; a workloadapi.Client is one.
@@ -66,6 +58,15 @@ type KeyManager struct {
 	mu        sync.Mutex
 	hasToken  bool
 	refreshAt time.Time // zero: never
+	// generation counts logins, so that of many requests refused with one
+	// token only the first logs in again.
+	generation uint64
+	// refused holds the requests (op) refused (403) right after a fresh
+	// login: the policy, not the token, is the problem, and further 403s
+	// for them with that token are reported without logging in again.
+	refused map[string]bool
+
+	faults faultLog
 }
 
 // New returns a key manager for cfg. It does not contact Vault: the first
@@ -157,52 +158,91 @@ func (k *KeyManager) SignCSR(ctx context.Context, csr *x509.CertificateRequest, 
 	if len(secret.Warnings) > 0 {
 		k.deps.Log.Warn("Vault answered with warnings", zap.String("path", path), zap.Strings("warnings", secret.Warnings))
 	}
-	return parseSignResponse(secret)
+	return k.parseSignResponse("write "+path, secret)
 }
 
-// write performs a logical write with a valid token, logging in again once
-// if Vault says the token is no longer good. An empty answer is an error.
+// write performs a logical write with a valid token (see call). An empty
+// answer is an error.
 func (k *KeyManager) write(ctx context.Context, path string, data map[string]any) (*api.Secret, error) {
-	secret, err := k.call(ctx, "write "+path, func() (*api.Secret, error) {
+	op := "write " + path
+	secret, err := k.call(ctx, op, func() (*api.Secret, error) {
 		return k.client.Logical().WriteWithContext(ctx, path, data)
 	})
 	if err != nil {
 		return nil, err
 	}
 	if secret == nil {
-		return nil, fmt.Errorf("vault: write %s: empty response: %w", path, ErrRefused)
+		return nil, k.misconfigured(op, "empty response")
 	}
 	return secret, nil
 }
 
-// call runs one Vault request with a valid token, logging in again once if
-// Vault says the token is no longer good; op names it in errors.
+// call runs one Vault request with a valid token. When Vault refuses the
+// token (403), it logs in once more and retries: a revoked or expired
+// token is then replaced; a second 403 means the policy does not grant
+// the path (ErrRefusedByPolicy), and later 403s with that same token are
+// reported without logging in again. op names the request in errors.
+// Every outcome goes through the fault log, so a fault and the recovery
+// from it are each logged once.
 func (k *KeyManager) call(ctx context.Context, op string, do func() (*api.Secret, error)) (*api.Secret, error) {
-	if err := k.ensureToken(ctx, false); err != nil {
+	secret, err := k.callOnce(ctx, op, do)
+	k.faults.note(k.deps.Log, op, err)
+	return secret, err
+}
+
+func (k *KeyManager) callOnce(ctx context.Context, op string, do func() (*api.Secret, error)) (*api.Secret, error) {
+	gen, err := k.ensureToken(ctx, 0)
+	if err != nil {
 		return nil, err
 	}
 	secret, err := do()
-	if isForbidden(err) && k.cfg.Auth.Method != AuthDevToken {
-		k.deps.Log.Info("Vault token refused; logging in again")
-		if err := k.ensureToken(ctx, true); err != nil {
+	if isForbidden(err) && k.cfg.Auth.Method != AuthDevToken && !k.knownRefused(op, gen) {
+		k.deps.Log.Warn("Vault refused the server's token (revoked, expired, or its policy changed); logging in again",
+			zap.String(logOp, op))
+		if gen, err = k.ensureToken(ctx, gen); err != nil {
 			return nil, err
 		}
 		secret, err = do()
+		k.setRefused(op, gen, isForbidden(err))
 	}
 	if err != nil {
 		return nil, k.classify(op, err)
 	}
+	k.setRefused(op, gen, false)
 	return secret, nil
 }
 
+// knownRefused reports whether op was refused with the token of
+// generation gen right after its login.
+func (k *KeyManager) knownRefused(op string, gen uint64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.generation == gen && k.refused[op]
+}
+
+func (k *KeyManager) setRefused(op string, gen uint64, refused bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	switch {
+	case k.generation != gen:
+	case refused:
+		k.refused[op] = true
+	default:
+		delete(k.refused, op)
+	}
+}
+
 // ensureToken logs in (or renews a dev token) when there is no token, when
-// half its lifetime is gone, or when force is set.
-func (k *KeyManager) ensureToken(ctx context.Context, force bool) error {
+// half its lifetime is gone, or when stale is the generation of the token
+// in use (Vault refused it) and no other request has logged in since. It
+// returns the generation of the token now in use.
+func (k *KeyManager) ensureToken(ctx context.Context, stale uint64) (uint64, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := k.deps.Now()
+	force := stale != 0 && stale == k.generation
 	if k.hasToken && !force && (k.refreshAt.IsZero() || now.Before(k.refreshAt)) {
-		return nil
+		return k.generation, nil
 	}
 	var (
 		ttl       time.Duration
@@ -219,9 +259,11 @@ func (k *KeyManager) ensureToken(ctx context.Context, force bool) error {
 	}
 	if err != nil {
 		k.hasToken = false
-		return err
+		return 0, err
 	}
 	k.hasToken = true
+	k.generation++
+	k.refused = map[string]bool{}
 	k.refreshAt = time.Time{}
 	if ttl > 0 {
 		k.refreshAt = now.Add(ttl / 2)
@@ -230,7 +272,7 @@ func (k *KeyManager) ensureToken(ctx context.Context, force bool) error {
 		zap.String("auth_method", k.cfg.Auth.Method),
 		zap.Duration("token_ttl", ttl),
 		zap.Bool("renewable", renewable || k.cfg.Auth.Method != AuthDevToken))
-	return nil
+	return k.generation, nil
 }
 
 // devToken sets the static token and renews it when Vault allows.
@@ -238,7 +280,7 @@ func (k *KeyManager) devToken(ctx context.Context) (time.Duration, bool, error) 
 	k.client.SetToken(k.cfg.Token)
 	self, err := k.client.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		return 0, false, k.classify("token lookup", err)
+		return 0, false, k.classify(opTokenLookup, err)
 	}
 	ttl, err := self.TokenTTL()
 	if err != nil {
@@ -277,12 +319,13 @@ func (k *KeyManager) loginJWT(ctx context.Context) (time.Duration, error) {
 
 func (k *KeyManager) loginWith(ctx context.Context, c *api.Client, data map[string]any) (time.Duration, error) {
 	path := "auth/" + k.cfg.Auth.Mount + "/login"
+	op := k.cfg.Auth.Method + " login at " + path
 	secret, err := c.Logical().WriteWithContext(ctx, path, data)
 	if err != nil {
-		return 0, k.classify(k.cfg.Auth.Method+" login", err)
+		return 0, k.classify(op, err)
 	}
 	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
-		return 0, fmt.Errorf("vault: %s login returned no token: %w", k.cfg.Auth.Method, ErrRefused)
+		return 0, k.misconfigured(op, "no token in the answer")
 	}
 	k.client.SetToken(secret.Auth.ClientToken)
 	return time.Duration(secret.Auth.LeaseDuration) * time.Second, nil
@@ -301,41 +344,21 @@ func (k *KeyManager) clientCertificate(*tls.CertificateRequestInfo) (*tls.Certif
 	return cert, nil
 }
 
-// classify turns a Vault client error into one that says what happened and
-// wraps ErrSealed, ErrUnreachable or ErrRefused.
-func (k *KeyManager) classify(op string, err error) error {
-	var re *api.ResponseError
-	if errors.As(err, &re) {
-		msg := strings.Join(re.Errors, "; ")
-		if re.StatusCode == http.StatusServiceUnavailable && strings.Contains(strings.ToLower(msg), "sealed") {
-			return fmt.Errorf("vault: %s: %s: %w", op, k.cfg.Address, ErrSealed)
-		}
-		if re.StatusCode >= 500 {
-			return fmt.Errorf("vault: %s: HTTP %d: %s: %w", op, re.StatusCode, msg, ErrUnreachable)
-		}
-		return fmt.Errorf("vault: %s: HTTP %d: %s: %w", op, re.StatusCode, msg, ErrRefused)
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("vault: %s: %w", op, err)
-	}
-	return fmt.Errorf("vault: %s: %s: %w: %w", op, k.cfg.Address, ErrUnreachable, err)
-}
-
 func isForbidden(err error) bool {
 	var re *api.ResponseError
 	return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
 }
 
 // parseSignResponse reads data.certificate and data.ca_chain (falling back to
-// data.issuing_ca) from a pki/sign answer.
-func parseSignResponse(secret *api.Secret) ([]*x509.Certificate, error) {
+// data.issuing_ca) from a pki/sign answer to op.
+func (k *KeyManager) parseSignResponse(op string, secret *api.Secret) ([]*x509.Certificate, error) {
 	certPEM, _ := secret.Data["certificate"].(string)
 	if certPEM == "" {
-		return nil, fmt.Errorf("vault: sign response has no data.certificate: %w", ErrRefused)
+		return nil, k.misconfigured(op, "no data.certificate in the answer")
 	}
 	chain, err := parsePEMCerts(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("vault: sign response certificate: %w", err)
+		return nil, k.misconfigured(op, "data.certificate: %v", err)
 	}
 	var caPEMs []string
 	if list, ok := secret.Data["ca_chain"].([]any); ok {
@@ -353,12 +376,12 @@ func parseSignResponse(secret *api.Secret) ([]*x509.Certificate, error) {
 	for _, p := range caPEMs {
 		certs, err := parsePEMCerts(p)
 		if err != nil {
-			return nil, fmt.Errorf("vault: sign response ca_chain: %w", err)
+			return nil, k.misconfigured(op, "data.ca_chain: %v", err)
 		}
 		chain = append(chain, certs...)
 	}
 	if len(chain) < 2 {
-		return nil, fmt.Errorf("vault: sign response has no CA chain: %w", ErrRefused)
+		return nil, k.misconfigured(op, "no CA chain in the answer")
 	}
 	return chain, nil
 }

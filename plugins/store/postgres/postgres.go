@@ -383,28 +383,43 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 
 // EntriesBySubjectDigest returns up to limit entries, by increasing index
 // from start, whose statements name a subject with this raw SHA-256 digest.
-func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error) {
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error) {
 	if limit <= 0 {
 		return nil, nil
 	}
-	return s.queryEntries(ctx, `SELECT `+entryColumns+`
+	return s.queryEntriesWithin(ctx, maxBytes, `SELECT `+entryColumns+`
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = $1 AND d.idx >= $2 ORDER BY d.idx LIMIT $3`, digest, int64(start), limit)
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {
+	return s.queryEntriesWithin(ctx, 0, q, args...)
+}
+
+// queryEntriesWithin reads the entries q selects, stopping before the one
+// that would take their total size (store.Entry.Size) past maxBytes; the
+// first is always read. maxBytes 0 is no bound.
+func (s *Store) queryEntriesWithin(ctx context.Context, maxBytes int, q string, args ...any) ([]store.Entry, error) {
 	rows, err := s.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: query entries: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Entry, error) {
+	defer rows.Close()
+	var out []store.Entry
+	total := 0
+	for rows.Next() {
 		var e store.Entry
 		var idx int64
-		err := r.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime, &e.Timestamp)
+		if err := rows.Scan(&idx, &e.LeafHash, &e.DedupeKey, &e.Body, &e.Envelope, &e.Certificate, &e.SPIFFEID, &e.IntegratedTime, &e.Timestamp); err != nil {
+			return nil, fmt.Errorf("postgres: read entry: %w", err)
+		}
 		e.Index = uint64(idx)
-		return e, err
-	})
-	if err != nil {
+		if total += e.Size(); maxBytes > 0 && len(out) > 0 && total > maxBytes {
+			break
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("postgres: read entries: %w", err)
 	}
 	return out, nil

@@ -565,20 +565,28 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 
 // EntriesBySubjectDigest returns up to limit entries, by increasing index
 // from start, whose statements name a subject with this raw SHA-256 digest.
-func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error) {
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error) {
 	q := `SELECT e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = ? AND d.idx >= ? ORDER BY d.idx LIMIT ?`
-	return s.queryEntries(ctx, q, digest, int64(start), limit)
+	return s.queryEntriesWithin(ctx, maxBytes, q, digest, int64(start), limit)
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {
+	return s.queryEntriesWithin(ctx, 0, q, args...)
+}
+
+// queryEntriesWithin reads the entries q selects, stopping before the one
+// that would take their total size (store.Entry.Size) past maxBytes; the
+// first is always read. maxBytes 0 is no bound.
+func (s *Store) queryEntriesWithin(ctx context.Context, maxBytes int, q string, args ...any) ([]store.Entry, error) {
 	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: query entries: %w", err)
 	}
 	defer rows.Close()
 	var out []store.Entry
+	total := 0
 	for rows.Next() {
 		var e store.Entry
 		var idx int64
@@ -586,6 +594,9 @@ func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]stor
 			return nil, fmt.Errorf("sqlite: read entry: %w", err)
 		}
 		e.Index = uint64(idx)
+		if total += e.Size(); maxBytes > 0 && len(out) > 0 && total > maxBytes {
+			break
+		}
 		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {

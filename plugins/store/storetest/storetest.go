@@ -29,7 +29,7 @@ type Store interface {
 	LatestCheckpoint(ctx context.Context) (store.Checkpoint, error)
 	Nodes(ctx context.Context, ids []store.NodeID) ([][]byte, error)
 	EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error)
-	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit int) ([]store.Entry, error)
+	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error)
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	SigningCAs(ctx context.Context) ([]store.SigningCA, error)
 	SetIssuerState(ctx context.Context, st store.IssuerState) error
@@ -152,20 +152,26 @@ func testAppendAndLookups(t *testing.T, newDB NewDB) {
 	require.NoError(t, err)
 	require.Empty(t, found)
 
+	size := want0.Size()
 	for _, tt := range []struct {
 		digest       []byte
 		start        uint64
 		limit        int
+		maxBytes     int
 		wantIndexes  []uint64
 		wantFirstAll bool
 	}{
-		{d1, 0, 10, []uint64{0, 1}, true},
-		{d2, 0, 1, []uint64{1}, false},
-		{d2, 2, 10, []uint64{2}, false},
-		{d2, 3, 10, []uint64{}, false},
-		{HashOf("nothing"), 0, 10, []uint64{}, false},
+		{d1, 0, 10, 0, []uint64{0, 1}, true},
+		{d2, 0, 1, 0, []uint64{1}, false},
+		{d2, 2, 10, 0, []uint64{2}, false},
+		{d2, 3, 10, 0, []uint64{}, false},
+		{HashOf("nothing"), 0, 10, 0, []uint64{}, false},
+		// Bounded by bytes: the entries that fit, and always the first.
+		{d1, 0, 10, 2 * size, []uint64{0, 1}, true},
+		{d1, 0, 10, 2*size - 1, []uint64{0}, true},
+		{d1, 0, 10, 1, []uint64{0}, true},
 	} {
-		got, err := s.EntriesBySubjectDigest(ctx, tt.digest, tt.start, tt.limit)
+		got, err := s.EntriesBySubjectDigest(ctx, tt.digest, tt.start, tt.limit, tt.maxBytes)
 		require.NoError(t, err)
 		require.Equal(t, tt.wantIndexes, indexes(got))
 		if tt.wantFirstAll {
@@ -224,7 +230,7 @@ func testRefuses(t *testing.T, newDB NewDB) {
 	found, err := s.EntriesByDedupeKey(ctx, [][]byte{HashOf("key", 1)})
 	require.NoError(t, err)
 	require.Empty(t, found)
-	found, err = s.EntriesBySubjectDigest(ctx, HashOf("d"), 0, 10)
+	found, err = s.EntriesBySubjectDigest(ctx, HashOf("d"), 0, 10, 0)
 	require.NoError(t, err)
 	require.Empty(t, found)
 	cp, err := s.LatestCheckpoint(ctx)

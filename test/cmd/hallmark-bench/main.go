@@ -55,6 +55,7 @@ var figures = []figure{
 	{"hashing", benchHashing},
 	{"logappend", benchLogAppend},
 	{"logappend-postgres", benchLogAppendPostgres},
+	{"vault", benchVault},
 	{"verify", benchVerify},
 }
 

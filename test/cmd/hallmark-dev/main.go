@@ -1,7 +1,8 @@
 // Command hallmark-dev runs a whole Hallmark deployment on this machine:
-// SPIRE server and agent, hallmark-server and hallmark-agent, with Vault as
-// the key manager when a `vault` binary is on PATH and the local key
-// manager otherwise.
+// SPIRE server and agent, hallmark-server and hallmark-agent, with Vault PKI
+// as the key manager when a Vault-API server is at hand (`bao` or `vault` on
+// PATH, or the OpenBao `make tools` installs in .tools/bin), set up by
+// plugins/keymanager/vault/setup.sh, and the local key manager otherwise.
 //
 //	make dev    # foreground; Ctrl-C stops everything
 //	make demo   # scripted walkthrough, then stops
@@ -11,11 +12,12 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -25,6 +27,7 @@ import (
 	"time"
 
 	"github.com/hallmark-dev/hallmark/agent"
+	"github.com/hallmark-dev/hallmark/test/baotest"
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
@@ -61,20 +64,21 @@ func run(ctx context.Context, demo, verbose bool) (err error) {
 		opts.Echo = os.Stdout
 	}
 	kmName := "local"
-	if vaultBin, err := exec.LookPath("vault"); err == nil {
-		kmName = "vault (" + vaultBin + ", dev mode)"
-		opts.KeyManager = func(ctx context.Context, sp *harness.SPIRE) (string, error) {
-			v, err := startVault(ctx, vaultBin, dir)
-			if err != nil {
-				return "", err
-			}
-			setup, err := harness.ConfigureVault(ctx, v, sp)
-			return setup.KeyManager, err
+	var (
+		bao   *baotest.Server
+		vault harness.VaultSetup
+	)
+	if _, err := baotest.Bin(); err == nil {
+		if bao, err = baotest.StartDev(ctx); err != nil {
+			return err
 		}
+		defer bao.Stop()
+		kmName = fmt.Sprintf("vault, PKI on %s (dev mode)", bao)
+		opts.KeyManager = harness.VaultKeyManager(bao, harness.VaultOptions{Rotation: true}, &vault)
 	}
 	step("Starting SPIRE, hallmark-server (key manager: %s) and hallmark-agent in %s", kmName, dir)
-	if kmName == "local" {
-		fmt.Println("   (no `vault` binary on PATH: using the local key manager; put vault on PATH to use Vault PKI)")
+	if bao == nil {
+		fmt.Println("   (no Vault-API server: using the local key manager; `make tools` installs OpenBao, or put bao or vault on PATH)")
 	}
 	start := time.Now()
 	st, err := harness.StartStack(ctx, dir, opts)
@@ -88,22 +92,28 @@ func run(ctx context.Context, demo, verbose bool) (err error) {
 		} else {
 			fmt.Println("   stopped cleanly")
 		}
-		stopVault()
 	}()
 	fmt.Printf("   up in %s\n", time.Since(start).Round(100*time.Millisecond))
-	envFile, err := writeEnv(st, dir)
+	signingCA := st.LocalCAPath()
+	if bao != nil {
+		signingCA = filepath.Join(dir, "vault-signing-ca.pem")
+		if err := os.WriteFile(signingCA, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: vault.CA.Raw}), 0o644); err != nil {
+			return err
+		}
+	}
+	envFile, err := writeEnv(st, dir, signingCA, bao)
 	if err != nil {
 		return err
 	}
 	if demo {
-		return walkthrough(ctx, st)
+		return walkthrough(ctx, st, bao, vault)
 	}
 	fmt.Printf(`
 Hallmark is running. In another shell:
 
   source %s
   hallmark status             # the agent's SVID and signing certificate
-  hallmark whoami             # how the agent sees you; policy lets your uid attest build, test, package
+  hallmark whoami             # how the agent sees you; policy lets your uid attest checkout, build, test, package
   hallmark attest --step build --product out.txt -- sh -c 'date > out.txt'
   spire-server entry show     # SPIRE registrations
 
@@ -114,7 +124,7 @@ Press Ctrl-C to stop everything.
 	return nil
 }
 
-func walkthrough(ctx context.Context, st *harness.Stack) error {
+func walkthrough(ctx context.Context, st *harness.Stack, bao *baotest.Server, vault harness.VaultSetup) error {
 	s, err := st.Agent.Status(ctx)
 	if err != nil {
 		return err
@@ -124,6 +134,11 @@ func walkthrough(ctx context.Context, st *harness.Stack) error {
 
 	step("Its signing certificate, issued by hallmark-server over mTLS for an in-memory key")
 	printCert(s.SigningCertificate)
+	if bao != nil {
+		if err := showVaultIssuer(s.SigningCertificate, bao, vault); err != nil {
+			return err
+		}
+	}
 
 	step("Waiting for the agent to renew (at half the certificate's lifetime, %s)", s.SigningCertificate.RenewAt.Sub(s.SigningCertificate.NotBefore).Round(time.Second))
 	first := s.SigningCertificate.Serial
@@ -151,6 +166,35 @@ func walkthrough(ctx context.Context, st *harness.Stack) error {
 	return attestWalkthrough(ctx, st)
 }
 
+// showVaultIssuer checks that the signing certificate was issued by the
+// Vault PKI mount's CA, and says so.
+func showVaultIssuer(c *agent.CertStatus, bao *baotest.Server, vault harness.VaultSetup) error {
+	if c == nil {
+		return errors.New("no signing certificate")
+	}
+	var chain []*x509.Certificate
+	for rest := []byte(c.ChainPEM); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return err
+		}
+		chain = append(chain, cert)
+	}
+	if len(chain) < 2 {
+		return errors.New("the signing certificate came without its CA")
+	}
+	if err := chain[0].CheckSignatureFrom(vault.CA); err != nil {
+		return fmt.Errorf("the signing certificate was not issued by the Vault CA: %w", err)
+	}
+	fmt.Printf("   issued by the Vault CA: %q, the root of PKI mount %s/ on %s\n   (checked: its signature verifies with that CA's key, which never leaves Vault;\n   Vault backdates NotBefore by 30s, so the TTL above is certificate_ttl plus 30s)\n",
+		vault.CA.Subject.CommonName, vault.Setup.PKIMount, bao)
+	return nil
+}
+
 // devPolicy lets the developer's uid attest a few steps in the repository,
 // the home directory and /tmp.
 func devPolicy(root string) func(string) string {
@@ -166,7 +210,7 @@ func devPolicy(root string) func(string) string {
 		return fmt.Sprintf(`
   rule "developer" {
     selectors       = ["unix:uid:%d"]
-    steps           = ["build", "test", "package"]
+    steps           = ["checkout", "build", "test", "package"]
     workspace_roots = [%s]
   }`, os.Getuid(), strings.Join(quoted, ", "))
 	}
@@ -231,7 +275,7 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 		return errors.New("a tampered artifact verified")
 	}
 	fmt.Println("   (not verified, as expected)")
-	return nil
+	return pipelineWalkthrough(ctx, st)
 }
 
 // summarizeBundle prints what the bundle says and checks its subjects
@@ -300,7 +344,7 @@ func printCert(c *agent.CertStatus) {
 }
 
 // writeEnv writes the connection details as shell exports.
-func writeEnv(st *harness.Stack, dir string) (string, error) {
+func writeEnv(st *harness.Stack, dir, signingCA string, bao *baotest.Server) (string, error) {
 	path := filepath.Join(dir, "env.sh")
 	env := fmt.Sprintf(`# Hallmark dev stack (%s); source this file.
 export PATH=%q:%q:"$PATH"
@@ -315,52 +359,13 @@ export HALLMARK_SIGNING_CA=%q
 spire-server() { command spire-server "$@" -socketPath "$SPIRE_SERVER_SOCKET"; }
 `, time.Now().Format(time.RFC3339), st.Bins.Dir, filepath.Dir(st.SPIRE.ServerBin),
 		st.Agent.Socket, st.Agent.HealthAddr, st.Server.ServerAddr(), st.Server.HealthAddr,
-		st.SPIRE.WorkloadAPIAddr(), st.SPIRE.ServerSocket, st.SPIRE.BundlePath, st.LocalCAPath())
+		st.SPIRE.WorkloadAPIAddr(), st.SPIRE.ServerSocket, st.SPIRE.BundlePath, signingCA)
+	if bao != nil {
+		env += fmt.Sprintf("export VAULT_ADDR=%q\nexport VAULT_CACERT=%q\n", bao.Addr, bao.CACertFile)
+	}
 	return path, os.WriteFile(path, []byte(env), 0o600)
 }
 
 func step(format string, args ...any) {
 	fmt.Printf("\n==> "+format+"\n", args...)
-}
-
-var vaultProc *harness.Process
-
-// startVault runs `vault server -dev -dev-tls` and returns how to reach it.
-func startVault(ctx context.Context, bin, dir string) (harness.Vault, error) {
-	port, err := harness.FreePort()
-	if err != nil {
-		return harness.Vault{}, err
-	}
-	certDir := filepath.Join(dir, "vault")
-	if err := os.MkdirAll(certDir, 0o700); err != nil {
-		return harness.Vault{}, err
-	}
-	const token = "hallmark-dev-root"
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	vaultProc, err = harness.Start("vault", dir, nil, bin, "server", "-dev", "-dev-tls",
-		"-dev-root-token-id="+token, "-dev-listen-address="+addr, "-dev-tls-cert-dir="+certDir)
-	if err != nil {
-		return harness.Vault{}, err
-	}
-	v := harness.Vault{Addr: "https://" + addr, CACertFile: filepath.Join(certDir, "vault-ca.pem"), RootToken: token}
-	err = harness.WaitFor(ctx, "vault to start", 30*time.Second, func() error {
-		if vaultProc.Exited() {
-			return errors.New("vault exited; see " + vaultProc.LogPath)
-		}
-		if _, err := os.Stat(v.CACertFile); err != nil {
-			return err
-		}
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.Close()
-		}
-		return err
-	})
-	return v, err
-}
-
-func stopVault() {
-	if vaultProc != nil {
-		vaultProc.Stop() //nolint:errcheck // best effort at shutdown
-	}
 }

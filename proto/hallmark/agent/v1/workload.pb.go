@@ -45,7 +45,13 @@ type AttestStepRequest struct {
 	// command is the step's command line when the caller ran it on the
 	// step's behalf (`hallmark attest -- CMD`); recorded as reported, beside
 	// the caller's own command line, which the agent reads from /proc.
-	Command       []string `protobuf:"bytes,6,rep,name=command,proto3" json:"command,omitempty"`
+	Command []string `protobuf:"bytes,6,rep,name=command,proto3" json:"command,omitempty"`
+	// caller_claims is CI context only the caller knows (job, run, ref),
+	// recorded as the caller's claim in externalParameters.caller_claims
+	// (docs/buildtypes/step-v2.md): at most 32 keys of 1-64 [a-z0-9_]
+	// starting with a letter, values of at most 1024 bytes. Never the
+	// source: the agent reads git work trees itself.
+	CallerClaims  map[string]string `protobuf:"bytes,7,rep,name=caller_claims,json=callerClaims,proto3" json:"caller_claims,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -118,6 +124,13 @@ func (x *AttestStepRequest) GetStartedOn() *timestamppb.Timestamp {
 func (x *AttestStepRequest) GetCommand() []string {
 	if x != nil {
 		return x.Command
+	}
+	return nil
+}
+
+func (x *AttestStepRequest) GetCallerClaims() map[string]string {
+	if x != nil {
+		return x.CallerClaims
 	}
 	return nil
 }
@@ -750,7 +763,7 @@ var File_hallmark_agent_v1_workload_proto protoreflect.FileDescriptor
 
 const file_hallmark_agent_v1_workload_proto_rawDesc = "" +
 	"\n" +
-	" hallmark/agent/v1/workload.proto\x12\x11hallmark.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n" +
+	" hallmark/agent/v1/workload.proto\x12\x11hallmark.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x02\n" +
 	"\x11AttestStepRequest\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\tR\x04step\x12\x1c\n" +
 	"\tworkspace\x18\x02 \x01(\tR\tworkspace\x12\x1a\n" +
@@ -758,7 +771,11 @@ const file_hallmark_agent_v1_workload_proto_rawDesc = "" +
 	"\tmaterials\x18\x04 \x03(\tR\tmaterials\x129\n" +
 	"\n" +
 	"started_on\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedOn\x12\x18\n" +
-	"\acommand\x18\x06 \x03(\tR\acommand\"\xa1\x01\n" +
+	"\acommand\x18\x06 \x03(\tR\acommand\x12[\n" +
+	"\rcaller_claims\x18\a \x03(\v26.hallmark.agent.v1.AttestStepRequest.CallerClaimsEntryR\fcallerClaims\x1a?\n" +
+	"\x11CallerClaimsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa1\x01\n" +
 	"\x12AttestStepResponse\x12\x16\n" +
 	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12#\n" +
 	"\rinvocation_id\x18\x02 \x01(\tR\finvocationId\x126\n" +
@@ -821,7 +838,7 @@ func file_hallmark_agent_v1_workload_proto_rawDescGZIP() []byte {
 	return file_hallmark_agent_v1_workload_proto_rawDescData
 }
 
-var file_hallmark_agent_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_hallmark_agent_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_hallmark_agent_v1_workload_proto_goTypes = []any{
 	(*AttestStepRequest)(nil),        // 0: hallmark.agent.v1.AttestStepRequest
 	(*AttestStepResponse)(nil),       // 1: hallmark.agent.v1.AttestStepResponse
@@ -834,28 +851,30 @@ var file_hallmark_agent_v1_workload_proto_goTypes = []any{
 	(*WhoAmIResponse)(nil),           // 8: hallmark.agent.v1.WhoAmIResponse
 	(*Workload)(nil),                 // 9: hallmark.agent.v1.Workload
 	(*Grant)(nil),                    // 10: hallmark.agent.v1.Grant
-	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
+	nil,                              // 11: hallmark.agent.v1.AttestStepRequest.CallerClaimsEntry
+	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
 }
 var file_hallmark_agent_v1_workload_proto_depIdxs = []int32{
-	11, // 0: hallmark.agent.v1.AttestStepRequest.started_on:type_name -> google.protobuf.Timestamp
-	6,  // 1: hallmark.agent.v1.AttestStepResponse.subjects:type_name -> hallmark.agent.v1.Subject
-	3,  // 2: hallmark.agent.v1.AttestStepStreamResponse.progress:type_name -> hallmark.agent.v1.AttestProgress
-	1,  // 3: hallmark.agent.v1.AttestStepStreamResponse.result:type_name -> hallmark.agent.v1.AttestStepResponse
-	9,  // 4: hallmark.agent.v1.WhoAmIResponse.workload:type_name -> hallmark.agent.v1.Workload
-	10, // 5: hallmark.agent.v1.WhoAmIResponse.grants:type_name -> hallmark.agent.v1.Grant
-	0,  // 6: hallmark.agent.v1.WorkloadService.AttestStep:input_type -> hallmark.agent.v1.AttestStepRequest
-	0,  // 7: hallmark.agent.v1.WorkloadService.AttestStepStream:input_type -> hallmark.agent.v1.AttestStepRequest
-	7,  // 8: hallmark.agent.v1.WorkloadService.WhoAmI:input_type -> hallmark.agent.v1.WhoAmIRequest
-	4,  // 9: hallmark.agent.v1.WorkloadService.GetBundle:input_type -> hallmark.agent.v1.GetBundleRequest
-	1,  // 10: hallmark.agent.v1.WorkloadService.AttestStep:output_type -> hallmark.agent.v1.AttestStepResponse
-	2,  // 11: hallmark.agent.v1.WorkloadService.AttestStepStream:output_type -> hallmark.agent.v1.AttestStepStreamResponse
-	8,  // 12: hallmark.agent.v1.WorkloadService.WhoAmI:output_type -> hallmark.agent.v1.WhoAmIResponse
-	5,  // 13: hallmark.agent.v1.WorkloadService.GetBundle:output_type -> hallmark.agent.v1.GetBundleResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	12, // 0: hallmark.agent.v1.AttestStepRequest.started_on:type_name -> google.protobuf.Timestamp
+	11, // 1: hallmark.agent.v1.AttestStepRequest.caller_claims:type_name -> hallmark.agent.v1.AttestStepRequest.CallerClaimsEntry
+	6,  // 2: hallmark.agent.v1.AttestStepResponse.subjects:type_name -> hallmark.agent.v1.Subject
+	3,  // 3: hallmark.agent.v1.AttestStepStreamResponse.progress:type_name -> hallmark.agent.v1.AttestProgress
+	1,  // 4: hallmark.agent.v1.AttestStepStreamResponse.result:type_name -> hallmark.agent.v1.AttestStepResponse
+	9,  // 5: hallmark.agent.v1.WhoAmIResponse.workload:type_name -> hallmark.agent.v1.Workload
+	10, // 6: hallmark.agent.v1.WhoAmIResponse.grants:type_name -> hallmark.agent.v1.Grant
+	0,  // 7: hallmark.agent.v1.WorkloadService.AttestStep:input_type -> hallmark.agent.v1.AttestStepRequest
+	0,  // 8: hallmark.agent.v1.WorkloadService.AttestStepStream:input_type -> hallmark.agent.v1.AttestStepRequest
+	7,  // 9: hallmark.agent.v1.WorkloadService.WhoAmI:input_type -> hallmark.agent.v1.WhoAmIRequest
+	4,  // 10: hallmark.agent.v1.WorkloadService.GetBundle:input_type -> hallmark.agent.v1.GetBundleRequest
+	1,  // 11: hallmark.agent.v1.WorkloadService.AttestStep:output_type -> hallmark.agent.v1.AttestStepResponse
+	2,  // 12: hallmark.agent.v1.WorkloadService.AttestStepStream:output_type -> hallmark.agent.v1.AttestStepStreamResponse
+	8,  // 13: hallmark.agent.v1.WorkloadService.WhoAmI:output_type -> hallmark.agent.v1.WhoAmIResponse
+	5,  // 14: hallmark.agent.v1.WorkloadService.GetBundle:output_type -> hallmark.agent.v1.GetBundleResponse
+	11, // [11:15] is the sub-list for method output_type
+	7,  // [7:11] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_hallmark_agent_v1_workload_proto_init() }
@@ -873,7 +892,7 @@ func file_hallmark_agent_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_agent_v1_workload_proto_rawDesc), len(file_hallmark_agent_v1_workload_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

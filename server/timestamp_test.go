@@ -71,7 +71,8 @@ func TestLateEntryIsCheckedAtItsTimestamp(t *testing.T) {
 	late := &serverv1.LogSubmission{Envelope: env, Certificate: leaf.Raw}
 	resp, err := svc.SubmitEntries(ctx, &serverv1.SubmitEntriesRequest{Entries: []*serverv1.LogSubmission{late}})
 	require.NoError(t, err)
-	require.Contains(t, resp.GetResults()[0].GetError(), "certificate does not chain to a signing CA of this server at", "without its timestamp it is checked now")
+	require.Contains(t, resp.GetResults()[0].GetError(), "verify: validity: certificate", "without its timestamp it is checked now")
+	require.Contains(t, resp.GetResults()[0].GetError(), "is valid")
 
 	late.Timestamp = ts.GetTimestamps()[0]
 	resp, err = svc.SubmitEntries(ctx, &serverv1.SubmitEntriesRequest{Entries: []*serverv1.LogSubmission{late}})
@@ -104,9 +105,9 @@ func TestLateEntryIsCheckedAtItsTimestamp(t *testing.T) {
 	require.Equal(t, te.GetLogIndex(), te2.GetLogIndex())
 }
 
-// A submitted timestamp is taken only when it is this log's authority's,
-// over this very signature, at a time the certificate was valid; anything
-// else is refused for good.
+// A timestamp submitted through the agent API (LogSubmission.timestamp) is
+// taken only when it is this log's authority's, over this very signature,
+// at a time the certificate was valid; anything else is refused for good.
 func TestSubmittedTimestampChecks(t *testing.T) {
 	ctx := withCaller(context.Background(), agentID)
 	root := newTestCA(t, "root CA")
@@ -136,8 +137,8 @@ func TestSubmittedTimestampChecks(t *testing.T) {
 	}{
 		{"another signature's", func(_, otherSig []byte) []byte { return stamp(otherSig, clock.now(), ls.tl.tsa) }, "timestamp is for other data than this signature"},
 		{"another authority's", func(sig, _ []byte) []byte { return stamp(sig, clock.now(), other) }, "not signed by the trusted timestamp authority"},
-		{"before the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotBefore.Add(-time.Minute), ls.tl.tsa) }, "does not chain to a signing CA of this server at"},
-		{"after the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotAfter.Add(time.Minute), ls.tl.tsa) }, "does not chain to a signing CA of this server at"},
+		{"before the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotBefore.Add(-time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
+		{"after the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotAfter.Add(time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
 		{"garbage", func([]byte, []byte) []byte { return []byte("not a timestamp") }, "timestamp does not parse"},
 		{"too large", func([]byte, []byte) []byte { return make([]byte, limits.MaxTimestampBytes+1) }, "more than the 16384 allowed"},
 	}

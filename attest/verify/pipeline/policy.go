@@ -1,0 +1,357 @@
+package pipeline
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+	"github.com/hashicorp/hcl/v2/hclparse"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Version is the pipeline policy format this package reads: a policy file
+// says `version = 1`.
+const Version = 1
+
+// Limits on a policy file.
+const (
+	MaxPolicySize = 1 << 20
+	maxSteps      = 64
+	maxSources    = 64
+	maxListLen    = 256
+)
+
+// Policy is a parsed, validated pipeline policy: the steps of a supply
+// chain in order, who may run each, where each step's materials must come
+// from, and what the final step must produce. Build it with ParsePolicy;
+// it is read-only and safe to share.
+type Policy struct {
+	// Steps in the order the file names them; the last is the final step,
+	// whose products are the artifacts verified.
+	Steps []StepRule
+	// Sources are the repositories steps may have checked out.
+	Sources []SourceRule
+	// Digest is the SHA-256 of the policy file's bytes (a VSA's policy
+	// digest).
+	Digest [sha256.Size]byte
+}
+
+// StepRule is a policy's `step "NAME" { ... }` block.
+type StepRule struct {
+	Name string
+	// BuilderIDPrefixes: the agent (builder.id) is one of these or under
+	// one; empty allows any agent the trusted root trusts.
+	BuilderIDPrefixes []string
+	// WorkloadSPIFFEIDs: the calling workload held at least one of these.
+	WorkloadSPIFFEIDs []string
+	// WorkloadSelectors: the calling workload had every one of these
+	// selectors (type:value), as a SPIRE registration entry requires.
+	WorkloadSelectors []string
+	// MaterialsFrom names earlier steps whose products this step's
+	// materials may be.
+	MaterialsFrom []string
+	// Sources names source blocks: the step must have recorded a git
+	// source, each one allowed by one of these; its materials inside a
+	// clean allowed work tree come from the source.
+	Sources []string
+	// Products (final step only) are path.Match patterns, each matching
+	// at least one subject name of the final step's attestation.
+	Products []string
+}
+
+// SourceRule is a policy's `source "NAME" { ... }` block.
+type SourceRule struct {
+	Name string
+	// Repositories are path.Match patterns of the remote URL, compared
+	// without a trailing "/" or ".git".
+	Repositories []string
+	// Commits, when set, are the commits allowed (40 hex digits).
+	Commits []string
+	// Refs, when set, are path.Match patterns of HEAD's branch
+	// (refs/heads/main); a detached HEAD matches none.
+	Refs []string
+	// RequireClean (default true) refuses a work tree that is not
+	// exactly its commit's tree.
+	RequireClean bool
+}
+
+// file is the policy's HCL (or HCL JSON) schema, decoded strictly.
+type file struct {
+	Version *int          `hcl:"version"`
+	Sources []sourceBlock `hcl:"source,block"`
+	Steps   []stepBlock   `hcl:"step,block"`
+}
+
+type sourceBlock struct {
+	Name         string   `hcl:"name,label"`
+	Repositories []string `hcl:"repositories"`
+	Commits      []string `hcl:"commits,optional"`
+	Refs         []string `hcl:"refs,optional"`
+	RequireClean *bool    `hcl:"require_clean,optional"`
+}
+
+type stepBlock struct {
+	Name              string   `hcl:"name,label"`
+	BuilderIDPrefixes []string `hcl:"builder_id_prefixes,optional"`
+	WorkloadSPIFFEIDs []string `hcl:"workload_spiffe_ids,optional"`
+	WorkloadSelectors []string `hcl:"workload_selectors,optional"`
+	MaterialsFrom     []string `hcl:"materials_from,optional"`
+	Sources           []string `hcl:"sources,optional"`
+	Products          []string `hcl:"products,optional"`
+}
+
+// parseBody parses src as HCL native syntax, or as HCL's JSON syntax when
+// its first non-space byte is '{' (filename is for messages only).
+func parseBody(filename string, src []byte) (hcl.Body, error) {
+	if len(src) > MaxPolicySize {
+		return nil, fmt.Errorf("pipeline: policy %s is %d bytes, limit is %d", filename, len(src), MaxPolicySize)
+	}
+	p := hclparse.NewParser()
+	var f *hcl.File
+	var diags hcl.Diagnostics
+	if trimmed := bytes.TrimLeft(src, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
+		f, diags = p.ParseJSON(src, filename)
+	} else {
+		f, diags = p.ParseHCL(src, filename)
+	}
+	if diags.HasErrors() {
+		return nil, fmt.Errorf("pipeline: policy: %w", diags)
+	}
+	return f.Body, nil
+}
+
+// IsPolicy reports whether src is a pipeline policy rather than another
+// kind of policy file: it parses and has a top-level `version` attribute.
+// (hallmark verify's single-step JSON policy has no such key.)
+func IsPolicy(src []byte) bool {
+	body, err := parseBody("policy", src)
+	if err != nil {
+		return false
+	}
+	content, _, diags := body.PartialContent(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "version"}}})
+	return !diags.HasErrors() && content.Attributes["version"] != nil
+}
+
+// ParsePolicy decodes a pipeline policy strictly (unknown attributes and
+// blocks are errors naming the file, line and column) and validates it.
+// filename only names the file in errors.
+func ParsePolicy(filename string, src []byte) (*Policy, error) {
+	body, err := parseBody(filename, src)
+	if err != nil {
+		return nil, err
+	}
+	var f file
+	if diags := gohcl.DecodeBody(body, nil, &f); diags.HasErrors() {
+		return nil, fmt.Errorf("pipeline: policy: %w", diags)
+	}
+	if f.Version == nil {
+		return nil, fmt.Errorf("pipeline: policy %s: no version: say version = %d", filename, Version)
+	}
+	if *f.Version != Version {
+		return nil, fmt.Errorf("pipeline: policy %s: version %d is not supported (this verifier reads version %d)", filename, *f.Version, Version)
+	}
+	p := &Policy{Digest: sha256.Sum256(src)}
+	for _, s := range f.Sources {
+		r := SourceRule{Name: s.Name, Repositories: s.Repositories, Commits: s.Commits, Refs: s.Refs, RequireClean: true}
+		if s.RequireClean != nil {
+			r.RequireClean = *s.RequireClean
+		}
+		p.Sources = append(p.Sources, r)
+	}
+	for _, s := range f.Steps {
+		p.Steps = append(p.Steps, StepRule(s))
+	}
+	if err := p.validate(); err != nil {
+		return nil, fmt.Errorf("pipeline: policy %s: %w", filename, err)
+	}
+	return p, nil
+}
+
+// validate checks what the schema cannot: names, references between
+// blocks, the order of steps, and the syntax of every entry.
+func (p *Policy) validate() error {
+	if len(p.Steps) == 0 {
+		return errors.New("no step blocks: name the steps of the pipeline in order")
+	}
+	if len(p.Steps) > maxSteps || len(p.Sources) > maxSources {
+		return fmt.Errorf("at most %d steps and %d sources", maxSteps, maxSources)
+	}
+	sources := map[string]bool{}
+	for _, s := range p.Sources {
+		at := fmt.Sprintf("source %q", s.Name)
+		if !validName(s.Name) {
+			return fmt.Errorf("%s: use 1-128 letters, digits, '.', '_' and '-'", at)
+		}
+		if sources[s.Name] {
+			return fmt.Errorf("%s: defined twice", at)
+		}
+		sources[s.Name] = true
+		if len(s.Repositories) == 0 {
+			return fmt.Errorf("%s: repositories: name at least one repository URL (pattern)", at)
+		}
+		if err := checkList(at+": repositories", s.Repositories, checkPattern); err != nil {
+			return err
+		}
+		if err := checkList(at+": commits", s.Commits, checkCommit); err != nil {
+			return err
+		}
+		if err := checkList(at+": refs", s.Refs, checkRef); err != nil {
+			return err
+		}
+	}
+	steps := map[string]int{}
+	usedSources := map[string]bool{}
+	consumed := map[string]bool{}
+	for i, s := range p.Steps {
+		at := fmt.Sprintf("step %q", s.Name)
+		if !validName(s.Name) {
+			return fmt.Errorf("%s: use 1-128 letters, digits, '.', '_' and '-'", at)
+		}
+		if _, dup := steps[s.Name]; dup {
+			return fmt.Errorf("%s: defined twice", at)
+		}
+		if len(s.WorkloadSPIFFEIDs) == 0 && len(s.WorkloadSelectors) == 0 {
+			return fmt.Errorf("%s: say who may run it: workload_spiffe_ids or workload_selectors", at)
+		}
+		if err := checkList(at+": builder_id_prefixes", s.BuilderIDPrefixes, func(v string) error {
+			_, err := spiffeid.FromString(strings.TrimSuffix(v, "/"))
+			return err
+		}); err != nil {
+			return err
+		}
+		if err := checkList(at+": workload_spiffe_ids", s.WorkloadSPIFFEIDs, func(v string) error {
+			_, err := spiffeid.FromString(v)
+			return err
+		}); err != nil {
+			return err
+		}
+		if err := checkList(at+": workload_selectors", s.WorkloadSelectors, checkSelector); err != nil {
+			return err
+		}
+		if err := checkList(at+": materials_from", s.MaterialsFrom, func(v string) error {
+			if _, ok := steps[v]; !ok {
+				if slices.ContainsFunc(p.Steps, func(o StepRule) bool { return o.Name == v }) {
+					return fmt.Errorf("step %q comes later: a step takes materials only from earlier steps", v)
+				}
+				return fmt.Errorf("no step %q", v)
+			}
+			consumed[v] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := checkList(at+": sources", s.Sources, func(v string) error {
+			if !sources[v] {
+				return fmt.Errorf("no source %q", v)
+			}
+			usedSources[v] = true
+			return nil
+		}); err != nil {
+			return err
+		}
+		if len(s.Products) > 0 && i != len(p.Steps)-1 {
+			return fmt.Errorf("%s: products: only the final step's products are required (the last step block, %q)", at, p.Steps[len(p.Steps)-1].Name)
+		}
+		if err := checkList(at+": products", s.Products, checkPattern); err != nil {
+			return err
+		}
+		steps[s.Name] = i
+	}
+	for _, s := range p.Steps[:len(p.Steps)-1] {
+		if !consumed[s.Name] {
+			return fmt.Errorf("step %q: no later step takes materials from it (materials_from), so nothing links it to the final artifact", s.Name)
+		}
+	}
+	for _, s := range p.Sources {
+		if !usedSources[s.Name] {
+			return fmt.Errorf("source %q: no step names it in sources", s.Name)
+		}
+	}
+	return nil
+}
+
+// Step returns the rule of the step named name.
+func (p *Policy) Step(name string) (StepRule, bool) {
+	i := slices.IndexFunc(p.Steps, func(s StepRule) bool { return s.Name == name })
+	if i < 0 {
+		return StepRule{}, false
+	}
+	return p.Steps[i], true
+}
+
+// Source returns the source rule named name.
+func (p *Policy) Source(name string) (SourceRule, bool) {
+	i := slices.IndexFunc(p.Sources, func(s SourceRule) bool { return s.Name == name })
+	if i < 0 {
+		return SourceRule{}, false
+	}
+	return p.Sources[i], true
+}
+
+func checkList(at string, vals []string, check func(string) error) error {
+	if len(vals) > maxListLen {
+		return fmt.Errorf("%s: %d entries, at most %d", at, len(vals), maxListLen)
+	}
+	for i, v := range vals {
+		if slices.Contains(vals[:i], v) {
+			return fmt.Errorf("%s: %q listed twice", at, v)
+		}
+		if err := check(v); err != nil {
+			return fmt.Errorf("%s: %q: %w", at, v, err)
+		}
+	}
+	return nil
+}
+
+// validName is the agent's rule for step names: 1-128 letters, digits,
+// '.', '_' and '-'.
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func checkPattern(v string) error {
+	if v == "" {
+		return errors.New("empty pattern")
+	}
+	if _, err := path.Match(v, ""); err != nil {
+		return fmt.Errorf("not a pattern (path.Match syntax): %w", err)
+	}
+	return nil
+}
+
+func checkCommit(v string) error {
+	if len(v) != 40 || strings.Trim(v, "0123456789abcdef") != "" {
+		return errors.New("a commit is 40 lowercase hex digits (the full SHA-1)")
+	}
+	return nil
+}
+
+func checkRef(v string) error {
+	if !strings.HasPrefix(v, "refs/") {
+		return errors.New("a ref starts with refs/ (refs/heads/main, refs/tags/v*)")
+	}
+	return checkPattern(v)
+}
+
+func checkSelector(v string) error {
+	typ, val, ok := strings.Cut(v, ":")
+	if !ok || typ == "" || val == "" {
+		return errors.New("a selector is type:value (unix:uid:1001)")
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	ita1 "github.com/in-toto/attestation/go/v1"
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
+	commonpb "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
+	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/hallmark-dev/hallmark/attest"
+)
+
+// Candidate is a bundle that may attest a step, and where it came from
+// (a file name, a log entry). Nothing in it is trusted until verified.
+type Candidate struct {
+	Bundle []byte
+	Origin string
+}
+
+// Source finds the attestations the chain walk needs. Find returns the
+// bundles that may name an artifact of the given SHA-256 (lowercase hex)
+// as a subject; it may return others too, and may return the same bundle
+// on every call: the walk verifies each bundle fully, once.
+type Source interface {
+	Find(ctx context.Context, sha256Hex string) ([]Candidate, error)
+}
+
+// BundleSet is a Source over bundles given up front (files on the command
+// line or in a directory). It indexes them by the subjects their payloads
+// claim, read without trusting them (a bundle that does not parse is
+// indexed under nothing); the walk verifies whatever Find returns.
+type BundleSet struct {
+	all     []Candidate
+	subject map[string][]int
+}
+
+// NewBundleSet indexes bundles.
+func NewBundleSet(bundles []Candidate) *BundleSet {
+	s := &BundleSet{all: bundles, subject: map[string][]int{}}
+	for i, c := range bundles {
+		for _, d := range claimedSubjects(c.Bundle) {
+			if idx := s.subject[d]; len(idx) == 0 || idx[len(idx)-1] != i {
+				s.subject[d] = append(idx, i)
+			}
+		}
+	}
+	return s
+}
+
+// Find returns the bundles whose statements claim a subject of that digest.
+func (s *BundleSet) Find(_ context.Context, sha256Hex string) ([]Candidate, error) {
+	idx := s.subject[sha256Hex]
+	out := make([]Candidate, len(idx))
+	for i, j := range idx {
+		out[i] = s.all[j]
+	}
+	return out, nil
+}
+
+// All returns every bundle of the set: the walk verifies them all to tell
+// a missing step from one whose products do not match.
+func (s *BundleSet) All() []Candidate { return s.all }
+
+// enumerator is a Source that may be able to list everything it holds
+// (ok false: it cannot).
+type enumerator interface {
+	enumerate() (all []Candidate, ok bool)
+}
+
+func (s *BundleSet) enumerate() ([]Candidate, bool) { return s.all, true }
+
+// enumerate lists every source's bundles when every source can.
+func (ss Sources) enumerate() ([]Candidate, bool) {
+	var out []Candidate
+	for _, s := range ss {
+		e, ok := s.(enumerator)
+		if !ok {
+			return nil, false
+		}
+		all, ok := e.enumerate()
+		if !ok {
+			return nil, false
+		}
+		out = append(out, all...)
+	}
+	return out, true
+}
+
+// claimedSubjects returns the sha256 digests a bundle's payload claims as
+// subjects, unverified: only to narrow the search.
+func claimedSubjects(bundleJSON []byte) []string {
+	b, err := attest.ParseBundle(bundleJSON)
+	if err != nil {
+		return nil
+	}
+	var st ita1.Statement
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b.GetDsseEnvelope().GetPayload(), &st); err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(st.GetSubject()))
+	for _, s := range st.GetSubject() {
+		if d := s.GetDigest()["sha256"]; d != "" {
+			out = append(out, strings.ToLower(d))
+		}
+	}
+	return out
+}
+
+// LogSearch is a Source that asks a Hallmark server's log for the
+// entries naming a digest (GET /log/entries, docs/log.md) and rebuilds
+// each as a bundle. The server is not trusted: every bundle is verified
+// against the trusted root like any other.
+type LogSearch struct {
+	// BaseURL is the server's HTTP address (its health_address),
+	// http://host:port.
+	BaseURL string
+	// Client makes the requests; nil means http.DefaultClient.
+	Client *http.Client
+	// MaxEntries bounds the entries read for one digest (default 1000).
+	MaxEntries int
+}
+
+// maxSearchPage bounds one answer of the server.
+const maxSearchPage = 64 << 20
+
+// SearchEntry is one entry of GET /log/entries.
+type SearchEntry struct {
+	TlogEntry       json.RawMessage `json:"tlogEntry"`
+	DSSEEnvelope    json.RawMessage `json:"dsseEnvelope"`
+	Certificate     []byte          `json:"certificate"`
+	SPIFFEID        string          `json:"spiffeId"`
+	SignedTimestamp []byte          `json:"signedTimestamp"`
+}
+
+// searchPage is GET /log/entries's answer.
+type searchPage struct {
+	Entries []SearchEntry `json:"entries"`
+	Next    *int64        `json:"next"`
+}
+
+// Find returns every logged entry whose statement names the digest, as
+// bundles.
+func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
+	if _, err := hex.DecodeString(sha256Hex); err != nil || len(sha256Hex) != 64 {
+		return nil, fmt.Errorf("pipeline: log search: %q is not a SHA-256", sha256Hex)
+	}
+	limit := l.MaxEntries
+	if limit <= 0 {
+		limit = 1000
+	}
+	var out []Candidate
+	for start := int64(0); ; {
+		page, err := l.page(ctx, sha256Hex, start)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range page.Entries {
+			b, index, err := RebuildBundle(e)
+			if err != nil {
+				return nil, fmt.Errorf("pipeline: log search: entry from %s: %w", l.BaseURL, err)
+			}
+			out = append(out, Candidate{Bundle: b, Origin: fmt.Sprintf("log entry %d", index)})
+		}
+		if len(out) > limit {
+			return nil, fmt.Errorf("pipeline: log search: more than %d entries name sha256:%s", limit, sha256Hex)
+		}
+		if page.Next == nil {
+			return out, nil
+		}
+		if *page.Next <= start {
+			return nil, fmt.Errorf("pipeline: log search: the server's next page (%d) does not advance", *page.Next)
+		}
+		start = *page.Next
+	}
+}
+
+func (l *LogSearch) page(ctx context.Context, sha256Hex string, start int64) (*searchPage, error) {
+	if l.BaseURL == "" {
+		return nil, errors.New("pipeline: log search: no server address")
+	}
+	u := fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: log search: %w", err)
+	}
+	client := l.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: log search %s: %w", l.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSearchPage+1))
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: log search %s: %w", l.BaseURL, err)
+	}
+	if len(body) > maxSearchPage {
+		return nil, fmt.Errorf("pipeline: log search %s: answer larger than %d bytes", l.BaseURL, maxSearchPage)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("pipeline: log search %s: %s: %.200s", l.BaseURL, resp.Status, strings.TrimSpace(string(body)))
+	}
+	var page searchPage
+	if err := json.Unmarshal(body, &page); err != nil {
+		return nil, fmt.Errorf("pipeline: log search answer: %w", err)
+	}
+	return &page, nil
+}
+
+// RebuildBundle assembles a Sigstore bundle v0.3 from a log search entry:
+// its log entry, envelope, certificate and RFC 3161 timestamp. It returns
+// the bundle's JSON and the entry's log index. Nothing is verified.
+func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
+	var entry rekorpb.TransparencyLogEntry
+	if err := protojson.Unmarshal(e.TlogEntry, &entry); err != nil {
+		return nil, 0, fmt.Errorf("tlog entry: %w", err)
+	}
+	var env dssepb.Envelope
+	if err := protojson.Unmarshal(e.DSSEEnvelope, &env); err != nil {
+		return nil, 0, fmt.Errorf("envelope: %w", err)
+	}
+	if len(e.Certificate) == 0 || len(e.SignedTimestamp) == 0 {
+		return nil, 0, fmt.Errorf("log entry %d: no certificate or timestamp in the server's answer", entry.GetLogIndex())
+	}
+	b := &bundlepb.Bundle{
+		MediaType: attest.BundleMediaType,
+		VerificationMaterial: &bundlepb.VerificationMaterial{
+			Content:     &bundlepb.VerificationMaterial_Certificate{Certificate: &commonpb.X509Certificate{RawBytes: e.Certificate}},
+			TlogEntries: []*rekorpb.TransparencyLogEntry{&entry},
+			TimestampVerificationData: &bundlepb.TimestampVerificationData{
+				Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: e.SignedTimestamp}},
+			},
+		},
+		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
+	}
+	out, err := attest.MarshalBundle(b)
+	return out, entry.GetLogIndex(), err
+}
+
+// Sources asks each of its sources in turn and returns everything they
+// find (bundles on disk, then the log, say).
+type Sources []Source
+
+// Find returns what every source finds for the digest.
+func (ss Sources) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
+	var out []Candidate
+	for _, s := range ss {
+		found, err := s.Find(ctx, sha256Hex)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, found...)
+	}
+	return out, nil
+}

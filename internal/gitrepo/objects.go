@@ -1,0 +1,466 @@
+package gitrepo
+
+import (
+	"bytes"
+	"compress/zlib"
+	"crypto/sha1" //nolint:gosec // git's object IDs are SHA-1; collision-detecting SHA-1 is git's concern, the ID is what is recorded
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"strconv"
+	"strings"
+)
+
+// Object types, as pack files number them.
+const (
+	typeCommit   = 1
+	typeTree     = 2
+	typeBlob     = 3
+	typeTag      = 4
+	typeOfsDelta = 6
+	typeRefDelta = 7
+)
+
+var typeNames = map[int]string{typeCommit: "commit", typeTree: "tree", typeBlob: "blob", typeTag: "tag"}
+
+// ID is a SHA-1 object ID.
+type ID [sha1.Size]byte
+
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseID parses 40 lowercase hex digits.
+func ParseID(s string) (ID, error) {
+	var id ID
+	if len(s) != 2*len(id) || strings.ToLower(s) != s {
+		return id, fmt.Errorf("gitrepo: %.50q is not a 40-digit lowercase hex object ID", s)
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return id, fmt.Errorf("gitrepo: %.50q is not a 40-digit lowercase hex object ID", s)
+	}
+	return id, nil
+}
+
+// hashObject is git's object ID of content of type typ.
+func hashObject(typ string, content []byte) ID {
+	h := sha1.New() //nolint:gosec // git's object format
+	fmt.Fprintf(h, "%s %d\x00", typ, len(content))
+	h.Write(content)
+	var id ID
+	h.Sum(id[:0])
+	return id
+}
+
+// objectStore reads objects from a repository's objects directory:
+// loose objects, then pack files (index version 2). Every object read is
+// hashed and compared with the ID asked for.
+type objectStore struct {
+	fsys  fs.FS
+	dir   string // the objects directory
+	lim   Limits
+	packs []*pack
+	read  int64 // bytes inflated so far
+}
+
+func newObjectStore(fsys fs.FS, dir string, lim Limits) (*objectStore, error) {
+	s := &objectStore{fsys: fsys, dir: dir, lim: lim}
+	entries, err := fs.ReadDir(fsys, path.Join(dir, "pack"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("gitrepo: pack directory: %w", err)
+	}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".idx")
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		if len(s.packs) >= maxPacks {
+			return nil, fmt.Errorf("gitrepo: more than %d pack files", maxPacks)
+		}
+		idx, err := readLimited(fsys, path.Join(dir, "pack", e.Name()), lim.MaxObjectBytes)
+		if err != nil {
+			return nil, err
+		}
+		p, err := parseIndex(idx)
+		if err != nil {
+			return nil, fmt.Errorf("gitrepo: %s: %w", e.Name(), err)
+		}
+		p.path = path.Join(dir, "pack", name+".pack")
+		s.packs = append(s.packs, p)
+	}
+	return s, nil
+}
+
+// get returns the type and content of object id.
+func (s *objectStore) get(id ID) (string, []byte, error) {
+	typ, content, err := s.getUnchecked(id, 0)
+	if err != nil {
+		return "", nil, err
+	}
+	if got := hashObject(typ, content); got != id {
+		return "", nil, fmt.Errorf("gitrepo: object %s hashes to %s: the repository is corrupt or was tampered with", id, got)
+	}
+	return typ, content, nil
+}
+
+func (s *objectStore) getUnchecked(id ID, depth int) (string, []byte, error) {
+	hexID := id.String()
+	raw, err := readLimited(s.fsys, path.Join(s.dir, hexID[:2], hexID[2:]), s.lim.MaxObjectBytes)
+	if err == nil {
+		return s.parseLoose(raw)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", nil, err
+	}
+	for _, p := range s.packs {
+		if off, ok := p.find(id); ok {
+			return s.packObject(p, off, depth)
+		}
+	}
+	return "", nil, fmt.Errorf("gitrepo: object %s: %w (not loose, in no pack; alternates and promisor remotes are not read)", id, fs.ErrNotExist)
+}
+
+// parseLoose inflates a loose object: "TYPE SIZE\0CONTENT", zlib
+// compressed.
+func (s *objectStore) parseLoose(raw []byte) (string, []byte, error) {
+	zr, err := zlib.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: loose object: %w", err)
+	}
+	data, err := s.inflate(zr, s.lim.MaxObjectBytes+64)
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: loose object: %w", err)
+	}
+	return parseLooseContent(data)
+}
+
+// parseLooseContent splits an inflated loose object into type and content.
+func parseLooseContent(data []byte) (string, []byte, error) {
+	header, content, ok := bytes.Cut(data, []byte{0})
+	if !ok {
+		return "", nil, errors.New("gitrepo: loose object: no header")
+	}
+	typ, size, ok := strings.Cut(string(header), " ")
+	if !ok {
+		return "", nil, errors.New("gitrepo: loose object: malformed header")
+	}
+	if typ != "commit" && typ != "tree" && typ != "blob" && typ != "tag" {
+		return "", nil, fmt.Errorf("gitrepo: loose object: unknown type %.20q", typ)
+	}
+	n, err := strconv.Atoi(size)
+	if err != nil || n != len(content) || size != strconv.Itoa(n) {
+		return "", nil, fmt.Errorf("gitrepo: loose object: header says %.20q bytes, has %d", size, len(content))
+	}
+	return typ, content, nil
+}
+
+// inflate reads all of r, at most limit bytes, counting against the
+// store's total.
+func (s *objectStore) inflate(r io.Reader, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("object larger than %d bytes", limit)
+	}
+	s.read += int64(len(data))
+	if s.read > s.lim.MaxTotalBytes {
+		return nil, fmt.Errorf("more than %d bytes of objects inflated", s.lim.MaxTotalBytes)
+	}
+	return data, nil
+}
+
+// pack is a pack file's index (version 2).
+type pack struct {
+	path    string
+	ids     []byte // sorted IDs, 20 bytes each
+	offsets []uint32
+	large   []byte // 64-bit offsets
+}
+
+const maxPacks = 256
+
+// parseIndex parses a pack index, version 2
+// (gitformat-pack(5), "Version 2 pack-*.idx files").
+func parseIndex(b []byte) (*pack, error) {
+	const header = 8 + 256*4
+	if len(b) < header+2*sha1.Size || !bytes.Equal(b[:4], []byte{0xff, 't', 'O', 'c'}) || binary.BigEndian.Uint32(b[4:8]) != 2 {
+		return nil, errors.New("not a version 2 pack index")
+	}
+	// The index ends with the pack's checksum and its own.
+	sum := sha1.Sum(b[:len(b)-sha1.Size]) //nolint:gosec // the index's own trailer
+	if !bytes.Equal(sum[:], b[len(b)-sha1.Size:]) {
+		return nil, errors.New("pack index checksum does not match")
+	}
+	fanout := b[8:header]
+	prev := uint32(0)
+	for i := 0; i < 256; i++ {
+		v := binary.BigEndian.Uint32(fanout[4*i:])
+		if v < prev {
+			return nil, errors.New("pack index fan-out is not monotonic")
+		}
+		prev = v
+	}
+	n := int(prev)
+	rest := b[header : len(b)-2*sha1.Size]
+	need := n*sha1.Size + n*4 + n*4
+	if n < 0 || len(rest) < need {
+		return nil, fmt.Errorf("pack index too short for %d objects", n)
+	}
+	p := &pack{ids: rest[:n*sha1.Size]}
+	for i := 1; i < n; i++ {
+		if bytes.Compare(p.ids[(i-1)*sha1.Size:i*sha1.Size], p.ids[i*sha1.Size:(i+1)*sha1.Size]) >= 0 {
+			return nil, errors.New("pack index object IDs are not sorted")
+		}
+	}
+	offs := rest[n*sha1.Size+n*4 : need]
+	p.offsets = make([]uint32, n)
+	for i := range p.offsets {
+		p.offsets[i] = binary.BigEndian.Uint32(offs[4*i:])
+	}
+	p.large = rest[need:]
+	if len(p.large)%8 != 0 {
+		return nil, errors.New("pack index large offset table is malformed")
+	}
+	return p, nil
+}
+
+// find returns the pack offset of id.
+func (p *pack) find(id ID) (int64, bool) {
+	n := len(p.offsets)
+	lo, hi := 0, n
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		c := bytes.Compare(p.ids[m*sha1.Size:(m+1)*sha1.Size], id[:])
+		switch {
+		case c == 0:
+			off := p.offsets[m]
+			if off&0x80000000 == 0 {
+				return int64(off), true
+			}
+			i := int(off & 0x7fffffff)
+			if 8*i+8 > len(p.large) {
+				return 0, false
+			}
+			v := binary.BigEndian.Uint64(p.large[8*i:])
+			if v > 1<<62 {
+				return 0, false
+			}
+			return int64(v), true
+		case c < 0:
+			lo = m + 1
+		default:
+			hi = m
+		}
+	}
+	return 0, false
+}
+
+// maxDeltaDepth bounds a chain of deltas.
+const maxDeltaDepth = 64
+
+// packObject reads the object at off in pack p, resolving deltas.
+func (s *objectStore) packObject(p *pack, off int64, depth int) (string, []byte, error) {
+	if depth > maxDeltaDepth {
+		return "", nil, fmt.Errorf("gitrepo: delta chain longer than %d", maxDeltaDepth)
+	}
+	f, err := s.fsys.Open(p.path)
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: %w", err)
+	}
+	defer f.Close()
+	ra, ok := f.(io.ReaderAt)
+	if !ok {
+		return "", nil, errors.New("gitrepo: pack file does not support random reads")
+	}
+	r := bufioReader(io.NewSectionReader(ra, off, 1<<62))
+	typ, size, err := readEntryHeader(r)
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
+	}
+	if size > s.lim.MaxObjectBytes {
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %d bytes, limit is %d", off, size, s.lim.MaxObjectBytes)
+	}
+	var baseType string
+	var base []byte
+	switch typ {
+	case typeCommit, typeTree, typeBlob, typeTag:
+	case typeOfsDelta:
+		back, err := readOfsDeltaOffset(r)
+		if err != nil || back <= 0 || back > off {
+			return "", nil, fmt.Errorf("gitrepo: pack entry at %d: bad delta base offset", off)
+		}
+		if baseType, base, err = s.packObject(p, off-back, depth+1); err != nil {
+			return "", nil, err
+		}
+	case typeRefDelta:
+		var baseID ID
+		if _, err := io.ReadFull(r, baseID[:]); err != nil {
+			return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
+		}
+		if baseType, base, err = s.getUnchecked(baseID, depth+1); err != nil {
+			return "", nil, err
+		}
+	default:
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: unknown type %d", off, typ)
+	}
+	zr, err := zlib.NewReader(r)
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
+	}
+	data, err := s.inflate(zr, size)
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
+	}
+	if int64(len(data)) != size {
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %d bytes, header says %d", off, len(data), size)
+	}
+	if base == nil {
+		return typeNames[typ], data, nil
+	}
+	out, err := applyDelta(base, data, s.lim.MaxObjectBytes)
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
+	}
+	return baseType, out, nil
+}
+
+// readEntryHeader reads a pack entry's type and inflated size.
+func readEntryHeader(r io.ByteReader) (int, int64, error) {
+	c, err := r.ReadByte()
+	if err != nil {
+		return 0, 0, err
+	}
+	typ := int(c>>4) & 7
+	size := int64(c & 0x0f)
+	shift := uint(4)
+	for c&0x80 != 0 {
+		if shift > 56 {
+			return 0, 0, errors.New("size varint too long")
+		}
+		if c, err = r.ReadByte(); err != nil {
+			return 0, 0, err
+		}
+		size |= int64(c&0x7f) << shift
+		shift += 7
+	}
+	return typ, size, nil
+}
+
+// readOfsDeltaOffset reads an OFS_DELTA's negative base offset.
+func readOfsDeltaOffset(r io.ByteReader) (int64, error) {
+	c, err := r.ReadByte()
+	if err != nil {
+		return 0, err
+	}
+	v := int64(c & 0x7f)
+	for i := 0; c&0x80 != 0; i++ {
+		if i > 8 {
+			return 0, errors.New("offset varint too long")
+		}
+		if c, err = r.ReadByte(); err != nil {
+			return 0, err
+		}
+		v = ((v + 1) << 7) | int64(c&0x7f)
+	}
+	return v, nil
+}
+
+// applyDelta applies a git delta (gitformat-pack(5), "Deltified
+// representation") to base.
+func applyDelta(base, delta []byte, limit int64) ([]byte, error) {
+	srcSize, n := deltaVarint(delta)
+	if n <= 0 {
+		return nil, errors.New("delta: bad source size")
+	}
+	delta = delta[n:]
+	dstSize, n := deltaVarint(delta)
+	if n <= 0 {
+		return nil, errors.New("delta: bad target size")
+	}
+	delta = delta[n:]
+	if srcSize != uint64(len(base)) {
+		return nil, fmt.Errorf("delta: base is %d bytes, delta expects %d", len(base), srcSize)
+	}
+	if dstSize > uint64(limit) {
+		return nil, fmt.Errorf("delta: target of %d bytes, limit is %d", dstSize, limit)
+	}
+	out := make([]byte, 0, dstSize)
+	for len(delta) > 0 {
+		op := delta[0]
+		delta = delta[1:]
+		switch {
+		case op&0x80 != 0: // copy from base
+			var off, size uint64
+			for i := 0; i < 4; i++ {
+				if op&(1<<i) != 0 {
+					if len(delta) == 0 {
+						return nil, errors.New("delta: truncated copy")
+					}
+					off |= uint64(delta[0]) << (8 * i)
+					delta = delta[1:]
+				}
+			}
+			for i := 0; i < 3; i++ {
+				if op&(0x10<<i) != 0 {
+					if len(delta) == 0 {
+						return nil, errors.New("delta: truncated copy")
+					}
+					size |= uint64(delta[0]) << (8 * i)
+					delta = delta[1:]
+				}
+			}
+			if size == 0 {
+				size = 0x10000
+			}
+			if off+size > uint64(len(base)) || uint64(len(out))+size > dstSize {
+				return nil, errors.New("delta: copy out of range")
+			}
+			out = append(out, base[off:off+size]...)
+		case op != 0: // insert
+			if int(op) > len(delta) || uint64(len(out))+uint64(op) > dstSize {
+				return nil, errors.New("delta: insert out of range")
+			}
+			out = append(out, delta[:op]...)
+			delta = delta[op:]
+		default:
+			return nil, errors.New("delta: reserved opcode 0")
+		}
+	}
+	if uint64(len(out)) != dstSize {
+		return nil, fmt.Errorf("delta: produced %d bytes, expected %d", len(out), dstSize)
+	}
+	return out, nil
+}
+
+// deltaVarint reads a delta header size (little-endian base 128).
+func deltaVarint(b []byte) (uint64, int) {
+	var v uint64
+	for i := 0; i < len(b) && i < 10; i++ {
+		v |= uint64(b[i]&0x7f) << (7 * i)
+		if b[i]&0x80 == 0 {
+			return v, i + 1
+		}
+	}
+	return 0, -1
+}
+
+// readLimited reads a whole file of at most limit bytes.
+func readLimited(fsys fs.FS, name string, limit int64) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("gitrepo: %s: %w", name, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("gitrepo: %s: larger than %d bytes", name, limit)
+	}
+	return data, nil
+}

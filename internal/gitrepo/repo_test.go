@@ -1,0 +1,258 @@
+package gitrepo_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/internal/gitrepo"
+)
+
+// The tests build real repositories with the git program and compare
+// what Read finds with what git says; the agent itself never runs git.
+
+func git(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_CONFIG_NOSYSTEM=1", "HOME="+t.TempDir(),
+		"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.org", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.org")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "git %v: %s", args, out)
+	return strings.TrimSpace(string(out))
+}
+
+func writeFile(t *testing.T, p, content string, mode os.FileMode) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+	require.NoError(t, os.WriteFile(p, []byte(content), mode))
+	require.NoError(t, os.Chmod(p, mode))
+}
+
+// newRepo makes a repository with a few commits: files in directories, an
+// executable, a symbolic link, an ignored pattern, and a remote whose URL
+// carries credentials.
+func newRepo(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	git(t, dir, "init", "-q", "-b", "main")
+	git(t, dir, "remote", "add", "origin", "https://ci-bot:s3cret@git.example.org/acme/widget.git")
+	writeFile(t, filepath.Join(dir, "README"), "widget\n", 0o644)
+	writeFile(t, filepath.Join(dir, ".gitignore"), "*.o\n", 0o644)
+	for i := range 3 {
+		writeFile(t, filepath.Join(dir, "src", "main.c"), strings.Repeat("int main(void) { return 0; }\n", 50+i), 0o644)
+		writeFile(t, filepath.Join(dir, "src", "lib", "util.c"), strings.Repeat("/* util */\n", 80-i), 0o644)
+		writeFile(t, filepath.Join(dir, "build.sh"), "#!/bin/sh\nmake\n", 0o755)
+		git(t, dir, "add", "-A")
+		git(t, dir, "commit", "-q", "-m", "commit")
+	}
+	require.NoError(t, os.Symlink("src/main.c", filepath.Join(dir, "main-link")))
+	git(t, dir, "add", "-A")
+	git(t, dir, "commit", "-q", "-m", "link")
+	return dir
+}
+
+func read(t *testing.T, dir, sub string) *gitrepo.Source {
+	t.Helper()
+	root, err := os.OpenRoot(dir)
+	require.NoError(t, err)
+	t.Cleanup(func() { root.Close() })
+	src, err := gitrepo.Read(root.FS(), sub, gitrepo.Limits{})
+	require.NoError(t, err)
+	return src
+}
+
+func TestReadLooseAndPacked(t *testing.T) {
+	dir := newRepo(t)
+	check := func(t *testing.T, src *gitrepo.Source) {
+		require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
+		require.Equal(t, git(t, dir, "rev-parse", "HEAD^{tree}"), src.Tree)
+		require.Equal(t, "refs/heads/main", src.Ref)
+		require.Equal(t, "https://git.example.org/acme/widget.git", src.RemoteURL, "credentials removed")
+		require.True(t, src.Clean, src.Difference)
+		require.Empty(t, git(t, dir, "status", "--porcelain", "--ignored"))
+		sum := sha256.Sum256([]byte(strings.Repeat("int main(void) { return 0; }\n", 52)))
+		require.Equal(t, hex.EncodeToString(sum[:]), src.Files["src/main.c"])
+		require.Contains(t, src.Files, "build.sh")
+		require.Equal(t, src.Files["src/main.c"], src.Files["main-link"], "a link to a file of the tree names its content")
+	}
+	t.Run("loose", func(t *testing.T) { check(t, read(t, dir, ".")) })
+	// Packed, with deltas, packed refs and no loose object left.
+	git(t, dir, "gc", "-q", "--aggressive", "--prune=now")
+	loose, err := filepath.Glob(filepath.Join(dir, ".git", "objects", "??", "*"))
+	require.NoError(t, err)
+	require.Empty(t, loose)
+	require.FileExists(t, filepath.Join(dir, ".git", "packed-refs"))
+	verify := git(t, dir, "verify-pack", "-v", mustGlob(t, filepath.Join(dir, ".git", "objects", "pack", "*.idx")))
+	require.Contains(t, verify, "chain length = 1", "the pack has deltas")
+	t.Run("packed", func(t *testing.T) { check(t, read(t, dir, ".")) })
+
+	// A detached HEAD (as CI checks out) has no branch.
+	git(t, dir, "checkout", "-q", "--detach", "HEAD~1")
+	src := read(t, dir, ".")
+	require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
+	require.Empty(t, src.Ref)
+	require.True(t, src.Clean, src.Difference)
+}
+
+func mustGlob(t *testing.T, pattern string) string {
+	t.Helper()
+	m, err := filepath.Glob(pattern)
+	require.NoError(t, err)
+	require.Len(t, m, 1)
+	return m[0]
+}
+
+// Every way the work tree can differ from the commit makes it dirty, as
+// `git status --ignored` would show it.
+func TestReadDirty(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, dir string)
+		want   string
+	}{
+		{"modified file", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "src", "main.c"), "int main(void) { return 1; }\n", 0o644)
+		}, "src/main.c differs from the commit"},
+		{"same size, other content", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "README"), "gadget\n", 0o644)
+		}, "README differs from the commit"},
+		{"untracked file", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "src", "lib", "new.c"), "x", 0o644)
+		}, "extra file src/lib/new.c"},
+		{"ignored file", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "src", "main.o"), "obj", 0o644)
+		}, "extra file src/main.o"},
+		{"file in a new directory", func(t *testing.T, dir string) {
+			writeFile(t, filepath.Join(dir, "out", "deep", "a"), "x", 0o644)
+		}, "extra file out"},
+		{"deleted file", func(t *testing.T, dir string) {
+			require.NoError(t, os.Remove(filepath.Join(dir, "build.sh")))
+		}, "missing build.sh"},
+		{"executable bit", func(t *testing.T, dir string) {
+			require.NoError(t, os.Chmod(filepath.Join(dir, "build.sh"), 0o644))
+		}, "build.sh: executable bit differs"},
+		{"link retargeted", func(t *testing.T, dir string) {
+			require.NoError(t, os.Remove(filepath.Join(dir, "main-link")))
+			require.NoError(t, os.Symlink("README", filepath.Join(dir, "main-link")))
+		}, "main-link: link target differs"},
+		{"file replaced by a link", func(t *testing.T, dir string) {
+			require.NoError(t, os.Remove(filepath.Join(dir, "README")))
+			require.NoError(t, os.Symlink("build.sh", filepath.Join(dir, "README")))
+		}, "README is not a regular file"},
+		{"directory replaced by a file", func(t *testing.T, dir string) {
+			require.NoError(t, os.RemoveAll(filepath.Join(dir, "src", "lib")))
+			writeFile(t, filepath.Join(dir, "src", "lib"), "x", 0o644)
+		}, "src/lib is not a directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := newRepo(t)
+			tc.change(t, dir)
+			require.NotEmpty(t, git(t, dir, "status", "--porcelain", "--ignored"), "git agrees the tree is dirty")
+			src := read(t, dir, ".")
+			require.False(t, src.Clean)
+			require.Contains(t, src.Difference, tc.want)
+			require.Nil(t, src.Files)
+			require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
+		})
+	}
+	// An empty new directory is no file: git does not track it.
+	dir := newRepo(t)
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "empty", "dirs"), 0o755))
+	require.True(t, read(t, dir, ".").Clean)
+}
+
+// A work tree in a subdirectory of the root, with a .git file pointing to
+// its repository elsewhere inside the root, is read; one pointing outside
+// is refused.
+func TestReadGitFile(t *testing.T) {
+	root := t.TempDir()
+	repo := newRepo(t)
+	require.NoError(t, os.Rename(repo, filepath.Join(root, "src")))
+	require.NoError(t, os.Rename(filepath.Join(root, "src", ".git"), filepath.Join(root, "repo.git")))
+	writeFile(t, filepath.Join(root, "src", ".git"), "gitdir: ../repo.git\n", 0o644)
+	src := read(t, root, "src")
+	require.True(t, src.Clean, src.Difference)
+
+	writeFile(t, filepath.Join(root, "src", ".git"), "gitdir: ../../elsewhere.git\n", 0o644)
+	r, err := os.OpenRoot(root)
+	require.NoError(t, err)
+	defer r.Close()
+	_, err = gitrepo.Read(r.FS(), "src", gitrepo.Limits{})
+	require.ErrorContains(t, err, "points outside the workspace")
+	writeFile(t, filepath.Join(root, "src", ".git"), "gitdir: /etc\n", 0o644)
+	_, err = gitrepo.Read(r.FS(), "src", gitrepo.Limits{})
+	require.ErrorContains(t, err, "only a relative 'gitdir:'")
+
+	_, err = gitrepo.Read(r.FS(), ".", gitrepo.Limits{})
+	require.ErrorIs(t, err, gitrepo.ErrNotRepository)
+}
+
+// A tampered object store is caught: the object read is not the one its ID
+// names.
+func TestReadTamperedObject(t *testing.T) {
+	dir := newRepo(t)
+	head := git(t, dir, "rev-parse", "HEAD")
+	other := git(t, dir, "rev-parse", "HEAD~1")
+	// The loose commit object of HEAD replaced by HEAD~1's.
+	obj := func(id string) string { return filepath.Join(dir, ".git", "objects", id[:2], id[2:]) }
+	b, err := os.ReadFile(obj(other))
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(obj(head), 0o644))
+	require.NoError(t, os.WriteFile(obj(head), b, 0o644))
+	root, err := os.OpenRoot(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{})
+	require.ErrorContains(t, err, "hashes to "+other)
+}
+
+func TestReadLimits(t *testing.T) {
+	dir := newRepo(t)
+	root, err := os.OpenRoot(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	// Too large to compare: the commit is read, clean is never claimed.
+	for _, tc := range []struct {
+		lim  gitrepo.Limits
+		want string
+	}{
+		{gitrepo.Limits{MaxFiles: 3}, "not compared: more than 3"},
+		{gitrepo.Limits{MaxFileBytes: 100}, "not compared: src/lib/util.c is larger than 100 bytes"},
+		{gitrepo.Limits{MaxTotalBytes: 1000}, "not compared: work tree larger than 1000 bytes"},
+	} {
+		src, err := gitrepo.Read(root.FS(), ".", tc.lim)
+		require.NoError(t, err)
+		require.False(t, src.Clean)
+		require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
+		require.Contains(t, src.Difference, tc.want)
+	}
+	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{MaxObjectBytes: 10})
+	require.ErrorContains(t, err, "larger than 10 bytes")
+}
+
+func TestRemoteURL(t *testing.T) {
+	for _, tc := range []struct{ config, ref, want string }{
+		{"[remote \"origin\"]\n\turl = https://u:p@h/o/r.git\n", "refs/heads/main", "https://h/o/r.git"},
+		{"[remote \"origin\"]\n\turl = ssh://git:pw@h/o/r.git\n", "", "ssh://git@h/o/r.git"},
+		{"[remote \"origin\"]\n\turl = git@h:o/r.git\n", "", "git@h:o/r.git"},
+		{"[remote \"up\"]\n\turl = https://h/up\n[remote \"origin\"]\n\turl = https://h/origin\n[branch \"main\"]\n\tremote = up\n", "refs/heads/main", "https://h/up"},
+		{"[remote \"up\"]\n\turl = https://h/up\n[remote \"origin\"]\n\turl = https://h/origin\n", "refs/heads/main", "https://h/origin"},
+		{"[remote \"only\"]\n\turl = \"https://h/only\" ; comment\n", "", "https://h/only"},
+		{"[remote \"a\"]\n\turl = https://h/a\n[remote \"b\"]\n\turl = https://h/b\n", "", ""},
+		{"[core]\n\tbare = false\n", "", ""},
+	} {
+		dir := newRepo(t)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, ".git", "config"), []byte(tc.config), 0o644))
+		if tc.ref == "" {
+			git(t, dir, "checkout", "-q", "--detach")
+		}
+		require.Equal(t, tc.want, read(t, dir, ".").RemoteURL, tc.config)
+	}
+}
