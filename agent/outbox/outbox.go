@@ -118,7 +118,7 @@ type span struct {
 
 type pendingWrite struct {
 	rec   []byte
-	ends  []int // where each record framed in rec ends
+	ends  []int           // where each record framed in rec ends
 	apply func(at []span) // the in-memory change, made under mu once on disk
 	done  chan error
 }

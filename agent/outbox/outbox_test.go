@@ -200,7 +200,9 @@ func TestSettledItemsAreReadFromDisk(t *testing.T) {
 	// the fsyncs few.
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Go(func() { require.NoError(t, o.Put(Item{ID: fmt.Sprint(i), Bundle: bundle(i), Certificate: []byte("cert")})) })
+		wg.Go(func() {
+			require.NoError(t, o.Put(Item{ID: fmt.Sprint(i), Bundle: bundle(i), Certificate: []byte("cert")}))
+		})
 	}
 	wg.Wait()
 	for i := 0; i < n; i += 100 {
