@@ -38,16 +38,21 @@ type timestampClient interface {
 	Timestamp(ctx context.Context, in *serverv1.TimestampRequest, opts ...grpc.CallOption) (*serverv1.TimestampResponse, error)
 }
 
+// maxTimestampCalls is how many Timestamp calls an agent has in flight
+// at most.
+const maxTimestampCalls = 4
+
 // timestamper obtains timestamps for signatures. Concurrent requests are
-// coalesced: one call is in flight at a time and the signatures that
-// arrive meanwhile go together in the next, so a lone attestation waits
-// for no one and a burst costs a few round trips, not one each.
+// coalesced: up to maxTimestampCalls calls are in flight, and the
+// signatures that arrive while they all are go together in the next, so a
+// lone attestation waits for no one and a burst costs a few round trips,
+// not one each.
 type timestamper struct {
 	client atomic.Value // a timestampClient, once the agent is connected
 
 	mu       sync.Mutex
 	queue    []*timestampWait
-	inflight bool
+	inflight int // calls (flush loops) running
 
 	auth atomic.Pointer[timestampAuthority] // the last one seen
 }
@@ -79,8 +84,8 @@ func (t *timestamper) timestamp(ctx context.Context, sig []byte) ([]byte, [][]by
 	w := &timestampWait{sig: sig, done: make(chan timestampAnswer, 1)}
 	t.mu.Lock()
 	t.queue = append(t.queue, w)
-	if !t.inflight {
-		t.inflight = true
+	if t.inflight < maxTimestampCalls {
+		t.inflight++
 		go t.flush()
 	}
 	t.mu.Unlock()
@@ -99,7 +104,7 @@ func (t *timestamper) flush() {
 		t.mu.Lock()
 		n := min(len(t.queue), limits.MaxTimestampsPerCall)
 		if n == 0 {
-			t.inflight = false
+			t.inflight--
 			t.mu.Unlock()
 			return
 		}

@@ -86,9 +86,9 @@ func withTSA(t testing.TB, a *Agent) *fakeTSA {
 	return f
 }
 
-// While a call is in flight, the attestations that arrive wait and go
-// together in the next call: one lone signature first, then all the
-// others at once; each gets the timestamp of its own signature.
+// While every call is in flight, the attestations that arrive wait and
+// go together in the next: maxTimestampCalls lone signatures first, then
+// all the others at once; each gets the timestamp of its own signature.
 func TestTimestampsCoalesce(t *testing.T) {
 	f := newFakeTSA(t)
 	f.hold = make(chan struct{})
@@ -100,35 +100,46 @@ func TestTimestampsCoalesce(t *testing.T) {
 		chain     [][]byte
 		err       error
 	}
-	answers := make(chan answer, 50)
-	go func() {
-		sig := []byte("first")
+	const total = 50
+	answers := make(chan answer, total)
+	ask := func(sig []byte) {
 		resp, chain, err := ts.timestamp(context.Background(), sig)
 		answers <- answer{sig, resp, chain, err}
-	}()
-	require.Eventually(t, func() bool { return len(f.callSizes()) == 1 }, 5*time.Second, time.Millisecond)
-	for i := range 49 {
-		go func() {
-			sig := fmt.Appendf(nil, "sig-%d", i)
-			resp, chain, err := ts.timestamp(context.Background(), sig)
-			answers <- answer{sig, resp, chain, err}
-		}()
+	}
+	for i := range maxTimestampCalls {
+		go ask(fmt.Appendf(nil, "first-%d", i))
+		require.Eventually(t, func() bool { return len(f.callSizes()) == i+1 }, 5*time.Second, time.Millisecond)
+	}
+	for i := range total - maxTimestampCalls {
+		go ask(fmt.Appendf(nil, "sig-%d", i))
 	}
 	require.Eventually(t, func() bool {
 		ts.mu.Lock()
 		defer ts.mu.Unlock()
-		return len(ts.queue) == 49
+		return len(ts.queue) == total-maxTimestampCalls
 	}, 5*time.Second, time.Millisecond)
 	f.mu.Lock()
 	close(f.hold)
 	f.mu.Unlock()
-	for range 50 {
+	for range total {
 		a := <-answers
 		require.NoError(t, a.err)
 		_, err := ts.verify(a.resp, a.sig, a.chain)
 		require.NoError(t, err, "the timestamp of %s is over it", a.sig)
 	}
-	require.Equal(t, []int{1, 49}, f.callSizes())
+	sizes := f.callSizes()
+	require.Equal(t, []int{1, 1, 1, 1}, sizes[:maxTimestampCalls], "lone attestations wait for no one")
+	rest := 0
+	for _, n := range sizes[maxTimestampCalls:] {
+		rest += n
+	}
+	require.Equal(t, total-maxTimestampCalls, rest)
+	require.LessOrEqual(t, len(sizes), 2*maxTimestampCalls, "the others coalesced into a few calls: %v", sizes)
+	require.Eventually(t, func() bool {
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		return ts.inflight == 0
+	}, 5*time.Second, time.Millisecond, "the callers end once the queue is empty")
 }
 
 // Fail closed: with no timestamp authority answering (not connected, the

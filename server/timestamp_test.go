@@ -238,3 +238,30 @@ func FuzzSubmittedTimestamp(f *testing.F) {
 		}
 	})
 }
+
+// With the store down, SubmitEntries answers Unavailable before checking
+// anything (agents send the call again until the store is back, and
+// checking every entry each time would burn the CPU attestations need),
+// while Timestamp goes on answering.
+func TestSubmitEntriesFailsFastWithTheStoreDown(t *testing.T) {
+	ctx := withCaller(context.Background(), agentID)
+	root := newTestCA(t, "root CA")
+	km := chainKeyManager(t, root, root.intermediate(t, "issuing CA"))
+	ls := newLogServer(t, km)
+	st := &pingStore{Store: ls.tl.store}
+	ls.tl.store = st
+	svc := &agentService{s: ls.s, km: km, tlog: ls.tl}
+	bad := &serverv1.SubmitEntriesRequest{Entries: []*serverv1.LogSubmission{{Envelope: []byte("{"), Certificate: []byte("x")}}}
+
+	st.down.Store(true)
+	_, err := svc.SubmitEntries(ctx, bad)
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "transparency log: store: connection refused")
+	_, err = svc.Timestamp(ctx, &serverv1.TimestampRequest{Signatures: [][]byte{[]byte("sig")}})
+	require.NoError(t, err)
+
+	st.down.Store(false)
+	resp, err := svc.SubmitEntries(ctx, bad)
+	require.NoError(t, err)
+	require.NotEmpty(t, resp.GetResults()[0].GetError(), "checked, and refused, once the store answers")
+}
