@@ -2,9 +2,11 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
+	"hash/crc32"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -185,4 +187,25 @@ func fastTempDir(t *testing.T) string {
 		}
 	}
 	return t.TempDir()
+}
+
+// The agent refuses to start on an outbox it cannot read (a newer format
+// version), says why, and leaves the file as it was.
+func TestAgentRefusesAnOutboxItCannotRead(t *testing.T) {
+	dataDir := t.TempDir()
+	path := filepath.Join(dataDir, "outbox", "outbox.log")
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o700))
+	newer := []byte("\x89HMOUTB\n\x03\x00\x00\x00")
+	newer = binary.LittleEndian.AppendUint32(newer, crc32.Checksum(newer, crc32.MakeTable(crc32.Castagnoli)))
+	newer = append(newer, "records of a format from the future"...)
+	require.NoError(t, os.WriteFile(path, newer, 0o600))
+
+	a := newTestAgent(t, nil)
+	a.cfg.DataDir = dataDir
+	err := a.Run(context.Background())
+	require.ErrorIs(t, err, outbox.ErrUnknownFormat)
+	require.ErrorContains(t, err, "format version 3 is not one this agent reads (1 to 2)")
+	after, rerr := os.ReadFile(path)
+	require.NoError(t, rerr)
+	require.Equal(t, newer, after, "left as it was")
 }
