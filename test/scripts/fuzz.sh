@@ -29,7 +29,7 @@ while IFS=: read -r file name; do
   [ "$dir" = . ] && pkg=$module
   echo "fuzz: $pkg $name for $fuzztime" >&2
   ran=$((ran + 1))
-  if ! nice go test -run '^$' -fuzz "^$name\$" -fuzztime "$fuzztime" -fuzzminimizetime 10s "$dir"; then
+  if ! nice go test -run '^$' -fuzz "^$name\$" -fuzztime "$fuzztime" -fuzzminimizetime 10s -timeout 3h "$dir"; then
     failed+=("$pkg $name")
   fi
   if [ "${FUZZ_SAVE:-}" = 1 ] && [ -d "$cache/$pkg/$name" ]; then
