@@ -56,6 +56,7 @@ unit: postgres openbao
 	go test -race -count=1 $$(go list ./... | grep -v /test/e2e)
 
 e2e: tools interop-tools
+	@command -v useradd >/dev/null && command -v unshare >/dev/null || ./test/scripts/apt-install.sh passwd util-linux mount
 	go test -count=1 -timeout 30m -v ./test/e2e/...
 
 ## test: lint, generated-code check, deploy files, unit tests under -race, end-to-end on real SPIRE.

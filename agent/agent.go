@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -174,25 +175,65 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer ob.Close()
 	}
-	var localLn *peercred.Listener
+	var (
+		localLn *peercred.Listener
+		execs   *peercred.ExecWatch
+	)
 	if a.cfg.SocketPath != "" {
 		var err error
-		if localLn, err = peercred.Listen(peercred.ListenConfig{Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID}); err != nil {
+		if localLn, execs, err = a.listenLocal(); err != nil {
 			if healthLn != nil {
 				healthLn.Close()
 			}
 			return fmt.Errorf("agent: local API: %w", err)
 		}
+		defer execs.Close()
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	if healthLn != nil {
 		g.Go(func() error { return a.serveHealth(ctx, healthLn) })
 	}
 	if localLn != nil {
+		g.Go(func() error { return execs.Run(ctx) })
 		g.Go(func() error { return a.serveLocal(ctx, localLn) })
 	}
 	g.Go(func() error { return a.run(ctx) })
 	return g.Wait()
+}
+
+// listenLocal starts watching execs, which the local API needs to tie a
+// request to the program image that sent it, and listens on the socket.
+func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
+	execs, err := peercred.WatchExecs()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (hallmark-agent needs CAP_NET_ADMIN and the host's network, user and pid namespaces: on Kubernetes hostNetwork and hostPID)", err)
+	}
+	lim := a.cfg.LocalLimits.withDefaults()
+	// Every connection holds up to four descriptors (socket, pidfd,
+	// /proc/PID/cmdline and status); the rest must stay free for the
+	// health listener, the server connection and the outbox.
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < uint64(4*lim.Connections+512) {
+		execs.Close()
+		return nil, nil, fmt.Errorf("the open files limit (%d) is too low for max_connections = %d: raise it to %d (LimitNOFILE) or lower max_connections",
+			rl.Cur, lim.Connections, 4*lim.Connections+512)
+	}
+	ln, err := peercred.Listen(peercred.ListenConfig{
+		Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID,
+		MaxConns: lim.Connections, MaxConnsPerUID: lim.ConnectionsPerUID, Execs: execs,
+		OnSkip: func(err error) {
+			reason := "unidentified"
+			if errors.Is(err, peercred.ErrTooManyConns) {
+				reason = "limits"
+			}
+			a.metrics.refusedConns.WithLabelValues(reason).Inc()
+		},
+	})
+	if err != nil {
+		execs.Close()
+		return nil, nil, err
+	}
+	return ln, execs, nil
 }
 
 func (a *Agent) run(ctx context.Context) error {

@@ -16,8 +16,12 @@ import (
 // public once logged, so any identified local caller holding the (random)
 // invocation ID may fetch one.
 func (api *localAPI) GetBundle(ctx context.Context, req *agentv1.GetBundleRequest) (*agentv1.GetBundleResponse, error) {
-	if _, _, _, err := api.caller(ctx); err != nil {
-		return nil, err
+	c, r := kernelCaller(ctx)
+	if r == nil {
+		r = api.identify(ctx, c)
+	}
+	if r != nil {
+		return nil, status.Error(r.code, r.reason)
 	}
 	ob := api.a.outbox
 	if ob == nil {

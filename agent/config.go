@@ -64,6 +64,8 @@ type Config struct {
 	LogBatchSize int
 	// Limits bound what one attestation may measure.
 	Limits measure.Limits
+	// LocalLimits bound what callers may hold at once on the local API.
+	LocalLimits LocalLimits
 	// Now returns the current time; time.Now when nil.
 	Now func() time.Time
 }
@@ -102,8 +104,16 @@ type agentBlock struct {
 	MaxFileBytes      int64     `hcl:"max_file_bytes,optional"`
 	MaxTotalBytes     int64     `hcl:"max_total_bytes,optional"`
 	PolicyRefresh     string    `hcl:"policy_refresh,optional"`
-	DataDir           string    `hcl:"data_dir,optional"`
-	LogBatchSize      int       `hcl:"log_batch_size,optional"`
+
+	MaxConnections           int    `hcl:"max_connections,optional"`
+	MaxConnectionsPerUID     int    `hcl:"max_connections_per_uid,optional"`
+	MaxStreamsPerConnection  int    `hcl:"max_streams_per_connection,optional"`
+	MaxAttestationsPerUID    int    `hcl:"max_attestations_per_uid,optional"`
+	MaxIdentificationsPerUID int    `hcl:"max_identifications_per_uid,optional"`
+	MaxIdentifications       int    `hcl:"max_identifications,optional"`
+	IdleTimeout              string `hcl:"idle_timeout,optional"`
+	DataDir                  string `hcl:"data_dir,optional"`
+	LogBatchSize             int    `hcl:"log_batch_size,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -223,6 +233,25 @@ func localAPIConfig(c *Config, a agentBlock) error {
 		return errors.New("agent: max_files, max_file_bytes and max_total_bytes must be positive")
 	}
 	c.Limits = measure.Limits{MaxFiles: a.MaxFiles, MaxFileBytes: a.MaxFileBytes, MaxTotalBytes: a.MaxTotalBytes}
+	for name, v := range map[string]int{
+		"max_connections": a.MaxConnections, "max_connections_per_uid": a.MaxConnectionsPerUID,
+		"max_streams_per_connection": a.MaxStreamsPerConnection, "max_attestations_per_uid": a.MaxAttestationsPerUID,
+		"max_identifications_per_uid": a.MaxIdentificationsPerUID, "max_identifications": a.MaxIdentifications,
+	} {
+		if v < 0 {
+			return fmt.Errorf("agent.%s: %d must be positive", name, v)
+		}
+	}
+	idle, err := config.Duration("agent.idle_timeout", a.IdleTimeout, DefaultIdleTimeout)
+	if err != nil {
+		return err
+	}
+	c.LocalLimits = LocalLimits{
+		Connections: a.MaxConnections, ConnectionsPerUID: a.MaxConnectionsPerUID,
+		StreamsPerConnection: a.MaxStreamsPerConnection, AttestationsPerUID: a.MaxAttestationsPerUID,
+		IdentificationsPerUID: a.MaxIdentificationsPerUID, Identifications: a.MaxIdentifications,
+		IdleTimeout: idle,
+	}
 	return nil
 }
 

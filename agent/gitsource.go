@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"io/fs"
+	"os"
 	"path"
 	"slices"
 	"strings"
@@ -15,55 +16,67 @@ import (
 // maxGitSources bounds the work trees read for one attestation.
 const maxGitSources = 16
 
-// gitSources reads, beneath the step's workspace root, every git work
-// tree the step has: the workspace itself and each product or material
-// directory that holds a .git, from the repository's own files (never
-// the caller's word). measured are the digests the agent took of the
-// products and materials: a file of a clean work tree whose digest there
-// differs from the one the git comparison read changed during the
-// attestation, and the tree is recorded as not clean.
-func gitSources(root *measure.Root, paths []string, lim measure.Limits, measured []measure.Digest) ([]attest.GitSource, error) {
-	// The workspace, and the named paths that are directories (a path
-	// measured as a file is not one), that hold a .git: usually none,
-	// found with one look-up beneath the root each.
-	files := make(map[string]bool, len(measured))
-	for _, d := range measured {
-		files[d.Name] = true
-	}
+// gitWorkTrees finds and reads every git work tree of a step: the
+// workspace itself and each product or material directory that holds a
+// .git, from the repository's own files (never the caller's word). Its
+// read method is a measure.WorkspaceReader, so it reads beneath the
+// workspace the measurement walked, with the caller's credentials: what it
+// records is what the caller could read.
+type gitWorkTrees struct {
+	paths []string // the request's products and materials, as named
+	lim   measure.Limits
+	found []gitWorkTree
+}
+
+type gitWorkTree struct {
+	dir string
+	src *gitrepo.Source
+}
+
+func (g *gitWorkTrees) read(ws *os.Root) error {
+	fsys := gitrepo.FS(ws)
 	var dirs []string
-	for _, p := range append([]string{"."}, paths...) {
+	for _, p := range append([]string{"."}, g.paths...) {
 		c := path.Clean(strings.TrimPrefix(p, "./"))
-		if fs.ValidPath(c) && !files[c] && !slices.Contains(dirs, c) && root.Exists(path.Join(c, ".git")) {
-			dirs = append(dirs, c)
-		}
-	}
-	if len(dirs) == 0 {
-		return nil, nil
-	}
-	osRoot, err := root.OSRoot()
-	if err != nil {
-		return nil, err
-	}
-	defer osRoot.Close()
-	fsys := osRoot.FS()
-	var out []attest.GitSource
-	for _, dir := range dirs {
-		if fi, err := fs.Stat(fsys, dir); err != nil || !fi.IsDir() || !gitrepo.IsWorkTree(fsys, dir) {
+		if !fs.ValidPath(c) || slices.Contains(dirs, c) {
 			continue
 		}
-		if len(out) == maxGitSources {
-			return nil, fmt.Errorf("more than %d git work trees", maxGitSources)
+		// Usually nothing: one look-up beneath the workspace each.
+		if _, err := ws.Lstat(path.Join(c, ".git")); err != nil {
+			continue
 		}
-		src, err := gitrepo.Read(fsys, dir, gitrepo.Limits{MaxFiles: lim.MaxFiles, MaxFileBytes: lim.MaxFileBytes, MaxTotalBytes: lim.MaxTotalBytes})
+		if fi, err := fs.Stat(fsys, c); err != nil || !fi.IsDir() || !gitrepo.IsWorkTree(fsys, c) {
+			continue
+		}
+		dirs = append(dirs, c)
+	}
+	for _, dir := range dirs {
+		if len(g.found) == maxGitSources {
+			return fmt.Errorf("more than %d git work trees", maxGitSources)
+		}
+		src, err := gitrepo.Read(fsys, dir, gitrepo.Limits{MaxFiles: g.lim.MaxFiles, MaxFileBytes: g.lim.MaxFileBytes, MaxTotalBytes: g.lim.MaxTotalBytes})
 		if err != nil {
-			return nil, fmt.Errorf("work tree %s: %w", dir, err)
+			return fmt.Errorf("git source: work tree %s: %w", dir, err)
 		}
-		clean := src.Clean && sameAsCompared(dir, src.Files, measured)
+		g.found = append(g.found, gitWorkTree{dir: dir, src: src})
+	}
+	return nil
+}
+
+// sources are the work trees read, for the provenance. measured are the
+// digests the agent took of the products and materials: a file of a clean
+// work tree whose digest there differs from the one the git comparison
+// read changed during the attestation, and the tree is recorded as not
+// clean.
+func (g *gitWorkTrees) sources(measured []measure.Digest) []attest.GitSource {
+	var out []attest.GitSource
+	for _, t := range g.found {
 		out = append(out, attest.GitSource{
-			Path: dir, Commit: src.Commit, Tree: src.Tree, Clean: clean, Ref: src.Ref, RemoteURL: src.RemoteURL,
+			Path: t.dir, Commit: t.src.Commit, Tree: t.src.Tree, Ref: t.src.Ref, RemoteURL: t.src.RemoteURL,
+			Clean: t.src.Clean && sameAsCompared(t.dir, t.src.Files, measured),
 		})
 	}
-	return out, nil
+	return out
 }
 
 // sameAsCompared reports whether every measured file inside the work tree

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 )
 
 // Status is what /status reports: public facts only, never key material.
@@ -110,6 +111,9 @@ func (a *Agent) Status() Status {
 	return st
 }
 
+// maxHealthConns bounds the health listener's open connections.
+const maxHealthConns = 64
+
 func (a *Agent) serveHealth(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -128,7 +132,19 @@ func (a *Agent) serveHealth(ctx context.Context, ln net.Listener) error {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.registry, promhttp.HandlerOpts{}))
 
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// A listener of its own, with its own bound on connections and their
+	// time: abuse of the local API's socket, which holds at most
+	// LocalLimits.Connections, cannot starve it, and it cannot starve the
+	// local API.
+	ln = netutil.LimitListener(ln, maxHealthConns)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+	}
 	go func() {
 		<-ctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

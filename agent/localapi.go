@@ -16,9 +16,11 @@ import (
 	"unicode/utf8"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
@@ -47,6 +49,9 @@ const (
 	maxRequestBytes = 1 << 20 // a request is names, not content
 	maxPaths        = 10000   // products plus materials named in a request
 	maxPathLen      = 4096
+	maxHeaderBytes  = 16 << 10
+	// handshakeTimeout bounds how long a connection may take to greet.
+	handshakeTimeout = 10 * time.Second
 )
 
 // pauseBeforeSignEnv, when set to a duration, makes the agent wait between
@@ -54,12 +59,6 @@ const (
 // open the window in which a caller could exit or exec; never set it in
 // production.
 const pauseBeforeSignEnv = "HALLMARK_AGENT_TEST_PAUSE_BEFORE_SIGN"
-
-// identityTTL is how long a connection's attested identity is reused.
-// Reuse is sound because every signing first re-checks, with Verify, that
-// the peer is still the very process (pidfd, start time, executable) that
-// was attested; the TTL bounds how late a registration change is seen.
-const identityTTL = 10 * time.Second
 
 // localAPI implements agentv1.WorkloadServiceServer.
 type localAPI struct {
@@ -70,9 +69,12 @@ type localAPI struct {
 	// themselves (logEvent), so they skip the source line, which costs a
 	// stack walk per request.
 	auditLog *zap.Logger
+	// attests and idents bound, per uid and in all, the attestations and
+	// the identifications (workload attestor calls) under way.
+	attests, idents *uidLimit
 
-	mu         sync.Mutex // guards identities
-	identities map[*peercred.Conn]cachedIdentity
+	mu      sync.Mutex // guards watched
+	watched map[*peercred.Conn]*watchedIDs
 
 	lastSerial atomic.Pointer[certSerial]
 }
@@ -94,14 +96,14 @@ func (api *localAPI) serial(held *signingCert) string {
 	return s.text
 }
 
-type cachedIdentity struct {
-	id      policy.Identity
-	expires time.Time
-}
-
-// serveLocal serves the local API on cfg.SocketPath until ctx ends.
+// serveLocal serves the local API on ln until ctx ends.
 func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
-	api := &localAPI{a: a, auditLog: a.log.WithOptions(zap.WithCaller(false))}
+	lim := a.cfg.LocalLimits.withDefaults()
+	api := &localAPI{
+		a: a, auditLog: a.log.WithOptions(zap.WithCaller(false)),
+		attests: newUIDLimit(lim.AttestationsPerUID, 0),
+		idents:  newUIDLimit(lim.IdentificationsPerUID, lim.Identifications),
+	}
 	if v := os.Getenv(pauseBeforeSignEnv); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -114,6 +116,10 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	srv := grpc.NewServer(
 		grpc.Creds(peercred.Credentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.MaxConcurrentStreams(uint32(lim.StreamsPerConnection)),
+		grpc.ConnectionTimeout(handshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout}),
 		grpc.UnaryInterceptor(api.logErrors),
 		grpc.StreamInterceptor(api.logStreamErrors),
 	)
@@ -150,63 +156,167 @@ func (api *localAPI) logFailure(method string, err error) {
 	if err == nil {
 		return
 	}
-	if st := status.Convert(err); st.Code() != codes.PermissionDenied && st.Code() != codes.InvalidArgument {
+	switch st := status.Convert(err); st.Code() {
+	case codes.PermissionDenied, codes.InvalidArgument, codes.Canceled:
+	default:
 		api.a.log.Warn("Local API call failed", zap.String(logMethod, method),
 			zap.String(logCode, st.Code().String()), zap.String(logError, st.Message()))
 	}
 }
 
-// caller identifies the peer of ctx with every configured attestor.
-func (api *localAPI) caller(ctx context.Context) (*peercred.Conn, workloadattestor.Caller, policy.Identity, error) {
+// refusal is why a stage of the gate stopped a request: the status code
+// the caller gets, the denial class of the metric, and the reason, which
+// is all the caller is told.
+type refusal struct {
+	code   codes.Code
+	class  string
+	reason string
+}
+
+func refuse(code codes.Code, class, reason string) *refusal {
+	return &refusal{code: code, class: class, reason: reason}
+}
+
+// caller is who sent a request, as the gate learns it stage by stage.
+type caller struct {
+	conn *peercred.Conn
+	peer peercred.Info
+	id   policy.Identity
+}
+
+// kernelCaller is the first thing the gate knows of a request: the
+// connection the kernel vouches for.
+func kernelCaller(ctx context.Context) (*caller, *refusal) {
 	conn, ok := peercred.FromContext(ctx)
 	if !ok {
-		return nil, workloadattestor.Caller{}, policy.Identity{}, status.Error(codes.Unauthenticated, "caller not identified by the kernel")
+		return nil, refuse(codes.Unauthenticated, denyRequest, "caller not identified by the kernel")
 	}
-	p := conn.Peer()
-	c := workloadattestor.Caller{PID: p.PID, UID: p.UID, GID: p.GID}
-	now := api.a.cfg.Now()
+	return &caller{conn: conn, peer: conn.Peer()}, nil
+}
+
+// watchingAttestor is a WorkloadAttestor that can vouch for its answer
+// over time (the spire attestor: SPIRE's own subscription): changed closes
+// as soon as the answer may no longer hold, and the watch ends with ctx.
+type watchingAttestor interface {
+	AttestWatch(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, <-chan struct{}, error)
+}
+
+// watchedIDs are the watching attestors' answers about one connection's
+// caller, each good until its changed closes; they end with the
+// connection.
+type watchedIDs struct {
+	ctx     context.Context // ends when the connection closes
+	mu      sync.Mutex
+	answers map[string]watchedAnswer
+}
+
+type watchedAnswer struct {
+	res     workloadattestor.Result
+	changed <-chan struct{}
+}
+
+// watchedFor returns the answers kept for conn, made on first use.
+func (api *localAPI) watchedFor(conn *peercred.Conn) *watchedIDs {
 	api.mu.Lock()
-	cached, ok := api.identities[conn]
-	api.mu.Unlock()
-	if ok && now.Before(cached.expires) {
-		return conn, c, cached.id, nil
+	defer api.mu.Unlock()
+	if w := api.watched[conn]; w != nil {
+		return w
 	}
-	var id policy.Identity
+	if api.watched == nil {
+		api.watched = map[*peercred.Conn]*watchedIDs{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watchedIDs{ctx: ctx, answers: map[string]watchedAnswer{}}
+	api.watched[conn] = w
+	go func() {
+		<-conn.Done()
+		cancel() // ends the watches
+		api.mu.Lock()
+		delete(api.watched, conn)
+		api.mu.Unlock()
+	}()
+	return w
+}
+
+// answer is what attestor na says of the caller: a watching attestor's
+// kept answer while it holds, else a fresh one.
+func (api *localAPI) answer(ctx context.Context, c *caller, na NamedAttestor, wc workloadattestor.Caller) (workloadattestor.Result, error) {
+	wa, ok := na.Attestor.(watchingAttestor)
+	if !ok {
+		return na.Attestor.Attest(ctx, wc)
+	}
+	w := api.watchedFor(c.conn)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if a, ok := w.answers[na.Name]; ok {
+		select {
+		case <-a.changed:
+		default:
+			return a.res, nil
+		}
+	}
+	// The watch lives with the connection, not with this call; its first
+	// answer is still bounded by the attestor's own timeout.
+	res, changed, err := wa.AttestWatch(w.ctx, wc)
+	if err != nil {
+		delete(w.answers, na.Name)
+		return res, err
+	}
+	w.answers[na.Name] = watchedAnswer{res: res, changed: changed}
+	return res, nil
+}
+
+// identify asks every workload attestor who the caller is, at most a few
+// at a time per uid. No identity outlives a check that would now fail:
+// attestors answer anew on every call, except that a watching attestor's
+// answer is kept for the connection while the attestor vouches for it
+// (SPIRE has sent nothing since: no entry for the caller changed); the
+// caller's program image cannot change meanwhile (the gate refuses a
+// connection whose peer exec'd), nor its uid and groups (set at connect).
+// A caller already known to have exec'd is refused without asking.
+func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
+	if err := c.conn.Execed(); err != nil {
+		// Known already, without a system call; Verify says precisely why
+		// (gone, if the exec was of a process that took over the pid).
+		if verr := c.conn.Verify(); verr != nil {
+			err = verr
+		}
+		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
+	}
+	release, err := api.idents.acquire(ctx, c.peer.UID)
+	if err != nil {
+		return refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting to be identified: "+err.Error())
+	}
+	defer release()
+	wc := workloadattestor.Caller{PID: c.peer.PID, UID: c.peer.UID, GID: c.peer.GID}
 	for _, na := range api.a.cfg.Attestors {
-		res, err := na.Attestor.Attest(ctx, c)
+		res, err := api.answer(ctx, c, na, wc)
 		if err != nil {
-			return nil, c, id, status.Errorf(codes.Unavailable, "workload attestor %s: %v", na.Name, err)
+			return refuse(codes.Unavailable, "", fmt.Sprintf("workload attestor %s: %v", na.Name, err))
 		}
-		id.SPIFFEIDs = append(id.SPIFFEIDs, res.SPIFFEIDs...)
-		id.Selectors = append(id.Selectors, res.Selectors...)
+		c.id.SPIFFEIDs = append(c.id.SPIFFEIDs, res.SPIFFEIDs...)
+		c.id.Selectors = append(c.id.Selectors, res.Selectors...)
 	}
-	slices.Sort(id.SPIFFEIDs)
-	id.SPIFFEIDs = slices.Compact(id.SPIFFEIDs)
-	api.mu.Lock()
-	if api.identities == nil {
-		api.identities = map[*peercred.Conn]cachedIdentity{}
-	}
-	for k, v := range api.identities { // drop those of closed connections
-		if now.After(v.expires) {
-			delete(api.identities, k)
-		}
-	}
-	api.identities[conn] = cachedIdentity{id: id, expires: now.Add(identityTTL)}
-	api.mu.Unlock()
-	return conn, c, id, nil
+	slices.Sort(c.id.SPIFFEIDs)
+	c.id.SPIFFEIDs = slices.Compact(c.id.SPIFFEIDs)
+	return nil
 }
 
 // WhoAmI tells the caller how the agent sees it and what policy grants it.
 func (api *localAPI) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*agentv1.WhoAmIResponse, error) {
-	_, c, id, err := api.caller(ctx)
-	if err != nil {
-		return nil, err
+	c, r := kernelCaller(ctx)
+	if r == nil {
+		r = api.identify(ctx, c)
 	}
+	if r != nil {
+		return nil, status.Error(r.code, r.reason)
+	}
+	p := c.peer
 	resp := &agentv1.WhoAmIResponse{
-		Workload:      &agentv1.Workload{Pid: c.PID, Uid: c.UID, Gid: c.GID, SpiffeIds: id.SPIFFEIDs, Selectors: id.Selectors},
+		Workload:      &agentv1.Workload{Pid: p.PID, Uid: p.UID, Gid: p.GID, SpiffeIds: c.id.SPIFFEIDs, Selectors: c.id.Selectors},
 		AgentSpiffeId: api.a.spiffeID(),
 	}
-	for _, r := range api.a.policy().Matching(id) {
+	for _, r := range api.a.policy().Matching(c.id) {
 		resp.Grants = append(resp.Grants, &agentv1.Grant{Rule: r.Name, Steps: r.Steps, WorkspaceRoots: r.WorkspaceRoots})
 	}
 	return resp, nil
@@ -224,106 +334,141 @@ func (api *localAPI) AttestStepStream(req *agentv1.AttestStepRequest, stream age
 	return api.attestStepStream(req, stream)
 }
 
-// attestStep serves AttestStep and AttestStepStream. In order: identify
-// the caller from the kernel, check the request, decide by policy, measure
-// the products and materials itself (counting into progress, when not
-// nil: nothing counts before policy has allowed the call), confirm the
-// caller is still the process that connected, and sign with the current
-// short-lived key.
+// attestStep is the local API's gate, one ordered pipeline in which each
+// stage is a small function with one reason to refuse:
+//
+//  1. limits: the caller's uid is within its attestations under way (its
+//     connections and streams were bounded before the call began);
+//  2. request: the request is well formed (names only; nothing is opened);
+//  3. identify: who the caller is, from the kernel and the workload
+//     attestors (a few identifications at a time per uid);
+//  4. decide: policy allows this identity this step in this workspace, as
+//     the caller names it; until here nothing touched the file system, so
+//     a caller policy refuses learns nothing about files;
+//  5. measure: the products and materials, in the caller's own root and
+//     mount namespace and with the caller's own rights (counting into
+//     progress, when not nil);
+//  6. confirm: the caller is still the process, running the program image,
+//     that connected and sent every byte of the request; a measurement
+//     error reaches the caller only once this holds;
+//  7. sign: with the current short-lived key, then queue for the log.
 func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequest, progress *measure.Progress) (*agentv1.AttestStepResponse, error) {
-	a := api.a
-	start := a.cfg.Now()
-	conn, c, id, err := api.caller(ctx)
-	if err != nil {
-		a.metrics.attestations.WithLabelValues(resultError).Inc()
-		return nil, err
+	start := api.a.cfg.Now()
+	c, r := kernelCaller(ctx)
+	if r != nil {
+		api.a.metrics.attestations.WithLabelValues(resultError).Inc()
+		return nil, status.Error(r.code, r.reason)
 	}
-	// Room for every field of the audit event, so that it is built once.
-	audit := make([]zap.Field, 0, 14)
-	audit = append(audit,
-		zap.Int32(logPID, c.PID), zap.Uint32(logUID, c.UID), zap.Uint32(logGID, c.GID),
-		zap.Strings(logSPIFFEIDs, id.SPIFFEIDs), zap.Strings(logSelectors, id.Selectors),
+	au := api.newAudit(c, req)
+
+	release, r := api.limit(ctx, c)
+	if r != nil {
+		return nil, au.deny(r)
+	}
+	defer release()
+	if r := checkRequest(req); r != nil {
+		return nil, au.deny(r)
+	}
+	if r := api.identify(ctx, c); r != nil {
+		return nil, au.deny(r)
+	}
+	au.identified(c)
+	rule, r := api.decide(c, req)
+	if r != nil {
+		return nil, au.deny(r)
+	}
+	au.allowed(rule)
+	products, materials, sources, r := api.measure(ctx, c, req, progress)
+	if r != nil {
+		if cr := api.confirm(ctx, c, nil); cr != nil {
+			return nil, au.deny(cr) // the measurement's detail is for the caller that asked
+		}
+		return nil, au.deny(r)
+	}
+	var cmdline []string
+	if r := api.confirm(ctx, c, &cmdline); r != nil {
+		return nil, au.deny(r)
+	}
+	return api.sign(ctx, c, req, products, materials, sources, cmdline, start, au)
+}
+
+// audit is one request's audit event, built up as the gate learns more.
+type audit struct {
+	api    *localAPI
+	fields []zap.Field
+}
+
+func (api *localAPI) newAudit(c *caller, req *agentv1.AttestStepRequest) *audit {
+	// Room for every field of the event, so that it is built once.
+	fields := make([]zap.Field, 0, 14)
+	fields = append(fields,
+		zap.Int32(logPID, c.peer.PID), zap.Uint32(logUID, c.peer.UID), zap.Uint32(logGID, c.peer.GID),
 		zap.String(logStep, req.GetStep()), zap.String(logWorkspace, req.GetWorkspace()),
 	)
-	deny := func(code codes.Code, class, reason string) error {
-		a.metrics.attestations.WithLabelValues(resultDenied).Inc()
-		a.metrics.denials.WithLabelValues(class).Inc()
-		api.auditLog.Warn("Attestation denied", append(audit, zap.String(logEvent, "attestation_denied"), zap.String(logReason, reason))...)
-		return status.Error(code, reason)
-	}
+	return &audit{api: api, fields: fields}
+}
 
-	root, err := openRequest(req)
-	if err != nil {
-		return nil, deny(codes.InvalidArgument, denyRequest, err.Error())
-	}
-	defer root.Close()
-	workspace := root.Path()
-	rule, err := a.policy().Decide(id, req.GetStep(), workspace)
-	if err != nil {
-		return nil, deny(codes.PermissionDenied, denyPolicy, err.Error())
-	}
-	audit = append(audit, zap.String(logRule, rule.Name))
+func (au *audit) identified(c *caller) {
+	au.fields = append(au.fields, zap.Strings(logSPIFFEIDs, c.id.SPIFFEIDs), zap.Strings(logSelectors, c.id.Selectors))
+}
 
-	// Beneath the directory that policy just allowed, whatever happens to
-	// its path meanwhile.
-	products, err := root.HashWithProgress(ctx, req.GetProducts(), a.cfg.Limits, progress)
-	if err != nil {
-		return nil, deny(measureCode(err), measureClass(err), "products: "+err.Error())
-	}
-	var materials []measure.Digest
-	if len(req.GetMaterials()) > 0 {
-		if materials, err = root.HashWithProgress(ctx, req.GetMaterials(), a.cfg.Limits, progress); err != nil {
-			return nil, deny(measureCode(err), measureClass(err), "materials: "+err.Error())
-		}
-	}
-	if len(products)+len(materials) > a.cfg.Limits.MaxFiles && a.cfg.Limits.MaxFiles > 0 {
-		return nil, deny(codes.InvalidArgument, denyLimits, fmt.Sprintf("%d files measured, more than the %d allowed", len(products)+len(materials), a.cfg.Limits.MaxFiles))
-	}
-	if len(products) == 0 {
-		return nil, deny(codes.InvalidArgument, denyRequest, "the products name no files")
-	}
-	// Git work trees, read by the agent itself (agent/gitsource.go).
-	sources, err := gitSources(root, append(slices.Clone(req.GetProducts()), req.GetMaterials()...), a.cfg.Limits, append(slices.Clone(products), materials...))
-	if err != nil {
-		return nil, deny(codes.InvalidArgument, denyRequest, "git source: "+err.Error())
-	}
-	cmdline, err := conn.Cmdline()
-	if err != nil {
-		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller's command line: "+err.Error())
-	}
-	for i, arg := range cmdline {
-		// Recorded as seen; bytes that are not UTF-8 cannot travel in JSON.
-		cmdline[i] = strings.ToValidUTF8(arg, "\uFFFD")
-	}
+func (au *audit) allowed(rule policy.Rule) {
+	au.fields = append(au.fields, zap.String(logRule, rule.Name))
+}
 
-	if api.pause > 0 {
-		select {
-		case <-time.After(api.pause):
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
+// deny counts and logs a refusal and returns it as the caller's status. A
+// refusal without a class is no denial: the agent could not answer.
+func (au *audit) deny(r *refusal) error {
+	m := au.api.a.metrics
+	if r.class == "" {
+		m.attestations.WithLabelValues(resultError).Inc()
+		return status.Error(r.code, r.reason)
 	}
-	// The identity, measurements and command line above belong to the
-	// process that connected only if it is still that process.
-	if err := conn.Verify(); err != nil {
-		return nil, deny(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
-	}
+	m.attestations.WithLabelValues(resultDenied).Inc()
+	m.denials.WithLabelValues(r.class).Inc()
+	au.api.auditLog.Warn("Attestation denied", append(au.fields, zap.String(logEvent, "attestation_denied"), zap.String(logReason, r.reason))...)
+	return status.Error(r.code, r.reason)
+}
 
+// limit waits for one of the caller's uid's attestation slots.
+func (api *localAPI) limit(ctx context.Context, c *caller) (func(), *refusal) {
+	release, err := api.attests.acquire(ctx, c.peer.UID)
+	if err != nil {
+		return nil, refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting for the caller's other attestations: "+err.Error())
+	}
+	return release, nil
+}
+
+// decide asks policy whether the caller may attest the step in the
+// workspace, as the caller names it.
+func (api *localAPI) decide(c *caller, req *agentv1.AttestStepRequest) (policy.Rule, *refusal) {
+	rule, err := api.a.policy().Decide(c.id, req.GetStep(), req.GetWorkspace())
+	if err != nil {
+		return policy.Rule{}, refuse(codes.PermissionDenied, denyPolicy, err.Error())
+	}
+	return rule, nil
+}
+
+// sign signs the step with the current short-lived key and queues the
+// bundle for the log.
+func (api *localAPI) sign(ctx context.Context, c *caller, req *agentv1.AttestStepRequest, products, materials []measure.Digest, sources []attest.GitSource, cmdline []string, start time.Time, au *audit) (*agentv1.AttestStepResponse, error) {
+	a := api.a
 	held, ok := a.keys.current(a.cfg.Now())
 	if !ok {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet (is hallmark-server reachable? see `hallmark status`)")
 	}
+	p := c.peer
 	step := attest.Step{
 		Name:          req.GetStep(),
-		Workspace:     workspace,
+		Workspace:     req.GetWorkspace(),
 		Command:       req.GetCommand(),
 		CallerCmdline: cmdline,
 		Products:      artifacts(products),
 		Materials:     artifacts(materials),
 		Sources:       sources,
 		CallerClaims:  req.GetCallerClaims(),
-		Workload:      attest.Workload{SPIFFEIDs: id.SPIFFEIDs, Selectors: id.Selectors, PID: c.PID, UID: c.UID, GID: c.GID},
+		Workload:      attest.Workload{SPIFFEIDs: c.id.SPIFFEIDs, Selectors: c.id.Selectors, PID: p.PID, UID: p.UID, GID: p.GID},
 		BuilderID:     a.spiffeID(),
 		InvocationID:  newInvocationID(),
 		StartedOn:     start,
@@ -335,7 +480,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	bundle, err := a.signStep(ctx, step, held)
 	var refusal *signRefusal
 	if errors.As(err, &refusal) { // the log would never take it (sign.go)
-		return nil, deny(refusal.code, refusal.class, refusal.reason)
+		return nil, au.deny(refuse(refusal.code, refusal.class, refusal.reason))
 	}
 	if err != nil {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
@@ -354,7 +499,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
 	a.metrics.attestedSteps.WithLabelValues(step.Name).Inc() // names policy granted: bounded
 	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())
-	api.auditLog.Info("Step attested", append(audit,
+	api.auditLog.Info("Step attested", append(au.fields,
 		zap.String(logEvent, "step_attested"),
 		zap.String(logInvocationID, step.InvocationID),
 		zap.Int("products", len(products)), zap.Int("materials", len(materials)),
@@ -366,39 +511,94 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	return resp, nil
 }
 
-// openRequest validates the request and opens its workspace. The root's
-// Path, the workspace with symlinks resolved, is what policy sees, and
-// measuring happens beneath the very directory it names. The caller closes
-// the root.
-func openRequest(req *agentv1.AttestStepRequest) (*measure.Root, error) {
+// checkRequest refuses a malformed request by its names alone.
+func checkRequest(req *agentv1.AttestStepRequest) *refusal {
+	bad := func(format string, args ...any) *refusal {
+		return refuse(codes.InvalidArgument, denyRequest, fmt.Sprintf(format, args...))
+	}
 	if !policy.ValidStepName(req.GetStep()) {
-		return nil, fmt.Errorf("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
+		return bad("step %q: use 1-128 letters, digits, '.', '_' and '-'", req.GetStep())
 	}
 	if len(req.GetProducts()) == 0 {
-		return nil, errors.New("no products: name the files or directories the step produced")
+		return bad("no products: name the files or directories the step produced")
 	}
 	if n := len(req.GetProducts()) + len(req.GetMaterials()); n > maxPaths {
-		return nil, fmt.Errorf("%d paths named, more than the %d allowed", n, maxPaths)
+		return bad("%d paths named, more than the %d allowed", n, maxPaths)
 	}
 	ws := req.GetWorkspace()
 	for _, paths := range [][]string{req.GetProducts(), req.GetMaterials(), {ws}} {
 		for _, p := range paths {
 			if len(p) > maxPathLen || strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
-				return nil, fmt.Errorf("path %.64q: too long, not UTF-8 or contains NUL", p)
+				return bad("path %.64q: too long, not UTF-8 or contains NUL", p)
 			}
 		}
 	}
-	if !filepath.IsAbs(ws) {
-		return nil, fmt.Errorf("workspace %q must be an absolute path", ws)
+	if !filepath.IsAbs(ws) || filepath.Clean(ws) != ws {
+		return bad("workspace %q must be an absolute, clean path (the CLI sends the real path of its directory)", ws)
 	}
 	if err := attest.CheckCallerClaims(req.GetCallerClaims()); err != nil {
-		return nil, err
+		return bad("%v", err)
 	}
-	root, err := measure.OpenRoot(ws)
+	return nil
+}
+
+// measure hashes the request's products and materials in the caller's
+// root, reached through the caller's pidfd, with the caller's uid, groups
+// and capabilities, and reads the step's git work trees the same way
+// (agent/gitsource.go).
+func (api *localAPI) measure(ctx context.Context, c *caller, req *agentv1.AttestStepRequest, progress *measure.Progress) (products, materials []measure.Digest, sources []attest.GitSource, r *refusal) {
+	root, err := c.conn.OpenRoot()
 	if err != nil {
-		return nil, fmt.Errorf("workspace: %w", err)
+		return nil, nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's root directory: "+err.Error())
 	}
-	return root, nil
+	defer unix.Close(root)
+	mc := measure.Caller{Root: root, UID: c.peer.UID, GID: c.peer.GID, Groups: c.peer.Groups}
+	if c.peer.UID == 0 {
+		// Others' capabilities go with their non-zero fsuid anyway.
+		if mc.Caps, err = c.conn.Capabilities(); err != nil {
+			return nil, nil, nil, refuse(codes.PermissionDenied, denyCallerChanged, "caller's capabilities: "+err.Error())
+		}
+	}
+	git := &gitWorkTrees{paths: append(slices.Clone(req.GetProducts()), req.GetMaterials()...), lim: api.a.cfg.Limits}
+	products, materials, err = measure.MeasureAndRead(ctx, mc, req.GetWorkspace(), req.GetProducts(), req.GetMaterials(), api.a.cfg.Limits, progress, git.read)
+	if err != nil {
+		return nil, nil, nil, refuse(measureCode(err), measureClass(err), err.Error())
+	}
+	api.a.metrics.measuredFiles.Add(float64(len(products) + len(materials)))
+	if len(products) == 0 {
+		return nil, nil, nil, refuse(codes.InvalidArgument, denyRequest, "the products name no files")
+	}
+	return products, materials, git.sources(append(slices.Clone(products), materials...)), nil
+}
+
+// confirm is the gate's last check: it reads the caller's command
+// line into cmdline (when not nil) and, after the test hook's pause,
+// confirms that the caller is the very process, running the very program
+// image, that connected: every measurement and the command line belong to
+// it only if so.
+func (api *localAPI) confirm(ctx context.Context, c *caller, cmdline *[]string) *refusal {
+	if cmdline != nil {
+		args, err := c.conn.Cmdline()
+		if err != nil {
+			return refuse(codes.PermissionDenied, denyCallerChanged, "caller's command line: "+err.Error())
+		}
+		for i, arg := range args {
+			// Recorded as seen; bytes that are not UTF-8 cannot travel in JSON.
+			args[i] = strings.ToValidUTF8(arg, "\uFFFD")
+		}
+		*cmdline = args
+	}
+	if api.pause > 0 {
+		select {
+		case <-time.After(api.pause):
+		case <-ctx.Done():
+			return refuse(codes.Canceled, "", ctx.Err().Error())
+		}
+	}
+	if err := c.conn.Verify(); err != nil {
+		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
+	}
+	return nil
 }
 
 // Denial classes, the reason label of hallmark_agent_attestation_denials_total.
@@ -408,12 +608,15 @@ const (
 	denyEscape        = "path_escape"
 	denyLimits        = "limits"
 	denyCallerChanged = "caller_changed"
+	denyAccess        = "no_access"
 )
 
 func measureClass(err error) string {
 	switch {
 	case errors.Is(err, measure.ErrEscapes):
 		return denyEscape
+	case errors.Is(err, measure.ErrNoAccess):
+		return denyAccess
 	case errors.Is(err, measure.ErrTooManyFiles), errors.Is(err, measure.ErrTooLarge):
 		return denyLimits
 	default:
@@ -423,7 +626,7 @@ func measureClass(err error) string {
 
 func measureCode(err error) codes.Code {
 	switch {
-	case errors.Is(err, measure.ErrEscapes):
+	case errors.Is(err, measure.ErrEscapes), errors.Is(err, measure.ErrNoAccess):
 		return codes.PermissionDenied
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return codes.Canceled

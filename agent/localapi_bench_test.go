@@ -86,9 +86,15 @@ func benchLocalAPI(b *testing.B) (socket, ws string) {
 	withTSA(b, a)
 
 	socket = filepath.Join(dir, "agent.sock")
-	ln, err := peercred.Listen(peercred.ListenConfig{Path: socket, GID: -1})
+	// As in production, callers are watched for exec (the watch needs
+	// root: CAP_NET_ADMIN).
+	execs, err := peercred.WatchExecs()
+	require.NoError(b, err)
+	b.Cleanup(func() { execs.Close() })
+	ln, err := peercred.Listen(peercred.ListenConfig{Path: socket, GID: -1, Execs: execs})
 	require.NoError(b, err)
 	ctx, cancel := context.WithCancel(context.Background())
+	go execs.Run(ctx) //nolint:errcheck // ends with ctx
 	done := make(chan error, 1)
 	go func() { done <- a.serveLocal(ctx, ln) }()
 	b.Cleanup(func() {

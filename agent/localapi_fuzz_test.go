@@ -14,8 +14,8 @@ import (
 
 // FuzzAttestStepRequest feeds arbitrary bytes through what the agent does
 // with a caller's request before measuring: the protobuf decoding gRPC
-// does, then openRequest. Whatever passes must be a request the rest of
-// the pipeline can trust.
+// does, then checkRequest, the gate's first stage. Whatever passes must be
+// a request the rest of the pipeline can trust.
 func FuzzAttestStepRequest(f *testing.F) {
 	ws := f.TempDir()
 	for _, r := range []*agentv1.AttestStepRequest{
@@ -36,12 +36,10 @@ func FuzzAttestStepRequest(f *testing.F) {
 		if proto.Unmarshal(data, &req) != nil {
 			return
 		}
-		root, err := openRequest(&req)
-		if err != nil {
+		if checkRequest(&req) != nil {
 			return
 		}
-		workspace := root.Path()
-		root.Close()
+		workspace := req.GetWorkspace()
 		if !policy.ValidStepName(req.GetStep()) {
 			t.Fatalf("accepted step %q", req.GetStep())
 		}

@@ -22,6 +22,8 @@ type metrics struct {
 	outboxQueued    prometheus.Gauge
 	outboxRefused   prometheus.Gauge
 	outboxDamaged   prometheus.Counter
+	measuredFiles   prometheus.Counter
+	refusedConns    *prometheus.CounterVec
 
 	timestamps       *prometheus.CounterVec
 	timestampSeconds prometheus.Histogram
@@ -74,12 +76,20 @@ func newMetrics() *metrics {
 		}, []string{"result"}),
 		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_attestation_denials_total",
-			Help: "Refused attestation requests by reason (invalid_request, policy, path_escape, limits, caller_changed).",
+			Help: "Refused attestation requests by reason (invalid_request, policy, path_escape, no_access, limits, caller_changed).",
 		}, []string{"reason"}),
 		attestedSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_attested_steps_total",
 			Help: "Attestations made, by step name (only names policy allowed).",
 		}, []string{"step"}),
+		measuredFiles: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_agent_measured_files_total",
+			Help: "Files the local API hashed for callers, products and materials.",
+		}),
+		refusedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_local_connections_refused_total",
+			Help: "Connections to the local API closed at accept, by reason (limits, unidentified).",
+		}, []string{"reason"}),
 		outboxQueued: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hallmark_agent_outbox_queued",
 			Help: "Signed envelopes on disk waiting to be logged.",
@@ -118,7 +128,7 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
 		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.denials, m.attestedSteps,
 		m.timestamps, m.timestampSeconds,
-		m.taintedRenewals, m.authoritiesWatch,
+		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -57,7 +57,7 @@ type localAPIFixture struct {
 	logs     *observer.ObservedLogs
 }
 
-func newLocalAPIFixture(t *testing.T) *localAPIFixture {
+func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "hm-api-") // short: a socket path has ~100 bytes
 	require.NoError(t, err)
@@ -78,7 +78,7 @@ func newLocalAPIFixture(t *testing.T) *localAPIFixture {
 		ServerAddress:   "hallmark.test:8443",
 		ServerID:        serverID,
 		WorkloadAPIAddr: "unix:///nonexistent/api.sock",
-		Attestors:       []NamedAttestor{{Name: "switch", Attestor: fx.attestor}},
+		Attestors:       append([]NamedAttestor{{Name: "switch", Attestor: fx.attestor}}, extra...),
 		Policy:          pol,
 	})
 	require.NoError(t, err)
@@ -107,8 +107,7 @@ func newLocalAPIFixture(t *testing.T) *localAPIFixture {
 	return fx
 }
 
-// client is a fresh connection: the agent caches a connection's
-// identity, and each call here must be identified anew.
+// client is a fresh connection.
 func (fx *localAPIFixture) client(t *testing.T) agentv1.WorkloadServiceClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+fx.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -161,7 +160,7 @@ func (fx *localAPIFixture) denials(t *testing.T) (events []string, metric float6
 	for _, e := range fx.logs.FilterField(zap.String(logEvent, "attestation_denied")).All() {
 		events = append(events, e.ContextMap()[logReason].(string))
 	}
-	for _, class := range []string{denyRequest, denyPolicy, denyEscape, denyLimits, denyCallerChanged} {
+	for _, class := range []string{denyRequest, denyPolicy, denyEscape, denyAccess, denyLimits, denyCallerChanged} {
 		metric += metricValue(t, fx.a.metrics.denials.WithLabelValues(class))
 	}
 	return events, metric

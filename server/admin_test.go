@@ -20,6 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -292,18 +294,26 @@ func TestAllowAdmin(t *testing.T) {
 	}
 }
 
+// adminCaller is a caller of the admin socket and what it must get.
+type adminCaller struct {
+	name    string
+	allowed func(uint32) bool
+	want    codes.Code
+}
+
+// adminCallers are an allowed and a refused caller.
+func adminCallers() []adminCaller {
+	return []adminCaller{
+		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
+		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
+	}
+}
+
 // TestAdminSocketAuthorization runs the admin API on a real socket: the
 // server's own user is let in, anyone the policy refuses gets
 // PermissionDenied, and the socket is 0600.
 func TestAdminSocketAuthorization(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		allowed func(uint32) bool
-		want    codes.Code
-	}{
-		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
-		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
-	} {
+	for _, tc := range adminCallers() {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newRotationFixture(t)
 			dir := t.TempDir()
@@ -321,6 +331,33 @@ func TestAdminSocketAuthorization(t *testing.T) {
 			require.NoError(t, err)
 			defer conn.Close()
 			_, err = serverv1.NewAdminServiceClient(conn).GetStatus(context.Background(), &serverv1.GetStatusRequest{})
+			require.Equal(t, tc.want, status.Code(err), "%v", err)
+		})
+	}
+}
+
+// Must show: streaming calls on the admin socket are authorized like unary
+// ones (a health Watch stream stands in for any streaming method).
+func TestAdminSocketAuthorizesStreams(t *testing.T) {
+	for _, tc := range adminCallers() {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newRotationFixture(t)
+			path := filepath.Join(t.TempDir(), "admin.sock")
+			ln, err := peercred.Listen(peercred.ListenConfig{Path: path, Mode: 0o600, GID: -1})
+			require.NoError(t, err)
+			g := f.ls.s.newAdminGRPC(tc.allowed)
+			healthpb.RegisterHealthServer(g, health.NewServer())
+			go g.Serve(ln) //nolint:errcheck // stopped below
+			defer g.Stop()
+
+			conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(peercred.Credentials()))
+			require.NoError(t, err)
+			defer conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			stream, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+			require.NoError(t, err)
+			_, err = stream.Recv()
 			require.Equal(t, tc.want, status.Code(err), "%v", err)
 		})
 	}

@@ -24,7 +24,10 @@ const (
 	DefaultWorkloadAPISocket = "unix:///run/spire/agent-sockets/api.sock"
 	DefaultAgentPathPrefix   = "/hallmark/agent/"
 	DefaultCertificateTTL    = 5 * time.Minute
-	DefaultMaxConnectionAge  = 10 * time.Minute
+	// MinCertificateTTL and MaxCertificateTTL bound certificate_ttl.
+	MinCertificateTTL       = 30 * time.Second
+	MaxCertificateTTL       = time.Hour
+	DefaultMaxConnectionAge = 10 * time.Minute
 )
 
 // Config is hallmark-server's runtime configuration.
@@ -158,8 +161,11 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 	if c.MaxConnectionAge, err = config.Duration("server.max_connection_age", s.MaxConnectionAge, DefaultMaxConnectionAge); err != nil {
 		return Config{}, err
 	}
-	if c.CertificateTTL < 30*time.Second {
-		return Config{}, fmt.Errorf("server.certificate_ttl: %s is below the 30s minimum", c.CertificateTTL)
+	if c.CertificateTTL < MinCertificateTTL {
+		return Config{}, fmt.Errorf("server.certificate_ttl: %s is below the %s minimum", c.CertificateTTL, MinCertificateTTL)
+	}
+	if c.CertificateTTL > MaxCertificateTTL {
+		return Config{}, fmt.Errorf("server.certificate_ttl: %s is above the %s maximum: signing certificates are short-lived, so that a stolen agent key signs for minutes", c.CertificateTTL, MaxCertificateTTL)
 	}
 	switch len(f.KeyManagers) {
 	case 0:

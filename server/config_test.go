@@ -233,6 +233,11 @@ key_manager "vault" {
 			wantErr: []string{"server.certificate_ttl: 29s is below the 30s minimum"},
 		},
 		{
+			name:    "certificate_ttl above the maximum",
+			src:     serverHCL(`certificate_ttl = "61m"`),
+			wantErr: []string{"server.certificate_ttl: 1h1m0s is above the 1h0m0s maximum"},
+		},
+		{
 			name:    "certificate_ttl not a duration",
 			src:     serverHCL(`certificate_ttl = "5"`),
 			wantErr: []string{`server.certificate_ttl: "5" is not a duration`},

@@ -120,7 +120,9 @@ func keyManagerStatus(name string, err error) error {
 }
 
 // parseCSR parses and checks a CSR from caller id: its signature, an ECDSA
-// P-256 or P-384 key, and no name but (optionally) id itself.
+// P-256 key (the only key attest.Sign signs with: a certificate for any
+// other could sign nothing a verifier accepts), and no name but
+// (optionally) id itself.
 func parseCSR(der []byte, id spiffeid.ID) (*x509.CertificateRequest, error) {
 	if len(der) == 0 {
 		return nil, errors.New("csr is required")
@@ -136,8 +138,8 @@ func parseCSR(der []byte, id spiffeid.ID) (*x509.CertificateRequest, error) {
 		return nil, fmt.Errorf("csr: signature: %w", err)
 	}
 	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
-	if !ok || (pub.Curve != elliptic.P256() && pub.Curve != elliptic.P384()) {
-		return nil, fmt.Errorf("csr: key must be ECDSA P-256 or P-384, got %T", csr.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("csr: key must be ECDSA P-256, the only key agents sign with; got %s", keyName(csr.PublicKey))
 	}
 	if len(csr.DNSNames)+len(csr.EmailAddresses)+len(csr.IPAddresses) > 0 {
 		return nil, fmt.Errorf("csr names DNS, email or IP SANs: %w", errForeignName)
@@ -148,6 +150,14 @@ func parseCSR(der []byte, id spiffeid.ID) (*x509.CertificateRequest, error) {
 		}
 	}
 	return csr, nil
+}
+
+// keyName names a public key's type for an error.
+func keyName(pub any) string {
+	if k, ok := pub.(*ecdsa.PublicKey); ok && k.Curve != nil {
+		return "ECDSA " + k.Curve.Params().Name
+	}
+	return fmt.Sprintf("%T", pub)
 }
 
 // checkIssued makes sure a key manager's answer certifies exactly what was

@@ -67,11 +67,11 @@ func TestParseCSR(t *testing.T) {
 		{name: "garbage", der: []byte("-----BEGIN CERTIFICATE REQUEST-----"), wantErr: "csr: "},
 		{name: "truncated", der: csrWith(nil)[:40], wantErr: "csr: "},
 		{name: "bad signature", der: badSig, wantErr: "csr: signature"},
-		{name: "RSA key", der: makeCSR(t, rsaKey, nil), wantErr: "key must be ECDSA P-256 or P-384"},
-		{name: "Ed25519 key", der: makeCSR(t, edKey, nil), wantErr: "key must be ECDSA P-256 or P-384"},
-		{name: "P-224 key", der: makeCSR(t, p224, nil), wantErr: "key must be ECDSA P-256 or P-384"},
+		{name: "RSA key", der: makeCSR(t, rsaKey, nil), wantErr: "key must be ECDSA P-256, the only key agents sign with; got *rsa.PublicKey"},
+		{name: "Ed25519 key", der: makeCSR(t, edKey, nil), wantErr: "key must be ECDSA P-256"},
+		{name: "P-224 key", der: makeCSR(t, p224, nil), wantErr: "got ECDSA P-224"},
 		{name: "P-256 key", der: csrWith(nil)},
-		{name: "P-384 key", der: makeCSR(t, p384, nil)},
+		{name: "P-384 key, which agents never sign with", der: makeCSR(t, p384, nil), wantErr: "got ECDSA P-384"},
 		{name: "URI naming the caller", der: csrWith(&x509.CertificateRequest{URIs: []*url.URL{agentID.URL()}})},
 		{name: "URI naming the caller twice", der: csrWith(&x509.CertificateRequest{URIs: []*url.URL{agentID.URL(), agentID.URL()}})},
 		{name: "subject is not a SAN", der: csrWith(&x509.CertificateRequest{Subject: pkix.Name{CommonName: "runner-1"}})},
@@ -270,7 +270,7 @@ func FuzzParseCSR(f *testing.F) {
 		require.NoError(t, csr.CheckSignature())
 		pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
 		require.True(t, ok, "key %T", csr.PublicKey)
-		require.Contains(t, []elliptic.Curve{elliptic.P256(), elliptic.P384()}, pub.Curve)
+		require.Equal(t, elliptic.P256(), pub.Curve)
 		require.Empty(t, csr.DNSNames)
 		require.Empty(t, csr.EmailAddresses)
 		require.Empty(t, csr.IPAddresses)

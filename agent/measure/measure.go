@@ -1,28 +1,42 @@
 // Package measure hashes the files a build step names as its products and
 // materials. The agent does this itself, so a step cannot report a digest
-// for something it did not build, and it does it confined to the step's
-// workspace, so a step cannot make the agent read (and sign a digest of)
-// anything outside it.
+// for something it did not build, and it does it in the step's own world
+// and with the step's own rights, so a step cannot make the agent read (and
+// sign a digest of) anything the step could not read itself.
 //
-// Every path is resolved beneath the workspace root by the kernel, with
-// openat2(2) and RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS and RESOLVE_NO_XDEV:
-// neither "..", a symbolic link nor a mount point can lead outside the root,
-// even while the step changes the tree under the agent. Symbolic links that
-// stay inside the root are followed. On kernels without openat2 (before
-// Linux 5.6) the same rules are enforced by opening one component at a time
-// with O_NOFOLLOW and resolving symbolic links by hand; there a mount point
-// is recognized by a directory's device number. Directories are read
-// through the file descriptors opened beneath the root, never by path name.
+// OpenWorkspace resolves the workspace from the caller's root directory
+// (the agent opens the caller's /proc/PID/root, reached through the
+// caller's pidfd): the path is the one the caller names, in the caller's
+// mount namespace, and it may hold no symbolic link, magic link ("/proc/PID/
+// root") or procfs directory on the way. Every product and material is then
+// resolved beneath the workspace by the kernel, with openat2(2) and
+// RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS and RESOLVE_NO_XDEV: neither "..",
+// a symbolic link nor a mount point can lead outside it, even while the step
+// changes the tree under the agent. Symbolic links that stay inside are
+// followed. On kernels without openat2 (before Linux 5.6) the same rules are
+// enforced by opening one component at a time with O_NOFOLLOW and resolving
+// symbolic links by hand; there a mount point is recognized by a directory's
+// device number. Directories are read through the file descriptors opened
+// beneath the workspace, never by path name.
+//
+// Every directory and file is opened, and every file checked for read
+// access before any content is read, on threads that took the caller's
+// file-access credentials (fsuid, fsgid, supplementary groups; the
+// capabilities the agent holds and the caller does not are dropped): the
+// kernel's own permission checks (mode bits, ACLs, LSMs) decide what the
+// agent may measure.
 //
 // Only regular files are hashed. Directories are walked recursively; a
 // symbolic link that leads back to a directory already being walked is not
-// walked again.
+// walked again. The limits hold for products and materials together, and a
+// walk stops as soon as it reaches one, without reading further.
 package measure
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"path/filepath"
 	"runtime"
@@ -37,11 +51,12 @@ const (
 	DefaultMaxTotalBytes = 256 << 30
 )
 
-// Limits bounds the work Hash does for one call. A zero (or negative) field
-// takes its default.
+// Limits bounds the work one measurement does, products and materials
+// together. A zero (or negative) field takes its default.
 type Limits struct {
 	// MaxFiles bounds the number of files hashed, and separately the number
-	// of directories walked. Default DefaultMaxFiles.
+	// of directories and symbolic links the walk meets. The walk stops at
+	// the first name over either bound. Default DefaultMaxFiles.
 	MaxFiles int
 	// MaxFileBytes bounds the size of any one file. Default
 	// DefaultMaxFileBytes.
@@ -86,10 +101,14 @@ type Digest struct {
 var (
 	// ErrEscapes means a path leads outside the root: it is absolute, its
 	// ".." components climb above the root, or a symbolic link or mount
-	// point in it leads elsewhere.
+	// point in it leads elsewhere; or a workspace path goes through a
+	// symbolic link, a magic link or procfs.
 	ErrEscapes = errors.New("path escapes the root")
+	// ErrNoAccess means the caller could not have read a file or searched
+	// a directory on the way: the agent reads nothing for it.
+	ErrNoAccess = errors.New("not accessible to the caller")
 	// ErrTooManyFiles means more than Limits.MaxFiles files (or
-	// directories) would be measured.
+	// directories and symbolic links) would be measured.
 	ErrTooManyFiles = errors.New("too many files")
 	// ErrTooLarge means a file exceeds Limits.MaxFileBytes or all files
 	// together exceed Limits.MaxTotalBytes.
@@ -104,6 +123,8 @@ var (
 // Hash opens root, an absolute path to a directory, and hashes every regular
 // file named by paths: files or directories relative to root, directories
 // walked recursively. The digests are sorted by Name with no Name twice.
+// It uses the agent's own view of the file system and its own rights: the
+// local API measures with Measure instead.
 //
 // Every path is checked before anything is opened: absolute paths and paths
 // whose ".." climbs above root fail with ErrEscapes. Limits are checked while
@@ -120,53 +141,72 @@ func Hash(ctx context.Context, root string, paths []string, lim Limits) ([]Diges
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("measure: %w", err)
 	}
-	r, err := openRoot(root, false)
-	if err != nil {
-		return nil, err
+	out, _, err := hashOwn(ctx, root, rels, lim.withDefaults())
+	return out, err
+}
+
+// Caller is the process a measurement is for: its root directory and the
+// credentials the kernel checks its file access with.
+type Caller struct {
+	// Root is an open directory (O_PATH is enough): the caller's root
+	// directory, in the caller's mount namespace, as the agent opened it
+	// (its /proc/PID/root). Measure resolves the workspace from it and
+	// does not keep it.
+	Root int
+	// UID, GID and Groups are the caller's user, group and supplementary
+	// groups, as the agent's user namespace sees them.
+	UID, GID uint32
+	Groups   []uint32
+	// Caps are the capabilities the caller holds (its permitted set, as
+	// in /proc/PID/status, bit N for capability N). While measuring, the
+	// agent drops every capability the caller lacks.
+	Caps uint64
+}
+
+// Measure hashes, on c's behalf, every regular file that products and
+// materials name beneath workspace, as Hash does, with one set of limits
+// for both lists together, counting its work into p (nil counts nothing).
+//
+// workspace is the directory as c names it: absolute and clean, resolved
+// from c.Root with c's rights; it may hold no symbolic link (the caller
+// names a directory by its real path) or magic link and may not be on
+// procfs or sysfs: those fail with ErrEscapes. Every name in both lists is
+// walked, and every file checked for access by c, before any content is
+// read: a file c could not read fails with ErrNoAccess.
+func Measure(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress) (prods, mats []Digest, err error) {
+	return measure(ctx, c, workspace, products, materials, lim, p, nil)
+}
+
+func measure(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress, read WorkspaceReader) (prods, mats []Digest, err error) {
+	if !path.IsAbs(workspace) || path.Clean(workspace) != workspace {
+		return nil, nil, fmt.Errorf("measure: workspace %q is not a clean absolute path", workspace)
 	}
-	defer r.Close()
-	return r.hash(ctx, rels, lim.withDefaults(), nil)
-}
-
-// Root is a directory opened for measuring. Whatever later happens to the
-// path it was opened by, its Hash resolves paths beneath the directory that
-// was opened.
-type Root struct {
-	path string
-	sys  rootSys
-}
-
-// OpenRoot opens dir, an absolute path to a directory, for measuring. The
-// Root's Path is the directory's own absolute path, free of symbolic links,
-// "." and "..", as the kernel names the directory it opened: what a policy
-// about where the measured files are should look at. Close the Root when
-// done.
-func OpenRoot(dir string) (*Root, error) {
-	if !filepath.IsAbs(dir) {
-		return nil, fmt.Errorf("measure: root %q is not an absolute path", dir)
-	}
-	return openRoot(dir, true)
-}
-
-// Path is the root directory's absolute path, symbolic links resolved.
-func (r *Root) Path() string { return r.path }
-
-// Hash is the package's Hash beneath r.
-func (r *Root) Hash(ctx context.Context, paths []string, lim Limits) ([]Digest, error) {
-	return r.HashWithProgress(ctx, paths, lim, nil)
-}
-
-// HashWithProgress is Hash that counts its work into p as it goes; a nil p
-// counts nothing.
-func (r *Root) HashWithProgress(ctx context.Context, paths []string, lim Limits, p *Progress) ([]Digest, error) {
-	rels, err := cleanRels(paths)
+	prels, err := cleanRels(products)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	mrels, err := cleanRels(materials)
+	if err != nil {
+		return nil, nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("measure: %w", err)
+		return nil, nil, fmt.Errorf("measure: %w", err)
 	}
-	return r.hash(ctx, rels, lim.withDefaults(), p)
+	return measureAs(ctx, c, workspace, prels, mrels, lim.withDefaults(), p, read)
+}
+
+// A WorkspaceReader reads more of a workspace for a measurement (its git
+// work trees, say). MeasureAndRead calls it once the walk is done, on the
+// measuring thread, with the caller's credentials, and with the workspace
+// that was walked as ws: an os.Root opened from the workspace's descriptor
+// (its path is not resolved again), beneath which every name is confined.
+// What it reads is what the caller could read.
+type WorkspaceReader func(ws *os.Root) error
+
+// MeasureAndRead is Measure that also lets read (when not nil) read the
+// workspace on the caller's behalf; its error fails the measurement.
+func MeasureAndRead(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress, read WorkspaceReader) (prods, mats []Digest, err error) {
+	return measure(ctx, c, workspace, products, materials, lim, p, read)
 }
 
 // Progress counts the work of hashing while it happens, for whoever shows
@@ -175,18 +215,13 @@ func (r *Root) HashWithProgress(ctx context.Context, paths []string, lim Limits,
 // the done counts as they read. The counters are atomic: read them at any
 // time from any goroutine, while the hashing goes on undisturbed.
 //
-// A Progress may be shared by several calls one after another (products,
-// then materials); the totals then grow as each call's walk ends. When a
-// call succeeds, the done counts have caught up with the totals exactly,
-// even when a file changed size between the walk and the read.
+// When a measurement succeeds, the done counts have caught up with the
+// totals exactly, even when a file changed size between the walk and the
+// read.
 type Progress struct {
 	FilesTotal, FilesDone atomic.Int64
 	BytesTotal, BytesDone atomic.Int64
 }
-
-// Close closes the root directory. A closed Root hashes nothing. Hash may
-// be called from several goroutines at once, but not together with Close.
-func (r *Root) Close() error { return r.close() }
 
 // cleanRels checks every path lexically and returns them cleaned, without
 // duplicates.

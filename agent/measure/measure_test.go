@@ -220,7 +220,8 @@ func TestHashErrors(t *testing.T) {
 			{"socket", []string{"special/sock"}, Limits{}, ErrNotRegular, `"special/sock": not a regular file (socket)`},
 			{"fifo in a walked directory", []string{"fifodir"}, Limits{}, ErrNotRegular, `"fifodir/fifo"`},
 			{"too many files", []string{"a.txt", "empty", "dir/b.txt"}, Limits{MaxFiles: 2}, ErrTooManyFiles, "more than 2 files"},
-			{"too many directories", []string{"dir"}, Limits{MaxFiles: 1}, ErrTooManyFiles, "more than 1 directories"},
+			{"too many directories", []string{"dir"}, Limits{MaxFiles: 1}, ErrTooManyFiles, "more than 1 directories and symbolic links"},
+			{"too many symbolic links", []string{"links"}, Limits{MaxFiles: 2}, ErrTooManyFiles, "more than 2 directories and symbolic links"},
 			{"file too large", []string{"dir"}, Limits{MaxFileBytes: 99_999}, ErrTooLarge, `"dir/sub/deeper/d.bin"`},
 			{"total too large", []string{"a.txt", "dir"}, Limits{MaxTotalBytes: 100_010}, ErrTooLarge, "files total more than 100010 bytes"},
 		} {
@@ -321,7 +322,7 @@ func TestHashCancelled(t *testing.T) {
 
 		// Cancelled between the walk and the hashing.
 		r := openTestResolver(t, fx.root)
-		_, err = hashFiles(ctx, r, []file{{name: "a.txt"}, {name: "dir/b.txt"}}, Limits{}.withDefaults(), nil)
+		_, err = hashFiles(ctx, r, []file{{name: "a.txt"}, {name: "dir/b.txt"}}, Limits{}.withDefaults(), nil, nil)
 		require.ErrorIs(t, err, context.Canceled)
 	})
 }

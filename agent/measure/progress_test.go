@@ -5,6 +5,7 @@ package measure
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -31,20 +32,17 @@ func TestHashWithProgress(t *testing.T) {
 			writeFile(t, root, name, randomBytes(uint64(n), n))
 		}
 		for _, tc := range []struct {
-			name      string
-			calls     [][]string
-			workers   int
-			wantFiles int64
+			name                string
+			products, materials []string
+			workers             int
+			wantFiles           int64
 		}{
-			{"one call, one worker", [][]string{{"dist"}}, 1, 5},
-			{"one call, many workers", [][]string{{"dist"}}, 4, 5},
-			{"products then materials", [][]string{{"dist"}, {"src"}}, 3, 7},
-			{"same file twice in a call", [][]string{{"dist/small", "dist/../dist/small"}}, 2, 1},
+			{"products, one worker", []string{"dist"}, nil, 1, 5},
+			{"products, many workers", []string{"dist"}, nil, 4, 5},
+			{"products and materials", []string{"dist"}, []string{"src"}, 3, 7},
+			{"same file twice", []string{"dist/small", "dist/../dist/small"}, nil, 2, 1},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				r, err := OpenRoot(root)
-				require.NoError(t, err)
-				defer r.Close()
 
 				var (
 					p       Progress
@@ -55,12 +53,9 @@ func TestHashWithProgress(t *testing.T) {
 				sampled.Go(func() { bad = sample(&p, stop) })
 
 				var wantBytes int64
-				var got []Digest
-				for _, paths := range tc.calls {
-					ds, err := r.HashWithProgress(context.Background(), paths, Limits{Workers: tc.workers}, &p)
-					require.NoError(t, err)
-					got = append(got, ds...)
-				}
+				prods, mats, err := measureSelf(t, root, tc.products, tc.materials, Limits{Workers: tc.workers}, &p)
+				require.NoError(t, err)
+				got := append(prods, mats...)
 				close(stop)
 				sampled.Wait()
 				require.NoError(t, bad)
@@ -107,20 +102,19 @@ func sample(p *Progress, stop <-chan struct{}) error {
 func TestHashWithProgressFailure(t *testing.T) {
 	root := t.TempDir()
 	writeFile(t, root, "a", []byte("a"))
-	r, err := OpenRoot(root)
-	require.NoError(t, err)
-	defer r.Close()
 	var p Progress
-	_, err = r.HashWithProgress(context.Background(), []string{"a", "missing"}, Limits{}, &p)
+	_, _, err := measureSelf(t, root, []string{"a"}, []string{"missing"}, Limits{}, &p)
 	require.ErrorIs(t, err, ErrNotFound)
 	require.Zero(t, p.FilesTotal.Load(), "the walk failed before listing anything")
 
-	_, err = r.HashWithProgress(context.Background(), []string{"a"}, Limits{}, nil)
+	_, _, err = measureSelf(t, root, []string{"a"}, nil, Limits{}, nil)
 	require.NoError(t, err)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err = r.HashWithProgress(ctx, []string{"a"}, Limits{}, &p)
+	root, err = filepath.EvalSymlinks(root)
+	require.NoError(t, err)
+	_, _, err = Measure(ctx, asSelf(t), root, []string{"a"}, nil, Limits{}, &p)
 	require.ErrorIs(t, err, context.Canceled)
 	require.Zero(t, p.FilesDone.Load())
 }
@@ -133,11 +127,7 @@ func BenchmarkHashWithProgress(b *testing.B) {
 	for i := range files {
 		writeFile(b, root, fmt.Sprintf("d/f%02d", i), randomBytes(uint64(i), size))
 	}
-	r, err := OpenRoot(root)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
+	c := asSelf(b)
 	for _, withProgress := range []bool{false, true} {
 		b.Run(fmt.Sprintf("progress=%v", withProgress), func(b *testing.B) {
 			b.SetBytes(files * size)
@@ -146,7 +136,7 @@ func BenchmarkHashWithProgress(b *testing.B) {
 				if withProgress {
 					p = &Progress{}
 				}
-				got, err := r.HashWithProgress(context.Background(), []string{"."}, Limits{}, p)
+				got, _, err := Measure(context.Background(), c, root, []string{"."}, nil, Limits{}, p)
 				if err != nil || len(got) != files {
 					b.Fatal(len(got), err)
 				}

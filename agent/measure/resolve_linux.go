@@ -51,15 +51,18 @@ func newResolver(rootfd int) (*resolver, error) {
 				Resolve: resolveFlags,
 			})
 			switch {
-			case err == nil:
-				unix.Close(fd)
-				r.openat2 = true
-				openat2Support.Store(1)
 			case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EPERM):
 				// Old kernel, or a seccomp filter that does not know openat2.
 				openat2Support.Store(2)
 			default:
-				return nil, err
+				// The system call exists (it may refuse this root, say
+				// to a caller without search permission: the walk then
+				// fails as that caller would).
+				if err == nil {
+					unix.Close(fd)
+				}
+				r.openat2 = true
+				openat2Support.Store(1)
 			}
 		}
 	}

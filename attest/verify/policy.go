@@ -23,8 +23,13 @@ const maxPolicySize = 1 << 20
 //	{
 //	  "builder_id_prefixes": ["spiffe://example.org/hallmark/agent"],
 //	  "steps": ["build", "package"],
-//	  "workload_spiffe_ids": ["spiffe://example.org/ci/runner/widget"]
+//	  "workload_spiffe_ids": ["spiffe://example.org/ci/runner/widget"],
+//	  "workload_selectors": ["unix:uid:1001", "unix:sha256:9f86d0..."]
 //	}
+//
+// The builder is the signer: only BuilderIDPrefixes say whom to trust. The
+// workload fields pin what the builder attested about its caller, which a
+// trusted builder vouches for.
 type Policy struct {
 	// BuilderIDPrefixes: builder.id (the agent's SPIFFE ID) is one of
 	// these or under one of them. A trailing "/" is implied:
@@ -36,7 +41,16 @@ type Policy struct {
 	// WorkloadSPIFFEIDs: the calling workload held at least one of these
 	// SPIFFE IDs, exactly.
 	WorkloadSPIFFEIDs []string `json:"workload_spiffe_ids,omitempty"`
+	// WorkloadSelectors: the calling workload had every one of these
+	// selectors (TYPE:VALUE, as the agent's workload attestors report
+	// them: unix:uid:1001, unix:path:/usr/bin/make, unix:sha256:HEX,
+	// k8s:ns:ci ...). It pins workloads that hold no SPIFFE ID.
+	WorkloadSelectors []string `json:"workload_selectors,omitempty"`
 }
+
+// ConstrainsBuilder reports whether the policy names the builders it
+// trusts: without that, any builder the trusted root vouches for passes.
+func (p *Policy) ConstrainsBuilder() bool { return p != nil && len(p.BuilderIDPrefixes) > 0 }
 
 // ParsePolicy decodes a policy from JSON strictly (unknown keys and
 // trailing data refused) and validates it.
@@ -63,7 +77,7 @@ func ParsePolicy(data []byte) (*Policy, error) {
 // restricts something: an empty policy is almost surely a mistake (leave
 // Options.Policy nil to mean "no policy").
 func (p *Policy) Validate() error {
-	if len(p.BuilderIDPrefixes) == 0 && len(p.Steps) == 0 && len(p.WorkloadSPIFFEIDs) == 0 {
+	if len(p.BuilderIDPrefixes) == 0 && len(p.Steps) == 0 && len(p.WorkloadSPIFFEIDs) == 0 && len(p.WorkloadSelectors) == 0 {
 		return errors.New("verify: policy restricts nothing")
 	}
 	for _, pre := range p.BuilderIDPrefixes {
@@ -79,6 +93,11 @@ func (p *Policy) Validate() error {
 	for _, id := range p.WorkloadSPIFFEIDs {
 		if _, err := spiffeid.FromString(id); err != nil {
 			return fmt.Errorf("verify: policy workload_spiffe_ids: %q: %w", id, err)
+		}
+	}
+	for _, sel := range p.WorkloadSelectors {
+		if typ, val, ok := strings.Cut(sel, ":"); !ok || typ == "" || val == "" {
+			return fmt.Errorf("verify: policy workload_selectors: %q is not TYPE:VALUE", sel)
 		}
 	}
 	return nil
@@ -102,6 +121,11 @@ func (p *Policy) check(prov provenance) error {
 			held = strings.Join(prov.workload.SPIFFEIDs, ", ")
 		}
 		return fmt.Errorf("workload SPIFFE IDs (%s) include none of the allowed (%s)", held, strings.Join(p.WorkloadSPIFFEIDs, ", "))
+	}
+	for _, sel := range p.WorkloadSelectors {
+		if !slices.Contains(prov.workload.Selectors, sel) {
+			return fmt.Errorf("workload selectors lack %s (required: %s)", sel, strings.Join(p.WorkloadSelectors, ", "))
+		}
 	}
 	return nil
 }

@@ -50,13 +50,32 @@ func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
 		// the list of its subjects, about as large again.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4*limits.MaxBundleBytes)),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
+			return dialAgentSocket(ctx, socket)
 		}))
 	if err != nil {
 		return nil, nil, err
 	}
 	return agentv1.NewWorkloadServiceClient(conn), func() { conn.Close() }, nil
+}
+
+// dialAgentSocket connects to socket, retrying for up to 10 s while the agent's
+// queue of connections to accept is full (EAGAIN): a burst of other
+// connections, which the agent closes at once when over their uid's limit,
+// must not fail a step.
+func dialAgentSocket(ctx context.Context, socket string) (net.Conn, error) {
+	var d net.Dialer
+	deadline := time.Now().Add(10 * time.Second)
+	for wait := time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		c, err := d.DialContext(ctx, "unix", socket)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return c, err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // explain turns an agent error into what the user should know.
@@ -127,6 +146,11 @@ plain lines when stderr is not a terminal; "never" shows nothing.`,
 			ws, err := filepath.Abs(workspace)
 			if err != nil {
 				return err
+			}
+			// The agent resolves no symbolic link in the workspace: send
+			// the directory's real path, as this process sees it.
+			if ws, err = filepath.EvalSymlinks(ws); err != nil {
+				return fmt.Errorf("--workspace: %w", err)
 			}
 			client, closeConn, err := dialAgent(socket)
 			if err != nil {

@@ -22,27 +22,38 @@ const (
 )
 
 func verifyCmd() *cobra.Command {
-	var rootPath, policyPath, output string
-	var bundlePaths []string
-	var pf pipelineFlags
+	var (
+		rootPath, policyPath, output string
+		bundlePaths, builderPrefixes []string
+		anyBuilder                   bool
+		pf                           pipelineFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "verify ARTIFACT... --bundle FILE --trusted-root FILE [--policy FILE] [--output text|json]",
+		Use:   "verify ARTIFACT... --bundle FILE --trusted-root FILE (--builder-id-prefix ID | --policy FILE | --insecure-any-builder) [--output text|json]",
 		Short: "Verify artifacts against a Hallmark bundle, offline",
 		Long: `Check that the bundle is a Hallmark attestation of every ARTIFACT, trusted
 under the trusted root the Hallmark server publishes, and allowed by the
 policy if one is given. Nothing is fetched; the only time used is the
 bundle's RFC 3161 timestamp.
 
+Verify refuses to guess whom to trust: name the builders (the agents'
+SPIFFE IDs) with --builder-id-prefix, or with builder_id_prefixes in a
+--policy. --insecure-any-builder accepts any agent the trusted root vouches
+for instead, which is every agent in the trust domain.
+
 Exit status: 0 verified; 1 not verified (the failing check is printed:
 bundle, signature, tlog, timestamp, validity, chain, statement, subject, predicate or
-policy); 2 usage error (bad flags, unreadable or invalid input files).
+policy); 2 usage error (bad flags, no identity constraint, unreadable or
+invalid input files).
 
-A policy file is JSON; each list that is present must be satisfied:
+A policy file is JSON; each list that is present must be satisfied
+(workload_selectors: all of them):
 
   {
     "builder_id_prefixes": ["spiffe://example.org/hallmark/agent"],
     "steps": ["build"],
-    "workload_spiffe_ids": ["spiffe://example.org/ci/runner/widget"]
+    "workload_spiffe_ids": ["spiffe://example.org/ci/runner/widget"],
+    "workload_selectors": ["unix:uid:1001", "unix:path:/usr/local/bin/hallmark"]
   }`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
@@ -52,7 +63,7 @@ A policy file is JSON; each list that is present must be satisfied:
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if src, ok := pipelinePolicy(policyPath); ok {
-				return runPipelineVerify(cmd, args, policyPath, src, bundlePaths, rootPath, output, pf)
+				return runPipelineVerify(cmd, args, policyPath, src, bundlePaths, rootPath, output, builderPrefixes, anyBuilder, pf)
 			}
 			if pf.asJSON {
 				output = "json"
@@ -65,7 +76,7 @@ A policy file is JSON; each list that is present must be satisfied:
 			case rootPath == "":
 				return usageError(cmd, errors.New("--trusted-root is required"))
 			}
-			opts, err := loadVerifyOptions(rootPath, policyPath)
+			opts, err := loadVerifyOptions(rootPath, policyPath, builderPrefixes, anyBuilder)
 			if err != nil {
 				return usageError(cmd, err)
 			}
@@ -96,6 +107,8 @@ A policy file is JSON; each list that is present must be satisfied:
 	cmd.Flags().StringArrayVar(&bundlePaths, "bundle", nil, "the Sigstore bundle (JSON) attesting the artifacts (pipeline mode: repeatable)")
 	cmd.Flags().StringVar(&rootPath, "trusted-root", "", "the trusted root (JSON) published by the Hallmark server")
 	cmd.Flags().StringVar(&policyPath, "policy", "", "a policy (JSON) restricting builders, steps and workloads, or a pipeline policy")
+	cmd.Flags().StringArrayVar(&builderPrefixes, "builder-id-prefix", nil, "accept only builders (agent SPIFFE IDs) at or under this ID; repeatable")
+	cmd.Flags().BoolVar(&anyBuilder, "insecure-any-builder", false, "accept any builder the trusted root vouches for (every agent in the trust domain)")
 	cmd.Flags().StringVar(&output, "output", "text", "text or json")
 	addPipelineFlags(cmd, &pf)
 	cmd.SetFlagErrorFunc(usageError)
@@ -108,7 +121,11 @@ func usageError(cmd *cobra.Command, err error) error {
 	return &exitError{code: exitUsage}
 }
 
-func loadVerifyOptions(rootPath, policyPath string) (verify.Options, error) {
+// errNoIdentity is the usage error of a verify that names no builder.
+var errNoIdentity = errors.New("no identity constraint: name the builders you trust with --builder-id-prefix " +
+	"(or builder_id_prefixes in --policy), or accept any builder in the trust domain with --insecure-any-builder")
+
+func loadVerifyOptions(rootPath, policyPath string, builderPrefixes []string, anyBuilder bool) (verify.Options, error) {
 	data, err := readFile(rootPath, 16<<20)
 	if err != nil {
 		return verify.Options{}, fmt.Errorf("--trusted-root: %w", err)
@@ -126,6 +143,21 @@ func loadVerifyOptions(rootPath, policyPath string) (verify.Options, error) {
 		if opts.Policy, err = verify.ParsePolicy(data); err != nil {
 			return verify.Options{}, fmt.Errorf("--policy %s: %w", policyPath, err)
 		}
+	}
+	if len(builderPrefixes) > 0 {
+		if opts.Policy == nil {
+			opts.Policy = &verify.Policy{}
+		}
+		opts.Policy.BuilderIDPrefixes = append(opts.Policy.BuilderIDPrefixes, builderPrefixes...)
+		if err := opts.Policy.Validate(); err != nil {
+			return verify.Options{}, fmt.Errorf("--builder-id-prefix: %w", err)
+		}
+	}
+	switch {
+	case anyBuilder && opts.Policy.ConstrainsBuilder():
+		return verify.Options{}, errors.New("--insecure-any-builder contradicts the builders named by --builder-id-prefix or --policy")
+	case !anyBuilder && !opts.Policy.ConstrainsBuilder():
+		return verify.Options{}, errNoIdentity
 	}
 	return opts, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
@@ -49,26 +52,32 @@ func addPipelineFlags(cmd *cobra.Command, pf *pipelineFlags) {
 	cmd.Flags().StringVar(&pf.server, "server", "", "pipeline mode: hallmark-server's HTTP address, to search its log by digest")
 	cmd.Flags().StringVar(&pf.vsa, "vsa", "", "pipeline mode: write an SLSA Verification Summary Attestation to this file")
 	cmd.Flags().StringVar(&pf.vsaKey, "vsa-key", "", "pipeline mode: sign the VSA in DSSE with this key (PEM, ECDSA P-256; not readable by group or others)")
-	cmd.Flags().StringVar(&pf.vsaResource, "vsa-resource-uri", "", "pipeline mode: the VSA's resourceUri (default: the ARTIFACT as given)")
+	cmd.Flags().StringVar(&pf.vsaResource, "vsa-resource-uri", "", "pipeline mode: the VSA's resourceUri (default: the ARTIFACT's file: URI)")
 	cmd.Flags().BoolVar(&pf.asJSON, "json", false, "print JSON (same as --output json)")
 	cmd.Long += pipelineHelp
 }
 
-// pipelinePolicy reads the --policy file and reports whether it is a
-// pipeline policy.
+// pipelinePolicy reads the --policy file and reports whether it is (or
+// was meant to be) a pipeline policy: one with a top-level version, or
+// anything that is not JSON, which a single-step policy always is. So a
+// pipeline policy that does not parse, or lacks its version, is reported
+// by the pipeline policy parser, with the position of the mistake.
 func pipelinePolicy(path string) ([]byte, bool) {
 	if path == "" {
 		return nil, false
 	}
 	data, err := readFile(path, pipeline.MaxPolicySize+1)
-	if err != nil || !pipeline.IsPolicy(data) {
+	if err != nil {
 		return nil, false
 	}
-	return data, true
+	if trimmed := bytes.TrimLeft(data, " \t\r\n"); pipeline.IsPolicy(data) || len(trimmed) == 0 || trimmed[0] != '{' {
+		return data, true
+	}
+	return nil, false
 }
 
 // runPipelineVerify is `hallmark verify --policy PIPELINE ARTIFACT`.
-func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, policySrc []byte, bundlePaths []string, rootPath, output string, pf pipelineFlags) error {
+func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, policySrc []byte, bundlePaths []string, rootPath, output string, builderPrefixes []string, anyBuilder bool, pf pipelineFlags) error {
 	if pf.asJSON {
 		output = "json"
 	}
@@ -86,7 +95,24 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	if err != nil {
 		return usageError(cmd, fmt.Errorf("--policy: %w", err))
 	}
-	opts, err := loadVerifyOptions(rootPath, "")
+	// Every step naming its builders is an identity constraint; otherwise
+	// --builder-id-prefix (for every step) or --insecure-any-builder is
+	// needed, as in single-step mode.
+	switch constrained := policy.NamesEveryBuilder() || len(builderPrefixes) > 0; {
+	case anyBuilder && constrained:
+		return usageError(cmd, errors.New("--insecure-any-builder contradicts the builders named by --builder-id-prefix or every step of --policy"))
+	case !anyBuilder && !constrained:
+		return usageError(cmd, errors.New("no identity constraint: name the builders you trust with builder_id_prefixes in every step of --policy, "+
+			"or with --builder-id-prefix, or accept any builder in the trust domain with --insecure-any-builder"))
+	}
+	for _, p := range builderPrefixes {
+		if _, err := spiffeid.FromString(strings.TrimSuffix(p, "/")); err != nil {
+			return usageError(cmd, fmt.Errorf("--builder-id-prefix %q: %w", p, err))
+		}
+	}
+	// The pipeline policy's rules replace a single-step policy; the
+	// builder constraint goes to the walk.
+	opts, err := loadVerifyOptions(rootPath, "", nil, true)
 	if err != nil {
 		return usageError(cmd, err)
 	}
@@ -99,20 +125,20 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 			return usageError(cmd, fmt.Errorf("--vsa-key: %w", err))
 		}
 	}
-	var sources pipeline.Sources
+	var finders pipeline.Finders
 	cands, err := readBundles(bundlePaths, pf.bundleDir)
 	if err != nil {
 		return usageError(cmd, err)
 	}
 	if len(cands) > 0 {
-		sources = append(sources, pipeline.NewBundleSet(cands))
+		finders = append(finders, pipeline.NewBundleSet(cands))
 	}
 	if pf.server != "" {
 		server := pf.server
 		if !strings.Contains(server, "://") {
 			server = "http://" + server
 		}
-		sources = append(sources, &pipeline.LogSearch{BaseURL: server, Client: &http.Client{Timeout: 30 * time.Second}})
+		finders = append(finders, &pipeline.LogSearch{BaseURL: server, Client: &http.Client{Timeout: 30 * time.Second}})
 	}
 	artifact, err := digestFile(args[0])
 	if err != nil {
@@ -121,7 +147,7 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 
 	ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Minute)
 	defer cancel()
-	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Source: sources})
+	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Finder: finders, BuilderIDPrefixes: builderPrefixes})
 	var re *pipeline.RuleError
 	if err != nil && !errors.As(err, &re) {
 		return usageError(cmd, err)
@@ -129,9 +155,9 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	if pf.vsa != "" {
 		resource := pf.vsaResource
 		if resource == "" {
-			resource = args[0]
+			resource = fileURI(args[0])
 		}
-		if err := writeVSA(pf.vsa, report, resource, policyPath, key); err != nil {
+		if err := writeVSA(pf.vsa, report, resource, fileURI(policyPath), key); err != nil {
 			return usageError(cmd, fmt.Errorf("--vsa: %w", err))
 		}
 	}
@@ -146,7 +172,7 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 		return err
 	}
 	if re != nil {
-		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: NOT VERIFIED: rule %s: %s\n", re.Failure.Rule, re.Failure.Reason)
+		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: NOT VERIFIED: rule %s\n", re.Failure)
 		return &exitError{code: exitNotVerified}
 	}
 	return nil
@@ -171,7 +197,7 @@ func readBundles(paths []string, dir string) ([]pipeline.Candidate, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bundle: %w", err)
 		}
-		out = append(out, pipeline.Candidate{Bundle: b, Origin: p})
+		out = append(out, pipeline.Candidate{Bundle: b, Origin: p, URI: fileURI(p)})
 	}
 	return out, nil
 }
@@ -213,9 +239,18 @@ func readVSAKey(path string) (crypto.Signer, error) {
 	return ec, nil
 }
 
+// fileURI is the file: URI of path, made absolute ("" when it cannot be).
+func fileURI(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return ""
+	}
+	return (&url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}).String()
+}
+
 // writeVSA writes the report's VSA, signed in DSSE when key is not nil.
-func writeVSA(path string, report *pipeline.Report, resource, policyPath string, key crypto.Signer) error {
-	st, err := report.VSA(pipeline.VSAOptions{ResourceURI: resource, PolicyURI: policyPath, Time: time.Now().UTC()})
+func writeVSA(path string, report *pipeline.Report, resource, policyURI string, key crypto.Signer) error {
+	st, err := report.VSA(pipeline.VSAOptions{ResourceURI: resource, PolicyURI: policyURI, Time: time.Now().UTC()})
 	if err != nil {
 		return err
 	}

@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -31,11 +33,13 @@ source "widget" {
 }
 
 step "build" {
+  builder_id_prefixes = ["spiffe://example.org/hallmark/agent"]
   workload_spiffe_ids = ["spiffe://example.org/ci/build"]
   sources             = ["widget"]
 }
 
 step "package" {
+  builder_id_prefixes = ["spiffe://example.org/hallmark/agent"]
   workload_spiffe_ids = ["spiffe://example.org/ci/package"]
   materials_from      = ["build"]
 }
@@ -144,7 +148,7 @@ func TestVerifyPipelineCommand(t *testing.T) {
 	var vsa vsa1.VerificationSummary
 	require.NoError(t, protojson.Unmarshal(pj, &vsa))
 	require.Equal(t, "PASSED", vsa.GetVerificationResult())
-	require.Equal(t, p("app.tar.gz"), vsa.GetResourceUri())
+	require.Equal(t, "file://"+p("app.tar.gz"), vsa.GetResourceUri())
 }
 
 func TestVerifyPipelineRefusalAndUsage(t *testing.T) {
@@ -176,5 +180,89 @@ func TestVerifyPipelineRefusalAndUsage(t *testing.T) {
 	require.NoError(t, os.WriteFile(p("bad.hcl"), []byte(strings.Replace(cliPipelinePolicy, "materials_from", "materials", 1)), 0o644))
 	code, _, errOut = runHallmark(t, "verify", p("app.tar.gz"), "--policy", p("bad.hcl"), "--trusted-root", p("trusted_root.json"), "--bundle-dir", p("bundles"))
 	require.Equal(t, 2, code)
-	require.Contains(t, errOut, `bad.hcl:14,3-12: Unsupported argument; An argument named "materials"`)
+	require.Contains(t, errOut, `bad.hcl:16,3-12: Unsupported argument; An argument named "materials"`)
+}
+
+// A pipeline policy so broken that it does not parse, or whose version
+// line is misspelt, is still reported as the pipeline policy it was meant
+// to be, with the position of the mistake, not as a single-step policy
+// (whose error would be about --bundle or JSON).
+func TestVerifyPipelineBrokenPolicy(t *testing.T) {
+	dir := pipelineFiles(t, "spiffe://example.org/ci/package")
+	p := func(name string) string { return filepath.Join(dir, name) }
+	for _, tc := range []struct{ name, policy, want string }{
+		{"unclosed block", strings.TrimSuffix(strings.TrimSpace(cliPipelinePolicy), "}"), "broken.hcl:"},
+		{"misspelt version", strings.Replace(cliPipelinePolicy, "version = 1", "verison = 1", 1), `broken.hcl:1,1-8: Unsupported argument; An argument named "verison"`},
+		{"no version", strings.Replace(cliPipelinePolicy, "version = 1", "", 1), "no version: say version = 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.NoError(t, os.WriteFile(p("broken.hcl"), []byte(tc.policy), 0o644))
+			code, _, errOut := runHallmark(t, "verify", p("app.tar.gz"), "--policy", p("broken.hcl"), "--trusted-root", p("trusted_root.json"), "--bundle-dir", p("bundles"))
+			require.Equal(t, 2, code)
+			require.Contains(t, errOut, tc.want)
+		})
+	}
+}
+
+// The VSA's resourceUri, policy.uri and every inputAttestations[].uri are
+// URIs (SLSA VSA v1.0: ResourceURI, ResourceDescriptor.uri), here file:
+// URIs of the absolute paths, not paths as typed.
+func TestVerifyPipelineVSAURIs(t *testing.T) {
+	dir := pipelineFiles(t, "spiffe://example.org/ci/package")
+	t.Chdir(dir)
+	code, _, errOut := runHallmark(t, "verify", "app.tar.gz", "--policy", "pipeline.hcl", "--trusted-root", "trusted_root.json",
+		"--bundle-dir", "bundles", "--vsa", "vsa.json")
+	require.Equal(t, 0, code, "stderr: %s", errOut)
+	data, err := os.ReadFile(filepath.Join(dir, "vsa.json"))
+	require.NoError(t, err)
+	var st ita1.Statement
+	require.NoError(t, protojson.Unmarshal(data, &st))
+	pj, err := protojson.Marshal(st.GetPredicate())
+	require.NoError(t, err)
+	var vsa vsa1.VerificationSummary
+	require.NoError(t, protojson.Unmarshal(pj, &vsa))
+	fileURI := func(p string) string { return (&url.URL{Scheme: "file", Path: filepath.Join(dir, p)}).String() }
+	require.Equal(t, fileURI("app.tar.gz"), vsa.GetResourceUri())
+	require.Equal(t, fileURI("pipeline.hcl"), vsa.GetPolicy().GetUri())
+	var uris []string
+	for _, in := range vsa.GetInputAttestations() {
+		uris = append(uris, in.GetUri())
+	}
+	require.ElementsMatch(t, []string{fileURI("bundles/build.hallmark.json"), fileURI("bundles/package.hallmark.json")}, uris)
+}
+
+// Pipeline mode refuses to guess whom to trust, like single-step mode: a
+// policy with a step that names no builders needs --builder-id-prefix or
+// --insecure-any-builder.
+func TestVerifyPipelineNeedsBuilders(t *testing.T) {
+	dir := pipelineFiles(t, "spiffe://example.org/ci/package")
+	p := func(name string) string { return filepath.Join(dir, name) }
+	noBuilders := strings.Replace(cliPipelinePolicy, `  builder_id_prefixes = ["spiffe://example.org/hallmark/agent"]
+  workload_spiffe_ids = ["spiffe://example.org/ci/package"]`, `  workload_spiffe_ids = ["spiffe://example.org/ci/package"]`, 1)
+	require.NotEqual(t, cliPipelinePolicy, noBuilders)
+	require.NoError(t, os.WriteFile(p("nobuilders.hcl"), []byte(noBuilders), 0o644))
+	base := []string{"verify", p("app.tar.gz"), "--trusted-root", p("trusted_root.json"), "--bundle-dir", p("bundles")}
+
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"a step names no builders", []string{"--policy", p("nobuilders.hcl")}, 2, "--builder-id-prefix"},
+		{"--builder-id-prefix for every step", []string{"--policy", p("nobuilders.hcl"), "--builder-id-prefix", "spiffe://example.org/hallmark/agent"}, 0, ""},
+		{"another builder", []string{"--policy", p("nobuilders.hcl"), "--builder-id-prefix", "spiffe://example.org/hallmark/other"}, 1, ""},
+		{"--insecure-any-builder", []string{"--policy", p("nobuilders.hcl"), "--insecure-any-builder"}, 0, ""},
+		{"every step names builders", []string{"--policy", p("pipeline.hcl")}, 0, ""},
+		{"--insecure-any-builder contradicts them", []string{"--policy", p("pipeline.hcl"), "--insecure-any-builder"}, 2, "contradicts"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := runHallmark(t, append(slices.Clone(base), tc.args...)...)
+			require.Equal(t, tc.code, code, "stderr: %s", errOut)
+			require.Contains(t, errOut, tc.stderr)
+			if tc.code == 2 && tc.stderr == "--builder-id-prefix" {
+				require.Contains(t, errOut, "--insecure-any-builder")
+			}
+		})
+	}
 }

@@ -93,13 +93,13 @@ func FuzzParseIndex(f *testing.F) {
 	f.Add(indexFor([][20]byte{{1}, {2, 3}}, []uint32{12, 0x80000000}), []byte{2, 3})
 	f.Add(indexFor(nil, nil), []byte{0})
 	f.Fuzz(func(t *testing.T, idx, want []byte) {
-		p, err := parseIndex(idx)
+		p, err := parseIndex(bytes.NewReader(idx), int64(len(idx)))
 		if err != nil {
 			return
 		}
 		var id ID
 		copy(id[:], want)
-		if off, ok := p.find(id); ok && off < 0 {
+		if off, ok, err := p.find(id); ok && (off < 0 || err != nil) {
 			t.Fatal("negative offset")
 		}
 	})

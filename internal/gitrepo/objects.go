@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"path"
@@ -46,12 +47,19 @@ func ParseID(s string) (ID, error) {
 
 // hashObject is git's object ID of content of type typ.
 func hashObject(typ string, content []byte) ID {
-	h := sha1.New() //nolint:gosec // git's object format
-	fmt.Fprintf(h, "%s %d\x00", typ, len(content))
+	h := newObjectHash(typ, int64(len(content)))
 	h.Write(content)
 	var id ID
 	h.Sum(id[:0])
 	return id
+}
+
+// newObjectHash starts git's object ID of an object of type typ and size
+// bytes: write the content, then Sum.
+func newObjectHash(typ string, size int64) hash.Hash {
+	h := sha1.New() //nolint:gosec // git's object format
+	fmt.Fprintf(h, "%s %d\x00", typ, size)
+	return h
 }
 
 // objectStore reads objects from a repository's objects directory:
@@ -62,7 +70,7 @@ type objectStore struct {
 	dir   string // the objects directory
 	lim   Limits
 	packs []*pack
-	read  int64 // bytes inflated so far
+	read  int64 // bytes inflated or produced by deltas so far
 }
 
 func newObjectStore(fsys fs.FS, dir string, lim Limits) (*objectStore, error) {
@@ -77,20 +85,25 @@ func newObjectStore(fsys fs.FS, dir string, lim Limits) (*objectStore, error) {
 			continue
 		}
 		if len(s.packs) >= maxPacks {
+			s.close()
 			return nil, fmt.Errorf("gitrepo: more than %d pack files", maxPacks)
 		}
-		idx, err := readLimited(fsys, path.Join(dir, "pack", e.Name()), lim.MaxObjectBytes)
+		p, err := openIndex(fsys, path.Join(dir, "pack", e.Name()))
 		if err != nil {
-			return nil, err
-		}
-		p, err := parseIndex(idx)
-		if err != nil {
+			s.close()
 			return nil, fmt.Errorf("gitrepo: %s: %w", e.Name(), err)
 		}
 		p.path = path.Join(dir, "pack", name+".pack")
 		s.packs = append(s.packs, p)
 	}
 	return s, nil
+}
+
+// close closes the pack indexes.
+func (s *objectStore) close() {
+	for _, p := range s.packs {
+		p.idx.Close()
+	}
 }
 
 // get returns the type and content of object id.
@@ -115,7 +128,11 @@ func (s *objectStore) getUnchecked(id ID, depth int) (string, []byte, error) {
 		return "", nil, err
 	}
 	for _, p := range s.packs {
-		if off, ok := p.find(id); ok {
+		off, ok, err := p.find(id)
+		if err != nil {
+			return "", nil, fmt.Errorf("gitrepo: pack index of %s: %w", p.path, err)
+		}
+		if ok {
 			return s.packObject(p, off, depth)
 		}
 	}
@@ -166,97 +183,151 @@ func (s *objectStore) inflate(r io.Reader, limit int64) ([]byte, error) {
 	if int64(len(data)) > limit {
 		return nil, fmt.Errorf("object larger than %d bytes", limit)
 	}
-	s.read += int64(len(data))
-	if s.read > s.lim.MaxTotalBytes {
-		return nil, fmt.Errorf("more than %d bytes of objects inflated", s.lim.MaxTotalBytes)
+	if err := s.count(len(data)); err != nil {
+		return nil, err
 	}
 	return data, nil
 }
 
-// pack is a pack file's index (version 2).
+// count adds n bytes made (inflated, or produced by a delta) to the
+// store's total: a chain of deltas each copying a large base makes much
+// out of little, so both count.
+func (s *objectStore) count(n int) error {
+	s.read += int64(n)
+	if s.read > s.lim.MaxTotalBytes {
+		return fmt.Errorf("more than %d bytes of objects inflated or produced by deltas", s.lim.MaxTotalBytes)
+	}
+	return nil
+}
+
+// pack is a pack file and its index (version 2), which is looked up
+// where it lies, never read whole: a large repository's index is larger
+// than any one object, and a step may drop many into the pack directory.
 type pack struct {
-	path    string
-	ids     []byte // sorted IDs, 20 bytes each
-	offsets []uint32
-	large   []byte // 64-bit offsets
+	path   string // the pack file
+	idx    fs.File
+	ra     io.ReaderAt // idx
+	n      int64       // objects
+	large  int64       // 64-bit offsets
+	fanout [256]uint32
 }
 
 const maxPacks = 256
 
-// parseIndex parses a pack index, version 2
-// (gitformat-pack(5), "Version 2 pack-*.idx files").
-func parseIndex(b []byte) (*pack, error) {
-	const header = 8 + 256*4
-	if len(b) < header+2*sha1.Size || !bytes.Equal(b[:4], []byte{0xff, 't', 'O', 'c'}) || binary.BigEndian.Uint32(b[4:8]) != 2 {
-		return nil, errors.New("not a version 2 pack index")
+// Layout of a version 2 pack index (gitformat-pack(5), "Version 2
+// pack-*.idx files"): magic and version, 256 fan-out entries, then n
+// object IDs (sorted), n CRCs, n 4-byte offsets, 64-bit offsets, and the
+// pack's and the index's SHA-1. The checksums are not checked: every
+// object read is hashed against its ID, so a corrupt index can only hide
+// an object or point at the wrong one, which the hash refuses.
+const idxHeader = 8 + 256*4
+
+// openIndex opens the pack index at name in fsys and checks its header,
+// fan-out and size.
+func openIndex(fsys fs.FS, name string) (*pack, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
 	}
-	// The index ends with the pack's checksum and its own.
-	sum := sha1.Sum(b[:len(b)-sha1.Size]) //nolint:gosec // the index's own trailer
-	if !bytes.Equal(sum[:], b[len(b)-sha1.Size:]) {
-		return nil, errors.New("pack index checksum does not match")
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
 	}
-	fanout := b[8:header]
-	prev := uint32(0)
-	for i := 0; i < 256; i++ {
-		v := binary.BigEndian.Uint32(fanout[4*i:])
-		if v < prev {
-			return nil, errors.New("pack index fan-out is not monotonic")
-		}
-		prev = v
+	ra, ok := f.(io.ReaderAt)
+	if !ok {
+		f.Close()
+		return nil, errors.New("pack index does not support random reads")
 	}
-	n := int(prev)
-	rest := b[header : len(b)-2*sha1.Size]
-	need := n*sha1.Size + n*4 + n*4
-	if n < 0 || len(rest) < need {
-		return nil, fmt.Errorf("pack index too short for %d objects", n)
+	p, err := parseIndex(ra, fi.Size())
+	if err != nil {
+		f.Close()
+		return nil, err
 	}
-	p := &pack{ids: rest[:n*sha1.Size]}
-	for i := 1; i < n; i++ {
-		if bytes.Compare(p.ids[(i-1)*sha1.Size:i*sha1.Size], p.ids[i*sha1.Size:(i+1)*sha1.Size]) >= 0 {
-			return nil, errors.New("pack index object IDs are not sorted")
-		}
-	}
-	offs := rest[n*sha1.Size+n*4 : need]
-	p.offsets = make([]uint32, n)
-	for i := range p.offsets {
-		p.offsets[i] = binary.BigEndian.Uint32(offs[4*i:])
-	}
-	p.large = rest[need:]
-	if len(p.large)%8 != 0 {
-		return nil, errors.New("pack index large offset table is malformed")
-	}
+	p.idx = f
 	return p, nil
 }
 
-// find returns the pack offset of id.
-func (p *pack) find(id ID) (int64, bool) {
-	n := len(p.offsets)
-	lo, hi := 0, n
+// parseIndex checks a version 2 pack index of size bytes read through ra.
+func parseIndex(ra io.ReaderAt, size int64) (*pack, error) {
+	var head [idxHeader]byte
+	if size < idxHeader+2*sha1.Size {
+		return nil, errors.New("not a version 2 pack index")
+	}
+	if _, err := ra.ReadAt(head[:], 0); err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(head[:4], []byte{0xff, 't', 'O', 'c'}) || binary.BigEndian.Uint32(head[4:8]) != 2 {
+		return nil, errors.New("not a version 2 pack index")
+	}
+	p := &pack{ra: ra}
+	prev := uint32(0)
+	for i := range p.fanout {
+		v := binary.BigEndian.Uint32(head[8+4*i:])
+		if v < prev {
+			return nil, errors.New("pack index fan-out is not monotonic")
+		}
+		p.fanout[i], prev = v, v
+	}
+	p.n = int64(prev)
+	rest := size - idxHeader - 2*sha1.Size - p.n*(sha1.Size+4+4)
+	if rest < 0 {
+		return nil, fmt.Errorf("pack index too short for %d objects", p.n)
+	}
+	if rest%8 != 0 {
+		return nil, errors.New("pack index large offset table is malformed")
+	}
+	p.large = rest / 8
+	return p, nil
+}
+
+// find returns the pack offset of id, by a binary search of the IDs that
+// the fan-out says start with id's first byte.
+func (p *pack) find(id ID) (int64, bool, error) {
+	lo, hi := int64(0), int64(p.fanout[id[0]])
+	if id[0] > 0 {
+		lo = int64(p.fanout[id[0]-1])
+	}
+	var buf [sha1.Size]byte
 	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		c := bytes.Compare(p.ids[m*sha1.Size:(m+1)*sha1.Size], id[:])
-		switch {
-		case c == 0:
-			off := p.offsets[m]
-			if off&0x80000000 == 0 {
-				return int64(off), true
-			}
-			i := int(off & 0x7fffffff)
-			if 8*i+8 > len(p.large) {
-				return 0, false
-			}
-			v := binary.BigEndian.Uint64(p.large[8*i:])
-			if v > 1<<62 {
-				return 0, false
-			}
-			return int64(v), true
+		m := int64(uint64(lo+hi) >> 1)
+		if _, err := p.ra.ReadAt(buf[:], idxHeader+m*sha1.Size); err != nil {
+			return 0, false, err
+		}
+		switch c := bytes.Compare(buf[:], id[:]); {
 		case c < 0:
 			lo = m + 1
-		default:
+		case c > 0:
 			hi = m
+		default:
+			return p.offset(m)
 		}
 	}
-	return 0, false
+	return 0, false, nil
+}
+
+// offset reads the pack offset of the m-th object.
+func (p *pack) offset(m int64) (int64, bool, error) {
+	var b [8]byte
+	if _, err := p.ra.ReadAt(b[:4], idxHeader+p.n*(sha1.Size+4)+4*m); err != nil {
+		return 0, false, err
+	}
+	off := binary.BigEndian.Uint32(b[:4])
+	if off&0x80000000 == 0 {
+		return int64(off), true, nil
+	}
+	i := int64(off & 0x7fffffff)
+	if i >= p.large {
+		return 0, false, nil
+	}
+	if _, err := p.ra.ReadAt(b[:], idxHeader+p.n*(sha1.Size+8)+8*i); err != nil {
+		return 0, false, err
+	}
+	v := binary.BigEndian.Uint64(b[:])
+	if v > 1<<62 {
+		return 0, false, nil
+	}
+	return int64(v), true, nil
 }
 
 // maxDeltaDepth bounds a chain of deltas.
@@ -322,6 +393,9 @@ func (s *objectStore) packObject(p *pack, off int64, depth int) (string, []byte,
 		return typeNames[typ], data, nil
 	}
 	out, err := applyDelta(base, data, s.lim.MaxObjectBytes)
+	if err == nil {
+		err = s.count(len(out))
+	}
 	if err != nil {
 		return "", nil, fmt.Errorf("gitrepo: pack entry at %d: %w", off, err)
 	}

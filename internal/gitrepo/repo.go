@@ -94,8 +94,10 @@ func IsWorkTree(fsys fs.FS, dir string) bool {
 }
 
 // Read reads the work tree at dir (a slash path in fsys, "." for its
-// root): fsys must implement fs.ReadLinkFS (os.Root's FS does) so that
-// symbolic links are compared, never followed.
+// root): fsys must implement fs.ReadLinkFS so that symbolic links are
+// compared, never followed. For a directory on disk, pass FS(root): a
+// file system that can block on open (os.Root's own FS, on a FIFO) lets
+// whoever writes the work tree stall Read.
 func Read(fsys fs.FS, dir string, lim Limits) (*Source, error) {
 	lim = lim.withDefaults()
 	rl, ok := fsys.(fs.ReadLinkFS)
@@ -122,6 +124,7 @@ func Read(fsys fs.FS, dir string, lim Limits) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer store.close()
 	typ, content, err := store.get(commitID)
 	if err != nil {
 		return nil, err
@@ -428,13 +431,26 @@ func configValue(raw string) (string, error) {
 }
 
 // stripCredentials removes what a remote URL should never carry into an
-// attestation: the password always, and for http(s) the user name too.
+// attestation: the password always, and for http(s) (or no scheme) the
+// user name too. A URL with a control character, or one that does not
+// parse and may hold a password ("user:pass@" anywhere), is not recorded
+// at all: there is no telling where its credentials end.
 func stripCredentials(raw string) string {
+	if strings.ContainsFunc(raw, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return ""
+	}
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil || !u.IsAbs() {
+	if err != nil || u.Opaque != "" {
+		// An scp-like [user@]host:path has no password; keep it.
+		if at := strings.IndexByte(raw, '@'); at >= 0 && strings.ContainsAny(raw[:at], ":/") {
+			return ""
+		}
 		return raw
 	}
-	if u.Scheme == "http" || u.Scheme == "https" {
+	if u.User == nil {
+		return raw
+	}
+	if u.Scheme == "" || u.Scheme == "http" || u.Scheme == "https" {
 		u.User = nil
 	} else {
 		u.User = url.User(u.User.Username())
@@ -607,23 +623,23 @@ func (c *comparer) compareFile(p, name string, fi fs.FileInfo, e treeEntry) (str
 		return "", fmt.Errorf("gitrepo: %w", err)
 	}
 	defer f.Close()
-	// The header needs the size before the content: read at most the
+	if c.bytes += fi.Size(); c.bytes > c.lim.MaxTotalBytes {
+		return "", &tooLargeError{fmt.Sprintf("work tree larger than %d bytes", c.lim.MaxTotalBytes)}
+	}
+	// The header needs the size before the content: stream at most the
 	// size seen (plus one byte, to see a file that grew) into both hashes.
-	content, err := io.ReadAll(io.LimitReader(f, fi.Size()+1))
+	blob, sum := newObjectHash("blob", fi.Size()), sha256.New()
+	n, err := io.Copy(io.MultiWriter(blob, sum), io.LimitReader(f, fi.Size()+1))
 	if err != nil {
 		return "", fmt.Errorf("gitrepo: %s: %w", name, err)
 	}
-	if int64(len(content)) != fi.Size() {
+	if n != fi.Size() {
 		return name + " changed while it was read", nil
 	}
-	if c.bytes += int64(len(content)); c.bytes > c.lim.MaxTotalBytes {
-		return "", &tooLargeError{fmt.Sprintf("work tree larger than %d bytes", c.lim.MaxTotalBytes)}
-	}
-	if hashObject("blob", content) != e.id {
+	if ID(blob.Sum(nil)) != e.id {
 		return name + " differs from the commit", nil
 	}
-	sum := sha256.Sum256(content)
-	c.files[name] = hex.EncodeToString(sum[:])
+	c.files[name] = hex.EncodeToString(sum.Sum(nil))
 	return "", nil
 }
 

@@ -1,15 +1,21 @@
 package gitrepo_test
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/hallmark-dev/hallmark/internal/gitrepo"
 )
@@ -63,7 +69,7 @@ func read(t *testing.T, dir, sub string) *gitrepo.Source {
 	root, err := os.OpenRoot(dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	src, err := gitrepo.Read(root.FS(), sub, gitrepo.Limits{})
+	src, err := gitrepo.Read(gitrepo.FS(root), sub, gitrepo.Limits{})
 	require.NoError(t, err)
 	return src
 }
@@ -184,13 +190,13 @@ func TestReadGitFile(t *testing.T) {
 	r, err := os.OpenRoot(root)
 	require.NoError(t, err)
 	defer r.Close()
-	_, err = gitrepo.Read(r.FS(), "src", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(r), "src", gitrepo.Limits{})
 	require.ErrorContains(t, err, "points outside the workspace")
 	writeFile(t, filepath.Join(root, "src", ".git"), "gitdir: /etc\n", 0o644)
-	_, err = gitrepo.Read(r.FS(), "src", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(r), "src", gitrepo.Limits{})
 	require.ErrorContains(t, err, "only a relative 'gitdir:'")
 
-	_, err = gitrepo.Read(r.FS(), ".", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(r), ".", gitrepo.Limits{})
 	require.ErrorIs(t, err, gitrepo.ErrNotRepository)
 }
 
@@ -209,7 +215,7 @@ func TestReadTamperedObject(t *testing.T) {
 	root, err := os.OpenRoot(dir)
 	require.NoError(t, err)
 	defer root.Close()
-	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{})
+	_, err = gitrepo.Read(gitrepo.FS(root), ".", gitrepo.Limits{})
 	require.ErrorContains(t, err, "hashes to "+other)
 }
 
@@ -227,13 +233,13 @@ func TestReadLimits(t *testing.T) {
 		{gitrepo.Limits{MaxFileBytes: 100}, "not compared: src/lib/util.c is larger than 100 bytes"},
 		{gitrepo.Limits{MaxTotalBytes: 1000}, "not compared: work tree larger than 1000 bytes"},
 	} {
-		src, err := gitrepo.Read(root.FS(), ".", tc.lim)
+		src, err := gitrepo.Read(gitrepo.FS(root), ".", tc.lim)
 		require.NoError(t, err)
 		require.False(t, src.Clean)
 		require.Equal(t, git(t, dir, "rev-parse", "HEAD"), src.Commit)
 		require.Contains(t, src.Difference, tc.want)
 	}
-	_, err = gitrepo.Read(root.FS(), ".", gitrepo.Limits{MaxObjectBytes: 10})
+	_, err = gitrepo.Read(gitrepo.FS(root), ".", gitrepo.Limits{MaxObjectBytes: 10})
 	require.ErrorContains(t, err, "larger than 10 bytes")
 }
 
@@ -255,4 +261,165 @@ func TestRemoteURL(t *testing.T) {
 		}
 		require.Equal(t, tc.want, read(t, dir, ".").RemoteURL, tc.config)
 	}
+}
+
+// FS opens no FIFO (open(2) would block until a writer came) and lists
+// directories in name order, as os.Root's FS does.
+func TestFSRefusesFIFO(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, unix.Mkfifo(filepath.Join(dir, "fifo"), 0o644))
+	writeFile(t, filepath.Join(dir, "b"), "b", 0o644)
+	writeFile(t, filepath.Join(dir, "a", "x"), "x", 0o644)
+	root, err := os.OpenRoot(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	fsys := gitrepo.FS(root)
+	_, err = fsys.Open("fifo")
+	require.ErrorContains(t, err, "not a regular file")
+	_, err = fs.ReadDir(fsys, "fifo")
+	require.ErrorContains(t, err, "not a regular file")
+	_, err = fsys.Open("../escape")
+	require.ErrorIs(t, err, fs.ErrInvalid)
+	list, err := fs.ReadDir(fsys, ".")
+	require.NoError(t, err)
+	names := []string{}
+	for _, e := range list {
+		names = append(names, e.Name())
+	}
+	require.Equal(t, []string{"a", "b", "fifo"}, names)
+	b, err := fs.ReadFile(fsys, "a/x")
+	require.NoError(t, err)
+	require.Equal(t, "x", string(b))
+	fi, err := fs.Lstat(fsys, "fifo")
+	require.NoError(t, err)
+	require.Equal(t, fs.ModeNamedPipe, fi.Mode().Type())
+}
+
+// A remote URL that Go's URL parser refuses (a token with '/', '#' or a
+// stray '%', a control character) or that has no scheme must not carry
+// its password into an attestation, which is public and permanent.
+func TestAttackRemoteURLCredentials(t *testing.T) {
+	dir := newRepo(t)
+	for _, tc := range []struct{ url, want string }{
+		{`https://ci:tok/en@git.example.org/acme/widget.git`, ""},
+		{`"https://ci:se#cret@git.example.org/acme/widget.git"`, ""},
+		{`https://ci:p%zzsecret@git.example.org/acme/widget.git`, ""},
+		{`ssh://git:secret@git.example.org:bad/acme/widget.git`, ""},
+		{`//ci:secret@git.example.org/acme/widget.git`, "//git.example.org/acme/widget.git"},
+		{`ci:secret@git.example.org:acme/widget.git`, ""},
+		{`"https://ci:secret@git.example.org/acme/widget.git\n"`, ""},
+		{`"https://git.example.org/acme/widget.git\t\b"`, ""},
+		// What has no password stays as written.
+		{`git@git.example.org:acme/widget.git`, "git@git.example.org:acme/widget.git"},
+		{`/srv/git/widget.git`, "/srv/git/widget.git"},
+		{`https://ci:secret@git.example.org/acme/widget.git`, "https://git.example.org/acme/widget.git"},
+	} {
+		cfg := "[remote \"origin\"]\n\turl = " + tc.url + "\n"
+		require.NoError(t, os.WriteFile(filepath.Join(dir, ".git", "config"), []byte(cfg), 0o644))
+		got := read(t, dir, ".").RemoteURL
+		require.Equal(t, tc.want, got, tc.url)
+		require.NotContains(t, got, "secret")
+		require.NotContains(t, got, "tok/en")
+	}
+}
+
+// A step commits a large file: the agent compares it with the commit
+// without holding it in memory (each attestation would otherwise hold up
+// to MaxFileBytes, a GiB by default, per file).
+func TestAttackLargeFileMemory(t *testing.T) {
+	dir := t.TempDir()
+	git(t, dir, "init", "-q", "-b", "main")
+	const size = 48 << 20
+	big := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "big.bin"), big, 0o644))
+	git(t, dir, "add", "-A")
+	git(t, dir, "commit", "-q", "-m", "big")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	src := read(t, dir, ".")
+	runtime.ReadMemStats(&after)
+	require.True(t, src.Clean, src.Difference)
+	sum := sha256.Sum256(big)
+	require.Equal(t, hex.EncodeToString(sum[:]), src.Files["big.bin"])
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("allocated %d KiB to compare a %d MiB file", allocated>>10, size>>20)
+	require.Less(t, allocated, uint64(4<<20))
+}
+
+// Repositories a step may shape to make the agent record a commit or a
+// clean state that is not so: each is read as git reads it, or refused.
+func TestAttackRepositoryShapes(t *testing.T) {
+	readErr := func(t *testing.T, dir string) error {
+		root, err := os.OpenRoot(dir)
+		require.NoError(t, err)
+		defer root.Close()
+		_, err = gitrepo.Read(gitrepo.FS(root), ".", gitrepo.Limits{})
+		return err
+	}
+	t.Run("symlinked .git", func(t *testing.T) {
+		ws := t.TempDir()
+		repo := newRepo(t)
+		require.NoError(t, os.Rename(filepath.Join(repo, ".git"), filepath.Join(ws, "elsewhere.git")))
+		require.NoError(t, os.Symlink("elsewhere.git", filepath.Join(ws, ".git")))
+		require.ErrorContains(t, readErr(t, ws), "neither a directory nor a file")
+	})
+	t.Run("loose ref beats packed-refs, as in git", func(t *testing.T) {
+		dir := newRepo(t)
+		git(t, dir, "pack-refs", "--all")
+		// packed-refs keeps HEAD~1's ID for main; a loose ref says HEAD.
+		head, prev := git(t, dir, "rev-parse", "HEAD"), git(t, dir, "rev-parse", "HEAD~1")
+		packed, err := os.ReadFile(filepath.Join(dir, ".git", "packed-refs"))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, ".git", "packed-refs"), []byte(strings.ReplaceAll(string(packed), head, prev)), 0o644))
+		writeFile(t, filepath.Join(dir, ".git", "refs", "heads", "main"), head+"\n", 0o644)
+		require.Equal(t, head, git(t, dir, "rev-parse", "HEAD"))
+		src := read(t, dir, ".")
+		require.Equal(t, head, src.Commit)
+		require.True(t, src.Clean, src.Difference)
+	})
+	t.Run("pack index pointing an ID at another object", func(t *testing.T) {
+		dir := newRepo(t)
+		git(t, dir, "gc", "-q", "--prune=now")
+		idxPath := mustGlob(t, filepath.Join(dir, ".git", "objects", "pack", "*.idx"))
+		idx, err := os.ReadFile(idxPath)
+		require.NoError(t, err)
+		// Swap the offsets of HEAD's tree and HEAD~1's tree.
+		n := int(binary.BigEndian.Uint32(idx[8+255*4:]))
+		pos := func(hexID string) int {
+			id, err := hex.DecodeString(hexID)
+			require.NoError(t, err)
+			for m := range n {
+				if bytes.Equal(idx[8+1024+20*m:8+1024+20*m+20], id) {
+					return 8 + 1024 + 24*n + 4*m
+				}
+			}
+			t.Fatalf("%s not in the index", hexID)
+			return 0
+		}
+		a, b := pos(git(t, dir, "rev-parse", "HEAD^{tree}")), pos(git(t, dir, "rev-parse", "HEAD~1^{tree}"))
+		for i := range 4 {
+			idx[a+i], idx[b+i] = idx[b+i], idx[a+i]
+		}
+		require.NoError(t, os.Chmod(idxPath, 0o644))
+		require.NoError(t, os.WriteFile(idxPath, idx, 0o644))
+		require.ErrorContains(t, readErr(t, dir), "the repository is corrupt or was tampered with")
+	})
+	t.Run("objects only in alternates", func(t *testing.T) {
+		dir := newRepo(t)
+		store := t.TempDir()
+		require.NoError(t, os.Rename(filepath.Join(dir, ".git", "objects"), filepath.Join(store, "objects")))
+		writeFile(t, filepath.Join(dir, ".git", "objects", "info", "alternates"), filepath.Join(store, "objects")+"\n", 0o644)
+		git(t, dir, "cat-file", "-e", "HEAD:src/main.c") // git reads them
+		require.ErrorContains(t, readErr(t, dir), "alternates and promisor remotes are not read")
+	})
+	t.Run("trees nested deeper than the reader goes", func(t *testing.T) {
+		dir := t.TempDir()
+		git(t, dir, "init", "-q", "-b", "main")
+		deep := filepath.Join(append([]string{dir}, slices.Repeat([]string{"d"}, 300)...)...)
+		writeFile(t, filepath.Join(deep, "f"), "x", 0o644)
+		git(t, dir, "add", "-A")
+		git(t, dir, "commit", "-q", "-m", "deep")
+		require.ErrorContains(t, readErr(t, dir), "nested deeper than 256")
+	})
 }

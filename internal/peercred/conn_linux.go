@@ -1,11 +1,13 @@
 package peercred
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,9 +24,9 @@ var (
 	// ErrPeerGone means the process that connected has exited; its pid may
 	// now name another process.
 	ErrPeerGone = errors.New("peercred: peer process is gone")
-	// ErrPeerExeced means the process that connected now runs another
-	// executable.
-	ErrPeerExeced = errors.New("peercred: peer process exec'd another executable")
+	// ErrPeerExeced means the process that connected has exec'd since: it
+	// runs another program image, whatever file it was loaded from.
+	ErrPeerExeced = errors.New("peercred: peer process exec'd since it connected")
 )
 
 // errCtrlMsg means a read carried control data other than the kernel's
@@ -56,16 +58,33 @@ type Conn struct {
 	pidfd  int   // -1 once closed
 	broken error // sticky, set when the connection was refused
 	closed bool
-	// statFD and cmdlineFD are the peer's /proc/PID/stat and cmdline, opened
-	// on first use (while mu is held for reading) and kept until Close
-	// (which holds mu): -1 until then and after. A /proc/PID descriptor
-	// stays with the process it was opened for: once that process is gone,
-	// reads through it fail even if its pid names another process by then.
-	statFD, cmdlineFD atomic.Int32
+	done   chan struct{} // closed by Close
+	// statFD, cmdlineFD and statusFD are the peer's /proc/PID/stat,
+	// cmdline and status, opened on first use (while mu is held for
+	// reading) and kept until Close (which holds mu): -1 until then and
+	// after. A /proc/PID descriptor stays with the process it was opened
+	// for: once that process is gone, reads through it fail even if its
+	// pid names another process by then.
+	statFD, cmdlineFD, statusFD atomic.Int32
+
+	// watch, when set, reports the peer's execs since watchedAt (a
+	// CLOCK_MONOTONIC time) in execed: the first exec's time, or execLost.
+	watch     *ExecWatch
+	watchedAt int64
+	execed    atomic.Int64
+	// release gives back the connection's place under the listener's
+	// limits; called once, by Close.
+	release func()
+	// caps is Capabilities' answer, kept: a process's permitted set only
+	// ever shrinks without an exec.
+	caps atomic.Pointer[uint64]
 }
 
 // Peer returns the process that connected, as identified at accept.
 func (c *Conn) Peer() Info { return c.info }
+
+// Done is closed when the connection is closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Read reads bytes written by the peer. Data from any other process is
 // never returned: Read fails with an error wrapping ErrForeignSender and the
@@ -184,13 +203,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return c.uc.Write(p)
 }
 
-// Verify confirms that the peer is still the process that connected: it has
-// not exited (its pidfd is not readable), its pid still shows the same start
-// time, and /proc/PID/exe is still the same file. It returns an error
-// wrapping ErrPeerGone or ErrPeerExeced with detail, or another error if
-// /proc could not be read. The connection keeps /proc/PID/stat open from
-// the first call (and /proc/PID/cmdline from the first Cmdline) until
-// Close.
+// Verify confirms that the peer is still the process that connected,
+// running the program image it ran then: it has not exited (its pidfd is
+// not readable) and, on a Listener with an ExecWatch, it has not exec'd
+// since it connected, not even into the same binary. Without a watch it
+// checks what /proc can tell: the same start time and the same file at
+// /proc/PID/exe. It returns an error wrapping ErrPeerGone, ErrPeerExeced or
+// ErrExecWatch with detail, or another error if /proc could not be read.
 func (c *Conn) Verify() error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -198,6 +217,16 @@ func (c *Conn) Verify() error {
 		return fmt.Errorf("peercred: verify: %w", net.ErrClosed)
 	}
 	i := c.info
+	if c.watch != nil {
+		werr := c.watch.check(c)
+		// Alive after the check means every exec of this pid since the
+		// watch began was the peer's own (a pid is reused only once its
+		// process is reaped); gone is the more precise reason otherwise.
+		if err := checkAlive(c.pidfd, i.PID); err != nil {
+			return err
+		}
+		return werr
+	}
 	if err := checkAlive(c.pidfd, i.PID); err != nil {
 		return err
 	}
@@ -224,6 +253,159 @@ func (c *Conn) Verify() error {
 			ErrPeerExeced, i.PID, i.ExePath, i.Exe, path, exe)
 	}
 	return nil
+}
+
+// Execed reports, without any system call, whether the connection's
+// ExecWatch has already seen its peer exec; Verify is the full check.
+func (c *Conn) Execed() error {
+	if c.watch == nil {
+		return nil
+	}
+	return c.execErr()
+}
+
+func (c *Conn) execErr() error {
+	switch t := c.execed.Load(); {
+	case t == execLost:
+		return fmt.Errorf("%w: the kernel dropped process events while pid %d was connected", ErrExecWatch, c.info.PID)
+	case t != 0:
+		return fmt.Errorf("%w: pid %d exec'd %s after connecting", ErrPeerExeced, c.info.PID,
+			time.Duration(t-c.watchedAt).Round(time.Microsecond))
+	}
+	return nil
+}
+
+// maxEarly bounds the bytes a peer may have sent before its connection
+// was watched: a protocol's greeting, not a request.
+const maxEarly = 4 << 10
+
+// early returns the bytes the peer has sent and nobody has read yet
+// (FIONREAD, then a MSG_PEEK read), failing if there are more than
+// maxEarly or if they came from more than one sender.
+func (c *Conn) early() ([]byte, error) {
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var (
+		b    []byte
+		serr error
+	)
+	if err := rc.Control(func(fd uintptr) {
+		n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			serr = fmt.Errorf("peercred: FIONREAD: %w", err)
+			return
+		}
+		if n > maxEarly {
+			serr = fmt.Errorf("peercred: %d bytes arrived before the connection was watched, more than a greeting", n)
+			return
+		}
+		if n == 0 {
+			return
+		}
+		b = make([]byte, n)
+		// A peek stops where the sender changes: fewer bytes than queued
+		// means more than one sender.
+		got, _, err := unix.Recvfrom(int(fd), b, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err != nil:
+			serr = fmt.Errorf("peercred: peek: %w", err)
+		case got != n:
+			serr = fmt.Errorf("%w: the first %d bytes came from more than one process", ErrForeignSender, n)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	return b, serr
+}
+
+// OpenRoot opens the peer's root directory (its /proc/PID/root: the root
+// of its mount namespace, or of its chroot) as an O_PATH descriptor, for
+// resolving paths as the peer would. The path is the agent's own, built
+// from the kernel's pid; the pidfd proves afterwards that the pid still
+// named the peer. The caller closes the descriptor.
+func (c *Conn) OpenRoot() (int, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return -1, fmt.Errorf("peercred: open root: %w", net.ErrClosed)
+	}
+	p := procPath(c.info.PID, "root")
+	fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+			return -1, fmt.Errorf("%w: pid %d exited", ErrPeerGone, c.info.PID)
+		}
+		return -1, fmt.Errorf("peercred: open %s: %w", p, err)
+	}
+	if err := checkAlive(c.pidfd, c.info.PID); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// Capabilities returns the peer's permitted capability set (CapPrm of
+// /proc/PID/status, bit N for capability N) as first read for this
+// connection: a process's permitted set only shrinks until it execs, so
+// that is the most it may ever do. A peer in another user namespace than
+// this process holds its capabilities there, not here: it gets none.
+func (c *Conn) Capabilities() (uint64, error) {
+	if p := c.caps.Load(); p != nil {
+		return *p, nil
+	}
+	caps, err := c.readCapabilities()
+	if err == nil {
+		c.caps.Store(&caps)
+	}
+	return caps, err
+}
+
+func (c *Conn) readCapabilities() (uint64, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return 0, fmt.Errorf("peercred: capabilities: %w", net.ErrClosed)
+	}
+	pid := c.info.PID
+	fd, err := c.procFD(&c.statusFD, "status")
+	if err != nil {
+		return 0, cmdlineError(pid, err)
+	}
+	var buf [4 << 10]byte
+	b, err := preadAll(buf[:0], fd, pid, "status", 64<<10, false)
+	if err != nil {
+		return 0, cmdlineError(pid, err)
+	}
+	caps, err := parseCapPrm(b)
+	if err != nil {
+		return 0, fmt.Errorf("peercred: %s: %w", procPath(pid, "status"), err)
+	}
+	var theirs, ours unix.Stat_t
+	if err := unix.Stat(procPath(pid, "ns/user"), &theirs); err != nil {
+		return 0, cmdlineError(pid, err)
+	}
+	if err := unix.Stat("/proc/self/ns/user", &ours); err != nil {
+		return 0, fmt.Errorf("peercred: own user namespace: %w", err)
+	}
+	if err := checkAlive(c.pidfd, pid); err != nil {
+		return 0, err
+	}
+	if theirs.Dev != ours.Dev || theirs.Ino != ours.Ino {
+		return 0, nil
+	}
+	return caps, nil
+}
+
+// parseCapPrm finds "CapPrm:\t<hex>" in /proc/PID/status.
+func parseCapPrm(status []byte) (uint64, error) {
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(line, []byte("CapPrm:")); ok {
+			return strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
+		}
+	}
+	return 0, errors.New("no CapPrm line")
 }
 
 // Cmdline reads the peer's command line from /proc/PID/cmdline now, as
@@ -297,13 +479,20 @@ func (c *Conn) Close() error {
 	c.closed = true
 	fd := c.pidfd
 	c.pidfd = -1
+	close(c.done)
 	c.mu.Unlock()
 
+	if c.watch != nil {
+		c.watch.unregister(c)
+	}
+	if c.release != nil {
+		c.release()
+	}
 	err := c.uc.Close()
 	if fd >= 0 {
 		unix.Close(fd)
 	}
-	for _, slot := range []*atomic.Int32{&c.statFD, &c.cmdlineFD} {
+	for _, slot := range []*atomic.Int32{&c.statFD, &c.cmdlineFD, &c.statusFD} {
 		if fd := slot.Swap(-1); fd >= 0 {
 			unix.Close(int(fd))
 		}

@@ -149,6 +149,59 @@ func runHelper(role, sock string) error {
 		waitStdin()
 		return nil
 
+	case "exec-chain":
+		// Connect (unless the connection is inherited), say so, wait for
+		// stdin, then exec the rest of PEERCRED_CHAIN in turn, keeping the
+		// connection; the last program says "done" and waits.
+		fd := 3
+		if os.Getenv("PEERCRED_CONNECTED") == "" {
+			c, err := dial()
+			if err != nil {
+				return err
+			}
+			f, err := c.File() // a dup without FD_CLOEXEC at fd 3 below
+			if err != nil {
+				return err
+			}
+			if err := unix.Dup2(int(f.Fd()), 3); err != nil {
+				return err
+			}
+			if _, err := unix.Write(3, []byte("hi")); err != nil {
+				return err
+			}
+			say("connected")
+			if _, err := os.Stdin.Read(make([]byte, 1)); err != nil {
+				return err
+			}
+		}
+		chain := strings.Fields(strings.ReplaceAll(os.Getenv("PEERCRED_CHAIN"), ",", " "))
+		if len(chain) == 0 {
+			say("done")
+			waitStdin()
+			return nil
+		}
+		var env []string
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "PEERCRED_CHAIN=") && !strings.HasPrefix(kv, "PEERCRED_CONNECTED=") {
+				env = append(env, kv)
+			}
+		}
+		env = append(env, "PEERCRED_CONNECTED=1", "PEERCRED_CHAIN="+strings.Join(chain[1:], ","))
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return err
+		}
+		switch chain[0] {
+		case "self":
+			return syscall.Exec(os.Args[0], []string{os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1"}, env)
+		case "sh":
+			// Another program, which execs back to this one ("self", the
+			// only element that may follow) if the chain goes on.
+			return syscall.Exec("/bin/sh", []string{"sh", "-c",
+				`if [ -n "$PEERCRED_CHAIN" ]; then rest=${PEERCRED_CHAIN#self}; PEERCRED_CHAIN=${rest#,} exec "$0" -test.run=^TestHelperProcess$ -test.count=1; fi; echo done; exec cat >/dev/null`,
+				os.Args[0]}, env)
+		}
+		return fmt.Errorf("unknown chain element %q", chain[0])
+
 	case "grpc-health":
 		cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(Credentials()))
 		if err != nil {
@@ -179,9 +232,22 @@ type helper struct {
 // fd 3 onwards. It is killed and reaped when the test ends.
 func startHelper(t *testing.T, role, sock string, files ...*os.File) *helper {
 	t.Helper()
+	return startHelperEnv(t, role, sock, nil, files...)
+}
+
+// startHelperEnv is startHelper with extra environment.
+func startHelperEnv(t *testing.T, role, sock string, env []string, files ...*os.File) *helper {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envRole+"="+role, envSock+"="+sock)
+	cmd.Env = append(append(os.Environ(), envRole+"="+role, envSock+"="+sock), env...)
 	cmd.ExtraFiles = files
+	return startPrepared(t, cmd)
+}
+
+// startPrepared starts a helper command; it is killed and reaped when the
+// test ends.
+func startPrepared(t *testing.T, cmd *exec.Cmd) *helper {
+	t.Helper()
 	h := &helper{cmd: cmd, lines: make(chan string, 16), stderr: new(bytes.Buffer)}
 	cmd.Stderr = h.stderr
 	var err error
@@ -203,7 +269,7 @@ func startHelper(t *testing.T, role, sock string, files ...*os.File) *helper {
 			cmd.Wait()
 		}
 		if t.Failed() {
-			t.Logf("helper %s stderr: %s", role, h.stderr)
+			t.Logf("helper %v stderr: %s", cmd.Env[len(cmd.Env)-1], h.stderr)
 		}
 	})
 	return h

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,21 +16,61 @@ var peerPidfd = func(fd int) (int, error) {
 	return unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEERPIDFD)
 }
 
-// newConn identifies the peer of uc. On success the returned Conn owns uc
-// and a pidfd; on error the caller still owns uc.
-func newConn(uc *net.UnixConn, laddr net.Addr) (*Conn, error) {
+// peerCred returns the kernel's credentials of uc's peer at connect
+// (SO_PEERCRED): a cheap first look, before anything else is spent on it.
+func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("peercred: identify peer: %w", err)
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := rc.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("peercred: identify peer: %w", err)
+	}
+	if credErr != nil {
+		return nil, fmt.Errorf("peercred: identify peer: SO_PEERGROUPS: %w", credErr)
+	}
+	return cred, nil
+}
+
+// peerGroups returns the peer's supplementary groups at connect
+// (SO_PEERGROUPS), as this process's user namespace sees them.
+func peerGroups(fd int) ([]uint32, error) {
+	n := 32
+	for {
+		buf := make([]uint32, n)
+		size := uint32(4 * n)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		switch {
+		case errno == unix.ERANGE && int(size/4) > n:
+			n = int(size / 4)
+			continue
+		case errno != 0:
+			return nil, errno
+		}
+		return buf[:size/4], nil
+	}
+}
+
+// newConn identifies the peer of uc, whose credentials cred are. On
+// success the returned Conn owns uc and a pidfd; on error the caller still
+// owns uc.
+func newConn(uc *net.UnixConn, laddr net.Addr, cred *unix.Ucred) (*Conn, error) {
 	rc, err := uc.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("peercred: identify peer: %w", err)
 	}
 	var (
-		cred                      *unix.Ucred
+		groups                    []uint32
 		pidfd                     = -1
 		credErr, pidfdErr, optErr error
 	)
 	if err := rc.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		if credErr != nil {
+		if groups, credErr = peerGroups(int(fd)); credErr != nil {
 			return
 		}
 		if pidfd, pidfdErr = peerPidfd(int(fd)); pidfdErr != nil {
@@ -42,7 +83,7 @@ func newConn(uc *net.UnixConn, laddr net.Addr) (*Conn, error) {
 		return nil, fmt.Errorf("peercred: identify peer: %w", err)
 	}
 	if credErr != nil {
-		return nil, fmt.Errorf("peercred: identify peer: SO_PEERCRED: %w", credErr)
+		return nil, fmt.Errorf("peercred: identify peer: SO_PEERGROUPS: %w", credErr)
 	}
 	if pidfdErr == nil && pidfd < 0 {
 		pidfdErr = fmt.Errorf("SO_PEERPIDFD returned %d", pidfd)
@@ -102,12 +143,14 @@ func newConn(uc *net.UnixConn, laddr net.Addr) (*Conn, error) {
 	c := &Conn{
 		uc:    uc,
 		laddr: laddr,
+		done:  make(chan struct{}),
 		oob:   make([]byte, credsSpace),
 		pidfd: pidfd,
 		info: Info{
 			PID:       pid,
 			UID:       cred.Uid,
 			GID:       cred.Gid,
+			Groups:    groups,
 			Exe:       exe,
 			ExePath:   exePath,
 			StartTime: start,
@@ -115,5 +158,6 @@ func newConn(uc *net.UnixConn, laddr net.Addr) (*Conn, error) {
 	}
 	c.statFD.Store(-1)
 	c.cmdlineFD.Store(-1)
+	c.statusFD.Store(-1)
 	return c, nil
 }

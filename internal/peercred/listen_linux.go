@@ -29,9 +29,23 @@ type ListenConfig struct {
 	// Zero is a real group (root), not "unset".
 	GID int
 	// OnSkip, if set, is called with the reason for every connection that
-	// Accept closed because its peer could not be identified.
+	// Accept closed because its peer could not be identified or was over
+	// a limit.
 	OnSkip func(err error)
+	// MaxConns bounds the connections open at once; zero means no bound.
+	MaxConns int
+	// MaxConnsPerUID bounds the connections open at once from one uid;
+	// zero means no bound. A connection over either bound is closed at
+	// Accept after one getsockopt, before anything else is spent on it.
+	MaxConnsPerUID int
+	// Execs, if set, watches every accepted peer for exec(2): Verify then
+	// refuses a peer that exec'd after it connected.
+	Execs *ExecWatch
 }
+
+// ErrTooManyConns means a connection was closed at Accept because its uid,
+// or the listener, had as many open as its limit allows.
+var ErrTooManyConns = errors.New("peercred: too many connections")
 
 // Listener accepts connections on a unix socket and identifies each peer.
 // It implements net.Listener; Accept returns a *Conn.
@@ -40,6 +54,8 @@ type Listener struct {
 	addr   *net.UnixAddr
 	id     FileID // the socket file published at addr.Name
 	onSkip func(error)
+	execs  *ExecWatch
+	limits connLimits
 
 	closeOnce sync.Once
 	closeErr  error
@@ -105,6 +121,8 @@ func Listen(cfg ListenConfig) (*Listener, error) {
 		addr:   &net.UnixAddr{Name: path, Net: "unix"},
 		id:     id,
 		onSkip: cfg.OnSkip,
+		execs:  cfg.Execs,
+		limits: connLimits{max: cfg.MaxConns, perUID: cfg.MaxConnsPerUID, open: map[uint32]int{}},
 	}, nil
 }
 
@@ -248,16 +266,17 @@ func removeStale(path string) error {
 	return nil
 }
 
-// Accept waits for the next connection whose peer can be identified and
-// returns it as a *Conn. Connections whose peer cannot be identified are
-// closed, reported to ListenConfig.OnSkip and never returned.
+// Accept waits for the next connection whose peer is under the limits and
+// can be identified, and returns it as a *Conn, watched for exec(2) when
+// the listener has an ExecWatch. Other connections are closed, reported to
+// ListenConfig.OnSkip and never returned.
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		uc, err := l.ul.AcceptUnix()
 		if err != nil {
 			return nil, err
 		}
-		c, err := newConn(uc, l.addr)
+		c, err := l.admit(uc)
 		if err != nil {
 			uc.Close()
 			if l.onSkip != nil {
@@ -267,6 +286,63 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+// admit applies the limits to uc's peer, then identifies it.
+func (l *Listener) admit(uc *net.UnixConn) (*Conn, error) {
+	cred, err := peerCred(uc)
+	if err != nil {
+		return nil, err
+	}
+	release, err := l.limits.take(cred.Uid)
+	if err != nil {
+		return nil, err
+	}
+	c, err := newConn(uc, l.addr, cred)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	c.release = release
+	if l.execs != nil {
+		c.watch = l.execs
+		c.watchedAt = l.execs.register(c)
+	}
+	return c, nil
+}
+
+// connLimits counts open connections, in all and per uid.
+type connLimits struct {
+	max, perUID int
+	mu          sync.Mutex
+	total       int
+	open        map[uint32]int
+}
+
+// take counts a connection from uid, or fails with ErrTooManyConns; the
+// returned func gives its place back, once.
+func (l *connLimits) take(uid uint32) (func(), error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.max > 0 && l.total >= l.max:
+		return nil, fmt.Errorf("%w: %d open, the most the listener takes", ErrTooManyConns, l.total)
+	case l.perUID > 0 && l.open[uid] >= l.perUID:
+		return nil, fmt.Errorf("%w: uid %d has %d open, the most one uid may", ErrTooManyConns, uid, l.open[uid])
+	}
+	l.total++
+	l.open[uid]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.total--
+			if l.open[uid]--; l.open[uid] == 0 {
+				delete(l.open, uid)
+			}
+		})
+	}, nil
 }
 
 // Addr returns the socket's path.

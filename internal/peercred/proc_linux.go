@@ -28,6 +28,8 @@ type Info struct {
 	// as seen from the agent's pid and user namespaces.
 	PID      int32
 	UID, GID uint32
+	// Groups are its supplementary groups at connect(2) (SO_PEERGROUPS).
+	Groups []uint32
 	// Exe is the device and inode of /proc/PID/exe at accept.
 	Exe FileID
 	// ExePath is readlink(/proc/PID/exe) at accept. The kernel appends

@@ -124,7 +124,10 @@ func TestManifestsAreHardened(t *testing.T) {
 	require.Empty(t, server.Containers[0].SecurityContext.Capabilities.Add)
 	agentPod := pods["agent"]
 	require.True(t, agentPod.HostPID, "the agent sees its callers' processes")
-	require.ElementsMatch(t, []corev1.Capability{"SYS_PTRACE", "DAC_READ_SEARCH"}, agentPod.Containers[0].SecurityContext.Capabilities.Add)
+	require.True(t, agentPod.HostNetwork, "the process events connector lives in the host network namespace")
+	require.Equal(t, corev1.DNSClusterFirstWithHostNet, agentPod.DNSPolicy, "and the agent still resolves the server's Service")
+	require.ElementsMatch(t, []corev1.Capability{"SYS_PTRACE", "SETUID", "SETGID", "NET_ADMIN", "DAC_OVERRIDE", "DAC_READ_SEARCH"},
+		agentPod.Containers[0].SecurityContext.Capabilities.Add)
 }
 
 // The configurations shipped in the ConfigMaps are valid for the daemons.
@@ -140,4 +143,53 @@ func TestConfigMapsParse(t *testing.T) {
 	require.False(t, acfg.PolicyFromFile, "the agent follows the server's policy")
 	require.Equal(t, 2000, acfg.SocketGID)
 	require.True(t, strings.HasPrefix(acfg.SocketPath, "/run/hallmark/"), "the socket is in the shared hostPath")
+}
+
+// Must show: a build pod needs nothing of the node but the agent's socket
+// directory: no host PID or network namespace, no privilege, no other
+// hostPath; it reaches the socket through the group the agent gives it.
+func TestBuildPodMountsOnlyTheSocket(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(dir, "examples", "build-pod.yaml"))
+	require.NoError(t, err)
+	var pod corev1.Pod
+	require.NoError(t, yaml.UnmarshalStrict(data, &pod))
+	spec := pod.Spec
+	require.False(t, spec.HostPID)
+	require.False(t, spec.HostNetwork)
+	require.False(t, spec.HostIPC)
+	var hostPaths []string
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths = append(hostPaths, v.HostPath.Path)
+		}
+	}
+	require.Equal(t, []string{"/run/hallmark"}, hostPaths, "the agent's socket directory only")
+	c := spec.Containers[0]
+	require.False(t, *c.SecurityContext.AllowPrivilegeEscalation)
+	require.Contains(t, c.SecurityContext.Capabilities.Drop, corev1.Capability("ALL"))
+	require.Empty(t, c.SecurityContext.Capabilities.Add)
+	require.NotZero(t, *spec.SecurityContext.RunAsUser, "an ordinary user")
+
+	ag := objects(t)["ConfigMap/hallmark-agent"].(*corev1.ConfigMap).Data["agent.hcl"]
+	acfg, err := agent.ParseConfig("agent.hcl", []byte(ag))
+	require.NoError(t, err)
+	require.Contains(t, spec.SecurityContext.SupplementalGroups, int64(acfg.SocketGID), "the socket's group")
+	var socket string
+	for _, e := range c.Env {
+		if e.Name == "HALLMARK_AGENT_SOCKET" {
+			socket = e.Value
+		}
+	}
+	require.Equal(t, acfg.SocketPath, socket)
+
+	srv := objects(t)["ConfigMap/hallmark-server"].(*corev1.ConfigMap).Data["server.hcl"]
+	scfg, err := server.ParseConfig("server.hcl", []byte(srv), func(string) string { return "" })
+	require.NoError(t, err)
+	granted := false
+	for _, r := range scfg.Policy.Rules() {
+		for _, root := range r.WorkspaceRoots {
+			granted = granted || strings.HasPrefix(c.WorkingDir+"/", root+"/")
+		}
+	}
+	require.True(t, granted, "the server's policy names the workspace as the pod sees it (%s)", c.WorkingDir)
 }

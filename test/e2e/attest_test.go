@@ -40,12 +40,21 @@ const builderID = "spiffe://example.org/ci/builder"
 const maxFiles = 200
 
 func testPolicy(dir string) string {
-	return fmt.Sprintf(`
+	rules := fmt.Sprintf(`
   rule "builders" {
     spiffe_ids      = [%q]
     steps           = ["build", "test"]
     workspace_roots = [%q]
   }`, builderID, filepath.Join(dir, "workspaces"))
+	if stepUser.uid != 0 {
+		rules += fmt.Sprintf(`
+  rule "step-user" {
+    selectors       = ["unix:uid:%d"]
+    steps           = ["build"]
+    workspace_roots = [%q]
+  }`, stepUser.uid, filepath.Join(dir, "workspaces"))
+	}
+	return rules
 }
 
 // workspace makes a workspace under the policy's root with files.

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +28,9 @@ type ciJob struct {
 // the shell blocks read from each file, with its variables filled in,
 // against the shared stack's agent, in a workspace the policy covers. Each
 // must attest the build (its bundle verifies against the server's trusted
-// root) and run its own verify step (which fetches that root over HTTP).
+// root) and run its own verify step, which fetches that root over plain
+// HTTP and so checks it against a pinned digest: a wrong pin, or none, and
+// the verify step refuses.
 func TestDeployExamples(t *testing.T) {
 	t.Parallel()
 	root, err := harness.RepoRoot()
@@ -34,6 +38,8 @@ func TestDeployExamples(t *testing.T) {
 	examples := filepath.Join(root, "deploy", "examples")
 	trusted, err := stack.Server.Get(context.Background(), "/trust/trusted_root.json")
 	require.NoError(t, err)
+	rootURL := "http://" + stack.Server.HealthAddr + "/trust/trusted_root.json"
+	pin := fmt.Sprintf("%x", sha256.Sum256(trusted)) // as the operator read it from a channel they trust
 	const command = "mkdir -p dist && cp src/main.c dist/app"
 
 	for _, tc := range []struct {
@@ -43,7 +49,7 @@ func TestDeployExamples(t *testing.T) {
 		{"github", func(t *testing.T, ws string) ciJob {
 			return githubJob(t, filepath.Join(examples, "github"), ws, map[string]string{
 				"step": "build", "products": "dist/app", "materials": "src", "command": command,
-				"server-health-addr": stack.Server.HealthAddr, "builder-prefix": "spiffe://example.org/hallmark/agent",
+				"trusted-root-url": rootURL, "trusted-root-sha256": pin, "builder-prefix": "spiffe://example.org/hallmark/agent",
 				"agent-socket": stack.Agent.Socket,
 			})
 		}},
@@ -51,13 +57,13 @@ func TestDeployExamples(t *testing.T) {
 			return gitlabJob(t, filepath.Join(examples, "gitlab", "hallmark.gitlab-ci.yml"), map[string]string{
 				"HALLMARK_STEP": "build", "HALLMARK_PRODUCTS": "dist/app", "HALLMARK_MATERIALS": "src", "HALLMARK_COMMAND": command,
 				"HALLMARK_AGENT_SOCKET": stack.Agent.Socket, "HALLMARK_SCRIPTS": filepath.Join(examples, "scripts"),
-				"HALLMARK_SERVER_HEALTH_ADDR": stack.Server.HealthAddr,
+				"HALLMARK_TRUSTED_ROOT_URL": rootURL, "HALLMARK_TRUSTED_ROOT_SHA256": pin,
 			})
 		}},
 		{"tekton", func(t *testing.T, ws string) ciJob {
 			return tektonJob(t, filepath.Join(examples, "tekton", "hallmark-attest-task.yaml"), ws, map[string]string{
 				"step": "build", "products": "dist/app", "materials": "src", "command": command,
-				"scripts": filepath.Join(examples, "scripts"), "server-health-addr": stack.Server.HealthAddr,
+				"scripts": filepath.Join(examples, "scripts"), "trusted-root-url": rootURL, "trusted-root-sha256": pin,
 			}, map[string]string{"HALLMARK_AGENT_SOCKET": stack.Agent.Socket})
 		}},
 	} {
@@ -66,10 +72,10 @@ func TestDeployExamples(t *testing.T) {
 			job := tc.job(t, ws)
 			require.Len(t, job.scripts, 2, "an attest step, then a verify step")
 			base := append(os.Environ(), "PATH="+stack.Bins.Dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-			run := func(i int) (string, error) {
+			run := func(i int, extra ...string) (string, error) {
 				cmd := exec.Command("bash", "-euo", "pipefail", "-c", job.scripts[i])
 				cmd.Dir = ws
-				cmd.Env = append(append([]string{}, base...), job.env[i]...)
+				cmd.Env = append(append(append([]string{}, base...), job.env[i]...), extra...)
 				out, err := cmd.CombinedOutput()
 				return string(out), err
 			}
@@ -85,14 +91,22 @@ func TestDeployExamples(t *testing.T) {
 			require.FileExists(t, bundle)
 			rootFile := filepath.Join(ws, "trusted_root.test.json")
 			require.NoError(t, os.WriteFile(rootFile, trusted, 0o644))
-			verify := exec.Command(stack.Bins.CLI, "verify", "dist/app", "--bundle", bundle, "--trusted-root", rootFile)
+			verify := exec.Command(stack.Bins.CLI, "verify", "dist/app", "--bundle", bundle, "--trusted-root", rootFile, "--builder-id-prefix", harness.AgentID.String())
 			verify.Dir = ws
 			out, err := verify.CombinedOutput()
 			require.NoError(t, err, "verify: %s", out)
 
+			// Trust material from plain HTTP is taken only with its pin.
+			text, err := run(1, "HALLMARK_TRUSTED_ROOT_SHA256="+strings.Repeat("0", 64))
+			require.Error(t, err, "verify step took a trusted root whose digest is not the pinned one: %s", text)
+			require.Contains(t, text, "not the pinned")
+			text, err = run(1, "HALLMARK_TRUSTED_ROOT_SHA256=")
+			require.Error(t, err, "verify step took a trusted root from plain HTTP without a pin: %s", text)
+			require.Contains(t, text, "not authenticated")
+
 			// The example's verify step fails the job for a changed product.
 			require.NoError(t, os.WriteFile(filepath.Join(ws, "dist", "app"), []byte("tampered"), 0o644))
-			text, err := run(1)
+			text, err = run(1)
 			require.Error(t, err, "verify step accepted a tampered product: %s", text)
 			require.Contains(t, text, "subject")
 		})
@@ -121,7 +135,7 @@ func githubJob(t *testing.T, actionDir, ws string, inputs map[string]string) ciJ
 	for name := range inputs {
 		require.Contains(t, action.Inputs, name, "the action has no input %q", name)
 	}
-	expr := regexp.MustCompile(`\$\{\{\s*inputs\.([a-z-]+)\s*\}\}`)
+	expr := regexp.MustCompile(`\$\{\{\s*inputs\.([a-z0-9-]+)\s*\}\}`)
 	fill := func(s string) string {
 		return expr.ReplaceAllStringFunc(s, func(m string) string {
 			name := expr.FindStringSubmatch(m)[1]
@@ -212,7 +226,7 @@ func tektonJob(t *testing.T, file, ws string, params, extra map[string]string) c
 		}
 	}
 	results := t.TempDir()
-	expr := regexp.MustCompile(`\$\((params|workspaces|results)\.([a-z-]+)(\.path)?\)`)
+	expr := regexp.MustCompile(`\$\((params|workspaces|results)\.([a-z0-9-]+)(\.path)?\)`)
 	fill := func(s string) string {
 		return expr.ReplaceAllStringFunc(s, func(m string) string {
 			sub := expr.FindStringSubmatch(m)

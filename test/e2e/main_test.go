@@ -49,6 +49,14 @@ func runMain(m *testing.M) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	if os.Getuid() == 0 { // tests that need them say so when not root
+		removeUsers, err := createUsers()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		defer removeUsers()
+	}
 	start := time.Now()
 	stack, err = harness.StartStack(ctx, dir, harness.StackOptions{
 		SVIDTTL: svidTTL, CertificateTTL: certificateTTL, MaxConnectionAge: maxConnectionAge,

@@ -59,11 +59,13 @@ step "checkout" {
 }
 
 step "build" {
+  builder_id_prefixes = ["spiffe://example.org/hallmark/agent"]
   workload_spiffe_ids = [%q]
   materials_from      = ["checkout"]
 }
 
 step "package" {
+  builder_id_prefixes = ["spiffe://example.org/hallmark/agent"]
   workload_spiffe_ids = [%q]
   materials_from      = ["build"]
   products            = ["widget-*.tar"]

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/test/harness"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,7 +69,7 @@ func TestProgress(t *testing.T) {
 		require.NoError(t, err, "stderr: %s", errb.String())
 		require.Empty(t, stdout)
 		for _, name := range names {
-			v, err := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, name), "--bundle", out, "--trusted-root", rootFile).CombinedOutput()
+			v, err := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, name), "--bundle", out, "--trusted-root", rootFile, "--builder-id-prefix", harness.AgentID.String()).CombinedOutput()
 			require.NoError(t, err, "verify %s: %s", name, v)
 		}
 		return errb.String()

@@ -55,12 +55,7 @@ func TestReplicasOnPostgres(t *testing.T) {
 	require.NoError(t, err)
 	st.SPIRE, err = harness.StartSPIRE(ctx, root, dir, harness.SPIREOptions{})
 	require.NoError(t, err)
-	for _, e := range []harness.Entry{
-		{SPIFFEID: harness.ServerID, Binary: st.Bins.Server, DNSName: harness.ServerDNSName, X509SVIDTTL: time.Hour},
-		{SPIFFEID: harness.AgentID, Binary: st.Bins.Agent, X509SVIDTTL: time.Hour},
-	} {
-		require.NoError(t, st.SPIRE.CreateEntry(ctx, e))
-	}
+	require.NoError(t, st.SPIRE.RegisterDaemons(ctx, root, st.Bins, time.Hour))
 	replicas, err := st.SPIRE.StartReplicas(ctx, st.Bins.Server, dir, "hallmark-server", 3, harness.ServerOptions{
 		Store: fmt.Sprintf("store \"postgres\" {\n  dsn = %q\n}\n", dsn),
 	})

@@ -193,7 +193,7 @@ func (r *signingRotation) trustedRoot() string {
 func (r *signingRotation) verify(bundle, root string) int {
 	r.t.Helper()
 	product := strings.TrimSuffix(bundle, ".hallmark.json")
-	cmd := exec.Command(r.st.Bins.CLI, "verify", product, "--bundle", bundle, "--trusted-root", root)
+	cmd := exec.Command(r.st.Bins.CLI, "verify", product, "--bundle", bundle, "--trusted-root", root, "--builder-id-prefix", harness.AgentID.String())
 	b, err := cmd.CombinedOutput()
 	r.lastOutput = string(b)
 	if ee, ok := err.(*exec.ExitError); ok {

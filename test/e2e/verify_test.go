@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
 // End to end: a step attested with --wait-log verifies offline against the
@@ -31,7 +33,7 @@ func TestVerifyLoggedBundle(t *testing.T) {
 	require.NoError(t, os.WriteFile(rootFile, root, 0o644))
 
 	verify := func(artifact string) (string, int) {
-		cmd := exec.Command(stack.Bins.CLI, "verify", artifact, "--bundle", out, "--trusted-root", rootFile)
+		cmd := exec.Command(stack.Bins.CLI, "verify", artifact, "--bundle", out, "--trusted-root", rootFile, "--builder-id-prefix", harness.AgentID.String())
 		cmd.Dir = ws
 		b, err := cmd.CombinedOutput()
 		if ee, ok := err.(*exec.ExitError); ok {
@@ -74,7 +76,7 @@ func TestSearchByDigest(t *testing.T) {
 	require.NoError(t, err)
 	rootFile := filepath.Join(ws, "trusted_root.json")
 	require.NoError(t, os.WriteFile(rootFile, root, 0o644))
-	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, "lib.so"), "--bundle", matches[0], "--trusted-root", rootFile)
+	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, "lib.so"), "--bundle", matches[0], "--trusted-root", rootFile, "--builder-id-prefix", harness.AgentID.String())
 	output, err = verify.CombinedOutput()
 	require.NoError(t, err, "verify: %s", output)
 

@@ -266,6 +266,30 @@ func (s *SPIRE) CreateEntry(ctx context.Context, e Entry) error {
 	return err
 }
 
+// RegisterDaemons registers hallmark-server and hallmark-agent as the
+// documentation says, by running deploy/spire/register-vm.sh from the
+// repository at root: the daemons' uid (this process's), binary path and
+// sha256. ttl, when not zero, is their X509-SVID lifetime.
+func (s *SPIRE) RegisterDaemons(ctx context.Context, root string, bins Binaries, ttl time.Duration) error {
+	cmd := exec.CommandContext(ctx, "sh", filepath.Join(root, "deploy", "spire", "register-vm.sh"), s.AgentID.String())
+	cmd.Env = append(os.Environ(),
+		"HALLMARK_TRUST_DOMAIN="+TrustDomain,
+		"HALLMARK_UID="+strconv.Itoa(os.Getuid()),
+		"HALLMARK_SERVER_BIN="+bins.Server,
+		"HALLMARK_AGENT_BIN="+bins.Agent,
+		"HALLMARK_AGENT_NAME="+strings.TrimPrefix(AgentID.Path(), "/hallmark/agent/"),
+		"SPIRE_SERVER="+s.ServerBin,
+		"SPIRE_SERVER_SOCKET="+s.ServerSocket,
+	)
+	if ttl > 0 {
+		cmd.Env = append(cmd.Env, "HALLMARK_SVID_TTL="+strconv.Itoa(int(ttl/time.Second)))
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("deploy/spire/register-vm.sh: %w: %s", err, out)
+	}
+	return nil
+}
+
 // WaitForIdentities waits until the calling process is issued SVIDs for
 // all ids: new entries take a sync interval (about 5 s) to reach the agent.
 func (s *SPIRE) WaitForIdentities(ctx context.Context, ids ...spiffeid.ID) (*workloadapi.X509Context, error) {

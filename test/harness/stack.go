@@ -57,7 +57,8 @@ type Stack struct {
 }
 
 // StartStack builds the binaries, starts SPIRE, registers the server and
-// agent binaries, and starts both, returning once the agent holds a
+// agent as docs/configuration.md says (deploy/spire/register-vm.sh), and
+// starts both, returning once the agent holds a
 // signing certificate. dir should be short (unix socket paths).
 func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err error) {
 	root, err := RepoRoot()
@@ -81,13 +82,8 @@ func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err
 	if ttl == 0 {
 		ttl = time.Hour
 	}
-	for _, e := range []Entry{
-		{SPIFFEID: ServerID, Binary: st.Bins.Server, DNSName: ServerDNSName, X509SVIDTTL: ttl},
-		{SPIFFEID: AgentID, Binary: st.Bins.Agent, X509SVIDTTL: ttl},
-	} {
-		if err := st.SPIRE.CreateEntry(ctx, e); err != nil {
-			return nil, err
-		}
+	if err := st.SPIRE.RegisterDaemons(ctx, root, st.Bins, ttl); err != nil {
+		return nil, err
 	}
 	km := ""
 	if o.KeyManager != nil {

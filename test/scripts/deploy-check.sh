@@ -34,7 +34,10 @@ for unit in hallmark-server.service hallmark-agent.service; do
   require "$unit" NoNewPrivileges=yes ProtectSystem=strict PrivateTmp=yes
 done
 require hallmark-server.service ProtectHome=yes CapabilityBoundingSet= AmbientCapabilities= StateDirectory=hallmark-server
-require hallmark-agent.service ProtectHome=read-only CapabilityBoundingSet=CAP_SYS_PTRACE AmbientCapabilities=CAP_SYS_PTRACE \
+require hallmark-agent.service ProtectHome=read-only \
+  "CapabilityBoundingSet=CAP_SYS_PTRACE CAP_SETUID CAP_SETGID CAP_NET_ADMIN" \
+  "AmbientCapabilities=CAP_SYS_PTRACE CAP_SETUID CAP_SETGID CAP_NET_ADMIN" \
+  "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK" \
   RuntimeDirectory=hallmark RuntimeDirectoryMode=0750 StateDirectory=hallmark-agent
 grep -q 'socket_path *= *"/run/hallmark/agent.sock"' "$dir/agent.hcl" || { echo "deploy-check: agent.hcl: socket_path is not in RuntimeDirectory"; exit 1; }
 

@@ -16,11 +16,12 @@
 //     the agent recorded matches a source block: repositories, commits,
 //     refs, require_clean), products (final step);
 //  3. each material of the step: inside a clean work tree of an allowed
-//     source, or a product of an attestation of a step in materials_from
+//     source (not in its .git: the repository is not the commit's
+//     tree), or a product of an attestation of a step in materials_from
 //     that itself passes 2 and 3;
 //  4. every step of the policy is part of the chain.
 //
-// Attestations come from a Source (bundles given up front, or the
+// Attestations come from a Finder (bundles given up front, or the
 // server's log searched by digest); every one is verified by
 // verify.Verify (signature, log entry, timestamp, certificate chain to
 // the trusted root) before anything in it is read. The Report has the

@@ -135,7 +135,7 @@ func (f *fixture) bundles(t testing.TB, steps ...attest.Step) []pipeline.Candida
 	t.Helper()
 	var out []pipeline.Candidate
 	for _, s := range steps {
-		out = append(out, pipeline.Candidate{Bundle: f.bundle(t, s), Origin: s.Name + ".hallmark.json"})
+		out = append(out, pipeline.Candidate{Bundle: f.bundle(t, s), Origin: s.Name + ".hallmark.json", URI: "file:///bundles/" + s.Name + ".hallmark.json"})
 	}
 	return out
 }
@@ -148,9 +148,9 @@ func mustPolicy(t testing.TB, src string) *pipeline.Policy {
 }
 
 // verifyArtifact runs the walk over bundles for the artifact's content.
-func (f *fixture) verifyArtifact(p *pipeline.Policy, name, content string, src pipeline.Source) (*pipeline.Report, error) {
+func (f *fixture) verifyArtifact(p *pipeline.Policy, name, content string, src pipeline.Finder) (*pipeline.Report, error) {
 	return pipeline.Verify(context.Background(), p, verify.DigestBytes(name, []byte(content)),
-		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Source: src})
+		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Finder: src})
 }
 
 // policyWith is testPolicy with old replaced by new.

@@ -81,9 +81,10 @@ func FuzzChainWalk(f *testing.F) {
 	artifacts := []string{r1.files["widget-1.0.tar.gz"], r1.files["app"], "nothing"}
 	f.Fuzz(func(t *testing.T, a, b, c []byte, which uint8) {
 		content := artifacts[int(which)%len(artifacts)]
-		set := pipeline.NewBundleSet([]pipeline.Candidate{{Bundle: a, Origin: "a"}, {Bundle: b, Origin: "b"}, {Bundle: c, Origin: "c"}})
+		cands := []pipeline.Candidate{{Bundle: a, Origin: "a"}, {Bundle: b, Origin: "b"}, {Bundle: c, Origin: "c"}}
+		set := pipeline.NewBundleSet(cands)
 		d := verify.DigestBytes("artifact", []byte(content))
-		rep, err := pipeline.Verify(context.Background(), p, d, pipeline.Options{Verify: verify.Options{TrustedRoot: fx.root}, Source: set, MaxAttestations: 8})
+		rep, err := pipeline.Verify(context.Background(), p, d, pipeline.Options{Verify: verify.Options{TrustedRoot: fx.root}, Finder: set, MaxAttestations: 8})
 		if err != nil {
 			if rep == nil || rep.Verified || rep.Failure == nil {
 				t.Fatalf("refused without a report and failure: %v", err)
@@ -103,7 +104,7 @@ func FuzzChainWalk(f *testing.F) {
 			}
 			// Only bundles the deployment signed verify: what passes is
 			// one of the seeds, byte for byte or re-encoded.
-			if _, err := verify.Verify(set.All()[originIndex(n.Origin)].Bundle, []verify.Digest{d0(n)}, verify.Options{TrustedRoot: fx.root}); err != nil {
+			if _, err := verify.Verify(cands[originIndex(n.Origin)].Bundle, []verify.Digest{d0(n)}, verify.Options{TrustedRoot: fx.root}); err != nil {
 				t.Fatalf("node %s passed the walk but not verify.Verify: %v", n.Step, err)
 			}
 		}

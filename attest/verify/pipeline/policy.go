@@ -42,6 +42,19 @@ type Policy struct {
 	Digest [sha256.Size]byte
 }
 
+// NamesEveryBuilder reports whether every step names the builders (agent
+// SPIFFE ID prefixes) it trusts. A workload's identity is the builder's
+// own word, so a step that names none trusts every agent of the trust
+// domain; a verifier should then ask for a builder constraint of its own.
+func (p *Policy) NamesEveryBuilder() bool {
+	for _, s := range p.Steps {
+		if len(s.BuilderIDPrefixes) == 0 {
+			return false
+		}
+	}
+	return len(p.Steps) > 0
+}
+
 // StepRule is a policy's `step "NAME" { ... }` block.
 type StepRule struct {
 	Name string

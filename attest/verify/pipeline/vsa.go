@@ -79,7 +79,7 @@ func (r *Report) VSA(o VSAOptions) ([]byte, error) {
 	}
 	for _, n := range r.Chain() {
 		pred.InputAttestations = append(pred.InputAttestations, &vsa1.VerificationSummary_InputAttestation{
-			Uri:    n.Origin,
+			Uri:    n.URI,
 			Digest: map[string]string{"sha256": n.BundleSHA256},
 		})
 	}

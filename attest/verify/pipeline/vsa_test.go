@@ -63,7 +63,7 @@ func TestVSA(t *testing.T) {
 	want := map[string]string{}
 	for _, b := range bundles {
 		sum := sha256.Sum256(b.Bundle)
-		want[b.Origin] = hex.EncodeToString(sum[:])
+		want[b.URI] = hex.EncodeToString(sum[:])
 	}
 	got := map[string]string{}
 	for _, in := range vsa.GetInputAttestations() {

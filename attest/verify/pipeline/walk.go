@@ -37,9 +37,7 @@ type Failure struct {
 // RuleError is a refused chain: the Failure, as an error.
 type RuleError struct{ Failure Failure }
 
-func (e *RuleError) Error() string {
-	return "pipeline: " + e.Failure.Rule + ": " + e.Failure.Reason
-}
+func (e *RuleError) Error() string { return "pipeline: " + e.Failure.String() }
 
 // Is makes errors.Is(err, ErrNotVerified) true.
 func (e *RuleError) Is(target error) bool { return target == ErrNotVerified }
@@ -50,12 +48,16 @@ type Options struct {
 	// (required). Its Policy must be nil: the pipeline policy's rules
 	// replace it.
 	Verify verify.Options
-	// Source finds attestations: a BundleSet, a LogSearch, or both
-	// through Sources.
-	Source Source
+	// Finder finds attestations: a BundleSet, a LogSearch, or both
+	// through Finders.
+	Finder Finder
 	// MaxAttestations bounds how many distinct bundles the walk verifies
 	// (default 1000); beyond it the chain is refused (rule "limits").
 	MaxAttestations int
+	// BuilderIDPrefixes, when set, is the verifier's own builder
+	// constraint: every step's builder must also be one of these or under
+	// one (rule step.NAME.builder_id_prefixes), whatever the step names.
+	BuilderIDPrefixes []string
 }
 
 // Verdicts of a Node.
@@ -70,8 +72,10 @@ type Node struct {
 	ID      int    `json:"id"`
 	Step    string `json:"step"`
 	Verdict string `json:"verdict"`
-	// Origin is where the bundle came from (file, log entry).
+	// Origin is where the bundle came from (file, log entry), and URI
+	// locates it when its finder could say (Candidate.URI).
 	Origin string `json:"origin"`
+	URI    string `json:"uri,omitempty"`
 	// BundleSHA256 is the SHA-256 of the bundle's bytes as verified.
 	BundleSHA256 string `json:"bundleSha256"`
 	// Attestation is what verify.Verify proved about the bundle.
@@ -122,6 +126,12 @@ func (r *Report) Chain() []*Node {
 	if !r.Verified || r.Root == nil {
 		return r.Nodes
 	}
+	return r.reachable(*r.Root)
+}
+
+// reachable returns the node root and every node its links lead to, in
+// walk order.
+func (r *Report) reachable(root int) []*Node {
 	seen := map[int]bool{}
 	var out []*Node
 	var visit func(id int)
@@ -138,13 +148,14 @@ func (r *Report) Chain() []*Node {
 			}
 		}
 	}
-	visit(*r.Root)
+	visit(root)
 	return out
 }
 
 // attestation is a verified bundle and what the walk reads from it.
 type attestation struct {
 	origin string
+	uri    string
 	sha    string
 	res    *verify.Result
 	prov   stepProvenance
@@ -157,34 +168,36 @@ type walker struct {
 	max  int
 
 	report   *Report
-	bundles  int                     // how many an enumerable source holds
+	bundles  int                     // how many an enumerable finder holds
 	verified map[string]*attestation // bundle SHA-256 -> verified
-	refused  map[string]error        // bundle SHA-256 -> why not (not the subject check)
+	refused  map[string]error        // bundle SHA-256 -> why not
+	claims   map[string][]string     // bundle SHA-256 -> subjects claimed, unverified
 	found    map[string][]Candidate  // digest -> Find's answer
 	byStep   map[string][]*attestation
-	nodes    map[string]*Node // step "|" bundle SHA-256
-	all      bool             // every bundle of an enumerable source verified
+	producer map[string][]*attestation // step "|" subject SHA-256 -> verified attestations
+	nodes    map[string]*Node          // step "|" bundle SHA-256
+	all      bool                      // every bundle of an enumerable finder verified
 }
 
 // Verify checks that artifact is the product of the policy's final step
 // and walks back to the source: every step's attestation is found through
-// opts.Source and fully verified (verify.Verify: signature, log entry,
+// opts.Finder and fully verified (verify.Verify: signature, log entry,
 // timestamp, certificate chain to the trusted root), and every rule of the
 // policy is checked. The Report is returned in every case where the chain
 // was examined; when it is refused the error is a *RuleError naming the
 // one rule that failed (the first in walk order), else a plain error for
-// a call that could not be made (no trusted root, a source that fails).
+// a call that could not be made (no trusted root, a finder that fails).
 func Verify(ctx context.Context, p *Policy, artifact verify.Digest, opts Options) (*Report, error) {
-	if p == nil || opts.Verify.TrustedRoot == nil || opts.Source == nil {
-		return nil, errors.New("pipeline: a policy, Options.Verify.TrustedRoot and Options.Source are required")
+	if p == nil || opts.Verify.TrustedRoot == nil || opts.Finder == nil {
+		return nil, errors.New("pipeline: a policy, Options.Verify.TrustedRoot and Options.Finder are required")
 	}
 	if opts.Verify.Policy != nil {
 		return nil, errors.New("pipeline: Options.Verify.Policy must be nil: the pipeline policy's step rules apply")
 	}
 	w := &walker{
 		ctx: ctx, p: p, opts: opts, max: cmp.Or(opts.MaxAttestations, 1000),
-		verified: map[string]*attestation{}, refused: map[string]error{},
-		found: map[string][]Candidate{}, byStep: map[string][]*attestation{}, nodes: map[string]*Node{},
+		verified: map[string]*attestation{}, refused: map[string]error{}, claims: map[string][]string{},
+		found: map[string][]Candidate{}, byStep: map[string][]*attestation{}, producer: map[string][]*attestation{}, nodes: map[string]*Node{},
 		report: &Report{
 			Artifact:     verify.Subject{Name: artifact.Name, SHA256: hex.EncodeToString(artifact.SHA256[:])},
 			PolicySHA256: hex.EncodeToString(p.Digest[:]),
@@ -236,10 +249,11 @@ func (w *walker) walk() (*Failure, error) {
 	if first.first != nil {
 		return first.first, nil
 	}
-	// Every step must be part of the chain: a step no material came from
-	// is missing.
+	// Every step must be part of the chain that verified (not merely of
+	// a candidate examined and refused): a step no material of it came
+	// from is missing.
 	reached := map[string]bool{}
-	for _, n := range w.report.Chain() {
+	for _, n := range w.report.reachable(first.ID) {
 		reached[n.Step] = true
 	}
 	for _, s := range w.p.Steps {
@@ -252,7 +266,7 @@ func (w *walker) walk() (*Failure, error) {
 }
 
 // noProducer is the failure when no verified attestation of step s has
-// digest as a subject: a missing step when the source can show that no
+// digest as a subject: a missing step when the finder can show that no
 // attestation of s exists at all, otherwise the consumer's rule (why).
 func (w *walker) noProducer(s StepRule, digest, why string) (*Failure, error) {
 	if err := w.verifyAll(); err != nil {
@@ -267,7 +281,7 @@ func (w *walker) noProducer(s StepRule, digest, why string) (*Failure, error) {
 
 // producers returns the verified attestations of step s that have digest
 // as a subject, newest first: those already verified, then what the
-// source finds.
+// finder finds.
 func (w *walker) producers(s StepRule, digest string) ([]*attestation, error) {
 	if err := w.search(digest); err != nil {
 		return nil, err
@@ -275,12 +289,12 @@ func (w *walker) producers(s StepRule, digest string) ([]*attestation, error) {
 	return w.known(s, digest), nil
 }
 
-// search asks the source for digest, once, and verifies what it finds.
+// search asks the finder for digest, once, and verifies what it finds.
 func (w *walker) search(digest string) error {
 	if _, ok := w.found[digest]; ok {
 		return nil
 	}
-	cands, err := w.opts.Source.Find(w.ctx, digest)
+	cands, err := w.opts.Finder.Find(w.ctx, digest)
 	if err != nil {
 		return err
 	}
@@ -298,14 +312,10 @@ func (w *walker) search(digest string) error {
 }
 
 // known returns the verified attestations of step s that have digest as
-// a subject, newest first.
+// a subject, newest first: a look-up, so that a step with many materials
+// costs no scan of every subject of every attestation per material.
 func (w *walker) known(s StepRule, digest string) []*attestation {
-	var out []*attestation
-	for _, a := range w.byStep[s.Name] {
-		if slices.ContainsFunc(a.res.Subjects, func(sub verify.Subject) bool { return sub.SHA256 == digest }) {
-			out = append(out, a)
-		}
-	}
+	out := slices.Clone(w.producer[s.Name+"|"+digest])
 	slices.SortStableFunc(out, func(a, b *attestation) int {
 		if c := b.res.SignedAt.Compare(a.res.SignedAt); c != 0 {
 			return c
@@ -315,13 +325,19 @@ func (w *walker) known(s StepRule, digest string) []*attestation {
 	return out
 }
 
+// verifyBundle is verify.Verify (tests count its calls).
+var verifyBundle = verify.Verify
+
 // limitError stops the walk when it would verify too many bundles.
 type limitError struct{ Failure Failure }
 
 func (e *limitError) Error() string { return e.Failure.Reason }
 
-// verifyCandidate verifies c once (against d, a subject it claims),
-// remembering the outcome; past the limit it returns a *limitError.
+// verifyCandidate verifies c once, against d, remembering the outcome;
+// past the limit it returns a *limitError. A bundle whose payload does
+// not even claim d is skipped unverified: a finder (a log server) may
+// answer with anything, and each verification costs signatures and a
+// certificate chain, so every one made counts against the limit.
 func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 	if err := w.ctx.Err(); err != nil {
 		return err
@@ -334,14 +350,18 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 	if _, ok := w.refused[key]; ok {
 		return nil
 	}
+	claims, ok := w.claims[key]
+	if !ok {
+		claims = claimedSubjects(c.Bundle)
+		w.claims[key] = claims
+	}
+	if !slices.Contains(claims, hex.EncodeToString(d.SHA256[:])) {
+		return nil
+	}
 	if len(w.verified)+len(w.refused) >= w.max {
 		return &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("more than %d attestations to verify (Options.MaxAttestations)", w.max)}}
 	}
-	res, err := verify.Verify(c.Bundle, []verify.Digest{d}, w.opts.Verify)
-	var ce *verify.CheckError
-	if errors.As(err, &ce) && ce.Check == verify.CheckSubject {
-		return nil // authentic, but not an attestation of d
-	}
+	res, err := verifyBundle(c.Bundle, []verify.Digest{d}, w.opts.Verify)
 	if err != nil {
 		w.refused[key] = fmt.Errorf("%s: %w", c.Origin, err)
 		return nil
@@ -351,19 +371,25 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 		w.refused[key] = fmt.Errorf("%s: predicate: %w", c.Origin, err)
 		return nil
 	}
-	a := &attestation{origin: c.Origin, sha: key, res: res, prov: prov}
+	a := &attestation{origin: c.Origin, uri: c.URI, sha: key, res: res, prov: prov}
 	w.verified[key] = a
 	w.byStep[res.Step] = append(w.byStep[res.Step], a)
+	for _, sub := range res.Subjects {
+		k := res.Step + "|" + sub.SHA256
+		if p := w.producer[k]; len(p) == 0 || p[len(p)-1] != a {
+			w.producer[k] = append(p, a)
+		}
+	}
 	return nil
 }
 
-// verifyAll verifies every bundle of an enumerable source once, so that
+// verifyAll verifies every bundle of an enumerable finder once, so that
 // a failure can say whether a step is missing altogether.
 func (w *walker) verifyAll() error {
 	if w.all {
 		return nil
 	}
-	e, ok := w.opts.Source.(enumerator)
+	e, ok := w.opts.Finder.(enumerator)
 	if !ok {
 		return nil
 	}
@@ -431,7 +457,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 		return n, nil
 	}
 	n := &Node{
-		ID: len(w.report.Nodes), Step: s.Name, Origin: a.origin, BundleSHA256: a.sha,
+		ID: len(w.report.Nodes), Step: s.Name, Origin: a.origin, URI: a.uri, BundleSHA256: a.sha,
 		Attestation: a.res, BuildType: a.prov.buildType, Sources: a.prov.sources, CallerClaims: a.prov.claims,
 	}
 	w.report.Nodes = append(w.report.Nodes, n)
@@ -440,7 +466,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 		n.Verdict, n.Failure, n.first = VerdictRefused, f, f
 		return n, nil
 	}
-	if f := checkIdentity(s, a.res); f != nil {
+	if f := checkIdentity(s, w.opts.BuilderIDPrefixes, a.res); f != nil {
 		return refuse(f)
 	}
 	allowed, f := w.checkSources(s, a.prov.sources)
@@ -572,12 +598,15 @@ func (w *walker) unproduced(s StepRule, m Material, hasSource bool) (*Failure, e
 	return &Failure{Step: s.Name, Rule: "step." + s.Name + ".materials_from", Reason: why.String()}, nil
 }
 
-// checkIdentity applies the step's builder and workload rules.
-func checkIdentity(s StepRule, r *verify.Result) *Failure {
+// checkIdentity applies the step's builder and workload rules, and the
+// verifier's own builder prefixes (when any).
+func checkIdentity(s StepRule, verifierPrefixes []string, r *verify.Result) *Failure {
 	at := "step." + s.Name + "."
-	if len(s.BuilderIDPrefixes) > 0 && !slices.ContainsFunc(s.BuilderIDPrefixes, func(p string) bool { return underPrefix(r.BuilderID, p) }) {
-		return &Failure{Step: s.Name, Rule: at + "builder_id_prefixes",
-			Reason: fmt.Sprintf("builder %s is under none of %s", r.BuilderID, strings.Join(s.BuilderIDPrefixes, ", "))}
+	for _, prefixes := range [][]string{s.BuilderIDPrefixes, verifierPrefixes} {
+		if len(prefixes) > 0 && !slices.ContainsFunc(prefixes, func(p string) bool { return underPrefix(r.BuilderID, p) }) {
+			return &Failure{Step: s.Name, Rule: at + "builder_id_prefixes",
+				Reason: fmt.Sprintf("builder %s is under none of %s", r.BuilderID, strings.Join(prefixes, ", "))}
+		}
 	}
 	if len(s.WorkloadSPIFFEIDs) > 0 && !slices.ContainsFunc(r.Workload.SPIFFEIDs, func(id string) bool { return slices.Contains(s.WorkloadSPIFFEIDs, id) }) {
 		held := "no SPIFFE ID"
@@ -684,10 +713,16 @@ func matchSource(step string, r SourceRule, g GitSource) *Failure {
 	return nil
 }
 
-// coveredBy returns the clean allowed work tree that holds material name.
+// coveredBy returns the clean allowed work tree whose commit holds
+// material name: a file beneath the tree, not in its .git (the
+// repository, which the clean check does not compare with the commit).
 func coveredBy(trees []allowedTree, name string) (allowedTree, bool) {
 	for _, t := range trees {
-		if t.clean && (t.path == "." || name == t.path || strings.HasPrefix(name, t.path+"/")) {
+		rel, inside := name, t.path == "."
+		if !inside {
+			rel, inside = strings.CutPrefix(name, t.path+"/")
+		}
+		if t.clean && inside && rel != ".git" && !strings.HasPrefix(rel, ".git/") {
 			return t, true
 		}
 	}

@@ -325,7 +325,7 @@ func TestVerifyLimit(t *testing.T) {
 	r := newRun("1")
 	set := pipeline.NewBundleSet(f.bundles(t, r.checkout, r.build, r.packag))
 	_, err := pipeline.Verify(context.Background(), mustPolicy(t, testPolicy), verify.DigestBytes("w", []byte(r.files["widget-1.0.tar.gz"])),
-		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Source: set, MaxAttestations: 2})
+		pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Finder: set, MaxAttestations: 2})
 	var re *pipeline.RuleError
 	require.ErrorAs(t, err, &re)
 	require.Equal(t, pipeline.RuleLimits, re.Failure.Rule)
@@ -336,9 +336,9 @@ func TestVerifyMisuse(t *testing.T) {
 	p := mustPolicy(t, testPolicy)
 	d := verify.DigestBytes("w", []byte("x"))
 	set := pipeline.NewBundleSet(nil)
-	_, err := pipeline.Verify(context.Background(), p, d, pipeline.Options{Source: set})
+	_, err := pipeline.Verify(context.Background(), p, d, pipeline.Options{Finder: set})
 	require.ErrorContains(t, err, "TrustedRoot")
 	require.False(t, errors.Is(err, pipeline.ErrNotVerified))
-	_, err = pipeline.Verify(context.Background(), p, d, pipeline.Options{Verify: verify.Options{TrustedRoot: f.root, Policy: &verify.Policy{Steps: []string{"x"}}}, Source: set})
+	_, err = pipeline.Verify(context.Background(), p, d, pipeline.Options{Verify: verify.Options{TrustedRoot: f.root, Policy: &verify.Policy{Steps: []string{"x"}}}, Finder: set})
 	require.ErrorContains(t, err, "Policy must be nil")
 }

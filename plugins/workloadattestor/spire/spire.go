@@ -10,6 +10,7 @@ package spire
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"path"
@@ -85,19 +86,51 @@ func (a *Attestor) Close() error { return a.conn.Close() }
 // when no registration entry matches it). The SVIDs' private keys that
 // the API returns alongside are wiped at once and never used.
 func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the subscription
+	res, _, err := a.subscribe(ctx, c)
+	return res, err
+}
+
+// AttestWatch is Attest that keeps SPIRE's subscription open until ctx
+// ends: changed is closed as soon as SPIRE sends anything more (its
+// registration entries for the caller changed, or the SVIDs rotated) or
+// the subscription ends, that is as soon as the answer may no longer
+// hold. Until then the answer stands as SPIRE's own.
+func (a *Attestor) AttestWatch(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, <-chan struct{}, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	res, stream, err := a.subscribe(ctx, c)
+	if err != nil {
+		cancel()
+		return res, nil, err
+	}
+	changed := make(chan struct{})
+	go func() {
+		defer cancel()
+		defer close(changed)
+		if resp, err := stream.Recv(); err == nil {
+			wipe(resp)
+		}
+	}()
+	return res, changed, nil
+}
+
+// subscribe asks SPIRE for the caller's SVIDs and reads the first answer,
+// within the timeout; the subscription lives as long as ctx.
+func (a *Attestor) subscribe(parent context.Context, c workloadattestor.Caller) (workloadattestor.Result, delegatedidentityv1.DelegatedIdentity_SubscribeToX509SVIDsClient, error) {
 	// Our own timer, not a context deadline: a deadline also travels to
 	// the server, which may end the stream first with an error that hides
 	// the timeout.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // ends the subscription
+	ctx, cancel := context.WithCancel(parent)
 	var timedOut atomic.Bool
 	timer := time.AfterFunc(a.cfg.timeout, func() { timedOut.Store(true); cancel() })
 	defer timer.Stop()
-	fail := func(err error) (workloadattestor.Result, error) {
+	fail := func(err error) (workloadattestor.Result, delegatedidentityv1.DelegatedIdentity_SubscribeToX509SVIDsClient, error) {
+		cancel()
 		if timedOut.Load() {
-			return workloadattestor.Result{}, fmt.Errorf("spire: no answer from the delegated identity API at %s within %s", a.cfg.AdminSocket, a.cfg.timeout)
+			return workloadattestor.Result{}, nil, fmt.Errorf("spire: no answer from the delegated identity API at %s within %s", a.cfg.AdminSocket, a.cfg.timeout)
 		}
-		return workloadattestor.Result{}, fmt.Errorf("spire: delegated identity API at %s (is hallmark-agent in the SPIRE agent's authorized_delegates?): %w", a.cfg.AdminSocket, err)
+		return workloadattestor.Result{}, nil, fmt.Errorf("spire: delegated identity API at %s (is hallmark-agent in the SPIRE agent's authorized_delegates?): %w", a.cfg.AdminSocket, err)
 	}
 	stream, err := a.client.SubscribeToX509SVIDs(ctx, &delegatedidentityv1.SubscribeToX509SVIDsRequest{Pid: c.PID})
 	if err != nil {
@@ -107,10 +140,12 @@ func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workl
 	if err != nil {
 		return fail(err)
 	}
+	if !timer.Stop() {
+		return fail(errors.New("timed out"))
+	}
+	wipe(resp)
 	var res workloadattestor.Result
 	for _, s := range resp.GetX509Svids() {
-		clear(s.X509SvidKey)
-		s.X509SvidKey = nil
 		pb := s.GetX509Svid().GetId()
 		if pb == nil {
 			continue
@@ -125,5 +160,15 @@ func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workl
 		}
 		res.SPIFFEIDs = append(res.SPIFFEIDs, id.String())
 	}
-	return res, nil
+	// The subscription goes on until parent ends.
+	context.AfterFunc(parent, cancel)
+	return res, stream, nil
+}
+
+// wipe clears the SVIDs' private keys that come with every answer.
+func wipe(resp *delegatedidentityv1.SubscribeToX509SVIDsResponse) {
+	for _, s := range resp.GetX509Svids() {
+		clear(s.X509SvidKey)
+		s.X509SvidKey = nil
+	}
 }

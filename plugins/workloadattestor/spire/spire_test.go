@@ -346,3 +346,49 @@ func TestAttestCallerContext(t *testing.T) {
 	require.Error(t, err)
 	require.Less(t, time.Since(start), 3*time.Second, "the caller's deadline bounds the call too")
 }
+
+// AttestWatch's answer stands until SPIRE says anything more (an entry
+// changed, SVIDs rotated) or the subscription ends: then changed closes.
+func TestAttestWatch(t *testing.T) {
+	update := make(chan struct{})
+	fake := &fakeDelegatedIdentity{subscribe: func(_ *delegatedidentityv1.SubscribeToX509SVIDsRequest, stream delegatedidentityv1.DelegatedIdentity_SubscribeToX509SVIDsServer) error {
+		if err := stream.Send(&delegatedidentityv1.SubscribeToX509SVIDsResponse{X509Svids: []*delegatedidentityv1.X509SVIDWithKey{svid("td", "/ci/builder")}}); err != nil {
+			return err
+		}
+		select {
+		case <-update:
+			return stream.Send(&delegatedidentityv1.SubscribeToX509SVIDsResponse{})
+		case <-stream.Context().Done():
+			return nil
+		}
+	}}
+	a := newAttestor(t, serve(t, fake), "5s")
+	caller := workloadattestor.Caller{PID: 4242}
+
+	// An update closes changed.
+	res, changed, err := a.AttestWatch(context.Background(), caller)
+	require.NoError(t, err)
+	require.Equal(t, []string{"spiffe://td/ci/builder"}, res.SPIFFEIDs)
+	select {
+	case <-changed:
+		t.Fatal("changed before SPIRE said anything more")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(update)
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("an update from SPIRE did not close changed")
+	}
+
+	// So does the end of the caller's context (the connection closing).
+	ctx, cancel := context.WithCancel(context.Background())
+	_, changed, err = a.AttestWatch(ctx, caller)
+	require.NoError(t, err)
+	cancel()
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the end of the subscription did not close changed")
+	}
+}

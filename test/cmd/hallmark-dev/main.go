@@ -262,8 +262,9 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 	if err := os.WriteFile(filepath.Join(ws, "trusted_root.json"), root, 0o644); err != nil {
 		return err
 	}
-	fmt.Println("   $ hallmark verify dist/app --bundle build.hallmark.json --trusted-root trusted_root.json")
-	if err := hallmark("verify", "dist/app", "--bundle", "build.hallmark.json", "--trusted-root", "trusted_root.json").Run(); err != nil {
+	builder := harness.AgentID.String()
+	fmt.Printf("   $ hallmark verify dist/app --bundle build.hallmark.json --trusted-root trusted_root.json --builder-id-prefix %s\n", builder)
+	if err := hallmark("verify", "dist/app", "--bundle", "build.hallmark.json", "--trusted-root", "trusted_root.json", "--builder-id-prefix", builder).Run(); err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
 	step("A tampered artifact fails, naming the check")
@@ -271,7 +272,7 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 		return err
 	}
 	fmt.Println("   $ hallmark verify dist/app ... (after changing dist/app)")
-	if err := hallmark("verify", "dist/app", "--bundle", "build.hallmark.json", "--trusted-root", "trusted_root.json").Run(); err == nil {
+	if err := hallmark("verify", "dist/app", "--bundle", "build.hallmark.json", "--trusted-root", "trusted_root.json", "--builder-id-prefix", builder).Run(); err == nil {
 		return errors.New("a tampered artifact verified")
 	}
 	fmt.Println("   (not verified, as expected)")

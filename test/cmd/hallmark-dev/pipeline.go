@@ -23,17 +23,20 @@ source "widget" {
 }
 
 step "checkout" {
-  workload_selectors = ["unix:uid:%[2]d"]
+  builder_id_prefixes = [%[3]q]
+  workload_selectors  = ["unix:uid:%[2]d"]
   sources            = ["widget"]
 }
 
 step "build" {
-  workload_selectors = ["unix:uid:%[2]d"]
+  builder_id_prefixes = [%[3]q]
+  workload_selectors  = ["unix:uid:%[2]d"]
   materials_from     = ["checkout"]
 }
 
 step "package" {
-  workload_selectors = ["unix:uid:%[2]d"]
+  builder_id_prefixes = [%[3]q]
+  workload_selectors  = ["unix:uid:%[2]d"]
   materials_from     = ["build"]
   products           = ["widget-*.tar"]
 }
@@ -123,7 +126,7 @@ func pipelineWalkthrough(ctx context.Context, st *harness.Stack) error {
 	}
 
 	policy := filepath.Join(base, "widget.pipeline.hcl")
-	if err := os.WriteFile(policy, []byte(fmt.Sprintf(demoPipelinePolicy, commit, os.Getuid())), 0o644); err != nil {
+	if err := os.WriteFile(policy, []byte(fmt.Sprintf(demoPipelinePolicy, commit, os.Getuid(), harness.AgentID.String())), 0o644); err != nil {
 		return err
 	}
 	root, err := st.Server.Get(ctx, "/trust/trusted_root.json")

@@ -91,6 +91,9 @@ func TestVerifyFromLogSearch(t *testing.T) {
 	require.Len(t, chain, 3)
 	for _, n := range chain {
 		require.True(t, strings.HasPrefix(n.Origin, "log entry "), n.Origin)
+		// The URI is the search whose first answer is the entry.
+		index := strings.TrimPrefix(n.Origin, "log entry ")
+		require.Equal(t, srv.URL+"/log/entries?digest=sha256%3A"+n.Attestation.Subjects[0].SHA256+"&start="+index, n.URI)
 	}
 	// artifact (1 page + 1 empty), app (1 + 1), src/main.c and
 	// src/Makefile are products of both runs' checkout: the first found

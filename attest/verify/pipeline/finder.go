@@ -25,18 +25,22 @@ import (
 // (a file name, a log entry). Nothing in it is trusted until verified.
 type Candidate struct {
 	Bundle []byte
+	// Origin names the bundle for people (a file name, "log entry 12").
 	Origin string
+	// URI locates the bundle (a file: URI, the log search that returns
+	// it), for a VSA's inputAttestations; empty when there is none.
+	URI string
 }
 
-// Source finds the attestations the chain walk needs. Find returns the
+// Finder finds the attestations the chain walk needs. Find returns the
 // bundles that may name an artifact of the given SHA-256 (lowercase hex)
 // as a subject; it may return others too, and may return the same bundle
 // on every call: the walk verifies each bundle fully, once.
-type Source interface {
+type Finder interface {
 	Find(ctx context.Context, sha256Hex string) ([]Candidate, error)
 }
 
-// BundleSet is a Source over bundles given up front (files on the command
+// BundleSet is a Finder over bundles given up front (files on the command
 // line or in a directory). It indexes them by the subjects their payloads
 // claim, read without trusting them (a bundle that does not parse is
 // indexed under nothing); the walk verifies whatever Find returns.
@@ -68,23 +72,20 @@ func (s *BundleSet) Find(_ context.Context, sha256Hex string) ([]Candidate, erro
 	return out, nil
 }
 
-// All returns every bundle of the set: the walk verifies them all to tell
-// a missing step from one whose products do not match.
-func (s *BundleSet) All() []Candidate { return s.all }
-
-// enumerator is a Source that may be able to list everything it holds
-// (ok false: it cannot).
+// enumerator is a Finder that may be able to list everything it holds
+// (ok false: it cannot): the walk verifies them all to tell a missing step
+// from one whose products do not match.
 type enumerator interface {
 	enumerate() (all []Candidate, ok bool)
 }
 
 func (s *BundleSet) enumerate() ([]Candidate, bool) { return s.all, true }
 
-// enumerate lists every source's bundles when every source can.
-func (ss Sources) enumerate() ([]Candidate, bool) {
+// enumerate lists every finder's bundles when every finder can.
+func (ff Finders) enumerate() ([]Candidate, bool) {
 	var out []Candidate
-	for _, s := range ss {
-		e, ok := s.(enumerator)
+	for _, f := range ff {
+		e, ok := f.(enumerator)
 		if !ok {
 			return nil, false
 		}
@@ -117,7 +118,7 @@ func claimedSubjects(bundleJSON []byte) []string {
 	return out
 }
 
-// LogSearch is a Source that asks a Hallmark server's log for the
+// LogSearch is a Finder that asks a Hallmark server's log for the
 // entries naming a digest (GET /log/entries, docs/log.md) and rebuilds
 // each as a bundle. The server is not trusted: every bundle is verified
 // against the trusted root like any other.
@@ -170,7 +171,7 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 			if err != nil {
 				return nil, fmt.Errorf("pipeline: log search: entry from %s: %w", l.BaseURL, err)
 			}
-			out = append(out, Candidate{Bundle: b, Origin: fmt.Sprintf("log entry %d", index)})
+			out = append(out, Candidate{Bundle: b, Origin: fmt.Sprintf("log entry %d", index), URI: l.searchURL(sha256Hex, index)})
 		}
 		if len(out) > limit {
 			return nil, fmt.Errorf("pipeline: log search: more than %d entries name sha256:%s", limit, sha256Hex)
@@ -185,12 +186,17 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 	}
 }
 
+// searchURL is the search for the entries naming a digest from index
+// start on (its first answer is the entry at start, when it names it).
+func (l *LogSearch) searchURL(sha256Hex string, start int64) string {
+	return fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
+}
+
 func (l *LogSearch) page(ctx context.Context, sha256Hex string, start int64) (*searchPage, error) {
 	if l.BaseURL == "" {
 		return nil, errors.New("pipeline: log search: no server address")
 	}
-	u := fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.searchURL(sha256Hex, start), nil)
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: log search: %w", err)
 	}
@@ -250,15 +256,15 @@ func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
 	return out, entry.GetLogIndex(), err
 }
 
-// Sources asks each of its sources in turn and returns everything they
+// Finders asks each of its finders in turn and returns everything they
 // find (bundles on disk, then the log, say).
-type Sources []Source
+type Finders []Finder
 
-// Find returns what every source finds for the digest.
-func (ss Sources) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
+// Find returns what every finder finds for the digest.
+func (ff Finders) Find(ctx context.Context, sha256Hex string) ([]Candidate, error) {
 	var out []Candidate
-	for _, s := range ss {
-		found, err := s.Find(ctx, sha256Hex)
+	for _, f := range ff {
+		found, err := f.Find(ctx, sha256Hex)
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,316 @@
+package peercred
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The kernel's process events connector (linux/connector.h, cn_proc.h).
+const (
+	cnIdxProc        = 1
+	cnValProc        = 1
+	procCNMcastListn = 1
+	procEventExec    = 0x00000002
+	procEventComm    = 0x00000200
+	cnMsgLen         = 20 // struct cn_msg without data
+	procEventLen     = 40 // enough of struct proc_event for exec and comm
+	execWatchRcvBuf  = 8 << 20
+)
+
+// ErrExecWatch means the exec watch cannot vouch for a connection: it
+// could not be started, it stopped, or the kernel dropped events.
+var ErrExecWatch = errors.New("peercred: exec watch unavailable")
+
+// ExecWatch learns of every exec(2) on the system from the kernel's process
+// events connector (PROC_EVENT_EXEC over NETLINK_CONNECTOR) and refuses,
+// from then on, every registered connection whose peer exec'd after it was
+// registered, whatever it exec'd and however often, even back into the
+// same binary.
+//
+// It is complete because the kernel queues a process's exec event on the
+// watch's socket before the new program runs a single instruction: once
+// Check has drained the socket, every exec that happened before Check
+// began has been seen. If the kernel ever drops events (the socket's
+// buffer overflowed), every connection registered before is refused.
+//
+// The connector needs CAP_NET_ADMIN, the initial network namespace (the
+// kernel's connector socket lives there) and the initial user and pid
+// namespaces (it ignores subscriptions from others): on Kubernetes,
+// hostNetwork and hostPID. WatchExecs proves that events arrive before it
+// returns.
+type ExecWatch struct {
+	fd   int
+	file *os.File // fd, for the runtime's poller
+
+	mu     sync.Mutex // guards everything below; held while draining
+	conns  map[int32]map[*Conn]struct{}
+	buf    []byte
+	broken error // sticky: the watch cannot vouch for anything any more
+	canary int32 // the thread id whose comm event proves delivery
+	seen   bool  // the canary was seen
+}
+
+// WatchExecs subscribes to the kernel's exec events and checks that they
+// are delivered. Run the watch with Run; Close it when done.
+func WatchExecs() (*ExecWatch, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_CONNECTOR)
+	if err != nil {
+		return nil, fmt.Errorf("%w: netlink connector socket: %w", ErrExecWatch, err)
+	}
+	w := &ExecWatch{fd: fd, conns: map[int32]map[*Conn]struct{}{}, buf: make([]byte, 64<<10)}
+	if err := w.subscribe(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	w.file = os.NewFile(uintptr(fd), "proc-connector")
+	if err := w.proveDelivery(); err != nil {
+		w.file.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *ExecWatch) subscribe() error {
+	if err := unix.Bind(w.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
+		return fmt.Errorf("%w: join the process events group (needs CAP_NET_ADMIN and the host network namespace): %w", ErrExecWatch, err)
+	}
+	// A big buffer, so that a burst of execs elsewhere does not overflow
+	// it (which would refuse every connection). Forcing it takes
+	// CAP_NET_ADMIN, which joining took already.
+	if err := unix.SetsockoptInt(w.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, execWatchRcvBuf); err != nil {
+		return fmt.Errorf("%w: receive buffer: %w", ErrExecWatch, err)
+	}
+	// nlmsghdr, cn_msg, then struct proc_input: listen, to exec and comm
+	// events only (the filter needs Linux 6.6; older kernels send every
+	// event, which costs more and changes nothing else).
+	msg := make([]byte, unix.NLMSG_HDRLEN+cnMsgLen+8)
+	ne := binary.NativeEndian
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], unix.NLMSG_DONE)
+	ne.PutUint32(msg[12:], uint32(os.Getpid()))
+	c := msg[unix.NLMSG_HDRLEN:]
+	ne.PutUint32(c[0:], cnIdxProc)
+	ne.PutUint32(c[4:], cnValProc)
+	ne.PutUint16(c[16:], 8)
+	ne.PutUint32(c[cnMsgLen:], procCNMcastListn)
+	ne.PutUint32(c[cnMsgLen+4:], procEventExec|procEventComm)
+	if err := unix.Sendto(w.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("%w: subscribe: %w", ErrExecWatch, err)
+	}
+	return nil
+}
+
+// proveDelivery renames a thread of this process (prctl PR_SET_NAME, which
+// the connector reports as a comm event) and waits to see it: the kernel
+// silently ignores subscriptions from outside the initial user and pid
+// namespaces.
+func (w *ExecWatch) proveDelivery() error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var old [16]byte
+		if err := unix.Prctl(unix.PR_GET_NAME, uintptrOf(&old[0]), 0, 0, 0); err != nil {
+			done <- err
+			return
+		}
+		w.mu.Lock()
+		w.canary = int32(unix.Gettid())
+		w.mu.Unlock()
+		name := []byte("hm-execwatch\x00")
+		err := unix.Prctl(unix.PR_SET_NAME, uintptrOf(&name[0]), 0, 0, 0)
+		unix.Prctl(unix.PR_SET_NAME, uintptrOf(&old[0]), 0, 0, 0) //nolint:errcheck // best effort: a thread name
+		done <- err
+	}()
+	if err := <-done; err != nil {
+		return fmt.Errorf("%w: prctl: %w", ErrExecWatch, err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		err := w.drain()
+		seen := w.seen
+		w.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if seen {
+			return nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("%w: no process events arrive (the agent must run in the host's user and pid namespaces)", ErrExecWatch)
+}
+
+// Run drains events as they arrive, until ctx ends, so that the socket's
+// buffer never fills. Check drains too: Run only keeps the backlog short.
+func (w *ExecWatch) Run(ctx context.Context) error {
+	rc, err := w.file.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("peercred: exec watch: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { w.file.SetReadDeadline(time.Now()) }) //nolint:errcheck // ends the wait
+	defer stop()
+	var derr error
+	err = rc.Read(func(uintptr) bool {
+		w.mu.Lock()
+		derr = w.drain()
+		w.mu.Unlock()
+		return derr != nil // else wait for more
+	})
+	switch {
+	case ctx.Err() != nil:
+		return nil
+	case derr != nil:
+		return derr
+	default:
+		w.fail(fmt.Errorf("%w: %w", ErrExecWatch, err))
+		return fmt.Errorf("peercred: exec watch: %w", err)
+	}
+}
+
+// Close stops the watch; every registered connection is refused from then
+// on.
+func (w *ExecWatch) Close() error {
+	w.fail(fmt.Errorf("%w: closed", ErrExecWatch))
+	return w.file.Close()
+}
+
+// register starts watching c's peer and returns the monotonic time from
+// which its execs count.
+func (w *ExecWatch) register(c *Conn) int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m := w.conns[c.info.PID]
+	if m == nil {
+		m = map[*Conn]struct{}{}
+		w.conns[c.info.PID] = m
+	}
+	m[c] = struct{}{}
+	// Taken under the lock: an exec event at or after this time is drained
+	// only after c is in the map.
+	return monotonicNow()
+}
+
+func (w *ExecWatch) unregister(c *Conn) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if m := w.conns[c.info.PID]; m != nil {
+		delete(m, c)
+		if len(m) == 0 {
+			delete(w.conns, c.info.PID)
+		}
+	}
+}
+
+// check drains the events the kernel has queued and fails with
+// ErrPeerExeced if c's peer exec'd since c was registered, or with
+// ErrExecWatch if the watch cannot tell.
+func (w *ExecWatch) check(c *Conn) error {
+	w.mu.Lock()
+	err := w.drain()
+	w.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return c.execErr()
+}
+
+// drain reads every queued event. The caller holds w.mu.
+func (w *ExecWatch) drain() error {
+	if w.broken != nil {
+		return w.broken
+	}
+	for {
+		n, _, err := unix.Recvfrom(w.fd, w.buf, unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return nil
+		case err == unix.ENOBUFS:
+			w.lost()
+			continue
+		case err != nil:
+			w.failLocked(fmt.Errorf("%w: read events: %w", ErrExecWatch, err))
+			return w.broken
+		}
+		w.handle(w.buf[:n])
+	}
+}
+
+// lost marks every connection registered so far: the kernel dropped
+// events, so none of them can be vouched for. Connections registered from
+// now on can. The caller holds w.mu.
+func (w *ExecWatch) lost() {
+	for _, m := range w.conns {
+		for c := range m {
+			c.execed.Store(execLost)
+		}
+	}
+}
+
+// handle acts on one datagram of events. The caller holds w.mu.
+func (w *ExecWatch) handle(b []byte) {
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return // not from the kernel's connector: nothing to act on
+	}
+	ne := binary.NativeEndian
+	for _, m := range msgs {
+		d := m.Data
+		if len(d) < cnMsgLen+procEventLen || ne.Uint32(d[0:]) != cnIdxProc || ne.Uint32(d[4:]) != cnValProc {
+			continue
+		}
+		ev := d[cnMsgLen:]
+		what := ne.Uint32(ev[0:])
+		ts := int64(ne.Uint64(ev[8:]))
+		// event_data: exec {pid, tgid}; comm {pid, tgid, comm[16]}.
+		pid, tgid := int32(ne.Uint32(ev[16:])), int32(ne.Uint32(ev[20:]))
+		switch what {
+		case procEventExec:
+			for c := range w.conns[tgid] {
+				if ts >= c.watchedAt {
+					c.execed.CompareAndSwap(0, ts)
+				}
+			}
+		case procEventComm:
+			if pid == w.canary && tgid == int32(os.Getpid()) {
+				w.seen = true
+			}
+		}
+	}
+}
+
+func (w *ExecWatch) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.failLocked(err)
+}
+
+func (w *ExecWatch) failLocked(err error) {
+	if w.broken == nil {
+		w.broken = err
+	}
+}
+
+// execLost in Conn.execed means events were lost while it was registered.
+const execLost = -1
+
+func monotonicNow() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) //nolint:errcheck // cannot fail
+	return ts.Nano()
+}
+
+func uintptrOf(b *byte) uintptr { return uintptr(unsafe.Pointer(b)) }

@@ -1,0 +1,340 @@
+package peercred
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// watch starts an ExecWatch for the test; it needs root (CAP_NET_ADMIN).
+func watch(t *testing.T) *ExecWatch {
+	t.Helper()
+	w, err := WatchExecs()
+	require.NoError(t, err, "the exec watch needs CAP_NET_ADMIN in the host's namespaces: run as root (CI does)")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+		w.Close()
+	})
+	return w
+}
+
+// listenWatched is listen with an ExecWatch.
+func listenWatched(t *testing.T, w *ExecWatch) (*Listener, string) {
+	t.Helper()
+	path := sockDir(t) + "/agent.sock"
+	l, err := Listen(ListenConfig{Path: path, GID: -1, Execs: w})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l, path
+}
+
+// Must show: a peer that execs after connecting is refused, whatever it
+// execs and however often, back to the same binary included; one that
+// does not stays verified.
+func TestExecWatchRefusesEveryExec(t *testing.T) {
+	w := watch(t)
+	l, path := listenWatched(t, w)
+	for _, tc := range []struct {
+		name  string
+		chain string
+	}{
+		{"no exec", ""},
+		{"A to B", "sh"},
+		{"A to B to A", "sh,self"},
+		{"A to A", "self"},
+		{"A to A to A", "self,self"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := startHelperEnv(t, "exec-chain", path, []string{"PEERCRED_CHAIN=" + tc.chain})
+			c := accept(t, l)
+			h.expect(t, "connected")
+			require.Equal(t, "hi", readN(t, c, 2))
+			require.NoError(t, c.Verify(), "before any exec")
+			_, err := h.stdin.Write([]byte("x"))
+			require.NoError(t, err)
+			h.expect(t, "done")
+			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", h.pid()))
+			require.NoError(t, err)
+			err = c.Verify()
+			if tc.chain == "" {
+				require.NoError(t, err)
+				require.NoError(t, c.Execed())
+				return
+			}
+			self, _ := os.Executable()
+			if strings.HasSuffix(tc.chain, "self") {
+				require.Equal(t, self, exe, "the peer runs the binary that connected again")
+			}
+			require.ErrorIs(t, err, ErrPeerExeced)
+			require.ErrorIs(t, c.Execed(), ErrPeerExeced, "seen without a system call once checked")
+			require.ErrorIs(t, c.Verify(), ErrPeerExeced, "for good")
+		})
+	}
+}
+
+// Events the kernel dropped refuse every connection watched meanwhile; a
+// closed watch refuses everything.
+func TestExecWatchFailsClosed(t *testing.T) {
+	w := watch(t)
+	l, path := listenWatched(t, w)
+	h := startHelper(t, "hold", path)
+	h.expect(t, "ready")
+	c := accept(t, l)
+	require.NoError(t, c.Verify())
+	w.mu.Lock()
+	w.lost()
+	w.mu.Unlock()
+	require.ErrorIs(t, c.Verify(), ErrExecWatch)
+
+	h2 := startHelper(t, "hold", path)
+	h2.expect(t, "ready")
+	c2 := accept(t, l)
+	require.NoError(t, c2.Verify(), "watched after the loss")
+
+	w2, err := WatchExecs()
+	require.NoError(t, err)
+	l2, path2 := listenWatched(t, w2)
+	h3 := startHelper(t, "hold", path2)
+	h3.expect(t, "ready")
+	c3 := accept(t, l2)
+	require.NoError(t, w2.Close())
+	require.ErrorIs(t, c3.Verify(), ErrExecWatch)
+}
+
+// Must show: before the server's HTTP/2 greeting, a client may send its
+// own greeting and nothing else: a request sent early (which an image
+// that exec'd away since might have sent) is refused; gRPC's own client
+// is served.
+func TestWatchedHandshakeRefusesEarlyRequests(t *testing.T) {
+	w := watch(t)
+	path := sockDir(t) + "/agent.sock"
+	l, err := Listen(ListenConfig{Path: path, GID: -1, Execs: w})
+	require.NoError(t, err)
+	srv := grpc.NewServer(grpc.Creds(Credentials()))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(l) //nolint:errcheck // stopped by the cleanup
+	t.Cleanup(srv.Stop)
+
+	// gRPC's client waits for the server's greeting.
+	cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(Credentials()))
+	require.NoError(t, err)
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+
+	// A client that sends a request at once is cut off before it is read.
+	raw, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer raw.Close()
+	headers := []byte{0, 0, 1, 0x1, 0x4, 0, 0, 0, 1, 0x82} // HEADERS, stream 1, ":method: GET"
+	_, err = raw.Write(append([]byte(http2Preface+"\x00\x00\x00\x04\x00\x00\x00\x00\x00"), headers...))
+	require.NoError(t, err)
+	require.NoError(t, raw.SetReadDeadline(time.Now().Add(10*time.Second)))
+	n, err := raw.Read(make([]byte, 64))
+	require.Zero(t, n, "the server greeted a client that sent a request before its greeting")
+	require.Error(t, err)
+}
+
+func TestHTTP2Greeting(t *testing.T) {
+	settings := "\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x10\x00\x00"
+	windowUpdate := "\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x0f\x00\x01"
+	ping := "\x00\x00\x08\x06\x00\x00\x00\x00\x00" + strings.Repeat("p", 8)
+	headers := "\x00\x00\x01\x01\x04\x00\x00\x00\x01\x82"
+	data := "\x00\x00\x01\x00\x00\x00\x00\x00\x01x"
+	for _, tc := range []struct {
+		name string
+		b    string
+		ok   bool
+	}{
+		{"nothing", "", true},
+		{"part of the preface", http2Preface[:10], true},
+		{"preface", http2Preface, true},
+		{"preface and settings", http2Preface + settings, true},
+		{"gRPC's greeting", http2Preface + settings + windowUpdate, true},
+		{"with a ping", http2Preface + settings + ping, true},
+		{"settings cut short after its type", http2Preface + settings[:5], true},
+		{"frame header cut before its type", http2Preface + settings[:3], false},
+		{"not HTTP/2", "GET / HTTP/1.1\r\n", false},
+		{"headers", http2Preface + settings + headers, false},
+		{"data", http2Preface + data, false},
+		{"settings on a stream", http2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x03", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := http2Greeting([]byte(tc.b))
+			if tc.ok {
+				require.NoError(t, err)
+			} else {
+				require.ErrorIs(t, err, errEarlyRequest)
+			}
+		})
+	}
+}
+
+// FuzzHTTP2Greeting: the parser of what a client sent first never panics,
+// and what it accepts holds no frame but SETTINGS, PING and WINDOW_UPDATE.
+func FuzzHTTP2Greeting(f *testing.F) {
+	f.Add([]byte(http2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00"))
+	f.Add([]byte(http2Preface + "\x00\x00\x01\x01\x04\x00\x00\x00\x01\x82"))
+	f.Add([]byte(http2Preface[:5]))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if http2Greeting(b) != nil || len(b) <= len(http2Preface) {
+			return
+		}
+		rest := b[len(http2Preface):]
+		for len(rest) >= 4 {
+			require.Contains(t, []byte{0x4, 0x6, 0x8}, rest[3])
+			n := 9 + (int(rest[0])<<16 | int(rest[1])<<8 | int(rest[2]))
+			if n > len(rest) {
+				return
+			}
+			rest = rest[n:]
+		}
+	})
+}
+
+// Must show: connections over a uid's limit, or the listener's, are
+// closed at Accept; a place given back is taken again.
+func TestListenerLimits(t *testing.T) {
+	path := sockDir(t) + "/agent.sock"
+	skips := make(chan error, 16)
+	l, err := Listen(ListenConfig{Path: path, GID: -1, MaxConnsPerUID: 2, OnSkip: func(err error) { skips <- err }})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", path)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	dial()
+	dial()
+	a, b := accept(t, l), accept(t, l)
+	over := dial()
+	fourth := dial()
+	_ = fourth
+	// The third is closed at Accept; the fourth waits for a place.
+	got := make(chan *Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			got <- c.(*Conn)
+		}
+	}()
+	require.NoError(t, over.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = over.Read(make([]byte, 1))
+	require.Error(t, err, "closed by the agent")
+	for range 2 { // the third and the fourth: both over the limit while two are open
+		select {
+		case err := <-skips:
+			require.ErrorIs(t, err, ErrTooManyConns)
+			require.Contains(t, err.Error(), "uid "+strconv.Itoa(os.Getuid()))
+		case <-time.After(10 * time.Second):
+			t.Fatal("a connection over the limit was not refused")
+		}
+	}
+	a.Close()
+	b.Close()
+	dial()
+	select {
+	case c := <-got:
+		c.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("a place given back was not taken again")
+	}
+
+	// The listener's own bound.
+	path2 := sockDir(t) + "/agent.sock"
+	l2, err := Listen(ListenConfig{Path: path2, GID: -1, MaxConns: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { l2.Close() })
+	c1, err := net.Dial("unix", path2)
+	require.NoError(t, err)
+	defer c1.Close()
+	accept(t, l2)
+	c2, err := net.Dial("unix", path2)
+	require.NoError(t, err)
+	defer c2.Close()
+	go l2.Accept() //nolint:errcheck // refuses c2, then waits
+	require.NoError(t, c2.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, err = c2.Read(make([]byte, 1))
+	require.Error(t, err)
+}
+
+// The peer's root, capabilities and supplementary groups, as the agent
+// measures with them.
+func TestPeerRootCapabilitiesGroups(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("starting helpers with other groups and user namespaces needs root (CI runs as root)")
+	}
+	l, path := listen(t)
+
+	// This process: its own root, its permitted set, its groups.
+	cc, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer cc.Close()
+	c := accept(t, l)
+	fd, err := c.OpenRoot()
+	require.NoError(t, err)
+	var st, root unix.Stat_t
+	require.NoError(t, unix.Fstat(fd, &st))
+	unix.Close(fd)
+	require.NoError(t, unix.Stat("/", &root))
+	require.Equal(t, root.Ino, st.Ino)
+	caps, err := c.Capabilities()
+	require.NoError(t, err)
+	status, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	want, err := parseCapPrm(status)
+	require.NoError(t, err)
+	require.Equal(t, want, caps)
+
+	// A helper with supplementary groups.
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envRole+"=hold", envSock+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{4242, 4243}}}
+	h := startPrepared(t, cmd)
+	h.expect(t, "ready")
+	hc := accept(t, l)
+	require.ElementsMatch(t, []uint32{4242, 4243}, hc.Peer().Groups)
+
+	// A helper in a user namespace of its own holds no capabilities here.
+	cmd = exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envRole+"=hold", envSock+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}},
+	}
+	h = startPrepared(t, cmd)
+	h.expect(t, "ready")
+	uc := accept(t, l)
+	caps, err = uc.Capabilities()
+	require.NoError(t, err)
+	require.Zero(t, caps, "capabilities in another user namespace count for nothing here")
+
+	// Gone: refused.
+	require.NoError(t, h.cmd.Process.Kill())
+	h.cmd.Wait() //nolint:errcheck // killed
+	_, err = uc.OpenRoot()
+	require.True(t, errors.Is(err, ErrPeerGone), "%v", err)
+}
