@@ -168,7 +168,7 @@ func TestOutageLongerThanTheCertificate(t *testing.T) {
 		product, bundle := filepath.Join(dir, a.product), filepath.Join(dir, a.product+".hallmark.json")
 		require.NoError(t, os.WriteFile(product, a.content, 0o644))
 		require.NoError(t, os.WriteFile(bundle, resp.GetBundle(), 0o644))
-		out, err := exec.Command(stack.Bins.CLI, "verify", product, "--bundle", bundle, "--trusted-root", rootPath).CombinedOutput()
+		out, err := exec.Command(stack.Bins.CLI, "verify", product, "--bundle", bundle, "--trusted-root", rootPath, "--builder-id-prefix", harness.AgentID.String()).CombinedOutput()
 		require.NoError(t, err, "hallmark verify, attestation at %s: %s", a.at.Format(time.TimeOnly), out)
 		os.Remove(product)
 		os.Remove(bundle)
