@@ -4,13 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/internal/limits"
 )
+
+// taintedSigningCutoff is how long after hearing of its CA's taint the
+// agent still signs with a certificate: half the log's grace, the other
+// half for the news to travel from the taint to the agent.
+const taintedSigningCutoff = trust.TaintGrace / 2
 
 // signRefusal is signStep's refusal of an attestation it will not sign,
 // with how the local API reports it (a denial of that code and class).
@@ -33,6 +40,19 @@ func (r *signRefusal) Error() string { return r.reason }
 // errors. The local API calls it once policy, measuring and the caller
 // check have passed.
 func (a *Agent) signStep(ctx context.Context, step attest.Step, held *signingCert) ([]byte, error) {
+	if fp, since, tainted := a.taintedSince(held); tainted {
+		// The log admits the CA's certificates until trust.TaintGrace after
+		// the taint; this agent heard of it at since, some time after the
+		// taint. Past half the grace, what it signs with this certificate
+		// might reach the log too late to be admitted: refuse rather than
+		// tell the step of an attestation that would never verify.
+		if held := a.cfg.Now().Sub(since); held > taintedSigningCutoff {
+			a.nudgeRenewal()
+			return nil, status.Errorf(codes.Unavailable, "attestation refused: the signing certificate's CA (sha256 %x) was tainted %s ago "+
+				"and no certificate from another CA is held yet; the log would refuse what it signs, so nothing was signed "+
+				"(renewal is under way; see `hallmark status`)", fp[:8], held.Round(time.Second))
+		}
+	}
 	bundle, err := attest.SignWith(step, held.key, held.leaf(), attest.SignOptions{
 		MaxBundleSize:    limits.MaxSignedBundleBytes,
 		Timestamp:        a.timestampFor(ctx, held),

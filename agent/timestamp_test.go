@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"sync"
 	"testing"
@@ -231,4 +232,50 @@ func TestSignStepTimestampsAndSubmitSendsIt(t *testing.T) {
 	require.Nil(t, got)
 	_, err = timestampOf([]byte("{"))
 	require.Error(t, err)
+}
+
+// A certificate from a tainted CA signs for half the log's grace after the
+// agent hears of the taint (renewal normally replaces it well within it),
+// and is refused after that: the log would refuse what it signs.
+func TestSignStepWithATaintedCA(t *testing.T) {
+	held := newHeldCert(t)
+	heardAt := time.Now()
+	step := attest.Step{Name: "build", Workspace: "/ws", BuilderID: agentID.String(), InvocationID: "inv",
+		Products: []attest.Artifact{{Name: "out", SHA256: fmt.Sprintf("%064x", 1)}}}
+	tests := []struct {
+		name    string
+		tainted bool
+		after   time.Duration // since the agent heard of the taint
+		refused bool
+	}{
+		{"untainted", false, time.Hour, false},
+		{"tainted, just heard", true, 0, false},
+		{"tainted, at the cutoff", true, taintedSigningCutoff, false},
+		{"tainted, past the cutoff", true, taintedSigningCutoff + time.Millisecond, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newTestAgent(t, func() time.Time { return heardAt.Add(tt.after) })
+			withTSA(t, a)
+			set := &taintSet{revision: 1, issuers: map[[sha256.Size]byte]time.Time{}}
+			if fp, ok := issuerSHA256(held); ok && tt.tainted {
+				set.issuers[fp] = heardAt
+			}
+			a.tainted.Store(set)
+			bundle, err := a.signStep(context.Background(), step, held)
+			if !tt.refused {
+				require.NoError(t, err)
+				require.NotEmpty(t, bundle)
+				return
+			}
+			require.Nil(t, bundle)
+			require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+			require.ErrorContains(t, err, "was tainted 5s ago and no certificate from another CA is held yet")
+			select {
+			case <-a.renewNudge:
+			default:
+				t.Fatal("no renewal nudged")
+			}
+		})
+	}
 }
