@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
@@ -77,8 +78,8 @@ func (a *Agent) submitLoop(ctx context.Context, client entrySubmitter) error {
 // said of each. An entry the log can never take is settled as refused,
 // so it never holds up the ones behind it: one over the log's limits
 // (refused here, unsent), one the log refused, and one alone in a call
-// the server refused as a whole (InvalidArgument, ResourceExhausted); a
-// larger call refused so is sent again in halves.
+// the server refused as a whole for what it is (tooLarge); a larger call
+// refused so is sent again in halves.
 func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 	if a.submitCap <= 0 {
 		a.submitCap = a.cfg.LogBatchSize
@@ -109,7 +110,7 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 	resp, err := client.SubmitEntries(callCtx, req)
 	a.recordCall(err)
 	if err != nil {
-		if code := status.Code(err); code == codes.InvalidArgument || code == codes.ResourceExhausted {
+		if tooLarge(err) {
 			// The server will never take this call as it is.
 			if len(sent) > 1 {
 				a.submitCap = (len(sent) + 1) / 2
@@ -144,6 +145,23 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 		a.metrics.logSubmissions.WithLabelValues("logged").Inc()
 	}
 	return a.settle(settled)
+}
+
+// tooLarge reports whether the server refused a call as a whole for what
+// it is, so that it would refuse it again: InvalidArgument, or
+// ResourceExhausted for its size (gRPC's "received message larger than
+// max"). Other ResourceExhausted answers (a quota, a rate limit, a proxy
+// shedding load) pass: the call is sent again, unchanged, after a backoff.
+func tooLarge(err error) bool {
+	s := status.Convert(err)
+	switch s.Code() {
+	case codes.InvalidArgument:
+		return true
+	case codes.ResourceExhausted:
+		return strings.Contains(s.Message(), "larger than max")
+	default:
+		return false
+	}
 }
 
 // submitTimeout bounds a SubmitEntries call of size bytes: the usual call

@@ -40,6 +40,9 @@ type testLog struct {
 	// maxCall, when set, refuses calls of more bytes as a whole, as a
 	// server with lower limits than the agent's would.
 	maxCall int
+	// throttled calls are refused as a whole with ResourceExhausted, as a
+	// rate limit or a proxy shedding load would.
+	throttled int
 }
 
 func newTestLog() *testLog { return &testLog{delivered: map[string]int{}} }
@@ -49,6 +52,10 @@ func (l *testLog) SubmitEntries(_ context.Context, req *serverv1.SubmitEntriesRe
 	defer l.mu.Unlock()
 	if l.down {
 		return nil, status.Error(codes.Unavailable, "the log is down")
+	}
+	if l.throttled > 0 {
+		l.throttled--
+		return nil, status.Error(codes.ResourceExhausted, "quota exceeded: too many requests")
 	}
 	if n := proto.Size(req); l.maxCall > 0 && n > l.maxCall {
 		return nil, status.Errorf(codes.ResourceExhausted, "grpc: received message larger than max (%d vs. %d)", n, l.maxCall)
@@ -162,14 +169,31 @@ func TestSubmitFourLargeEnvelopesAfterOutage(t *testing.T) {
 	require.Equal(t, 4, a.outbox.Len(), "nothing settled while the log is down")
 
 	l.setDown(false)
-	drain(t, a, client, 10)
+	rec := &recordingClient{entrySubmitter: client}
+	drain(t, a, rec, 10)
 	for i, env := range envs {
 		require.Equal(t, 1, l.times(env), "envelope %d", i)
 		it, _ := mustGet(t, a.outbox, fmt.Sprintf("inv-%d", i))
 		require.Equal(t, outbox.Logged, it.State)
 	}
 	require.Equal(t, []int{2, 2}, l.calls, "two 12 MB envelopes per call of at most %d bytes", limits.MaxCallBytes)
+	// Sized by bytes from the start: no call was refused by the server's
+	// transport and split afterwards.
+	require.Equal(t, []codes.Code{codes.OK, codes.OK}, rec.codes, "every call the agent made")
 	require.Zero(t, metricValue(t, a.metrics.logSubmissions.WithLabelValues(resultDenied)))
+}
+
+// recordingClient records the status of every SubmitEntries call made
+// through it, including calls the server's transport refused.
+type recordingClient struct {
+	entrySubmitter
+	codes []codes.Code
+}
+
+func (r *recordingClient) SubmitEntries(ctx context.Context, in *serverv1.SubmitEntriesRequest, opts ...grpc.CallOption) (*serverv1.SubmitEntriesResponse, error) {
+	resp, err := r.entrySubmitter.SubmitEntries(ctx, in, opts...)
+	r.codes = append(r.codes, status.Code(err))
+	return resp, err
 }
 
 // Must show: an entry the log refuses for good is settled as refused, with
@@ -287,6 +311,37 @@ func TestSubmitSplitsCallsRefusedAsAWhole(t *testing.T) {
 		}
 		require.Equal(t, outbox.Logged, it.State, "inv-%d", i)
 		require.Equal(t, 1, l.times(env), "inv-%d", i)
+	}
+}
+
+// A call refused as a whole for a quota or a rate limit (ResourceExhausted,
+// not for its size) settles nothing: it is sent again, unchanged, and its
+// entries are logged once the log takes calls again.
+func TestSubmitThrottledCallRefusesNothing(t *testing.T) {
+	for _, entries := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d entries", entries), func(t *testing.T) {
+			l := newTestLog()
+			l.throttled = 3
+			a, _, _ := outboxAgent(t)
+			var envs [][]byte
+			for i := range entries {
+				env := envelopeOfSize(fmt.Sprint(i), 500)
+				envs = append(envs, env)
+				require.NoError(t, a.outbox.Put(outbox.Item{ID: fmt.Sprintf("inv-%d", i), Envelope: env, Certificate: []byte("cert")}))
+			}
+			for range 3 {
+				err := a.submitOnce(context.Background(), direct{l})
+				require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+				require.Equal(t, entries, a.outbox.Len(), "nothing settled while throttled")
+			}
+			drain(t, a, direct{l}, 5)
+			for i, env := range envs {
+				it, _ := mustGet(t, a.outbox, fmt.Sprintf("inv-%d", i))
+				require.Equal(t, outbox.Logged, it.State, "inv-%d", i)
+				require.Equal(t, 1, l.times(env), "inv-%d", i)
+			}
+			require.Zero(t, metricValue(t, a.metrics.logSubmissions.WithLabelValues(resultDenied)))
+		})
 	}
 }
 

@@ -137,6 +137,8 @@ func TestLogLimitsAndRefusals(t *testing.T) {
 		require.NoError(t, err, "large attestation %d verifies", i)
 	}
 	require.Zero(t, counter(t, ag, `hallmark_agent_log_submissions_total{result="denied"}`))
+	require.NotContains(t, ag.Log(), "sending it again in smaller calls",
+		"calls sized by bytes from the start: none refused by the server as a whole and split")
 
 	// 3. An entry the log refuses for good (its signature damaged), queued
 	// ahead of new attestations: settled as refused, shown, and the ones
