@@ -148,6 +148,7 @@ func run(ctx context.Context, cfg config) (ok bool, err error) {
 	if err := writeReport(rep, filepath.Join(dir, "report.json"), cfg.Report); err != nil {
 		return false, err
 	}
+	rep.Problems = append(rep.Problems, usageProblems(rep)...)
 	ok = rep.Lost == 0 && rep.Duplicated == 0 && rep.Unverified == 0 && rep.Unaccounted == 0 && len(rep.Problems) == 0
 	return ok, nil
 }
@@ -283,6 +284,8 @@ func printReport(r *report) {
 		fmt.Printf("soak: %-18s RSS %6.1f -> %6.1f MiB (peak %6.1f), goroutines %4.0f -> %4.0f, fds %3.0f -> %3.0f%s\n", n,
 			s.RSSBytes/(1<<20), e.RSSBytes/(1<<20), p.RSSBytes/(1<<20), s.Goroutines, e.Goroutines, s.OpenFDs, e.OpenFDs, restarted)
 	}
+	fmt.Printf("soak: bounds: RSS growth <= %d MiB, RSS peak <= %d MiB, goroutines +%d, fds +%d\n",
+		maxRSSGrowth>>20, maxRSSPeak>>20, maxGoroutineGrowth, maxFDGrowth)
 	for _, e := range r.Events {
 		fmt.Printf("soak: event %s %-6s %s\n", e.At.Format(time.TimeOnly), e.Kind, e.Detail)
 	}
@@ -305,4 +308,39 @@ func writeReport(r *report, paths ...string) error {
 		}
 	}
 	return nil
+}
+
+// Bounds on every daemon's resources over a run: what "flat" means. The
+// peak allows for an agent replaying its outbox after a kill -9.
+const (
+	maxRSSGrowth       = 32 << 20 // bytes, end over start
+	maxRSSPeak         = 256 << 20
+	maxGoroutineGrowth = 16
+	maxFDGrowth        = 16
+)
+
+// usageProblems names every daemon whose usage grew past the bounds.
+func usageProblems(r *report) []string {
+	var out []string
+	for name, e := range r.UsageEnd {
+		s, ok := r.UsageStart[name]
+		if !ok {
+			out = append(out, name+": no usage at the start")
+			continue
+		}
+		if d := e.RSSBytes - s.RSSBytes; d > maxRSSGrowth {
+			out = append(out, fmt.Sprintf("%s: RSS grew %.1f MiB, more than %d MiB", name, d/(1<<20), maxRSSGrowth>>20))
+		}
+		if p := r.UsagePeak[name].RSSBytes; p > maxRSSPeak {
+			out = append(out, fmt.Sprintf("%s: RSS peaked at %.1f MiB, more than %d MiB", name, p/(1<<20), maxRSSPeak>>20))
+		}
+		if d := e.Goroutines - s.Goroutines; d > maxGoroutineGrowth {
+			out = append(out, fmt.Sprintf("%s: %.0f more goroutines, more than %d", name, d, maxGoroutineGrowth))
+		}
+		if d := e.OpenFDs - s.OpenFDs; d > maxFDGrowth {
+			out = append(out, fmt.Sprintf("%s: %.0f more open files, more than %d", name, d, maxFDGrowth))
+		}
+	}
+	sort.Strings(out)
+	return out
 }
