@@ -64,7 +64,7 @@ func FuzzAppendRecord(f *testing.F) {
 // An outbox written before appendRecord, with json.Marshal, opens with
 // everything in it.
 func TestOpenReadsJSONMarshalRecords(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	var file []byte
 	for _, rec := range []record{
 		{Op: "put", Item: &Item{ID: "a", Bundle: []byte("bundle-a"), Certificate: []byte("cert"), Created: 1}},

@@ -15,7 +15,7 @@ import (
 // writeFile writes data as the outbox file of a fresh directory.
 func writeFile(t testing.TB, data []byte) (dir, path string) {
 	t.Helper()
-	dir = t.TempDir()
+	dir = privateDir(t)
 	path = filepath.Join(dir, "outbox.log")
 	require.NoError(t, os.WriteFile(path, data, 0o600))
 	return dir, path
@@ -62,7 +62,7 @@ func TestOpenRefusesWhatItCannotRead(t *testing.T) {
 // outbox too.
 func TestOpenWritesTheHeader(t *testing.T) {
 	for _, data := range [][]byte{nil, {}} {
-		dir := t.TempDir()
+		dir := privateDir(t)
 		if data != nil {
 			require.NoError(t, os.WriteFile(filepath.Join(dir, "outbox.log"), data, 0o600))
 		}
@@ -117,7 +117,7 @@ func TestOpenVersion1IsolatesDamage(t *testing.T) {
 // The damaged directory is 0700 and its files 0600: they hold
 // attestations.
 func TestDamagedKeptPrivately(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{})
 	require.NoError(t, err)
 	require.NoError(t, o.Put(Item{ID: "a", Bundle: []byte("x")}))

@@ -11,9 +11,12 @@
 // that fails its checksum is moved aside into the damaged/ directory (kept
 // for inspection, reported by Damaged) and every intact record before and
 // after it is kept. A record cut short at the end (a crash mid-write,
-// never acknowledged) is dropped. A file in a format this package does
-// not know is left as it is and Open fails. The file is rewritten with
-// only live records when it grows past a threshold.
+// never acknowledged) is dropped, its bytes kept aside too (reported by
+// Torn, not counted as damage). A file in a format this package does not
+// know is left as it is and Open fails, and so does a directory or file
+// that is not the agent's alone (ErrNotPrivate). The file is rewritten
+// with only live records when it grows past a threshold; what the rewrite
+// copies from the old file is checked first.
 package outbox
 
 import (
@@ -26,8 +29,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // State of an item.
@@ -70,6 +77,10 @@ type Options struct {
 	// CompactAt is the file size that triggers a rewrite. Default 64 MiB.
 	CompactAt int64
 	Now       func() time.Time
+	// Log receives what the outbox cannot return to a caller: a torn
+	// tail dropped at Open (Warn), a compaction that failed or a record
+	// found damaged by one (Error). Nil: nothing is logged.
+	Log *zap.Logger
 }
 
 // Outbox is the durable queue. Its methods are safe for concurrent use.
@@ -80,9 +91,15 @@ type Options struct {
 // the file when asked for, so the memory an outbox takes does not grow
 // with the items it retains.
 type Outbox struct {
-	path    string
-	opts    Options
-	damaged []Damage // found by Open
+	path string
+	opts Options
+	log  *zap.Logger
+	torn *Damage // the torn tail Open dropped, kept aside
+
+	// syncDir and openAppend are syncDirOf and openAppendOf, replaced
+	// by tests to make the steps after a compaction's rename fail.
+	syncDir    func(dir string) error
+	openAppend func(path string) (*os.File, error)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
@@ -99,6 +116,13 @@ type Outbox struct {
 	queue     []pendingWrite
 	writing   bool
 	closed    bool
+	// broken says why writes are refused after a failure that left
+	// the file in memory and the one on disk apart.
+	broken error
+	// damaged: what Open and compactions moved aside.
+	damaged []Damage
+	// compactFailures counts compactions that failed.
+	compactFailures int
 }
 
 // slot is an item and where its records lie in the file.
@@ -132,9 +156,22 @@ const DamagedDir = "damaged"
 // untouched.
 var ErrUnknownFormat = errors.New("outbox: unknown format")
 
+// ErrNotPrivate is returned by Open when the outbox directory or file is
+// not the agent's alone: a symbolic link, or owned by another user, or
+// open to group or others. Whoever can write there could make the agent
+// drop or rewrite signed attestations, or (through links) write over any
+// file the agent can.
+var ErrNotPrivate = errors.New("outbox: not private to the agent")
+
+// tornSuffix ends the name of a torn tail's file in DamagedDir; those are
+// kept but not counted as damaged records.
+const tornSuffix = ".torn"
+
 // Open opens (or creates) the outbox in dir (created 0700) and replays it.
-// Damaged records are moved aside first (see Damaged); a file Open cannot
-// read fails it with ErrUnknownFormat, left as it is.
+// The directory and file must be the agent's alone (ErrNotPrivate).
+// Damaged records are moved aside first (see Damaged), and so is a torn
+// tail (see Torn); a file Open cannot read fails it with
+// ErrUnknownFormat, left as it is.
 func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Retention <= 0 {
 		opts.Retention = 24 * time.Hour
@@ -145,11 +182,23 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	o := &Outbox{path: filepath.Join(dir, "outbox.log"), opts: opts, items: map[string]*slot{}}
+	o := &Outbox{
+		path: filepath.Join(dir, "outbox.log"), opts: opts, log: opts.Log, items: map[string]*slot{},
+		syncDir: syncDirOf, openAppend: openAppendOf,
+	}
 	o.cond = sync.NewCond(&o.mu)
+	if err := checkPrivate(dir, true); err != nil {
+		return nil, err
+	}
+	if err := checkPrivate(o.path, false); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
 	if err := o.replay(); err != nil {
 		return nil, err
 	}
@@ -176,6 +225,16 @@ func (o *Outbox) replay() error {
 	if err := o.keepDamaged(data, s.damaged); err != nil {
 		return err
 	}
+	if s.torn > 0 {
+		off := len(data) - s.torn
+		name, err := o.keepAside(off, data[off:], tornSuffix)
+		if err != nil {
+			return fmt.Errorf("outbox: keep the torn tail: %w", err)
+		}
+		o.torn = &Damage{Offset: int64(off), Length: int64(s.torn), File: name}
+		o.log.Warn("The outbox ended in a record cut short (a crash mid-write, never acknowledged); it was dropped and its bytes kept",
+			zap.Int64("offset", o.torn.Offset), zap.Int64("bytes", o.torn.Length), zap.String("kept_in", name))
+	}
 	for _, rec := range s.records {
 		o.apply(rec, span{}) // where they lie once rewritten
 	}
@@ -185,22 +244,74 @@ func (o *Outbox) replay() error {
 // keepDamaged writes each damaged stretch of data to a file of its own in
 // DamagedDir, durably, before the rewrite drops it from the outbox.
 func (o *Outbox) keepDamaged(data []byte, damaged [][2]int) error {
-	if len(damaged) == 0 {
-		return nil
-	}
-	dir := filepath.Join(filepath.Dir(o.path), DamagedDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("outbox: keep damaged records: %w", err)
-	}
-	stamp := o.opts.Now().UTC().Format("20060102T150405.000000000Z")
 	for _, d := range damaged {
-		name := filepath.Join(dir, fmt.Sprintf("%s-offset-%d.bin", stamp, d[0]))
-		if err := writeSynced(name, data[d[0]:d[1]]); err != nil {
+		name, err := o.keepAside(d[0], data[d[0]:d[1]], ".bin")
+		if err != nil {
 			return fmt.Errorf("outbox: keep damaged records: %w", err)
 		}
 		o.damaged = append(o.damaged, Damage{Offset: int64(d[0]), Length: int64(d[1] - d[0]), File: name})
 	}
-	return syncDir(dir)
+	return nil
+}
+
+// keepAside writes b, found at off of the file, durably to a file of its
+// own in DamagedDir, named for the time, off and suffix.
+func (o *Outbox) keepAside(off int, b []byte, suffix string) (string, error) {
+	dir := filepath.Join(filepath.Dir(o.path), DamagedDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	stamp := o.opts.Now().UTC().Format("20060102T150405.000000000Z")
+	name := filepath.Join(dir, fmt.Sprintf("%s-offset-%d%s", stamp, off, suffix))
+	err := writeSynced(name, b)
+	for i := 1; errors.Is(err, os.ErrExist) && i < 100; i++ { // the same stretch kept again
+		name = filepath.Join(dir, fmt.Sprintf("%s-offset-%d-%d%s", stamp, off, i, suffix))
+		err = writeSynced(name, b)
+	}
+	if err != nil {
+		return "", err
+	}
+	return name, syncDirOf(dir)
+}
+
+// checkPrivate returns nil when path (a directory when dir, else a
+// regular file) is not a symbolic link, is owned by the agent's effective
+// user and is closed to group and others; else an ErrNotPrivate naming
+// what is wrong and how to fix it. A path that does not exist is
+// os.ErrNotExist.
+func checkPrivate(path string, dir bool) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	perm, want, euid := fi.Mode().Perm(), os.FileMode(0o600), os.Geteuid()
+	if dir {
+		want = 0o700
+	}
+	uid := -1
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		uid = int(st.Uid)
+	}
+	var problem, fix string
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		problem, fix = "is a symbolic link", "remove the link; the agent creates what it needs"
+	case dir && !fi.IsDir():
+		problem, fix = "is not a directory", "move it aside; the agent creates the directory"
+	case !dir && !fi.Mode().IsRegular():
+		problem, fix = "is not a regular file", "move it aside; the agent creates the file"
+	case uid != euid:
+		problem = fmt.Sprintf("is owned by uid %d, not by the agent (euid %d)", uid, euid)
+	case perm&0o077 != 0:
+		problem = "is open to group or others"
+	default:
+		return nil
+	}
+	if fix == "" {
+		fix = fmt.Sprintf("chown %d %s && chmod %04o %s", euid, path, want, path)
+	}
+	return fmt.Errorf("%w: %s %s (owner uid %d, mode %04o): it must be the agent's alone, as whoever can write it can make the agent drop attestations or write over other files; fix: %s",
+		ErrNotPrivate, path, problem, uid, perm, fix)
 }
 
 func writeSynced(path string, data []byte) error {
@@ -219,15 +330,44 @@ func writeSynced(path string, data []byte) error {
 	return f.Close()
 }
 
-// Damaged lists what Open moved aside.
-func (o *Outbox) Damaged() []Damage { return slices.Clone(o.damaged) }
+// Damaged lists the damaged records moved aside: by Open, and by
+// compactions that found a settled item's record damaged since.
+func (o *Outbox) Damaged() []Damage {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.damaged)
+}
 
-// DamagedFiles counts the files kept in the damaged directory, from this
-// Open and earlier ones, until an operator removes them.
+// Torn reports the torn tail Open dropped (a write cut short by a crash,
+// never acknowledged) and where its bytes were kept; ok is false when
+// the file ended cleanly. A torn tail is not a damaged record.
+func (o *Outbox) Torn() (d Damage, ok bool) {
+	if o.torn == nil {
+		return Damage{}, false
+	}
+	return *o.torn, true
+}
+
+// CompactionFailures counts the compactions that failed since Open; each
+// was logged, and the file kept growing until the next one.
+func (o *Outbox) CompactionFailures() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.compactFailures
+}
+
+// DamagedFiles counts the damaged records kept in the damaged directory,
+// from this Open and earlier ones, until an operator removes them (torn
+// tails kept there are not counted).
 func (o *Outbox) DamagedFiles() (dir string, n int) {
 	dir = filepath.Join(filepath.Dir(o.path), DamagedDir)
 	entries, _ := os.ReadDir(dir) // none yet: 0
-	return dir, len(entries)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), tornSuffix) {
+			n++
+		}
+	}
+	return dir, n
 }
 
 // apply makes rec's change in memory; at is where rec lies in the file
@@ -318,10 +458,20 @@ func (o *Outbox) readFrame(sp span) (record, error) {
 // rewrite writes the live records to a new file and swaps it in. Callers
 // hold no lock during Open; later calls hold o.mu with no write in flight.
 // Records of items whose bytes are on disk are copied from the current
-// file as they are.
+// file once checked: a settled item whose records are no longer intact
+// is moved aside (see Damaged) and dropped.
+//
+// A failure before the rename leaves the file and o as they were. One
+// after it (the new file may not be durable, or cannot be opened) leaves
+// o reading the old, unlinked file: writes are refused from then on.
 func (o *Outbox) rewrite() error {
 	tmp := o.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	// A stale tmp (a crash mid-rewrite) is removed, and the new one
+	// created exclusively, never through a link someone left there.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("outbox: remove a stale %s: %w", tmp, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
@@ -361,14 +511,18 @@ func (o *Outbox) rewrite() error {
 		os.Remove(tmp)
 		return err
 	}
+	var lost []*slot // settled items whose records are damaged
 	for i, sl := range all {
 		var frames [2][]byte
 		if sl.onDisk {
-			for j, sp := range []span{sl.put, sl.settle} {
-				frames[j] = make([]byte, sp.n)
-				if _, err := o.file.ReadAt(frames[j], sp.off); err != nil {
-					return fail(fmt.Errorf("outbox: rewrite: read the record at %d: %w", sp.off, err))
-				}
+			var err error
+			frames, err = o.copyFrames(sl)
+			if errors.Is(err, errNotItsRecord) {
+				lost = append(lost, sl)
+				continue
+			}
+			if err != nil {
+				return fail(err)
 			}
 		} else {
 			recs := []record{{Op: "put", Item: &sl.Item}}
@@ -401,27 +555,104 @@ func (o *Outbox) rewrite() error {
 	if err := f.Sync(); err != nil {
 		return fail(fmt.Errorf("outbox: %w", err))
 	}
+	// Keep what is dropped before the file that held it goes.
+	for _, sl := range lost {
+		if err := o.keepLost(sl); err != nil {
+			return fail(err)
+		}
+	}
 	if err := os.Rename(tmp, o.path); err != nil {
 		return fail(fmt.Errorf("outbox: %w", err))
 	}
 	f.Close()
-	if err := syncDir(filepath.Dir(o.path)); err != nil {
-		return err
-	}
-	nf, err := os.OpenFile(o.path, os.O_RDWR|os.O_APPEND, 0o600)
+	nf, err := o.afterRename()
 	if err != nil {
-		return fmt.Errorf("outbox: %w", err)
+		// o.file is the old file, unlinked: what it holds stays
+		// readable, but nothing appended to it would last.
+		o.closed = true
+		o.broken = fmt.Errorf("a compaction replaced the file but %w", err)
+		return err
 	}
 	if o.file != nil {
 		o.file.Close()
 	}
 	o.file = nf
+	for _, sl := range lost {
+		delete(o.items, sl.ID)
+		if sl.State == Refused {
+			o.nrefused--
+		}
+	}
 	for i, sl := range all {
+		if moved[i][0].n == 0 { // lost
+			continue
+		}
 		sl.put, sl.settle = moved[i][0], moved[i][1]
 		sl.dropBytes()
 	}
 	o.size = size
 	o.compactAt = max(o.opts.CompactAt, 2*o.size)
+	return nil
+}
+
+// afterRename makes a rename of the rewritten file durable and opens it.
+func (o *Outbox) afterRename() (*os.File, error) {
+	if err := o.syncDir(filepath.Dir(o.path)); err != nil {
+		return nil, err
+	}
+	nf, err := o.openAppend(o.path)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	return nf, nil
+}
+
+func openAppendOf(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
+}
+
+// errNotItsRecord: a settled item's span in the file no longer holds its
+// record, intact.
+var errNotItsRecord = errors.New("outbox: not the item's record")
+
+// copyFrames reads a settled item's put and settle frames from the file
+// for a rewrite, and checks that each is intact and the item's.
+func (o *Outbox) copyFrames(sl *slot) ([2][]byte, error) {
+	var frames [2][]byte
+	for j, sp := range []span{sl.put, sl.settle} {
+		b := make([]byte, sp.n)
+		if _, err := o.file.ReadAt(b, sp.off); err != nil {
+			return frames, fmt.Errorf("outbox: rewrite: read the record at %d: %w", sp.off, err)
+		}
+		rec, end, _, intact := frameAt(b, 0)
+		ok := intact && end == len(b)
+		if j == 0 {
+			ok = ok && rec.Op == "put" && rec.Item != nil && rec.Item.ID == sl.ID
+		} else {
+			ok = ok && (rec.Op == "logged" || rec.Op == "refused") && rec.ID == sl.ID
+		}
+		if !ok {
+			return frames, errNotItsRecord
+		}
+		frames[j] = b
+	}
+	return frames, nil
+}
+
+// keepLost moves a settled item's damaged records aside, before a rewrite
+// drops them, and says so loudly.
+func (o *Outbox) keepLost(sl *slot) error {
+	for _, sp := range []span{sl.put, sl.settle} {
+		b := make([]byte, sp.n)
+		n, _ := o.file.ReadAt(b, sp.off) // what is there, to inspect
+		name, err := o.keepAside(int(sp.off), b[:n], ".bin")
+		if err != nil {
+			return fmt.Errorf("outbox: keep damaged records: %w", err)
+		}
+		o.damaged = append(o.damaged, Damage{Offset: sp.off, Length: int64(n), File: name})
+		o.log.Error("A settled outbox record was found damaged by a compaction and moved aside; the item is dropped",
+			zap.String("invocation_id", sl.ID), zap.Int64("offset", sp.off), zap.Int("bytes", n), zap.String("kept_in", name))
+	}
 	return nil
 }
 
@@ -440,7 +671,7 @@ func frameSize(rec record) int {
 	return n
 }
 
-func syncDir(dir string) error {
+func syncDirOf(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
@@ -474,6 +705,11 @@ func (o *Outbox) writeMany(recs []record, apply func(at []span)) error {
 	}
 	done := make(chan error, 1)
 	o.mu.Lock()
+	if o.broken != nil {
+		err := o.broken
+		o.mu.Unlock()
+		return fmt.Errorf("outbox: refusing writes: %w", err)
+	}
 	if o.closed {
 		o.mu.Unlock()
 		return errors.New("outbox: closed")
@@ -497,7 +733,13 @@ func (o *Outbox) flush() {
 			o.writing = false
 			if o.size > o.compactAt {
 				if err := o.rewrite(); err != nil {
-					o.size = 0 // retry at the next threshold crossing
+					// The file is as it was: try again once it has
+					// grown as much again.
+					o.compactFailures++
+					o.compactAt = 2 * o.size
+					o.log.Error("Compacting the outbox failed; it keeps growing until the next attempt",
+						zap.Error(err), zap.Int64("bytes", o.size), zap.Int64("next_attempt_at_bytes", o.compactAt),
+						zap.Bool("writes_refused", o.broken != nil))
 				}
 			}
 			o.mu.Unlock()

@@ -19,7 +19,7 @@ func item(id string) Item {
 }
 
 func TestPutLoggedRefusedSurviveReopen(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{})
 	require.NoError(t, err)
 	for _, id := range []string{"a", "b", "c"} {
@@ -49,7 +49,7 @@ func TestPutLoggedRefusedSurviveReopen(t *testing.T) {
 }
 
 func TestTornTailIsDropped(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{})
 	require.NoError(t, err)
 	require.NoError(t, o.Put(item("a")))
@@ -71,7 +71,7 @@ func TestTornTailIsDropped(t *testing.T) {
 }
 
 func TestGroupCommitConcurrentPuts(t *testing.T) {
-	o, err := Open(t.TempDir(), Options{})
+	o, err := Open(privateDir(t), Options{})
 	require.NoError(t, err)
 	defer o.Close()
 	var wg sync.WaitGroup
@@ -83,7 +83,7 @@ func TestGroupCommitConcurrentPuts(t *testing.T) {
 }
 
 func TestWait(t *testing.T) {
-	o, err := Open(t.TempDir(), Options{})
+	o, err := Open(privateDir(t), Options{})
 	require.NoError(t, err)
 	defer o.Close()
 	require.NoError(t, o.Put(item("a")))
@@ -105,7 +105,7 @@ func TestWait(t *testing.T) {
 }
 
 func TestCompactionKeepsLiveDropsExpired(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	now := time.Unix(1_000_000, 0)
 	clock := func() time.Time { return now }
 	o, err := Open(dir, Options{CompactAt: 1 << 10, Retention: time.Hour, Now: clock})
@@ -130,7 +130,7 @@ func TestCompactionKeepsLiveDropsExpired(t *testing.T) {
 }
 
 func TestSettleManyInOneWrite(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{})
 	require.NoError(t, err)
 	for i := range 10 {
@@ -156,7 +156,7 @@ func TestSettleManyInOneWrite(t *testing.T) {
 }
 
 func TestCompactionIsNotRepeatedForRetainedItems(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{CompactAt: 1 << 10})
 	require.NoError(t, err)
 	defer o.Close()
@@ -186,7 +186,7 @@ func mustGet(t testing.TB, o *Outbox, id string) (Item, bool) {
 // the same before and after compactions and a reopen, and the heap does
 // not grow with the items retained.
 func TestSettledItemsAreReadFromDisk(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{CompactAt: 256 << 10})
 	require.NoError(t, err)
 	const n, size = 2000, 10 << 10
@@ -248,7 +248,7 @@ func TestSettledItemsAreReadFromDisk(t *testing.T) {
 // A settled item whose record was damaged on disk after it was written
 // says so when read, instead of answering with wrong bytes.
 func TestSettledItemDamagedOnDiskIsAnError(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	o, err := Open(dir, Options{})
 	require.NoError(t, err)
 	defer o.Close()
