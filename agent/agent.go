@@ -139,6 +139,9 @@ func New(cfg Config) (*Agent, error) {
 		cfg.LogBatchSize = DefaultLogBatchSize
 	}
 	cfg.LogBatchSize = min(cfg.LogBatchSize, limits.MaxEntriesPerCall)
+	if cfg.OutboxMaxPendingBytes <= 0 {
+		cfg.OutboxMaxPendingBytes = DefaultOutboxMaxPendingBytes
+	}
 	a := &Agent{
 		cfg:         cfg,
 		log:         cfg.Log,

@@ -458,6 +458,15 @@ func (api *localAPI) sign(ctx context.Context, c *caller, req *agentv1.AttestSte
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet (is hallmark-server reachable? see `hallmark status`)")
 	}
+	if a.outbox != nil {
+		if n, max := a.outbox.PendingBytes(), a.cfg.OutboxMaxPendingBytes; n > max {
+			// Bounded, so that a long outage ends in refusals a step sees,
+			// not in an agent out of memory, again at every restart.
+			a.metrics.attestations.WithLabelValues(resultError).Inc()
+			return nil, status.Errorf(codes.Unavailable, "attestation refused: %d MiB of attestations wait for the log (agent.outbox_max_pending_bytes: %d MiB); "+
+				"nothing was signed: is hallmark-server's log reachable? see `hallmark status`", n>>20, max>>20)
+		}
+	}
 	p := c.peer
 	step := attest.Step{
 		Name:          req.GetStep(),

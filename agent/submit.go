@@ -27,6 +27,11 @@ import (
 // a call also holds at most limits.MaxCallBytes.
 const DefaultLogBatchSize = 256
 
+// DefaultOutboxMaxPendingBytes bounds the attestations an agent queues
+// for the log and holds in memory while it is unreachable: 1 GiB, about
+// 100,000 attestations of 10 KiB or 60 of the largest.
+const DefaultOutboxMaxPendingBytes = 1 << 30
+
 // entrySubmitter is the server call that appends envelopes to the log.
 type entrySubmitter interface {
 	SubmitEntries(ctx context.Context, in *serverv1.SubmitEntriesRequest, opts ...grpc.CallOption) (*serverv1.SubmitEntriesResponse, error)

@@ -23,6 +23,7 @@ import (
 	"github.com/hallmark-dev/hallmark/agent/outbox"
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/internal/limits"
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
@@ -378,4 +379,32 @@ func mustGet(t testing.TB, o *outbox.Outbox, id string) (outbox.Item, bool) {
 	it, ok, err := o.Get(id)
 	require.NoError(t, err)
 	return it, ok
+}
+
+// Attestations queued for an unreachable log are bounded by bytes
+// (outbox_max_pending_bytes): past it, an attestation is refused before
+// anything is signed, and taken again once the log has taken some.
+func TestAttestRefusedWhileTheOutboxIsFull(t *testing.T) {
+	fx := newLocalAPIFixture(t)
+	ob, err := fx.a.openOutbox(filepath.Join(t.TempDir(), "outbox"))
+	require.NoError(t, err)
+	t.Cleanup(func() { ob.Close() })
+	fx.a.cfg.OutboxMaxPendingBytes = 1 // any one queued attestation fills it
+	fx.write(t, "dist/app", 10)
+	c := fx.client(t)
+	req := &agentv1.AttestStepRequest{Step: "build", Workspace: fx.ws, Products: []string{"dist"}}
+
+	first, err := c.AttestStep(context.Background(), req)
+	require.NoError(t, err, "under the bound")
+	require.Positive(t, fx.a.outbox.PendingBytes())
+
+	_, err = c.AttestStep(context.Background(), req)
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "wait for the log (agent.outbox_max_pending_bytes")
+	require.ErrorContains(t, err, "nothing was signed")
+	require.Equal(t, 1, fx.a.outbox.Len(), "nothing queued")
+
+	require.NoError(t, fx.a.outbox.MarkLogged(first.GetInvocationId(), []byte(`{"logIndex":"1"}`)))
+	_, err = c.AttestStep(context.Background(), req)
+	require.NoError(t, err, "the log took the queued one")
 }

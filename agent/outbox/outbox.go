@@ -106,7 +106,10 @@ type Outbox struct {
 	items    map[string]*slot
 	order    []string // IDs in arrival order; settled ones are skipped lazily
 	npending int
-	nrefused int // refused items retained
+	// pendingBytes is the size of the pending items' bundles, envelopes
+	// and certificates, which memory holds until they are settled.
+	pendingBytes int64
+	nrefused     int // refused items retained
 	// compactAt is the size that triggers the next rewrite: at least
 	// twice what the last rewrite kept, so retained items never make
 	// every write a rewrite.
@@ -383,6 +386,7 @@ func (o *Outbox) apply(rec record, at span) {
 		o.items[sl.ID] = sl
 		o.order = append(o.order, sl.ID)
 		o.npending++
+		o.pendingBytes += sl.size()
 	case "logged", "refused":
 		sl := o.items[rec.ID]
 		if sl == nil || sl.State != Pending {
@@ -399,6 +403,7 @@ func (o *Outbox) apply(rec record, at span) {
 		}
 		sl.settle = at
 		o.npending--
+		o.pendingBytes -= sl.size()
 		sl.dropBytes()
 		// Drop settled IDs from the front; the rest are skipped lazily.
 		for len(o.order) > 0 {
@@ -828,6 +833,19 @@ func (o *Outbox) Pending(max int) []Item {
 		}
 	}
 	return out
+}
+
+// size is what the item's bytes take in memory.
+func (sl *slot) size() int64 {
+	return int64(len(sl.Bundle) + len(sl.Envelope) + len(sl.Certificate))
+}
+
+// PendingBytes is the size of the pending items' bundles, envelopes and
+// certificates, held in memory until they are settled.
+func (o *Outbox) PendingBytes() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pendingBytes
 }
 
 // Len is the number of pending items.

@@ -264,3 +264,28 @@ func TestSettledItemDamagedOnDiskIsAnError(t *testing.T) {
 	require.ErrorContains(t, err, "is damaged")
 	require.Equal(t, Logged, it.State)
 }
+
+// PendingBytes counts what pending items hold in memory, from Put to
+// settlement, and again after a reopen.
+func TestPendingBytes(t *testing.T) {
+	dir := privateDir(t)
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	require.Zero(t, o.PendingBytes())
+	a, b := item("a"), item("b")
+	b.Bundle = make([]byte, 1000)
+	size := func(it Item) int64 { return int64(len(it.Bundle) + len(it.Envelope) + len(it.Certificate)) }
+	require.NoError(t, o.Put(a))
+	require.NoError(t, o.Put(b))
+	require.Equal(t, size(a)+size(b), o.PendingBytes())
+	require.NoError(t, o.MarkLogged("a", []byte(`{"logIndex":"1"}`)))
+	require.Equal(t, size(b), o.PendingBytes())
+	require.NoError(t, o.Close())
+
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	require.Equal(t, size(b), o.PendingBytes(), "after a reopen")
+	require.NoError(t, o.MarkRefused("b", "no"))
+	require.Zero(t, o.PendingBytes())
+	require.NoError(t, o.Close())
+}
