@@ -13,7 +13,7 @@ import (
 // what became of one) that will not reach the log from here. An outbox
 // in a format this agent cannot read stops the agent, left untouched.
 func (a *Agent) openOutbox(dir string) (*outbox.Outbox, error) {
-	ob, err := outbox.Open(dir, outbox.Options{Now: a.cfg.Now})
+	ob, err := outbox.Open(dir, outbox.Options{Now: a.cfg.Now, Log: a.log})
 	if err != nil {
 		return nil, err
 	}
