@@ -1,4 +1,4 @@
-# Hallmark: make build test lint bench demo dev tools proto
+# Hallmark: make build test lint bench demo dev tools proto fuzz soak
 SHELL := /bin/bash
 export GOTOOLCHAIN := local
 TOOLS := $(CURDIR)/.tools
@@ -6,7 +6,7 @@ export PATH := $(TOOLS)/bin:$(PATH)
 
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire openbao protoc deploy-check postgres interop-tools
+.PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire openbao protoc deploy-check postgres interop-tools fuzz soak
 
 build:
 	go build -o bin/ ./cmd/...
@@ -69,6 +69,16 @@ deploy-check:
 ## bench: figures against floors measured in the same run (see test/cmd/hallmark-bench).
 bench: tools postgres
 	go run ./test/cmd/hallmark-bench
+
+## fuzz: every fuzz target for FUZZTIME each (default 60s; FUZZ_ONLY=FuzzX for one), from the corpora in testdata/fuzz.
+FUZZTIME ?= 60s
+fuzz:
+	@FUZZTIME=$(FUZZTIME) FUZZ_ONLY=$(FUZZ_ONLY) ./test/scripts/fuzz.sh
+
+## soak: SPIRE, OpenBao, two servers on PostgreSQL and two agents under load and faults for SOAK_DURATION (default 30m), then the log checked against what every step was told (test/cmd/hallmark-soak). Not part of test.
+SOAK_DURATION ?= 30m
+soak: tools postgres
+	go run ./test/cmd/hallmark-soak -duration $(SOAK_DURATION)
 
 ## dev: SPIRE server+agent, hallmark-server+agent in the foreground; Ctrl-C stops all.
 dev: tools

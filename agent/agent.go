@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/agent/outbox"
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
 	"github.com/hallmark-dev/hallmark/internal/svidwatch"
@@ -84,6 +85,12 @@ type Agent struct {
 	outbox  *outbox.Outbox                // opened by Run
 	// submitNudge wakes the log submitter when an envelope is queued.
 	submitNudge chan struct{}
+	// timestamps obtains the timestamp of every signature (timestamp.go).
+	timestamps timestamper
+	// submitCap is the most entries the submitter sends in its next
+	// call: LogBatchSize, less after a call refused as too large.
+	// Touched by the submitter only.
+	submitCap int
 	// renewNudge wakes the renew loop to look at the held certificate
 	// again: its CA may have been tainted.
 	renewNudge chan struct{}
@@ -131,6 +138,10 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.LogBatchSize <= 0 {
 		cfg.LogBatchSize = DefaultLogBatchSize
 	}
+	cfg.LogBatchSize = min(cfg.LogBatchSize, limits.MaxEntriesPerCall)
+	if cfg.OutboxMaxPendingBytes <= 0 {
+		cfg.OutboxMaxPendingBytes = DefaultOutboxMaxPendingBytes
+	}
 	a := &Agent{
 		cfg:         cfg,
 		log:         cfg.Log,
@@ -161,16 +172,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	if a.cfg.DataDir != "" {
-		ob, err := outbox.Open(filepath.Join(a.cfg.DataDir, "outbox"), outbox.Options{Now: a.cfg.Now})
+		ob, err := a.openOutbox(filepath.Join(a.cfg.DataDir, "outbox"))
 		if err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 		defer ob.Close()
-		a.outbox = ob
-		a.metrics.outboxQueued.Set(float64(ob.Len()))
-		if n := ob.Len(); n > 0 {
-			a.log.Info("Resuming the outbox", zap.Int("queued", n))
-		}
 	}
 	var (
 		localLn *peercred.Listener
@@ -277,6 +283,7 @@ func (a *Agent) run(ctx context.Context) error {
 		return nil
 	})
 	client := serverv1.NewAgentServiceClient(conn)
+	a.timestamps.setClient(client)
 	g.Go(func() error { return a.renewLoop(ctx, client) })
 	g.Go(func() error { return a.watchAuthorities(ctx, client) })
 	if !a.cfg.PolicyFromFile {

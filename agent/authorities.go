@@ -37,7 +37,9 @@ type authorityWatcher interface {
 // taintSet is the server's last word on which signing CAs are tainted.
 type taintSet struct {
 	revision uint64
-	issuers  map[[sha256.Size]byte]struct{} // SHA-256 of the CA certificate's DER
+	// issuers are the tainted CAs, by SHA-256 of the CA certificate's DER,
+	// each with when this agent first heard of its taint.
+	issuers map[[sha256.Size]byte]time.Time
 }
 
 // issuerSHA256 is the fingerprint of the CA certificate that issued c (the
@@ -52,16 +54,23 @@ func issuerSHA256(c *signingCert) (fp [sha256.Size]byte, ok bool) {
 // taintedIssuer reports whether the server has named the CA that issued c
 // as tainted, and its fingerprint.
 func (a *Agent) taintedIssuer(c *signingCert) (fp [sha256.Size]byte, tainted bool) {
+	fp, _, tainted = a.taintedSince(c)
+	return fp, tainted
+}
+
+// taintedSince is taintedIssuer with when this agent first heard of the
+// taint.
+func (a *Agent) taintedSince(c *signingCert) (fp [sha256.Size]byte, since time.Time, tainted bool) {
 	fp, ok := issuerSHA256(c)
 	if !ok {
-		return fp, false
+		return fp, since, false
 	}
 	set := a.tainted.Load()
 	if set == nil {
-		return fp, false
+		return fp, since, false
 	}
-	_, tainted = set.issuers[fp]
-	return fp, tainted
+	since, tainted = set.issuers[fp]
+	return fp, since, tainted
 }
 
 // nudgeRenewal wakes the renew loop to look at the held certificate again.
@@ -147,16 +156,24 @@ func (a *Agent) followAuthorities(ctx context.Context, client authorityWatcher) 
 // CA of the held certificate, wakes the renew loop to replace it. Signing
 // goes on with the held certificate until its successor is installed.
 func (a *Agent) applyAuthorities(msg *serverv1.SigningAuthorities) {
-	set := &taintSet{revision: msg.GetRevision(), issuers: make(map[[sha256.Size]byte]struct{}, len(msg.GetTaintedIssuers()))}
+	set := &taintSet{revision: msg.GetRevision(), issuers: make(map[[sha256.Size]byte]time.Time, len(msg.GetTaintedIssuers()))}
+	prev := a.tainted.Load()
+	now := a.cfg.Now()
 	for _, fp := range msg.GetTaintedIssuers() {
 		if len(fp) != sha256.Size {
 			a.log.Warn("Ignoring a tainted signing CA fingerprint that is not SHA-256",
 				zap.Uint64(logRevision, msg.GetRevision()), zap.String(logIssuerSHA256, hex.EncodeToString(fp)))
 			continue
 		}
-		set.issuers[[sha256.Size]byte(fp)] = struct{}{}
+		since := now
+		if prev != nil {
+			if t, ok := prev.issuers[[sha256.Size]byte(fp)]; ok {
+				since = t
+			}
+		}
+		set.issuers[[sha256.Size]byte(fp)] = since
 	}
-	prev := a.tainted.Swap(set)
+	a.tainted.Store(set)
 	if prev == nil || prev.revision != set.revision {
 		a.log.Info("Tainted signing CAs updated", zap.Uint64(logRevision, set.revision), zap.Int(logTainted, len(set.issuers)))
 	}

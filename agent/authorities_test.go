@@ -417,7 +417,7 @@ func TestRenewalFromAStillTaintedIssuerBacksOff(t *testing.T) {
 func TestRenewRefusesATaintedIssuerOverAnUntaintedOne(t *testing.T) {
 	caA, caB := newTestCA(t), newTestCA(t)
 	a := newTestAgent(t, fixedClock(t0))
-	a.tainted.Store(&taintSet{revision: 1, issuers: map[[sha256.Size]byte]struct{}{sha256.Sum256(caA.cert.Raw): {}}})
+	a.tainted.Store(&taintSet{revision: 1, issuers: map[[sha256.Size]byte]time.Time{sha256.Sum256(caA.cert.Raw): {}}})
 
 	// Held: from B, untainted. A lagging server answers from A.
 	require.NoError(t, a.renew(context.Background(), &fakeIssuer{answer: certifies(caB, agentID, fixedClock(t0), time.Hour)}))
@@ -428,7 +428,7 @@ func TestRenewRefusesATaintedIssuerOverAnUntaintedOne(t *testing.T) {
 	require.Equal(t, 1.0, metricValue(t, a.metrics.renewals.WithLabelValues("failure")))
 
 	// Held: from A, tainted. Another from A is no worse: installed.
-	a.tainted.Store(&taintSet{revision: 2, issuers: map[[sha256.Size]byte]struct{}{sha256.Sum256(caA.cert.Raw): {}, sha256.Sum256(caB.cert.Raw): {}}})
+	a.tainted.Store(&taintSet{revision: 2, issuers: map[[sha256.Size]byte]time.Time{sha256.Sum256(caA.cert.Raw): {}, sha256.Sum256(caB.cert.Raw): {}}})
 	require.NoError(t, a.renew(context.Background(), &fakeIssuer{answer: certifies(caA, agentID, fixedClock(t0), time.Hour)}))
 	require.True(t, heldFrom(a, caA))
 }

@@ -27,9 +27,12 @@ func (api *localAPI) GetBundle(ctx context.Context, req *agentv1.GetBundleReques
 	if ob == nil {
 		return nil, status.Error(codes.FailedPrecondition, "this agent keeps no outbox (no data_dir)")
 	}
-	it, ok := ob.Get(req.GetInvocationId())
+	it, ok, err := ob.Get(req.GetInvocationId())
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "no attestation %q on this agent (logged bundles are kept 24h)", req.GetInvocationId())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "read the attestation from the outbox: %v", err)
 	}
 	if req.GetWait() && it.State == outbox.Pending {
 		var err error

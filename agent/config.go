@@ -19,6 +19,7 @@ import (
 	"github.com/hallmark-dev/hallmark/agent/measure"
 	"github.com/hallmark-dev/hallmark/internal/config"
 	"github.com/hallmark-dev/hallmark/internal/exedigest"
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/internal/policy"
 )
 
@@ -62,6 +63,10 @@ type Config struct {
 	PolicyRefresh time.Duration
 	// LogBatchSize is the most envelopes submitted to the log at once.
 	LogBatchSize int
+	// OutboxMaxPendingBytes bounds the attestations queued and not yet
+	// logged (the agent holds them in memory); past it, attestations are
+	// refused until the log takes some. DefaultOutboxMaxPendingBytes when 0.
+	OutboxMaxPendingBytes int64
 	// Limits bound what one attestation may measure.
 	Limits measure.Limits
 	// LocalLimits bound what callers may hold at once on the local API.
@@ -114,6 +119,7 @@ type agentBlock struct {
 	IdleTimeout              string `hcl:"idle_timeout,optional"`
 	DataDir                  string `hcl:"data_dir,optional"`
 	LogBatchSize             int    `hcl:"log_batch_size,optional"`
+	OutboxMaxPendingBytes    int64  `hcl:"outbox_max_pending_bytes,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -188,8 +194,12 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 // localAPIConfig fills the socket and limit settings.
 func localAPIConfig(c *Config, a agentBlock) error {
 	c.LogBatchSize = a.LogBatchSize
-	if c.LogBatchSize < 0 || c.LogBatchSize > 10000 {
-		return fmt.Errorf("agent.log_batch_size: %d is not in 1..10000", c.LogBatchSize)
+	if c.LogBatchSize < 0 || c.LogBatchSize > limits.MaxEntriesPerCall {
+		return fmt.Errorf("agent.log_batch_size: %d is not in 1..%d, what the log takes in one call", c.LogBatchSize, limits.MaxEntriesPerCall)
+	}
+	c.OutboxMaxPendingBytes = a.OutboxMaxPendingBytes
+	if c.OutboxMaxPendingBytes < 0 || (c.OutboxMaxPendingBytes > 0 && c.OutboxMaxPendingBytes < limits.MaxBundleBytes) {
+		return fmt.Errorf("agent.outbox_max_pending_bytes: %d is less than one bundle the log takes (%d bytes)", c.OutboxMaxPendingBytes, limits.MaxBundleBytes)
 	}
 	c.DataDir = a.DataDir
 	if c.DataDir == "" {

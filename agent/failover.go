@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
+
+	"github.com/hallmark-dev/hallmark/internal/limits"
 )
 
 // An agent talks to every replica of hallmark-server through one gRPC
@@ -40,7 +42,7 @@ const serversScheme = "hallmark-servers"
 // retryBufferSize bounds the bytes of a call that gRPC keeps to send it
 // again on another replica (its default of 256 KiB is less than a batch
 // of envelopes can weigh).
-const retryBufferSize = 32 << 20
+const retryBufferSize = limits.MaxCallBytes
 
 // servers are the configured server addresses.
 func (c *Config) servers() []string {
@@ -130,7 +132,9 @@ func dialServers(addrs []string, creds credentials.TransportCredentials, opts ..
 	opts = append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(fmt.Sprintf(serviceConfig, attempts)),
-		grpc.WithDefaultCallOptions(grpc.MaxRetryRPCBufferSize(retryBufferSize)),
+		// Answers to a full SubmitEntries call stay far below the
+		// call's own limit; take up to that.
+		grpc.WithDefaultCallOptions(grpc.MaxRetryRPCBufferSize(retryBufferSize), grpc.MaxCallRecvMsgSize(limits.MaxCallBytes)),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			// Reconnect within seconds of a server's return, not
 			// gRPC's default of up to two minutes.

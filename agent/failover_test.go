@@ -451,7 +451,7 @@ func TestFailoverReplicaStops(t *testing.T) {
 	n := int(queued.Load())
 	require.Greater(t, n, 10)
 	for i := 1; i <= n; i++ {
-		it, ok := ob.Get(fmt.Sprintf("inv-%d", i))
+		it, ok := mustGet(t, ob, fmt.Sprintf("inv-%d", i))
 		require.True(t, ok, "inv-%d", i)
 		require.Equal(t, outbox.Logged, it.State, "inv-%d", i)
 		require.True(t, rs[0].log.has(it.Envelope), "inv-%d in the log", i)

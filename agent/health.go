@@ -50,6 +50,7 @@ func (a *Agent) Status() Status {
 	for _, r := range a.policy().Rules() {
 		st.Policy.Rules = append(st.Policy.Rules, r.Name)
 	}
+	st.Outbox = a.outboxStatus()
 	if c, ok := a.keys.current(a.cfg.Now()); ok {
 		leaf := c.leaf()
 		cs := &CertStatus{

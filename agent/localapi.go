@@ -389,7 +389,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if r := api.confirm(ctx, c, &cmdline); r != nil {
 		return nil, au.deny(r)
 	}
-	return api.sign(c, req, products, materials, sources, cmdline, start, au)
+	return api.sign(ctx, c, req, products, materials, sources, cmdline, start, au)
 }
 
 // audit is one request's audit event, built up as the gate learns more.
@@ -451,12 +451,21 @@ func (api *localAPI) decide(c *caller, req *agentv1.AttestStepRequest) (policy.R
 
 // sign signs the step with the current short-lived key and queues the
 // bundle for the log.
-func (api *localAPI) sign(c *caller, req *agentv1.AttestStepRequest, products, materials []measure.Digest, sources []attest.GitSource, cmdline []string, start time.Time, au *audit) (*agentv1.AttestStepResponse, error) {
+func (api *localAPI) sign(ctx context.Context, c *caller, req *agentv1.AttestStepRequest, products, materials []measure.Digest, sources []attest.GitSource, cmdline []string, start time.Time, au *audit) (*agentv1.AttestStepResponse, error) {
 	a := api.a
 	held, ok := a.keys.current(a.cfg.Now())
 	if !ok {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
 		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet (is hallmark-server reachable? see `hallmark status`)")
+	}
+	if a.outbox != nil {
+		if n, max := a.outbox.PendingBytes(), a.cfg.OutboxMaxPendingBytes; n > max {
+			// Bounded, so that a long outage ends in refusals a step sees,
+			// not in an agent out of memory, again at every restart.
+			a.metrics.attestations.WithLabelValues(resultError).Inc()
+			return nil, status.Errorf(codes.Unavailable, "attestation refused: %d MiB of attestations wait for the log (agent.outbox_max_pending_bytes: %d MiB); "+
+				"nothing was signed: is hallmark-server's log reachable? see `hallmark status`", n>>20, max>>20)
+		}
 	}
 	p := c.peer
 	step := attest.Step{
@@ -477,10 +486,14 @@ func (api *localAPI) sign(c *caller, req *agentv1.AttestStepRequest, products, m
 	if ts := req.GetStartedOn(); ts != nil && ts.IsValid() && ts.AsTime().Before(start) {
 		step.StartedOn = ts.AsTime()
 	}
-	bundle, err := attest.Sign(step, held.key, held.leaf())
+	bundle, err := a.signStep(ctx, step, held)
+	var refusal *signRefusal
+	if errors.As(err, &refusal) { // the log would never take it (sign.go)
+		return nil, au.deny(refuse(refusal.code, refusal.class, refusal.reason))
+	}
 	if err != nil {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
-		return nil, status.Errorf(codes.Internal, "sign: %v", err)
+		return nil, err
 	}
 	// On disk before the step hears of it: nothing signed is ever lost on
 	// its way to the log (group commit shares the fsync among callers).

@@ -20,8 +20,13 @@ type metrics struct {
 	denials         *prometheus.CounterVec
 	attestedSteps   *prometheus.CounterVec
 	outboxQueued    prometheus.Gauge
+	outboxRefused   prometheus.Gauge
+	outboxDamaged   prometheus.Counter
 	measuredFiles   prometheus.Counter
 	refusedConns    *prometheus.CounterVec
+
+	timestamps       *prometheus.CounterVec
+	timestampSeconds prometheus.Histogram
 
 	taintedRenewals  prometheus.Counter
 	authoritiesWatch prometheus.Gauge
@@ -89,6 +94,23 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_outbox_queued",
 			Help: "Signed envelopes on disk waiting to be logged.",
 		}),
+		outboxRefused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_outbox_refused",
+			Help: "Signed envelopes the log refused for good, kept in the outbox (with their reasons, in /status) for a day.",
+		}),
+		outboxDamaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hallmark_agent_outbox_damaged_records_total",
+			Help: "Damaged outbox records moved aside (into the outbox's damaged/ directory) when the agent started.",
+		}),
+		timestamps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_agent_timestamps_total",
+			Help: "RFC 3161 timestamps asked of the log's authority for signatures, by result (granted, error: the attestation was refused).",
+		}, []string{"result"}),
+		timestampSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "hallmark_agent_timestamp_seconds",
+			Help:    "Time an attestation waited for its timestamp.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}),
 		attestSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "hallmark_agent_attestation_seconds",
 			Help:    "Time to attest a step, from request to signed bundle.",
@@ -104,7 +126,8 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
-		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.denials, m.attestedSteps,
+		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.denials, m.attestedSteps,
+		m.timestamps, m.timestampSeconds,
 		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

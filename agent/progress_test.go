@@ -92,6 +92,7 @@ func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {
 		require.NoError(t, err)
 	}
 	fx.a.keys.cur.Store(&signingCert{key: key, chain: chain, received: time.Now()})
+	withTSA(t, fx.a)
 
 	ln, err := peercred.Listen(peercred.ListenConfig{Path: fx.socket, GID: -1})
 	require.NoError(t, err)

@@ -198,6 +198,42 @@ func checkEnvelope(env *dssepb.Envelope) error {
 // returns the Sigstore bundle JSON carrying leaf, which must certify the
 // signer's public key.
 func Sign(s Step, signer crypto.Signer, leaf *x509.Certificate) ([]byte, error) {
+	return SignWith(s, signer, leaf, SignOptions{})
+}
+
+// SignOptions are what [SignWith] adds to [Sign].
+type SignOptions struct {
+	// MaxBundleSize, when positive, is the largest bundle to sign: a step
+	// whose bundle would be larger is refused with a [*SizeError] before
+	// anything is signed (with a timestamp of MaxTimestampSize counted).
+	MaxBundleSize int
+	// Timestamp, when set, is called with the envelope's signature once
+	// it is made and returns an RFC 3161 timestamp response (DER
+	// TimeStampResp) over it, which the bundle carries as its
+	// verificationMaterial.timestampVerificationData. When it fails, or
+	// returns more than MaxTimestampSize bytes, SignWith fails and the
+	// signature is dropped: no bundle leaves without its timestamp.
+	Timestamp        func(signature []byte) ([]byte, error)
+	MaxTimestampSize int
+}
+
+// SizeError is SignWith's refusal of a bundle larger than
+// SignOptions.MaxBundleSize; nothing was signed.
+type SizeError struct {
+	Size  int // what the bundle would weigh, in bytes (to within a few)
+	Limit int // SignOptions.MaxBundleSize
+}
+
+func (e *SizeError) Error() string {
+	return fmt.Sprintf("attest: the bundle would be %d bytes, more than the %d allowed", e.Size, e.Limit)
+}
+
+// maxSignatureSize is the longest ASN.1 DER ECDSA P-256 signature:
+// SEQUENCE { INTEGER r, INTEGER s }, each of at most 33 bytes.
+const maxSignatureSize = 2 + 2*(2+33)
+
+// SignWith is Sign with options.
+func SignWith(s Step, signer crypto.Signer, leaf *x509.Certificate, opts SignOptions) ([]byte, error) {
 	if signer == nil {
 		return nil, errors.New("attest: nil signer")
 	}
@@ -223,6 +259,13 @@ func Sign(s Step, signer crypto.Signer, leaf *x509.Certificate) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
+	tsSize := -1 // none
+	if opts.Timestamp != nil {
+		tsSize = opts.MaxTimestampSize
+	}
+	if size := bundleJSONSize(len(payload), maxSignatureSize, len(leaf.Raw), tsSize); opts.MaxBundleSize > 0 && size > opts.MaxBundleSize {
+		return nil, &SizeError{Size: size, Limit: opts.MaxBundleSize}
+	}
 	env, err := SignEnvelope(payload, signer)
 	if err != nil {
 		return nil, err
@@ -230,5 +273,15 @@ func Sign(s Step, signer crypto.Signer, leaf *x509.Certificate) ([]byte, error) 
 	if err := checkEnvelope(env); err != nil {
 		return nil, err
 	}
-	return bundleJSON(env.GetPayload(), env.GetSignatures()[0].GetSig(), leaf.Raw), nil
+	sig := env.GetSignatures()[0].GetSig()
+	var ts []byte
+	if opts.Timestamp != nil {
+		if ts, err = opts.Timestamp(sig); err != nil {
+			return nil, fmt.Errorf("attest: timestamp: %w", err)
+		}
+		if len(ts) == 0 || len(ts) > opts.MaxTimestampSize {
+			return nil, fmt.Errorf("attest: timestamp is %d bytes, want 1 to %d", len(ts), opts.MaxTimestampSize)
+		}
+	}
+	return bundleJSON(env.GetPayload(), sig, leaf.Raw, ts), nil
 }

@@ -203,16 +203,49 @@ func statementSizeHint(s Step, artifacts int) int {
 	return n
 }
 
-// bundleJSON returns what MarshalBundle(NewBundle(env, leaf)) returns for
-// an envelope of payload with the one signature sig, leaf being certDER.
-func bundleJSON(payload, sig, certDER []byte) []byte {
+// Protojson of the bundle's timestamp, between its certificate and its
+// envelope (fields in declaration order).
+const (
+	timestampHead = `,"timestampVerificationData":{"rfc3161Timestamps":[{"signedTimestamp":"`
+	timestampTail = `"}]}`
+)
+
+// bundleJSONSize is the length of bundleJSON's output for a payload, a
+// signature, a certificate and a timestamp (-1: none) of these lengths.
+func bundleJSONSize(payload, sig, certDER, timestamp int) int {
 	enc := base64.StdEncoding
-	b := make([]byte, 0, 256+enc.EncodedLen(len(payload))+enc.EncodedLen(len(sig))+enc.EncodedLen(len(certDER)))
+	n := len(`{"mediaType":"`+BundleMediaType+`","verificationMaterial":{"certificate":{"rawBytes":"`) +
+		enc.EncodedLen(certDER) +
+		len(`"}},"dsseEnvelope":{"payload":"`) + enc.EncodedLen(payload) +
+		len(`","payloadType":"`+PayloadType+`","signatures":[{"sig":"`) + enc.EncodedLen(sig) + len(`"}]}}`)
+	if timestamp >= 0 {
+		n += len(timestampHead) + enc.EncodedLen(timestamp) + len(timestampTail)
+	}
+	return n
+}
+
+// bundleJSON returns what MarshalBundle returns for a bundle of leaf
+// (certDER), an envelope of payload with the one signature sig, and, when
+// timestamp is not nil, that RFC 3161 timestamp (NewBundle, then the
+// timestamp set as its timestampVerificationData).
+func bundleJSON(payload, sig, certDER, timestamp []byte) []byte {
+	enc := base64.StdEncoding
+	tsLen := -1
+	if timestamp != nil {
+		tsLen = len(timestamp)
+	}
+	b := make([]byte, 0, bundleJSONSize(len(payload), len(sig), len(certDER), tsLen))
 	b = append(b, `{"mediaType":`...)
 	b = appendString(b, BundleMediaType)
 	b = append(b, `,"verificationMaterial":{"certificate":{"rawBytes":"`...)
 	b = enc.AppendEncode(b, certDER)
-	b = append(b, `"}},"dsseEnvelope":{"payload":"`...)
+	b = append(b, `"}`...)
+	if timestamp != nil {
+		b = append(b, timestampHead...)
+		b = enc.AppendEncode(b, timestamp)
+		b = append(b, timestampTail...)
+	}
+	b = append(b, `},"dsseEnvelope":{"payload":"`...)
 	b = enc.AppendEncode(b, payload)
 	b = append(b, `","payloadType":`...)
 	b = appendString(b, PayloadType)

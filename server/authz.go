@@ -30,6 +30,7 @@ func (s *Server) policy() map[string]authorizer {
 		healthpb.Health_Watch_FullMethodName:                         s.isMember,
 		serverv1.AgentService_SubmitEntries_FullMethodName:           s.isAgent,
 		serverv1.AgentService_WatchSigningAuthorities_FullMethodName: s.isAgent,
+		serverv1.AgentService_Timestamp_FullMethodName:               s.isAgent,
 	}
 }
 

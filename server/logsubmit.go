@@ -17,21 +17,22 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
-// Limits on what agents submit.
+// Limits on what agents submit: the set agents size their calls by
+// (internal/limits).
 const (
 	// MaxSubmitEntries bounds the entries of one SubmitEntries call.
-	MaxSubmitEntries = 500
+	MaxSubmitEntries = limits.MaxEntriesPerCall
 	// MaxEnvelopeSize bounds one envelope's JSON: the same as a bundle.
-	MaxEnvelopeSize = attest.MaxBundleSize
+	MaxEnvelopeSize = limits.MaxEnvelopeBytes
 	// MaxCertificateSize bounds one signing certificate (DER).
-	MaxCertificateSize = 16 << 10
+	MaxCertificateSize = limits.MaxCertificateBytes
 )
 
 // Submission is one entry an agent asks to log.
@@ -107,9 +108,12 @@ func (l *TransparencyLog) Submit(ctx context.Context, caller spiffeid.ID, subs [
 			}
 			it, err = l.check(caller, sub, now)
 		}
+		var transient *transientError
 		switch {
 		case errors.As(err, &chainErr):
 			retry, retryPos, retryErr = append(retry, it), append(retryPos, i), append(retryErr, err)
+		case errors.As(err, &transient):
+			return nil, err // the whole call: the agent sends it again
 		case err != nil:
 			results[i].Refusal = err
 			l.metrics.appends.WithLabelValues(appendRefused).Inc()
@@ -188,6 +192,14 @@ type chainError struct{ err error }
 func (e *chainError) Error() string { return e.err.Error() }
 func (e *chainError) Unwrap() error { return e.err }
 
+// transientError is a failure of this server, not of the entry (it could
+// not timestamp it): Submit fails the whole call, which the agent sends
+// again later, instead of refusing the entry for good.
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
+
 // check runs checks 1-3 on sub at time now. On a chainError the returned
 // entry carries its dedupe key, so the caller can look for it in the log.
 func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Time) (*pendingEntry, error) {
@@ -246,6 +258,8 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 	// 3. The verifier's checks, against the trust state this log exports.
 	ad := l.admission.Load()
 	if ad.root == nil {
+		// No CA recorded, even after reloading from the store (Submit):
+		// the certificate's CA is none this deployment issued with.
 		return it, &chainError{ad.err}
 	}
 	a, err := ad.root.Admit(verify.Entry{Envelope: env, Certificate: cert, Timestamp: sub.Timestamp}, now)
@@ -264,7 +278,7 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 	if a.Timestamped {
 		it.timestamp = sub.Timestamp
 	} else if it.timestamp, err = l.tsa.Timestamp(env.GetSignatures()[0].GetSig(), now); err != nil {
-		return nil, err
+		return nil, &transientError{fmt.Errorf("timestamp: %w", err)}
 	}
 	return it, nil
 }

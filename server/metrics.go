@@ -13,6 +13,7 @@ type metrics struct {
 	keyManagerSign *prometheus.HistogramVec
 	svidRotations  prometheus.Counter
 	svidExpiry     prometheus.Gauge
+	timestamps     *prometheus.CounterVec
 }
 
 // Result labels of hallmark_server_signing_certificates_total.
@@ -21,6 +22,8 @@ const (
 	resultInvalid = "invalid"
 	resultDenied  = "denied"
 	resultError   = "error"
+	// resultGranted labels hallmark_server_timestamps_total.
+	resultGranted = "granted"
 )
 
 func newMetrics() *metrics {
@@ -47,8 +50,12 @@ func newMetrics() *metrics {
 			Name: "hallmark_server_svid_expiry_timestamp_seconds",
 			Help: "NotAfter of the server's current X509-SVID.",
 		}),
+		timestamps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_server_timestamps_total",
+			Help: "Signatures timestamped for agents as they sign (Timestamp), by result: granted, error.",
+		}, []string{"result"}),
 	}
-	m.registry.MustRegister(m.issued, m.denied, m.keyManagerSign, m.svidRotations, m.svidExpiry,
+	m.registry.MustRegister(m.issued, m.denied, m.keyManagerSign, m.svidRotations, m.svidExpiry, m.timestamps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -27,14 +27,16 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/internal/svidwatch"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
 // maxRecvMsgSize bounds any request to the agent API: SubmitEntries
 // carries envelopes (each up to MaxEnvelopeSize), so it is the largest.
-// Only authenticated agents get as far as sending one.
-const maxRecvMsgSize = 32 << 20
+// Only authenticated agents get as far as sending one. Agents size their
+// calls under it (internal/limits).
+const maxRecvMsgSize = limits.MaxCallBytes
 
 // Server is hallmark-server.
 type Server struct {

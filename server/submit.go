@@ -28,9 +28,15 @@ func (a *agentService) SubmitEntries(ctx context.Context, req *serverv1.SubmitEn
 	if n > MaxSubmitEntries {
 		return nil, status.Errorf(codes.InvalidArgument, "%d entries in one call, more than the %d allowed", n, MaxSubmitEntries)
 	}
+	// A log whose store is down decides nothing: say so before checking
+	// every entry (signatures, timestamps, chains) of a call that agents
+	// will send again and again until the store is back.
+	if err := a.s.storeReady(ctx); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "transparency log: store: %v", err)
+	}
 	subs := make([]Submission, n)
 	for i, e := range req.GetEntries() {
-		subs[i] = Submission{Envelope: e.GetEnvelope(), Certificate: e.GetCertificate()}
+		subs[i] = Submission{Envelope: e.GetEnvelope(), Certificate: e.GetCertificate(), Timestamp: e.GetTimestamp()}
 	}
 	id := caller(ctx)
 	results, err := a.tlog.Submit(ctx, id, subs)

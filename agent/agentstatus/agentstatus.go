@@ -20,6 +20,8 @@ type Status struct {
 	RenewalError  string       `json:"renewal_error,omitempty"`
 	SVIDRotations int          `json:"svid_rotations"`
 	Policy        PolicyStatus `json:"policy"`
+	// Outbox is nil when the agent keeps none (no data_dir).
+	Outbox *OutboxStatus `json:"outbox,omitempty"`
 }
 
 // ServerStatus describes the agent's view of hallmark-server.
@@ -53,4 +55,25 @@ type PolicyStatus struct {
 	Source   string   `json:"source"`
 	Revision string   `json:"revision,omitempty"`
 	Rules    []string `json:"rules"`
+}
+
+// OutboxStatus describes the queue of attestations on their way to the log.
+type OutboxStatus struct {
+	// Queued are signed and on disk, not logged yet.
+	Queued int `json:"queued"`
+	// Refused is how many the log refused for good (kept a day after).
+	Refused int `json:"refused"`
+	// RecentRefusals are the latest of them, newest first.
+	RecentRefusals []Refusal `json:"recent_refusals,omitempty"`
+	// Damaged counts damaged records moved aside, kept in DamagedDir
+	// until an operator removes them.
+	Damaged    int    `json:"damaged"`
+	DamagedDir string `json:"damaged_dir,omitempty"`
+}
+
+// Refusal is one attestation the log refused.
+type Refusal struct {
+	InvocationID string    `json:"invocation_id"`
+	Reason       string    `json:"reason"`
+	At           time.Time `json:"at"`
 }

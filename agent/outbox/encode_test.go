@@ -64,7 +64,7 @@ func FuzzAppendRecord(f *testing.F) {
 // An outbox written before appendRecord, with json.Marshal, opens with
 // everything in it.
 func TestOpenReadsJSONMarshalRecords(t *testing.T) {
-	dir := t.TempDir()
+	dir := privateDir(t)
 	var file []byte
 	for _, rec := range []record{
 		{Op: "put", Item: &Item{ID: "a", Bundle: []byte("bundle-a"), Certificate: []byte("cert"), Created: 1}},
@@ -78,12 +78,12 @@ func TestOpenReadsJSONMarshalRecords(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "outbox.log"), file, 0o600))
 	o, err := Open(dir, Options{Retention: 1 << 62})
 	require.NoError(t, err)
-	a, ok := o.Get("a")
+	a, ok := mustGet(t, o, "a")
 	require.True(t, ok)
 	require.Equal(t, Logged, a.State)
 	require.Equal(t, `{"logIndex":"1"}`, string(a.Logged))
 	require.Equal(t, []byte("bundle-a"), a.Bundle)
-	b, _ := o.Get("b")
+	b, _ := mustGet(t, o, "b")
 	require.Equal(t, Refused, b.State)
 	require.Equal(t, "<unknown> \"root\"", b.Reason)
 	pending := o.Pending(10)
@@ -98,9 +98,9 @@ func TestOpenReadsJSONMarshalRecords(t *testing.T) {
 	o, err = Open(dir, Options{Retention: 1 << 62})
 	require.NoError(t, err)
 	defer o.Close()
-	a2, _ := o.Get("a")
+	a2, _ := mustGet(t, o, "a")
 	require.Equal(t, a, a2)
-	b2, _ := o.Get("b")
+	b2, _ := mustGet(t, o, "b")
 	require.Equal(t, b, b2)
 	pending = o.Pending(10)
 	require.Len(t, pending, 2)

@@ -6,25 +6,35 @@
 // nothing is logged twice.
 //
 // The queue is one append-only file of checksummed records with group
-// commit: concurrent Puts share one write and one fsync. A torn record at
-// the end (a crash mid-write) is cut off when the file is opened. The file
-// is rewritten with only live records when it grows past a threshold.
+// commit: concurrent Puts share one write and one fsync. The format is
+// versioned and specified in docs/outbox.md. Damage isolates: a record
+// that fails its checksum is moved aside into the damaged/ directory (kept
+// for inspection, reported by Damaged) and every intact record before and
+// after it is kept. A record cut short at the end (a crash mid-write,
+// never acknowledged) is dropped, its bytes kept aside too (reported by
+// Torn, not counted as damage). A file in a format this package does not
+// know is left as it is and Open fails, and so does a directory or file
+// that is not the agent's alone (ErrNotPrivate). The file is rewritten
+// with only live records when it grows past a threshold; what the rewrite
+// copies from the old file is checked first.
 package outbox
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/base64"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // State of an item.
@@ -67,40 +77,104 @@ type Options struct {
 	// CompactAt is the file size that triggers a rewrite. Default 64 MiB.
 	CompactAt int64
 	Now       func() time.Time
+	// Log receives what the outbox cannot return to a caller: a torn
+	// tail dropped at Open (Warn), a compaction that failed or a record
+	// found damaged by one (Error). Nil: nothing is logged.
+	Log *zap.Logger
 }
 
 // Outbox is the durable queue. Its methods are safe for concurrent use.
+//
+// Pending items are held in memory whole, for the submitter. A settled
+// item keeps only its ID, state, reason and time in memory: its bytes
+// (bundle, envelope, certificate, what logging added) are read back from
+// the file when asked for, so the memory an outbox takes does not grow
+// with the items it retains.
 type Outbox struct {
 	path string
 	opts Options
+	log  *zap.Logger
+	torn *Damage // the torn tail Open dropped, kept aside
+
+	// syncDir and openAppend are syncDirOf and openAppendOf, replaced
+	// by tests to make the steps after a compaction's rename fail.
+	syncDir    func(dir string) error
+	openAppend func(path string) (*os.File, error)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
-	items    map[string]*Item
+	items    map[string]*slot
 	order    []string // IDs in arrival order; settled ones are skipped lazily
 	npending int
+	// pendingBytes is the size of the pending items' bundles, envelopes
+	// and certificates, which memory holds until they are settled.
+	pendingBytes int64
+	nrefused     int // refused items retained
 	// compactAt is the size that triggers the next rewrite: at least
 	// twice what the last rewrite kept, so retained items never make
 	// every write a rewrite.
 	compactAt int64
-	file      *os.File
+	file      *os.File // read and appended to
 	size      int64
 	queue     []pendingWrite
 	writing   bool
 	closed    bool
+	// broken says why writes are refused after a failure that left
+	// the file in memory and the one on disk apart.
+	broken error
+	// damaged: what Open and compactions moved aside.
+	damaged []Damage
+	// compactFailures counts compactions that failed.
+	compactFailures int
+}
+
+// slot is an item and where its records lie in the file.
+type slot struct {
+	Item
+	put, settle span
+	// onDisk: the item's bytes were dropped from memory; read them
+	// from put and settle.
+	onDisk bool
+}
+
+// span is where a frame lies in the file; n is 0 when it is not there.
+type span struct {
+	off int64
+	n   int
 }
 
 type pendingWrite struct {
 	rec   []byte
-	apply func() // the in-memory change, made under mu once on disk
+	ends  []int           // where each record framed in rec ends
+	apply func(at []span) // the in-memory change, made under mu once on disk
 	done  chan error
 }
 
-const maxRecord = 64 << 20
+// DamagedDir is the directory, in the outbox's, where damaged records are
+// kept.
+const DamagedDir = "damaged"
 
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
+// ErrUnknownFormat is returned by Open for a file it cannot read: a
+// format version it does not know, or no format at all. The file is left
+// untouched.
+var ErrUnknownFormat = errors.New("outbox: unknown format")
+
+// ErrNotPrivate is returned by Open when the outbox directory or file is
+// not the agent's alone: a symbolic link, or owned by another user, or
+// open to group or others. Whoever can write there could make the agent
+// drop or rewrite signed attestations, or (through links) write over any
+// file the agent can.
+var ErrNotPrivate = errors.New("outbox: not private to the agent")
+
+// tornSuffix ends the name of a torn tail's file in DamagedDir; those are
+// kept but not counted as damaged records.
+const tornSuffix = ".torn"
 
 // Open opens (or creates) the outbox in dir (created 0700) and replays it.
+// The directory and file must be the agent's alone (ErrNotPrivate).
+// Damaged records are moved aside first (see Damaged), and so is a torn
+// tail (see Torn); a file Open cannot read fails it with
+// ErrUnknownFormat, left as it is.
 func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Retention <= 0 {
 		opts.Retention = 24 * time.Hour
@@ -111,11 +185,23 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	o := &Outbox{path: filepath.Join(dir, "outbox.log"), opts: opts, items: map[string]*Item{}}
+	o := &Outbox{
+		path: filepath.Join(dir, "outbox.log"), opts: opts, log: opts.Log, items: map[string]*slot{},
+		syncDir: syncDirOf, openAppend: openAppendOf,
+	}
 	o.cond = sync.NewCond(&o.mu)
+	if err := checkPrivate(dir, true); err != nil {
+		return nil, err
+	}
+	if err := checkPrivate(o.path, false); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
 	if err := o.replay(); err != nil {
 		return nil, err
 	}
@@ -125,64 +211,200 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	return o, nil
 }
 
-// replay reads every whole record; a torn or corrupt tail is ignored (and
-// dropped by the rewrite that follows).
+// replay reads every intact record, any version, and moves damaged ones
+// aside; a torn tail is left for the rewrite that follows to drop.
 func (o *Outbox) replay() error {
-	f, err := os.Open(o.path)
+	data, err := os.ReadFile(o.path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	defer f.Close()
-	r := bufio.NewReader(f)
-	for {
-		var hdr [8]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return nil // end, or a torn header
-		}
-		n, crc := binary.LittleEndian.Uint32(hdr[:4]), binary.LittleEndian.Uint32(hdr[4:])
-		if n > maxRecord {
-			return nil
-		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(r, buf); err != nil || crc32.Checksum(buf, crcTable) != crc {
-			return nil
-		}
-		var rec record
-		if json.Unmarshal(buf, &rec) != nil {
-			return nil
-		}
-		o.apply(rec)
+	s, err := scanFile(data)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %w (the file is left as it is; move it aside to start with an empty outbox)", ErrUnknownFormat, o.path, err)
 	}
+	if err := o.keepDamaged(data, s.damaged); err != nil {
+		return err
+	}
+	if s.torn > 0 {
+		off := len(data) - s.torn
+		name, err := o.keepAside(off, data[off:], tornSuffix)
+		if err != nil {
+			return fmt.Errorf("outbox: keep the torn tail: %w", err)
+		}
+		o.torn = &Damage{Offset: int64(off), Length: int64(s.torn), File: name}
+		o.log.Warn("The outbox ended in a record cut short (a crash mid-write, never acknowledged); it was dropped and its bytes kept",
+			zap.Int64("offset", o.torn.Offset), zap.Int64("bytes", o.torn.Length), zap.String("kept_in", name))
+	}
+	for _, rec := range s.records {
+		o.apply(rec, span{}) // where they lie once rewritten
+	}
+	return nil
 }
 
-func (o *Outbox) apply(rec record) {
+// keepDamaged writes each damaged stretch of data to a file of its own in
+// DamagedDir, durably, before the rewrite drops it from the outbox.
+func (o *Outbox) keepDamaged(data []byte, damaged [][2]int) error {
+	for _, d := range damaged {
+		name, err := o.keepAside(d[0], data[d[0]:d[1]], ".bin")
+		if err != nil {
+			return fmt.Errorf("outbox: keep damaged records: %w", err)
+		}
+		o.damaged = append(o.damaged, Damage{Offset: int64(d[0]), Length: int64(d[1] - d[0]), File: name})
+	}
+	return nil
+}
+
+// keepAside writes b, found at off of the file, durably to a file of its
+// own in DamagedDir, named for the time, off and suffix.
+func (o *Outbox) keepAside(off int, b []byte, suffix string) (string, error) {
+	dir := filepath.Join(filepath.Dir(o.path), DamagedDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	stamp := o.opts.Now().UTC().Format("20060102T150405.000000000Z")
+	name := filepath.Join(dir, fmt.Sprintf("%s-offset-%d%s", stamp, off, suffix))
+	err := writeSynced(name, b)
+	for i := 1; errors.Is(err, os.ErrExist) && i < 100; i++ { // the same stretch kept again
+		name = filepath.Join(dir, fmt.Sprintf("%s-offset-%d-%d%s", stamp, off, i, suffix))
+		err = writeSynced(name, b)
+	}
+	if err != nil {
+		return "", err
+	}
+	return name, syncDirOf(dir)
+}
+
+// checkPrivate returns nil when path (a directory when dir, else a
+// regular file) is not a symbolic link, is owned by the agent's effective
+// user and is closed to group and others; else an ErrNotPrivate naming
+// what is wrong and how to fix it. A path that does not exist is
+// os.ErrNotExist.
+func checkPrivate(path string, dir bool) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	perm, want, euid := fi.Mode().Perm(), os.FileMode(0o600), os.Geteuid()
+	if dir {
+		want = 0o700
+	}
+	uid := -1
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		uid = int(st.Uid)
+	}
+	var problem, fix string
+	switch {
+	case fi.Mode()&os.ModeSymlink != 0:
+		problem, fix = "is a symbolic link", "remove the link; the agent creates what it needs"
+	case dir && !fi.IsDir():
+		problem, fix = "is not a directory", "move it aside; the agent creates the directory"
+	case !dir && !fi.Mode().IsRegular():
+		problem, fix = "is not a regular file", "move it aside; the agent creates the file"
+	case uid != euid:
+		problem = fmt.Sprintf("is owned by uid %d, not by the agent (euid %d)", uid, euid)
+	case perm&0o077 != 0:
+		problem = "is open to group or others"
+	default:
+		return nil
+	}
+	if fix == "" {
+		fix = fmt.Sprintf("chown %d %s && chmod %04o %s", euid, path, want, path)
+	}
+	return fmt.Errorf("%w: %s %s (owner uid %d, mode %04o): it must be the agent's alone, as whoever can write it can make the agent drop attestations or write over other files; fix: %s",
+		ErrNotPrivate, path, problem, uid, perm, fix)
+}
+
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Damaged lists the damaged records moved aside: by Open, and by
+// compactions that found a settled item's record damaged since.
+func (o *Outbox) Damaged() []Damage {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.damaged)
+}
+
+// Torn reports the torn tail Open dropped (a write cut short by a crash,
+// never acknowledged) and where its bytes were kept; ok is false when
+// the file ended cleanly. A torn tail is not a damaged record.
+func (o *Outbox) Torn() (d Damage, ok bool) {
+	if o.torn == nil {
+		return Damage{}, false
+	}
+	return *o.torn, true
+}
+
+// CompactionFailures counts the compactions that failed since Open; each
+// was logged, and the file kept growing until the next one.
+func (o *Outbox) CompactionFailures() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.compactFailures
+}
+
+// DamagedFiles counts the damaged records kept in the damaged directory,
+// from this Open and earlier ones, until an operator removes them (torn
+// tails kept there are not counted).
+func (o *Outbox) DamagedFiles() (dir string, n int) {
+	dir = filepath.Join(filepath.Dir(o.path), DamagedDir)
+	entries, _ := os.ReadDir(dir) // none yet: 0
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), tornSuffix) {
+			n++
+		}
+	}
+	return dir, n
+}
+
+// apply makes rec's change in memory; at is where rec lies in the file
+// (n 0: not in the current file yet).
+func (o *Outbox) apply(rec record, at span) {
 	switch rec.Op {
 	case "put":
 		if rec.Item == nil || o.items[rec.Item.ID] != nil {
 			return
 		}
-		it := *rec.Item
-		it.State = Pending
-		o.items[it.ID] = &it
-		o.order = append(o.order, it.ID)
+		sl := &slot{Item: *rec.Item, put: at}
+		sl.State = Pending
+		o.items[sl.ID] = sl
+		o.order = append(o.order, sl.ID)
 		o.npending++
+		o.pendingBytes += sl.size()
 	case "logged", "refused":
-		it := o.items[rec.ID]
-		if it == nil || it.State != Pending {
+		sl := o.items[rec.ID]
+		if sl == nil || sl.State != Pending {
 			return
 		}
 		if rec.Op == "logged" {
-			it.State, it.Logged = Logged, rec.Logged
+			sl.State, sl.Logged = Logged, rec.Logged
 		} else {
-			it.State, it.Reason = Refused, rec.Reason
+			sl.State, sl.Reason = Refused, rec.Reason
+			o.nrefused++
 		}
 		if rec.At != 0 {
-			it.Created = rec.At // retention counts from settlement
+			sl.Created = rec.At // retention counts from settlement
 		}
+		sl.settle = at
 		o.npending--
+		o.pendingBytes -= sl.size()
+		sl.dropBytes()
 		// Drop settled IDs from the front; the rest are skipped lazily.
 		for len(o.order) > 0 {
 			if head := o.items[o.order[0]]; head != nil && head.State == Pending {
@@ -193,71 +415,249 @@ func (o *Outbox) apply(rec record) {
 	}
 }
 
+// dropBytes forgets a settled item's bytes once both its records are in
+// the file.
+func (sl *slot) dropBytes() {
+	if sl.State == Pending || sl.put.n == 0 || sl.settle.n == 0 {
+		return
+	}
+	sl.Bundle, sl.Envelope, sl.Certificate, sl.Logged = nil, nil, nil, nil
+	sl.onDisk = true
+}
+
+// load returns sl's item whole, reading its bytes from the file when
+// they are not in memory. Callers hold o.mu.
+func (o *Outbox) load(sl *slot) (Item, error) {
+	if !sl.onDisk {
+		return sl.Item, nil
+	}
+	put, err := o.readFrame(sl.put)
+	if err != nil {
+		return sl.Item, err
+	}
+	settle, err := o.readFrame(sl.settle)
+	if err != nil {
+		return sl.Item, err
+	}
+	if put.Item == nil || put.Item.ID != sl.ID || settle.ID != sl.ID {
+		return sl.Item, fmt.Errorf("outbox: the records at %d and %d are not %s's", sl.put.off, sl.settle.off, sl.ID)
+	}
+	it := *put.Item
+	it.State, it.Created, it.Logged, it.Reason = sl.State, sl.Created, settle.Logged, sl.Reason
+	return it, nil
+}
+
+// readFrame reads and checks the frame at sp of the current file.
+func (o *Outbox) readFrame(sp span) (record, error) {
+	b := make([]byte, sp.n)
+	if _, err := o.file.ReadAt(b, sp.off); err != nil {
+		return record{}, fmt.Errorf("outbox: read the record at %d: %w", sp.off, err)
+	}
+	rec, _, _, intact := frameAt(b, 0)
+	if !intact {
+		return record{}, fmt.Errorf("outbox: the record at %d is damaged", sp.off)
+	}
+	return rec, nil
+}
+
 // rewrite writes the live records to a new file and swaps it in. Callers
 // hold no lock during Open; later calls hold o.mu with no write in flight.
+// Records of items whose bytes are on disk are copied from the current
+// file once checked: a settled item whose records are no longer intact
+// is moved aside (see Damaged) and dropped.
+//
+// A failure before the rename leaves the file and o as they were. One
+// after it (the new file may not be durable, or cannot be opened) leaves
+// o reading the old, unlinked file: writes are refused from then on.
 func (o *Outbox) rewrite() error {
 	tmp := o.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	// A stale tmp (a crash mid-rewrite) is removed, and the new one
+	// created exclusively, never through a link someone left there.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("outbox: remove a stale %s: %w", tmp, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	w := bufio.NewWriter(f)
-	var size int64
+	hdr, _ := w.Write(fileHeader())
+	size := int64(hdr)
 	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
 	var order []string
 	for _, id := range o.order {
-		if it := o.items[id]; it != nil && it.State == Pending {
+		if sl := o.items[id]; sl != nil && sl.State == Pending {
 			order = append(order, id)
 		}
 	}
 	o.order = order
-	for id, it := range o.items {
-		if it.State != Pending && it.Created < cutoff {
+	// Settled items first, by settlement, then the pending ones in
+	// their order: a reopened outbox drains oldest first.
+	var all []*slot
+	for id, sl := range o.items {
+		switch {
+		case sl.State == Pending:
+		case sl.Created < cutoff:
 			delete(o.items, id)
-			continue
-		}
-		recs := []record{{Op: "put", Item: it}}
-		switch it.State {
-		case Logged:
-			recs = append(recs, record{Op: "logged", ID: it.ID, Logged: it.Logged, At: it.Created})
-		case Refused:
-			recs = append(recs, record{Op: "refused", ID: it.ID, Reason: it.Reason, At: it.Created})
-		}
-		for _, rec := range recs {
-			b, err := frame(rec)
-			if err != nil {
-				f.Close()
-				return err
+			if sl.State == Refused {
+				o.nrefused--
 			}
-			n, _ := w.Write(b)
-			size += int64(n)
+		default:
+			all = append(all, sl)
+		}
+	}
+	slices.SortFunc(all, func(a, b *slot) int { return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.ID, b.ID)) })
+	for _, id := range order {
+		all = append(all, o.items[id])
+	}
+	moved := make([][2]span, len(all)) // new put and settle spans
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	var lost []*slot // settled items whose records are damaged
+	for i, sl := range all {
+		var frames [2][]byte
+		if sl.onDisk {
+			var err error
+			frames, err = o.copyFrames(sl)
+			if errors.Is(err, errNotItsRecord) {
+				lost = append(lost, sl)
+				continue
+			}
+			if err != nil {
+				return fail(err)
+			}
+		} else {
+			recs := []record{{Op: "put", Item: &sl.Item}}
+			switch sl.State {
+			case Logged:
+				recs = append(recs, record{Op: "logged", ID: sl.ID, Logged: sl.Logged, At: sl.Created})
+			case Refused:
+				recs = append(recs, record{Op: "refused", ID: sl.ID, Reason: sl.Reason, At: sl.Created})
+			}
+			for j, rec := range recs {
+				b, err := frame(rec)
+				if err != nil {
+					return fail(err)
+				}
+				frames[j] = b
+			}
+		}
+		for j, b := range frames {
+			if b == nil {
+				continue
+			}
+			moved[i][j] = span{off: size, n: len(b)}
+			w.Write(b) //nolint:errcheck // Flush reports it
+			size += int64(len(b))
 		}
 	}
 	if err := w.Flush(); err != nil {
-		f.Close()
-		return fmt.Errorf("outbox: %w", err)
+		return fail(fmt.Errorf("outbox: %w", err))
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("outbox: %w", err)
+		return fail(fmt.Errorf("outbox: %w", err))
+	}
+	// Keep what is dropped before the file that held it goes.
+	for _, sl := range lost {
+		if err := o.keepLost(sl); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(tmp, o.path); err != nil {
-		f.Close()
-		return fmt.Errorf("outbox: %w", err)
+		return fail(fmt.Errorf("outbox: %w", err))
 	}
-	if err := syncDir(filepath.Dir(o.path)); err != nil {
-		f.Close()
+	f.Close()
+	nf, err := o.afterRename()
+	if err != nil {
+		// o.file is the old file, unlinked: what it holds stays
+		// readable, but nothing appended to it would last.
+		o.closed = true
+		o.broken = fmt.Errorf("a compaction replaced the file but %w", err)
 		return err
 	}
 	if o.file != nil {
 		o.file.Close()
 	}
-	f.Close()
-	if o.file, err = os.OpenFile(o.path, os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
-		return fmt.Errorf("outbox: %w", err)
+	o.file = nf
+	for _, sl := range lost {
+		delete(o.items, sl.ID)
+		if sl.State == Refused {
+			o.nrefused--
+		}
+	}
+	for i, sl := range all {
+		if moved[i][0].n == 0 { // lost
+			continue
+		}
+		sl.put, sl.settle = moved[i][0], moved[i][1]
+		sl.dropBytes()
 	}
 	o.size = size
-	o.compactAt = max(o.opts.CompactAt, 2*size)
+	o.compactAt = max(o.opts.CompactAt, 2*o.size)
+	return nil
+}
+
+// afterRename makes a rename of the rewritten file durable and opens it.
+func (o *Outbox) afterRename() (*os.File, error) {
+	if err := o.syncDir(filepath.Dir(o.path)); err != nil {
+		return nil, err
+	}
+	nf, err := o.openAppend(o.path)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: %w", err)
+	}
+	return nf, nil
+}
+
+func openAppendOf(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
+}
+
+// errNotItsRecord: a settled item's span in the file no longer holds its
+// record, intact.
+var errNotItsRecord = errors.New("outbox: not the item's record")
+
+// copyFrames reads a settled item's put and settle frames from the file
+// for a rewrite, and checks that each is intact and the item's.
+func (o *Outbox) copyFrames(sl *slot) ([2][]byte, error) {
+	var frames [2][]byte
+	for j, sp := range []span{sl.put, sl.settle} {
+		b := make([]byte, sp.n)
+		if _, err := o.file.ReadAt(b, sp.off); err != nil {
+			return frames, fmt.Errorf("outbox: rewrite: read the record at %d: %w", sp.off, err)
+		}
+		rec, end, _, intact := frameAt(b, 0)
+		ok := intact && end == len(b)
+		if j == 0 {
+			ok = ok && rec.Op == "put" && rec.Item != nil && rec.Item.ID == sl.ID
+		} else {
+			ok = ok && (rec.Op == "logged" || rec.Op == "refused") && rec.ID == sl.ID
+		}
+		if !ok {
+			return frames, errNotItsRecord
+		}
+		frames[j] = b
+	}
+	return frames, nil
+}
+
+// keepLost moves a settled item's damaged records aside, before a rewrite
+// drops them, and says so loudly.
+func (o *Outbox) keepLost(sl *slot) error {
+	for _, sp := range []span{sl.put, sl.settle} {
+		b := make([]byte, sp.n)
+		n, _ := o.file.ReadAt(b, sp.off) // what is there, to inspect
+		name, err := o.keepAside(int(sp.off), b[:n], ".bin")
+		if err != nil {
+			return fmt.Errorf("outbox: keep damaged records: %w", err)
+		}
+		o.damaged = append(o.damaged, Damage{Offset: sp.off, Length: int64(n), File: name})
+		o.log.Error("A settled outbox record was found damaged by a compaction and moved aside; the item is dropped",
+			zap.String("invocation_id", sl.ID), zap.Int64("offset", sp.off), zap.Int("bytes", n), zap.String("kept_in", name))
+	}
 	return nil
 }
 
@@ -269,27 +669,14 @@ func frame(rec record) ([]byte, error) {
 // need escapes.
 func frameSize(rec record) int {
 	enc := base64.StdEncoding.EncodedLen
-	n := 8 + 96 + len(rec.Op) + len(rec.ID) + len(rec.Reason) + enc(len(rec.Logged))
+	n := frameHead + 96 + len(rec.Op) + len(rec.ID) + len(rec.Reason) + enc(len(rec.Logged))
 	if it := rec.Item; it != nil {
 		n += len(it.ID) + enc(len(it.Bundle)) + enc(len(it.Envelope)) + enc(len(it.Certificate))
 	}
 	return n
 }
 
-// appendFrame appends rec, framed, to dst.
-func appendFrame(dst []byte, rec record) ([]byte, error) {
-	start := len(dst)
-	dst = appendRecord(append(dst, make([]byte, 8)...), rec)
-	body := dst[start+8:]
-	if len(body) > maxRecord {
-		return nil, fmt.Errorf("outbox: record of %d bytes is over the %d limit", len(body), maxRecord)
-	}
-	binary.LittleEndian.PutUint32(dst[start:], uint32(len(body)))
-	binary.LittleEndian.PutUint32(dst[start+4:], crc32.Checksum(body, crcTable))
-	return dst, nil
-}
-
-func syncDir(dir string) error {
+func syncDirOf(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
@@ -303,29 +690,36 @@ func syncDir(dir string) error {
 
 // write appends rec durably. Concurrent writers are committed together:
 // the first becomes the leader and writes and fsyncs everyone's records.
-func (o *Outbox) write(rec record, apply func()) error {
+func (o *Outbox) write(rec record, apply func(at []span)) error {
 	return o.writeMany([]record{rec}, apply)
 }
 
-func (o *Outbox) writeMany(recs []record, apply func()) error {
+func (o *Outbox) writeMany(recs []record, apply func(at []span)) error {
 	n := 0
 	for _, rec := range recs {
 		n += frameSize(rec)
 	}
 	b := make([]byte, 0, n)
-	for _, rec := range recs {
+	ends := make([]int, len(recs))
+	for i, rec := range recs {
 		var err error
 		if b, err = appendFrame(b, rec); err != nil {
 			return err
 		}
+		ends[i] = len(b)
 	}
 	done := make(chan error, 1)
 	o.mu.Lock()
+	if o.broken != nil {
+		err := o.broken
+		o.mu.Unlock()
+		return fmt.Errorf("outbox: refusing writes: %w", err)
+	}
 	if o.closed {
 		o.mu.Unlock()
 		return errors.New("outbox: closed")
 	}
-	o.queue = append(o.queue, pendingWrite{rec: b, apply: apply, done: done})
+	o.queue = append(o.queue, pendingWrite{rec: b, ends: ends, apply: apply, done: done})
 	if !o.writing {
 		o.writing = true
 		go o.flush()
@@ -344,13 +738,19 @@ func (o *Outbox) flush() {
 			o.writing = false
 			if o.size > o.compactAt {
 				if err := o.rewrite(); err != nil {
-					o.size = 0 // retry at the next threshold crossing
+					// The file is as it was: try again once it has
+					// grown as much again.
+					o.compactFailures++
+					o.compactAt = 2 * o.size
+					o.log.Error("Compacting the outbox failed; it keeps growing until the next attempt",
+						zap.Error(err), zap.Int64("bytes", o.size), zap.Int64("next_attempt_at_bytes", o.compactAt),
+						zap.Bool("writes_refused", o.broken != nil))
 				}
 			}
 			o.mu.Unlock()
 			return
 		}
-		f := o.file
+		f, base := o.file, o.size
 		o.mu.Unlock()
 		buf := batch[0].rec
 		if len(batch) > 1 {
@@ -371,11 +771,18 @@ func (o *Outbox) flush() {
 			err = fmt.Errorf("outbox: write: %w", err)
 		}
 		o.mu.Lock()
-		o.size += int64(len(buf))
 		if err == nil {
-			// Before a compaction can run: it rewrites from memory.
+			o.size += int64(len(buf))
+			// Before a compaction can run: it rewrites from memory
+			// and from where records lie.
 			for _, w := range batch {
-				w.apply()
+				at, start := make([]span, len(w.ends)), 0
+				for i, end := range w.ends {
+					at[i] = span{off: base + int64(start), n: end - start}
+					start = end
+				}
+				base += int64(len(w.rec))
+				w.apply(at)
 			}
 			o.cond.Broadcast()
 		} else if rerr := o.rewrite(); rerr != nil {
@@ -398,29 +805,18 @@ func (o *Outbox) Put(it Item) error {
 	}
 	it.Created = o.opts.Now().Unix()
 	it.State = Pending
-	return o.write(record{Op: "put", Item: &it}, func() {
-		if o.items[it.ID] == nil {
-			o.items[it.ID] = &it
-			o.order = append(o.order, it.ID)
-			o.npending++
-		}
-	})
+	rec := record{Op: "put", Item: &it}
+	return o.write(rec, func(at []span) { o.apply(rec, at[0]) })
 }
 
 // MarkLogged records the log's entry for id.
 func (o *Outbox) MarkLogged(id string, tlogJSON []byte) error {
-	at := o.opts.Now().Unix()
-	return o.write(record{Op: "logged", ID: id, Logged: tlogJSON, At: at}, func() {
-		o.apply(record{Op: "logged", ID: id, Logged: tlogJSON, At: at})
-	})
+	return o.Settle([]Settlement{{ID: id, Logged: tlogJSON}})
 }
 
 // MarkRefused records that the log refused id, for good.
 func (o *Outbox) MarkRefused(id, reason string) error {
-	at := o.opts.Now().Unix()
-	return o.write(record{Op: "refused", ID: id, Reason: reason, At: at}, func() {
-		o.apply(record{Op: "refused", ID: id, Reason: reason, At: at})
-	})
+	return o.Settle([]Settlement{{ID: id, Reason: reason}})
 }
 
 // Pending returns up to max pending items, oldest first.
@@ -432,11 +828,24 @@ func (o *Outbox) Pending(max int) []Item {
 		if len(out) == max {
 			break
 		}
-		if it := o.items[id]; it != nil && it.State == Pending {
-			out = append(out, *it)
+		if sl := o.items[id]; sl != nil && sl.State == Pending {
+			out = append(out, sl.Item)
 		}
 	}
 	return out
+}
+
+// size is what the item's bytes take in memory.
+func (sl *slot) size() int64 {
+	return int64(len(sl.Bundle) + len(sl.Envelope) + len(sl.Certificate))
+}
+
+// PendingBytes is the size of the pending items' bundles, envelopes and
+// certificates, held in memory until they are settled.
+func (o *Outbox) PendingBytes() int64 {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pendingBytes
 }
 
 // Len is the number of pending items.
@@ -444,6 +853,28 @@ func (o *Outbox) Len() int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.npending
+}
+
+// RefusedLen is the number of refused items retained.
+func (o *Outbox) RefusedLen() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.nrefused
+}
+
+// Refused returns up to max of the refused items retained, newest first,
+// without their bytes (ID, reason, time).
+func (o *Outbox) Refused(max int) []Item {
+	o.mu.Lock()
+	var out []Item
+	for _, sl := range o.items {
+		if sl.State == Refused {
+			out = append(out, Item{ID: sl.ID, State: sl.State, Reason: sl.Reason, Created: sl.Created})
+		}
+	}
+	o.mu.Unlock()
+	slices.SortFunc(out, func(a, b Item) int { return cmp.Or(cmp.Compare(b.Created, a.Created), cmp.Compare(a.ID, b.ID)) })
+	return out[:min(max, len(out))]
 }
 
 // Settlement is what the log said of one item: its entry, or a refusal.
@@ -467,25 +898,28 @@ func (o *Outbox) Settle(ss []Settlement) error {
 			recs[i] = record{Op: "logged", ID: st.ID, Logged: st.Logged, At: at}
 		}
 	}
-	return o.writeMany(recs, func() {
-		for _, rec := range recs {
-			o.apply(rec)
+	return o.writeMany(recs, func(spans []span) {
+		for i, rec := range recs {
+			o.apply(rec, spans[i])
 		}
 	})
 }
 
-// Get returns the item with id.
-func (o *Outbox) Get(id string) (Item, bool) {
+// Get returns the item with id, its bytes read back from the file when it
+// is settled; an error when they cannot be (the disk failed since).
+func (o *Outbox) Get(id string) (Item, bool, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	it, ok := o.items[id]
+	sl, ok := o.items[id]
 	if !ok {
-		return Item{}, false
+		return Item{}, false, nil
 	}
-	return *it, true
+	it, err := o.load(sl)
+	return it, true, err
 }
 
-// Wait blocks until id is no longer pending or ctx ends.
+// Wait blocks until id is no longer pending or ctx ends, and returns it
+// as Get does.
 func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 	stop := context.AfterFunc(ctx, func() {
 		o.mu.Lock()
@@ -496,15 +930,15 @@ func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		it, ok := o.items[id]
+		sl, ok := o.items[id]
 		if !ok {
 			return Item{}, fmt.Errorf("outbox: no attestation %s", id)
 		}
-		if it.State != Pending {
-			return *it, nil
+		if sl.State != Pending {
+			return o.load(sl)
 		}
 		if err := ctx.Err(); err != nil {
-			return *it, err
+			return sl.Item, err
 		}
 		o.cond.Wait()
 	}

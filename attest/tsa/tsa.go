@@ -122,6 +122,22 @@ func NewAuthority(leaf *x509.Certificate, roots, intermediates *x509.CertPool) (
 	return a, nil
 }
 
+// NewAuthorityFromChain is NewAuthority for chain (leaf first), its last
+// certificate taken as the trust anchor: for a chain its holder already
+// trusts, such as a log's own or one its server sent over an
+// authenticated channel.
+func NewAuthorityFromChain(chain []*x509.Certificate) (*Authority, error) {
+	if len(chain) == 0 {
+		return nil, errors.New("tsa: no certificate")
+	}
+	roots, intermediates := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(chain[len(chain)-1])
+	for _, c := range chain[1 : len(chain)-1] {
+		intermediates.AddCert(c)
+	}
+	return NewAuthority(chain[0], roots, intermediates)
+}
+
 // Verify checks an RFC 3161 TimeStampResp over signature, signed by the
 // authority's certificate while its chain was valid, and returns the time
 // it grants.

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -45,6 +46,9 @@ func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
 	}
 	conn, err := grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// An answer holds a bundle (at most limits.MaxBundleBytes) and
+		// the list of its subjects, about as large again.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4*limits.MaxBundleBytes)),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
 			return dialAgentSocket(ctx, socket)
 		}))
@@ -84,7 +88,9 @@ func explain(socket string, err error) error {
 	case codes.PermissionDenied:
 		return fmt.Errorf("refused: %s (run `hallmark whoami` to see how the agent identifies you)", st.Message())
 	case codes.Unavailable:
-		if strings.Contains(st.Message(), "connect") {
+		// gRPC's own failure to reach the socket, not the agent's
+		// answer (which may quote a failure to reach the server).
+		if strings.HasPrefix(st.Message(), "connection error") {
 			return fmt.Errorf("no agent at %s: is hallmark-agent running? (%s)", socket, st.Message())
 		}
 		return fmt.Errorf("agent unavailable: %s", st.Message())

@@ -100,6 +100,7 @@ func printStatus(w io.Writer, st agentstatus.Status) {
 	if st.Server.LastError != "" {
 		fmt.Fprintf(w, "last server error: %s\n", st.Server.LastError)
 	}
+	printOutbox(w, st.Outbox)
 	c := st.SigningCertificate
 	if c == nil {
 		fmt.Fprintln(w, "signing cert:      none held: attestation is unavailable")
@@ -120,4 +121,19 @@ func printStatus(w io.Writer, st agentstatus.Status) {
 		rev = ", revision " + st.Policy.Revision
 	}
 	fmt.Fprintf(w, "policy:            from %s%s; rules: %s\n", st.Policy.Source, rev, rules)
+}
+
+// printOutbox prints the agent's queue to the log: what waits, what the log
+// refused for good and why, and damaged records moved aside.
+func printOutbox(w io.Writer, ob *agentstatus.OutboxStatus) {
+	if ob == nil {
+		return
+	}
+	fmt.Fprintf(w, "outbox:            %d queued for the log, %d refused by it\n", ob.Queued, ob.Refused)
+	for _, r := range ob.RecentRefusals {
+		fmt.Fprintf(w, "  REFUSED %s at %s: %s\n", r.InvocationID, r.At.Format(time.RFC3339), r.Reason)
+	}
+	if ob.Damaged > 0 {
+		fmt.Fprintf(w, "  DAMAGED: %d damaged outbox records moved aside, kept in %s (inspect, then remove)\n", ob.Damaged, ob.DamagedDir)
+	}
 }

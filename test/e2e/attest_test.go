@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
@@ -73,7 +74,9 @@ func workspace(t *testing.T, files map[string]string) string {
 
 func localClient(t *testing.T, socket string) agentv1.WorkloadServiceClient {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// As the hallmark CLI: an answer holds a bundle and its subjects.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4*limits.MaxBundleBytes)))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
 	return agentv1.NewWorkloadServiceClient(conn)

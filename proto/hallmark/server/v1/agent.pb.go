@@ -463,7 +463,13 @@ type LogSubmission struct {
 	// io.intoto.Envelope).
 	Envelope []byte `protobuf:"bytes,1,opt,name=envelope,proto3" json:"envelope,omitempty"`
 	// certificate is the signing certificate, DER.
-	Certificate   []byte `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Certificate []byte `protobuf:"bytes,2,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// timestamp is the RFC 3161 timestamp (DER TimeStampResp) of the
+	// envelope's signature that Timestamp granted when it was signed. With
+	// one, the log checks the entry at its genTime, however late it comes;
+	// without one (agents before Timestamp) the log timestamps it on
+	// acceptance.
+	Timestamp     []byte `protobuf:"bytes,3,opt,name=timestamp,proto3" json:"timestamp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -512,6 +518,116 @@ func (x *LogSubmission) GetCertificate() []byte {
 	return nil
 }
 
+func (x *LogSubmission) GetTimestamp() []byte {
+	if x != nil {
+		return x.Timestamp
+	}
+	return nil
+}
+
+type TimestampRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// signatures are DSSE signatures (ASN.1 DER ECDSA), at most 500 of
+	// them, each at most 256 bytes.
+	Signatures    [][]byte `protobuf:"bytes,1,rep,name=signatures,proto3" json:"signatures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimestampRequest) Reset() {
+	*x = TimestampRequest{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimestampRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimestampRequest) ProtoMessage() {}
+
+func (x *TimestampRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimestampRequest.ProtoReflect.Descriptor instead.
+func (*TimestampRequest) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TimestampRequest) GetSignatures() [][]byte {
+	if x != nil {
+		return x.Signatures
+	}
+	return nil
+}
+
+type TimestampResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// timestamps are DER TimeStampResp, one per signature, in request order:
+	// message imprint SHA-256 of the signature, signed by the log's
+	// timestamp authority, embedding its certificate.
+	Timestamps [][]byte `protobuf:"bytes,1,rep,name=timestamps,proto3" json:"timestamps,omitempty"`
+	// tsa_chain is the timestamp authority's certificate chain, DER, leaf
+	// first: what the trusted root lists under timestampAuthorities.
+	TsaChain      [][]byte `protobuf:"bytes,2,rep,name=tsa_chain,json=tsaChain,proto3" json:"tsa_chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TimestampResponse) Reset() {
+	*x = TimestampResponse{}
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TimestampResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TimestampResponse) ProtoMessage() {}
+
+func (x *TimestampResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TimestampResponse.ProtoReflect.Descriptor instead.
+func (*TimestampResponse) Descriptor() ([]byte, []int) {
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TimestampResponse) GetTimestamps() [][]byte {
+	if x != nil {
+		return x.Timestamps
+	}
+	return nil
+}
+
+func (x *TimestampResponse) GetTsaChain() [][]byte {
+	if x != nil {
+		return x.TsaChain
+	}
+	return nil
+}
+
 type SubmitEntriesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Results       []*LogEntryResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
@@ -521,7 +637,7 @@ type SubmitEntriesResponse struct {
 
 func (x *SubmitEntriesResponse) Reset() {
 	*x = SubmitEntriesResponse{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[9]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +649,7 @@ func (x *SubmitEntriesResponse) String() string {
 func (*SubmitEntriesResponse) ProtoMessage() {}
 
 func (x *SubmitEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[9]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +662,7 @@ func (x *SubmitEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntriesResponse.ProtoReflect.Descriptor instead.
 func (*SubmitEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubmitEntriesResponse) GetResults() []*LogEntryResult {
@@ -564,10 +680,11 @@ type LogEntryResult struct {
 	TlogEntry []byte `protobuf:"bytes,1,opt,name=tlog_entry,json=tlogEntry,proto3" json:"tlog_entry,omitempty"`
 	// error says why the entry was refused; refusals are final.
 	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
-	// signed_timestamp is the RFC 3161 timestamp (DER TimeStampResp) the
-	// server's timestamp authority granted the envelope's signature when the
-	// log accepted it; it goes into the bundle's
-	// timestampVerificationData.rfc3161Timestamps. Empty when error is set.
+	// signed_timestamp is the entry's RFC 3161 timestamp (DER
+	// TimeStampResp): the one submitted with it, or the one the log's
+	// timestamp authority granted when it accepted an entry without one; it
+	// goes into the bundle's timestampVerificationData.rfc3161Timestamps.
+	// Empty when error is set.
 	SignedTimestamp []byte `protobuf:"bytes,3,opt,name=signed_timestamp,json=signedTimestamp,proto3" json:"signed_timestamp,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -575,7 +692,7 @@ type LogEntryResult struct {
 
 func (x *LogEntryResult) Reset() {
 	*x = LogEntryResult{}
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[10]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +704,7 @@ func (x *LogEntryResult) String() string {
 func (*LogEntryResult) ProtoMessage() {}
 
 func (x *LogEntryResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hallmark_server_v1_agent_proto_msgTypes[10]
+	mi := &file_hallmark_server_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +717,7 @@ func (x *LogEntryResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogEntryResult.ProtoReflect.Descriptor instead.
 func (*LogEntryResult) Descriptor() ([]byte, []int) {
-	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_hallmark_server_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LogEntryResult) GetTlogEntry() []byte {
@@ -657,21 +774,32 @@ const file_hallmark_server_v1_agent_proto_rawDesc = "" +
 	"\x05steps\x18\x05 \x03(\tR\x05steps\x12'\n" +
 	"\x0fworkspace_roots\x18\x06 \x03(\tR\x0eworkspaceRoots\"S\n" +
 	"\x14SubmitEntriesRequest\x12;\n" +
-	"\aentries\x18\x01 \x03(\v2!.hallmark.server.v1.LogSubmissionR\aentries\"M\n" +
+	"\aentries\x18\x01 \x03(\v2!.hallmark.server.v1.LogSubmissionR\aentries\"k\n" +
 	"\rLogSubmission\x12\x1a\n" +
 	"\benvelope\x18\x01 \x01(\fR\benvelope\x12 \n" +
-	"\vcertificate\x18\x02 \x01(\fR\vcertificate\"U\n" +
+	"\vcertificate\x18\x02 \x01(\fR\vcertificate\x12\x1c\n" +
+	"\ttimestamp\x18\x03 \x01(\fR\ttimestamp\"2\n" +
+	"\x10TimestampRequest\x12\x1e\n" +
+	"\n" +
+	"signatures\x18\x01 \x03(\fR\n" +
+	"signatures\"P\n" +
+	"\x11TimestampResponse\x12\x1e\n" +
+	"\n" +
+	"timestamps\x18\x01 \x03(\fR\n" +
+	"timestamps\x12\x1b\n" +
+	"\ttsa_chain\x18\x02 \x03(\fR\btsaChain\"U\n" +
 	"\x15SubmitEntriesResponse\x12<\n" +
 	"\aresults\x18\x01 \x03(\v2\".hallmark.server.v1.LogEntryResultR\aresults\"p\n" +
 	"\x0eLogEntryResult\x12\x1d\n" +
 	"\n" +
 	"tlog_entry\x18\x01 \x01(\fR\ttlogEntry\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12)\n" +
-	"\x10signed_timestamp\x18\x03 \x01(\fR\x0fsignedTimestamp2\xcc\x03\n" +
+	"\x10signed_timestamp\x18\x03 \x01(\fR\x0fsignedTimestamp2\xa6\x04\n" +
 	"\fAgentService\x12\x82\x01\n" +
 	"\x17IssueSigningCertificate\x122.hallmark.server.v1.IssueSigningCertificateRequest\x1a3.hallmark.server.v1.IssueSigningCertificateResponse\x12X\n" +
 	"\tGetPolicy\x12$.hallmark.server.v1.GetPolicyRequest\x1a%.hallmark.server.v1.GetPolicyResponse\x12d\n" +
-	"\rSubmitEntries\x12(.hallmark.server.v1.SubmitEntriesRequest\x1a).hallmark.server.v1.SubmitEntriesResponse\x12w\n" +
+	"\rSubmitEntries\x12(.hallmark.server.v1.SubmitEntriesRequest\x1a).hallmark.server.v1.SubmitEntriesResponse\x12X\n" +
+	"\tTimestamp\x12$.hallmark.server.v1.TimestampRequest\x1a%.hallmark.server.v1.TimestampResponse\x12w\n" +
 	"\x17WatchSigningAuthorities\x122.hallmark.server.v1.WatchSigningAuthoritiesRequest\x1a&.hallmark.server.v1.SigningAuthorities0\x01BDZBgithub.com/hallmark-dev/hallmark/proto/hallmark/server/v1;serverv1b\x06proto3"
 
 var (
@@ -686,7 +814,7 @@ func file_hallmark_server_v1_agent_proto_rawDescGZIP() []byte {
 	return file_hallmark_server_v1_agent_proto_rawDescData
 }
 
-var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_hallmark_server_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_hallmark_server_v1_agent_proto_goTypes = []any{
 	(*WatchSigningAuthoritiesRequest)(nil),  // 0: hallmark.server.v1.WatchSigningAuthoritiesRequest
 	(*SigningAuthorities)(nil),              // 1: hallmark.server.v1.SigningAuthorities
@@ -697,25 +825,29 @@ var file_hallmark_server_v1_agent_proto_goTypes = []any{
 	(*PolicyRule)(nil),                      // 6: hallmark.server.v1.PolicyRule
 	(*SubmitEntriesRequest)(nil),            // 7: hallmark.server.v1.SubmitEntriesRequest
 	(*LogSubmission)(nil),                   // 8: hallmark.server.v1.LogSubmission
-	(*SubmitEntriesResponse)(nil),           // 9: hallmark.server.v1.SubmitEntriesResponse
-	(*LogEntryResult)(nil),                  // 10: hallmark.server.v1.LogEntryResult
-	(*timestamppb.Timestamp)(nil),           // 11: google.protobuf.Timestamp
+	(*TimestampRequest)(nil),                // 9: hallmark.server.v1.TimestampRequest
+	(*TimestampResponse)(nil),               // 10: hallmark.server.v1.TimestampResponse
+	(*SubmitEntriesResponse)(nil),           // 11: hallmark.server.v1.SubmitEntriesResponse
+	(*LogEntryResult)(nil),                  // 12: hallmark.server.v1.LogEntryResult
+	(*timestamppb.Timestamp)(nil),           // 13: google.protobuf.Timestamp
 }
 var file_hallmark_server_v1_agent_proto_depIdxs = []int32{
-	11, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 0: hallmark.server.v1.IssueSigningCertificateResponse.expires_at:type_name -> google.protobuf.Timestamp
 	6,  // 1: hallmark.server.v1.GetPolicyResponse.rules:type_name -> hallmark.server.v1.PolicyRule
 	8,  // 2: hallmark.server.v1.SubmitEntriesRequest.entries:type_name -> hallmark.server.v1.LogSubmission
-	10, // 3: hallmark.server.v1.SubmitEntriesResponse.results:type_name -> hallmark.server.v1.LogEntryResult
+	12, // 3: hallmark.server.v1.SubmitEntriesResponse.results:type_name -> hallmark.server.v1.LogEntryResult
 	2,  // 4: hallmark.server.v1.AgentService.IssueSigningCertificate:input_type -> hallmark.server.v1.IssueSigningCertificateRequest
 	4,  // 5: hallmark.server.v1.AgentService.GetPolicy:input_type -> hallmark.server.v1.GetPolicyRequest
 	7,  // 6: hallmark.server.v1.AgentService.SubmitEntries:input_type -> hallmark.server.v1.SubmitEntriesRequest
-	0,  // 7: hallmark.server.v1.AgentService.WatchSigningAuthorities:input_type -> hallmark.server.v1.WatchSigningAuthoritiesRequest
-	3,  // 8: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
-	5,  // 9: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
-	9,  // 10: hallmark.server.v1.AgentService.SubmitEntries:output_type -> hallmark.server.v1.SubmitEntriesResponse
-	1,  // 11: hallmark.server.v1.AgentService.WatchSigningAuthorities:output_type -> hallmark.server.v1.SigningAuthorities
-	8,  // [8:12] is the sub-list for method output_type
-	4,  // [4:8] is the sub-list for method input_type
+	9,  // 7: hallmark.server.v1.AgentService.Timestamp:input_type -> hallmark.server.v1.TimestampRequest
+	0,  // 8: hallmark.server.v1.AgentService.WatchSigningAuthorities:input_type -> hallmark.server.v1.WatchSigningAuthoritiesRequest
+	3,  // 9: hallmark.server.v1.AgentService.IssueSigningCertificate:output_type -> hallmark.server.v1.IssueSigningCertificateResponse
+	5,  // 10: hallmark.server.v1.AgentService.GetPolicy:output_type -> hallmark.server.v1.GetPolicyResponse
+	11, // 11: hallmark.server.v1.AgentService.SubmitEntries:output_type -> hallmark.server.v1.SubmitEntriesResponse
+	10, // 12: hallmark.server.v1.AgentService.Timestamp:output_type -> hallmark.server.v1.TimestampResponse
+	1,  // 13: hallmark.server.v1.AgentService.WatchSigningAuthorities:output_type -> hallmark.server.v1.SigningAuthorities
+	9,  // [9:14] is the sub-list for method output_type
+	4,  // [4:9] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -732,7 +864,7 @@ func file_hallmark_server_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hallmark_server_v1_agent_proto_rawDesc), len(file_hallmark_server_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

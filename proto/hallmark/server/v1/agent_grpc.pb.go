@@ -25,6 +25,7 @@ const (
 	AgentService_IssueSigningCertificate_FullMethodName = "/hallmark.server.v1.AgentService/IssueSigningCertificate"
 	AgentService_GetPolicy_FullMethodName               = "/hallmark.server.v1.AgentService/GetPolicy"
 	AgentService_SubmitEntries_FullMethodName           = "/hallmark.server.v1.AgentService/SubmitEntries"
+	AgentService_Timestamp_FullMethodName               = "/hallmark.server.v1.AgentService/Timestamp"
 	AgentService_WatchSigningAuthorities_FullMethodName = "/hallmark.server.v1.AgentService/WatchSigningAuthorities"
 )
 
@@ -47,10 +48,19 @@ type AgentServiceClient interface {
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
 	// SubmitEntries appends signed envelopes to the transparency log. Each
 	// is accepted only if its DSSE signature is valid, its certificate chains
-	// to a signing CA the server knows and was valid at the integrated time,
-	// and the certificate names the calling agent. Submitting an entry again
-	// returns the existing one. Results come in request order.
+	// to a signing CA the server knows and was valid at the check time (the
+	// genTime of the entry's timestamp, or the integrated time for an entry
+	// without one), and the certificate names the calling agent. Submitting
+	// an entry again returns the existing one. Results come in request
+	// order.
 	SubmitEntries(ctx context.Context, in *SubmitEntriesRequest, opts ...grpc.CallOption) (*SubmitEntriesResponse, error)
+	// Timestamp grants RFC 3161 timestamps from the log's timestamp
+	// authority to DSSE signatures an agent has just made, before it hands
+	// them out: the time the log later checks the entry at. It needs
+	// neither the store nor the key manager, so a server answers it while
+	// its store is down. Agents coalesce concurrent attestations into one
+	// call.
+	Timestamp(ctx context.Context, in *TimestampRequest, opts ...grpc.CallOption) (*TimestampResponse, error)
 	// WatchSigningAuthorities streams the signing CAs agents must stop using:
 	// the current set when the call starts, then the whole set again each
 	// time it changes. An agent whose signing certificate comes from one of
@@ -97,6 +107,16 @@ func (c *agentServiceClient) SubmitEntries(ctx context.Context, in *SubmitEntrie
 	return out, nil
 }
 
+func (c *agentServiceClient) Timestamp(ctx context.Context, in *TimestampRequest, opts ...grpc.CallOption) (*TimestampResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TimestampResponse)
+	err := c.cc.Invoke(ctx, AgentService_Timestamp_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentServiceClient) WatchSigningAuthorities(ctx context.Context, in *WatchSigningAuthoritiesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SigningAuthorities], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &AgentService_ServiceDesc.Streams[0], AgentService_WatchSigningAuthorities_FullMethodName, cOpts...)
@@ -135,10 +155,19 @@ type AgentServiceServer interface {
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
 	// SubmitEntries appends signed envelopes to the transparency log. Each
 	// is accepted only if its DSSE signature is valid, its certificate chains
-	// to a signing CA the server knows and was valid at the integrated time,
-	// and the certificate names the calling agent. Submitting an entry again
-	// returns the existing one. Results come in request order.
+	// to a signing CA the server knows and was valid at the check time (the
+	// genTime of the entry's timestamp, or the integrated time for an entry
+	// without one), and the certificate names the calling agent. Submitting
+	// an entry again returns the existing one. Results come in request
+	// order.
 	SubmitEntries(context.Context, *SubmitEntriesRequest) (*SubmitEntriesResponse, error)
+	// Timestamp grants RFC 3161 timestamps from the log's timestamp
+	// authority to DSSE signatures an agent has just made, before it hands
+	// them out: the time the log later checks the entry at. It needs
+	// neither the store nor the key manager, so a server answers it while
+	// its store is down. Agents coalesce concurrent attestations into one
+	// call.
+	Timestamp(context.Context, *TimestampRequest) (*TimestampResponse, error)
 	// WatchSigningAuthorities streams the signing CAs agents must stop using:
 	// the current set when the call starts, then the whole set again each
 	// time it changes. An agent whose signing certificate comes from one of
@@ -163,6 +192,9 @@ func (UnimplementedAgentServiceServer) GetPolicy(context.Context, *GetPolicyRequ
 }
 func (UnimplementedAgentServiceServer) SubmitEntries(context.Context, *SubmitEntriesRequest) (*SubmitEntriesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitEntries not implemented")
+}
+func (UnimplementedAgentServiceServer) Timestamp(context.Context, *TimestampRequest) (*TimestampResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Timestamp not implemented")
 }
 func (UnimplementedAgentServiceServer) WatchSigningAuthorities(*WatchSigningAuthoritiesRequest, grpc.ServerStreamingServer[SigningAuthorities]) error {
 	return status.Error(codes.Unimplemented, "method WatchSigningAuthorities not implemented")
@@ -242,6 +274,24 @@ func _AgentService_SubmitEntries_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentService_Timestamp_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TimestampRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServiceServer).Timestamp(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentService_Timestamp_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServiceServer).Timestamp(ctx, req.(*TimestampRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AgentService_WatchSigningAuthorities_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchSigningAuthoritiesRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -271,6 +321,10 @@ var AgentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SubmitEntries",
 			Handler:    _AgentService_SubmitEntries_Handler,
+		},
+		{
+			MethodName: "Timestamp",
+			Handler:    _AgentService_Timestamp_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
