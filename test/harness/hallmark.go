@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -135,7 +136,10 @@ type AgentOptions struct {
 	// SPIREExtra is added to the spire workload attestor's block (e.g.
 	// `attest = "unix_selectors"`).
 	SPIREExtra string
-	Echo       io.Writer
+	// LogLevel is the agent's log_level: "debug" when empty (tests read
+	// its logs); benchmarks use "info", as a deployment does.
+	LogLevel string
+	Echo     io.Writer
 }
 
 // StartAgent writes a configuration for bin under dir/name and starts it,
@@ -171,7 +175,7 @@ func (sp *SPIRE) StartAgent(ctx context.Context, bin, dir, name string, o AgentO
   data_dir            = %q
   %s
   %s
-  log_level           = "debug"
+  log_level           = %q
 }
 
 workload_attestor "unix" {}
@@ -181,7 +185,7 @@ workload_attestor "spire" {
   %s
 }
 %s
-`, addr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, sp.AdminAPIAddr(), o.SPIREExtra, policyBlock(o.Policy))
+`, addr, o.ServerID, sp.WorkloadAPIAddr(), "%HEALTH%", socket, filepath.Join(dir, name, "data"), group, o.Extra, cmp.Or(o.LogLevel, "debug"), sp.AdminAPIAddr(), o.SPIREExtra, policyBlock(o.Policy))
 	s := &Service{notReady: o.NotReady, env: o.Env, Socket: socket}
 	return s.start(ctx, bin, dir, name, conf, o.Echo)
 }

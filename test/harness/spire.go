@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -37,6 +38,9 @@ type SPIRE struct {
 type SPIREOptions struct {
 	// Echo receives the SPIRE processes' output as well as their log files.
 	Echo io.Writer
+	// LogLevel of the SPIRE server and agent: "DEBUG" when empty (tests
+	// read their logs); benchmarks use "INFO", as a deployment does.
+	LogLevel string
 }
 
 // FindSPIRE locates spire-server and spire-agent: first in the repository's
@@ -160,6 +164,7 @@ func StartSPIRE(ctx context.Context, root, dir string, opts SPIREOptions) (s *SP
 	serverConf := filepath.Join(dir, "spire-server.conf")
 	conf := fmt.Sprintf(spireServerConf, port, s.ServerSocket, TrustDomain,
 		filepath.Join(dir, "server-data"), filepath.Join(dir, "server-data", "datastore.sqlite3"))
+	conf = withLogLevel(conf, opts.LogLevel)
 	if err := os.WriteFile(serverConf, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -200,6 +205,7 @@ func StartSPIRE(ctx context.Context, root, dir string, opts SPIREOptions) (s *SP
 	agentConf := filepath.Join(dir, "spire-agent.conf")
 	conf = fmt.Sprintf(spireAgentConf, filepath.Join(dir, "agent-data"), port, s.AgentSocket, s.BundlePath, TrustDomain, token,
 		s.AdminSocket, AgentID)
+	conf = withLogLevel(conf, opts.LogLevel)
 	if err := os.WriteFile(agentConf, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -354,4 +360,13 @@ func run(ctx context.Context, bin string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("%s %s: %w: %s", filepath.Base(bin), strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return string(out), nil
+}
+
+// withLogLevel sets a SPIRE configuration's log_level (DEBUG in the
+// templates) to level, when not empty.
+func withLogLevel(conf, level string) string {
+	if level == "" {
+		return conf
+	}
+	return regexp.MustCompile(`(?m)^(\s*log_level\s*=\s*)"DEBUG"`).ReplaceAllString(conf, `${1}"`+level+`"`)
 }

@@ -46,6 +46,9 @@ type StackOptions struct {
 	SocketGroup string
 	// SPIREExtra is added to the agent's spire workload attestor block.
 	SPIREExtra string
+	// Quiet runs SPIRE and hallmark-agent at info level, as deployments
+	// do, instead of debug (benchmarks: debug logging costs CPU per call).
+	Quiet bool
 }
 
 // Stack is SPIRE plus one hallmark-server and one hallmark-agent.
@@ -77,7 +80,7 @@ func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err
 	if st.Bins, err = BuildBinaries(ctx, root, filepath.Join(dir, "bin")); err != nil {
 		return nil, err
 	}
-	if st.SPIRE, err = StartSPIRE(ctx, root, dir, SPIREOptions{Echo: o.Echo}); err != nil {
+	if st.SPIRE, err = StartSPIRE(ctx, root, dir, SPIREOptions{Echo: o.Echo, LogLevel: o.spireLogLevel()}); err != nil {
 		return nil, err
 	}
 	ttl := o.SVIDTTL
@@ -105,6 +108,7 @@ func StartStack(ctx context.Context, dir string, o StackOptions) (st *Stack, err
 	if st.Agent, err = st.SPIRE.StartAgent(ctx, st.Bins.Agent, dir, "hallmark-agent", AgentOptions{
 		ServerAddr: st.Server.ServerAddr(), ServerID: ServerID.String(), Echo: o.Echo,
 		Policy: policy, Env: o.AgentEnv, SocketGroup: o.SocketGroup, Extra: o.AgentExtra, SPIREExtra: o.SPIREExtra,
+		LogLevel: o.agentLogLevel(),
 	}); err != nil {
 		return nil, err
 	}
@@ -135,4 +139,18 @@ func (st *Stack) Close() error {
 // socket paths that must stay under 108 bytes.
 func ShortTempDir(prefix string) (string, error) {
 	return os.MkdirTemp("/tmp", prefix)
+}
+
+func (o StackOptions) spireLogLevel() string {
+	if o.Quiet {
+		return "INFO"
+	}
+	return ""
+}
+
+func (o StackOptions) agentLogLevel() string {
+	if o.Quiet {
+		return "info"
+	}
+	return ""
 }

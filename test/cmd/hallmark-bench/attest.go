@@ -61,7 +61,7 @@ func benchAttest(ctx context.Context, dir string) ([]Result, error) {
     steps           = ["bench"]
     workspace_roots = [%q]
   }`, benchCallerID, filepath.Join(dir, "ws"))
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }})
+	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }, Quiet: true})
 	if err != nil {
 		return nil, err
 	}

@@ -63,7 +63,7 @@ func benchFresh(ctx context.Context, dir string) ([]Result, error) {
     steps           = ["build"]
     workspace_roots = [%q]
   }`, freshStepID, ws)
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }})
+	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }, Quiet: true})
 	if err != nil {
 		return nil, err
 	}
