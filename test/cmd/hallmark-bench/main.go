@@ -163,6 +163,6 @@ const selectorsAgentConf = "attest = \"unix_selectors\"\n  discover_workload_pat
 func startSelectorsAgent(ctx context.Context, st *harness.Stack, dir, policy string) (*harness.Service, error) {
 	return st.SPIRE.StartAgent(ctx, st.Bins.Agent, dir, "hallmark-agent-selectors", harness.AgentOptions{
 		ServerAddr: st.Server.ServerAddr(), ServerID: harness.ServerID.String(),
-		Policy: policy, SPIREExtra: selectorsAgentConf, LogLevel: "info",
+		Policy: policy, SPIREExtra: selectorsAgentConf, LogLevel: "info", Extra: benchAgentLimits,
 	})
 }
