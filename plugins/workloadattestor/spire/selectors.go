@@ -114,14 +114,7 @@ func (a *SelectorAttestor) Attest(ctx context.Context, c workloadattestor.Caller
 
 // selectors are the caller's selectors of type "unix", sorted.
 func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error) {
-	uid, gid := strconv.FormatUint(uint64(c.UID), 10), strconv.FormatUint(uint64(c.GID), 10)
-	sels := []string{"uid:" + uid, "gid:" + gid}
-	if u, err := user.LookupId(uid); err == nil {
-		sels = append(sels, "user:"+u.Username)
-	}
-	if g, err := user.LookupGroupId(gid); err == nil {
-		sels = append(sels, "group:"+g.Name)
-	}
+	sels := c.IDSelectors()
 	for _, sg := range c.Groups {
 		id := strconv.FormatUint(uint64(sg), 10)
 		sels = append(sels, "supplementary_gid:"+id)

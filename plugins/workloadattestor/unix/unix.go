@@ -7,8 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/user"
-	"strconv"
 
 	"github.com/hashicorp/hcl/v2"
 
@@ -65,13 +63,9 @@ func New(cfg Config, digests *exedigest.Cache) *Attestor {
 // names resolve), unix:path (the executable) and, when configured,
 // unix:sha256.
 func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
-	uid, gid := strconv.FormatUint(uint64(c.UID), 10), strconv.FormatUint(uint64(c.GID), 10)
-	sel := []string{"unix:uid:" + uid, "unix:gid:" + gid}
-	if u, err := user.LookupId(uid); err == nil {
-		sel = append(sel, "unix:user:"+u.Username)
-	}
-	if g, err := user.LookupGroupId(gid); err == nil {
-		sel = append(sel, "unix:group:"+g.Name)
+	var sel []string
+	for _, s := range c.IDSelectors() {
+		sel = append(sel, "unix:"+s)
 	}
 	exeLink := fmt.Sprintf("%s/%d/exe", a.proc, c.PID)
 	path, err := os.Readlink(exeLink)
