@@ -189,6 +189,21 @@ func workspaceError(dir string, err error) error {
 	return fmt.Errorf("measure: workspace %q: %w", dir, err)
 }
 
+// openComponent opens name in dirfd as itself (O_PATH, never following
+// a link) and returns its descriptor and what fstat says of it.
+func openComponent(dirfd int, name string) (int, unix.Stat_t, error) {
+	var st unix.Stat_t
+	fd, err := unix.Openat(dirfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, st, err
+	}
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, st, err
+	}
+	return fd, st, nil
+}
+
 // openInRoot opens dir, clean and absolute, as a directory from rootfd as
 // if rootfd were "/", following no symbolic or magic link and crossing
 // mount points as the caller's mount namespace has them. It fails with
@@ -222,14 +237,9 @@ func openInRoot(rootfd int, dir string) (int, error) {
 		if c == "" {
 			continue
 		}
-		fd, err := unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		fd, st, err := openComponent(cur, c)
 		unix.Close(cur)
 		if err != nil {
-			return -1, err
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
 			return -1, err
 		}
 		switch st.Mode & unix.S_IFMT {

@@ -207,13 +207,8 @@ func (r *resolver) openSlow(rel string, flags int) (int, error) {
 			stack = stack[:len(stack)-1]
 			continue
 		}
-		fd, err := unix.Openat(cur(), c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		fd, st, err := openComponent(cur(), c)
 		if err != nil {
-			return -1, err
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
 			return -1, err
 		}
 		switch st.Mode & unix.S_IFMT {
