@@ -56,26 +56,12 @@ func benchAttest(ctx context.Context, dir string) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	policy := fmt.Sprintf(`rule "bench" {
-    spiffe_ids      = [%q]
-    steps           = ["bench"]
-    workspace_roots = [%q]
-  }`, benchCallerID, filepath.Join(dir, "ws"))
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }, Quiet: true, AgentExtra: benchAgentLimits})
+	st, sel, stop, err := benchStacks(ctx, dir, benchCallerID, "bench", filepath.Join(dir, "ws"), func(*harness.Stack) string { return self })
 	if err != nil {
 		return nil, err
 	}
-	defer st.Close()
-	sel, err := startSelectorsAgent(ctx, st, dir, policy)
-	if err != nil {
-		return nil, err
-	}
-	defer sel.Stop()
-	id := spiffeid.RequireFromString(benchCallerID)
-	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: id, Binary: self}); err != nil {
-		return nil, err
-	}
-	if _, err := st.SPIRE.WaitForIdentities(ctx, id); err != nil {
+	defer stop()
+	if _, err := st.SPIRE.WaitForIdentities(ctx, spiffeid.RequireFromString(benchCallerID)); err != nil {
 		return nil, err
 	}
 	ws := filepath.Join(dir, "ws")

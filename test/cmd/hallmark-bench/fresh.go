@@ -13,8 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
@@ -58,26 +56,13 @@ const freshStepID = "spiffe://example.org/bench/step"
 // one (built here, static), started the same way in the same rounds.
 func benchFresh(ctx context.Context, dir string) ([]Result, error) {
 	ws := filepath.Join(dir, "ws")
-	policy := fmt.Sprintf(`rule "steps" {
-    spiffe_ids      = [%q]
-    steps           = ["build"]
-    workspace_roots = [%q]
-  }`, freshStepID, ws)
-	st, err := harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }, Quiet: true})
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	sel, err := startSelectorsAgent(ctx, st, dir, policy)
-	if err != nil {
-		return nil, err
-	}
-	defer sel.Stop()
 	// The step is the hallmark CLI as a build runs it: SPIRE knows it by
 	// its user and executable path.
-	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: spiffeid.RequireFromString(freshStepID), Binary: st.Bins.CLI}); err != nil {
+	st, sel, stop, err := benchStacks(ctx, dir, freshStepID, "build", ws, func(st *harness.Stack) string { return st.Bins.CLI })
+	if err != nil {
 		return nil, err
 	}
+	defer stop()
 	for _, d := range []string{ws, filepath.Join(dir, "out")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err

@@ -24,6 +24,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
@@ -156,6 +158,32 @@ func printLogAppendStores(results []Result) {
 // whose spire attestor derives the caller's unix selectors itself (as the
 // harness's SPIRE agent's unix attestor, discover_workload_path = true).
 const selectorsAgentConf = "attest = \"unix_selectors\"\n  discover_workload_path = true"
+
+// benchStacks starts the stack the attest and fresh figures run on, with
+// SPIRE and hallmark-agent at info level and benchAgentLimits, an agent
+// with attest = "unix_selectors" beside its own (attest = "pid"), both
+// granting step in ws to callerID, and registers the program binary
+// names in SPIRE as callerID. stop ends both agents and the stack.
+func benchStacks(ctx context.Context, dir, callerID, step, ws string, binary func(*harness.Stack) string) (st *harness.Stack, sel *harness.Service, stop func(), err error) {
+	policy := fmt.Sprintf(`rule "bench" {
+    spiffe_ids      = [%q]
+    steps           = [%q]
+    workspace_roots = [%q]
+  }`, callerID, step, ws)
+	if st, err = harness.StartStack(ctx, dir, harness.StackOptions{Policy: func(string) string { return policy }, Quiet: true, AgentExtra: benchAgentLimits}); err != nil {
+		return nil, nil, nil, err
+	}
+	if sel, err = startSelectorsAgent(ctx, st, dir, policy); err != nil {
+		st.Close()
+		return nil, nil, nil, err
+	}
+	stop = func() { sel.Stop(); st.Close() }
+	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: spiffeid.RequireFromString(callerID), Binary: binary(st)}); err != nil {
+		stop()
+		return nil, nil, nil, err
+	}
+	return st, sel, stop, nil
+}
 
 // startSelectorsAgent starts, beside st's agent (attest = "pid"), a second
 // hallmark-agent on the same SPIRE and server with attest =
