@@ -130,8 +130,25 @@ func TestWatchedHandshakeRefusesEarlyRequests(t *testing.T) {
 	require.NoError(t, err)
 	srv := grpc.NewServer(grpc.Creds(Credentials()))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
+
+	// A client that sends a request at once is cut off before it is read.
+	// It connects and writes before the server accepts, so its bytes are
+	// queued before the connection is watched: the case the check is for
+	// (bytes written after the accept are covered by the exec watch).
+	raw, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer raw.Close()
+	headers := []byte{0, 0, 1, 0x1, 0x4, 0, 0, 0, 1, 0x82} // HEADERS, stream 1, ":method: GET"
+	_, err = raw.Write(append([]byte(http2Preface+"\x00\x00\x00\x04\x00\x00\x00\x00\x00"), headers...))
+	require.NoError(t, err)
+
 	go srv.Serve(l) //nolint:errcheck // stopped by the cleanup
 	t.Cleanup(srv.Stop)
+
+	require.NoError(t, raw.SetReadDeadline(time.Now().Add(10*time.Second)))
+	n, err := raw.Read(make([]byte, 64))
+	require.Zero(t, n, "the server greeted a client that sent a request before its greeting")
+	require.Error(t, err)
 
 	// gRPC's client waits for the server's greeting.
 	cc, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(Credentials()))
@@ -141,18 +158,6 @@ func TestWatchedHandshakeRefusesEarlyRequests(t *testing.T) {
 	defer cancel()
 	_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
 	require.NoError(t, err)
-
-	// A client that sends a request at once is cut off before it is read.
-	raw, err := net.Dial("unix", path)
-	require.NoError(t, err)
-	defer raw.Close()
-	headers := []byte{0, 0, 1, 0x1, 0x4, 0, 0, 0, 1, 0x82} // HEADERS, stream 1, ":method: GET"
-	_, err = raw.Write(append([]byte(http2Preface+"\x00\x00\x00\x04\x00\x00\x00\x00\x00"), headers...))
-	require.NoError(t, err)
-	require.NoError(t, raw.SetReadDeadline(time.Now().Add(10*time.Second)))
-	n, err := raw.Read(make([]byte, 64))
-	require.Zero(t, n, "the server greeted a client that sent a request before its greeting")
-	require.Error(t, err)
 }
 
 func TestHTTP2Greeting(t *testing.T) {
