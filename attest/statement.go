@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hallmark-dev/hallmark/attest/claims"
 )
 
 const (
@@ -76,8 +78,8 @@ type GitSource struct {
 
 // Limits on what a caller may claim (Step.CallerClaims).
 const (
-	MaxCallerClaims     = 32
-	MaxCallerClaimBytes = 1024
+	MaxCallerClaims     = claims.MaxClaims
+	MaxCallerClaimBytes = claims.MaxClaimBytes
 )
 
 // Step is everything the agent knows about one attested step.
@@ -270,34 +272,10 @@ func checkStep(s Step) error {
 
 // CheckCallerClaims bounds what a caller may have recorded as its claim
 // (Step.CallerClaims).
-func CheckCallerClaims(claims map[string]string) error {
-	if len(claims) > MaxCallerClaims {
-		return fmt.Errorf("attest: %d caller claims, at most %d", len(claims), MaxCallerClaims)
-	}
-	for k, v := range claims {
-		if !ValidClaimKey(k) {
-			return fmt.Errorf("attest: caller claim key %.64q: use 1-64 of a-z, 0-9 and _, starting with a letter", k)
-		}
-		if len(v) > MaxCallerClaimBytes || !utf8.ValidString(v) {
-			return fmt.Errorf("attest: caller claim %s: value longer than %d bytes or not UTF-8", k, MaxCallerClaimBytes)
-		}
-	}
-	return nil
-}
+func CheckCallerClaims(c map[string]string) error { return claims.Check(c) }
 
 // ValidClaimKey reports whether k may name a caller claim.
-func ValidClaimKey(k string) bool {
-	if len(k) == 0 || len(k) > 64 || k[0] < 'a' || k[0] > 'z' {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '_' {
-			return false
-		}
-	}
-	return true
-}
+func ValidClaimKey(k string) bool { return claims.ValidKey(k) }
 
 func claimsMap(claims map[string]string) map[string]any {
 	out := make(map[string]any, len(claims))

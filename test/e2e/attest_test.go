@@ -232,45 +232,62 @@ func TestAttestUnregisteredUID(t *testing.T) {
 	}
 	ws := workspace(t, map[string]string{"out": "x"})
 	out := filepath.Join(t.TempDir(), "bundle.json")
-	cmd := exec.Command(stack.Bins.CLI, "attest", "--socket", stack.Agent.Socket, "--step", "build",
-		"--workspace", ws, "--product", "out", "--out", out)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	output, err := cmd.CombinedOutput()
-	require.Error(t, err, "output: %s", output)
-	require.Contains(t, string(output), "refused: no policy rule matches a caller with no SPIFFE ID (selectors unix:uid:65534")
-	require.NoFileExists(t, out)
+	var cmd *exec.Cmd
+	for _, cli := range [][]string{{stack.Bins.CLI, "attest"}, {stack.Bins.Attest}} {
+		cmd = exec.Command(cli[0], append(cli[1:], "--socket", stack.Agent.Socket, "--step", "build",
+			"--workspace", ws, "--product", "out", "--out", out)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		output, err := cmd.CombinedOutput()
+		require.Error(t, err, "output: %s", output)
+		require.Contains(t, string(output), "refused: no policy rule matches a caller with no SPIFFE ID (selectors unix:uid:65534", cli[0])
+		require.NoFileExists(t, out)
+	}
 
 	who := exec.Command(stack.Bins.CLI, "whoami", "--socket", stack.Agent.Socket)
 	who.SysProcAttr = cmd.SysProcAttr
-	output, err = who.CombinedOutput()
+	output, err := who.CombinedOutput()
 	require.NoError(t, err, "output: %s", output)
 	require.Contains(t, string(output), "allowed:     nothing")
 }
 
-// The CLI runs a command and attests its products; the bundle lands in --out.
+// The CLI runs a command and attests its products; the bundle lands in
+// --out. `hallmark attest` and the light hallmark-attest behave alike.
 func TestAttestCLI(t *testing.T) {
 	t.Parallel()
-	ws := workspace(t, map[string]string{"in.txt": "hello"})
-	out := filepath.Join(ws, "build.hallmark.json")
-	cmd := exec.Command(stack.Bins.CLI, "attest", "--socket", stack.Agent.Socket, "--step", "build",
-		"--material", "in.txt", "--product", "out.txt", "--out", out, "--", "sh", "-c", "tr a-z A-Z < in.txt > out.txt")
-	cmd.Dir = ws
-	output, err := cmd.CombinedOutput()
-	require.NoError(t, err, "output: %s", output)
-	require.FileExists(t, out)
-	b, err := os.ReadFile(out)
-	require.NoError(t, err)
-	require.Contains(t, string(b), "dsseEnvelope")
+	for _, cli := range [][]string{{stack.Bins.CLI, "attest"}, {stack.Bins.Attest}} {
+		t.Run(filepath.Base(cli[0]), func(t *testing.T) {
+			attest := func(args ...string) *exec.Cmd {
+				return exec.Command(cli[0], append(append(cli[1:], "--socket", stack.Agent.Socket), args...)...)
+			}
+			ws := workspace(t, map[string]string{"in.txt": "hello"})
+			out := filepath.Join(ws, "build.hallmark.json")
+			cmd := attest("--step", "build", "--material", "in.txt", "--product", "out.txt", "--out", out,
+				"--", "sh", "-c", "tr a-z A-Z < in.txt > out.txt")
+			cmd.Dir = ws
+			output, err := cmd.CombinedOutput()
+			require.NoError(t, err, "output: %s", output)
+			require.FileExists(t, out)
+			b, err := os.ReadFile(out)
+			require.NoError(t, err)
+			require.Contains(t, string(b), "dsseEnvelope")
+			require.Contains(t, string(output), "attested step build (1 products")
 
-	// A failing command is not attested, and its exit code is kept.
-	cmd = exec.Command(stack.Bins.CLI, "attest", "--socket", stack.Agent.Socket, "--step", "test",
-		"--product", "out.txt", "--out", filepath.Join(ws, "t.json"), "--", "sh", "-c", "exit 7")
-	cmd.Dir = ws
-	output, err = cmd.CombinedOutput()
-	var ee *exec.ExitError
-	require.ErrorAs(t, err, &ee)
-	require.Equal(t, 7, ee.ExitCode(), "output: %s", output)
-	require.NoFileExists(t, filepath.Join(ws, "t.json"))
+			// A failing command is not attested, and its exit code is kept.
+			cmd = attest("--step", "test", "--product", "out.txt", "--out", filepath.Join(ws, "t.json"), "--", "sh", "-c", "exit 7")
+			cmd.Dir = ws
+			output, err = cmd.CombinedOutput()
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee)
+			require.Equal(t, 7, ee.ExitCode(), "output: %s", output)
+			require.NoFileExists(t, filepath.Join(ws, "t.json"))
+
+			// A usage error names the flag.
+			output, err = attest("--product", "out.txt").CombinedOutput()
+			require.ErrorAs(t, err, &ee)
+			require.Equal(t, 2, ee.ExitCode())
+			require.Contains(t, string(output), "--step is required")
+		})
+	}
 }
 
 // --- helpers ---

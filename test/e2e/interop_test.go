@@ -55,7 +55,8 @@ func TestInteropVerifiers(t *testing.T) {
 
 	ws := workspace(t, map[string]string{"src.c": "int main(void) { return 3; }"})
 	bundle := filepath.Join(ws, "build.hallmark.json")
-	cmd := exec.Command(stack.Bins.CLI, "attest", "--socket", stack.Agent.Socket, "--step", "build", "--wait-log",
+	// The light step client, as build steps run it.
+	cmd := exec.Command(stack.Bins.Attest, "--socket", stack.Agent.Socket, "--step", "build", "--wait-log",
 		"--product", "app", "--out", bundle, "--", "cp", "src.c", "app")
 	cmd.Dir = ws
 	output, err := cmd.CombinedOutput()

@@ -85,17 +85,19 @@ func runMain(m *testing.M) int {
 	return code
 }
 
-// registerBuilders gives this test binary and the hallmark CLI the
-// builder identity that the agent's policy grants steps to, and waits
-// until both are known by it: each entry reaches the SPIRE agent at its
-// own sync, so the test binary's SVID says nothing about the CLI's.
+// registerBuilders gives this test binary, hallmark-attest and the
+// hallmark CLI the builder identity that the agent's policy grants steps
+// to, and waits until all are known by it: each entry reaches the SPIRE
+// agent at its own sync, so the test binary's SVID says nothing about the
+// CLI's. hallmark-attest's entry is made before the CLI's, so it is
+// synced once the CLI's is.
 func registerBuilders(ctx context.Context, stack *harness.Stack) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	id := spiffeid.RequireFromString(builderID)
-	for _, bin := range []string{self, stack.Bins.CLI} {
+	for _, bin := range []string{self, stack.Bins.Attest, stack.Bins.CLI} {
 		if err := stack.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: id, Binary: bin, X509SVIDTTL: time.Hour}); err != nil {
 			return err
 		}

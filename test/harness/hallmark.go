@@ -24,6 +24,7 @@ type Binaries struct {
 	Server string // hallmark-server
 	Agent  string // hallmark-agent
 	CLI    string // hallmark
+	Attest string // hallmark-attest: `hallmark attest` alone, light to start
 }
 
 // BuildBinaries builds ./cmd/... from root into dir.
@@ -38,6 +39,7 @@ func BuildBinaries(ctx context.Context, root, dir string) (Binaries, error) {
 		Server: filepath.Join(dir, "hallmark-server"),
 		Agent:  filepath.Join(dir, "hallmark-agent"),
 		CLI:    filepath.Join(dir, "hallmark"),
+		Attest: filepath.Join(dir, "hallmark-attest"),
 	}, nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
@@ -28,8 +30,10 @@ var freshConcurrency = []int{1, 16}
 const freshStepID = "spiffe://example.org/bench/step"
 
 // benchFresh measures what a build step feels: each step a fresh
-// `hallmark attest --step build --product P -- true` process, started the
-// way a CI runner starts a step, against the bare command (`true`) started
+// `hallmark-attest --step build --product P -- true` process (the light
+// step client the docs give build steps; `hallmark attest`, the same code
+// in the full CLI, is measured beside it), started the way a CI runner
+// starts a step, against the bare command (`true`) started
 // the same way in the same run, at 1 and 16 concurrent steps, on the real
 // stack (SPIRE server and agent, hallmark-server, hallmark-agent with the
 // spire and unix workload attestors). Every step is identified afresh: a
@@ -44,8 +48,8 @@ const freshStepID = "spiffe://example.org/bench/step"
 // unchanged executables, the subscription for the same selectors) are what
 // a busy runner has.
 //
-// Rounds alternate the bare command, the step and the step with
-// --wait-log, so that other load on the machine weighs on all alike; each
+// Rounds alternate the bare command, an empty Go program, the step, the
+// step with --wait-log and the step through `hallmark attest`, so that other load on the machine weighs on all alike; each
 // figure is the median over rounds. Added latency at a quantile is the
 // step's quantile minus the bare command's quantile in the same round.
 // CPU per step is Hallmark's whole cost on the runner: the CLI process
@@ -56,13 +60,17 @@ const freshStepID = "spiffe://example.org/bench/step"
 // one (built here, static), started the same way in the same rounds.
 func benchFresh(ctx context.Context, dir string) ([]Result, error) {
 	ws := filepath.Join(dir, "ws")
-	// The step is the hallmark CLI as a build runs it: SPIRE knows it by
-	// its user and executable path.
-	st, sel, stop, err := benchStacks(ctx, dir, freshStepID, "build", ws, func(st *harness.Stack) string { return st.Bins.CLI })
+	// The step is hallmark-attest as a build runs it: SPIRE knows it by
+	// its user and executable path; the full CLI (`hallmark attest`) gets
+	// the same identity by its own path, to be measured beside it.
+	st, sel, stop, err := benchStacks(ctx, dir, freshStepID, "build", ws, func(st *harness.Stack) string { return st.Bins.Attest })
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
+	if err := st.SPIRE.CreateEntry(ctx, harness.Entry{SPIFFEID: spiffeid.RequireFromString(freshStepID), Binary: st.Bins.CLI}); err != nil {
+		return nil, err
+	}
 	for _, d := range []string{ws, filepath.Join(dir, "out")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -88,15 +96,19 @@ func benchFresh(ctx context.Context, dir string) ([]Result, error) {
 			continue
 		}
 		r := &stepRunner{
-			mode: m.mode, cli: st.Bins.CLI, bare: bare, empty: empty, ws: ws, out: filepath.Join(dir, "out"),
+			mode: m.mode, light: st.Bins.Attest, cli: st.Bins.CLI, bare: bare, empty: empty, ws: ws, out: filepath.Join(dir, "out"),
 			env:  append(os.Environ(), "HALLMARK_AGENT_SOCKET="+m.agent.Socket),
 			pids: []int{m.agent.Pid(), st.SPIRE.AgentPid()},
 		}
-		// The entry takes a SPIRE sync to reach the agent: warm up until
-		// a step is attested.
+		// The entries take a SPIRE sync to reach the agent: warm up
+		// until a step is attested by each client.
 		if err := harness.WaitFor(ctx, "a fresh step to be attested ("+m.mode+")", 90*time.Second, func() error {
-			_, err := r.step(ctx, 0, false)
-			return err
+			for _, k := range []stepKind{kindStep, kindFullCLI} {
+				if _, _, err := r.stepCPU(ctx, 0, k); err != nil {
+					return err
+				}
+			}
+			return nil
 		}); err != nil {
 			return nil, err
 		}
@@ -144,21 +156,22 @@ type stepKind int
 const (
 	kindBare    stepKind = iota // the command alone
 	kindEmptyGo                 // an empty Go program
-	kindStep                    // hallmark attest ... -- the command
+	kindStep                    // hallmark-attest ... -- the command
 	kindWaitLog                 // the same with --wait-log
+	kindFullCLI                 // hallmark attest ... -- the command
 	kinds
 )
 
 func (k stepKind) String() string {
-	return [...]string{"bare command", "empty Go program", "hallmark attest", "hallmark attest --wait-log"}[k]
+	return [...]string{"bare command", "empty Go program", "hallmark-attest", "hallmark-attest --wait-log", "hallmark attest"}[k]
 }
 
 // stepRunner starts steps.
 type stepRunner struct {
-	mode                      string // the agent's spire attest mode, as figures name it
-	cli, bare, empty, ws, out string
-	env                       []string
-	pids                      []int // hallmark-agent, SPIRE agent
+	mode                             string // the agent's spire attest mode, as figures name it
+	light, cli, bare, empty, ws, out string
+	env                              []string
+	pids                             []int // hallmark-agent, SPIRE agent
 }
 
 // stepRun is one run's outcome.
@@ -204,7 +217,7 @@ func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun
 				case kindEmptyGo:
 					d, cpu, err = r.exec(ctx, exec.CommandContext(ctx, r.empty))
 				default:
-					d, cpu, err = r.stepCPU(ctx, w, k == kindWaitLog)
+					d, cpu, err = r.stepCPU(ctx, w, k)
 				}
 				if err != nil {
 					mu.Lock()
@@ -229,19 +242,18 @@ func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun
 	return out, nil
 }
 
-// step runs one attested step as worker w and returns its latency.
-func (r *stepRunner) step(ctx context.Context, w int, waitLog bool) (time.Duration, error) {
-	d, _, err := r.stepCPU(ctx, w, waitLog)
-	return d, err
-}
-
-func (r *stepRunner) stepCPU(ctx context.Context, w int, waitLog bool) (time.Duration, time.Duration, error) {
-	args := []string{"attest", "--step", "build", "--product", "P", "--out", filepath.Join(r.out, fmt.Sprintf("w%d.json", w))}
-	if waitLog {
+// stepCPU runs one attested step of kind k as worker w and returns its
+// latency and CPU.
+func (r *stepRunner) stepCPU(ctx context.Context, w int, k stepKind) (time.Duration, time.Duration, error) {
+	bin, args := r.light, []string{"--step", "build", "--product", "P", "--out", filepath.Join(r.out, fmt.Sprintf("w%d.json", w))}
+	switch k {
+	case kindWaitLog:
 		args = append(args, "--wait-log")
+	case kindFullCLI:
+		bin, args = r.cli, append([]string{"attest"}, args...)
 	}
 	args = append(args, "--", "true")
-	cmd := exec.CommandContext(ctx, r.cli, args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir, cmd.Env = r.ws, r.env
 	return r.exec(ctx, cmd)
 }
@@ -270,7 +282,7 @@ func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, ti
 // freshResults turns the rounds (runs, by kind) into figures: medians
 // over rounds, the targets of issue #15 on the 16-step figures.
 func freshResults(mode string, n int, runs [][]stepRun) []Result {
-	bare, empty, step, wait := runs[kindBare], runs[kindEmptyGo], runs[kindStep], runs[kindWaitLog]
+	bare, empty, step, wait, full := runs[kindBare], runs[kindEmptyGo], runs[kindStep], runs[kindWaitLog], runs[kindFullCLI]
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	added := func(runs []stepRun, q float64) (float64, float64) {
 		var a, f []time.Duration
@@ -280,7 +292,7 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 		}
 		return ms(median(a)), ms(median(f))
 	}
-	var cpu, bareCPU, emptyCPU, cli, agent, spire []time.Duration
+	var cpu, bareCPU, emptyCPU, cli, agent, spire, fullCPU, fullCLI []time.Duration
 	for i, s := range step {
 		b := bare[i].perStep(bare[i].own)
 		bareCPU = append(bareCPU, b)
@@ -289,23 +301,29 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 		agent = append(agent, s.perStep(s.agent))
 		spire = append(spire, s.perStep(s.spire))
 		cpu = append(cpu, s.perStep(s.own+s.agent+s.spire)-b)
+		f := full[i]
+		fullCPU = append(fullCPU, f.perStep(f.own+f.agent+f.spire)-b)
+		fullCLI = append(fullCLI, f.perStep(f.own)-b)
 	}
 	suffix := fmt.Sprintf("_%s_c%d", mode, n)
 	p50, f50 := added(step, 0.50)
 	p99, f99 := added(step, 0.99)
 	w50, wf50 := added(wait, 0.50)
+	c50, cf50 := added(full, 0.50)
 	res := []Result{
 		{Name: "fresh_added_p50" + suffix, Value: p50, Unit: "ms", Floor: f50},
 		{Name: "fresh_added_p99" + suffix, Value: p99, Unit: "ms", Floor: f99},
 		{Name: "fresh_cpu_per_step" + suffix, Value: ms(median(cpu)), Unit: "ms", Floor: ms(median(bareCPU))},
 		{Name: "fresh_cli_cpu_per_step" + suffix, Value: ms(median(cli)), Unit: "ms", Floor: ms(median(emptyCPU))},
 		{Name: "fresh_waitlog_added_p50" + suffix, Value: w50, Unit: "ms", Floor: wf50},
+		{Name: "fresh_full_cli_added_p50" + suffix, Value: c50, Unit: "ms", Floor: cf50},
+		{Name: "fresh_full_cli_cpu_per_step" + suffix, Value: ms(median(fullCPU)), Unit: "ms", Floor: ms(median(bareCPU))},
 	}
 	if n == 16 {
 		res[0].Max, res[1].Max, res[2].Max, res[4].Max = 10, 30, 5, 20
 	}
-	fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent, CPU per step (medians over %d rounds): hallmark CLI %.2f ms beyond the command (an empty Go program: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
-		mode, n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
+	fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent, CPU per step (medians over %d rounds): hallmark-attest %.2f ms beyond the command (an empty Go program: %.2f ms; hallmark attest: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
+		mode, n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(fullCLI)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
 	return res
 }
 

@@ -224,19 +224,23 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 	if err := os.WriteFile(filepath.Join(ws, "main.c"), []byte("int main(void) { return 0; }\n"), 0o644); err != nil {
 		return err
 	}
-	hallmark := func(args ...string) *exec.Cmd {
-		c := exec.CommandContext(ctx, st.Bins.CLI, args...)
+	run := func(bin string, args ...string) *exec.Cmd {
+		c := exec.CommandContext(ctx, bin, args...)
 		c.Dir = ws
 		c.Env = append(os.Environ(), "HALLMARK_AGENT_SOCKET="+st.Agent.Socket)
 		c.Stdout, c.Stderr = os.Stdout, os.Stdout
 		return c
 	}
+	hallmark := func(args ...string) *exec.Cmd { return run(st.Bins.CLI, args...) }
+	// Build steps call hallmark-attest: `hallmark attest` flag for flag,
+	// quick to start.
+	hallmarkAttest := func(args ...string) *exec.Cmd { return run(st.Bins.Attest, args...) }
 	step("How the agent sees this shell's user: hallmark whoami")
 	if err := hallmark("whoami").Run(); err != nil {
 		return err
 	}
-	step("A build step, attested and logged: hallmark attest --wait-log --step build --material main.c --product dist -- sh -c '...'")
-	build := hallmark("attest", "--wait-log", "--step", "build", "--material", "main.c", "--product", "dist", "--out", "build.hallmark.json",
+	step("A build step, attested and logged: hallmark-attest --wait-log --step build --material main.c --product dist -- sh -c '...'")
+	build := hallmarkAttest("--wait-log", "--step", "build", "--material", "main.c", "--product", "dist", "--out", "build.hallmark.json",
 		"--", "sh", "-c", "mkdir -p dist && cp main.c dist/app && echo built > dist/VERSION")
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("attest build: %w", err)
@@ -244,8 +248,8 @@ func attestWalkthrough(ctx context.Context, st *harness.Stack) error {
 	if err := summarizeBundle(filepath.Join(ws, "build.hallmark.json"), ws); err != nil {
 		return err
 	}
-	step("A step outside policy is refused, with the reason: hallmark attest --step deploy ...")
-	deploy := hallmark("attest", "--step", "deploy", "--product", "dist", "--out", "deploy.hallmark.json")
+	step("A step outside policy is refused, with the reason: hallmark-attest --step deploy ...")
+	deploy := hallmarkAttest("--step", "deploy", "--product", "dist", "--out", "deploy.hallmark.json")
 	if err := deploy.Run(); err == nil {
 		return errors.New("the deploy step was attested, but policy does not allow it")
 	}

@@ -1,7 +1,6 @@
-package main
+package attestcmd
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
@@ -9,10 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/term"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+	"github.com/hallmark-dev/hallmark/internal/agentclient"
 )
 
 // progressMode is the value of --progress: when hashing progress shows.
@@ -61,7 +58,7 @@ type progressDisplay struct {
 
 	width   int       // of the line on the terminal, 0 when none
 	printed time.Time // when the last plain line was written
-	last    *agentv1.AttestProgress
+	last    *agentclient.Progress
 	lastOut bool // last was written
 }
 
@@ -80,10 +77,10 @@ func newProgressDisplay(w io.Writer, tty bool, mode progressMode, now func() tim
 }
 
 // update shows p, if it is time to.
-func (d *progressDisplay) update(p *agentv1.AttestProgress) {
+func (d *progressDisplay) update(p agentclient.Progress) {
 	now := d.now()
-	d.last, d.lastOut = p, false
-	complete := p.GetFilesDone() >= p.GetFilesTotal() && p.GetBytesDone() >= p.GetBytesTotal()
+	d.last, d.lastOut = &p, false
+	complete := p.FilesDone >= p.FilesTotal && p.BytesDone >= p.BytesTotal
 	switch {
 	case now.Sub(d.start) < d.delay:
 		return
@@ -110,26 +107,26 @@ func (d *progressDisplay) finish() {
 		fmt.Fprintf(d.w, "\r%s\r", strings.Repeat(" ", d.width))
 		d.width = 0
 	case !d.tty && d.last != nil && !d.lastOut && !d.printed.IsZero():
-		fmt.Fprintln(d.w, progressLine(d.last))
+		fmt.Fprintln(d.w, progressLine(*d.last))
 		d.lastOut = true
 	}
 }
 
 // progressLine is one report, short enough for an 80-column terminal.
-func progressLine(p *agentv1.AttestProgress) string {
+func progressLine(p agentclient.Progress) string {
 	files := "files"
-	if p.GetFilesTotal() == 1 {
+	if p.FilesTotal == 1 {
 		files = "file"
 	}
-	if p.GetFilesDone() >= p.GetFilesTotal() && p.GetBytesDone() >= p.GetBytesTotal() {
-		return fmt.Sprintf("hallmark: hashed %s in %d %s", bytesIEC(p.GetBytesTotal()), p.GetFilesTotal(), files)
+	if p.FilesDone >= p.FilesTotal && p.BytesDone >= p.BytesTotal {
+		return fmt.Sprintf("hallmark: hashed %s in %d %s", bytesIEC(p.BytesTotal), p.FilesTotal, files)
 	}
 	pct := 100
-	if t := p.GetBytesTotal(); t > 0 {
-		pct = int(min(p.GetBytesDone(), t) * 100 / t)
+	if t := p.BytesTotal; t > 0 {
+		pct = int(min(p.BytesDone, t) * 100 / t)
 	}
 	return fmt.Sprintf("hallmark: hashing %3d%% %s of %s, %d/%d %s",
-		pct, bytesIEC(p.GetBytesDone()), bytesIEC(p.GetBytesTotal()), p.GetFilesDone(), p.GetFilesTotal(), files)
+		pct, bytesIEC(p.BytesDone), bytesIEC(p.BytesTotal), p.FilesDone, p.FilesTotal, files)
 }
 
 // bytesIEC formats n bytes with a binary prefix: 999 B, 1.5 KiB, 300.0 MiB.
@@ -150,38 +147,4 @@ func bytesIEC(n int64) string {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
-}
-
-// attestStep asks the agent to attest req, showing its progress on d; a
-// nil d makes the plain unary call. An agent without AttestStepStream
-// (older than this CLI) is asked with AttestStep instead: a stream it
-// does not know signs nothing.
-func attestStep(ctx context.Context, client agentv1.WorkloadServiceClient, req *agentv1.AttestStepRequest, d *progressDisplay) (*agentv1.AttestStepResponse, error) {
-	if d == nil {
-		return client.AttestStep(ctx, req)
-	}
-	defer d.finish()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := client.AttestStepStream(ctx, req)
-	for err == nil {
-		var msg *agentv1.AttestStepStreamResponse
-		if msg, err = stream.Recv(); err != nil {
-			break
-		}
-		switch ev := msg.GetEvent().(type) {
-		case *agentv1.AttestStepStreamResponse_Progress:
-			d.update(ev.Progress)
-		case *agentv1.AttestStepStreamResponse_Result:
-			return ev.Result, nil
-		}
-	}
-	if status.Code(err) == codes.Unimplemented {
-		d.finish()
-		return client.AttestStep(ctx, req)
-	}
-	if err == io.EOF {
-		err = status.Error(codes.Internal, "the agent ended the stream without a result")
-	}
-	return nil, err
 }

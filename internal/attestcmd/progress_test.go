@@ -1,8 +1,11 @@
-package main
+package attestcmd
 
 import (
 	"bytes"
 	"context"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -13,13 +16,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hallmark-dev/hallmark/internal/agentclient"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
 const mib = 1 << 20
 
-func report(filesDone, filesTotal, mibDone, mibTotal int64) *agentv1.AttestProgress {
-	return &agentv1.AttestProgress{FilesDone: filesDone, FilesTotal: filesTotal, BytesDone: mibDone * mib, BytesTotal: mibTotal * mib}
+func report(filesDone, filesTotal, mibDone, mibTotal int64) agentclient.Progress {
+	return agentclient.Progress{FilesDone: filesDone, FilesTotal: filesTotal, BytesDone: mibDone * mib, BytesTotal: mibTotal * mib}
 }
 
 // Must show: what the display writes, given whether stderr is a terminal,
@@ -29,7 +33,7 @@ func TestProgressDisplay(t *testing.T) {
 	// A hash of 300 MiB in 3 files, reported every 150 ms, done at 900 ms.
 	slow := []struct {
 		at time.Duration
-		p  *agentv1.AttestProgress
+		p  agentclient.Progress
 	}{
 		{150 * time.Millisecond, report(0, 3, 40, 300)},
 		{300 * time.Millisecond, report(0, 3, 90, 300)},
@@ -97,15 +101,15 @@ func TestProgressDisplay(t *testing.T) {
 
 func TestProgressLine(t *testing.T) {
 	for _, tc := range []struct {
-		p    *agentv1.AttestProgress
+		p    agentclient.Progress
 		want string
 	}{
-		{&agentv1.AttestProgress{FilesTotal: 1, BytesDone: 512, BytesTotal: 1024}, "hallmark: hashing  50% 512 B of 1.0 KiB, 0/1 file"},
-		{&agentv1.AttestProgress{FilesDone: 1, FilesTotal: 1, BytesDone: 1536, BytesTotal: 1536}, "hallmark: hashed 1.5 KiB in 1 file"},
-		{&agentv1.AttestProgress{FilesDone: 2, FilesTotal: 2}, "hallmark: hashed 0 B in 2 files"},
-		{&agentv1.AttestProgress{FilesTotal: 9, BytesDone: 3 << 40, BytesTotal: 12 << 40}, "hallmark: hashing  25% 3.0 TiB of 12.0 TiB, 0/9 files"},
+		{agentclient.Progress{FilesTotal: 1, BytesDone: 512, BytesTotal: 1024}, "hallmark: hashing  50% 512 B of 1.0 KiB, 0/1 file"},
+		{agentclient.Progress{FilesDone: 1, FilesTotal: 1, BytesDone: 1536, BytesTotal: 1536}, "hallmark: hashed 1.5 KiB in 1 file"},
+		{agentclient.Progress{FilesDone: 2, FilesTotal: 2}, "hallmark: hashed 0 B in 2 files"},
+		{agentclient.Progress{FilesTotal: 9, BytesDone: 3 << 40, BytesTotal: 12 << 40}, "hallmark: hashing  25% 3.0 TiB of 12.0 TiB, 0/9 files"},
 		// A file that grew after the walk: never past 100%.
-		{&agentv1.AttestProgress{FilesDone: 0, FilesTotal: 2, BytesDone: 30, BytesTotal: 20}, "hallmark: hashing 100% 30 B of 20 B, 0/2 files"},
+		{agentclient.Progress{FilesDone: 0, FilesTotal: 2, BytesDone: 30, BytesTotal: 20}, "hallmark: hashing 100% 30 B of 20 B, 0/2 files"},
 	} {
 		require.Equal(t, tc.want, progressLine(tc.p))
 	}
@@ -151,8 +155,10 @@ func (f *fakeStreamAgent) AttestStepStream(_ *agentv1.AttestStepRequest, s agent
 // call when nothing is to be shown, and treats a stream without a result
 // as an error.
 func TestAttestStepCall(t *testing.T) {
-	progress := func(p *agentv1.AttestProgress) *agentv1.AttestStepStreamResponse {
-		return &agentv1.AttestStepStreamResponse{Event: &agentv1.AttestStepStreamResponse_Progress{Progress: p}}
+	progress := func(p agentclient.Progress) *agentv1.AttestStepStreamResponse {
+		return &agentv1.AttestStepStreamResponse{Event: &agentv1.AttestStepStreamResponse_Progress{Progress: &agentv1.AttestProgress{
+			FilesDone: p.FilesDone, FilesTotal: p.FilesTotal, BytesDone: p.BytesDone, BytesTotal: p.BytesTotal,
+		}}}
 	}
 	result := &agentv1.AttestStepStreamResponse{Event: &agentv1.AttestStepStreamResponse_Result{Result: &agentv1.AttestStepResponse{InvocationId: "streamed"}}}
 	for _, tc := range []struct {
@@ -173,23 +179,39 @@ func TestAttestStepCall(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, tc.agent) })
-			client, closeConn, err := dialAgent(socket)
+			client, err := agentclient.Dial(context.Background(), socket)
 			require.NoError(t, err)
-			defer closeConn()
+			defer client.Close()
 			var out bytes.Buffer
 			var d *progressDisplay
 			if tc.display {
 				d = newProgressDisplay(&out, false, progressAlways, time.Now)
 			}
-			resp, err := attestStep(context.Background(), client, &agentv1.AttestStepRequest{Step: "build"}, d)
+			resp, err := attestStep(context.Background(), client, &agentclient.AttestStepRequest{Step: "build"}, d)
 			if tc.wantErr != "" {
 				require.ErrorContains(t, err, tc.wantErr)
 			} else {
 				require.NoError(t, err)
-				require.Equal(t, tc.wantID, resp.GetInvocationId())
+				require.Equal(t, tc.wantID, resp.InvocationID)
 			}
 			require.Equal(t, tc.wantUnary, tc.agent.unary)
 			require.Equal(t, tc.wantOut, out.String())
 		})
 	}
+}
+
+// serveUnix serves a gRPC server on a fresh unix socket until the test ends.
+func serveUnix(t *testing.T, register func(*grpc.Server)) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "s.sock")
+	ln, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	register(srv)
+	go srv.Serve(ln) //nolint:errcheck // stopped below
+	t.Cleanup(srv.Stop)
+	return path
 }

@@ -1,10 +1,10 @@
-package main
+package attestcmd
 
 import (
 	"fmt"
 	"strings"
 
-	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/claims"
 )
 
 // ciEnvironments map the CI context that only the caller knows to caller
@@ -28,28 +28,28 @@ var ciEnvironments = []struct {
 // callerClaims gathers the CI's context from the environment (lookup) and
 // adds the --claim KEY=VALUE flags, which win.
 func callerClaims(lookup func(string) (string, bool), flags []string) (map[string]string, error) {
-	claims := map[string]string{}
+	found := map[string]string{}
 	for _, ci := range ciEnvironments {
 		if v, ok := lookup(ci.detect); !ok || v == "" || v == "false" {
 			continue
 		}
-		claims["ci"] = ci.name
+		found["ci"] = ci.name
 		for _, c := range ci.claims {
 			if v, ok := lookup(c[1]); ok && v != "" {
-				claims[c[0]] = v
+				found[c[0]] = v
 			}
 		}
 		break
 	}
 	for _, f := range flags {
 		k, v, ok := strings.Cut(f, "=")
-		if !ok || !attest.ValidClaimKey(k) {
+		if !ok || !claims.ValidKey(k) {
 			return nil, fmt.Errorf("--claim %q: want KEY=VALUE, KEY 1-64 of a-z, 0-9 and _ starting with a letter", f)
 		}
-		claims[k] = v
+		found[k] = v
 	}
-	if err := attest.CheckCallerClaims(claims); err != nil {
+	if err := claims.Check(found); err != nil {
 		return nil, err
 	}
-	return claims, nil
+	return found, nil
 }

@@ -1,0 +1,23 @@
+// Command hallmark-attest is `hallmark attest` alone, flag for flag, in a
+// binary a build step starts in a few milliseconds: it links no gRPC
+// runtime, no CLI framework and no verification code
+// (internal/attestcmd, internal/agentclient).
+//
+//	hallmark-attest --step build --product out/app -- make app
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hallmark-dev/hallmark/internal/attestcmd"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := attestcmd.Run(ctx, "hallmark-attest", os.Args[1:], attestcmd.OSEnv())
+	stop()
+	os.Exit(code)
+}

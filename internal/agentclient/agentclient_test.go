@@ -1,0 +1,315 @@
+package agentclient
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/internal/peercred"
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+)
+
+func TestMaxMessageBytes(t *testing.T) {
+	require.Equal(t, 4*attest.MaxBundleSize, MaxMessageBytes)
+}
+
+// Must show: the hand-written encoding is the schema's, both ways, as the
+// generated types read and write it.
+func TestMessagesMatchTheSchema(t *testing.T) {
+	started := time.Date(2026, 12, 5, 17, 0, 0, 123456789, time.UTC)
+	req := &AttestStepRequest{
+		Step: "build", Workspace: "/ws", Products: []string{"out/a", "out/ü"}, Materials: []string{"src"},
+		StartedOn: started, Command: []string{"make", "", "all"}, CallerClaims: map[string]string{"ci": "github", "run_id": "7", "e": ""},
+	}
+	var got agentv1.AttestStepRequest
+	require.NoError(t, proto.Unmarshal(req.marshal(), &got))
+	require.True(t, proto.Equal(&agentv1.AttestStepRequest{
+		Step: "build", Workspace: "/ws", Products: []string{"out/a", "out/ü"}, Materials: []string{"src"},
+		StartedOn: timestamppb.New(started), Command: []string{"make", "", "all"},
+		CallerClaims: map[string]string{"ci": "github", "run_id": "7", "e": ""},
+	}, &got), "%v", &got)
+	require.Equal(t, req.marshal(), req.marshal(), "deterministic")
+
+	var empty agentv1.AttestStepRequest
+	require.NoError(t, proto.Unmarshal((&AttestStepRequest{}).marshal(), &empty))
+	require.Nil(t, empty.StartedOn)
+
+	var gb agentv1.GetBundleRequest
+	require.NoError(t, proto.Unmarshal(marshalGetBundle("inv-1", true), &gb))
+	require.True(t, proto.Equal(&agentv1.GetBundleRequest{InvocationId: "inv-1", Wait: true}, &gb))
+
+	// Answers, with a field this client does not know appended.
+	unknown := protowire.AppendTag(nil, 99, protowire.BytesType)
+	unknown = protowire.AppendString(unknown, "from a newer agent")
+	res := &agentv1.AttestStepResponse{
+		Bundle: []byte(`{"b":1}`), InvocationId: "inv-1", Logged: true,
+		Subjects: []*agentv1.Subject{{Name: "out/a", Sha256: "ab"}, {Name: "out/b", Sha256: "cd"}},
+	}
+	b, err := proto.Marshal(res)
+	require.NoError(t, err)
+	var r AttestStepResponse
+	require.NoError(t, r.unmarshal(append(b, unknown...)))
+	require.Equal(t, AttestStepResponse{
+		Bundle: []byte(`{"b":1}`), InvocationID: "inv-1", Logged: true,
+		Subjects: []Subject{{"out/a", "ab"}, {"out/b", "cd"}},
+	}, r)
+
+	for _, ev := range []*agentv1.AttestStepStreamResponse{
+		{Event: &agentv1.AttestStepStreamResponse_Progress{Progress: &agentv1.AttestProgress{FilesDone: 1, FilesTotal: 2, BytesDone: 3, BytesTotal: 1 << 40}}},
+		{Event: &agentv1.AttestStepStreamResponse_Result{Result: res}},
+	} {
+		b, err := proto.Marshal(ev)
+		require.NoError(t, err)
+		p, r, err := unmarshalStreamEvent(append(b, unknown...))
+		require.NoError(t, err)
+		if want := ev.GetProgress(); want != nil {
+			require.Nil(t, r)
+			require.Equal(t, Progress{1, 2, 3, 1 << 40}, *p)
+		} else {
+			require.Nil(t, p)
+			require.Equal(t, "inv-1", r.InvocationID)
+			require.Len(t, r.Subjects, 2)
+		}
+	}
+
+	b, err = proto.Marshal(&agentv1.GetBundleResponse{Bundle: []byte("x"), Logged: true})
+	require.NoError(t, err)
+	var g GetBundleResponse
+	require.NoError(t, g.unmarshal(b))
+	require.Equal(t, GetBundleResponse{Bundle: []byte("x"), Logged: true}, g)
+
+	// A known field of the wrong wire type, a cut message.
+	bad := protowire.AppendTag(nil, 4, protowire.BytesType)
+	bad = protowire.AppendString(bad, "true")
+	require.ErrorIs(t, r.unmarshal(bad), errMalformed)
+	require.ErrorIs(t, r.unmarshal(b[:len(b)-1]), errMalformed)
+}
+
+// fakeAgent is a WorkloadService on grpc-go, served the way hallmark-agent
+// serves it.
+type fakeAgent struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	got      chan *agentv1.AttestStepRequest
+	stream   []*agentv1.AttestStepStreamResponse
+	unary    *agentv1.AttestStepResponse
+	err      error
+	block    bool
+	bundleOK bool
+	noStream bool // like an agent older than AttestStepStream
+}
+
+func (f *fakeAgent) AttestStep(ctx context.Context, req *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	if f.got != nil {
+		f.got <- req
+	}
+	if f.block {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	return f.unary, nil
+}
+
+func (f *fakeAgent) AttestStepStream(req *agentv1.AttestStepRequest, s agentv1.WorkloadService_AttestStepStreamServer) error {
+	if f.noStream {
+		return status.Error(codes.Unimplemented, "unknown method AttestStepStream for service hallmark.agent.v1.WorkloadService")
+	}
+	if f.got != nil {
+		f.got <- req
+	}
+	for _, m := range f.stream {
+		if err := s.Send(m); err != nil {
+			return err
+		}
+	}
+	return f.err
+}
+
+func (f *fakeAgent) GetBundle(_ context.Context, req *agentv1.GetBundleRequest) (*agentv1.GetBundleResponse, error) {
+	if !f.bundleOK || !req.GetWait() {
+		return nil, status.Error(codes.NotFound, "no such invocation")
+	}
+	return &agentv1.GetBundleResponse{Bundle: []byte("logged:" + req.GetInvocationId()), Logged: true}, nil
+}
+
+// serve serves f behind the agent's own listener and credentials: peer
+// credentials and, when this process may watch execs, the exec watch and
+// its refusal of requests sent before the agent's greeting.
+func serve(t *testing.T, f *fakeAgent) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := peercred.ListenConfig{Path: filepath.Join(dir, "agent.sock"), GID: -1}
+	if w, err := peercred.WatchExecs(); err == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done; w.Close() })
+		cfg.Execs = w
+	} else {
+		t.Logf("without the exec watch: %v", err)
+	}
+	l, err := peercred.Listen(cfg)
+	require.NoError(t, err)
+	srv := grpc.NewServer(grpc.Creds(peercred.Credentials()), grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(1<<30))
+	agentv1.RegisterWorkloadServiceServer(srv, f)
+	go srv.Serve(l) //nolint:errcheck // stopped by the cleanup
+	t.Cleanup(srv.Stop)
+	return cfg.Path
+}
+
+func dial(t *testing.T, socket string) *Client {
+	t.Helper()
+	c, err := Dial(context.Background(), socket)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Must show: the calls a step makes work against grpc-go's server behind
+// the agent's listener, with flow control, large messages both ways,
+// header blocks split over frames, and every status passed through
+// unchanged.
+func TestCallsAgainstGRPC(t *testing.T) {
+	ctx := context.Background()
+	result := &agentv1.AttestStepResponse{Bundle: []byte("bundle"), InvocationId: "inv-1", Subjects: []*agentv1.Subject{{Name: "P", Sha256: "00"}}}
+	progress := &agentv1.AttestStepStreamResponse{Event: &agentv1.AttestStepStreamResponse_Progress{Progress: &agentv1.AttestProgress{FilesTotal: 1, BytesTotal: 5}}}
+
+	t.Run("stream, then GetBundle on the same connection", func(t *testing.T) {
+		f := &fakeAgent{got: make(chan *agentv1.AttestStepRequest, 1), bundleOK: true, stream: []*agentv1.AttestStepStreamResponse{
+			progress, progress, {Event: &agentv1.AttestStepStreamResponse_Result{Result: result}},
+		}}
+		c := dial(t, serve(t, f))
+		var seen []Progress
+		res, err := c.AttestStepStream(ctx, &AttestStepRequest{Step: "build", Products: []string{"P"}}, func(p Progress) { seen = append(seen, p) })
+		require.NoError(t, err)
+		require.Equal(t, "inv-1", res.InvocationID)
+		require.Equal(t, []Progress{{FilesTotal: 1, BytesTotal: 5}, {FilesTotal: 1, BytesTotal: 5}}, seen)
+		require.Equal(t, "build", (<-f.got).GetStep())
+		got, err := c.GetBundle(ctx, "inv-1", true)
+		require.NoError(t, err)
+		require.Equal(t, &GetBundleResponse{Bundle: []byte("logged:inv-1"), Logged: true}, got)
+		_, err = c.GetBundle(ctx, "inv-1", false)
+		require.Equal(t, &Error{Code: NotFound, Message: "no such invocation"}, err)
+	})
+
+	t.Run("a stream without a result", func(t *testing.T) {
+		c := dial(t, serve(t, &fakeAgent{stream: []*agentv1.AttestStepStreamResponse{progress}}))
+		_, err := c.AttestStepStream(ctx, &AttestStepRequest{Step: "build"}, nil)
+		require.Equal(t, Internal, CodeOf(err))
+		require.ErrorContains(t, err, "without a result")
+	})
+
+	t.Run("statuses and messages pass unchanged", func(t *testing.T) {
+		for _, msg := range []string{
+			"refused: no rule allows step build",
+			"100% of 5 files: ünïcode, tab\there, newline\nthere, %41 literal",
+			strings.Repeat("long message; ", 3000), // its header block spans CONTINUATION frames
+		} {
+			c := dial(t, serve(t, &fakeAgent{err: status.Error(codes.PermissionDenied, msg)}))
+			_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+			require.Equal(t, &Error{Code: PermissionDenied, Message: msg}, err)
+			_, err = c.AttestStepStream(ctx, &AttestStepRequest{Step: "build"}, nil)
+			require.Equal(t, &Error{Code: PermissionDenied, Message: msg}, err, "and the connection is still good")
+		}
+	})
+
+	t.Run("an agent without the method", func(t *testing.T) {
+		c := dial(t, serve(t, &fakeAgent{noStream: true}))
+		_, err := c.AttestStepStream(ctx, &AttestStepRequest{Step: "build"}, nil)
+		require.Equal(t, Unimplemented, CodeOf(err))
+	})
+
+	t.Run("large request and answer", func(t *testing.T) {
+		products := make([]string, 40000) // about 2 MiB: many frames, past the agent's windows
+		for i := range products {
+			products[i] = strings.Repeat("p", 40) + "/" + string(rune('a'+i%26))
+		}
+		big := &agentv1.AttestStepResponse{Bundle: make([]byte, 20<<20), InvocationId: "big"}
+		for i := range big.Bundle {
+			big.Bundle[i] = byte(i)
+		}
+		f := &fakeAgent{got: make(chan *agentv1.AttestStepRequest, 1), unary: big}
+		c := dial(t, serve(t, f))
+		res, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build", Products: products})
+		require.NoError(t, err)
+		require.Equal(t, big.Bundle, res.Bundle)
+		require.Equal(t, products, (<-f.got).GetProducts())
+	})
+
+	t.Run("an answer over the limit", func(t *testing.T) {
+		c := dial(t, serve(t, &fakeAgent{unary: &agentv1.AttestStepResponse{Bundle: make([]byte, MaxMessageBytes)}}))
+		_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+		require.Equal(t, ResourceExhausted, CodeOf(err))
+		require.ErrorContains(t, err, "larger than max")
+	})
+
+	t.Run("deadline", func(t *testing.T) {
+		c := dial(t, serve(t, &fakeAgent{block: true}))
+		dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		_, err := c.AttestStep(dctx, &AttestStepRequest{Step: "build"})
+		require.Equal(t, DeadlineExceeded, CodeOf(err))
+		_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+		require.Equal(t, DeadlineExceeded, CodeOf(err), "a connection left mid-call is not used again")
+	})
+
+	t.Run("no agent", func(t *testing.T) {
+		_, err := Dial(ctx, filepath.Join(t.TempDir(), "none.sock"))
+		require.Equal(t, Unavailable, CodeOf(err))
+		require.ErrorContains(t, err, "connection error")
+	})
+
+	t.Run("agent gone mid-call", func(t *testing.T) {
+		dir := t.TempDir()
+		l, err := net.Listen("unix", filepath.Join(dir, "s.sock"))
+		require.NoError(t, err)
+		defer l.Close()
+		go func() {
+			conn, err := l.Accept()
+			if err == nil {
+				conn.Read(make([]byte, 100)) //nolint:errcheck // then gone
+				conn.Close()
+			}
+		}()
+		c := dial(t, filepath.Join(dir, "s.sock"))
+		_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+		require.Equal(t, Unavailable, CodeOf(err))
+		require.ErrorContains(t, err, "connection error")
+	})
+}
+
+func TestDecodeMessage(t *testing.T) {
+	for in, want := range map[string]string{
+		"plain":       "plain",
+		"%25 and %0A": "% and \n",
+		"%C3%BC":      "ü",
+		"bad %zz %":   "bad %zz %",
+		"end %4":      "end %4",
+	} {
+		require.Equal(t, want, decodeMessage(in), in)
+	}
+}
+
+func TestGRPCTimeout(t *testing.T) {
+	require.Equal(t, "1m", grpcTimeout(0))
+	require.Equal(t, "600000m", grpcTimeout(10*time.Minute))
+	require.Equal(t, "100000S", grpcTimeout(100000*time.Second))
+	require.Equal(t, "99999999S", grpcTimeout(1e9*time.Second))
+}

@@ -1,0 +1,70 @@
+package agentclient
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+)
+
+// FuzzAnswer: whatever the socket answers after an HTTP/2 greeting, a
+// call returns (a result or an error) and never panics or hangs.
+func FuzzAnswer(f *testing.F) {
+	settings := "\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+	// HEADERS (stream 1, END_HEADERS) with :status 200 and content-type
+	// application/grpc from HPACK's static table... and a literal.
+	headers := "\x00\x00\x1a\x01\x04\x00\x00\x00\x01\x88\x5f\x10application/grpc"
+	res, _ := proto.Marshal(&agentv1.AttestStepStreamResponse{Event: &agentv1.AttestStepStreamResponse_Result{Result: &agentv1.AttestStepResponse{InvocationId: "i"}}})
+	data := string([]byte{0, 0, byte(5 + len(res)), 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, byte(len(res))}) + string(res)
+	trailers := "\x00\x00\x0f\x01\x05\x00\x00\x00\x01\x40\x0bgrpc-status\x010"
+	f.Add([]byte(settings + headers + data + trailers))
+	f.Add([]byte(settings + headers + trailers))
+	f.Add([]byte(settings + "\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping" + headers))
+	f.Add([]byte(settings + "\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x08"))
+	f.Add([]byte(settings + "\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		client, agent := net.Pipe()
+		defer client.Close()
+		go func() {
+			defer agent.Close()
+			go io.Copy(io.Discard, agent) //nolint:errcheck // ends with the pipe
+			agent.Write(answer)           //nolint:errcheck // the client may be gone
+		}()
+		c, err := newClient(client)
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err = c.AttestStepStream(ctx, &AttestStepRequest{Step: "build"}, func(Progress) {})
+		if err == nil {
+			return
+		}
+		if CodeOf(err) == DeadlineExceeded {
+			// Only an answer that stops short of ending the call may
+			// leave it waiting: the pipe stays open after it.
+			return
+		}
+		if _, ok := err.(*Error); !ok {
+			t.Fatalf("%T is not an *Error: %v", err, err)
+		}
+	})
+}
+
+// FuzzMessages: the decoders of the agent's answers never panic.
+func FuzzMessages(f *testing.F) {
+	b, _ := proto.Marshal(&agentv1.AttestStepResponse{Bundle: []byte("x"), InvocationId: "i", Subjects: []*agentv1.Subject{{Name: "n", Sha256: "s"}}, Logged: true})
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r AttestStepResponse
+		r.unmarshal(b)          //nolint:errcheck // must not panic
+		unmarshalStreamEvent(b) //nolint:errcheck // as above
+		var g GetBundleResponse
+		g.unmarshal(b) //nolint:errcheck // as above
+	})
+}

@@ -1,0 +1,264 @@
+package agentclient
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The messages of hallmark.agent.v1.WorkloadService that a step uses,
+// encoded by hand with protowire (proto/hallmark/agent/v1/workload.proto
+// is the schema; TestMessagesMatchTheSchema checks both directions against
+// the generated types).
+
+// AttestStepRequest is hallmark.agent.v1.AttestStepRequest.
+type AttestStepRequest struct {
+	Step         string
+	Workspace    string
+	Products     []string
+	Materials    []string
+	StartedOn    time.Time // zero: not sent
+	Command      []string
+	CallerClaims map[string]string
+}
+
+// Subject is hallmark.agent.v1.Subject: an attested product.
+type Subject struct {
+	Name   string
+	SHA256 string // lowercase hex
+}
+
+// AttestStepResponse is hallmark.agent.v1.AttestStepResponse.
+type AttestStepResponse struct {
+	Bundle       []byte
+	InvocationID string
+	Subjects     []Subject
+	Logged       bool
+}
+
+// Progress is hallmark.agent.v1.AttestProgress: how far hashing got.
+type Progress struct {
+	FilesDone, FilesTotal int64
+	BytesDone, BytesTotal int64
+}
+
+// GetBundleResponse is hallmark.agent.v1.GetBundleResponse.
+type GetBundleResponse struct {
+	Bundle []byte
+	Logged bool
+}
+
+func (r *AttestStepRequest) marshal() []byte {
+	var b []byte
+	b = appendString(b, 1, r.Step)
+	b = appendString(b, 2, r.Workspace)
+	for _, p := range r.Products {
+		b = protowire.AppendTag(b, 3, protowire.BytesType)
+		b = protowire.AppendString(b, p)
+	}
+	for _, m := range r.Materials {
+		b = protowire.AppendTag(b, 4, protowire.BytesType)
+		b = protowire.AppendString(b, m)
+	}
+	if !r.StartedOn.IsZero() {
+		// google.protobuf.Timestamp: seconds = 1, nanos = 2.
+		var ts []byte
+		if s := r.StartedOn.Unix(); s != 0 {
+			ts = protowire.AppendTag(ts, 1, protowire.VarintType)
+			ts = protowire.AppendVarint(ts, uint64(s))
+		}
+		if n := r.StartedOn.Nanosecond(); n != 0 {
+			ts = protowire.AppendTag(ts, 2, protowire.VarintType)
+			ts = protowire.AppendVarint(ts, uint64(n))
+		}
+		b = protowire.AppendTag(b, 5, protowire.BytesType)
+		b = protowire.AppendBytes(b, ts)
+	}
+	for _, c := range r.Command {
+		b = protowire.AppendTag(b, 6, protowire.BytesType)
+		b = protowire.AppendString(b, c)
+	}
+	// A map is a repeated entry message (key = 1, value = 2), sorted
+	// here so that a request encodes the same every time.
+	keys := make([]string, 0, len(r.CallerClaims))
+	for k := range r.CallerClaims {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		var e []byte
+		e = appendString(e, 1, k)
+		e = appendString(e, 2, r.CallerClaims[k])
+		b = protowire.AppendTag(b, 7, protowire.BytesType)
+		b = protowire.AppendBytes(b, e)
+	}
+	return b
+}
+
+func marshalGetBundle(invocationID string, wait bool) []byte {
+	b := appendString(nil, 1, invocationID)
+	if wait {
+		b = protowire.AppendTag(b, 2, protowire.VarintType)
+		b = protowire.AppendVarint(b, 1)
+	}
+	return b
+}
+
+// appendString appends a singular string field, omitted when empty as
+// proto3 does.
+func appendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendString(b, s)
+}
+
+var errMalformed = errors.New("malformed message")
+
+// fields calls f with each field of the encoded message b; for a field of
+// the bytes wire type, v is its content, otherwise raw holds the value.
+// Unknown fields are f's to skip. It fails on a malformed message.
+func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return fmt.Errorf("%w: %v", errMalformed, protowire.ParseError(n))
+		}
+		b = b[n:]
+		var (
+			v []byte
+			x uint64
+		)
+		switch typ {
+		case protowire.BytesType:
+			v, n = protowire.ConsumeBytes(b)
+		case protowire.VarintType:
+			x, n = protowire.ConsumeVarint(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return fmt.Errorf("%w: field %d: %v", errMalformed, num, protowire.ParseError(n))
+		}
+		b = b[n:]
+		if err := f(num, typ, v, x); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// want checks that a known field has the wire type its schema gives.
+func want(num protowire.Number, typ, w protowire.Type) error {
+	if typ != w {
+		return fmt.Errorf("%w: field %d has wire type %d, want %d", errMalformed, num, typ, w)
+	}
+	return nil
+}
+
+func (r *AttestStepResponse) unmarshal(b []byte) error {
+	*r = AttestStepResponse{}
+	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+		switch num {
+		case 1:
+			r.Bundle = v
+			return want(num, typ, protowire.BytesType)
+		case 2:
+			r.InvocationID = string(v)
+			return want(num, typ, protowire.BytesType)
+		case 3:
+			if err := want(num, typ, protowire.BytesType); err != nil {
+				return err
+			}
+			var s Subject
+			if err := fields(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+				switch num {
+				case 1:
+					s.Name = string(v)
+					return want(num, typ, protowire.BytesType)
+				case 2:
+					s.SHA256 = string(v)
+					return want(num, typ, protowire.BytesType)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			r.Subjects = append(r.Subjects, s)
+		case 4:
+			r.Logged = x != 0
+			return want(num, typ, protowire.VarintType)
+		}
+		return nil
+	})
+}
+
+func (p *Progress) unmarshal(b []byte) error {
+	*p = Progress{}
+	return fields(b, func(num protowire.Number, typ protowire.Type, _ []byte, x uint64) error {
+		var dst *int64
+		switch num {
+		case 1:
+			dst = &p.FilesDone
+		case 2:
+			dst = &p.FilesTotal
+		case 3:
+			dst = &p.BytesDone
+		case 4:
+			dst = &p.BytesTotal
+		default:
+			return nil
+		}
+		*dst = int64(x)
+		return want(num, typ, protowire.VarintType)
+	})
+}
+
+// unmarshalStreamEvent decodes an AttestStepStreamResponse: a progress
+// report or the result (the last event of a oneof wins, as in proto3).
+func unmarshalStreamEvent(b []byte) (*Progress, *AttestStepResponse, error) {
+	var (
+		p   *Progress
+		res *AttestStepResponse
+	)
+	err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		switch num {
+		case 1:
+			if err := want(num, typ, protowire.BytesType); err != nil {
+				return err
+			}
+			p, res = new(Progress), nil
+			return p.unmarshal(v)
+		case 2:
+			if err := want(num, typ, protowire.BytesType); err != nil {
+				return err
+			}
+			p, res = nil, new(AttestStepResponse)
+			return res.unmarshal(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, res, nil
+}
+
+func (r *GetBundleResponse) unmarshal(b []byte) error {
+	*r = GetBundleResponse{}
+	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+		switch num {
+		case 1:
+			r.Bundle = v
+			return want(num, typ, protowire.BytesType)
+		case 2:
+			r.Logged = x != 0
+			return want(num, typ, protowire.VarintType)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,290 @@
+// Package attestcmd is the command a build step runs to have the local
+// agent attest it: `hallmark attest` and the light `hallmark-attest`,
+// which share it flag for flag. It runs the step's command, then asks the
+// agent over its socket (internal/agentclient) and writes the bundle.
+//
+// It links nothing heavy (no grpc-go, no cobra, no verification code): a
+// build step starts it once per step, and its start-up is most of what
+// the step pays for Hallmark (make bench, figure "fresh").
+package attestcmd
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hallmark-dev/hallmark/internal/agentclient"
+)
+
+// DefaultSocket is where the agent listens unless told otherwise.
+const DefaultSocket = "/run/hallmark/agent.sock"
+
+// Usage is the command's synopsis.
+const Usage = "attest --step NAME [--material PATH]... [--product PATH]... [--out FILE] [-- CMD ARGS...]"
+
+// Help is what the command does, for its help text.
+const Help = `With a command, run it (stdio passed through, signals forwarded) and, when
+it succeeds, have the agent attest the step; the exit code is the command's.
+Without one, attest the given products now. The agent measures the files
+itself; paths are relative to the workspace (default: the current directory).
+When the workspace, or a product or material directory, is a git work tree,
+the agent reads the repository itself and records the commit, its tree,
+whether the tree is clean, the branch and the remote URL. CI context (GitHub
+Actions, GitLab CI) and --claim values are recorded as your claim.
+
+While the agent hashes large products, a line on stderr shows how far it
+got: with --progress auto (the default) only when stderr is a terminal and
+hashing takes more than half a second; "always" shows it from the start, as
+plain lines when stderr is not a terminal; "never" shows nothing.`
+
+// Env is what the command reads and writes besides its arguments.
+type Env struct {
+	Stdin          *os.File
+	Stdout, Stderr io.Writer
+	LookupEnv      func(string) (string, bool)
+}
+
+// OSEnv is the process's own.
+func OSEnv() Env {
+	return Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, LookupEnv: os.LookupEnv}
+}
+
+// Run runs the command with args (those after the command's name) and
+// returns the process's exit code: the step command's own when it failed,
+// 2 for a usage error, 1 when the attestation failed, 0 when it is written.
+// name prefixes messages ("hallmark").
+func Run(ctx context.Context, name string, args []string, env Env) int {
+	cfg, err := parse(name, args, env)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	code, err := cfg.run(ctx, env)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
+	}
+	return code
+}
+
+type config struct {
+	name, socket, step, out, workspace string
+	products, materials                []string
+	claims                             map[string]string
+	waitLog                            bool
+	waitTimeout                        time.Duration
+	progress                           progressMode
+	command                            []string
+}
+
+// repeated is a flag that may be given more than once.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+func parse(name string, args []string, env Env) (*config, error) {
+	cfg := &config{name: name, progress: progressAuto}
+	fs := flag.NewFlagSet(name+" attest", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(env.Stderr, "Usage: %s %s\n\n%s\n\nFlags:\n", name, Usage, Help)
+		fs.PrintDefaults()
+	}
+	def, ok := env.LookupEnv("HALLMARK_AGENT_SOCKET")
+	if !ok || def == "" {
+		def = DefaultSocket
+	}
+	var products, materials, claimFlags repeated
+	fs.StringVar(&cfg.socket, "socket", def, "the agent's local API `socket` (env HALLMARK_AGENT_SOCKET)")
+	fs.StringVar(&cfg.step, "step", "", "the step's `name`, as policy grants it")
+	fs.Var(&products, "product", "a file or directory the step produced (repeatable)")
+	fs.Var(&materials, "material", "a file or directory the step consumed (repeatable)")
+	fs.Var(&claimFlags, "claim", "CI context to record as your claim, `KEY=VALUE` (repeatable; GitHub Actions and GitLab CI context is added from the environment)")
+	fs.StringVar(&cfg.out, "out", "", `where to write the bundle (default STEP.hallmark.json; "-" for stdout)`)
+	fs.StringVar(&cfg.workspace, "workspace", "", "the `directory` paths are relative to (default: current directory)")
+	fs.BoolVar(&cfg.waitLog, "wait-log", false, "wait until the attestation is in the transparency log and write the complete bundle")
+	fs.DurationVar(&cfg.waitTimeout, "wait-log-timeout", 2*time.Minute, "how long --wait-log waits")
+	fs.Var(&cfg.progress, "progress", "show hashing progress on stderr: auto (on a terminal, when slow), always or never")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	cfg.products, cfg.materials, cfg.command = products, materials, fs.Args()
+	if cfg.step == "" {
+		return nil, errors.New("--step is required")
+	}
+	if len(cfg.products) == 0 {
+		return nil, errors.New("at least one --product is required")
+	}
+	var err error
+	if cfg.claims, err = callerClaims(env.LookupEnv, claimFlags); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func (cfg *config) run(ctx context.Context, env Env) (int, error) {
+	ws := cfg.workspace
+	if ws == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return 1, err
+		}
+		ws = wd
+	}
+	ws, err := filepath.Abs(ws)
+	if err != nil {
+		return 1, err
+	}
+	// The agent resolves no symbolic link in the workspace: send the
+	// directory's real path, as this process sees it.
+	if ws, err = filepath.EvalSymlinks(ws); err != nil {
+		return 1, fmt.Errorf("--workspace: %w", err)
+	}
+	if !agentclient.IsSocket(cfg.socket) {
+		return 1, fmt.Errorf("no agent at %s: is hallmark-agent running? (set --socket or HALLMARK_AGENT_SOCKET)", cfg.socket)
+	}
+	started := time.Now()
+	if len(cfg.command) > 0 {
+		if code := runCommand(env, cfg.command); code != 0 {
+			fmt.Fprintf(env.Stderr, "%s: %s exited with status %d; step %s not attested\n", cfg.name, cfg.command[0], code, cfg.step)
+			return code, nil
+		}
+	}
+	// Connected once the command is done: the agent closes idle
+	// connections, and a step's command may run for hours.
+	client, err := agentclient.Dial(ctx, cfg.socket)
+	if err != nil {
+		return 1, Explain(cfg.socket, err)
+	}
+	defer client.Close()
+	actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	display := newProgressDisplay(env.Stderr, isTerminal(env.Stderr), cfg.progress, time.Now)
+	resp, err := attestStep(actx, client, &agentclient.AttestStepRequest{
+		Step: cfg.step, Workspace: ws, Products: cfg.products, Materials: cfg.materials,
+		StartedOn: started, Command: cfg.command, CallerClaims: cfg.claims,
+	}, display)
+	if err != nil {
+		return 1, Explain(cfg.socket, err)
+	}
+	bundle, logged := resp.Bundle, resp.Logged
+	if cfg.waitLog && !logged {
+		wctx, wcancel := context.WithTimeout(ctx, cfg.waitTimeout)
+		defer wcancel()
+		got, err := client.GetBundle(wctx, resp.InvocationID, true)
+		if err != nil {
+			return 1, fmt.Errorf("attested (invocation %s) but not logged: %w", resp.InvocationID, Explain(cfg.socket, err))
+		}
+		bundle, logged = got.Bundle, got.Logged
+	}
+	out := cfg.out
+	if out == "" {
+		out = cfg.step + ".hallmark.json"
+	}
+	if out == "-" {
+		if _, err := env.Stdout.Write(append(bundle, '\n')); err != nil {
+			return 1, err
+		}
+		return 0, nil
+	}
+	if err := os.WriteFile(out, bundle, 0o644); err != nil {
+		return 1, err
+	}
+	state := "logged"
+	if !logged {
+		state = "queued for the log; `--wait-log` waits for it"
+	}
+	fmt.Fprintf(env.Stderr, "%s: attested step %s (%d products, invocation %s, %s) -> %s\n",
+		cfg.name, cfg.step, len(resp.Subjects), resp.InvocationID, state, out)
+	return 0, nil
+}
+
+// attestStep asks the agent to attest req, showing its progress on d; a
+// nil d makes the plain unary call. An agent without AttestStepStream
+// (older than this CLI) is asked with AttestStep instead: a stream it
+// does not know signs nothing.
+func attestStep(ctx context.Context, c *agentclient.Client, req *agentclient.AttestStepRequest, d *progressDisplay) (*agentclient.AttestStepResponse, error) {
+	if d == nil {
+		return c.AttestStep(ctx, req)
+	}
+	defer d.finish()
+	resp, err := c.AttestStepStream(ctx, req, d.update)
+	if agentclient.CodeOf(err) == agentclient.Unimplemented {
+		d.finish()
+		return c.AttestStep(ctx, req)
+	}
+	return resp, err
+}
+
+// Explain turns an agent's error into what the user should know.
+func Explain(socket string, err error) error {
+	var e *agentclient.Error
+	if !errors.As(err, &e) {
+		return err
+	}
+	switch e.Code {
+	case agentclient.PermissionDenied:
+		return fmt.Errorf("refused: %s (run `hallmark whoami` to see how the agent identifies you)", e.Message)
+	case agentclient.Unavailable:
+		// A failure to reach the socket, not the agent's answer (which
+		// may quote a failure to reach the server).
+		if strings.HasPrefix(e.Message, "connection error") {
+			return fmt.Errorf("no agent at %s: is hallmark-agent running? (%s)", socket, e.Message)
+		}
+		return fmt.Errorf("agent unavailable: %s", e.Message)
+	case agentclient.ResourceExhausted:
+		return fmt.Errorf("request too large: %s", e.Message)
+	default:
+		return fmt.Errorf("%s: %s", strings.ToLower(e.Code.String()), e.Message)
+	}
+}
+
+// runCommand runs args with stdio passed through and SIGINT/SIGTERM/SIGHUP
+// forwarded, and returns its exit code (128+signal when killed).
+func runCommand(env Env, args []string) int {
+	c := exec.Command(args[0], args[1:]...)
+	c.Stdin, c.Stdout, c.Stderr = env.Stdin, env.Stdout, env.Stderr
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+	if err := c.Start(); err != nil {
+		fmt.Fprintf(env.Stderr, "hallmark: %v\n", err)
+		return 127
+	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				c.Process.Signal(s) //nolint:errcheck // it may have exited
+			case <-done:
+				return
+			}
+		}
+	}()
+	err := c.Wait()
+	close(done)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
