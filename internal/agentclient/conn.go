@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+	"golang.org/x/sys/unix"
 )
 
 // HTTP/2 (RFC 9113) as gRPC uses it ("gRPC over HTTP2",
@@ -84,10 +84,11 @@ const MaxMessageBytes = 4 * (16 << 20)
 // (internal/peercred: a request queued before the connection was watched
 // is refused). Not safe for concurrent use.
 type Client struct {
-	conn net.Conn
-	r    *bufio.Reader
-	w    *bufio.Writer
-	hdr  [9]byte
+	conn  conn
+	r     *bufio.Reader
+	w     *bufio.Writer
+	hdr   [9]byte
+	frame []byte // the payload of the frame read last, reused
 
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
@@ -113,16 +114,19 @@ type Client struct {
 // retries for up to 10 s: a burst of other connections, which the agent
 // closes at once when over their uid's limit, must not fail a step.
 func Dial(ctx context.Context, socket string) (*Client, error) {
-	var d net.Dialer
 	deadline := time.Now().Add(10 * time.Second)
-	var (
-		conn net.Conn
-		err  error
-	)
 	for wait := time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
-		conn, err = d.DialContext(ctx, "unix", socket)
-		if err == nil || !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
-			break
+		f, err := dialUnix(socket)
+		if err == nil {
+			c, err := newClient(f)
+			if err != nil {
+				f.Close()
+				return nil, err
+			}
+			return c, nil
+		}
+		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return nil, connError("dial unix %s: %v", socket, err)
 		}
 		select {
 		case <-time.After(wait):
@@ -130,23 +134,37 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 			return nil, connError("%v", ctx.Err())
 		}
 	}
+}
+
+// dialUnix connects to a unix stream socket without package net, whose
+// resolver links C's (and its start-up cost) into the binary: the
+// connection is an *os.File on a non-blocking socket, which the runtime's
+// poller serves with deadlines like a net.Conn. A connect to a unix socket
+// completes at once or fails; it is never in progress.
+func dialUnix(path string) (*os.File, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, connError("%v", err)
+		return nil, os.NewSyscallError("socket", err)
 	}
-	c, err := newClient(conn)
-	if err != nil {
-		conn.Close()
-		return nil, err
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("connect", err)
 	}
-	return c, nil
+	return os.NewFile(uintptr(fd), "unix:"+path), nil
+}
+
+// conn is the connection: an *os.File on a socket, or a net.Conn in tests.
+type conn interface {
+	io.ReadWriteCloser
+	SetDeadline(time.Time) error
 }
 
 // newClient sends this client's greeting on conn.
-func newClient(conn net.Conn) (*Client, error) {
+func newClient(conn conn) (*Client, error) {
 	c := &Client{
 		conn:         conn,
-		r:            bufio.NewReaderSize(conn, 32<<10),
-		w:            bufio.NewWriterSize(conn, 32<<10),
+		r:            bufio.NewReader(conn),
+		w:            bufio.NewWriter(conn),
 		nextStream:   1,
 		maxSendFrame: maxFrameSize,
 		initWindow:   defaultWindow,
@@ -285,6 +303,14 @@ func (c *Client) call(ctx context.Context, method string, req []byte, onMsg func
 	}
 	if s.status.Code == OK && len(s.buf) > 0 {
 		return &Error{Code: Internal, Message: "the agent's answer ended inside a message"}
+	}
+	if s.status.Code == Canceled {
+		// The agent cancels a call whose grpc-timeout passed (grpc-go
+		// resets it with CANCEL); as grpc-go's client does, such a call
+		// failed by its deadline.
+		if d, ok := ctx.Deadline(); ok && !d.After(time.Now()) {
+			return &Error{Code: DeadlineExceeded, Message: "context deadline exceeded"}
+		}
 	}
 	if s.status.Code != OK {
 		return s.status
@@ -448,7 +474,10 @@ func (c *Client) readFrame(s *stream) error {
 	if length > maxFrameSize {
 		return connError("a frame of %d bytes, more than %d", length, maxFrameSize)
 	}
-	payload := make([]byte, length)
+	if c.frame == nil {
+		c.frame = make([]byte, maxFrameSize)
+	}
+	payload := c.frame[:length]
 	if _, err := io.ReadFull(c.r, payload); err != nil {
 		return connError("reading a frame: %v", err)
 	}
@@ -717,13 +746,14 @@ func appendSetting(b []byte, id uint16, v uint32) []byte {
 }
 
 // grpcTimeout encodes d as gRPC's grpc-timeout: at most 8 digits and a
-// unit.
+// unit, rounded up, so that the call ends by this client's deadline
+// rather than by the agent's cancelling it a little earlier.
 func grpcTimeout(d time.Duration) string {
 	d = max(d, time.Millisecond)
-	if ms := d.Milliseconds(); ms < 1e8 {
-		return strconv.FormatInt(ms, 10) + "m"
+	if ms := (d + time.Millisecond - 1) / time.Millisecond; ms < 1e8 {
+		return strconv.FormatInt(int64(ms), 10) + "m"
 	}
-	return strconv.FormatInt(min(int64(d/time.Second), 1e8-1), 10) + "S"
+	return strconv.FormatInt(min(int64((d+time.Second-1)/time.Second), 1e8-1), 10) + "S"
 }
 
 // IsSocket reports whether path names a unix socket.
