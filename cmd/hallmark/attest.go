@@ -86,18 +86,24 @@ func explain(socket string, err error) error {
 
 // attestCmd is internal/attestcmd, flag for flag the light hallmark-attest.
 func attestCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:                "attest --step NAME [--material PATH]... [--product PATH]... [--out FILE] [-- CMD ARGS...]",
+	cmd := &cobra.Command{
+		Use:                "attest " + attestcmd.Usage,
 		Short:              "Have the local agent attest a build step",
 		Long:               attestcmd.Help,
 		DisableFlagParsing: true, // attestcmd parses them
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if code := attestcmd.Run(cmd.Context(), "hallmark", args, attestcmd.OSEnv()); code != 0 {
+			if code := attestcmd.Run(cmd.Context(), "hallmark attest", args, attestcmd.OSEnv()); code != 0 {
 				return &exitError{code: code} // already reported
 			}
 			return nil
 		},
 	}
+	// `hallmark help attest` shows attestcmd's flags, which cobra does
+	// not know.
+	cmd.SetHelpFunc(func(cmd *cobra.Command, _ []string) {
+		attestcmd.WriteHelp(cmd.OutOrStdout(), "hallmark attest", attestcmd.OSEnv())
+	})
+	return cmd
 }
 
 func whoamiCmd() *cobra.Command {

@@ -2,6 +2,7 @@ package agentclient
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -35,20 +36,28 @@ func TestMessagesMatchTheSchema(t *testing.T) {
 		StartedOn: started, Command: []string{"make", "", "all"}, CallerClaims: map[string]string{"ci": "github", "run_id": "7", "e": ""},
 	}
 	var got agentv1.AttestStepRequest
-	require.NoError(t, proto.Unmarshal(req.marshal(), &got))
+	enc, err := req.marshal()
+	require.NoError(t, err)
+	require.NoError(t, proto.Unmarshal(enc, &got))
 	require.True(t, proto.Equal(&agentv1.AttestStepRequest{
 		Step: "build", Workspace: "/ws", Products: []string{"out/a", "out/ü"}, Materials: []string{"src"},
 		StartedOn: timestamppb.New(started), Command: []string{"make", "", "all"},
 		CallerClaims: map[string]string{"ci": "github", "run_id": "7", "e": ""},
 	}, &got), "%v", &got)
-	require.Equal(t, req.marshal(), req.marshal(), "deterministic")
+	again, err := req.marshal()
+	require.NoError(t, err)
+	require.Equal(t, enc, again, "deterministic")
 
 	var empty agentv1.AttestStepRequest
-	require.NoError(t, proto.Unmarshal((&AttestStepRequest{}).marshal(), &empty))
+	enc, err = (&AttestStepRequest{}).marshal()
+	require.NoError(t, err)
+	require.NoError(t, proto.Unmarshal(enc, &empty))
 	require.Nil(t, empty.StartedOn)
 
 	var gb agentv1.GetBundleRequest
-	require.NoError(t, proto.Unmarshal(marshalGetBundle("inv-1", true), &gb))
+	enc, err = marshalGetBundle("inv-1", true)
+	require.NoError(t, err)
+	require.NoError(t, proto.Unmarshal(enc, &gb))
 	require.True(t, proto.Equal(&agentv1.GetBundleRequest{InvocationId: "inv-1", Wait: true}, &gb))
 
 	// Answers, with a field this client does not know appended.
@@ -317,4 +326,106 @@ func TestGRPCTimeout(t *testing.T) {
 	require.Equal(t, "600000m", grpcTimeout(10*time.Minute))
 	require.Equal(t, "100000S", grpcTimeout(100000*time.Second))
 	require.Equal(t, "99999999S", grpcTimeout(1e9*time.Second))
+}
+
+// Must show: a socket whose server never greets (a stopped agent: the
+// kernel still queues connections; or someone else's socket) fails a call
+// as unavailable within the greeting timeout, as gRPC's clients give up
+// connecting, not after the call's 10 minutes.
+func TestNoGreeting(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		serve func(conn net.Conn)
+	}{
+		{"a listener that accepts nothing", nil},
+		{"accepts and says nothing", func(conn net.Conn) {
+			io.Copy(io.Discard, conn) //nolint:errcheck // until the client goes
+		}},
+		{"accepts and sends PINGs only", func(conn net.Conn) {
+			go io.Copy(io.Discard, conn) //nolint:errcheck // until the client goes
+			for {
+				if _, err := conn.Write([]byte("\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping")); err != nil {
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "hm")
+			require.NoError(t, err)
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			socket := filepath.Join(dir, "agent.sock")
+			l, err := net.Listen("unix", socket)
+			require.NoError(t, err)
+			t.Cleanup(func() { l.Close() })
+			if tc.serve != nil {
+				go func() {
+					conn, err := l.Accept()
+					if err == nil {
+						defer conn.Close()
+						tc.serve(conn)
+					}
+				}()
+			}
+			c := dial(t, socket)
+			c.greetWithin = 300 * time.Millisecond
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			start := time.Now()
+			_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+			require.Equal(t, Unavailable, CodeOf(err), "%v", err)
+			require.ErrorContains(t, err, "connection error: no HTTP/2 greeting from the agent within 300ms")
+			require.Less(t, time.Since(start), 30*time.Second)
+			_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+			require.Equal(t, Unavailable, CodeOf(err), "and the connection is not used again")
+		})
+	}
+}
+
+// Must show: a call given up by its caller (a signal ends the context
+// just as the step's command exits) says canceled, not that no agent is
+// running, as grpc-go's client did.
+func TestDialCanceled(t *testing.T) {
+	socket := serve(t, &fakeAgent{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Dial(ctx, socket)
+	require.Equal(t, &Error{Code: Canceled, Message: "context canceled"}, err)
+}
+
+// Must show: a string that is not UTF-8 (a file name, a command's
+// argument) is refused as the generated code refuses it (proto3 strings),
+// before anything is sent, with the message grpc-go's client gave.
+func TestInvalidUTF8Refused(t *testing.T) {
+	bad := "out/\xff"
+	for _, tc := range []struct {
+		name  string
+		field string
+		req   AttestStepRequest
+		gen   *agentv1.AttestStepRequest
+	}{
+		{"step", "step", AttestStepRequest{Step: bad}, &agentv1.AttestStepRequest{Step: bad}},
+		{"workspace", "workspace", AttestStepRequest{Workspace: bad}, &agentv1.AttestStepRequest{Workspace: bad}},
+		{"product", "products", AttestStepRequest{Products: []string{"ok", bad}}, &agentv1.AttestStepRequest{Products: []string{"ok", bad}}},
+		{"material", "materials", AttestStepRequest{Materials: []string{bad}}, &agentv1.AttestStepRequest{Materials: []string{bad}}},
+		{"command", "command", AttestStepRequest{Command: []string{"printf", bad}}, &agentv1.AttestStepRequest{Command: []string{"printf", bad}}},
+		{"claim key", "caller_claims", AttestStepRequest{CallerClaims: map[string]string{bad: "v"}}, &agentv1.AttestStepRequest{CallerClaims: map[string]string{bad: "v"}}},
+		{"claim value", "caller_claims", AttestStepRequest{CallerClaims: map[string]string{"ref": bad}}, &agentv1.AttestStepRequest{CallerClaims: map[string]string{"ref": bad}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, genErr := proto.Marshal(tc.gen)
+			require.Error(t, genErr, "the generated code refuses it")
+			f := &fakeAgent{got: make(chan *agentv1.AttestStepRequest, 2)}
+			c := dial(t, serve(t, f))
+			want := &Error{Code: Internal, Message: "grpc: error while marshaling: proto: field hallmark.agent.v1.AttestStepRequest." + tc.field + " contains invalid UTF-8"}
+			_, err := c.AttestStep(context.Background(), &tc.req)
+			require.Equal(t, want, err)
+			_, err = c.AttestStepStream(context.Background(), &tc.req, nil)
+			require.Equal(t, want, err)
+			require.Empty(t, f.got, "nothing reached the agent")
+		})
+	}
+	_, err := marshalGetBundle(bad, true)
+	require.Equal(t, Internal, CodeOf(err))
 }

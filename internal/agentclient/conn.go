@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,6 +72,13 @@ const (
 	maxHeaderString = 64 << 10
 )
 
+// GreetingTimeout bounds the wait for the agent's greeting (its SETTINGS),
+// as gRPC's clients bound connecting (20 s): a stopped agent, or a socket
+// nobody serves, still has connections queued by the kernel and says
+// nothing. The agent itself greets within its handshake timeout (10 s) or
+// closes the connection.
+const GreetingTimeout = 20 * time.Second
+
 // MaxMessageBytes bounds one message received: an answer holds a bundle
 // (at most attest.MaxBundleSize) and the list of its subjects, about as
 // large again. TestMaxMessageBytes ties it to attest.MaxBundleSize.
@@ -94,7 +102,8 @@ type Client struct {
 	encBuf bytes.Buffer
 	dec    *hpack.Decoder
 
-	greeted      bool   // the agent's SETTINGS were read
+	greeted      bool // the agent's SETTINGS were read
+	greetWithin  time.Duration
 	nextStream   uint32 // the next stream to open
 	goAwayLast   uint32 // the last stream the agent will serve, once it said GOAWAY
 	goAway       bool
@@ -114,6 +123,9 @@ type Client struct {
 // retries for up to 10 s: a burst of other connections, which the agent
 // closes at once when over their uid's limit, must not fail a step.
 func Dial(ctx context.Context, socket string) (*Client, error) {
+	if ctx.Err() != nil {
+		return nil, ctxError(ctx.Err())
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for wait := time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
 		f, err := dialUnix(socket)
@@ -125,13 +137,17 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 			}
 			return c, nil
 		}
+		if ctx.Err() != nil {
+			// Canceled, not a missing agent.
+			return nil, ctxError(ctx.Err())
+		}
 		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
 			return nil, connError("dial unix %s: %v", socket, err)
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return nil, connError("%v", ctx.Err())
+			return nil, ctxError(ctx.Err())
 		}
 	}
 }
@@ -157,6 +173,7 @@ func dialUnix(path string) (*os.File, error) {
 type conn interface {
 	io.ReadWriteCloser
 	SetDeadline(time.Time) error
+	SetReadDeadline(time.Time) error
 }
 
 // newClient sends this client's greeting on conn.
@@ -166,6 +183,7 @@ func newClient(conn conn) (*Client, error) {
 		r:            bufio.NewReader(conn),
 		w:            bufio.NewWriter(conn),
 		nextStream:   1,
+		greetWithin:  GreetingTimeout,
 		maxSendFrame: maxFrameSize,
 		initWindow:   defaultWindow,
 		connWindow:   defaultWindow,
@@ -194,8 +212,12 @@ func (c *Client) Close() error { return c.conn.Close() }
 // AttestStepStream calls WorkloadService.AttestStepStream: progress
 // reports go to progress as they come, and the result is returned.
 func (c *Client) AttestStepStream(ctx context.Context, req *AttestStepRequest, progress func(Progress)) (*AttestStepResponse, error) {
+	b, err := req.marshal()
+	if err != nil {
+		return nil, err
+	}
 	var res *AttestStepResponse
-	err := c.call(ctx, "AttestStepStream", req.marshal(), func(msg []byte) error {
+	err = c.call(ctx, "AttestStepStream", b, func(msg []byte) error {
 		p, r, err := unmarshalStreamEvent(msg)
 		switch {
 		case err != nil:
@@ -218,8 +240,12 @@ func (c *Client) AttestStepStream(ctx context.Context, req *AttestStepRequest, p
 
 // AttestStep calls WorkloadService.AttestStep.
 func (c *Client) AttestStep(ctx context.Context, req *AttestStepRequest) (*AttestStepResponse, error) {
+	b, err := req.marshal()
+	if err != nil {
+		return nil, err
+	}
 	var res *AttestStepResponse
-	err := c.unary(ctx, "AttestStep", req.marshal(), func(msg []byte) error {
+	err = c.unary(ctx, "AttestStep", b, func(msg []byte) error {
 		res = new(AttestStepResponse)
 		return res.unmarshal(msg)
 	})
@@ -228,8 +254,12 @@ func (c *Client) AttestStep(ctx context.Context, req *AttestStepRequest) (*Attes
 
 // GetBundle calls WorkloadService.GetBundle.
 func (c *Client) GetBundle(ctx context.Context, invocationID string, wait bool) (*GetBundleResponse, error) {
+	b, err := marshalGetBundle(invocationID, wait)
+	if err != nil {
+		return nil, err
+	}
 	var res *GetBundleResponse
-	err := c.unary(ctx, "GetBundle", marshalGetBundle(invocationID, wait), func(msg []byte) error {
+	err = c.unary(ctx, "GetBundle", b, func(msg []byte) error {
 		res = new(GetBundleResponse)
 		return res.unmarshal(msg)
 	})
@@ -387,8 +417,8 @@ func (s *stream) next() ([]byte, bool, error) {
 
 // open waits for the agent's greeting and opens a stream for method.
 func (c *Client) open(ctx context.Context, method string) (*stream, error) {
-	for !c.greeted {
-		if err := c.readFrame(nil); err != nil {
+	if !c.greeted {
+		if err := c.awaitGreeting(); err != nil {
 			return nil, err
 		}
 	}
@@ -427,6 +457,26 @@ func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 			return s, nil
 		}
 	}
+}
+
+// awaitGreeting reads frames until the agent's SETTINGS, for at most
+// c.greetWithin.
+func (c *Client) awaitGreeting() error {
+	var late atomic.Bool
+	t := time.AfterFunc(c.greetWithin, func() {
+		late.Store(true)
+		c.conn.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // the call fails anyway
+	})
+	var err error
+	for !c.greeted && err == nil {
+		err = c.readFrame(nil)
+	}
+	if !t.Stop() || late.Load() {
+		// The read deadline may be in the past now: the call fails and
+		// takes the connection with it.
+		return connError("no HTTP/2 greeting from the agent within %v", c.greetWithin)
+	}
+	return err
 }
 
 // send sends the message req on s and ends the stream, within the flow

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -51,7 +52,26 @@ type GetBundleResponse struct {
 	Logged bool
 }
 
-func (r *AttestStepRequest) marshal() []byte {
+// marshal encodes r. Like the generated code, it refuses a string field
+// that is not valid UTF-8 (proto3 strings must be): the agent's decoder
+// would refuse it anyway, after the request was sent.
+func (r *AttestStepRequest) marshal() ([]byte, error) {
+	for _, f := range []struct {
+		name string
+		v    []string
+	}{
+		{"step", []string{r.Step}}, {"workspace", []string{r.Workspace}}, {"products", r.Products},
+		{"materials", r.Materials}, {"command", r.Command},
+	} {
+		if err := validUTF8("AttestStepRequest."+f.name, f.v...); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range r.CallerClaims {
+		if err := validUTF8("AttestStepRequest.caller_claims", k, v); err != nil {
+			return nil, err
+		}
+	}
 	var b []byte
 	b = appendString(b, 1, r.Step)
 	b = appendString(b, 2, r.Workspace)
@@ -95,16 +115,30 @@ func (r *AttestStepRequest) marshal() []byte {
 		b = protowire.AppendTag(b, 7, protowire.BytesType)
 		b = protowire.AppendBytes(b, e)
 	}
-	return b
+	return b, nil
 }
 
-func marshalGetBundle(invocationID string, wait bool) []byte {
+func marshalGetBundle(invocationID string, wait bool) ([]byte, error) {
+	if err := validUTF8("GetBundleRequest.invocation_id", invocationID); err != nil {
+		return nil, err
+	}
 	b := appendString(nil, 1, invocationID)
 	if wait {
 		b = protowire.AppendTag(b, 2, protowire.VarintType)
 		b = protowire.AppendVarint(b, 1)
 	}
-	return b
+	return b, nil
+}
+
+// validUTF8 fails, as grpc-go's client does, when a value of field is not
+// valid UTF-8.
+func validUTF8(field string, vs ...string) error {
+	for _, v := range vs {
+		if !utf8.ValidString(v) {
+			return &Error{Code: Internal, Message: "grpc: error while marshaling: proto: field hallmark.agent.v1." + field + " contains invalid UTF-8"}
+		}
+	}
+	return nil
 }
 
 // appendString appends a singular string field, omitted when empty as

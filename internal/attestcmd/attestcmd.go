@@ -28,8 +28,9 @@ import (
 // DefaultSocket is where the agent listens unless told otherwise.
 const DefaultSocket = "/run/hallmark/agent.sock"
 
-// Usage is the command's synopsis.
-const Usage = "attest --step NAME [--material PATH]... [--product PATH]... [--out FILE] [-- CMD ARGS...]"
+// Usage is the command's synopsis, after the command ("hallmark attest",
+// "hallmark-attest").
+const Usage = "--step NAME [--material PATH]... [--product PATH]... [--out FILE] [-- CMD ARGS...]"
 
 // Help is what the command does, for its help text.
 const Help = `With a command, run it (stdio passed through, signals forwarded) and, when
@@ -58,24 +59,38 @@ func OSEnv() Env {
 	return Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, LookupEnv: os.LookupEnv}
 }
 
-// Run runs the command with args (those after the command's name) and
-// returns the process's exit code: the step command's own when it failed,
-// 2 for a usage error, 1 when the attestation failed, 0 when it is written.
-// name prefixes messages ("hallmark").
-func Run(ctx context.Context, name string, args []string, env Env) int {
-	cfg, err := parse(name, args, env)
+// Run runs the command with args (those after the command) and returns
+// the process's exit code: the step command's own when it failed, 2 for
+// a usage error, 1 when the attestation failed, 0 when it is written
+// (and for --help, which writes the help to stdout). command is how the
+// command is invoked ("hallmark attest", "hallmark-attest"); its first
+// word prefixes messages.
+func Run(ctx context.Context, command string, args []string, env Env) int {
+	name, _, _ := strings.Cut(command, " ")
+	cfg, err := parse(command, args, env)
 	if errors.Is(err, flag.ErrHelp) {
+		WriteHelp(env.Stdout, command, env)
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
 		return 2
 	}
+	cfg.name = name
 	code, err := cfg.run(ctx, env)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
 	}
 	return code
+}
+
+// WriteHelp writes the command's help to w: its synopsis, what it does
+// and its flags.
+func WriteHelp(w io.Writer, command string, env Env) {
+	fmt.Fprintf(w, "Usage: %s %s\n\n%s\n\nFlags:\n", command, Usage, Help)
+	fs := flags(command, env, &config{progress: progressAuto}, new(repeated), new(repeated), new(repeated))
+	fs.SetOutput(w)
+	fs.PrintDefaults()
 }
 
 type config struct {
@@ -94,31 +109,15 @@ type repeated []string
 func (r *repeated) String() string     { return strings.Join(*r, ",") }
 func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 
-func parse(name string, args []string, env Env) (*config, error) {
-	cfg := &config{name: name, progress: progressAuto}
-	fs := flag.NewFlagSet(name+" attest", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(env.Stderr, "Usage: %s %s\n\n%s\n\nFlags:\n", name, Usage, Help)
-		fs.PrintDefaults()
-	}
-	def, ok := env.LookupEnv("HALLMARK_AGENT_SOCKET")
-	if !ok || def == "" {
-		def = DefaultSocket
-	}
+func parse(command string, args []string, env Env) (*config, error) {
+	cfg := &config{progress: progressAuto}
 	var products, materials, claimFlags repeated
-	fs.StringVar(&cfg.socket, "socket", def, "the agent's local API `socket` (env HALLMARK_AGENT_SOCKET)")
-	fs.StringVar(&cfg.step, "step", "", "the step's `name`, as policy grants it")
-	fs.Var(&products, "product", "a file or directory the step produced (repeatable)")
-	fs.Var(&materials, "material", "a file or directory the step consumed (repeatable)")
-	fs.Var(&claimFlags, "claim", "CI context to record as your claim, `KEY=VALUE` (repeatable; GitHub Actions and GitLab CI context is added from the environment)")
-	fs.StringVar(&cfg.out, "out", "", `where to write the bundle (default STEP.hallmark.json; "-" for stdout)`)
-	fs.StringVar(&cfg.workspace, "workspace", "", "the `directory` paths are relative to (default: current directory)")
-	fs.BoolVar(&cfg.waitLog, "wait-log", false, "wait until the attestation is in the transparency log and write the complete bundle")
-	fs.DurationVar(&cfg.waitTimeout, "wait-log-timeout", 2*time.Minute, "how long --wait-log waits")
-	fs.Var(&cfg.progress, "progress", "show hashing progress on stderr: auto (on a terminal, when slow), always or never")
+	fs := flags(command, env, cfg, &products, &materials, &claimFlags)
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (see %s --help)", err, command)
 	}
 	cfg.products, cfg.materials, cfg.command = products, materials, fs.Args()
 	if cfg.step == "" {
@@ -132,6 +131,30 @@ func parse(name string, args []string, env Env) (*config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// flags declares the command's flags, which set cfg and the lists given.
+// The flag set writes nothing: Run reports its errors, once, and
+// WriteHelp its help.
+func flags(command string, env Env, cfg *config, products, materials, claimFlags *repeated) *flag.FlagSet {
+	fs := flag.NewFlagSet(command, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	def, ok := env.LookupEnv("HALLMARK_AGENT_SOCKET")
+	if !ok || def == "" {
+		def = DefaultSocket
+	}
+	fs.StringVar(&cfg.socket, "socket", def, "the agent's local API `socket` (env HALLMARK_AGENT_SOCKET)")
+	fs.StringVar(&cfg.step, "step", "", "the step's `name`, as policy grants it")
+	fs.Var(products, "product", "a file or directory the step produced (repeatable)")
+	fs.Var(materials, "material", "a file or directory the step consumed (repeatable)")
+	fs.Var(claimFlags, "claim", "CI context to record as your claim, `KEY=VALUE` (repeatable; GitHub Actions and GitLab CI context is added from the environment)")
+	fs.StringVar(&cfg.out, "out", "", `where to write the bundle (default STEP.hallmark.json; "-" for stdout)`)
+	fs.StringVar(&cfg.workspace, "workspace", "", "the `directory` paths are relative to (default: current directory)")
+	fs.BoolVar(&cfg.waitLog, "wait-log", false, "wait until the attestation is in the transparency log and write the complete bundle")
+	fs.DurationVar(&cfg.waitTimeout, "wait-log-timeout", 2*time.Minute, "how long --wait-log waits")
+	fs.Var(&cfg.progress, "progress", "show hashing progress on stderr: auto (on a terminal, when slow), always or never")
+	return fs
 }
 
 func (cfg *config) run(ctx context.Context, env Env) (int, error) {
@@ -157,7 +180,7 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 	}
 	started := time.Now()
 	if len(cfg.command) > 0 {
-		if code := runCommand(env, cfg.command); code != 0 {
+		if code := runCommand(cfg.name, env, cfg.command); code != 0 {
 			fmt.Fprintf(env.Stderr, "%s: %s exited with status %d; step %s not attested\n", cfg.name, cfg.command[0], code, cfg.step)
 			return code, nil
 		}
@@ -253,14 +276,14 @@ func Explain(socket string, err error) error {
 
 // runCommand runs args with stdio passed through and SIGINT/SIGTERM/SIGHUP
 // forwarded, and returns its exit code (128+signal when killed).
-func runCommand(env Env, args []string) int {
+func runCommand(name string, env Env, args []string) int {
 	c := exec.Command(args[0], args[1:]...)
 	c.Stdin, c.Stdout, c.Stderr = env.Stdin, env.Stdout, env.Stderr
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer signal.Stop(sigs)
 	if err := c.Start(); err != nil {
-		fmt.Fprintf(env.Stderr, "hallmark: %v\n", err)
+		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
 		return 127
 	}
 	done := make(chan struct{})
