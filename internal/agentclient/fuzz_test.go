@@ -4,9 +4,11 @@ import (
 	"context"
 	"io"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
@@ -66,5 +68,63 @@ func FuzzMessages(f *testing.F) {
 		unmarshalStreamEvent(b) //nolint:errcheck // as above
 		var g GetBundleResponse
 		g.unmarshal(b) //nolint:errcheck // as above
+	})
+}
+
+// FuzzWire: the hand-written wire decoding reads what protowire reads,
+// field for field, and refuses what it refuses (and groups, which the
+// agent never sends); varints round-trip.
+func FuzzWire(f *testing.F) {
+	b, _ := proto.Marshal(&agentv1.AttestStepResponse{Bundle: []byte("x"), InvocationId: "i", Subjects: []*agentv1.Subject{{Name: "n"}}, Logged: true})
+	f.Add(b, uint64(1<<63))
+	f.Add([]byte{0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, uint64(0))
+	f.Fuzz(func(t *testing.T, b []byte, x uint64) {
+		if v, n := consumeVarint(appendVarint(nil, x)); n != protowire.SizeVarint(x) || v != x {
+			t.Fatalf("varint %d: got %d, %d bytes", x, v, n)
+		}
+		type field struct {
+			num protowire.Number
+			typ protowire.Type
+			v   string
+			x   uint64
+		}
+		var want []field
+		wantOK := true
+		for rest := b; len(rest) > 0; {
+			num, typ, n := protowire.ConsumeTag(rest)
+			if n < 0 || typ == protowire.StartGroupType || typ == protowire.EndGroupType {
+				wantOK = false
+				break
+			}
+			rest = rest[n:]
+			fl := field{num: num, typ: typ}
+			switch typ {
+			case protowire.BytesType:
+				var v []byte
+				v, n = protowire.ConsumeBytes(rest)
+				fl.v = string(v)
+			case protowire.VarintType:
+				fl.x, n = protowire.ConsumeVarint(rest)
+			default:
+				n = protowire.ConsumeFieldValue(num, typ, rest)
+			}
+			if n < 0 {
+				wantOK = false
+				break
+			}
+			rest = rest[n:]
+			want = append(want, fl)
+		}
+		var got []field
+		err := fields(b, func(num fieldNum, typ wireType, v []byte, x uint64) error {
+			got = append(got, field{num: protowire.Number(num), typ: protowire.Type(typ), v: string(v), x: x})
+			return nil
+		})
+		if (err == nil) != wantOK {
+			t.Fatalf("fields: %v; protowire ok: %v", err, wantOK)
+		}
+		if wantOK && !reflect.DeepEqual(got, want) {
+			t.Fatalf("fields read %v, protowire %v", got, want)
+		}
 	})
 }

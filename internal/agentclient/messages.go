@@ -6,12 +6,10 @@ import (
 	"slices"
 	"time"
 	"unicode/utf8"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // The messages of hallmark.agent.v1.WorkloadService that a step uses,
-// encoded by hand with protowire (proto/hallmark/agent/v1/workload.proto
+// encoded by hand (wire.go; proto/hallmark/agent/v1/workload.proto
 // is the schema; TestMessagesMatchTheSchema checks both directions against
 // the generated types).
 
@@ -76,30 +74,30 @@ func (r *AttestStepRequest) marshal() ([]byte, error) {
 	b = appendString(b, 1, r.Step)
 	b = appendString(b, 2, r.Workspace)
 	for _, p := range r.Products {
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		b = protowire.AppendString(b, p)
+		b = appendTag(b, 3, bytesType)
+		b = appendStringValue(b, p)
 	}
 	for _, m := range r.Materials {
-		b = protowire.AppendTag(b, 4, protowire.BytesType)
-		b = protowire.AppendString(b, m)
+		b = appendTag(b, 4, bytesType)
+		b = appendStringValue(b, m)
 	}
 	if !r.StartedOn.IsZero() {
 		// google.protobuf.Timestamp: seconds = 1, nanos = 2.
 		var ts []byte
 		if s := r.StartedOn.Unix(); s != 0 {
-			ts = protowire.AppendTag(ts, 1, protowire.VarintType)
-			ts = protowire.AppendVarint(ts, uint64(s))
+			ts = appendTag(ts, 1, varintType)
+			ts = appendVarint(ts, uint64(s))
 		}
 		if n := r.StartedOn.Nanosecond(); n != 0 {
-			ts = protowire.AppendTag(ts, 2, protowire.VarintType)
-			ts = protowire.AppendVarint(ts, uint64(n))
+			ts = appendTag(ts, 2, varintType)
+			ts = appendVarint(ts, uint64(n))
 		}
-		b = protowire.AppendTag(b, 5, protowire.BytesType)
-		b = protowire.AppendBytes(b, ts)
+		b = appendTag(b, 5, bytesType)
+		b = appendBytes(b, ts)
 	}
 	for _, c := range r.Command {
-		b = protowire.AppendTag(b, 6, protowire.BytesType)
-		b = protowire.AppendString(b, c)
+		b = appendTag(b, 6, bytesType)
+		b = appendStringValue(b, c)
 	}
 	// A map is a repeated entry message (key = 1, value = 2), sorted
 	// here so that a request encodes the same every time.
@@ -112,8 +110,8 @@ func (r *AttestStepRequest) marshal() ([]byte, error) {
 		var e []byte
 		e = appendString(e, 1, k)
 		e = appendString(e, 2, r.CallerClaims[k])
-		b = protowire.AppendTag(b, 7, protowire.BytesType)
-		b = protowire.AppendBytes(b, e)
+		b = appendTag(b, 7, bytesType)
+		b = appendBytes(b, e)
 	}
 	return b, nil
 }
@@ -124,8 +122,8 @@ func marshalGetBundle(invocationID string, wait bool) ([]byte, error) {
 	}
 	b := appendString(nil, 1, invocationID)
 	if wait {
-		b = protowire.AppendTag(b, 2, protowire.VarintType)
-		b = protowire.AppendVarint(b, 1)
+		b = appendTag(b, 2, varintType)
+		b = appendVarint(b, 1)
 	}
 	return b, nil
 }
@@ -143,40 +141,29 @@ func validUTF8(field string, vs ...string) error {
 
 // appendString appends a singular string field, omitted when empty as
 // proto3 does.
-func appendString(b []byte, num protowire.Number, s string) []byte {
+func appendString(b []byte, num fieldNum, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	b = appendTag(b, num, bytesType)
+	return appendStringValue(b, s)
 }
 
 var errMalformed = errors.New("malformed message")
 
 // fields calls f with each field of the encoded message b; for a field of
-// the bytes wire type, v is its content, otherwise raw holds the value.
+// the bytes wire type, v is its content; for a varint, x is its value.
 // Unknown fields are f's to skip. It fails on a malformed message.
-func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
+func fields(b []byte, f func(num fieldNum, typ wireType, v []byte, x uint64) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		num, typ, n := consumeTag(b)
 		if n < 0 {
-			return fmt.Errorf("%w: %v", errMalformed, protowire.ParseError(n))
+			return fmt.Errorf("%w: bad tag", errMalformed)
 		}
 		b = b[n:]
-		var (
-			v []byte
-			x uint64
-		)
-		switch typ {
-		case protowire.BytesType:
-			v, n = protowire.ConsumeBytes(b)
-		case protowire.VarintType:
-			x, n = protowire.ConsumeVarint(b)
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-		}
+		v, x, n := consumeValue(typ, b)
 		if n < 0 {
-			return fmt.Errorf("%w: field %d: %v", errMalformed, num, protowire.ParseError(n))
+			return fmt.Errorf("%w: field %d: %v", errMalformed, num, errTruncated)
 		}
 		b = b[n:]
 		if err := f(num, typ, v, x); err != nil {
@@ -187,7 +174,7 @@ func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte,
 }
 
 // want checks that a known field has the wire type its schema gives.
-func want(num protowire.Number, typ, w protowire.Type) error {
+func want(num fieldNum, typ, w wireType) error {
 	if typ != w {
 		return fmt.Errorf("%w: field %d has wire type %d, want %d", errMalformed, num, typ, w)
 	}
@@ -196,27 +183,27 @@ func want(num protowire.Number, typ, w protowire.Type) error {
 
 func (r *AttestStepResponse) unmarshal(b []byte) error {
 	*r = AttestStepResponse{}
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+	return fields(b, func(num fieldNum, typ wireType, v []byte, x uint64) error {
 		switch num {
 		case 1:
 			r.Bundle = v
-			return want(num, typ, protowire.BytesType)
+			return want(num, typ, bytesType)
 		case 2:
 			r.InvocationID = string(v)
-			return want(num, typ, protowire.BytesType)
+			return want(num, typ, bytesType)
 		case 3:
-			if err := want(num, typ, protowire.BytesType); err != nil {
+			if err := want(num, typ, bytesType); err != nil {
 				return err
 			}
 			var s Subject
-			if err := fields(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+			if err := fields(v, func(num fieldNum, typ wireType, v []byte, _ uint64) error {
 				switch num {
 				case 1:
 					s.Name = string(v)
-					return want(num, typ, protowire.BytesType)
+					return want(num, typ, bytesType)
 				case 2:
 					s.SHA256 = string(v)
-					return want(num, typ, protowire.BytesType)
+					return want(num, typ, bytesType)
 				}
 				return nil
 			}); err != nil {
@@ -225,7 +212,7 @@ func (r *AttestStepResponse) unmarshal(b []byte) error {
 			r.Subjects = append(r.Subjects, s)
 		case 4:
 			r.Logged = x != 0
-			return want(num, typ, protowire.VarintType)
+			return want(num, typ, varintType)
 		}
 		return nil
 	})
@@ -233,7 +220,7 @@ func (r *AttestStepResponse) unmarshal(b []byte) error {
 
 func (p *Progress) unmarshal(b []byte) error {
 	*p = Progress{}
-	return fields(b, func(num protowire.Number, typ protowire.Type, _ []byte, x uint64) error {
+	return fields(b, func(num fieldNum, typ wireType, _ []byte, x uint64) error {
 		var dst *int64
 		switch num {
 		case 1:
@@ -248,7 +235,7 @@ func (p *Progress) unmarshal(b []byte) error {
 			return nil
 		}
 		*dst = int64(x)
-		return want(num, typ, protowire.VarintType)
+		return want(num, typ, varintType)
 	})
 }
 
@@ -259,16 +246,16 @@ func unmarshalStreamEvent(b []byte) (*Progress, *AttestStepResponse, error) {
 		p   *Progress
 		res *AttestStepResponse
 	)
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+	err := fields(b, func(num fieldNum, typ wireType, v []byte, _ uint64) error {
 		switch num {
 		case 1:
-			if err := want(num, typ, protowire.BytesType); err != nil {
+			if err := want(num, typ, bytesType); err != nil {
 				return err
 			}
 			p, res = new(Progress), nil
 			return p.unmarshal(v)
 		case 2:
-			if err := want(num, typ, protowire.BytesType); err != nil {
+			if err := want(num, typ, bytesType); err != nil {
 				return err
 			}
 			p, res = nil, new(AttestStepResponse)
@@ -284,14 +271,14 @@ func unmarshalStreamEvent(b []byte) (*Progress, *AttestStepResponse, error) {
 
 func (r *GetBundleResponse) unmarshal(b []byte) error {
 	*r = GetBundleResponse{}
-	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+	return fields(b, func(num fieldNum, typ wireType, v []byte, x uint64) error {
 		switch num {
 		case 1:
 			r.Bundle = v
-			return want(num, typ, protowire.BytesType)
+			return want(num, typ, bytesType)
 		case 2:
 			r.Logged = x != 0
-			return want(num, typ, protowire.VarintType)
+			return want(num, typ, varintType)
 		}
 		return nil
 	})
