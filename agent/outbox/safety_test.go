@@ -3,6 +3,7 @@ package outbox
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -78,6 +79,12 @@ func TestFailedCompactionKeepsRecordPositions(t *testing.T) {
 	put(n, n+20) // appended after the failure, settled
 	checkAll(t, o, ids, "after a failed compaction")
 
+	// No compaction in the background from here (the flush goroutine may
+	// still be writing what the puts above asked for, and would race the
+	// removal below): the next one is the test's own.
+	o.mu.Lock()
+	o.compactAt = math.MaxInt64
+	o.mu.Unlock()
 	require.NoError(t, os.RemoveAll(tmp))
 	put(n+20, n+25)
 	o.mu.Lock()
