@@ -1,5 +1,5 @@
 // Command hallmark-attest is `hallmark attest` alone, flag for flag, in a
-// binary a build step starts in a few milliseconds: it links no gRPC
+// binary that is cheap to start once per build step: it links no gRPC
 // runtime, no CLI framework and no verification code
 // (internal/attestcmd, internal/agentclient).
 //
