@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/hallmark-dev/hallmark/internal/agentclient"
 	"github.com/hallmark-dev/hallmark/internal/attestcmd"
-	"github.com/hallmark-dev/hallmark/internal/limits"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -38,41 +35,24 @@ func socketFlag(cmd *cobra.Command, socket *string) {
 }
 
 func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
-	if fi, err := os.Stat(socket); err != nil || fi.Mode()&os.ModeSocket == 0 {
+	if !agentclient.IsSocket(socket) {
 		return nil, nil, fmt.Errorf("no agent at %s: is hallmark-agent running? (set --socket or HALLMARK_AGENT_SOCKET)", socket)
 	}
 	conn, err := grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		// An answer holds a bundle (at most limits.MaxBundleBytes) and
-		// the list of its subjects, about as large again.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4*limits.MaxBundleBytes)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(agentclient.MaxMessageBytes)),
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-			return dialAgentSocket(ctx, socket)
+			f, err := agentclient.DialSocket(ctx, socket)
+			if err != nil {
+				return nil, err
+			}
+			defer f.Close() // FileConn holds its own descriptor
+			return net.FileConn(f)
 		}))
 	if err != nil {
 		return nil, nil, err
 	}
 	return agentv1.NewWorkloadServiceClient(conn), func() { conn.Close() }, nil
-}
-
-// dialAgentSocket connects to socket, retrying for up to 10 s while the agent's
-// queue of connections to accept is full (EAGAIN): a burst of other
-// connections, which the agent closes at once when over their uid's limit,
-// must not fail a step.
-func dialAgentSocket(ctx context.Context, socket string) (net.Conn, error) {
-	var d net.Dialer
-	deadline := time.Now().Add(10 * time.Second)
-	for wait := time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
-		c, err := d.DialContext(ctx, "unix", socket)
-		if err == nil || !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
-			return c, err
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }
 
 // explain turns an agent error into what the user should know.

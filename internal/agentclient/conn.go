@@ -106,8 +106,7 @@ type Client struct {
 	greeted      bool // the agent's SETTINGS were read
 	greetWithin  time.Duration
 	nextStream   uint32 // the next stream to open
-	goAwayLast   uint32 // the last stream the agent will serve, once it said GOAWAY
-	goAway       bool
+	goAway       bool   // the agent said GOAWAY: no new streams
 	maxSendFrame int
 	initWindow   int64 // the agent's SETTINGS_INITIAL_WINDOW_SIZE
 	connWindow   int64 // what the connection lets this client send
@@ -119,36 +118,46 @@ type Client struct {
 	blockES     bool   // its HEADERS frame ended the stream
 }
 
-// Dial connects to the agent's socket and sends this client's greeting.
-// While the agent's queue of connections to accept is full (EAGAIN) it
-// retries for up to 10 s: a burst of other connections, which the agent
-// closes at once when over their uid's limit, must not fail a step.
+// Dial connects to the agent's socket (DialSocket) and sends this
+// client's greeting.
 func Dial(ctx context.Context, socket string) (*Client, error) {
-	if ctx.Err() != nil {
-		return nil, ctxError(ctx.Err())
+	f, err := DialSocket(ctx, socket)
+	switch {
+	case ctx.Err() != nil:
+		if f != nil {
+			f.Close()
+		}
+		return nil, ctxError(ctx.Err()) // canceled, not a missing agent
+	case err != nil:
+		return nil, connError("dial unix %s: %v", socket, err)
 	}
+	c, err := newClient(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// DialSocket connects to the agent's socket. While the agent's queue of
+// connections to accept is full (EAGAIN) it retries for up to 10 s: a
+// burst of other connections, which the agent closes at once when over
+// their uid's limit, must not fail a step. The full CLI's gRPC client
+// dials through it too (net.FileConn).
+func DialSocket(ctx context.Context, socket string) (*os.File, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for wait := time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		f, err := dialUnix(socket)
-		if err == nil {
-			c, err := newClient(f)
-			if err != nil {
-				f.Close()
-				return nil, err
-			}
-			return c, nil
-		}
-		if ctx.Err() != nil {
-			// Canceled, not a missing agent.
-			return nil, ctxError(ctx.Err())
-		}
-		if !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
-			return nil, connError("dial unix %s: %v", socket, err)
+		if err == nil || !errors.Is(err, syscall.EAGAIN) || time.Now().After(deadline) {
+			return f, err
 		}
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():
-			return nil, ctxError(ctx.Err())
+			return nil, ctx.Err()
 		}
 	}
 }
@@ -563,8 +572,8 @@ func (c *Client) readFrame(s *stream) error {
 			return connError("malformed GOAWAY frame")
 		}
 		c.goAway = true
-		c.goAwayLast = binary.BigEndian.Uint32(payload[:4]) & (1<<31 - 1)
-		if s != nil && !s.done && s.id > c.goAwayLast {
+		last := binary.BigEndian.Uint32(payload[:4]) & (1<<31 - 1) // the last stream it will serve
+		if s != nil && !s.done && s.id > last {
 			return connError("the agent is closing the connection (GOAWAY, error code %d)", binary.BigEndian.Uint32(payload[4:8]))
 		}
 	case frameWindowUpdate:
