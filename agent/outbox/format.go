@@ -80,24 +80,40 @@ func appendFrame(dst []byte, rec record) ([]byte, error) {
 // (marker and headCRC hold) it returns the frame's end; intact says
 // whether the body is whole and its CRC holds, and then rec is it.
 func frameAt(data []byte, pos int) (rec record, end int, head, intact bool) {
+	return frameAs[record](data, pos)
+}
+
+// recordIdentity is what a compaction checks of a record it copies: what
+// it is and whose, without decoding its bundle.
+type recordIdentity struct {
+	Op   string `json:"op"`
+	ID   string `json:"id"`
+	Item *struct {
+		ID string `json:"id"`
+	} `json:"item"`
+}
+
+// frameAs is frameAt decoding the body as a T.
+func frameAs[T any](data []byte, pos int) (rec T, end int, head, intact bool) {
+	var zero T
 	if len(data)-pos < frameHead {
-		return record{}, 0, false, false
+		return zero, 0, false, false
 	}
 	h := data[pos : pos+frameHead]
 	if !bytes.Equal(h[:4], marker[:]) || crc32.Checksum(h[:12], crcTable) != binary.LittleEndian.Uint32(h[12:]) {
-		return record{}, 0, false, false
+		return zero, 0, false, false
 	}
 	n := int(binary.LittleEndian.Uint32(h[4:]))
 	if n > maxRecord {
-		return record{}, 0, false, false
+		return zero, 0, false, false
 	}
 	end = pos + frameHead + n
 	if end > len(data) {
-		return record{}, end, true, false // cut short: a torn write
+		return zero, end, true, false // cut short: a torn write
 	}
 	body := data[pos+frameHead : end]
 	if crc32.Checksum(body, crcTable) != binary.LittleEndian.Uint32(h[8:]) || json.Unmarshal(body, &rec) != nil {
-		return record{}, end, true, false
+		return zero, end, true, false
 	}
 	return rec, end, true, true
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
+	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
 	"github.com/hallmark-dev/hallmark/server"
 )
@@ -76,7 +77,19 @@ type logStore struct {
 // logAppendRun is one run of figure name with submitters concurrent
 // agents.
 func logAppendRun(ctx context.Context, name string, submitters int, db logStore) (Result, error) {
-	subs, ids, root, err := logAppendWorkload(submitters, logAppendEntries)
+	tsaKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Result{}, err
+	}
+	tsaChain, err := tsa.NewChain(tsaKey, "bench tsa", time.Now().Add(-time.Hour))
+	if err != nil {
+		return Result{}, err
+	}
+	ts, err := tsa.NewSigner(tsaKey, tsaChain)
+	if err != nil {
+		return Result{}, err
+	}
+	subs, ids, root, err := logAppendWorkload(submitters, logAppendEntries, ts)
 	if err != nil {
 		return Result{}, err
 	}
@@ -87,18 +100,6 @@ func logAppendRun(ctx context.Context, name string, submitters int, db logStore)
 	}
 	defer st.Close()
 	_, logKey, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return Result{}, err
-	}
-	tsaKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return Result{}, err
-	}
-	tsaChain, err := tsa.NewChain(tsaKey, "bench tsa", time.Now().Add(-time.Hour))
-	if err != nil {
-		return Result{}, err
-	}
-	ts, err := tsa.NewSigner(tsaKey, tsaChain)
 	if err != nil {
 		return Result{}, err
 	}
@@ -178,9 +179,11 @@ func logAppendRun(ctx context.Context, name string, submitters int, db logStore)
 }
 
 // logAppendWorkload makes a signing CA, one agent per submitter and the
-// submissions: real attestations (attest.Sign) of one product each,
-// distributed round-robin (subs[w][k] is entry k·submitters+w).
-func logAppendWorkload(submitters, entries int) ([][]server.Submission, []spiffeid.ID, *x509.Certificate, error) {
+// submissions: real attestations of one product each, signed as an agent
+// signs them (attest.SignWith, with the RFC 3161 timestamp of the
+// signature from ts, the log's authority), distributed round-robin
+// (subs[w][k] is entry k·submitters+w).
+func logAppendWorkload(submitters, entries int, ts *tsa.Signer) ([][]server.Submission, []spiffeid.ID, *x509.Certificate, error) {
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, nil, err
@@ -228,14 +231,17 @@ func logAppendWorkload(submitters, entries int) ([][]server.Submission, []spiffe
 			}
 			for i := w; i < entries; i += submitters {
 				sum := sha256.Sum256(fmt.Appendf(nil, "product %d", i))
-				bundle, err := attest.Sign(attest.Step{
+				bundle, err := attest.SignWith(attest.Step{
 					Name: "build", Workspace: "/home/runner/work/app",
 					Command:       []string{"make", "dist"},
 					CallerCmdline: []string{"/usr/bin/make", "dist"},
 					Products:      []attest.Artifact{{Name: fmt.Sprintf("dist/app-%d.tar.gz", i), SHA256: hex.EncodeToString(sum[:])}},
 					Workload:      attest.Workload{SPIFFEIDs: []string{"spiffe://bench.example.org/ci/builder"}, Selectors: []string{"unix:uid:1000"}, PID: 4242, UID: 1000, GID: 1000},
 					BuilderID:     ids[w].String(), StartedOn: now, FinishedOn: now,
-				}, key, leaf)
+				}, key, leaf, attest.SignOptions{
+					Timestamp:        func(sig []byte) ([]byte, error) { return ts.Timestamp(sig, time.Now()) },
+					MaxTimestampSize: limits.MaxTimestampBytes,
+				})
 				if err != nil {
 					errs[w] = err
 					return
@@ -250,7 +256,12 @@ func logAppendWorkload(submitters, entries int) ([][]server.Submission, []spiffe
 					errs[w] = err
 					return
 				}
-				subs[w] = append(subs[w], server.Submission{Envelope: env, Certificate: leaf.Raw})
+				stamps := b.GetVerificationMaterial().GetTimestampVerificationData().GetRfc3161Timestamps()
+				if len(stamps) != 1 {
+					errs[w] = fmt.Errorf("bundle carries %d timestamps, want 1", len(stamps))
+					return
+				}
+				subs[w] = append(subs[w], server.Submission{Envelope: env, Certificate: leaf.Raw, Timestamp: stamps[0].GetSignedTimestamp()})
 			}
 		})
 	}
@@ -275,19 +286,19 @@ func logAppendFloor(ctx context.Context, src, dst string) (float64, int, error) 
 	}
 	defer in.Close()
 	type entryRow struct {
-		idx                        int64
-		leaf, key, body, env, cert []byte
-		spiffeID                   string
-		integrated                 int64
+		idx                            int64
+		leaf, key, body, env, cert, ts []byte
+		spiffeID                       string
+		integrated                     int64
 	}
 	var entries []entryRow
-	rows, err := in.QueryContext(ctx, `SELECT idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time FROM entries ORDER BY idx`)
+	rows, err := in.QueryContext(ctx, `SELECT idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp FROM entries ORDER BY idx`)
 	if err != nil {
 		return 0, 0, err
 	}
 	for rows.Next() {
 		var e entryRow
-		if err := rows.Scan(&e.idx, &e.leaf, &e.key, &e.body, &e.env, &e.cert, &e.spiffeID, &e.integrated); err != nil {
+		if err := rows.Scan(&e.idx, &e.leaf, &e.key, &e.body, &e.env, &e.cert, &e.spiffeID, &e.integrated, &e.ts); err != nil {
 			return 0, 0, err
 		}
 		entries = append(entries, e)
@@ -388,7 +399,7 @@ func logAppendFloor(ctx context.Context, src, dst string) (float64, int, error) 
 	for _, c := range checkpoints {
 		var entryArgs, digestArgs, nodeArgs []any
 		for _, e := range entries[prev:c.size] {
-			entryArgs = append(entryArgs, e.idx, e.leaf, e.key, e.body, e.env, e.cert, e.spiffeID, e.integrated)
+			entryArgs = append(entryArgs, e.idx, e.leaf, e.key, e.body, e.env, e.cert, e.spiffeID, e.integrated, e.ts)
 			for _, d := range digests[e.idx] {
 				digestArgs = append(digestArgs, d, e.idx)
 			}
@@ -402,7 +413,7 @@ func logAppendFloor(ctx context.Context, src, dst string) (float64, int, error) 
 			n           int
 			args        []any
 		}{
-			{"entries", "idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time", 8, entryArgs},
+			{"entries", "idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp", 9, entryArgs},
 			{"subject_digests", "digest, idx", 2, digestArgs},
 			{"nodes", "level, idx, hash", 3, nodeArgs},
 			{"checkpoints", "size, note", 2, []any{c.size, c.note}},

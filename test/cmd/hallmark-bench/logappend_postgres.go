@@ -124,15 +124,15 @@ func logAppendFloorPostgres(ctx context.Context, src, dst string) (float64, int,
 	}
 	defer in.Close(ctx)
 	type entryRow struct {
-		idx                        int64
-		leaf, key, body, env, cert []byte
-		spiffeID                   string
-		integrated                 int64
+		idx                            int64
+		leaf, key, body, env, cert, ts []byte
+		spiffeID                       string
+		integrated                     int64
 	}
-	rows, _ := in.Query(ctx, `SELECT idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time FROM entries ORDER BY idx`)
+	rows, _ := in.Query(ctx, `SELECT idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp FROM entries ORDER BY idx`)
 	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (entryRow, error) {
 		var e entryRow
-		err := r.Scan(&e.idx, &e.leaf, &e.key, &e.body, &e.env, &e.cert, &e.spiffeID, &e.integrated)
+		err := r.Scan(&e.idx, &e.leaf, &e.key, &e.body, &e.env, &e.cert, &e.spiffeID, &e.integrated, &e.ts)
 		return e, err
 	})
 	if err != nil {
@@ -195,16 +195,16 @@ func logAppendFloorPostgres(ctx context.Context, src, dst string) (float64, int,
 	prev := int64(0)
 	for _, c := range checkpoints {
 		var (
-			idx, integrated                 []int64
-			leaf, key, body, env, cert, dig [][]byte
-			spiffeID                        []string
-			digIdx, nodeIdx                 []int64
-			nodeLevel                       []int32
-			nodeHash                        [][]byte
+			idx, integrated                     []int64
+			leaf, key, body, env, cert, ts, dig [][]byte
+			spiffeID                            []string
+			digIdx, nodeIdx                     []int64
+			nodeLevel                           []int32
+			nodeHash                            [][]byte
 		)
 		for _, e := range entries[prev:c.size] {
 			idx, leaf, key, body, env, cert = append(idx, e.idx), append(leaf, e.leaf), append(key, e.key), append(body, e.body), append(env, e.env), append(cert, e.cert)
-			spiffeID, integrated = append(spiffeID, e.spiffeID), append(integrated, e.integrated)
+			spiffeID, integrated, ts = append(spiffeID, e.spiffeID), append(integrated, e.integrated), append(ts, e.ts)
 			for _, d := range digests[e.idx] {
 				dig, digIdx = append(dig, d), append(digIdx, e.idx)
 			}
@@ -213,9 +213,9 @@ func logAppendFloorPostgres(ctx context.Context, src, dst string) (float64, int,
 			}
 		}
 		b := &pgx.Batch{}
-		b.Queue(`INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time)
-SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::text[], $8::bigint[])`,
-			idx, leaf, key, body, env, cert, spiffeID, integrated)
+		b.Queue(`INSERT INTO entries (idx, leaf_hash, dedupe_key, body, envelope, certificate, spiffe_id, integrated_time, signed_timestamp)
+SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], $5::bytea[], $6::bytea[], $7::text[], $8::bigint[], $9::bytea[])`,
+			idx, leaf, key, body, env, cert, spiffeID, integrated, ts)
 		if len(dig) > 0 {
 			b.Queue(`INSERT INTO subject_digests (digest, idx) SELECT * FROM unnest($1::bytea[], $2::bigint[])`, dig, digIdx)
 		}

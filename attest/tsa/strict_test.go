@@ -1,0 +1,248 @@
+package tsa
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/asn1"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// TestStrictPathReadsSignerTokens: every token Signer issues takes the
+// fast path, with the general parser's time.
+func TestStrictPathReadsSignerTokens(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := newSigner(t, t0.Add(-time.Hour))
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(t, err)
+	for _, at := range []time.Time{t0, t0.Add(123 * time.Millisecond), t0.Add(5*time.Hour + 999*time.Millisecond)} {
+		sig := []byte("signature at " + at.String())
+		resp, err := s.Timestamp(sig, at)
+		require.NoError(t, err)
+		fast, err := a.verifyStrict(resp, sig)
+		require.NoError(t, err, "a Signer token must take the fast path")
+		general, err := a.verifyGeneral(resp, sig)
+		require.NoError(t, err)
+		// The token carries whole seconds (encoding/asn1 writes no fraction).
+		require.True(t, fast.Equal(general) && fast.Equal(at.Truncate(time.Second)), "fast %s, general %s, issued at %s", fast, general, at)
+
+		_, err = a.verifyStrict(resp, []byte("another signature"))
+		require.ErrorIs(t, err, errNotStrict)
+	}
+}
+
+// TestStrictPathRefusesWhatItDoesNotKnow: tokens that verify but are not
+// of Signer's shape go to the general parser, and ones that do not
+// verify are refused by both.
+func TestStrictPathRefusesWhatItDoesNotKnow(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := newSigner(t, t0.Add(-time.Hour))
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(t, err)
+	sig := []byte("sig")
+	resp, err := s.Timestamp(sig, t0)
+	require.NoError(t, err)
+	tst, attrs, md := tokenParts(t, resp)
+
+	longer := append(append([]byte(nil), tst...), 0)
+	withDigestOf := func(tst []byte) [][]byte {
+		out := append([][]byte(nil), attrs...)
+		out[md] = digestAttribute(tst)
+		return out
+	}
+	without := func(i int) [][]byte {
+		return append(append([][]byte(nil), attrs[:i]...), attrs[i+1:]...)
+	}
+	contentType := 0
+	require.True(t, typeIs(attrs[contentType], oidContentType))
+	for name, tc := range map[string]struct {
+		token  []byte
+		strict bool // the fast path takes it
+	}{
+		"rebuilt as issued":           {buildToken(t, s, tst, attrs, false), true},
+		"attributes out of DER order": {buildToken(t, s, tst, reversed(attrs), false), false},
+		"unsigned attribute added":    {buildToken(t, s, tst, attrs, true), false},
+		"trailing byte after TSTInfo": {buildToken(t, s, longer, withDigestOf(longer), false), false},
+		"digest of other content":     {buildToken(t, s, tst, withDigestOf(longer), false), false},
+		"contentType twice":           {buildToken(t, s, tst, append([][]byte{attrs[contentType]}, attrs...), false), false},
+		"no contentType":              {buildToken(t, s, tst, without(contentType), false), false},
+		"no messageDigest":            {buildToken(t, s, tst, without(md), false), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := a.verifyStrict(tc.token, sig)
+			require.Equal(t, tc.strict, err == nil, "strict: %v", err)
+			if tc.strict {
+				_, err := a.verifyGeneral(tc.token, sig)
+				require.NoError(t, err)
+			}
+		})
+	}
+}
+
+// digestAttribute is the messageDigest attribute for content.
+func digestAttribute(content []byte) []byte {
+	digest := sha256.Sum256(content)
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(oidMessageDigest)
+		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddASN1OctetString(digest[:]) })
+	})
+	return b.BytesOrPanic()
+}
+
+// FuzzStrictAgrees: wherever the fast path accepts a token, the general
+// parser accepts it with the same time. The fuzzer mutates a whole
+// token (the parts no signature covers) and, in FuzzStrictAgreesSigned,
+// the signed TSTInfo and attributes.
+func FuzzStrictAgrees(f *testing.F) {
+	s := newSigner(f, time.Now().Add(-time.Hour))
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(f, err)
+	sig := []byte("sig")
+	resp, err := s.Timestamp(sig, time.Now())
+	require.NoError(f, err)
+	f.Add(resp)
+	f.Fuzz(func(t *testing.T, token []byte) {
+		agree(t, a, token, sig)
+	})
+}
+
+func FuzzStrictAgreesSigned(f *testing.F) {
+	s := newSigner(f, time.Now().Add(-time.Hour))
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(f, err)
+	sig := []byte("sig")
+	resp, err := s.Timestamp(sig, time.Now())
+	require.NoError(f, err)
+	tst, attrs, md := tokenParts(f, resp)
+	f.Add(tst, bytes.Join(attrs[:md], nil), bytes.Join(attrs[md+1:], nil))
+	f.Fuzz(func(t *testing.T, tst, before, after []byte) {
+		// The harness signs and computes messageDigest; the rest of the
+		// attributes, and their order, are the fuzzer's.
+		agree(t, a, buildToken(t, s, tst, [][]byte{before, digestAttribute(tst), after}, false), sig)
+	})
+}
+
+func agree(t *testing.T, a *Authority, token, sig []byte) {
+	fast, err := a.verifyStrict(token, sig)
+	if err != nil {
+		return
+	}
+	general, err := a.verifyGeneral(token, sig)
+	require.NoError(t, err, "the fast path accepted what the general parser refuses")
+	require.True(t, fast.Equal(general), "fast %s, general %s", fast, general)
+}
+
+// tokenParts returns the TSTInfo and the signed attributes (each a whole
+// DER element, in order) of a Signer token, and which is messageDigest.
+func tokenParts(t testing.TB, resp []byte) (tst []byte, attrs [][]byte, md int) {
+	t.Helper()
+	in := cryptobyte.String(resp)
+	var tsr, status, token, wrapped, sd, eci, eContent, certs, signers, si, set, skip cryptobyte.String
+	var ver int
+	ok := in.ReadASN1(&tsr, cbasn1.SEQUENCE) && tsr.ReadASN1(&status, cbasn1.SEQUENCE) && tsr.ReadASN1(&token, cbasn1.SEQUENCE) &&
+		token.SkipASN1(cbasn1.OBJECT_IDENTIFIER) && token.ReadASN1(&wrapped, cbasn1.Tag(0).Constructed().ContextSpecific()) &&
+		wrapped.ReadASN1(&sd, cbasn1.SEQUENCE) && sd.ReadASN1Integer(&ver) && sd.SkipASN1(cbasn1.SET) &&
+		sd.ReadASN1(&eci, cbasn1.SEQUENCE) && eci.SkipASN1(cbasn1.OBJECT_IDENTIFIER) &&
+		eci.ReadASN1(&eContent, cbasn1.Tag(0).Constructed().ContextSpecific()) && eContent.ReadASN1Bytes(&tst, cbasn1.OCTET_STRING) &&
+		sd.ReadASN1(&certs, cbasn1.Tag(0).Constructed().ContextSpecific()) && sd.ReadASN1(&signers, cbasn1.SET) &&
+		signers.ReadASN1(&si, cbasn1.SEQUENCE) && si.SkipASN1(cbasn1.INTEGER) && si.SkipASN1(cbasn1.SEQUENCE) && si.SkipASN1(cbasn1.SEQUENCE) &&
+		si.ReadASN1(&set, cbasn1.Tag(0).Constructed().ContextSpecific())
+	require.True(t, ok, "a Signer token")
+	for !set.Empty() {
+		require.True(t, set.ReadASN1Element(&skip, cbasn1.SEQUENCE))
+		attrs = append(attrs, append([]byte(nil), skip...))
+	}
+	for i, at := range attrs {
+		if typeIs(at, oidMessageDigest) {
+			return tst, attrs, i
+		}
+	}
+	t.Fatal("no messageDigest attribute")
+	return nil, nil, 0
+}
+
+func typeIs(attr []byte, oid asn1.ObjectIdentifier) bool {
+	s := cryptobyte.String(attr)
+	var fields cryptobyte.String
+	var typ asn1.ObjectIdentifier
+	return s.ReadASN1(&fields, cbasn1.SEQUENCE) && fields.ReadASN1ObjectIdentifier(&typ) && typ.Equal(oid)
+}
+
+func reversed(in [][]byte) [][]byte {
+	out := make([][]byte, len(in))
+	for i, v := range in {
+		out[len(in)-1-i] = v
+	}
+	return out
+}
+
+// buildToken builds a TimeStampResp of Signer's shape around tst, signed
+// by s over attrs (each a whole attribute element, in the order given;
+// the messageDigest among them is used as is), with an unsigned
+// attribute when unsigned is set.
+func buildToken(t testing.TB, s *Signer, tst []byte, attrs [][]byte, unsigned bool) []byte {
+	t.Helper()
+	leaf := s.Chain()[0]
+	var set []byte
+	for _, at := range attrs {
+		set = append(set, at...)
+	}
+	var sb cryptobyte.Builder
+	sb.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddBytes(set) })
+	signed, err := sb.Bytes()
+	if err != nil {
+		t.Skip("attributes too long to encode")
+	}
+	d := sha256.Sum256(signed)
+	sig, err := ecdsa.SignASN1(rand.Reader, s.key.(*ecdsa.PrivateKey), d[:])
+	require.NoError(t, err)
+	sha := func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidSHA256) })
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) { b.AddASN1Int64(0) })
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(oidSignedData)
+			b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1Int64(3)
+					b.AddASN1(cbasn1.SET, sha)
+					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						b.AddASN1ObjectIdentifier(oidTSTInfo)
+						b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddASN1OctetString(tst) })
+					})
+					b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(leaf.Raw) })
+					b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
+						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+							b.AddASN1Int64(1)
+							b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+								b.AddBytes(leaf.RawIssuer)
+								b.AddASN1BigInt(leaf.SerialNumber)
+							})
+							sha(b)
+							b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(set) })
+							b.AddBytes(ecdsaWithSHA256)
+							b.AddASN1OctetString(sig)
+							if unsigned {
+								b.AddASN1(cbasn1.Tag(1).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(attrs[0]) })
+							}
+						})
+					})
+				})
+			})
+		})
+	})
+	out, err := b.Bytes()
+	if err != nil {
+		t.Skip("token too long to encode")
+	}
+	return out
+}
