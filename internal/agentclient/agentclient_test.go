@@ -306,6 +306,16 @@ func TestCallsAgainstGRPC(t *testing.T) {
 		_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
 		require.Equal(t, Unavailable, CodeOf(err))
 		require.ErrorContains(t, err, "connection error")
+		require.True(t, ConnectionLost(err), "%v", err)
+	})
+
+	t.Run("only an ended connection is lost", func(t *testing.T) {
+		c := dial(t, serve(t, &fakeAgent{err: status.Error(codes.Unavailable, "the log is unreachable")}))
+		_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+		require.Equal(t, Unavailable, CodeOf(err))
+		require.False(t, ConnectionLost(err), "the agent's own answer")
+		_, err = Dial(ctx, filepath.Join(t.TempDir(), "none.sock"))
+		require.False(t, ConnectionLost(err), "never connected")
 	})
 }
 

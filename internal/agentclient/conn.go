@@ -365,7 +365,7 @@ func (c *Client) fail(ctx context.Context, err error) error {
 	} else if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = ctxError(context.DeadlineExceeded)
 	} else if _, ok := err.(*Error); !ok {
-		err = connError("%v", err)
+		err = lostError("%v", err) // reading or writing the socket failed
 	}
 	c.err = err
 	c.conn.Close()
@@ -433,7 +433,7 @@ func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 		}
 	}
 	if c.goAway || c.nextStream > 1<<31-1 {
-		return nil, connError("the agent is closing the connection")
+		return nil, lostError("the agent is closing the connection")
 	}
 	s := &stream{id: c.nextStream, sendWindow: c.initWindow}
 	c.nextStream += 2
@@ -524,7 +524,7 @@ func (c *Client) send(s *stream, req []byte) error {
 func (c *Client) readFrame(s *stream) error {
 	if _, err := io.ReadFull(c.r, c.hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return connError("the agent closed the connection")
+			return lostError("the agent closed the connection")
 		}
 		return err
 	}
@@ -539,7 +539,7 @@ func (c *Client) readFrame(s *stream) error {
 	}
 	payload := c.frame[:length]
 	if _, err := io.ReadFull(c.r, payload); err != nil {
-		return connError("reading a frame: %v", err)
+		return lostError("reading a frame: %v", err)
 	}
 	mine := s != nil && id == s.id && !s.done
 	if (c.blockStream != 0) != (typ == frameContinuation) || (typ == frameContinuation && id != c.blockStream) {
@@ -574,7 +574,7 @@ func (c *Client) readFrame(s *stream) error {
 		c.goAway = true
 		last := binary.BigEndian.Uint32(payload[:4]) & (1<<31 - 1) // the last stream it will serve
 		if s != nil && !s.done && s.id > last {
-			return connError("the agent is closing the connection (GOAWAY, error code %d)", binary.BigEndian.Uint32(payload[4:8]))
+			return lostError("the agent is closing the connection (GOAWAY, error code %d)", binary.BigEndian.Uint32(payload[4:8]))
 		}
 	case frameWindowUpdate:
 		if length != 4 {

@@ -51,6 +51,8 @@ func (c Code) String() string {
 type Error struct {
 	Code    Code
 	Message string
+
+	lost bool // the connection ended under the call (ConnectionLost)
 }
 
 func (e *Error) Error() string {
@@ -71,6 +73,24 @@ func CodeOf(err error) Code {
 
 func connError(format string, a ...any) *Error {
 	return &Error{Code: Unavailable, Message: "connection error: " + fmt.Sprintf(format, a...)}
+}
+
+// lostError is connError for a connection that ended (closed, broken,
+// or going away) rather than one that misbehaved.
+func lostError(format string, a ...any) *Error {
+	e := connError(format, a...)
+	e.lost = true
+	return e
+}
+
+// ConnectionLost reports whether err is a call's failure because its
+// connection ended before the answer: the agent closed it, it broke, or
+// the agent is going away (GOAWAY: it closes idle connections, and every
+// connection when it stops). A call that only reads, such as GetBundle,
+// may then be made again on a new connection.
+func ConnectionLost(err error) bool {
+	e, ok := err.(*Error)
+	return ok && e.lost
 }
 
 // decodeMessage undoes the percent-encoding of grpc-message (gRPC over

@@ -206,7 +206,7 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 	if cfg.waitLog && !logged {
 		wctx, wcancel := context.WithTimeout(ctx, cfg.waitTimeout)
 		defer wcancel()
-		got, err := client.GetBundle(wctx, resp.InvocationID, true)
+		got, err := waitForLog(wctx, client, cfg.socket, resp.InvocationID)
 		if err != nil {
 			return 1, fmt.Errorf("attested (invocation %s) but not logged: %w", resp.InvocationID, Explain(cfg.socket, err))
 		}
@@ -232,6 +232,23 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 	fmt.Fprintf(env.Stderr, "%s: attested step %s (%d products, invocation %s, %s) -> %s\n",
 		cfg.name, cfg.step, len(resp.Subjects), resp.InvocationID, state, out)
 	return 0, nil
+}
+
+// waitForLog asks the agent for invocation id's bundle once it is
+// logged. GetBundle only reads, so when the connection ends under it
+// (the agent closes idle connections with GOAWAY, and all of them when it
+// restarts) it is asked once more, on a new connection.
+func waitForLog(ctx context.Context, c *agentclient.Client, socket, id string) (*agentclient.GetBundleResponse, error) {
+	got, err := c.GetBundle(ctx, id, true)
+	if !agentclient.ConnectionLost(err) || ctx.Err() != nil {
+		return got, err
+	}
+	again, err := agentclient.Dial(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	defer again.Close()
+	return again.GetBundle(ctx, id, true)
 }
 
 // attestStep asks the agent to attest req, showing its progress on d; a

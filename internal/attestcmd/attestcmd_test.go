@@ -6,9 +6,16 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/hallmark-dev/hallmark/internal/agentclient"
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
 // Must show: help goes to stdout with the synopsis of the command as
@@ -56,4 +63,88 @@ func TestUsageAndHelp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bundleAgent answers GetBundle with a logged bundle, or with err.
+type bundleAgent struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	err   error
+	calls atomic.Int32
+}
+
+func (b *bundleAgent) AttestStep(context.Context, *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	return &agentv1.AttestStepResponse{InvocationId: "inv"}, nil
+}
+
+func (b *bundleAgent) GetBundle(context.Context, *agentv1.GetBundleRequest) (*agentv1.GetBundleResponse, error) {
+	b.calls.Add(1)
+	if b.err != nil {
+		return nil, b.err
+	}
+	return &agentv1.GetBundleResponse{Bundle: []byte("bundle"), Logged: true}, nil
+}
+
+// Must show: --wait-log's GetBundle survives the agent closing the
+// connection between the attestation and the wait, or during it (it stops
+// with GOAWAY, or its process is replaced): it asks again on a new
+// connection. An answer of the agent's own is not asked again.
+func TestWaitForLogAfterTheConnectionEnds(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		stop func(*grpc.Server)
+	}{
+		{"agent stops gracefully (GOAWAY)", (*grpc.Server).GracefulStop},
+		{"agent process ends", (*grpc.Server).Stop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, err := os.MkdirTemp("", "hm")
+			require.NoError(t, err)
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			socket := filepath.Join(dir, "s.sock")
+			serve := func(agent *bundleAgent) *grpc.Server {
+				ln, err := net.Listen("unix", socket)
+				require.NoError(t, err)
+				srv := grpc.NewServer()
+				agentv1.RegisterWorkloadServiceServer(srv, agent)
+				go srv.Serve(ln) //nolint:errcheck // stopped by the test
+				return srv
+			}
+			old, restarted := &bundleAgent{}, &bundleAgent{}
+			srv := serve(old)
+			attested := func() *agentclient.Client {
+				c, err := agentclient.Dial(ctx, socket)
+				require.NoError(t, err)
+				t.Cleanup(func() { c.Close() })
+				_, err = c.AttestStep(ctx, &agentclient.AttestStepRequest{Step: "build"})
+				require.NoError(t, err)
+				return c
+			}
+			plain, waiting := attested(), attested()
+			tc.stop(srv)
+			t.Cleanup(serve(restarted).Stop)
+
+			_, err = plain.GetBundle(ctx, "inv", true)
+			require.True(t, agentclient.ConnectionLost(err), "a plain call on the old connection: %v", err)
+
+			got, err := waitForLog(ctx, waiting, socket, "inv")
+			require.NoError(t, err)
+			require.Equal(t, []byte("bundle"), got.Bundle)
+			require.True(t, got.Logged)
+			require.Zero(t, old.calls.Load())
+			require.EqualValues(t, 1, restarted.calls.Load())
+		})
+	}
+
+	t.Run("the agent's own refusal", func(t *testing.T) {
+		refusing := &bundleAgent{err: status.Error(codes.Unavailable, "the log is unreachable")}
+		socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, refusing) })
+		c, err := agentclient.Dial(ctx, socket)
+		require.NoError(t, err)
+		defer c.Close()
+		_, err = waitForLog(ctx, c, socket, "inv")
+		require.Equal(t, &agentclient.Error{Code: agentclient.Unavailable, Message: "the log is unreachable"}, err)
+		require.False(t, agentclient.ConnectionLost(err))
+		require.EqualValues(t, 1, refusing.calls.Load())
+	})
 }

@@ -201,7 +201,7 @@ func TestAttestStepCall(t *testing.T) {
 }
 
 // serveUnix serves a gRPC server on a fresh unix socket until the test ends.
-func serveUnix(t *testing.T, register func(*grpc.Server)) string {
+func serveUnix(t *testing.T, register func(*grpc.Server), opts ...grpc.ServerOption) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "hm")
 	require.NoError(t, err)
@@ -209,7 +209,7 @@ func serveUnix(t *testing.T, register func(*grpc.Server)) string {
 	path := filepath.Join(dir, "s.sock")
 	ln, err := net.Listen("unix", path)
 	require.NoError(t, err)
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	register(srv)
 	go srv.Serve(ln) //nolint:errcheck // stopped below
 	t.Cleanup(srv.Stop)
