@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"syscall"
@@ -324,6 +325,13 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 	}
 	fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent, CPU per step (medians over %d rounds): hallmark-attest %.2f ms beyond the command (an empty Go program: %.2f ms; hallmark attest: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
 		mode, n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(fullCLI)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
+	if cores := runtime.NumCPU(); n > cores {
+		// n callers, each starting its next step when one ends, keep the
+		// cores busy: each step then waits for the others' CPU too.
+		fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent on %d cores are CPU-bound: %d x %.2f ms of CPU added per step / %d cores = %.0f ms added per step "+
+			"(measured p50 %.0f ms); an added p50 of 10 ms at %d concurrent would need at most %.2f ms of CPU per step in all processes\n",
+			mode, n, cores, n, ms(median(cpu)), cores, float64(n)*ms(median(cpu))/float64(cores), p50, n, 10*float64(cores)/float64(n))
+	}
 	return res
 }
 
