@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/asn1"
+	"slices"
 	"testing"
 	"time"
 
@@ -39,7 +40,8 @@ func TestStrictPathReadsSignerTokens(t *testing.T) {
 
 // TestStrictPathRefusesWhatItDoesNotKnow: tokens that verify but are not
 // of Signer's shape go to the general parser, and ones that do not
-// verify are refused by both.
+// verify are refused by both. The tokens are signed with the TSA's key:
+// they are what a TSA writing other shapes (or BER) would issue.
 func TestStrictPathRefusesWhatItDoesNotKnow(t *testing.T) {
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	s := newSigner(t, t0.Add(-time.Hour))
@@ -61,39 +63,95 @@ func TestStrictPathRefusesWhatItDoesNotKnow(t *testing.T) {
 	}
 	contentType := 0
 	require.True(t, typeIs(attrs[contentType], oidContentType))
+	// withSigningCert replaces the signingCertificateV2 attribute with
+	// one whose ESSCertIDv2 is certHash followed by rest.
+	leaf := s.Chain()[0]
+	withSigningCert := func(rest []byte) [][]byte {
+		hash := sha256.Sum256(leaf.Raw)
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1OctetString(hash[:])
+					b.AddBytes(rest)
+				})
+			})
+		})
+		out := slices.DeleteFunc(slices.Clone(attrs), func(at []byte) bool { return typeIs(at, oidSigningCertificateV2) })
+		return derOrder(append(out, attribute(oidSigningCertificateV2, b.BytesOrPanic())))
+	}
+	// issuerSerial is the IssuerSerial Signer writes, its serial number's
+	// length in BER long form when berLength is set.
+	issuerSerial := func(berLength bool) []byte {
+		var serial cryptobyte.Builder
+		serial.AddASN1BigInt(leaf.SerialNumber)
+		integer := serial.BytesOrPanic()
+		if berLength {
+			integer = append([]byte{integer[0], 0x81}, integer[1:]...)
+		}
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.Tag(4).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(leaf.RawIssuer) })
+			})
+			b.AddBytes(integer)
+		})
+		return b.BytesOrPanic()
+	}
 	for name, tc := range map[string]struct {
-		token  []byte
-		strict bool // the fast path takes it
+		token   []byte
+		strict  bool // the fast path takes it
+		general bool // the general parser accepts it
 	}{
-		"rebuilt as issued":           {buildToken(t, s, tst, attrs, false), true},
-		"attributes out of DER order": {buildToken(t, s, tst, reversed(attrs), false), false},
-		"unsigned attribute added":    {buildToken(t, s, tst, attrs, true), false},
-		"trailing byte after TSTInfo": {buildToken(t, s, longer, withDigestOf(longer), false), false},
-		"digest of other content":     {buildToken(t, s, tst, withDigestOf(longer), false), false},
-		"contentType twice":           {buildToken(t, s, tst, append([][]byte{attrs[contentType]}, attrs...), false), false},
-		"no contentType":              {buildToken(t, s, tst, without(contentType), false), false},
-		"no messageDigest":            {buildToken(t, s, tst, without(md), false), false},
+		"rebuilt as issued":                   {buildToken(t, s, tst, attrs, false), true, true},
+		"signingCertificateV2 rebuilt":        {buildToken(t, s, tst, withSigningCert(issuerSerial(false)), false), true, true},
+		"signingCertificateV2 without issuer": {buildToken(t, s, tst, withSigningCert(nil), false), false, true},
+		// The general parser rewrites BER as DER before it checks the
+		// signature, so these fail there; the fast path must not take them.
+		"BER length in signingCertificateV2": {buildToken(t, s, tst, withSigningCert(issuerSerial(true)), false), false, false},
+		"BER indefinite length in signingCertificateV2": {
+			buildToken(t, s, tst, withSigningCert(append(issuerSerial(false), 0x30, 0x80, 0x00, 0x00)), false), false, false,
+		},
+		"attributes out of DER order": {buildToken(t, s, tst, reversed(attrs), false), false, false},
+		"unsigned attribute added":    {buildToken(t, s, tst, attrs, true), false, true},
+		"trailing byte after TSTInfo": {buildToken(t, s, longer, withDigestOf(longer), false), false, true},
+		"digest of other content":     {buildToken(t, s, tst, withDigestOf(longer), false), false, false},
+		"contentType twice":           {buildToken(t, s, tst, append([][]byte{attrs[contentType]}, attrs...), false), false, true},
+		"no contentType":              {buildToken(t, s, tst, without(contentType), false), false, true},
+		"no messageDigest":            {buildToken(t, s, tst, without(md), false), false, false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := a.verifyStrict(tc.token, sig)
 			require.Equal(t, tc.strict, err == nil, "strict: %v", err)
-			if tc.strict {
-				_, err := a.verifyGeneral(tc.token, sig)
-				require.NoError(t, err)
-			}
+			_, err = a.verifyGeneral(tc.token, sig)
+			require.Equal(t, tc.general, err == nil, "general: %v", err)
 		})
 	}
+}
+
+// attribute is the Attribute (RFC 5652 section 5.3) of type typ with the
+// one value value, a whole DER element.
+func attribute(typ asn1.ObjectIdentifier, value []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(typ)
+		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddBytes(value) })
+	})
+	return b.BytesOrPanic()
+}
+
+// derOrder sorts attributes as DER orders a SET OF (X.690 section 11.6).
+func derOrder(attrs [][]byte) [][]byte {
+	slices.SortFunc(attrs, bytes.Compare)
+	return attrs
 }
 
 // digestAttribute is the messageDigest attribute for content.
 func digestAttribute(content []byte) []byte {
 	digest := sha256.Sum256(content)
 	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(oidMessageDigest)
-		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddASN1OctetString(digest[:]) })
-	})
-	return b.BytesOrPanic()
+	b.AddASN1OctetString(digest[:])
+	return attribute(oidMessageDigest, b.BytesOrPanic())
 }
 
 // FuzzStrictAgrees: wherever the fast path accepts a token, the general
