@@ -3,9 +3,14 @@ package tsa
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
+	"math/big"
 	"slices"
 	"testing"
 	"time"
@@ -157,13 +162,12 @@ func digestAttribute(content []byte) []byte {
 // FuzzStrictAgrees: wherever the fast path accepts a token, the general
 // parser accepts it with the same time. The fuzzer mutates a whole
 // token (the parts no signature covers) and, in FuzzStrictAgreesSigned,
-// the signed TSTInfo and attributes.
+// the signed TSTInfo and attribute values. Both use fixedSigner, so the
+// corpus replays against the same TSA.
 func FuzzStrictAgrees(f *testing.F) {
-	s := newSigner(f, time.Now().Add(-time.Hour))
-	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(f, err)
+	s, a := fixedSigner(f)
 	sig := []byte("sig")
-	resp, err := s.Timestamp(sig, time.Now())
+	resp, err := s.Timestamp(sig, fixedTime)
 	require.NoError(f, err)
 	f.Add(resp)
 	f.Fuzz(func(t *testing.T, token []byte) {
@@ -172,19 +176,82 @@ func FuzzStrictAgrees(f *testing.F) {
 }
 
 func FuzzStrictAgreesSigned(f *testing.F) {
-	s := newSigner(f, time.Now().Add(-time.Hour))
-	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(f, err)
+	s, a := fixedSigner(f)
 	sig := []byte("sig")
-	resp, err := s.Timestamp(sig, time.Now())
+	resp, err := s.Timestamp(sig, fixedTime)
 	require.NoError(f, err)
-	tst, attrs, md := tokenParts(f, resp)
-	f.Add(tst, bytes.Join(attrs[:md], nil), bytes.Join(attrs[md+1:], nil))
-	f.Fuzz(func(t *testing.T, tst, before, after []byte) {
-		// The harness signs and computes messageDigest; the rest of the
-		// attributes, and their order, are the fuzzer's.
-		agree(t, a, buildToken(t, s, tst, [][]byte{before, digestAttribute(tst), after}, false), sig)
+	tst, attrs, _ := tokenParts(f, resp)
+	value := func(typ asn1.ObjectIdentifier) []byte {
+		for _, at := range attrs {
+			if typeIs(at, typ) {
+				var fields, values cryptobyte.String
+				s := cryptobyte.String(at)
+				require.True(f, s.ReadASN1(&fields, cbasn1.SEQUENCE) && fields.SkipASN1(cbasn1.OBJECT_IDENTIFIER) && fields.ReadASN1(&values, cbasn1.SET))
+				return values
+			}
+		}
+		f.Fatalf("no attribute %s", typ)
+		return nil
+	}
+	f.Add(tst, value(oidContentType), value(oidSigningTime), value(oidSigningCertificateV2), []byte(nil))
+	f.Fuzz(func(t *testing.T, tst, contentType, signingTime, signingCert, more []byte) {
+		// The harness signs, computes messageDigest, and wraps each
+		// non-empty value (the SET OF AttributeValue's contents) in its
+		// attribute, in DER order, so that mutations inside a value keep
+		// the list well formed; more is whole attributes, added last.
+		var list [][]byte
+		for _, at := range []struct {
+			typ   asn1.ObjectIdentifier
+			value []byte
+		}{{oidContentType, contentType}, {oidSigningTime, signingTime}, {oidSigningCertificateV2, signingCert}} {
+			if len(at.value) > 0 {
+				list = append(list, attribute(at.typ, at.value))
+			}
+		}
+		list = append(derOrder(append(list, digestAttribute(tst))), more)
+		agree(t, a, buildToken(t, s, tst, list, false), sig)
 	})
+}
+
+// fixedTime is when fixedSigner's tokens are issued.
+var fixedTime = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// fixedSigner is a TSA whose key and certificates are the same in every
+// run, so that fuzz corpus entries still verify when replayed: the leaf
+// key is a constant and the chain is signed with Ed25519, whose
+// signatures are deterministic. It is valid from 2026 for a century, so
+// the signingTime Signer writes (the time of signing) falls inside it.
+func fixedSigner(t testing.TB) (*Signer, *Authority) {
+	t.Helper()
+	key, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), bytes.Repeat([]byte{1}, 32))
+	require.NoError(t, err)
+	rootKey := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	notBefore := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	notAfter := notBefore.AddDate(100, 0, 0)
+	root := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fuzz tsa root"},
+		NotBefore: notBefore, NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, root, root, rootKey.Public(), rootKey)
+	require.NoError(t, err)
+	root, err = x509.ParseCertificate(der)
+	require.NoError(t, err)
+	eku, err := asn1.Marshal([]asn1.ObjectIdentifier{oidTimeStamping})
+	require.NoError(t, err)
+	der, err = x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "fuzz tsa"},
+		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtraExtensions: []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: eku}},
+	}, root, key.Public(), rootKey)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	s, err := NewSigner(key, []*x509.Certificate{leaf, root})
+	require.NoError(t, err)
+	a, err := NewAuthority(leaf, pool(root), nil)
+	require.NoError(t, err)
+	return s, a
 }
 
 func agree(t *testing.T, a *Authority, token, sig []byte) {
