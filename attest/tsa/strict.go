@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/asn1"
 	"errors"
 	"math/big"
@@ -107,9 +108,11 @@ func (a *Authority) verifyStrict(resp, signature []byte) (time.Time, error) {
 // checkAttributes checks the signed attributes (RFC 5652 section 11, RFC
 // 5035 section 5.4.1): contentType id-ct-TSTInfo and messageDigest
 // digest, each once with one value; signingTime, if there, inside the
-// leaf's validity; signingCertificateV2, if there, naming the leaf by
-// its SHA-256; nothing else. They must be in DER order: the general
-// parser checks the signature over its own re-encoding of them.
+// leaf's validity; signingCertificateV2, if there, exactly as Signer
+// writes it for the leaf; nothing else. They must be DER, in DER order:
+// the general parser converts the token from BER to DER and checks the
+// signature over its own re-encoding of them, so bytes read here must be
+// bytes it keeps.
 func (a *Authority) checkAttributes(attrs cryptobyte.String, digest []byte) bool {
 	var set cryptobyte.String
 	if !attrs.ReadASN1(&set, cbasn1.Tag(0).Constructed().ContextSpecific()) || !attrs.Empty() {
@@ -149,17 +152,10 @@ func (a *Authority) checkAttributes(attrs cryptobyte.String, digest []byte) bool
 			}
 			haveTime = true
 		case typ.Equal(oidSigningCertificateV2) && !haveCert:
-			// SigningCertificateV2 ::= SEQUENCE { certs SEQUENCE OF
-			// ESSCertIDv2 }; the first names the signer: ESSCertIDv2 ::=
-			// SEQUENCE { hashAlgorithm DEFAULT sha256 (absent), certHash,
-			// issuerSerial OPTIONAL }.
-			var sc, ids, id cryptobyte.String
-			var hash []byte
-			leafHash := sha256.Sum256(a.leaf.Raw)
-			if !value.ReadASN1(&sc, cbasn1.SEQUENCE) || !value.Empty() ||
-				!sc.ReadASN1(&ids, cbasn1.SEQUENCE) || !sc.Empty() ||
-				!ids.ReadASN1(&id, cbasn1.SEQUENCE) ||
-				!id.ReadASN1Bytes(&hash, cbasn1.OCTET_STRING) || !bytes.Equal(hash, leafHash[:]) {
+			// Compared whole, not read field by field: bytes left unread
+			// (a BER length inside issuerSerial, say) would be rewritten
+			// by the general parser, whose signature check then fails.
+			if !bytes.Equal(value, a.signingCert) {
 				return false
 			}
 			haveCert = true
@@ -168,6 +164,37 @@ func (a *Authority) checkAttributes(attrs cryptobyte.String, digest []byte) bool
 		}
 	}
 	return haveType && haveDigest
+}
+
+// signingCertificateV2 is the value of the signingCertificateV2
+// attribute (RFC 5035 section 5.4.1) naming leaf as Signer writes it:
+//
+//	SigningCertificateV2 ::= SEQUENCE { certs SEQUENCE OF ESSCertIDv2 }
+//	ESSCertIDv2 ::= SEQUENCE { hashAlgorithm DEFAULT sha256 (absent),
+//	    certHash OCTET STRING, issuerSerial IssuerSerial }
+//	IssuerSerial ::= SEQUENCE { issuer GeneralNames, serialNumber }
+//
+// with one ESSCertIDv2, the SHA-256 of leaf, and issuer the one
+// directoryName [4] (EXPLICIT, Name is a CHOICE) of leaf's issuer.
+func signingCertificateV2(leaf *x509.Certificate) ([]byte, error) {
+	hash := sha256.Sum256(leaf.Raw)
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1OctetString(hash[:])
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+						b.AddASN1(cbasn1.Tag(4).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+							b.AddBytes(leaf.RawIssuer)
+						})
+					})
+					b.AddASN1BigInt(leaf.SerialNumber)
+				})
+			})
+		})
+	})
+	return b.Bytes()
 }
 
 // readTSTInfo reads a TSTInfo (RFC 3161 section 2.4.2) over signature:

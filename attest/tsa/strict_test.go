@@ -3,9 +3,15 @@ package tsa
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
+	"math/big"
+	"slices"
 	"testing"
 	"time"
 
@@ -39,7 +45,8 @@ func TestStrictPathReadsSignerTokens(t *testing.T) {
 
 // TestStrictPathRefusesWhatItDoesNotKnow: tokens that verify but are not
 // of Signer's shape go to the general parser, and ones that do not
-// verify are refused by both.
+// verify are refused by both. The tokens are signed with the TSA's key:
+// they are what a TSA writing other shapes (or BER) would issue.
 func TestStrictPathRefusesWhatItDoesNotKnow(t *testing.T) {
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	s := newSigner(t, t0.Add(-time.Hour))
@@ -61,51 +68,106 @@ func TestStrictPathRefusesWhatItDoesNotKnow(t *testing.T) {
 	}
 	contentType := 0
 	require.True(t, typeIs(attrs[contentType], oidContentType))
+	// withSigningCert replaces the signingCertificateV2 attribute with
+	// one whose ESSCertIDv2 is certHash followed by rest.
+	leaf := s.Chain()[0]
+	withSigningCert := func(rest []byte) [][]byte {
+		hash := sha256.Sum256(leaf.Raw)
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+					b.AddASN1OctetString(hash[:])
+					b.AddBytes(rest)
+				})
+			})
+		})
+		out := slices.DeleteFunc(slices.Clone(attrs), func(at []byte) bool { return typeIs(at, oidSigningCertificateV2) })
+		return derOrder(append(out, attribute(oidSigningCertificateV2, b.BytesOrPanic())))
+	}
+	// issuerSerial is the IssuerSerial Signer writes, its serial number's
+	// length in BER long form when berLength is set.
+	issuerSerial := func(berLength bool) []byte {
+		var serial cryptobyte.Builder
+		serial.AddASN1BigInt(leaf.SerialNumber)
+		integer := serial.BytesOrPanic()
+		if berLength {
+			integer = append([]byte{integer[0], 0x81}, integer[1:]...)
+		}
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1(cbasn1.Tag(4).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(leaf.RawIssuer) })
+			})
+			b.AddBytes(integer)
+		})
+		return b.BytesOrPanic()
+	}
 	for name, tc := range map[string]struct {
-		token  []byte
-		strict bool // the fast path takes it
+		token   []byte
+		strict  bool // the fast path takes it
+		general bool // the general parser accepts it
 	}{
-		"rebuilt as issued":           {buildToken(t, s, tst, attrs, false), true},
-		"attributes out of DER order": {buildToken(t, s, tst, reversed(attrs), false), false},
-		"unsigned attribute added":    {buildToken(t, s, tst, attrs, true), false},
-		"trailing byte after TSTInfo": {buildToken(t, s, longer, withDigestOf(longer), false), false},
-		"digest of other content":     {buildToken(t, s, tst, withDigestOf(longer), false), false},
-		"contentType twice":           {buildToken(t, s, tst, append([][]byte{attrs[contentType]}, attrs...), false), false},
-		"no contentType":              {buildToken(t, s, tst, without(contentType), false), false},
-		"no messageDigest":            {buildToken(t, s, tst, without(md), false), false},
+		"rebuilt as issued":                   {buildToken(t, s, tst, attrs, false), true, true},
+		"signingCertificateV2 rebuilt":        {buildToken(t, s, tst, withSigningCert(issuerSerial(false)), false), true, true},
+		"signingCertificateV2 without issuer": {buildToken(t, s, tst, withSigningCert(nil), false), false, true},
+		// The general parser rewrites BER as DER before it checks the
+		// signature, so these fail there; the fast path must not take them.
+		"BER length in signingCertificateV2": {buildToken(t, s, tst, withSigningCert(issuerSerial(true)), false), false, false},
+		"BER indefinite length in signingCertificateV2": {
+			buildToken(t, s, tst, withSigningCert(append(issuerSerial(false), 0x30, 0x80, 0x00, 0x00)), false), false, false,
+		},
+		"attributes out of DER order": {buildToken(t, s, tst, reversed(attrs), false), false, false},
+		"unsigned attribute added":    {buildToken(t, s, tst, attrs, true), false, true},
+		"trailing byte after TSTInfo": {buildToken(t, s, longer, withDigestOf(longer), false), false, true},
+		"digest of other content":     {buildToken(t, s, tst, withDigestOf(longer), false), false, false},
+		"contentType twice":           {buildToken(t, s, tst, append([][]byte{attrs[contentType]}, attrs...), false), false, true},
+		"no contentType":              {buildToken(t, s, tst, without(contentType), false), false, true},
+		"no messageDigest":            {buildToken(t, s, tst, without(md), false), false, false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := a.verifyStrict(tc.token, sig)
 			require.Equal(t, tc.strict, err == nil, "strict: %v", err)
-			if tc.strict {
-				_, err := a.verifyGeneral(tc.token, sig)
-				require.NoError(t, err)
-			}
+			_, err = a.verifyGeneral(tc.token, sig)
+			require.Equal(t, tc.general, err == nil, "general: %v", err)
 		})
 	}
+}
+
+// attribute is the Attribute (RFC 5652 section 5.3) of type typ with the
+// one value value, a whole DER element.
+func attribute(typ asn1.ObjectIdentifier, value []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1ObjectIdentifier(typ)
+		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddBytes(value) })
+	})
+	return b.BytesOrPanic()
+}
+
+// derOrder sorts attributes as DER orders a SET OF (X.690 section 11.6).
+func derOrder(attrs [][]byte) [][]byte {
+	slices.SortFunc(attrs, bytes.Compare)
+	return attrs
 }
 
 // digestAttribute is the messageDigest attribute for content.
 func digestAttribute(content []byte) []byte {
 	digest := sha256.Sum256(content)
 	var b cryptobyte.Builder
-	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		b.AddASN1ObjectIdentifier(oidMessageDigest)
-		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) { b.AddASN1OctetString(digest[:]) })
-	})
-	return b.BytesOrPanic()
+	b.AddASN1OctetString(digest[:])
+	return attribute(oidMessageDigest, b.BytesOrPanic())
 }
 
 // FuzzStrictAgrees: wherever the fast path accepts a token, the general
 // parser accepts it with the same time. The fuzzer mutates a whole
 // token (the parts no signature covers) and, in FuzzStrictAgreesSigned,
-// the signed TSTInfo and attributes.
+// the signed TSTInfo and attribute values. Both use fixedSigner, so the
+// corpus replays against the same TSA.
 func FuzzStrictAgrees(f *testing.F) {
-	s := newSigner(f, time.Now().Add(-time.Hour))
-	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(f, err)
+	s, a := fixedSigner(f)
 	sig := []byte("sig")
-	resp, err := s.Timestamp(sig, time.Now())
+	resp, err := s.Timestamp(sig, fixedTime)
 	require.NoError(f, err)
 	f.Add(resp)
 	f.Fuzz(func(t *testing.T, token []byte) {
@@ -114,19 +176,82 @@ func FuzzStrictAgrees(f *testing.F) {
 }
 
 func FuzzStrictAgreesSigned(f *testing.F) {
-	s := newSigner(f, time.Now().Add(-time.Hour))
-	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(f, err)
+	s, a := fixedSigner(f)
 	sig := []byte("sig")
-	resp, err := s.Timestamp(sig, time.Now())
+	resp, err := s.Timestamp(sig, fixedTime)
 	require.NoError(f, err)
-	tst, attrs, md := tokenParts(f, resp)
-	f.Add(tst, bytes.Join(attrs[:md], nil), bytes.Join(attrs[md+1:], nil))
-	f.Fuzz(func(t *testing.T, tst, before, after []byte) {
-		// The harness signs and computes messageDigest; the rest of the
-		// attributes, and their order, are the fuzzer's.
-		agree(t, a, buildToken(t, s, tst, [][]byte{before, digestAttribute(tst), after}, false), sig)
+	tst, attrs, _ := tokenParts(f, resp)
+	value := func(typ asn1.ObjectIdentifier) []byte {
+		for _, at := range attrs {
+			if typeIs(at, typ) {
+				var fields, values cryptobyte.String
+				s := cryptobyte.String(at)
+				require.True(f, s.ReadASN1(&fields, cbasn1.SEQUENCE) && fields.SkipASN1(cbasn1.OBJECT_IDENTIFIER) && fields.ReadASN1(&values, cbasn1.SET))
+				return values
+			}
+		}
+		f.Fatalf("no attribute %s", typ)
+		return nil
+	}
+	f.Add(tst, value(oidContentType), value(oidSigningTime), value(oidSigningCertificateV2), []byte(nil))
+	f.Fuzz(func(t *testing.T, tst, contentType, signingTime, signingCert, more []byte) {
+		// The harness signs, computes messageDigest, and wraps each
+		// non-empty value (the SET OF AttributeValue's contents) in its
+		// attribute, in DER order, so that mutations inside a value keep
+		// the list well formed; more is whole attributes, added last.
+		var list [][]byte
+		for _, at := range []struct {
+			typ   asn1.ObjectIdentifier
+			value []byte
+		}{{oidContentType, contentType}, {oidSigningTime, signingTime}, {oidSigningCertificateV2, signingCert}} {
+			if len(at.value) > 0 {
+				list = append(list, attribute(at.typ, at.value))
+			}
+		}
+		list = append(derOrder(append(list, digestAttribute(tst))), more)
+		agree(t, a, buildToken(t, s, tst, list, false), sig)
 	})
+}
+
+// fixedTime is when fixedSigner's tokens are issued.
+var fixedTime = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// fixedSigner is a TSA whose key and certificates are the same in every
+// run, so that fuzz corpus entries still verify when replayed: the leaf
+// key is a constant and the chain is signed with Ed25519, whose
+// signatures are deterministic. It is valid from 2026 for a century, so
+// the signingTime Signer writes (the time of signing) falls inside it.
+func fixedSigner(t testing.TB) (*Signer, *Authority) {
+	t.Helper()
+	key, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), bytes.Repeat([]byte{1}, 32))
+	require.NoError(t, err)
+	rootKey := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	notBefore := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	notAfter := notBefore.AddDate(100, 0, 0)
+	root := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fuzz tsa root"},
+		NotBefore: notBefore, NotAfter: notAfter,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, root, root, rootKey.Public(), rootKey)
+	require.NoError(t, err)
+	root, err = x509.ParseCertificate(der)
+	require.NoError(t, err)
+	eku, err := asn1.Marshal([]asn1.ObjectIdentifier{oidTimeStamping})
+	require.NoError(t, err)
+	der, err = x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "fuzz tsa"},
+		NotBefore: notBefore, NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtraExtensions: []pkix.Extension{{Id: oidExtKeyUsage, Critical: true, Value: eku}},
+	}, root, key.Public(), rootKey)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	s, err := NewSigner(key, []*x509.Certificate{leaf, root})
+	require.NoError(t, err)
+	a, err := NewAuthority(leaf, pool(root), nil)
+	require.NoError(t, err)
+	return s, a
 }
 
 func agree(t *testing.T, a *Authority, token, sig []byte) {

@@ -97,6 +97,7 @@ func (s *Signer) Timestamp(signature []byte, t time.Time) ([]byte, error) {
 type Authority struct {
 	leaf                *x509.Certificate
 	notBefore, notAfter time.Time // where every certificate of the chain is valid
+	signingCert         []byte    // the SigningCertificateV2 Signer writes for leaf (strict.go)
 }
 
 // NewAuthority checks that leaf is a timestamping certificate (RFC 3161
@@ -113,7 +114,11 @@ func NewAuthority(leaf *x509.Certificate, roots, intermediates *x509.CertPool) (
 	if err != nil {
 		return nil, fmt.Errorf("tsa: timestamp authority certificate: %w", err)
 	}
-	a := &Authority{leaf: leaf, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter}
+	signingCert, err := signingCertificateV2(leaf)
+	if err != nil {
+		return nil, fmt.Errorf("tsa: timestamp authority certificate: %w", err)
+	}
+	a := &Authority{leaf: leaf, notBefore: leaf.NotBefore, notAfter: leaf.NotAfter, signingCert: signingCert}
 	for _, c := range chains[0] {
 		if c.NotBefore.After(a.notBefore) {
 			a.notBefore = c.NotBefore
