@@ -371,3 +371,28 @@ func buildToken(t testing.TB, s *Signer, tst []byte, attrs [][]byte, unsigned bo
 	}
 	return out
 }
+
+// BenchmarkVerify: a Signer token through Verify (the fast path) and
+// through the general parser alone, as every token went before
+// (docs/log.md quotes both).
+func BenchmarkVerify(b *testing.B) {
+	s := newSigner(b, time.Now().Add(-time.Hour))
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(b, err)
+	sig := []byte("a DSSE signature")
+	resp, err := s.Timestamp(sig, time.Now())
+	require.NoError(b, err)
+	for name, verify := range map[string]func([]byte, []byte) (time.Time, error){
+		"Verify":    a.Verify,
+		"digitorus": a.verifyGeneral,
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := verify(resp, sig); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
