@@ -75,11 +75,11 @@ func (r *AttestStepRequest) marshal() ([]byte, error) {
 	b = appendString(b, 2, r.Workspace)
 	for _, p := range r.Products {
 		b = appendTag(b, 3, bytesType)
-		b = appendStringValue(b, p)
+		b = appendBytes(b, p)
 	}
 	for _, m := range r.Materials {
 		b = appendTag(b, 4, bytesType)
-		b = appendStringValue(b, m)
+		b = appendBytes(b, m)
 	}
 	if !r.StartedOn.IsZero() {
 		// google.protobuf.Timestamp: seconds = 1, nanos = 2.
@@ -97,7 +97,7 @@ func (r *AttestStepRequest) marshal() ([]byte, error) {
 	}
 	for _, c := range r.Command {
 		b = appendTag(b, 6, bytesType)
-		b = appendStringValue(b, c)
+		b = appendBytes(b, c)
 	}
 	// A map is a repeated entry message (key = 1, value = 2), sorted
 	// here so that a request encodes the same every time.
@@ -146,7 +146,7 @@ func appendString(b []byte, num fieldNum, s string) []byte {
 		return b
 	}
 	b = appendTag(b, num, bytesType)
-	return appendStringValue(b, s)
+	return appendBytes(b, s)
 }
 
 var errMalformed = errors.New("malformed message")

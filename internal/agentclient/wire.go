@@ -33,11 +33,9 @@ func appendTag(b []byte, num fieldNum, typ wireType) []byte {
 	return appendVarint(b, uint64(num)<<3|uint64(typ))
 }
 
-func appendBytes(b []byte, v []byte) []byte {
-	return append(appendVarint(b, uint64(len(v))), v...)
-}
-
-func appendStringValue(b []byte, v string) []byte {
+// appendBytes appends a length-delimited value (bytes, string or an
+// encoded message).
+func appendBytes[S ~[]byte | ~string](b []byte, v S) []byte {
 	return append(appendVarint(b, uint64(len(v))), v...)
 }
 
@@ -62,7 +60,9 @@ func consumeVarint(b []byte) (uint64, int) {
 // of b and its length, or a negative length.
 func consumeTag(b []byte) (fieldNum, wireType, int) {
 	v, n := consumeVarint(b)
-	if n < 0 || v>>3 == 0 || v>>3 > 1<<31-1 { // as protowire: numbers past 2^29-1 are MessageSet's
+	// As protowire.DecodeTag: numbers up to 2^31-1, since MessageSet's
+	// go past the usual 2^29-1.
+	if n < 0 || v>>3 == 0 || v>>3 > 1<<31-1 {
 		return 0, 0, -1
 	}
 	return fieldNum(v >> 3), wireType(v & 7), n

@@ -135,8 +135,9 @@ func TestForbids(t *testing.T) {
 // hallmark-attest is started once per build step: its start-up is most of
 // what a step pays for Hallmark (make bench, figure fresh). It must not
 // link grpc-go, protobuf-go (its internal/detrand reads the executable at
-// init), the CLI framework, the verification code, or package net (whose resolver links C when cgo is enabled, making
-// the binary dynamically linked).
+// init), the CLI framework, the verification code, or package net (whose
+// resolver links C when cgo is enabled, making the binary dynamically
+// linked).
 func TestStepClientIsLight(t *testing.T) {
 	deps := listDeps(t, module+"/cmd/hallmark-attest")
 	require.Contains(t, deps, module+"/internal/agentclient", "go list lists indirect imports")
