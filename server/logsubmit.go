@@ -255,7 +255,9 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 		body: body, leaf: tlog.LeafHash(body), key: tlog.LeafHash(legacy),
 	}
 
-	// 3. The verifier's checks, against the trust state this log exports.
+	// 3. The verifier's checks, against the trust state this log exports
+	// (a timestamp this server's authority issued is remembered, and its
+	// signature not checked again: docs/log.md, "Timestamps and time").
 	ad := l.admission.Load()
 	if ad.root == nil {
 		// No CA recorded, even after reloading from the store (Submit):
@@ -387,7 +389,7 @@ func (l *TransparencyLog) rebuildAdmissionLocked() error {
 	ad := &admission{}
 	if len(st.CAs) == 0 {
 		ad.err = errors.New("the server has recorded no signing CA yet")
-	} else if ad.root, err = verify.NewTrustedRootFromState(st); err != nil {
+	} else if ad.root, err = verify.NewTrustedRootFromState(st, verify.TrustTimestampsIssuedBy(l.tsa)); err != nil {
 		return fmt.Errorf("trust state: %w", err)
 	}
 	l.admission.Store(ad)

@@ -139,6 +139,14 @@ func TestSubmittedTimestampChecks(t *testing.T) {
 		{"another authority's", func(sig, _ []byte) []byte { return stamp(sig, clock.now(), other) }, "not signed by the trusted timestamp authority"},
 		{"before the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotBefore.Add(-time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
 		{"after the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotAfter.Add(time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
+		// The log remembers the timestamps it issued and does not check
+		// their signatures again (tsa.Authority.TrustIssuedBy): one of
+		// them altered is no longer one of them.
+		{"this authority's, its signature altered", func(sig, _ []byte) []byte {
+			ts := stamp(sig, clock.now(), ls.tl.tsa)
+			ts[len(ts)-1] ^= 1
+			return ts
+		}, "timestamp does not parse or its signature is invalid"},
 		{"garbage", func([]byte, []byte) []byte { return []byte("not a timestamp") }, "timestamp does not parse"},
 		{"too large", func([]byte, []byte) []byte { return make([]byte, limits.MaxTimestampBytes+1) }, "more than the 16384 allowed"},
 	}

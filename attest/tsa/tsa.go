@@ -9,7 +9,9 @@
 // library Sigstore's own timestamp authority uses. Verify first reads a
 // token of the one shape Signer issues in place (strict.go), which costs
 // half as much, and asks digitorus about anything else; the fast path
-// accepts nothing digitorus refuses (FuzzStrictAgrees).
+// accepts nothing digitorus refuses (FuzzStrictAgrees). An authority
+// made with TrustIssuedBy also takes the signature of a response its
+// Signer issued recently as checked (issued.go).
 package tsa
 
 import (
@@ -46,8 +48,9 @@ var (
 // Signer issues timestamps with a key and its certificate chain (leaf
 // first, root last).
 type Signer struct {
-	key   crypto.Signer
-	chain []*x509.Certificate
+	key    crypto.Signer
+	chain  []*x509.Certificate
+	issued issued // the latest responses, for Authority.TrustIssuedBy (issued.go)
 }
 
 // NewSigner checks that chain[0] certifies key for timestamping and
@@ -64,7 +67,7 @@ func NewSigner(key crypto.Signer, chain []*x509.Certificate) (*Signer, error) {
 	if !ok || !pub.Equal(key.Public()) {
 		return nil, errors.New("tsa: the certificate is not for this key")
 	}
-	return &Signer{key: key, chain: chain}, nil
+	return &Signer{key: key, chain: chain, issued: issued{limit: IssuedMemory}}, nil
 }
 
 // Chain is the signer's certificate chain, leaf first.
@@ -87,6 +90,7 @@ func (s *Signer) Timestamp(signature []byte, t time.Time) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tsa: sign timestamp: %w", err)
 	}
+	s.issued.add(resp)
 	return resp, nil
 }
 
@@ -98,6 +102,7 @@ type Authority struct {
 	leaf                *x509.Certificate
 	notBefore, notAfter time.Time // where every certificate of the chain is valid
 	signingCert         []byte    // the SigningCertificateV2 Signer writes for leaf (strict.go)
+	issued              *issued   // responses whose signature is taken as checked (TrustIssuedBy), or nil
 }
 
 // NewAuthority checks that leaf is a timestamping certificate (RFC 3161

@@ -83,11 +83,31 @@ func NewTrustedRoot(pb *trustrootpb.TrustedRoot) (*TrustedRoot, error) {
 	return NewTrustedRootFromState(s)
 }
 
+// Option changes how NewTrustedRootFromState prepares a trusted root.
+type Option func(*options)
+
+type options struct {
+	issuer *tsa.Signer
+}
+
+// TrustTimestampsIssuedBy makes the timestamp authority whose leaf
+// signer holds take the signature of a response signer produced, byte
+// for byte, as checked (tsa.Authority.TrustIssuedBy); every other check
+// of the timestamp still runs. It is for a transparency log admitting
+// entries that its own authority timestamped moments before.
+func TrustTimestampsIssuedBy(signer *tsa.Signer) Option {
+	return func(o *options) { o.issuer = signer }
+}
+
 // NewTrustedRootFromState prepares a trust state for verification. It
 // needs at least one certificate authority, one transparency log and one
 // timestamp authority, and checks each timestamp authority's chain once
 // (a timestamping leaf that chains to its root).
-func NewTrustedRootFromState(s trust.State) (*TrustedRoot, error) {
+func NewTrustedRootFromState(s trust.State, opts ...Option) (*TrustedRoot, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	tr := &TrustedRoot{state: s, logs: map[string]*transparencyLog{}, legacyLogs: map[string]*transparencyLog{}}
 	for _, c := range s.CAs {
 		ca := &certificateAuthority{roots: x509.NewCertPool(), intermediates: x509.NewCertPool(), anchor: c.Anchor(), issuer: c.Issuer(), validFor: c.ValidFor}
@@ -126,6 +146,11 @@ func NewTrustedRootFromState(s trust.State) (*TrustedRoot, error) {
 		a, err := newTimestampAuthority(ta)
 		if err != nil {
 			return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
+		}
+		if o.issuer != nil && o.issuer.Chain()[0].Equal(a.leaf) {
+			if a.authority, err = a.authority.TrustIssuedBy(o.issuer); err != nil {
+				return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
+			}
 		}
 		tr.tsas = append(tr.tsas, a)
 	}

@@ -1,0 +1,129 @@
+package tsa
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestTrustIssuedByTakesOnlyWhatItIssued: an authority trusting its
+// signer's responses accepts them as a plain authority does, and refuses
+// everything a plain authority refuses: the memory of issued responses
+// replaces only the signature check, and only for bytes the signer wrote.
+func TestTrustIssuedByTakesOnlyWhatItIssued(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	s := newSigner(t, t0.Add(-time.Hour))
+	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(t, err)
+	trusting, err := plain.TrustIssuedBy(s)
+	require.NoError(t, err)
+
+	sig := []byte("the agent's DSSE signature")
+	resp, err := s.Timestamp(sig, t0)
+	require.NoError(t, err)
+
+	// An attacker holding the authority's certificate (it is public) but
+	// not its key signs a token of the signer's very shape.
+	forger := &Signer{key: mustKey(t), chain: s.Chain(), issued: issued{limit: IssuedMemory}}
+	forged, err := forger.Timestamp(sig, t0.Add(-30*time.Minute))
+	require.NoError(t, err)
+
+	flipped := append([]byte(nil), resp...)
+	flipped[len(flipped)-1] ^= 1 // the last byte of the CMS signature
+
+	early, err := s.Timestamp(sig, t0.Add(-2*time.Hour)) // the signer's clock before its certificate
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name     string
+		resp     []byte
+		sig      []byte
+		accepted bool
+	}{
+		{"issued, for its signature", resp, sig, true},
+		{"issued, for another signature", resp, []byte("another signature"), false},
+		{"issued, one bit of its signature flipped", flipped, sig, false},
+		{"signed by another key with the authority's certificate", forged, sig, false},
+		{"issued at a time the certificate is not valid", early, sig, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want, wantErr := plain.Verify(tc.resp, tc.sig)
+			got, err := trusting.Verify(tc.resp, tc.sig)
+			if !tc.accepted {
+				require.Error(t, wantErr, "a plain authority must refuse it too")
+				require.Error(t, err)
+				return
+			}
+			require.NoError(t, wantErr)
+			require.NoError(t, err)
+			require.True(t, got.Equal(want), "trusting %s, plain %s", got, want)
+		})
+	}
+}
+
+// TestTrustIssuedBySkipsOnlyTheSignatureOfRecentResponses shows what the
+// memory does, with a signer whose key writes invalid signatures: the
+// trusting authority accepts such a response only while the signer
+// remembers issuing it, then checks its signature and refuses it. (A real
+// signer's signature always verifies; the faulty one makes the skipped
+// check visible.)
+func TestTrustIssuedBySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	good := newSigner(t, t0.Add(-time.Hour))
+	s := &Signer{key: corrupting{good.key}, chain: good.Chain(), issued: issued{limit: 4}}
+	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(t, err)
+	trusting, err := plain.TrustIssuedBy(s)
+	require.NoError(t, err)
+
+	sig := []byte("sig")
+	resp, err := s.Timestamp(sig, t0)
+	require.NoError(t, err)
+	_, err = plain.Verify(resp, sig)
+	require.Error(t, err, "the corrupted signature must not verify")
+	_, err = trusting.Verify(resp, sig)
+	require.NoError(t, err, "a response the signer remembers issuing is taken as signed")
+
+	for i := range 4 {
+		_, err := s.Timestamp([]byte{byte(i)}, t0)
+		require.NoError(t, err)
+	}
+	_, err = trusting.Verify(resp, sig)
+	require.Error(t, err, "a response the signer no longer remembers is checked in full")
+}
+
+func TestTrustIssuedByRefusesAnotherAuthoritysSigner(t *testing.T) {
+	at := time.Now().Add(-time.Hour)
+	s, other := newSigner(t, at), newSigner(t, at)
+	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(t, err)
+	_, err = a.TrustIssuedBy(other)
+	require.ErrorContains(t, err, "does not hold this authority's certificate")
+}
+
+// corrupting signs with key and flips a bit of every signature.
+type corrupting struct{ key crypto.Signer }
+
+func (c corrupting) Public() crypto.PublicKey { return c.key.Public() }
+
+func (c corrupting) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	sig, err := c.key.Sign(r, digest, opts)
+	if err != nil {
+		return nil, err
+	}
+	sig[len(sig)-1] ^= 1
+	return sig, nil
+}
+
+func mustKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	return k
+}
