@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 	"github.com/hallmark-dev/hallmark/internal/limits"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 	"github.com/hallmark-dev/hallmark/test/interop/sigstorego"
@@ -272,4 +274,40 @@ func TestSubmitEntriesFailsFastWithTheStoreDown(t *testing.T) {
 	resp, err := svc.SubmitEntries(ctx, bad)
 	require.NoError(t, err)
 	require.NotEmpty(t, resp.GetResults()[0].GetError(), "checked, and refused, once the store answers")
+}
+
+// TestAdmissionRemembersOnlyItsOwnTimestamps: log admission takes the
+// signature of a timestamp its own authority issued as checked
+// (verify.TrustTimestampsIssuedBy; docs/log.md, "Timestamps and time"),
+// and no other. With an authority key that writes invalid signatures the
+// skipped check is visible: the log that issued such a timestamp admits
+// it, and a log holding the same key and certificate that did not issue
+// it (the same server after a restart, or another replica) refuses it.
+func TestAdmissionRemembersOnlyItsOwnTimestamps(t *testing.T) {
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	key := newP256(t)
+	chain, err := tsa.NewChain(key, "test tsa", time.Now().Add(-time.Hour))
+	require.NoError(t, err)
+	start := func() runningLog {
+		s, err := tsa.NewSigner(verifytest.FaultyKey{Key: key}, chain)
+		require.NoError(t, err)
+		st := openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))
+		t.Cleanup(func() { st.Close() })
+		l := startLog(t, TransparencyLogConfig{Store: st, TSA: s, Key: newLogKey(t), KeyCreated: time.Now(), Origin: testOrigin})
+		require.NoError(t, l.RecordSigningCA(context.Background(), []*x509.Certificate{ca.cert}))
+		return l
+	}
+	issuer, other := start(), start()
+
+	env := agent.sign(t, statement("dist/a"))
+	sub := submission(t, env, agent.cert)
+	sub.Timestamp, err = issuer.tsa.Timestamp(env.GetSignatures()[0].GetSig(), time.Now())
+	require.NoError(t, err)
+
+	res := submitOne(t, other.TransparencyLog, agentID, sub)
+	require.ErrorContains(t, res.Refusal, "timestamp does not parse or its signature is invalid")
+	res = submitOne(t, issuer.TransparencyLog, agentID, sub)
+	require.NoError(t, res.Refusal)
+	require.Equal(t, sub.Timestamp, res.Timestamp)
 }

@@ -1,0 +1,24 @@
+package verifytest
+
+import (
+	"crypto"
+	"io"
+)
+
+// FaultyKey signs with Key and flips a bit of every signature: a key
+// that writes invalid signatures, for tests that make a skipped signature
+// check visible (tsa.Authority.TrustIssuedBy).
+type FaultyKey struct{ Key crypto.Signer }
+
+// Public is Key's public key.
+func (k FaultyKey) Public() crypto.PublicKey { return k.Key.Public() }
+
+// Sign signs with Key and flips the last bit of the signature.
+func (k FaultyKey) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	sig, err := k.Key.Sign(r, digest, opts)
+	if err != nil {
+		return nil, err
+	}
+	sig[len(sig)-1] ^= 1
+	return sig, nil
+}
