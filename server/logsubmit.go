@@ -389,7 +389,7 @@ func (l *TransparencyLog) rebuildAdmissionLocked() error {
 	ad := &admission{}
 	if len(st.CAs) == 0 {
 		ad.err = errors.New("the server has recorded no signing CA yet")
-	} else if ad.root, err = verify.NewTrustedRootFromState(st, verify.TrustTimestampsIssuedBy(l.tsa)); err != nil {
+	} else if ad.root, err = verify.NewTrustedRootFromState(st, verify.SkipTimestampSignatureCheckIfIssuedBy(l.tsa)); err != nil {
 		return fmt.Errorf("trust state: %w", err)
 	}
 	l.admission.Store(ad)

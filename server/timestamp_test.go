@@ -142,7 +142,7 @@ func TestSubmittedTimestampChecks(t *testing.T) {
 		{"before the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotBefore.Add(-time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
 		{"after the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotAfter.Add(time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
 		// The log remembers the timestamps it issued and does not check
-		// their signatures again (tsa.Authority.TrustIssuedBy): one of
+		// their signatures again (tsa.Authority.SkipSignatureCheckOfIssued): one of
 		// them altered is no longer one of them.
 		{"this authority's, its signature altered", func(sig, _ []byte) []byte {
 			ts := stamp(sig, clock.now(), ls.tl.tsa)
@@ -276,10 +276,10 @@ func TestSubmitEntriesFailsFastWithTheStoreDown(t *testing.T) {
 	require.NotEmpty(t, resp.GetResults()[0].GetError(), "checked, and refused, once the store answers")
 }
 
-// TestAdmissionRemembersOnlyItsOwnTimestamps: log admission takes the
-// signature of a timestamp its own authority issued as checked
-// (verify.TrustTimestampsIssuedBy; docs/log.md, "Timestamps and time"),
-// and no other. With an authority key that writes invalid signatures the
+// TestAdmissionRemembersOnlyItsOwnTimestamps: log admission skips the
+// signature check of a timestamp its own authority issued
+// (verify.SkipTimestampSignatureCheckIfIssuedBy; docs/log.md,
+// "Timestamps and time"), and of no other. With an authority key that writes invalid signatures the
 // skipped check is visible: the log that issued such a timestamp admits
 // it, and a log holding the same key and certificate that did not issue
 // it (the same server after a restart, or another replica) refuses it.

@@ -12,16 +12,16 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// TestTrustIssuedByTakesOnlyWhatItIssued: an authority trusting its
+// TestIssuedMemoryTakesOnlyWhatItIssued: an authority trusting its
 // signer's responses accepts them as a plain authority does, and refuses
 // everything a plain authority refuses: the memory of issued responses
 // replaces only the signature check, and only for bytes the signer wrote.
-func TestTrustIssuedByTakesOnlyWhatItIssued(t *testing.T) {
+func TestIssuedMemoryTakesOnlyWhatItIssued(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	s := newSigner(t, t0.Add(-time.Hour))
 	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
 	require.NoError(t, err)
-	trusting, err := plain.TrustIssuedBy(s)
+	trusting, err := plain.SkipSignatureCheckOfIssued(s)
 	require.NoError(t, err)
 
 	sig := []byte("the agent's DSSE signature")
@@ -67,19 +67,19 @@ func TestTrustIssuedByTakesOnlyWhatItIssued(t *testing.T) {
 	}
 }
 
-// TestTrustIssuedBySkipsOnlyTheSignatureOfRecentResponses shows what the
+// TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses shows what the
 // memory does, with a signer whose key writes invalid signatures: the
 // trusting authority accepts such a response only while the signer
 // remembers issuing it, then checks its signature and refuses it. (A real
 // signer's signature always verifies; the faulty one makes the skipped
 // check visible.)
-func TestTrustIssuedBySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
+func TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	good := newSigner(t, t0.Add(-time.Hour))
 	s := &Signer{key: corrupting{good.key}, chain: good.Chain(), issued: issued{limit: 4}}
 	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
 	require.NoError(t, err)
-	trusting, err := plain.TrustIssuedBy(s)
+	trusting, err := plain.SkipSignatureCheckOfIssued(s)
 	require.NoError(t, err)
 
 	sig := []byte("sig")
@@ -98,12 +98,12 @@ func TestTrustIssuedBySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
 	require.Error(t, err, "a response the signer no longer remembers is checked in full")
 }
 
-func TestTrustIssuedByRefusesAnotherAuthoritysSigner(t *testing.T) {
+func TestIssuedMemoryRefusesAnotherAuthoritysSigner(t *testing.T) {
 	at := time.Now().Add(-time.Hour)
 	s, other := newSigner(t, at), newSigner(t, at)
 	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
 	require.NoError(t, err)
-	_, err = a.TrustIssuedBy(other)
+	_, err = a.SkipSignatureCheckOfIssued(other)
 	require.ErrorContains(t, err, "does not hold this authority's certificate")
 }
 

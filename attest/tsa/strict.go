@@ -93,7 +93,7 @@ func (a *Authority) verifyStrict(resp, signature []byte) (time.Time, error) {
 	// RFC 5652 section 5.4: the signature is over the DER of the signed
 	// attributes with the EXPLICIT SET OF tag in place of [0].
 	// A response this process's Signer produced is taken as signed
-	// (TrustIssuedBy): it signed these very bytes.
+	// (SkipSignatureCheckOfIssued): it signed these very bytes.
 	if a.issued == nil || !a.issued.has(resp) {
 		signed := append([]byte{0x31}, attrs[1:]...)
 		signedDigest := sha256.Sum256(signed)

@@ -10,8 +10,8 @@
 // token of the one shape Signer issues in place (strict.go), which costs
 // half as much, and asks digitorus about anything else; the fast path
 // accepts nothing digitorus refuses (FuzzStrictAgrees). An authority
-// made with TrustIssuedBy also takes the signature of a response its
-// Signer issued recently as checked (issued.go).
+// made with SkipSignatureCheckOfIssued does not check the signature of a
+// response its Signer issued recently (issued.go).
 package tsa
 
 import (
@@ -50,7 +50,7 @@ var (
 type Signer struct {
 	key    crypto.Signer
 	chain  []*x509.Certificate
-	issued issued // the latest responses, for Authority.TrustIssuedBy (issued.go)
+	issued issued // its latest responses (issued.go)
 }
 
 // NewSigner checks that chain[0] certifies key for timestamping and
@@ -102,7 +102,7 @@ type Authority struct {
 	leaf                *x509.Certificate
 	notBefore, notAfter time.Time // where every certificate of the chain is valid
 	signingCert         []byte    // the SigningCertificateV2 Signer writes for leaf (strict.go)
-	issued              *issued   // responses whose signature is taken as checked (TrustIssuedBy), or nil
+	issued              *issued   // responses whose signature is not checked, or nil (issued.go)
 }
 
 // NewAuthority checks that leaf is a timestamping certificate (RFC 3161

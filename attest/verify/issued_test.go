@@ -15,15 +15,15 @@ import (
 	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 )
 
-// TestTrustTimestampsIssuedByOnlyItsAuthority: in a trusted root listing
-// several timestamp authorities, TrustTimestampsIssuedBy(s) applies the
-// memory of s's responses to the authority whose leaf s holds and to no
-// other, and a root that does not list s at all is prepared as without
-// it. The signer's key writes invalid signatures, so that the skipped
-// check is visible: a remembered response is admitted only by the root
-// made with the option. (How long s remembers is
-// TestTrustIssuedBySkipsOnlyTheSignatureOfRecentResponses, package tsa.)
-func TestTrustTimestampsIssuedByOnlyItsAuthority(t *testing.T) {
+// TestIssuedMemoryOnlyForItsAuthority: in a trusted root listing
+// several timestamp authorities, SkipTimestampSignatureCheckIfIssuedBy(s)
+// applies the memory of s's responses to the authority whose leaf s
+// holds and to no other, and a root that does not list s at all is
+// prepared as without it. The signer's key writes invalid signatures, so
+// that the skipped check is visible: a remembered response is admitted
+// only by the root made with the option. (How long s remembers is
+// TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses, package tsa.)
+func TestIssuedMemoryOnlyForItsAuthority(t *testing.T) {
 	f := newFixture(t)
 	now := t0.Add(2 * time.Minute)
 	e := admitEntry(t, f.agent, step(f.agent.ID))
@@ -41,7 +41,7 @@ func TestTrustTimestampsIssuedByOnlyItsAuthority(t *testing.T) {
 	st.TSAs = append(st.TSAs, trust.TSA{Chain: own.Chain(), URI: verifytest.LogBaseURL, ValidFor: trust.Range{Start: t0.Add(-time.Hour)}})
 	plain, err := verify.NewTrustedRootFromState(st)
 	require.NoError(t, err)
-	trusting, err := verify.NewTrustedRootFromState(st, verify.TrustTimestampsIssuedBy(own))
+	trusting, err := verify.NewTrustedRootFromState(st, verify.SkipTimestampSignatureCheckIfIssuedBy(own))
 	require.NoError(t, err, "a root listing other authorities besides the signer's")
 
 	e.Timestamp, err = own.Timestamp(sig, now)
@@ -61,7 +61,7 @@ func TestTrustTimestampsIssuedByOnlyItsAuthority(t *testing.T) {
 
 	// A root that does not list the signer's authority trusts nothing
 	// more for the option.
-	other, err := verify.NewTrustedRootFromState(f.h.State(), verify.TrustTimestampsIssuedBy(own))
+	other, err := verify.NewTrustedRootFromState(f.h.State(), verify.SkipTimestampSignatureCheckIfIssuedBy(own))
 	require.NoError(t, err)
 	e.Timestamp, err = own.Timestamp(sig, now)
 	require.NoError(t, err)

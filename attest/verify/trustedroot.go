@@ -90,12 +90,13 @@ type options struct {
 	issuer *tsa.Signer
 }
 
-// TrustTimestampsIssuedBy makes the timestamp authority whose leaf
-// signer holds take the signature of a response signer produced, byte
-// for byte, as checked (tsa.Authority.TrustIssuedBy); every other check
-// of the timestamp still runs. It is for a transparency log admitting
-// entries that its own authority timestamped moments before.
-func TrustTimestampsIssuedBy(signer *tsa.Signer) Option {
+// SkipTimestampSignatureCheckIfIssuedBy makes the timestamp authority
+// whose leaf signer holds skip the signature check of a response signer
+// produced, byte for byte (tsa.Authority.SkipSignatureCheckOfIssued);
+// every other check of the timestamp still runs. It is for a
+// transparency log admitting entries that its own authority timestamped
+// moments before.
+func SkipTimestampSignatureCheckIfIssuedBy(signer *tsa.Signer) Option {
 	return func(o *options) { o.issuer = signer }
 }
 
@@ -148,7 +149,7 @@ func NewTrustedRootFromState(s trust.State, opts ...Option) (*TrustedRoot, error
 			return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
 		}
 		if o.issuer != nil && o.issuer.Chain()[0].Equal(a.leaf) {
-			if a.authority, err = a.authority.TrustIssuedBy(o.issuer); err != nil {
+			if a.authority, err = a.authority.SkipSignatureCheckOfIssued(o.issuer); err != nil {
 				return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
 			}
 		}

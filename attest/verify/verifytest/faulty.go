@@ -7,7 +7,7 @@ import (
 
 // FaultyKey signs with Key and flips a bit of every signature: a key
 // that writes invalid signatures, for tests that make a skipped signature
-// check visible (tsa.Authority.TrustIssuedBy).
+// check visible (tsa.Authority.SkipSignatureCheckOfIssued).
 type FaultyKey struct{ Key crypto.Signer }
 
 // Public is Key's public key.
