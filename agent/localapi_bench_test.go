@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/hallmark-dev/hallmark/internal/agentclient"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
 	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
@@ -162,4 +163,54 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkAttestStepFreshConnection is BenchmarkAttestStep with a new
+// connection for every call, made by the client hallmark-attest uses
+// (internal/agentclient): the agent's side of a fresh step, identification
+// by a static attestor aside. Profile it with
+//
+//	go test -run '^$' -bench AttestStepFreshConnection -cpuprofile cpu.out ./agent/
+func BenchmarkAttestStepFreshConnection(b *testing.B) {
+	socket, ws := benchLocalAPI(b)
+	req := &agentclient.AttestStepRequest{Step: "bench", Workspace: ws, Products: []string{"out"}}
+	call := func() error {
+		c, err := agentclient.Dial(context.Background(), socket)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.AttestStep(context.Background(), req)
+		return err
+	}
+	require.NoError(b, call())
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("c%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := processCPU()
+			var (
+				next atomic.Int64
+				wg   sync.WaitGroup
+				errs = make(chan error, n)
+			)
+			for range n {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						if err := call(); err != nil {
+							errs <- err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+			close(errs)
+			for err := range errs {
+				b.Fatal(err)
+			}
+		})
+	}
 }
