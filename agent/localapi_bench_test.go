@@ -116,43 +116,53 @@ func BenchmarkAttestStep(b *testing.B) {
 	req := &agentv1.AttestStepRequest{Step: "bench", Workspace: ws, Products: []string{"out"}}
 	for _, n := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("c%d", n), func(b *testing.B) {
-			clients := make([]agentv1.WorkloadServiceClient, n)
-			for i := range clients {
+			calls := make([]func() error, n)
+			for i := range calls {
 				conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 				require.NoError(b, err)
 				defer conn.Close()
-				clients[i] = agentv1.NewWorkloadServiceClient(conn)
-				_, err = clients[i].AttestStep(context.Background(), req) // connect, and fail fast
+				c := agentv1.NewWorkloadServiceClient(conn)
+				_, err = c.AttestStep(context.Background(), req) // connect, and fail fast
 				require.NoError(b, err)
+				calls[i] = func() error {
+					_, err := c.AttestStep(context.Background(), req)
+					return err
+				}
 			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := processCPU()
-			var (
-				next atomic.Int64
-				wg   sync.WaitGroup
-				errs = make(chan error, n)
-			)
-			for _, c := range clients {
-				wg.Go(func() {
-					for next.Add(1) <= int64(b.N) {
-						if _, err := c.AttestStep(context.Background(), req); err != nil {
-							errs <- err
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.StopTimer()
-			// Client and server together, as hallmark-bench counts it; less
-			// sensitive than ns/op to other load on the machine.
-			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
-			close(errs)
-			for err := range errs {
-				b.Fatal(err)
+			drive(b, calls)
+		})
+	}
+}
+
+// drive runs b.N calls spread over callers, each calling its own function
+// in a loop, and reports the CPU per call of client and server together,
+// as hallmark-bench counts it: less sensitive than ns/op to other load on
+// the machine.
+func drive(b *testing.B, callers []func() error) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := processCPU()
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+		errs = make(chan error, len(callers))
+	)
+	for _, call := range callers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				if err := call(); err != nil {
+					errs <- err
+					return
+				}
 			}
 		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
 	}
 }
 
@@ -186,31 +196,11 @@ func BenchmarkAttestStepFreshConnection(b *testing.B) {
 	require.NoError(b, call())
 	for _, n := range []int{1, 16} {
 		b.Run(fmt.Sprintf("c%d", n), func(b *testing.B) {
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := processCPU()
-			var (
-				next atomic.Int64
-				wg   sync.WaitGroup
-				errs = make(chan error, n)
-			)
-			for range n {
-				wg.Go(func() {
-					for next.Add(1) <= int64(b.N) {
-						if err := call(); err != nil {
-							errs <- err
-							return
-						}
-					}
-				})
+			calls := make([]func() error, n)
+			for i := range calls {
+				calls[i] = call
 			}
-			wg.Wait()
-			b.StopTimer()
-			b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
-			close(errs)
-			for err := range errs {
-				b.Fatal(err)
-			}
+			drive(b, calls)
 		})
 	}
 }
