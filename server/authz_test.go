@@ -331,9 +331,9 @@ func TestIsAgent(t *testing.T) {
 	}
 }
 
-// counterValue reads a counter. (prometheus/testutil would need a module
-// that go.mod does not list.)
-func counterValue(t testing.TB, c prometheus.Counter) float64 {
+// counterValue reads a counter (or a CounterFunc). (prometheus/testutil
+// would need a module that go.mod does not list.)
+func counterValue(t testing.TB, c prometheus.Metric) float64 {
 	t.Helper()
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))

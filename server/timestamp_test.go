@@ -310,4 +310,9 @@ func TestAdmissionRemembersOnlyItsOwnTimestamps(t *testing.T) {
 	res = submitOne(t, issuer.TransparencyLog, agentID, sub)
 	require.NoError(t, res.Refusal)
 	require.Equal(t, sub.Timestamp, res.Timestamp)
+
+	// hallmark_server_log_timestamps_recognized_total counts the skipped
+	// checks, on the log that skipped them only.
+	require.Equal(t, 1.0, counterValue(t, issuer.metrics.recognized))
+	require.Equal(t, 0.0, counterValue(t, other.metrics.recognized))
 }

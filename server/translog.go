@@ -138,7 +138,7 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 	logID := tlog.KeyID(cfg.Origin, pub)
 	l := &TransparencyLog{
 		store: cfg.Store, key: cfg.Key, pub: pub, created: cfg.KeyCreated, origin: cfg.Origin, logID: logID,
-		tsa: cfg.TSA, now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(),
+		tsa: cfg.TSA, now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(cfg.TSA),
 		maxBatch: cfg.MaxBatch, batchWait: cfg.BatchWait,
 		reqs: make(chan *appendRequest, 1024), stopped: make(chan struct{}),
 		certs: newCertCache(), cas: caRecords{known: make(map[string]bool)},
@@ -758,10 +758,16 @@ type logMetrics struct {
 	commitSeconds prometheus.Histogram
 	size          prometheus.Gauge
 	conflicts     prometheus.Counter
+	recognized    prometheus.CounterFunc
 }
 
-func newLogMetrics() *logMetrics {
+// newLogMetrics makes the log's metrics; ts is its timestamp authority.
+func newLogMetrics(ts *tsa.Signer) *logMetrics {
 	return &logMetrics{
+		recognized: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "hallmark_server_log_timestamps_recognized_total",
+			Help: "Submitted timestamps this server's authority issued and still remembered, whose signature admission did not check again (docs/log.md).",
+		}, func() float64 { return float64(ts.Recognized()) }),
 		appends: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_server_log_appends_total",
 			Help: "Log submissions by result: appended, duplicate (already logged; the existing entry is returned), refused.",
@@ -788,5 +794,5 @@ func newLogMetrics() *logMetrics {
 }
 
 func (m *logMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.appends, m.batchSize, m.commitSeconds, m.size, m.conflicts}
+	return []prometheus.Collector{m.appends, m.batchSize, m.commitSeconds, m.size, m.conflicts, m.recognized}
 }

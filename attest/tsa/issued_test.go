@@ -89,6 +89,7 @@ func TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
 	require.Error(t, err, "the corrupted signature must not verify")
 	_, err = trusting.Verify(resp, sig)
 	require.NoError(t, err, "a response the signer remembers issuing is taken as signed")
+	require.Equal(t, uint64(1), s.Recognized())
 
 	for i := range 4 {
 		_, err := s.Timestamp([]byte{byte(i)}, t0)
@@ -96,6 +97,7 @@ func TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
 	}
 	_, err = trusting.Verify(resp, sig)
 	require.Error(t, err, "a response the signer no longer remembers is checked in full")
+	require.Equal(t, uint64(1), s.Recognized(), "only skipped checks are counted")
 }
 
 func TestIssuedMemoryRefusesAnotherAuthoritysSigner(t *testing.T) {

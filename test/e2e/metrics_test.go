@@ -121,4 +121,10 @@ func TestMetrics(t *testing.T) {
 	issued, ok := metric(scrape(t, stack.Server), `hallmark_server_signing_certificates_total{result="issued"}`)
 	require.True(t, ok, "hallmark_server_signing_certificates_total present")
 	require.GreaterOrEqual(t, issued, 2.0, "the shared agent's certificate and this agent's")
+	// Each entry came with the timestamp this server granted the agent when
+	// it signed; admission recognized it and skipped its signature check
+	// (docs/log.md, "Timestamps and time").
+	recognized, ok := metric(scrape(t, stack.Server), "hallmark_server_log_timestamps_recognized_total")
+	require.True(t, ok, "hallmark_server_log_timestamps_recognized_total present")
+	require.GreaterOrEqual(t, recognized, float64(attested), "the timestamps of this agent's entries")
 }
