@@ -73,7 +73,7 @@ func (s *Signer) Recognized() uint64 { return s.issued.hits.Load() }
 // signature check costs most of the timestamp's verification. s must
 // hold a's leaf.
 func (a *Authority) SkipSignatureCheckOfIssued(s *Signer) (*Authority, error) {
-	if !bytes.Equal(s.chain[0].Raw, a.leaf.Raw) {
+	if len(s.chain) == 0 || !bytes.Equal(s.chain[0].Raw, a.leaf.Raw) {
 		return nil, errors.New("tsa: the signer does not hold this authority's certificate")
 	}
 	c := *a

@@ -107,6 +107,8 @@ func TestIssuedMemoryRefusesAnotherAuthoritysSigner(t *testing.T) {
 	require.NoError(t, err)
 	_, err = a.SkipSignatureCheckOfIssued(other)
 	require.ErrorContains(t, err, "does not hold this authority's certificate")
+	_, err = a.SkipSignatureCheckOfIssued(&Signer{}) // not made by NewSigner
+	require.ErrorContains(t, err, "does not hold this authority's certificate")
 }
 
 // corrupting signs with key and flips a bit of every signature.

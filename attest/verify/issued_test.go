@@ -67,4 +67,8 @@ func TestIssuedMemoryOnlyForItsAuthority(t *testing.T) {
 	require.NoError(t, err)
 	_, err = other.Admit(e, now)
 	requireCheck(t, err, verify.CheckTimestamp)
+
+	// A Signer not made by tsa.NewSigner (no chain) holds no authority.
+	_, err = verify.NewTrustedRootFromState(st, verify.SkipTimestampSignatureCheckIfIssuedBy(&tsa.Signer{}))
+	require.NoError(t, err)
 }

@@ -148,7 +148,7 @@ func NewTrustedRootFromState(s trust.State, opts ...Option) (*TrustedRoot, error
 		if err != nil {
 			return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
 		}
-		if o.issuer != nil && o.issuer.Chain()[0].Equal(a.leaf) {
+		if o.issuer != nil && len(o.issuer.Chain()) > 0 && o.issuer.Chain()[0].Equal(a.leaf) {
 			if a.authority, err = a.authority.SkipSignatureCheckOfIssued(o.issuer); err != nil {
 				return nil, fmt.Errorf("verify: trusted root timestampAuthorities[%d]: %w", i, err)
 			}
