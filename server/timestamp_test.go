@@ -19,8 +19,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest/tsa"
+	"github.com/hallmark-dev/hallmark/attest/tsa/tsatest"
 	"github.com/hallmark-dev/hallmark/attest/verify"
-	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 	"github.com/hallmark-dev/hallmark/internal/limits"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 	"github.com/hallmark-dev/hallmark/test/interop/sigstorego"
@@ -142,8 +142,8 @@ func TestSubmittedTimestampChecks(t *testing.T) {
 		{"before the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotBefore.Add(-time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
 		{"after the certificate", func(sig, _ []byte) []byte { return stamp(sig, leaf.NotAfter.Add(time.Minute), ls.tl.tsa) }, "verify: validity: certificate"},
 		// The log remembers the timestamps it issued and does not check
-		// their signatures again (tsa.Authority.SkipSignatureCheckOfIssued): one of
-		// them altered is no longer one of them.
+		// their signatures again (tsa.Authority.SkipSignatureCheckOfIssued):
+		// one of them altered is no longer one of them.
 		{"this authority's, its signature altered", func(sig, _ []byte) []byte {
 			ts := stamp(sig, clock.now(), ls.tl.tsa)
 			ts[len(ts)-1] ^= 1
@@ -279,10 +279,11 @@ func TestSubmitEntriesFailsFastWithTheStoreDown(t *testing.T) {
 // TestAdmissionRemembersOnlyItsOwnTimestamps: log admission skips the
 // signature check of a timestamp its own authority issued
 // (verify.SkipTimestampSignatureCheckIfIssuedBy; docs/log.md,
-// "Timestamps and time"), and of no other. With an authority key that writes invalid signatures the
-// skipped check is visible: the log that issued such a timestamp admits
-// it, and a log holding the same key and certificate that did not issue
-// it (the same server after a restart, or another replica) refuses it.
+// "Timestamps and time"), and of no other. With an authority key that
+// writes invalid signatures the skipped check is visible: the log that
+// issued such a timestamp admits it, and a log holding the same key and
+// certificate that did not issue it (the same server after a restart, or
+// another replica) refuses it.
 func TestAdmissionRemembersOnlyItsOwnTimestamps(t *testing.T) {
 	ca := newTestCA(t, "signing CA")
 	agent := newTestAgent(t, ca, agentID)
@@ -290,7 +291,7 @@ func TestAdmissionRemembersOnlyItsOwnTimestamps(t *testing.T) {
 	chain, err := tsa.NewChain(key, "test tsa", time.Now().Add(-time.Hour))
 	require.NoError(t, err)
 	start := func() runningLog {
-		s, err := tsa.NewSigner(verifytest.FaultyKey{Key: key}, chain)
+		s, err := tsa.NewSigner(tsatest.FaultyKey{Key: key}, chain)
 		require.NoError(t, err)
 		st := openStore(t, filepath.Join(t.TempDir(), "hallmark.db"))
 		t.Cleanup(func() { st.Close() })

@@ -1,16 +1,24 @@
 package tsa
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"io"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/attest/tsa/tsatest"
 )
+
+// authorities are a plain authority for s's certificate and one that
+// skips the signature check of responses s issued.
+func authorities(t testing.TB, s *Signer) (plain, skipping *Authority) {
+	t.Helper()
+	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
+	require.NoError(t, err)
+	skipping, err = plain.SkipSignatureCheckOfIssued(s)
+	require.NoError(t, err)
+	return plain, skipping
+}
 
 // TestIssuedMemoryTakesOnlyWhatItIssued: an authority trusting its
 // signer's responses accepts them as a plain authority does, and refuses
@@ -19,10 +27,7 @@ import (
 func TestIssuedMemoryTakesOnlyWhatItIssued(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	s := newSigner(t, t0.Add(-time.Hour))
-	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(t, err)
-	trusting, err := plain.SkipSignatureCheckOfIssued(s)
-	require.NoError(t, err)
+	plain, trusting := authorities(t, s)
 
 	sig := []byte("the agent's DSSE signature")
 	resp, err := s.Timestamp(sig, t0)
@@ -30,7 +35,7 @@ func TestIssuedMemoryTakesOnlyWhatItIssued(t *testing.T) {
 
 	// An attacker holding the authority's certificate (it is public) but
 	// not its key signs a token of the signer's very shape.
-	forger := &Signer{key: mustKey(t), chain: s.Chain(), issued: issued{limit: IssuedMemory}}
+	forger := &Signer{key: newSigner(t, t0.Add(-time.Hour)).key, chain: s.Chain()}
 	forged, err := forger.Timestamp(sig, t0.Add(-30*time.Minute))
 	require.NoError(t, err)
 
@@ -76,11 +81,8 @@ func TestIssuedMemoryTakesOnlyWhatItIssued(t *testing.T) {
 func TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	good := newSigner(t, t0.Add(-time.Hour))
-	s := &Signer{key: corrupting{good.key}, chain: good.Chain(), issued: issued{limit: 4}}
-	plain, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(t, err)
-	trusting, err := plain.SkipSignatureCheckOfIssued(s)
-	require.NoError(t, err)
+	s := &Signer{key: tsatest.FaultyKey{Key: good.key}, chain: good.Chain(), issued: issued{limit: 4}}
+	plain, trusting := authorities(t, s)
 
 	sig := []byte("sig")
 	resp, err := s.Timestamp(sig, t0)
@@ -111,23 +113,17 @@ func TestIssuedMemoryRefusesAnotherAuthoritysSigner(t *testing.T) {
 	require.ErrorContains(t, err, "does not hold this authority's certificate")
 }
 
-// corrupting signs with key and flips a bit of every signature.
-type corrupting struct{ key crypto.Signer }
-
-func (c corrupting) Public() crypto.PublicKey { return c.key.Public() }
-
-func (c corrupting) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	sig, err := c.key.Sign(r, digest, opts)
-	if err != nil {
-		return nil, err
+// TestIssuedMemoryIsBounded: however many responses a Signer issues, it
+// remembers at most limit of them, and always the latest limit/2.
+func TestIssuedMemoryIsBounded(t *testing.T) {
+	const limit = 64
+	m := issued{limit: limit}
+	for i := range 10 * limit {
+		m.add([]byte{byte(i), byte(i >> 8)})
+		require.LessOrEqual(t, len(m.cur)+len(m.prev), limit)
 	}
-	sig[len(sig)-1] ^= 1
-	return sig, nil
-}
-
-func mustKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	return k
+	for i := 10*limit - limit/2; i < 10*limit; i++ {
+		require.True(t, m.has([]byte{byte(i), byte(i >> 8)}), "response %d of the latest %d", i, limit/2)
+	}
+	require.False(t, m.has([]byte{0, 0}), "the first response, long forgotten")
 }

@@ -378,10 +378,7 @@ func buildToken(t testing.TB, s *Signer, tst []byte, attrs [][]byte, unsigned bo
 // token went before (docs/log.md quotes all three).
 func BenchmarkVerify(b *testing.B) {
 	s := newSigner(b, time.Now().Add(-time.Hour))
-	a, err := NewAuthority(s.Chain()[0], pool(s.Chain()[1]), nil)
-	require.NoError(b, err)
-	trusting, err := a.SkipSignatureCheckOfIssued(s)
-	require.NoError(b, err)
+	a, trusting := authorities(b, s)
 	sig := []byte("a DSSE signature")
 	resp, err := s.Timestamp(sig, time.Now())
 	require.NoError(b, err)

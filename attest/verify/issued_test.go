@@ -11,6 +11,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
+	"github.com/hallmark-dev/hallmark/attest/tsa/tsatest"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 )
@@ -33,7 +34,7 @@ func TestIssuedMemoryOnlyForItsAuthority(t *testing.T) {
 	require.NoError(t, err)
 	chain, err := tsa.NewChain(key, "the log's own authority", t0.Add(-time.Hour))
 	require.NoError(t, err)
-	own, err := tsa.NewSigner(verifytest.FaultyKey{Key: key}, chain)
+	own, err := tsa.NewSigner(tsatest.FaultyKey{Key: key}, chain)
 	require.NoError(t, err)
 
 	// The fixture's authority first, the log's own second.

@@ -1,4 +1,6 @@
-package verifytest
+// Package tsatest holds test helpers for package tsa and its users. It
+// imports nothing of Hallmark, so that tsa's own tests can use it.
+package tsatest
 
 import (
 	"crypto"
