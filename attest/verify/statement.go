@@ -72,7 +72,14 @@ func parseStatement(payload []byte) (*statement, error) {
 // order (lowercase hex already), and the predicate's step, workload and
 // builder id are the Step's. FuzzStatementFastAgrees tests it.
 func parseStatementFast(payload []byte) (*statement, bool) {
-	s, ok := attest.StepOfStatement(payload)
+	return parseStatementVia(attest.StepOfStatementScan, payload)
+}
+
+// parseStatementVia is parseStatementFast with either of attest's
+// readers (StepOfStatementScan, hand-written; StepOfStatement,
+// encoding/json), to compare them.
+func parseStatementVia(read func([]byte) (attest.Step, bool), payload []byte) (*statement, bool) {
+	s, ok := read(payload)
 	if !ok {
 		return nil, false
 	}

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -68,9 +69,19 @@ func agentPayload(tb testing.TB, s attest.Step) []byte {
 // requireFastAgrees fails if the fast path accepts payload and the
 // general parser does not, or reads different subjects or provenance.
 // It reports whether the fast path accepted.
+// Both of attest's readers are checked; it reports whether either
+// accepted, and fails if only one did.
 func requireFastAgrees(t *testing.T, payload []byte) bool {
 	t.Helper()
-	fast, ok := parseStatementFast(payload)
+	scan := requireReaderAgrees(t, attest.StepOfStatementScan, payload)
+	viaJSON := requireReaderAgrees(t, attest.StepOfStatement, payload)
+	require.Equal(t, viaJSON, scan, "the scanner and encoding/json readers disagree on %q", payload)
+	return scan || viaJSON
+}
+
+func requireReaderAgrees(t *testing.T, read func([]byte) (attest.Step, bool), payload []byte) bool {
+	t.Helper()
+	fast, ok := parseStatementVia(read, payload)
 	if !ok {
 		return false
 	}
@@ -202,7 +213,14 @@ func BenchmarkParseStatement(b *testing.B) {
 		name  string
 		parse func([]byte) (*statement, error)
 	}{
-		{"fast", parseStatement},
+		{"fast-scan", parseStatement},
+		{"fast-encodingjson", func(p []byte) (*statement, error) {
+			st, ok := parseStatementVia(attest.StepOfStatement, p)
+			if !ok {
+				return nil, errors.New("refused")
+			}
+			return st, nil
+		}},
 		{"protojson", parseStatementProtojson},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
