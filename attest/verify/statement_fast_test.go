@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -237,4 +238,42 @@ func BenchmarkParseStatement(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzStatementFastAgent builds agent statements from fuzzed fields:
+// every statement the agent can write must take the fast path, with what
+// protojson reads from it.
+//
+//	go test -run XXX -fuzz FuzzStatementFastAgent -fuzztime 2m ./attest/verify/
+func FuzzStatementFastAgent(f *testing.F) {
+	f.Add("build", "/ws", "make\x00-j4", "unix:uid:1", int32(4242), uint32(1001), int64(1741064767), uint32(123456789), "id", "out", "in")
+	f.Add("\x00", "\"\\", "\u2028\x1f", "😀", int32(-1), uint32(math.MaxUint32), int64(-62135596800), uint32(1000), "\\u0041", "a/b", "")
+	f.Fuzz(func(t *testing.T, name, ws, cmd, sel string, pid int32, uid uint32, start int64, nanos uint32, inv, product, material string) {
+		s := attest.Step{
+			Name:          name,
+			Workspace:     ws,
+			Command:       strings.Split(cmd, "\x00"),
+			CallerCmdline: []string{cmd},
+			Products:      []attest.Artifact{{Name: product, SHA256: fastTestSum(product)}, {Name: "z" + product, SHA256: fastTestSum(name)}},
+			Workload:      attest.Workload{SPIFFEIDs: []string{sel + name}, Selectors: []string{sel}, PID: pid, UID: uid, GID: uid / 2},
+			BuilderID:     "spiffe://example.org/" + url.PathEscape(name),
+			InvocationID:  inv,
+		}
+		if material != "" {
+			s.Materials = []attest.Artifact{{Name: material, SHA256: fastTestSum(material)}}
+			s.CallerClaims = map[string]string{"job": inv, "ref": sel}
+			s.Sources = []attest.GitSource{{Path: material, Commit: fastTestSum(material)[:40], Tree: fastTestSum(inv)[:40], Ref: "refs/" + sel, RemoteURL: ws, Clean: pid%2 == 0}}
+		}
+		if start != 0 {
+			s.StartedOn = time.Unix(start, int64(nanos%1e9))
+			s.FinishedOn = s.StartedOn.Add(time.Duration(nanos))
+		}
+		st, err := attest.NewStatement(s)
+		if err != nil {
+			return
+		}
+		payload, err := attest.MarshalStatement(st)
+		require.NoError(t, err)
+		require.True(t, requireFastAgrees(t, payload), "fast path refused an agent statement: %q", payload)
+	})
 }
