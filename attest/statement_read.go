@@ -7,17 +7,34 @@ import (
 	"unicode/utf8"
 )
 
-// PROTOTYPE (branch wt-stmtfast): a hand-written reader of statementJSON's
-// layout, the cheaper alternative to StepOfStatement's encoding/json.
+// This file reads back what statementJSON writes, so that verifiers can
+// take the statements the agent signs without protojson's costly
+// google.protobuf.Struct decoding, and leave every other statement to it.
 
-// StepOfStatementScan is StepOfStatement with a hand-written reader that
-// follows statementJSON's layout literally: it expects each constant
-// piece of the encoding in turn and reads only strings (with the escapes
-// appendString writes), integers and booleans in between. It is no
-// stricter than it needs to be to avoid panics: the re-encoding and the
-// byte comparison at the end are what make a yes trustworthy, exactly as
-// in StepOfStatement (whose comment argues it).
-func StepOfStatementScan(payload []byte) (Step, bool) {
+// StepOfStatement returns a Step whose statement is exactly payload:
+// statementJSON(s) equals payload byte for byte. It says no (false) for
+// anything else (statements of step/v1, other writers' whitespace or key
+// order, escapes protojson would not write, numbers in another spelling,
+// unknown or duplicate keys), and the caller then uses the general parser.
+//
+// Why a yes is as good as protojson's answer: statementJSON(s) is, by
+// construction and by TestStatementJSONMatchesProtojson and
+// FuzzStatementJSON, the bytes MarshalStatement(NewStatement(s)), and
+// NewStatement(s) passes in-toto's Validate. protojson reads its own
+// output back to an equal message, so protojson.Unmarshal(payload) is
+// NewStatement(s): the subjects are s.Products in order, the predicate's
+// step is s.Name, its builder id s.BuilderID, its workload s.Workload.
+//
+// The reader follows statementJSON's layout literally: it expects each
+// constant piece of the encoding in turn and reads only strings (with the
+// escapes appendString writes), integers and booleans in between. It is
+// no stricter than it needs to be to never panic: the re-encoding and the
+// byte comparison at the end are what make a yes trustworthy. How the
+// bytes were read therefore does not matter; a misread Step re-encodes to
+// different bytes and is refused. attest/verify's
+// FuzzStatementFastAgrees and FuzzStatementFastAgent test it against
+// protojson.
+func StepOfStatement(payload []byte) (Step, bool) {
 	d := scanner{b: payload, ok: true}
 	var s Step
 	d.lit(`{"_type":"https://in-toto.io/Statement/v1","subject":[`)
