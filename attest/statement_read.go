@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"strconv"
 	"time"
-	"unicode/utf8"
 )
 
 // This file reads back what statementJSON writes, so that verifiers can
@@ -184,6 +183,10 @@ func (d *scanner) str() string {
 		case '\\':
 			return d.escaped(i)
 		}
+		if d.b[i] < ' ' { // appendString escapes these
+			d.ok = false
+			return ""
+		}
 	}
 	d.ok = false
 	return ""
@@ -198,6 +201,9 @@ func (d *scanner) escaped(i int) string {
 		case c == '"':
 			d.b = d.b[i+1:]
 			return string(out)
+		case c < ' ':
+			d.ok = false
+			return ""
 		case c != '\\':
 			out = append(out, c)
 			i++
@@ -219,17 +225,13 @@ func (d *scanner) escaped(i int) string {
 			out = append(out, '\r')
 		case 't':
 			out = append(out, '\t')
-		case 'u':
-			if i+6 > len(d.b) {
+		case 'u': // only \u00XX, lowercase, for a control character
+			h := d.b[i+2:]
+			if len(h) < 4 || h[0] != '0' || h[1] != '0' || (h[2] != '0' && h[2] != '1') || !isLowerHex(string(h[3:4]), 1) {
 				d.ok = false
 				return ""
 			}
-			r, err := strconv.ParseUint(string(d.b[i+2:i+6]), 16, 16)
-			if err != nil {
-				d.ok = false
-				return ""
-			}
-			out = utf8.AppendRune(out, rune(r))
+			out = append(out, (h[2]-'0')<<4|unhex(h[3]))
 			i += 4
 		default:
 			d.ok = false
@@ -239,6 +241,14 @@ func (d *scanner) escaped(i int) string {
 	}
 	d.ok = false
 	return ""
+}
+
+// unhex is the value of a lowercase hex digit.
+func unhex(c byte) byte {
+	if c <= '9' {
+		return c - '0'
+	}
+	return c - 'a' + 10
 }
 
 // strs reads an array of strings.

@@ -8,6 +8,8 @@ package claims
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -22,7 +24,8 @@ func Check(claims map[string]string) error {
 	if len(claims) > MaxClaims {
 		return fmt.Errorf("attest: %d caller claims, at most %d", len(claims), MaxClaims)
 	}
-	for k, v := range claims {
+	for _, k := range slices.Sorted(maps.Keys(claims)) { // the same error every time
+		v := claims[k]
 		if !ValidKey(k) {
 			return fmt.Errorf("attest: caller claim key %.64q: use 1-64 of a-z, 0-9 and _, starting with a letter", k)
 		}

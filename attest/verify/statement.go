@@ -43,12 +43,19 @@ func DigestReader(name string, r io.Reader) (Digest, error) {
 }
 
 // statement is a decoded, validated in-toto Statement v1: either pb (the
-// general parser's message) or fast (what provenance reads, taken by
-// parseStatementFast from a statement the agent wrote).
+// general parser's message) or fast (taken by parseStatementFast from a
+// statement the agent wrote; pb is then nil). Read it only through
+// subjects and provenance, which check both the same way.
 type statement struct {
 	pb       *ita1.Statement
-	fast     *provenance
+	fast     *fastPredicate
 	subjects []Subject
+}
+
+// fastPredicate is what parseStatementFast read of the predicate.
+type fastPredicate struct {
+	predicateType, buildType string
+	prov                     provenance
 }
 
 // parseStatement decodes the payload strictly (protojson: unknown fields
@@ -77,15 +84,20 @@ func parseStatementFast(payload []byte) (*statement, bool) {
 	if !ok {
 		return nil, false
 	}
-	st := &statement{subjects: make([]Subject, len(s.Products)), fast: &provenance{
-		builderID: s.BuilderID,
-		step:      s.Name,
-		workload: Workload{
-			SPIFFEIDs: nonNil(s.Workload.SPIFFEIDs),
-			Selectors: nonNil(s.Workload.Selectors),
-			PID:       int64(s.Workload.PID),
-			UID:       int64(s.Workload.UID),
-			GID:       int64(s.Workload.GID),
+	st := &statement{subjects: make([]Subject, len(s.Products)), fast: &fastPredicate{
+		// What statementJSON writes, so what the payload holds.
+		predicateType: attest.PredicateType,
+		buildType:     attest.BuildType,
+		prov: provenance{
+			builderID: s.BuilderID,
+			step:      s.Name,
+			workload: Workload{
+				SPIFFEIDs: nonNil(s.Workload.SPIFFEIDs),
+				Selectors: nonNil(s.Workload.Selectors),
+				PID:       int64(s.Workload.PID),
+				UID:       int64(s.Workload.UID),
+				GID:       int64(s.Workload.GID),
+			},
 		},
 	}}
 	for i, p := range s.Products {
@@ -155,13 +167,20 @@ var knownBuildTypes = []string{attest.BuildType, attest.BuildTypeV1}
 
 // provenance checks the predicate type and build type and reads the
 // fields docs/buildtypes/step-v2.md (and step-v1.md) define. Keys it does not read are
-// ignored, as the build type asks of verifiers.
+// ignored, as the build type asks of verifiers. A statement read by the
+// fast path takes the same checks (checkPredicateType, checkBuildType,
+// checkStep) on what it read.
 func (st *statement) provenance() (provenance, error) {
-	if st.fast != nil {
-		return *st.fast, nil
+	if f := st.fast; f != nil {
+		for _, err := range []error{checkPredicateType(f.predicateType), checkBuildType(f.buildType), checkStep(f.prov.step)} {
+			if err != nil {
+				return provenance{}, err
+			}
+		}
+		return f.prov, nil
 	}
-	if pt := st.pb.GetPredicateType(); pt != attest.PredicateType {
-		return provenance{}, fmt.Errorf("predicateType is %q, want %q", pt, attest.PredicateType)
+	if err := checkPredicateType(st.pb.GetPredicateType()); err != nil {
+		return provenance{}, err
 	}
 	pred := st.pb.GetPredicate()
 	bd, err := structField(pred, "buildDefinition")
@@ -172,8 +191,8 @@ func (st *statement) provenance() (provenance, error) {
 	if err != nil {
 		return provenance{}, err
 	}
-	if !slices.Contains(knownBuildTypes, bt) {
-		return provenance{}, fmt.Errorf("buildType %q is not one this verifier knows (%s)", bt, strings.Join(knownBuildTypes, ", "))
+	if err := checkBuildType(bt); err != nil {
+		return provenance{}, err
 	}
 	ext, err := structField(bd, "buildDefinition.externalParameters")
 	if err != nil {
@@ -183,8 +202,8 @@ func (st *statement) provenance() (provenance, error) {
 	if p.step, err = stringField(ext, "externalParameters.step"); err != nil {
 		return provenance{}, err
 	}
-	if p.step == "" {
-		return provenance{}, errors.New("externalParameters.step is empty")
+	if err := checkStep(p.step); err != nil {
+		return provenance{}, err
 	}
 	internal, err := structField(bd, "buildDefinition.internalParameters")
 	if err != nil {
@@ -220,6 +239,27 @@ func (st *statement) provenance() (provenance, error) {
 		return provenance{}, err
 	}
 	return p, nil
+}
+
+func checkPredicateType(pt string) error {
+	if pt != attest.PredicateType {
+		return fmt.Errorf("predicateType is %q, want %q", pt, attest.PredicateType)
+	}
+	return nil
+}
+
+func checkBuildType(bt string) error {
+	if !slices.Contains(knownBuildTypes, bt) {
+		return fmt.Errorf("buildType %q is not one this verifier knows (%s)", bt, strings.Join(knownBuildTypes, ", "))
+	}
+	return nil
+}
+
+func checkStep(step string) error {
+	if step == "" {
+		return errors.New("externalParameters.step is empty")
+	}
+	return nil
 }
 
 // checkBuilderIdentity checks that builderID is a SPIFFE ID and the signing

@@ -260,3 +260,32 @@ func FuzzStatementFastAgent(f *testing.F) {
 		require.True(t, requireFastAgrees(t, payload), "fast path refused an agent statement: %q", payload)
 	})
 }
+
+// TestStatementFastTakesTheSameChecks: provenance applies its predicate
+// checks to what the fast path read too, so a check is never skipped for
+// agent statements (today statementJSON writes values that pass them).
+func TestStatementFastTakesTheSameChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		mutate  func(*fastPredicate)
+		wantErr string
+	}{
+		{"as read", func(*fastPredicate) {}, ""},
+		{"step/v1 build type", func(f *fastPredicate) { f.buildType = attest.BuildTypeV1 }, ""},
+		{"predicate type", func(f *fastPredicate) { f.predicateType = "https://slsa.dev/provenance/v0.2" }, "predicateType is"},
+		{"build type", func(f *fastPredicate) { f.buildType = "https://example.com/other" }, "is not one this verifier knows"},
+		{"step", func(f *fastPredicate) { f.prov.step = "" }, "externalParameters.step is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, ok := parseStatementFast(agentPayload(t, fastTestStep()))
+			require.True(t, ok)
+			tc.mutate(st.fast)
+			_, err := st.provenance()
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+			} else {
+				require.ErrorContains(t, err, tc.wantErr)
+			}
+		})
+	}
+}
