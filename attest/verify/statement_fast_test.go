@@ -180,9 +180,9 @@ func TestStatementFastFallsBack(t *testing.T) {
 	}
 }
 
-// FuzzStatementFastAgrees mutates agent statements: whenever the fast
-// path accepts, protojson must accept with the same subjects and
-// provenance.
+// FuzzStatementFastAgrees mutates agent statements and the hostile
+// near-misses: whenever the fast path accepts, protojson must accept with
+// the same subjects and provenance.
 //
 //	go test -run XXX -fuzz FuzzStatementFastAgrees -fuzztime 3m ./attest/verify/
 func FuzzStatementFastAgrees(f *testing.F) {
@@ -190,8 +190,11 @@ func FuzzStatementFastAgrees(f *testing.F) {
 	minimal := attest.Step{Name: "x", BuilderID: "spiffe://td/a", Products: []attest.Artifact{{Name: "a", SHA256: fastTestSum("a")}}}
 	ids := fastTestStep()
 	ids.Workload.PID, ids.Workload.UID = -1, math.MaxUint32
-	for _, s := range []attest.Step{full, minimal, ids} {
+	for _, s := range []attest.Step{full, minimal, ids, hostileStep()} {
 		f.Add(agentPayload(f, s))
+	}
+	for _, p := range hostilePayloads(f) {
+		f.Add(p)
 	}
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		requireFastAgrees(t, payload)
