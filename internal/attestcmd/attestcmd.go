@@ -15,11 +15,8 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hallmark-dev/hallmark/internal/agentclient"
@@ -289,42 +286,4 @@ func Explain(socket string, err error) error {
 	default:
 		return fmt.Errorf("%s: %s", strings.ToLower(e.Code.String()), e.Message)
 	}
-}
-
-// runCommand runs args with stdio passed through and SIGINT/SIGTERM/SIGHUP
-// forwarded, and returns its exit code (128+signal when killed).
-func runCommand(name string, env Env, args []string) int {
-	c := exec.Command(args[0], args[1:]...)
-	c.Stdin, c.Stdout, c.Stderr = env.Stdin, env.Stdout, env.Stderr
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-	defer signal.Stop(sigs)
-	if err := c.Start(); err != nil {
-		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
-		return 127
-	}
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				c.Process.Signal(s) //nolint:errcheck // it may have exited
-			case <-done:
-				return
-			}
-		}
-	}()
-	err := c.Wait()
-	close(done)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return 1
-	}
-	return 0
 }

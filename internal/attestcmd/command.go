@@ -1,0 +1,101 @@
+package attestcmd
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+)
+
+// forwarded are the signals a CI runner sends to cancel a job; the step's
+// command gets them.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// child is the step's running command.
+type child interface {
+	// signal sends s to the command; it may have exited.
+	signal(s os.Signal)
+	// wait waits for the command to exit.
+	wait() (syscall.WaitStatus, error)
+	// release releases what signal needs, once it is no longer called.
+	release()
+}
+
+// runCommand runs args with stdio passed through and SIGINT/SIGTERM/SIGHUP/
+// SIGQUIT forwarded, and returns its exit code (128+signal when killed).
+func runCommand(name string, env Env, args []string) int {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+	c, err := start(env, args)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
+		return 127
+	}
+	done, forwarding := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(forwarding)
+		for {
+			select {
+			case s := <-sigs:
+				c.signal(s)
+			case <-done:
+				return
+			}
+		}
+	}()
+	ws, err := c.wait()
+	close(done)
+	<-forwarding
+	c.release()
+	switch {
+	case err != nil:
+		return 1
+	case ws.Signaled():
+		return 128 + int(ws.Signal())
+	default:
+		return ws.ExitStatus()
+	}
+}
+
+// start starts args as os/exec does (the same lookup in PATH, environment
+// and stdio), by startPidfd where it can and by os/exec otherwise.
+func start(env Env, args []string) (child, error) {
+	if c, ok, err := startPidfd(env, args); ok {
+		return c, err
+	}
+	c := exec.Command(args[0], args[1:]...)
+	c.Stdin, c.Stdout, c.Stderr = env.Stdin, env.Stdout, env.Stderr
+	if env.Stdin == nil {
+		c.Stdin = nil // not a nil *os.File in an interface
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return execChild{c}, nil
+}
+
+// execChild is a command started by os/exec.
+type execChild struct{ c *exec.Cmd }
+
+func (e execChild) signal(s os.Signal) {
+	e.c.Process.Signal(s) //nolint:errcheck // it may have exited
+}
+
+func (execChild) release() {}
+
+func (e execChild) wait() (syscall.WaitStatus, error) {
+	err := e.c.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
+			return ws, nil
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return e.c.ProcessState.Sys().(syscall.WaitStatus), nil
+}

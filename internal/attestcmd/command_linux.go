@@ -1,0 +1,91 @@
+package attestcmd
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// startPidfd starts args with stdio passed through, as os/exec would, but
+// not through it: on Linux, os/exec's first start in a process forks a
+// throwaway child to learn whether pidfds work (Go 1.23 and later), and
+// hallmark-attest starts one command per process, once per build step
+// (make bench, figure "fresh"). The child comes with a pidfd from
+// clone(CLONE_PIDFD), which forwarded signals go to: none can reach a
+// process that took its pid once it exited.
+//
+// ok is false, and nothing started, where os/exec is needed instead:
+// stdio that is not files (os/exec copies it), or a kernel that does not
+// create the pidfd.
+func startPidfd(env Env, args []string) (c child, ok bool, err error) {
+	out, isFile := env.Stdout.(*os.File)
+	errOut, errIsFile := env.Stderr.(*os.File)
+	if env.Stdin == nil || !isFile || !errIsFile || out == nil || errOut == nil {
+		return nil, false, nil
+	}
+	// exec.Command looks args[0] up as Start would, refusing a program
+	// found in the current directory by a relative PATH entry.
+	cmd := exec.Command(args[0], args[1:]...)
+	if cmd.Err != nil {
+		return nil, true, cmd.Err
+	}
+	pidfd := -1
+	pid, err := syscall.ForkExec(cmd.Path, cmd.Args, &syscall.ProcAttr{
+		Env:   cmd.Environ(),
+		Files: []uintptr{env.Stdin.Fd(), out.Fd(), errOut.Fd()},
+		Sys:   &syscall.SysProcAttr{PidFD: &pidfd},
+	})
+	runtime.KeepAlive(env.Stdin)
+	runtime.KeepAlive(out)
+	runtime.KeepAlive(errOut)
+	switch {
+	case errors.Is(err, syscall.EINVAL) && pidfd < 0:
+		// A kernel older than clone(CLONE_PIDFD) (5.2) refuses the flag.
+		return nil, false, nil
+	case err != nil:
+		return nil, true, &os.PathError{Op: "fork/exec", Path: cmd.Path, Err: err}
+	}
+	return &pidfdChild{pid: pid, pidfd: pidfd}, true, nil
+}
+
+// pidfdChild is a command started by startPidfd.
+type pidfdChild struct {
+	pid, pidfd int // pidfd is -1 where the kernel gave none
+}
+
+func (p *pidfdChild) signal(s os.Signal) {
+	sig, ok := s.(syscall.Signal)
+	if !ok {
+		return
+	}
+	if p.pidfd >= 0 {
+		err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+		if err == nil || errors.Is(err, syscall.ESRCH) {
+			return
+		}
+	}
+	// No pidfd, or a sandbox that refuses pidfd_send_signal: by pid, as
+	// os/exec does without pidfds (the pid is the command's until wait
+	// reaps it, a moment before forwarding stops).
+	syscall.Kill(p.pid, sig) //nolint:errcheck // it may have exited
+}
+
+func (p *pidfdChild) release() {
+	if p.pidfd >= 0 {
+		syscall.Close(p.pidfd) //nolint:errcheck // nothing to do about it
+	}
+}
+
+func (p *pidfdChild) wait() (syscall.WaitStatus, error) {
+	var ws syscall.WaitStatus
+	for {
+		_, err := syscall.Wait4(p.pid, &ws, 0, nil)
+		if !errors.Is(err, syscall.EINTR) {
+			return ws, err
+		}
+	}
+}

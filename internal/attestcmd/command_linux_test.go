@@ -1,0 +1,168 @@
+package attestcmd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// commandHelperEnv makes the test binary run the command itself (see
+// TestMain), so that a test can signal it as a CI runner would: as a
+// process of its own.
+const commandHelperEnv = "HALLMARK_ATTESTCMD_TEST_AS_COMMAND"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(commandHelperEnv) != "" {
+		ctx, stop := signalContext()
+		code := Run(ctx, "hallmark-attest", os.Args[1:], OSEnv())
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// signalContext is cmd/hallmark-attest's context: done on SIGINT or
+// SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// asCommand is hallmark-attest, as a process of its own in a new
+// directory, to run command and attest step b to a socket that accepts
+// connections and answers nothing.
+func asCommand(t *testing.T, command ...string) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "agent.sock")
+	l, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+
+	stderr = new(bytes.Buffer)
+	cmd = exec.Command(os.Args[0], append([]string{"--step", "b", "--product", "p", "--socket", socket, "--"}, command...)...)
+	cmd.Dir, cmd.Stderr = dir, stderr
+	cmd.Env = append(os.Environ(), commandHelperEnv+"=1")
+	// A group of its own, so that what it leaves running can be killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = time.Second
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // it may be gone
+		}
+	})
+	return cmd, dir, stderr
+}
+
+// startAsCommand starts hallmark-attest (asCommand) to run script under
+// sh, and returns once script wrote "ready".
+func startAsCommand(t *testing.T, script string) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
+	t.Helper()
+	cmd, dir, stderr = asCommand(t, "sh", "-c", script)
+	require.NoError(t, cmd.Start())
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
+			return cmd, dir, stderr
+		}
+		require.True(t, time.Now().Before(deadline), "the command did not start: %s", stderr)
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// exitCode waits for cmd; one still running after 10s fails the test.
+func exitCode(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // it may have exited since
+		<-done
+		t.Fatal("still running after 10s")
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	require.NoError(t, err)
+	return 0
+}
+
+// Must show: the step's command gets the signals a CI runner sends to
+// hallmark-attest when it cancels a job (SIGINT, SIGTERM, SIGHUP,
+// SIGQUIT), hallmark-attest waits for it and exits with its code: the
+// command's own when it handles the signal, 128+signal when it dies of it;
+// a step whose command did not succeed is not attested.
+func TestCommandGetsTheSignals(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT} {
+		t.Run(fmt.Sprintf("%v handled", sig), func(t *testing.T) {
+			// The trap runs once the foreground sleep ends.
+			cmd, dir, stderr := startAsCommand(t, fmt.Sprintf(`trap 'echo got > got; exit 7' %s; echo > ready; while :; do sleep 0.01; done`, sigName(sig)))
+			require.NoError(t, cmd.Process.Signal(sig))
+			require.Equal(t, 7, exitCode(t, cmd), "stderr: %s", stderr)
+			got, err := os.ReadFile(filepath.Join(dir, "got"))
+			require.NoError(t, err, "the command never saw %v", sig)
+			require.Equal(t, "got\n", string(got))
+			require.Equal(t, "hallmark-attest: sh exited with status 7; step b not attested\n", stderr.String())
+		})
+		t.Run(fmt.Sprintf("%v kills", sig), func(t *testing.T) {
+			// sh execs sleep, which dies of the signal.
+			cmd, _, stderr := startAsCommand(t, `echo > ready; exec sleep 30`)
+			require.NoError(t, cmd.Process.Signal(sig))
+			want := 128 + int(sig)
+			require.Equal(t, want, exitCode(t, cmd), "stderr: %s", stderr)
+			require.Equal(t, fmt.Sprintf("hallmark-attest: sh exited with status %d; step b not attested\n", want), stderr.String())
+		})
+	}
+}
+
+// Must show: the command's exit status passes through, and a command
+// that cannot start is 127 with the reason, whether it is looked up in
+// PATH or named by its path.
+func TestCommandExitStatus(t *testing.T) {
+	notExec := filepath.Join(t.TempDir(), "not-executable")
+	require.NoError(t, os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644))
+
+	for _, tc := range []struct {
+		name    string
+		command []string
+		code    int
+		stderr  string
+	}{
+		{"status 3", []string{"sh", "-c", "exit 3"}, 3, "hallmark-attest: sh exited with status 3; step b not attested\n"},
+		{"status 255", []string{"sh", "-c", "exit 255"}, 255, "hallmark-attest: sh exited with status 255; step b not attested\n"},
+		{"killed", []string{"sh", "-c", "kill -KILL $$"}, 137, "hallmark-attest: sh exited with status 137; step b not attested\n"},
+		{"not in PATH", []string{"hallmark-no-such-command"}, 127,
+			"hallmark-attest: exec: \"hallmark-no-such-command\": executable file not found in $PATH\n" +
+				"hallmark-attest: hallmark-no-such-command exited with status 127; step b not attested\n"},
+		{"not executable", []string{notExec}, 127,
+			"hallmark-attest: fork/exec " + notExec + ": permission denied\n" +
+				"hallmark-attest: " + notExec + " exited with status 127; step b not attested\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd, _, stderr := asCommand(t, tc.command...)
+			require.NoError(t, cmd.Start())
+			require.Equal(t, tc.code, exitCode(t, cmd), "stderr: %s", stderr)
+			require.Equal(t, tc.stderr, stderr.String())
+		})
+	}
+}
+
+func sigName(s syscall.Signal) string {
+	return map[syscall.Signal]string{syscall.SIGINT: "INT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP", syscall.SIGQUIT: "QUIT"}[s]
+}
