@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -131,9 +132,9 @@ func TestCommandGetsTheSignals(t *testing.T) {
 	}
 }
 
-// Must show: the command's exit status passes through, and a command
-// that cannot start is 127 with the reason, whether it is looked up in
-// PATH or named by its path.
+// Must show: the command's exit status and stdio pass through, and a
+// command that cannot start is 127 with the reason, whether it is looked
+// up in PATH or named by its path.
 func TestCommandExitStatus(t *testing.T) {
 	notExec := filepath.Join(t.TempDir(), "not-executable")
 	require.NoError(t, os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644))
@@ -145,6 +146,7 @@ func TestCommandExitStatus(t *testing.T) {
 		stderr  string
 	}{
 		{"status 3", []string{"sh", "-c", "exit 3"}, 3, "hallmark-attest: sh exited with status 3; step b not attested\n"},
+		{"stdio", []string{"sh", "-c", `read x; echo "out $x"; echo "err $x" >&2; exit 4`}, 4, "err in\nhallmark-attest: sh exited with status 4; step b not attested\n"},
 		{"status 255", []string{"sh", "-c", "exit 255"}, 255, "hallmark-attest: sh exited with status 255; step b not attested\n"},
 		{"killed", []string{"sh", "-c", "kill -KILL $$"}, 137, "hallmark-attest: sh exited with status 137; step b not attested\n"},
 		{"not in PATH", []string{"hallmark-no-such-command"}, 127,
@@ -156,9 +158,16 @@ func TestCommandExitStatus(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd, _, stderr := asCommand(t, tc.command...)
+			var stdout bytes.Buffer
+			cmd.Stdin, cmd.Stdout = strings.NewReader("in\n"), &stdout
 			require.NoError(t, cmd.Start())
 			require.Equal(t, tc.code, exitCode(t, cmd), "stderr: %s", stderr)
 			require.Equal(t, tc.stderr, stderr.String())
+			if tc.name == "stdio" {
+				require.Equal(t, "out in\n", stdout.String())
+			} else {
+				require.Empty(t, stdout.String())
+			}
 		})
 	}
 }
