@@ -63,8 +63,8 @@ func runCommand(name string, env Env, args []string) int {
 // start starts args as os/exec does (the same lookup in PATH, environment
 // and stdio), by startPidfd where it can and by os/exec otherwise.
 func start(env Env, args []string) (child, error) {
-	if c, ok, err := startPidfd(env, args); ok {
-		return c, err
+	if c, ok := startPidfd(env, args); ok {
+		return c, nil
 	}
 	c := exec.Command(args[0], args[1:]...)
 	c.Stdin, c.Stdout, c.Stderr = env.Stdin, env.Stdout, env.Stderr

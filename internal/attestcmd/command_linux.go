@@ -18,20 +18,21 @@ import (
 // clone(CLONE_PIDFD), which forwarded signals go to: none can reach a
 // process that took its pid once it exited.
 //
-// ok is false, and nothing started, where os/exec is needed instead:
-// stdio that is not files (os/exec copies it), or a kernel that does not
-// create the pidfd.
-func startPidfd(env Env, args []string) (c child, ok bool, err error) {
+// ok is false, and nothing runs, where os/exec is needed instead: stdio
+// that is not files (os/exec copies it), or a command that did not start,
+// for os/exec to start it or say why: a sandbox may refuse
+// clone(CLONE_PIDFD) where os/exec, having probed, starts without it.
+func startPidfd(env Env, args []string) (c child, ok bool) {
 	out, isFile := env.Stdout.(*os.File)
 	errOut, errIsFile := env.Stderr.(*os.File)
 	if env.Stdin == nil || !isFile || !errIsFile || out == nil || errOut == nil {
-		return nil, false, nil
+		return nil, false
 	}
 	// exec.Command looks args[0] up as Start would, refusing a program
 	// found in the current directory by a relative PATH entry.
 	cmd := exec.Command(args[0], args[1:]...)
 	if cmd.Err != nil {
-		return nil, true, cmd.Err
+		return nil, false
 	}
 	pidfd := -1
 	pid, err := syscall.ForkExec(cmd.Path, cmd.Args, &syscall.ProcAttr{
@@ -42,19 +43,15 @@ func startPidfd(env Env, args []string) (c child, ok bool, err error) {
 	runtime.KeepAlive(env.Stdin)
 	runtime.KeepAlive(out)
 	runtime.KeepAlive(errOut)
-	switch {
-	case errors.Is(err, syscall.EINVAL) && pidfd < 0:
-		// A kernel older than clone(CLONE_PIDFD) (5.2) refuses the flag.
-		return nil, false, nil
-	case err != nil:
-		return nil, true, &os.PathError{Op: "fork/exec", Path: cmd.Path, Err: err}
+	if err != nil {
+		return nil, false
 	}
-	return &pidfdChild{pid: pid, pidfd: pidfd}, true, nil
+	return &pidfdChild{pid: pid, pidfd: pidfd}, true
 }
 
 // pidfdChild is a command started by startPidfd.
 type pidfdChild struct {
-	pid, pidfd int // pidfd is -1 where the kernel gave none
+	pid, pidfd int // pidfd is -1 where the kernel ignored CLONE_PIDFD (before 5.2)
 }
 
 func (p *pidfdChild) signal(s os.Signal) {

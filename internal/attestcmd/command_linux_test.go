@@ -10,12 +10,15 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // commandHelperEnv makes the test binary run the command itself (see
@@ -23,8 +26,18 @@ import (
 // process of its own.
 const commandHelperEnv = "HALLMARK_ATTESTCMD_TEST_AS_COMMAND"
 
+// refuseEnv names a system call the kernel refuses to the command's
+// process, as a sandbox may (see refuse).
+const refuseEnv = "HALLMARK_ATTESTCMD_TEST_REFUSE"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(commandHelperEnv) != "" {
+		if what := os.Getenv(refuseEnv); what != "" {
+			if err := refuse(what); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(3)
+			}
+		}
 		ctx, stop := signalContext()
 		code := Run(ctx, "hallmark-attest", os.Args[1:], OSEnv())
 		stop()
@@ -69,9 +82,10 @@ func asCommand(t *testing.T, command ...string) (cmd *exec.Cmd, dir string, stde
 
 // startAsCommand starts hallmark-attest (asCommand) to run script under
 // sh, and returns once script wrote "ready".
-func startAsCommand(t *testing.T, script string) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
+func startAsCommand(t *testing.T, script string, env ...string) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
 	t.Helper()
 	cmd, dir, stderr = asCommand(t, "sh", "-c", script)
+	cmd.Env = append(cmd.Env, env...)
 	require.NoError(t, cmd.Start())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -170,6 +184,66 @@ func TestCommandExitStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Must show: where a sandbox refuses clone(CLONE_PIDFD) or
+// pidfd_send_signal (a seccomp filter older than pidfds, as container
+// runtimes have installed), the command still starts and still gets the
+// signals.
+func TestCommandSandboxRefusesPidfd(t *testing.T) {
+	if runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64" {
+		t.Skip("refuse reads clone's flags as amd64 and arm64 pass them")
+	}
+	for _, what := range []string{"clone_pidfd", "pidfd_send_signal"} {
+		t.Run(what, func(t *testing.T) {
+			cmd, dir, stderr := startAsCommand(t, `trap 'echo got > got; exit 7' TERM; echo > ready; while :; do sleep 0.01; done`, refuseEnv+"="+what)
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+			require.Equal(t, 7, exitCode(t, cmd), "stderr: %s", stderr)
+			_, err := os.ReadFile(filepath.Join(dir, "got"))
+			require.NoError(t, err, "the command never saw SIGTERM")
+		})
+	}
+}
+
+// refuse installs a seccomp filter on this process and what it starts
+// that fails with EPERM either clone with CLONE_PIDFD ("clone_pidfd") or
+// pidfd_send_signal.
+func refuse(what string) error {
+	const eperm = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
+	load := func(off uint32) unix.SockFilter {
+		return unix.SockFilter{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: off}
+	}
+	ret := func(v uint32) unix.SockFilter { return unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: v} }
+	// Offsets in struct seccomp_data: nr at 0, the low half of args[0] at
+	// 16 (little-endian).
+	filter := map[string][]unix.SockFilter{
+		"clone_pidfd": {
+			load(0),
+			{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.SYS_CLONE, Jf: 3},
+			load(16),
+			{Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, K: unix.CLONE_PIDFD, Jf: 1},
+			ret(eperm),
+			ret(unix.SECCOMP_RET_ALLOW),
+		},
+		"pidfd_send_signal": {
+			load(0),
+			{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, K: unix.SYS_PIDFD_SEND_SIGNAL, Jf: 1},
+			ret(eperm),
+			ret(unix.SECCOMP_RET_ALLOW),
+		},
+	}[what]
+	if filter == nil {
+		return fmt.Errorf("refuse: unknown %q", what)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("refuse: %w", err)
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	// TSYNC: every thread of the process, whichever forks the command.
+	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); errno != 0 {
+		return fmt.Errorf("refuse: seccomp: %w", errno)
+	}
+	return nil
 }
 
 func sigName(s syscall.Signal) string {
