@@ -166,6 +166,9 @@ func TestCommandExitStatus(t *testing.T) {
 		{"not in PATH", []string{"hallmark-no-such-command"}, 127,
 			"hallmark-attest: exec: \"hallmark-no-such-command\": executable file not found in $PATH\n" +
 				"hallmark-attest: hallmark-no-such-command exited with status 127; step b not attested\n"},
+		{"empty name", []string{""}, 127,
+			"hallmark-attest: exec: no command\n" +
+				"hallmark-attest:  exited with status 127; step b not attested\n"},
 		{"not executable", []string{notExec}, 127,
 			"hallmark-attest: fork/exec " + notExec + ": permission denied\n" +
 				"hallmark-attest: " + notExec + " exited with status 127; step b not attested\n"},
@@ -184,6 +187,19 @@ func TestCommandExitStatus(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Must show, as an attacker would try it: a program planted in the
+// workspace does not run in place of the one PATH names, even where PATH
+// has a relative entry (os/exec's ErrDot).
+func TestCommandNotFoundInCurrentDirectory(t *testing.T) {
+	cmd, dir, stderr := asCommand(t, "hallmark-planted")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "hallmark-planted"), []byte("#!/bin/sh\necho > ran\n"), 0o755))
+	cmd.Env = append(cmd.Env, "PATH=.:"+os.Getenv("PATH"))
+	require.NoError(t, cmd.Start())
+	require.Equal(t, 127, exitCode(t, cmd), "stderr: %s", stderr)
+	require.Contains(t, stderr.String(), `hallmark-attest: exec: "hallmark-planted": cannot run executable found relative to current directory`)
+	require.NoFileExists(t, filepath.Join(dir, "ran"))
 }
 
 // Must show: where a sandbox refuses clone(CLONE_PIDFD) or
