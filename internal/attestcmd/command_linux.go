@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -52,6 +53,11 @@ func startPidfd(env Env, args []string) (c child, ok bool) {
 // pidfdChild is a command started by startPidfd.
 type pidfdChild struct {
 	pid, pidfd int // pidfd is -1 where the kernel ignored CLONE_PIDFD (before 5.2)
+
+	// mu keeps signal from killing by pid once wait reaped the command:
+	// the pid may name another process by then.
+	mu     sync.RWMutex
+	reaped bool
 }
 
 func (p *pidfdChild) signal(s os.Signal) {
@@ -66,9 +72,12 @@ func (p *pidfdChild) signal(s os.Signal) {
 		}
 	}
 	// No pidfd, or a sandbox that refuses pidfd_send_signal: by pid, as
-	// os/exec does without pidfds (the pid is the command's until wait
-	// reaps it, a moment before forwarding stops).
-	syscall.Kill(p.pid, sig) //nolint:errcheck // it may have exited
+	// os/exec does without pidfds, while the pid is still the command's.
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if !p.reaped {
+		syscall.Kill(p.pid, sig) //nolint:errcheck // it may have exited
+	}
 }
 
 func (p *pidfdChild) release() {
@@ -78,11 +87,26 @@ func (p *pidfdChild) release() {
 }
 
 func (p *pidfdChild) wait() (syscall.WaitStatus, error) {
+	// An exited command keeps its pid until it is reaped: wait for the
+	// exit, stop signal's kill, then reap.
+	var info unix.Siginfo
+	retryEINTR(func() error { return unix.Waitid(unix.P_PID, p.pid, &info, unix.WEXITED|unix.WNOWAIT, nil) }) //nolint:errcheck // Wait4 reports it
+	p.mu.Lock()
+	p.reaped = true
+	p.mu.Unlock()
 	var ws syscall.WaitStatus
-	for {
+	err := retryEINTR(func() error {
 		_, err := syscall.Wait4(p.pid, &ws, 0, nil)
-		if !errors.Is(err, syscall.EINTR) {
-			return ws, err
+		return err
+	})
+	return ws, err
+}
+
+// retryEINTR calls f until it does not fail with EINTR.
+func retryEINTR(f func() error) error {
+	for {
+		if err := f(); !errors.Is(err, syscall.EINTR) {
+			return err
 		}
 	}
 }

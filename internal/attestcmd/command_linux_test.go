@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -200,6 +201,60 @@ func TestCommandNotFoundInCurrentDirectory(t *testing.T) {
 	require.Equal(t, 127, exitCode(t, cmd), "stderr: %s", stderr)
 	require.Contains(t, stderr.String(), `hallmark-attest: exec: "hallmark-planted": cannot run executable found relative to current directory`)
 	require.NoFileExists(t, filepath.Join(dir, "ran"))
+}
+
+// reuseHelperEnv makes TestCommandSignalMissesReusedPid run its check, in
+// a pid namespace of its own.
+const reuseHelperEnv = "HALLMARK_ATTESTCMD_TEST_PID_REUSE"
+
+// Must show, as an attacker would try it: where signals go by pid (a
+// kernel before 5.2 or a sandbox that refuses pidfd_send_signal), one
+// forwarded as the command exits does not reach a process that took its
+// pid. Forwarding can send it after wait returned (it stops a moment
+// later); the pid is handed on at once through ns_last_pid, in a pid
+// namespace where nothing else starts (root only).
+func TestCommandSignalMissesReusedPid(t *testing.T) {
+	if os.Getenv(reuseHelperEnv) == "" {
+		if os.Geteuid() != 0 {
+			t.Skip("a pid namespace and ns_last_pid need root")
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCommandSignalMissesReusedPid$", "-test.v")
+		cmd.Env = append(os.Environ(), reuseHelperEnv+"=1")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Contains(t, string(out), "--- PASS: TestCommandSignalMissesReusedPid")
+		return
+	}
+	// os/exec's pidfd probe forks once per process: done before pids count.
+	require.NoError(t, exec.Command("true").Run())
+	c, ok := startPidfd(Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}, []string{"true"})
+	require.True(t, ok)
+	p := c.(*pidfdChild)
+	c.release()
+	p.pidfd = -1 // signals by pid
+	_, err := c.wait()
+	require.NoError(t, err)
+
+	// A thread the runtime starts may take the pid first: try again.
+	var victim *exec.Cmd
+	for try := 0; victim == nil; try++ {
+		require.Less(t, try, 20, "pid %d was not handed on", p.pid)
+		require.NoError(t, os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(p.pid-1)), 0))
+		cmd := exec.Command("sleep", "30")
+		require.NoError(t, cmd.Start())
+		if cmd.Process.Pid == p.pid {
+			victim = cmd
+		} else {
+			cmd.Process.Kill() //nolint:errcheck // reaped below
+			cmd.Wait()         //nolint:errcheck // killed
+		}
+	}
+	c.signal(syscall.SIGTERM)
+	require.NoError(t, victim.Process.Kill())
+	require.Error(t, victim.Wait())
+	ws := victim.ProcessState.Sys().(syscall.WaitStatus)
+	require.Equal(t, syscall.SIGKILL, ws.Signal(), "the process that took the command's pid got its signal")
 }
 
 // Must show: where a sandbox refuses clone(CLONE_PIDFD) or
