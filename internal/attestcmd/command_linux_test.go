@@ -203,6 +203,45 @@ func TestCommandNotFoundInCurrentDirectory(t *testing.T) {
 	require.NoFileExists(t, filepath.Join(dir, "ran"))
 }
 
+// Must show: a build step's command (stdio are files) starts with a pidfd
+// from clone(CLONE_PIDFD), not through os/exec, whose first start in a
+// process forks a throwaway child; os/exec starts what needs it.
+func TestStartPidfd(t *testing.T) {
+	if _, err := unix.PidfdOpen(os.Getpid(), 0); errors.Is(err, unix.ENOSYS) {
+		t.Skip("a kernel without pidfds (before 5.3)")
+	}
+	files := Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	buffered := files
+	buffered.Stdout = new(bytes.Buffer)
+	noStdin := files
+	noStdin.Stdin = nil
+	for _, tc := range []struct {
+		name    string
+		env     Env
+		command string
+		pidfd   bool
+	}{
+		{"stdio files", files, "true", true},
+		{"stdout a buffer", buffered, "true", false},
+		{"no stdin", noStdin, "true", false},
+		{"not in PATH", files, "hallmark-no-such-command", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, ok := startPidfd(tc.env, []string{tc.command})
+			require.Equal(t, tc.pidfd, ok)
+			if !ok {
+				return
+			}
+			require.GreaterOrEqual(t, c.(*pidfdChild).pidfd, 0)
+			ws, err := c.wait()
+			c.release()
+			require.NoError(t, err)
+			require.True(t, ws.Exited())
+			require.Zero(t, ws.ExitStatus())
+		})
+	}
+}
+
 // reuseHelperEnv makes TestCommandSignalMissesReusedPid run its check, in
 // a pid namespace of its own.
 const reuseHelperEnv = "HALLMARK_ATTESTCMD_TEST_PID_REUSE"
