@@ -251,18 +251,25 @@ const reuseHelperEnv = "HALLMARK_ATTESTCMD_TEST_PID_REUSE"
 // forwarded as the command exits does not reach a process that took its
 // pid. Forwarding can send it after wait returned (it stops a moment
 // later); the pid is handed on at once through ns_last_pid, in a pid
-// namespace where nothing else starts (root only).
+// namespace where nothing else starts.
 func TestCommandSignalMissesReusedPid(t *testing.T) {
 	if os.Getenv(reuseHelperEnv) == "" {
-		if os.Geteuid() != 0 {
-			t.Skip("a pid namespace and ns_last_pid need root")
-		}
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCommandSignalMissesReusedPid$", "-test.v")
 		cmd.Env = append(os.Environ(), reuseHelperEnv+"=1")
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		require.Contains(t, string(out), "--- PASS: TestCommandSignalMissesReusedPid")
+		// A user namespace too, whose root may set ns_last_pid, for a
+		// user other than root.
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWPID,
+			UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+			GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		}
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Skipf("no user and pid namespace here: %v", err)
+		}
+		require.NoError(t, cmd.Wait(), "%s", &out)
+		require.Contains(t, out.String(), "--- PASS: TestCommandSignalMissesReusedPid")
 		return
 	}
 	// os/exec's pidfd probe forks once per process: done before pids count.
