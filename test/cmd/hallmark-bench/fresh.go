@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -179,8 +180,14 @@ type stepRunner struct {
 type stepRun struct {
 	latencies []time.Duration
 	// own is the started processes' CPU (rusage, with their children);
-	// daemons is what hallmark-agent and the SPIRE agent used meanwhile.
+	// agent and spire are what hallmark-agent and the SPIRE agent used
+	// meanwhile.
 	own, agent, spire time.Duration
+	// faults are the started processes' page faults (rusage, with their
+	// children): in a VM whose page faults trap to the hypervisor, a
+	// fresh process's start is mostly its faults, and unlike CPU time
+	// their count hardly varies with the machine's other load.
+	faults int64
 }
 
 func (s stepRun) quantile(q float64) time.Duration {
@@ -206,19 +213,20 @@ func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun
 		wg.Go(func() {
 			var lat []time.Duration
 			var own time.Duration
+			var faults int64
 			for range steps {
 				var (
 					d   time.Duration
-					cpu time.Duration
+					u   usage
 					err error
 				)
 				switch k {
 				case kindBare:
-					d, cpu, err = r.exec(ctx, exec.CommandContext(ctx, r.bare))
+					d, u, err = r.exec(ctx, exec.CommandContext(ctx, r.bare))
 				case kindEmptyGo:
-					d, cpu, err = r.exec(ctx, exec.CommandContext(ctx, r.empty))
+					d, u, err = r.exec(ctx, exec.CommandContext(ctx, r.empty))
 				default:
-					d, cpu, err = r.stepCPU(ctx, w, k)
+					d, u, err = r.stepCPU(ctx, w, k)
 				}
 				if err != nil {
 					mu.Lock()
@@ -227,11 +235,13 @@ func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun
 					return
 				}
 				lat = append(lat, d)
-				own += cpu
+				own += u.cpu
+				faults += u.faults
 			}
 			mu.Lock()
 			out.latencies = append(out.latencies, lat...)
 			out.own += own
+			out.faults += faults
 			mu.Unlock()
 		})
 	}
@@ -244,8 +254,8 @@ func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun
 }
 
 // stepCPU runs one attested step of kind k as worker w and returns its
-// latency and CPU.
-func (r *stepRunner) stepCPU(ctx context.Context, w int, k stepKind) (time.Duration, time.Duration, error) {
+// latency and resource usage.
+func (r *stepRunner) stepCPU(ctx context.Context, w int, k stepKind) (time.Duration, usage, error) {
 	bin, args := r.light, []string{"--step", "build", "--product", "P", "--out", filepath.Join(r.out, fmt.Sprintf("w%d.json", w))}
 	switch k {
 	case kindWaitLog:
@@ -259,9 +269,15 @@ func (r *stepRunner) stepCPU(ctx context.Context, w int, k stepKind) (time.Durat
 	return r.exec(ctx, cmd)
 }
 
+// usage is what a started process used, with the children it waited for.
+type usage struct {
+	cpu    time.Duration // user plus system
+	faults int64         // page faults, minor and major
+}
+
 // exec runs cmd and returns its wall time from start to reaped and its
-// CPU (user plus system, with the children it waited for).
-func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, time.Duration, error) {
+// usage.
+func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, usage, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if cmd.Dir == "" {
@@ -271,13 +287,13 @@ func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, ti
 	err := cmd.Run()
 	d := time.Since(t)
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s: %w: %s", cmd.Args[0], err, bytes.TrimSpace(stderr.Bytes()))
+		return 0, usage{}, fmt.Errorf("%s: %w: %s", cmd.Args[0], err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	if !ok {
-		return 0, 0, errors.New("no rusage")
+		return 0, usage{}, errors.New("no rusage")
 	}
-	return d, time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), ctx.Err()
+	return d, usage{cpu: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), faults: ru.Minflt + ru.Majflt}, ctx.Err()
 }
 
 // freshResults turns the rounds (runs, by kind) into figures: medians
@@ -294,7 +310,11 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 		return ms(median(a)), ms(median(f))
 	}
 	var cpu, bareCPU, emptyCPU, cli, agent, spire, fullCPU, fullCLI []time.Duration
+	var cliFaults, emptyFaults []float64
 	for i, s := range step {
+		n := float64(len(s.latencies))
+		cliFaults = append(cliFaults, float64(s.faults)/n-float64(bare[i].faults)/float64(len(bare[i].latencies)))
+		emptyFaults = append(emptyFaults, float64(empty[i].faults)/float64(len(empty[i].latencies)))
 		b := bare[i].perStep(bare[i].own)
 		bareCPU = append(bareCPU, b)
 		emptyCPU = append(emptyCPU, empty[i].perStep(empty[i].own))
@@ -316,12 +336,13 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 		{Name: "fresh_added_p99" + suffix, Value: p99, Unit: "ms", Floor: f99},
 		{Name: "fresh_cpu_per_step" + suffix, Value: ms(median(cpu)), Unit: "ms", Floor: ms(median(bareCPU))},
 		{Name: "fresh_cli_cpu_per_step" + suffix, Value: ms(median(cli)), Unit: "ms", Floor: ms(median(emptyCPU))},
+		{Name: "fresh_cli_page_faults_per_step" + suffix, Value: median(cliFaults), Unit: "faults", Floor: median(emptyFaults)},
 		{Name: "fresh_waitlog_added_p50" + suffix, Value: w50, Unit: "ms", Floor: wf50},
 		{Name: "fresh_full_cli_added_p50" + suffix, Value: c50, Unit: "ms", Floor: cf50},
 		{Name: "fresh_full_cli_cpu_per_step" + suffix, Value: ms(median(fullCPU)), Unit: "ms", Floor: ms(median(bareCPU))},
 	}
 	if n == 16 {
-		res[0].Max, res[1].Max, res[2].Max, res[4].Max = 10, 30, 5, 20
+		res[0].Max, res[1].Max, res[2].Max, res[5].Max = 10, 30, 5, 20
 	}
 	fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent, CPU per step (medians over %d rounds): hallmark-attest %.2f ms beyond the command (an empty Go program: %.2f ms; hallmark attest: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
 		mode, n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(fullCLI)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))
@@ -354,7 +375,7 @@ func buildEmptyGo(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
-func median(ds []time.Duration) time.Duration {
+func median[T cmp.Ordered](ds []T) T {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
