@@ -24,13 +24,7 @@ import (
 // help twice over; a command that cannot start is reported under the
 // command's own name.
 func TestUsageAndHelp(t *testing.T) {
-	dir, err := os.MkdirTemp("", "hm")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	socket := filepath.Join(dir, "agent.sock")
-	l, err := net.Listen("unix", socket)
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
+	dir, socket := silentSocket(t)
 
 	for _, tc := range []struct {
 		command string
@@ -63,6 +57,21 @@ func TestUsageAndHelp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// silentSocket is a unix socket that accepts connections and answers
+// nothing, in a new directory (dir), until the test ends. The directory is
+// not t.TempDir(): a socket's path must fit in 108 bytes.
+func silentSocket(t *testing.T) (dir, socket string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket = filepath.Join(dir, "agent.sock")
+	l, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return dir, socket
 }
 
 // bundleAgent answers GetBundle with a logged bundle, or with err.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -58,14 +57,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 // connections and answers nothing.
 func asCommand(t *testing.T, command ...string) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "hm")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	socket := filepath.Join(dir, "agent.sock")
-	l, err := net.Listen("unix", socket)
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close() })
-
+	dir, socket := silentSocket(t)
 	stderr = new(bytes.Buffer)
 	cmd = exec.Command(os.Args[0], append([]string{"--step", "b", "--product", "p", "--socket", socket, "--"}, command...)...)
 	cmd.Dir, cmd.Stderr = dir, stderr
