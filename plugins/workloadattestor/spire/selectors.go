@@ -202,7 +202,10 @@ func (a *SelectorAttestor) follow(ctx context.Context, s *subscription, sels []s
 	}
 	res, stream, err := a.subscribe(ctx, req)
 	if err != nil {
+		// Ended and forgotten before anyone sees the error, so that the
+		// next call asks SPIRE again instead of finding it kept.
 		s.err = err
+		a.end(s)
 		close(s.ready)
 		return
 	}
