@@ -60,16 +60,22 @@ func runCommand(name string, env Env, args []string) int {
 	}
 }
 
-// start starts args as os/exec does (the same lookup in PATH, environment
-// and stdio), by startPidfd where it can and by os/exec otherwise.
-func start(env Env, args []string) (child, error) {
-	if c, ok := startPidfd(env, args); ok {
-		return c, nil
-	}
+// command is args, looked up as exec.Command does, with env's stdio.
+func command(env Env, args []string) *exec.Cmd {
 	c := exec.Command(args[0], args[1:]...)
-	c.Stdin, c.Stdout, c.Stderr = env.Stdin, env.Stdout, env.Stderr
-	if env.Stdin == nil {
-		c.Stdin = nil // not a nil *os.File in an interface
+	c.Stdout, c.Stderr = env.Stdout, env.Stderr
+	if env.Stdin != nil {
+		c.Stdin = env.Stdin // a nil *os.File would not be a nil io.Reader
+	}
+	return c
+}
+
+// start starts args with env's stdio: by startPidfd where it can, and by
+// os/exec otherwise.
+func start(env Env, args []string) (child, error) {
+	c := command(env, args)
+	if p, ok := startPidfd(c); ok {
+		return p, nil
 	}
 	if err := c.Start(); err != nil {
 		return nil, err
@@ -86,15 +92,11 @@ func (e execChild) signal(s os.Signal) {
 
 func (execChild) release() {}
 
+// wait returns the command's status, also when it failed; any other error
+// of Wait's (copying stdio) is the error.
 func (e execChild) wait() (syscall.WaitStatus, error) {
-	err := e.c.Wait()
 	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
-			return ws, nil
-		}
-	}
-	if err != nil {
+	if err := e.c.Wait(); err != nil && !errors.As(err, &ee) {
 		return 0, err
 	}
 	return e.c.ProcessState.Sys().(syscall.WaitStatus), nil

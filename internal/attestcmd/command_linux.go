@@ -11,37 +11,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// startPidfd starts args with stdio passed through, as os/exec would, but
-// not through it: on Linux, os/exec's first start in a process forks a
+// startPidfd starts cmd, not yet started, as cmd.Start would, but not
+// through it: on Linux, os/exec's first start in a process forks a
 // throwaway child to learn whether pidfds work (Go 1.23 and later), and
 // hallmark-attest starts one command per process, once per build step
 // (make bench, figure "fresh"). The child comes with a pidfd from
 // clone(CLONE_PIDFD), which forwarded signals go to: none can reach a
-// process that took its pid once it exited.
+// process that took its pid once it exited. exec.Command's lookup (which
+// refuses a program found in the current directory by a relative PATH
+// entry) and environment are cmd's own.
 //
-// ok is false, and nothing runs, where os/exec is needed instead: stdio
+// ok is false, and nothing runs, where cmd.Start is needed instead: stdio
 // that is not files (os/exec copies it), or a command that did not start,
-// for os/exec to start it or say why: a sandbox may refuse
+// for cmd.Start to start it or say why: a sandbox may refuse
 // clone(CLONE_PIDFD) where os/exec, having probed, starts without it.
-func startPidfd(env Env, args []string) (c child, ok bool) {
-	out, isFile := env.Stdout.(*os.File)
-	errOut, errIsFile := env.Stderr.(*os.File)
-	if env.Stdin == nil || !isFile || !errIsFile || out == nil || errOut == nil {
-		return nil, false
-	}
-	// exec.Command looks args[0] up as Start would, refusing a program
-	// found in the current directory by a relative PATH entry.
-	cmd := exec.Command(args[0], args[1:]...)
-	if cmd.Err != nil {
+func startPidfd(cmd *exec.Cmd) (c child, ok bool) {
+	in, inFile := cmd.Stdin.(*os.File)
+	out, outFile := cmd.Stdout.(*os.File)
+	errOut, errFile := cmd.Stderr.(*os.File)
+	if cmd.Err != nil || !inFile || !outFile || !errFile || in == nil || out == nil || errOut == nil {
 		return nil, false
 	}
 	pidfd := -1
 	pid, err := syscall.ForkExec(cmd.Path, cmd.Args, &syscall.ProcAttr{
 		Env:   cmd.Environ(),
-		Files: []uintptr{env.Stdin.Fd(), out.Fd(), errOut.Fd()},
+		Files: []uintptr{in.Fd(), out.Fd(), errOut.Fd()},
 		Sys:   &syscall.SysProcAttr{PidFD: &pidfd},
 	})
-	runtime.KeepAlive(env.Stdin)
+	runtime.KeepAlive(in)
 	runtime.KeepAlive(out)
 	runtime.KeepAlive(errOut)
 	if err != nil {
@@ -54,9 +51,9 @@ func startPidfd(env Env, args []string) (c child, ok bool) {
 type pidfdChild struct {
 	pid, pidfd int // pidfd is -1 where the kernel ignored CLONE_PIDFD (before 5.2)
 
-	// mu keeps signal from killing by pid once wait reaped the command:
-	// the pid may name another process by then.
-	mu     sync.RWMutex
+	// mu keeps signal from killing by pid once wait is about to reap
+	// the command: the pid may name another process after that.
+	mu     sync.Mutex
 	reaped bool
 }
 
@@ -73,8 +70,8 @@ func (p *pidfdChild) signal(s os.Signal) {
 	}
 	// No pidfd, or a sandbox that refuses pidfd_send_signal: by pid, as
 	// os/exec does without pidfds, while the pid is still the command's.
-	p.mu.RLock()
-	defer p.mu.RUnlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if !p.reaped {
 		syscall.Kill(p.pid, sig) //nolint:errcheck // it may have exited
 	}

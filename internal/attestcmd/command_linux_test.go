@@ -38,18 +38,13 @@ func TestMain(m *testing.M) {
 				os.Exit(3)
 			}
 		}
-		ctx, stop := signalContext()
+		// cmd/hallmark-attest's context: done on SIGINT or SIGTERM.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		code := Run(ctx, "hallmark-attest", os.Args[1:], OSEnv())
 		stop()
 		os.Exit(code)
 	}
 	os.Exit(m.Run())
-}
-
-// signalContext is cmd/hallmark-attest's context: done on SIGINT or
-// SIGTERM.
-func signalContext() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 // asCommand is hallmark-attest, as a process of its own in a new
@@ -120,7 +115,7 @@ func TestCommandGetsTheSignals(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT} {
 		t.Run(fmt.Sprintf("%v handled", sig), func(t *testing.T) {
 			// The trap runs once the foreground sleep ends.
-			cmd, dir, stderr := startAsCommand(t, fmt.Sprintf(`trap 'echo got > got; exit 7' %s; echo > ready; while :; do sleep 0.01; done`, sigName(sig)))
+			cmd, dir, stderr := startAsCommand(t, fmt.Sprintf(`trap 'echo got > got; exit 7' %s; echo > ready; while :; do sleep 0.01; done`, strings.TrimPrefix(unix.SignalName(sig), "SIG")))
 			require.NoError(t, cmd.Process.Signal(sig))
 			require.Equal(t, 7, exitCode(t, cmd), "stderr: %s", stderr)
 			got, err := os.ReadFile(filepath.Join(dir, "got"))
@@ -147,22 +142,22 @@ func TestCommandExitStatus(t *testing.T) {
 	require.NoError(t, os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644))
 
 	for _, tc := range []struct {
-		name    string
-		command []string
-		code    int
-		stderr  string
+		name           string
+		command        []string
+		code           int
+		stdout, stderr string
 	}{
-		{"status 3", []string{"sh", "-c", "exit 3"}, 3, "hallmark-attest: sh exited with status 3; step b not attested\n"},
-		{"stdio", []string{"sh", "-c", `read x; echo "out $x"; echo "err $x" >&2; exit 4`}, 4, "err in\nhallmark-attest: sh exited with status 4; step b not attested\n"},
-		{"status 255", []string{"sh", "-c", "exit 255"}, 255, "hallmark-attest: sh exited with status 255; step b not attested\n"},
-		{"killed", []string{"sh", "-c", "kill -KILL $$"}, 137, "hallmark-attest: sh exited with status 137; step b not attested\n"},
-		{"not in PATH", []string{"hallmark-no-such-command"}, 127,
+		{"status 3", []string{"sh", "-c", "exit 3"}, 3, "", "hallmark-attest: sh exited with status 3; step b not attested\n"},
+		{"stdio", []string{"sh", "-c", `read x; echo "out $x"; echo "err $x" >&2; exit 4`}, 4, "out in\n", "err in\nhallmark-attest: sh exited with status 4; step b not attested\n"},
+		{"status 255", []string{"sh", "-c", "exit 255"}, 255, "", "hallmark-attest: sh exited with status 255; step b not attested\n"},
+		{"killed", []string{"sh", "-c", "kill -KILL $$"}, 137, "", "hallmark-attest: sh exited with status 137; step b not attested\n"},
+		{"not in PATH", []string{"hallmark-no-such-command"}, 127, "",
 			"hallmark-attest: exec: \"hallmark-no-such-command\": executable file not found in $PATH\n" +
 				"hallmark-attest: hallmark-no-such-command exited with status 127; step b not attested\n"},
-		{"empty name", []string{""}, 127,
+		{"empty name", []string{""}, 127, "",
 			"hallmark-attest: exec: no command\n" +
 				"hallmark-attest:  exited with status 127; step b not attested\n"},
-		{"not executable", []string{notExec}, 127,
+		{"not executable", []string{notExec}, 127, "",
 			"hallmark-attest: fork/exec " + notExec + ": permission denied\n" +
 				"hallmark-attest: " + notExec + " exited with status 127; step b not attested\n"},
 	} {
@@ -173,11 +168,7 @@ func TestCommandExitStatus(t *testing.T) {
 			require.NoError(t, cmd.Start())
 			require.Equal(t, tc.code, exitCode(t, cmd), "stderr: %s", stderr)
 			require.Equal(t, tc.stderr, stderr.String())
-			if tc.name == "stdio" {
-				require.Equal(t, "out in\n", stdout.String())
-			} else {
-				require.Empty(t, stdout.String())
-			}
+			require.Equal(t, tc.stdout, stdout.String())
 		})
 	}
 }
@@ -219,7 +210,7 @@ func TestStartPidfd(t *testing.T) {
 		{"not in PATH", files, "hallmark-no-such-command", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, ok := startPidfd(tc.env, []string{tc.command})
+			c, ok := startPidfd(command(tc.env, []string{tc.command}))
 			require.Equal(t, tc.pidfd, ok)
 			if !ok {
 				return
@@ -266,7 +257,7 @@ func TestCommandSignalMissesReusedPid(t *testing.T) {
 	}
 	// os/exec's pidfd probe forks once per process: done before pids count.
 	require.NoError(t, exec.Command("true").Run())
-	c, ok := startPidfd(Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}, []string{"true"})
+	c, ok := startPidfd(command(Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}, []string{"true"}))
 	require.True(t, ok)
 	p := c.(*pidfdChild)
 	c.release()
@@ -353,8 +344,4 @@ func refuse(what string) error {
 		return fmt.Errorf("refuse: seccomp: %w", errno)
 	}
 	return nil
-}
-
-func sigName(s syscall.Signal) string {
-	return map[syscall.Signal]string{syscall.SIGINT: "INT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP", syscall.SIGQUIT: "QUIT"}[s]
 }

@@ -195,7 +195,6 @@ func (a *SelectorAttestor) subscription(ctx context.Context, sels []string) (*su
 // follow opens the subscription s and keeps its answer current until SPIRE
 // ends it or it is closed.
 func (a *SelectorAttestor) follow(ctx context.Context, s *subscription, sels []string) {
-	defer a.end(s)
 	req := &delegatedidentityv1.SubscribeToX509SVIDsRequest{}
 	for _, v := range sels {
 		req.Selectors = append(req.Selectors, &types.Selector{Type: "unix", Value: v})
@@ -209,6 +208,7 @@ func (a *SelectorAttestor) follow(ctx context.Context, s *subscription, sels []s
 		close(s.ready)
 		return
 	}
+	defer a.end(s)
 	s.ids.Store(&res.SPIFFEIDs)
 	close(s.ready)
 	for {
