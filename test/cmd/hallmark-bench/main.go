@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -105,7 +106,19 @@ func main() {
 		freshCfg.Modes = strings.Split(v, ",")
 		return nil
 	})
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process server and store of logappend, verify and vault; the clients of attest and fresh) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: cpu profile:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	failed := false
@@ -134,6 +147,7 @@ func main() {
 	}
 	printLogAppendStores(all)
 	if failed {
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
