@@ -2,7 +2,12 @@ package outbox
 
 import (
 	"bytes"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // BenchmarkFrame frames records the size of an attestation's: the put of
@@ -23,4 +28,59 @@ func BenchmarkFrame(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPutsAcrossCompactions puts and settles attestation-sized
+// items from 64 writers as fast as the disk takes them, everything
+// retained, so that the file is rewritten several times, and reports how
+// long puts waited: docs/outbox.md cites
+//
+//	go test -run '^$' -bench PutsAcrossCompactions -benchtime 40000x ./agent/outbox/
+func BenchmarkPutsAcrossCompactions(b *testing.B) {
+	o, err := Open(privateDir(b), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer o.Close()
+	bundle := bytes.Repeat([]byte(`{"a":"b"}`), 3500/9)
+	cert := bytes.Repeat([]byte{0x30}, 700)
+	logged := bytes.Repeat([]byte(`{"x":"y"}`), 6000/9)
+	var (
+		next atomic.Int64
+		mu   sync.Mutex
+		lat  []time.Duration
+		wg   sync.WaitGroup
+	)
+	b.ResetTimer()
+	for range 64 {
+		wg.Go(func() {
+			var mine []time.Duration
+			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				id := fmt.Sprintf("%032x", i)
+				start := time.Now()
+				if err := o.Put(Item{ID: id, Bundle: bundle, Certificate: cert}); err != nil {
+					b.Error(err)
+					return
+				}
+				mine = append(mine, time.Since(start))
+				if err := o.MarkLogged(id, logged); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	slices.Sort(lat)
+	q := func(f float64) float64 { return float64(lat[int(f*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.5), "p50-ms")
+	b.ReportMetric(q(0.999), "p999-ms")
+	b.ReportMetric(q(1), "max-ms")
+	o.mu.Lock()
+	b.ReportMetric(float64(o.size)/(1<<20), "file-MiB")
+	o.mu.Unlock()
 }

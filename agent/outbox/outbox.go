@@ -20,7 +20,6 @@
 package outbox
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/base64"
@@ -31,6 +30,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -100,6 +100,10 @@ type Outbox struct {
 	// by tests to make the steps after a compaction's rename fail.
 	syncDir    func(dir string) error
 	openAppend func(path string) (*os.File, error)
+	// copied, when not nil, is called by a compaction in the background
+	// once it has copied what it keeps, before it catches up with what
+	// was appended meanwhile; tests stop it there.
+	copied func()
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
@@ -117,8 +121,16 @@ type Outbox struct {
 	file      *os.File // read and appended to
 	size      int64
 	queue     []pendingWrite
-	writing   bool
-	closed    bool
+	// writing: a flush goroutine runs; writeInFlight: it is writing a
+	// batch, without o.mu.
+	writing       bool
+	writeInFlight bool
+	// compacting: a compaction runs in the background (one at a time);
+	// swapping: it is swapping the file, and the flush loop waits.
+	compacting bool
+	swapping   bool
+	closed     bool
+	closing    atomic.Bool // set first by Close, read without o.mu
 	// broken says why writes are refused after a failure that left
 	// the file in memory and the one on disk apart.
 	broken error
@@ -460,209 +472,6 @@ func (o *Outbox) readFrame(sp span) (record, error) {
 	return rec, nil
 }
 
-// rewrite writes the live records to a new file and swaps it in. Callers
-// hold no lock during Open; later calls hold o.mu with no write in flight.
-// Records of items whose bytes are on disk are copied from the current
-// file once checked: a settled item whose records are no longer intact
-// is moved aside (see Damaged) and dropped.
-//
-// A failure before the rename leaves the file and o as they were. One
-// after it (the new file may not be durable, or cannot be opened) leaves
-// o reading the old, unlinked file: writes are refused from then on.
-func (o *Outbox) rewrite() error {
-	tmp := o.path + ".tmp"
-	// A stale tmp (a crash mid-rewrite) is removed, and the new one
-	// created exclusively, never through a link someone left there.
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("outbox: remove a stale %s: %w", tmp, err)
-	}
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return fmt.Errorf("outbox: %w", err)
-	}
-	w := bufio.NewWriter(f)
-	hdr, _ := w.Write(fileHeader())
-	size := int64(hdr)
-	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
-	var order []string
-	for _, id := range o.order {
-		if sl := o.items[id]; sl != nil && sl.State == Pending {
-			order = append(order, id)
-		}
-	}
-	o.order = order
-	// Settled items first, by settlement, then the pending ones in
-	// their order: a reopened outbox drains oldest first.
-	var all []*slot
-	for id, sl := range o.items {
-		switch {
-		case sl.State == Pending:
-		case sl.Created < cutoff:
-			delete(o.items, id)
-			if sl.State == Refused {
-				o.nrefused--
-			}
-		default:
-			all = append(all, sl)
-		}
-	}
-	slices.SortFunc(all, func(a, b *slot) int { return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.ID, b.ID)) })
-	for _, id := range order {
-		all = append(all, o.items[id])
-	}
-	moved := make([][2]span, len(all)) // new put and settle spans
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	var lost []*slot // settled items whose records are damaged
-	for i, sl := range all {
-		var frames [2][]byte
-		if sl.onDisk {
-			var err error
-			frames, err = o.copyFrames(sl)
-			if errors.Is(err, errNotItsRecord) {
-				lost = append(lost, sl)
-				continue
-			}
-			if err != nil {
-				return fail(err)
-			}
-		} else {
-			recs := []record{{Op: "put", Item: &sl.Item}}
-			switch sl.State {
-			case Logged:
-				recs = append(recs, record{Op: "logged", ID: sl.ID, Logged: sl.Logged, At: sl.Created})
-			case Refused:
-				recs = append(recs, record{Op: "refused", ID: sl.ID, Reason: sl.Reason, At: sl.Created})
-			}
-			for j, rec := range recs {
-				b, err := frame(rec)
-				if err != nil {
-					return fail(err)
-				}
-				frames[j] = b
-			}
-		}
-		for j, b := range frames {
-			if b == nil {
-				continue
-			}
-			moved[i][j] = span{off: size, n: len(b)}
-			w.Write(b) //nolint:errcheck // Flush reports it
-			size += int64(len(b))
-		}
-	}
-	if err := w.Flush(); err != nil {
-		return fail(fmt.Errorf("outbox: %w", err))
-	}
-	if err := f.Sync(); err != nil {
-		return fail(fmt.Errorf("outbox: %w", err))
-	}
-	// Keep what is dropped before the file that held it goes.
-	for _, sl := range lost {
-		if err := o.keepLost(sl); err != nil {
-			return fail(err)
-		}
-	}
-	if err := os.Rename(tmp, o.path); err != nil {
-		return fail(fmt.Errorf("outbox: %w", err))
-	}
-	f.Close()
-	nf, err := o.afterRename()
-	if err != nil {
-		// o.file is the old file, unlinked: what it holds stays
-		// readable, but nothing appended to it would last.
-		o.closed = true
-		o.broken = fmt.Errorf("a compaction replaced the file but %w", err)
-		return err
-	}
-	if o.file != nil {
-		o.file.Close()
-	}
-	o.file = nf
-	for _, sl := range lost {
-		delete(o.items, sl.ID)
-		if sl.State == Refused {
-			o.nrefused--
-		}
-	}
-	for i, sl := range all {
-		if moved[i][0].n == 0 { // lost
-			continue
-		}
-		sl.put, sl.settle = moved[i][0], moved[i][1]
-		sl.dropBytes()
-	}
-	o.size = size
-	o.compactAt = max(o.opts.CompactAt, 2*o.size)
-	return nil
-}
-
-// afterRename makes a rename of the rewritten file durable and opens it.
-func (o *Outbox) afterRename() (*os.File, error) {
-	if err := o.syncDir(filepath.Dir(o.path)); err != nil {
-		return nil, err
-	}
-	nf, err := o.openAppend(o.path)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: %w", err)
-	}
-	return nf, nil
-}
-
-func openAppendOf(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
-}
-
-// errNotItsRecord: a settled item's span in the file no longer holds its
-// record, intact.
-var errNotItsRecord = errors.New("outbox: not the item's record")
-
-// copyFrames reads a settled item's put and settle frames from the file
-// for a rewrite, and checks that each is intact and the item's.
-func (o *Outbox) copyFrames(sl *slot) ([2][]byte, error) {
-	var frames [2][]byte
-	for j, sp := range []span{sl.put, sl.settle} {
-		b := make([]byte, sp.n)
-		if _, err := o.file.ReadAt(b, sp.off); err != nil {
-			return frames, fmt.Errorf("outbox: rewrite: read the record at %d: %w", sp.off, err)
-		}
-		// The CRC vouches for the bytes, written by this outbox; their
-		// identity is checked without decoding the bundle again.
-		rec, end, _, intact := frameAs[recordIdentity](b, 0)
-		ok := intact && end == len(b)
-		if j == 0 {
-			ok = ok && rec.Op == "put" && rec.Item != nil && rec.Item.ID == sl.ID
-		} else {
-			ok = ok && (rec.Op == "logged" || rec.Op == "refused") && rec.ID == sl.ID
-		}
-		if !ok {
-			return frames, errNotItsRecord
-		}
-		frames[j] = b
-	}
-	return frames, nil
-}
-
-// keepLost moves a settled item's damaged records aside, before a rewrite
-// drops them, and says so loudly.
-func (o *Outbox) keepLost(sl *slot) error {
-	for _, sp := range []span{sl.put, sl.settle} {
-		b := make([]byte, sp.n)
-		n, _ := o.file.ReadAt(b, sp.off) // what is there, to inspect
-		name, err := o.keepAside(int(sp.off), b[:n], ".bin")
-		if err != nil {
-			return fmt.Errorf("outbox: keep damaged records: %w", err)
-		}
-		o.damaged = append(o.damaged, Damage{Offset: sp.off, Length: int64(n), File: name})
-		o.log.Error("A settled outbox record was found damaged by a compaction and moved aside; the item is dropped",
-			zap.String("invocation_id", sl.ID), zap.Int64("offset", sp.off), zap.Int("bytes", n), zap.String("kept_in", name))
-	}
-	return nil
-}
-
 func frame(rec record) ([]byte, error) {
 	return appendFrame(make([]byte, 0, frameSize(rec)), rec)
 }
@@ -734,25 +543,27 @@ func (o *Outbox) writeMany(recs []record, apply func(at []span)) error {
 func (o *Outbox) flush() {
 	for {
 		o.mu.Lock()
+		for o.swapping { // a compaction is swapping the file
+			o.cond.Wait()
+		}
 		batch := o.queue
 		o.queue = nil
 		if len(batch) == 0 {
 			o.writing = false
-			if o.size > o.compactAt {
-				if err := o.rewrite(); err != nil {
-					// The file is as it was: try again once it has
-					// grown as much again.
-					o.compactFailures++
-					o.compactAt = 2 * o.size
-					o.log.Error("Compacting the outbox failed; it keeps growing until the next attempt",
-						zap.Error(err), zap.Int64("bytes", o.size), zap.Int64("next_attempt_at_bytes", o.compactAt),
-						zap.Bool("writes_refused", o.broken != nil))
-				}
-			}
+			o.cond.Broadcast() // Close may be waiting
 			o.mu.Unlock()
 			return
 		}
+		if o.broken != nil { // since these were queued
+			err := fmt.Errorf("outbox: refusing writes: %w", o.broken)
+			o.mu.Unlock()
+			for _, w := range batch {
+				w.done <- err
+			}
+			continue
+		}
 		f, base := o.file, o.size
+		o.writeInFlight = true
 		o.mu.Unlock()
 		buf := batch[0].rec
 		if len(batch) > 1 {
@@ -773,6 +584,7 @@ func (o *Outbox) flush() {
 			err = fmt.Errorf("outbox: write: %w", err)
 		}
 		o.mu.Lock()
+		o.writeInFlight = false
 		if err == nil {
 			o.size += int64(len(buf))
 			// Before a compaction can run: it rewrites from memory
@@ -786,18 +598,29 @@ func (o *Outbox) flush() {
 				base += int64(len(w.rec))
 				w.apply(at)
 			}
-			o.cond.Broadcast()
+			o.maybeCompact()
 		} else if rerr := o.rewrite(); rerr != nil {
 			// A partial record may sit mid-file, where replay would stop:
 			// rebuild from memory, or refuse to go on appending after it.
 			o.closed = true
 			err = errors.Join(err, rerr)
 		}
+		o.cond.Broadcast()
 		o.mu.Unlock()
 		for _, w := range batch {
 			w.done <- err
 		}
 	}
+}
+
+// maybeCompact starts a compaction in the background once the file has
+// grown past compactAt (see compact.go). Callers hold o.mu.
+func (o *Outbox) maybeCompact() {
+	if o.size <= o.compactAt || o.compacting || o.closed || o.broken != nil {
+		return
+	}
+	o.compacting = true
+	go o.compactInBackground(o.beginCompaction())
 }
 
 // Put stores it durably; it returns once the record is on disk.
@@ -948,13 +771,12 @@ func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 
 // Close stops accepting writes and closes the file.
 func (o *Outbox) Close() error {
+	o.closing.Store(true) // a compaction under way stops
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.closed = true
-	for o.writing {
-		o.mu.Unlock()
-		time.Sleep(time.Millisecond)
-		o.mu.Lock()
+	for o.writing || o.compacting {
+		o.cond.Wait()
 	}
 	if o.file == nil {
 		return nil

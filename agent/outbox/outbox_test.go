@@ -168,10 +168,19 @@ func TestCompactionIsNotRepeatedForRetainedItems(t *testing.T) {
 	// Everything is retained (24h), so the file keeps growing; the
 	// threshold grows with it instead of rewriting on every write.
 	o.mu.Lock()
+	waitCompacted(o)
 	size, next := o.size, o.compactAt
 	o.mu.Unlock()
 	require.Greater(t, next, int64(1<<10))
 	require.LessOrEqual(t, size, next)
+}
+
+// waitCompacted waits for a compaction under way to end. Callers hold
+// o.mu.
+func waitCompacted(o *Outbox) {
+	for o.compacting {
+		o.cond.Wait()
+	}
 }
 
 // mustGet is Get, its bytes read back without error.
