@@ -33,6 +33,11 @@ const (
 
 var attestConcurrency = []int{1, 16, 64}
 
+// attestVariants are the attest figure's variants to run (flag
+// -attest-variants; default all): attest, attest_cold_pid,
+// attest_cold_selectors.
+var attestVariants []string
+
 // benchAttest measures hallmark-agent attesting a one-file step over its
 // unix socket (on the real stack: SPIRE, server, agent, spire and unix
 // workload attestors) at 1, 16 and 64 concurrent callers, against the
@@ -91,6 +96,9 @@ func benchAttest(ctx context.Context, dir string) ([]Result, error) {
 		{"attest_cold_pid", st.Agent.Socket, []int{st.Agent.Pid(), st.SPIRE.AgentPid()}, true},
 		{"attest_cold_selectors", sel.Socket, []int{sel.Pid(), st.SPIRE.AgentPid()}, true},
 	} {
+		if attestVariants != nil && !slices.Contains(attestVariants, v.name) {
+			continue
+		}
 		for _, n := range attestConcurrency {
 			agentRun, err := load(ctx, v.socket, n, req, v.cold, v.pids...)
 			if err != nil {

@@ -106,6 +106,10 @@ func main() {
 		freshCfg.Modes = strings.Split(v, ",")
 		return nil
 	})
+	flag.Func("attest-variants", "attest: comma-separated variants to measure (attest, attest_cold_pid, attest_cold_selectors; default all)", func(v string) error {
+		attestVariants = strings.Split(v, ",")
+		return nil
+	})
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process server and store of logappend, verify and vault; the clients of attest and fresh) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
