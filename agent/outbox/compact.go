@@ -41,6 +41,9 @@ type compaction struct {
 	from  *os.File // the file compacted
 	upTo  int64    // its size when the compaction began
 	start time.Time
+	// background: it runs beside writes (maybeCompact), not under o.mu
+	// (rewrite).
+	background bool
 	// keep are copies of the kept items' slots as they were: settled
 	// items by settlement, then the pending ones in their order (a
 	// reopened outbox drains oldest first).
@@ -97,6 +100,7 @@ func (o *Outbox) catchUp(c *compaction) error {
 		o.mu.Lock()
 		recs, n := o.tailOf(c)
 		o.mu.Unlock()
+		o.pauseAt("catching up")
 		if err := c.copyTail(recs); err != nil {
 			return err
 		}
@@ -112,9 +116,7 @@ func (o *Outbox) catchUp(c *compaction) error {
 func (o *Outbox) compactInBackground(c *compaction) {
 	err := o.writeCompaction(c)
 	if err == nil {
-		if o.copied != nil {
-			o.copied()
-		}
+		o.pauseAt("copied")
 		err = o.catchUp(c)
 	}
 	if err != nil {
@@ -176,6 +178,14 @@ func (o *Outbox) beginCompaction() *compaction {
 	return c
 }
 
+// pauseAt calls o.pause, the tests' hook, in a compaction in the
+// background.
+func (o *Outbox) pauseAt(step string) {
+	if o.pause != nil {
+		o.pause(step)
+	}
+}
+
 // writeCompaction writes c's kept records to the new file (buffered in
 // c.w; made durable by sync). It reads only what beginCompaction copied and c.from below
 // c.upTo, which nothing changes, so it needs no lock; it stops early with
@@ -202,6 +212,9 @@ func (o *Outbox) writeCompaction(c *compaction) (err error) {
 	hdr, _ := w.Write(fileHeader())
 	c.size = int64(hdr)
 	c.moved = make([][2]span, len(c.keep))
+	if c.background {
+		o.pauseAt("copying")
+	}
 	for i := range c.keep {
 		if o.closing.Load() {
 			return errClosing

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,39 +27,72 @@ func within(t *testing.T, what string, op func() error) {
 	}
 }
 
-// A compaction does not hold up writes while it copies: with one stopped
-// midway, attestations are put, settled and read back; once it ends,
-// what was written meanwhile is in the compacted file, in place, and
-// after a reopen.
+// pauseAt stops the next compaction in the background at step (see
+// Outbox.pause): inside is closed once it is there, and it goes on once
+// release is called (again: nothing; tests defer it, so that a test
+// failing while the compaction waits does not leave Close waiting).
+func pauseAt(o *Outbox, step string) (inside chan struct{}, release func()) {
+	inside, released := make(chan struct{}), make(chan struct{})
+	var pause, rel sync.Once
+	o.mu.Lock()
+	o.pause = func(s string) {
+		if s == step {
+			pause.Do(func() { close(inside); <-released })
+		}
+	}
+	o.mu.Unlock()
+	return inside, func() { rel.Do(func() { close(released) }) }
+}
+
+// untilInside writes with write(0), write(1), ... until the compaction
+// pauseAt stops is inside; a write held up fails the test, as in within.
+func untilInside(t *testing.T, inside <-chan struct{}, write func(i int) error) {
+	t.Helper()
+	for i := 0; ; i++ {
+		select {
+		case <-inside:
+			return
+		default:
+		}
+		require.Less(t, i, 1000, "no compaction started")
+		within(t, "a write before the compaction stops", func() error { return write(i) })
+	}
+}
+
+// The steps of a compaction in the background that run beside writes.
+var compactionSteps = []string{"copying", "copied", "catching up"}
+
+// A compaction does not hold up writes while it copies, nor while it
+// catches up: with one stopped at each of those steps, attestations are
+// put, settled and read back; once it ends, what was written meanwhile is
+// in the compacted file, in place, and after a reopen.
 func TestWritesGoOnDuringCompaction(t *testing.T) {
+	for _, step := range compactionSteps {
+		t.Run(step, func(t *testing.T) { testWritesGoOnDuringCompaction(t, step) })
+	}
+}
+
+func testWritesGoOnDuringCompaction(t *testing.T, step string) {
 	dir := privateDir(t)
 	o, err := Open(dir, Options{CompactAt: 8 << 10})
 	require.NoError(t, err)
 	defer o.Close()
-	inside, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	o.mu.Lock()
-	o.copied = func() { once.Do(func() { close(inside); <-release }) }
-	o.mu.Unlock()
+	inside, release := pauseAt(o, step)
+	defer release()
 
 	// Before: pending items, and settled ones until a compaction starts.
 	for _, id := range []string{"p0", "p1", "p2"} {
 		require.NoError(t, o.Put(item(id)))
 	}
 	var logged []string
-	for i := 0; ; i++ {
-		select {
-		case <-inside:
-		case <-time.After(0):
-			require.Less(t, i, 1000, "no compaction started")
-			id := fmt.Sprint("s", i)
-			require.NoError(t, o.Put(item(id)))
-			require.NoError(t, o.MarkLogged(id, []byte(`{"logIndex":"`+id+`"}`)))
-			logged = append(logged, id)
-			continue
+	untilInside(t, inside, func(i int) error {
+		id := fmt.Sprint("s", i)
+		if err := o.Put(item(id)); err != nil {
+			return err
 		}
-		break
-	}
+		logged = append(logged, id)
+		return o.MarkLogged(id, []byte(`{"logIndex":"`+id+`"}`))
+	})
 
 	// During: every kind of write, and reads.
 	within(t, "settle an item pending when the compaction began", func() error { return o.MarkLogged("p0", []byte(`{"logIndex":"p0"}`)) })
@@ -74,7 +108,7 @@ func TestWritesGoOnDuringCompaction(t *testing.T) {
 	o.mu.Lock()
 	require.True(t, o.compacting, "the compaction is still under way")
 	o.mu.Unlock()
-	close(release)
+	release()
 	o.mu.Lock()
 	waitCompacted(o)
 	size := o.size
@@ -123,30 +157,25 @@ func TestWritesGoOnDuringCompaction(t *testing.T) {
 // Closing the outbox during a compaction ends it: Close returns, the new
 // file is removed, and the outbox reopens with everything acknowledged.
 func TestCloseDuringCompaction(t *testing.T) {
+	for _, step := range compactionSteps {
+		t.Run(step, func(t *testing.T) { testCloseDuringCompaction(t, step) })
+	}
+}
+
+func testCloseDuringCompaction(t *testing.T, step string) {
 	dir := privateDir(t)
 	o, err := Open(dir, Options{CompactAt: 8 << 10})
 	require.NoError(t, err)
-	inside, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	o.mu.Lock()
-	o.copied = func() { once.Do(func() { close(inside); <-release }) }
-	o.mu.Unlock()
+	inside, release := pauseAt(o, step)
+	defer release()
 	var ids []string
-	for i := 0; ; i++ {
-		select {
-		case <-inside:
-		case <-time.After(0):
-			require.Less(t, i, 1000, "no compaction started")
-			id := fmt.Sprint(i)
-			require.NoError(t, o.Put(item(id)))
-			ids = append(ids, id)
-			continue
-		}
-		break
-	}
+	untilInside(t, inside, func(i int) error {
+		ids = append(ids, fmt.Sprint(i))
+		return o.Put(item(fmt.Sprint(i)))
+	})
 	closed := make(chan error, 1)
 	go func() { closed <- o.Close() }()
-	close(release)
+	release()
 	select {
 	case err := <-closed:
 		require.NoError(t, err)
@@ -255,4 +284,174 @@ func TestConcurrentWritesAcrossCompactions(t *testing.T) {
 	defer o.Close()
 	check(o, "reopened")
 	require.Empty(t, o.Damaged())
+}
+
+// snapshot is every item the outbox holds, read back whole.
+func snapshot(t *testing.T, o *Outbox) map[string]Item {
+	t.Helper()
+	o.mu.Lock()
+	ids := make([]string, 0, len(o.items))
+	for id := range o.items {
+		ids = append(ids, id)
+	}
+	o.mu.Unlock()
+	all := map[string]Item{}
+	for _, id := range ids {
+		it, ok := mustGet(t, o, id)
+		require.True(t, ok, id)
+		all[id] = it
+	}
+	return all
+}
+
+// requireCounts checks the outbox's counts against its items and its
+// size against the file's.
+func requireCounts(t *testing.T, o *Outbox, what string) {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var pending, refused int
+	var bytes int64
+	for _, sl := range o.items {
+		switch sl.State {
+		case Pending:
+			pending++
+			bytes += sl.size()
+		case Refused:
+			refused++
+		}
+	}
+	require.Equal(t, pending, o.npending, what)
+	require.Equal(t, refused, o.nrefused, what)
+	require.Equal(t, bytes, o.pendingBytes, what)
+	var inOrder int
+	for _, id := range o.order {
+		if sl := o.items[id]; sl != nil && sl.State == Pending {
+			inOrder++
+		}
+	}
+	require.Equal(t, pending, inOrder, "%s: every pending item is in order", what)
+	fi, err := os.Stat(o.path)
+	require.NoError(t, err)
+	require.Equal(t, fi.Size(), o.size, "%s: the size the outbox counts is the file's", what)
+}
+
+// A compaction that drops records (expired, or damaged since) moves every
+// record after them: the records appended while it ran, puts and
+// settlements alike, are read back from where they now lie, and the
+// outbox reopens as it was. (When it keeps everything, every record
+// lands where it was, and a span left pointing into the old file reads
+// the right bytes by luck.)
+func TestCompactionMovesWhatWasAppendedMeanwhile(t *testing.T) {
+	for _, step := range compactionSteps {
+		t.Run(step, func(t *testing.T) {
+			dir := privateDir(t)
+			var now atomic.Int64
+			now.Store(1_000_000)
+			clock := func() time.Time { return time.Unix(now.Load(), 0) }
+			o, err := Open(dir, Options{CompactAt: 1 << 30, Retention: time.Hour, Now: clock})
+			require.NoError(t, err)
+			defer o.Close()
+			logged := func(id string) []byte { return []byte(`{"logIndex":"` + id + `"}`) }
+
+			for i := range 20 { // expired by the time the compaction begins
+				id := fmt.Sprint("old", i)
+				require.NoError(t, o.Put(item(id)))
+				if i%2 == 0 {
+					require.NoError(t, o.MarkLogged(id, logged(id)))
+				} else {
+					require.NoError(t, o.MarkRefused(id, "refused "+id))
+				}
+			}
+			now.Add(2 * 3600)
+			for i := range 4 { // kept: settled within retention
+				id := fmt.Sprint("kept", i)
+				require.NoError(t, o.Put(item(id)))
+				require.NoError(t, o.MarkLogged(id, logged(id)))
+			}
+			for i := range 4 { // kept: pending
+				require.NoError(t, o.Put(item(fmt.Sprint("p", i))))
+			}
+			// kept3's put is damaged on disk: the compaction drops it.
+			o.mu.Lock()
+			damaged := o.items["kept3"].put
+			o.mu.Unlock()
+			f, err := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_RDWR, 0)
+			require.NoError(t, err)
+			_, err = f.WriteAt([]byte("X"), damaged.off+frameHead+20)
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+
+			inside, release := pauseAt(o, step)
+			defer release()
+			o.mu.Lock()
+			o.compactAt = 0
+			o.mu.Unlock()
+			require.NoError(t, o.Put(item("trigger")))
+			<-inside
+
+			// Meanwhile: settlements of items pending when it began, new
+			// items put and settled, and writes that change nothing.
+			require.NoError(t, o.MarkLogged("p0", logged("p0")))
+			require.NoError(t, o.MarkRefused("p1", "refused p1"))
+			for i := range 4 {
+				require.NoError(t, o.Put(item(fmt.Sprint("n", i))))
+			}
+			require.NoError(t, o.Settle([]Settlement{{ID: "n0", Logged: logged("n0")}, {ID: "n1", Reason: "refused n1"}}))
+			require.NoError(t, o.Put(item("kept0")), "a put of an ID the outbox holds")
+			require.NoError(t, o.MarkRefused("kept1", "too late"), "a settlement of a settled item")
+			require.NoError(t, o.MarkLogged("nobody", logged("nobody")), "a settlement of no item")
+			it, _ := mustGet(t, o, "kept2")
+			require.Equal(t, logged("kept2"), it.Logged)
+			release()
+			o.mu.Lock()
+			waitCompacted(o)
+			o.mu.Unlock()
+			require.Zero(t, o.CompactionFailures())
+			require.Len(t, o.Damaged(), 2, "kept3's records, moved aside")
+
+			want := map[string]Item{}
+			add := func(id string, st State, tlog []byte, reason string) {
+				it := item(id)
+				it.State, it.Logged, it.Reason = st, tlog, reason
+				want[id] = it
+			}
+			for _, id := range []string{"kept0", "kept1", "kept2", "p0", "n0"} {
+				add(id, Logged, logged(id), "")
+			}
+			add("p1", Refused, nil, "refused p1")
+			add("n1", Refused, nil, "refused n1")
+			for _, id := range []string{"p2", "p3", "n2", "n3", "trigger"} {
+				add(id, Pending, nil, "")
+			}
+			check := func(o *Outbox, what string) {
+				t.Helper()
+				got := snapshot(t, o)
+				for id, it := range got {
+					it.Created = 0
+					got[id] = it
+				}
+				require.Equal(t, want, got, what)
+				requireCounts(t, o, what)
+				require.Equal(t, 2, o.RefusedLen(), what)
+				var pending []string
+				for _, it := range o.Pending(100) {
+					pending = append(pending, it.ID)
+				}
+				require.Equal(t, []string{"p2", "p3", "trigger", "n2", "n3"}, pending, "%s: oldest first", what)
+			}
+			check(o, "compacted")
+			require.NoError(t, o.Put(item("after")))
+			require.NoError(t, o.MarkLogged("after", logged("after")))
+			add("after", Logged, logged("after"), "")
+			check(o, "appended to after the compaction")
+			require.NoError(t, o.Close())
+
+			o, err = Open(dir, Options{Retention: time.Hour, Now: clock})
+			require.NoError(t, err)
+			defer o.Close()
+			require.Empty(t, o.Damaged())
+			check(o, "reopened")
+		})
+	}
 }

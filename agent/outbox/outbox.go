@@ -100,10 +100,12 @@ type Outbox struct {
 	// by tests to make the steps after a compaction's rename fail.
 	syncDir    func(dir string) error
 	openAppend func(path string) (*os.File, error)
-	// copied, when not nil, is called by a compaction in the background
-	// once it has copied what it keeps, before it catches up with what
-	// was appended meanwhile; tests stop it there.
-	copied func()
+	// pause, when not nil, is called by a compaction in the background
+	// at each step, without o.mu: "copying" (before it copies what it
+	// keeps), "copied" (before it catches up with what was appended
+	// meanwhile) and "catching up" (in each round, before it copies what
+	// the round found); tests stop it there.
+	pause func(step string)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
@@ -620,7 +622,9 @@ func (o *Outbox) maybeCompact() {
 		return
 	}
 	o.compacting = true
-	go o.compactInBackground(o.beginCompaction())
+	c := o.beginCompaction()
+	c.background = true
+	go o.compactInBackground(c)
 }
 
 // Put stores it durably; it returns once the record is on disk.
