@@ -286,6 +286,22 @@ func TestConcurrentWritesAcrossCompactions(t *testing.T) {
 	require.Empty(t, o.Damaged())
 }
 
+// waitFor waits until cond, read under o.mu, holds.
+func waitFor(t *testing.T, o *Outbox, what string, cond func() bool) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(time.Millisecond) {
+		o.mu.Lock()
+		ok := cond()
+		o.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("still waiting after 10s for %s", what)
+		}
+	}
+}
+
 // snapshot is every item the outbox holds, read back whole.
 func snapshot(t *testing.T, o *Outbox) map[string]Item {
 	t.Helper()
@@ -454,4 +470,73 @@ func TestCompactionMovesWhatWasAppendedMeanwhile(t *testing.T) {
 			check(o, "reopened")
 		})
 	}
+}
+
+// swapFile makes the outbox write its next batch to a pipe nobody reads,
+// so that the write blocks; restore puts the outbox's file back, and
+// fail makes the blocked write fail (EPIPE), after a part of it went
+// into the pipe.
+func swapFile(t *testing.T, o *Outbox) (restore, fail func()) {
+	pr, pw, err := os.Pipe()
+	require.NoError(t, err)
+	t.Cleanup(func() { pr.Close(); pw.Close() })
+	o.mu.Lock()
+	file := o.file
+	o.file = pw
+	o.mu.Unlock()
+	restore = func() {
+		o.mu.Lock()
+		o.file = file
+		o.mu.Unlock()
+	}
+	return restore, func() { require.NoError(t, pr.Close()) }
+}
+
+// A write that fails while a compaction waits for it to swap the file
+// neither hangs writes nor the compaction: the compaction swaps, the
+// failed write's callers hear of it, the file is rewritten, and writes go
+// on.
+func TestWriteFailureWhileACompactionWaitsToSwap(t *testing.T) {
+	dir := privateDir(t)
+	o, err := Open(dir, Options{CompactAt: 8 << 10})
+	require.NoError(t, err)
+	// Not deferred: it would wait for ever if the outbox hangs.
+	inside, release := pauseAt(o, "copied")
+	defer release()
+	var ids []string
+	untilInside(t, inside, func(i int) error {
+		ids = append(ids, fmt.Sprint(i))
+		return o.Put(item(fmt.Sprint(i)))
+	})
+	restore, fail := swapFile(t, o)
+	failed := make(chan error, 1)
+	go func() { failed <- o.Put(Item{ID: "fails", Bundle: make([]byte, 1<<20)}) }()
+	waitFor(t, o, "the write to block", func() bool { return o.writeInFlight })
+	release()
+	waitFor(t, o, "the compaction to wait for the write", func() bool { return o.swapping })
+	restore()
+	fail()
+	select {
+	case err := <-failed:
+		require.ErrorContains(t, err, "write")
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write that failed while a compaction waited to swap the file did not return")
+	}
+	within(t, "a put after", func() error { return o.Put(item("after")) })
+	o.mu.Lock()
+	waitCompacted(o)
+	o.mu.Unlock()
+	require.Zero(t, o.CompactionFailures())
+	ids = append(ids, "after")
+	checkAll(t, o, ids, "after the failed write")
+	_, ok, _ := o.Get("fails")
+	require.False(t, ok, "a failed write changes nothing")
+	requireCounts(t, o, "after the failed write")
+	require.NoError(t, o.Close())
+
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	require.Equal(t, len(ids), o.Len())
+	checkAll(t, o, ids, "reopened")
 }

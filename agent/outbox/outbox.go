@@ -587,6 +587,9 @@ func (o *Outbox) flush() {
 		}
 		o.mu.Lock()
 		o.writeInFlight = false
+		// A compaction waiting to swap the file goes on (the rewrite
+		// below, after a failed write, waits for it to end).
+		o.cond.Broadcast()
 		if err == nil {
 			o.size += int64(len(buf))
 			// Before a compaction can run: it rewrites from memory
