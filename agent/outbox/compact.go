@@ -42,7 +42,7 @@ type compaction struct {
 	upTo  int64    // its size when the compaction began
 	start time.Time
 	// background: it runs beside writes (maybeCompact), not under o.mu
-	// (rewrite).
+	// (rewrite); only then does closing the outbox end it early.
 	background bool
 	// keep are copies of the kept items' slots as they were: settled
 	// items by settlement, then the pending ones in their order (a
@@ -187,9 +187,12 @@ func (o *Outbox) pauseAt(step string) {
 }
 
 // writeCompaction writes c's kept records to the new file (buffered in
-// c.w; made durable by sync). It reads only what beginCompaction copied and c.from below
-// c.upTo, which nothing changes, so it needs no lock; it stops early with
-// errClosing when the outbox closes. A failure leaves no new file.
+// c.w; made durable by sync). It reads only what beginCompaction copied
+// and c.from below c.upTo, which nothing changes, so it needs no lock; in
+// the background it stops early with errClosing when the outbox closes
+// (rewrite, which holds o.mu, goes on: Close waits for it anyway, and the
+// rewrite after a failed write drops the partial record that write left).
+// A failure leaves no new file.
 func (o *Outbox) writeCompaction(c *compaction) (err error) {
 	tmp := o.path + ".tmp"
 	// A stale tmp (a crash mid-rewrite) is removed, and the new one
@@ -216,7 +219,7 @@ func (o *Outbox) writeCompaction(c *compaction) (err error) {
 		o.pauseAt("copying")
 	}
 	for i := range c.keep {
-		if o.closing.Load() {
+		if c.background && o.closing.Load() {
 			return errClosing
 		}
 		sl := &c.keep[i]

@@ -540,3 +540,56 @@ func TestWriteFailureWhileACompactionWaitsToSwap(t *testing.T) {
 	require.Equal(t, len(ids), o.Len())
 	checkAll(t, o, ids, "reopened")
 }
+
+// When a write fails and the rewrite that would drop what it left in the
+// file fails too, the writes queued behind it are refused: appended after
+// a partial record, they would be acknowledged, then swallowed by it when
+// the file is read again.
+func TestWritesQueuedBehindAFailedWriteAreNotLost(t *testing.T) {
+	dir := privateDir(t)
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	require.NoError(t, o.Put(item("a")))
+	restore, fail := swapFile(t, o)
+	big := Item{ID: "big", Bundle: make([]byte, 1<<20)}
+	failed := make(chan error, 1)
+	go func() { failed <- o.Put(big) }()
+	waitFor(t, o, "the write to block", func() bool { return o.writeInFlight })
+	queued := make(chan error, 1)
+	go func() { queued <- o.Put(item("b")) }()
+	waitFor(t, o, "b to be queued", func() bool { return len(o.queue) == 1 })
+
+	// What the disk took of the failed write before it failed: the start
+	// of its record.
+	b, err := frame(record{Op: "put", Item: &big})
+	require.NoError(t, err)
+	f, err := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.Write(b[:len(b)/2])
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	// The rewrite cannot create its file.
+	tmp := filepath.Join(dir, "outbox.log.tmp")
+	require.NoError(t, os.MkdirAll(filepath.Join(tmp, "x"), 0o700))
+	restore()
+	fail()
+
+	require.Error(t, <-failed)
+	errB := <-queued
+	errC := o.Put(item("c"))
+	require.NoError(t, o.Close())
+	require.NoError(t, os.RemoveAll(tmp))
+
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	checkAll(t, o, []string{"a"}, "reopened")
+	if errB == nil {
+		checkAll(t, o, []string{"b"}, "reopened: b was acknowledged")
+	}
+	if errC == nil {
+		checkAll(t, o, []string{"c"}, "reopened: c was acknowledged")
+	}
+	require.ErrorContains(t, errB, "refusing writes")
+	require.ErrorContains(t, errC, "refusing writes")
+}

@@ -606,8 +606,14 @@ func (o *Outbox) flush() {
 			o.maybeCompact()
 		} else if rerr := o.rewrite(); rerr != nil {
 			// A partial record may sit mid-file, where replay would stop:
-			// rebuild from memory, or refuse to go on appending after it.
+			// rebuild from memory, or refuse to go on appending after it,
+			// the writes already queued included (broken, not just
+			// closed: those would be acknowledged after the partial
+			// record, which swallows them on replay).
 			o.closed = true
+			if o.broken == nil {
+				o.broken = fmt.Errorf("a write failed and rewriting the file after it failed too: %w", rerr)
+			}
 			err = errors.Join(err, rerr)
 		}
 		o.cond.Broadcast()
