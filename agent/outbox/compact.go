@@ -46,7 +46,9 @@ type compaction struct {
 	background bool
 	// keep are copies of the kept items' slots as they were: settled
 	// items by settlement, then the pending ones in their order (a
-	// reopened outbox drains oldest first).
+	// reopened outbox drains oldest first). A pending item's bytes are
+	// dropped from its copy once written, so that the copy does not hold
+	// them in memory after the item is settled.
 	keep    []slot
 	expired []string // settled items past retention, dropped
 	tmp     *os.File
@@ -123,8 +125,6 @@ func (o *Outbox) compactInBackground(c *compaction) {
 		c.abandon()
 	}
 	o.mu.Lock()
-	defer c.closeOld() // after the unlock below
-	defer o.mu.Unlock()
 	switch {
 	case err != nil:
 	case o.closed:
@@ -143,6 +143,13 @@ func (o *Outbox) compactInBackground(c *compaction) {
 	}
 	o.compacting = false
 	o.cond.Broadcast()
+	// The replaced file is closed once writes go on, and nothing of c is
+	// held meanwhile (its copies of the kept slots).
+	old := c.old
+	o.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
 }
 
 // compactionFailed counts and logs a failed compaction; the next is tried
@@ -239,8 +246,13 @@ func (o *Outbox) writeCompaction(c *compaction) (err error) {
 			if err != nil {
 				return err
 			}
-		} else if frames, err = framesOf(sl); err != nil {
-			return err
+		} else {
+			if frames, err = framesOf(sl); err != nil {
+				return err
+			}
+			// Framed: the copy need not hold the bytes any longer (the
+			// item may be settled, its bytes dropped, before c ends).
+			sl.Bundle, sl.Envelope, sl.Certificate, sl.Logged = nil, nil, nil, nil
 		}
 		for j, b := range frames {
 			if b == nil {

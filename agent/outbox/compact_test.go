@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -592,4 +593,51 @@ func TestWritesQueuedBehindAFailedWriteAreNotLost(t *testing.T) {
 	}
 	require.ErrorContains(t, errB, "refusing writes")
 	require.ErrorContains(t, errC, "refusing writes")
+}
+
+// A compaction does not keep in memory the bytes of the items it copies
+// once they are settled: it holds a pending item's bytes only until it
+// has written them, so that settling what was pending when it began
+// frees them even while it runs.
+func TestCompactionDoesNotHoldSettledItems(t *testing.T) {
+	o, err := Open(privateDir(t), Options{CompactAt: 1 << 30})
+	require.NoError(t, err)
+	defer o.Close()
+	const n, size = 1000, 10 << 10
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			require.NoError(t, o.Put(Item{ID: fmt.Sprint(i), Bundle: bytes.Repeat([]byte{byte(i)}, size)}))
+		})
+	}
+	wg.Wait()
+	inside, release := pauseAt(o, "copied")
+	defer release()
+	o.mu.Lock()
+	o.compactAt = 0
+	o.mu.Unlock()
+	require.NoError(t, o.Put(item("trigger")))
+	<-inside
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < n; i += 100 {
+		var ss []Settlement
+		for j := i; j < i+100; j++ {
+			ss = append(ss, Settlement{ID: fmt.Sprint(j), Logged: []byte("{}")})
+		}
+		require.NoError(t, o.Settle(ss))
+	}
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	freed := int64(before.HeapInuse) - int64(after.HeapInuse)
+	t.Logf("settling %d items of %d KiB during a compaction freed %d KiB", n, size>>10, freed>>10)
+	require.Greater(t, freed, int64(n*size/2), "the compaction holds the bytes of items settled while it runs")
+	release()
+	o.mu.Lock()
+	waitCompacted(o)
+	o.mu.Unlock()
+	require.Zero(t, o.CompactionFailures())
 }
