@@ -33,8 +33,10 @@ import (
 //     round left, a sync, the rename and the directory's sync; the old
 //     file is closed after.
 //
-// Only step 4 holds up writers. rewrite runs steps 1, 2 and 4 in one go
-// under o.mu, at Open and after a failed write.
+// Steps 2 and 3 copy without holding up writers; steps 1 and 3's look at
+// the items (in time with their number, not their bytes) and step 4 hold
+// them. rewrite runs steps 1, 2 and 4 in one go under o.mu, at Open and
+// after a failed write.
 
 // compaction is one rewrite of the file.
 type compaction struct {
