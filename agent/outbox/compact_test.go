@@ -187,11 +187,7 @@ func testCloseDuringCompaction(t *testing.T, step string) {
 	require.ErrorIs(t, err, os.ErrNotExist, "the abandoned compaction's file is removed")
 	require.Zero(t, o.CompactionFailures(), "closing is not a failure")
 
-	o, err = Open(dir, Options{})
-	require.NoError(t, err)
-	defer o.Close()
-	require.Equal(t, len(ids), o.Len())
-	checkAll(t, o, ids, "reopened")
+	checkReopened(t, dir, ids)
 }
 
 // Many writers put and settle while compactions run one after another
@@ -535,11 +531,7 @@ func TestWriteFailureWhileACompactionWaitsToSwap(t *testing.T) {
 	requireCounts(t, o, "after the failed write")
 	require.NoError(t, o.Close())
 
-	o, err = Open(dir, Options{})
-	require.NoError(t, err)
-	defer o.Close()
-	require.Equal(t, len(ids), o.Len())
-	checkAll(t, o, ids, "reopened")
+	checkReopened(t, dir, ids)
 }
 
 // When a write fails and the rewrite that would drop what it left in the
@@ -640,4 +632,15 @@ func TestCompactionDoesNotHoldSettledItems(t *testing.T) {
 	waitCompacted(o)
 	o.mu.Unlock()
 	require.Zero(t, o.CompactionFailures())
+}
+
+// checkReopened opens the outbox in dir again and checks that it holds
+// ids, pending, whole.
+func checkReopened(t *testing.T, dir string, ids []string) {
+	t.Helper()
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	require.Equal(t, len(ids), o.Len())
+	checkAll(t, o, ids, "reopened")
 }
