@@ -60,6 +60,17 @@ func untilInside(t *testing.T, inside <-chan struct{}, write func(i int) error) 
 	}
 }
 
+// reached waits for a compaction to stop where the test asked it to, and
+// fails the test (instead of hanging it) if none gets there.
+func reached(t *testing.T, inside <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-inside:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no compaction in the background reached the step within 10s")
+	}
+}
+
 // The steps of a compaction in the background that run beside writes.
 var compactionSteps = []string{"copying", "copied", "catching up"}
 
@@ -401,7 +412,7 @@ func TestCompactionMovesWhatWasAppendedMeanwhile(t *testing.T) {
 			o.compactAt = 0
 			o.mu.Unlock()
 			require.NoError(t, o.Put(item("trigger")))
-			<-inside
+			reached(t, inside)
 
 			// Meanwhile: settlements of items pending when it began, new
 			// items put and settled, and writes that change nothing.
@@ -609,7 +620,7 @@ func TestCompactionDoesNotHoldSettledItems(t *testing.T) {
 	o.compactAt = 0
 	o.mu.Unlock()
 	require.NoError(t, o.Put(item("trigger")))
-	<-inside
+	reached(t, inside)
 
 	runtime.GC()
 	var before runtime.MemStats
