@@ -41,7 +41,6 @@ import (
 // compaction is one rewrite of the file.
 type compaction struct {
 	from  *os.File // the file compacted
-	upTo  int64    // its size when the compaction began
 	start time.Time
 	// background: it runs beside writes (maybeCompact), not under o.mu
 	// (rewrite); only then does closing the outbox end it early.
@@ -58,7 +57,8 @@ type compaction struct {
 	size    int64         // bytes written to tmp
 	moved   [][2]span     // where keep[i]'s put and settle records lie in tmp
 	// tail are the records appended to the old file since the
-	// compaction began, copied after the kept ones, up to tailEnd.
+	// compaction began (at the file's size then, tailEnd's first value),
+	// copied after the kept ones, up to tailEnd.
 	tail    []tailRecord
 	tailEnd int64
 	old     *os.File // the file replaced, to close
@@ -79,6 +79,7 @@ func (o *Outbox) rewrite() error {
 	}
 	c := o.beginCompaction()
 	if err := o.writeCompaction(c); err != nil {
+		c.abandon()
 		return err
 	}
 	err := o.finishCompaction(c)
@@ -167,7 +168,7 @@ func (o *Outbox) compactionFailed(err error) {
 // beginCompaction takes what a compaction keeps and drops. Callers hold
 // o.mu.
 func (o *Outbox) beginCompaction() *compaction {
-	c := &compaction{from: o.file, upTo: o.size, tailEnd: o.size, start: time.Now()}
+	c := &compaction{from: o.file, tailEnd: o.size, start: time.Now()}
 	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
 	for id, sl := range o.items {
 		switch {
@@ -197,12 +198,13 @@ func (o *Outbox) pauseAt(step string) {
 
 // writeCompaction writes c's kept records to the new file (buffered in
 // c.w; made durable by sync). It reads only what beginCompaction copied
-// and c.from below c.upTo, which nothing changes, so it needs no lock; in
+// and c.from below the size it began at, which nothing changes, so it
+// needs no lock; in
 // the background it stops early with errClosing when the outbox closes
 // (rewrite, which holds o.mu, goes on: Close waits for it anyway, and the
 // rewrite after a failed write drops the partial record that write left).
-// A failure leaves no new file.
-func (o *Outbox) writeCompaction(c *compaction) (err error) {
+// On a failure the caller abandons c.
+func (o *Outbox) writeCompaction(c *compaction) error {
 	tmp := o.path + ".tmp"
 	// A stale tmp (a crash mid-rewrite) is removed, and the new one
 	// created exclusively, never through a link someone left there.
@@ -214,11 +216,6 @@ func (o *Outbox) writeCompaction(c *compaction) (err error) {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	c.tmp = f
-	defer func() {
-		if err != nil {
-			c.abandon()
-		}
-	}()
 	c.w = bufio.NewWriterSize(f, 256<<10)
 	w := c.w
 	hdr, _ := w.Write(fileHeader())

@@ -400,11 +400,7 @@ func TestCompactionMovesWhatWasAppendedMeanwhile(t *testing.T) {
 			o.mu.Lock()
 			damaged := o.items["kept3"].put
 			o.mu.Unlock()
-			f, err := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_RDWR, 0)
-			require.NoError(t, err)
-			_, err = f.WriteAt([]byte("X"), damaged.off+frameHead+20)
-			require.NoError(t, err)
-			require.NoError(t, f.Close())
+			damageRecord(t, dir, damaged.off)
 
 			inside, release := pauseAt(o, step)
 			defer release()

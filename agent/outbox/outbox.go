@@ -524,9 +524,9 @@ func (o *Outbox) writeMany(recs []record, apply func(at []span)) error {
 	done := make(chan error, 1)
 	o.mu.Lock()
 	if o.broken != nil {
-		err := o.broken
+		err := o.refusal()
 		o.mu.Unlock()
-		return fmt.Errorf("outbox: refusing writes: %w", err)
+		return err
 	}
 	if o.closed {
 		o.mu.Unlock()
@@ -557,7 +557,7 @@ func (o *Outbox) flush() {
 			return
 		}
 		if o.broken != nil { // since these were queued
-			err := fmt.Errorf("outbox: refusing writes: %w", o.broken)
+			err := o.refusal()
 			o.mu.Unlock()
 			for _, w := range batch {
 				w.done <- err
@@ -622,6 +622,12 @@ func (o *Outbox) flush() {
 			w.done <- err
 		}
 	}
+}
+
+// refusal is the error of a write refused because the outbox is broken.
+// Callers hold o.mu.
+func (o *Outbox) refusal() error {
+	return fmt.Errorf("outbox: refusing writes: %w", o.broken)
 }
 
 // maybeCompact starts a compaction in the background once the file has

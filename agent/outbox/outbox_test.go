@@ -269,11 +269,7 @@ func TestSettledItemDamagedOnDiskIsAnError(t *testing.T) {
 	defer o.Close()
 	require.NoError(t, o.Put(item("a")))
 	require.NoError(t, o.MarkLogged("a", []byte("{}")))
-	f, err := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_RDWR, 0)
-	require.NoError(t, err)
-	_, err = f.WriteAt([]byte("X"), headerSize+frameHead+20) // a's put record
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
+	damageRecord(t, dir, headerSize) // a's put record
 	it, ok, err := o.Get("a")
 	require.True(t, ok)
 	require.ErrorContains(t, err, "is damaged")

@@ -28,6 +28,17 @@ func observed() (*zap.Logger, *observer.ObservedLogs) {
 	return zap.New(core), logs
 }
 
+// damageRecord changes a byte in the body of the record at off of the
+// outbox file in dir, as a failing disk would.
+func damageRecord(t *testing.T, dir string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte("X"), off+frameHead+20)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+}
+
 // checkAll reads every id back whole, as GetBundle does.
 func checkAll(t *testing.T, o *Outbox, ids []string, what string) {
 	t.Helper()
@@ -122,11 +133,7 @@ func TestCompactionChecksWhatItCopies(t *testing.T) {
 	o.mu.Lock()
 	b := o.items["b"].put
 	o.mu.Unlock()
-	f, err := os.OpenFile(filepath.Join(dir, "outbox.log"), os.O_RDWR, 0)
-	require.NoError(t, err)
-	_, err = f.WriteAt([]byte("X"), b.off+frameHead+20)
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
+	damageRecord(t, dir, b.off)
 
 	o.mu.Lock()
 	err = o.rewrite()
