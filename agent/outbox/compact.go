@@ -138,6 +138,7 @@ func (o *Outbox) compactInBackground(c *compaction) {
 		for o.writeInFlight {
 			o.cond.Wait()
 		}
+		o.pauseAt("swapping")
 		err = o.finishCompaction(c)
 		o.swapping = false
 	}

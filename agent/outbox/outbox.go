@@ -104,7 +104,9 @@ type Outbox struct {
 	// at each step, without o.mu: "copying" (before it copies what it
 	// keeps), "copied" (before it catches up with what was appended
 	// meanwhile) and "catching up" (in each round, before it copies what
-	// the round found); tests stop it there.
+	// the round found); tests stop it there. It is also called with
+	// "swapping" under o.mu, before the last step, where it must not
+	// block.
 	pause func(step string)
 
 	mu       sync.Mutex

@@ -1,0 +1,288 @@
+package outbox
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// crashChildEnv, when set, makes TestKilledMidCompaction the process it
+// kills: it writes to the outbox in the directory the variable names.
+const crashChildEnv = "HALLMARK_OUTBOX_CRASH_CHILD"
+
+// crashItem is the item with id as the crash child puts it: large enough
+// that the file passes its 64 KiB compaction threshold every few dozen
+// items.
+func crashItem(id string) Item {
+	return Item{
+		ID:          id,
+		Bundle:      bytes.Repeat([]byte("bundle-"+id+";"), 1500/(len(id)+8)+1),
+		Envelope:    bytes.Repeat([]byte("env-"+id+";"), 600/(len(id)+5)+1),
+		Certificate: []byte("cert-" + id),
+	}
+}
+
+// crashLogged is what the crash child records as id's log entry.
+func crashLogged(id string) []byte { return []byte(`{"logIndex":"` + id + `"}`) }
+
+// A process killed (SIGKILL) at any moment, and in particular while a
+// compaction in the background copies, catches up or swaps the file,
+// loses nothing it acknowledged. A child process (this test binary again)
+// puts and settles items from eight writers, printing each
+// acknowledgement; the test kills it, reopens the outbox and checks:
+//
+//   - Open succeeds, moves no record aside as damaged (a write cut short
+//     is a torn tail, not damage) and leaves no compaction file behind;
+//   - every item whose put was acknowledged and that no settlement was
+//     asked for is there, pending and whole;
+//   - every other item there is whole, and in the state its acknowledged
+//     settlement gave it (settled items may be gone: retention is short,
+//     so that compactions keep dropping records and moving the others);
+//   - each step of a compaction (copying, copied, catching up, swapping)
+//     was the one the child had last reported when some kill was sent.
+//
+// A kill loses nothing the kernel holds, so this checks the file protocol
+// under process crashes, not what an fsync guards against (power loss).
+func TestKilledMidCompaction(t *testing.T) {
+	if dir := os.Getenv(crashChildEnv); dir != "" {
+		crashChild(dir)
+		return
+	}
+	if testing.Short() {
+		t.Skip("starts and kills 25 processes")
+	}
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	dir := privateDir(t)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	const rounds = 25
+	landed := map[string]int{} // the step the child had last reported at each kill
+	acked := map[string]bool{} // puts acknowledged, over all rounds
+	settling := map[string]bool{}
+	settled := map[string]string{} // id: "logged" or "refused", acknowledged
+	for round := range rounds {
+		cmd := exec.Command(exe, "-test.run=^TestKilledMidCompaction$", "-test.v=false")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("HALLMARK_OUTBOX_CRASH_ROUND=%d", round))
+		cmd.Stderr = os.Stderr
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+
+		// Kill at a random moment, or as soon as a compaction reports
+		// the round's step, once the child has run for a random while
+		// (the child goes on for a few microseconds before the signal
+		// lands: at that step, or just past it).
+		target := []string{"", "copying", "copied", "catching up", "swapping"}[round%5]
+		after := time.Duration(rng.IntN(100_000)) * time.Microsecond
+		lines := make(chan string, 1024)
+		go func() {
+			defer close(lines)
+			sc := bufio.NewScanner(stdout)
+			sc.Buffer(make([]byte, 64<<10), 64<<10)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+		}()
+		var (
+			started time.Time
+			step    string // the compaction step under way, "" between compactions
+			kill    = time.NewTimer(time.Hour)
+			killed  bool
+		)
+		deadline := time.After(30 * time.Second)
+	read:
+		for {
+			select {
+			case <-deadline:
+				cmd.Process.Kill()
+				t.Fatalf("round %d: no kill within 30s (the child wrote too slowly or never compacted)", round)
+			case <-kill.C:
+				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+				killed = true
+				landed[orElse(step, "between compactions")]++
+			case line, ok := <-lines:
+				if !ok {
+					break read
+				}
+				// Every line was written before the kill, even those
+				// read after it: all count.
+				fields := strings.SplitN(line, " ", 3)
+				switch fields[0] {
+				case "ready":
+					started = time.Now()
+					if target == "" {
+						kill.Reset(after)
+					}
+				case "step":
+					step = strings.TrimPrefix(line, "step ")
+				case "swapped":
+					step = ""
+				case "put":
+					acked[fields[1]] = true
+				case "settling":
+					for _, id := range strings.Fields(fields[2]) {
+						settling[id] = true
+					}
+				case "settled":
+					for _, id := range strings.Fields(fields[2]) {
+						settled[id] = fields[1]
+					}
+				default:
+					t.Fatalf("round %d: the child said %q", round, line)
+				}
+				if !killed && target != "" && step == target && time.Since(started) > after/4 {
+					require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+					killed = true
+					landed[step]++
+				}
+			}
+		}
+		err = cmd.Wait()
+		var exit *exec.ExitError
+		require.ErrorAs(t, err, &exit, "round %d: the child must be killed, not end", round)
+		require.Equal(t, syscall.SIGKILL, exit.Sys().(syscall.WaitStatus).Signal(), "round %d", round)
+
+		o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: 200 * time.Millisecond})
+		require.NoError(t, err, "round %d: reopen after the kill", round)
+		require.Empty(t, o.Damaged(), "round %d: a kill damaged a record", round)
+		_, err = os.Stat(filepath.Join(dir, "outbox.log.tmp"))
+		require.ErrorIs(t, err, os.ErrNotExist, "round %d: a compaction's file left behind", round)
+		checkAfterKill(t, o, round, acked, settling, settled)
+		require.NoError(t, o.Close())
+	}
+	t.Logf("kills by the compaction step last reported: %v; %d puts acknowledged, %d settlements", landed, len(acked), len(settled))
+	for _, s := range []string{"copying", "copied", "catching up", "swapping"} {
+		require.NotZero(t, landed[s], "no kill landed while a compaction was at %q: the test no longer tests that", s)
+	}
+}
+
+func orElse(s, ifEmpty string) string {
+	if s == "" {
+		return ifEmpty
+	}
+	return s
+}
+
+// checkAfterKill checks the reopened outbox against what the killed
+// processes acknowledged.
+func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[string]bool, settled map[string]string) {
+	t.Helper()
+	o.mu.Lock()
+	ids := make([]string, 0, len(o.items))
+	for id := range o.items {
+		ids = append(ids, id)
+	}
+	o.mu.Unlock()
+	present := map[string]bool{}
+	for _, id := range ids {
+		present[id] = true
+		it, ok, err := o.Get(id)
+		require.NoError(t, err, "round %d: %s", round, id)
+		require.True(t, ok)
+		want := crashItem(id)
+		require.Equal(t, want.Bundle, it.Bundle, "round %d: %s", round, id)
+		require.Equal(t, want.Envelope, it.Envelope, "round %d: %s", round, id)
+		require.Equal(t, want.Certificate, it.Certificate, "round %d: %s", round, id)
+		switch settled[id] {
+		case "logged":
+			require.Equal(t, Logged, it.State, "round %d: %s was acknowledged logged", round, id)
+			require.Equal(t, crashLogged(id), it.Logged, "round %d: %s", round, id)
+		case "refused":
+			require.Equal(t, Refused, it.State, "round %d: %s was acknowledged refused", round, id)
+			require.Equal(t, "refused "+id, it.Reason, "round %d: %s", round, id)
+		default:
+			if !settling[id] {
+				require.Equal(t, Pending, it.State, "round %d: %s was never settled", round, id)
+			}
+		}
+	}
+	for id := range acked {
+		if !settling[id] {
+			require.True(t, present[id], "round %d: %s was acknowledged, never settled, and is gone", round, id)
+		}
+	}
+}
+
+// crashChild is the process TestKilledMidCompaction kills: eight writers
+// put items and settle them, half logged and half refused, in batches,
+// printing each acknowledgement ("put ID", "settled logged|refused
+// IDS..."), each settlement before it is asked for ("settling KIND
+// IDS...") and each step of a compaction in the background ("step S",
+// and "swapped" once it has ended). It stops only when killed, or after a
+// minute.
+func crashChild(dir string) {
+	var mu sync.Mutex
+	say := func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(os.Stdout, format+"\n", args...)
+	}
+	// The compaction's log says when it has ended.
+	hook := zap.Hooks(func(e zapcore.Entry) error {
+		if e.Message == "Compacted the outbox" || strings.HasPrefix(e.Message, "Compacting the outbox failed") {
+			say("swapped")
+		}
+		return nil
+	})
+	o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: 200 * time.Millisecond, Log: zap.New(zapcore.NewNopCore(), hook)})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crash child:", err)
+		os.Exit(2)
+	}
+	o.mu.Lock()
+	o.pause = func(step string) { say("step %s", step) }
+	o.mu.Unlock()
+	say("ready")
+	round := os.Getenv("HALLMARK_OUTBOX_CRASH_ROUND")
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			var batch []string
+			for k := 0; ; k++ {
+				id := fmt.Sprintf("r%s-w%d-%d", round, w, k)
+				if err := o.Put(crashItem(id)); err != nil {
+					fmt.Fprintln(os.Stderr, "crash child: put:", err)
+					os.Exit(2)
+				}
+				say("put %s", id)
+				if batch = append(batch, id); len(batch) < 4 {
+					continue
+				}
+				kind, ss := "logged", make([]Settlement, len(batch))
+				if k%8 == 7 {
+					kind = "refused"
+				}
+				for i, id := range batch {
+					ss[i] = Settlement{ID: id, Logged: crashLogged(id)}
+					if kind == "refused" {
+						ss[i] = Settlement{ID: id, Reason: "refused " + id}
+					}
+				}
+				ids := strings.Join(batch, " ")
+				say("settling %s %s", kind, ids)
+				if err := o.Settle(ss); err != nil {
+					fmt.Fprintln(os.Stderr, "crash child: settle:", err)
+					os.Exit(2)
+				}
+				say("settled %s %s", kind, ids)
+				batch = batch[:0]
+			}
+		})
+	}
+	time.Sleep(time.Minute)
+	fmt.Fprintln(os.Stderr, "crash child: not killed within a minute")
+	os.Exit(3)
+}
