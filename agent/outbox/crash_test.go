@@ -180,18 +180,8 @@ func orElse(s, ifEmpty string) string {
 // processes acknowledged.
 func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[string]bool, settled map[string]string) {
 	t.Helper()
-	o.mu.Lock()
-	ids := make([]string, 0, len(o.items))
-	for id := range o.items {
-		ids = append(ids, id)
-	}
-	o.mu.Unlock()
-	present := map[string]bool{}
-	for _, id := range ids {
-		present[id] = true
-		it, ok, err := o.Get(id)
-		require.NoError(t, err, "round %d: %s", round, id)
-		require.True(t, ok)
+	all := snapshot(t, o)
+	for id, it := range all {
 		want := crashItem(id)
 		require.Equal(t, want.Bundle, it.Bundle, "round %d: %s", round, id)
 		require.Equal(t, want.Envelope, it.Envelope, "round %d: %s", round, id)
@@ -210,8 +200,8 @@ func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[stri
 		}
 	}
 	for id := range acked {
-		if !settling[id] {
-			require.True(t, present[id], "round %d: %s was acknowledged, never settled, and is gone", round, id)
+		if _, ok := all[id]; !ok && !settling[id] {
+			require.Failf(t, "an acknowledged item is gone", "round %d: %s was acknowledged, never settled, and is gone", round, id)
 		}
 	}
 }
