@@ -288,7 +288,7 @@ func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
 		return refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting to be identified: "+err.Error())
 	}
 	defer release()
-	wc := workloadattestor.Caller{PID: c.peer.PID, UID: c.peer.UID, GID: c.peer.GID, Groups: c.peer.Groups}
+	wc := workloadattestor.NewCaller(c.peer.PID, c.peer.UID, c.peer.GID, c.peer.Groups)
 	for _, na := range api.a.cfg.Attestors {
 		res, err := api.answer(ctx, c, na, wc)
 		if err != nil {

@@ -6,6 +6,7 @@ package workloadattestor
 import (
 	"os/user"
 	"strconv"
+	"sync"
 )
 
 // Caller is a local process, as identified by the kernel at accept time:
@@ -15,6 +16,60 @@ type Caller struct {
 	PID      int32
 	UID, GID uint32
 	Groups   []uint32
+
+	// names, when set (NewCaller), are the user and group names looked
+	// up for this caller, shared by its copies: each attestor asked
+	// about one call gets the same answer without asking the user
+	// database again.
+	names *names
+}
+
+// NewCaller returns the caller, with the user and group names looked up
+// at most once for all the attestors asked about it (one call's).
+func NewCaller(pid int32, uid, gid uint32, groups []uint32) Caller {
+	return Caller{PID: pid, UID: uid, GID: gid, Groups: groups, names: &names{}}
+}
+
+// lookupUserID and lookupGroupID ask this host's user database; tests
+// count the questions.
+var (
+	lookupUserID  = user.LookupId
+	lookupGroupID = user.LookupGroupId
+)
+
+// names are the lookups made for one caller.
+type names struct {
+	mu sync.Mutex
+	m  map[nameKey]lookup
+}
+
+type nameKey struct {
+	group bool
+	id    uint32
+}
+
+type lookup struct {
+	name string
+	ok   bool
+}
+
+// get returns k's lookup, made with ask the first time; a nil n asks
+// every time.
+func (n *names) get(k nameKey, ask func() lookup) lookup {
+	if n == nil {
+		return ask()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if l, ok := n.m[k]; ok {
+		return l
+	}
+	l := ask()
+	if n.m == nil {
+		n.m = map[nameKey]lookup{}
+	}
+	n.m[k] = l
+	return l
 }
 
 // Result is what one attestor learned: SPIFFE IDs the caller holds and
@@ -30,11 +85,37 @@ type Result struct {
 func (c Caller) IDSelectors() []string {
 	uid, gid := strconv.FormatUint(uint64(c.UID), 10), strconv.FormatUint(uint64(c.GID), 10)
 	sels := []string{"uid:" + uid, "gid:" + gid}
-	if u, err := user.LookupId(uid); err == nil {
-		sels = append(sels, "user:"+u.Username)
+	if name, ok := c.UserName(c.UID); ok {
+		sels = append(sels, "user:"+name)
 	}
-	if g, err := user.LookupGroupId(gid); err == nil {
-		sels = append(sels, "group:"+g.Name)
+	if name, ok := c.GroupName(c.GID); ok {
+		sels = append(sels, "group:"+name)
 	}
 	return sels
+}
+
+// UserName is the name of user uid in this host's user database, if it
+// has one.
+func (c Caller) UserName(uid uint32) (string, bool) {
+	l := c.names.get(nameKey{id: uid}, func() lookup {
+		u, err := lookupUserID(strconv.FormatUint(uint64(uid), 10))
+		if err != nil {
+			return lookup{}
+		}
+		return lookup{name: u.Username, ok: true}
+	})
+	return l.name, l.ok
+}
+
+// GroupName is the name of group gid in this host's user database, if it
+// has one.
+func (c Caller) GroupName(gid uint32) (string, bool) {
+	l := c.names.get(nameKey{group: true, id: gid}, func() lookup {
+		g, err := lookupGroupID(strconv.FormatUint(uint64(gid), 10))
+		if err != nil {
+			return lookup{}
+		}
+		return lookup{name: g.Name, ok: true}
+	})
+	return l.name, l.ok
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -118,8 +117,8 @@ func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error
 	for _, sg := range c.Groups {
 		id := strconv.FormatUint(uint64(sg), 10)
 		sels = append(sels, "supplementary_gid:"+id)
-		if g, err := user.LookupGroupId(id); err == nil {
-			sels = append(sels, "supplementary_group:"+g.Name)
+		if name, ok := c.GroupName(sg); ok {
+			sels = append(sels, "supplementary_group:"+name)
 		}
 	}
 	if a.cfg.DiscoverWorkloadPath {
