@@ -183,34 +183,32 @@ func (r *replicaRun) checkpoint(s *harness.Service) tlog.Checkpoint {
 
 // drained waits until the agents' outboxes are empty and the log holds
 // want entries (as every live replica reports it), and returns the size.
-// More than want would mean an entry logged twice.
+// More than want means an entry logged twice: that fails at once.
 func (r *replicaRun) drained(ctx context.Context, live []*harness.Service, want uint64) uint64 {
 	r.t.Helper()
 	var size uint64
-	var queued float64
-	require.Eventually(r.t, func() bool {
-		queued = 0
+	waitFor(r.t, fmt.Sprintf("outboxes empty and the log at %d entries", want), 90*time.Second, func() error {
+		queued := 0.0
 		for _, a := range r.agents {
 			m, err := a.Get(ctx, "/metrics")
 			if err != nil {
-				return false
+				return err
 			}
 			q, ok := metric(m, "hallmark_agent_outbox_queued")
 			if !ok {
-				return false
+				return fmt.Errorf("%s exposes no hallmark_agent_outbox_queued", a.Name)
 			}
 			queued += q
 		}
-		if queued > 0 {
-			return false
-		}
 		for _, s := range live {
-			if size = r.checkpoint(s).Size; size != want {
-				return false
+			size = r.checkpoint(s).Size
+			require.LessOrEqual(r.t, size, want, "%s's log holds more entries than were attested: some logged twice", s.Name)
+			if size != want || queued > 0 {
+				return fmt.Errorf("%v queued, %s's log at %d", queued, s.Name, size)
 			}
 		}
-		return true
-	}, 90*time.Second, 500*time.Millisecond, "outboxes empty and the log at %d entries (queued %v, log at %d)", want, queued, size)
+		return nil
+	})
 	return size
 }
 

@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+	"github.com/hallmark-dev/hallmark/test/harness"
+)
+
+// Must show: hallmark-server on its default store (SQLite), killed -9
+// eight times while an agent's steps keep attesting and its outbox keeps
+// submitting, loses nothing, logs nothing twice and takes back nothing it
+// published. After each restart on the same data, the log is consistent
+// with the last checkpoint read before the kill. Once the outbox has
+// drained, the log holds exactly the attestations steps were told of,
+// each once, each bundle proving its inclusion. Steps that asked while it
+// was down were refused at once (Unavailable: no timestamp authority
+// answered), and none of those is logged.
+func TestServerKilledWhileAppending(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := startServer(t, "hallmark-server-killed", harness.ServerOptions{CertificateTTL: 10 * time.Minute})
+	ag, err := stack.SPIRE.StartAgent(ctx, stack.Bins.Agent, stack.Dir, "hallmark-agent-killed", harness.AgentOptions{
+		ServerAddr: srv.ServerAddr(), ServerID: harness.ServerID.String(), Policy: testPolicy(stack.Dir),
+		// Small submissions, so that the server is appending most of the
+		// time and a kill lands in the middle of one: between its commit
+		// and the agent hearing of it, the agent submits again.
+		Extra: "log_batch_size = 4",
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { ag.Stop() })
+	ws := workspace(t, map[string]string{"out": "product"})
+	client := localClient(t, ag.Socket)
+	rep := &replicaRun{t: t, replicas: []*harness.Service{srv}, agents: []*harness.Service{ag}}
+	rep.readTrust(ctx)
+
+	// Eight steps at a time, each a log entry of its own (the command
+	// differs), as fast as the agent answers.
+	var (
+		mu         sync.Mutex
+		acked      []string
+		refused    int
+		unexpected []error
+		n          atomic.Int64
+		wg         sync.WaitGroup
+	)
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	for range 8 {
+		wg.Go(func() {
+			for loadCtx.Err() == nil {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				resp, err := client.AttestStep(cctx, &agentv1.AttestStepRequest{
+					Step: "build", Workspace: ws, Products: []string{"out"}, Command: []string{"step", fmt.Sprint(n.Add(1))},
+				})
+				cancel()
+				mu.Lock()
+				switch {
+				case err == nil:
+					acked = append(acked, resp.GetInvocationId())
+				case status.Code(err) == codes.Unavailable:
+					refused++
+				default:
+					unexpected = append(unexpected, err)
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(10 * time.Millisecond) // no spinning while the server is down
+				}
+			}
+		})
+	}
+	t.Cleanup(func() { stopLoad(); wg.Wait() })
+
+	for kill := range 8 {
+		start := rep.checkpoint(srv).Size
+		waitFor(t, "the log to grow under load", time.Minute, func() error {
+			if size := rep.checkpoint(srv).Size; size < start+100 {
+				return fmt.Errorf("at %d entries, from %d", size, start)
+			}
+			return nil
+		})
+		last := rep.checkpoint(srv)
+		time.Sleep(time.Duration(rand.IntN(20_000)) * time.Microsecond)
+		srv.Kill()
+		mu.Lock()
+		refusedBefore := refused
+		mu.Unlock()
+		waitFor(t, "a step to be refused while the server is down", 30*time.Second, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if refused == refusedBefore {
+				return fmt.Errorf("none refused yet")
+			}
+			return nil
+		})
+		require.NoError(t, srv.Start(ctx), "restart %d", kill+1)
+		after := rep.checkpoint(srv)
+		require.GreaterOrEqual(t, after.Size, last.Size, "restart %d: the log shrank", kill+1)
+		rep.consistent(ctx, srv, last, after)
+		t.Logf("kill %d: the log at %d entries when killed, %d after the restart", kill+1, last.Size, after.Size)
+	}
+	// Until steps are attested again.
+	mu.Lock()
+	ackedBefore := len(acked)
+	mu.Unlock()
+	waitFor(t, "steps to be attested again", time.Minute, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(acked) < ackedBefore+50 {
+			return fmt.Errorf("%d attested since the last restart", len(acked)-ackedBefore)
+		}
+		return nil
+	})
+	stopLoad()
+	wg.Wait()
+
+	require.Empty(t, unexpected, "errors other than the server down")
+	t.Logf("%d steps attested, %d refused while the server was down", len(acked), refused)
+	size := rep.drained(ctx, []*harness.Service{srv}, rep.baseline+uint64(len(acked)))
+	requireLoggedOnce(t, client, acked)
+	t.Logf("the log at %d entries: every attested step once, no refused one", size)
+}
