@@ -33,6 +33,9 @@ func within(t *testing.T, what string, op func() error) {
 // release is called (again: nothing; tests defer it, so that a test
 // failing while the compaction waits does not leave Close waiting).
 func pauseAt(o *Outbox, step string) (inside chan struct{}, release func()) {
+	if step == "swapping" {
+		panic(`pauseAt: "swapping" is called under o.mu, where stopping deadlocks the outbox`)
+	}
 	inside, released := make(chan struct{}), make(chan struct{})
 	var pause, rel sync.Once
 	o.mu.Lock()

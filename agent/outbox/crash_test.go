@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -45,7 +46,8 @@ func crashLogged(id string) []byte { return []byte(`{"logIndex":"` + id + `"}`) 
 // acknowledgement; the test kills it, reopens the outbox and checks:
 //
 //   - Open succeeds, moves no record aside as damaged (a write cut short
-//     is a torn tail, not damage) and leaves no compaction file behind;
+//     is a torn tail, not damage) and removes the compaction file a kill
+//     left (some kill must have left one);
 //   - every item whose put was acknowledged and that no settlement was
 //     asked for is there, pending and whole;
 //   - every other item there is whole, and in the state its acknowledged
@@ -73,11 +75,16 @@ func TestKilledMidCompaction(t *testing.T) {
 	acked := map[string]bool{} // puts acknowledged, over all rounds
 	settling := map[string]bool{}
 	settled := map[string]string{} // id: "logged" or "refused", acknowledged
+	tmpLeft := 0                   // kills that left a compaction's file for Open to remove
 	for round := range rounds {
 		cmd := exec.Command(exe, "-test.run=^TestKilledMidCompaction$", "-test.v=false")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("HALLMARK_OUTBOX_CRASH_ROUND=%d", round))
 		cmd.Stderr = os.Stderr
 		stdout, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		// Never written to: the child ends when it reads EOF, that is
+		// when this process has ended, however it ended.
+		_, err = cmd.StdinPipe()
 		require.NoError(t, err)
 		require.NoError(t, cmd.Start())
 
@@ -96,6 +103,13 @@ func TestKilledMidCompaction(t *testing.T) {
 				lines <- sc.Text()
 			}
 		}()
+		// A round that fails leaves no child behind, nor the reader.
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			for range lines {
+			}
+			cmd.Wait()
+		})
 		var (
 			started time.Time
 			step    string // the compaction step under way, "" between compactions
@@ -107,7 +121,6 @@ func TestKilledMidCompaction(t *testing.T) {
 		for {
 			select {
 			case <-deadline:
-				cmd.Process.Kill()
 				t.Fatalf("round %d: no kill within 30s (the child wrote too slowly or never compacted)", round)
 			case <-kill.C:
 				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
@@ -155,15 +168,22 @@ func TestKilledMidCompaction(t *testing.T) {
 		require.ErrorAs(t, err, &exit, "round %d: the child must be killed, not end", round)
 		require.Equal(t, syscall.SIGKILL, exit.Sys().(syscall.WaitStatus).Signal(), "round %d", round)
 
+		// A kill mid-compaction leaves its file: Open removes it (its
+		// own rewrite replaces it), and reads only the outbox's.
+		tmp := filepath.Join(dir, "outbox.log.tmp")
+		if _, err := os.Stat(tmp); err == nil {
+			tmpLeft++
+		}
 		o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: 200 * time.Millisecond})
 		require.NoError(t, err, "round %d: reopen after the kill", round)
 		require.Empty(t, o.Damaged(), "round %d: a kill damaged a record", round)
-		_, err = os.Stat(filepath.Join(dir, "outbox.log.tmp"))
+		_, err = os.Stat(tmp)
 		require.ErrorIs(t, err, os.ErrNotExist, "round %d: a compaction's file left behind", round)
 		checkAfterKill(t, o, round, acked, settling, settled)
 		require.NoError(t, o.Close())
 	}
-	t.Logf("kills by the compaction step last reported: %v; %d puts acknowledged, %d settlements", landed, len(acked), len(settled))
+	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements", landed, tmpLeft, len(acked), len(settled))
+	require.NotZero(t, tmpLeft, "no kill left a compaction's file: Open's removing it is untested")
 	for _, s := range []string{"copying", "copied", "catching up", "swapping"} {
 		require.NotZero(t, landed[s], "no kill landed while a compaction was at %q: the test no longer tests that", s)
 	}
@@ -211,9 +231,13 @@ func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[stri
 // printing each acknowledgement ("put ID", "settled logged|refused
 // IDS..."), each settlement before it is asked for ("settling KIND
 // IDS...") and each step of a compaction in the background ("step S",
-// and "swapped" once it has ended). It stops only when killed, or after a
-// minute.
+// and "swapped" once it has ended). It stops only when killed, when its
+// stdin ends (the test's process is gone), or after a minute.
 func crashChild(dir string) {
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		os.Exit(4)
+	}()
 	var mu sync.Mutex
 	say := func(format string, args ...any) {
 		mu.Lock()
