@@ -309,7 +309,7 @@ func (o *Outbox) finishCompaction(c *compaction) error {
 		c.abandon()
 		return err
 	}
-	if err := os.Rename(c.tmp.Name(), o.path); err != nil {
+	if err := o.rename(c.tmp.Name(), o.path); err != nil {
 		c.abandon()
 		return fmt.Errorf("outbox: %w", err)
 	}

@@ -97,9 +97,12 @@ type Outbox struct {
 	torn *Damage // the torn tail Open dropped, kept aside
 
 	// syncDir and openAppend are syncDirOf and openAppendOf, replaced
-	// by tests to make the steps after a compaction's rename fail.
+	// by tests to make the steps after a compaction's rename fail; rename
+	// is os.Rename, replaced by tests to look at the file as a crash right
+	// after a compaction's rename would leave it (called under o.mu).
 	syncDir    func(dir string) error
 	openAppend func(path string) (*os.File, error)
+	rename     func(from, to string) error
 	// pause, when not nil, is called by a compaction in the background
 	// at each step, without o.mu: "copying" (before it copies what it
 	// keeps), "copied" (before it catches up with what was appended
@@ -209,7 +212,7 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	}
 	o := &Outbox{
 		path: filepath.Join(dir, "outbox.log"), opts: opts, log: opts.Log, items: map[string]*slot{},
-		syncDir: syncDirOf, openAppend: openAppendOf,
+		syncDir: syncDirOf, openAppend: openAppendOf, rename: os.Rename,
 	}
 	o.cond = sync.NewCond(&o.mu)
 	if err := checkPrivate(dir, true); err != nil {
