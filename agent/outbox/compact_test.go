@@ -260,7 +260,11 @@ func TestConcurrentWritesAcrossCompactions(t *testing.T) {
 		}
 	}
 	t.Logf("%d compactions, %d of them with records appended meanwhile", len(compactions), caughtUp)
-	require.Greater(t, len(compactions), 3, "compactions ran while writing")
+	// How many depends on the machine: each starts once the file has
+	// doubled since the last, and a slow one lets it double more than
+	// once meanwhile (3 when the test shares 2 cores with a busy loop on
+	// each, 5 to 6 alone).
+	require.GreaterOrEqual(t, len(compactions), 2, "compactions ran while writing")
 	require.Positive(t, caughtUp, "a compaction copied what was appended while it ran")
 
 	check := func(o *Outbox, what string) {
