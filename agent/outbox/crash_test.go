@@ -3,12 +3,14 @@ package outbox
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +40,11 @@ func crashItem(id string) Item {
 
 // crashLogged is what the crash child records as id's log entry.
 func crashLogged(id string) []byte { return []byte(`{"logIndex":"` + id + `"}`) }
+
+// crashTargets are where TestKilledMidCompaction's rounds kill, in turn:
+// at a random moment (""), then at each step of a compaction, the last
+// one under o.mu.
+var crashTargets = slices.Concat([]string{""}, compactionSteps, []string{"swapping"})
 
 // A process killed (SIGKILL) at any moment, and in particular while a
 // compaction in the background copies, catches up or swaps the file,
@@ -92,7 +99,7 @@ func TestKilledMidCompaction(t *testing.T) {
 		// the round's step, once the child has run for a random while
 		// (the child goes on for a few microseconds before the signal
 		// lands: at that step, or just past it).
-		target := []string{"", "copying", "copied", "catching up", "swapping"}[round%5]
+		target := crashTargets[round%len(crashTargets)]
 		after := time.Duration(rng.IntN(100_000)) * time.Microsecond
 		lines := make(chan string, 1024)
 		go func() {
@@ -125,7 +132,7 @@ func TestKilledMidCompaction(t *testing.T) {
 			case <-kill.C:
 				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 				killed = true
-				landed[orElse(step, "between compactions")]++
+				landed[cmp.Or(step, "between compactions")]++
 			case line, ok := <-lines:
 				if !ok {
 					break read
@@ -184,16 +191,9 @@ func TestKilledMidCompaction(t *testing.T) {
 	}
 	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements", landed, tmpLeft, len(acked), len(settled))
 	require.NotZero(t, tmpLeft, "no kill left a compaction's file: Open's removing it is untested")
-	for _, s := range []string{"copying", "copied", "catching up", "swapping"} {
+	for _, s := range crashTargets[1:] {
 		require.NotZero(t, landed[s], "no kill landed while a compaction was at %q: the test no longer tests that", s)
 	}
-}
-
-func orElse(s, ifEmpty string) string {
-	if s == "" {
-		return ifEmpty
-	}
-	return s
 }
 
 // checkAfterKill checks the reopened outbox against what the killed
@@ -261,9 +261,8 @@ func crashChild(dir string) {
 	o.mu.Unlock()
 	say("ready")
 	round := os.Getenv("HALLMARK_OUTBOX_CRASH_ROUND")
-	var wg sync.WaitGroup
 	for w := range 8 {
-		wg.Go(func() {
+		go func() {
 			var batch []string
 			for k := 0; ; k++ {
 				id := fmt.Sprintf("r%s-w%d-%d", round, w, k)
@@ -294,7 +293,7 @@ func crashChild(dir string) {
 				say("settled %s %s", kind, ids)
 				batch = batch[:0]
 			}
-		})
+		}()
 	}
 	time.Sleep(time.Minute)
 	fmt.Fprintln(os.Stderr, "crash child: not killed within a minute")

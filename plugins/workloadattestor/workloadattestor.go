@@ -85,7 +85,7 @@ type Result struct {
 func (c Caller) IDSelectors() []string {
 	uid, gid := strconv.FormatUint(uint64(c.UID), 10), strconv.FormatUint(uint64(c.GID), 10)
 	sels := []string{"uid:" + uid, "gid:" + gid}
-	if name, ok := c.UserName(c.UID); ok {
+	if name, ok := c.UserName(); ok {
 		sels = append(sels, "user:"+name)
 	}
 	if name, ok := c.GroupName(c.GID); ok {
@@ -94,11 +94,11 @@ func (c Caller) IDSelectors() []string {
 	return sels
 }
 
-// UserName is the name of user uid in this host's user database, if it
-// has one.
-func (c Caller) UserName(uid uint32) (string, bool) {
-	l := c.names.get(nameKey{id: uid}, func() lookup {
-		u, err := lookupUserID(strconv.FormatUint(uint64(uid), 10))
+// UserName is the name of the caller's user in this host's user
+// database, if it has one.
+func (c Caller) UserName() (string, bool) {
+	l := c.names.get(nameKey{id: c.UID}, func() lookup {
+		u, err := lookupUserID(strconv.FormatUint(uint64(c.UID), 10))
 		if err != nil {
 			return lookup{}
 		}

@@ -105,10 +105,12 @@ func TestOutboxSurvivesOutageAndKill(t *testing.T) {
 }
 
 // requireLoggedOnce checks every invocation has a logged bundle whose
-// inclusion proof verifies, at distinct log indexes.
-func requireLoggedOnce(t *testing.T, client agentv1.WorkloadServiceClient, ids []string) {
+// inclusion proof verifies, at distinct log indexes, and returns their
+// tlog entries.
+func requireLoggedOnce(t *testing.T, client agentv1.WorkloadServiceClient, ids []string) []*rekorpb.TransparencyLogEntry {
 	t.Helper()
 	seen := map[int64]string{}
+	var logged []*rekorpb.TransparencyLogEntry
 	for _, id := range ids {
 		resp, err := client.GetBundle(context.Background(), &agentv1.GetBundleRequest{InvocationId: id})
 		require.NoError(t, err)
@@ -122,7 +124,9 @@ func requireLoggedOnce(t *testing.T, client agentv1.WorkloadServiceClient, ids [
 		prev, dup := seen[e.GetLogIndex()]
 		require.False(t, dup, "log index %d holds %s and %s", e.GetLogIndex(), prev, id)
 		seen[e.GetLogIndex()] = id
+		logged = append(logged, e)
 	}
+	return logged
 }
 
 // waitLogged waits until every invocation is logged (GetBundle with
