@@ -180,6 +180,9 @@ func (o *Outbox) beginCompaction() *compaction {
 			c.keep = append(c.keep, *sl)
 		}
 	}
+	if o.expiring != nil && len(c.expired) > 0 {
+		o.expiring(c.expired)
+	}
 	slices.SortFunc(c.keep, func(a, b slot) int { return cmp.Or(cmp.Compare(a.Created, b.Created), cmp.Compare(a.ID, b.ID)) })
 	for _, id := range o.order {
 		if sl := o.items[id]; sl != nil && sl.State == Pending {

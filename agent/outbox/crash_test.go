@@ -50,16 +50,20 @@ var crashTargets = slices.Concat([]string{""}, compactionSteps, []string{"swappi
 // compaction in the background copies, catches up or swaps the file,
 // loses nothing it acknowledged. A child process (this test binary again)
 // puts and settles items from eight writers, printing each
-// acknowledgement; the test kills it, reopens the outbox and checks:
+// acknowledgement and the items each compaction expires (retention is
+// short, so that compactions keep dropping records and moving the
+// others); the test kills it, reopens the outbox (with a retention that
+// expires nothing) and checks:
 //
 //   - Open succeeds, moves no record aside as damaged (a write cut short
 //     is a torn tail, not damage) and removes the compaction file a kill
 //     left (some kill must have left one);
-//   - every item whose put was acknowledged and that no settlement was
-//     asked for is there, pending and whole;
-//   - every other item there is whole, and in the state its acknowledged
-//     settlement gave it (settled items may be gone: retention is short,
-//     so that compactions keep dropping records and moving the others);
+//   - every item whose put was acknowledged is there, whole, unless a
+//     compaction said it expired it; only items asked to be settled
+//     expire (some must have);
+//   - every item is in the state its acknowledged settlement gave it,
+//     pending if none was asked for, and pending or the state asked for
+//     if the settlement was not acknowledged;
 //   - each step of a compaction (copying, copied, catching up, swapping)
 //     was the one the child had last reported when some kill was sent.
 //
@@ -78,11 +82,12 @@ func TestKilledMidCompaction(t *testing.T) {
 	dir := privateDir(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	const rounds = 25
-	landed := map[string]int{} // the step the child had last reported at each kill
-	acked := map[string]bool{} // puts acknowledged, over all rounds
-	settling := map[string]bool{}
-	settled := map[string]string{} // id: "logged" or "refused", acknowledged
-	tmpLeft := 0                   // kills that left a compaction's file for Open to remove
+	landed := map[string]int{}      // the step the child had last reported at each kill
+	acked := map[string]bool{}      // puts acknowledged, over all rounds
+	settling := map[string]string{} // id: "logged" or "refused", asked for
+	settled := map[string]string{}  // the same, acknowledged
+	expired := map[string]bool{}    // dropped by a compaction as past retention
+	tmpLeft := 0                    // kills that left a compaction's file for Open to remove
 	for round := range rounds {
 		cmd := exec.Command(exe, "-test.run=^TestKilledMidCompaction$", "-test.v=false")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("HALLMARK_OUTBOX_CRASH_ROUND=%d", round))
@@ -105,9 +110,12 @@ func TestKilledMidCompaction(t *testing.T) {
 		go func() {
 			defer close(lines)
 			sc := bufio.NewScanner(stdout)
-			sc.Buffer(make([]byte, 64<<10), 64<<10)
+			sc.Buffer(make([]byte, 64<<10), 64<<20) // "expiring" names thousands
 			for sc.Scan() {
 				lines <- sc.Text()
+			}
+			if err := sc.Err(); err != nil {
+				lines <- "unreadable: " + err.Error()
 			}
 		}()
 		// A round that fails leaves no child behind, nor the reader.
@@ -154,7 +162,11 @@ func TestKilledMidCompaction(t *testing.T) {
 					acked[fields[1]] = true
 				case "settling":
 					for _, id := range strings.Fields(fields[2]) {
-						settling[id] = true
+						settling[id] = fields[1]
+					}
+				case "expiring":
+					for _, id := range strings.Fields(line)[1:] {
+						expired[id] = true
 					}
 				case "settled":
 					for _, id := range strings.Fields(fields[2]) {
@@ -181,24 +193,31 @@ func TestKilledMidCompaction(t *testing.T) {
 		if _, err := os.Stat(tmp); err == nil {
 			tmpLeft++
 		}
-		o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: 200 * time.Millisecond})
+		o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: crashOpenRetention})
 		require.NoError(t, err, "round %d: reopen after the kill", round)
 		require.Empty(t, o.Damaged(), "round %d: a kill damaged a record", round)
 		_, err = os.Stat(tmp)
 		require.ErrorIs(t, err, os.ErrNotExist, "round %d: a compaction's file left behind", round)
-		checkAfterKill(t, o, round, acked, settling, settled)
+		checkAfterKill(t, o, round, acked, settling, settled, expired)
 		require.NoError(t, o.Close())
 	}
-	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements", landed, tmpLeft, len(acked), len(settled))
+	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements, %d items expired", landed, tmpLeft, len(acked), len(settled), len(expired))
 	require.NotZero(t, tmpLeft, "no kill left a compaction's file: Open's removing it is untested")
+	require.NotEmpty(t, expired, "no compaction expired an item: dropping them is untested")
 	for _, s := range crashTargets[1:] {
 		require.NotZero(t, landed[s], "no kill landed while a compaction was at %q: the test no longer tests that", s)
 	}
 }
 
+// crashOpenRetention is the retention the test reopens the outbox with
+// after a kill, and the crash child opens it with: long enough that Open
+// expires nothing, so that every item gone was dropped by a compaction
+// that said so.
+const crashOpenRetention = 24 * time.Hour
+
 // checkAfterKill checks the reopened outbox against what the killed
 // processes acknowledged.
-func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[string]bool, settled map[string]string) {
+func checkAfterKill(t *testing.T, o *Outbox, round int, acked map[string]bool, settling, settled map[string]string, expired map[string]bool) {
 	t.Helper()
 	all := snapshot(t, o)
 	for id, it := range all {
@@ -206,23 +225,30 @@ func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[stri
 		require.Equal(t, want.Bundle, it.Bundle, "round %d: %s", round, id)
 		require.Equal(t, want.Envelope, it.Envelope, "round %d: %s", round, id)
 		require.Equal(t, want.Certificate, it.Certificate, "round %d: %s", round, id)
-		switch settled[id] {
+		kind := settled[id]
+		if kind == "" && it.State != Pending {
+			kind = settling[id] // asked for, not acknowledged: it may have taken effect
+			require.NotEmpty(t, kind, "round %d: %s is %v and was never asked to be settled", round, id, it.State)
+		}
+		switch kind {
 		case "logged":
-			require.Equal(t, Logged, it.State, "round %d: %s was acknowledged logged", round, id)
+			require.Equal(t, Logged, it.State, "round %d: %s was settled logged", round, id)
 			require.Equal(t, crashLogged(id), it.Logged, "round %d: %s", round, id)
 		case "refused":
-			require.Equal(t, Refused, it.State, "round %d: %s was acknowledged refused", round, id)
+			require.Equal(t, Refused, it.State, "round %d: %s was settled refused", round, id)
 			require.Equal(t, "refused "+id, it.Reason, "round %d: %s", round, id)
 		default:
-			if !settling[id] {
-				require.Equal(t, Pending, it.State, "round %d: %s was never settled", round, id)
-			}
+			require.Equal(t, Pending, it.State, "round %d: %s", round, id)
 		}
 	}
 	for id := range acked {
-		if _, ok := all[id]; !ok && !settling[id] {
-			require.Failf(t, "an acknowledged item is gone", "round %d: %s was acknowledged, never settled, and is gone", round, id)
+		if _, ok := all[id]; !ok && !expired[id] {
+			require.Failf(t, "an acknowledged item is gone", "round %d: %s was acknowledged (settlement asked for: %q, acknowledged: %q), no compaction expired it, and it is gone",
+				round, id, settling[id], settled[id])
 		}
+	}
+	for id := range expired {
+		require.NotEmpty(t, settling[id], "round %d: a compaction expired %s, which was never asked to be settled", round, id)
 	}
 }
 
@@ -230,9 +256,11 @@ func checkAfterKill(t *testing.T, o *Outbox, round int, acked, settling map[stri
 // put items and settle them, half logged and half refused, in batches,
 // printing each acknowledgement ("put ID", "settled logged|refused
 // IDS..."), each settlement before it is asked for ("settling KIND
-// IDS...") and each step of a compaction in the background ("step S",
-// and "swapped" once it has ended). It stops only when killed, when its
-// stdin ends (the test's process is gone), or after a minute.
+// IDS..."), each step of a compaction in the background ("step S", and
+// "swapped" once it has ended) and the items a compaction drops as past
+// retention, when it begins ("expiring IDS..."). It stops only when
+// killed, when its stdin ends (the test's process is gone), or after a
+// minute.
 func crashChild(dir string) {
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
@@ -251,14 +279,24 @@ func crashChild(dir string) {
 		}
 		return nil
 	})
-	o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: 200 * time.Millisecond, Log: zap.New(zapcore.NewNopCore(), hook)})
+	// Open expires nothing (it would say nothing of it). Compactions
+	// expire what was settled 200 ms before and say which: one right
+	// away, as Open's would, then those in the background.
+	o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: crashOpenRetention, Log: zap.New(zapcore.NewNopCore(), hook)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "crash child:", err)
 		os.Exit(2)
 	}
 	o.mu.Lock()
+	o.opts.Retention = 200 * time.Millisecond
 	o.pause = func(step string) { say("step %s", step) }
+	o.expiring = func(ids []string) { say("expiring %s", strings.Join(ids, " ")) }
+	err = o.rewrite()
 	o.mu.Unlock()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "crash child: compact:", err)
+		os.Exit(2)
+	}
 	say("ready")
 	round := os.Getenv("HALLMARK_OUTBOX_CRASH_ROUND")
 	for w := range 8 {

@@ -111,6 +111,10 @@ type Outbox struct {
 	// "swapping" under o.mu, before the last step, where it must not
 	// block.
 	pause func(step string)
+	// expiring, when not nil, is called under o.mu with the IDs of the
+	// settled items a compaction drops as past retention, when it begins
+	// (before it writes anything); it must not block.
+	expiring func(ids []string)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // broadcast when an item changes state
