@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,7 +27,9 @@ import (
 // drained, the log holds exactly the attestations steps were told of,
 // each once, and every tree a bundle proves its entry's inclusion in is
 // consistent with the log the server serves then. Steps refused while it
-// was down (Unavailable: no timestamp authority answered) are not logged.
+// was down (Unavailable: no timestamp authority answered) are not logged;
+// no step is refused otherwise: once a step has been attested after a
+// restart, none is refused until the next kill.
 // How many kills landed between a commit and its answer (the agent
 // submits those again, and the server answers with the entry it holds)
 // is logged, not required: the kills land where they land.
@@ -53,8 +56,12 @@ func TestServerKilledWhileAppending(t *testing.T) {
 	var (
 		mu         sync.Mutex
 		acked      []string
+		attested   []time.Time // when each acked step was answered
 		refused    int
+		refusals   []callSpan // each refused step's call
 		unexpected []error
+		killedAt   []time.Time
+		restarted  []time.Time
 		repeats    float64 // submissions answered with an entry already logged
 		n          atomic.Int64
 		wg         sync.WaitGroup
@@ -64,16 +71,20 @@ func TestServerKilledWhileAppending(t *testing.T) {
 		wg.Go(func() {
 			for loadCtx.Err() == nil {
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				start := time.Now()
 				resp, err := client.AttestStep(cctx, &agentv1.AttestStepRequest{
 					Step: "build", Workspace: ws, Products: []string{"out"}, Command: []string{"step", fmt.Sprint(n.Add(1))},
 				})
+				end := time.Now()
 				cancel()
 				mu.Lock()
 				switch {
 				case err == nil:
 					acked = append(acked, resp.GetInvocationId())
-				case status.Code(err) == codes.Unavailable:
+					attested = append(attested, end)
+				case status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "without a timestamp from the log's authority"):
 					refused++
+					refusals = append(refusals, callSpan{start, end})
 				default:
 					unexpected = append(unexpected, err)
 				}
@@ -97,10 +108,11 @@ func TestServerKilledWhileAppending(t *testing.T) {
 		time.Sleep(time.Duration(rand.IntN(20_000)) * time.Microsecond)
 		repeats += counter(t, srv, `hallmark_server_log_appends_total{result="duplicate"}`)
 		last := rep.checkpoint(srv)
-		srv.Kill()
 		mu.Lock()
+		killedAt = append(killedAt, time.Now())
 		refusedBefore := refused
 		mu.Unlock()
+		srv.Kill()
 		waitFor(t, "a step to be refused while the server is down", 30*time.Second, func() error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -110,6 +122,9 @@ func TestServerKilledWhileAppending(t *testing.T) {
 			return nil
 		})
 		require.NoError(t, srv.Start(ctx), "restart %d", kill+1)
+		mu.Lock()
+		restarted = append(restarted, time.Now())
+		mu.Unlock()
 		after := rep.checkpoint(srv)
 		require.GreaterOrEqual(t, after.Size, last.Size, "restart %d: the log shrank", kill+1)
 		rep.consistent(ctx, srv, last, after)
@@ -133,6 +148,38 @@ func TestServerKilledWhileAppending(t *testing.T) {
 
 	require.Empty(t, unexpected, "errors other than the server down")
 	t.Logf("%d steps attested, %d refused while the server was down", len(acked), refused)
+	// Refused only while down: in each stretch the server was up (before
+	// the first kill, and from each restart to the next kill), no call
+	// that began after a step was attested in that stretch and ended
+	// before the next kill was refused.
+	slowest := time.Duration(0) // from a restart to the first step attested
+	for i := range len(killedAt) + 1 {
+		from, until := time.Time{}, time.Now()
+		if i > 0 {
+			from = restarted[i-1]
+		}
+		if i < len(killedAt) {
+			until = killedAt[i]
+		}
+		firstOK := time.Time{}
+		for _, at := range attested {
+			if at.After(from) && at.Before(until) && (firstOK.IsZero() || at.Before(firstOK)) {
+				firstOK = at
+			}
+		}
+		if firstOK.IsZero() {
+			continue // the agent had not reconnected before the next kill
+		}
+		if i > 0 {
+			slowest = max(slowest, firstOK.Sub(from))
+		}
+		for _, r := range refusals {
+			require.False(t, r.start.After(firstOK) && r.end.Before(until),
+				"a step was refused while the server was up (stretch %d: attested again %s after the restart; the call ran %s to %s, the next kill at %s)",
+				i, firstOK.Sub(from), r.start.Format(time.StampMicro), r.end.Format(time.StampMicro), until.Format(time.StampMicro))
+		}
+	}
+	t.Logf("after each restart, steps were attested again within %s", slowest)
 	size := rep.drained(ctx, []*harness.Service{srv}, rep.baseline+uint64(len(acked)))
 	logged := requireLoggedOnce(t, client, acked)
 	// Every tree a bundle's proof is against is a prefix of the log as
@@ -151,3 +198,6 @@ func TestServerKilledWhileAppending(t *testing.T) {
 	t.Logf("the log at %d entries: every attested step once, no refused one; %d trees the bundles prove against, each consistent with it; %.0f submissions repeated after a kill (killed between a commit and its answer)",
 		size, len(trees), repeats)
 }
+
+// callSpan is when a call began and ended.
+type callSpan struct{ start, end time.Time }
