@@ -38,6 +38,7 @@ type fakeAgentService struct {
 	watchErr   error                                               // WatchSigningAuthorities answers only this
 	watchCalls int
 	issueCalls int
+	issueDelay time.Duration // how long IssueSigningCertificate takes
 }
 
 func newFakeAgentService(ca *testCA) *fakeAgentService {
@@ -55,8 +56,9 @@ func (f *fakeAgentService) IssueSigningCertificate(_ context.Context, in *server
 	}
 	f.mu.Lock()
 	f.issueCalls++
-	ca := f.ca
+	ca, delay := f.ca, f.issueDelay
 	f.mu.Unlock()
+	time.Sleep(delay)
 	chain, err := ca.sign(csr.PublicKey, []spiffeid.ID{agentID}, t0, time.Hour)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -204,13 +206,14 @@ func watchAgent(t *testing.T) (*Agent, *observer.ObservedLogs) {
 
 // signingNeverFails checks, until the returned stop is called, that a
 // valid signing certificate is held at every moment (the local API signs
-// with whatever keys.current returns).
-func signingNeverFails(t *testing.T, a *Agent) (stop func() (checks int)) {
+// with whatever keys.current returns); checked says how many checks it
+// has made so far.
+func signingNeverFails(t *testing.T, a *Agent) (stop func(), checked func() int64) {
 	t.Helper()
 	var (
 		quit     = make(chan struct{})
 		done     = make(chan struct{})
-		checks   int
+		checks   atomic.Int64
 		failures atomic.Int64
 	)
 	go func() {
@@ -224,16 +227,16 @@ func signingNeverFails(t *testing.T, a *Agent) (stop func() (checks int)) {
 			if _, ok := a.keys.current(a.cfg.Now()); !ok {
 				failures.Add(1)
 			}
-			checks++
+			checks.Add(1)
 			time.Sleep(100 * time.Microsecond)
 		}
 	}()
-	return func() int {
+	stop = func() {
 		close(quit)
 		<-done
 		require.Zero(t, failures.Load(), "a moment without a valid signing certificate")
-		return checks
 	}
+	return stop, checks.Load
 }
 
 func TestTaintOfTheHeldIssuerRenewsAtOnce(t *testing.T) {
@@ -245,15 +248,23 @@ func TestTaintOfTheHeldIssuerRenewsAtOnce(t *testing.T) {
 	require.Eventually(t, func() bool { return heldFrom(a, caA) }, 5*time.Second, time.Millisecond)
 	require.Eventually(t, func() bool { return metricValue(t, a.metrics.authoritiesWatch) == 1 }, 5*time.Second, time.Millisecond)
 	old := a.keys.cur.Load()
-	stopChecks := signingNeverFails(t, a)
+	// The renewal takes a while, so that the checks see the moments in
+	// between: with an instant one, a busy machine ran none meanwhile.
+	srv.mu.Lock()
+	srv.issueDelay = 50 * time.Millisecond
+	srv.mu.Unlock()
+	stopChecks, checked := signingNeverFails(t, a)
 
 	// The server activates B and taints A.
 	srv.setCA(caB)
+	before := checked()
 	tainted := time.Now()
 	srv.taint(1, caA)
 	require.Eventually(t, func() bool { return heldFrom(a, caB) }, time.Second, time.Millisecond, "no certificate from the new CA within a second of the taint")
-	t.Logf("renewed %s after the taint", time.Since(tainted))
-	require.Positive(t, stopChecks())
+	during := checked() - before
+	t.Logf("renewed %s after the taint; the certificate was checked %d times meanwhile", time.Since(tainted), during)
+	require.Positive(t, during, "no check while the agent renewed")
+	stopChecks()
 
 	require.NotSame(t, old, a.keys.cur.Load())
 	require.Equal(t, 1.0, metricValue(t, a.metrics.taintedRenewals))
@@ -302,7 +313,7 @@ func TestAuthoritiesWatchReconnects(t *testing.T) {
 	a, logs := watchAgent(t)
 	runWatched(t, a, dialFake(t, srv))
 	require.Eventually(t, func() bool { return heldFrom(a, caA) && srv.openStreams() == 1 }, 5*time.Second, time.Millisecond)
-	stopChecks := signingNeverFails(t, a)
+	stopChecks, _ := signingNeverFails(t, a)
 
 	// The stream breaks, and while the agent is away the server moves to
 	// B and taints A: the agent learns of it from the set a new stream
@@ -389,7 +400,7 @@ func TestRenewalFromAStillTaintedIssuerBacksOff(t *testing.T) {
 	a, logs := watchAgent(t)
 	runWatched(t, a, dialFake(t, srv))
 	require.Eventually(t, func() bool { return heldFrom(a, caA) && srv.openStreams() == 1 }, 5*time.Second, time.Millisecond)
-	stopChecks := signingNeverFails(t, a)
+	stopChecks, _ := signingNeverFails(t, a)
 
 	// Tainted before the server has a new CA: it still issues from A.
 	srv.taint(1, caA)
