@@ -113,7 +113,8 @@ type Outbox struct {
 	pause func(step string)
 	// expiring, when not nil, is called under o.mu with the IDs of the
 	// settled items a compaction drops as past retention, when it begins
-	// (before it writes anything); it must not block.
+	// (before it writes anything); it must be quick, and neither keep nor
+	// change ids.
 	expiring func(ids []string)
 
 	mu       sync.Mutex

@@ -28,8 +28,8 @@ import (
 // each once, and every tree a bundle proves its entry's inclusion in is
 // consistent with the log the server serves then. Steps refused while it
 // was down (Unavailable: no timestamp authority answered) are not logged;
-// no step is refused otherwise: once a step has been attested after a
-// restart, none is refused until the next kill.
+// once a step begun after a restart has been attested, none is refused
+// until the next kill (nor before the first kill).
 // How many kills landed between a commit and its answer (the agent
 // submits those again, and the server answers with the entry it holds)
 // is logged, not required: the kills land where they land.
@@ -56,7 +56,7 @@ func TestServerKilledWhileAppending(t *testing.T) {
 	var (
 		mu         sync.Mutex
 		acked      []string
-		attested   []time.Time // when each acked step was answered
+		attested   []callSpan // each acked step's call
 		refused    int
 		refusals   []callSpan // each refused step's call
 		unexpected []error
@@ -81,7 +81,7 @@ func TestServerKilledWhileAppending(t *testing.T) {
 				switch {
 				case err == nil:
 					acked = append(acked, resp.GetInvocationId())
-					attested = append(attested, end)
+					attested = append(attested, callSpan{start, end})
 				case status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "without a timestamp from the log's authority"):
 					refused++
 					refusals = append(refusals, callSpan{start, end})
@@ -149,9 +149,9 @@ func TestServerKilledWhileAppending(t *testing.T) {
 	require.Empty(t, unexpected, "errors other than the server down")
 	t.Logf("%d steps attested, %d refused while the server was down", len(acked), refused)
 	// Refused only while down: in each stretch the server was up (before
-	// the first kill, and from each restart to the next kill), no call
-	// that began after a step was attested in that stretch and ended
-	// before the next kill was refused.
+	// the first kill, and from each restart to the next kill), once a
+	// call begun in the stretch has attested a step, no call that began
+	// after that and ended before the next kill was refused.
 	slowest := time.Duration(0) // from a restart to the first step attested
 	for i := range len(killedAt) + 1 {
 		from, until := time.Time{}, time.Now()
@@ -161,10 +161,10 @@ func TestServerKilledWhileAppending(t *testing.T) {
 		if i < len(killedAt) {
 			until = killedAt[i]
 		}
-		firstOK := time.Time{}
-		for _, at := range attested {
-			if at.After(from) && at.Before(until) && (firstOK.IsZero() || at.Before(firstOK)) {
-				firstOK = at
+		var firstOK time.Time
+		for _, a := range attested {
+			if a.start.After(from) && a.end.Before(until) && (firstOK.IsZero() || a.end.Before(firstOK)) {
+				firstOK = a.end
 			}
 		}
 		if firstOK.IsZero() {
