@@ -117,13 +117,10 @@ func TestKilledMidCompaction(t *testing.T) {
 			// leaves it whole or unwritten; a last line without its
 			// newline would be output cut short, and is dropped.
 			sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
-				if i := bytes.IndexByte(data, '\n'); i >= 0 {
-					return i + 1, data[:i], nil
-				}
-				if atEOF && len(data) > 0 {
+				if atEOF && bytes.IndexByte(data, '\n') < 0 {
 					return len(data), nil, nil
 				}
-				return 0, nil, nil
+				return bufio.ScanLines(data, atEOF)
 			})
 			for sc.Scan() {
 				lines <- sc.Text()
@@ -179,7 +176,7 @@ func TestKilledMidCompaction(t *testing.T) {
 						settling[id] = fields[1]
 					}
 				case "expiring":
-					for _, id := range strings.Fields(line)[1:] { // fields holds 3 at most
+					for _, id := range strings.Fields(line)[1:] { // fields splits in 3 at most
 						expired[id] = true
 					}
 					if !started.IsZero() {

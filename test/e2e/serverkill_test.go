@@ -57,7 +57,6 @@ func TestServerKilledWhileAppending(t *testing.T) {
 		mu         sync.Mutex
 		acked      []string
 		attested   []callSpan // each acked step's call
-		refused    int
 		refusals   []callSpan // each refused step's call
 		unexpected []error
 		killedAt   []time.Time
@@ -83,7 +82,6 @@ func TestServerKilledWhileAppending(t *testing.T) {
 					acked = append(acked, resp.GetInvocationId())
 					attested = append(attested, callSpan{start, end})
 				case status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "without a timestamp from the log's authority"):
-					refused++
 					refusals = append(refusals, callSpan{start, end})
 				default:
 					unexpected = append(unexpected, err)
@@ -110,13 +108,13 @@ func TestServerKilledWhileAppending(t *testing.T) {
 		last := rep.checkpoint(srv)
 		mu.Lock()
 		killedAt = append(killedAt, time.Now())
-		refusedBefore := refused
+		refusedBefore := len(refusals)
 		mu.Unlock()
 		srv.Kill()
 		waitFor(t, "a step to be refused while the server is down", 30*time.Second, func() error {
 			mu.Lock()
 			defer mu.Unlock()
-			if refused == refusedBefore {
+			if len(refusals) == refusedBefore {
 				return fmt.Errorf("none refused yet")
 			}
 			return nil
@@ -147,12 +145,12 @@ func TestServerKilledWhileAppending(t *testing.T) {
 	repeats += counter(t, srv, `hallmark_server_log_appends_total{result="duplicate"}`)
 
 	require.Empty(t, unexpected, "errors other than the server down")
-	t.Logf("%d steps attested, %d refused while the server was down", len(acked), refused)
+	t.Logf("%d steps attested, %d refused while the server was down", len(acked), len(refusals))
 	// Refused only while down: in each stretch the server was up (before
 	// the first kill, and from each restart to the next kill), once a
 	// call begun in the stretch has attested a step, no call that began
 	// after that and ended before the next kill was refused.
-	slowest := time.Duration(0) // from a restart to the first step attested
+	var slowest time.Duration // from a restart to the first step attested
 	for i := range len(killedAt) + 1 {
 		from, until := time.Time{}, time.Now()
 		if i > 0 {
