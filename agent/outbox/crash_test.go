@@ -83,13 +83,10 @@ func TestKilledMidCompaction(t *testing.T) {
 	dir := privateDir(t)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	const rounds = 25
-	landed := map[string]int{}      // the step the child had last reported at each kill
-	acked := map[string]bool{}      // puts acknowledged, over all rounds
-	settling := map[string]string{} // id: "logged" or "refused", asked for
-	settled := map[string]string{}  // the same, acknowledged
-	expired := map[string]bool{}    // dropped by a compaction as past retention
-	tmpLeft := 0                    // kills that left a compaction's file for Open to remove
-	expiredLater := 0               // "expiring" lines from compactions in the background
+	landed := map[string]int{} // the step the child had last reported at each kill
+	said := newChildSaid()     // over all rounds
+	tmpLeft := 0               // kills that left a compaction's file for Open to remove
+	expiredLater := 0          // "expiring" lines from compactions in the background
 	for round := range rounds {
 		cmd := exec.Command(exe, "-test.run=^TestKilledMidCompaction$", "-test.v=false")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("HALLMARK_OUTBOX_CRASH_ROUND=%d", round))
@@ -170,21 +167,21 @@ func TestKilledMidCompaction(t *testing.T) {
 				case "swapped":
 					step = ""
 				case "put":
-					acked[fields[1]] = true
+					said.acked[fields[1]] = true
 				case "settling":
 					for _, id := range strings.Fields(fields[2]) {
-						settling[id] = fields[1]
+						said.settling[id] = fields[1]
 					}
 				case "expiring":
 					for _, id := range strings.Fields(line)[1:] { // fields splits in 3 at most
-						expired[id] = true
+						said.expired[id] = true
 					}
 					if !started.IsZero() {
 						expiredLater++
 					}
 				case "settled":
 					for _, id := range strings.Fields(fields[2]) {
-						settled[id] = fields[1]
+						said.settled[id] = fields[1]
 					}
 				default:
 					t.Fatalf("round %d: the child said %q", round, line)
@@ -207,15 +204,15 @@ func TestKilledMidCompaction(t *testing.T) {
 		if _, err := os.Stat(tmp); err == nil {
 			tmpLeft++
 		}
-		o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: crashOpenRetention})
+		o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: longRetention})
 		require.NoError(t, err, "round %d: reopen after the kill", round)
 		require.Empty(t, o.Damaged(), "round %d: a kill damaged a record", round)
 		_, err = os.Stat(tmp)
 		require.ErrorIs(t, err, os.ErrNotExist, "round %d: a compaction's file left behind", round)
-		checkAfterKill(t, o, round, acked, settling, settled, expired)
+		checkAfterKill(t, o, round, said)
 		require.NoError(t, o.Close())
 	}
-	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements, %d items expired (%d expiring lines from compactions in the background)", landed, tmpLeft, len(acked), len(settled), len(expired), expiredLater)
+	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements, %d items expired (%d expiring lines from compactions in the background)", landed, tmpLeft, len(said.acked), len(said.settled), len(said.expired), expiredLater)
 	require.NotZero(t, tmpLeft, "no kill left a compaction's file: Open's removing it is untested")
 	require.NotZero(t, expiredLater, "no compaction in the background expired an item: dropping them is untested")
 	for _, s := range crashTargets[1:] {
@@ -223,16 +220,29 @@ func TestKilledMidCompaction(t *testing.T) {
 	}
 }
 
-// crashOpenRetention is the retention the test reopens the outbox with
+// longRetention is the retention the test reopens the outbox with
 // after a kill, and the crash child opens it with: long enough that Open
 // expires nothing, so that every item gone was dropped by a compaction
 // that said so.
-const crashOpenRetention = 24 * time.Hour
+const longRetention = 24 * time.Hour
+
+// childSaid is what the killed crash children reported, by item ID.
+type childSaid struct {
+	acked    map[string]bool   // puts acknowledged
+	settling map[string]string // "logged" or "refused", asked for
+	settled  map[string]string // the same, acknowledged
+	expired  map[string]bool   // dropped by a compaction as past retention
+}
+
+func newChildSaid() childSaid {
+	return childSaid{acked: map[string]bool{}, settling: map[string]string{}, settled: map[string]string{}, expired: map[string]bool{}}
+}
 
 // checkAfterKill checks the reopened outbox against what the killed
-// processes acknowledged.
-func checkAfterKill(t *testing.T, o *Outbox, round int, acked map[string]bool, settling, settled map[string]string, expired map[string]bool) {
+// processes said.
+func checkAfterKill(t *testing.T, o *Outbox, round int, said childSaid) {
 	t.Helper()
+	acked, settling, settled, expired := said.acked, said.settling, said.settled, said.expired
 	all := snapshot(t, o)
 	for id, it := range all {
 		want := crashItem(id)
@@ -297,7 +307,7 @@ func crashChild(dir string) {
 	// Open expires nothing (it would say nothing of it). Compactions
 	// expire what was settled 200 ms before and say which: one right
 	// away, as Open's would, then those in the background.
-	o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: crashOpenRetention, Log: zap.New(zapcore.NewNopCore(), hook)})
+	o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: longRetention, Log: zap.New(zapcore.NewNopCore(), hook)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "crash child:", err)
 		os.Exit(2)
