@@ -337,11 +337,24 @@ func openTestResolver(t *testing.T, root string) *resolver {
 	return r
 }
 
+// TestOpenat2Support: resolvers use openat2(2) exactly where this process
+// may call it (probed here directly, as an unprivileged walk would), the
+// first resolver that probes and every later one that takes its answer
+// alike; so the slower fallback walk never runs by accident on a kernel
+// that has openat2.
 func TestOpenat2Support(t *testing.T) {
-	r := openTestResolver(t, t.TempDir())
+	dir := t.TempDir()
+	fd, err := unix.Openat2(unix.AT_FDCWD, dir, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_MAGICLINKS})
+	if err == nil {
+		unix.Close(fd)
+	}
+	has := !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM)
+	first := openTestResolver(t, dir)
+	require.Equal(t, has, first.openat2, "openat2 probed: %v", err)
+	require.Equal(t, has, openTestResolver(t, dir).openat2, "a later resolver, from the cached answer")
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
-	t.Logf("kernel %s: openat2 %v", unix.ByteSliceToString(uts.Release[:]), r.openat2)
+	t.Logf("kernel %s: openat2 %v", unix.ByteSliceToString(uts.Release[:]), has)
 }
 
 // TestHashMountPoint needs the right to mount: a mount point inside the root
