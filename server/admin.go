@@ -258,7 +258,10 @@ func (a *adminService) RevokeIssuer(ctx context.Context, req *serverv1.RevokeIss
 		if err := req.GetAt().CheckValid(); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "revoke: at: %v", err)
 		}
-		at = req.GetAt().AsTime().UTC()
+		// Down to the second, as trust.SigningCA ends the window:
+		// timestamps may round their time down, so a revocation between
+		// two whole seconds would admit a signature made just after it.
+		at = req.GetAt().AsTime().UTC().Truncate(time.Second)
 	}
 	if at.After(now) {
 		return nil, status.Errorf(codes.InvalidArgument, "revoke: at %s is in the future; revocation takes effect from a past or present time", at.Format(time.RFC3339))

@@ -258,10 +258,13 @@ func TestSigningCARotation(t *testing.T) {
 	// bundle and the in-grace one.
 	_, err = f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(f.clk.now().Add(time.Hour))})
 	require.Equal(t, codes.InvalidArgument, code(err))
-	revokeAt := f.clk.now().Add(-trust.TaintGrace - 30*time.Second)
-	revoked, err := f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(revokeAt)})
+	// Between two whole seconds: revoked from the earlier one, since a
+	// timestamp's time may be rounded down (TestRevokedBetweenSeconds).
+	revokeAt := f.clk.now().Add(-trust.TaintGrace - 30*time.Second).Truncate(time.Second)
+	revoked, err := f.admin.RevokeIssuer(ctx, &serverv1.RevokeIssuerRequest{At: timestamppb.New(revokeAt.Add(250 * time.Millisecond))})
 	require.NoError(t, err)
 	require.Equal(t, issuerRevoked, revoked.GetState())
+	require.True(t, revoked.GetRevokedAt().AsTime().Equal(revokeAt), "revoked from %s, want the whole second %s", revoked.GetRevokedAt().AsTime(), revokeAt)
 	require.True(t, revoked.GetTrustedUntil().AsTime().Equal(revokeAt.Add(-time.Nanosecond)), "revoked from T: trusted until just before")
 	require.Equal(t, map[string]string{tainted.GetId(): issuerRevoked, prepared.GetId(): issuerActive}, f.states(t))
 

@@ -91,7 +91,8 @@ func (c CA) Anchor() *x509.Certificate { return c.Chain[len(c.Chain)-1] }
 // last) whose issuing CA was tainted at taintedAt and revoked from
 // revokedAt (zero when not) is trusted from the latest NotBefore of its
 // certificates to the earliest of their NotAfter, the instant before
-// revokedAt and the instant before the end of the taint's grace.
+// revokedAt's whole second and the instant before the end of the taint's
+// grace.
 func SigningCA(chain []*x509.Certificate, taintedAt, revokedAt time.Time) (CA, error) {
 	if len(chain) == 0 {
 		return CA{}, errors.New("trust: empty CA chain")
@@ -108,7 +109,12 @@ func SigningCA(chain []*x509.Certificate, taintedAt, revokedAt time.Time) (CA, e
 	}
 	notBefore, notAfter := Window(chain)
 	r := Range{Start: notBefore, End: notAfter}
-	if !revokedAt.IsZero() && before(revokedAt).Before(r.End) {
+	// A revocation takes effect from the whole second at or before
+	// revokedAt: a timestamp's time may be rounded down (Hallmark's
+	// authority rounds it to the millisecond), so a signature made just
+	// after a revocation between two whole seconds could carry a time
+	// before it.
+	if revokedAt = revokedAt.Truncate(time.Second); !revokedAt.IsZero() && before(revokedAt).Before(r.End) {
 		r.End = before(revokedAt)
 	}
 	if !taintedAt.IsZero() {

@@ -137,6 +137,11 @@ func NewTrustedRootFromState(s trust.State, opts ...Option) (*TrustedRoot, error
 		if err != nil {
 			return nil, fmt.Errorf("verify: trusted root tlogs[%d]: %w", i, err)
 		}
+		if _, dup := tr.legacyLogs[string(legacy)]; dup {
+			// One key under two origins: a legacy entry names its log by
+			// the key alone, so it could be checked against either.
+			return nil, fmt.Errorf("verify: trusted root tlogs[%d]: its key is another log's too (legacy log ID %x)", i, legacy)
+		}
 		tr.legacyLogs[string(legacy)] = tl
 	}
 	if len(tr.logs) == 0 {

@@ -8,6 +8,7 @@ import (
 	trustrootpb "github.com/sigstore/protobuf-specs/gen/pb-go/trustroot/v1"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/hallmark-dev/hallmark/attest/verify"
@@ -78,6 +79,11 @@ func TestParseTrustedRoot(t *testing.T) {
 		}},
 		{name: "log listed twice", err: "duplicate log ID", change: func(tr *trustrootpb.TrustedRoot) {
 			tr.Tlogs = append(tr.Tlogs, tr.Tlogs[0])
+		}},
+		{name: "log key under a second origin", err: "its key is another log's too", change: func(tr *trustrootpb.TrustedRoot) {
+			other := proto.Clone(tr.Tlogs[0]).(*trustrootpb.TransparencyLogInstance)
+			other.BaseUrl, other.LogId, other.CheckpointKeyId = "https://other.example", nil, nil
+			tr.Tlogs = append(tr.Tlogs, other)
 		}},
 	}
 	for _, tc := range tests {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 )
@@ -512,6 +513,50 @@ func TestRotation(t *testing.T) {
 			require.NoError(t, err)
 			require.Contains(t, res.Issuer+",", tc.issuer)
 			require.Equal(t, tc.at, res.SignedAt)
+		})
+	}
+}
+
+// TestRevokedBetweenSeconds: a signature made after a revocation verifies
+// not even when the revocation falls between two whole seconds and the
+// timestamp authority rounds the signature's time down to before it (as
+// the log's authority does, to the millisecond): the trust rule
+// (trust.SigningCA) ends the window at the whole second. What was signed
+// before that second still verifies.
+func TestRevokedBetweenSeconds(t *testing.T) {
+	h, err := verifytest.New(t0)
+	require.NoError(t, err)
+	agent, err := h.CAs[0].NewAgent(verifytest.AgentID, t0.Add(-time.Minute), t0.Add(time.Minute))
+	require.NoError(t, err)
+	revokedAt := t0.Add(500 * time.Microsecond) // revoke --at t0+0.0005s
+	ca, err := trust.SigningCA(h.CAs[0].Chain, time.Time{}, revokedAt)
+	require.NoError(t, err)
+	h.CAs[0].ValidUntil = ca.ValidFor.End // as the server exports it
+	root := (&fixture{h: h}).trustedRoot(t)
+
+	tests := []struct {
+		name     string
+		signedAt time.Time
+		verifies bool
+	}{
+		{"after the revocation, timestamped before it", revokedAt.Add(300 * time.Microsecond), false},
+		{"in the revocation's second, before it", t0.Add(100 * time.Microsecond), false},
+		{"at the revocation", revokedAt, false},
+		{"the second before", t0.Add(-time.Millisecond), true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := h.Attest(agent, step(agent.ID), tc.signedAt)
+			require.NoError(t, err)
+			res, err := verify.Verify(marshal(t, b), []verify.Digest{product()}, verify.Options{TrustedRoot: root})
+			if tc.verifies {
+				require.NoError(t, err)
+				require.True(t, res.SignedAt.Before(t0))
+				return
+			}
+			var ce *verify.CheckError
+			require.ErrorAs(t, err, &ce, "signed at %s, revoked at %s", tc.signedAt.Format(time.RFC3339Nano), revokedAt.Format(time.RFC3339Nano))
+			require.Equal(t, verify.CheckChain, ce.Check, "error: %v", err)
 		})
 	}
 }
