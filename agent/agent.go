@@ -211,6 +211,10 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (hallmark-agent needs CAP_NET_ADMIN and the host's network, user and pid namespaces: on Kubernetes hostNetwork and hostPID)", err)
 	}
+	if execs.Unfiltered() {
+		a.log.Warn("The kernel sends the exec watch every process event, not exec events alone (Linux before 6.6): " +
+			"a local user making events fast enough (forks, thread renames) can overflow it, and the steps connected meanwhile are refused")
+	}
 	lim := a.cfg.LocalLimits.withDefaults()
 	// Every connection holds up to four descriptors (socket, pidfd,
 	// /proc/PID/cmdline and status); the rest must stay free for the

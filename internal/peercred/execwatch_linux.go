@@ -58,6 +58,10 @@ type ExecWatch struct {
 	broken error // sticky: the watch cannot vouch for anything any more
 	canary int32 // the thread id whose comm event proves delivery
 	seen   bool  // the canary was seen
+
+	// unfiltered: the kernel sends every process event, not exec events
+	// alone (before Linux 6.6). Set before the watch is shared.
+	unfiltered bool
 }
 
 // WatchExecs subscribes to the kernel's exec events and checks that they
@@ -68,19 +72,69 @@ func WatchExecs() (*ExecWatch, error) {
 		return nil, fmt.Errorf("%w: netlink connector socket: %w", ErrExecWatch, err)
 	}
 	w := &ExecWatch{fd: fd, conns: map[int32]map[*Conn]struct{}{}, buf: make([]byte, 64<<10)}
-	if err := w.subscribe(); err != nil {
+	if err := w.join(); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
 	w.file = os.NewFile(uintptr(fd), "proc-connector")
-	if err := w.proveDelivery(); err != nil {
+	if err := w.start(); err != nil {
 		w.file.Close()
 		return nil, err
 	}
 	return w, nil
 }
 
-func (w *ExecWatch) subscribe() error {
+// start subscribes and proves delivery, then narrows the subscription to
+// exec events. Comm events, which the proof needs, are made at will by
+// any process (prctl PR_SET_NAME, about a microsecond each): left on, a
+// flood of them overflows the socket and refuses every connection
+// (TestCommFloodRefusesNoOne). Linux 6.6 filters per socket; earlier
+// kernels ignore a filtered subscription and send every event to those
+// who subscribe without one.
+func (w *ExecWatch) start() error {
+	if err := w.listen(procEventExec | procEventComm); err != nil {
+		return err
+	}
+	seen, err := w.proveDelivery(250 * time.Millisecond)
+	if err != nil {
+		return err
+	}
+	if !seen { // before Linux 6.6, or outside the host's namespaces
+		if err := w.listen(0); err != nil {
+			return err
+		}
+		if seen, err = w.proveDelivery(2 * time.Second); err != nil {
+			return err
+		}
+		if !seen {
+			return fmt.Errorf("%w: no process events arrive (the agent must run in the host's user and pid namespaces)", ErrExecWatch)
+		}
+		w.unfiltered = true
+		return nil
+	}
+	if err := w.listen(procEventExec); err != nil {
+		return err
+	}
+	// A kernel that took the first filter takes this one; one that sends
+	// every event because something else on the host subscribed without
+	// a filter (before Linux 6.6) still sends the canary's.
+	seen, err = w.proveDelivery(20 * time.Millisecond)
+	w.unfiltered = seen
+	return err
+}
+
+// ignoredFilter makes filtered subscriptions a length every kernel
+// ignores, as kernels before Linux 6.6 ignore them: for tests.
+var ignoredFilter bool
+
+// Unfiltered reports whether the kernel sends the watch every process
+// event rather than exec events alone (kernels before Linux 6.6): then
+// any local user making events fast enough (forks, thread renames) can
+// overflow the watch, and the connections open meanwhile are refused.
+func (w *ExecWatch) Unfiltered() bool { return w.unfiltered }
+
+// join binds the socket to the process events group.
+func (w *ExecWatch) join() error {
 	if err := unix.Bind(w.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: cnIdxProc}); err != nil {
 		return fmt.Errorf("%w: join the process events group (needs CAP_NET_ADMIN and the host network namespace): %w", ErrExecWatch, err)
 	}
@@ -90,10 +144,23 @@ func (w *ExecWatch) subscribe() error {
 	if err := unix.SetsockoptInt(w.fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, execWatchRcvBuf); err != nil {
 		return fmt.Errorf("%w: receive buffer: %w", ErrExecWatch, err)
 	}
-	// nlmsghdr, cn_msg, then struct proc_input: listen, to exec and comm
-	// events only (the filter needs Linux 6.6; older kernels send every
-	// event, which costs more and changes nothing else).
-	msg := make([]byte, unix.NLMSG_HDRLEN+cnMsgLen+8)
+	return nil
+}
+
+// listen subscribes to the events of the types in mask (struct
+// proc_input, Linux 6.6) or, with mask 0, to every event (the bare enum
+// proc_cn_mcast_op, the only form earlier kernels take: they ignore a
+// message of any other length).
+func (w *ExecWatch) listen(mask uint32) error {
+	n := 4
+	if mask != 0 {
+		n = 8
+		if ignoredFilter {
+			n = 12
+		}
+	}
+	// nlmsghdr, cn_msg, then the operation (and the event types).
+	msg := make([]byte, unix.NLMSG_HDRLEN+cnMsgLen+n)
 	ne := binary.NativeEndian
 	ne.PutUint32(msg[0:], uint32(len(msg)))
 	ne.PutUint16(msg[4:], unix.NLMSG_DONE)
@@ -101,9 +168,11 @@ func (w *ExecWatch) subscribe() error {
 	c := msg[unix.NLMSG_HDRLEN:]
 	ne.PutUint32(c[0:], cnIdxProc)
 	ne.PutUint32(c[4:], cnValProc)
-	ne.PutUint16(c[16:], 8)
+	ne.PutUint16(c[16:], uint16(n))
 	ne.PutUint32(c[cnMsgLen:], procCNMcastListn)
-	ne.PutUint32(c[cnMsgLen+4:], procEventExec|procEventComm)
+	if mask != 0 {
+		ne.PutUint32(c[cnMsgLen+4:], mask)
+	}
 	if err := unix.Sendto(w.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return fmt.Errorf("%w: subscribe: %w", ErrExecWatch, err)
 	}
@@ -111,10 +180,14 @@ func (w *ExecWatch) subscribe() error {
 }
 
 // proveDelivery renames a thread of this process (prctl PR_SET_NAME, which
-// the connector reports as a comm event) and waits to see it: the kernel
-// silently ignores subscriptions from outside the initial user and pid
-// namespaces.
-func (w *ExecWatch) proveDelivery() error {
+// the connector reports as a comm event) and reports whether the watch
+// sees it within wait: the kernel silently ignores subscriptions from
+// outside the initial user and pid namespaces, and filtered ones before
+// Linux 6.6.
+func (w *ExecWatch) proveDelivery(wait time.Duration) (bool, error) {
+	w.mu.Lock()
+	w.seen = false
+	w.mu.Unlock()
 	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -133,23 +206,19 @@ func (w *ExecWatch) proveDelivery() error {
 		done <- err
 	}()
 	if err := <-done; err != nil {
-		return fmt.Errorf("%w: prctl: %w", ErrExecWatch, err)
+		return false, fmt.Errorf("%w: prctl: %w", ErrExecWatch, err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
+	deadline := time.Now().Add(wait)
+	for {
 		w.mu.Lock()
 		err := w.drain()
 		seen := w.seen
 		w.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if seen {
-			return nil
+		if err != nil || seen || time.Now().After(deadline) {
+			return seen, err
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return fmt.Errorf("%w: no process events arrive (the agent must run in the host's user and pid namespaces)", ErrExecWatch)
 }
 
 // Run drains events as they arrive, until ctx ends, so that the socket's

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,6 +45,94 @@ func listenWatched(t *testing.T, w *ExecWatch) (*Listener, string) {
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return l, path
+}
+
+// Must show: another uid renaming its threads as fast as it can (each
+// rename is a comm event, which the watch asks for only to prove delivery
+// at start) refuses no connection: the watch listens to exec events alone
+// from then on (Linux 6.6's per-socket filter). With comm events still on,
+// the flood overflowed the watch's socket within a second and refused
+// every connection open at the time (an attacker review).
+func TestCommFloodRefusesNoOne(t *testing.T) {
+	w := watch(t)
+	if !kernelAtLeast(t, 6, 6) {
+		t.Skipf("Linux before 6.6 sends every process event (Unfiltered: %v): no filter to test", w.Unfiltered())
+	}
+	require.False(t, w.Unfiltered(), "Linux 6.6 filters events per socket")
+	l, path := listenWatched(t, w)
+	h := startHelper(t, "hold", path) // another tenant's step
+	h.expect(t, "ready")
+	c := accept(t, l)
+	require.NoError(t, c.Verify(), "before the flood")
+
+	exe := worldExecutableCopy(t)
+	for range 2 { // one per core
+		cmd := exec.Command(exe, "-test.run=^TestHelperProcess$", "-test.count=1")
+		cmd.Env = append(os.Environ(), envRole+"=rename-flood", envSock+"="+path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		f := startPrepared(t, cmd)
+		f.expect(t, "flooding")
+		t.Cleanup(func() { f.stop(t) })
+	}
+	checks := 0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); checks++ {
+		require.NoError(t, c.Verify(), "during the flood, check %d", checks)
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the connection verified %d times during 3 s of thread renames by two processes of uid 65534", checks)
+}
+
+// Must show: where the kernel ignores the filtered subscription (before
+// Linux 6.6, simulated by sending it in a length every kernel ignores),
+// the watch says it is unfiltered and still refuses a peer that execs and
+// keeps one that does not. Here earlier watches of this process have
+// subscribed, so events reach the socket anyway and the watch finds out
+// when narrowing; with no other subscriber it finds out at the first
+// proof and subscribes without a filter, the only form such kernels take
+// (before this, the agent sent only the filtered form and, on such a
+// kernel with no other subscriber, refused to start). That branch needs
+// an old kernel: it is not run here.
+func TestExecWatchWithoutFilter(t *testing.T) {
+	ignoredFilter = true
+	w := watch(t)
+	ignoredFilter = false
+	require.True(t, w.Unfiltered())
+	l, path := listenWatched(t, w)
+	h := startHelperEnv(t, "exec-chain", path, []string{"PEERCRED_CHAIN=self"})
+	c := accept(t, l)
+	h.expect(t, "connected")
+	require.Equal(t, "hi", readN(t, c, 2))
+	require.NoError(t, c.Verify(), "before the exec")
+	_, err := h.stdin.Write([]byte("x"))
+	require.NoError(t, err)
+	h.expect(t, "done")
+	require.ErrorIs(t, c.Verify(), ErrPeerExeced)
+}
+
+// kernelAtLeast reports whether the running kernel is major.minor or later.
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	t.Helper()
+	var uts unix.Utsname
+	require.NoError(t, unix.Uname(&uts))
+	var maj, mnr int
+	_, err := fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &maj, &mnr)
+	require.NoError(t, err)
+	return maj > major || maj == major && mnr >= minor
+}
+
+// worldExecutableCopy copies the test binary where any user may run it
+// (go test builds it in a directory only its owner can enter).
+func worldExecutableCopy(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "peercred-exe-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	data, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	exe := filepath.Join(dir, "peercred.test")
+	require.NoError(t, os.WriteFile(exe, data, 0o755))
+	return exe
 }
 
 // Must show: a peer that execs after connecting is refused, whatever it

@@ -9,10 +9,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -60,6 +63,21 @@ func runHelper(role, sock string) error {
 		}
 		say("ready")
 		waitStdin()
+		return nil
+
+	case "rename-flood":
+		// Rename this thread as fast as it can (each rename is a comm
+		// event for the process events connector) until stdin closes.
+		runtime.LockOSThread()
+		var stop atomic.Bool
+		go func() { waitStdin(); stop.Store(true) }()
+		names := [2][16]byte{[16]byte([]byte("flood-a\x00\x00\x00\x00\x00\x00\x00\x00\x00")), [16]byte([]byte("flood-b\x00\x00\x00\x00\x00\x00\x00\x00\x00"))}
+		say("flooding")
+		for i := 0; !stop.Load(); i++ {
+			if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&names[i&1][0])), 0, 0, 0); err != nil {
+				return err
+			}
+		}
 		return nil
 
 	case "connect-exit":
