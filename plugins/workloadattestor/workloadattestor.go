@@ -4,9 +4,11 @@
 package workloadattestor
 
 import (
+	"fmt"
 	"os/user"
 	"strconv"
 	"sync"
+	"syscall"
 )
 
 // Caller is a local process, as identified by the kernel at accept time:
@@ -118,4 +120,25 @@ func (c Caller) GroupName(gid uint32) (string, bool) {
 		return lookup{name: g.Name, ok: true}
 	})
 	return l.name, l.ok
+}
+
+// PathTrusted reports whether the path by which proc/PID/exe names the
+// caller's executable can be taken as that file's place on this host: only
+// when the caller is in the agent's own user namespace. In a user
+// namespace of its own, any user can mount what it likes over any path
+// (unshare -Urm, then a bind mount over /usr/bin/make, then exec it), and
+// the kernel names the executable by the path it has there. Mount
+// namespaces made by root (a container runtime's) leave the caller in
+// ours: there the path is the one the runtime's mounts give it. The
+// executable's content (read through proc/PID/exe, the very file) is
+// trustworthy either way.
+func PathTrusted(proc string, pid int32) (bool, error) {
+	var theirs, ours syscall.Stat_t
+	if err := syscall.Stat(fmt.Sprintf("%s/%d/ns/user", proc, pid), &theirs); err != nil {
+		return false, fmt.Errorf("user namespace of pid %d: %w", pid, err)
+	}
+	if err := syscall.Stat("/proc/self/ns/user", &ours); err != nil {
+		return false, fmt.Errorf("own user namespace: %w", err)
+	}
+	return theirs.Dev == ours.Dev && theirs.Ino == ours.Ino, nil
 }

@@ -50,6 +50,9 @@ const (
 //   - path is /proc/PID/exe as hallmark-agent reads it, and SPIRE's as the
 //     SPIRE agent reads it (or under HOST_PROC): they agree when both run
 //     in the same mount namespace and root, as two services on one host do.
+//     hallmark-agent gives no path for a caller in a user namespace other
+//     than its own, where SPIRE gives one: there any user can mount what
+//     it likes over any path (workloadattestor.PathTrusted).
 //   - sha256 is of the same file; hallmark-agent may use a digest it
 //     remembers (internal/exedigest: only for files only root can change).
 //   - SPIRE's other workload attestors (docker, k8s, systemd, ...) play no
@@ -126,7 +129,13 @@ func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error
 		if err != nil {
 			return nil, err
 		}
-		sels = append(sels, "path:"+path)
+		trusted, err := workloadattestor.PathTrusted(a.proc, c.PID)
+		if err != nil {
+			return nil, fmt.Errorf("spire: %w", err)
+		}
+		if trusted {
+			sels = append(sels, "path:"+path)
+		}
 		if sum != "" {
 			sels = append(sels, "sha256:"+sum)
 		}

@@ -52,11 +52,19 @@ func fakeExe(t *testing.T, target string, pids ...int32) string {
 	t.Helper()
 	proc := t.TempDir()
 	for _, pid := range pids {
-		dir := filepath.Join(proc, strconv.Itoa(int(pid)))
-		require.NoError(t, os.Mkdir(dir, 0o700))
-		require.NoError(t, os.Symlink(target, filepath.Join(dir, "exe")))
+		fakeExeOf(t, proc, pid, target)
 	}
 	return proc
+}
+
+// fakeExeOf makes proc/PID/exe a symlink to target, and proc/PID/ns/user
+// one to this process's user namespace.
+func fakeExeOf(t *testing.T, proc string, pid int32, target string) {
+	t.Helper()
+	dir := filepath.Join(proc, strconv.Itoa(int(pid)))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "ns"), 0o700))
+	require.NoError(t, os.Symlink(target, filepath.Join(dir, "exe")))
+	require.NoError(t, os.Symlink("/proc/self/ns/user", filepath.Join(dir, "ns", "user")))
 }
 
 func exeFile(t *testing.T, content string) (path, sum string) {
@@ -95,6 +103,7 @@ func TestSelectorAttestorSelectors(t *testing.T) {
 		caller  workloadattestor.Caller
 		want    []string
 		wantErr string // refused, nothing asked
+		otherNS bool   // the caller is in a user namespace of its own
 	}{
 		{name: "ids and names only, as SPIRE without discover_workload_path", caller: rootCaller, want: root},
 		{
@@ -122,12 +131,21 @@ func TestSelectorAttestorSelectors(t *testing.T) {
 			caller:  workloadattestor.Caller{PID: 99, UID: 0, GID: 0},
 			wantErr: "spire: executable of pid 99:",
 		},
+		{
+			name: "caller in a user namespace of its own: no path, where SPIRE gives one", extra: "discover_workload_path = true\n", caller: unnamedCaller,
+			otherNS: true, want: slices.Concat(unnamed, []string{"unix:sha256:" + sum}),
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fake := &fakeDelegatedIdentity{subscribe: answer(svid("td", "/ci/step"))}
 			a := newSelectorAttestor(t, serve(t, fake), tt.extra)
 			a.proc = fakeExe(t, exe, 4242)
+			if tt.otherNS { // any inode but our user namespace's
+				ns := filepath.Join(a.proc, "4242", "ns", "user")
+				require.NoError(t, os.Remove(ns))
+				require.NoError(t, os.Symlink("/proc/self/ns/mnt", ns))
+			}
 			res, err := a.Attest(context.Background(), tt.caller)
 			if tt.wantErr != "" {
 				require.ErrorContains(t, err, tt.wantErr)
@@ -157,8 +175,7 @@ func TestSelectorAttestorSharesSubscriptions(t *testing.T) {
 	exe, _ := exeFile(t, "the step's program")
 	other, _ := exeFile(t, "another program")
 	a.proc = fakeExe(t, exe, 10, 11, 12)
-	require.NoError(t, os.Mkdir(filepath.Join(a.proc, "14"), 0o700))
-	require.NoError(t, os.Symlink(other, filepath.Join(a.proc, "14", "exe")))
+	fakeExeOf(t, a.proc, 14, other)
 
 	for _, c := range []workloadattestor.Caller{
 		{PID: 10, UID: 1000, GID: 1000}, {PID: 11, UID: 1000, GID: 1000}, {PID: 12, UID: 1000, GID: 1000},

@@ -60,8 +60,9 @@ func New(cfg Config, digests *exedigest.Cache) *Attestor {
 }
 
 // Attest returns unix:uid, unix:gid, unix:user and unix:group (when the
-// names resolve), unix:path (the executable) and, when configured,
-// unix:sha256.
+// names resolve), unix:path (the executable; only for a caller in the
+// agent's user namespace, see workloadattestor.PathTrusted) and, when
+// configured, unix:sha256.
 func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
 	var sel []string
 	for _, s := range c.IDSelectors() {
@@ -72,7 +73,13 @@ func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloa
 	if err != nil {
 		return workloadattestor.Result{}, fmt.Errorf("unix: executable of pid %d: %w", c.PID, err)
 	}
-	sel = append(sel, "unix:path:"+path)
+	trusted, err := workloadattestor.PathTrusted(a.proc, c.PID)
+	if err != nil {
+		return workloadattestor.Result{}, fmt.Errorf("unix: %w", err)
+	}
+	if trusted {
+		sel = append(sel, "unix:path:"+path)
+	}
 	if a.cfg.HashExecutable {
 		sum, err := a.hashExe(exeLink)
 		if err != nil {
