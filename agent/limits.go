@@ -1,10 +1,6 @@
 package agent
 
-import (
-	"context"
-	"sync"
-	"time"
-)
+import "time"
 
 // LocalLimits bound what callers of the local API may hold at once, so that
 // one uid abusing the socket cannot starve another's steps or the agent.
@@ -58,71 +54,4 @@ func (l LocalLimits) withDefaults() LocalLimits {
 		l.IdleTimeout = DefaultIdleTimeout
 	}
 	return l
-}
-
-// uidLimit bounds work under way per uid and, optionally, in all. A uid
-// waits for its own slots first, so a uid over its bound never holds a
-// slot of the shared bound: other uids always find one free while fewer
-// than total/perUID uids are busy.
-type uidLimit struct {
-	perUID int
-	all    chan struct{} // nil: no bound in all
-
-	mu   sync.Mutex
-	uids map[uint32]*uidSlots
-}
-
-type uidSlots struct {
-	slots chan struct{}
-	refs  int // holders and waiters; the entry goes at zero
-}
-
-func newUIDLimit(perUID, all int) *uidLimit {
-	l := &uidLimit{perUID: perUID, uids: map[uint32]*uidSlots{}}
-	if all > 0 {
-		l.all = make(chan struct{}, all)
-	}
-	return l
-}
-
-// acquire waits for a slot of uid's (and one in all) until ctx ends; the
-// returned func gives them back.
-func (l *uidLimit) acquire(ctx context.Context, uid uint32) (func(), error) {
-	l.mu.Lock()
-	s := l.uids[uid]
-	if s == nil {
-		s = &uidSlots{slots: make(chan struct{}, l.perUID)}
-		l.uids[uid] = s
-	}
-	s.refs++
-	l.mu.Unlock()
-	drop := func() {
-		l.mu.Lock()
-		if s.refs--; s.refs == 0 {
-			delete(l.uids, uid)
-		}
-		l.mu.Unlock()
-	}
-	select {
-	case s.slots <- struct{}{}:
-	case <-ctx.Done():
-		drop()
-		return nil, ctx.Err()
-	}
-	if l.all != nil {
-		select {
-		case l.all <- struct{}{}:
-		case <-ctx.Done():
-			<-s.slots
-			drop()
-			return nil, ctx.Err()
-		}
-	}
-	return func() {
-		if l.all != nil {
-			<-l.all
-		}
-		<-s.slots
-		drop()
-	}, nil
 }

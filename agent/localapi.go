@@ -28,6 +28,7 @@ import (
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
+	"github.com/hallmark-dev/hallmark/internal/uidlimit"
 	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
@@ -71,7 +72,7 @@ type localAPI struct {
 	auditLog *zap.Logger
 	// attests and idents bound, per uid and in all, the attestations and
 	// the identifications (workload attestor calls) under way.
-	attests, idents *uidLimit
+	attests, idents *uidlimit.Limit
 
 	mu      sync.Mutex // guards watched
 	watched map[*peercred.Conn]*watchedIDs
@@ -101,8 +102,8 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	lim := a.cfg.LocalLimits.withDefaults()
 	api := &localAPI{
 		a: a, auditLog: a.log.WithOptions(zap.WithCaller(false)),
-		attests: newUIDLimit(lim.AttestationsPerUID, 0),
-		idents:  newUIDLimit(lim.IdentificationsPerUID, lim.Identifications),
+		attests: uidlimit.New(lim.AttestationsPerUID, 0),
+		idents:  uidlimit.New(lim.IdentificationsPerUID, lim.Identifications),
 	}
 	if v := os.Getenv(pauseBeforeSignEnv); v != "" {
 		d, err := time.ParseDuration(v)
@@ -283,7 +284,7 @@ func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
 		}
 		return refuse(codes.PermissionDenied, denyCallerChanged, "caller changed since it connected: "+err.Error())
 	}
-	release, err := api.idents.acquire(ctx, c.peer.UID)
+	release, err := api.idents.Acquire(ctx, c.peer.UID)
 	if err != nil {
 		return refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting to be identified: "+err.Error())
 	}
@@ -432,7 +433,7 @@ func (au *audit) deny(r *refusal) error {
 
 // limit waits for one of the caller's uid's attestation slots.
 func (api *localAPI) limit(ctx context.Context, c *caller) (func(), *refusal) {
-	release, err := api.attests.acquire(ctx, c.peer.UID)
+	release, err := api.attests.Acquire(ctx, c.peer.UID)
 	if err != nil {
 		return nil, refuse(status.Code(status.FromContextError(err).Err()), denyLimits, "waiting for the caller's other attestations: "+err.Error())
 	}

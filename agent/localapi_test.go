@@ -6,7 +6,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -107,32 +106,4 @@ func TestRefusalsSayNothingAboutFiles(t *testing.T) {
 		require.Equal(t, "no policy rule matches spiffe://example.org/other", m)
 	}
 	require.Zero(t, metricValue(t, fx.a.metrics.measuredFiles))
-}
-
-// The uid limits: a uid waits for its own slots; other uids never wait
-// behind it, even with the shared bound taken up to what one uid may hold.
-func TestUIDLimitFair(t *testing.T) {
-	l := newUIDLimit(2, 3)
-	ctx := context.Background()
-	var held []func()
-	for range 2 {
-		release, err := l.acquire(ctx, 1000)
-		require.NoError(t, err)
-		held = append(held, release)
-	}
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	_, err := l.acquire(short, 1000)
-	require.ErrorIs(t, err, context.DeadlineExceeded, "uid 1000 is at its bound")
-	release, err := l.acquire(ctx, 2000)
-	require.NoError(t, err, "another uid is served")
-	release()
-	held[0]()
-	release, err = l.acquire(ctx, 1000)
-	require.NoError(t, err, "a slot given back is taken again")
-	release()
-	held[1]()
-	l.mu.Lock()
-	require.Empty(t, l.uids, "no state left for idle uids")
-	l.mu.Unlock()
 }
