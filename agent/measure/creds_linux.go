@@ -3,12 +3,15 @@
 package measure
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hallmark-dev/hallmark/internal/uidlimit"
 )
 
 // creds are the file-access credentials a measurement runs with: the
@@ -34,15 +37,15 @@ func (c *creds) equal(o *creds) bool {
 }
 
 // run calls fn on a measuring thread that holds c's credentials, and waits
-// for it. A nil c runs fn as it is, with the agent's own.
-func (c *creds) run(fn func() error) error {
+// for it. A nil c runs fn as it is, with the agent's own. It waits for a
+// thread only while ctx lasts: when ctx ends first, fn runs nowhere and run
+// fails with ctx's error. Once a thread runs fn, run waits for fn, which
+// owns what it uses until it returns (fn is expected to watch ctx itself).
+func (c *creds) run(ctx context.Context, fn func() error) error {
 	if c == nil {
 		return fn()
 	}
-	measuring.once.Do(measuring.start)
-	t := task{c: c, fn: fn, done: make(chan error, 1)}
-	measuring.tasks <- t
-	return <-t.done
+	return measuring.get().run(ctx, c, fn)
 }
 
 // measuring are the threads that measure for callers. Linux keeps
@@ -54,32 +57,89 @@ func (c *creds) run(fn func() error) error {
 // of package syscall.
 var measuring threads
 
+// threads starts the measuring threads on first use: Hash alone never
+// needs them.
 type threads struct {
-	once  sync.Once
+	once sync.Once
+	p    *pool
+}
+
+func (ts *threads) get() *pool {
+	ts.once.Do(func() { ts.p = newPool(max(4, 2*runtime.GOMAXPROCS(0))) })
+	return ts.p
+}
+
+// pool is a fixed set of measuring threads, shared out among uids. A task
+// holds its thread for as long as it measures (a worker of a large request
+// hashes file after file), so without a bound per uid one uid's few large
+// requests (sparse files cost no disk) would hold every thread while other
+// uids' measurements wait past their deadlines. A uid may hold at most half
+// the threads (share) and waits for its own share first, as the local
+// API's per-uid limits do: a uid over its share never holds a thread
+// another uid could have, so another uid always finds a thread free while
+// fewer than two uids are busy. Half is no cost to a lone request: the pool
+// is twice GOMAXPROCS, so a share is at least GOMAXPROCS threads, the
+// default number of hashing workers.
+type pool struct {
 	tasks chan task
+	share int // threads one uid may hold at once
+	limit *uidlimit.Limit
 }
 
 type task struct {
+	ctx  context.Context
 	c    *creds
 	fn   func() error
 	done chan error
 }
 
-func (ts *threads) start() {
-	ts.tasks = make(chan task)
-	for range max(4, 2*runtime.GOMAXPROCS(0)) {
-		go ts.work()
+// newPool starts n measuring threads.
+func newPool(n int) *pool {
+	p := &pool{tasks: make(chan task), share: max(1, n/2)}
+	p.limit = uidlimit.New(p.share, n)
+	for range n {
+		go p.work()
 	}
+	return p
+}
+
+// run waits, while ctx lasts, for a thread of c's uid's share (and so for
+// one of the pool's: holders never outnumber threads, so one is free or
+// about to be), hands it fn and waits for fn.
+func (p *pool) run(ctx context.Context, c *creds, fn func() error) error {
+	release, err := p.limit.Acquire(ctx, c.uid)
+	if err != nil {
+		return waitError(err)
+	}
+	defer release()
+	t := task{ctx: ctx, c: c, fn: fn, done: make(chan error, 1)}
+	select {
+	case p.tasks <- t:
+	case <-ctx.Done():
+		return waitError(ctx.Err())
+	}
+	return <-t.done
+}
+
+func waitError(err error) error {
+	return fmt.Errorf("measure: waiting for a measuring thread: %w", err)
 }
 
 // work runs tasks on a thread of its own, forever.
-func (ts *threads) work() {
+func (p *pool) work() {
 	runtime.LockOSThread() // never unlocked: the thread measures and nothing else
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var own [2]unix.CapUserData
 	ownErr := unix.Capget(&hdr, &own[0])
 	var held *creds // the credentials the thread holds; nil: unsure
-	for t := range ts.tasks {
+	for t := range p.tasks {
+		// A task's ctx may end as it is handed over (run's select picks
+		// either ready case): a thread never starts work whose ctx has
+		// ended.
+		if err := t.ctx.Err(); err != nil {
+			t.done <- waitError(err)
+			continue
+		}
 		if held == nil || !held.equal(t.c) {
 			held = nil
 			err := ownErr

@@ -85,7 +85,7 @@ func measureAs(ctx context.Context, c Caller, dir string, prels, mrels []string,
 			unix.Close(fd)
 		}
 	}()
-	err = cr.run(func() error {
+	err = cr.run(ctx, func() error {
 		var err error
 		if fd, err = openWorkspace(c.Root, dir); err != nil {
 			return err
@@ -548,8 +548,14 @@ func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits, p *Pr
 	}
 	var total atomic.Int64
 	workers := min(lim.Workers, len(files))
+	if c != nil {
+		// A worker holds its thread until no file is left: one beyond
+		// the uid's share would get a thread only when there is nothing
+		// left to hash.
+		workers = min(workers, measuring.get().share)
+	}
 	if workers <= 1 {
-		err := c.run(func() error {
+		err := c.run(ctx, func() error {
 			bp := pool.Get().(*[]byte)
 			defer pool.Put(bp)
 			for i, f := range files {
@@ -570,7 +576,7 @@ func hashFiles(ctx context.Context, r *resolver, files []file, lim Limits, p *Pr
 	var next atomic.Int64
 	for range workers {
 		g.Go(func() error {
-			return c.run(func() error {
+			return c.run(gctx, func() error {
 				bp := pool.Get().(*[]byte)
 				defer pool.Put(bp)
 				for {

@@ -65,7 +65,9 @@ type Limits struct {
 	// DefaultMaxTotalBytes.
 	MaxTotalBytes int64
 	// Workers is how many files are hashed at once. Default
-	// runtime.GOMAXPROCS(0).
+	// runtime.GOMAXPROCS(0). Measure uses at most the caller's uid's
+	// share of the measuring threads (see Measure), which is never less
+	// than the default.
 	Workers int
 }
 
@@ -173,6 +175,12 @@ type Caller struct {
 // procfs or sysfs: those fail with ErrEscapes. Every name in both lists is
 // walked, and every file checked for access by c, before any content is
 // read: a file c could not read fails with ErrNoAccess.
+//
+// The measuring threads are shared by all callers: one uid holds at most
+// half of them at once (at least GOMAXPROCS) and its further work waits for
+// its own share, so that one uid's large measurements cannot keep another
+// uid's waiting. Measure waits for a thread only while ctx lasts; then it
+// fails with ctx's error, wrapped.
 func Measure(ctx context.Context, c Caller, workspace string, products, materials []string, lim Limits, p *Progress) (prods, mats []Digest, err error) {
 	return measure(ctx, c, workspace, products, materials, lim, p, nil)
 }
