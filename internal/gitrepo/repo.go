@@ -25,6 +25,7 @@ import (
 	"io/fs"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -38,7 +39,12 @@ const (
 
 // Limits bound the work of Read; zero fields take their defaults.
 type Limits struct {
-	// MaxFiles bounds the files (and, separately, tree entries) compared.
+	// MaxFiles bounds the entries compared: the tree's, and those of the
+	// work tree that the tree does not list, counted together as they
+	// are read (and, separately, the entries of the pack directory).
+	// Directories are read a batch at a time, never whole, so that a
+	// step's directory of millions of entries costs memory for at most
+	// MaxFiles of them: more, and the tree is not compared.
 	MaxFiles int
 	// MaxFileBytes bounds one work-tree file, MaxTotalBytes all of them
 	// and all objects inflated together.
@@ -527,10 +533,6 @@ func (c *comparer) compareTree(dir, rel string, id ID, top bool, depth int) (str
 	if c.entries > c.lim.MaxFiles {
 		return "", &tooLargeError{fmt.Sprintf("more than %d tree entries", c.lim.MaxFiles)}
 	}
-	listing, err := fs.ReadDir(c.fsys, dir)
-	if err != nil {
-		return "", fmt.Errorf("gitrepo: %w", err)
-	}
 	inTree := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		if inTree[e.name] {
@@ -538,17 +540,21 @@ func (c *comparer) compareTree(dir, rel string, id ID, top bool, depth int) (str
 		}
 		inTree[e.name] = true
 	}
-	for _, d := range listing {
-		if inTree[d.Name()] || (top && d.Name() == ".git") {
-			continue
-		}
-		extra, err := c.hasFile(path.Join(dir, d.Name()), d, depth)
+	file, dirs, err := c.untracked(dir, inTree, top)
+	if err != nil {
+		return "", err
+	}
+	for _, d := range dirs {
+		extra, err := c.hasFile(path.Join(dir, d), depth)
 		if err != nil {
 			return "", err
 		}
 		if extra {
-			return "extra file " + join(rel, d.Name()), nil
+			return "extra file " + join(rel, d), nil
 		}
+	}
+	if file != "" {
+		return "extra file " + join(rel, file), nil
 	}
 	for _, e := range entries {
 		name, wt := join(rel, e.name), path.Join(dir, e.name)
@@ -582,28 +588,121 @@ func (c *comparer) compareTree(dir, rel string, id ID, top bool, depth int) (str
 	return "", nil
 }
 
-// hasFile reports whether p, not in the tree, is or holds anything but
-// directories (git tracks no empty directory).
-func (c *comparer) hasFile(p string, d fs.DirEntry, depth int) (bool, error) {
-	if !d.IsDir() {
-		return true, nil
+// untracked reads directory dir of the work tree for the entries the tree
+// does not list (nor .git, at the top), counting each against MaxFiles as
+// it is read. It keeps what decides the first difference in git's sorted
+// order: the least-named non-directory (file, "" when none) and, sorted,
+// the untracked directories named before it, which may hold a file or
+// only empty directories (git tracks none). So memory is bounded by a
+// batch and those names, never by the size of the directory.
+func (c *comparer) untracked(dir string, inTree map[string]bool, top bool) (file string, dirs []string, err error) {
+	err = eachEntry(c.fsys, dir, func(e fs.DirEntry) (bool, error) {
+		name := e.Name()
+		if inTree[name] || (top && name == ".git") {
+			return false, nil // counted as a tree entry
+		}
+		if err := c.count(dir); err != nil {
+			return true, err
+		}
+		switch {
+		case !e.IsDir():
+			if file == "" || name < file {
+				file = name
+			}
+		case file == "" || name < file:
+			dirs = append(dirs, name)
+		}
+		return false, nil
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("gitrepo: %w", err)
 	}
+	if file != "" {
+		dirs = slices.DeleteFunc(dirs, func(d string) bool { return d > file })
+	}
+	slices.Sort(dirs)
+	return file, dirs, nil
+}
+
+// hasFile reports whether directory p, not in the tree, holds anything
+// but directories. It stops at the first non-directory it reads, in
+// whatever order the file system lists them: the answer, not the file,
+// is what matters (a file decides even beside a subdirectory that cannot
+// be read), and a directory of millions of untracked files is decided by
+// its first batch. A directory of directories only is listed to its end
+// (each entry counted against MaxFiles) and walked in sorted order.
+func (c *comparer) hasFile(p string, depth int) (bool, error) {
 	if depth > maxTreeDepth {
 		return false, fmt.Errorf("gitrepo: directories nested deeper than %d", maxTreeDepth)
 	}
-	listing, err := fs.ReadDir(c.fsys, p)
+	has := false
+	var dirs []string
+	err := eachEntry(c.fsys, p, func(e fs.DirEntry) (bool, error) {
+		if err := c.count(p); err != nil {
+			return true, err
+		}
+		if !e.IsDir() {
+			has = true
+			return true, nil
+		}
+		dirs = append(dirs, e.Name())
+		return false, nil
+	})
 	if err != nil {
 		return false, fmt.Errorf("gitrepo: %w", err)
 	}
-	for _, e := range listing {
-		if c.entries++; c.entries > c.lim.MaxFiles {
-			return false, &tooLargeError{fmt.Sprintf("more than %d entries", c.lim.MaxFiles)}
-		}
-		if has, err := c.hasFile(path.Join(p, e.Name()), e, depth+1); has || err != nil {
+	if has {
+		return true, nil
+	}
+	slices.Sort(dirs)
+	for _, d := range dirs {
+		if has, err := c.hasFile(path.Join(p, d), depth+1); has || err != nil {
 			return has, err
 		}
 	}
 	return false, nil
+}
+
+// count counts one entry read in directory dir against MaxFiles.
+func (c *comparer) count(dir string) error {
+	if c.entries++; c.entries > c.lim.MaxFiles {
+		return &tooLargeError{fmt.Sprintf("more than %d entries (MaxFiles), reading %s", c.lim.MaxFiles, dir)}
+	}
+	return nil
+}
+
+// dirBatch is how many entries one read of a directory returns: callers
+// act on each batch before the next is read, so a directory's size
+// costs memory only in what they keep of it.
+const dirBatch = 256
+
+// eachEntry calls fn with each entry of directory dir, in the order the
+// file system lists them (not sorted), until fn returns done or an error,
+// which it returns as is.
+func eachEntry(fsys fs.FS, dir string, fn func(fs.DirEntry) (done bool, err error)) error {
+	f, err := fsys.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	d, ok := f.(fs.ReadDirFile)
+	if !ok {
+		return &fs.PathError{Op: "readdir", Path: dir, Err: errors.New("not a directory")}
+	}
+	for {
+		batch, err := d.ReadDir(dirBatch)
+		for _, e := range batch {
+			if done, err := fn(e); done || err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // compareFile hashes a regular file as a git blob (and with SHA-256)

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -422,4 +423,132 @@ func TestAttackRepositoryShapes(t *testing.T) {
 		git(t, dir, "commit", "-q", "-m", "deep")
 		require.ErrorContains(t, readErr(t, dir), "nested deeper than 256")
 	})
+}
+
+// emptyFiles makes n empty files named prefix0000000... in dir, quickly
+// (no per-file path walk).
+func emptyFiles(t *testing.T, dir, prefix string, n int) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	dfd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_PATH|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	defer unix.Close(dfd)
+	for i := range n {
+		fd, err := unix.Openat(dfd, fmt.Sprintf("%s%07d-padding-padding-padding-padding", prefix, i), unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+		require.NoError(t, err)
+		unix.Close(fd)
+	}
+}
+
+// readAllocating reads the work tree at dir and returns what it found and
+// the bytes allocated meanwhile.
+func readAllocating(t *testing.T, dir string, lim gitrepo.Limits) (*gitrepo.Source, uint64) {
+	t.Helper()
+	root, err := os.OpenRoot(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	src, err := gitrepo.Read(gitrepo.FS(root), ".", lim)
+	runtime.ReadMemStats(&after)
+	require.NoError(t, err)
+	return src, after.TotalAlloc - before.TotalAlloc
+}
+
+// A step's workspace holds a repository (one empty commit) and a directory
+// of a great many empty files; the step names one small product. The
+// agent reads the workspace's work tree for each attestation: it read
+// every directory whole before counting its entries, 174 MiB for a
+// directory of 400,000 (MaxFiles 100,000) in a review, per concurrent
+// attestation. Directories are read a batch at a time: an untracked
+// directory is decided at its first file, and a directory the clean check
+// must list whole (for git's sorted first difference) stops at MaxFiles,
+// keeping names only of the untracked directories in it.
+func TestAttackHugeDirectoryMemory(t *testing.T) {
+	const n = 20000 // files: ~450 bytes each, 9 MiB, when listed whole
+	// What a read allocates beyond the repository's few objects: for
+	// each entry read (not kept), its DirEntry.
+	const perEntry, base = 512, 256 << 10
+	const dirBatch = 256 // gitrepo's
+	t.Run("untracked directory of files", func(t *testing.T) {
+		ws := t.TempDir()
+		git(t, ws, "init", "-q", "-b", "main")
+		git(t, ws, "commit", "-q", "--allow-empty", "-m", "empty")
+		emptyFiles(t, filepath.Join(ws, "junk"), "f", n)
+		src, allocated := readAllocating(t, ws, gitrepo.Limits{})
+		t.Logf("allocated %d KiB for an untracked directory of %d files", allocated>>10, n)
+		require.False(t, src.Clean)
+		require.Equal(t, "extra file junk", src.Difference)
+		require.Less(t, allocated, uint64(base+dirBatch*perEntry), "a batch, not the directory")
+	})
+	t.Run("files in the work tree's root", func(t *testing.T) {
+		ws := t.TempDir()
+		git(t, ws, "init", "-q", "-b", "main")
+		git(t, ws, "commit", "-q", "--allow-empty", "-m", "empty")
+		emptyFiles(t, ws, "f", n)
+		const limit = 1000
+		src, allocated := readAllocating(t, ws, gitrepo.Limits{MaxFiles: limit})
+		t.Logf("allocated %d KiB to stop at %d of %d untracked files", allocated>>10, limit, n)
+		require.False(t, src.Clean)
+		require.Equal(t, "not compared: more than 1000 entries (MaxFiles), reading .", src.Difference)
+		require.Less(t, allocated, uint64(base+limit*perEntry), "entries to the limit, not the directory")
+	})
+	t.Run("empty directories in the work tree's root", func(t *testing.T) {
+		// Only the names of untracked directories are kept: at most
+		// MaxFiles of them.
+		const dirs, limit = 5000, 1000
+		ws := t.TempDir()
+		git(t, ws, "init", "-q", "-b", "main")
+		git(t, ws, "commit", "-q", "--allow-empty", "-m", "empty")
+		for i := range dirs {
+			require.NoError(t, os.Mkdir(filepath.Join(ws, fmt.Sprintf("d%07d-padding-padding-padding-padding", i)), 0o755))
+		}
+		src, allocated := readAllocating(t, ws, gitrepo.Limits{MaxFiles: limit})
+		t.Logf("allocated %d KiB to stop at %d of %d untracked directories", allocated>>10, limit, dirs)
+		require.False(t, src.Clean)
+		require.Equal(t, "not compared: more than 1000 entries (MaxFiles), reading .", src.Difference)
+		require.Less(t, allocated, uint64(base+limit*perEntry), "entries to the limit, not the directory")
+	})
+}
+
+// Within the limit, reading in batches changes nothing: a tracked
+// directory of more entries than a batch is clean, and so is one beside
+// untracked empty directories (git tracks no directory) while the tree's
+// entries and the untracked ones together are at most MaxFiles; one
+// fewer and the tree is not compared.
+func TestReadManyEntriesWithinLimit(t *testing.T) {
+	const tracked, emptyDirs = 1500, 700
+	ws := t.TempDir()
+	git(t, ws, "init", "-q", "-b", "main")
+	emptyFiles(t, filepath.Join(ws, "many"), "t", tracked)
+	git(t, ws, "add", "-A")
+	git(t, ws, "commit", "-q", "-m", "many")
+	for i := range emptyDirs {
+		require.NoError(t, os.MkdirAll(filepath.Join(ws, "many", fmt.Sprintf("e%04d", i), "sub"), 0o755))
+	}
+	require.Empty(t, git(t, ws, "status", "--porcelain", "--ignored"))
+	// The tree's entries: "many" and its files; read beside them: each
+	// empty directory and the one inside it.
+	within := 1 + tracked + 2*emptyDirs
+	for _, tc := range []struct {
+		maxFiles int
+		want     string
+	}{
+		{0, ""},
+		{within, ""},
+		{within - 1, fmt.Sprintf("not compared: more than %d entries (MaxFiles)", within-1)},
+	} {
+		src, _ := readAllocating(t, ws, gitrepo.Limits{MaxFiles: tc.maxFiles})
+		require.Equal(t, tc.want == "", src.Clean, "MaxFiles %d: %s", tc.maxFiles, src.Difference)
+		require.Contains(t, src.Difference, tc.want)
+		if src.Clean {
+			require.Len(t, src.Files, tracked)
+		}
+	}
+	// A file among them is found, however the directory lists it.
+	writeFile(t, filepath.Join(ws, "many", "e0500", "sub", "x"), "", 0o644)
+	src, _ := readAllocating(t, ws, gitrepo.Limits{})
+	require.False(t, src.Clean)
+	require.Equal(t, "extra file many/e0500", src.Difference)
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"slices"
-	"strings"
 	"syscall"
 )
 
@@ -21,6 +19,8 @@ var errNotRegular = errors.New("not a regular file or directory")
 // at once instead of blocking it until someone writes to it.
 func FS(root *os.Root) fs.FS { return rootFS{root: root, fsys: root.FS()} }
 
+// rootFS has no ReadDir of its own: Read lists directories a batch at a
+// time (fs.ReadDir still works, listing whole and sorting).
 type rootFS struct {
 	root *os.Root
 	fsys fs.FS // root.FS(): Stat, Lstat and ReadLink, which open nothing
@@ -44,21 +44,6 @@ func (r rootFS) Open(name string) (fs.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: errNotRegular}
 	}
 	return f, nil
-}
-
-func (r rootFS) ReadDir(name string) ([]fs.DirEntry, error) {
-	f, err := r.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	d, ok := f.(fs.ReadDirFile)
-	if !ok {
-		return nil, &fs.PathError{Op: "readdir", Path: name, Err: errors.New("not a directory")}
-	}
-	list, err := d.ReadDir(-1)
-	slices.SortFunc(list, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
-	return list, err
 }
 
 func (r rootFS) Stat(name string) (fs.FileInfo, error) { return fs.Stat(r.fsys, name) }
