@@ -158,3 +158,46 @@ func FuzzUntrackedOrder(f *testing.F) {
 		}
 	})
 }
+
+// The pack directory is the step's too: it is read a batch at a time,
+// its indexes sorted whatever order it lists them in, and it fails at its
+// MaxFiles-th entry or its maxPacks-th index instead of being listed whole.
+func TestPackIndexes(t *testing.T) {
+	many := func(n int, name func(i int) string) fstest.MapFS {
+		fsys := fstest.MapFS{}
+		for i := range n {
+			fsys["pack/"+name(i)] = &fstest.MapFile{}
+		}
+		return fsys
+	}
+	for _, tc := range []struct {
+		name    string
+		fsys    fstest.MapFS
+		lim     Limits
+		want    []string
+		wantErr string
+	}{
+		{"no pack directory", fstest.MapFS{}, Limits{}, nil, ""},
+		{"indexes only, sorted", fstest.MapFS{
+			"pack/pack-b.idx": {}, "pack/pack-b.pack": {}, "pack/pack-a.idx": {}, "pack/pack-a.keep": {},
+			"pack/dir.idx": {Mode: fs.ModeDir}, "pack/link.idx": {Mode: fs.ModeSymlink, Data: []byte("pack-a.idx")},
+		}, Limits{}, []string{"pack-a.idx", "pack-b.idx"}, ""},
+		{"entries within MaxFiles", many(10, func(i int) string { return "x" + itoa(i) }), Limits{MaxFiles: 10}, nil, ""},
+		{"entries over MaxFiles", many(11, func(i int) string { return "x" + itoa(i) }), Limits{MaxFiles: 10}, nil, "more than 10 entries (MaxFiles)"},
+		{"indexes over maxPacks", many(maxPacks+1, func(i int) string { return "p" + itoa(i) + ".idx" }), Limits{}, nil, "more than 256 pack files"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var reads []int
+			got, err := packIndexes(reversedFS{fsys: tc.fsys, reads: &reads}, "pack", tc.lim.withDefaults())
+			if tc.wantErr != "" {
+				require.ErrorContains(t, err, tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+			for _, n := range reads {
+				require.True(t, n > 0 && n <= dirBatch, "a directory read asked for %d entries", n)
+			}
+		})
+	}
+}

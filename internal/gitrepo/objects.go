@@ -12,6 +12,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -75,28 +76,51 @@ type objectStore struct {
 
 func newObjectStore(fsys fs.FS, dir string, lim Limits) (*objectStore, error) {
 	s := &objectStore{fsys: fsys, dir: dir, lim: lim}
-	entries, err := fs.ReadDir(fsys, path.Join(dir, "pack"))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("gitrepo: pack directory: %w", err)
+	names, err := packIndexes(fsys, path.Join(dir, "pack"), lim)
+	if err != nil {
+		return nil, err
 	}
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), ".idx")
-		if !ok || !e.Type().IsRegular() {
-			continue
-		}
-		if len(s.packs) >= maxPacks {
-			s.close()
-			return nil, fmt.Errorf("gitrepo: more than %d pack files", maxPacks)
-		}
-		p, err := openIndex(fsys, path.Join(dir, "pack", e.Name()))
+	for _, name := range names {
+		p, err := openIndex(fsys, path.Join(dir, "pack", name))
 		if err != nil {
 			s.close()
-			return nil, fmt.Errorf("gitrepo: %s: %w", e.Name(), err)
+			return nil, fmt.Errorf("gitrepo: %s: %w", name, err)
 		}
-		p.path = path.Join(dir, "pack", name+".pack")
+		p.path = path.Join(dir, "pack", strings.TrimSuffix(name, ".idx")+".pack")
 		s.packs = append(s.packs, p)
 	}
 	return s, nil
+}
+
+// packIndexes returns the names of the pack indexes (regular .idx files)
+// in the pack directory, sorted, none when there is no such directory. It
+// reads the directory a batch at a time and fails at its MaxFiles-th
+// entry or its maxPacks-th index, before opening any: a step that fills
+// the directory with millions of files costs a batch of memory.
+func packIndexes(fsys fs.FS, dir string, lim Limits) ([]string, error) {
+	var names []string
+	seen := 0
+	err := eachEntry(fsys, dir, func(e fs.DirEntry) (bool, error) {
+		if seen++; seen > lim.MaxFiles {
+			return true, fmt.Errorf("more than %d entries (MaxFiles)", lim.MaxFiles)
+		}
+		if !strings.HasSuffix(e.Name(), ".idx") || !e.Type().IsRegular() {
+			return false, nil
+		}
+		if len(names) == maxPacks {
+			return true, fmt.Errorf("more than %d pack files", maxPacks)
+		}
+		names = append(names, e.Name())
+		return false, nil
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gitrepo: pack directory: %w", err)
+	}
+	slices.Sort(names)
+	return names, nil
 }
 
 // close closes the pack indexes.
