@@ -159,6 +159,46 @@ func TestMeasureWithCallersRights(t *testing.T) {
 	})
 }
 
+// Must show: every file is read with the caller's rights, however the
+// measurement is split among threads: a small measurement of several
+// files, hashed on the thread that walked, with more than one worker
+// allowed (the default on more than one core) included. The caller makes
+// its own files unreadable (chmod 0) after the walk checked them, through
+// the workspace reader, which runs in between on the measuring thread:
+// read with the caller's rights they cannot be opened. Before the fix
+// such a measurement was hashed by goroutines holding the agent's own
+// credentials (root), and answered with the digests.
+func TestSmallMeasurementReadWithCallersRights(t *testing.T) {
+	needRoot(t)
+	modes(t, func(t *testing.T) {
+		ws := filepath.Join(openDirFor(t), "ws")
+		require.NoError(t, os.MkdirAll(ws, 0o755))
+		names := []string{"a", "b", "c"}
+		for _, n := range names {
+			p := filepath.Join(ws, n)
+			require.NoError(t, os.WriteFile(p, []byte(n), 0o600))
+			require.NoError(t, os.Chown(p, stepUID, stepGID))
+		}
+		step := asSelf(t)
+		step.UID, step.GID, step.Groups, step.Caps = stepUID, stepGID, nil, 0
+		closeAll := func(root *os.Root) error {
+			for _, n := range names {
+				if err := root.Chmod(n, 0); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for _, workers := range []int{1, 2, 4} {
+			for _, n := range names {
+				require.NoError(t, os.Chmod(filepath.Join(ws, n), 0o600))
+			}
+			got, _, err := MeasureAndRead(context.Background(), step, ws, names, nil, Limits{Workers: workers}, nil, closeAll)
+			require.ErrorIs(t, err, ErrNoAccess, "workers %d: read after the caller closed them: %v", workers, got)
+		}
+	})
+}
+
 // The threads that measured as a caller get the agent's credentials back:
 // afterwards every thread reads root's 0600 file again.
 func TestMeasuringThreadsRestored(t *testing.T) {

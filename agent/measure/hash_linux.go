@@ -109,7 +109,12 @@ func measureAs(ctx context.Context, c Caller, dir string, prels, mrels []string,
 		if lim.Workers > 1 && len(files) > 1 && w.b.total > inlineBytes {
 			return nil
 		}
-		out, err = hashFiles(ctx, r, files, lim, p, nil) // on this thread
+		// On this thread, the one holding c's credentials: one worker,
+		// since hashFiles with nil credentials runs more on goroutines
+		// that hold the agent's own.
+		inline := lim
+		inline.Workers = 1
+		out, err = hashFiles(ctx, r, files, inline, p, nil)
 		return err
 	})
 	if err == nil && out == nil {
