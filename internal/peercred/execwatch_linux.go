@@ -52,12 +52,13 @@ type ExecWatch struct {
 	fd   int
 	file *os.File // fd, for the runtime's poller
 
-	mu     sync.Mutex // guards everything below; held while draining
-	conns  map[int32]map[*Conn]struct{}
-	buf    []byte
-	broken error // sticky: the watch cannot vouch for anything any more
-	canary int32 // the thread id whose comm event proves delivery
-	seen   bool  // the canary was seen
+	mu        sync.Mutex // guards everything below; held while draining
+	conns     map[int32]map[*Conn]struct{}
+	buf       []byte
+	broken    error // sticky: the watch cannot vouch for anything any more
+	canary    int32 // the thread id whose comm event proves delivery
+	seen      bool  // the canary was seen
+	overflows int   // times the kernel dropped events (ENOBUFS)
 
 	// unfiltered: the kernel sends every process event, not exec events
 	// alone (before Linux 6.6). Set before the watch is shared.
@@ -84,47 +85,40 @@ func WatchExecs() (*ExecWatch, error) {
 	return w, nil
 }
 
-// start subscribes and proves delivery, then narrows the subscription to
-// exec events. Comm events, which the proof needs, are made at will by
+// start subscribes, proves delivery, then narrows the subscription to
+// exec events. It first subscribes to every event, the one form every
+// kernel takes, so that this socket holds a listener's count of its own
+// (the kernel makes process events only while some socket listens: a
+// watch counting on another's subscription would go blind the moment
+// that one left). Comm events, which the proof needs, are made at will by
 // any process (prctl PR_SET_NAME, about a microsecond each): left on, a
 // flood of them overflows the socket and refuses every connection
-// (TestCommFloodRefusesNoOne). Linux 6.6 filters per socket; earlier
-// kernels ignore a filtered subscription and send every event to those
-// who subscribe without one.
+// (TestCommFloodRefusesNoOne). Linux 6.6 narrows the same subscription to
+// exec events, without counting it again; earlier kernels ignore the
+// filtered form and go on sending everything (Unfiltered).
 func (w *ExecWatch) start() error {
-	if err := w.listen(procEventExec | procEventComm); err != nil {
+	if err := w.listen(0); err != nil {
 		return err
 	}
-	seen, err := w.proveDelivery(250 * time.Millisecond)
+	seen, err := w.proveDelivery(2 * time.Second)
 	if err != nil {
 		return err
 	}
-	if !seen { // before Linux 6.6, or outside the host's namespaces
-		if err := w.listen(0); err != nil {
-			return err
-		}
-		if seen, err = w.proveDelivery(2 * time.Second); err != nil {
-			return err
-		}
-		if !seen {
-			return fmt.Errorf("%w: no process events arrive (the agent must run in the host's user and pid namespaces)", ErrExecWatch)
-		}
-		w.unfiltered = true
-		return nil
+	if !seen {
+		return fmt.Errorf("%w: no process events arrive (the agent must run in the host's user and pid namespaces)", ErrExecWatch)
 	}
 	if err := w.listen(procEventExec); err != nil {
 		return err
 	}
-	// A kernel that took the first filter takes this one; one that sends
-	// every event because something else on the host subscribed without
-	// a filter (before Linux 6.6) still sends the canary's.
-	seen, err = w.proveDelivery(20 * time.Millisecond)
-	w.unfiltered = seen
+	// The canary's comm event arrives still only where the kernel
+	// ignored the filter.
+	w.unfiltered, err = w.proveDelivery(20 * time.Millisecond)
 	return err
 }
 
 // ignoredFilter makes filtered subscriptions a length every kernel
-// ignores, as kernels before Linux 6.6 ignore them: for tests.
+// ignores, as kernels before Linux 6.6 ignore them: for tests, which
+// set it only while no watch starts in parallel.
 var ignoredFilter bool
 
 // Unfiltered reports whether the kernel sends the watch every process
@@ -185,6 +179,26 @@ func (w *ExecWatch) listen(mask uint32) error {
 // outside the initial user and pid namespaces, and filtered ones before
 // Linux 6.6.
 func (w *ExecWatch) proveDelivery(wait time.Duration) (bool, error) {
+	for range 3 {
+		w.mu.Lock()
+		overflows := w.overflows
+		w.mu.Unlock()
+		seen, err := w.proveOnce(wait)
+		w.mu.Lock()
+		lost := w.overflows != overflows
+		w.mu.Unlock()
+		if err != nil || !lost {
+			return seen, err
+		}
+		// The kernel dropped events meanwhile, the canary's maybe: ask
+		// again rather than conclude.
+	}
+	return false, fmt.Errorf("%w: the kernel keeps dropping process events", ErrExecWatch)
+}
+
+// proveOnce renames a thread and reports whether its comm event arrives
+// within wait.
+func (w *ExecWatch) proveOnce(wait time.Duration) (bool, error) {
 	w.mu.Lock()
 	w.seen = false
 	w.mu.Unlock()
@@ -308,6 +322,7 @@ func (w *ExecWatch) drain() error {
 		case err == unix.EAGAIN:
 			return nil
 		case err == unix.ENOBUFS:
+			w.overflows++
 			w.lost()
 			continue
 		case err != nil:

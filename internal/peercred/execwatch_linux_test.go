@@ -85,13 +85,11 @@ func TestCommFloodRefusesNoOne(t *testing.T) {
 // Must show: where the kernel ignores the filtered subscription (before
 // Linux 6.6, simulated by sending it in a length every kernel ignores),
 // the watch says it is unfiltered and still refuses a peer that execs and
-// keeps one that does not. Here earlier watches of this process have
-// subscribed, so events reach the socket anyway and the watch finds out
-// when narrowing; with no other subscriber it finds out at the first
-// proof and subscribes without a filter, the only form such kernels take
-// (before this, the agent sent only the filtered form and, on such a
-// kernel with no other subscriber, refused to start). That branch needs
-// an old kernel: it is not run here.
+// keeps one that does not: it subscribed to every event first, the form
+// every kernel takes, so it holds its own listener's count and does not
+// depend on another subscriber staying (before, it sent only the filtered
+// form, and on such a kernel got events only while something else on the
+// host listened).
 func TestExecWatchWithoutFilter(t *testing.T) {
 	ignoredFilter = true
 	w := watch(t)
