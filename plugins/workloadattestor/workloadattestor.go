@@ -4,11 +4,10 @@
 package workloadattestor
 
 import (
-	"fmt"
+	"os"
 	"os/user"
 	"strconv"
 	"sync"
-	"syscall"
 )
 
 // Caller is a local process, as identified by the kernel at accept time:
@@ -122,23 +121,15 @@ func (c Caller) GroupName(gid uint32) (string, bool) {
 	return l.name, l.ok
 }
 
-// PathTrusted reports whether the path by which proc/PID/exe names the
-// caller's executable can be taken as that file's place on this host: only
-// when the caller is in the agent's own user namespace. In a user
-// namespace of its own, any user can mount what it likes over any path
-// (unshare -Urm, then a bind mount over /usr/bin/make, then exec it), and
-// the kernel names the executable by the path it has there. Mount
-// namespaces made by root (a container runtime's) leave the caller in
-// ours: there the path is the one the runtime's mounts give it. The
-// executable's content (read through proc/PID/exe, the very file) is
-// trustworthy either way.
-func PathTrusted(proc string, pid int32) (bool, error) {
-	var theirs, ours syscall.Stat_t
-	if err := syscall.Stat(fmt.Sprintf("%s/%d/ns/user", proc, pid), &theirs); err != nil {
-		return false, fmt.Errorf("user namespace of pid %d: %w", pid, err)
-	}
-	if err := syscall.Stat("/proc/self/ns/user", &ours); err != nil {
-		return false, fmt.Errorf("own user namespace: %w", err)
-	}
-	return theirs.Dev == ours.Dev && theirs.Ino == ours.Ino, nil
+// HostPath reports whether path, the name /proc/PID/exe gives the
+// caller's executable exe (its os.Stat), names that very file (the same
+// device and inode) in the agent's own mount namespace: only then is it a
+// path on this host. A caller in a mount namespace of its own can run any
+// file under any name: any user in a user namespace of its own (unshare
+// -Urm, a bind mount over /usr/bin/make, then exec it), a setuid sandbox
+// (bwrap, firejail) without one, a container. The executable's content,
+// read through /proc/PID/exe (the very file), is trustworthy either way.
+func HostPath(path string, exe os.FileInfo) bool {
+	fi, err := os.Stat(path)
+	return err == nil && os.SameFile(fi, exe)
 }

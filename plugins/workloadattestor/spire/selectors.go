@@ -50,9 +50,10 @@ const (
 //   - path is /proc/PID/exe as hallmark-agent reads it, and SPIRE's as the
 //     SPIRE agent reads it (or under HOST_PROC): they agree when both run
 //     in the same mount namespace and root, as two services on one host do.
-//     hallmark-agent gives no path for a caller in a user namespace other
-//     than its own, where SPIRE gives one: there any user can mount what
-//     it likes over any path (workloadattestor.PathTrusted).
+//     hallmark-agent gives a path only where it names, in its own mount
+//     namespace, the very file the caller runs, where SPIRE gives one in
+//     any case: in a mount namespace of its own a caller can run any file
+//     under any name (workloadattestor.HostPath).
 //   - sha256 is of the same file; hallmark-agent may use a digest it
 //     remembers (internal/exedigest: only for files only root can change).
 //   - SPIRE's other workload attestors (docker, k8s, systemd, ...) play no
@@ -125,15 +126,11 @@ func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error
 		}
 	}
 	if a.cfg.DiscoverWorkloadPath {
-		path, sum, err := a.executable(c.PID)
+		path, onHost, sum, err := a.executable(c.PID)
 		if err != nil {
 			return nil, err
 		}
-		trusted, err := workloadattestor.PathTrusted(a.proc, c.PID)
-		if err != nil {
-			return nil, fmt.Errorf("spire: %w", err)
-		}
-		if trusted {
+		if onHost {
 			sels = append(sels, "path:"+path)
 		}
 		if sum != "" {
@@ -145,33 +142,40 @@ func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error
 }
 
 // executable is the path of the file the caller runs, as /proc/PID/exe
-// names it, and its sha256 (none with a negative workload_size_limit),
-// from one open of that very file.
-func (a *SelectorAttestor) executable(pid int32) (string, string, error) {
+// names it, whether that path names it on this host
+// (workloadattestor.HostPath), and its sha256 (none with a negative
+// workload_size_limit), from one open of that very file.
+func (a *SelectorAttestor) executable(pid int32) (path string, onHost bool, sum string, err error) {
+	fail := func(err error) (string, bool, string, error) {
+		return "", false, "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+	}
 	f, err := os.Open(fmt.Sprintf("%s/%d/exe", a.proc, pid))
 	if err != nil {
-		return "", "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+		return fail(err)
 	}
 	defer f.Close()
-	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
-	if err != nil {
-		return "", "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+	if path, err = os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); err != nil {
+		return fail(err)
 	}
+	exe, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	onHost = workloadattestor.HostPath(path, exe)
 	limit := a.cfg.WorkloadSizeLimit
 	switch {
 	case limit < 0:
-		return path, "", nil
+		return path, onHost, "", nil
 	case limit == 0:
 		limit = math.MaxInt64
 	}
-	sum, err := a.digests.Sum(f, limit)
-	if err != nil {
-		return "", "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
+	if sum, err = a.digests.Sum(f, limit); err != nil {
+		return fail(err)
 	}
 	if sum == "" {
-		return "", "", fmt.Errorf("spire: executable of pid %d, %s: larger than workload_size_limit (%d bytes)", pid, path, limit)
+		return "", false, "", fmt.Errorf("spire: executable of pid %d, %s: larger than workload_size_limit (%d bytes)", pid, path, limit)
 	}
-	return path, sum, nil
+	return path, onHost, sum, nil
 }
 
 // subscription returns the standing subscription for sels, opening one and

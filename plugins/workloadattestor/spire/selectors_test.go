@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,14 +60,12 @@ func fakeExe(t *testing.T, target string, pids ...int32) string {
 	return proc
 }
 
-// fakeExeOf makes proc/PID/exe a symlink to target, and proc/PID/ns/user
-// one to this process's user namespace.
+// fakeExeOf makes proc/PID/exe a symlink to target.
 func fakeExeOf(t *testing.T, proc string, pid int32, target string) {
 	t.Helper()
 	dir := filepath.Join(proc, strconv.Itoa(int(pid)))
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "ns"), 0o700))
+	require.NoError(t, os.Mkdir(dir, 0o700))
 	require.NoError(t, os.Symlink(target, filepath.Join(dir, "exe")))
-	require.NoError(t, os.Symlink("/proc/self/ns/user", filepath.Join(dir, "ns", "user")))
 }
 
 func exeFile(t *testing.T, content string) (path, sum string) {
@@ -103,7 +104,6 @@ func TestSelectorAttestorSelectors(t *testing.T) {
 		caller  workloadattestor.Caller
 		want    []string
 		wantErr string // refused, nothing asked
-		otherNS bool   // the caller is in a user namespace of its own
 	}{
 		{name: "ids and names only, as SPIRE without discover_workload_path", caller: rootCaller, want: root},
 		{
@@ -131,21 +131,12 @@ func TestSelectorAttestorSelectors(t *testing.T) {
 			caller:  workloadattestor.Caller{PID: 99, UID: 0, GID: 0},
 			wantErr: "spire: executable of pid 99:",
 		},
-		{
-			name: "caller in a user namespace of its own: no path, where SPIRE gives one", extra: "discover_workload_path = true\n", caller: unnamedCaller,
-			otherNS: true, want: slices.Concat(unnamed, []string{"unix:sha256:" + sum}),
-		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fake := &fakeDelegatedIdentity{subscribe: answer(svid("td", "/ci/step"))}
 			a := newSelectorAttestor(t, serve(t, fake), tt.extra)
 			a.proc = fakeExe(t, exe, 4242)
-			if tt.otherNS { // any inode but our user namespace's
-				ns := filepath.Join(a.proc, "4242", "ns", "user")
-				require.NoError(t, os.Remove(ns))
-				require.NoError(t, os.Symlink("/proc/self/ns/mnt", ns))
-			}
 			res, err := a.Attest(context.Background(), tt.caller)
 			if tt.wantErr != "" {
 				require.ErrorContains(t, err, tt.wantErr)
@@ -290,4 +281,47 @@ func TestSelectorAttestorRoom(t *testing.T) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	require.LessOrEqual(t, len(a.subs), maxSubscriptions)
+}
+
+// Must show: as the unix attestor (TestPathNamesTheFileOnThisHost), a
+// caller running one program under another's name in a user and mount
+// namespace of its own (uid 65534, sleep mounted over /usr/bin/true) is
+// described to SPIRE without a path, and by the sha256 of what it runs.
+func TestSelectorAttestorPathNamesTheFileOnThisHost(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("runs the attacker as uid 65534: needs root")
+	}
+	sleep, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	sleep, err = filepath.EvalSymlinks(sleep)
+	require.NoError(t, err)
+	data, err := os.ReadFile(sleep)
+	require.NoError(t, err)
+	sum := sha256.Sum256(data)
+	cmd := exec.Command("unshare", "-Urm", "sh", "-c", "mount --bind "+sleep+" /usr/bin/true && exec /usr/bin/true 30")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid))
+		if err == nil && got == "/usr/bin/true" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Skipf("unprivileged user namespaces are not available here (the exe is %q, %v)", got, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	fake := &fakeDelegatedIdentity{subscribe: answer(svid("td", "/ci/step"))}
+	a := newSelectorAttestor(t, serve(t, fake), "discover_workload_path = true\n")
+	_, err = a.Attest(context.Background(), workloadattestor.Caller{PID: int32(cmd.Process.Pid), UID: 65534, GID: 65534})
+	require.NoError(t, err)
+	got := fake.selectorsOf()
+	require.Len(t, got, 1)
+	t.Logf("selectors sent to SPIRE: %v", got[0])
+	require.Contains(t, got[0], "unix:sha256:"+hex.EncodeToString(sum[:]))
+	for _, s := range got[0] {
+		require.NotContains(t, s, "unix:path:", "a path the caller chose")
+	}
 }

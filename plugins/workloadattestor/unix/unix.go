@@ -60,9 +60,9 @@ func New(cfg Config, digests *exedigest.Cache) *Attestor {
 }
 
 // Attest returns unix:uid, unix:gid, unix:user and unix:group (when the
-// names resolve), unix:path (the executable; only for a caller in the
-// agent's user namespace, see workloadattestor.PathTrusted) and, when
-// configured, unix:sha256.
+// names resolve), unix:path (the executable, when that path names it on
+// this host: workloadattestor.HostPath) and, when configured,
+// unix:sha256.
 func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
 	var sel []string
 	for _, s := range c.IDSelectors() {
@@ -73,11 +73,11 @@ func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloa
 	if err != nil {
 		return workloadattestor.Result{}, fmt.Errorf("unix: executable of pid %d: %w", c.PID, err)
 	}
-	trusted, err := workloadattestor.PathTrusted(a.proc, c.PID)
+	exe, err := os.Stat(exeLink) // the file itself, not the link
 	if err != nil {
-		return workloadattestor.Result{}, fmt.Errorf("unix: %w", err)
+		return workloadattestor.Result{}, fmt.Errorf("unix: executable of pid %d: %w", c.PID, err)
 	}
-	if trusted {
+	if workloadattestor.HostPath(path, exe) {
 		sel = append(sel, "unix:path:"+path)
 	}
 	if a.cfg.HashExecutable {

@@ -113,15 +113,13 @@ func TestAttestCallerIDs(t *testing.T) {
 	require.Equal(t, []string{"unix:uid:3999999999", "unix:gid:3999999999", "unix:path:" + exe}, res.Selectors)
 }
 
-// fakeProc makes proc/PID/exe a symlink to target, and proc/PID/ns/user
-// one to this process's user namespace.
+// fakeProc makes proc/PID/exe a symlink to target.
 func fakeProc(t *testing.T, pid int32, target string) string {
 	t.Helper()
 	proc := t.TempDir()
 	dir := filepath.Join(proc, strconv.Itoa(int(pid)))
-	require.NoError(t, os.MkdirAll(filepath.Join(dir, "ns"), 0o700))
+	require.NoError(t, os.Mkdir(dir, 0o700))
 	require.NoError(t, os.Symlink(target, filepath.Join(dir, "exe")))
-	require.NoError(t, os.Symlink("/proc/self/ns/user", filepath.Join(dir, "ns", "user")))
 	return proc
 }
 
@@ -141,16 +139,14 @@ func TestAttestFakeProc(t *testing.T) {
 		want     []string // selectors after uid, gid, user and group
 		wantErr  string
 		noTarget bool
-		otherNS  bool // the caller is in a user namespace of its own
 	}{
 		{name: "path only", cfg: Config{}, target: exe, want: []string{"unix:path:" + exe}},
 		{name: "hashed", cfg: Config{HashExecutable: true}, target: exe, want: []string{"unix:path:" + exe, "unix:sha256:" + hex.EncodeToString(sum[:])}},
 		{name: "hashed at the limit", cfg: Config{HashExecutable: true, MaxHashBytes: size}, target: exe, want: []string{"unix:path:" + exe, "unix:sha256:" + hex.EncodeToString(sum[:])}},
 		{name: "over the limit", cfg: Config{HashExecutable: true, MaxHashBytes: size - 1}, target: exe, want: []string{"unix:path:" + exe}},
-		{name: "executable gone, not hashing", cfg: Config{}, target: "/nonexistent/tool", want: []string{"unix:path:/nonexistent/tool"}},
-		{name: "executable gone, hashing", cfg: Config{HashExecutable: true}, target: "/nonexistent/tool", wantErr: "unix: pid 4242: open executable"},
+		{name: "executable gone, not hashing", cfg: Config{}, target: "/nonexistent/tool", wantErr: "unix: executable of pid 4242"},
+		{name: "executable gone, hashing", cfg: Config{HashExecutable: true}, target: "/nonexistent/tool", wantErr: "unix: executable of pid 4242"},
 		{name: "no such pid", cfg: Config{}, noTarget: true, wantErr: "unix: executable of pid 4242"},
-		{name: "another user namespace", cfg: Config{HashExecutable: true}, target: exe, otherNS: true, want: []string{"unix:sha256:" + hex.EncodeToString(sum[:])}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -159,11 +155,6 @@ func TestAttestFakeProc(t *testing.T) {
 				a.proc = t.TempDir()
 			} else {
 				a.proc = fakeProc(t, pid, tt.target)
-			}
-			if tt.otherNS { // any inode but our user namespace's
-				ns := filepath.Join(a.proc, "4242", "ns", "user")
-				require.NoError(t, os.Remove(ns))
-				require.NoError(t, os.Symlink("/proc/self/ns/mnt", ns))
 			}
 			res, err := a.Attest(context.Background(), c)
 			if tt.wantErr != "" {
@@ -240,14 +231,18 @@ func TestParseConfigEmptyBody(t *testing.T) {
 	require.Equal(t, Config{MaxHashBytes: DefaultMaxHashBytes}, c)
 }
 
-// Must show, as an attacker would do it: an unprivileged user (uid 65534)
-// makes a user and mount namespace of its own, bind-mounts another
-// program (sleep) over /usr/bin/true there and runs it. /proc/PID/exe names
-// it /usr/bin/true, so the caller gets no unix:path (before, it got
+// Must show, as an attacker would do it: a step that runs one program
+// under another's name, by mounting it over /usr/bin/true in a mount
+// namespace of its own, gets no unix:path (before, it got
 // unix:path:/usr/bin/true, and a rule on that path granted it what it
-// grants true); unix:sha256 is sleep's. The same program run by the same
-// user in the agent's user namespace gets its path.
-func TestPathOfACallerInItsOwnUserNamespace(t *testing.T) {
+// grants true), whether it made the namespace itself, as any user can
+// inside a user namespace of its own (unshare -Urm, as uid 65534), or a
+// privileged helper made it without one, as a setuid sandbox (bwrap,
+// firejail) does: played here by root, which then runs the program as
+// uid 65534. unix:sha256 is that of the program it runs (sleep). The
+// same program run by the same user without such a namespace gets its
+// path.
+func TestPathNamesTheFileOnThisHost(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("runs the attacker as uid 65534: needs root")
 	}
@@ -257,46 +252,58 @@ func TestPathOfACallerInItsOwnUserNamespace(t *testing.T) {
 	require.NoError(t, err)
 	sleepSum := sha256File(t, sleep)
 	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	attest := func(pid int) []string {
+	// start runs cmd and waits until it runs the program it names path.
+	start := func(t *testing.T, cmd *exec.Cmd, path string) int {
+		require.NoError(t, cmd.Start())
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		exeLink := fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid)
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			got, err := os.Readlink(exeLink)
+			if err == nil && got == path {
+				return cmd.Process.Pid
+			}
+			if time.Now().After(deadline) {
+				t.Skipf("could not set up the namespace here (the exe is %q, %v)", got, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	attest := func(t *testing.T, pid int) []string {
 		res, err := New(Config{HashExecutable: true}, nil).Attest(context.Background(), workloadattestor.NewCaller(int32(pid), 65534, 65534, nil))
 		require.NoError(t, err)
 		return res.Selectors
 	}
-
-	forged := exec.Command("unshare", "-Urm", "sh", "-c", "mount --bind "+sleep+" /usr/bin/true && exec /usr/bin/true 30")
-	forged.SysProcAttr = nobody
-	require.NoError(t, forged.Start())
-	t.Cleanup(func() { forged.Process.Kill(); forged.Wait() })
-	exeLink := fmt.Sprintf("/proc/%d/exe", forged.Process.Pid)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		path, err := os.Readlink(exeLink)
-		if err == nil && path == "/usr/bin/true" {
-			break
-		}
-		if time.Now().After(deadline) || forged.ProcessState != nil {
-			t.Skipf("unprivileged user namespaces are not available here (the exe is %q, %v)", path, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+	forge := "mount --bind " + sleep + " /usr/bin/true && exec "
+	for _, tc := range []struct {
+		name string
+		cmd  func() *exec.Cmd
+	}{
+		{"user and mount namespace of its own", func() *exec.Cmd {
+			cmd := exec.Command("unshare", "-Urm", "sh", "-c", forge+"/usr/bin/true 30")
+			cmd.SysProcAttr = nobody
+			return cmd
+		}},
+		{"mount namespace made for it by a privileged helper", func() *exec.Cmd {
+			return exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+				forge+"setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/true 30")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sels := attest(t, start(t, tc.cmd(), "/usr/bin/true"))
+			t.Logf("the attacker's selectors: %v", sels)
+			for _, s := range sels {
+				require.False(t, strings.HasPrefix(s, "unix:path:"), "a path the caller chose: %s", s)
+			}
+			require.Contains(t, sels, "unix:sha256:"+sleepSum, "the program it runs")
+		})
 	}
-	sels := attest(forged.Process.Pid)
-	t.Logf("the attacker's selectors: %v", sels)
-	for _, s := range sels {
-		require.False(t, strings.HasPrefix(s, "unix:path:"), "a path the caller chose: %s", s)
-	}
-	require.Contains(t, sels, "unix:sha256:"+sleepSum, "the program it runs")
-
-	plain := exec.Command(sleep, "30")
-	plain.SysProcAttr = nobody
-	require.NoError(t, plain.Start())
-	t.Cleanup(func() { plain.Process.Kill(); plain.Wait() })
-	require.Eventually(t, func() bool {
-		path, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", plain.Process.Pid))
-		return err == nil && path == sleep
-	}, 10*time.Second, 10*time.Millisecond)
-	sels = attest(plain.Process.Pid)
-	require.Contains(t, sels, "unix:path:"+sleep)
-	require.Contains(t, sels, "unix:sha256:"+sleepSum)
+	t.Run("no namespace of its own", func(t *testing.T) {
+		plain := exec.Command(sleep, "30")
+		plain.SysProcAttr = nobody
+		sels := attest(t, start(t, plain, sleep))
+		require.Contains(t, sels, "unix:path:"+sleep)
+		require.Contains(t, sels, "unix:sha256:"+sleepSum)
+	})
 }
 
 func sha256File(t *testing.T, path string) string {
