@@ -198,11 +198,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if localLn != nil {
 		g.Go(func() error { return execs.Run(ctx) })
+		if len(a.cfg.ExecCanary) > 0 {
+			g.Go(func() error { return execs.RunCanary(ctx, a.cfg.ExecCanary, execCanaryEvery, execCanaryWait) })
+		}
 		g.Go(func() error { return a.serveLocal(ctx, localLn) })
 	}
 	g.Go(func() error { return a.run(ctx) })
 	return g.Wait()
 }
+
+// ExecCanaryCommand is the hallmark-agent command that the agent execs
+// every execCanaryEvery (Config.ExecCanary) to prove that the exec watch
+// still sees execs; it does nothing. Should the event not come within
+// execCanaryWait, the watch refuses every connection and the agent stops
+// with the error (its supervisor restarts it, subscribing anew).
+const (
+	ExecCanaryCommand = "exec-canary"
+	execCanaryEvery   = 30 * time.Second
+	execCanaryWait    = 5 * time.Second
+)
 
 // listenLocal starts watching execs, which the local API needs to tie a
 // request to the program image that sent it, and listens on the socket.

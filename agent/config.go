@@ -71,6 +71,10 @@ type Config struct {
 	Limits measure.Limits
 	// LocalLimits bound what callers may hold at once on the local API.
 	LocalLimits LocalLimits
+	// ExecCanary is the program (argv) the agent runs every 30 s to prove
+	// that the exec watch still sees execs; nil runs none. ParseConfig
+	// sets hallmark-agent's own exec-canary command.
+	ExecCanary []string
 	// Now returns the current time; time.Now when nil.
 	Now func() time.Time
 }
@@ -148,6 +152,7 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 		ServerAddress:   a.ServerAddress,
 		WorkloadAPIAddr: a.WorkloadAPISocket,
 		HealthAddress:   a.HealthAddress,
+		ExecCanary:      []string{"/proc/self/exe", ExecCanaryCommand},
 	}
 	if a.ServerAddresses != nil {
 		if len(*a.ServerAddresses) == 0 {

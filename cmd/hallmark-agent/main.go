@@ -23,8 +23,15 @@ func main() {
 		Logger:        func(c agent.Config) *zap.Logger { return c.Log },
 		New:           func(c agent.Config) (daemon.Runner, error) { return agent.New(c) },
 	})
-	root.AddCommand(identityCmd())
+	root.AddCommand(identityCmd(), execCanaryCmd())
 	daemon.Main("hallmark-agent", root)
+}
+
+// execCanaryCmd is what the running agent execs now and then to prove that
+// the kernel still reports execs (peercred.ExecWatch.RunCanary): it does
+// nothing.
+func execCanaryCmd() *cobra.Command {
+	return &cobra.Command{Use: agent.ExecCanaryCommand, Hidden: true, Args: cobra.NoArgs, Run: func(*cobra.Command, []string) {}}
 }
 
 // identityCmd checks the SPIRE registration: run as the daemon's user it

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"syscall"
@@ -20,6 +21,7 @@ const (
 	cnIdxProc        = 1
 	cnValProc        = 1
 	procCNMcastListn = 1
+	procCNMcastIgnr  = 2
 	procEventExec    = 0x00000002
 	procEventComm    = 0x00000200
 	cnMsgLen         = 20 // struct cn_msg without data
@@ -59,6 +61,8 @@ type ExecWatch struct {
 	canary    int32 // the thread id whose comm event proves delivery
 	seen      bool  // the canary was seen
 	overflows int   // times the kernel dropped events (ENOBUFS)
+	execPID   int32 // the exec canary's pid (RunCanary); 0: none under way
+	execSeen  bool  // its exec event arrived
 
 	// unfiltered: the kernel sends every process event, not exec events
 	// alone (before Linux 6.6). Set before the watch is shared.
@@ -146,6 +150,12 @@ func (w *ExecWatch) join() error {
 // proc_cn_mcast_op, the only form earlier kernels take: they ignore a
 // message of any other length).
 func (w *ExecWatch) listen(mask uint32) error {
+	return w.control(procCNMcastListn, mask)
+}
+
+// control sends the connector operation op (with the event types in
+// mask, when not 0).
+func (w *ExecWatch) control(op, mask uint32) error {
 	n := 4
 	if mask != 0 {
 		n = 8
@@ -163,7 +173,7 @@ func (w *ExecWatch) listen(mask uint32) error {
 	ne.PutUint32(c[0:], cnIdxProc)
 	ne.PutUint32(c[4:], cnValProc)
 	ne.PutUint16(c[16:], uint16(n))
-	ne.PutUint32(c[cnMsgLen:], procCNMcastListn)
+	ne.PutUint32(c[cnMsgLen:], op)
 	if mask != 0 {
 		ne.PutUint32(c[cnMsgLen+4:], mask)
 	}
@@ -259,6 +269,75 @@ func (w *ExecWatch) Run(ctx context.Context) error {
 	default:
 		w.fail(fmt.Errorf("%w: %w", ErrExecWatch, err))
 		return fmt.Errorf("peercred: exec watch: %w", err)
+	}
+}
+
+// RunCanary proves, every every, that exec events still arrive: it runs
+// argv (a program that exits at once) and waits up to wait for the
+// event of its exec. If none comes, the kernel has stopped sending
+// process events (another privileged tool unsubscribed the last listener
+// on a kernel before Linux 6.6, a kernel bug), and a watch that sees no
+// exec refuses nothing: the watch then fails, refusing every connection
+// from then on, and RunCanary returns the error. It returns nil when ctx
+// ends.
+func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait time.Duration) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if err := w.execCanary(ctx, argv, wait); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			w.fail(err)
+			return err
+		}
+	}
+}
+
+// execCanary runs argv once and waits for its exec event.
+func (w *ExecWatch) execCanary(ctx context.Context, argv []string, wait time.Duration) error {
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	// Started holding w.mu, so that no drain can take the exec event
+	// before its pid is known: Start returns once the exec has happened.
+	w.mu.Lock()
+	err := cmd.Start()
+	if err == nil {
+		w.execPID, w.execSeen = int32(cmd.Process.Pid), false
+	}
+	w.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("%w: exec canary: %w", ErrExecWatch, err)
+	}
+	defer cmd.Wait() //nolint:errcheck // reaped; how it ended does not matter
+	defer func() {
+		w.mu.Lock()
+		w.execPID = 0
+		w.mu.Unlock()
+	}()
+	deadline := time.Now().Add(wait)
+	for {
+		w.mu.Lock()
+		err := w.drain()
+		seen := w.execSeen
+		w.mu.Unlock()
+		switch {
+		case err != nil:
+			return err
+		case seen:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("%w: no exec event for the exec canary (pid %d) within %s: the kernel stopped sending process events", ErrExecWatch, cmd.Process.Pid, wait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 }
 
@@ -367,6 +446,9 @@ func (w *ExecWatch) handle(b []byte) {
 				if ts >= c.watchedAt {
 					c.execed.CompareAndSwap(0, ts)
 				}
+			}
+			if tgid == w.execPID && w.execPID != 0 {
+				w.execSeen = true
 			}
 		case procEventComm:
 			if pid == w.canary && tgid == int32(os.Getpid()) {

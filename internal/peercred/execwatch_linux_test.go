@@ -107,6 +107,47 @@ func TestExecWatchWithoutFilter(t *testing.T) {
 	require.ErrorIs(t, c.Verify(), ErrPeerExeced)
 }
 
+// Must show: the exec canary keeps proving that exec events arrive, and
+// once they stop (played here by the watch's socket telling the kernel
+// to send it nothing, as a kernel that stopped sending would look), it
+// fails the watch within its wait: connections are refused and
+// RunCanary returns the error, rather than a blind watch refusing no
+// exec.
+func TestExecCanaryFailsClosed(t *testing.T) {
+	if !kernelAtLeast(t, 6, 6) {
+		t.Skip("blinding one socket takes Linux 6.6's per-socket filter")
+	}
+	w := watch(t)
+	l, path := listenWatched(t, w)
+	h := startHelper(t, "hold", path)
+	h.expect(t, "ready")
+	c := accept(t, l)
+	argv := []string{os.Args[0], "-test.run=^$"} // exits at once
+
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- w.RunCanary(ctx, argv, 50*time.Millisecond, 2*time.Second) }()
+	select {
+	case err := <-done:
+		t.Fatalf("the canary failed while events arrive: %v", err)
+	case <-time.After(time.Second): // about 20 canaries
+	}
+	require.NoError(t, c.Verify())
+
+	require.NoError(t, w.control(procCNMcastIgnr, procEventExec))
+	start := time.Now()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ErrExecWatch)
+		require.ErrorContains(t, err, "no exec event for the exec canary")
+		t.Logf("failed %s after the events stopped: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the canary did not notice that exec events stopped")
+	}
+	require.ErrorIs(t, c.Verify(), ErrExecWatch, "refused once the watch is blind")
+}
+
 // kernelAtLeast reports whether the running kernel is major.minor or later.
 func kernelAtLeast(t *testing.T, major, minor int) bool {
 	t.Helper()
