@@ -10,8 +10,10 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/url"
 	"testing"
@@ -68,6 +70,10 @@ func TestParseCSR(t *testing.T) {
 		{name: "truncated", der: csrWith(nil)[:40], wantErr: "csr: "},
 		{name: "bad signature", der: badSig, wantErr: "csr: signature"},
 		{name: "RSA key", der: makeCSR(t, rsaKey, nil), wantErr: "key must be ECDSA P-256, the only key agents sign with; got *rsa.PublicKey"},
+		// Refused for its key before any signature check, which for a
+		// large modulus the caller chose costs tens of milliseconds: a
+		// bad signature does not say "signature".
+		{name: "huge RSA key, bad signature", der: hugeRSACSR(t, 30000), wantErr: "key must be ECDSA P-256, the only key agents sign with; got *rsa.PublicKey"},
 		{name: "Ed25519 key", der: makeCSR(t, edKey, nil), wantErr: "key must be ECDSA P-256"},
 		{name: "P-224 key", der: makeCSR(t, p224, nil), wantErr: "got ECDSA P-224"},
 		{name: "P-256 key", der: csrWith(nil)},
@@ -404,4 +410,34 @@ func TestCheckIssuedRequiresSigningOnlyLeaf(t *testing.T) {
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
 	err := checkIssued([]*x509.Certificate{root.issue(t, tmpl, key.Public()), root.cert}, csr, agentID)
 	require.Error(t, err, "a TLS client certificate naming the agent must not leave the server")
+}
+
+// hugeRSACSR is a CSR for an RSA key of bits bits with exponent 2^31-1, as
+// an attacker makes it: the key is no real key and the signature is noise,
+// so checking it costs the most and fails.
+func hugeRSACSR(t *testing.T, bits int) []byte {
+	t.Helper()
+	n := new(big.Int).Lsh(big.NewInt(1), uint(bits-1))
+	n.SetBit(n, 0, 1)
+	spki, err := x509.MarshalPKIXPublicKey(&rsa.PublicKey{N: n, E: 1<<31 - 1})
+	require.NoError(t, err)
+	subject, err := asn1.Marshal(pkix.Name{CommonName: "x"}.ToRDNSequence())
+	require.NoError(t, err)
+	tbs, err := asn1.Marshal(struct {
+		Version    int
+		Subject    asn1.RawValue
+		PublicKey  asn1.RawValue
+		Attributes []asn1.RawValue `asn1:"tag:0"`
+	}{Subject: asn1.RawValue{FullBytes: subject}, PublicKey: asn1.RawValue{FullBytes: spki}, Attributes: []asn1.RawValue{}})
+	require.NoError(t, err)
+	sig := make([]byte, (bits+7)/8)
+	_, err = rand.Read(sig[1:])
+	require.NoError(t, err)
+	der, err := asn1.Marshal(struct {
+		TBS asn1.RawValue
+		Alg pkix.AlgorithmIdentifier
+		Sig asn1.BitString
+	}{asn1.RawValue{FullBytes: tbs}, pkix.AlgorithmIdentifier{Algorithm: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11}, Parameters: asn1.NullRawValue}, asn1.BitString{Bytes: sig, BitLength: 8 * len(sig)}})
+	require.NoError(t, err)
+	return der
 }
