@@ -1,13 +1,20 @@
 package tsa
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"io"
+	"math/big"
 	"testing"
 	"time"
 
+	"github.com/digitorus/pkcs7"
 	"github.com/stretchr/testify/require"
 )
 
@@ -107,4 +114,57 @@ func verify(resp, sig []byte, leaf *x509.Certificate, roots, intermediates *x509
 		return time.Time{}, err
 	}
 	return a.Verify(resp, sig)
+}
+
+// garbageRSA signs as an RSA key nobody holds: its signatures are noise.
+type garbageRSA struct{ pub *rsa.PublicKey }
+
+func (g garbageRSA) Public() crypto.PublicKey { return g.pub }
+func (g garbageRSA) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
+	b := make([]byte, (g.pub.N.BitLen()+7)/8)
+	_, err := rand.Read(b[1:])
+	return b, err
+}
+
+// Must show, as an attacker submits it to the log: a token that embeds a
+// certificate other than the authority's, for an RSA key of 16,384 bits
+// and exponent 2^31-1 (checking a signature with it costs milliseconds;
+// at 48,000 bits, 86), signed with noise, is refused for its certificate
+// before any signature is checked: the error names the certificate, where
+// before it came from the failed RSA check.
+func TestForeignCertificateRefusedBeforeItsSignature(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := newSigner(t, t0.Add(-time.Hour))
+	leaf, root := s.Chain()[0], s.Chain()[1]
+
+	n := new(big.Int).Lsh(big.NewInt(1), 16383)
+	n.SetBit(n, 0, 1)
+	pub := &rsa.PublicKey{N: n, E: 1<<31 - 1}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	now := time.Now() // pkcs7 checks the signing time (now) against the certificate before its signature
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "anyone"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	require.NoError(t, err)
+	ca, err := x509.ParseCertificate(caDER)
+	require.NoError(t, err)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "not the TSA"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour)}, ca, pub, caKey)
+	require.NoError(t, err)
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	sd, err := pkcs7.NewSignedData([]byte("anything"))
+	require.NoError(t, err)
+	require.NoError(t, sd.AddSigner(cert, garbageRSA{pub}, pkcs7.SignerInfoConfig{}))
+	token, err := sd.Finish()
+	require.NoError(t, err)
+	resp, err := asn1.Marshal(struct {
+		Status struct{ Status int }
+		Token  asn1.RawValue
+	}{Token: asn1.RawValue{FullBytes: token}})
+	require.NoError(t, err)
+
+	start := time.Now()
+	_, err = verify(resp, []byte("a DSSE signature"), leaf, pool(root), nil)
+	require.ErrorContains(t, err, "not signed by the trusted timestamp authority's certificate")
+	t.Logf("refused in %s: %v", time.Since(start), err)
 }
