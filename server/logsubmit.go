@@ -29,7 +29,9 @@ import (
 const (
 	// MaxSubmitEntries bounds the entries of one SubmitEntries call.
 	MaxSubmitEntries = limits.MaxEntriesPerCall
-	// MaxEnvelopeSize bounds one envelope's JSON: the same as a bundle.
+	// MaxEnvelopeSize bounds one envelope's JSON: what the agent signs at
+	// most, so that the bundle rebuilt from the entry fits a verifier's
+	// limit.
 	MaxEnvelopeSize = limits.MaxEnvelopeBytes
 	// MaxCertificateSize bounds one signing certificate (DER).
 	MaxCertificateSize = limits.MaxCertificateBytes

@@ -33,8 +33,10 @@ const (
 
 	// MaxEnvelopeBytes bounds one submitted envelope (its protojson):
 	// the log refuses a larger one. Every envelope of a bundle the agent
-	// signs is smaller.
-	MaxEnvelopeBytes = MaxBundleBytes
+	// signs is smaller, and the bundle a verifier rebuilds from a logged
+	// envelope this size still fits MaxBundleBytes (at MaxBundleBytes,
+	// the log took envelopes whose bundles no verifier reads).
+	MaxEnvelopeBytes = MaxSignedBundleBytes
 
 	// MaxCertificateBytes bounds one submitted signing certificate (DER).
 	MaxCertificateBytes = 16 << 10
