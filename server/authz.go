@@ -75,6 +75,12 @@ func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServer
 		if err != nil {
 			return nil, err
 		}
+		release, ok := s.calls.take(id.String(), maxCallsPerCaller)
+		if !ok {
+			s.metrics.limited.WithLabelValues(info.FullMethod).Inc()
+			return nil, status.Errorf(codes.ResourceExhausted, "%s has %d calls under way, the most the server takes from one caller: wait for them", id, maxCallsPerCaller)
+		}
+		defer release()
 		resp, err := handler(withCaller(ctx, id), req)
 		if err != nil {
 			st := status.Convert(err)

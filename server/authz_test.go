@@ -9,6 +9,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -338,4 +340,50 @@ func counterValue(t testing.TB, c prometheus.Metric) float64 {
 	var m dto.Metric
 	require.NoError(t, c.Write(&m))
 	return m.GetCounter().GetValue()
+}
+
+// Must show: one caller may have at most maxCallsPerCaller unary calls
+// under way; another is refused at once (ResourceExhausted, counted, its
+// handler not run), while other agents' calls go on, and the caller's
+// own once one of its calls has ended.
+func TestCallsLimitedPerCaller(t *testing.T) {
+	pn := newPeerNetwork(t)
+	s, _ := newAuthzServer(t)
+	intercept := s.unaryInterceptor(s.policy())
+	info := &grpc.UnaryServerInfo{FullMethod: issue}
+	block := make(chan struct{})
+	entered := make(chan struct{}, maxCallsPerCaller)
+	blocking := func(context.Context, any) (any, error) {
+		entered <- struct{}{}
+		<-block
+		return "done", nil
+	}
+	ran := false
+	quick := func(context.Context, any) (any, error) { ran = true; return "ok", nil }
+
+	var wg sync.WaitGroup
+	for range maxCallsPerCaller {
+		wg.Go(func() {
+			_, err := intercept(pn.contextFor(t, agentID), nil, info, blocking)
+			assert.NoError(t, err)
+		})
+	}
+	for range maxCallsPerCaller {
+		<-entered
+	}
+	_, err := intercept(pn.contextFor(t, agentID), nil, info, quick)
+	require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	require.False(t, ran, "a refused call's handler does not run")
+	require.Equal(t, 1.0, counterValue(t, s.metrics.limited.WithLabelValues(issue)))
+
+	resp, err := intercept(pn.contextFor(t, otherID), nil, info, quick)
+	require.NoError(t, err, "another agent is not held back")
+	require.Equal(t, "ok", resp)
+
+	close(block)
+	wg.Wait()
+	ran = false
+	_, err = intercept(pn.contextFor(t, agentID), nil, info, quick)
+	require.NoError(t, err)
+	require.True(t, ran, "the caller's calls ended: it may call again")
 }

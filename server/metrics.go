@@ -10,6 +10,7 @@ type metrics struct {
 	registry       *prometheus.Registry
 	issued         *prometheus.CounterVec
 	denied         *prometheus.CounterVec
+	limited        *prometheus.CounterVec
 	keyManagerSign *prometheus.HistogramVec
 	svidRotations  prometheus.Counter
 	svidExpiry     prometheus.Gauge
@@ -37,6 +38,10 @@ func newMetrics() *metrics {
 			Name: "hallmark_server_authorization_denied_total",
 			Help: "Calls refused because the caller's SPIFFE ID is not allowed, by method.",
 		}, []string{"method"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hallmark_server_calls_limited_total",
+			Help: "Calls refused because their caller had the most calls under way the server takes from one caller, by method.",
+		}, []string{"method"}),
 		keyManagerSign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hallmark_server_key_manager_sign_seconds",
 			Help:    "Latency of key manager signing calls, by key manager and outcome.",
@@ -55,7 +60,7 @@ func newMetrics() *metrics {
 			Help: "Signatures timestamped for agents as they sign (Timestamp), by result: granted, error.",
 		}, []string{"result"}),
 	}
-	m.registry.MustRegister(m.issued, m.denied, m.keyManagerSign, m.svidRotations, m.svidExpiry, m.timestamps,
+	m.registry.MustRegister(m.issued, m.denied, m.limited, m.keyManagerSign, m.svidRotations, m.svidExpiry, m.timestamps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -48,6 +48,8 @@ type Server struct {
 	tlog *TransparencyLog
 	// agents are the latest certificates issued, for the admin API.
 	agents agentRecords
+	// calls counts each caller's unary calls under way.
+	calls callLimit
 }
 
 // New checks cfg and returns a server ready to Run.
