@@ -101,21 +101,30 @@ func (ff Finders) enumerate() ([]Candidate, bool) {
 // claimedSubjects returns the sha256 digests a bundle's payload claims as
 // subjects, unverified: only to narrow the search.
 func claimedSubjects(bundleJSON []byte) []string {
+	subjects, _ := claimed(bundleJSON)
+	return subjects
+}
+
+// claimed returns the sha256 digests a bundle's payload claims as
+// subjects and the builder (runDetails.builder.id) it claims, unverified:
+// only to narrow the search and pass over what no rule could accept.
+func claimed(bundleJSON []byte) (subjects []string, builder string) {
 	b, err := attest.ParseBundle(bundleJSON)
 	if err != nil {
-		return nil
+		return nil, ""
 	}
 	var st ita1.Statement
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b.GetDsseEnvelope().GetPayload(), &st); err != nil {
-		return nil
+		return nil, ""
 	}
-	out := make([]string, 0, len(st.GetSubject()))
+	subjects = make([]string, 0, len(st.GetSubject()))
 	for _, s := range st.GetSubject() {
 		if d := s.GetDigest()["sha256"]; d != "" {
-			out = append(out, strings.ToLower(d))
+			subjects = append(subjects, strings.ToLower(d))
 		}
 	}
-	return out
+	builder = st.GetPredicate().GetFields()["runDetails"].GetStructValue().GetFields()["builder"].GetStructValue().GetFields()["id"].GetStringValue()
+	return subjects, builder
 }
 
 // LogSearch is a Finder that asks a Hallmark server's log for the
@@ -130,6 +139,13 @@ type LogSearch struct {
 	Client *http.Client
 	// MaxEntries bounds the entries read for one digest (default 1000).
 	MaxEntries int
+	// Builder, when not nil, passes over entries whose submitting agent
+	// (the builder of every entry it logs) it refuses, uncounted and
+	// unread: a compromised agent that no rule trusts can log any number
+	// of entries naming another's artifact without hiding it (before,
+	// 1,001 of them made every search for it fail). Policy.MayBuild
+	// tells which builders a pipeline policy could accept.
+	Builder func(spiffeID string) bool
 }
 
 // maxSearchPage bounds one answer of the server.
@@ -167,6 +183,9 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 			return nil, err
 		}
 		for _, e := range page.Entries {
+			if l.Builder != nil && !l.Builder(e.SPIFFEID) {
+				continue
+			}
 			b, index, err := RebuildBundle(e)
 			if err != nil {
 				return nil, fmt.Errorf("pipeline: log search: entry from %s: %w", l.BaseURL, err)

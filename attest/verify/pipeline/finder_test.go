@@ -1,6 +1,7 @@
 package pipeline_test
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -38,9 +39,11 @@ func logServer(t *testing.T, bundles []pipeline.Candidate) *httptest.Server {
 			} `json:"subject"`
 		}
 		require.NoError(t, json.Unmarshal(b.GetDsseEnvelope().GetPayload(), &st))
+		cert, err := x509.ParseCertificate(b.GetVerificationMaterial().GetCertificate().GetRawBytes())
+		require.NoError(t, err)
 		e := entry{json: pipeline.SearchEntry{
-			TlogEntry: te, DSSEEnvelope: env,
-			Certificate:     b.GetVerificationMaterial().GetCertificate().GetRawBytes(),
+			TlogEntry: te, DSSEEnvelope: env, SPIFFEID: cert.URIs[0].String(), // the agent that submitted it
+			Certificate:     cert.Raw,
 			SignedTimestamp: b.GetVerificationMaterial().GetTimestampVerificationData().GetRfc3161Timestamps()[0].GetSignedTimestamp(),
 		}}
 		for _, s := range st.Subject {

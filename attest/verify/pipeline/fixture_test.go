@@ -130,6 +130,16 @@ func (f *fixture) bundle(t testing.TB, s attest.Step) []byte {
 	return out
 }
 
+// bundleBy signs and logs s as agent.
+func (f *fixture) bundleBy(t testing.TB, agent *verifytest.Agent, s attest.Step) []byte {
+	t.Helper()
+	b, err := f.h.Attest(agent, s, f.now)
+	require.NoError(t, err)
+	out, err := protojson.Marshal(b)
+	require.NoError(t, err)
+	return out
+}
+
 // bundles signs the steps of r, named like bundle files.
 func (f *fixture) bundles(t testing.TB, steps ...attest.Step) []pipeline.Candidate {
 	t.Helper()

@@ -55,6 +55,23 @@ func (p *Policy) NamesEveryBuilder() bool {
 	return len(p.Steps) > 0
 }
 
+// MayBuild reports whether an attestation by builder could satisfy some
+// step: builder is under verifierPrefixes (when any) and under the
+// builder_id_prefixes of a step (or a step names none). One for which it
+// is false is refused by every step's identity rule, whatever else it
+// holds, so a verifier need not read or check it at all: neither a log
+// search nor the walk counts it against their limits, and a builder that
+// no rule trusts cannot bury a genuine attestation under its own.
+func (p *Policy) MayBuild(builder string, verifierPrefixes []string) bool {
+	under := func(prefixes []string) bool {
+		return slices.ContainsFunc(prefixes, func(pre string) bool { return underPrefix(builder, pre) })
+	}
+	if len(verifierPrefixes) > 0 && !under(verifierPrefixes) {
+		return false
+	}
+	return slices.ContainsFunc(p.Steps, func(s StepRule) bool { return len(s.BuilderIDPrefixes) == 0 || under(s.BuilderIDPrefixes) })
+}
+
 // StepRule is a policy's `step "NAME" { ... }` block.
 type StepRule struct {
 	Name string

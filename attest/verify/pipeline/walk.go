@@ -172,6 +172,8 @@ type walker struct {
 	verified map[string]*attestation // bundle SHA-256 -> verified
 	refused  map[string]error        // bundle SHA-256 -> why not
 	claims   map[string][]string     // bundle SHA-256 -> subjects claimed, unverified
+	builders map[string]string       // bundle SHA-256 -> builder claimed, unverified
+	checked  int                     // bundles verified, whatever the outcome (the limit's count)
 	found    map[string][]Candidate  // digest -> Find's answer
 	byStep   map[string][]*attestation
 	producer map[string][]*attestation // step "|" subject SHA-256 -> verified attestations
@@ -196,7 +198,7 @@ func Verify(ctx context.Context, p *Policy, artifact verify.Digest, opts Options
 	}
 	w := &walker{
 		ctx: ctx, p: p, opts: opts, max: cmp.Or(opts.MaxAttestations, 1000),
-		verified: map[string]*attestation{}, refused: map[string]error{}, claims: map[string][]string{},
+		verified: map[string]*attestation{}, refused: map[string]error{}, claims: map[string][]string{}, builders: map[string]string{},
 		found: map[string][]Candidate{}, byStep: map[string][]*attestation{}, producer: map[string][]*attestation{}, nodes: map[string]*Node{},
 		report: &Report{
 			Artifact:     verify.Subject{Name: artifact.Name, SHA256: hex.EncodeToString(artifact.SHA256[:])},
@@ -352,15 +354,22 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 	}
 	claims, ok := w.claims[key]
 	if !ok {
-		claims = claimedSubjects(c.Bundle)
+		claims, w.builders[key] = claimed(c.Bundle)
 		w.claims[key] = claims
 	}
 	if !slices.Contains(claims, hex.EncodeToString(d.SHA256[:])) {
 		return nil
 	}
-	if len(w.verified)+len(w.refused) >= w.max {
+	// A builder no rule accepts fails every step's identity rule: not
+	// verified, and not counted (Policy.MayBuild).
+	if b := w.builders[key]; !w.p.MayBuild(b, w.opts.BuilderIDPrefixes) {
+		w.refused[key] = fmt.Errorf("%s: not verified: its builder %q (as it claims) is allowed by no step's builder_id_prefixes or the verifier's", c.Origin, b)
+		return nil
+	}
+	if w.checked >= w.max {
 		return &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("more than %d attestations to verify (Options.MaxAttestations)", w.max)}}
 	}
+	w.checked++
 	res, err := verifyBundle(c.Bundle, []verify.Digest{d}, w.opts.Verify)
 	if err != nil {
 		w.refused[key] = fmt.Errorf("%s: %w", c.Origin, err)
