@@ -27,6 +27,7 @@ func TestParseConfig(t *testing.T) {
 	require.Equal(t, DefaultWorkloadAPISocket, c.WorkloadAPIAddr)
 	require.Empty(t, c.HealthAddress)
 	require.Nil(t, c.Now)
+	require.Equal(t, []string{"/proc/self/exe", ExecCanaryCommand}, c.ExecCanary, "the daemon proves every 30 s that its exec watch sees execs")
 
 	c, err = ParseConfig("agent.hcl", []byte(agentHCL(
 		`workload_api_socket = "unix:///tmp/spire/api.sock"`,

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
@@ -75,12 +76,14 @@ func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServer
 		if err != nil {
 			return nil, err
 		}
-		release, ok := s.calls.take(id.String(), maxCallsPerCaller)
-		if !ok {
-			s.metrics.limited.WithLabelValues(info.FullMethod).Inc()
-			return nil, status.Errorf(codes.ResourceExhausted, "%s has %d calls under way, the most the server takes from one caller: wait for them", id, maxCallsPerCaller)
+		if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+			release, ok := s.calls.take(p.Addr.String(), maxCallsPerConn)
+			if !ok {
+				s.metrics.limited.WithLabelValues(info.FullMethod).Inc()
+				return nil, status.Errorf(codes.ResourceExhausted, "%s has %d calls under way on this connection, the most the server takes on one: wait for them", id, maxCallsPerConn)
+			}
+			defer release()
 		}
-		defer release()
 		resp, err := handler(withCaller(ctx, id), req)
 		if err != nil {
 			st := status.Convert(err)

@@ -342,17 +342,27 @@ func counterValue(t testing.TB, c prometheus.Metric) float64 {
 	return m.GetCounter().GetValue()
 }
 
-// Must show: one caller may have at most maxCallsPerCaller unary calls
+// Must show: one connection may have at most maxCallsPerConn unary calls
 // under way; another is refused at once (ResourceExhausted, counted, its
-// handler not run), while other agents' calls go on, and the caller's
-// own once one of its calls has ended.
-func TestCallsLimitedPerCaller(t *testing.T) {
+// handler not run), while calls on other connections go on, those of the
+// same SPIFFE ID included (on Kubernetes every agent may hold the same
+// one), and the connection's own once one of its calls has ended.
+func TestCallsLimitedPerConnection(t *testing.T) {
 	pn := newPeerNetwork(t)
 	s, _ := newAuthzServer(t)
 	intercept := s.unaryInterceptor(s.policy())
 	info := &grpc.UnaryServerInfo{FullMethod: issue}
+	agent := pn.contextFor(t, agentID)
+	onConn := func(port int) context.Context {
+		p, ok := peer.FromContext(agent)
+		require.True(t, ok)
+		q := *p
+		q.Addr = &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: port}
+		return peer.NewContext(agent, &q)
+	}
+	connA, connB := onConn(40001), onConn(40002)
 	block := make(chan struct{})
-	entered := make(chan struct{}, maxCallsPerCaller)
+	entered := make(chan struct{}, maxCallsPerConn)
 	blocking := func(context.Context, any) (any, error) {
 		entered <- struct{}{}
 		<-block
@@ -362,28 +372,28 @@ func TestCallsLimitedPerCaller(t *testing.T) {
 	quick := func(context.Context, any) (any, error) { ran = true; return "ok", nil }
 
 	var wg sync.WaitGroup
-	for range maxCallsPerCaller {
+	for range maxCallsPerConn {
 		wg.Go(func() {
-			_, err := intercept(pn.contextFor(t, agentID), nil, info, blocking)
+			_, err := intercept(connA, nil, info, blocking)
 			assert.NoError(t, err)
 		})
 	}
-	for range maxCallsPerCaller {
+	for range maxCallsPerConn {
 		<-entered
 	}
-	_, err := intercept(pn.contextFor(t, agentID), nil, info, quick)
+	_, err := intercept(connA, nil, info, quick)
 	require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
 	require.False(t, ran, "a refused call's handler does not run")
 	require.Equal(t, 1.0, counterValue(t, s.metrics.limited.WithLabelValues(issue)))
 
-	resp, err := intercept(pn.contextFor(t, otherID), nil, info, quick)
-	require.NoError(t, err, "another agent is not held back")
+	resp, err := intercept(connB, nil, info, quick)
+	require.NoError(t, err, "another connection of the same SPIFFE ID is not held back")
 	require.Equal(t, "ok", resp)
 
 	close(block)
 	wg.Wait()
 	ran = false
-	_, err = intercept(pn.contextFor(t, agentID), nil, info, quick)
+	_, err = intercept(connA, nil, info, quick)
 	require.NoError(t, err)
-	require.True(t, ran, "the caller's calls ended: it may call again")
+	require.True(t, ran, "the connection's calls ended: it may call again")
 }

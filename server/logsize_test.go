@@ -7,8 +7,10 @@ import (
 	"strings"
 	"testing"
 
+	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
@@ -60,4 +62,31 @@ func TestLargestAdmittedEnvelopeVerifies(t *testing.T) {
 	over.Envelope = append([]byte(nil), sub.Envelope...)
 	over.Envelope = append(over.Envelope, make([]byte, limits.MaxEnvelopeBytes+1-len(over.Envelope))...)
 	require.ErrorContains(t, submitOne(t, l.TransparencyLog, agentID, over).Refusal, "more than")
+}
+
+// Must show: GET /log/entries serves an envelope as it was stored: a
+// signature's keyid (which no signature covers) of 4,096 '<' comes out as
+// 4,096 '<', not six times as long escaped, which made one such entry a
+// page larger than a client reads (a reviewer).
+func TestLogEntriesServedUnescaped(t *testing.T) {
+	ca := newTestCA(t, "signing CA")
+	agent := newTestAgent(t, ca, agentID)
+	l := newTestLog(t, ca, nil)
+	sub := agent.submit(t, "angle")
+	env := &dssepb.Envelope{}
+	require.NoError(t, protojson.Unmarshal(sub.Envelope, env))
+	angles := strings.Repeat("<", 4096)
+	env.GetSignatures()[0].Keyid = angles
+	var err error
+	sub.Envelope, err = protojson.Marshal(env)
+	require.NoError(t, err)
+	require.NoError(t, submitOne(t, l.TransparencyLog, agentID, sub).Refusal)
+
+	mux := http.NewServeMux()
+	l.registerHTTP(mux, zap.NewNop())
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/log/entries?digest=sha256:"+digestOf("angle"), nil))
+	require.Equal(t, http.StatusOK, rec.Code, rec.Body.String())
+	require.Contains(t, rec.Body.String(), angles)
+	require.NotContains(t, rec.Body.String(), `\u003c`)
 }

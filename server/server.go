@@ -48,7 +48,7 @@ type Server struct {
 	tlog *TransparencyLog
 	// agents are the latest certificates issued, for the admin API.
 	agents agentRecords
-	// calls counts each caller's unary calls under way.
+	// calls counts the unary calls under way on each connection.
 	calls callLimit
 }
 

@@ -62,6 +62,7 @@ type ExecWatch struct {
 	seen      bool  // the canary was seen
 	overflows int   // times the kernel dropped events (ENOBUFS)
 	execPID   int32 // the exec canary's pid (RunCanary); 0: none under way
+	execSince int64 // when it was started (monotonic): an older event of its pid is another's
 	execSeen  bool  // its exec event arrived
 
 	// unfiltered: the kernel sends every process event, not exec events
@@ -281,6 +282,9 @@ func (w *ExecWatch) Run(ctx context.Context) error {
 // from then on, and RunCanary returns the error. It returns nil when ctx
 // ends.
 func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait time.Duration) error {
+	if len(argv) == 0 {
+		return errors.New("peercred: exec canary: no program")
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -299,19 +303,43 @@ func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait ti
 	}
 }
 
-// execCanary runs argv once and waits for its exec event.
+// execCanary runs argv and waits for its exec event, again if the kernel
+// dropped events meanwhile (the canary's may have been among them: only a
+// clean miss says the events stopped).
 func (w *ExecWatch) execCanary(ctx context.Context, argv []string, wait time.Duration) error {
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	for range 3 {
+		seen, lost, err := w.execCanaryOnce(ctx, argv, wait)
+		switch {
+		case err != nil:
+			return err
+		case seen:
+			return nil
+		case !lost:
+			return fmt.Errorf("%w: no exec event for the exec canary within %s: the kernel stopped sending process events", ErrExecWatch, wait)
+		}
+	}
+	return fmt.Errorf("%w: exec canary: the kernel keeps dropping process events", ErrExecWatch)
+}
+
+// execCanaryOnce runs argv once and reports whether its exec event came
+// within wait, and whether the kernel dropped events meanwhile.
+func (w *ExecWatch) execCanaryOnce(ctx context.Context, argv []string, wait time.Duration) (seen, lost bool, err error) {
+	// Killed if it outlives the wait by much, so that waiting for it
+	// ends.
+	cmdCtx, cancel := context.WithTimeout(ctx, wait+5*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cmdCtx, argv[0], argv[1:]...)
 	// Started holding w.mu, so that no drain can take the exec event
 	// before its pid is known: Start returns once the exec has happened.
 	w.mu.Lock()
-	err := cmd.Start()
+	overflows, since := w.overflows, monotonicNow()
+	err = cmd.Start()
 	if err == nil {
-		w.execPID, w.execSeen = int32(cmd.Process.Pid), false
+		w.execPID, w.execSince, w.execSeen = int32(cmd.Process.Pid), since, false
 	}
 	w.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("%w: exec canary: %w", ErrExecWatch, err)
+		return false, false, fmt.Errorf("%w: exec canary: %w", ErrExecWatch, err)
 	}
 	defer cmd.Wait() //nolint:errcheck // reaped; how it ended does not matter
 	defer func() {
@@ -323,19 +351,17 @@ func (w *ExecWatch) execCanary(ctx context.Context, argv []string, wait time.Dur
 	for {
 		w.mu.Lock()
 		err := w.drain()
-		seen := w.execSeen
+		seen, lost := w.execSeen, w.overflows != overflows
 		w.mu.Unlock()
 		switch {
 		case err != nil:
-			return err
-		case seen:
-			return nil
-		case time.Now().After(deadline):
-			return fmt.Errorf("%w: no exec event for the exec canary (pid %d) within %s: the kernel stopped sending process events", ErrExecWatch, cmd.Process.Pid, wait)
+			return false, lost, err
+		case seen || time.Now().After(deadline):
+			return seen, lost, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, lost, ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -447,7 +473,7 @@ func (w *ExecWatch) handle(b []byte) {
 					c.execed.CompareAndSwap(0, ts)
 				}
 			}
-			if tgid == w.execPID && w.execPID != 0 {
+			if tgid == w.execPID && w.execPID != 0 && ts >= w.execSince {
 				w.execSeen = true
 			}
 		case procEventComm:

@@ -140,12 +140,16 @@ type LogSearch struct {
 	// MaxEntries bounds the entries read for one digest (default 1000).
 	MaxEntries int
 	// Builder, when not nil, passes over entries whose submitting agent
-	// (the builder of every entry it logs) it refuses, uncounted and
-	// unread: a compromised agent that no rule trusts can log any number
-	// of entries naming another's artifact without hiding it (before,
-	// 1,001 of them made every search for it fail). Policy.MayBuild
-	// tells which builders a pipeline policy could accept.
+	// (the builder of every entry it logs) it refuses: they are read from
+	// the server but not rebuilt, and counted against MaxSkipped instead
+	// of MaxEntries. So a compromised agent that no rule trusts must log
+	// a hundred times as many entries naming another's artifact to make
+	// the search for it fail (before, 1,001 did). Policy.MayBuild tells
+	// which builders a pipeline policy could accept.
 	Builder func(spiffeID string) bool
+	// MaxSkipped bounds the entries Builder refuses for one digest
+	// (default 100 times MaxEntries).
+	MaxSkipped int
 }
 
 // maxSearchPage bounds one answer of the server.
@@ -176,7 +180,12 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 	if limit <= 0 {
 		limit = 1000
 	}
+	maxSkipped := l.MaxSkipped
+	if maxSkipped <= 0 {
+		maxSkipped = 100 * limit
+	}
 	var out []Candidate
+	skipped := 0
 	for start := int64(0); ; {
 		page, err := l.page(ctx, sha256Hex, start)
 		if err != nil {
@@ -184,6 +193,9 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 		}
 		for _, e := range page.Entries {
 			if l.Builder != nil && !l.Builder(e.SPIFFEID) {
+				if skipped++; skipped > maxSkipped {
+					return nil, fmt.Errorf("pipeline: log search: more than %d entries naming sha256:%s are by builders no rule allows (%s among them); not reading further", maxSkipped, sha256Hex, e.SPIFFEID)
+				}
 				continue
 			}
 			b, index, err := RebuildBundle(e)

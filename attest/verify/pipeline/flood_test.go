@@ -55,6 +55,12 @@ func TestFloodByAnUntrustedBuilderHidesNothing(t *testing.T) {
 	require.NoError(t, err, "from the log")
 	require.True(t, rep.Verified)
 
+	// Passing over has its own bound, with its own error.
+	capped := &pipeline.LogSearch{BaseURL: srv.URL, MaxSkipped: 10, Builder: search.Builder}
+	_, err = pipeline.Verify(context.Background(), p, artifact, opts(capped))
+	require.ErrorContains(t, err, "more than 10 entries naming sha256:")
+	require.ErrorContains(t, err, "are by builders no rule allows ("+rogueID+" among them)")
+
 	// The rogue builder is what the verifier leaves out: with it
 	// allowed, its attestations are read and counted, and the search
 	// refuses to read more than it may.

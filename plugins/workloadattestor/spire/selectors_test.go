@@ -284,9 +284,12 @@ func TestSelectorAttestorRoom(t *testing.T) {
 }
 
 // Must show: as the unix attestor (TestPathNamesTheFileOnThisHost), a
-// caller running one program under another's name in a user and mount
-// namespace of its own (uid 65534, sleep mounted over /usr/bin/true) is
-// described to SPIRE without a path, and by the sha256 of what it runs.
+// caller running one program under another's name (sleep mounted over
+// /usr/bin/true) in a mount namespace of its own is described to SPIRE
+// without a path, and by the sha256 of what it runs: whether it made the
+// namespace itself inside a user namespace of its own (unshare -Urm, as
+// uid 65534), or a privileged helper made it without one, as a setuid
+// sandbox does (root's unshare -m, then setpriv to uid 65534).
 func TestSelectorAttestorPathNamesTheFileOnThisHost(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("runs the attacker as uid 65534: needs root")
@@ -298,30 +301,46 @@ func TestSelectorAttestorPathNamesTheFileOnThisHost(t *testing.T) {
 	data, err := os.ReadFile(sleep)
 	require.NoError(t, err)
 	sum := sha256.Sum256(data)
-	cmd := exec.Command("unshare", "-Urm", "sh", "-c", "mount --bind "+sleep+" /usr/bin/true && exec /usr/bin/true 30")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		got, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid))
-		if err == nil && got == "/usr/bin/true" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Skipf("unprivileged user namespaces are not available here (the exe is %q, %v)", got, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-
-	fake := &fakeDelegatedIdentity{subscribe: answer(svid("td", "/ci/step"))}
-	a := newSelectorAttestor(t, serve(t, fake), "discover_workload_path = true\n")
-	_, err = a.Attest(context.Background(), workloadattestor.Caller{PID: int32(cmd.Process.Pid), UID: 65534, GID: 65534})
-	require.NoError(t, err)
-	got := fake.selectorsOf()
-	require.Len(t, got, 1)
-	t.Logf("selectors sent to SPIRE: %v", got[0])
-	require.Contains(t, got[0], "unix:sha256:"+hex.EncodeToString(sum[:]))
-	for _, s := range got[0] {
-		require.NotContains(t, s, "unix:path:", "a path the caller chose")
+	forge := "mount --bind " + sleep + " /usr/bin/true && exec "
+	for _, tc := range []struct {
+		name string
+		cmd  func() *exec.Cmd
+	}{
+		{"user and mount namespace of its own", func() *exec.Cmd {
+			cmd := exec.Command("unshare", "-Urm", "sh", "-c", forge+"/usr/bin/true 30")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			return cmd
+		}},
+		{"mount namespace made for it by a privileged helper", func() *exec.Cmd {
+			return exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+				forge+"setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/true 30")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := tc.cmd()
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				got, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", cmd.Process.Pid))
+				if err == nil && got == "/usr/bin/true" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Skipf("could not set up the namespace here (the exe is %q, %v)", got, err)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			fake := &fakeDelegatedIdentity{subscribe: answer(svid("td", "/ci/step"))}
+			a := newSelectorAttestor(t, serve(t, fake), "discover_workload_path = true\n")
+			_, err := a.Attest(context.Background(), workloadattestor.Caller{PID: int32(cmd.Process.Pid), UID: 65534, GID: 65534})
+			require.NoError(t, err)
+			got := fake.selectorsOf()
+			require.Len(t, got, 1)
+			t.Logf("selectors sent to SPIRE: %v", got[0])
+			require.Contains(t, got[0], "unix:sha256:"+hex.EncodeToString(sum[:]))
+			for _, s := range got[0] {
+				require.NotContains(t, s, "unix:path:", "a path the caller chose")
+			}
+		})
 	}
 }
