@@ -190,21 +190,47 @@ func (w *ExecWatch) control(op, mask uint32) error {
 // outside the initial user and pid namespaces, and filtered ones before
 // Linux 6.6.
 func (w *ExecWatch) proveDelivery(wait time.Duration) (bool, error) {
+	return w.retryDropped(func() (bool, error) { return w.proveOnce(wait) })
+}
+
+// retryDropped calls try, which reports whether an event it waited for
+// came, and calls it again (3 times in all, at most) while the event did
+// not come and the kernel dropped events meanwhile: it may have been
+// among them, and only a clean miss says anything.
+func (w *ExecWatch) retryDropped(try func() (bool, error)) (bool, error) {
 	for range 3 {
 		w.mu.Lock()
-		overflows := w.overflows
+		before := w.overflows
 		w.mu.Unlock()
-		seen, err := w.proveOnce(wait)
+		seen, err := try()
 		w.mu.Lock()
-		lost := w.overflows != overflows
+		lost := w.overflows != before
 		w.mu.Unlock()
-		if err != nil || !lost {
+		if err != nil || seen || !lost {
 			return seen, err
 		}
-		// The kernel dropped events meanwhile, the canary's maybe: ask
-		// again rather than conclude.
 	}
 	return false, fmt.Errorf("%w: the kernel keeps dropping process events", ErrExecWatch)
+}
+
+// await drains events until seen (called holding w.mu) holds, wait has
+// passed, or ctx ends, and reports whether seen held.
+func (w *ExecWatch) await(ctx context.Context, wait time.Duration, seen func() bool) (bool, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		w.mu.Lock()
+		err := w.drain()
+		ok := seen()
+		w.mu.Unlock()
+		if err != nil || ok || time.Now().After(deadline) {
+			return ok, err
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // proveOnce renames a thread and reports whether its comm event arrives
@@ -233,17 +259,7 @@ func (w *ExecWatch) proveOnce(wait time.Duration) (bool, error) {
 	if err := <-done; err != nil {
 		return false, fmt.Errorf("%w: prctl: %w", ErrExecWatch, err)
 	}
-	deadline := time.Now().Add(wait)
-	for {
-		w.mu.Lock()
-		err := w.drain()
-		seen := w.seen
-		w.mu.Unlock()
-		if err != nil || seen || time.Now().After(deadline) {
-			return seen, err
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return w.await(context.Background(), wait, func() bool { return w.seen })
 }
 
 // Run drains events as they arrive, until ctx ends, so that the socket's
@@ -304,26 +320,18 @@ func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait ti
 }
 
 // execCanary runs argv and waits for its exec event, again if the kernel
-// dropped events meanwhile (the canary's may have been among them: only a
-// clean miss says the events stopped).
+// dropped events meanwhile (retryDropped).
 func (w *ExecWatch) execCanary(ctx context.Context, argv []string, wait time.Duration) error {
-	for range 3 {
-		seen, lost, err := w.execCanaryOnce(ctx, argv, wait)
-		switch {
-		case err != nil:
-			return err
-		case seen:
-			return nil
-		case !lost:
-			return fmt.Errorf("%w: no exec event for the exec canary within %s: the kernel stopped sending process events", ErrExecWatch, wait)
-		}
+	seen, err := w.retryDropped(func() (bool, error) { return w.execCanaryOnce(ctx, argv, wait) })
+	if err == nil && !seen {
+		err = fmt.Errorf("%w: no exec event for the exec canary within %s: the kernel stopped sending process events", ErrExecWatch, wait)
 	}
-	return fmt.Errorf("%w: exec canary: the kernel keeps dropping process events", ErrExecWatch)
+	return err
 }
 
 // execCanaryOnce runs argv once and reports whether its exec event came
-// within wait, and whether the kernel dropped events meanwhile.
-func (w *ExecWatch) execCanaryOnce(ctx context.Context, argv []string, wait time.Duration) (seen, lost bool, err error) {
+// within wait.
+func (w *ExecWatch) execCanaryOnce(ctx context.Context, argv []string, wait time.Duration) (bool, error) {
 	// Killed if it outlives the wait by much, so that waiting for it
 	// ends.
 	cmdCtx, cancel := context.WithTimeout(ctx, wait+5*time.Second)
@@ -332,14 +340,14 @@ func (w *ExecWatch) execCanaryOnce(ctx context.Context, argv []string, wait time
 	// Started holding w.mu, so that no drain can take the exec event
 	// before its pid is known: Start returns once the exec has happened.
 	w.mu.Lock()
-	overflows, since := w.overflows, monotonicNow()
-	err = cmd.Start()
+	since := monotonicNow()
+	err := cmd.Start()
 	if err == nil {
 		w.execPID, w.execSince, w.execSeen = int32(cmd.Process.Pid), since, false
 	}
 	w.mu.Unlock()
 	if err != nil {
-		return false, false, fmt.Errorf("%w: exec canary: %w", ErrExecWatch, err)
+		return false, fmt.Errorf("%w: exec canary: %w", ErrExecWatch, err)
 	}
 	defer cmd.Wait() //nolint:errcheck // reaped; how it ended does not matter
 	defer func() {
@@ -347,24 +355,7 @@ func (w *ExecWatch) execCanaryOnce(ctx context.Context, argv []string, wait time
 		w.execPID = 0
 		w.mu.Unlock()
 	}()
-	deadline := time.Now().Add(wait)
-	for {
-		w.mu.Lock()
-		err := w.drain()
-		seen, lost := w.execSeen, w.overflows != overflows
-		w.mu.Unlock()
-		switch {
-		case err != nil:
-			return false, lost, err
-		case seen || time.Now().After(deadline):
-			return seen, lost, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, lost, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return w.await(ctx, wait, func() bool { return w.execSeen })
 }
 
 // Close stops the watch; every registered connection is refused from then

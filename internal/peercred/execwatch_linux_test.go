@@ -96,15 +96,29 @@ func TestExecWatchWithoutFilter(t *testing.T) {
 	ignoredFilter = false
 	require.True(t, w.Unfiltered())
 	l, path := listenWatched(t, w)
-	h := startHelperEnv(t, "exec-chain", path, []string{"PEERCRED_CHAIN=self"})
+	h, c := connectedChain(t, l, path, "self")
+	h.runChain(t)
+	require.ErrorIs(t, c.Verify(), ErrPeerExeced)
+}
+
+// connectedChain starts an exec-chain helper that will exec chain (see
+// runHelper) and accepts its connection, verified before any exec.
+func connectedChain(t *testing.T, l *Listener, path, chain string) (*helper, *Conn) {
+	t.Helper()
+	h := startHelperEnv(t, "exec-chain", path, []string{"PEERCRED_CHAIN=" + chain})
 	c := accept(t, l)
 	h.expect(t, "connected")
 	require.Equal(t, "hi", readN(t, c, 2))
-	require.NoError(t, c.Verify(), "before the exec")
+	require.NoError(t, c.Verify(), "before any exec")
+	return h, c
+}
+
+// runChain has an exec-chain helper exec its chain, and waits until it has.
+func (h *helper) runChain(t *testing.T) {
+	t.Helper()
 	_, err := h.stdin.Write([]byte("x"))
 	require.NoError(t, err)
 	h.expect(t, "done")
-	require.ErrorIs(t, c.Verify(), ErrPeerExeced)
 }
 
 // Must show: the exec canary keeps proving that exec events arrive, and
@@ -191,14 +205,8 @@ func TestExecWatchRefusesEveryExec(t *testing.T) {
 		{"A to A to A", "self,self"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := startHelperEnv(t, "exec-chain", path, []string{"PEERCRED_CHAIN=" + tc.chain})
-			c := accept(t, l)
-			h.expect(t, "connected")
-			require.Equal(t, "hi", readN(t, c, 2))
-			require.NoError(t, c.Verify(), "before any exec")
-			_, err := h.stdin.Write([]byte("x"))
-			require.NoError(t, err)
-			h.expect(t, "done")
+			h, c := connectedChain(t, l, path, tc.chain)
+			h.runChain(t)
 			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", h.pid()))
 			require.NoError(t, err)
 			err = c.Verify()

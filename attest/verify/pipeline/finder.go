@@ -101,30 +101,33 @@ func (ff Finders) enumerate() ([]Candidate, bool) {
 // claimedSubjects returns the sha256 digests a bundle's payload claims as
 // subjects, unverified: only to narrow the search.
 func claimedSubjects(bundleJSON []byte) []string {
-	subjects, _ := claimed(bundleJSON)
-	return subjects
+	return claimed(bundleJSON).subjects
 }
 
-// claimed returns the sha256 digests a bundle's payload claims as
-// subjects and the builder (runDetails.builder.id) it claims, unverified:
-// only to narrow the search and pass over what no rule could accept.
-func claimed(bundleJSON []byte) (subjects []string, builder string) {
+// claim is what a bundle's payload claims, unverified: only to narrow the
+// search and pass over what no rule could accept.
+type claim struct {
+	subjects []string // sha256 digests of the subjects
+	builder  string   // runDetails.builder.id
+}
+
+func claimed(bundleJSON []byte) claim {
 	b, err := attest.ParseBundle(bundleJSON)
 	if err != nil {
-		return nil, ""
+		return claim{}
 	}
 	var st ita1.Statement
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b.GetDsseEnvelope().GetPayload(), &st); err != nil {
-		return nil, ""
+		return claim{}
 	}
-	subjects = make([]string, 0, len(st.GetSubject()))
+	c := claim{subjects: make([]string, 0, len(st.GetSubject()))}
 	for _, s := range st.GetSubject() {
 		if d := s.GetDigest()["sha256"]; d != "" {
-			subjects = append(subjects, strings.ToLower(d))
+			c.subjects = append(c.subjects, strings.ToLower(d))
 		}
 	}
-	builder = st.GetPredicate().GetFields()["runDetails"].GetStructValue().GetFields()["builder"].GetStructValue().GetFields()["id"].GetStringValue()
-	return subjects, builder
+	c.builder = st.GetPredicate().GetFields()["runDetails"].GetStructValue().GetFields()["builder"].GetStructValue().GetFields()["id"].GetStringValue()
+	return c
 }
 
 // LogSearch is a Finder that asks a Hallmark server's log for the

@@ -171,8 +171,7 @@ type walker struct {
 	bundles  int                     // how many an enumerable finder holds
 	verified map[string]*attestation // bundle SHA-256 -> verified
 	refused  map[string]error        // bundle SHA-256 -> why not
-	claims   map[string][]string     // bundle SHA-256 -> subjects claimed, unverified
-	builders map[string]string       // bundle SHA-256 -> builder claimed, unverified
+	claims   map[string]claim        // bundle SHA-256 -> what it claims, unverified
 	checked  int                     // bundles verified, whatever the outcome (the limit's count)
 	found    map[string][]Candidate  // digest -> Find's answer
 	byStep   map[string][]*attestation
@@ -198,7 +197,7 @@ func Verify(ctx context.Context, p *Policy, artifact verify.Digest, opts Options
 	}
 	w := &walker{
 		ctx: ctx, p: p, opts: opts, max: cmp.Or(opts.MaxAttestations, 1000),
-		verified: map[string]*attestation{}, refused: map[string]error{}, claims: map[string][]string{}, builders: map[string]string{},
+		verified: map[string]*attestation{}, refused: map[string]error{}, claims: map[string]claim{},
 		found: map[string][]Candidate{}, byStep: map[string][]*attestation{}, producer: map[string][]*attestation{}, nodes: map[string]*Node{},
 		report: &Report{
 			Artifact:     verify.Subject{Name: artifact.Name, SHA256: hex.EncodeToString(artifact.SHA256[:])},
@@ -352,18 +351,18 @@ func (w *walker) verifyCandidate(c Candidate, d verify.Digest) error {
 	if _, ok := w.refused[key]; ok {
 		return nil
 	}
-	claims, ok := w.claims[key]
+	cl, ok := w.claims[key]
 	if !ok {
-		claims, w.builders[key] = claimed(c.Bundle)
-		w.claims[key] = claims
+		cl = claimed(c.Bundle)
+		w.claims[key] = cl
 	}
-	if !slices.Contains(claims, hex.EncodeToString(d.SHA256[:])) {
+	if !slices.Contains(cl.subjects, hex.EncodeToString(d.SHA256[:])) {
 		return nil
 	}
 	// A builder no rule accepts fails every step's identity rule: not
 	// verified, and not counted (Policy.MayBuild).
-	if b := w.builders[key]; !w.p.MayBuild(b, w.opts.BuilderIDPrefixes) {
-		w.refused[key] = fmt.Errorf("%s: not verified: its builder %q (as it claims) is allowed by no step's builder_id_prefixes or the verifier's", c.Origin, b)
+	if !w.p.MayBuild(cl.builder, w.opts.BuilderIDPrefixes) {
+		w.refused[key] = fmt.Errorf("%s: not verified: its builder %q (as it claims) is allowed by no step's builder_id_prefixes or the verifier's", c.Origin, cl.builder)
 		return nil
 	}
 	if w.checked >= w.max {
