@@ -13,6 +13,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -66,6 +67,21 @@ func (s *Server) authorize(ctx context.Context, policy map[string]authorizer, me
 		zap.String(logCallerID, id.String()),
 		zap.String(logReason, reason))
 	return id, status.Errorf(codes.PermissionDenied, "%s may not call %s: %s", id, method, reason)
+}
+
+// tap authorizes each call, by the same policy and with the same
+// denial, when its headers arrive: before gRPC reads its request (up to
+// maxRecvMsgSize), so a member of the trust domain that is not an agent
+// (any workload SPIRE gives an SVID, build steps included) cannot make
+// the server hold megabytes of a request it will refuse. gRPC answers a
+// refusal here with the returned status and never starts the call.
+func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if _, err := s.authorize(ctx, policy, info.FullMethodName); err != nil {
+			return nil, err
+		}
+		return ctx, nil
+	}
 }
 
 // unaryInterceptor authorizes each call by the caller's SPIFFE ID, then logs

@@ -31,6 +31,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -245,6 +246,30 @@ func TestUnaryInterceptor(t *testing.T) {
 				require.Equal(t, 1, logs.FilterMessage("Call denied").FilterField(zap.String(logMethod, tt.method)).Len())
 				id, _ := grpccredentials.PeerIDFromContext(ctx)
 				require.Contains(t, status.Convert(err).Message(), id.String())
+			} else {
+				require.Zero(t, denied)
+			}
+		})
+		// The tap decides the same, by the same policy, as the call's
+		// headers arrive (TestServerRefusesByHeaders shows it before the
+		// request is read, on a real server).
+		t.Run(tt.name+" (tap)", func(t *testing.T) {
+			s, logs := newAuthzServer(t)
+			ctx := tt.ctx(t)
+			got, err := s.tap(s.policy())(ctx, &tap.Info{FullMethodName: tt.method})
+			denied := counterValue(t, s.metrics.denied.WithLabelValues(tt.method))
+			if tt.wantCode == codes.OK {
+				require.NoError(t, err)
+				require.Equal(t, ctx, got)
+				require.Zero(t, denied)
+				require.Zero(t, logs.Len())
+				return
+			}
+			require.Equal(t, tt.wantCode, status.Code(err), "error %v", err)
+			require.Nil(t, got)
+			if tt.denied {
+				require.Equal(t, 1.0, denied)
+				require.Equal(t, 1, logs.FilterMessage("Call denied").FilterField(zap.String(logMethod, tt.method)).Len())
 			} else {
 				require.Zero(t, denied)
 			}

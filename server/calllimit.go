@@ -16,6 +16,17 @@ import "sync"
 // bound per ID would be one for the whole cluster.
 const maxCallsPerConn = 16
 
+// maxStreamsPerConn bounds the calls of any kind open on one connection
+// (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS): the unary calls above, an
+// agent's watch of signing authorities and a health check or watch, with
+// room to spare. gRPC reads a call's request before any interceptor runs,
+// up to maxRecvMsgSize, so without this bound one connection could open
+// any number of calls and hold a request's worth of memory in each; with
+// it, a stream beyond the bound is reset (REFUSED_STREAM) as its headers
+// arrive. A gRPC client that honours the setting, as every agent does,
+// waits for a stream instead.
+const maxStreamsPerConn = maxCallsPerConn + 4
+
 // callLimit counts unary calls under way per key (a connection's remote
 // address); its zero value is ready to use.
 type callLimit struct {

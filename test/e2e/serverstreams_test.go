@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
+	"github.com/hallmark-dev/hallmark/test/harness"
+)
+
+// The server refuses a caller by its headers, before it reads the
+// request, and bounds the calls open on one connection. Both are shown
+// the way an attacker with an SVID of the trust domain would try them:
+// raw HTTP/2 frames on a mutually authenticated connection, ignoring
+// what the server announces. An outsider is any workload SPIRE gives an
+// SVID (a build step has one); the stream bound is tried with an agent's
+// SVID, as a thief of one would.
+func TestServerRefusesByHeaders(t *testing.T) {
+	t.Parallel()
+	self, err := os.Executable()
+	require.NoError(t, err)
+	td := spiffeid.RequireTrustDomainFromString(harness.TrustDomain)
+	outsider := spiffeid.RequireFromPath(td, "/test/headers-outsider")
+	thief := spiffeid.RequireFromPath(td, "/hallmark/agent/headers-thief")
+	for _, id := range []spiffeid.ID{outsider, thief} {
+		require.NoError(t, stack.SPIRE.CreateEntry(t.Context(), harness.Entry{SPIFFEID: id, Binary: self, X509SVIDTTL: time.Hour}))
+	}
+	x509ctx, err := stack.SPIRE.WaitForIdentities(t.Context(), outsider, thief)
+	require.NoError(t, err)
+	submit := serverv1.AgentService_SubmitEntries_FullMethodName
+
+	t.Run("an outsider is refused before its request is read", func(t *testing.T) {
+		c := dialH2(t, x509ctx, outsider)
+		// A request that announces 16 MiB and sends 16 KiB of it: a
+		// server that reads requests before deciding waits for the rest.
+		c.open(t, 1, submit, append(grpcPrefix(16<<20), make([]byte, 16<<10)...), false)
+		got := c.await(t, 10*time.Second, func(ev h2event) bool { return ev.stream == 1 && ev.status != "" })
+		require.Equal(t, "7", got.status, "PermissionDenied; grpc-message %q", got.message)
+		require.Contains(t, got.message, "may not call")
+	})
+
+	t.Run("an agent's request is read", func(t *testing.T) {
+		c := dialH2(t, x509ctx, thief)
+		// A whole, empty SubmitEntries request: past the tap to the
+		// handler, which answers for itself.
+		c.open(t, 1, submit, grpcPrefix(0), true)
+		got := c.await(t, 10*time.Second, func(ev h2event) bool { return ev.stream == 1 && ev.status != "" })
+		require.NotEqual(t, "7", got.status, "an agent may call SubmitEntries; grpc-message %q", got.message)
+		require.NotEqual(t, "16", got.status, "grpc-message %q", got.message)
+	})
+
+	t.Run("streams beyond the server's bound are refused", func(t *testing.T) {
+		c := dialH2(t, x509ctx, thief)
+		bound := c.maxStreams
+		require.NotZero(t, bound, "the server announces SETTINGS_MAX_CONCURRENT_STREAMS")
+		const tries = 64
+		require.Less(t, int(bound), tries)
+		// Each stream a request of 1 MiB with its first KiB sent, held
+		// open: none reaches a handler, each would hold what it sent.
+		for i := range tries {
+			c.open(t, uint32(2*i+1), submit, append(grpcPrefix(1<<20), make([]byte, 1<<10)...), false)
+		}
+		refused := map[uint32]bool{}
+		c.await(t, 10*time.Second, func(ev h2event) bool {
+			if ev.reset == http2.ErrCodeRefusedStream {
+				refused[ev.stream] = true
+			}
+			return len(refused) == tries-int(bound)
+		})
+		for i := range tries {
+			id := uint32(2*i + 1)
+			require.Equal(t, i >= int(bound), refused[id], "stream %d of %d (bound %d)", i+1, tries, bound)
+		}
+	})
+}
+
+// h2conn is a raw HTTP/2 connection to the server, as an SVID holder
+// who writes frames by hand would hold one.
+type h2conn struct {
+	conn       net.Conn
+	fr         *http2.Framer
+	maxStreams uint32 // as the server's first SETTINGS announced it
+}
+
+// h2event is what a frame from the server said about a stream.
+type h2event struct {
+	stream          uint32
+	status, message string // grpc-status and grpc-message, from headers
+	reset           http2.ErrCode
+}
+
+func dialH2(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.ID) *h2conn {
+	t.Helper()
+	cfg := tlsconfig.MTLSClientConfig(svidFor(t, x509ctx, id), x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
+	cfg.NextProtos = []string{"h2"}
+	conn, err := tls.Dial("tcp", stack.Server.ServerAddr(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	_, err = conn.Write([]byte(http2.ClientPreface))
+	require.NoError(t, err)
+	c := &h2conn{conn: conn, fr: http2.NewFramer(conn, conn)}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	require.NoError(t, c.fr.WriteSettings())
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	f, err := c.fr.ReadFrame()
+	require.NoError(t, err)
+	sf, ok := f.(*http2.SettingsFrame)
+	require.True(t, ok, "the server's first frame is SETTINGS, not %T", f)
+	if v, ok := sf.Value(http2.SettingMaxConcurrentStreams); ok {
+		c.maxStreams = v
+	}
+	require.NoError(t, c.fr.WriteSettingsAck())
+	return c
+}
+
+// open starts a call of method on stream id: its headers, then body,
+// ending the stream only if end.
+func (c *h2conn) open(t *testing.T, id uint32, method string, body []byte, end bool) {
+	t.Helper()
+	var hdr bytes.Buffer
+	enc := hpack.NewEncoder(&hdr)
+	for _, f := range [][2]string{
+		{":method", "POST"}, {":scheme", "https"}, {":path", method}, {":authority", "hallmark-server"},
+		{"content-type", "application/grpc"}, {"te", "trailers"},
+	} {
+		require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
+	}
+	require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hdr.Bytes(), EndHeaders: true}))
+	const frame = 16 << 10 // the largest DATA frame before SETTINGS say otherwise
+	for len(body) > frame {
+		require.NoError(t, c.fr.WriteData(id, false, body[:frame]))
+		body = body[frame:]
+	}
+	require.NoError(t, c.fr.WriteData(id, end, body))
+}
+
+// await reads frames until done accepts one, within d.
+func (c *h2conn) await(t *testing.T, d time.Duration, done func(h2event) bool) h2event {
+	t.Helper()
+	require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(d)))
+	for {
+		f, err := c.fr.ReadFrame()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("no such frame within %s", d)
+		}
+		require.NoError(t, err)
+		var ev h2event
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			ev = h2event{stream: f.StreamID}
+			for _, hf := range f.Fields {
+				switch strings.ToLower(hf.Name) {
+				case "grpc-status":
+					ev.status = hf.Value
+				case "grpc-message":
+					ev.message = hf.Value
+				}
+			}
+		case *http2.RSTStreamFrame:
+			ev = h2event{stream: f.StreamID, reset: f.ErrCode}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				require.NoError(t, c.fr.WritePing(true, f.Data))
+			}
+			continue
+		default:
+			continue
+		}
+		if done(ev) {
+			return ev
+		}
+	}
+}
+
+// grpcPrefix is the five bytes gRPC puts before a message of n bytes:
+// uncompressed, then the length.
+func grpcPrefix(n uint32) []byte {
+	p := make([]byte, 5)
+	binary.BigEndian.PutUint32(p[1:], n)
+	return p
+}
