@@ -75,11 +75,26 @@ func (s *Server) authorize(ctx context.Context, policy map[string]authorizer, me
 // (any workload SPIRE gives an SVID, build steps included) cannot make
 // the server hold megabytes of a request it will refuse. gRPC answers a
 // refusal here with the returned status and never starts the call.
+//
+// A caller that is not an agent also takes one of its ID's places
+// (maxOutsiderCalls) here, given back when gRPC ends the call's context:
+// whatever way the call ends, gRPC cancels it, and a call refused after
+// the tap has its context ended already.
 func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		if _, err := s.authorize(ctx, policy, info.FullMethodName); err != nil {
+		id, err := s.authorize(ctx, policy, info.FullMethodName)
+		if err != nil {
 			return nil, err
 		}
+		if s.isAgent(id) {
+			return ctx, nil
+		}
+		release, ok := s.outsiders.take(id.String(), maxOutsiderCalls)
+		if !ok {
+			s.metrics.limited.WithLabelValues(info.FullMethodName).Inc()
+			return nil, status.Errorf(codes.ResourceExhausted, "%s has %d calls open, the most the server takes from a caller that is not an agent: wait for them", id, maxOutsiderCalls)
+		}
+		context.AfterFunc(ctx, release)
 		return ctx, nil
 	}
 }

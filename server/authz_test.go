@@ -422,3 +422,59 @@ func TestCallsLimitedPerConnection(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ran, "the connection's calls ended: it may call again")
 }
+
+// A caller that is not an agent has at most maxOutsiderCalls calls open,
+// over all its connections, each given back when its call ends; an
+// agent's calls and another outsider's are not held back by it.
+func TestOutsiderCallsLimitedByID(t *testing.T) {
+	pn := newPeerNetwork(t)
+	s, _ := newAuthzServer(t)
+	admit := s.tap(s.policy())
+	check := &tap.Info{FullMethodName: healthpb.Health_Check_FullMethodName}
+	outsider := spiffeid.RequireFromString("spiffe://example.org/ci/job-42")
+
+	// Each call's context is the stream's, which gRPC cancels when the
+	// call ends; the peer's address differs, as on separate connections.
+	open := func(id spiffeid.ID, port int) (context.CancelFunc, error) {
+		p, ok := peer.FromContext(pn.contextFor(t, id))
+		require.True(t, ok)
+		q := *p
+		q.Addr = &net.TCPAddr{IP: net.IPv4(10, 0, 0, 2), Port: port}
+		ctx, cancel := context.WithCancel(peer.NewContext(context.Background(), &q))
+		_, err := admit(ctx, check)
+		return cancel, err
+	}
+	var ends []context.CancelFunc
+	for i := range maxOutsiderCalls {
+		end, err := open(outsider, 50000+i)
+		require.NoError(t, err, "call %d", i+1)
+		ends = append(ends, end)
+	}
+	end, err := open(outsider, 50100)
+	require.Equal(t, codes.ResourceExhausted, status.Code(err), "%v", err)
+	require.Contains(t, status.Convert(err).Message(), outsider.String())
+	end()
+	require.Equal(t, 1.0, counterValue(t, s.metrics.limited.WithLabelValues(healthpb.Health_Check_FullMethodName)))
+
+	end, err = open(spiffeid.RequireFromString("spiffe://example.org/ci/job-43"), 50200)
+	require.NoError(t, err, "another outsider is not held back")
+	end()
+	for i := range maxOutsiderCalls + 2 {
+		end, err := open(agentID, 50300+i)
+		require.NoError(t, err, "an agent's call %d is not counted", i+1)
+		defer end()
+	}
+
+	ends[0]() // a call ends: its place comes back
+	require.Eventually(t, func() bool {
+		end, err := open(outsider, 50400)
+		if err != nil {
+			return false
+		}
+		end()
+		return true
+	}, 5*time.Second, 10*time.Millisecond)
+	for _, end := range ends[1:] {
+		end()
+	}
+}

@@ -27,8 +27,19 @@ const maxCallsPerConn = 16
 // waits for a stream instead.
 const maxStreamsPerConn = maxCallsPerConn + 4
 
-// callLimit counts unary calls under way per key (a connection's remote
-// address); its zero value is ready to use.
+// maxOutsiderCalls bounds the calls one SPIFFE ID that is not an agent
+// has open at once, over all its connections. Such a caller may call
+// only health checks, whose requests are a few bytes, but gRPC reads any
+// request up to maxRecvMsgSize before a handler sees it, and any workload
+// SPIRE gives an SVID (a build step included) may open connections: with
+// no bound per ID, one could make the server hold 32 MiB per stream on as
+// many connections as it opens. A call beyond the bound is refused with
+// ResourceExhausted as its headers arrive. A monitor that keeps health
+// watches open holds one place per watch.
+const maxOutsiderCalls = 4
+
+// callLimit counts calls under way per key (a connection's remote
+// address, or a caller's SPIFFE ID); its zero value is ready to use.
 type callLimit struct {
 	mu   sync.Mutex
 	open map[string]int

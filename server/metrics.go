@@ -40,7 +40,7 @@ func newMetrics() *metrics {
 		}, []string{"method"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_server_calls_limited_total",
-			Help: "Calls refused because their connection had the most calls under way the server takes on one, by method.",
+			Help: "Calls refused because their connection had the most calls under way the server takes on one, or (as their headers arrived) because their caller, not an agent, had the most calls open the server takes from one, by method.",
 		}, []string{"method"}),
 		keyManagerSign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hallmark_server_key_manager_sign_seconds",

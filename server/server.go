@@ -48,8 +48,9 @@ type Server struct {
 	tlog *TransparencyLog
 	// agents are the latest certificates issued, for the admin API.
 	agents agentRecords
-	// calls counts the unary calls under way on each connection.
-	calls callLimit
+	// calls counts the unary calls under way on each connection;
+	// outsiders the calls open by each SPIFFE ID that is not an agent's.
+	calls, outsiders callLimit
 }
 
 // New checks cfg and returns a server ready to Run.

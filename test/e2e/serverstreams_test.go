@@ -11,12 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 	"github.com/hallmark-dev/hallmark/test/harness"
@@ -63,6 +66,41 @@ func TestServerRefusesByHeaders(t *testing.T) {
 		require.NotEqual(t, "16", got.status, "grpc-message %q", got.message)
 	})
 
+	t.Run("an outsider's open calls are bounded over its connections", func(t *testing.T) {
+		// Health checks are all an outsider may call. It holds each one
+		// open, the request announced at 16 MiB and 16 KiB of it sent,
+		// on connections of its own, until the server refuses a call by
+		// its headers.
+		check := "/grpc.health.v1.Health/Check"
+		var conns []*h2conn
+		refused := ""
+		for i := 0; i < 16 && refused == ""; i++ {
+			c := dialH2(t, x509ctx, outsider)
+			conns = append(conns, c)
+			c.open(t, 1, check, append(grpcPrefix(16<<20), make([]byte, 16<<10)...), false)
+			// A call the server took waits for the rest of its request,
+			// and the server says nothing of it.
+			if ev, ok := c.next(t, time.Now().Add(time.Second)); ok {
+				require.Equal(t, uint32(1), ev.stream)
+				refused = ev.status
+				require.Contains(t, ev.message, "not an agent")
+			}
+		}
+		require.Equal(t, "8", refused, "ResourceExhausted, after %d calls held open", len(conns)-1)
+		held := len(conns) - 1
+		t.Logf("%d calls held open, the next refused", held)
+		require.Positive(t, held)
+		require.Less(t, held, 16)
+
+		// Its calls ended, it is served again: a real gRPC health check.
+		for _, c := range conns {
+			c.conn.Close()
+		}
+		waitFor(t, "the outsider's places to come back", 10*time.Second, func() error {
+			return healthCheckAs(t, x509ctx, outsider)
+		})
+	})
+
 	t.Run("streams beyond the server's bound are refused", func(t *testing.T) {
 		c := dialH2(t, x509ctx, thief)
 		bound := c.maxStreams
@@ -86,6 +124,17 @@ func TestServerRefusesByHeaders(t *testing.T) {
 			require.Equal(t, i >= int(bound), refused[id], "stream %d of %d (bound %d)", i+1, tries, bound)
 		}
 	})
+}
+
+// healthCheckAs asks the server's gRPC health service, as id.
+func healthCheckAs(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.ID) error {
+	t.Helper()
+	creds := grpccredentials.MTLSClientCredentials(svidFor(t, x509ctx, id), x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
+	conn, err := grpc.NewClient(stack.Server.ServerAddr(), grpc.WithTransportCredentials(creds))
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
+	return err
 }
 
 // h2conn is a raw HTTP/2 connection to the server, as an SVID holder
@@ -151,18 +200,33 @@ func (c *h2conn) open(t *testing.T, id uint32, method string, body []byte, end b
 // await reads frames until done accepts one, within d.
 func (c *h2conn) await(t *testing.T, d time.Duration, done func(h2event) bool) h2event {
 	t.Helper()
-	require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(d)))
+	deadline := time.Now().Add(d)
+	for {
+		ev, ok := c.next(t, deadline)
+		if !ok {
+			t.Fatalf("no such frame within %s", d)
+		}
+		if done(ev) {
+			return ev
+		}
+	}
+}
+
+// next reads frames until one says something of a stream (its headers or
+// a reset), answering pings; ok is false if none did by deadline.
+func (c *h2conn) next(t *testing.T, deadline time.Time) (ev h2event, ok bool) {
+	t.Helper()
+	require.NoError(t, c.conn.SetReadDeadline(deadline))
 	for {
 		f, err := c.fr.ReadFrame()
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			t.Fatalf("no such frame within %s", d)
+			return h2event{}, false
 		}
 		require.NoError(t, err)
-		var ev h2event
 		switch f := f.(type) {
 		case *http2.MetaHeadersFrame:
-			ev = h2event{stream: f.StreamID}
+			ev := h2event{stream: f.StreamID}
 			for _, hf := range f.Fields {
 				switch strings.ToLower(hf.Name) {
 				case "grpc-status":
@@ -171,18 +235,13 @@ func (c *h2conn) await(t *testing.T, d time.Duration, done func(h2event) bool) h
 					ev.message = hf.Value
 				}
 			}
+			return ev, true
 		case *http2.RSTStreamFrame:
-			ev = h2event{stream: f.StreamID, reset: f.ErrCode}
+			return h2event{stream: f.StreamID, reset: f.ErrCode}, true
 		case *http2.PingFrame:
 			if !f.IsAck() {
 				require.NoError(t, c.fr.WritePing(true, f.Data))
 			}
-			continue
-		default:
-			continue
-		}
-		if done(ev) {
-			return ev
 		}
 	}
 }
