@@ -9,9 +9,11 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
 // Bounds of one GET /log/entries answer: at most maxEntriesPerPage
@@ -23,6 +25,9 @@ const (
 	maxEntriesPerPage = 100
 	maxPageBytes      = 4 << 20
 )
+
+// maxBuilders bounds the builder parameters of one GET /log/entries.
+const maxBuilders = 32
 
 // registerHTTP serves the log and trust endpoints (docs/log.md) on mux.
 func (l *TransparencyLog) registerHTTP(mux *http.ServeMux, log *zap.Logger) {
@@ -152,7 +157,14 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	found, err := h.l.store.EntriesBySubjectDigest(r.Context(), digest, start, maxEntriesPerPage, maxPageBytes)
+	builders, err := parseBuilders(q["builder"])
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	found, err := h.l.store.EntriesBySubjectDigest(r.Context(), store.SubjectQuery{
+		Digest: digest, Start: start, Limit: maxEntriesPerPage, MaxBytes: maxPageBytes, Builders: builders,
+	})
 	if err != nil {
 		h.internal(w, r, err)
 		return
@@ -179,6 +191,27 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 		out.Next = &next
 	}
 	writeJSON(w, out)
+}
+
+// parseBuilders parses the builder parameters of GET /log/entries: each
+// a SPIFFE ID, an entry's submitting agent or a path above it. A search
+// for an artifact names the builders its verifier may accept, so that
+// the entries of every other agent naming the same digest (any agent can
+// attest a file of the same content) are neither read nor sent: they
+// could otherwise outnumber what a client reads.
+func parseBuilders(vals []string) ([]string, error) {
+	if len(vals) > maxBuilders {
+		return nil, fmt.Errorf("builder: at most %d", maxBuilders)
+	}
+	out := make([]string, 0, len(vals))
+	for _, v := range vals {
+		id, err := spiffeid.FromString(strings.TrimSuffix(v, "/"))
+		if err != nil {
+			return nil, fmt.Errorf("builder: %q: want a SPIFFE ID: %w", v, err)
+		}
+		out = append(out, id.String())
+	}
+	return out, nil
 }
 
 // parseDigest parses "sha256:HEX" into the raw digest.

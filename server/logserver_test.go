@@ -11,7 +11,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -603,4 +605,74 @@ func TestLogEntriesPageByBytes(t *testing.T) {
 	}
 	require.Equal(t, []int64{0, 1, 2, 3, 4, 5, 6, 7}, got)
 	require.GreaterOrEqual(t, pages, 3)
+}
+
+// GET /log/entries with builder parameters leaves out the entries of
+// every other agent, however many name the artifact: a genuine entry
+// logged after another agent's 150 comes on the first page. A builder
+// keeps agents under it at a segment boundary only; a parameter that is
+// no SPIFFE ID, or more than maxBuilders of them, is refused.
+func TestLogEntriesByBuilder(t *testing.T) {
+	ctx := context.Background()
+	ca := newTestCA(t, "signing CA")
+	l := newTestLog(t, ca, nil)
+	rogueID := spiffeid.RequireFromString("spiffe://example.org/hallmark/agent/runner-10") // a lookalike of runner-1
+	underID := spiffeid.RequireFromString("spiffe://example.org/hallmark/agent/runner-1/pool")
+	submit := func(id spiffeid.ID, n int, names ...string) {
+		agent := newTestAgent(t, ca, id)
+		var subs []Submission
+		for i := range n {
+			subs = append(subs, agent.submit(t, append([]string{fmt.Sprintf("%s-%d", path.Base(id.Path()), i)}, names...)...))
+		}
+		res, err := l.Submit(withCaller(ctx, id), id, subs)
+		require.NoError(t, err)
+		for _, r := range res {
+			require.NoError(t, r.Refusal)
+		}
+	}
+	submit(rogueID, 150, "shared")
+	submit(agentID, 1, "shared")
+	submit(underID, 1, "shared")
+	mux := http.NewServeMux()
+	l.registerHTTP(mux, zap.NewNop())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	search := func(builders ...string) (code int, ids []string, next *uint64) {
+		q := url.Values{"digest": {"sha256:" + digestOf("shared")}, "builder": builders}
+		code, _, body := httpGet(t, srv.URL+"/log/entries?"+q.Encode())
+		if code != http.StatusOK {
+			return code, nil, nil
+		}
+		var page entriesJSON
+		require.NoError(t, json.Unmarshal(body, &page))
+		for _, e := range page.Entries {
+			ids = append(ids, e.SPIFFEID)
+		}
+		return code, ids, page.Next
+	}
+	code, ids, next := search(agentID.String())
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, []string{agentID.String(), underID.String()}, ids, "on the first page, past the other agent's 150")
+	require.Equal(t, uint64(152), *next)
+	_, ids, _ = search(agentID.String() + "/")
+	require.Equal(t, []string{agentID.String(), underID.String()}, ids, "a trailing slash is the same builder")
+	_, ids, _ = search(underID.String())
+	require.Equal(t, []string{underID.String()}, ids)
+	_, ids, _ = search(rogueID.String())
+	require.Len(t, ids, maxEntriesPerPage)
+	require.NotContains(t, ids, agentID.String())
+	_, ids, _ = search("spiffe://example.org/hallmark/agent/runner")
+	require.Empty(t, ids, "runner is no segment of runner-1 or runner-10")
+	_, ids, _ = search()
+	require.Len(t, ids, maxEntriesPerPage, "no builder: every agent's")
+
+	tooMany := make([]string, maxBuilders+1)
+	for i := range tooMany {
+		tooMany[i] = fmt.Sprintf("spiffe://example.org/a%d", i)
+	}
+	for _, bad := range [][]string{{"runner-1"}, {"spiffe://Example.org/a"}, {"spiffe://example.org/a//"}, tooMany} {
+		code, _, _ := search(bad...)
+		require.Equal(t, http.StatusBadRequest, code, "%.80v", bad)
+	}
 }

@@ -31,11 +31,12 @@ type Store interface {
 	Nodes(ctx context.Context, ids []store.NodeID) ([][]byte, error)
 	// EntriesByDedupeKey returns the entries with these dedupe keys.
 	EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error)
-	// EntriesBySubjectDigest returns up to limit entries from index start
-	// on whose statements name this SHA-256 subject digest, and fewer
-	// when their store.Entry.Size would add up to more than maxBytes (but
-	// always the first); maxBytes 0 is no bound.
-	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error)
+	// EntriesBySubjectDigest returns the entries q selects: up to
+	// q.Limit from index q.Start on whose statements name q.Digest, by
+	// the builders q names if it names any, and fewer when their
+	// store.Entry.Size would add up to more than q.MaxBytes (but always
+	// the first); MaxBytes 0 is no bound.
+	EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error)
 	// AddSigningCA records a signing CA chain unless already there.
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	// SigningCAs returns every recorded signing CA chain.

@@ -139,9 +139,11 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 			server = "http://" + server
 		}
 		finders = append(finders, &pipeline.LogSearch{BaseURL: server, Client: &http.Client{Timeout: 30 * time.Second},
-			// Entries by agents no rule trusts are passed over: however
+			// Entries by agents no rule trusts are left out by the
+			// server, and passed over here if it sends them: however
 			// many of them name the artifact, they hide nothing.
-			Builder: func(id string) bool { return policy.MayBuild(id, builderPrefixes) }})
+			Builders: policy.SearchBuilders(builderPrefixes),
+			Builder:  func(id string) bool { return policy.MayBuild(id, builderPrefixes) }})
 	}
 	artifact, err := digestFile(args[0])
 	if err != nil {

@@ -13,6 +13,7 @@ package store
 
 import (
 	"errors"
+	"strings"
 	"time"
 )
 
@@ -51,6 +52,39 @@ type Entry struct {
 // measure by which lookups bound their answers.
 func (e Entry) Size() int {
 	return len(e.Body) + len(e.Envelope) + len(e.Certificate) + len(e.Timestamp) + len(e.SPIFFEID)
+}
+
+// SubjectQuery selects the entries whose statements name a subject
+// digest, by increasing index.
+type SubjectQuery struct {
+	// Digest is the subject's raw SHA-256 digest.
+	Digest []byte
+	// Start is the first index to consider.
+	Start uint64
+	// Limit bounds how many entries are returned; MaxBytes, when not
+	// 0, bounds what they weigh (Entry.Size), but the first is always
+	// returned.
+	Limit, MaxBytes int
+	// Builders, when not empty, keeps only the entries whose SPIFFEID is
+	// one of these or under one, at a path segment boundary:
+	// spiffe://td/a keeps spiffe://td/a and spiffe://td/a/b, not
+	// spiffe://td/ab. Each is a SPIFFE ID (no trailing slash).
+	Builders []string
+}
+
+// UnderBuilder reports whether spiffeID is one of q's Builders or under
+// one (any, when there are none): the filter's definition, which each
+// store applies in its query (the storetest contract holds them to it).
+func (q SubjectQuery) UnderBuilder(spiffeID string) bool {
+	if len(q.Builders) == 0 {
+		return true
+	}
+	for _, b := range q.Builders {
+		if spiffeID == b || strings.HasPrefix(spiffeID, b+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // NodeID names a node of the Merkle tree: Level 0 are the leaves, and

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
+	"github.com/hallmark-dev/hallmark/test/harness"
 )
 
 // The log's public side on the running server: an attested product is
@@ -103,6 +105,24 @@ func TestLogSearchCheckpointAndExport(t *testing.T) {
 	require.Equal(t, entry.GetCanonicalizedBody(), match.GetCanonicalizedBody())
 	p := match.GetInclusionProof()
 	require.NoError(t, tlog.VerifyInclusion(uint64(p.GetLogIndex()), uint64(p.GetTreeSize()), tlog.LeafHash(match.GetCanonicalizedBody()), p.GetHashes(), p.GetRootHash()))
+
+	// Named builders: the agent's entries only, or, for another
+	// builder, none (what `hallmark verify` sends for a policy's
+	// builders; TestLogEntriesByBuilder shows another agent's flood).
+	for builder, want := range map[string]bool{harness.AgentID.String(): true, "spiffe://" + harness.TrustDomain + "/hallmark/agent/elsewhere": false} {
+		found, err := stack.Server.Get(ctx, "/log/entries?digest=sha256:"+hex.EncodeToString(sum[:])+"&builder="+url.QueryEscape(builder))
+		require.NoError(t, err)
+		var page struct {
+			Entries []struct {
+				SPIFFEID string `json:"spiffeId"`
+			} `json:"entries"`
+		}
+		require.NoError(t, json.Unmarshal(found, &page))
+		require.Equal(t, want, len(page.Entries) > 0, "builder %s", builder)
+		for _, e := range page.Entries {
+			require.Equal(t, harness.AgentID.String(), e.SPIFFEID)
+		}
+	}
 
 	// trust export, offline, on the running server's files.
 	exportPath := filepath.Join(t.TempDir(), "trusted_root.json")

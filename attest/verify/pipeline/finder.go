@@ -153,6 +153,15 @@ type LogSearch struct {
 	// MaxSkipped bounds the entries Builder refuses for one digest
 	// (default 100 times MaxEntries).
 	MaxSkipped int
+	// Builders, when not empty, are named to the server with every
+	// request (GET /log/entries's builder parameter), which then leaves
+	// out the entries of every agent that is not one of them or under
+	// one: however many another agent logs naming the artifact, they are
+	// neither read nor sent. The server is not trusted to: Builder still
+	// decides on every entry it sends (and an older server ignores the
+	// parameter). Every builder Builder accepts must be one of these or
+	// under one; Policy.SearchBuilders gives them.
+	Builders []string
 }
 
 // maxSearchPage bounds one answer of the server.
@@ -223,7 +232,11 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 // searchURL is the search for the entries naming a digest from index
 // start on (its first answer is the entry at start, when it names it).
 func (l *LogSearch) searchURL(sha256Hex string, start int64) string {
-	return fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
+	u := fmt.Sprintf("%s/log/entries?digest=%s&start=%d", strings.TrimSuffix(l.BaseURL, "/"), url.QueryEscape("sha256:"+sha256Hex), start)
+	for _, b := range l.Builders {
+		u += "&builder=" + url.QueryEscape(b)
+	}
+	return u
 }
 
 func (l *LogSearch) page(ctx context.Context, sha256Hex string, start int64) (*searchPage, error) {

@@ -72,6 +72,44 @@ func (p *Policy) MayBuild(builder string, verifierPrefixes []string) bool {
 	return slices.ContainsFunc(p.Steps, func(s StepRule) bool { return len(s.BuilderIDPrefixes) == 0 || under(s.BuilderIDPrefixes) })
 }
 
+// maxSearchBuilders is the most builders a search names to the server
+// (its bound on GET /log/entries's builder parameter).
+const maxSearchBuilders = 32
+
+// SearchBuilders returns SPIFFE IDs such that every builder MayBuild
+// accepts is one of them or under one, for a log search to name to the
+// server (LogSearch.Builders): verifierPrefixes when there are any, else
+// the union of the steps' builder_id_prefixes. It returns nil, no bound,
+// when some step names none and the verifier none either, or when a
+// prefix is no SPIFFE ID or there are more than the server takes: the
+// server could not keep to them exactly, and MayBuild still decides on
+// every entry.
+func (p *Policy) SearchBuilders(verifierPrefixes []string) []string {
+	prefixes := verifierPrefixes
+	if len(prefixes) == 0 {
+		if !p.NamesEveryBuilder() {
+			return nil
+		}
+		for _, s := range p.Steps {
+			prefixes = append(prefixes, s.BuilderIDPrefixes...)
+		}
+	}
+	var out []string
+	for _, pre := range prefixes {
+		id, err := spiffeid.FromString(strings.TrimSuffix(pre, "/"))
+		if err != nil {
+			return nil
+		}
+		if !slices.Contains(out, id.String()) {
+			out = append(out, id.String())
+		}
+	}
+	if len(out) > maxSearchBuilders {
+		return nil
+	}
+	return out
+}
+
 // StepRule is a policy's `step "NAME" { ... }` block.
 type StepRule struct {
 	Name string

@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -381,15 +382,29 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 	return s.queryEntries(ctx, `SELECT `+entryColumns+` FROM entries e WHERE e.dedupe_key = ANY($1::bytea[])`, keys)
 }
 
-// EntriesBySubjectDigest returns up to limit entries, by increasing index
-// from start, whose statements name a subject with this raw SHA-256 digest.
-func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error) {
-	if limit <= 0 {
+// EntriesBySubjectDigest returns the entries q selects (server.Store).
+// A builder is compared byte for byte, whatever the database's collation:
+// the entry's SPIFFE ID is the builder, or its first len(builder)+1 bytes
+// are the builder and a slash.
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error) {
+	if q.Limit <= 0 {
 		return nil, nil
 	}
-	return s.queryEntriesWithin(ctx, maxBytes, `SELECT `+entryColumns+`
+	query := `SELECT ` + entryColumns + `
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
-WHERE d.digest = $1 AND d.idx >= $2 ORDER BY d.idx LIMIT $3`, digest, int64(start), limit)
+WHERE d.digest = $1 AND d.idx >= $2`
+	args := []any{q.Digest, int64(q.Start)}
+	if len(q.Builders) > 0 {
+		var or []string
+		for _, b := range q.Builders {
+			n := len(args)
+			or = append(or, fmt.Sprintf(`e.spiffe_id = $%d OR substring(convert_to(e.spiffe_id, 'UTF8') from 1 for $%d) = $%d`, n+1, n+2, n+3))
+			args = append(args, b, len(b)+1, []byte(b+"/"))
+		}
+		query += ` AND (` + strings.Join(or, ` OR `) + `)`
+	}
+	query += fmt.Sprintf(` ORDER BY d.idx LIMIT $%d`, len(args)+1)
+	return s.queryEntriesWithin(ctx, q.MaxBytes, query, append(args, q.Limit)...)
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {

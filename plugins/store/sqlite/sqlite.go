@@ -563,13 +563,25 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 	return out, nil
 }
 
-// EntriesBySubjectDigest returns up to limit entries, by increasing index
-// from start, whose statements name a subject with this raw SHA-256 digest.
-func (s *Store) EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error) {
-	q := `SELECT e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp
+// EntriesBySubjectDigest returns the entries q selects (server.Store).
+// A builder is compared byte for byte (SQLite's BINARY collation): the
+// entry's SPIFFE ID is the builder, or its first len(builder)+1 bytes are
+// the builder and a slash.
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error) {
+	query := `SELECT e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
-WHERE d.digest = ? AND d.idx >= ? ORDER BY d.idx LIMIT ?`
-	return s.queryEntriesWithin(ctx, maxBytes, q, digest, int64(start), limit)
+WHERE d.digest = ? AND d.idx >= ?`
+	args := []any{q.Digest, int64(q.Start)}
+	if len(q.Builders) > 0 {
+		var or []string
+		for _, b := range q.Builders {
+			or = append(or, `e.spiffe_id = ? OR substr(CAST(e.spiffe_id AS BLOB), 1, ?) = CAST(? AS BLOB)`)
+			args = append(args, b, len(b)+1, b+"/")
+		}
+		query += ` AND (` + strings.Join(or, ` OR `) + `)`
+	}
+	query += ` ORDER BY d.idx LIMIT ?`
+	return s.queryEntriesWithin(ctx, q.MaxBytes, query, append(args, q.Limit)...)
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {

@@ -29,7 +29,7 @@ type Store interface {
 	LatestCheckpoint(ctx context.Context) (store.Checkpoint, error)
 	Nodes(ctx context.Context, ids []store.NodeID) ([][]byte, error)
 	EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error)
-	EntriesBySubjectDigest(ctx context.Context, digest []byte, start uint64, limit, maxBytes int) ([]store.Entry, error)
+	EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error)
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	SigningCAs(ctx context.Context) ([]store.SigningCA, error)
 	SetIssuerState(ctx context.Context, st store.IssuerState) error
@@ -51,6 +51,7 @@ func Run(t *testing.T, newDB NewDB) {
 	}{
 		{"AppendAndLookups", testAppendAndLookups},
 		{"ManyDedupeKeys", testManyDedupeKeys},
+		{"SubjectQueryByBuilder", testSubjectQueryByBuilder},
 		{"RefusesWhatDoesNotContinueTheLog", testRefuses},
 		{"SigningCAs", testSigningCAs},
 		{"IssuerStates", testIssuerStates},
@@ -171,11 +172,77 @@ func testAppendAndLookups(t *testing.T, newDB NewDB) {
 		{d1, 0, 10, 2*size - 1, []uint64{0}, true},
 		{d1, 0, 10, 1, []uint64{0}, true},
 	} {
-		got, err := s.EntriesBySubjectDigest(ctx, tt.digest, tt.start, tt.limit, tt.maxBytes)
+		got, err := s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: tt.digest, Start: tt.start, Limit: tt.limit, MaxBytes: tt.maxBytes})
 		require.NoError(t, err)
 		require.Equal(t, tt.wantIndexes, indexes(got))
 		if tt.wantFirstAll {
 			require.Equal(t, want0, got[0])
+		}
+	}
+}
+
+// testSubjectQueryByBuilder: a builder keeps its own entries and those of
+// agents under it, at a segment boundary, byte for byte, and nothing
+// else; each query agrees with SubjectQuery.UnderBuilder.
+func testSubjectQueryByBuilder(t *testing.T, newDB NewDB) {
+	ctx := context.Background()
+	s := newDB(t)(t)
+	require.NoError(t, s.AppendBatch(ctx, store.Batch{Checkpoint: Checkpoint(0)}))
+	const td = "spiffe://example.org/hallmark/"
+	ids := []string{
+		td + "agent/a",                        // 0
+		td + "agent/ab",                       // 1: a lookalike of agent/a
+		td + "agent/a/b",                      // 2: under agent/a
+		td + "agentx",                         // 3: a lookalike of agent
+		td + "agent",                          // 4
+		"spiffe://other.org/hallmark/agent/a", // 5: another trust domain
+		td + "agent/a_",                       // 6: "_" matches any character in LIKE
+		td + "Agent/a",                        // 7: LIKE and some collations ignore case
+		td + "agent/a%",                       // 8
+	}
+	d, other := HashOf("artifact"), HashOf("another artifact")
+	var entries []store.Entry
+	for i, id := range ids {
+		e := Entry(uint64(i), d)
+		e.SPIFFEID = id
+		entries = append(entries, e)
+	}
+	e := Entry(uint64(len(ids)), other) // agent/a, but another digest
+	e.SPIFFEID = ids[0]
+	entries = append(entries, e)
+	require.NoError(t, s.AppendBatch(ctx, store.Batch{Entries: entries, Checkpoint: Checkpoint(uint64(len(entries)))}))
+
+	for _, tt := range []struct {
+		builders []string
+		start    uint64
+		limit    int
+		want     []uint64
+	}{
+		{nil, 0, 100, []uint64{0, 1, 2, 3, 4, 5, 6, 7, 8}},
+		{[]string{td + "agent/a"}, 0, 100, []uint64{0, 2}},
+		{[]string{td + "agent"}, 0, 100, []uint64{0, 1, 2, 4, 6, 8}},
+		{[]string{td + "agent/a", td + "agentx"}, 0, 100, []uint64{0, 2, 3}},
+		{[]string{"spiffe://example.org"}, 0, 100, []uint64{0, 1, 2, 3, 4, 6, 7, 8}},
+		{[]string{td + "agent/a"}, 1, 100, []uint64{2}},
+		{[]string{td + "agent"}, 0, 2, []uint64{0, 1}},
+		{[]string{td + "agent/a_"}, 0, 100, []uint64{6}},
+		{[]string{td + "nobody"}, 0, 100, []uint64{}},
+	} {
+		q := store.SubjectQuery{Digest: d, Start: tt.start, Limit: tt.limit, Builders: tt.builders}
+		got, err := s.EntriesBySubjectDigest(ctx, q)
+		require.NoError(t, err)
+		require.Equal(t, tt.want, indexes(got), "builders %v from %d", tt.builders, tt.start)
+		for _, e := range got {
+			require.True(t, q.UnderBuilder(e.SPIFFEID), e.SPIFFEID)
+		}
+		if tt.limit == 100 {
+			want := []uint64{}
+			for i, id := range ids {
+				if uint64(i) >= tt.start && q.UnderBuilder(id) {
+					want = append(want, uint64(i))
+				}
+			}
+			require.Equal(t, want, indexes(got), "as UnderBuilder decides")
 		}
 	}
 }
@@ -230,7 +297,7 @@ func testRefuses(t *testing.T, newDB NewDB) {
 	found, err := s.EntriesByDedupeKey(ctx, [][]byte{HashOf("key", 1)})
 	require.NoError(t, err)
 	require.Empty(t, found)
-	found, err = s.EntriesBySubjectDigest(ctx, HashOf("d"), 0, 10, 0)
+	found, err = s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: HashOf("d"), Limit: 10})
 	require.NoError(t, err)
 	require.Empty(t, found)
 	cp, err := s.LatestCheckpoint(ctx)
