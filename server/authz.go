@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -58,15 +60,40 @@ func (s *Server) authorize(ctx context.Context, policy map[string]authorizer, me
 		return id, nil
 	}
 	reason := fmt.Sprintf("agents are %s members under %s", s.cfg.TrustDomain, s.cfg.AgentPathPrefix)
+	label := method
 	if !known {
-		reason = "the method has no authorization policy"
+		// The caller wrote the method's name (up to gRPC's header
+		// limit): neither a metric label of its own nor all of it logged.
+		reason, label = "the method has no authorization policy", unknownMethod
+		if len(method) > maxLoggedMethod {
+			method = method[:maxLoggedMethod] + "…"
+		}
 	}
-	s.metrics.denied.WithLabelValues(method).Inc()
-	s.log.Warn("Call denied",
+	s.metrics.denied.WithLabelValues(label).Inc()
+	s.deniedLog().Warn("Call denied",
 		zap.String(logMethod, method),
 		zap.String(logCallerID, id.String()),
 		zap.String(logReason, reason))
 	return id, status.Errorf(codes.PermissionDenied, "%s may not call %s: %s", id, method, reason)
+}
+
+// unknownMethod labels the denials of methods the policy does not name;
+// maxLoggedMethod bounds how much of such a name is logged and answered.
+const (
+	unknownMethod   = "unknown"
+	maxLoggedMethod = 128
+)
+
+// deniedLog logs denials: the first 20 a second, then none until the
+// next second (hallmark_server_authorization_denied_total counts them
+// all), so that a caller refused call after call cannot fill the disk.
+func (s *Server) deniedLog() *zap.Logger {
+	s.deniedOnce.Do(func() {
+		s.denied = s.log.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+			return zapcore.NewSamplerWithOptions(c, time.Second, 20, 0)
+		}))
+	})
+	return s.denied
 }
 
 // tap authorizes each call, by the same policy and with the same
@@ -82,20 +109,46 @@ func (s *Server) authorize(ctx context.Context, policy map[string]authorizer, me
 // the tap has its context ended already.
 func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
-		id, err := s.authorize(ctx, policy, info.FullMethodName)
+		ctx, err := s.admit(ctx, policy, info.FullMethodName)
 		if err != nil {
+			if p, ok := peer.FromContext(ctx); ok && s.conns.refused(p.Addr) {
+				s.deniedLog().Warn("Connection closed: too many calls refused on it",
+					zap.String(logAddress, p.Addr.String()), zap.Int("refused", maxRefusalsPerConn+1))
+			}
 			return nil, err
 		}
-		if s.isAgent(id) {
-			return ctx, nil
-		}
-		release, ok := s.outsiders.take(id.String(), maxOutsiderCalls)
-		if !ok {
-			s.metrics.limited.WithLabelValues(info.FullMethodName).Inc()
-			return nil, status.Errorf(codes.ResourceExhausted, "%s has %d calls open, the most the server takes from a caller that is not an agent: wait for them", id, maxOutsiderCalls)
-		}
-		context.AfterFunc(ctx, release)
 		return ctx, nil
+	}
+}
+
+// admit is the tap's decision. A caller that is not an agent takes a
+// place among its ID's (maxOutsiderCalls) until its request is read (the
+// interceptors give it back as they start) or the call ends first: a
+// health watch open for days holds none.
+func (s *Server) admit(ctx context.Context, policy map[string]authorizer, method string) (context.Context, error) {
+	id, err := s.authorize(ctx, policy, method)
+	if err != nil {
+		return ctx, err
+	}
+	if s.isAgent(id) {
+		return ctx, nil
+	}
+	release, ok := s.outsiders.take(id.String(), maxOutsiderCalls)
+	if !ok {
+		s.metrics.limited.WithLabelValues(method).Inc()
+		return ctx, status.Errorf(codes.ResourceExhausted, "%s has %d calls whose requests are under way, the most the server takes from a caller that is not an agent: wait for them", id, maxOutsiderCalls)
+	}
+	context.AfterFunc(ctx, release)
+	return context.WithValue(ctx, outsiderPlaceKey{}, release), nil
+}
+
+type outsiderPlaceKey struct{}
+
+// requestRead gives back the outsider's place the tap took for the call
+// of ctx, if any: its request is read.
+func requestRead(ctx context.Context) {
+	if release, ok := ctx.Value(outsiderPlaceKey{}).(func()); ok {
+		release()
 	}
 }
 
@@ -103,6 +156,7 @@ func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
 // failures once, here at the API edge.
 func (s *Server) unaryInterceptor(policy map[string]authorizer) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		requestRead(ctx)
 		id, err := s.authorize(ctx, policy, info.FullMethod)
 		if err != nil {
 			return nil, err
@@ -134,8 +188,23 @@ func (s *Server) streamInterceptor(policy map[string]authorizer) grpc.StreamServ
 		if _, err := s.authorize(ss.Context(), policy, info.FullMethod); err != nil {
 			return err
 		}
+		// A streaming call's request is read by the handler's first
+		// RecvMsg: the outsider's place goes back once that returns.
+		if _, ok := ss.Context().Value(outsiderPlaceKey{}).(func()); ok {
+			ss = placeHeldUntilRead{ss}
+		}
 		return handler(srv, ss)
 	}
+}
+
+// placeHeldUntilRead gives back the call's outsider place when its
+// first message has been read.
+type placeHeldUntilRead struct{ grpc.ServerStream }
+
+func (s placeHeldUntilRead) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	requestRead(s.Context())
+	return err
 }
 
 type callerKey struct{}

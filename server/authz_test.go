@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,7 +124,7 @@ func newAuthzServer(t *testing.T) (*Server, *observer.ObservedLogs) {
 
 func TestUnaryInterceptor(t *testing.T) {
 	pn := newPeerNetwork(t)
-	const unknownMethod = "/hallmark.server.v1.AgentService/IssueCACertificate"
+	const unlisted = "/hallmark.server.v1.AgentService/IssueCACertificate"
 
 	tests := []struct {
 		name     string
@@ -190,7 +192,7 @@ func TestUnaryInterceptor(t *testing.T) {
 		{
 			name:     "agent calling an unknown method",
 			ctx:      func(t *testing.T) context.Context { return pn.contextFor(t, agentID) },
-			method:   unknownMethod,
+			method:   unlisted,
 			wantCode: codes.PermissionDenied, denied: true,
 		},
 		{
@@ -226,7 +228,7 @@ func TestUnaryInterceptor(t *testing.T) {
 
 			resp, err := s.unaryInterceptor(s.policy())(ctx, "request", &grpc.UnaryServerInfo{FullMethod: tt.method}, handler)
 
-			denied := counterValue(t, s.metrics.denied.WithLabelValues(tt.method))
+			denied := counterValue(t, s.metrics.denied.WithLabelValues(deniedLabel(s, tt.method)))
 			if tt.wantCode == codes.OK {
 				require.NoError(t, err)
 				require.Equal(t, "response", resp)
@@ -257,7 +259,7 @@ func TestUnaryInterceptor(t *testing.T) {
 			s, logs := newAuthzServer(t)
 			ctx := tt.ctx(t)
 			got, err := s.tap(s.policy())(ctx, &tap.Info{FullMethodName: tt.method})
-			denied := counterValue(t, s.metrics.denied.WithLabelValues(tt.method))
+			denied := counterValue(t, s.metrics.denied.WithLabelValues(deniedLabel(s, tt.method)))
 			if tt.wantCode == codes.OK {
 				require.NoError(t, err)
 				require.Equal(t, ctx, got)
@@ -275,6 +277,16 @@ func TestUnaryInterceptor(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deniedLabel is the denied metric's label for method: a method the
+// policy does not name is counted as unknownMethod (its name is the
+// caller's to choose).
+func deniedLabel(s *Server, method string) string {
+	if _, known := s.policy()[method]; !known {
+		return unknownMethod
+	}
+	return method
 }
 
 func TestUnaryInterceptorHandlerError(t *testing.T) {
@@ -478,3 +490,83 @@ func TestOutsiderCallsLimitedByID(t *testing.T) {
 		end()
 	}
 }
+
+// A method the policy does not name is the caller's to choose: denials of
+// such methods share one label, and the name is logged cut short; and
+// denials are logged 20 a second at most, while the metric counts each.
+func TestDenialsBounded(t *testing.T) {
+	pn := newPeerNetwork(t)
+	s, logs := newAuthzServer(t)
+	ctx := pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/ci/job-42"))
+	long := "/x/" + strings.Repeat("y", 8<<10)
+	for i := range 100 {
+		method := fmt.Sprintf("%s%d", long, i)
+		_, err := s.tap(s.policy())(ctx, &tap.Info{FullMethodName: method})
+		require.Equal(t, codes.PermissionDenied, status.Code(err))
+		require.Less(t, len(status.Convert(err).Message()), 512)
+	}
+	require.Equal(t, 100.0, counterValue(t, s.metrics.denied.WithLabelValues(unknownMethod)))
+	series := make(chan prometheus.Metric, 200)
+	s.metrics.denied.Collect(series)
+	require.Len(t, series, 1, "one series")
+	denials := logs.FilterMessage("Call denied").All()
+	require.Len(t, denials, 20, "the first 20 this second")
+	for _, e := range denials {
+		require.LessOrEqual(t, len(e.ContextMap()[logMethod].(string)), maxLoggedMethod+len("…"))
+	}
+}
+
+// An outsider's place is given back once its request is read, while the
+// call goes on: by the unary interceptor as it starts, and by a stream's
+// first RecvMsg. A health watch kept open holds none.
+func TestOutsiderPlaceGivenBackOnceRead(t *testing.T) {
+	pn := newPeerNetwork(t)
+	s, _ := newAuthzServer(t)
+	outsider := pn.contextFor(t, spiffeid.RequireFromString("spiffe://example.org/ci/job-42"))
+	admit := func(method string) context.Context {
+		ctx, err := s.tap(s.policy())(outsider, &tap.Info{FullMethodName: method})
+		require.NoError(t, err)
+		return ctx
+	}
+	// full tries one more call, and gives its place back at once.
+	full := func() bool {
+		ctx, err := s.tap(s.policy())(outsider, &tap.Info{FullMethodName: healthpb.Health_Check_FullMethodName})
+		if err == nil {
+			requestRead(ctx)
+		}
+		return status.Code(err) == codes.ResourceExhausted
+	}
+
+	// Unary: the interceptor runs with the request read.
+	for range maxOutsiderCalls {
+		ctx := admit(healthpb.Health_Check_FullMethodName)
+		_, err := s.unaryInterceptor(s.policy())(ctx, "request", &grpc.UnaryServerInfo{FullMethod: healthpb.Health_Check_FullMethodName},
+			func(context.Context, any) (any, error) { return "ok", nil })
+		require.NoError(t, err)
+	}
+	require.False(t, full(), "calls whose requests were read hold no place, though their contexts go on")
+
+	// Streaming: held until the handler's first RecvMsg returns.
+	var held []context.Context
+	for range maxOutsiderCalls {
+		held = append(held, admit(healthpb.Health_Watch_FullMethodName))
+	}
+	require.True(t, full())
+	err := s.streamInterceptor(s.policy())(nil, &fakeServerStream{ctx: held[0]}, &grpc.StreamServerInfo{FullMethod: healthpb.Health_Watch_FullMethodName},
+		func(_ any, ss grpc.ServerStream) error {
+			require.True(t, full(), "not before the request is read")
+			require.NoError(t, ss.RecvMsg(new(healthpb.HealthCheckRequest)))
+			require.False(t, full(), "read: the place is back while the watch goes on")
+			return nil
+		})
+	require.NoError(t, err)
+}
+
+// fakeServerStream is a grpc.ServerStream whose one message is empty.
+type fakeServerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (f *fakeServerStream) Context() context.Context { return f.ctx }
+func (f *fakeServerStream) RecvMsg(any) error        { return nil }

@@ -27,15 +27,20 @@ const maxCallsPerConn = 16
 // waits for a stream instead.
 const maxStreamsPerConn = maxCallsPerConn + 4
 
-// maxOutsiderCalls bounds the calls one SPIFFE ID that is not an agent
-// has open at once, over all its connections. Such a caller may call
-// only health checks, whose requests are a few bytes, but gRPC reads any
-// request up to maxRecvMsgSize before a handler sees it, and any workload
-// SPIRE gives an SVID (a build step included) may open connections: with
-// no bound per ID, one could make the server hold 32 MiB per stream on as
-// many connections as it opens. A call beyond the bound is refused with
-// ResourceExhausted as its headers arrive. A monitor that keeps health
-// watches open holds one place per watch.
+// maxHeaderListBytes bounds a call's headers (gRPC's default is 16 MiB):
+// an agent's are a few hundred bytes. A call over it is reset.
+const maxHeaderListBytes = 16 << 10
+
+// maxOutsiderCalls bounds the calls of one SPIFFE ID that is not an
+// agent whose requests are being read, over all its connections. Such a
+// caller may call only health checks, whose requests are a few bytes, but
+// gRPC reads any request up to maxRecvMsgSize before a handler sees it,
+// and any workload SPIRE gives an SVID (a build step included) may open
+// connections: with no bound per ID, one could make the server hold 32
+// MiB per stream on as many connections as it opens. A call beyond the
+// bound is refused with ResourceExhausted as its headers arrive. A call
+// holds its place until its request is read (or it ends): a health watch
+// kept open holds none.
 const maxOutsiderCalls = 4
 
 // callLimit counts calls under way per key (a connection's remote

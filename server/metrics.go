@@ -36,11 +36,11 @@ func newMetrics() *metrics {
 		}, []string{"result"}),
 		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_server_authorization_denied_total",
-			Help: "Calls refused because the caller's SPIFFE ID is not allowed, by method.",
+			Help: "Calls refused because the caller's SPIFFE ID is not allowed, by method (unknown: one the server does not serve).",
 		}, []string{"method"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_server_calls_limited_total",
-			Help: "Calls refused because their connection had the most calls under way the server takes on one, or (as their headers arrived) because their caller, not an agent, had the most calls open the server takes from one, by method.",
+			Help: "Calls refused because their connection had the most calls under way the server takes on one, or (as their headers arrived) because their caller, not an agent, had the most requests being read the server takes from one, by method.",
 		}, []string{"method"}),
 		keyManagerSign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "hallmark_server_key_manager_sign_seconds",

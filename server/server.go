@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,11 @@ type Server struct {
 	// calls counts the unary calls under way on each connection;
 	// outsiders the calls open by each SPIFFE ID that is not an agent's.
 	calls, outsiders callLimit
+	// conns are the agent API's connections, for the tap to close.
+	conns connGuard
+	// denied logs denials, sampled (deniedLog).
+	deniedOnce sync.Once
+	denied     *zap.Logger
 }
 
 // New checks cfg and returns a server ready to Run.
@@ -151,7 +157,9 @@ func (s *Server) serve(ctx context.Context) error {
 		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
 		grpc.MaxConcurrentStreams(maxStreamsPerConn),
+		grpc.MaxHeaderListSize(maxHeaderListBytes),
 		grpc.InTapHandle(s.tap(s.policy())),
+		grpc.StatsHandler(connContexts{}),
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor(s.policy())),
 		grpc.ChainStreamInterceptor(s.streamInterceptor(s.policy())),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -190,7 +198,7 @@ func (s *Server) serve(ctx context.Context) error {
 	g.Go(func() error {
 		s.ready.Store(true)
 		defer s.ready.Store(false)
-		if err := grpcServer.Serve(ln); err != nil {
+		if err := grpcServer.Serve(s.conns.listener(ln)); err != nil {
 			return fmt.Errorf("server: serve: %w", err)
 		}
 		return nil

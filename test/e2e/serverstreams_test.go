@@ -87,10 +87,7 @@ func TestServerRefusesByHeaders(t *testing.T) {
 			}
 		}
 		require.Equal(t, "8", refused, "ResourceExhausted, after %d calls held open", len(conns)-1)
-		held := len(conns) - 1
-		t.Logf("%d calls held open, the next refused", held)
-		require.Positive(t, held)
-		require.Less(t, held, 16)
+		require.Equal(t, 4, len(conns)-1, "docs/security.md: 4 requests under way per SPIFFE ID")
 
 		// Its calls ended, it is served again: a real gRPC health check.
 		for _, c := range conns {
@@ -99,6 +96,53 @@ func TestServerRefusesByHeaders(t *testing.T) {
 		waitFor(t, "the outsider's places to come back", 10*time.Second, func() error {
 			return healthCheckAs(t, x509ctx, outsider)
 		})
+	})
+
+	t.Run("an outsider's health watches hold no place once their requests are read", func(t *testing.T) {
+		creds := grpccredentials.MTLSClientCredentials(svidFor(t, x509ctx, outsider), x509ctx.Bundles, tlsconfig.AuthorizeID(harness.ServerID))
+		conn, err := grpc.NewClient(stack.Server.ServerAddr(), grpc.WithTransportCredentials(creds))
+		require.NoError(t, err)
+		defer conn.Close()
+		for i := range 6 {
+			w, err := healthpb.NewHealthClient(conn).Watch(t.Context(), &healthpb.HealthCheckRequest{})
+			require.NoError(t, err)
+			_, err = w.Recv() // the server read the request and answered
+			require.NoError(t, err, "watch %d", i+1)
+		}
+		require.NoError(t, healthCheckAs(t, x509ctx, outsider), "six watches open, and a check is served")
+	})
+
+	t.Run("a connection refused call after call is closed", func(t *testing.T) {
+		c := dialH2(t, x509ctx, outsider)
+		// Each call with a timeout of a year: gRPC keeps a timer for a
+		// call the tap refuses (maxRefusalsPerConn in server/connguard.go).
+		refused := 0
+		var err error
+		require.NoError(t, c.conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+		for i := 0; i < 200 && err == nil; i++ {
+			id := uint32(2*i + 1)
+			if err = c.tryOpen(t, id, submit, [2]string{"grpc-timeout", "8760H"}); err != nil {
+				break
+			}
+			// Its answer, or the connection's end.
+			for err == nil {
+				var f http2.Frame
+				if f, err = c.fr.ReadFrame(); err != nil {
+					break
+				}
+				if h, ok := f.(*http2.MetaHeadersFrame); ok && h.StreamID == id {
+					require.Equal(t, "7", headerValue(h, "grpc-status"), "PermissionDenied")
+					refused++
+					break
+				}
+			}
+		}
+		var ne net.Error
+		require.False(t, errors.As(err, &ne) && ne.Timeout(), "the server closed the connection rather than keep answering: %v", err)
+		require.Error(t, err, "the connection is closed")
+		require.GreaterOrEqual(t, refused, 100)
+		require.LessOrEqual(t, refused, 101)
+		t.Logf("%d calls refused, then the connection closed (%v)", refused, err)
 	})
 
 	t.Run("streams beyond the server's bound are refused", func(t *testing.T) {
@@ -135,6 +179,16 @@ func healthCheckAs(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.I
 	defer conn.Close()
 	_, err = healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
 	return err
+}
+
+// headerValue is the value of header name in f, if any.
+func headerValue(f *http2.MetaHeadersFrame, name string) string {
+	for _, hf := range f.Fields {
+		if strings.EqualFold(hf.Name, name) {
+			return hf.Value
+		}
+	}
+	return ""
 }
 
 // h2conn is a raw HTTP/2 connection to the server, as an SVID holder
@@ -176,25 +230,43 @@ func dialH2(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.ID) *h2c
 	return c
 }
 
-// open starts a call of method on stream id: its headers, then body,
-// ending the stream only if end.
-func (c *h2conn) open(t *testing.T, id uint32, method string, body []byte, end bool) {
+// open starts a call of method on stream id: its headers (and extra
+// ones), then body, ending the stream only if end.
+func (c *h2conn) open(t *testing.T, id uint32, method string, body []byte, end bool, extra ...[2]string) {
 	t.Helper()
-	var hdr bytes.Buffer
-	enc := hpack.NewEncoder(&hdr)
-	for _, f := range [][2]string{
-		{":method", "POST"}, {":scheme", "https"}, {":path", method}, {":authority", "hallmark-server"},
-		{"content-type", "application/grpc"}, {"te", "trailers"},
-	} {
-		require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
-	}
-	require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hdr.Bytes(), EndHeaders: true}))
+	require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headerBlock(t, method, extra), EndHeaders: true}))
 	const frame = 16 << 10 // the largest DATA frame before SETTINGS say otherwise
 	for len(body) > frame {
 		require.NoError(t, c.fr.WriteData(id, false, body[:frame]))
 		body = body[frame:]
 	}
 	require.NoError(t, c.fr.WriteData(id, end, body))
+}
+
+// headerBlock is a gRPC call's headers for method, and extra ones, HPACK
+// encoded.
+func headerBlock(t *testing.T, method string, extra [][2]string) []byte {
+	t.Helper()
+	var hdr bytes.Buffer
+	enc := hpack.NewEncoder(&hdr)
+	for _, f := range append([][2]string{
+		{":method", "POST"}, {":scheme", "https"}, {":path", method}, {":authority", "hallmark-server"},
+		{"content-type", "application/grpc"}, {"te", "trailers"},
+	}, extra...) {
+		require.NoError(t, enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}))
+	}
+	return hdr.Bytes()
+}
+
+// tryOpen starts a call with a whole, empty request, as open does, and
+// returns the error of writing it (the server may have closed the
+// connection).
+func (c *h2conn) tryOpen(t *testing.T, id uint32, method string, extra ...[2]string) error {
+	t.Helper()
+	if err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headerBlock(t, method, extra), EndHeaders: true}); err != nil {
+		return err
+	}
+	return c.fr.WriteData(id, true, grpcPrefix(0))
 }
 
 // await reads frames until done accepts one, within d.
