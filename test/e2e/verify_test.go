@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -85,4 +86,23 @@ func TestSearchByDigest(t *testing.T) {
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee, "output: %s", output)
 	require.Equal(t, 1, ee.ExitCode())
+
+	// By builder: the agent's attestation, or none for another builder.
+	for builder, want := range map[string]int{harness.AgentID.String(): 0, "spiffe://" + harness.TrustDomain + "/hallmark/agent/elsewhere": 1} {
+		by := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", digest,
+			"--out-dir", filepath.Join(ws, "by"), "--builder-id-prefix", builder)
+		output, err = by.CombinedOutput()
+		code := 0
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else {
+			require.NoError(t, err)
+		}
+		require.Equal(t, want, code, "builder %s: %s", builder, output)
+	}
+	bad := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", digest, "--builder-id-prefix", "runner-1")
+	output, err = bad.CombinedOutput()
+	require.ErrorAs(t, err, &ee, "output: %s", output)
+	require.Equal(t, 2, ee.ExitCode())
+	require.Contains(t, string(output), "want a SPIFFE ID")
 }
