@@ -111,9 +111,9 @@ func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
 		ctx, err := s.admit(ctx, policy, info.FullMethodName)
 		if err != nil {
-			if p, ok := peer.FromContext(ctx); ok && s.conns.refused(p.Addr) {
+			if p, ok := peer.FromContext(ctx); ok && s.conns.refused(p.LocalAddr, p.Addr) {
 				s.deniedLog().Warn("Connection closed: too many calls refused on it",
-					zap.String(logAddress, p.Addr.String()), zap.Int("refused", maxRefusalsPerConn+1))
+					zap.String(logAddress, p.Addr.String()), zap.Int("refused", maxRefusalsPerConn+1), zap.Duration("within", refusalWindow))
 			}
 			return nil, err
 		}
@@ -189,21 +189,30 @@ func (s *Server) streamInterceptor(policy map[string]authorizer) grpc.StreamServ
 			return err
 		}
 		// A streaming call's request is read by the handler's first
-		// RecvMsg: the outsider's place goes back once that returns.
+		// RecvMsg (which reads on to the end of a server-streaming
+		// call's requests): the outsider's place goes back once that
+		// returns, or, for a call whose client streams, once a RecvMsg
+		// finds the end.
 		if _, ok := ss.Context().Value(outsiderPlaceKey{}).(func()); ok {
-			ss = placeHeldUntilRead{ss}
+			ss = placeHeldUntilRead{ss, info.IsClientStream}
 		}
 		return handler(srv, ss)
 	}
 }
 
 // placeHeldUntilRead gives back the call's outsider place when its
-// first message has been read.
-type placeHeldUntilRead struct{ grpc.ServerStream }
+// request has been read: its one message, or, for a client stream,
+// every message to the end.
+type placeHeldUntilRead struct {
+	grpc.ServerStream
+	clientStream bool
+}
 
 func (s placeHeldUntilRead) RecvMsg(m any) error {
 	err := s.ServerStream.RecvMsg(m)
-	requestRead(s.Context())
+	if !s.clientStream || err != nil {
+		requestRead(s.Context())
+	}
 	return err
 }
 

@@ -560,13 +560,40 @@ func TestOutsiderPlaceGivenBackOnceRead(t *testing.T) {
 			return nil
 		})
 	require.NoError(t, err)
+
+	// A client stream (no health method is one; the policy could allow
+	// one some day): held until a RecvMsg finds the request's end.
+	held = append(held, admit(healthpb.Health_Watch_FullMethodName))
+	require.True(t, full())
+	err = s.streamInterceptor(s.policy())(nil, &fakeServerStream{ctx: held[len(held)-1], recv: []error{nil, nil, io.EOF}},
+		&grpc.StreamServerInfo{FullMethod: healthpb.Health_Watch_FullMethodName, IsClientStream: true},
+		func(_ any, ss grpc.ServerStream) error {
+			for i := range 2 {
+				require.NoError(t, ss.RecvMsg(new(healthpb.HealthCheckRequest)))
+				require.True(t, full(), "message %d read, more may come", i+1)
+			}
+			require.ErrorIs(t, ss.RecvMsg(new(healthpb.HealthCheckRequest)), io.EOF)
+			require.False(t, full(), "the end read: the place is back")
+			return nil
+		})
+	require.NoError(t, err)
 }
 
-// fakeServerStream is a grpc.ServerStream whose one message is empty.
+// fakeServerStream is a grpc.ServerStream whose RecvMsg returns recv's
+// errors in turn, then nil.
 type fakeServerStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx  context.Context
+	recv []error
 }
 
 func (f *fakeServerStream) Context() context.Context { return f.ctx }
-func (f *fakeServerStream) RecvMsg(any) error        { return nil }
+
+func (f *fakeServerStream) RecvMsg(any) error {
+	if len(f.recv) == 0 {
+		return nil
+	}
+	err := f.recv[0]
+	f.recv = f.recv[1:]
+	return err
+}

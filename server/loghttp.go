@@ -26,8 +26,14 @@ const (
 	maxPageBytes      = 4 << 20
 )
 
-// maxBuilders bounds the builder parameters of one GET /log/entries.
-const maxBuilders = 32
+// maxBuilders bounds the builder parameters of one GET /log/entries;
+// maxScanPerPage the entries naming the digest that one examines when it
+// names builders (other builders' included): a page may then come back
+// short, or empty, with next where the examination stopped.
+const (
+	maxBuilders    = 32
+	maxScanPerPage = 1000
+)
 
 // registerHTTP serves the log and trust endpoints (docs/log.md) on mux.
 func (l *TransparencyLog) registerHTTP(mux *http.ServeMux, log *zap.Logger) {
@@ -162,13 +168,14 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	found, err := h.l.store.EntriesBySubjectDigest(r.Context(), store.SubjectQuery{
-		Digest: digest, Start: start, Limit: maxEntriesPerPage, MaxBytes: maxPageBytes, Builders: builders,
+	page, err := h.l.store.EntriesBySubjectDigest(r.Context(), store.SubjectQuery{
+		Digest: digest, Start: start, Limit: maxEntriesPerPage, MaxBytes: maxPageBytes, Builders: builders, MaxScan: maxScanPerPage,
 	})
 	if err != nil {
 		h.internal(w, r, err)
 		return
 	}
+	found := page.Entries
 	out := entriesJSON{Entries: make([]entryJSON, 0, len(found))}
 	for _, e := range found {
 		te, err := h.l.proveStored(r.Context(), e)
@@ -185,9 +192,14 @@ func (h *logHTTP) entries(w http.ResponseWriter, r *http.Request) {
 	}
 	// The page may have been cut by count or by bytes (which a page
 	// cannot tell from the end of the list): a non-empty page always
-	// says where the next starts; the last one is empty.
-	if len(found) > 0 {
+	// says where the next starts; so does an empty one cut by the scan
+	// bound; the last one is empty and says nothing.
+	switch {
+	case len(found) > 0:
 		next := found[len(found)-1].Index + 1
+		out.Next = &next
+	case page.ScannedTo > 0:
+		next := page.ScannedTo
 		out.Next = &next
 	}
 	writeJSON(w, out)

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -609,9 +610,11 @@ func TestLogEntriesPageByBytes(t *testing.T) {
 
 // GET /log/entries with builder parameters leaves out the entries of
 // every other agent, however many name the artifact: a genuine entry
-// logged after another agent's 150 comes on the first page. A builder
-// keeps agents under it at a segment boundary only; a parameter that is
-// no SPIFFE ID, or more than maxBuilders of them, is refused.
+// logged after another agent's 1,100 comes on the second page, after an
+// empty one that examined maxScanPerPage entries and says where it
+// stopped. A builder keeps agents under it at a segment boundary only; a
+// parameter that is no SPIFFE ID, or more than maxBuilders of them, is
+// refused.
 func TestLogEntriesByBuilder(t *testing.T) {
 	ctx := context.Background()
 	ca := newTestCA(t, "signing CA")
@@ -624,13 +627,18 @@ func TestLogEntriesByBuilder(t *testing.T) {
 		for i := range n {
 			subs = append(subs, agent.submit(t, append([]string{fmt.Sprintf("%s-%d", path.Base(id.Path()), i)}, names...)...))
 		}
-		res, err := l.Submit(withCaller(ctx, id), id, subs)
-		require.NoError(t, err)
-		for _, r := range res {
-			require.NoError(t, r.Refusal)
+		for len(subs) > 0 {
+			batch := subs[:min(len(subs), 500)]
+			subs = subs[len(batch):]
+			res, err := l.Submit(withCaller(ctx, id), id, batch)
+			require.NoError(t, err)
+			for _, r := range res {
+				require.NoError(t, r.Refusal)
+			}
 		}
 	}
-	submit(rogueID, 150, "shared")
+	const flood = 1100
+	submit(rogueID, flood, "shared")
 	submit(agentID, 1, "shared")
 	submit(underID, 1, "shared")
 	mux := http.NewServeMux()
@@ -638,8 +646,12 @@ func TestLogEntriesByBuilder(t *testing.T) {
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 
+	var searchFrom func(start uint64, builders ...string) (int, []string, *uint64)
 	search := func(builders ...string) (code int, ids []string, next *uint64) {
-		q := url.Values{"digest": {"sha256:" + digestOf("shared")}, "builder": builders}
+		return searchFrom(0, builders...)
+	}
+	searchFrom = func(start uint64, builders ...string) (code int, ids []string, next *uint64) {
+		q := url.Values{"digest": {"sha256:" + digestOf("shared")}, "start": {strconv.FormatUint(start, 10)}, "builder": builders}
 		code, _, body := httpGet(t, srv.URL+"/log/entries?"+q.Encode())
 		if code != http.StatusOK {
 			return code, nil, nil
@@ -653,11 +665,17 @@ func TestLogEntriesByBuilder(t *testing.T) {
 	}
 	code, ids, next := search(agentID.String())
 	require.Equal(t, http.StatusOK, code)
-	require.Equal(t, []string{agentID.String(), underID.String()}, ids, "on the first page, past the other agent's 150")
-	require.Equal(t, uint64(152), *next)
-	_, ids, _ = search(agentID.String() + "/")
+	require.Empty(t, ids, "the first %d examined are the other agent's", maxScanPerPage)
+	require.Equal(t, uint64(maxScanPerPage), *next)
+	_, ids, next = searchFrom(*next, agentID.String())
+	require.Equal(t, []string{agentID.String(), underID.String()}, ids, "on the second page, past the other agent's %d", flood)
+	require.Equal(t, uint64(flood+2), *next)
+	_, ids, next = searchFrom(*next, agentID.String())
+	require.Empty(t, ids)
+	require.Nil(t, next, "the end")
+	_, ids, _ = searchFrom(flood, agentID.String()+"/")
 	require.Equal(t, []string{agentID.String(), underID.String()}, ids, "a trailing slash is the same builder")
-	_, ids, _ = search(underID.String())
+	_, ids, _ = searchFrom(flood, underID.String())
 	require.Equal(t, []string{underID.String()}, ids)
 	_, ids, _ = search(rogueID.String())
 	require.Len(t, ids, maxEntriesPerPage)

@@ -165,6 +165,7 @@ func (s *Server) serve(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionAge:      s.cfg.MaxConnectionAge,
 			MaxConnectionAgeGrace: 30 * time.Second,
+			Timeout:               tcpUserTimeout, // gRPC's default; connGuard sets it as TCP_USER_TIMEOUT
 		}),
 		// Agents ping every 30 s to notice a vanished replica; allow it.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}),

@@ -33,10 +33,11 @@ type Store interface {
 	EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error)
 	// EntriesBySubjectDigest returns the entries q selects: up to
 	// q.Limit from index q.Start on whose statements name q.Digest, by
-	// the builders q names if it names any, and fewer when their
-	// store.Entry.Size would add up to more than q.MaxBytes (but always
-	// the first); MaxBytes 0 is no bound.
-	EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error)
+	// the builders q names if it names any (examining at most
+	// q.MaxScan), and fewer when their store.Entry.Size would add up to
+	// more than q.MaxBytes (but always the first); MaxBytes 0 is no
+	// bound.
+	EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) (store.SubjectPage, error)
 	// AddSigningCA records a signing CA chain unless already there.
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	// SigningCAs returns every recorded signing CA chain.

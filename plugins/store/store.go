@@ -70,6 +70,23 @@ type SubjectQuery struct {
 	// spiffe://td/a keeps spiffe://td/a and spiffe://td/a/b, not
 	// spiffe://td/ab. Each is a SPIFFE ID (no trailing slash).
 	Builders []string
+	// MaxScan, with Builders, bounds the entries naming Digest that one
+	// query examines (those of other builders included), so that
+	// another builder's many entries cost a query no more than this;
+	// 0 is no bound. A store reads an entry's builder without reading
+	// the entry.
+	MaxScan int
+}
+
+// SubjectPage is what a SubjectQuery found.
+type SubjectPage struct {
+	// Entries are the entries found, by increasing index.
+	Entries []Entry
+	// ScannedTo, when not 0, says the query stopped at MaxScan: every
+	// entry naming the digest from Start up to ScannedTo (exclusive)
+	// was examined, and those not in Entries are other builders'.
+	// There may be more from ScannedTo on.
+	ScannedTo uint64
 }
 
 // UnderBuilder reports whether spiffeID is one of q's Builders or under

@@ -78,31 +78,61 @@ const maxSearchBuilders = 32
 
 // SearchBuilders returns SPIFFE IDs such that every builder MayBuild
 // accepts is one of them or under one, for a log search to name to the
-// server (LogSearch.Builders): verifierPrefixes when there are any, else
-// the union of the steps' builder_id_prefixes. It returns nil, no bound,
-// when some step names none and the verifier none either, or when a
-// prefix is no SPIFFE ID or there are more than the server takes: the
-// server could not keep to them exactly, and MayBuild still decides on
-// every entry.
+// server (LogSearch.Builders). Where both the verifier and every step
+// name prefixes, it is the deeper of each pair where one is under the
+// other (a builder must be under both); else whichever of them names
+// some. It returns nil, no bound, when neither does, or when a prefix is
+// no SPIFFE ID or there are more than the server takes: the server could
+// not keep to them exactly, and MayBuild still decides on every entry.
 func (p *Policy) SearchBuilders(verifierPrefixes []string) []string {
-	prefixes := verifierPrefixes
-	if len(prefixes) == 0 {
-		if !p.NamesEveryBuilder() {
-			return nil
-		}
+	var steps []string
+	if p.NamesEveryBuilder() {
 		for _, s := range p.Steps {
-			prefixes = append(prefixes, s.BuilderIDPrefixes...)
+			steps = append(steps, s.BuilderIDPrefixes...)
 		}
 	}
-	var out []string
-	for _, pre := range prefixes {
+	var ids []string
+	for _, pre := range append(slices.Clone(verifierPrefixes), steps...) {
 		id, err := spiffeid.FromString(strings.TrimSuffix(pre, "/"))
 		if err != nil {
 			return nil
 		}
-		if !slices.Contains(out, id.String()) {
-			out = append(out, id.String())
+		ids = append(ids, id.String())
+	}
+	verifier, steps := ids[:len(verifierPrefixes)], ids[len(verifierPrefixes):]
+	var out []string
+	add := func(id string) {
+		if !slices.Contains(out, id) {
+			out = append(out, id)
 		}
+	}
+	switch {
+	case len(verifier) > 0 && len(steps) > 0:
+		for _, v := range verifier {
+			for _, s := range steps {
+				if underPrefix(s, v) {
+					add(s)
+				} else if underPrefix(v, s) {
+					add(v)
+				}
+			}
+		}
+		if len(out) == 0 {
+			// No builder is under both: MayBuild accepts none, so
+			// any name will do; the verifier's first keeps the
+			// search to what it said.
+			return verifier[:1]
+		}
+	case len(verifier) > 0:
+		for _, v := range verifier {
+			add(v)
+		}
+	case len(steps) > 0:
+		for _, s := range steps {
+			add(s)
+		}
+	default:
+		return nil
 	}
 	if len(out) > maxSearchBuilders {
 		return nil

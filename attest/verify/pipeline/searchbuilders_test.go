@@ -35,7 +35,10 @@ func TestSearchBuilders(t *testing.T) {
 		verifier []string
 		want     []string
 	}{
-		{"the verifier's prefixes", steps(nil, []string{pool}), []string{agents + "/"}, []string{agents}},
+		{"the verifier's prefixes", steps(nil, []string{pool}), []string{agents + "/", agents}, []string{agents}},
+		{"the deeper of each pair under both", steps([]string{pool}, []string{vms}), []string{agents}, []string{pool}},
+		{"the verifier's, deeper than a step's", steps([]string{agents}), []string{pool + "/node-1"}, []string{pool + "/node-1"}},
+		{"none under both", steps([]string{pool}), []string{vms}, []string{vms}},
 		{"every step's, once each", steps([]string{pool}, []string{vms, pool}), nil, []string{pool, vms}},
 		{"a step that names none, and no verifier prefix", steps([]string{pool}, nil), nil, nil},
 		{"a prefix that is no SPIFFE ID", steps([]string{"spiffe://Example.org/agent"}), nil, nil},

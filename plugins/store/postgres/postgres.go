@@ -383,28 +383,49 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 }
 
 // EntriesBySubjectDigest returns the entries q selects (server.Store).
-// A builder is compared byte for byte, whatever the database's collation:
+// With builders, it first takes at most q.MaxScan indexes naming the
+// digest (a materialized scan, so that the planner cannot read every
+// entry naming it to sort them), and keeps those whose builder is q's. A
+// builder is compared byte for byte, whatever the database's collation:
 // the entry's SPIFFE ID is the builder, or its first len(builder)+1 bytes
 // are the builder and a slash.
-func (s *Store) EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error) {
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) (store.SubjectPage, error) {
 	if q.Limit <= 0 {
-		return nil, nil
+		return store.SubjectPage{}, nil
 	}
-	query := `SELECT ` + entryColumns + `
+	if len(q.Builders) == 0 {
+		entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, `SELECT `+entryColumns+`
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
-WHERE d.digest = $1 AND d.idx >= $2`
-	args := []any{q.Digest, int64(q.Start)}
-	if len(q.Builders) > 0 {
-		var or []string
-		for _, b := range q.Builders {
-			n := len(args)
-			or = append(or, fmt.Sprintf(`e.spiffe_id = $%d OR substring(convert_to(e.spiffe_id, 'UTF8') from 1 for $%d) = $%d`, n+1, n+2, n+3))
-			args = append(args, b, len(b)+1, []byte(b+"/"))
-		}
-		query += ` AND (` + strings.Join(or, ` OR `) + `)`
+WHERE d.digest = $1 AND d.idx >= $2 ORDER BY d.idx LIMIT $3`, q.Digest, int64(q.Start), q.Limit)
+		return store.SubjectPage{Entries: entries}, err
 	}
-	query += fmt.Sprintf(` ORDER BY d.idx LIMIT $%d`, len(args)+1)
-	return s.queryEntriesWithin(ctx, q.MaxBytes, query, append(args, q.Limit)...)
+	var scan any // NULL: LIMIT ALL
+	if q.MaxScan > 0 {
+		scan = q.MaxScan
+	}
+	args := []any{q.Digest, int64(q.Start), scan}
+	var or []string
+	for _, b := range q.Builders {
+		n := len(args)
+		or = append(or, fmt.Sprintf(`e.spiffe_id = $%d OR substring(convert_to(e.spiffe_id, 'UTF8') from 1 for $%d) = $%d`, n+1, n+2, n+3))
+		args = append(args, b, len(b)+1, []byte(b+"/"))
+	}
+	entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, fmt.Sprintf(`WITH scan AS MATERIALIZED (SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 ORDER BY idx LIMIT $3)
+SELECT `+entryColumns+` FROM scan JOIN entries e ON e.idx = scan.idx
+WHERE `+strings.Join(or, ` OR `)+` ORDER BY e.idx LIMIT $%d`, len(args)+1), append(args, q.Limit)...)
+	if err != nil || q.MaxScan <= 0 {
+		return store.SubjectPage{Entries: entries}, err
+	}
+	var n, last int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
+(SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 ORDER BY idx LIMIT $3) scan`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
+		return store.SubjectPage{}, fmt.Errorf("postgres: scan entries: %w", err)
+	}
+	page := store.SubjectPage{Entries: entries}
+	if n == int64(q.MaxScan) {
+		page.ScannedTo = uint64(last) + 1
+	}
+	return page, nil
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {

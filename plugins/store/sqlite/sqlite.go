@@ -79,6 +79,9 @@ CREATE TABLE IF NOT EXISTS subject_digests (
   idx    INTEGER NOT NULL,
   PRIMARY KEY (digest, idx)
 );
+-- An entry's builder, read without the entry: its blobs come first in
+-- the row, and SQLite reads a column by walking what precedes it.
+CREATE INDEX IF NOT EXISTS entries_builder ON entries (idx, spiffe_id);
 `
 
 // schemaVersion is recorded in meta; a database from a newer version is
@@ -564,24 +567,46 @@ func (s *Store) EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.
 }
 
 // EntriesBySubjectDigest returns the entries q selects (server.Store).
-// A builder is compared byte for byte (SQLite's BINARY collation): the
-// entry's SPIFFE ID is the builder, or its first len(builder)+1 bytes are
-// the builder and a slash.
-func (s *Store) EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error) {
-	query := `SELECT e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp
+// With builders, it first takes at most q.MaxScan indexes naming the
+// digest, keeps those whose builder (read from entries_builder, not the
+// row) is q's, and only then reads their entries. A builder is compared
+// byte for byte: the entry's SPIFFE ID is the builder, or its first
+// len(builder)+1 bytes are the builder and a slash.
+func (s *Store) EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) (store.SubjectPage, error) {
+	const cols = `e.idx, e.leaf_hash, e.dedupe_key, e.body, e.envelope, e.certificate, e.spiffe_id, e.integrated_time, e.signed_timestamp`
+	if len(q.Builders) == 0 {
+		entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, `SELECT `+cols+`
 FROM subject_digests d JOIN entries e ON e.idx = d.idx
-WHERE d.digest = ? AND d.idx >= ?`
-	args := []any{q.Digest, int64(q.Start)}
-	if len(q.Builders) > 0 {
-		var or []string
-		for _, b := range q.Builders {
-			or = append(or, `e.spiffe_id = ? OR substr(CAST(e.spiffe_id AS BLOB), 1, ?) = CAST(? AS BLOB)`)
-			args = append(args, b, len(b)+1, b+"/")
-		}
-		query += ` AND (` + strings.Join(or, ` OR `) + `)`
+WHERE d.digest = ? AND d.idx >= ? ORDER BY d.idx LIMIT ?`, q.Digest, int64(q.Start), q.Limit)
+		return store.SubjectPage{Entries: entries}, err
 	}
-	query += ` ORDER BY d.idx LIMIT ?`
-	return s.queryEntriesWithin(ctx, q.MaxBytes, query, append(args, q.Limit)...)
+	scan := q.MaxScan
+	if scan <= 0 {
+		scan = -1 // SQLite: no limit
+	}
+	var or []string
+	args := []any{q.Digest, int64(q.Start), scan}
+	for _, b := range q.Builders {
+		or = append(or, `b.spiffe_id = ? OR substr(CAST(b.spiffe_id AS BLOB), 1, ?) = CAST(? AS BLOB)`)
+		args = append(args, b, len(b)+1, b+"/")
+	}
+	entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, `WITH scan AS (SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? ORDER BY idx LIMIT ?),
+kept AS (SELECT b.idx FROM scan JOIN entries b INDEXED BY entries_builder ON b.idx = scan.idx
+  WHERE `+strings.Join(or, ` OR `)+` ORDER BY b.idx LIMIT ?)
+SELECT `+cols+` FROM kept JOIN entries e ON e.idx = kept.idx ORDER BY e.idx`, append(args, q.Limit)...)
+	if err != nil || q.MaxScan <= 0 {
+		return store.SubjectPage{Entries: entries}, err
+	}
+	var n, last int64
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
+(SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? ORDER BY idx LIMIT ?)`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
+		return store.SubjectPage{}, fmt.Errorf("sqlite: scan entries: %w", err)
+	}
+	page := store.SubjectPage{Entries: entries}
+	if n == int64(q.MaxScan) {
+		page.ScannedTo = uint64(last) + 1
+	}
+	return page, nil
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {

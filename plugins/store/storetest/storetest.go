@@ -29,7 +29,7 @@ type Store interface {
 	LatestCheckpoint(ctx context.Context) (store.Checkpoint, error)
 	Nodes(ctx context.Context, ids []store.NodeID) ([][]byte, error)
 	EntriesByDedupeKey(ctx context.Context, keys [][]byte) ([]store.Entry, error)
-	EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) ([]store.Entry, error)
+	EntriesBySubjectDigest(ctx context.Context, q store.SubjectQuery) (store.SubjectPage, error)
 	AddSigningCA(ctx context.Context, ca store.SigningCA) error
 	SigningCAs(ctx context.Context) ([]store.SigningCA, error)
 	SetIssuerState(ctx context.Context, st store.IssuerState) error
@@ -172,11 +172,12 @@ func testAppendAndLookups(t *testing.T, newDB NewDB) {
 		{d1, 0, 10, 2*size - 1, []uint64{0}, true},
 		{d1, 0, 10, 1, []uint64{0}, true},
 	} {
-		got, err := s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: tt.digest, Start: tt.start, Limit: tt.limit, MaxBytes: tt.maxBytes})
+		page, err := s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: tt.digest, Start: tt.start, Limit: tt.limit, MaxBytes: tt.maxBytes})
 		require.NoError(t, err)
-		require.Equal(t, tt.wantIndexes, indexes(got))
+		require.Equal(t, tt.wantIndexes, indexes(page.Entries))
+		require.Zero(t, page.ScannedTo, "no builders: no scan bound")
 		if tt.wantFirstAll {
-			require.Equal(t, want0, got[0])
+			require.Equal(t, want0, page.Entries[0])
 		}
 	}
 }
@@ -229,8 +230,10 @@ func testSubjectQueryByBuilder(t *testing.T, newDB NewDB) {
 		{[]string{td + "nobody"}, 0, 100, []uint64{}},
 	} {
 		q := store.SubjectQuery{Digest: d, Start: tt.start, Limit: tt.limit, Builders: tt.builders}
-		got, err := s.EntriesBySubjectDigest(ctx, q)
+		page, err := s.EntriesBySubjectDigest(ctx, q)
 		require.NoError(t, err)
+		require.Zero(t, page.ScannedTo)
+		got := page.Entries
 		require.Equal(t, tt.want, indexes(got), "builders %v from %d", tt.builders, tt.start)
 		for _, e := range got {
 			require.True(t, q.UnderBuilder(e.SPIFFEID), e.SPIFFEID)
@@ -244,6 +247,28 @@ func testSubjectQueryByBuilder(t *testing.T, newDB NewDB) {
 			}
 			require.Equal(t, want, indexes(got), "as UnderBuilder decides")
 		}
+	}
+
+	// MaxScan bounds the entries examined, other builders' included:
+	// the page says how far it got, and the next query goes on from
+	// there, until the digest's entries are all examined.
+	for _, tt := range []struct {
+		start, scan uint64
+		want        []uint64
+		scannedTo   uint64
+	}{
+		{0, 2, []uint64{0}, 2}, // 0 and 1 examined, 1 is agent/ab's
+		{2, 2, []uint64{2}, 4}, // 2 and 3
+		{4, 2, []uint64{}, 6},  // 4 (agent) and 5 (other.org): none of agent/a's
+		{6, 2, []uint64{}, 8},  // 6 and 7
+		{8, 2, []uint64{}, 0},  // 8 alone: all examined
+		{0, uint64(len(ids)), []uint64{0, 2}, uint64(len(ids))}, // exactly MaxScan: more may follow
+		{0, 100, []uint64{0, 2}, 0},
+	} {
+		page, err := s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: d, Start: tt.start, Limit: 100, Builders: []string{td + "agent/a"}, MaxScan: int(tt.scan)})
+		require.NoError(t, err)
+		require.Equal(t, tt.want, indexes(page.Entries), "from %d, %d at most", tt.start, tt.scan)
+		require.Equal(t, tt.scannedTo, page.ScannedTo, "from %d, %d at most", tt.start, tt.scan)
 	}
 }
 
@@ -297,9 +322,9 @@ func testRefuses(t *testing.T, newDB NewDB) {
 	found, err := s.EntriesByDedupeKey(ctx, [][]byte{HashOf("key", 1)})
 	require.NoError(t, err)
 	require.Empty(t, found)
-	found, err = s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: HashOf("d"), Limit: 10})
+	page, err := s.EntriesBySubjectDigest(ctx, store.SubjectQuery{Digest: HashOf("d"), Limit: 10})
 	require.NoError(t, err)
-	require.Empty(t, found)
+	require.Empty(t, page.Entries)
 	cp, err := s.LatestCheckpoint(ctx)
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), cp.Size)
