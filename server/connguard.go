@@ -19,8 +19,8 @@ import (
 // is, would otherwise grow the server's memory for as long as its
 // connection lasts (max_connection_age), at some 13,000 refusals a
 // second. A client refused this often reconnects, and is refused there;
-// one that is refused now and then (an agent newer than the server,
-// asking for a method this one lacks) never is.
+// one refused fewer than 100 times a minute (an agent newer than the
+// server, asking now and then for a method this one lacks) is not.
 const (
 	maxRefusalsPerConn = 100
 	refusalWindow      = time.Minute

@@ -82,10 +82,12 @@ type SubjectQuery struct {
 type SubjectPage struct {
 	// Entries are the entries found, by increasing index.
 	Entries []Entry
-	// ScannedTo, when not 0, says the query stopped at MaxScan: every
-	// entry naming the digest from Start up to ScannedTo (exclusive)
-	// was examined, and those not in Entries are other builders'.
-	// There may be more from ScannedTo on.
+	// ScannedTo, when not 0, says the query stopped at MaxScan: it
+	// examined the entries naming the digest from Start up to
+	// ScannedTo (exclusive), and there may be more from there on. When
+	// Entries is empty, none of those is by the builders; when it is
+	// not, Limit or MaxBytes may have cut it first, and the next query
+	// starts after its last entry.
 	ScannedTo uint64
 }
 

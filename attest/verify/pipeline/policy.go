@@ -135,7 +135,11 @@ func (p *Policy) SearchBuilders(verifierPrefixes []string) []string {
 		return nil
 	}
 	if len(out) > maxSearchBuilders {
-		return nil
+		// More pairs than the server takes: the verifier's own list
+		// is a bound too, if it is short enough.
+		if out = slices.Compact(slices.Sorted(slices.Values(verifier))); len(verifier) == 0 || len(out) > maxSearchBuilders {
+			return nil
+		}
 	}
 	return out
 }

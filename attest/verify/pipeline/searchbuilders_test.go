@@ -43,6 +43,7 @@ func TestSearchBuilders(t *testing.T) {
 		{"a step that names none, and no verifier prefix", steps([]string{pool}, nil), nil, nil},
 		{"a prefix that is no SPIFFE ID", steps([]string{"spiffe://Example.org/agent"}), nil, nil},
 		{"more than the server takes", steps(many), nil, nil},
+		{"more pairs than the server takes: the verifier's", steps(many), []string{agents}, []string{agents}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := tt.policy.SearchBuilders(tt.verifier)

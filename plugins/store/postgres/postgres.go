@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"strings"
 	"time"
 
@@ -399,32 +400,35 @@ FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = $1 AND d.idx >= $2 ORDER BY d.idx LIMIT $3`, q.Digest, int64(q.Start), q.Limit)
 		return store.SubjectPage{Entries: entries}, err
 	}
-	var scan any // NULL: LIMIT ALL
+	// The examined window is fixed first: an entry appended between two
+	// statements must not land below a ScannedTo the second reports.
+	var page store.SubjectPage
+	end := int64(math.MaxInt64) // exclusive
 	if q.MaxScan > 0 {
-		scan = q.MaxScan
+		var n, last int64
+		if err := s.pool.QueryRow(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
+(SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 ORDER BY idx LIMIT $3) scan`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
+			return store.SubjectPage{}, fmt.Errorf("postgres: scan entries: %w", err)
+		}
+		if n == int64(q.MaxScan) {
+			end = last + 1
+			page.ScannedTo = uint64(end)
+		}
 	}
-	args := []any{q.Digest, int64(q.Start), scan}
+	args := []any{q.Digest, int64(q.Start), end}
 	var or []string
 	for _, b := range q.Builders {
 		n := len(args)
 		or = append(or, fmt.Sprintf(`e.spiffe_id = $%d OR substring(convert_to(e.spiffe_id, 'UTF8') from 1 for $%d) = $%d`, n+1, n+2, n+3))
 		args = append(args, b, len(b)+1, []byte(b+"/"))
 	}
-	entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, fmt.Sprintf(`WITH scan AS MATERIALIZED (SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 ORDER BY idx LIMIT $3)
+	entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, fmt.Sprintf(`WITH scan AS MATERIALIZED (SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 AND idx < $3)
 SELECT `+entryColumns+` FROM scan JOIN entries e ON e.idx = scan.idx
 WHERE `+strings.Join(or, ` OR `)+` ORDER BY e.idx LIMIT $%d`, len(args)+1), append(args, q.Limit)...)
-	if err != nil || q.MaxScan <= 0 {
-		return store.SubjectPage{Entries: entries}, err
+	if err != nil {
+		return store.SubjectPage{}, err
 	}
-	var n, last int64
-	if err := s.pool.QueryRow(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
-(SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 ORDER BY idx LIMIT $3) scan`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
-		return store.SubjectPage{}, fmt.Errorf("postgres: scan entries: %w", err)
-	}
-	page := store.SubjectPage{Entries: entries}
-	if n == int64(q.MaxScan) {
-		page.ScannedTo = uint64(last) + 1
-	}
+	page.Entries = entries
 	return page, nil
 }
 

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"math/bits"
 	"net/url"
 	"os"
@@ -580,32 +581,35 @@ FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = ? AND d.idx >= ? ORDER BY d.idx LIMIT ?`, q.Digest, int64(q.Start), q.Limit)
 		return store.SubjectPage{Entries: entries}, err
 	}
-	scan := q.MaxScan
-	if scan <= 0 {
-		scan = -1 // SQLite: no limit
+	// The examined window is fixed first: an entry appended between two
+	// statements must not land below a ScannedTo the second reports.
+	var page store.SubjectPage
+	end := int64(math.MaxInt64) // exclusive
+	if q.MaxScan > 0 {
+		var n, last int64
+		if err := s.r.QueryRowContext(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
+(SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? ORDER BY idx LIMIT ?)`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
+			return store.SubjectPage{}, fmt.Errorf("sqlite: scan entries: %w", err)
+		}
+		if n == int64(q.MaxScan) {
+			end = last + 1
+			page.ScannedTo = uint64(end)
+		}
 	}
 	var or []string
-	args := []any{q.Digest, int64(q.Start), scan}
+	args := []any{q.Digest, int64(q.Start), end}
 	for _, b := range q.Builders {
 		or = append(or, `b.spiffe_id = ? OR substr(CAST(b.spiffe_id AS BLOB), 1, ?) = CAST(? AS BLOB)`)
 		args = append(args, b, len(b)+1, b+"/")
 	}
-	entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, `WITH scan AS (SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? ORDER BY idx LIMIT ?),
+	entries, err := s.queryEntriesWithin(ctx, q.MaxBytes, `WITH scan AS (SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? AND idx < ?),
 kept AS (SELECT b.idx FROM scan JOIN entries b INDEXED BY entries_builder ON b.idx = scan.idx
   WHERE `+strings.Join(or, ` OR `)+` ORDER BY b.idx LIMIT ?)
 SELECT `+cols+` FROM kept JOIN entries e ON e.idx = kept.idx ORDER BY e.idx`, append(args, q.Limit)...)
-	if err != nil || q.MaxScan <= 0 {
-		return store.SubjectPage{Entries: entries}, err
+	if err != nil {
+		return store.SubjectPage{}, err
 	}
-	var n, last int64
-	if err := s.r.QueryRowContext(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
-(SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? ORDER BY idx LIMIT ?)`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
-		return store.SubjectPage{}, fmt.Errorf("sqlite: scan entries: %w", err)
-	}
-	page := store.SubjectPage{Entries: entries}
-	if n == int64(q.MaxScan) {
-		page.ScannedTo = uint64(last) + 1
-	}
+	page.Entries = entries
 	return page, nil
 }
 
