@@ -101,12 +101,8 @@ func (s *Server) deniedLog() *zap.Logger {
 // maxRecvMsgSize), so a member of the trust domain that is not an agent
 // (any workload SPIRE gives an SVID, build steps included) cannot make
 // the server hold megabytes of a request it will refuse. gRPC answers a
-// refusal here with the returned status and never starts the call.
-//
-// A caller that is not an agent also takes one of its ID's places
-// (maxOutsiderCalls) here, given back when gRPC ends the call's context:
-// whatever way the call ends, gRPC cancels it, and a call refused after
-// the tap has its context ended already.
+// refusal here with the returned status and never starts the call; a
+// connection refused call after call is closed (connGuard).
 func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
 		ctx, err := s.admit(ctx, policy, info.FullMethodName)
@@ -123,8 +119,10 @@ func (s *Server) tap(policy map[string]authorizer) tap.ServerInHandle {
 
 // admit is the tap's decision. A caller that is not an agent takes a
 // place among its ID's (maxOutsiderCalls) until its request is read (the
-// interceptors give it back as they start) or the call ends first: a
-// health watch open for days holds none.
+// interceptors give it back: requestRead, placeHeldUntilRead) or the
+// call ends first (whatever way it ends, gRPC cancels its context; one
+// refused after the tap has its context ended already): a health watch
+// open for days holds none.
 func (s *Server) admit(ctx context.Context, policy map[string]authorizer, method string) (context.Context, error) {
 	id, err := s.authorize(ctx, policy, method)
 	if err != nil {
