@@ -11,16 +11,17 @@ import (
 )
 
 // maxRefusalsPerConn is how many calls the tap refuses on one connection
-// in a minute before it closes the connection. gRPC (v1.85) does not end the context
-// of a call the tap refuses: one that came with a grpc-timeout keeps a
-// timer, and about 300 bytes, until that timeout passes (grpc-go #2976
-// again) or the connection's context ends (connContexts). A caller that
-// is refused call after call, which no client that honours its answers
-// is, would otherwise grow the server's memory for as long as its
-// connection lasts (max_connection_age), at some 13,000 refusals a
-// second. A client refused this often reconnects, and is refused there;
-// one refused fewer than 100 times a minute (an agent newer than the
-// server, asking now and then for a method this one lacks) is not.
+// in a window of refusalWindow before it closes the connection. gRPC
+// (v1.85) does not end the context of a call the tap refuses: one that
+// came with a grpc-timeout keeps a timer, and about 300 bytes, until that
+// timeout passes (grpc-go #2976 again) or the connection's context ends
+// (connContexts). A caller refused call after call, which no client that
+// honours its answers is, would otherwise grow the server's memory for as
+// long as its connection lasts (max_connection_age), at some 13,000
+// refusals a second. A client refused this often reconnects, and is
+// refused there; one refused fewer than 100 times a minute (an agent
+// newer than the server, asking now and then for a method this one
+// lacks) is not.
 const (
 	maxRefusalsPerConn = 100
 	refusalWindow      = time.Minute
