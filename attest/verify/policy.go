@@ -106,7 +106,7 @@ func (p *Policy) Validate() error {
 // check applies the policy to a verified predicate.
 func (p *Policy) check(prov provenance) error {
 	if len(p.BuilderIDPrefixes) > 0 && !slices.ContainsFunc(p.BuilderIDPrefixes, func(pre string) bool {
-		return underPrefix(prov.builderID, pre)
+		return UnderPrefix(prov.builderID, pre)
 	}) {
 		return fmt.Errorf("builder %s is not under an allowed prefix (%s)", prov.builderID, strings.Join(p.BuilderIDPrefixes, ", "))
 	}
@@ -130,8 +130,11 @@ func (p *Policy) check(prov provenance) error {
 	return nil
 }
 
-// underPrefix reports whether id is prefix or a path below it.
-func underPrefix(id, prefix string) bool {
+// UnderPrefix reports whether the SPIFFE ID id is prefix or a path below
+// it, at a segment boundary (spiffe://td/a is under spiffe://td/a/, not
+// spiffe://td/ab): what a builder ID prefix admits, here, in pipeline
+// policies and in log searches by builder.
+func UnderPrefix(id, prefix string) bool {
 	prefix = strings.TrimSuffix(prefix, "/")
 	return id == prefix || strings.HasPrefix(id, prefix+"/")
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
 )
 
@@ -115,7 +116,7 @@ func byBuilder(id string, builders []string) bool {
 	if len(builders) == 0 {
 		return true
 	}
-	return slices.ContainsFunc(builders, func(b string) bool { return id == b || strings.HasPrefix(id, b+"/") })
+	return slices.ContainsFunc(builders, func(b string) bool { return verify.UnderPrefix(id, b) })
 }
 
 func fetchPage(ctx context.Context, server, digest string, builders []string, start int64) (*searchPage, error) {

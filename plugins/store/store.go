@@ -13,7 +13,7 @@ package store
 
 import (
 	"errors"
-	"strings"
+	"math"
 	"time"
 )
 
@@ -91,19 +91,17 @@ type SubjectPage struct {
 	ScannedTo uint64
 }
 
-// UnderBuilder reports whether spiffeID is one of q's Builders or under
-// one (any, when there are none): the filter's definition, which each
-// store applies in its query (the storetest contract holds them to it).
-func (q SubjectQuery) UnderBuilder(spiffeID string) bool {
-	if len(q.Builders) == 0 {
-		return true
+// Window is where a query with builders examines entries, given n and
+// last, the count and the last index of the first MaxScan entries naming
+// the digest from Start on: below end, and, when those were MaxScan, the
+// page's ScannedTo. A store fixes the window in one statement before it
+// reads entries in another, so that an entry appended in between cannot
+// land below a ScannedTo it reports.
+func (q SubjectQuery) Window(n, last int64) (end int64, scannedTo uint64) {
+	if q.MaxScan <= 0 || n < int64(q.MaxScan) {
+		return math.MaxInt64, 0
 	}
-	for _, b := range q.Builders {
-		if spiffeID == b || strings.HasPrefix(spiffeID, b+"/") {
-			return true
-		}
-	}
-	return false
+	return last + 1, uint64(last + 1)
 }
 
 // NodeID names a node of the Merkle tree: Level 0 are the leaves, and

@@ -13,6 +13,8 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclparse"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/hallmark-dev/hallmark/attest/verify"
 )
 
 // Version is the pipeline policy format this package reads: a policy file
@@ -64,7 +66,7 @@ func (p *Policy) NamesEveryBuilder() bool {
 // no rule trusts cannot bury a genuine attestation under its own.
 func (p *Policy) MayBuild(builder string, verifierPrefixes []string) bool {
 	under := func(prefixes []string) bool {
-		return slices.ContainsFunc(prefixes, func(pre string) bool { return underPrefix(builder, pre) })
+		return slices.ContainsFunc(prefixes, func(pre string) bool { return verify.UnderPrefix(builder, pre) })
 	}
 	if len(verifierPrefixes) > 0 && !under(verifierPrefixes) {
 		return false
@@ -110,9 +112,9 @@ func (p *Policy) SearchBuilders(verifierPrefixes []string) []string {
 	case len(verifier) > 0 && len(steps) > 0:
 		for _, v := range verifier {
 			for _, s := range steps {
-				if underPrefix(s, v) {
+				if verify.UnderPrefix(s, v) {
 					add(s)
-				} else if underPrefix(v, s) {
+				} else if verify.UnderPrefix(v, s) {
 					add(v)
 				}
 			}

@@ -611,7 +611,7 @@ func (w *walker) unproduced(s StepRule, m Material, hasSource bool) (*Failure, e
 func checkIdentity(s StepRule, verifierPrefixes []string, r *verify.Result) *Failure {
 	at := "step." + s.Name + "."
 	for _, prefixes := range [][]string{s.BuilderIDPrefixes, verifierPrefixes} {
-		if len(prefixes) > 0 && !slices.ContainsFunc(prefixes, func(p string) bool { return underPrefix(r.BuilderID, p) }) {
+		if len(prefixes) > 0 && !slices.ContainsFunc(prefixes, func(p string) bool { return verify.UnderPrefix(r.BuilderID, p) }) {
 			return &Failure{Step: s.Name, Rule: at + "builder_id_prefixes",
 				Reason: fmt.Sprintf("builder %s is under none of %s", r.BuilderID, strings.Join(prefixes, ", "))}
 		}
@@ -740,12 +740,6 @@ func coveredBy(trees []allowedTree, name string) (allowedTree, bool) {
 // normalizeRepo compares repository URLs without a trailing "/" or ".git".
 func normalizeRepo(u string) string {
 	return strings.TrimSuffix(strings.TrimSuffix(u, "/"), ".git")
-}
-
-// underPrefix reports whether id is prefix or a path below it.
-func underPrefix(id, prefix string) bool {
-	prefix = strings.TrimSuffix(prefix, "/")
-	return id == prefix || strings.HasPrefix(id, prefix+"/")
 }
 
 func truncList(vals []string, n int) string {

@@ -27,7 +27,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"math"
 	"strings"
 	"time"
 
@@ -400,21 +399,14 @@ FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = $1 AND d.idx >= $2 ORDER BY d.idx LIMIT $3`, q.Digest, int64(q.Start), q.Limit)
 		return store.SubjectPage{Entries: entries}, err
 	}
-	// The examined window is fixed first: an entry appended between two
-	// statements must not land below a ScannedTo the second reports.
-	var page store.SubjectPage
-	end := int64(math.MaxInt64) // exclusive
+	var n, last int64
 	if q.MaxScan > 0 {
-		var n, last int64
 		if err := s.pool.QueryRow(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
 (SELECT idx FROM subject_digests WHERE digest = $1 AND idx >= $2 ORDER BY idx LIMIT $3) scan`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
 			return store.SubjectPage{}, fmt.Errorf("postgres: scan entries: %w", err)
 		}
-		if n == int64(q.MaxScan) {
-			end = last + 1
-			page.ScannedTo = uint64(end)
-		}
 	}
+	end, scannedTo := q.Window(n, last)
 	args := []any{q.Digest, int64(q.Start), end}
 	var or []string
 	for _, b := range q.Builders {
@@ -428,8 +420,7 @@ WHERE `+strings.Join(or, ` OR `)+` ORDER BY e.idx LIMIT $%d`, len(args)+1), appe
 	if err != nil {
 		return store.SubjectPage{}, err
 	}
-	page.Entries = entries
-	return page, nil
+	return store.SubjectPage{Entries: entries, ScannedTo: scannedTo}, nil
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {

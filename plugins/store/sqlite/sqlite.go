@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"math/bits"
 	"net/url"
 	"os"
@@ -581,21 +580,14 @@ FROM subject_digests d JOIN entries e ON e.idx = d.idx
 WHERE d.digest = ? AND d.idx >= ? ORDER BY d.idx LIMIT ?`, q.Digest, int64(q.Start), q.Limit)
 		return store.SubjectPage{Entries: entries}, err
 	}
-	// The examined window is fixed first: an entry appended between two
-	// statements must not land below a ScannedTo the second reports.
-	var page store.SubjectPage
-	end := int64(math.MaxInt64) // exclusive
+	var n, last int64
 	if q.MaxScan > 0 {
-		var n, last int64
 		if err := s.r.QueryRowContext(ctx, `SELECT count(*), coalesce(max(idx), 0) FROM
 (SELECT idx FROM subject_digests WHERE digest = ? AND idx >= ? ORDER BY idx LIMIT ?)`, q.Digest, int64(q.Start), q.MaxScan).Scan(&n, &last); err != nil {
 			return store.SubjectPage{}, fmt.Errorf("sqlite: scan entries: %w", err)
 		}
-		if n == int64(q.MaxScan) {
-			end = last + 1
-			page.ScannedTo = uint64(end)
-		}
 	}
+	end, scannedTo := q.Window(n, last)
 	var or []string
 	args := []any{q.Digest, int64(q.Start), end}
 	for _, b := range q.Builders {
@@ -609,8 +601,7 @@ SELECT `+cols+` FROM kept JOIN entries e ON e.idx = kept.idx ORDER BY e.idx`, ap
 	if err != nil {
 		return store.SubjectPage{}, err
 	}
-	page.Entries = entries
-	return page, nil
+	return store.SubjectPage{Entries: entries, ScannedTo: scannedTo}, nil
 }
 
 func (s *Store) queryEntries(ctx context.Context, q string, args ...any) ([]store.Entry, error) {
