@@ -7,17 +7,11 @@
 package main
 
 import (
-	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/hallmark-dev/hallmark/internal/attestcmd"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := attestcmd.Run(ctx, "hallmark-attest", os.Args[1:], attestcmd.OSEnv())
-	stop()
-	os.Exit(code)
+	os.Exit(attestcmd.Main("hallmark-attest"))
 }

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"time"
@@ -54,6 +55,24 @@ type Env struct {
 // OSEnv is the process's own.
 func OSEnv() Env {
 	return Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, LookupEnv: os.LookupEnv}
+}
+
+// Main is hallmark-attest's main: it runs the step that the process's
+// arguments name and returns the exit code, as Run does. Forwarded are
+// registered once, for the life of the process: while the step's command
+// runs, they go to it; before and after, they end the attestation (exit
+// code 1, nothing written), where SIGHUP and SIGQUIT would otherwise end
+// the process at once, leaving the command running.
+//
+// os/signal turns a signal on and off by a round trip to a thread of its
+// own. With one registration that never ends, runCommand's own turns
+// nothing on or off; registering them again for the command's run and
+// ending both registrations before exit cost 0.17 to 0.30 ms of CPU a
+// step (5 to 8% of hallmark-attest's with `-- true`, on a 2-core KVM
+// guest, over 5 alternating runs of 300 steps).
+func Main(command string) int {
+	ctx, _ := signal.NotifyContext(context.Background(), Forwarded...) // never stopped: it ends with the process
+	return Run(ctx, command, os.Args[1:], OSEnv())
 }
 
 // Run runs the command with args (those after the command) and returns
@@ -186,7 +205,7 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 	// connections, and a step's command may run for hours.
 	client, err := agentclient.Dial(ctx, cfg.socket)
 	if err != nil {
-		return 1, Explain(cfg.socket, err)
+		return 1, cfg.notAttested(ctx, err)
 	}
 	defer client.Close()
 	actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
@@ -197,7 +216,7 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 		StartedOn: started, Command: cfg.command, CallerClaims: cfg.claims,
 	}, display)
 	if err != nil {
-		return 1, Explain(cfg.socket, err)
+		return 1, cfg.notAttested(ctx, err)
 	}
 	bundle, logged := resp.Bundle, resp.Logged
 	if cfg.waitLog && !logged {
@@ -229,6 +248,16 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 	fmt.Fprintf(env.Stderr, "%s: attested step %s (%d products, invocation %s, %s) -> %s\n",
 		cfg.name, cfg.step, len(resp.Subjects), resp.InvocationID, state, out)
 	return 0, nil
+}
+
+// notAttested is the error that ended the attestation: what ended ctx
+// when it ended the call (under Main, the signal received), else err as
+// the user should read it.
+func (cfg *config) notAttested(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%v; step %s not attested", context.Cause(ctx), cfg.step)
+	}
+	return Explain(cfg.socket, err)
 }
 
 // waitForLog asks the agent for invocation id's bundle once it is

@@ -9,9 +9,9 @@ import (
 	"syscall"
 )
 
-// forwarded are the signals a CI runner sends to cancel a job; the step's
-// command gets them.
-var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+// Forwarded are the signals a CI runner sends to cancel a job; the step's
+// command gets them while it runs (see Main for the rest of the time).
+var Forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
 
 // child is the step's running command.
 type child interface {
@@ -27,7 +27,7 @@ type child interface {
 // SIGQUIT forwarded, and returns its exit code (128+signal when killed).
 func runCommand(name string, env Env, args []string) int {
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, forwarded...)
+	signal.Notify(sigs, Forwarded...)
 	defer signal.Stop(sigs)
 	c, err := start(env, args)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -19,6 +18,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
 // commandHelperEnv makes the test binary run the command itself (see
@@ -38,11 +40,7 @@ func TestMain(m *testing.M) {
 				os.Exit(3)
 			}
 		}
-		// cmd/hallmark-attest's context: done on SIGINT or SIGTERM.
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		code := Run(ctx, "hallmark-attest", os.Args[1:], OSEnv())
-		stop()
-		os.Exit(code)
+		os.Exit(Main("hallmark-attest")) // cmd/hallmark-attest's main
 	}
 	os.Exit(m.Run())
 }
@@ -53,6 +51,12 @@ func TestMain(m *testing.M) {
 func asCommand(t *testing.T, command ...string) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
 	t.Helper()
 	dir, socket := silentSocket(t)
+	return asCommandOn(t, dir, socket, command...)
+}
+
+// asCommandOn is asCommand in dir, attesting to the agent at socket.
+func asCommandOn(t *testing.T, dir, socket string, command ...string) (cmd *exec.Cmd, _ string, stderr *bytes.Buffer) {
+	t.Helper()
 	stderr = new(bytes.Buffer)
 	cmd = exec.Command(os.Args[0], append([]string{"--step", "b", "--product", "p", "--socket", socket, "--"}, command...)...)
 	cmd.Dir, cmd.Stderr = dir, stderr
@@ -130,6 +134,45 @@ func TestCommandGetsTheSignals(t *testing.T) {
 			want := 128 + int(sig)
 			require.Equal(t, want, exitCode(t, cmd), "stderr: %s", stderr)
 			require.Equal(t, fmt.Sprintf("hallmark-attest: sh exited with status %d; step b not attested\n", want), stderr.String())
+		})
+	}
+}
+
+// stallingAgent takes every AttestStep call and answers none: it tells
+// called and waits for the call to end.
+type stallingAgent struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	called chan<- struct{}
+}
+
+func (a stallingAgent) AttestStep(ctx context.Context, _ *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	a.called <- struct{}{}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Must show, as a CI runner cancelling a job does it: a signal that comes
+// once the command has exited, while the agent attests, ends
+// hallmark-attest at once with exit code 1 and writes no bundle, whichever
+// of the four it is. SIGHUP and SIGQUIT did not do this before Main
+// registered them for the process's life: SIGHUP killed it by the signal,
+// SIGQUIT with a goroutine dump.
+func TestSignalWhileTheAgentAttests(t *testing.T) {
+	for _, sig := range Forwarded {
+		t.Run(sig.String(), func(t *testing.T) {
+			called := make(chan struct{}, 1)
+			socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingAgent{called: called}) })
+			cmd, dir, stderr := asCommandOn(t, t.TempDir(), socket, "true")
+			require.NoError(t, cmd.Start())
+			select {
+			case <-called:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("the agent was never asked: %s", stderr)
+			}
+			require.NoError(t, cmd.Process.Signal(sig))
+			require.Equal(t, 1, exitCode(t, cmd), "stderr: %s", stderr)
+			require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
+			require.Equal(t, fmt.Sprintf("hallmark-attest: %v signal received; step b not attested\n", sig), stderr.String())
 		})
 	}
 }
