@@ -17,11 +17,18 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hallmark-dev/hallmark/agent/agentstatus"
+	"github.com/hallmark-dev/hallmark/internal/attestcmd"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// A signal this process was started ignoring stays ignored, for it
+	// and for the command `hallmark attest` runs (attestcmd.Forwardable).
+	ctx := context.Background()
+	if sigs := attestcmd.Forwardable(os.Interrupt, syscall.SIGTERM); len(sigs) > 0 {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, sigs...)
+		defer stop()
+	}
 	if err := rootCmd().ExecuteContext(ctx); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {

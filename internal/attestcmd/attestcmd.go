@@ -58,11 +58,12 @@ func OSEnv() Env {
 }
 
 // Main is hallmark-attest's main: it runs the step that the process's
-// arguments name and returns the exit code, as Run does. Forwarded are
-// registered once, for the life of the process: while the step's command
-// runs, they go to it; before and after, they end the attestation (exit
-// code 1, nothing written), where SIGHUP and SIGQUIT would otherwise end
-// the process at once, leaving the command running.
+// arguments name and returns the exit code, as Run does. Forwarded (those
+// the process does not ignore, see Forwardable) are registered once, for
+// the life of the process: while the step's command runs, they go to it;
+// before and after, they end the attestation (exit code 1, nothing
+// written), where SIGHUP and SIGQUIT would otherwise end the process at
+// once, leaving the command running.
 //
 // os/signal turns a signal on and off by a round trip to a thread of its
 // own. With one registration that never ends, runCommand's own turns
@@ -71,7 +72,10 @@ func OSEnv() Env {
 // step (5 to 8% of hallmark-attest's with `-- true`, on a 2-core KVM
 // guest, over 5 alternating runs of 300 steps).
 func Main(command string) int {
-	ctx, _ := signal.NotifyContext(context.Background(), Forwarded...) // never stopped: it ends with the process
+	ctx := context.Background()
+	if fwd := Forwardable(Forwarded...); len(fwd) > 0 {
+		ctx, _ = signal.NotifyContext(ctx, fwd...) // never stopped: it ends with the process
+	}
 	return Run(ctx, command, os.Args[1:], OSEnv())
 }
 

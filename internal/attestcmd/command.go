@@ -10,8 +10,30 @@ import (
 )
 
 // Forwarded are the signals a CI runner sends to cancel a job; the step's
-// command gets them while it runs (see Main for the rest of the time).
+// command gets them while it runs (see Main for the rest of the time),
+// unless the process ignores them (see Forwardable).
 var Forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// Forwardable returns those of sigs that this process does not ignore.
+// Call it before registering any of them: registering a signal for
+// os/signal stops it being ignored.
+//
+// A signal ignored when the process started stays ignored, for it and
+// for the command, which inherits the disposition across exec: nohup
+// ignores SIGHUP, and a shell ignores SIGINT in a job it runs in the
+// background. Registered, such a signal would reach the command that was
+// meant to be spared it (TestIgnoredSignalStaysIgnored). Go's runtime
+// itself keeps an inherited SIG_IGN only for SIGHUP and SIGINT, so only
+// those can be found ignored here.
+func Forwardable(sigs ...os.Signal) []os.Signal {
+	var out []os.Signal
+	for _, s := range sigs {
+		if !signal.Ignored(s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
 
 // child is the step's running command.
 type child interface {
@@ -24,11 +46,14 @@ type child interface {
 }
 
 // runCommand runs args with stdio passed through and SIGINT/SIGTERM/SIGHUP/
-// SIGQUIT forwarded, and returns its exit code (128+signal when killed).
+// SIGQUIT forwarded (those not ignored), and returns its exit code
+// (128+signal when killed).
 func runCommand(name string, env Env, args []string) int {
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, Forwarded...)
-	defer signal.Stop(sigs)
+	if fwd := Forwardable(Forwarded...); len(fwd) > 0 {
+		signal.Notify(sigs, fwd...)
+		defer signal.Stop(sigs)
+	}
 	c, err := start(env, args)
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)

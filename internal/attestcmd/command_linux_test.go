@@ -78,6 +78,13 @@ func startAsCommand(t *testing.T, script string, env ...string) (cmd *exec.Cmd, 
 	t.Helper()
 	cmd, dir, stderr = asCommand(t, "sh", "-c", script)
 	cmd.Env = append(cmd.Env, env...)
+	return startReady(t, cmd, dir, stderr)
+}
+
+// startReady starts cmd and returns once its command wrote "ready" in
+// dir.
+func startReady(t *testing.T, cmd *exec.Cmd, dir string, stderr *bytes.Buffer) (*exec.Cmd, string, *bytes.Buffer) {
+	t.Helper()
 	require.NoError(t, cmd.Start())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -173,6 +180,67 @@ func TestSignalWhileTheAgentAttests(t *testing.T) {
 			require.Equal(t, 1, exitCode(t, cmd), "stderr: %s", stderr)
 			require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
 			require.Equal(t, fmt.Sprintf("hallmark-attest: %v signal received; step b not attested\n", sig), stderr.String())
+		})
+	}
+}
+
+// ignoring makes cmd start as a process that ignores sig, as nohup (SIGHUP)
+// or a shell's background job (SIGINT) does: sh ignores it and execs cmd.
+func ignoring(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
+	t.Helper()
+	sh, err := exec.LookPath("sh")
+	require.NoError(t, err)
+	cmd.Args = append([]string{"sh", "-c", `trap "" ` + strings.TrimPrefix(unix.SignalName(sig), "SIG") + `; exec "$@"`, "sh", cmd.Path}, cmd.Args[1:]...)
+	cmd.Path = sh
+}
+
+// Must show, as nohup and a shell's background job use it: a signal
+// hallmark-attest was started ignoring stays ignored. Sent while the
+// command runs, it neither reaches the command (which exits with its own
+// status, not 128+signal) nor ends hallmark-attest; sent while the agent
+// attests, it does not end the attestation. Before, hallmark-attest
+// registered the signal for os/signal, which stopped it being ignored,
+// and forwarded it: the command died of it (exit 129 under nohup). The
+// same signal not ignored is forwarded (TestCommandGetsTheSignals) and
+// ends the attestation (TestSignalWhileTheAgentAttests).
+func TestIgnoredSignalStaysIgnored(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		t.Run(fmt.Sprintf("%v while the command runs", sig), func(t *testing.T) {
+			// Runs about half a second unless a signal kills it.
+			cmd, dir, stderr := asCommand(t, "sh", "-c", `echo > ready; i=0; while [ $i -lt 50 ]; do sleep 0.01; i=$((i+1)); done; exit 7`)
+			ignoring(t, cmd, sig)
+			startReady(t, cmd, dir, stderr)
+			require.NoError(t, cmd.Process.Signal(sig))
+			require.Equal(t, 7, exitCode(t, cmd), "stderr: %s", stderr)
+			require.Equal(t, "hallmark-attest: sh exited with status 7; step b not attested\n", stderr.String())
+		})
+		t.Run(fmt.Sprintf("%v while the agent attests", sig), func(t *testing.T) {
+			called := make(chan struct{}, 1)
+			socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingAgent{called: called}) })
+			cmd, _, stderr := asCommandOn(t, t.TempDir(), socket, "true")
+			ignoring(t, cmd, sig)
+			done := make(chan error, 1)
+			require.NoError(t, cmd.Start())
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-called:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("the agent was never asked: %s", stderr)
+			}
+			require.NoError(t, cmd.Process.Signal(sig))
+			select {
+			case err := <-done:
+				t.Fatalf("hallmark-attest ended on an ignored %v: %v: %s", sig, err, stderr)
+			case <-time.After(300 * time.Millisecond):
+			}
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM)) // not ignored: ends it
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("still running 10s after SIGTERM")
+			}
+			require.Equal(t, 1, cmd.ProcessState.ExitCode(), "stderr: %s", stderr)
+			require.Equal(t, "hallmark-attest: terminated signal received; step b not attested\n", stderr.String())
 		})
 	}
 }
