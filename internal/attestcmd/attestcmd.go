@@ -50,6 +50,12 @@ type Env struct {
 	Stdin          *os.File
 	Stdout, Stderr io.Writer
 	LookupEnv      func(string) (string, bool)
+	// Signals delivers the forwarded signals the process receives
+	// (Forwardable(Forwarded...)), registered by the caller; nil has Run
+	// register them while it runs. Either way, while the step's command
+	// runs each goes to it, and SIGINT and SIGTERM also end the step; at
+	// any other time each ends the step (stepSignals).
+	Signals <-chan os.Signal
 }
 
 // OSEnv is the process's own.
@@ -58,25 +64,23 @@ func OSEnv() Env {
 }
 
 // Main is hallmark-attest's main: it runs the step that the process's
-// arguments name and returns the exit code, as Run does. Forwarded (those
-// the process does not ignore, see Forwardable) are registered once, for
-// the life of the process: while the step's command runs, they go to it;
-// before and after, they end the attestation (exit code 1, nothing
-// written), where SIGHUP and SIGQUIT would otherwise end the process at
-// once, leaving the command running.
+// arguments name and returns the exit code, as Run does, with the
+// forwarded signals (Forwardable) registered once, for the life of the
+// process (Env.Signals).
 //
 // os/signal turns a signal on and off by a round trip to a thread of its
-// own. With one registration that never ends, runCommand's own turns
-// nothing on or off; registering them again for the command's run and
-// ending both registrations before exit cost 0.17 to 0.30 ms of CPU a
+// own. Registering them for the command's run and again for the rest, and
+// ending the registrations before exit, cost 0.17 to 0.30 ms of CPU a
 // step (5 to 8% of hallmark-attest's with `-- true`, on a 2-core KVM
 // guest, over 5 alternating runs of 300 steps).
 func Main(command string) int {
-	ctx := context.Background()
+	env := OSEnv()
 	if fwd := Forwardable(Forwarded...); len(fwd) > 0 {
-		ctx, _ = signal.NotifyContext(ctx, fwd...) // never stopped: it ends with the process
+		sigs := make(chan os.Signal, len(fwd))
+		signal.Notify(sigs, fwd...) // never stopped: it ends with the process
+		env.Signals = sigs
 	}
-	return Run(ctx, command, os.Args[1:], OSEnv())
+	return Run(context.Background(), command, os.Args[1:], env)
 }
 
 // Run runs the command with args (those after the command) and returns
@@ -97,7 +101,18 @@ func Run(ctx context.Context, command string, args []string, env Env) int {
 		return 2
 	}
 	cfg.name = name
-	code, err := cfg.run(ctx, env)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	in := env.Signals
+	if in == nil {
+		if fwd := Forwardable(Forwarded...); len(fwd) > 0 {
+			own := make(chan os.Signal, len(fwd))
+			signal.Notify(own, fwd...)
+			defer signal.Stop(own)
+			in = own
+		}
+	}
+	code, err := cfg.run(ctx, env, newStepSignals(ctx, in, cancel))
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
 	}
@@ -177,7 +192,7 @@ func flags(command string, env Env, cfg *config, products, materials, claimFlags
 	return fs
 }
 
-func (cfg *config) run(ctx context.Context, env Env) (int, error) {
+func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, error) {
 	ws := cfg.workspace
 	if ws == "" {
 		wd, err := os.Getwd()
@@ -200,7 +215,14 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 	}
 	started := time.Now()
 	if len(cfg.command) > 0 {
-		if code := runCommand(cfg.name, env, cfg.command); code != 0 {
+		code, err := runCommand(ctx, env, cfg.command, sigs)
+		if err != nil && ctx.Err() != nil {
+			return 1, cfg.notAttested(ctx, err) // a signal before the command started
+		}
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "%s: %v\n", cfg.name, err)
+		}
+		if code != 0 {
 			fmt.Fprintf(env.Stderr, "%s: %s exited with status %d; step %s not attested\n", cfg.name, cfg.command[0], code, cfg.step)
 			return code, nil
 		}
@@ -228,7 +250,12 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 		defer wcancel()
 		got, err := waitForLog(wctx, client, cfg.socket, resp.InvocationID)
 		if err != nil {
-			return 1, fmt.Errorf("attested (invocation %s) but not logged: %w", resp.InvocationID, Explain(cfg.socket, err))
+			if ctx.Err() != nil {
+				err = context.Cause(ctx) // the signal
+			} else {
+				err = Explain(cfg.socket, err)
+			}
+			return 1, fmt.Errorf("attested (invocation %s) but not logged: %w", resp.InvocationID, err)
 		}
 		bundle, logged = got.Bundle, got.Logged
 	}
@@ -255,8 +282,8 @@ func (cfg *config) run(ctx context.Context, env Env) (int, error) {
 }
 
 // notAttested is the error that ended the attestation: what ended ctx
-// when it ended the call (under Main, the signal received), else err as
-// the user should read it.
+// when it ended the call (the signal received), else err as the user
+// should read it.
 func (cfg *config) notAttested(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%v; step %s not attested", context.Cause(ctx), cfg.step)

@@ -1,39 +1,12 @@
 package attestcmd
 
 import (
+	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
-	"os/signal"
 	"syscall"
 )
-
-// Forwarded are the signals a CI runner sends to cancel a job; the step's
-// command gets them while it runs (see Main for the rest of the time),
-// unless the process ignores them (see Forwardable).
-var Forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
-
-// Forwardable returns those of sigs that this process does not ignore.
-// Call it before registering any of them: registering a signal for
-// os/signal stops it being ignored.
-//
-// A signal ignored when the process started stays ignored, for it and
-// for the command, which inherits the disposition across exec: nohup
-// ignores SIGHUP, and a shell ignores SIGINT in a job it runs in the
-// background. Registered, such a signal would reach the command that was
-// meant to be spared it (TestIgnoredSignalStaysIgnored). Go's runtime
-// itself keeps an inherited SIG_IGN only for SIGHUP and SIGINT, so only
-// those can be found ignored here.
-func Forwardable(sigs ...os.Signal) []os.Signal {
-	var out []os.Signal
-	for _, s := range sigs {
-		if !signal.Ignored(s) {
-			out = append(out, s)
-		}
-	}
-	return out
-}
 
 // child is the step's running command.
 type child interface {
@@ -45,43 +18,25 @@ type child interface {
 	release()
 }
 
-// runCommand runs args with stdio passed through and SIGINT/SIGTERM/SIGHUP/
-// SIGQUIT forwarded (those not ignored), and returns its exit code
-// (128+signal when killed).
-func runCommand(name string, env Env, args []string) int {
-	sigs := make(chan os.Signal, 4)
-	if fwd := Forwardable(Forwarded...); len(fwd) > 0 {
-		signal.Notify(sigs, fwd...)
-		defer signal.Stop(sigs)
-	}
-	c, err := start(env, args)
+// runCommand runs args with stdio passed through and the forwarded
+// signals dispatched by sigs, and returns its exit code (128+signal when
+// killed). A command that cannot start is 127, with the reason; none
+// starts once a signal ended the step (ctx), and err is then the signal.
+func runCommand(ctx context.Context, env Env, args []string, sigs *stepSignals) (int, error) {
+	c, stop, err := sigs.start(ctx, func() (child, error) { return start(env, args) })
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
-		return 127
+		return 127, err
 	}
-	done, forwarding := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(forwarding)
-		for {
-			select {
-			case s := <-sigs:
-				c.signal(s)
-			case <-done:
-				return
-			}
-		}
-	}()
 	ws, err := c.wait()
-	close(done)
-	<-forwarding
+	stop()
 	c.release()
 	switch {
 	case err != nil:
-		return 1
+		return 1, nil
 	case ws.Signaled():
-		return 128 + int(ws.Signal())
+		return 128 + int(ws.Signal()), nil
 	default:
-		return ws.ExitStatus()
+		return ws.ExitStatus(), nil
 	}
 }
 

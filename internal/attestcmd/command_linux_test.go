@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,17 @@ const commandHelperEnv = "HALLMARK_ATTESTCMD_TEST_AS_COMMAND"
 // process, as a sandbox may (see refuse).
 const refuseEnv = "HALLMARK_ATTESTCMD_TEST_REFUSE"
 
+// runRegistersEnv makes the helper process call Run with no
+// Env.Signals, as `hallmark attest` does, instead of Main.
+const runRegistersEnv = "HALLMARK_ATTESTCMD_TEST_RUN_REGISTERS"
+
+// registrations are the two ways the signals are registered: for the
+// process's life (Main, hallmark-attest) and for Run's (hallmark attest).
+var registrations = []struct {
+	name string
+	env  []string
+}{{"Main", nil}, {"Run", []string{runRegistersEnv + "=1"}}}
+
 func TestMain(m *testing.M) {
 	if os.Getenv(commandHelperEnv) != "" {
 		if what := os.Getenv(refuseEnv); what != "" {
@@ -39,6 +51,10 @@ func TestMain(m *testing.M) {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(3)
 			}
+		}
+		if os.Getenv(runRegistersEnv) != "" {
+			// As `hallmark attest` runs it: Run registers the signals.
+			os.Exit(Run(context.Background(), "hallmark-attest", os.Args[1:], OSEnv()))
 		}
 		os.Exit(Main("hallmark-attest")) // cmd/hallmark-attest's main
 	}
@@ -194,6 +210,101 @@ func ignoring(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
 	cmd.Path = sh
 }
 
+// stallingLog attests at once, leaving the entry unlogged, and answers no
+// GetBundle: it tells called and waits for the call to end.
+type stallingLog struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	called chan<- struct{}
+}
+
+func (stallingLog) AttestStep(context.Context, *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	return &agentv1.AttestStepResponse{InvocationId: "inv"}, nil
+}
+
+func (a stallingLog) GetBundle(ctx context.Context, _ *agentv1.GetBundleRequest) (*agentv1.GetBundleResponse, error) {
+	a.called <- struct{}{}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Must show: a signal while --wait-log waits ends the wait, naming the
+// signal, and writes no bundle.
+func TestSignalWhileWaitingForTheLog(t *testing.T) {
+	called := make(chan struct{}, 1)
+	socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingLog{called: called}) })
+	cmd, dir, stderr := asCommandOn(t, t.TempDir(), socket, "true")
+	cmd.Args = append([]string{cmd.Args[0], "--wait-log"}, cmd.Args[1:]...)
+	require.NoError(t, cmd.Start())
+	select {
+	case <-called:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the agent was never asked: %s", stderr)
+	}
+	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
+	require.Equal(t, 1, exitCode(t, cmd), "stderr: %s", stderr)
+	require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
+	require.Equal(t, "hallmark-attest: attested (invocation inv) but not logged: hangup signal received\n", stderr.String())
+}
+
+// Must show, as a CI runner and a user at a shell send them: a signal
+// that comes while the command runs goes to it; when the command handles
+// it and exits 0, SIGHUP (a reload) and SIGQUIT (a JVM's thread dump)
+// leave the step attested, and SIGINT and SIGTERM (a job cancelled) do
+// not: exit 1, no bundle, the signal named.
+func TestSignalDuringTheCommand(t *testing.T) {
+	for _, tc := range []struct {
+		sig      syscall.Signal
+		attested bool
+	}{
+		{syscall.SIGHUP, true},
+		{syscall.SIGQUIT, true},
+		{syscall.SIGINT, false},
+		{syscall.SIGTERM, false},
+	} {
+		for _, reg := range registrations {
+			t.Run(tc.sig.String()+" "+reg.name, func(t *testing.T) {
+				agent := &bundleAgent{}
+				socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, agent) })
+				dir := t.TempDir()
+				cmd, _, stderr := asCommandOn(t, dir, socket, "sh", "-c",
+					fmt.Sprintf(`trap 'echo got > got; exit 0' %s; echo > ready; while :; do sleep 0.01; done`, strings.TrimPrefix(unix.SignalName(tc.sig), "SIG")))
+				cmd.Env = append(cmd.Env, reg.env...)
+				startReady(t, cmd, dir, stderr)
+				require.NoError(t, cmd.Process.Signal(tc.sig))
+				code := exitCode(t, cmd)
+				got, err := os.ReadFile(filepath.Join(dir, "got"))
+				require.NoError(t, err, "the command never saw %v", tc.sig)
+				require.Equal(t, "got\n", string(got))
+				if tc.attested {
+					require.Equal(t, 0, code, "stderr: %s", stderr)
+					require.FileExists(t, filepath.Join(dir, "b.hallmark.json"))
+					return
+				}
+				require.Equal(t, 1, code, "stderr: %s", stderr)
+				require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
+				require.Equal(t, fmt.Sprintf("hallmark-attest: %v signal received; step b not attested\n", tc.sig), stderr.String())
+			})
+		}
+	}
+}
+
+// Must show: a signal that comes before the command started ends the
+// step there: the command does not run. (A signal during its start waits
+// for it and goes to it: stepSignals.start holds the dispatch meanwhile.)
+func TestSignalBeforeTheCommand(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	in := make(chan os.Signal, 1)
+	sigs := newStepSignals(ctx, in, cancel)
+	in <- syscall.SIGHUP
+	require.Eventually(t, func() bool { return ctx.Err() != nil }, 10*time.Second, time.Millisecond)
+	dir := t.TempDir()
+	ran := filepath.Join(dir, "ran")
+	code, err := runCommand(ctx, Env{Stdout: io.Discard, Stderr: io.Discard}, []string{"sh", "-c", "echo > " + ran}, sigs)
+	require.EqualError(t, err, "hangup signal received")
+	require.Equal(t, 127, code)
+	require.NoFileExists(t, ran)
+}
+
 // Must show, as nohup and a shell's background job use it: a signal
 // hallmark-attest was started ignoring stays ignored. Sent while the
 // command runs, it neither reaches the command (which exits with its own
@@ -205,15 +316,25 @@ func ignoring(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
 // ends the attestation (TestSignalWhileTheAgentAttests).
 func TestIgnoredSignalStaysIgnored(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
-		t.Run(fmt.Sprintf("%v while the command runs", sig), func(t *testing.T) {
-			// Runs about half a second unless a signal kills it.
-			cmd, dir, stderr := asCommand(t, "sh", "-c", `echo > ready; i=0; while [ $i -lt 50 ]; do sleep 0.01; i=$((i+1)); done; exit 7`)
-			ignoring(t, cmd, sig)
-			startReady(t, cmd, dir, stderr)
-			require.NoError(t, cmd.Process.Signal(sig))
-			require.Equal(t, 7, exitCode(t, cmd), "stderr: %s", stderr)
-			require.Equal(t, "hallmark-attest: sh exited with status 7; step b not attested\n", stderr.String())
-		})
+		for _, reg := range registrations {
+			t.Run(fmt.Sprintf("%v while the command runs %s", sig, reg.name), func(t *testing.T) {
+				// Runs about half a second unless a signal kills it.
+				cmd, dir, stderr := asCommand(t, "sh", "-c", `grep SigIgn /proc/self/status > sigign; echo > ready; i=0; while [ $i -lt 50 ]; do sleep 0.01; i=$((i+1)); done; exit 7`)
+				cmd.Env = append(cmd.Env, reg.env...)
+				ignoring(t, cmd, sig)
+				startReady(t, cmd, dir, stderr)
+				require.NoError(t, cmd.Process.Signal(sig))
+				require.Equal(t, 7, exitCode(t, cmd), "stderr: %s", stderr)
+				require.Equal(t, "hallmark-attest: sh exited with status 7; step b not attested\n", stderr.String())
+				// The command's processes ignore it too: a hangup sent to the
+				// whole group, as a terminal's is, would spare them.
+				line, err := os.ReadFile(filepath.Join(dir, "sigign"))
+				require.NoError(t, err)
+				mask, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(string(line), "SigIgn:")), 16, 64)
+				require.NoError(t, err, "%q", line)
+				require.NotZero(t, mask&(1<<(uint(sig)-1)), "the command does not ignore %v: SigIgn %q", sig, line)
+			})
+		}
 		t.Run(fmt.Sprintf("%v while the agent attests", sig), func(t *testing.T) {
 			called := make(chan struct{}, 1)
 			socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingAgent{called: called}) })
