@@ -70,9 +70,9 @@ func OSEnv() Env {
 //
 // os/signal turns a signal on and off by a round trip to a thread of its
 // own. Registering them for the command's run and again for the rest, and
-// ending the registrations before exit, cost 0.17 to 0.30 ms of CPU a
-// step (5 to 8% of hallmark-attest's with `-- true`, on a 2-core KVM
-// guest, over 5 alternating runs of 300 steps).
+// ending the registrations before exit, cost 0.1 to 0.3 ms of CPU a step:
+// 3 to 8% of hallmark-attest's with `-- true`, on a 2-core KVM guest, in
+// three sets of 5 to 7 alternating runs of 300 steps each (medians).
 func Main(command string) int {
 	env := OSEnv()
 	if fwd := Forwardable(Forwarded...); len(fwd) > 0 {
