@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -57,6 +58,20 @@ func TestMain(m *testing.M) {
 			os.Exit(Run(context.Background(), "hallmark-attest", os.Args[1:], OSEnv()))
 		}
 		os.Exit(Main("hallmark-attest")) // cmd/hallmark-attest's main
+	}
+	// The helpers start with SIGHUP and SIGINT at their defaults even when
+	// go test was started ignoring them (nohup ignores SIGHUP; a shell
+	// ignores SIGINT in a background job): a Go process's child starts
+	// with the signals the process registered at their defaults. Here the
+	// signals stay without effect, as they were.
+	var ignored []os.Signal
+	for _, s := range []os.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		if signal.Ignored(s) {
+			ignored = append(ignored, s)
+		}
+	}
+	if len(ignored) > 0 {
+		signal.Notify(make(chan os.Signal, 1), ignored...) // never read
 	}
 	os.Exit(m.Run())
 }
