@@ -72,7 +72,10 @@ func attestCmd() *cobra.Command {
 		Long:               attestcmd.Help,
 		DisableFlagParsing: true, // attestcmd parses them
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if code := attestcmd.Run(cmd.Context(), "hallmark attest", args, attestcmd.OSEnv()); code != 0 {
+			// Run registers the forwarded signals itself and ends the
+			// step by their rules (attestcmd.Env.Signals), which main's
+			// cancellation on SIGINT and SIGTERM would race.
+			if code := attestcmd.Run(context.WithoutCancel(cmd.Context()), "hallmark attest", args, attestcmd.OSEnv()); code != 0 {
 				return &exitError{code: code} // already reported
 			}
 			return nil

@@ -51,10 +51,10 @@ type Env struct {
 	Stdout, Stderr io.Writer
 	LookupEnv      func(string) (string, bool)
 	// Signals delivers the forwarded signals the process receives
-	// (Forwardable(Forwarded...)), registered by the caller; nil has Run
-	// register them while it runs. Either way, while the step's command
-	// runs each goes to it, and SIGINT and SIGTERM also end the step; at
-	// any other time each ends the step (stepSignals).
+	// (Forwardable(Forwarded...)), registered by the caller, for one Run;
+	// nil has Run register them while it runs. Either way, while the
+	// step's command runs each goes to it, and SIGINT and SIGTERM also end
+	// the step; at any other time each ends the step (stepSignals).
 	Signals <-chan os.Signal
 }
 
@@ -112,7 +112,9 @@ func Run(ctx context.Context, command string, args []string, env Env) int {
 			in = own
 		}
 	}
-	code, err := cfg.run(ctx, env, newStepSignals(ctx, in, cancel))
+	sigs, stopSignals := newStepSignals(in, cancel)
+	code, err := cfg.run(ctx, env, sigs)
+	stopSignals()
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "%s: %v\n", name, err)
 	}

@@ -303,13 +303,39 @@ func TestSignalDuringTheCommand(t *testing.T) {
 	}
 }
 
+// Must show, as GitHub Actions cancels a job (SIGINT, then SIGTERM): a
+// signal that comes after one ended the step, while the command still
+// runs, goes to it as well.
+func TestSignalsAfterTheStepEnded(t *testing.T) {
+	for _, reg := range registrations {
+		t.Run(reg.name, func(t *testing.T) {
+			cmd, dir, stderr := asCommand(t, "sh", "-c", `trap 'echo INT >> got' INT; trap 'echo TERM >> got; exit 3' TERM; echo > ready; while :; do sleep 0.01; done`)
+			cmd.Env = append(cmd.Env, reg.env...)
+			startReady(t, cmd, dir, stderr)
+			require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+			// The trap runs once the foreground sleep ends.
+			require.Eventually(t, func() bool {
+				got, _ := os.ReadFile(filepath.Join(dir, "got"))
+				return string(got) == "INT\n"
+			}, 10*time.Second, 5*time.Millisecond, "the command never saw SIGINT")
+			require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+			require.Equal(t, 3, exitCode(t, cmd), "stderr: %s", stderr)
+			got, err := os.ReadFile(filepath.Join(dir, "got"))
+			require.NoError(t, err)
+			require.Equal(t, "INT\nTERM\n", string(got))
+			require.Equal(t, "hallmark-attest: sh exited with status 3; step b not attested\n", stderr.String())
+		})
+	}
+}
+
 // Must show: a signal that comes before the command started ends the
 // step there: the command does not run. (A signal during its start waits
 // for it and goes to it: stepSignals.start holds the dispatch meanwhile.)
 func TestSignalBeforeTheCommand(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	in := make(chan os.Signal, 1)
-	sigs := newStepSignals(ctx, in, cancel)
+	sigs, stop := newStepSignals(in, cancel)
+	defer stop()
 	in <- syscall.SIGHUP
 	require.Eventually(t, func() bool { return ctx.Err() != nil }, 10*time.Second, time.Millisecond)
 	dir := t.TempDir()

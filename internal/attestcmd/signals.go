@@ -57,21 +57,29 @@ type stepSignals struct {
 	command child // the running command, or nil
 }
 
-// newStepSignals dispatches in, until ctx ends, to cancel and to the
-// command that start runs.
-func newStepSignals(ctx context.Context, in <-chan os.Signal, cancel context.CancelCauseFunc) *stepSignals {
-	s := &stepSignals{cancel: cancel}
+// newStepSignals dispatches in to cancel and to the command that start
+// runs, until stop is called (it returns once the dispatch has ended).
+// The dispatch outlives the step's end: a runner that cancels a job with
+// SIGINT and then SIGTERM (GitHub Actions, 7.5 s apart) reaches the
+// command with both (TestSignalsAfterTheStepEnded).
+func newStepSignals(in <-chan os.Signal, cancel context.CancelCauseFunc) (s *stepSignals, stop func()) {
+	s = &stepSignals{cancel: cancel}
+	done, ended := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(ended)
 		for {
 			select {
 			case sig := <-in:
 				s.dispatch(sig)
-			case <-ctx.Done():
+			case <-done:
 				return
 			}
 		}
 	}()
-	return s
+	return s, func() {
+		close(done)
+		<-ended
+	}
 }
 
 func (s *stepSignals) dispatch(sig os.Signal) {
