@@ -176,17 +176,50 @@ func TestCommandGetsTheSignals(t *testing.T) {
 	}
 }
 
-// stallingAgent takes every AttestStep call and answers none: it tells
-// called and waits for the call to end.
+// stallingAgent answers none of the calls it stalls: it tells called and
+// waits for the call to end. It stalls AttestStep, or with stallLog
+// attests at once, leaving the entry unlogged, and stalls GetBundle.
 type stallingAgent struct {
 	agentv1.UnimplementedWorkloadServiceServer
-	called chan<- struct{}
+	called   chan<- struct{}
+	stallLog bool
 }
 
 func (a stallingAgent) AttestStep(ctx context.Context, _ *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	if a.stallLog {
+		return &agentv1.AttestStepResponse{InvocationId: "inv"}, nil
+	}
+	return nil, a.stall(ctx)
+}
+
+func (a stallingAgent) GetBundle(ctx context.Context, _ *agentv1.GetBundleRequest) (*agentv1.GetBundleResponse, error) {
+	return nil, a.stall(ctx)
+}
+
+func (a stallingAgent) stall(ctx context.Context) error {
 	a.called <- struct{}{}
 	<-ctx.Done()
-	return nil, ctx.Err()
+	return ctx.Err()
+}
+
+// startStalled starts hallmark-attest (asCommandOn, `-- true`, as prepare
+// leaves it) against a stallingAgent, and returns once the agent holds the
+// call it stalls.
+func startStalled(t *testing.T, stallLog bool, prepare func(*exec.Cmd)) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
+	t.Helper()
+	called := make(chan struct{}, 1)
+	socket := serveUnix(t, func(s *grpc.Server) {
+		agentv1.RegisterWorkloadServiceServer(s, stallingAgent{called: called, stallLog: stallLog})
+	})
+	cmd, dir, stderr = asCommandOn(t, t.TempDir(), socket, "true")
+	prepare(cmd)
+	require.NoError(t, cmd.Start())
+	select {
+	case <-called:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the agent was never asked: %s", stderr)
+	}
+	return cmd, dir, stderr
 }
 
 // Must show, as a CI runner cancelling a job does it: a signal that comes
@@ -198,15 +231,7 @@ func (a stallingAgent) AttestStep(ctx context.Context, _ *agentv1.AttestStepRequ
 func TestSignalWhileTheAgentAttests(t *testing.T) {
 	for _, sig := range Forwarded {
 		t.Run(sig.String(), func(t *testing.T) {
-			called := make(chan struct{}, 1)
-			socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingAgent{called: called}) })
-			cmd, dir, stderr := asCommandOn(t, t.TempDir(), socket, "true")
-			require.NoError(t, cmd.Start())
-			select {
-			case <-called:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("the agent was never asked: %s", stderr)
-			}
+			cmd, dir, stderr := startStalled(t, false, func(*exec.Cmd) {})
 			require.NoError(t, cmd.Process.Signal(sig))
 			require.Equal(t, 1, exitCode(t, cmd), "stderr: %s", stderr)
 			require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
@@ -225,36 +250,12 @@ func ignoring(t *testing.T, cmd *exec.Cmd, sig syscall.Signal) {
 	cmd.Path = sh
 }
 
-// stallingLog attests at once, leaving the entry unlogged, and answers no
-// GetBundle: it tells called and waits for the call to end.
-type stallingLog struct {
-	agentv1.UnimplementedWorkloadServiceServer
-	called chan<- struct{}
-}
-
-func (stallingLog) AttestStep(context.Context, *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
-	return &agentv1.AttestStepResponse{InvocationId: "inv"}, nil
-}
-
-func (a stallingLog) GetBundle(ctx context.Context, _ *agentv1.GetBundleRequest) (*agentv1.GetBundleResponse, error) {
-	a.called <- struct{}{}
-	<-ctx.Done()
-	return nil, ctx.Err()
-}
-
 // Must show: a signal while --wait-log waits ends the wait, naming the
 // signal, and writes no bundle.
 func TestSignalWhileWaitingForTheLog(t *testing.T) {
-	called := make(chan struct{}, 1)
-	socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingLog{called: called}) })
-	cmd, dir, stderr := asCommandOn(t, t.TempDir(), socket, "true")
-	cmd.Args = append([]string{cmd.Args[0], "--wait-log"}, cmd.Args[1:]...)
-	require.NoError(t, cmd.Start())
-	select {
-	case <-called:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("the agent was never asked: %s", stderr)
-	}
+	cmd, dir, stderr := startStalled(t, true, func(cmd *exec.Cmd) {
+		cmd.Args = append([]string{cmd.Args[0], "--wait-log"}, cmd.Args[1:]...)
+	})
 	require.NoError(t, cmd.Process.Signal(syscall.SIGHUP))
 	require.Equal(t, 1, exitCode(t, cmd), "stderr: %s", stderr)
 	require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
@@ -377,18 +378,9 @@ func TestIgnoredSignalStaysIgnored(t *testing.T) {
 			})
 		}
 		t.Run(fmt.Sprintf("%v while the agent attests", sig), func(t *testing.T) {
-			called := make(chan struct{}, 1)
-			socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, stallingAgent{called: called}) })
-			cmd, _, stderr := asCommandOn(t, t.TempDir(), socket, "true")
-			ignoring(t, cmd, sig)
+			cmd, _, stderr := startStalled(t, false, func(cmd *exec.Cmd) { ignoring(t, cmd, sig) })
 			done := make(chan error, 1)
-			require.NoError(t, cmd.Start())
 			go func() { done <- cmd.Wait() }()
-			select {
-			case <-called:
-			case <-time.After(10 * time.Second):
-				t.Fatalf("the agent was never asked: %s", stderr)
-			}
 			require.NoError(t, cmd.Process.Signal(sig))
 			select {
 			case err := <-done:

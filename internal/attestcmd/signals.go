@@ -35,6 +35,18 @@ func Forwardable(sigs ...os.Signal) []os.Signal {
 	return out
 }
 
+// notifyForwardable registers Forwardable(Forwarded...) on a new
+// channel, or returns nil when the process ignores them all.
+func notifyForwardable() chan os.Signal {
+	fwd := Forwardable(Forwarded...)
+	if len(fwd) == 0 {
+		return nil
+	}
+	c := make(chan os.Signal, len(fwd))
+	signal.Notify(c, fwd...)
+	return c
+}
+
 // cancelsJob reports whether s, received while the command runs, also
 // ends the step: CI runners cancel jobs with SIGINT (GitHub Actions, then
 // SIGTERM) and SIGTERM (GitLab), so a command that handles them and exits
