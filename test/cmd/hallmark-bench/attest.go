@@ -31,6 +31,8 @@ const (
 	benchCallerID  = "spiffe://example.org/bench/caller"
 )
 
+// attestConcurrency are the caller counts each variant is measured at
+// (flag -attest-callers; issue #15's targets are at 64).
 var attestConcurrency = []int{1, 16, 64}
 
 // attestVariants are the attest figure's variants to run (flag

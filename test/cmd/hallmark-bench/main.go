@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -108,6 +109,17 @@ func main() {
 	})
 	flag.Func("attest-variants", "attest: comma-separated variants to measure (attest, attest_cold_pid, attest_cold_selectors; default all)", func(v string) error {
 		attestVariants = strings.Split(v, ",")
+		return nil
+	})
+	flag.Func("attest-callers", "attest: comma-separated caller counts to measure (default 1,16,64)", func(v string) error {
+		attestConcurrency = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n < 1 {
+				return fmt.Errorf("caller count %q: not a positive number", f)
+			}
+			attestConcurrency = append(attestConcurrency, n)
+		}
 		return nil
 	})
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process server and store of logappend, verify and vault; the clients of attest and fresh) to this file")
