@@ -458,6 +458,29 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	hc := accept(t, l)
 	require.ElementsMatch(t, []uint32{4242, 4243}, hc.Peer().Groups)
 
+	// A helper of another uid holds the capabilities it was given, in both
+	// words of the set (ambient: its exec keeps them permitted), and no
+	// more: as its /proc/PID/status says.
+	exe := worldExecutableCopy(t)
+	require.NoError(t, os.Chmod(filepath.Dir(path), 0o755))
+	require.NoError(t, os.Chmod(path, 0o666))
+	cmd = exec.Command(exe, "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envRole+"=hold", envSock+"="+path)
+	given := []uintptr{unix.CAP_NET_BIND_SERVICE, unix.CAP_SYS_PTRACE, unix.CAP_AUDIT_READ} // 10, 19, 37
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, AmbientCaps: given}
+	h = startPrepared(t, cmd)
+	h.expect(t, "ready")
+	ac := accept(t, l)
+	require.EqualValues(t, 65534, ac.Peer().UID)
+	caps, err = ac.Capabilities()
+	require.NoError(t, err)
+	require.Equal(t, uint64(1<<10|1<<19|1<<37), caps)
+	status, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", h.cmd.Process.Pid))
+	require.NoError(t, err)
+	want, err = parseCapPrm(status)
+	require.NoError(t, err)
+	require.Equal(t, want, caps)
+
 	// A helper in a user namespace of its own holds no capabilities here.
 	cmd = exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envRole+"=hold", envSock+"="+path)

@@ -316,7 +316,7 @@ func (h *helper) stop(t *testing.T) {
 
 // sockDir returns a fresh, short directory for sockets: unix socket paths
 // are limited to 108 bytes.
-func sockDir(t *testing.T) string {
+func sockDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pc")
 	require.NoError(t, err)
@@ -325,7 +325,7 @@ func sockDir(t *testing.T) string {
 }
 
 // listen starts a Listener in a fresh directory and closes it at the end.
-func listen(t *testing.T) (*Listener, string) {
+func listen(t testing.TB) (*Listener, string) {
 	t.Helper()
 	path := sockDir(t) + "/agent.sock"
 	l, err := Listen(ListenConfig{Path: path, GID: -1})
@@ -335,7 +335,7 @@ func listen(t *testing.T) (*Listener, string) {
 }
 
 // accept accepts one connection, failing the test after a timeout.
-func accept(t *testing.T, l *Listener) *Conn {
+func accept(t testing.TB, l *Listener) *Conn {
 	t.Helper()
 	type result struct {
 		c   net.Conn

@@ -158,6 +158,5 @@ func newConn(uc *net.UnixConn, laddr net.Addr, cred *unix.Ucred) (*Conn, error) 
 	}
 	c.statFD.Store(-1)
 	c.cmdlineFD.Store(-1)
-	c.statusFD.Store(-1)
 	return c, nil
 }
