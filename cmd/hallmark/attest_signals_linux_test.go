@@ -3,12 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -32,19 +31,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	// The CLI starts with SIGHUP and SIGINT at their defaults even when go
-	// test was started ignoring them (nohup, a shell's background job): a
-	// Go process's child starts with the signals it registered at their
-	// defaults. Here they stay without effect, as they were.
-	var ignored []os.Signal
-	for _, s := range []os.Signal{syscall.SIGHUP, syscall.SIGINT} {
-		if signal.Ignored(s) {
-			ignored = append(ignored, s)
-		}
-	}
-	if len(ignored) > 0 {
-		signal.Notify(make(chan os.Signal, 1), ignored...) // never read
-	}
+	proctest.DefaultSignals() // the CLI starts with SIGHUP and SIGINT at their defaults
 	os.Exit(m.Run())
 }
 
@@ -79,45 +66,10 @@ func attestCLI(t *testing.T, script string, prepare func(*exec.Cmd)) (cmd *exec.
 	cmd = exec.Command(os.Args[0], "attest", "--step", "b", "--product", "p", "--socket", socket, "--", "sh", "-c", script)
 	cmd.Dir, cmd.Stderr = dir, stderr
 	cmd.Env = append(os.Environ(), asCLIEnv+"=1")
-	// A group of its own, so that what it leaves running can be killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = time.Second
-	t.Cleanup(func() {
-		if cmd.Process != nil {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // it may be gone
-		}
-	})
+	proctest.OwnGroup(t, cmd)
 	prepare(cmd)
-	require.NoError(t, cmd.Start())
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
-			return cmd, dir, stderr
-		}
-		require.True(t, time.Now().Before(deadline), "the command did not start: %s", stderr)
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// exitCode waits for cmd; one still running after 10s fails the test.
-func exitCode(t *testing.T, cmd *exec.Cmd) int {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // it may have exited since
-		<-done
-		t.Fatal("still running after 10s")
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	require.NoError(t, err)
-	return 0
+	proctest.StartReady(t, cmd, dir, stderr)
+	return cmd, dir, stderr
 }
 
 func sigName(sig syscall.Signal) string { return strings.TrimPrefix(unix.SignalName(sig), "SIG") }
@@ -142,7 +94,7 @@ func TestAttestSignalDuringTheCommand(t *testing.T) {
 		t.Run(tc.sig.String(), func(t *testing.T) {
 			cmd, dir, stderr := attestCLI(t, fmt.Sprintf(`trap 'echo got > got; exit 0' %s; echo > ready; while :; do sleep 0.01; done`, sigName(tc.sig)), func(*exec.Cmd) {})
 			require.NoError(t, cmd.Process.Signal(tc.sig))
-			code := exitCode(t, cmd)
+			code := proctest.ExitCode(t, cmd)
 			got, err := os.ReadFile(filepath.Join(dir, "got"))
 			require.NoError(t, err, "the command never saw %v: %s", tc.sig, stderr)
 			require.Equal(t, "got\n", string(got))
@@ -171,7 +123,7 @@ func TestAttestSignalsAfterTheStepEnded(t *testing.T) {
 		return string(got) == "INT\n"
 	}, 10*time.Second, 5*time.Millisecond, "the command never saw SIGINT: %s", stderr)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.Equal(t, 3, exitCode(t, cmd), "stderr: %s", stderr)
+	require.Equal(t, 3, proctest.ExitCode(t, cmd), "stderr: %s", stderr)
 	got, err := os.ReadFile(filepath.Join(dir, "got"))
 	require.NoError(t, err)
 	require.Equal(t, "INT\nTERM\n", string(got))
@@ -204,7 +156,7 @@ func TestAttestIgnoredSignalStaysIgnored(t *testing.T) {
 			require.NoError(t, cmd.Process.Signal(sig))
 			time.Sleep(50 * time.Millisecond) // time for the signal to do what it would
 			require.NoError(t, os.WriteFile(filepath.Join(dir, "stop"), nil, 0o644))
-			require.Equal(t, 0, exitCode(t, cmd), "stderr: %s", stderr)
+			require.Equal(t, 0, proctest.ExitCode(t, cmd), "stderr: %s", stderr)
 			require.FileExists(t, filepath.Join(dir, "b.hallmark.json"))
 		})
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -22,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -59,20 +59,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(Main("hallmark-attest")) // cmd/hallmark-attest's main
 	}
-	// The helpers start with SIGHUP and SIGINT at their defaults even when
-	// go test was started ignoring them (nohup ignores SIGHUP; a shell
-	// ignores SIGINT in a background job): a Go process's child starts
-	// with the signals the process registered at their defaults. Here the
-	// signals stay without effect, as they were.
-	var ignored []os.Signal
-	for _, s := range []os.Signal{syscall.SIGHUP, syscall.SIGINT} {
-		if signal.Ignored(s) {
-			ignored = append(ignored, s)
-		}
-	}
-	if len(ignored) > 0 {
-		signal.Notify(make(chan os.Signal, 1), ignored...) // never read
-	}
+	proctest.DefaultSignals() // the helpers start with SIGHUP and SIGINT at their defaults
 	os.Exit(m.Run())
 }
 
@@ -92,14 +79,7 @@ func asCommandOn(t *testing.T, dir, socket string, command ...string) (cmd *exec
 	cmd = exec.Command(os.Args[0], append([]string{"--step", "b", "--product", "p", "--socket", socket, "--"}, command...)...)
 	cmd.Dir, cmd.Stderr = dir, stderr
 	cmd.Env = append(os.Environ(), commandHelperEnv+"=1")
-	// A group of its own, so that what it leaves running can be killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.WaitDelay = time.Second
-	t.Cleanup(func() {
-		if cmd.Process != nil {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // it may be gone
-		}
-	})
+	proctest.OwnGroup(t, cmd)
 	return cmd, dir, stderr
 }
 
@@ -116,36 +96,14 @@ func startAsCommand(t *testing.T, script string, env ...string) (cmd *exec.Cmd, 
 // dir.
 func startReady(t *testing.T, cmd *exec.Cmd, dir string, stderr *bytes.Buffer) (*exec.Cmd, string, *bytes.Buffer) {
 	t.Helper()
-	require.NoError(t, cmd.Start())
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "ready")); err == nil {
-			return cmd, dir, stderr
-		}
-		require.True(t, time.Now().Before(deadline), "the command did not start: %s", stderr)
-		time.Sleep(5 * time.Millisecond)
-	}
+	proctest.StartReady(t, cmd, dir, stderr)
+	return cmd, dir, stderr
 }
 
-// exitCode waits for cmd; one still running after 10s fails the test.
+// exitCode is proctest.ExitCode.
 func exitCode(t *testing.T, cmd *exec.Cmd) int {
 	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) //nolint:errcheck // it may have exited since
-		<-done
-		t.Fatal("still running after 10s")
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ExitCode()
-	}
-	require.NoError(t, err)
-	return 0
+	return proctest.ExitCode(t, cmd)
 }
 
 // Must show: the step's command gets the signals a CI runner sends to
