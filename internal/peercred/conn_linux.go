@@ -368,6 +368,9 @@ func (c *Conn) readCapabilities() (uint64, error) {
 		return 0, fmt.Errorf("peercred: capabilities: %w", net.ErrClosed)
 	}
 	pid := c.info.PID
+	if pid <= 0 { // capget(2) of pid 0 reads the calling thread: the agent's own
+		return 0, fmt.Errorf("peercred: capabilities of pid %d: not a peer's pid", pid)
+	}
 	// One system call, where reading /proc/PID/status has the kernel
 	// format every line of it (a quarter of the cost with PVM).
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: pid}

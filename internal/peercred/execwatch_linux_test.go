@@ -480,6 +480,46 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	want, err = parseCapPrm(status)
 	require.NoError(t, err)
 	require.Equal(t, want, caps)
+	require.NoError(t, h.cmd.Process.Kill())
+	h.cmd.Wait() //nolint:errcheck // killed
+
+	// The same helper that then made its effective set empty and its
+	// inheritable set larger than what it permits: its permitted set, and
+	// neither of the others.
+	cmd = exec.Command(exe, "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envRole+"="+capsetRole, envSock+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, AmbientCaps: given}
+	h = startPrepared(t, cmd)
+	h.expect(t, "ready")
+	sc := accept(t, l)
+	caps, err = sc.Capabilities()
+	require.NoError(t, err)
+	require.Equal(t, uint64(capsetWant), caps)
+	status, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", h.cmd.Process.Pid))
+	require.NoError(t, err)
+	want, err = parseCapPrm(status)
+	require.NoError(t, err)
+	require.Equal(t, want, caps)
+	require.Contains(t, string(status), fmt.Sprintf("CapInh:\t%016x\n", capsetInheritable))
+	require.Contains(t, string(status), "CapEff:\t0000000000000000\n")
+
+	// Gone, a zombie and then reaped: no capabilities, ErrPeerGone.
+	require.NoError(t, h.cmd.Process.Kill())
+	var si unix.Siginfo // until every thread has exited, and no longer
+	require.NoError(t, unix.Waitid(unix.P_PID, h.cmd.Process.Pid, &si, unix.WEXITED|unix.WNOWAIT, nil))
+	caps, err = sc.readCapabilities()
+	require.ErrorIs(t, err, ErrPeerGone, "a zombie")
+	require.Zero(t, caps)
+	h.cmd.Wait() //nolint:errcheck // killed
+	caps, err = sc.readCapabilities()
+	require.ErrorIs(t, err, ErrPeerGone, "reaped")
+	require.Zero(t, caps)
+	// A connection without a peer's pid never asks capget(2) for pid 0,
+	// which is the agent's own set (newConn refuses such a peer; /proc/0
+	// would fail the namespace check after it).
+	caps, err = (&Conn{}).readCapabilities()
+	require.ErrorContains(t, err, "not a peer's pid")
+	require.Zero(t, caps)
 
 	// A helper in a user namespace of its own holds no capabilities here.
 	cmd = exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
