@@ -2,8 +2,11 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	mathrand "math/rand/v2"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,15 +175,21 @@ func TestSearchPathWithoutSchema(t *testing.T) {
 
 // Appends whose context ends at any point (before, during or after the
 // pipelined transaction) commit all of their batch or nothing, and leave
-// the store usable and the log linear.
+// the store usable and the log linear. An append cut short once the
+// server had its whole pipeline may still commit after AppendBatch
+// returned (as any commit whose answer is lost): the next append then
+// fails with store.ErrConflict, which the log answers by reloading the
+// tree (server.TransparencyLog.commit), and nothing else.
 func TestCancelledAppendsAreAllOrNothing(t *testing.T) {
 	bg := context.Background()
-	s := openTest(t, pgtest.NewSchema(t))
+	name := "cancelled-appends-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	dsn := withApplicationName(pgtest.NewSchema(t), name)
+	s := openTest(t, dsn)
 	began := time.Now()
 	require.NoError(t, s.AppendBatch(bg, store.Batch{Checkpoint: storetest.Checkpoint(0)}))
 	took := time.Since(began) // deadlines fall before, within and after an append's usual time
 	var attempts [][][]byte   // the dedupe keys of each attempt
-	failed := 0
+	failed, conflicts := 0, 0
 	for a := range 40 {
 		cp, err := s.LatestCheckpoint(bg)
 		require.NoError(t, err)
@@ -197,12 +206,29 @@ func TestCancelledAppendsAreAllOrNothing(t *testing.T) {
 		attempts = append(attempts, keys)
 		ctx, cancel := context.WithTimeout(bg, time.Duration(mathrand.Int64N(int64(3*took)+1)))
 		if err := s.AppendBatch(ctx, b); err != nil {
-			failed++
-			require.NotErrorIs(t, err, store.ErrConflict)
+			if errors.Is(err, store.ErrConflict) {
+				require.NotZero(t, failed, "a conflict with no append cut short before it: %v", err)
+				conflicts++
+			} else {
+				failed++
+			}
 		}
 		cancel()
 	}
-	t.Logf("%d of %d appends cut short", failed, len(attempts))
+	t.Logf("%d of %d appends cut short, %d refused after one that committed late", failed, len(attempts), conflicts)
+
+	// Settled: every connection the store opened is gone, on the server
+	// too, so no append of a cut-short call can still commit.
+	s.Close()
+	admin, err := pgx.Connect(bg, pgtest.NewSchema(t))
+	require.NoError(t, err)
+	defer admin.Close(bg)
+	require.Eventually(t, func() bool {
+		var n int
+		err := admin.QueryRow(bg, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, name).Scan(&n)
+		return err == nil && n == 0
+	}, 30*time.Second, 10*time.Millisecond, "the store's connections outlive it")
+	s = openTest(t, dsn)
 
 	var total uint64
 	for a, keys := range attempts {
@@ -218,4 +244,13 @@ func TestCancelledAppendsAreAllOrNothing(t *testing.T) {
 	require.NoError(t, s.pool.QueryRow(bg, `SELECT count(*) FROM entries WHERE idx < $1`, int64(total)).Scan(&entries))
 	require.Equal(t, int(total), entries, "no gaps")
 	require.NoError(t, s.AppendBatch(bg, store.Batch{Entries: []store.Entry{storetest.Entry(total)}, Checkpoint: storetest.Checkpoint(total + 1)}))
+}
+
+// withApplicationName sets application_name in dsn, a URL or key=value
+// pairs, so that the server's pg_stat_activity shows its connections.
+func withApplicationName(dsn, name string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return dsn + "&application_name=" + name // pgtest's DSN has a query already
+	}
+	return dsn + " application_name=" + name
 }
