@@ -23,6 +23,9 @@ type Store interface {
 	// AppendBatch commits a batch atomically and durably, or fails with
 	// store.ErrConflict when it does not continue the log and with
 	// store.ErrDuplicate when one of its dedupe keys is already logged.
+	// Any other failure may have committed the batch all the same (a
+	// commit whose answer was lost): the next batch then fails with
+	// store.ErrConflict, and the log reloads its tree.
 	AppendBatch(ctx context.Context, b store.Batch) error
 	// LatestCheckpoint is the checkpoint of the largest tree;
 	// store.ErrNotFound when the log has none yet.
