@@ -60,9 +60,9 @@ type Conn struct {
 	// statFD and cmdlineFD are the peer's /proc/PID/stat and cmdline,
 	// opened on first use (while mu is held for reading) and kept until
 	// Close (which holds mu): -1 until then and after. A /proc/PID
-	// descriptor stays with the process it was opened
-	// for: once that process is gone, reads through it fail even if its
-	// pid names another process by then.
+	// descriptor stays with the process it was opened for: once that
+	// process is gone, reads through it fail even if its pid names
+	// another process by then.
 	statFD, cmdlineFD atomic.Int32
 
 	// watch, when set, reports the peer's execs since watchedAt (a
@@ -372,7 +372,8 @@ func (c *Conn) readCapabilities() (uint64, error) {
 		return 0, fmt.Errorf("peercred: capabilities of pid %d: not a peer's pid", pid)
 	}
 	// One system call, where reading /proc/PID/status has the kernel
-	// format every line of it (a quarter of the cost with PVM).
+	// format every line of it (a third of the time on a PVM guest:
+	// BenchmarkCapabilities).
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3, Pid: pid}
 	var data [2]unix.CapUserData // the 64 bits, low word first
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
@@ -400,14 +401,23 @@ func (c *Conn) readCapabilities() (uint64, error) {
 	return caps, nil
 }
 
-// ownUserNS is this process's user namespace, which it never leaves.
-var ownUserNS = sync.OnceValues(func() (unix.Stat_t, error) {
+// ownNS is this process's user namespace, which it never leaves (a
+// multithreaded process cannot), once ownUserNS found it.
+var ownNS atomic.Pointer[unix.Stat_t]
+
+// ownUserNS returns this process's user namespace. A failure is not
+// kept: the next call tries again.
+func ownUserNS() (unix.Stat_t, error) {
+	if st := ownNS.Load(); st != nil {
+		return *st, nil
+	}
 	var st unix.Stat_t
 	if err := unix.Stat("/proc/self/ns/user", &st); err != nil {
 		return st, fmt.Errorf("peercred: own user namespace: %w", err)
 	}
+	ownNS.Store(&st)
 	return st, nil
-})
+}
 
 // Cmdline reads the peer's command line from /proc/PID/cmdline now, as
 // Info.Cmdline does, but proves that the pid still named the peer during
