@@ -374,17 +374,18 @@ func NewSchema(t testing.TB) string {
 			t.Errorf("PostgreSQL: drop schema: %v", err)
 		}
 	})
-	return withSearchPath(dsn, schema)
+	return WithParam(dsn, "search_path", schema)
 }
 
-// withSearchPath adds search_path to a keyword/value or URL DSN.
-func withSearchPath(dsn, schema string) string {
+// WithParam adds the connection parameter key=value (not quoted or
+// escaped: a plain word) to a keyword/value or URL DSN.
+func WithParam(dsn, key, value string) string {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		sep := "?"
 		if strings.Contains(dsn, "?") {
 			sep = "&"
 		}
-		return dsn + sep + "search_path=" + schema
+		return dsn + sep + key + "=" + value
 	}
-	return dsn + " search_path=" + schema
+	return dsn + " " + key + "=" + value
 }

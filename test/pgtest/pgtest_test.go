@@ -24,9 +24,9 @@ func TestNewSchema(t *testing.T) {
 }
 
 func TestWithSearchPath(t *testing.T) {
-	require.Equal(t, "host=/tmp dbname=x search_path=s", withSearchPath("host=/tmp dbname=x", "s"))
-	require.Equal(t, "postgres://h/db?sslmode=disable&search_path=s", withSearchPath("postgres://h/db?sslmode=disable", "s"))
-	require.Equal(t, "postgres://h/db?search_path=s", withSearchPath("postgres://h/db", "s"))
+	require.Equal(t, "host=/tmp dbname=x search_path=s", WithParam("host=/tmp dbname=x", "search_path", "s"))
+	require.Equal(t, "postgres://h/db?sslmode=disable&search_path=s", WithParam("postgres://h/db?sslmode=disable", "search_path", "s"))
+	require.Equal(t, "postgres://h/db?search_path=s", WithParam("postgres://h/db", "search_path", "s"))
 }
 
 func TestBinDirMissingSaysHowToInstall(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	mathrand "math/rand/v2"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -183,7 +182,7 @@ func TestSearchPathWithoutSchema(t *testing.T) {
 func TestCancelledAppendsAreAllOrNothing(t *testing.T) {
 	bg := context.Background()
 	name := "cancelled-appends-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-	dsn := withApplicationName(pgtest.NewSchema(t), name)
+	dsn := pgtest.WithParam(pgtest.NewSchema(t), "application_name", name)
 	s := openTest(t, dsn)
 	began := time.Now()
 	require.NoError(t, s.AppendBatch(bg, store.Batch{Checkpoint: storetest.Checkpoint(0)}))
@@ -244,13 +243,4 @@ func TestCancelledAppendsAreAllOrNothing(t *testing.T) {
 	require.NoError(t, s.pool.QueryRow(bg, `SELECT count(*) FROM entries WHERE idx < $1`, int64(total)).Scan(&entries))
 	require.Equal(t, int(total), entries, "no gaps")
 	require.NoError(t, s.AppendBatch(bg, store.Batch{Entries: []store.Entry{storetest.Entry(total)}, Checkpoint: storetest.Checkpoint(total + 1)}))
-}
-
-// withApplicationName sets application_name in dsn, a URL or key=value
-// pairs, so that the server's pg_stat_activity shows its connections.
-func withApplicationName(dsn, name string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return dsn + "&application_name=" + name // pgtest's DSN has a query already
-	}
-	return dsn + " application_name=" + name
 }
