@@ -73,9 +73,11 @@ func attestCmd() *cobra.Command {
 		DisableFlagParsing: true, // attestcmd parses them
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Run registers the forwarded signals itself and ends the
-			// step by their rules (attestcmd.Env.Signals), which main's
-			// cancellation on SIGINT and SIGTERM would race.
-			if code := attestcmd.Run(context.WithoutCancel(cmd.Context()), "hallmark attest", args, attestcmd.OSEnv()); code != 0 {
+			// step by their rules (attestcmd.Env.Signals). main's
+			// cancellation on SIGINT and SIGTERM ends the step the same
+			// way, and it alone sees a signal that comes before Run
+			// registers (TestAttestSignalBeforeRun).
+			if code := attestcmd.Run(cmd.Context(), "hallmark attest", args, attestcmd.OSEnv()); code != 0 {
 				return &exitError{code: code} // already reported
 			}
 			return nil

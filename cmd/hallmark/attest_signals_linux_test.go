@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -50,6 +51,22 @@ func (attestingAgent) AttestStep(context.Context, *agentv1.AttestStepRequest) (*
 // returned once script wrote "ready"; prepare may change it before.
 func attestCLI(t *testing.T, script string, prepare func(*exec.Cmd)) (cmd *exec.Cmd, dir string, stderr *bytes.Buffer) {
 	t.Helper()
+	socket := serveAttestingAgent(t)
+	dir = t.TempDir()
+	stderr = new(bytes.Buffer)
+	cmd = exec.Command(os.Args[0], "attest", "--step", "b", "--product", "p", "--socket", socket, "--", "sh", "-c", script)
+	cmd.Dir, cmd.Stderr = dir, stderr
+	cmd.Env = append(os.Environ(), asCLIEnv+"=1")
+	proctest.OwnGroup(t, cmd)
+	prepare(cmd)
+	proctest.StartReady(t, cmd, dir, stderr)
+	return cmd, dir, stderr
+}
+
+// serveAttestingAgent serves attestingAgent on a new unix socket until
+// the test ends, and returns the socket's path.
+func serveAttestingAgent(t *testing.T) string {
+	t.Helper()
 	sockDir, err := os.MkdirTemp("", "hm") // short: a socket path has ~100 bytes
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
@@ -60,16 +77,7 @@ func attestCLI(t *testing.T, script string, prepare func(*exec.Cmd)) (cmd *exec.
 	agentv1.RegisterWorkloadServiceServer(srv, attestingAgent{})
 	go srv.Serve(ln) //nolint:errcheck // stopped below
 	t.Cleanup(srv.Stop)
-
-	dir = t.TempDir()
-	stderr = new(bytes.Buffer)
-	cmd = exec.Command(os.Args[0], "attest", "--step", "b", "--product", "p", "--socket", socket, "--", "sh", "-c", script)
-	cmd.Dir, cmd.Stderr = dir, stderr
-	cmd.Env = append(os.Environ(), asCLIEnv+"=1")
-	proctest.OwnGroup(t, cmd)
-	prepare(cmd)
-	proctest.StartReady(t, cmd, dir, stderr)
-	return cmd, dir, stderr
+	return socket
 }
 
 func sigName(sig syscall.Signal) string { return strings.TrimPrefix(unix.SignalName(sig), "SIG") }
@@ -160,4 +168,31 @@ func TestAttestIgnoredSignalStaysIgnored(t *testing.T) {
 			require.FileExists(t, filepath.Join(dir, "b.hallmark.json"))
 		})
 	}
+}
+
+// Must show: a SIGINT that comes after main registered its own, but
+// before attestcmd.Run registers the forwarded signals (while cobra
+// parses the command line), ends the step all the same: the command
+// never starts and nothing is attested. main's context is the only
+// thing that saw that signal; a Run that did not heed it started the
+// command and attested it. In-process, so that the signal lands in that
+// window every time.
+func TestAttestSignalBeforeRun(t *testing.T) {
+	socket := serveAttestingAgent(t)
+	dir := t.TempDir()
+	ran := filepath.Join(dir, "ran")
+	// As main does, then the signal, before cobra runs the command.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGINT))
+	<-ctx.Done()
+
+	root := rootCmd()
+	root.SetArgs([]string{"attest", "--step", "b", "--product", filepath.Join(dir, "p"), "--out", filepath.Join(dir, "b.hallmark.json"), "--socket", socket, "--", "sh", "-c", "echo > " + ran})
+	err := root.ExecuteContext(ctx)
+	var ee *exitError
+	require.ErrorAs(t, err, &ee)
+	require.Equal(t, 1, ee.code)
+	require.NoFileExists(t, ran, "the command ran after the step was cancelled")
+	require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
 }
