@@ -172,11 +172,13 @@ func TestAttestIgnoredSignalStaysIgnored(t *testing.T) {
 
 // Must show: a SIGINT that comes after main registered its own, but
 // before attestcmd.Run registers the forwarded signals (while cobra
-// parses the command line), ends the step all the same: the command
-// never starts and nothing is attested. main's context is the only
-// thing that saw that signal; a Run that did not heed it started the
-// command and attested it. In-process, so that the signal lands in that
-// window every time.
+// parses the command line), ends the step all the same: nothing is
+// attested, and once main's cancellation has reached Run's context, as
+// here, the command does not start (the cancellation takes two goroutine
+// hops, so a command may start before it lands; the step still ends).
+// main's context is the only thing that saw that signal; a Run that did
+// not heed it started the command and attested it. In-process, so that
+// the signal lands in that window every time.
 func TestAttestSignalBeforeRun(t *testing.T) {
 	socket := serveAttestingAgent(t)
 	dir := t.TempDir()

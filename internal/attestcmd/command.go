@@ -16,9 +16,6 @@ type child interface {
 	wait() (syscall.WaitStatus, error)
 	// release releases what signal needs, once it is no longer called.
 	release()
-	// processID is the command's pid; it may name another process once
-	// the command has exited.
-	processID() int
 }
 
 // runCommand runs args with stdio passed through and the forwarded
@@ -74,8 +71,6 @@ func (e execChild) signal(s os.Signal) {
 }
 
 func (execChild) release() {}
-
-func (e execChild) processID() int { return e.c.Process.Pid }
 
 // wait returns the command's status, also when it failed; any other error
 // of Wait's (copying stdio) is the error.

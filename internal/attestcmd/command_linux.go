@@ -77,8 +77,6 @@ func (p *pidfdChild) signal(s os.Signal) {
 	}
 }
 
-func (p *pidfdChild) processID() int { return p.pid }
-
 func (p *pidfdChild) release() {
 	if p.pidfd >= 0 {
 		syscall.Close(p.pidfd) //nolint:errcheck // nothing to do about it

@@ -46,9 +46,6 @@ var registrations = []struct {
 }{{"Main", nil}, {"Run", []string{runRegistersEnv + "=1"}}}
 
 func TestMain(m *testing.M) {
-	if len(os.Args) == 3 && os.Args[1] == countSignalsArg {
-		countSignals(os.Args[2]) // a step's command (terminal_linux_test.go)
-	}
 	if os.Getenv(commandHelperEnv) != "" {
 		if what := os.Getenv(refuseEnv); what != "" {
 			if err := refuse(what); err != nil {

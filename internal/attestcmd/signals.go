@@ -58,11 +58,10 @@ func cancelsJob(s os.Signal) bool {
 }
 
 // stepSignals dispatches the forwarded signals of one run: while the
-// step's command runs, each goes to it unless the terminal sent it to
-// both (sentByTerminal), and SIGINT and SIGTERM also end the step; at any
-// other time, each ends the step, so that no command starts after one and
-// no attestation outlives one. Ending the step cancels the run's context
-// with the signal as its cause.
+// step's command runs, each goes to it (and SIGINT and SIGTERM also end
+// the step); at any other time, each ends the step, so that no command
+// starts after one and no attestation outlives one. Ending the step
+// cancels the run's context with the signal as its cause.
 type stepSignals struct {
 	cancel context.CancelCauseFunc
 
@@ -99,9 +98,7 @@ func (s *stepSignals) dispatch(sig os.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.command != nil {
-		if !sentByTerminal(sig, s.command.processID()) {
-			s.command.signal(sig)
-		}
+		s.command.signal(sig)
 		if !cancelsJob(sig) {
 			return
 		}
