@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -183,18 +183,28 @@ func TestAttestSignalBeforeRun(t *testing.T) {
 	socket := serveAttestingAgent(t)
 	dir := t.TempDir()
 	ran := filepath.Join(dir, "ran")
-	// As main does, then the signal, before cobra runs the command.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// main's context, then the signal, before cobra runs the command.
+	ctx, stop := signalContext(context.Background())
 	defer stop()
 	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGINT))
 	<-ctx.Done()
 
 	root := rootCmd()
 	root.SetArgs([]string{"attest", "--step", "b", "--product", filepath.Join(dir, "p"), "--out", filepath.Join(dir, "b.hallmark.json"), "--socket", socket, "--", "sh", "-c", "echo > " + ran})
-	err := root.ExecuteContext(ctx)
+	// attestcmd.OSEnv writes to os.Stderr, as the CLI does.
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	stderr := os.Stderr
+	os.Stderr = w
+	err = root.ExecuteContext(ctx)
+	os.Stderr = stderr
+	w.Close()
+	said, readErr := io.ReadAll(r)
+	require.NoError(t, readErr)
 	var ee *exitError
 	require.ErrorAs(t, err, &ee)
 	require.Equal(t, 1, ee.code)
+	require.Equal(t, "hallmark: interrupt signal received; step b not attested\n", string(said))
 	require.NoFileExists(t, ran, "the command ran after the step was cancelled")
 	require.NoFileExists(t, filepath.Join(dir, "b.hallmark.json"))
 }

@@ -21,14 +21,8 @@ import (
 )
 
 func main() {
-	// A signal this process was started ignoring stays ignored, for it
-	// and for the command `hallmark attest` runs (attestcmd.Forwardable).
-	ctx := context.Background()
-	if sigs := attestcmd.Forwardable(os.Interrupt, syscall.SIGTERM); len(sigs) > 0 {
-		var stop context.CancelFunc
-		ctx, stop = signal.NotifyContext(ctx, sigs...)
-		defer stop()
-	}
+	ctx, stop := signalContext(context.Background())
+	defer stop()
 	if err := rootCmd().ExecuteContext(ctx); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
@@ -37,6 +31,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "hallmark:", err)
 		os.Exit(1)
 	}
+}
+
+// signalContext is ctx, cancelled on SIGINT or SIGTERM. A signal this
+// process was started ignoring stays ignored, for it and for the command
+// `hallmark attest` runs (attestcmd.Forwardable).
+func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	sigs := attestcmd.Forwardable(os.Interrupt, syscall.SIGTERM)
+	if len(sigs) == 0 {
+		return ctx, func() {}
+	}
+	return signal.NotifyContext(ctx, sigs...)
 }
 
 func rootCmd() *cobra.Command {
