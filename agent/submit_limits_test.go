@@ -381,6 +381,34 @@ func mustGet(t testing.TB, o *outbox.Outbox, id string) (outbox.Item, bool) {
 	return it, ok
 }
 
+// Fail closed, through the local API: with the timestamp authority
+// unreachable an attestation is refused with Unavailable, and nothing is
+// queued for the log. Once it answers, the same request is attested and
+// queued.
+func TestAttestRefusedWithoutTimestampQueuesNothing(t *testing.T) {
+	fx := newLocalAPIFixture(t)
+	ob, err := fx.a.openOutbox(filepath.Join(t.TempDir(), "outbox"))
+	require.NoError(t, err)
+	t.Cleanup(func() { ob.Close() })
+	tsa := withTSA(t, fx.a)
+	tsa.fail = status.Error(codes.Unavailable, "connection refused")
+	fx.write(t, "dist/app", 10)
+	c := fx.client(t)
+	req := &agentv1.AttestStepRequest{Step: "build", Workspace: fx.ws, Products: []string{"dist"}}
+
+	_, err = c.AttestStep(context.Background(), req)
+	require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+	require.ErrorContains(t, err, "no timestamp authority answered")
+	require.Zero(t, fx.a.outbox.Len(), "queued without a timestamp")
+
+	tsa.mu.Lock()
+	tsa.fail = nil // the fake reads it under mu
+	tsa.mu.Unlock()
+	_, err = c.AttestStep(context.Background(), req)
+	require.NoError(t, err)
+	require.Equal(t, 1, fx.a.outbox.Len())
+}
+
 // Attestations queued for an unreachable log are bounded by bytes
 // (outbox_max_pending_bytes): past it, an attestation is refused before
 // anything is signed, and taken again once the log has taken some.

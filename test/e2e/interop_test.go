@@ -150,6 +150,9 @@ func interopVerifiers(t *testing.T) []interopVerifier {
 	var meta struct{ Version string }
 	require.NoError(t, json.Unmarshal(pkg, &meta))
 	require.Equal(t, sigstoreJSVersion, meta.Version, "the @sigstore/verify the docs name")
+	node, err := exec.Command("node", "--version").Output()
+	require.NoError(t, err, "node is missing")
+	t.Logf("sigstore-js runs on Node %s", strings.TrimSpace(string(node))) // docs/log.md names the one CI has
 
 	return []interopVerifier{
 		{"sigstore-go", func(t *testing.T, c interopCase) error {
