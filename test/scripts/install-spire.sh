@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install-spire.sh: makes spire-server and spire-agent v1.13.3 available in .tools/bin.
 #
-# Uses binaries already in .tools/bin, then ones on PATH, and only then builds
+# Uses binaries already in .tools/bin, then ones on PATH at v1.13.3, and only then builds
 # them from the Go module proxy through the tools/spire module (11-15 minutes
 # cold on 2 cores, ~4 GB of build cache; once).
 set -euo pipefail
@@ -12,7 +12,10 @@ mkdir -p "$bin"
 have() { [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ]; }
 if have; then exit 0; fi
 
-if command -v spire-server >/dev/null && command -v spire-agent >/dev/null; then
+# Those on PATH only at the version the docs and tests name.
+onpath() { v=$("$1" --version 2>&1) && case "$v" in 1.13.3*) true ;; *) false ;; esac; }
+if command -v spire-server >/dev/null && command -v spire-agent >/dev/null &&
+  onpath spire-server && onpath spire-agent; then
   echo "spire: using $(command -v spire-server) and $(command -v spire-agent) from PATH ($(spire-server --version 2>&1))"
   ln -sf "$(command -v spire-server)" "$bin/spire-server"
   ln -sf "$(command -v spire-agent)" "$bin/spire-agent"
