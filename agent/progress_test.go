@@ -54,7 +54,8 @@ type localAPIFixture struct {
 	socket   string
 	ws       string
 	attestor *switchAttestor
-	logs     *observer.ObservedLogs
+	logs     *observer.ObservedLogs // at info level
+	debugLog *lockedBuffer          // everything, debug level included, as JSON lines
 }
 
 func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {
@@ -72,9 +73,10 @@ func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {
 	}})
 	require.NoError(t, err)
 	core, logs := observer.New(zapcore.InfoLevel)
-	fx.logs = logs
+	fx.logs, fx.debugLog = logs, &lockedBuffer{}
+	debug := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(fx.debugLog), zapcore.DebugLevel)
 	fx.a, err = New(Config{
-		Log:             zap.New(core),
+		Log:             zap.New(zapcore.NewTee(core, debug)),
 		ServerAddress:   "hallmark.test:8443",
 		ServerID:        serverID,
 		WorkloadAPIAddr: "unix:///nonexistent/api.sock",
