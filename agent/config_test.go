@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -52,6 +53,10 @@ func TestParseConfigErrors(t *testing.T) {
 		wantErr []string
 	}{
 		{name: "not HCL", src: "agent {", wantErr: []string{"agent.hcl:1"}},
+		{name: "socket_mode world-writable", src: agentHCL(`socket_mode = "0666"`), wantErr: []string{`agent.socket_mode: "0666" lets every local user connect; use a group (socket_group) instead`}},
+		{name: "socket_mode world-writable only", src: agentHCL(`socket_mode = "0602"`), wantErr: []string{`agent.socket_mode: "0602" lets every local user connect`}},
+		{name: "socket_mode not octal", src: agentHCL(`socket_mode = "rw-rw----"`), wantErr: []string{`agent.socket_mode: "rw-rw----" is not an octal mode like "0660"`}},
+		{name: "socket_mode beyond permissions", src: agentHCL(`socket_mode = "04660"`), wantErr: []string{`agent.socket_mode: "04660" is not an octal mode`}},
 		{name: "no agent block", src: "", wantErr: []string{"Missing agent block"}},
 		{
 			name:    "unknown key",
@@ -190,4 +195,16 @@ func FuzzParseConfig(f *testing.F) {
 		_, err = New(c)
 		require.NoError(t, err)
 	})
+}
+
+// Must show, with TestParseConfigErrors' refusals: a socket_mode that lets
+// only the agent's user and a group connect is taken as given.
+func TestParseConfigSocketMode(t *testing.T) {
+	for _, mode := range []string{"0660", "0600", "0664", "0640"} {
+		c, err := ParseConfig("agent.hcl", []byte(agentHCL(`socket_mode = "`+mode+`"`)))
+		require.NoError(t, err, mode)
+		want, err := strconv.ParseUint(mode, 8, 32)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(want), c.SocketMode, mode)
+	}
 }
