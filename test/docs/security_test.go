@@ -16,17 +16,23 @@ import (
 
 const repo = "../.."
 
-// testFuncs returns the name of every Test and Fuzz function in the
-// repository's _test.go files.
+// skipped are the directories of tools, history and packages that the
+// walks of this package leave out.
+func skipped(d fs.DirEntry) bool {
+	return d.IsDir() && (d.Name() == ".tools" || d.Name() == ".git" || d.Name() == "node_modules")
+}
+
+// testFuncs returns the name of every Test, Fuzz and Benchmark function in
+// the repository's _test.go files.
 func testFuncs(t *testing.T) map[string]bool {
 	t.Helper()
-	decl := regexp.MustCompile(`(?m)^func ((?:Test|Fuzz)[A-Za-z0-9_]*)\(`)
+	decl := regexp.MustCompile(`(?m)^func ((?:Test|Fuzz|Benchmark)[A-Za-z0-9_]*)\(`)
 	funcs := map[string]bool{}
 	err := filepath.WalkDir(repo, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && (d.Name() == ".tools" || d.Name() == ".git" || d.Name() == "node_modules") {
+		if skipped(d) {
 			return filepath.SkipDir
 		}
 		if d.IsDir() || !strings.HasSuffix(p, "_test.go") {
@@ -74,4 +80,38 @@ func TestSecurityDocNamesRealTests(t *testing.T) {
 	} {
 		require.True(t, bytes.Contains(doc, []byte("| **"+row)), "docs/security.md has no row for %q", row)
 	}
+}
+
+// Must show: every test, fuzz target and benchmark that any Markdown file
+// of the repository names, as `TestX`, `FuzzX` or `BenchmarkX`, exists,
+// so that a doc citing a test for a claim cannot outlive the test.
+func TestDocsNameRealTests(t *testing.T) {
+	funcs := testFuncs(t)
+	cited := regexp.MustCompile("`((?:Test|Fuzz|Benchmark)[A-Z][A-Za-z0-9_]*)`")
+	docs, names := 0, map[string]bool{}
+	err := filepath.WalkDir(repo, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if skipped(d) {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".md") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		docs++
+		for _, m := range cited.FindAllSubmatch(b, -1) {
+			name := string(m[1])
+			names[name] = true
+			require.True(t, funcs[name], "%s names %s, which no _test.go defines", p, name)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.Greater(t, len(names), 100, "the docs name fewer tests than they did")
+	t.Logf("%d Markdown files name %d tests, all defined", docs, len(names))
 }
