@@ -18,12 +18,16 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffegrpc/grpccredentials"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -152,7 +156,7 @@ func (s *Server) serve(ctx context.Context) error {
 	// reason instead of a bare handshake failure, and costs the server no
 	// more than its headers. The interceptors decide again, by the same
 	// policy.
-	creds := grpccredentials.MTLSServerCredentials(source, source, tlsconfig.AuthorizeMemberOf(s.cfg.TrustDomain))
+	creds := serverCredentials(source, source, s.cfg.TrustDomain)
 	grpcServer := grpc.NewServer(
 		grpc.Creds(creds),
 		grpc.MaxRecvMsgSize(maxRecvMsgSize),
@@ -278,4 +282,14 @@ func (s *Server) storeReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	return s.tlog.store.Ping(ctx)
+}
+
+// serverCredentials are the server's mTLS credentials: it presents its
+// X509-SVID from svids, and admits a peer only when the peer's X509-SVID
+// chains to the bundles' authorities for its trust domain and that trust
+// domain is td (go-spiffe's AuthorizeMemberOf). A peer of any other trust
+// domain, even one whose SVID chains to an authority the server holds (a
+// federated one), fails the handshake (TestHandshakeAdmitsOnlyTheTrustDomain).
+func serverCredentials(svids x509svid.Source, bundles x509bundle.Source, td spiffeid.TrustDomain) credentials.TransportCredentials {
+	return grpccredentials.MTLSServerCredentials(svids, bundles, tlsconfig.AuthorizeMemberOf(td))
 }
