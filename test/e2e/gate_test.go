@@ -458,7 +458,11 @@ func TestIdleConnectionsDropped(t *testing.T) {
 	require.NoError(t, err, "closed by the agent, not by the deadline")
 	handshake := time.Since(start)
 	t.Logf("greeted and idle: closed after %s; never greeted: closed after %s", idle.Round(time.Millisecond), handshake.Round(time.Millisecond))
+	// idle_timeout 2s, and 10 s to greet from accept; the upper bounds
+	// leave room for a loaded machine.
+	require.Greater(t, idle, 1500*time.Millisecond, "closed before idle_timeout")
 	require.Less(t, idle, 20*time.Second)
+	require.Greater(t, handshake, 9*time.Second, "closed before its 10 s to greet")
 	require.Less(t, handshake, 25*time.Second)
 }
 
