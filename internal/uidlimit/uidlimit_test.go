@@ -9,7 +9,9 @@ import (
 )
 
 // The uid limits: a uid waits for its own slots; other uids never wait
-// behind it, even with the shared bound taken up to what one uid may hold.
+// behind it, even with the shared bound taken up to what one uid may hold
+// and one more of its requests waiting meanwhile: the waiter holds none of
+// the shared bound until it has one of its own slots.
 func TestUIDLimitFair(t *testing.T) {
 	l := New(2, 3)
 	ctx := context.Background()
@@ -19,17 +21,38 @@ func TestUIDLimitFair(t *testing.T) {
 		require.NoError(t, err)
 		held = append(held, release)
 	}
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	// A third request of uid 1000 waits, for as long as it takes.
+	served := make(chan func(), 1)
+	go func() {
+		if release, err := l.Acquire(ctx, 1000); err == nil {
+			served <- release
+		}
+	}()
+	require.Eventually(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.uids[1000] != nil && l.uids[1000].refs == 3
+	}, 5*time.Second, time.Millisecond, "uid 1000's third request never came")
+	time.Sleep(20 * time.Millisecond) // into its wait
+
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err := l.Acquire(short, 1000)
-	require.ErrorIs(t, err, context.DeadlineExceeded, "uid 1000 is at its bound")
-	release, err := l.Acquire(ctx, 2000)
-	require.NoError(t, err, "another uid is served")
+	release, err := l.Acquire(short, 2000)
+	require.NoError(t, err, "another uid is served while uid 1000 waits")
 	release()
+	select {
+	case <-served:
+		t.Fatal("uid 1000 served beyond its bound")
+	default:
+	}
+
 	held[0]()
-	release, err = l.Acquire(ctx, 1000)
-	require.NoError(t, err, "a slot given back is taken again")
-	release()
+	select {
+	case release := <-served:
+		release()
+	case <-time.After(5 * time.Second):
+		t.Fatal("a slot given back is not taken by the waiting request")
+	}
 	held[1]()
 	requireIdle(t, l)
 }
