@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -10,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -378,4 +380,40 @@ func sharedVault(t *testing.T) *baotest.Server {
 	require.NoError(t, err)
 	t.Logf("Vault: %s", bao)
 	return bao
+}
+
+// Must show (docs/configuration.md: the server's data_dir is "created
+// 0700"): the running server's data directory, which it created, and every
+// directory in it are 0700; every file holding a private key (the local
+// CA's, the log's) is 0600, and no file is writable by group or others.
+func TestServerDataDirIsPrivate(t *testing.T) {
+	t.Parallel()
+	dataDir := filepath.Join(stack.Server.Dir, "data")
+	files, keys := 0, 0
+	require.NoError(t, filepath.WalkDir(dataDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			require.Equal(t, fs.FileMode(0o700), info.Mode().Perm(), "%s", path)
+			return nil
+		}
+		files++
+		require.Zero(t, info.Mode().Perm()&0o022, "%s is %v", path, info.Mode().Perm())
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte("PRIVATE KEY")) {
+			keys++
+			require.Equal(t, fs.FileMode(0o600), info.Mode().Perm(), "%s holds a private key", path)
+		}
+		return nil
+	}))
+	require.Positive(t, keys, "no private key found in %s: the test looks in the wrong place", dataDir)
+	t.Logf("%s: %d files, %d of them keys (0600), none writable by others", dataDir, files, keys)
 }

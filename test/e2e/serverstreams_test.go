@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -145,10 +146,36 @@ func TestServerRefusesByHeaders(t *testing.T) {
 		t.Logf("%d calls refused, then the connection closed (%v)", refused, err)
 	})
 
+	t.Run("headers over 16 KiB are refused", func(t *testing.T) {
+		c := dialH2(t, x509ctx, thief)
+		require.Equal(t, uint32(16<<10), c.maxHeaders, "SETTINGS_MAX_HEADER_LIST_SIZE (docs/security.md: headers bounded to 16 KiB)")
+		// Sent whatever the server announced: 20 KiB of headers (40 of
+		// 512 bytes), in a HEADERS frame and CONTINUATION frames of at most
+		// 8 KiB.
+		var pad [][2]string
+		for i := range 40 {
+			pad = append(pad, [2]string{fmt.Sprintf("x-pad-%d", i), strings.Repeat("a", 512)})
+		}
+		block := headerBlock(t, submit, pad)
+		const chunk = 8 << 10
+		require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:chunk], EndHeaders: false}))
+		for rest := block[chunk:]; len(rest) > 0; {
+			n := min(chunk, len(rest))
+			require.NoError(t, c.fr.WriteContinuation(1, n == len(rest), rest[:n]))
+			rest = rest[n:]
+		}
+		require.NoError(t, c.fr.WriteData(1, true, grpcPrefix(0)))
+		// Reset as its headers arrive: a handler's answer, even an error,
+		// would be HEADERS with a grpc-status.
+		got := c.await(t, 10*time.Second, func(ev h2event) bool { return ev.stream == 1 })
+		require.NotZero(t, got.reset, "the call was not reset: %+v", got)
+		t.Logf("20 KiB of headers: stream reset (%v)", got.reset)
+	})
+
 	t.Run("streams beyond the server's bound are refused", func(t *testing.T) {
 		c := dialH2(t, x509ctx, thief)
 		bound := c.maxStreams
-		require.NotZero(t, bound, "the server announces SETTINGS_MAX_CONCURRENT_STREAMS")
+		require.Equal(t, uint32(20), bound, "SETTINGS_MAX_CONCURRENT_STREAMS (docs/security.md: at most 20 streams)")
 		const tries = 64
 		require.Less(t, int(bound), tries)
 		// Each stream a request of 1 MiB with its first KiB sent, held
@@ -197,6 +224,7 @@ type h2conn struct {
 	conn       net.Conn
 	fr         *http2.Framer
 	maxStreams uint32 // as the server's first SETTINGS announced it
+	maxHeaders uint32 // SETTINGS_MAX_HEADER_LIST_SIZE, likewise
 }
 
 // h2event is what a frame from the server said about a stream.
@@ -225,6 +253,9 @@ func dialH2(t *testing.T, x509ctx *workloadapi.X509Context, id spiffeid.ID) *h2c
 	require.True(t, ok, "the server's first frame is SETTINGS, not %T", f)
 	if v, ok := sf.Value(http2.SettingMaxConcurrentStreams); ok {
 		c.maxStreams = v
+	}
+	if v, ok := sf.Value(http2.SettingMaxHeaderListSize); ok {
+		c.maxHeaders = v
 	}
 	require.NoError(t, c.fr.WriteSettingsAck())
 	return c
