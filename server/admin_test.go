@@ -9,8 +9,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -310,6 +313,57 @@ func adminCallers() []adminCaller {
 		{"the server's user", allowAdmin(os.Geteuid()), codes.OK},
 		{"refused by the policy", func(uint32) bool { return false }, codes.PermissionDenied},
 	}
+}
+
+// Must show, with a caller that really runs as another user (uid 65534,
+// started by a root test run): the admin socket's mode keeps it out
+// (connecting is refused), and where the socket were opened to everyone
+// (0666, as a careless chmod would), the uid check still refuses it with
+// PermissionDenied; the server's own user (root here) is served. Before,
+// only a stub policy refusing everyone stood for the refused caller.
+func TestAdminSocketRefusesAnotherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("running a caller as another user takes root (CI runs as root)")
+	}
+	f := newRotationFixture(t)
+	dir, err := os.MkdirTemp("", "hm-admin-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755)) // reachable; the socket's own mode decides
+	f.ls.s.cfg.AdminSocket = filepath.Join(dir, "admin.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.ls.s.serveAdmin(ctx, f.admin, allowAdmin(os.Geteuid())) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	require.Eventually(t, func() bool { _, err := os.Stat(f.ls.s.cfg.AdminSocket); return err == nil }, 5*time.Second, 10*time.Millisecond)
+
+	// The test binary, where uid 65534 may run it.
+	exeDir, err := os.MkdirTemp("", "hm-admin-exe-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(exeDir) })
+	require.NoError(t, os.Chmod(exeDir, 0o755))
+	self, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	exe := filepath.Join(exeDir, "server.test")
+	require.NoError(t, os.WriteFile(exe, self, 0o755))
+	call := func(uid uint32) string {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(), adminCallerEnv+"="+f.ls.s.cfg.AdminSocket)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		return strings.TrimSpace(string(out))
+	}
+
+	require.True(t, strings.HasPrefix(call(0), "OK:"), "the server's own user")
+	got := call(65534)
+	require.True(t, strings.HasPrefix(got, "Unavailable:"), "uid 65534 through a 0600 socket: %s", got)
+	require.Contains(t, got, "permission denied")
+
+	require.NoError(t, os.Chmod(f.ls.s.cfg.AdminSocket, 0o666))
+	got = call(65534)
+	require.True(t, strings.HasPrefix(got, "PermissionDenied:"), "uid 65534 through a 0666 socket: %s", got)
+	require.True(t, strings.HasPrefix(call(0), "OK:"), "the server's own user, still")
 }
 
 // TestAdminSocketAuthorization runs the admin API on a real socket: the
