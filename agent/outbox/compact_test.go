@@ -3,6 +3,7 @@ package outbox
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -599,6 +600,181 @@ func TestWritesQueuedBehindAFailedWriteAreNotLost(t *testing.T) {
 	}
 	require.ErrorContains(t, errB, "refusing writes")
 	require.ErrorContains(t, errC, "refusing writes")
+}
+
+// leakingFile makes the outbox write its next batch to a pipe, as
+// swapFile does, and returns the pipe's reading end: the test reads there
+// what the write sends, and closing it makes the write fail (EPIPE).
+// restore puts the outbox's file back.
+func leakingFile(t *testing.T, o *Outbox) (restore func(), r *os.File) {
+	pr, pw, err := os.Pipe()
+	require.NoError(t, err)
+	t.Cleanup(func() { pr.Close(); pw.Close() })
+	o.mu.Lock()
+	file := o.file
+	o.file = pw
+	o.mu.Unlock()
+	return func() {
+		o.mu.Lock()
+		o.file = file
+		o.mu.Unlock()
+	}, pr
+}
+
+// Must show: a write that fails after part of its record reached the
+// file, followed by a rewrite that succeeds, loses nothing acknowledged
+// and leaves nothing damaged (docs/outbox.md: the file is rewritten at
+// once, dropping whatever part of the failed write reached the disk).
+// The bytes planted in the file are the start of the failed write's own
+// record (its head, with the body's CRC, is what the write sent), cut at
+// four places. Every put acknowledged before the failure, the put
+// queued behind it and the puts after it are read back with their exact
+// bytes and outcomes, before and after a reopen; the failed put is
+// nowhere; the file as the outbox leaves it holds only intact records,
+// with no tail; and the reopen finds no damage, no torn tail, and logs
+// nothing.
+func TestFailedWritesPartialRecordIsDroppedByTheRewrite(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cut  func(n int) int // how much of the failed write's n-byte record reached the file
+	}{
+		{"part of the marker", func(int) int { return 3 }},
+		{"the head alone", func(int) int { return frameHead }},
+		{"half the record", func(n int) int { return n / 2 }},
+		{"all but its last byte", func(n int) int { return n - 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := privateDir(t)
+			clock := func() time.Time { return time.Unix(1_700_000_000, 0) }
+			o, err := Open(dir, Options{Now: clock})
+			require.NoError(t, err)
+			defer o.Close()
+			want := map[string]Item{}
+			put := func(id string) {
+				t.Helper()
+				require.NoError(t, o.Put(item(id)))
+				want[id] = item(id)
+			}
+			logged := func(id string) {
+				t.Helper()
+				tlog := []byte(`{"logIndex":"` + id + `"}`)
+				require.NoError(t, o.MarkLogged(id, tlog))
+				it := want[id]
+				it.State, it.Logged = Logged, tlog
+				want[id] = it
+			}
+			refused := func(id string) {
+				t.Helper()
+				require.NoError(t, o.MarkRefused(id, "refused "+id))
+				it := want[id]
+				it.State, it.Reason = Refused, "refused "+id
+				want[id] = it
+			}
+
+			// Before: acknowledged puts, some settled (their bytes read
+			// from the file from now on).
+			for _, id := range []string{"a0", "a1", "a2", "a3"} {
+				put(id)
+			}
+			logged("a0")
+			refused("a1")
+
+			// The failed write, with a put queued behind it.
+			restore, pr := leakingFile(t, o)
+			big := Item{ID: "big", Bundle: bytes.Repeat([]byte("big;"), 256<<10), Certificate: []byte("cert")}
+			failed := make(chan error, 1)
+			go func() { failed <- o.Put(big) }()
+			waitFor(t, o, "the write to block", func() bool { return o.writeInFlight })
+			queued := make(chan error, 1)
+			go func() { queued <- o.Put(item("queued")) }()
+			waitFor(t, o, "queued to be queued", func() bool { return len(o.queue) == 1 })
+			restore()
+			// What reached the disk: the first bytes of the failed
+			// write's record (the pipe shows they are the ones it writes).
+			// They are in the file before the write fails, as a disk would
+			// have them: taken from the pipe, the end of the record would
+			// let the write finish, and the rewrite run, before they are.
+			big.Created = clock().Unix()
+			rec, err := frame(record{Op: "put", Item: &big})
+			require.NoError(t, err)
+			head := make([]byte, frameHead)
+			_, err = io.ReadFull(pr, head)
+			require.NoError(t, err)
+			require.Equal(t, rec[:frameHead], head, "the failed write's record")
+			cut := tc.cut(len(rec))
+			require.Less(t, cut, len(rec))
+			partial := rec[:cut]
+			path := filepath.Join(dir, "outbox.log")
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = f.Write(partial)
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+			o.mu.Lock()
+			size := o.size
+			o.mu.Unlock()
+			fi, err := os.Stat(path)
+			require.NoError(t, err)
+			require.Equal(t, size+int64(cut), fi.Size(), "the partial record is in the file")
+			require.NoError(t, pr.Close())
+
+			require.ErrorContains(t, <-failed, "write")
+			require.NoError(t, <-queued, "a put queued behind the failed write, once the rewrite succeeded")
+			want["queued"] = item("queued")
+			_, ok, _ := o.Get("big")
+			require.False(t, ok, "the failed put was never acknowledged")
+
+			// After: more puts, and settlements of items put before.
+			for _, id := range []string{"b0", "b1", "b2"} {
+				put(id)
+			}
+			logged("a2")
+			logged("b0")
+			refused("b1")
+
+			check := func(o *Outbox, what string) {
+				t.Helper()
+				got := snapshot(t, o)
+				for id, it := range got {
+					it.Created = 0
+					got[id] = it
+				}
+				require.Equal(t, want, got, what)
+				requireCounts(t, o, what)
+			}
+			check(o, "after the failed write")
+			require.NoError(t, o.Close())
+
+			// The file holds intact records only, all of them wanted,
+			// and ends with the last one.
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			s, err := scanFile(data)
+			require.NoError(t, err)
+			require.Zero(t, s.torn, "the file ends in a record cut short")
+			require.Empty(t, s.damaged, "the file holds damaged records")
+			records := 0
+			for _, it := range want {
+				records++
+				if it.State != Pending {
+					records++
+				}
+			}
+			require.Len(t, s.records, records)
+
+			log, logs := observed()
+			o, err = Open(dir, Options{Now: clock, Log: log})
+			require.NoError(t, err)
+			defer o.Close()
+			_, torn := o.Torn()
+			require.False(t, torn, "the reopened outbox found a torn tail")
+			require.Empty(t, o.Damaged())
+			_, err = os.Stat(filepath.Join(dir, DamagedDir))
+			require.ErrorIs(t, err, os.ErrNotExist, "nothing was kept aside")
+			require.Zero(t, logs.Len(), "the reopen logged %v", logs.All())
+			check(o, "reopened")
+		})
+	}
 }
 
 // A compaction does not keep in memory the bytes of the items it copies
