@@ -16,6 +16,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/hallmark-dev/hallmark/agent/outbox"
 )
@@ -77,15 +79,15 @@ func recordBounds(t *testing.T, data []byte) [][2]int {
 
 // openDamaged writes data as the outbox file of a fresh directory and
 // opens it as the agent does, then drains it into a fresh log.
-func openDamaged(t *testing.T, data []byte) (*Agent, *testLog, string) {
+func openDamaged(t *testing.T, data []byte) (*Agent, *testLog, string, *observer.ObservedLogs) {
 	t.Helper()
 	dir := filepath.Join(fastTempDir(t), "outbox")
 	require.NoError(t, os.MkdirAll(dir, 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "outbox.log"), data, 0o600))
-	a, _ := outboxAgentIn(t, dir)
+	a, logs := outboxAgentIn(t, dir)
 	l := newTestLog()
 	drain(t, a, direct{l}, 5)
-	return a, l, dir
+	return a, l, dir, logs
 }
 
 // Must show: one byte flipped at a random offset of an outbox holding 100
@@ -124,7 +126,7 @@ func TestOutboxByteFlipLosesOnlyTheDamagedRecord(t *testing.T) {
 		}
 		what := fmt.Sprintf("run %d (seed %d): byte %d ^= %#x, in record %d", run, seed, off, flip, hit)
 
-		a, l, dir := openDamaged(t, damaged)
+		a, l, dir, logs := openDamaged(t, damaged)
 		for i, env := range envs {
 			want := 1
 			if i == hit {
@@ -140,6 +142,11 @@ func TestOutboxByteFlipLosesOnlyTheDamagedRecord(t *testing.T) {
 		require.Equal(t, damaged[span[0]:span[1]], kept, "%s: the damaged record kept as it was", what)
 		require.Equal(t, 1.0, metricValue(t, a.metrics.outboxDamaged), what)
 		require.Equal(t, 1, a.Status().Outbox.Damaged, what)
+		// docs/outbox.md: an error in the agent's log for the stretch.
+		said := logs.FilterMessage("A damaged outbox record was moved aside; the records before and after it are kept").All()
+		require.Len(t, said, 1, what)
+		require.Equal(t, zapcore.ErrorLevel, said[0].Level, what)
+		require.Equal(t, map[string]any{"offset": int64(span[0]), "bytes": int64(span[1] - span[0]), "kept_in": d[0].File}, said[0].ContextMap(), what)
 		require.NoError(t, a.outbox.Close())
 		require.NoError(t, os.RemoveAll(dir))
 	}
@@ -159,7 +166,7 @@ func TestOutboxTruncatedLastRecordLosesOnlyIt(t *testing.T) {
 		cuts = append(cuts, last[0]+1+r.IntN(last[1]-last[0]-1))
 	}
 	for _, cut := range cuts {
-		a, l, dir := openDamaged(t, data[:cut])
+		a, l, dir, _ := openDamaged(t, data[:cut])
 		for i, env := range envs {
 			want := 1
 			if i == records-1 {

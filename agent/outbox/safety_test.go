@@ -85,7 +85,17 @@ func TestFailedCompactionKeepsRecordPositions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, fi.Size(), size, "the size the outbox counts is the file's")
 	require.Greater(t, next, size, "the next attempt waits for the file to grow")
-	require.Equal(t, 1, logs.FilterMessageSnippet("Compacting the outbox failed").Len())
+	failed := logs.FilterMessageSnippet("Compacting the outbox failed").All()
+	require.Len(t, failed, 1)
+	// docs/outbox.md: logged with error, bytes and next_attempt_at_bytes;
+	// the next attempt once the file has doubled.
+	fields := failed[0].ContextMap()
+	require.Contains(t, fields, "error")
+	require.Equal(t, false, fields["writes_refused"], "a failure before the rename refuses nothing")
+	at, ok := fields["bytes"].(int64)
+	require.True(t, ok, "%v", fields)
+	require.Equal(t, 2*at, fields["next_attempt_at_bytes"], "%v", fields)
+	require.Equal(t, 2*at, next, "the next attempt is at the logged size")
 
 	put(n, n+20) // appended after the failure, settled
 	checkAll(t, o, ids, "after a failed compaction")
@@ -167,7 +177,8 @@ func TestFailureAfterCompactionRenameFailsClosed(t *testing.T) {
 	for _, step := range []string{"sync dir", "reopen"} {
 		t.Run(step, func(t *testing.T) {
 			dir := privateDir(t)
-			o, err := Open(dir, Options{CompactAt: 4 << 10})
+			log, logs := observed()
+			o, err := Open(dir, Options{CompactAt: 4 << 10, Log: log})
 			require.NoError(t, err)
 			defer o.Close()
 			calls := 0
@@ -192,6 +203,9 @@ func TestFailureAfterCompactionRenameFailsClosed(t *testing.T) {
 			require.ErrorContains(t, refused, "injected", "a Put after it is refused, saying why")
 			require.ErrorContains(t, o.Put(item("later")), "refusing writes")
 			require.Equal(t, 1, o.CompactionFailures())
+			failed := logs.FilterMessageSnippet("Compacting the outbox failed").All()
+			require.Len(t, failed, 1)
+			require.Equal(t, true, failed[0].ContextMap()["writes_refused"], "docs/outbox.md: the error says writes_refused")
 			require.NoError(t, o.Close())
 
 			o, err = Open(dir, Options{})
