@@ -60,6 +60,13 @@ type localAPIFixture struct {
 
 func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {
 	t.Helper()
+	return newLocalAPIFixtureLimits(t, LocalLimits{}, extra...)
+}
+
+// newLocalAPIFixtureLimits is newLocalAPIFixture with the local API's
+// limits set (a zero field takes its default).
+func newLocalAPIFixtureLimits(t *testing.T, lim LocalLimits, extra ...NamedAttestor) *localAPIFixture {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "hm-api-") // short: a socket path has ~100 bytes
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
@@ -82,6 +89,7 @@ func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {
 		WorkloadAPIAddr: "unix:///nonexistent/api.sock",
 		Attestors:       append([]NamedAttestor{{Name: "switch", Attestor: fx.attestor}}, extra...),
 		Policy:          pol,
+		LocalLimits:     lim,
 	})
 	require.NoError(t, err)
 	fx.a.id = agentID
