@@ -32,6 +32,7 @@ import (
 	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager/local"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -337,15 +338,7 @@ func TestAdminSocketRefusesAnotherUser(t *testing.T) {
 	defer func() { cancel(); require.NoError(t, <-done) }()
 	require.Eventually(t, func() bool { _, err := os.Stat(f.ls.s.cfg.AdminSocket); return err == nil }, 5*time.Second, 10*time.Millisecond)
 
-	// The test binary, where uid 65534 may run it.
-	exeDir, err := os.MkdirTemp("", "hm-admin-exe-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(exeDir) })
-	require.NoError(t, os.Chmod(exeDir, 0o755))
-	self, err := os.ReadFile(os.Args[0])
-	require.NoError(t, err)
-	exe := filepath.Join(exeDir, "server.test")
-	require.NoError(t, os.WriteFile(exe, self, 0o755))
+	exe := proctest.WorldExecutableCopy(t) // where uid 65534 may run it
 	call := func(uid uint32) string {
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), adminCallerEnv+"="+f.ls.s.cfg.AdminSocket)

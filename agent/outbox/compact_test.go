@@ -318,6 +318,19 @@ func waitFor(t *testing.T, o *Outbox, what string, cond func() bool) {
 	}
 }
 
+// requireHolds requires o to hold exactly want, creation times aside, and
+// its counts to agree with what it holds.
+func requireHolds(t *testing.T, o *Outbox, want map[string]Item, what string) {
+	t.Helper()
+	got := snapshot(t, o)
+	for id, it := range got {
+		it.Created = 0
+		got[id] = it
+	}
+	require.Equal(t, want, got, what)
+	requireCounts(t, o, what)
+}
+
 // snapshot is every item the outbox holds, read back whole.
 func snapshot(t *testing.T, o *Outbox) map[string]Item {
 	t.Helper()
@@ -454,13 +467,7 @@ func TestCompactionMovesWhatWasAppendedMeanwhile(t *testing.T) {
 			}
 			check := func(o *Outbox, what string) {
 				t.Helper()
-				got := snapshot(t, o)
-				for id, it := range got {
-					it.Created = 0
-					got[id] = it
-				}
-				require.Equal(t, want, got, what)
-				requireCounts(t, o, what)
+				requireHolds(t, o, want, what)
 				require.Equal(t, 2, o.RefusedLen(), what)
 				var pending []string
 				for _, it := range o.Pending(100) {
@@ -734,13 +741,7 @@ func TestFailedWritesPartialRecordIsDroppedByTheRewrite(t *testing.T) {
 
 			check := func(o *Outbox, what string) {
 				t.Helper()
-				got := snapshot(t, o)
-				for id, it := range got {
-					it.Created = 0
-					got[id] = it
-				}
-				require.Equal(t, want, got, what)
-				requireCounts(t, o, what)
+				requireHolds(t, o, want, what)
 			}
 			check(o, "after the failed write")
 			require.NoError(t, o.Close())

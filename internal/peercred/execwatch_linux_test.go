@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -65,7 +67,7 @@ func TestCommFloodRefusesNoOne(t *testing.T) {
 	c := accept(t, l)
 	require.NoError(t, c.Verify(), "before the flood")
 
-	exe := worldExecutableCopy(t)
+	exe := proctest.WorldExecutableCopy(t)
 	for range 2 { // one per core
 		cmd := exec.Command(exe, "-test.run=^TestHelperProcess$", "-test.count=1")
 		cmd.Env = append(os.Environ(), envRole+"=rename-flood", envSock+"="+path)
@@ -171,21 +173,6 @@ func kernelAtLeast(t *testing.T, major, minor int) bool {
 	_, err := fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &maj, &mnr)
 	require.NoError(t, err)
 	return maj > major || maj == major && mnr >= minor
-}
-
-// worldExecutableCopy copies the test binary where any user may run it
-// (go test builds it in a directory only its owner can enter).
-func worldExecutableCopy(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "peercred-exe-")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	require.NoError(t, os.Chmod(dir, 0o755))
-	data, err := os.ReadFile(os.Args[0])
-	require.NoError(t, err)
-	exe := filepath.Join(dir, "peercred.test")
-	require.NoError(t, os.WriteFile(exe, data, 0o755))
-	return exe
 }
 
 // Must show: a peer that execs after connecting is refused, whatever it
@@ -461,7 +448,7 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	// A helper of another uid holds the capabilities it was given, in both
 	// words of the set (ambient: its exec keeps them permitted), and no
 	// more: as its /proc/PID/status says.
-	exe := worldExecutableCopy(t)
+	exe := proctest.WorldExecutableCopy(t)
 	require.NoError(t, os.Chmod(filepath.Dir(path), 0o755))
 	require.NoError(t, os.Chmod(path, 0o666))
 	cmd = exec.Command(exe, "-test.run=^TestHelperProcess$", "-test.count=1")

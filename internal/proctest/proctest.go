@@ -87,3 +87,20 @@ func ExitCode(t testing.TB, cmd *exec.Cmd) int {
 	require.NoError(t, err)
 	return 0
 }
+
+// WorldExecutableCopy copies the running test binary where any user may
+// run it, for a test that starts it as another user (go test's own copy
+// sits in a directory only its user may enter); the copy goes when the
+// test ends.
+func WorldExecutableCopy(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm-exe-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	data, err := os.ReadFile(os.Args[0])
+	require.NoError(t, err)
+	exe := filepath.Join(dir, filepath.Base(os.Args[0]))
+	require.NoError(t, os.WriteFile(exe, data, 0o755))
+	return exe
+}
