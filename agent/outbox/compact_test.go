@@ -496,19 +496,8 @@ func TestCompactionMovesWhatWasAppendedMeanwhile(t *testing.T) {
 // fail makes the blocked write fail (EPIPE), after a part of it went
 // into the pipe.
 func swapFile(t *testing.T, o *Outbox) (restore, fail func()) {
-	pr, pw, err := os.Pipe()
-	require.NoError(t, err)
-	t.Cleanup(func() { pr.Close(); pw.Close() })
-	o.mu.Lock()
-	file := o.file
-	o.file = pw
-	o.mu.Unlock()
-	restore = func() {
-		o.mu.Lock()
-		o.file = file
-		o.mu.Unlock()
-	}
-	return restore, func() { require.NoError(t, pr.Close()) }
+	restore, r := leakingFile(t, o)
+	return restore, func() { require.NoError(t, r.Close()) }
 }
 
 // A write that fails while a compaction waits for it to swap the file
