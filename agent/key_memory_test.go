@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -89,30 +88,13 @@ func findKey(content []byte, forms map[string][]byte) string {
 	return ""
 }
 
-// lockedBuffer is a log sink that goroutines share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
-}
-
 // Must show (README: "the agent's signing key lives only in memory"): the
 // keys the agent generates for its signing certificates reach neither its
 // data directory nor any file under TMPDIR nor its logs at debug level, in
 // any of the forms keyForms lists, raw or base64-encoded, through
-// renewals, attestations over the local API, and the outbox's submission
-// to the log and compaction. The scan is shown to work: it finds each
+// renewals, attestations over the local API, the outbox's submission to
+// the log (settling records), and its rewrite of every record when it is
+// opened again, as at the agent's start. The scan is shown to work: it finds each
 // certificate, which the outbox holds base64-encoded in the bundles, and a
 // key planted the way a careless change would write one.
 func TestSigningKeyNeverWritten(t *testing.T) {
@@ -121,7 +103,8 @@ func TestSigningKeyNeverWritten(t *testing.T) {
 	fx := newLocalAPIFixture(t)
 	dataDir := filepath.Join(tmp, "data")
 	require.NoError(t, os.Mkdir(dataDir, 0o700))
-	ob, err := fx.a.openOutbox(filepath.Join(dataDir, "outbox"))
+	outboxDir := filepath.Join(dataDir, "outbox")
+	ob, err := fx.a.openOutbox(outboxDir)
 	require.NoError(t, err)
 	log := newTestLog()
 	ca := newTestCA(t)
@@ -142,10 +125,16 @@ func TestSigningKeyNeverWritten(t *testing.T) {
 			require.NoError(t, err)
 		}
 		if i < 2 {
-			drain(t, fx.a, direct{log}, 10) // the outbox rewrites its records as logged
+			drain(t, fx.a, direct{log}, 10) // the outbox appends each record's settlement
 		}
 	}
-	require.NoError(t, ob.Close()) // and compacts
+	require.NoError(t, ob.Close())
+	// Opening rewrites the file from every record it holds (outbox.Open),
+	// as a compaction does.
+	ob, err = fx.a.openOutbox(outboxDir)
+	require.NoError(t, err)
+	require.Equal(t, 2, ob.Len(), "the last two attestations, not yet logged, copied by the rewrite")
+	require.NoError(t, ob.Close())
 
 	// Everything written under TMPDIR, and the logs.
 	written := map[string][]byte{"the agent's log": fx.debugLog.Bytes()}

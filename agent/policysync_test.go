@@ -26,12 +26,18 @@ type fakePolicyServer struct {
 	answer *serverv1.GetPolicyResponse
 	err    error
 	known  []string
+	// stop, when set, is called once the server was asked stopAfter times.
+	stop      func()
+	stopAfter int
 }
 
 func (f *fakePolicyServer) GetPolicy(_ context.Context, in *serverv1.GetPolicyRequest, _ ...grpc.CallOption) (*serverv1.GetPolicyResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.known = append(f.known, in.GetKnownRevision())
+	if f.stop != nil && len(f.known) >= f.stopAfter {
+		f.stop()
+	}
 	return f.answer, f.err
 }
 
@@ -75,7 +81,8 @@ func TestPolicyKeptWhileTheServerIsAway(t *testing.T) {
 	srv := &fakePolicyServer{}
 	ctx := context.Background()
 
-	for _, tc := range []struct {
+	// One server, one agent: each step follows the one before.
+	for _, step := range []struct {
 		name     string
 		answer   *serverv1.GetPolicyResponse
 		err      error
@@ -93,34 +100,38 @@ func TestPolicyKeptWhileTheServerIsAway(t *testing.T) {
 		{"server unreachable again", nil, errors.New("deadline exceeded"), "get policy: ", "r3", "release", "build"},
 		{"no policy on the server", &serverv1.GetPolicyResponse{Configured: false}, nil, "", "none", "", "release"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			srv.set(tc.answer, tc.err)
-			err := a.syncPolicy(ctx, srv)
-			if tc.wantErr == "" {
-				require.NoError(t, err)
-			} else {
-				require.ErrorContains(t, err, tc.wantErr)
-			}
-			require.Equal(t, tc.revision, revision())
-			if tc.allowed != "" {
-				require.True(t, allows(tc.allowed), "%s denied", tc.allowed)
-			}
-			require.False(t, allows(tc.denied), "%s allowed", tc.denied)
-		})
+		srv.set(step.answer, step.err)
+		err := a.syncPolicy(ctx, srv)
+		if step.wantErr == "" {
+			require.NoError(t, err, step.name)
+		} else {
+			require.ErrorContains(t, err, step.wantErr, step.name)
+		}
+		require.Equal(t, step.revision, revision(), step.name)
+		if step.allowed != "" {
+			require.True(t, allows(step.allowed), "%s: %s denied", step.name, step.allowed)
+		}
+		require.False(t, allows(step.denied), "%s: %s allowed", step.name, step.denied)
 	}
 	srv.mu.Lock()
 	require.Equal(t, []string{"", "r1", "r1", "r1", "r1", "r3", "r3"}, srv.known, "the revisions the agent said it held")
 	srv.mu.Unlock()
 
-	// The loop goes on through failures, saying it keeps the policy.
-	a.cfg.PolicyRefresh = 5 * time.Millisecond
+	// The loop goes on through failures, saying it keeps the policy: the
+	// server ends it once asked three times, all failing.
+	a.cfg.PolicyRefresh = time.Millisecond
 	srv.set(builders("r4", "build"), nil)
 	require.NoError(t, a.syncPolicy(ctx, srv))
-	srv.set(nil, status.Error(codes.Unavailable, "connection refused"))
-	loopCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	loopCtx, cancel := context.WithTimeout(ctx, 30*time.Second) // a bound, not the end
 	defer cancel()
+	srv.mu.Lock()
+	srv.answer, srv.err = nil, status.Error(codes.Unavailable, "connection refused")
+	srv.known, srv.stop, srv.stopAfter = nil, cancel, 3
+	srv.mu.Unlock()
 	require.NoError(t, a.policyLoop(loopCtx, srv))
+	require.ErrorIs(t, loopCtx.Err(), context.Canceled, "the loop stopped asking before its third call")
 	require.Equal(t, "r4", revision())
 	require.True(t, allows("build"))
-	require.Positive(t, logs.FilterMessage("Policy fetch failed; keeping the current policy").Len())
+	require.GreaterOrEqual(t, logs.FilterMessage("Policy fetch failed; keeping the current policy").Len(), 2,
+		"the first two failures, logged (the third ends the test)")
 }

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,6 +58,24 @@ type localAPIFixture struct {
 	attestor *switchAttestor
 	logs     *observer.ObservedLogs // at info level
 	debugLog *lockedBuffer          // everything, debug level included, as JSON lines
+}
+
+// lockedBuffer is a log sink that goroutines share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) Bytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return bytes.Clone(l.b.Bytes())
 }
 
 func newLocalAPIFixture(t *testing.T, extra ...NamedAttestor) *localAPIFixture {

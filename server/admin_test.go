@@ -337,11 +337,21 @@ func TestAdminSocketRefusesAnotherUser(t *testing.T) {
 	go func() { done <- f.ls.s.serveAdmin(ctx, f.admin, allowAdmin(os.Geteuid())) }()
 	defer func() { cancel(); require.NoError(t, <-done) }()
 	require.Eventually(t, func() bool { _, err := os.Stat(f.ls.s.cfg.AdminSocket); return err == nil }, 5*time.Second, 10*time.Millisecond)
+	info, err := os.Stat(f.ls.s.cfg.AdminSocket)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm(), "the socket as the server makes it")
+	// Else uid 65534 is kept out before the socket's mode is reached, and
+	// the refusal below would show nothing.
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		require.NoError(t, err)
+		require.NotZero(t, fi.Mode().Perm()&0o001, "uid 65534 cannot reach %s: set TMPDIR to a directory others may enter", d)
+	}
 
 	exe := proctest.WorldExecutableCopy(t) // where uid 65534 may run it
 	call := func(uid uint32) string {
 		cmd := exec.Command(exe, "-test.run=^$")
-		cmd.Env = append(os.Environ(), adminCallerEnv+"="+f.ls.s.cfg.AdminSocket)
+		cmd.Env = []string{adminCallerEnv + "=" + f.ls.s.cfg.AdminSocket} // nothing of this process's environment for another user
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 		out, err := cmd.CombinedOutput()
 		require.NoError(t, err, "%s", out)

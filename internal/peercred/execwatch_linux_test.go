@@ -15,12 +15,12 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/hallmark-dev/hallmark/internal/proctest"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 )
 
 // watch starts an ExecWatch for the test; it needs root (CAP_NET_ADMIN).

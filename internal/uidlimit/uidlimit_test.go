@@ -21,23 +21,32 @@ func TestUIDLimitFair(t *testing.T) {
 		require.NoError(t, err)
 		held = append(held, release)
 	}
-	// A third request of uid 1000 waits, for as long as it takes.
+	refs := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.uids[1000].refs
+	}
+	// A third request of uid 1000 waits until its deadline, and is then
+	// forgotten.
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancelShort()
+	_, err := l.Acquire(short, 1000)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "uid 1000 is at its bound")
+	require.Equal(t, 2, refs(), "the request that gave up holds nothing")
+
+	// Another waits, for as long as it takes.
 	served := make(chan func(), 1)
 	go func() {
 		if release, err := l.Acquire(ctx, 1000); err == nil {
 			served <- release
 		}
 	}()
-	require.Eventually(t, func() bool {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		return l.uids[1000] != nil && l.uids[1000].refs == 3
-	}, 5*time.Second, time.Millisecond, "uid 1000's third request never came")
+	require.Eventually(t, func() bool { return refs() == 3 }, 5*time.Second, time.Millisecond, "uid 1000's third request never came")
 	time.Sleep(20 * time.Millisecond) // into its wait
 
-	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	other, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	release, err := l.Acquire(short, 2000)
+	release, err := l.Acquire(other, 2000)
 	require.NoError(t, err, "another uid is served while uid 1000 waits")
 	release()
 	select {

@@ -149,27 +149,38 @@ func TestServerRefusesByHeaders(t *testing.T) {
 	t.Run("headers over 16 KiB are refused", func(t *testing.T) {
 		c := dialH2(t, x509ctx, thief)
 		require.Equal(t, uint32(16<<10), c.maxHeaders, "SETTINGS_MAX_HEADER_LIST_SIZE (docs/security.md: headers bounded to 16 KiB)")
-		// Sent whatever the server announced: 20 KiB of headers (40 of
-		// 512 bytes), in a HEADERS frame and CONTINUATION frames of at most
-		// 8 KiB.
-		var pad [][2]string
-		for i := range 40 {
-			pad = append(pad, [2]string{fmt.Sprintf("x-pad-%d", i), strings.Repeat("a", 512)})
+		// Sent whatever the server announced: headers of n fields of 512
+		// bytes, in a HEADERS frame and CONTINUATION frames of at most 8
+		// KiB each.
+		send := func(id uint32, n int) {
+			var pad [][2]string
+			for i := range n {
+				pad = append(pad, [2]string{fmt.Sprintf("x-pad-%d", i), strings.Repeat("a", 512)})
+			}
+			block := headerBlock(t, submit, pad)
+			const chunk = 8 << 10
+			first := min(chunk, len(block))
+			require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block[:first], EndHeaders: first == len(block)}))
+			for rest := block[first:]; len(rest) > 0; {
+				m := min(chunk, len(rest))
+				require.NoError(t, c.fr.WriteContinuation(id, m == len(rest), rest[:m]))
+				rest = rest[m:]
+			}
+			require.NoError(t, c.fr.WriteData(id, true, grpcPrefix(0)))
 		}
-		block := headerBlock(t, submit, pad)
-		const chunk = 8 << 10
-		require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:chunk], EndHeaders: false}))
-		for rest := block[chunk:]; len(rest) > 0; {
-			n := min(chunk, len(rest))
-			require.NoError(t, c.fr.WriteContinuation(1, n == len(rest), rest[:n]))
-			rest = rest[n:]
-		}
-		require.NoError(t, c.fr.WriteData(1, true, grpcPrefix(0)))
-		// Reset as its headers arrive: a handler's answer, even an error,
-		// would be HEADERS with a grpc-status.
+		// 20 KiB: reset as its headers arrive (gRPC's FRAME_SIZE_ERROR);
+		// a handler's answer, even an error, would be HEADERS with a
+		// grpc-status.
+		send(1, 40)
 		got := c.await(t, 10*time.Second, func(ev h2event) bool { return ev.stream == 1 })
-		require.NotZero(t, got.reset, "the call was not reset: %+v", got)
-		t.Logf("20 KiB of headers: stream reset (%v)", got.reset)
+		require.Equal(t, http2.ErrCodeFrameSize, got.reset, "20 KiB of headers: %+v", got)
+		// 12 KiB, sent the same way on the same connection: it reaches the
+		// service, which answers it.
+		send(3, 24)
+		got = c.await(t, 10*time.Second, func(ev h2event) bool { return ev.stream == 3 && (ev.status != "" || ev.reset != 0) })
+		require.Zero(t, got.reset, "12 KiB of headers: %+v", got)
+		require.NotEmpty(t, got.status, "12 KiB of headers: %+v", got)
+		t.Logf("20 KiB of headers: stream reset (%v); 12 KiB: grpc-status %s %q", http2.ErrCodeFrameSize, got.status, got.message)
 	})
 
 	t.Run("streams beyond the server's bound are refused", func(t *testing.T) {

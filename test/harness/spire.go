@@ -43,8 +43,12 @@ type SPIREOptions struct {
 	LogLevel string
 }
 
+// SPIREVersion is the SPIRE the tests run and the docs name.
+const SPIREVersion = "1.13.3"
+
 // FindSPIRE locates spire-server and spire-agent: first in the repository's
-// .tools/bin (where `make tools` puts them), then on PATH.
+// .tools/bin (where `make tools` puts them), then on PATH; either must be
+// SPIREVersion (or a build of it, "1.13.3-dev-unk").
 func FindSPIRE(root string) (server, agent string, err error) {
 	find := func(name string) (string, error) {
 		if p := filepath.Join(root, ".tools", "bin", name); isExecutable(p) {
@@ -53,13 +57,26 @@ func FindSPIRE(root string) (server, agent string, err error) {
 		if p, err := exec.LookPath(name); err == nil {
 			return p, nil
 		}
-		return "", fmt.Errorf("%s not found in %s or on PATH: run `make tools` (it builds SPIRE v1.13.3 once, 11-15 minutes)", name, filepath.Join(root, ".tools", "bin"))
+		return "", fmt.Errorf("%s not found in %s or on PATH: run `make tools` (it builds SPIRE v%s once, 11-15 minutes)", name, filepath.Join(root, ".tools", "bin"), SPIREVersion)
+	}
+	check := func(p string) error {
+		out, err := exec.Command(p, "--version").CombinedOutput()
+		v := strings.TrimSpace(string(out))
+		if err != nil || (v != SPIREVersion && !strings.HasPrefix(v, SPIREVersion+"-")) {
+			return fmt.Errorf("%s is SPIRE %q, not v%s, which the tests and docs name: run `make tools`", p, v, SPIREVersion)
+		}
+		return nil
 	}
 	if server, err = find("spire-server"); err != nil {
 		return "", "", err
 	}
 	if agent, err = find("spire-agent"); err != nil {
 		return "", "", err
+	}
+	for _, p := range []string{server, agent} {
+		if err := check(p); err != nil {
+			return "", "", err
+		}
 	}
 	return server, agent, nil
 }

@@ -9,13 +9,23 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin="$root/.tools/bin"
 mkdir -p "$bin"
 
-have() { [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ]; }
+# Only at the version the docs and tests name: "1.13.3", or a build of it
+# ("1.13.3-dev-unk"), not 1.13.30.
+right() {
+  local v
+  v=$("$1" --version 2>&1) && case "$v" in 1.13.3 | 1.13.3-*) true ;; *) false ;; esac
+}
+have() { [ -x "$bin/spire-server" ] && [ -x "$bin/spire-agent" ] && right "$bin/spire-server" && right "$bin/spire-agent"; }
 if have; then exit 0; fi
+if [ -e "$bin/spire-server" ] || [ -e "$bin/spire-agent" ]; then
+  echo "spire: $bin holds another version than v1.13.3 ($("$bin/spire-server" --version 2>&1 || true)); replacing it"
+  rm -f "$bin/spire-server" "$bin/spire-agent"
+fi
 
-# Those on PATH only at the version the docs and tests name.
-onpath() { v=$("$1" --version 2>&1) && case "$v" in 1.13.3*) true ;; *) false ;; esac; }
 if command -v spire-server >/dev/null && command -v spire-agent >/dev/null &&
-  onpath spire-server && onpath spire-agent; then
+  ! { right spire-server && right spire-agent; }; then
+  echo "spire: $(command -v spire-server) on PATH is $(spire-server --version 2>&1), not v1.13.3: not used"
+elif command -v spire-server >/dev/null && command -v spire-agent >/dev/null; then
   echo "spire: using $(command -v spire-server) and $(command -v spire-agent) from PATH ($(spire-server --version 2>&1))"
   ln -sf "$(command -v spire-server)" "$bin/spire-server"
   ln -sf "$(command -v spire-agent)" "$bin/spire-agent"
