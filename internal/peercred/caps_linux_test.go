@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"runtime"
 	"strconv"
 	"testing"
 
-	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,10 +16,7 @@ import (
 // process), as the agent does once for each new connection.
 func BenchmarkCapabilities(b *testing.B) {
 	l, path := listen(b)
-	cc, err := net.Dial("unix", path)
-	require.NoError(b, err)
-	defer cc.Close()
-	c := accept(b, l)
+	c, _ := dialAccepted(b, l, path)
 	defer c.Close()
 	for b.Loop() {
 		if _, err := c.readCapabilities(); err != nil {

@@ -16,10 +16,7 @@ import (
 func TestConnCmdline(t *testing.T) {
 	t.Run("own connection", func(t *testing.T) {
 		l, path := listen(t)
-		cc, err := net.Dial("unix", path)
-		require.NoError(t, err)
-		defer cc.Close()
-		c := accept(t, l)
+		c, _ := dialAccepted(t, l, path)
 		for range 3 { // the first call opens, the others reuse
 			args, err := c.Cmdline()
 			require.NoError(t, err)
@@ -27,7 +24,7 @@ func TestConnCmdline(t *testing.T) {
 			require.NoError(t, c.Verify())
 		}
 		require.NoError(t, c.Close())
-		_, err = c.Cmdline()
+		_, err := c.Cmdline()
 		require.ErrorIs(t, err, net.ErrClosed)
 	})
 

@@ -417,10 +417,7 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	l, path := listen(t)
 
 	// This process: its own root, its permitted set, its groups.
-	cc, err := net.Dial("unix", path)
-	require.NoError(t, err)
-	defer cc.Close()
-	c := accept(t, l)
+	c, _ := dialAccepted(t, l, path)
 	fd, err := c.OpenRoot()
 	require.NoError(t, err)
 	var st, root unix.Stat_t

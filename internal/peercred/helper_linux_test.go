@@ -334,6 +334,17 @@ func listen(t testing.TB) (*Listener, string) {
 	return l, path
 }
 
+// dialAccepted connects this process to l, listening at path, and returns
+// the listener's side of the connection and this process's, which is
+// closed when the test ends.
+func dialAccepted(t testing.TB, l *Listener, path string) (*Conn, net.Conn) {
+	t.Helper()
+	cc, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	t.Cleanup(func() { cc.Close() })
+	return accept(t, l), cc
+}
+
 // accept accepts one connection, failing the test after a timeout.
 func accept(t testing.TB, l *Listener) *Conn {
 	t.Helper()

@@ -176,13 +176,10 @@ func TestForeignSenderFDPassing(t *testing.T) {
 // refused, the parent's read.
 func TestForeignSenderInherited(t *testing.T) {
 	l, path := listen(t)
-	cc, err := net.Dial("unix", path)
-	require.NoError(t, err)
-	defer cc.Close()
-	c := accept(t, l)
+	c, cc := dialAccepted(t, l, path)
 	require.Equal(t, int32(os.Getpid()), c.Peer().PID)
 
-	_, err = cc.Write([]byte("parent"))
+	_, err := cc.Write([]byte("parent"))
 	require.NoError(t, err)
 	require.Equal(t, "parent", readN(t, c, 6))
 
