@@ -100,6 +100,8 @@ type Agent struct {
 	backoffBase, backoffMax time.Duration
 	// between asks for the signing-CA stream of a server without it
 	authoritiesRetryUnimplemented time.Duration
+	// how often the exec canary runs, and how long its exec event may take
+	execCanaryEvery, execCanaryWait time.Duration
 	// serverReady says whether a server replica is connected; set by run
 	// before the loops start, nil in tests that call them directly.
 	serverReady func() bool
@@ -152,6 +154,8 @@ func New(cfg Config) (*Agent, error) {
 		backoffMax:  30 * time.Second,
 
 		authoritiesRetryUnimplemented: DefaultAuthoritiesRetryUnimplemented,
+		execCanaryEvery:               execCanaryEvery,
+		execCanaryWait:                execCanaryWait,
 	}
 	a.pol.Store(cfg.Policy)
 	a.policySource = "file"
@@ -199,7 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if localLn != nil {
 		g.Go(func() error { return execs.Run(ctx) })
 		if len(a.cfg.ExecCanary) > 0 {
-			g.Go(func() error { return execs.RunCanary(ctx, a.cfg.ExecCanary, execCanaryEvery, execCanaryWait) })
+			g.Go(func() error { return execs.RunCanary(ctx, a.cfg.ExecCanary, a.execCanaryEvery, a.execCanaryWait) })
 		}
 		g.Go(func() error { return a.serveLocal(ctx, localLn) })
 	}
