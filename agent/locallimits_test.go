@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,13 +15,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+	"github.com/hallmark-dev/hallmark/test/h2test"
 )
 
 // The local API's limits on calls under way (docs/configuration.md, "Every
@@ -192,16 +191,26 @@ func TestStreamsPerConnection(t *testing.T) {
 
 	t.Run("a client ignoring SETTINGS is refused the third call", func(t *testing.T) {
 		fx, h := newHeldFixture(t, lim)
-		raw := dialRawH2(t, fx.socket)
-		require.Equal(t, uint32(2), raw.maxStreams, "SETTINGS_MAX_CONCURRENT_STREAMS in the agent's SETTINGS")
+		// A caller that opens whatever streams it is told to, whatever the
+		// agent announced.
+		conn, err := net.Dial("unix", fx.socket)
+		require.NoError(t, err)
+		raw := h2test.New(t, conn, "http", "localhost")
+		require.Equal(t, uint32(2), raw.MaxConcurrentStreams, "SETTINGS_MAX_CONCURRENT_STREAMS in the agent's SETTINGS")
+		// Each call a whole WhoAmI request: an empty one.
+		whoAmIRaw := func(id uint32) {
+			t.Helper()
+			raw.Open(t, id, agentv1.WorkloadService_WhoAmI_FullMethodName, h2test.GRPCPrefix(0), true)
+		}
+		const end = 10 * time.Second // for a stream to end
 
-		raw.whoAmI(t, 1)
-		raw.whoAmI(t, 3)
+		whoAmIRaw(1)
+		whoAmIRaw(3)
 		require.Equal(t, []uint32{self, self}, h.awaitEntered(t, 2, "two calls under way on the connection"))
-		raw.whoAmI(t, 5)
-		ev := raw.await(t, 5)
-		require.Equal(t, http2.ErrCodeRefusedStream, ev.rst, "the third call is reset (%+v)", ev)
-		require.Empty(t, ev.status, "no gRPC status: the call never ran")
+		whoAmIRaw(5)
+		ev := raw.AwaitEnd(t, 5, end)
+		require.Equal(t, http2.ErrCodeRefusedStream, ev.Reset, "the third call is reset (%+v)", ev)
+		require.Empty(t, ev.Status, "no gRPC status: the call never ran")
 		h.quiet(t, "the refused call")
 
 		other := fx.client(t)
@@ -212,13 +221,13 @@ func TestStreamsPerConnection(t *testing.T) {
 		h.freeAll()
 		require.NoError(t, awaitResult(t, results))
 		for _, id := range []uint32{1, 3} {
-			ev := raw.await(t, id)
-			require.Zero(t, ev.rst, "stream %d", id)
-			require.Equal(t, "0", ev.status, "stream %d: OK; grpc-message %q", id, ev.message)
+			ev := raw.AwaitEnd(t, id, end)
+			require.Zero(t, ev.Reset, "stream %d", id)
+			require.Equal(t, "0", ev.Status, "stream %d: OK; grpc-message %q", id, ev.Message)
 		}
-		raw.whoAmI(t, 7)
-		ev = raw.await(t, 7)
-		require.Equal(t, "0", ev.status, "its calls ended, the connection takes another (%+v)", ev)
+		whoAmIRaw(7)
+		ev = raw.AwaitEnd(t, 7, end)
+		require.Equal(t, "0", ev.Status, "its calls ended, the connection takes another (%+v)", ev)
 	})
 
 	t.Run("a gRPC client holds the third call until one ends", func(t *testing.T) {
@@ -398,107 +407,4 @@ func clientAs(t *testing.T, socket string, uid int) agentv1.WorkloadServiceClien
 	require.NoError(t, err)
 	t.Cleanup(func() { cc.Close() })
 	return agentv1.NewWorkloadServiceClient(cc)
-}
-
-// rawH2 is an HTTP/2 client that opens whatever streams it is told to,
-// whatever the agent announced: a misbehaving caller of the local API.
-type rawH2 struct {
-	fr         *http2.Framer
-	hbuf       bytes.Buffer
-	enc        *hpack.Encoder
-	maxStreams uint32 // the agent's SETTINGS_MAX_CONCURRENT_STREAMS; 0: none
-	events     chan h2event
-	seen       map[uint32]h2event
-}
-
-// h2event is how a stream ended: reset, or with a gRPC status.
-type h2event struct {
-	stream  uint32
-	rst     http2.ErrCode
-	status  string
-	message string
-}
-
-// dialRawH2 connects, greets and reads the agent's SETTINGS.
-func dialRawH2(t *testing.T, socket string) *rawH2 {
-	t.Helper()
-	conn, err := net.Dial("unix", socket)
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	c := &rawH2{fr: http2.NewFramer(conn, conn), events: make(chan h2event, 16), seen: map[uint32]h2event{}}
-	c.enc = hpack.NewEncoder(&c.hbuf)
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	_, err = conn.Write([]byte(http2.ClientPreface))
-	require.NoError(t, err)
-	require.NoError(t, c.fr.WriteSettings())
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
-	for {
-		f, err := c.fr.ReadFrame()
-		require.NoError(t, err, "the agent's SETTINGS")
-		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
-			c.maxStreams, _ = sf.Value(http2.SettingMaxConcurrentStreams)
-			break
-		}
-	}
-	require.NoError(t, c.fr.WriteSettingsAck())
-	require.NoError(t, conn.SetReadDeadline(time.Time{}))
-	go func() {
-		defer close(c.events)
-		for {
-			f, err := c.fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.RSTStreamFrame:
-				c.events <- h2event{stream: f.StreamID, rst: f.ErrCode}
-			case *http2.MetaHeadersFrame:
-				if f.StreamEnded() { // the trailers
-					ev := h2event{stream: f.StreamID}
-					for _, hf := range f.Fields {
-						switch hf.Name {
-						case "grpc-status":
-							ev.status = hf.Value
-						case "grpc-message":
-							ev.message = hf.Value
-						}
-					}
-					c.events <- ev
-				}
-			}
-		}
-	}()
-	return c
-}
-
-// whoAmI opens stream id with a whole WhoAmI request.
-func (c *rawH2) whoAmI(t *testing.T, id uint32) {
-	t.Helper()
-	c.hbuf.Reset()
-	for _, hf := range [][2]string{
-		{":method", "POST"}, {":scheme", "http"}, {":path", agentv1.WorkloadService_WhoAmI_FullMethodName},
-		{":authority", "localhost"}, {"content-type", "application/grpc"}, {"te", "trailers"},
-	} {
-		require.NoError(t, c.enc.WriteField(hpack.HeaderField{Name: hf[0], Value: hf[1]}))
-	}
-	require.NoError(t, c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hbuf.Bytes(), EndHeaders: true}))
-	require.NoError(t, c.fr.WriteData(id, true, make([]byte, 5))) // an empty WhoAmIRequest
-}
-
-// await returns how stream id ended.
-func (c *rawH2) await(t *testing.T, id uint32) h2event {
-	t.Helper()
-	deadline := time.After(10 * time.Second)
-	for {
-		if ev, ok := c.seen[id]; ok {
-			return ev
-		}
-		select {
-		case ev, ok := <-c.events:
-			require.True(t, ok, "the agent closed the connection before stream %d ended", id)
-			c.seen[ev.stream] = ev
-		case <-deadline:
-			t.Fatalf("stream %d did not end", id)
-		}
-	}
 }
