@@ -222,9 +222,13 @@ const (
 	execCanaryWait    = 5 * time.Second
 )
 
-// listenLocal starts watching execs, which the local API needs to tie a
-// request to the program image that sent it, and listens on the socket.
+// listenLocal checks the capabilities the local API needs, starts
+// watching execs, which it needs to tie a request to the program image
+// that sent it, and listens on the socket.
 func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
+	if err := checkLocalAPICaps(); err != nil {
+		return nil, nil, err
+	}
 	execs, err := peercred.WatchExecs()
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (hallmark-agent needs CAP_NET_ADMIN and the host's network, user and pid namespaces: on Kubernetes hostNetwork and hostPID)", err)
