@@ -306,9 +306,18 @@ func crashChild(dir string) {
 		return nil
 	})
 	// Open expires nothing (it would say nothing of it). Compactions
-	// expire what was settled 200 ms before (10 ms in odd rounds, which
-	// end too soon for 200 ms to pass in most) and say which: one right
-	// away, as Open's would, then those in the background.
+	// expire what was settled 200 ms before (10 ms in odd rounds) and say
+	// which: one right away, as Open's would, then those in the
+	// background. The outbox keeps time in whole seconds (an item
+	// expires once its second, plus retention, has passed), and a round
+	// lasts about 100 ms before its kill: the child's clock runs 50 times
+	// fast, so that items settled early in a round expire in the
+	// compactions later in it. At the real pace few rounds crossed a
+	// second, and CI saw runs of 25 rounds where none expired an item in
+	// the background. It starts a second past the latest item the file
+	// holds (earlier children stamped theirs ahead of real time), so that
+	// what earlier rounds settled expires too, as it did at the real
+	// pace, and the file does not grow round after round.
 	o, err := Open(dir, Options{CompactAt: 64 << 10, Retention: longRetention, Log: zap.New(zapcore.NewNopCore(), hook)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "crash child:", err)
@@ -316,6 +325,13 @@ func crashChild(dir string) {
 	}
 	round := os.Getenv("HALLMARK_OUTBOX_CRASH_ROUND")
 	o.mu.Lock()
+	start, base := time.Now(), time.Now()
+	for _, sl := range o.items {
+		if after := time.Unix(sl.Created+1, 0); after.After(base) {
+			base = after
+		}
+	}
+	o.opts.Now = func() time.Time { return base.Add(50 * time.Since(start)) }
 	o.opts.Retention = 200 * time.Millisecond
 	if n, _ := strconv.Atoi(round); n%2 == 1 {
 		o.opts.Retention = 10 * time.Millisecond
