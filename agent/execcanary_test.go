@@ -20,7 +20,9 @@ import (
 // (its supervisor restarts it, watching anew). The canary's own failure
 // modes (no exec event within the wait, dropped events) are
 // peercred's TestExecCanaryFailsClosed; this is the agent's part: that
-// it runs the canary at all, and that the canary's error ends Run.
+// it runs the canary at all, and that the canary's error ends Run (it
+// comes back from both RunCanary and the watch's Run, each of which
+// ends the agent's errgroup).
 func TestAgentStopsWhenTheExecCanaryFails(t *testing.T) {
 	const (
 		every = 50 * time.Millisecond
@@ -35,7 +37,7 @@ func TestAgentStopsWhenTheExecCanaryFails(t *testing.T) {
 	}{
 		{
 			name:   "a canary that runs",
-			canary: func(ran string) []string { return []string{"/bin/sh", "-c", "echo >> " + ran} },
+			canary: func(ran string) []string { return []string{"/bin/sh", "-c", `echo >> "$0"`, ran} },
 		},
 		{
 			name:    "a canary that cannot run",
@@ -52,9 +54,9 @@ func TestAgentStopsWhenTheExecCanaryFails(t *testing.T) {
 			a.cfg.ExecCanary = tc.canary(ran)
 			a.execCanaryEvery, a.execCanaryWait = every, wait
 
+			start := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), runs)
 			defer cancel()
-			start := time.Now()
 			done := make(chan error, 1)
 			go func() { done <- a.Run(ctx) }()
 

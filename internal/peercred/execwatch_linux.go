@@ -283,10 +283,15 @@ func (w *ExecWatch) Run(ctx context.Context) error {
 		return nil
 	case derr != nil:
 		return derr
-	default:
-		w.fail(fmt.Errorf("%w: %w", ErrExecWatch, err))
-		return fmt.Errorf("peercred: exec watch: %w", err)
 	}
+	w.mu.Lock()
+	broken := w.broken
+	w.mu.Unlock()
+	if broken != nil { // broken elsewhere (the canary, Close): failLocked ended the wait
+		return broken
+	}
+	w.fail(fmt.Errorf("%w: %w", ErrExecWatch, err))
+	return fmt.Errorf("peercred: exec watch: %w", err)
 }
 
 // RunCanary proves, every every, that exec events still arrive: it runs
@@ -481,9 +486,14 @@ func (w *ExecWatch) fail(err error) {
 	w.failLocked(err)
 }
 
+// failLocked breaks the watch with err, the first time, and ends Run's
+// wait for events, so that Run returns err: a watch that can no longer
+// vouch for execs ends the agent's run whichever caller found it out, not
+// at the next event. The caller holds w.mu.
 func (w *ExecWatch) failLocked(err error) {
 	if w.broken == nil {
 		w.broken = err
+		w.file.SetReadDeadline(time.Now()) //nolint:errcheck // a closed file has no wait to end
 	}
 }
 

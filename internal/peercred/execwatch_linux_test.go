@@ -23,20 +23,42 @@ import (
 	"github.com/hallmark-dev/hallmark/internal/proctest"
 )
 
-// watch starts an ExecWatch for the test; it needs root (CAP_NET_ADMIN).
+// watch starts an ExecWatch and its Run for the test; it needs root
+// (CAP_NET_ADMIN). Run must last until the test ends, without error.
 func watch(t *testing.T) *ExecWatch {
+	t.Helper()
+	w, done := watchRunning(t)
+	t.Cleanup(func() {
+		select {
+		case err := <-done:
+			require.NoError(t, err, "Run ended before the test did")
+		default:
+		}
+	})
+	return w
+}
+
+// watchRunning starts an ExecWatch and its Run, whose error comes on done
+// if it ends before the test does; at the end of the test Run is stopped
+// and the watch closed.
+func watchRunning(t *testing.T) (w *ExecWatch, done <-chan error) {
 	t.Helper()
 	w, err := WatchExecs()
 	require.NoError(t, err, "the exec watch needs CAP_NET_ADMIN in the host's namespaces: run as root (CI does)")
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
+	errs, ended := make(chan error, 1), make(chan struct{})
+	go func() {
+		defer close(ended)
+		if err := w.Run(ctx); ctx.Err() == nil {
+			errs <- err
+		}
+	}()
 	t.Cleanup(func() {
 		cancel()
-		require.NoError(t, <-done)
+		<-ended
 		w.Close()
 	})
-	return w
+	return w, errs
 }
 
 // listenWatched is listen with an ExecWatch.
@@ -126,14 +148,14 @@ func (h *helper) runChain(t *testing.T) {
 // Must show: the exec canary keeps proving that exec events arrive, and
 // once they stop (played here by the watch's socket telling the kernel
 // to send it nothing, as a kernel that stopped sending would look), it
-// fails the watch within its wait: connections are refused and
-// RunCanary returns the error, rather than a blind watch refusing no
-// exec.
+// fails the watch within its wait: connections are refused, and
+// RunCanary and Run both return the error, rather than a blind watch
+// refusing no exec.
 func TestExecCanaryFailsClosed(t *testing.T) {
 	if !kernelAtLeast(t, 6, 6) {
 		t.Skip("blinding one socket takes Linux 6.6's per-socket filter")
 	}
-	w := watch(t)
+	w, runDone := watchRunning(t)
 	l, path := listenWatched(t, w)
 	h := startHelper(t, "hold", path)
 	h.expect(t, "ready")
@@ -162,6 +184,15 @@ func TestExecCanaryFailsClosed(t *testing.T) {
 		t.Fatal("the canary did not notice that exec events stopped")
 	}
 	require.ErrorIs(t, c.Verify(), ErrExecWatch, "refused once the watch is blind")
+	// Run ends too, with the canary's error, at once: not at the next
+	// event, which a blind watch may never get.
+	select {
+	case err := <-runDone:
+		require.ErrorIs(t, err, ErrExecWatch)
+		require.ErrorContains(t, err, "no exec event for the exec canary")
+	case <-time.After(time.Second):
+		t.Fatal("Run went on after the canary found the watch blind")
+	}
 }
 
 // kernelAtLeast reports whether the running kernel is major.minor or later.
