@@ -7,12 +7,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// localAPICaps are the capabilities the local API needs besides
-// CAP_NET_ADMIN, which peercred.WatchExecs needs and checks by
-// subscribing: measuring a step as its caller sets a thread's groups,
-// fsgid and fsuid (CAP_SETGID, CAP_SETUID; the groups even for a caller of
-// the agent's own uid), and identifying a caller of another uid opens its
-// /proc/PID/exe and root (CAP_SYS_PTRACE).
+// localAPICaps are the capabilities the local API needs: measuring a
+// step as its caller sets a thread's groups, fsgid and fsuid (CAP_SETGID,
+// CAP_SETUID; the groups even for a caller of the agent's own uid),
+// identifying a caller of another uid opens its /proc/PID/exe and root
+// (CAP_SYS_PTRACE), and following execs subscribes to the kernel's
+// process events connector (CAP_NET_ADMIN, in the host's namespaces, which
+// peercred.WatchExecs finds out by subscribing).
 var localAPICaps = []struct {
 	bit  int
 	name string
@@ -20,11 +21,13 @@ var localAPICaps = []struct {
 	{unix.CAP_SETGID, "CAP_SETGID"},
 	{unix.CAP_SETUID, "CAP_SETUID"},
 	{unix.CAP_SYS_PTRACE, "CAP_SYS_PTRACE"},
+	{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"},
 }
 
 // checkLocalAPICaps refuses an agent whose effective capabilities (which
-// its measuring threads start with) lack one of localAPICaps: without it,
-// every call, or every call of another user, would fail later instead.
+// its measuring threads start with) lack one of localAPICaps, naming
+// every one it lacks: without them, every call, or every call of another
+// user, would fail later instead.
 func checkLocalAPICaps() error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
@@ -39,7 +42,9 @@ func checkLocalAPICaps() error {
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("hallmark-agent lacks %s: it measures each step as its caller and reads callers' /proc/PID/exe and root, so it runs as root or with CAP_SETGID, CAP_SETUID and CAP_SYS_PTRACE (and CAP_NET_ADMIN)",
+		return fmt.Errorf("hallmark-agent's effective capabilities lack %s: it measures each step as its caller (CAP_SETGID, CAP_SETUID), "+
+			"reads callers' /proc/PID/exe and root (CAP_SYS_PTRACE) and follows execs (CAP_NET_ADMIN); grant all four "+
+			"(root in a container may lack some; systemd: AmbientCapabilities=, Kubernetes: securityContext.capabilities.add)",
 			strings.Join(missing, ", "))
 	}
 	return nil
