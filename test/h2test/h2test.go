@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -208,7 +209,10 @@ func (c *Client) AwaitEnd(t testing.TB, id uint32, d time.Duration) Event {
 	t.Helper()
 	for i, ev := range c.pending {
 		if ev.Stream == id && ev.Ended {
-			c.pending = append(c.pending[:i:i], c.pending[i+1:]...)
+			// Taken, with what was kept of id before it (its response
+			// headers): those are passed over too.
+			before := slices.DeleteFunc(slices.Clone(c.pending[:i]), func(e Event) bool { return e.Stream == id })
+			c.pending = append(before, c.pending[i+1:]...)
 			return ev
 		}
 	}

@@ -35,6 +35,9 @@ func TestClientAgainstScriptedPeer(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, Event{Stream: 5, RST: true, Reset: http2.ErrCodeRefusedStream, Ended: true}, next, "kept by AwaitEnd(1), in order")
 	require.Equal(t, Event{Stream: 3, Status: "0", Ended: true}, c.AwaitEnd(t, 3, time.Second), "kept by AwaitEnd(1)")
+	next, ok = c.Next(t, time.Now().Add(10*time.Second))
+	require.True(t, ok)
+	require.Equal(t, Event{Stream: 7, Status: "0", Ended: true}, next, "kept by AwaitEnd(1); 3's headers went with its end")
 	_, ok = c.Next(t, time.Now().Add(100*time.Millisecond))
 	require.False(t, ok, "nothing more from the peer")
 	require.Equal(t, [8]byte{1, 2, 3, 4, 5, 6, 7, 8}, <-pingAck, "the PING answered")
@@ -43,8 +46,9 @@ func TestClientAgainstScriptedPeer(t *testing.T) {
 }
 
 // scriptedPeer accepts one connection and, after the preface and
-// SETTINGS, says of streams 1, 5 and 3, in that order: 1's response
-// headers, a PING, 5 refused, 3's trailers, 1's trailers. It then reads
+// SETTINGS, says of streams 1, 5, 3 and 7, in that order: 1's response
+// headers, a PING, 5 refused, 3's response headers, 3's trailers, 7's
+// trailers, 1's trailers. It then reads
 // until the client's PING ack, and holds the connection until done.
 func scriptedPeer(ln net.Listener, pingAck chan<- [8]byte, done <-chan struct{}) error {
 	conn, err := ln.Accept()
@@ -75,7 +79,9 @@ func scriptedPeer(ln net.Listener, pingAck chan<- [8]byte, done <-chan struct{})
 		func() error { return headers(1, false, ":status", "200", "content-type", "application/grpc") },
 		func() error { return fr.WritePing(false, [8]byte{1, 2, 3, 4, 5, 6, 7, 8}) },
 		func() error { return fr.WriteRSTStream(5, http2.ErrCodeRefusedStream) },
+		func() error { return headers(3, false, ":status", "200", "content-type", "application/grpc") },
 		func() error { return headers(3, true, "grpc-status", "0") },
+		func() error { return headers(7, true, "grpc-status", "0") },
 		func() error { return headers(1, true, "grpc-status", "7", "grpc-message", "no") },
 	} {
 		if err := step(); err != nil {
