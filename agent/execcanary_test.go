@@ -99,3 +99,12 @@ func canaryRuns(t *testing.T, ran string) int {
 	require.NoError(t, err)
 	return strings.Count(string(b), "\n")
 }
+
+// Must show: a deployed agent runs its canary every 30 s and waits 5 s
+// for its exec event, as docs/security.md says (the test above runs it
+// faster; TestParseConfig shows the daemon's config runs it at all).
+func TestExecCanaryTiming(t *testing.T) {
+	a := newTestAgent(t, nil)
+	require.Equal(t, 30*time.Second, a.execCanaryEvery)
+	require.Equal(t, 5*time.Second, a.execCanaryWait)
+}
