@@ -264,6 +264,8 @@ func (w *ExecWatch) proveOnce(wait time.Duration) (bool, error) {
 
 // Run drains events as they arrive, until ctx ends, so that the socket's
 // buffer never fills. Check drains too: Run only keeps the backlog short.
+// It returns nil when ctx ends, and the watch's error as soon as the watch
+// breaks, whatever broke it (a failed read, the exec canary, Close).
 func (w *ExecWatch) Run(ctx context.Context) error {
 	rc, err := w.file.SyscallConn()
 	if err != nil {
