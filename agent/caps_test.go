@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -98,10 +96,12 @@ func TestAgentRefusesToStartWithoutItsCapabilities(t *testing.T) {
 }
 
 // runCapsChild starts this test binary as the child, without the
-// capabilities drop, as uid 65534 with the agent's four as ambient
-// capabilities if asNobody, in a user namespace of its own if inUserNS,
-// and returns what it printed and its effective capabilities as
-// /proc/PID/status gave them while it ran.
+// capabilities drop; as uid 65534 with the agent's four as ambient
+// capabilities if asNobody, or from a copy whose file capabilities permit
+// them without making them effective if permittedOnly; in a user
+// namespace of its own if inUserNS. It returns what the child printed and
+// its effective and permitted sets as /proc/PID/status gave them while it
+// ran.
 func runCapsChild(t *testing.T, drop []int, asNobody, permittedOnly, inUserNS bool) (out string, effective, permitted uint64) {
 	t.Helper()
 	exe, env := os.Args[0], os.Environ()
@@ -135,61 +135,51 @@ func runCapsChild(t *testing.T, drop []int, asNobody, permittedOnly, inUserNS bo
 		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}}
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}}
 	}
-	type result struct {
-		out      []byte
-		eff, prm uint64
-		err      error
-	}
-	done := make(chan result, 1)
+	// The bounding set is the thread's: the child is forked from a thread
+	// that ends with its goroutine, never serving another.
+	started := make(chan error, 1)
+	cmd := exec.Command(exe, "-test.run=^TestAgentRefusesToStartWithoutItsCapabilities$", "-test.v")
+	cmd.Env = append(env, capsChildEnv+"=1")
+	cmd.SysProcAttr = attr
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	stdin, err := cmd.StdinPipe() // the child waits for it to close before it exits
+	require.NoError(t, err)
 	go func() {
-		// The bounding set is the thread's: the child is forked from this
-		// one, which ends with this goroutine, never serving another.
 		runtime.LockOSThread()
-		var r result
-		defer func() { done <- r }()
-		// Nothing to inherit around the bounding set: no ambient
-		// capabilities and an empty inheritable set (a runner may start
-		// its tests with some).
-		if r.err = unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); r.err != nil {
-			return
-		}
-		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-		var caps [2]unix.CapUserData
-		if r.err = unix.Capget(&hdr, &caps[0]); r.err != nil {
-			return
-		}
-		caps[0].Inheritable, caps[1].Inheritable = 0, 0
-		if r.err = unix.Capset(&hdr, &caps[0]); r.err != nil {
-			return
-		}
-		for _, c := range drop {
-			if r.err = unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); r.err != nil {
-				return
-			}
-		}
-		cmd := exec.Command(exe, "-test.run=^TestAgentRefusesToStartWithoutItsCapabilities$", "-test.v")
-		cmd.Env = append(env, capsChildEnv+"=1")
-		cmd.SysProcAttr = attr
-		var buf bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &buf, &buf
-		stdin, err := cmd.StdinPipe() // the child waits for it to close before it exits
-		if err != nil {
-			r.err = err
-			return
-		}
-		if r.err = cmd.Start(); r.err != nil {
-			return
-		}
-		r.eff, r.prm, r.err = childCaps(cmd.Process.Pid)
-		stdin.Close()
-		if werr := cmd.Wait(); r.err == nil {
-			r.err = werr
-		}
-		r.out = buf.Bytes()
+		started <- startWithoutCaps(cmd, drop)
 	}()
-	r := <-done
-	require.NoError(t, r.err, "child:\n%s", r.out)
-	return string(r.out), r.eff, r.prm
+	require.NoError(t, <-started)
+	effective = proctest.StatusCaps(t, cmd.Process.Pid, "CapEff")
+	permitted = proctest.StatusCaps(t, cmd.Process.Pid, "CapPrm")
+	stdin.Close()
+	require.NoError(t, cmd.Wait(), "child:\n%s", buf.Bytes())
+	return buf.String(), effective, permitted
+}
+
+// startWithoutCaps starts cmd from the calling thread, which must be
+// locked to its goroutine for good, after dropping drop from the
+// thread's bounding set and emptying its ambient and inheritable sets (a
+// runner may start its tests with some), so that cmd gets none of drop.
+func startWithoutCaps(cmd *exec.Cmd, drop []int) error {
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return err
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var caps [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &caps[0]); err != nil {
+		return err
+	}
+	caps[0].Inheritable, caps[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &caps[0]); err != nil {
+		return err
+	}
+	for _, c := range drop {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
+			return err
+		}
+	}
+	return cmd.Start()
 }
 
 // capsChild is the child: an agent with a local socket, run until its
@@ -237,31 +227,4 @@ wait:
 		fmt.Println("socket: absent")
 	}
 	os.Stdin.Read(make([]byte, 1)) //nolint:errcheck // EOF: the parent has read our capabilities
-}
-
-// childCaps is a process's CapEff and CapPrm from /proc/PID/status: the
-// test's own reading, not the agent's capget.
-func childCaps(pid int) (effective, permitted uint64, err error) {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	var found int
-	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
-		for _, f := range []struct {
-			prefix string
-			to     *uint64
-		}{{"CapEff:", &effective}, {"CapPrm:", &permitted}} {
-			if v, ok := bytes.CutPrefix(line, []byte(f.prefix)); ok {
-				if *f.to, err = strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64); err != nil {
-					return 0, 0, err
-				}
-				found++
-			}
-		}
-	}
-	if found != 2 {
-		return 0, 0, errors.New("no CapEff or CapPrm line")
-	}
-	return effective, permitted, nil
 }

@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 )
 
 // asSelf is the test process as a caller: its own root, ids, groups and
@@ -24,26 +25,11 @@ func asSelf(t testing.TB) Caller {
 	t.Cleanup(func() { unix.Close(root) })
 	groups, err := unix.Getgroups()
 	require.NoError(t, err)
-	c := Caller{Root: root, UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), Caps: permittedCaps(t)}
+	c := Caller{Root: root, UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), Caps: proctest.StatusCaps(t, os.Getpid(), "CapPrm")}
 	for _, g := range groups {
 		c.Groups = append(c.Groups, uint32(g))
 	}
 	return c
-}
-
-func permittedCaps(t testing.TB) uint64 {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
-	require.NoError(t, err)
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapPrm:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			require.NoError(t, err)
-			return caps
-		}
-	}
-	t.Fatal("no CapPrm in /proc/self/status")
-	return 0
 }
 
 // measureSelf measures in dir as the test process.

@@ -1,12 +1,9 @@
 package peercred
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
-	"strconv"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -23,17 +20,6 @@ func BenchmarkCapabilities(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// parseCapPrm finds "CapPrm:\t<hex>" in /proc/PID/status: the tests'
-// oracle for Capabilities, which asks capget(2).
-func parseCapPrm(status []byte) (uint64, error) {
-	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
-		if v, ok := bytes.CutPrefix(line, []byte("CapPrm:")); ok {
-			return strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
-		}
-	}
-	return 0, errors.New("no CapPrm line")
 }
 
 // capsetRole is a helper that, before it connects as "hold" does, sets

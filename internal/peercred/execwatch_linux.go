@@ -286,14 +286,12 @@ func (w *ExecWatch) Run(ctx context.Context) error {
 	case derr != nil:
 		return derr
 	}
+	// The wait failed, or failLocked ended it: the watch's first error
+	// either way.
 	w.mu.Lock()
-	broken := w.broken
-	w.mu.Unlock()
-	if broken != nil { // broken elsewhere (the canary, Close): failLocked ended the wait
-		return broken
-	}
-	w.fail(fmt.Errorf("%w: %w", ErrExecWatch, err))
-	return fmt.Errorf("peercred: exec watch: %w", err)
+	defer w.mu.Unlock()
+	w.failLocked(fmt.Errorf("%w: %w", ErrExecWatch, err))
+	return w.broken
 }
 
 // RunCanary proves, every every, that exec events still arrive: it runs

@@ -458,11 +458,7 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	require.Equal(t, root.Ino, st.Ino)
 	caps, err := c.Capabilities()
 	require.NoError(t, err)
-	status, err := os.ReadFile("/proc/self/status")
-	require.NoError(t, err)
-	want, err := parseCapPrm(status)
-	require.NoError(t, err)
-	require.Equal(t, want, caps)
+	require.Equal(t, proctest.StatusCaps(t, os.Getpid(), "CapPrm"), caps)
 
 	// A helper with supplementary groups.
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
@@ -490,11 +486,7 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	caps, err = ac.Capabilities()
 	require.NoError(t, err)
 	require.Equal(t, uint64(1<<10|1<<19|1<<37), caps)
-	status, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", h.cmd.Process.Pid))
-	require.NoError(t, err)
-	want, err = parseCapPrm(status)
-	require.NoError(t, err)
-	require.Equal(t, want, caps)
+	require.Equal(t, proctest.StatusCaps(t, h.cmd.Process.Pid, "CapPrm"), caps)
 	require.NoError(t, h.cmd.Process.Kill())
 	h.cmd.Wait() //nolint:errcheck // killed
 
@@ -510,13 +502,9 @@ func TestPeerRootCapabilitiesGroups(t *testing.T) {
 	caps, err = sc.Capabilities()
 	require.NoError(t, err)
 	require.Equal(t, uint64(capsetWant), caps)
-	status, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", h.cmd.Process.Pid))
-	require.NoError(t, err)
-	want, err = parseCapPrm(status)
-	require.NoError(t, err)
-	require.Equal(t, want, caps)
-	require.Contains(t, string(status), fmt.Sprintf("CapInh:\t%016x\n", capsetInheritable))
-	require.Contains(t, string(status), "CapEff:\t0000000000000000\n")
+	require.Equal(t, proctest.StatusCaps(t, h.cmd.Process.Pid, "CapPrm"), caps)
+	require.Equal(t, uint64(capsetInheritable), proctest.StatusCaps(t, h.cmd.Process.Pid, "CapInh"))
+	require.Zero(t, proctest.StatusCaps(t, h.cmd.Process.Pid, "CapEff"))
 
 	// Gone, a zombie and then reaped: no capabilities, ErrPeerGone.
 	require.NoError(t, h.cmd.Process.Kill())

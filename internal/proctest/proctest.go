@@ -5,11 +5,14 @@
 package proctest
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -103,4 +106,22 @@ func WorldExecutableCopy(t testing.TB) string {
 	exe := filepath.Join(dir, filepath.Base(os.Args[0]))
 	require.NoError(t, os.WriteFile(exe, data, 0o755))
 	return exe
+}
+
+// StatusCaps is the capability set field ("CapEff", "CapPrm", "CapInh",
+// ...) of process pid as its /proc/PID/status gives it, bit N for
+// capability N: a test's own reading, not capget(2)'s.
+func StatusCaps(t testing.TB, pid int, field string) uint64 {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	for line := range bytes.SplitSeq(status, []byte{'\n'}) {
+		if v, ok := bytes.CutPrefix(line, []byte(field+":")); ok {
+			caps, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
+			require.NoError(t, err, "%s of pid %d", field, pid)
+			return caps
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
 }
