@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/tsa"
 	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/plugins/store/sqlite"
@@ -164,8 +165,8 @@ func logAppendRun(ctx context.Context, name string, submitters int, db logStore)
 				if err == nil && res[0].Refusal != nil {
 					err = res[0].Refusal
 				}
-				if err == nil {
-					_, err = protojson.Marshal(res[0].Entry)
+				if err == nil { // as SubmitEntries answers it
+					_, err = tlog.MarshalEntry(res[0].Entry)
 				}
 				if err != nil {
 					mu.Lock()
