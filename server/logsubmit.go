@@ -11,12 +11,11 @@ import (
 	"sync"
 	"time"
 
-	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
 	"github.com/hallmark-dev/hallmark/attest/trust"
 	"github.com/hallmark-dev/hallmark/attest/verify"
@@ -212,8 +211,8 @@ func (l *TransparencyLog) check(caller spiffeid.ID, sub Submission, now time.Tim
 	if len(sub.Envelope) > MaxEnvelopeSize {
 		return nil, fmt.Errorf("envelope is %d bytes, more than the %d allowed", len(sub.Envelope), MaxEnvelopeSize)
 	}
-	env := &dssepb.Envelope{}
-	if err := protojson.Unmarshal(sub.Envelope, env); err != nil {
+	env, err := attest.UnmarshalEnvelope(sub.Envelope)
+	if err != nil {
 		return nil, fmt.Errorf("envelope: %w", err)
 	}
 	if n := len(env.GetSignatures()); n != 1 {
