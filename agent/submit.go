@@ -182,7 +182,7 @@ func submission(it outbox.Item) (sub *serverv1.LogSubmission, size int, refusal 
 	env := it.Envelope
 	if len(env) == 0 { // queued with the bundle only: take it from there
 		var err error
-		if env, err = envelopeOf(it.Bundle); err != nil {
+		if env, err = attest.BundleEnvelope(it.Bundle); err != nil {
 			return nil, 0, "the queued attestation is unreadable: " + err.Error()
 		}
 	}
@@ -277,22 +277,4 @@ func bundleOf(it outbox.Item) ([]byte, bool, error) {
 	}
 	b, err := withLogged(it.Bundle, it.Logged)
 	return b, err == nil, err
-}
-
-// envelopeOf returns the DSSE envelope of a bundle, as protojson.
-func envelopeOf(bundleJSON []byte) ([]byte, error) {
-	// Fast path: attest.Sign writes the envelope last, as the bundle's
-	// final member, in protojson form already.
-	const marker = `,"dsseEnvelope":{"payload":"`
-	if i := bytes.LastIndex(bundleJSON, []byte(marker)); i > 0 && bytes.HasSuffix(bundleJSON, []byte(`"}]}}`)) {
-		return bundleJSON[i+len(`,"dsseEnvelope":`) : len(bundleJSON)-1], nil
-	}
-	var b bundlepb.Bundle
-	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
-		return nil, fmt.Errorf("bundle: %w", err)
-	}
-	if b.GetDsseEnvelope() == nil {
-		return nil, fmt.Errorf("bundle has no DSSE envelope")
-	}
-	return protojson.Marshal(b.GetDsseEnvelope())
 }

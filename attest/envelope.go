@@ -3,7 +3,10 @@ package attest
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
+	"fmt"
 
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -16,6 +19,26 @@ const (
 	envelopeMid  = `","payloadType":"` + PayloadType + `","signatures":[{"sig":"`
 	envelopeTail = `"}]}`
 )
+
+// BundleEnvelope returns the DSSE envelope of a bundle as JSON, as an
+// agent submits it to the log. A bundle [Sign] wrote (with or without a
+// timestamp) ends with its envelope, already in the form
+// [UnmarshalEnvelope] reads directly: that is returned, a slice of
+// bundleJSON. Any other bundle goes through protojson.
+func BundleEnvelope(bundleJSON []byte) ([]byte, error) {
+	const member = `,"dsseEnvelope":`
+	if i := bytes.LastIndex(bundleJSON, []byte(member+envelopeHead)); i > 0 && bytes.HasSuffix(bundleJSON, []byte(envelopeTail+"}")) {
+		return bundleJSON[i+len(member) : len(bundleJSON)-1], nil
+	}
+	var b bundlepb.Bundle
+	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	if b.GetDsseEnvelope() == nil {
+		return nil, errors.New("bundle has no DSSE envelope")
+	}
+	return protojson.Marshal(b.GetDsseEnvelope())
+}
 
 // UnmarshalEnvelope decodes DSSE envelope JSON as protojson.Unmarshal
 // does, returning what it returns. The envelope [Sign] writes, which is

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	bundlepb "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -143,4 +144,47 @@ func BenchmarkUnmarshalEnvelope(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestBundleEnvelope(t *testing.T) {
+	signed := signedEnvelope(t)
+	for _, tc := range []struct {
+		name, bundle string
+		want         []byte // nil: protojson's form of the same envelope
+		payloadType  string
+	}{
+		{
+			name:   "as Sign writes it: sliced out",
+			bundle: `{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"certificate":{"rawBytes":"AQID"}},"dsseEnvelope":` + string(signed) + `}`,
+			want:   signed, payloadType: PayloadType,
+		},
+		{
+			name:   "with a timestamp: sliced out",
+			bundle: `{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"certificate":{"rawBytes":"AQID"},"timestampVerificationData":{"rfc3161Timestamps":[{"signedTimestamp":"AQ=="}]}},"dsseEnvelope":` + string(signed) + `}`,
+			want:   signed, payloadType: PayloadType,
+		},
+		{
+			name:        "another layout: through protojson",
+			bundle:      `{"dsseEnvelope":{"payloadType":"x","payload":"e30=","signatures":[{"sig":"BAU="}]},"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"certificate":{"rawBytes":"AQID"}}}`,
+			payloadType: "x",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := BundleEnvelope([]byte(tc.bundle))
+			require.NoError(t, err)
+			if tc.want != nil {
+				require.Equal(t, string(tc.want), string(got))
+			}
+			env, err := UnmarshalEnvelope(got)
+			require.NoError(t, err)
+			require.Equal(t, tc.payloadType, env.GetPayloadType())
+			var b bundlepb.Bundle
+			require.NoError(t, protojson.Unmarshal([]byte(tc.bundle), &b))
+			require.True(t, proto.Equal(b.GetDsseEnvelope(), env), "the bundle's own envelope")
+		})
+	}
+	for _, bad := range []string{`{"mediaType":"x"}`, `{"dsseEnvelope":`, ``} {
+		_, err := BundleEnvelope([]byte(bad))
+		require.Error(t, err, bad)
+	}
 }

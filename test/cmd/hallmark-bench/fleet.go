@@ -33,7 +33,6 @@ import (
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
@@ -370,11 +369,7 @@ func (a *simAgent) submit(ctx context.Context, n int64) (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
-	b, err := attest.ParseBundle(bundle)
-	if err != nil {
-		return 0, err
-	}
-	env, err := protojson.Marshal(b.GetDsseEnvelope())
+	env, err := attest.BundleEnvelope(bundle) // as the agent submits it
 	if err != nil {
 		return 0, err
 	}

@@ -23,7 +23,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/tlog"
@@ -279,7 +278,7 @@ func logAppendWorkload(submitters, entries int, ts *tsa.Signer) ([][]server.Subm
 					errs[w] = err
 					return
 				}
-				env, err := protojson.Marshal(b.GetDsseEnvelope())
+				env, err := attest.BundleEnvelope(bundle) // as the agent submits it
 				if err != nil {
 					errs[w] = err
 					return
