@@ -65,19 +65,19 @@ func explain(socket string, err error) error {
 }
 
 // attestCmd is internal/attestcmd, flag for flag the light hallmark-attest.
-func attestCmd() *cobra.Command {
+func attestCmd(signals <-chan os.Signal) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                "attest " + attestcmd.Usage,
 		Short:              "Have the local agent attest a build step",
 		Long:               attestcmd.Help,
 		DisableFlagParsing: true, // attestcmd parses them
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// Run registers the forwarded signals itself and ends the
-			// step by their rules (attestcmd.Env.Signals). main's
-			// cancellation on SIGINT and SIGTERM ends the step the same
-			// way, and it alone sees a signal that comes before Run
-			// registers (TestAttestSignalBeforeRun).
-			if code := attestcmd.Run(cmd.Context(), "hallmark attest", args, attestcmd.OSEnv()); code != 0 {
+			// The forwarded signals come on the channel main registered
+			// before cobra parsed anything (newCLI); without one, Run
+			// registers them itself.
+			env := attestcmd.OSEnv()
+			env.Signals = signals
+			if code := attestcmd.Run(cmd.Context(), "hallmark attest", args, env); code != 0 {
 				return &exitError{code: code} // already reported
 			}
 			return nil

@@ -12,7 +12,7 @@ import (
 func TestHelpAttestListsFlags(t *testing.T) {
 	for _, args := range [][]string{{"help", "attest"}} {
 		var out bytes.Buffer
-		root := rootCmd()
+		root := rootCmd(nil)
 		root.SetOut(&out)
 		root.SetErr(&out)
 		root.SetArgs(args)

@@ -21,9 +21,9 @@ import (
 )
 
 func main() {
-	ctx, stop := signalContext(context.Background())
-	defer stop()
-	if err := rootCmd().ExecuteContext(ctx); err != nil {
+	c := newCLI(os.Args[1:])
+	defer c.stop()
+	if err := c.root.ExecuteContext(c.ctx); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
 			os.Exit(ee.code) // the wrapped command's status, already reported
@@ -33,9 +33,38 @@ func main() {
 	}
 }
 
+// cli is the hallmark command and the context to run it in, with the
+// signals it handles registered; stop ends the registrations.
+type cli struct {
+	ctx           context.Context
+	root          *cobra.Command
+	attestSignals chan os.Signal // for `hallmark attest`, else nil
+	stop          func()
+}
+
+// newCLI sets the command up for args (the process's arguments after its
+// name).
+//
+// `hallmark attest` takes the forwarded signals on one channel registered
+// here, before cobra parses the command line, as hallmark-attest does
+// (attestcmd.NotifyForwardable): a signal that comes before the step's
+// Run ends the step all the same, before its command starts or, if the
+// command has started, by going to it (TestAttestSignalBeforeRun). Every
+// other command's context is cancelled on SIGINT and SIGTERM.
+func newCLI(args []string) cli {
+	if cmd, _, err := rootCmd(nil).Find(args); err == nil && cmd.Name() == "attest" {
+		sigs := attestcmd.NotifyForwardable()
+		if sigs == nil { // all ignored: they stay so
+			return cli{ctx: context.Background(), root: rootCmd(nil), stop: func() {}}
+		}
+		return cli{ctx: context.Background(), root: rootCmd(sigs), attestSignals: sigs, stop: func() { signal.Stop(sigs) }}
+	}
+	ctx, stop := signalContext(context.Background())
+	return cli{ctx: ctx, root: rootCmd(nil), stop: stop}
+}
+
 // signalContext is ctx, cancelled on SIGINT or SIGTERM. A signal this
-// process was started ignoring stays ignored, for it and for the command
-// `hallmark attest` runs (attestcmd.Forwardable).
+// process was started ignoring stays ignored (attestcmd.Forwardable).
 func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	sigs := attestcmd.Forwardable(os.Interrupt, syscall.SIGTERM)
 	if len(sigs) == 0 {
@@ -44,9 +73,11 @@ func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(ctx, sigs...)
 }
 
-func rootCmd() *cobra.Command {
+// rootCmd is the hallmark command; attestSignals is what `hallmark
+// attest` takes the forwarded signals from (nil: it registers them).
+func rootCmd(attestSignals <-chan os.Signal) *cobra.Command {
 	root := &cobra.Command{Use: "hallmark", Short: "Attest build steps and verify what they produced", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(statusCmd(), attestCmd(), whoamiCmd(), verifyCmd(), searchCmd(), doctorCmd(), adminCmd())
+	root.AddCommand(statusCmd(), attestCmd(attestSignals), whoamiCmd(), verifyCmd(), searchCmd(), doctorCmd(), adminCmd())
 	return root
 }
 

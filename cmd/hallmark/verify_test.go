@@ -21,7 +21,7 @@ import (
 func runHallmark(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	root := rootCmd()
+	root := rootCmd(nil)
 	root.SetArgs(args)
 	root.SetOut(&out)
 	root.SetErr(&errOut)

@@ -76,7 +76,7 @@ func OSEnv() Env {
 // each (medians).
 func Main(command string) int {
 	env := OSEnv()
-	env.Signals = notifyForwardable() // never stopped: it ends with the process
+	env.Signals = NotifyForwardable() // never stopped: it ends with the process
 	return Run(context.Background(), command, os.Args[1:], env)
 }
 
@@ -102,7 +102,7 @@ func Run(ctx context.Context, command string, args []string, env Env) int {
 	defer cancel(nil)
 	in := env.Signals
 	if in == nil {
-		if own := notifyForwardable(); own != nil {
+		if own := NotifyForwardable(); own != nil {
 			defer signal.Stop(own)
 			in = own
 		}

@@ -35,9 +35,14 @@ func Forwardable(sigs ...os.Signal) []os.Signal {
 	return out
 }
 
-// notifyForwardable registers Forwardable(Forwarded...) on a new
-// channel, or returns nil when the process ignores them all.
-func notifyForwardable() chan os.Signal {
+// NotifyForwardable registers Forwardable(Forwarded...) on a new
+// channel, or returns nil when the process ignores them all: what
+// Env.Signals takes. Registered before anything parses the command line,
+// as Main and the hallmark CLI do, no signal the process receives misses
+// the step: one that comes before Run waits in the channel, and Run's
+// dispatch ends the step with it, or forwards it to the command if that
+// has started by then.
+func NotifyForwardable() chan os.Signal {
 	fwd := Forwardable(Forwarded...)
 	if len(fwd) == 0 {
 		return nil
