@@ -50,12 +50,13 @@ type compaction struct {
 	// reopened outbox drains oldest first). A pending item's bytes are
 	// dropped from its copy once written, so that the copy does not hold
 	// them in memory after the item is settled.
-	keep    []slot
-	expired []string // settled items past retention, dropped
-	tmp     *os.File
-	w       *bufio.Writer // to tmp
-	size    int64         // bytes written to tmp
-	moved   [][2]span     // where keep[i]'s put and settle records lie in tmp
+	keep     []slot
+	expired  []string // settled items past retention, dropped
+	tmp      *os.File
+	syncFile func(*os.File) error // o.syncFile
+	w        *bufio.Writer        // to tmp
+	size     int64                // bytes written to tmp
+	moved    [][2]span            // where keep[i]'s put and settle records lie in tmp
 	// tail are the records appended to the old file since the
 	// compaction began (at the file's size then, tailEnd's first value),
 	// copied after the kept ones, up to tailEnd.
@@ -169,7 +170,7 @@ func (o *Outbox) compactionFailed(err error) {
 // beginCompaction takes what a compaction keeps and drops. Callers hold
 // o.mu.
 func (o *Outbox) beginCompaction() *compaction {
-	c := &compaction{from: o.file, tailEnd: o.size, start: time.Now()}
+	c := &compaction{from: o.file, tailEnd: o.size, start: time.Now(), syncFile: o.syncFile}
 	cutoff := o.opts.Now().Add(-o.opts.Retention).Unix()
 	for id, sl := range o.items {
 		switch {
@@ -424,7 +425,7 @@ func (c *compaction) sync() error {
 	if err := c.w.Flush(); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	if err := c.tmp.Sync(); err != nil {
+	if err := c.syncFile(c.tmp); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
 	return nil

@@ -103,6 +103,9 @@ type Outbox struct {
 	syncDir    func(dir string) error
 	openAppend func(path string) (*os.File, error)
 	rename     func(from, to string) error
+	// syncFile is (*os.File).Sync, replaced by tests to follow what an
+	// fsync made durable (a power loss keeps only that).
+	syncFile func(f *os.File) error
 	// pause, when not nil, is called by a compaction in the background
 	// at each step, without o.mu: "copying" (before it copies what it
 	// keeps), "copied" (before it catches up with what was appended
@@ -217,7 +220,7 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	}
 	o := &Outbox{
 		path: filepath.Join(dir, "outbox.log"), opts: opts, log: opts.Log, items: map[string]*slot{},
-		syncDir: syncDirOf, openAppend: openAppendOf, rename: os.Rename,
+		syncDir: syncDirOf, openAppend: openAppendOf, rename: os.Rename, syncFile: (*os.File).Sync,
 	}
 	o.cond = sync.NewCond(&o.mu)
 	if err := checkPrivate(dir, true); err != nil {
@@ -574,7 +577,7 @@ func (o *Outbox) flush() {
 			}
 			continue
 		}
-		f, base := o.file, o.size
+		f, base, syncFile := o.file, o.size, o.syncFile
 		o.writeInFlight = true
 		o.mu.Unlock()
 		buf := batch[0].rec
@@ -590,7 +593,7 @@ func (o *Outbox) flush() {
 		}
 		_, err := f.Write(buf)
 		if err == nil {
-			err = f.Sync()
+			err = syncFile(f)
 		}
 		if err != nil {
 			err = fmt.Errorf("outbox: write: %w", err)
