@@ -164,6 +164,13 @@ func TestBundleEnvelope(t *testing.T) {
 			want:   signed, payloadType: PayloadType,
 		},
 		{
+			// The envelope is not the last member, yet the bundle ends as
+			// if it were: the slice would run on into verificationMaterial.
+			name:        "envelope not last, bundle ending in `\"}]}}`: through protojson",
+			bundle:      `{"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","dsseEnvelope":{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AQ=="}]},"verificationMaterial":{"publicKey":{"hint":"k"},"tlogEntries":[{"logIndex":"1","canonicalizedBody":"e30="}]}}`,
+			payloadType: PayloadType,
+		},
+		{
 			name:        "another layout: through protojson",
 			bundle:      `{"dsseEnvelope":{"payloadType":"x","payload":"e30=","signatures":[{"sig":"BAU="}]},"mediaType":"application/vnd.dev.sigstore.bundle.v0.3+json","verificationMaterial":{"certificate":{"rawBytes":"AQID"}}}`,
 			payloadType: "x",
