@@ -28,7 +28,9 @@ const (
 func BundleEnvelope(bundleJSON []byte) ([]byte, error) {
 	const member = `,"dsseEnvelope":`
 	if i := bytes.LastIndex(bundleJSON, []byte(member+envelopeHead)); i > 0 && bytes.HasSuffix(bundleJSON, []byte(envelopeTail+"}")) {
-		return bundleJSON[i+len(member) : len(bundleJSON)-1], nil
+		if env := bundleJSON[i+len(member) : len(bundleJSON)-1]; envelopeShape(env) {
+			return env, nil
+		}
 	}
 	var b bundlepb.Bundle
 	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
@@ -62,19 +64,8 @@ func UnmarshalEnvelope(data []byte) (*dssepb.Envelope, error) {
 // '_', and drops padding only when the length is not a multiple of 4), so
 // the result is the same (FuzzUnmarshalEnvelope).
 func envelopeFast(data []byte) (*dssepb.Envelope, bool) {
-	rest, ok := bytes.CutPrefix(data, []byte(envelopeHead))
+	payload, sig, ok := cutEnvelope(data)
 	if !ok {
-		return nil, false
-	}
-	payload, rest, ok := cutBase64(rest)
-	if !ok {
-		return nil, false
-	}
-	if rest, ok = bytes.CutPrefix(rest, []byte(envelopeMid)); !ok {
-		return nil, false
-	}
-	sig, rest, ok := cutBase64(rest)
-	if !ok || string(rest) != envelopeTail {
 		return nil, false
 	}
 	env := &dssepb.Envelope{PayloadType: PayloadType, Signatures: []*dssepb.Signature{{}}}
@@ -104,4 +95,30 @@ func cutBase64(b []byte) (enc, rest []byte, ok bool) {
 
 func isStdBase64(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '='
+}
+
+// envelopeShape reports whether data has the form envelopeFast reads
+// (without checking that its base64 decodes).
+func envelopeShape(data []byte) bool {
+	_, _, ok := cutEnvelope(data)
+	return ok
+}
+
+// cutEnvelope splits data of the form envelopeHead, base64, envelopeMid,
+// base64, envelopeTail into its two base64 strings.
+func cutEnvelope(data []byte) (payload, sig []byte, ok bool) {
+	rest, ok := bytes.CutPrefix(data, []byte(envelopeHead))
+	if !ok {
+		return nil, nil, false
+	}
+	if payload, rest, ok = cutBase64(rest); !ok {
+		return nil, nil, false
+	}
+	if rest, ok = bytes.CutPrefix(rest, []byte(envelopeMid)); !ok {
+		return nil, nil, false
+	}
+	if sig, rest, ok = cutBase64(rest); !ok || string(rest) != envelopeTail {
+		return nil, nil, false
+	}
+	return payload, sig, true
 }
