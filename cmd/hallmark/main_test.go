@@ -6,10 +6,37 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/stretchr/testify/require"
 )
 
-// Review: newCLI's guess of the subcommand must be the command cobra runs.
-func TestReviewNewCLIFindMatchesExecute(t *testing.T) {
+// newCLI registers the forwarded signals for `hallmark
+// attest` alone: every other command keeps SIGHUP and SIGQUIT at their
+// defaults, and is cancelled on SIGINT and SIGTERM through its context.
+func TestNewCLISignals(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		attest bool
+	}{
+		{[]string{"attest", "--step", "b", "--product", "p", "--", "true"}, true},
+		{[]string{"attest"}, true},
+		{[]string{"verify", "x"}, false},
+		{[]string{"help", "attest"}, false},
+		{[]string{"status"}, false},
+		{nil, false},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			c := newCLI(tc.args)
+			defer c.stop()
+			require.Equal(t, tc.attest, c.attestSignals != nil)
+			require.Equal(t, tc.attest, c.ctx.Done() == nil, "only the others run in a context their signals cancel")
+		})
+	}
+}
+
+// newCLI registers the forwarded signals exactly when cobra runs `hallmark
+// attest`: its guess is checked against the command cobra runs, however
+// the command line is written.
+func TestNewCLIFindsWhatCobraRuns(t *testing.T) {
 	errStop := errors.New("stop")
 	for _, args := range [][]string{
 		{"attest", "--step", "b", "--product", "p", "--", "true"},
