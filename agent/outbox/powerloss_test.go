@@ -241,9 +241,20 @@ func (d *disk) openAppend(path string) (*os.File, error) {
 // capture records the directory as a power loss now would leave it, in
 // each way the test's comment lists.
 func (d *disk) capture(at string) {
-	s := d.said.copy() // before the files: what it says was made durable before
+	// What was acknowledged, before the files are read: it was made
+	// durable before; what was asked, after: whatever the files hold was
+	// asked for by then.
+	acked := d.said.copy()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	var crashes []powerLoss
+	defer func() {
+		asked := d.said.copy()
+		for _, c := range crashes {
+			c.said.putting, c.said.settling = asked.putting, asked.settling
+			d.crashes = append(d.crashes, c)
+		}
+	}()
 	add := func(variant string, names map[string]uint64, tail func(synced, written []byte) []byte) {
 		files := map[string][]byte{}
 		for name, ino := range names {
@@ -255,7 +266,7 @@ func (d *disk) capture(at string) {
 			}
 			files[name] = append(bytes.Clone(synced), tail(synced, written)...)
 		}
-		d.crashes = append(d.crashes, powerLoss{at: at, variant: variant, files: files, said: s})
+		crashes = append(crashes, powerLoss{at: at, variant: variant, files: files, said: acked})
 	}
 	add("as of the last fsyncs", d.names, nil)
 	add("with every byte written since", d.names, func(synced, written []byte) []byte { return written[len(synced):] })
