@@ -1,14 +1,9 @@
 package attest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"math"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -174,14 +169,7 @@ func FuzzStatementJSON(f *testing.F) {
 }
 
 func TestSignMatchesProtojsonBundle(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	require.NoError(t, err)
-	leaf, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-
+	key, leaf := testKey(t)
 	s := fullStep()
 	got, err := Sign(s, key, leaf)
 	require.NoError(t, err)

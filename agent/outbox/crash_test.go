@@ -42,6 +42,30 @@ func crashItem(id string) Item {
 // crashLogged is what the crash child records as id's log entry.
 func crashLogged(id string) []byte { return []byte(`{"logIndex":"` + id + `"}`) }
 
+// checkSettled requires it, reopened after a crash, to be in the state
+// its acknowledged settlement gave it (settled: "logged", "refused"),
+// pending if none was asked for, and pending or the state asked for
+// (settling) if the settlement was not acknowledged; where prefixes the
+// messages.
+func checkSettled(t *testing.T, where string, it Item, settling, settled string) {
+	t.Helper()
+	id, kind := it.ID, settled
+	if kind == "" && it.State != Pending {
+		kind = settling // asked for, not acknowledged: it may have taken effect
+		require.NotEmpty(t, kind, "%s: %s is %v and was never asked to be settled", where, id, it.State)
+	}
+	switch kind {
+	case "logged":
+		require.Equal(t, Logged, it.State, "%s: %s was settled logged", where, id)
+		require.Equal(t, crashLogged(id), it.Logged, "%s: %s", where, id)
+	case "refused":
+		require.Equal(t, Refused, it.State, "%s: %s was settled refused", where, id)
+		require.Equal(t, "refused "+id, it.Reason, "%s: %s", where, id)
+	default:
+		require.Equal(t, Pending, it.State, "%s: %s", where, id)
+	}
+}
+
 // crashTargets are where TestKilledMidCompaction's rounds kill, in turn:
 // at a random moment (""), then at each step of a compaction, the last
 // one under o.mu.
@@ -250,22 +274,8 @@ func checkAfterKill(t *testing.T, o *Outbox, round int, said childSaid) {
 		require.Equal(t, want.Bundle, it.Bundle, "round %d: %s", round, id)
 		require.Equal(t, want.Envelope, it.Envelope, "round %d: %s", round, id)
 		require.Equal(t, want.Certificate, it.Certificate, "round %d: %s", round, id)
-		kind := settled[id]
 		require.False(t, expired[id] && it.State == Pending, "round %d: a compaction expired %s, which is pending", round, id)
-		if kind == "" && it.State != Pending {
-			kind = settling[id] // asked for, not acknowledged: it may have taken effect
-			require.NotEmpty(t, kind, "round %d: %s is %v and was never asked to be settled", round, id, it.State)
-		}
-		switch kind {
-		case "logged":
-			require.Equal(t, Logged, it.State, "round %d: %s was settled logged", round, id)
-			require.Equal(t, crashLogged(id), it.Logged, "round %d: %s", round, id)
-		case "refused":
-			require.Equal(t, Refused, it.State, "round %d: %s was settled refused", round, id)
-			require.Equal(t, "refused "+id, it.Reason, "round %d: %s", round, id)
-		default:
-			require.Equal(t, Pending, it.State, "round %d: %s", round, id)
-		}
+		checkSettled(t, fmt.Sprintf("round %d", round), it, settling[id], settled[id])
 	}
 	for id := range acked {
 		if _, ok := all[id]; !ok && !expired[id] {

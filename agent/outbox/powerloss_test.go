@@ -345,21 +345,7 @@ func checkPowerLoss(t *testing.T, c powerLoss) (torn bool) {
 		want := crashItem(id)
 		require.Equal(t, want.Bundle, it.Bundle, "%s: %s", where, id)
 		require.Equal(t, want.Envelope, it.Envelope, "%s: %s", where, id)
-		kind := c.said.settled[id]
-		if kind == "" && it.State != Pending {
-			kind = c.said.settling[id]
-			require.NotEmpty(t, kind, "%s: %s is %v and was never asked to be settled", where, id, it.State)
-		}
-		switch kind {
-		case "logged":
-			require.Equal(t, Logged, it.State, "%s: %s was settled logged", where, id)
-			require.Equal(t, crashLogged(id), it.Logged, "%s: %s", where, id)
-		case "refused":
-			require.Equal(t, Refused, it.State, "%s: %s was settled refused", where, id)
-			require.Equal(t, "refused "+id, it.Reason, "%s: %s", where, id)
-		default:
-			require.Equal(t, Pending, it.State, "%s: %s", where, id)
-		}
+		checkSettled(t, where, it, c.said.settling[id], c.said.settled[id])
 	}
 	for id := range c.said.acked {
 		_, ok := all[id]
