@@ -203,7 +203,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if localLn != nil {
 		g.Go(func() error { return execs.Run(ctx) })
 		if len(a.cfg.ExecCanary) > 0 {
-			g.Go(func() error { return execs.RunCanary(ctx, a.cfg.ExecCanary, a.execCanaryEvery, a.execCanaryWait) })
+			passed := func() { a.metrics.execCanaryPassed.Set(float64(a.cfg.Now().UnixNano()) / 1e9) }
+			g.Go(func() error {
+				return execs.RunCanary(ctx, a.cfg.ExecCanary, a.execCanaryEvery, a.execCanaryWait, passed)
+			})
 		}
 		g.Go(func() error { return a.serveLocal(ctx, localLn) })
 	}

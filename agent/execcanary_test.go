@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"github.com/hallmark-dev/hallmark/internal/peercred"
@@ -71,6 +73,9 @@ func TestAgentStopsWhenTheExecCanaryFails(t *testing.T) {
 				require.GreaterOrEqual(t, time.Since(start), runs, "the agent ran until its context ended")
 				require.NotErrorIs(t, err, peercred.ErrExecWatch)
 				require.GreaterOrEqual(t, canaryRuns(ran), int(runs/every)/4, "canaries in %s", runs)
+				last := time.Unix(0, int64(gaugeValue(t, a.metrics.execCanaryPassed)*1e9))
+				require.WithinRange(t, last, start.Add(every-time.Millisecond), time.Now(), "hallmark_agent_exec_canary_last_success_timestamp_seconds")
+				require.Greater(t, last, time.Now().Add(-runs/2), "the gauge follows the canary")
 				return
 			}
 
@@ -85,8 +90,17 @@ func TestAgentStopsWhenTheExecCanaryFails(t *testing.T) {
 			require.Less(t, time.Since(start), runs, "stopped by the canary, not by its context")
 			_, err = net.Dial("unix", a.cfg.SocketPath)
 			require.Error(t, err, "no longer serving")
+			require.Zero(t, gaugeValue(t, a.metrics.execCanaryPassed), "no canary passed")
 		})
 	}
+}
+
+// gaugeValue is g's value.
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, g.Write(&m))
+	return m.GetGauge().GetValue()
 }
 
 // canaryRuns is how many times the counting canary ran (none while its

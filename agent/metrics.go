@@ -30,6 +30,7 @@ type metrics struct {
 
 	taintedRenewals  prometheus.Counter
 	authoritiesWatch prometheus.Gauge
+	execCanaryPassed prometheus.Gauge // the last exec canary the watch saw (Unix seconds)
 }
 
 // Results of an attestation request.
@@ -120,6 +121,10 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_tainted_renewals_total",
 			Help: "Signing certificate renewals started because the server tainted the CA of the held certificate, retries included.",
 		}),
+		execCanaryPassed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_exec_canary_last_success_timestamp_seconds",
+			Help: "When the exec watch last saw the exec canary's exec (every 30 s; the agent stops when it does not); 0 before the first.",
+		}),
 		authoritiesWatch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "hallmark_agent_signing_authorities_watch_connected",
 			Help: "1 while the stream of tainted signing CAs from hallmark-server is open and has delivered the current set, else 0.",
@@ -128,7 +133,7 @@ func newMetrics() *metrics {
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
 		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.denials, m.attestedSteps,
 		m.timestamps, m.timestampSeconds,
-		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns,
+		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns, m.execCanaryPassed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

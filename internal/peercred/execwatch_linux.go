@@ -301,8 +301,9 @@ func (w *ExecWatch) Run(ctx context.Context) error {
 // on a kernel before Linux 6.6, a kernel bug), and a watch that sees no
 // exec refuses nothing: the watch then fails, refusing every connection
 // from then on, and RunCanary returns the error. It returns nil when ctx
-// ends.
-func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait time.Duration) error {
+// ends. passed, when not nil, is called after each canary whose exec
+// event came.
+func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait time.Duration, passed func()) error {
 	if len(argv) == 0 {
 		return errors.New("peercred: exec canary: no program")
 	}
@@ -320,6 +321,9 @@ func (w *ExecWatch) RunCanary(ctx context.Context, argv []string, every, wait ti
 			}
 			w.fail(err)
 			return err
+		}
+		if passed != nil {
+			passed()
 		}
 	}
 }

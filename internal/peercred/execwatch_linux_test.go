@@ -165,7 +165,7 @@ func TestExecCanaryFailsClosed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan error, 1)
-	go func() { done <- w.RunCanary(ctx, argv, 50*time.Millisecond, 2*time.Second) }()
+	go func() { done <- w.RunCanary(ctx, argv, 50*time.Millisecond, 2*time.Second, nil) }()
 	select {
 	case err := <-done:
 		t.Fatalf("the canary failed while events arrive: %v", err)

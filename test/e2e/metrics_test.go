@@ -128,3 +128,42 @@ func TestMetrics(t *testing.T) {
 	require.True(t, ok, "hallmark_server_log_timestamps_recognized_total present")
 	require.GreaterOrEqual(t, recognized, float64(attested), "the timestamps of this agent's entries")
 }
+
+// Must show: a deployed agent runs its exec canary at the pace it ships
+// with (every 30 s, each waiting up to 5 s for its exec event) and its
+// exec watch sees each: hallmark_agent_exec_canary_last_success_timestamp_seconds
+// is 0 until the first canary, 30 to 35 s after the agent started, and
+// moves on about 30 s later with the next. TestExecCanaryTiming holds the
+// values, TestAgentStopsWhenTheExecCanaryFails what a failing canary does.
+func TestExecCanaryAtItsRealPace(t *testing.T) {
+	t.Parallel()
+	const series = "hallmark_agent_exec_canary_last_success_timestamp_seconds"
+	ctx := context.Background()
+	before := time.Now()
+	ag, err := stack.SPIRE.StartAgent(ctx, stack.Bins.Agent, stack.Dir, "hallmark-agent-canary", harness.AgentOptions{
+		ServerAddr: stack.Server.ServerAddr(), ServerID: harness.ServerID.String(), Policy: testPolicy(stack.Dir),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { ag.Stop() })
+	started := time.Now()
+	require.Less(t, started.Sub(before), 25*time.Second, "the agent took too long to start for this test's bounds")
+	require.Zero(t, gauge(t, ag, series), "no canary before the first 30 s")
+
+	passed := func(after float64) (at float64) {
+		waitFor(t, "an exec canary", 45*time.Second, func() error {
+			if at = gauge(t, ag, series); at <= after {
+				return fmt.Errorf("%s = %v", series, at)
+			}
+			return nil
+		})
+		return at
+	}
+	first := passed(0)
+	require.WithinRange(t, time.Unix(0, int64(first*1e9)), before.Add(30*time.Second-time.Second), started.Add(35*time.Second+time.Second),
+		"the first canary, 30 s after the agent started (its exec event within 5 s)")
+	second := passed(first)
+	require.InDelta(t, 30, second-first, 5.5, "the next canary, 30 s later")
+	// The agent serves all along.
+	_, err = localClient(t, ag.Socket).WhoAmI(ctx, &agentv1.WhoAmIRequest{})
+	require.NoError(t, err)
+}
