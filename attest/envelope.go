@@ -28,7 +28,8 @@ const (
 func BundleEnvelope(bundleJSON []byte) ([]byte, error) {
 	const member = `,"dsseEnvelope":`
 	if i := bytes.LastIndex(bundleJSON, []byte(member+envelopeHead)); i > 0 && bytes.HasSuffix(bundleJSON, []byte(envelopeTail+"}")) {
-		if env := bundleJSON[i+len(member) : len(bundleJSON)-1]; envelopeShape(env) {
+		env := bundleJSON[i+len(member) : len(bundleJSON)-1]
+		if _, _, ok := cutEnvelope(env); ok {
 			return env, nil
 		}
 	}
@@ -95,13 +96,6 @@ func cutBase64(b []byte) (enc, rest []byte, ok bool) {
 
 func isStdBase64(c byte) bool {
 	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '+' || c == '/' || c == '='
-}
-
-// envelopeShape reports whether data has the form envelopeFast reads
-// (without checking that its base64 decodes).
-func envelopeShape(data []byte) bool {
-	_, _, ok := cutEnvelope(data)
-	return ok
 }
 
 // cutEnvelope splits data of the form envelopeHead, base64, envelopeMid,

@@ -234,7 +234,7 @@ func TestKilledMidCompaction(t *testing.T) {
 		require.Empty(t, o.Damaged(), "round %d: a kill damaged a record", round)
 		_, err = os.Stat(tmp)
 		require.ErrorIs(t, err, os.ErrNotExist, "round %d: a compaction's file left behind", round)
-		checkAfterKill(t, o, round, said)
+		checkAfterKill(t, o, fmt.Sprintf("round %d", round), said)
 		require.NoError(t, o.Close())
 	}
 	t.Logf("kills by the compaction step last reported: %v (%d left a compaction's file); %d puts acknowledged, %d settlements, %d items expired (%d expiring lines from compactions in the background)", landed, tmpLeft, len(said.acked), len(said.settled), len(said.expired), expiredLater)
@@ -264,27 +264,27 @@ func newChildSaid() childSaid {
 }
 
 // checkAfterKill checks the reopened outbox against what the killed
-// processes said.
-func checkAfterKill(t *testing.T, o *Outbox, round int, said childSaid) {
+// processes said (where names the crash in messages).
+func checkAfterKill(t *testing.T, o *Outbox, where string, said childSaid) {
 	t.Helper()
 	acked, settling, settled, expired := said.acked, said.settling, said.settled, said.expired
 	all := snapshot(t, o)
 	for id, it := range all {
 		want := crashItem(id)
-		require.Equal(t, want.Bundle, it.Bundle, "round %d: %s", round, id)
-		require.Equal(t, want.Envelope, it.Envelope, "round %d: %s", round, id)
-		require.Equal(t, want.Certificate, it.Certificate, "round %d: %s", round, id)
-		require.False(t, expired[id] && it.State == Pending, "round %d: a compaction expired %s, which is pending", round, id)
-		checkSettled(t, fmt.Sprintf("round %d", round), it, settling[id], settled[id])
+		require.Equal(t, want.Bundle, it.Bundle, "%s: %s", where, id)
+		require.Equal(t, want.Envelope, it.Envelope, "%s: %s", where, id)
+		require.Equal(t, want.Certificate, it.Certificate, "%s: %s", where, id)
+		require.False(t, expired[id] && it.State == Pending, "%s: a compaction expired %s, which is pending", where, id)
+		checkSettled(t, where, it, settling[id], settled[id])
 	}
 	for id := range acked {
 		if _, ok := all[id]; !ok && !expired[id] {
-			require.Failf(t, "an acknowledged item is gone", "round %d: %s was acknowledged (settlement asked for: %q, acknowledged: %q), no compaction expired it, and it is gone",
-				round, id, settling[id], settled[id])
+			require.Failf(t, "an acknowledged item is gone", "%s: %s was acknowledged (settlement asked for: %q, acknowledged: %q), no compaction expired it, and it is gone",
+				where, id, settling[id], settled[id])
 		}
 	}
 	for id := range expired {
-		require.NotEmpty(t, settling[id], "round %d: a compaction expired %s, which was never asked to be settled", round, id)
+		require.NotEmpty(t, settling[id], "%s: a compaction expired %s, which was never asked to be settled", where, id)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -112,18 +113,21 @@ func settlementKind(s Settlement) string {
 	return "refused"
 }
 
-// said is what the writers were told and asked, as a power loss finds it.
+// said is what the writers were told and asked, as a power loss finds
+// it: what the crash test's children report, and the puts asked for.
 type said struct {
-	putting  map[string]bool   // Put called
-	acked    map[string]bool   // Put returned nil
-	settling map[string]string // Settle called: "logged" or "refused"
-	settled  map[string]string // Settle returned nil
+	childSaid                 // expired stays empty: retention drops nothing
+	putting   map[string]bool // Put called
 }
 
 // saidLog is said under a lock.
 type saidLog struct {
 	mu sync.Mutex
 	s  said
+}
+
+func newSaidLog() *saidLog {
+	return &saidLog{s: said{childSaid: newChildSaid(), putting: map[string]bool{}}}
 }
 
 func (l *saidLog) record(f func(*said)) {
@@ -135,20 +139,10 @@ func (l *saidLog) record(f func(*said)) {
 func (l *saidLog) copy() said {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c := said{putting: map[string]bool{}, acked: map[string]bool{}, settling: map[string]string{}, settled: map[string]string{}}
-	for k, v := range l.s.putting {
-		c.putting[k] = v
+	return said{
+		childSaid: childSaid{acked: maps.Clone(l.s.acked), settling: maps.Clone(l.s.settling), settled: maps.Clone(l.s.settled), expired: map[string]bool{}},
+		putting:   maps.Clone(l.s.putting),
 	}
-	for k, v := range l.s.acked {
-		c.acked[k] = v
-	}
-	for k, v := range l.s.settling {
-		c.settling[k] = v
-	}
-	for k, v := range l.s.settled {
-		c.settled[k] = v
-	}
-	return c
 }
 
 // powerLoss is a directory as a power loss would leave it, and what had
@@ -176,13 +170,12 @@ type disk struct {
 // followDisk installs disk's hooks in o, opened in dir with nothing
 // written since.
 func followDisk(t *testing.T, o *Outbox, dir string) *disk {
-	d := &disk{t: t, dir: dir, said: &saidLog{s: said{putting: map[string]bool{}, acked: map[string]bool{}, settling: map[string]string{}, settled: map[string]string{}}},
-		durable: map[uint64][]byte{}, handles: map[uint64]*os.File{}}
+	d := &disk{t: t, dir: dir, said: newSaidLog(), durable: map[uint64][]byte{}, handles: map[uint64]*os.File{}}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	d.names = d.listDir() // Open synced the directory and the file
 	for _, ino := range d.names {
-		d.durable[ino] = d.readIno(o.file)
+		d.durable[ino] = d.readAll(o.file)
 		d.handles[ino] = o.file
 	}
 	o.syncFile, o.rename, o.syncDir, o.openAppend = d.syncFile, d.rename, d.syncDir, d.openAppend
@@ -196,7 +189,7 @@ func (d *disk) syncFile(f *os.File) error {
 	}
 	// f's writer is the caller, which waits: nothing is written to f
 	// meanwhile.
-	b := d.readIno(f)
+	b := d.readAll(f)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ino := inoOf(d.t, f)
@@ -259,7 +252,7 @@ func (d *disk) capture(at string) {
 		files := map[string][]byte{}
 		for name, ino := range names {
 			synced := d.durable[ino]
-			written := d.readIno(d.handles[ino])
+			written := d.readAll(d.handles[ino])
 			if tail == nil || len(written) <= len(synced) || !bytes.HasPrefix(written, synced) {
 				files[name] = synced
 				continue
@@ -296,9 +289,9 @@ func (d *disk) listDir() map[string]uint64 {
 	return names
 }
 
-// readIno returns what f holds now, or nil when f is closed (the outbox
+// readAll returns what f holds now, or nil when f is closed (the outbox
 // closed a file it replaced).
-func (d *disk) readIno(f *os.File) []byte {
+func (d *disk) readAll(f *os.File) []byte {
 	if f == nil {
 		return nil
 	}
@@ -321,12 +314,10 @@ func inoOf(t *testing.T, f *os.File) uint64 {
 }
 
 // checkPowerLoss opens c's directory as an outbox and checks it against
-// what had been acknowledged: it opens; nothing is moved aside as
-// damaged (what follows the last fsync is a tail); every acknowledged put
-// is there, whole, in the state its acknowledged settlement gave it,
-// pending if none was asked for, and pending or the state asked for if
-// the settlement was not acknowledged; nothing is there that was never
-// put. It reports whether Open found a record cut short.
+// what had been acknowledged, as checkAfterKill does after a kill: it
+// opens, nothing is moved aside as damaged (what follows the last fsync
+// is a tail), and nothing is there that was never put. It reports
+// whether Open found a record cut short.
 func checkPowerLoss(t *testing.T, c powerLoss) (torn bool) {
 	t.Helper()
 	where := fmt.Sprintf("power loss %s, %s", c.at, c.variant)
@@ -339,17 +330,9 @@ func checkPowerLoss(t *testing.T, c powerLoss) (torn bool) {
 	defer o.Close()
 	require.Empty(t, o.Damaged(), where)
 	_, torn = o.Torn()
-	all := snapshot(t, o)
-	for id, it := range all {
+	for id := range snapshot(t, o) {
 		require.True(t, c.said.putting[id], "%s: %s is there and was never put", where, id)
-		want := crashItem(id)
-		require.Equal(t, want.Bundle, it.Bundle, "%s: %s", where, id)
-		require.Equal(t, want.Envelope, it.Envelope, "%s: %s", where, id)
-		checkSettled(t, where, it, c.said.settling[id], c.said.settled[id])
 	}
-	for id := range c.said.acked {
-		_, ok := all[id]
-		require.True(t, ok, "%s: %s was acknowledged and is gone", where, id)
-	}
+	checkAfterKill(t, o, where, c.said.childSaid)
 	return torn
 }

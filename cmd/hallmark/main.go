@@ -53,10 +53,8 @@ type cli struct {
 // other command's context is cancelled on SIGINT and SIGTERM.
 func newCLI(args []string) cli {
 	if cmd, _, err := rootCmd(nil).Find(args); err == nil && cmd.Name() == "attest" {
+		// Never nil: Go's runtime does not keep SIGTERM ignored (Forwardable).
 		sigs := attestcmd.NotifyForwardable()
-		if sigs == nil { // all four ignored (Go keeps SIGTERM and SIGQUIT ignored, so not today): they stay so
-			return cli{ctx: context.Background(), root: rootCmd(nil), stop: func() {}}
-		}
 		return cli{ctx: context.Background(), root: rootCmd(sigs), attestSignals: sigs, stop: func() { signal.Stop(sigs) }}
 	}
 	ctx, stop := signalContext(context.Background())
