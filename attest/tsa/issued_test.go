@@ -35,7 +35,7 @@ func TestIssuedMemoryTakesOnlyWhatItIssued(t *testing.T) {
 
 	// An attacker holding the authority's certificate (it is public) but
 	// not its key signs a token of the signer's very shape.
-	forger := &Signer{key: newSigner(t, t0.Add(-time.Hour)).key, chain: s.Chain()}
+	forger := &Signer{key: newSigner(t, t0.Add(-time.Hour)).key, chain: s.Chain(), signingCert: s.signingCert}
 	forged, err := forger.Timestamp(sig, t0.Add(-30*time.Minute))
 	require.NoError(t, err)
 
@@ -81,7 +81,7 @@ func TestIssuedMemoryTakesOnlyWhatItIssued(t *testing.T) {
 func TestIssuedMemorySkipsOnlyTheSignatureOfRecentResponses(t *testing.T) {
 	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
 	good := newSigner(t, t0.Add(-time.Hour))
-	s := &Signer{key: tsatest.FaultyKey{Key: good.key}, chain: good.Chain(), issued: issued{limit: 4}}
+	s := &Signer{key: tsatest.FaultyKey{Key: good.key}, chain: good.Chain(), signingCert: good.signingCert, issued: issued{limit: 4}}
 	plain, trusting := authorities(t, s)
 
 	sig := []byte("sig")

@@ -92,6 +92,15 @@ func TestNewSignerRefusesWrongCertificates(t *testing.T) {
 	require.ErrorContains(t, err, "not for timestamping")
 	_, err = NewSigner(key, nil)
 	require.Error(t, err)
+
+	// Signer writes ecdsa-with-SHA256 (token.go): a P-384 key, rightly
+	// certified for timestamping, is refused rather than misdescribed.
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	require.NoError(t, err)
+	chain, err := NewChain(p384, "p384 tsa", time.Now())
+	require.NoError(t, err)
+	_, err = NewSigner(p384, chain)
+	require.ErrorContains(t, err, "want ECDSA P-256")
 }
 
 func FuzzVerify(f *testing.F) {
