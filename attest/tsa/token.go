@@ -22,7 +22,8 @@ import (
 // allocations a token, most of a timestamp's cost besides its signature).
 // The shape is exactly what digitorus writes for Signer's settings
 // (TestTokenIsWhatDigitorusWrites compares them byte for byte), which is
-// the shape strict.go reads and every Sigstore verifier accepts:
+// the shape strict.go reads, and which sigstore-go, cosign and sigstore-js
+// accept in the bundles the e2e TestInteropVerifiers has them verify:
 //
 //	TimeStampResp { status granted,                  RFC 3161 section 2.4.2
 //	  ContentInfo { id-signedData,                    RFC 5652 section 3
@@ -44,8 +45,9 @@ type tokenFields struct {
 	imprint [sha256.Size]byte // SHA-256 of the timestamped signature
 	genTime time.Time         // granted time, written in whole seconds
 	serial  *big.Int          // TSTInfo's serial number, positive
-	// signingTime is the signingTime attribute (RFC 5652 section 11.3),
-	// which digitorus sets to its clock when it signs.
+	// signingTime is the signingTime attribute (RFC 5652 section 11.3).
+	// Timestamp sets it to the granted time, where digitorus set its own
+	// clock's.
 	signingTime time.Time
 }
 
@@ -59,18 +61,28 @@ func (s *Signer) token(f tokenFields, random io.Reader) ([]byte, error) {
 	}
 	contentDigest := sha256.Sum256(tst)
 
-	// RFC 5652 section 5.3: the signed attributes, a DER SET OF, so in
-	// the order of their encodings (X.690 section 11.6).
-	attrs := [][]byte{
-		signedAttribute(oidContentType, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidTSTInfo) }),
-		signedAttribute(oidSigningTime, func(b *cryptobyte.Builder) { addTime(b, f.signingTime) }),
-		signedAttribute(oidMessageDigest, func(b *cryptobyte.Builder) { b.AddASN1OctetString(contentDigest[:]) }),
-		signedAttribute(oidSigningCertificateV2, func(b *cryptobyte.Builder) { b.AddBytes(s.signingCert) }),
+	if len(s.signingCert) == 0 {
+		return nil, errors.New("tsa: signer made without NewSigner")
 	}
-	for _, a := range attrs {
-		if a == nil {
-			return nil, errors.New("tsa: encode signed attributes")
+	// RFC 5652 section 5.3: the signed attributes, a DER SET OF, so in
+	// the order of their encodings (X.690 section 11.6). They are listed
+	// in that order already (each is longer than the one before, so its
+	// length byte sorts higher); the sort only guards a change of list.
+	attrs := make([][]byte, 0, 4)
+	for _, a := range []struct {
+		typ   asn1.ObjectIdentifier
+		value func(*cryptobyte.Builder)
+	}{
+		{oidContentType, func(b *cryptobyte.Builder) { b.AddASN1ObjectIdentifier(oidTSTInfo) }},
+		{oidSigningTime, func(b *cryptobyte.Builder) { addTime(b, f.signingTime) }},
+		{oidMessageDigest, func(b *cryptobyte.Builder) { b.AddASN1OctetString(contentDigest[:]) }},
+		{oidSigningCertificateV2, func(b *cryptobyte.Builder) { b.AddBytes(s.signingCert) }},
+	} {
+		der, err := signedAttribute(a.typ, a.value)
+		if err != nil {
+			return nil, err
 		}
+		attrs = append(attrs, der)
 	}
 	slices.SortFunc(attrs, bytes.Compare)
 	content := slices.Concat(attrs...)
@@ -164,9 +176,9 @@ func (s *Signer) tstInfo(f tokenFields) ([]byte, error) {
 	return tst, nil
 }
 
-// signedAttribute is the DER of an Attribute (RFC 5652 section 5.3) of type typ
-// with the one value value writes, or nil if it cannot be encoded.
-func signedAttribute(typ asn1.ObjectIdentifier, value func(*cryptobyte.Builder)) []byte {
+// signedAttribute is the DER of an Attribute (RFC 5652 section 5.3) of
+// type typ with the one value value writes.
+func signedAttribute(typ asn1.ObjectIdentifier, value func(*cryptobyte.Builder)) ([]byte, error) {
 	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1ObjectIdentifier(typ)
@@ -174,9 +186,9 @@ func signedAttribute(typ asn1.ObjectIdentifier, value func(*cryptobyte.Builder))
 	})
 	der, err := b.Bytes()
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("tsa: encode signed attribute %s: %w", typ, err)
 	}
-	return der
+	return der, nil
 }
 
 // addTime writes t as encoding/asn1 writes a time.Time, which is how
@@ -192,8 +204,9 @@ func addTime(b *cryptobyte.Builder, t time.Time) {
 }
 
 // serialNumber is a TSTInfo serial number as digitorus draws it: 160
-// random bits, a positive integer (RFC 3161 section 2.4.2 asks for one
-// unique to each token; 160 bits make a collision negligible).
+// random bits read as a non-negative integer (RFC 3161 section 2.4.2 asks
+// for one unique to each token, of at most 160 bits; 160 random bits make
+// a collision negligible).
 func serialNumber() (*big.Int, error) {
 	var b [20]byte
 	if _, err := rand.Read(b[:]); err != nil {

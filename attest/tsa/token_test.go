@@ -14,6 +14,7 @@ import (
 
 	"github.com/digitorus/timestamp"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/cryptobyte"
 )
 
 // signOnce signs each digest once and answers the same signature when
@@ -89,10 +90,38 @@ func TestTokenIsWhatDigitorusWrites(t *testing.T) {
 				}
 			}
 			require.False(t, signingTime.IsZero(), "digitorus wrote no signingTime")
+			// Timestamp passes its caller's time, in any zone: the
+			// signingTime written is still UTC, as digitorus's.
+			signingTime = signingTime.In(time.FixedZone("west", -7*3600))
 
 			got, err := s.token(tokenFields{imprint: sha256.Sum256(sig), genTime: at, serial: ref.SerialNumber, signingTime: signingTime}, rand.Reader)
 			require.NoError(t, err)
 			require.Equal(t, hex.EncodeToString(want), hex.EncodeToString(got), "at %s", at)
+		}
+	}
+}
+
+// TestSigningTimeIsWhatEncodingASN1Writes: digitorus/pkcs7 writes
+// signingTime as asn1.Marshal(time.Now().UTC()), so UTCTime from 1950
+// through 2049 and GeneralizedTime outside; addTime must agree for every
+// time Signer may be given, which TestTokenIsWhatDigitorusWrites (whose
+// signingTime is digitorus's clock) cannot reach. (The reviewer's test.)
+func TestSigningTimeIsWhatEncodingASN1Writes(t *testing.T) {
+	for _, y := range []int{1, 1949, 1950, 2049, 2050, 9999} {
+		for _, zone := range []int{-12, 0, 14} {
+			loc := time.FixedZone("z", zone*3600)
+			for _, at := range []time.Time{
+				time.Date(y, 1, 1, 0, 0, 0, 0, time.UTC).In(loc),
+				time.Date(y, 12, 31, 23, 59, 59, 999_999_999, time.UTC).In(loc),
+			} {
+				want, err := asn1.Marshal(at.UTC())
+				require.NoError(t, err)
+				var b cryptobyte.Builder
+				addTime(&b, at)
+				got, err := b.Bytes()
+				require.NoError(t, err, "%s", at)
+				require.Equal(t, hex.EncodeToString(want), hex.EncodeToString(got), "%s", at)
+			}
 		}
 	}
 }

@@ -57,7 +57,7 @@ type Signer struct {
 	issued      issued // its latest responses (issued.go)
 }
 
-// NewSigner checks that chain[0] certifies key, an ECDSA P-256 key, for
+// NewSigner checks that chain[0] certifies key, an ECDSA key, for
 // timestamping and returns a Signer.
 func NewSigner(key crypto.Signer, chain []*x509.Certificate) (*Signer, error) {
 	if len(chain) == 0 {
@@ -67,9 +67,11 @@ func NewSigner(key crypto.Signer, chain []*x509.Certificate) (*Signer, error) {
 	if err := checkLeaf(leaf); err != nil {
 		return nil, err
 	}
+	// Signer writes ecdsa-with-SHA256 (token.go), as digitorus does for
+	// every ECDSA key.
 	pub, ok := leaf.PublicKey.(*ecdsa.PublicKey)
-	if !ok || pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("tsa: the certificate's key is %T, want ECDSA P-256", leaf.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("tsa: the certificate's key is %T, want an ECDSA key", leaf.PublicKey)
 	}
 	if !pub.Equal(key.Public()) {
 		return nil, errors.New("tsa: the certificate is not for this key")

@@ -93,14 +93,37 @@ func TestNewSignerRefusesWrongCertificates(t *testing.T) {
 	_, err = NewSigner(key, nil)
 	require.Error(t, err)
 
-	// Signer writes ecdsa-with-SHA256 (token.go): a P-384 key, rightly
-	// certified for timestamping, is refused rather than misdescribed.
-	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	// An RSA key is refused: Signer writes ecdsa-with-SHA256 (token.go).
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	require.NoError(t, err)
-	chain, err := NewChain(p384, "p384 tsa", time.Now())
+	rsaChain, err := NewChain(rsaKey, "rsa tsa", time.Now())
 	require.NoError(t, err)
-	_, err = NewSigner(p384, chain)
-	require.ErrorContains(t, err, "want ECDSA P-256")
+	_, err = NewSigner(rsaKey, rsaChain)
+	require.ErrorContains(t, err, "want an ECDSA key")
+}
+
+// TestTimestampOtherCurves: a TSA key on P-384 or P-521 (server/tsakey.go
+// reads any ECDSA key) issues tokens both parsers verify, as it did
+// through digitorus.
+func TestTimestampOtherCurves(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	for _, curve := range []elliptic.Curve{elliptic.P384(), elliptic.P521()} {
+		key, err := ecdsa.GenerateKey(curve, rand.Reader)
+		require.NoError(t, err)
+		chain, err := NewChain(key, "tsa", t0.Add(-time.Hour))
+		require.NoError(t, err)
+		s, err := NewSigner(key, chain)
+		require.NoError(t, err)
+		a, err := NewAuthority(chain[0], pool(chain[1]), nil)
+		require.NoError(t, err)
+		resp, err := s.Timestamp([]byte("sig"), t0)
+		require.NoError(t, err)
+		fast, err := a.verifyStrict(resp, []byte("sig"))
+		require.NoError(t, err, "%s", curve.Params().Name)
+		general, err := a.verifyGeneral(resp, []byte("sig"))
+		require.NoError(t, err, "%s", curve.Params().Name)
+		require.True(t, fast.Equal(t0) && general.Equal(t0))
+	}
 }
 
 func FuzzVerify(f *testing.F) {
