@@ -276,6 +276,43 @@ func (c *Client) GetBundle(ctx context.Context, invocationID string, wait bool) 
 	return res, err
 }
 
+// Identify calls WorkloadService.WhoAmI and drops its answer: the agent
+// identifies this process as it would for an attestation, and keeps what
+// a watching attestor (SPIRE's subscription) answered for the rest of the
+// connection (agent/localapi.go, identify). A step's client calls it
+// while the step's command runs, so that the attestation after finds that
+// answer ready.
+func (c *Client) Identify(ctx context.Context) error {
+	return c.unary(ctx, "WhoAmI", nil, func([]byte) error { return nil })
+}
+
+// Idle reports whether the connection is up with nothing from the agent
+// waiting to be read. Between calls the agent sends nothing but a GOAWAY
+// (it closes idle connections, and all of them when it stops) or the
+// connection's end, so a connection Idle reports true of was, an instant
+// before, still one a new call could be made on; one Idle reports false of
+// should be closed unused.
+func (c *Client) Idle() bool {
+	if c.err != nil || c.goAway || c.r.Buffered() > 0 {
+		return false
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	idle := false
+	err = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
+		n, err := unix.Poll(fds, 0)
+		idle = err == nil && n == 0
+	})
+	return err == nil && idle
+}
+
 // unary makes a call that answers with exactly one message.
 func (c *Client) unary(ctx context.Context, method string, req []byte, decode func([]byte) error) error {
 	n := 0

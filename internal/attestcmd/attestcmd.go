@@ -1,7 +1,8 @@
 // Package attestcmd is the command a build step runs to have the local
 // agent attest it: `hallmark attest` and the light `hallmark-attest`,
-// which share it flag for flag. It runs the step's command, then asks the
-// agent over its socket (internal/agentclient) and writes the bundle.
+// which share it flag for flag. It runs the step's command, meanwhile
+// having the agent identify it (early.go), then asks the agent over its
+// socket (internal/agentclient) to attest the step, and writes the bundle.
 //
 // It links nothing heavy (no grpc-go, no cobra, no verification code): a
 // build step starts it once per step, and its start-up is most of what
@@ -211,7 +212,12 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 		return 1, fmt.Errorf("no agent at %s: is hallmark-agent running? (set --socket or HALLMARK_AGENT_SOCKET)", cfg.socket)
 	}
 	started := time.Now()
+	var pre *early
 	if len(cfg.command) > 0 {
+		// The agent identifies this process while the command runs, on a
+		// connection kept for at most EarlyKeep (early.go).
+		pre = identifyEarly(ctx, cfg.socket, EarlyKeep)
+		defer pre.close()
 		code, err := runCommand(ctx, env, cfg.command, sigs)
 		switch {
 		case err != nil && ctx.Err() != nil:
@@ -224,11 +230,16 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 			return code, nil
 		}
 	}
-	// Connected once the command is done: the agent closes idle
+	// Otherwise connected once the command is done: the agent closes idle
 	// connections, and a step's command may run for hours.
-	client, err := agentclient.Dial(ctx, cfg.socket)
-	if err != nil {
-		return 1, cfg.notAttested(ctx, err)
+	var client *agentclient.Client
+	if pre != nil {
+		client = pre.take(ctx)
+	}
+	if client == nil {
+		if client, err = agentclient.Dial(ctx, cfg.socket); err != nil {
+			return 1, cfg.notAttested(ctx, err)
+		}
 	}
 	defer client.Close()
 	actx, cancel := context.WithTimeout(ctx, 10*time.Minute)

@@ -51,9 +51,11 @@ const freshStepID = "spiffe://example.org/bench/step"
 // a busy runner has.
 //
 // Rounds alternate the bare command, an empty Go program, the step, the
-// step with --wait-log and the step through `hallmark attest`, so that other load on the machine weighs on all alike; each
-// figure is the median over rounds. Added latency at a quantile is the
-// step's quantile minus the bare command's quantile in the same round.
+// step with --wait-log, the step through `hallmark attest`, and a 100 ms
+// command alone and as a step, so that other load on the machine weighs
+// on all alike; each figure is the median over rounds. Added latency at a
+// quantile is the step's quantile minus its bare command's quantile in
+// the same round.
 // CPU per step is Hallmark's whole cost on the runner: the CLI process
 // (its rusage, which includes the command it ran) plus the CPU that
 // hallmark-agent and the SPIRE agent used during the run (/proc/PID/stat),
@@ -143,7 +145,11 @@ func (r *stepRunner) figures(ctx context.Context) ([]Result, error) {
 		runs := make([][]stepRun, kinds)
 		for range freshCfg.Rounds {
 			for k := range stepKind(kinds) {
-				sr, err := r.run(ctx, n, freshCfg.Steps, k)
+				steps := freshCfg.Steps
+				if k == kindBare100 || k == kindStep100 {
+					steps = max(1, steps/4)
+				}
+				sr, err := r.run(ctx, n, steps, k)
 				if err != nil {
 					return results, fmt.Errorf("%s, %s at %d concurrent steps: %w", r.mode, k, n, err)
 				}
@@ -163,12 +169,21 @@ const (
 	kindStep                    // hallmark-attest ... -- the command
 	kindWaitLog                 // the same with --wait-log
 	kindFullCLI                 // hallmark attest ... -- the command
+	kindBare100                 // a 100 ms command alone (shortCommand)
+	kindStep100                 // hallmark-attest ... -- the 100 ms command
 	kinds
 )
 
 func (k stepKind) String() string {
-	return [...]string{"bare command", "empty Go program", "hallmark-attest", "hallmark-attest --wait-log", "hallmark attest"}[k]
+	return [...]string{"bare command", "empty Go program", "hallmark-attest", "hallmark-attest --wait-log", "hallmark attest",
+		"100 ms command", "hallmark-attest -- 100 ms command"}[k]
 }
+
+// shortCommand is a step that takes 100 ms, for the figures of what
+// hallmark-attest adds to a step while its command runs (early
+// identification, internal/attestcmd/early.go); its runs make a quarter of
+// the steps of the others.
+var shortCommand = []string{"sleep", "0.1"}
 
 // stepRunner starts steps.
 type stepRunner struct {
@@ -226,6 +241,8 @@ func (r *stepRunner) run(ctx context.Context, n, steps int, k stepKind) (stepRun
 					d, u, err = r.exec(ctx, exec.CommandContext(ctx, r.bare))
 				case kindEmptyGo:
 					d, u, err = r.exec(ctx, exec.CommandContext(ctx, r.empty))
+				case kindBare100:
+					d, u, err = r.exec(ctx, exec.CommandContext(ctx, shortCommand[0], shortCommand[1:]...))
 				default:
 					d, u, err = r.stepCPU(ctx, w, k)
 				}
@@ -262,7 +279,11 @@ func (r *stepRunner) stepCPU(ctx context.Context, w int, k stepKind) (time.Durat
 	case kindFullCLI:
 		bin, args = r.cli, append([]string{"attest"}, args...)
 	}
-	args = append(args, "--", "true")
+	if k == kindStep100 {
+		args = append(append(args, "--"), shortCommand...)
+	} else {
+		args = append(args, "--", "true")
+	}
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir, cmd.Env = r.ws, r.env
 	return r.exec(ctx, cmd)
@@ -308,7 +329,7 @@ func (r *stepRunner) exec(ctx context.Context, cmd *exec.Cmd) (time.Duration, us
 func freshResults(mode string, n int, runs [][]stepRun) []Result {
 	bare, empty, step, wait, full := runs[kindBare], runs[kindEmptyGo], runs[kindStep], runs[kindWaitLog], runs[kindFullCLI]
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	added := func(runs []stepRun, q float64) (float64, float64) {
+	addedTo := func(bare, runs []stepRun, q float64) (float64, float64) {
 		var a, f []time.Duration
 		for i, s := range runs {
 			a = append(a, s.quantile(q)-bare[i].quantile(q))
@@ -316,6 +337,7 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 		}
 		return ms(median(a)), ms(median(f))
 	}
+	added := func(runs []stepRun, q float64) (float64, float64) { return addedTo(bare, runs, q) }
 	var cpu, bareCPU, emptyCPU, cli, agent, spire, fullCPU, fullCLI []time.Duration
 	var cliFaults, emptyFaults []float64
 	for i, s := range step {
@@ -337,6 +359,7 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 	p99, f99 := added(step, 0.99)
 	w50, wf50 := added(wait, 0.50)
 	c50, cf50 := added(full, 0.50)
+	s50, sf50 := addedTo(runs[kindBare100], runs[kindStep100], 0.50)
 	// target is issue #15's bound on the 16-step figures; none elsewhere.
 	target := func(v float64) float64 {
 		if n != 16 {
@@ -353,6 +376,9 @@ func freshResults(mode string, n int, runs [][]stepRun) []Result {
 		{Name: "fresh_waitlog_added_p50" + suffix, Value: w50, Unit: "ms", Floor: wf50, Max: target(20)},
 		{Name: "fresh_full_cli_added_p50" + suffix, Value: c50, Unit: "ms", Floor: cf50},
 		{Name: "fresh_full_cli_cpu_per_step" + suffix, Value: ms(median(fullCPU)), Unit: "ms", Floor: ms(median(bareCPU))},
+		// A step whose command runs 100 ms: the agent identifies the
+		// caller meanwhile.
+		{Name: "fresh_100ms_added_p50" + suffix, Value: s50, Unit: "ms", Floor: sf50},
 	}
 	fmt.Fprintf(os.Stderr, "bench: fresh steps (%s) at %d concurrent, CPU per step (medians over %d rounds): hallmark-attest %.2f ms beyond the command (an empty Go program: %.2f ms; hallmark attest: %.2f ms), hallmark-agent %.2f ms, SPIRE agent %.2f ms; the bare command %.2f ms\n",
 		mode, n, len(step), ms(median(cli)), ms(median(emptyCPU)), ms(median(fullCLI)), ms(median(agent)), ms(median(spire)), ms(median(bareCPU)))

@@ -1,0 +1,230 @@
+package attestcmd
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
+)
+
+// seenCall is a call a connAgent received: on which connection, and
+// whether the step's command had ended by then (its marker file exists).
+type seenCall struct {
+	method string
+	conn   int64
+	ended  bool
+}
+
+// connAgent answers WhoAmI and AttestStep, recording each call with its
+// connection (stats.Handler tags them) and when each connection ended.
+type connAgent struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	marker    string // the file the step's command creates as it ends
+	refuseWho bool
+
+	next  atomic.Int64
+	mu    sync.Mutex
+	calls []seenCall
+	ended map[int64]bool // connections that ended, and whether after the command
+}
+
+type connKey struct{}
+
+func (a *connAgent) record(ctx context.Context, method string) {
+	_, err := os.Stat(a.marker)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls = append(a.calls, seenCall{method: method, conn: ctx.Value(connKey{}).(int64), ended: err == nil})
+}
+
+func (a *connAgent) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*agentv1.WhoAmIResponse, error) {
+	a.record(ctx, "WhoAmI")
+	if a.refuseWho {
+		return nil, status.Error(codes.PermissionDenied, "no")
+	}
+	return &agentv1.WhoAmIResponse{}, nil
+}
+
+func (a *connAgent) AttestStep(ctx context.Context, _ *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	a.record(ctx, "AttestStep")
+	return &agentv1.AttestStepResponse{Bundle: []byte("{}"), InvocationId: "inv"}, nil
+}
+
+func (a *connAgent) AttestStepStream(req *agentv1.AttestStepRequest, s agentv1.WorkloadService_AttestStepStreamServer) error {
+	resp, err := a.AttestStep(s.Context(), req)
+	if err != nil {
+		return err
+	}
+	return s.Send(&agentv1.AttestStepStreamResponse{Event: &agentv1.AttestStepStreamResponse_Result{Result: resp}})
+}
+
+func (a *connAgent) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	return context.WithValue(ctx, connKey{}, a.next.Add(1))
+}
+
+func (a *connAgent) HandleConn(ctx context.Context, s stats.ConnStats) {
+	if _, ok := s.(*stats.ConnEnd); ok {
+		_, err := os.Stat(a.marker)
+		a.mu.Lock()
+		if a.ended == nil {
+			a.ended = map[int64]bool{}
+		}
+		a.ended[ctx.Value(connKey{}).(int64)] = err == nil
+		a.mu.Unlock()
+	}
+}
+
+func (a *connAgent) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (a *connAgent) HandleRPC(context.Context, stats.RPCStats)                       {}
+
+func (a *connAgent) seen() []seenCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]seenCall(nil), a.calls...)
+}
+
+// serveConnAgent serves a at socket until the test ends or stop is called.
+func serveConnAgent(t *testing.T, socket string, a *connAgent) (stop func(how func(*grpc.Server))) {
+	t.Helper()
+	ln, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	srv := grpc.NewServer(grpc.StatsHandler(a))
+	agentv1.RegisterWorkloadServiceServer(srv, a)
+	go srv.Serve(ln) //nolint:errcheck // stopped by the test
+	t.Cleanup(srv.Stop)
+	return func(how func(*grpc.Server)) { how(srv) }
+}
+
+// runStep runs `hallmark-attest --step build -- sh -c script` with
+// workspace dir against socket and returns its exit code and stderr. The
+// script runs in the test's directory: it names files in dir by their
+// absolute path.
+func runStep(t *testing.T, dir, socket, script string) (int, string) {
+	t.Helper()
+	var stderr bytes.Buffer
+	env := OSEnv()
+	env.Stdout, env.Stderr = &bytes.Buffer{}, &stderr
+	code := Run(context.Background(), "hallmark-attest", []string{
+		"--socket", socket, "--workspace", dir, "--step", "build", "--product", "p",
+		"--out", filepath.Join(dir, "build.json"), "--progress", "never", "--", "sh", "-c", script,
+	}, env)
+	return code, stderr.String()
+}
+
+// Must show: while the step's command runs, the agent is asked to
+// identify the caller (WhoAmI) on the connection the attestation then
+// uses; so the attestation finds SPIRE's answer kept for it (agent
+// identify). A refused identification is no refusal of the step: the
+// attestation is asked on a new connection and answers for itself.
+func TestIdentifiedWhileTheCommandRuns(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		refuseWho bool
+		want      []string // method@connection, in order
+	}{
+		{"identified", false, []string{"WhoAmI@1", "AttestStep@1"}},
+		{"identification refused", true, []string{"WhoAmI@1", "AttestStep@2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, socket := socketDir(t)
+			a := &connAgent{marker: filepath.Join(dir, "ended"), refuseWho: tc.refuseWho}
+			serveConnAgent(t, socket, a)
+
+			code, stderr := runStep(t, dir, socket, "sleep 1; touch "+a.marker)
+			require.Zero(t, code, stderr)
+			var got []string
+			for _, c := range a.seen() {
+				got = append(got, c.method+"@"+string(rune('0'+c.conn)))
+			}
+			require.Equal(t, tc.want, got)
+			calls := a.seen()
+			require.False(t, calls[0].ended, "WhoAmI came after the command ended")
+			require.True(t, calls[1].ended)
+		})
+	}
+}
+
+// Must show: a connection the agent is closing while the command runs
+// (GOAWAY as it stops, or its end) is not used for the attestation,
+// which is asked on a new connection, of the agent now serving.
+func TestEarlyConnectionClosedByTheAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stop func(*grpc.Server)
+	}{
+		{"agent stops gracefully (GOAWAY)", (*grpc.Server).GracefulStop},
+		{"agent process ends", (*grpc.Server).Stop},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, socket := socketDir(t)
+			old := &connAgent{marker: filepath.Join(dir, "ended")}
+			stopOld := serveConnAgent(t, socket, old)
+			restarted := &connAgent{marker: old.marker}
+			// The script waits until the test has replaced the agent.
+			go func() {
+				require.Eventually(t, func() bool { return len(old.seen()) == 1 }, 10*time.Second, 5*time.Millisecond)
+				stopOld(tc.stop)
+				os.Remove(socket)
+				serveConnAgent(t, socket, restarted)
+				os.WriteFile(filepath.Join(dir, "go"), nil, 0o600) //nolint:errcheck // the script times out without it
+			}()
+			code, stderr := runStep(t, dir, socket, "for i in $(seq 100); do [ -e "+dir+"/go ] && break; sleep 0.1; done; touch "+old.marker)
+			require.Zero(t, code, stderr)
+			require.Equal(t, "WhoAmI", old.seen()[0].method)
+			got := restarted.seen()
+			require.Len(t, got, 1)
+			require.Equal(t, "AttestStep", got[0].method)
+		})
+	}
+}
+
+// Must show: the early connection is closed once keep has passed, while
+// the command still runs (the agent counts a uid's open connections), and
+// take then has none to give.
+func TestEarlyConnectionKeptOnlySoLong(t *testing.T) {
+	dir, socket := socketDir(t)
+	a := &connAgent{marker: filepath.Join(dir, "ended")}
+	serveConnAgent(t, socket, a)
+	ctx := context.Background()
+
+	e := identifyEarly(ctx, socket, 300*time.Millisecond)
+	require.Eventually(t, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		_, ended := a.ended[1]
+		return ended
+	}, 5*time.Second, 10*time.Millisecond, "the early connection outlived keep")
+	require.Nil(t, e.take(ctx))
+	require.Equal(t, []seenCall{{method: "WhoAmI", conn: 1}}, a.seen())
+
+	// Within keep, take hands the identified connection over.
+	e = identifyEarly(ctx, socket, time.Minute)
+	c := e.take(ctx)
+	require.NotNil(t, c)
+	defer c.Close()
+	require.True(t, c.Idle())
+}
+
+// socketDir is a new directory with the path of a socket in it; not
+// t.TempDir(): a socket's path must fit in 108 bytes.
+func socketDir(t *testing.T) (dir, socket string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "p"), []byte("product"), 0o600))
+	return dir, filepath.Join(dir, "agent.sock")
+}
