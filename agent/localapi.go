@@ -292,6 +292,12 @@ func (api *localAPI) identify(ctx context.Context, c *caller) *refusal {
 	wc := workloadattestor.NewCaller(c.peer.PID, c.peer.UID, c.peer.GID, c.peer.Groups)
 	for _, na := range api.a.cfg.Attestors {
 		res, err := api.answer(ctx, c, na, wc)
+		if err != nil && ctx.Err() != nil {
+			// The caller went away (hallmark-attest closes an early
+			// identification's connection when its command fails fast):
+			// not the attestor's failure.
+			return refuse(status.Code(status.FromContextError(ctx.Err()).Err()), "", "identifying the caller: "+ctx.Err().Error())
+		}
 		if err != nil {
 			return refuse(codes.Unavailable, "", fmt.Sprintf("workload attestor %s: %v", na.Name, err))
 		}

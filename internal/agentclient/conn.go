@@ -211,7 +211,9 @@ func newClient(conn conn) (*Client, error) {
 	c.writeFrame(frameSettings, 0, 0, s)
 	c.writeWindowUpdate(0, maxWindow-defaultWindow)
 	if err := c.w.Flush(); err != nil {
-		return nil, connError("%v", err)
+		e := lostError("%v", err) // the agent closed it at once
+		e.notGreeted = true
+		return nil, e
 	}
 	return c, nil
 }
@@ -287,11 +289,12 @@ func (c *Client) Identify(ctx context.Context) error {
 }
 
 // Idle reports whether the connection is up with nothing from the agent
-// waiting to be read. Between calls the agent sends nothing but a GOAWAY
-// (it closes idle connections, and all of them when it stops) or the
-// connection's end, so a connection Idle reports true of was, an instant
-// before, still one a new call could be made on; one Idle reports false of
-// should be closed unused.
+// waiting to be read. After a small call such as Identify's, the agent
+// (grpc-go) sends nothing but a GOAWAY (it closes idle connections, and
+// all of them when it stops) or the connection's end: its flow-control
+// frames for the request come before its answer. So a connection Idle
+// reports true of was, an instant before, still one a new call could be
+// made on; one Idle reports false of should be closed unused.
 func (c *Client) Idle() bool {
 	if c.err != nil || c.goAway || c.r.Buffered() > 0 {
 		return false
@@ -311,6 +314,47 @@ func (c *Client) Idle() bool {
 		idle = err == nil && n == 0
 	})
 	return err == nil && idle
+}
+
+// AwaitAgent waits, between calls, until the agent sends something or
+// ends the connection, and returns nil then, having read nothing; or until
+// ctx ends, and returns its error, the connection as it was. Between
+// calls the agent sends a GOAWAY or nothing; a caller holding an idle
+// connection closes it when AwaitAgent returns nil.
+func (c *Client) AwaitAgent(ctx context.Context) error {
+	if c.err != nil {
+		return c.err
+	}
+	if c.r.Buffered() > 0 {
+		return nil
+	}
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return errors.New("agentclient: the connection is not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.conn.SetReadDeadline(time.Unix(1, 0)) //nolint:errcheck // a closed connection ends the wait anyway
+		close(interrupted)
+	})
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}, 0)
+			if err != unix.EINTR {
+				return err != nil || n > 0
+			}
+		}
+	})
+	if !stop() {
+		<-interrupted
+		c.conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
+		return ctx.Err()
+	}
+	return err
 }
 
 // unary makes a call that answers with exactly one message.
@@ -466,7 +510,7 @@ func (s *stream) next() ([]byte, bool, error) {
 func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 	if !c.greeted {
 		if err := c.awaitGreeting(); err != nil {
-			return nil, err
+			return nil, beforeGreeting(err)
 		}
 	}
 	if c.goAway || c.nextStream > 1<<31-1 {
@@ -504,6 +548,22 @@ func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 			return s, nil
 		}
 	}
+}
+
+// beforeGreeting marks err, the failure to read the agent's greeting,
+// as NotGreeted when the connection ended (closed or reset by the agent);
+// a timeout or a context's end is left to fail.
+func beforeGreeting(err error) error {
+	if e, ok := err.(*Error); ok {
+		e.notGreeted = e.lost
+		return e
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	e := lostError("%v", err)
+	e.notGreeted = true
+	return e
 }
 
 // awaitGreeting reads frames until the agent's SETTINGS, for at most

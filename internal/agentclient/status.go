@@ -52,7 +52,8 @@ type Error struct {
 	Code    Code
 	Message string
 
-	lost bool // the connection ended under the call (ConnectionLost)
+	lost       bool // the connection ended under the call (ConnectionLost)
+	notGreeted bool // ... before the agent's greeting (NotGreeted)
 }
 
 func (e *Error) Error() string {
@@ -91,6 +92,16 @@ func lostError(format string, a ...any) *Error {
 func ConnectionLost(err error) bool {
 	e, ok := err.(*Error)
 	return ok && e.lost
+}
+
+// NotGreeted reports whether err is a call's failure because the agent
+// ended the connection before it greeted it: nothing was processed. The
+// agent closes a connection at once when its uid already has as many open
+// as agent.LocalLimits allows, so such a call may be made again on a new
+// connection once another closes.
+func NotGreeted(err error) bool {
+	e, ok := err.(*Error)
+	return ok && e.notGreeted
 }
 
 // decodeMessage undoes the percent-encoding of grpc-message (gRPC over

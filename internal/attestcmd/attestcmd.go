@@ -236,19 +236,30 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 	if pre != nil {
 		client = pre.take(ctx)
 	}
-	if client == nil {
-		if client, err = agentclient.Dial(ctx, cfg.socket); err != nil {
-			return 1, cfg.notAttested(ctx, err)
-		}
-	}
-	defer client.Close()
 	actx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	display := newProgressDisplay(env.Stderr, isTerminal(env.Stderr), cfg.progress, time.Now)
-	resp, err := attestStep(actx, client, &agentclient.AttestStepRequest{
+	req := &agentclient.AttestStepRequest{
 		Step: cfg.step, Workspace: ws, Products: cfg.products, Materials: cfg.materials,
 		StartedOn: started, Command: cfg.command, CallerClaims: cfg.claims,
-	}, display)
+	}
+	var resp *agentclient.AttestStepResponse
+	if client != nil {
+		resp, err = attestStep(actx, client, req, display)
+		if watchLost(err) {
+			// Refused for the early connection alone (its exec watch
+			// lost events while the command ran): nothing was signed,
+			// and a new connection is identified afresh.
+			client.Close()
+			client = nil
+		}
+	}
+	if client == nil {
+		client, resp, err = attestOnNewConnection(actx, cfg.socket, req, display)
+	}
+	if client != nil {
+		defer client.Close()
+	}
 	if err != nil {
 		return 1, cfg.notAttested(ctx, err)
 	}
@@ -319,6 +330,49 @@ func waitForLog(ctx context.Context, c *agentclient.Client, socket, id string) (
 	return again.GetBundle(ctx, id, true)
 }
 
+// retryUnanswered is how long attestOnNewConnection tries again while the
+// agent closes its connections unanswered, as DialSocket waits out a full
+// queue of connections to accept.
+const retryUnanswered = 10 * time.Second
+
+// attestOnNewConnection dials the agent and asks it to attest req. While
+// the agent closes the connection before greeting it (its uid has as many
+// connections open as agent.LocalLimits allows: other steps' early
+// identifications, each closed within EarlyKeep), nothing was processed,
+// and it tries again, for up to retryUnanswered. The client it returns,
+// if any, is the caller's to close.
+func attestOnNewConnection(ctx context.Context, socket string, req *agentclient.AttestStepRequest, d *progressDisplay) (*agentclient.Client, *agentclient.AttestStepResponse, error) {
+	deadline := time.Now().Add(retryUnanswered)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		client, err := agentclient.Dial(ctx, socket)
+		var resp *agentclient.AttestStepResponse
+		if err == nil {
+			resp, err = attestStep(ctx, client, req, d)
+		}
+		if !agentclient.NotGreeted(err) || time.Now().After(deadline) {
+			return client, resp, err
+		}
+		if client != nil {
+			client.Close()
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, nil, err
+		}
+	}
+}
+
+// watchLost reports whether err is the agent's refusal of a call because
+// it can no longer vouch that the connection's process did not exec
+// since it connected: its exec watch lost events (peercred), which taints
+// every connection open then, whatever their processes did.
+func watchLost(err error) bool {
+	return agentclient.CodeOf(err) == agentclient.PermissionDenied &&
+		strings.Contains(err.(*agentclient.Error).Message, "caller changed since it connected") &&
+		strings.Contains(err.(*agentclient.Error).Message, "dropped process events")
+}
+
 // attestStep asks the agent to attest req, showing its progress on d; a
 // nil d makes the plain unary call. An agent without AttestStepStream
 // (older than this CLI) is asked with AttestStep instead: a stream it
@@ -341,6 +395,9 @@ func Explain(socket string, err error) error {
 	var e *agentclient.Error
 	if !errors.As(err, &e) {
 		return err
+	}
+	if agentclient.NotGreeted(err) {
+		return fmt.Errorf("the agent at %s closed the connection unanswered: it is stopping, or your uid has as many connections open as it allows (max_connections_per_uid) (%s)", socket, e.Message)
 	}
 	switch e.Code {
 	case agentclient.PermissionDenied:

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,6 +35,10 @@ type connAgent struct {
 	agentv1.UnimplementedWorkloadServiceServer
 	marker    string // the file the step's command creates as it ends
 	refuseWho bool
+	whoDelay  time.Duration // how long WhoAmI takes to answer
+	// tainted is the connection whose AttestStep is refused as the agent
+	// refuses one its exec watch can no longer vouch for.
+	tainted int64
 
 	next  atomic.Int64
 	mu    sync.Mutex
@@ -52,6 +57,7 @@ func (a *connAgent) record(ctx context.Context, method string) {
 
 func (a *connAgent) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*agentv1.WhoAmIResponse, error) {
 	a.record(ctx, "WhoAmI")
+	time.Sleep(a.whoDelay)
 	if a.refuseWho {
 		return nil, status.Error(codes.PermissionDenied, "no")
 	}
@@ -60,6 +66,9 @@ func (a *connAgent) WhoAmI(ctx context.Context, _ *agentv1.WhoAmIRequest) (*agen
 
 func (a *connAgent) AttestStep(ctx context.Context, _ *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
 	a.record(ctx, "AttestStep")
+	if ctx.Value(connKey{}).(int64) == a.tainted {
+		return nil, status.Error(codes.PermissionDenied, "caller changed since it connected: peercred: the exec watch cannot vouch for the connection: the kernel dropped process events while pid 7 was connected")
+	}
 	return &agentv1.AttestStepResponse{Bundle: []byte("{}"), InvocationId: "inv"}, nil
 }
 
@@ -147,7 +156,7 @@ func TestIdentifiedWhileTheCommandRuns(t *testing.T) {
 			require.Zero(t, code, stderr)
 			var got []string
 			for _, c := range a.seen() {
-				got = append(got, c.method+"@"+string(rune('0'+c.conn)))
+				got = append(got, c.method+"@"+strconv.FormatInt(c.conn, 10))
 			}
 			require.Equal(t, tc.want, got)
 			calls := a.seen()
@@ -227,4 +236,122 @@ func socketDir(t *testing.T) (dir, socket string) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "p"), []byte("product"), 0o600))
 	return dir, filepath.Join(dir, "agent.sock")
+}
+
+// Must show: an early connection held while the command runs does not
+// hold up the agent's graceful stop (grpc-go waits up to 5 s for the
+// answer to the PING it sends with its first GOAWAY): it is closed as
+// soon as the agent says GOAWAY, and take has none to give.
+func TestEarlyConnectionDoesNotHoldUpTheAgentsStop(t *testing.T) {
+	dir, socket := socketDir(t)
+	a := &connAgent{marker: filepath.Join(dir, "ended")}
+	stop := serveConnAgent(t, socket, a)
+	ctx := context.Background()
+
+	e := identifyEarly(ctx, socket, time.Minute)
+	require.Eventually(t, func() bool { return len(a.seen()) == 1 }, 5*time.Second, 5*time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // WhoAmI's answer read
+	start := time.Now()
+	stop((*grpc.Server).GracefulStop)
+	require.Less(t, time.Since(start), time.Second, "the agent's graceful stop waited for the early connection")
+	require.Nil(t, e.take(ctx))
+}
+
+// Must show: once the command has ended, an identification still under
+// way is waited for, not abandoned when keep passes: the attestation
+// would wait for SPIRE's answer anyway, on a new connection and from the
+// start.
+func TestEarlyIdentificationWaitedForOnceTheCommandEnded(t *testing.T) {
+	dir, socket := socketDir(t)
+	a := &connAgent{marker: filepath.Join(dir, "ended"), whoDelay: 500 * time.Millisecond}
+	serveConnAgent(t, socket, a)
+	ctx := context.Background()
+
+	e := identifyEarly(ctx, socket, 200*time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the command ends
+	c := e.take(ctx)
+	require.NotNil(t, c, "the identification under way was abandoned")
+	defer c.Close()
+	require.True(t, c.Idle())
+	require.Len(t, a.seen(), 1)
+}
+
+// Must show: an attestation refused on the early connection because the
+// agent's exec watch lost events while the command ran (it then refuses
+// every connection open at the time, whatever its process did) is asked
+// again on a new connection, which the agent identifies afresh; the same
+// refusal on a connection made for the attestation is the step's answer.
+func TestAttestAgainWhenTheEarlyConnectionIsTainted(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		refuseWho bool // so the early connection is not used
+		tainted   int64
+		wantCode  int
+		want      []string
+	}{
+		{"early connection tainted", false, 1, 0, []string{"WhoAmI@1", "AttestStep@1", "AttestStep@2"}},
+		{"new connection tainted", true, 2, 1, []string{"WhoAmI@1", "AttestStep@2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, socket := socketDir(t)
+			a := &connAgent{marker: filepath.Join(dir, "ended"), refuseWho: tc.refuseWho, tainted: tc.tainted}
+			serveConnAgent(t, socket, a)
+			code, stderr := runStep(t, dir, socket, "touch "+a.marker)
+			require.Equal(t, tc.wantCode, code, stderr)
+			var got []string
+			for _, c := range a.seen() {
+				got = append(got, c.method+"@"+strconv.FormatInt(c.conn, 10))
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
+// closingListener closes the first n connections it accepts unanswered,
+// as the agent closes those over their uid's connection limit.
+type closingListener struct {
+	net.Listener
+	n      atomic.Int32
+	closed atomic.Int32
+}
+
+func (l *closingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || l.closed.Load() >= l.n.Load() {
+			return c, err
+		}
+		l.closed.Add(1)
+		c.Close()
+	}
+}
+
+// Must show: while the agent closes the step's connections before
+// greeting them (its uid is at its connection limit), the attestation is
+// asked again on a new connection, until one is served; nothing was
+// processed on the others. An agent that keeps closing them for longer
+// than retryUnanswered fails the step, saying so.
+func TestAttestAgainWhileConnectionsAreClosedUnanswered(t *testing.T) {
+	dir, socket := socketDir(t)
+	ln, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	cl := &closingListener{Listener: ln}
+	cl.n.Store(4) // the early connection, then three tries
+	a := &connAgent{marker: filepath.Join(dir, "ended")}
+	srv := grpc.NewServer(grpc.StatsHandler(a))
+	agentv1.RegisterWorkloadServiceServer(srv, a)
+	go srv.Serve(cl) //nolint:errcheck // stopped below
+	t.Cleanup(srv.Stop)
+
+	code, stderr := runStep(t, dir, socket, "touch "+a.marker)
+	require.Zero(t, code, stderr)
+	require.EqualValues(t, 4, cl.closed.Load())
+	require.Equal(t, []seenCall{{method: "AttestStep", conn: 1, ended: true}}, a.seen())
+
+	cl.n.Store(1 << 30)
+	start := time.Now()
+	code, stderr = runStep(t, dir, socket, "true")
+	require.Equal(t, 1, code)
+	require.Contains(t, stderr, "closed the connection unanswered")
+	require.GreaterOrEqual(t, time.Since(start), retryUnanswered)
 }
