@@ -439,3 +439,73 @@ func TestInvalidUTF8Refused(t *testing.T) {
 	_, err := marshalGetBundle(bad, true)
 	require.Equal(t, Internal, CodeOf(err))
 }
+
+// Must show: NotGreeted is a connection the agent ended before its
+// greeting, whichever way the client learns it (its own greeting's write
+// fails, EPIPE; or the read, ECONNRESET or EOF), and nothing else: not a
+// greeting that never comes, not an agent that greeted and then went,
+// not a connection lost under a call.
+func TestNotGreeted(t *testing.T) {
+	ctx := context.Background()
+	listen := func(t *testing.T, serve func(net.Conn)) string {
+		dir, err := os.MkdirTemp("", "hm")
+		require.NoError(t, err)
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		socket := filepath.Join(dir, "agent.sock")
+		l, err := net.Listen("unix", socket)
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				conn, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go serve(conn)
+			}
+		}()
+		return socket
+	}
+	call := func(socket string, greetWithin time.Duration) error {
+		c, err := Dial(ctx, socket)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.greetWithin = greetWithin
+		_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+		return err
+	}
+	for _, tc := range []struct {
+		name  string
+		serve func(net.Conn)
+		want  bool
+	}{
+		{"closed at accept", func(c net.Conn) { c.Close() }, true},
+		{"closed once the client's greeting is read", func(c net.Conn) { c.Read(make([]byte, 100)); c.Close() }, true}, //nolint:errcheck // then gone
+		{"greeted, then closed", func(c net.Conn) {
+			time.Sleep(5 * time.Millisecond)
+			c.Write([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0}) //nolint:errcheck // empty SETTINGS
+			c.Close()
+		}, false},
+		{"no greeting", func(c net.Conn) { io.Copy(io.Discard, c) }, false}, //nolint:errcheck // until the client goes
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			socket := listen(t, tc.serve)
+			for range 20 { // both orders of the agent's close and the client's write
+				err := call(socket, 200*time.Millisecond)
+				require.Equal(t, Unavailable, CodeOf(err), "%v", err)
+				require.Equal(t, tc.want, NotGreeted(err), "%v", err)
+				if !tc.want && tc.name == "no greeting" {
+					break
+				}
+			}
+		})
+	}
+	t.Run("lost under a call", func(t *testing.T) {
+		c := dial(t, serve(t, &fakeAgent{block: true}))
+		go func() { time.Sleep(100 * time.Millisecond); c.conn.Close() }()
+		_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+		require.False(t, NotGreeted(err), "%v", err)
+	})
+}

@@ -510,6 +510,11 @@ func (s *stream) next() ([]byte, bool, error) {
 func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 	if !c.greeted {
 		if err := c.awaitGreeting(); err != nil {
+			if c.greeted {
+				// Greeted, then acknowledging the greeting failed: the
+				// agent did answer; not NotGreeted, whatever the timing.
+				return nil, err
+			}
 			return nil, beforeGreeting(err)
 		}
 	}
@@ -551,8 +556,10 @@ func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 }
 
 // beforeGreeting marks err, the failure to read the agent's greeting,
-// as NotGreeted when the connection ended (closed or reset by the agent);
-// a timeout or a context's end is left to fail.
+// as NotGreeted when the connection ended (closed or reset by the agent,
+// for whatever reason: its limits, a peer it cannot identify, its stop);
+// a timeout or a context's end is left to fail (fail turns a context's
+// end into its code before the caller sees err).
 func beforeGreeting(err error) error {
 	if e, ok := err.(*Error); ok {
 		e.notGreeted = e.lost

@@ -247,9 +247,10 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 	if client != nil {
 		resp, err = attestStep(actx, client, req, display)
 		if watchLost(err) {
-			// Refused for the early connection alone (its exec watch
-			// lost events while the command ran): nothing was signed,
-			// and a new connection is identified afresh.
+			// Refused for the early connection alone (the exec watch
+			// lost events while it was open): refused at identify or
+			// confirm, before sign (agent/localapi.go attestStep), so
+			// nothing was signed; a new connection is identified afresh.
 			client.Close()
 			client = nil
 		}
@@ -336,11 +337,15 @@ func waitForLog(ctx context.Context, c *agentclient.Client, socket, id string) (
 const retryUnanswered = 10 * time.Second
 
 // attestOnNewConnection dials the agent and asks it to attest req. While
-// the agent closes the connection before greeting it (its uid has as many
-// connections open as agent.LocalLimits allows: other steps' early
-// identifications, each closed within EarlyKeep), nothing was processed,
-// and it tries again, for up to retryUnanswered. The client it returns,
-// if any, is the caller's to close.
+// the agent closes the connection before greeting it, nothing was sent
+// but this client's own greeting (open waits for the agent's before it
+// writes a request), so nothing was processed, and it tries again; it
+// starts no try after retryUnanswered (one under way may take longer:
+// DialSocket's wait, the greeting's). The agent closes a connection at
+// accept when the uid is at max_connections_per_uid (other steps' early
+// identifications, attestations and --wait-log waits) or all uids at
+// max_connections, and also when it cannot identify the peer, which no
+// try mends. The client it returns, if any, is the caller's to close.
 func attestOnNewConnection(ctx context.Context, socket string, req *agentclient.AttestStepRequest, d *progressDisplay) (*agentclient.Client, *agentclient.AttestStepResponse, error) {
 	deadline := time.Now().Add(retryUnanswered)
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
@@ -397,7 +402,7 @@ func Explain(socket string, err error) error {
 		return err
 	}
 	if agentclient.NotGreeted(err) {
-		return fmt.Errorf("the agent at %s closed the connection unanswered: it is stopping, or your uid has as many connections open as it allows (max_connections_per_uid) (%s)", socket, e.Message)
+		return fmt.Errorf("the agent at %s kept closing the connection before answering: it is stopping, your uid or all uids are at its connection limits (max_connections_per_uid, max_connections), or it cannot identify this process (e.g. from another pid namespace); its metric hallmark_agent_local_connections_refused_total says which (%s)", socket, e.Message)
 	}
 	switch e.Code {
 	case agentclient.PermissionDenied:

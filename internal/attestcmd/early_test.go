@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 
+	"github.com/hallmark-dev/hallmark/internal/agentclient"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
@@ -352,6 +353,84 @@ func TestAttestAgainWhileConnectionsAreClosedUnanswered(t *testing.T) {
 	start := time.Now()
 	code, stderr = runStep(t, dir, socket, "true")
 	require.Equal(t, 1, code)
-	require.Contains(t, stderr, "closed the connection unanswered")
+	require.Contains(t, stderr, "kept closing the connection before answering")
 	require.GreaterOrEqual(t, time.Since(start), retryUnanswered)
+	require.Less(t, time.Since(start), retryUnanswered+5*time.Second, "tried on past retryUnanswered")
+}
+
+// trackingListener remembers the connections it accepted.
+type trackingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// sentAgent counts AttestStep calls; it answers err, or, when err is nil,
+// ends every connection under the call, as an agent that signed and
+// queued the attestation and then lost the connection.
+type sentAgent struct {
+	agentv1.UnimplementedWorkloadServiceServer
+	ln    *trackingListener
+	err   error
+	calls atomic.Int32
+}
+
+func (a *sentAgent) AttestStep(ctx context.Context, _ *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	a.calls.Add(1)
+	if a.err != nil {
+		return nil, a.err
+	}
+	a.ln.mu.Lock()
+	for _, c := range a.ln.conns {
+		c.Close()
+	}
+	a.ln.mu.Unlock()
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Must show: a request that reached the agent is never sent again,
+// whatever then failed: the connection's end under the call (the agent
+// may have signed and queued it: a duplicate attestation) or the agent's
+// own Unavailable.
+func TestAttestNotAskedAgainOnceSent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"connection lost under the call", nil},
+		{"the agent's Unavailable", status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, socket := socketDir(t)
+			ln, err := net.Listen("unix", socket)
+			require.NoError(t, err)
+			tl := &trackingListener{Listener: ln}
+			a := &sentAgent{ln: tl, err: tc.err}
+			srv := grpc.NewServer()
+			agentv1.RegisterWorkloadServiceServer(srv, a)
+			go srv.Serve(tl) //nolint:errcheck // stopped below
+			t.Cleanup(srv.Stop)
+
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c, _, err := attestOnNewConnection(ctx, socket, &agentclient.AttestStepRequest{Step: "build", Products: []string{"p"}}, nil)
+			if c != nil {
+				c.Close()
+			}
+			require.Equal(t, agentclient.Unavailable, agentclient.CodeOf(err), "%v", err)
+			require.False(t, agentclient.NotGreeted(err), "%v", err)
+			require.EqualValues(t, 1, a.calls.Load(), "the request was sent again")
+		})
+	}
 }
