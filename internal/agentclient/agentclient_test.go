@@ -362,13 +362,7 @@ func TestNoGreeting(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir, err := os.MkdirTemp("", "hm")
-			require.NoError(t, err)
-			t.Cleanup(func() { os.RemoveAll(dir) })
-			socket := filepath.Join(dir, "agent.sock")
-			l, err := net.Listen("unix", socket)
-			require.NoError(t, err)
-			t.Cleanup(func() { l.Close() })
+			l, socket := listenUnix(t)
 			if tc.serve != nil {
 				go func() {
 					conn, err := l.Accept()
@@ -383,7 +377,7 @@ func TestNoGreeting(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			start := time.Now()
-			_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+			_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
 			require.Equal(t, Unavailable, CodeOf(err), "%v", err)
 			require.ErrorContains(t, err, "connection error: no HTTP/2 greeting from the agent within 300ms")
 			require.Less(t, time.Since(start), 30*time.Second)
@@ -448,13 +442,7 @@ func TestInvalidUTF8Refused(t *testing.T) {
 func TestNotGreeted(t *testing.T) {
 	ctx := context.Background()
 	listen := func(t *testing.T, serve func(net.Conn)) string {
-		dir, err := os.MkdirTemp("", "hm")
-		require.NoError(t, err)
-		t.Cleanup(func() { os.RemoveAll(dir) })
-		socket := filepath.Join(dir, "agent.sock")
-		l, err := net.Listen("unix", socket)
-		require.NoError(t, err)
-		t.Cleanup(func() { l.Close() })
+		l, socket := listenUnix(t)
 		go func() {
 			for {
 				conn, err := l.Accept()
@@ -508,4 +496,18 @@ func TestNotGreeted(t *testing.T) {
 		_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
 		require.False(t, NotGreeted(err), "%v", err)
 	})
+}
+
+// listenUnix listens on a unix socket in a new directory until the test
+// ends; not t.TempDir(): a socket's path must fit in 108 bytes.
+func listenUnix(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "hm")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "agent.sock")
+	l, err := net.Listen("unix", socket)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l, socket
 }

@@ -59,15 +59,22 @@ func TestUsageAndHelp(t *testing.T) {
 	}
 }
 
+// agentStops are the two ways an agent ends its connections: it stops
+// gracefully (GOAWAY, then the connection's end), or its process ends.
+var agentStops = []struct {
+	name string
+	stop func(*grpc.Server)
+}{
+	{"agent stops gracefully (GOAWAY)", (*grpc.Server).GracefulStop},
+	{"agent process ends", (*grpc.Server).Stop},
+}
+
 // silentSocket is a unix socket that accepts connections and answers
 // nothing, in a new directory (dir), until the test ends. The directory is
 // not t.TempDir(): a socket's path must fit in 108 bytes.
 func silentSocket(t *testing.T) (dir, socket string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "hm")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	socket = filepath.Join(dir, "agent.sock")
+	dir, socket = socketDir(t)
 	l, err := net.Listen("unix", socket)
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
@@ -99,13 +106,7 @@ func (b *bundleAgent) GetBundle(context.Context, *agentv1.GetBundleRequest) (*ag
 // connection. An answer of the agent's own is not asked again.
 func TestWaitForLogAfterTheConnectionEnds(t *testing.T) {
 	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		stop func(*grpc.Server)
-	}{
-		{"agent stops gracefully (GOAWAY)", (*grpc.Server).GracefulStop},
-		{"agent process ends", (*grpc.Server).Stop},
-	} {
+	for _, tc := range agentStops {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, err := os.MkdirTemp("", "hm")
 			require.NoError(t, err)

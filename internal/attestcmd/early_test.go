@@ -171,13 +171,7 @@ func TestIdentifiedWhileTheCommandRuns(t *testing.T) {
 // (GOAWAY as it stops, or its end) is not used for the attestation,
 // which is asked on a new connection, of the agent now serving.
 func TestEarlyConnectionClosedByTheAgent(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		stop func(*grpc.Server)
-	}{
-		{"agent stops gracefully (GOAWAY)", (*grpc.Server).GracefulStop},
-		{"agent process ends", (*grpc.Server).Stop},
-	} {
+	for _, tc := range agentStops {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, socket := socketDir(t)
 			old := &connAgent{marker: filepath.Join(dir, "ended")}
