@@ -299,21 +299,16 @@ func (c *Client) Idle() bool {
 	if c.err != nil || c.goAway || c.r.Buffered() > 0 {
 		return false
 	}
-	sc, ok := c.conn.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := c.rawConn()
 	if err != nil {
 		return false
 	}
-	idle := false
-	err = rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}
-		n, err := unix.Poll(fds, 0)
-		idle = err == nil && n == 0
-	})
-	return err == nil && idle
+	var ready bool
+	var perr error
+	if err := rc.Control(func(fd uintptr) { ready, perr = readable(fd) }); err != nil {
+		return false
+	}
+	return perr == nil && !ready
 }
 
 // AwaitAgent waits, between calls, until the agent sends something or
@@ -328,11 +323,7 @@ func (c *Client) AwaitAgent(ctx context.Context) error {
 	if c.r.Buffered() > 0 {
 		return nil
 	}
-	sc, ok := c.conn.(syscall.Conn)
-	if !ok {
-		return errors.New("agentclient: the connection is not a socket")
-	}
-	rc, err := sc.SyscallConn()
+	rc, err := c.rawConn()
 	if err != nil {
 		return err
 	}
@@ -342,12 +333,8 @@ func (c *Client) AwaitAgent(ctx context.Context) error {
 		close(interrupted)
 	})
 	err = rc.Read(func(fd uintptr) bool {
-		for {
-			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}, 0)
-			if err != unix.EINTR {
-				return err != nil || n > 0
-			}
-		}
+		ready, err := readable(fd)
+		return err != nil || ready
 	})
 	if !stop() {
 		<-interrupted
@@ -355,6 +342,26 @@ func (c *Client) AwaitAgent(ctx context.Context) error {
 		return ctx.Err()
 	}
 	return err
+}
+
+// rawConn is the connection's socket, for polling it without reading.
+func (c *Client) rawConn() (syscall.RawConn, error) {
+	sc, ok := c.conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("agentclient: the connection is not a socket")
+	}
+	return sc.SyscallConn()
+}
+
+// readable reports, without waiting, whether the socket fd has something
+// to read or its peer has closed it.
+func readable(fd uintptr) (bool, error) {
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}, 0)
+		if err != unix.EINTR {
+			return n > 0, err
+		}
+	}
 }
 
 // unary makes a call that answers with exactly one message.

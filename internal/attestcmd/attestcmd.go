@@ -373,9 +373,8 @@ func attestOnNewConnection(ctx context.Context, socket string, req *agentclient.
 // since it connected: its exec watch lost events (peercred), which taints
 // every connection open then, whatever their processes did.
 func watchLost(err error) bool {
-	return agentclient.CodeOf(err) == agentclient.PermissionDenied &&
-		strings.Contains(err.(*agentclient.Error).Message, "caller changed since it connected") &&
-		strings.Contains(err.(*agentclient.Error).Message, "dropped process events")
+	var e *agentclient.Error
+	return errors.As(err, &e) && e.Code == agentclient.PermissionDenied && strings.Contains(e.Message, "dropped process events")
 }
 
 // attestStep asks the agent to attest req, showing its progress on d; a
