@@ -54,6 +54,9 @@ type tokenFields struct {
 // token writes and signs a TimeStampResp of Signer's shape, drawing the
 // signature's randomness from random.
 func (s *Signer) token(f tokenFields, random io.Reader) ([]byte, error) {
+	if len(s.signingCert) == 0 {
+		return nil, errors.New("tsa: signer made without NewSigner")
+	}
 	leaf := s.chain[0]
 	tst, err := s.tstInfo(f)
 	if err != nil {
@@ -61,9 +64,6 @@ func (s *Signer) token(f tokenFields, random io.Reader) ([]byte, error) {
 	}
 	contentDigest := sha256.Sum256(tst)
 
-	if len(s.signingCert) == 0 {
-		return nil, errors.New("tsa: signer made without NewSigner")
-	}
 	// RFC 5652 section 5.3: the signed attributes, a DER SET OF, so in
 	// the order of their encodings (X.690 section 11.6). They are listed
 	// in that order already (each is longer than the one before, so its
