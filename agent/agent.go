@@ -67,6 +67,7 @@ const (
 	logSPIFFEIDs    = "spiffe_ids"
 	logSelectors    = "selectors"
 	logInvocationID = "invocation_id"
+	logNotLogged    = "not_logged_since" // like events not logged since the last line
 )
 
 // certIssuer is the server call the agent makes to renew; the generated
@@ -250,15 +251,18 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 		return nil, nil, fmt.Errorf("the open files limit (%d) is too low for max_connections = %d: raise it to %d (LimitNOFILE) or lower max_connections",
 			rl.Cur, lim.Connections, 4*lim.Connections+512)
 	}
+	refusals := newRefusalLog(a.log, a.cfg.Now)
 	ln, err := peercred.Listen(peercred.ListenConfig{
 		Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID,
 		MaxConns: lim.Connections, MaxConnsPerUID: lim.ConnectionsPerUID, Execs: execs,
+		Refusal: localRefusal(lim),
 		OnSkip: func(err error) {
 			reason := "unidentified"
 			if errors.Is(err, peercred.ErrTooManyConns) {
 				reason = "limits"
 			}
 			a.metrics.refusedConns.WithLabelValues(reason).Inc()
+			refusals.record(reason, err)
 		},
 	})
 	if err != nil {

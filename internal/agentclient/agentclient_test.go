@@ -1,6 +1,7 @@
 package agentclient
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -434,36 +436,13 @@ func TestInvalidUTF8Refused(t *testing.T) {
 	require.Equal(t, Internal, CodeOf(err))
 }
 
-// Must show: NotGreeted is a connection the agent ended before its
+// Must show: Unserved is a connection the agent ended before its
 // greeting, whichever way the client learns it (its own greeting's write
 // fails, EPIPE; or the read, ECONNRESET or EOF), and nothing else: not a
 // greeting that never comes, not an agent that greeted and then went,
 // not a connection lost under a call.
-func TestNotGreeted(t *testing.T) {
+func TestUnserved(t *testing.T) {
 	ctx := context.Background()
-	listen := func(t *testing.T, serve func(net.Conn)) string {
-		l, socket := listenUnix(t)
-		go func() {
-			for {
-				conn, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go serve(conn)
-			}
-		}()
-		return socket
-	}
-	call := func(socket string, greetWithin time.Duration) error {
-		c, err := Dial(ctx, socket)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		c.greetWithin = greetWithin
-		_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
-		return err
-	}
 	for _, tc := range []struct {
 		name  string
 		serve func(net.Conn)
@@ -479,11 +458,11 @@ func TestNotGreeted(t *testing.T) {
 		{"no greeting", func(c net.Conn) { io.Copy(io.Discard, c) }, false}, //nolint:errcheck // until the client goes
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			socket := listen(t, tc.serve)
+			socket := serveEach(t, tc.serve)
 			for range 20 { // both orders of the agent's close and the client's write
-				err := call(socket, 200*time.Millisecond)
+				err := attestOnce(ctx, socket, 200*time.Millisecond)
 				require.Equal(t, Unavailable, CodeOf(err), "%v", err)
-				require.Equal(t, tc.want, NotGreeted(err), "%v", err)
+				require.Equal(t, tc.want, Unserved(err), "%v", err)
 				if !tc.want && tc.name == "no greeting" {
 					break
 				}
@@ -494,8 +473,110 @@ func TestNotGreeted(t *testing.T) {
 		c := dial(t, serve(t, &fakeAgent{block: true}))
 		go func() { time.Sleep(100 * time.Millisecond); c.conn.Close() }()
 		_, err := c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
-		require.False(t, NotGreeted(err), "%v", err)
+		require.False(t, Unserved(err), "%v", err)
 	})
+}
+
+// serveEach serves every connection to a new socket with serve, until the
+// test ends; it returns the socket's path.
+func serveEach(t *testing.T, serve func(net.Conn)) string {
+	l, socket := listenUnix(t)
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go serve(conn)
+		}
+	}()
+	return socket
+}
+
+// attestOnce makes one AttestStep call on a new connection to socket.
+func attestOnce(ctx context.Context, socket string, greetWithin time.Duration) error {
+	c, err := Dial(ctx, socket)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.greetWithin = greetWithin
+	_, err = c.AttestStep(ctx, &AttestStepRequest{Step: "build"})
+	return err
+}
+
+// Must show: the agent's refusal of a connection at accept (an empty
+// SETTINGS, then a GOAWAY that serves no stream, agent/refusal.go) is read
+// whichever comes first, the agent's close or the client's greeting: over
+// the agent's limits it is Unserved, with the agent's reason (Refused); a
+// caller the agent cannot identify is Unauthenticated and not Unserved, so
+// nobody tries again. A GOAWAY that is not the agent's second frame, or
+// that serves a stream, is no refusal. The frames are written by
+// golang.org/x/net/http2, as grpc-go writes them.
+func TestRefused(t *testing.T) {
+	ctx := context.Background()
+	const limits = "hallmark-agent: too many connections: uid 1000 has 64 open (max_connections_per_uid = 64)"
+	frames := func(write func(*http2.Framer)) []byte {
+		var b bytes.Buffer
+		write(http2.NewFramer(&b, nil))
+		return b.Bytes()
+	}
+	refusal := func(code http2.ErrCode, last uint32, why string) []byte {
+		return frames(func(f *http2.Framer) {
+			f.WriteSettings()                      //nolint:errcheck // to a bytes.Buffer
+			f.WriteGoAway(last, code, []byte(why)) //nolint:errcheck // as above
+		})
+	}
+	for _, tc := range []struct {
+		name        string
+		say         []byte
+		wantCode    Code
+		wantUnserve bool
+		wantRefused string // Refused's reason, or the message when Unauthenticated
+	}{
+		{"over the limits", refusal(http2.ErrCodeEnhanceYourCalm, 0, limits), Unavailable, true, limits},
+		{"unidentified", refusal(http2.ErrCodeInadequateSecurity, 0, "hallmark-agent: cannot identify the caller"), Unauthenticated, false, "hallmark-agent: cannot identify the caller"},
+		{"no reason given", refusal(http2.ErrCodeEnhanceYourCalm, 0, ""), Unavailable, true, "GOAWAY, error code 11"},
+		{"control characters", refusal(http2.ErrCodeEnhanceYourCalm, 0, "a\x1b[2Jb\nc\u00e9"), Unavailable, true, "a?[2Jb?c?"},
+		{"a stream served", refusal(http2.ErrCodeEnhanceYourCalm, 1, limits), Unavailable, false, ""},
+		{"not the second frame", frames(func(f *http2.Framer) {
+			f.WriteSettings()                                              //nolint:errcheck // to a bytes.Buffer
+			f.WritePing(false, [8]byte{})                                  //nolint:errcheck // as above
+			f.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(limits)) //nolint:errcheck // as above
+		}), Unavailable, false, ""},
+	} {
+		for _, order := range []struct {
+			name  string
+			first func(net.Conn)
+		}{
+			{"before the client's greeting", func(net.Conn) {}},
+			{"after the client's greeting", func(c net.Conn) { c.Read(make([]byte, 100)) }}, //nolint:errcheck // then refused
+		} {
+			t.Run(tc.name+"/"+order.name, func(t *testing.T) {
+				socket := serveEach(t, func(c net.Conn) {
+					order.first(c)
+					c.Write(tc.say) //nolint:errcheck // then gone
+					c.Close()
+				})
+				for range 20 { // both orders of the agent's close and the client's writes
+					err := attestOnce(ctx, socket, 5*time.Second)
+					require.Equal(t, tc.wantCode, CodeOf(err), "%v", err)
+					require.Equal(t, tc.wantUnserve, Unserved(err), "%v", err)
+					why, refused := Refused(err)
+					switch {
+					case tc.wantCode == Unauthenticated:
+						require.Equal(t, tc.wantRefused, err.(*Error).Message)
+						require.False(t, refused)
+					case tc.wantRefused != "":
+						require.True(t, refused, "%v", err)
+						require.Equal(t, tc.wantRefused, why)
+					default:
+						require.False(t, refused, "%v", err)
+					}
+				}
+			})
+		}
+	}
 }
 
 // listenUnix listens on a unix socket in a new directory until the test

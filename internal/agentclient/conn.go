@@ -104,9 +104,14 @@ type Client struct {
 	dec    *hpack.Decoder
 
 	greeted      bool // the agent's SETTINGS were read
+	framesRead   int  // frames read whole, to tell the connection's first ones
 	greetWithin  time.Duration
 	nextStream   uint32 // the next stream to open
 	goAway       bool   // the agent said GOAWAY: no new streams
+	goAwayAt     int    // ... in this frame (framesRead)
+	goAwayLast   uint32 // ... the last stream it serves
+	goAwayCode   uint32 // ... its error code
+	goAwayDebug  []byte // ... and why (its debug data, bounded by maxFrameSize)
 	maxSendFrame int
 	initWindow   int64 // the agent's SETTINGS_INITIAL_WINDOW_SIZE
 	connWindow   int64 // what the connection lets this client send
@@ -211,11 +216,77 @@ func newClient(conn conn) (*Client, error) {
 	c.writeFrame(frameSettings, 0, 0, s)
 	c.writeWindowUpdate(0, maxWindow-defaultWindow)
 	if err := c.w.Flush(); err != nil {
-		e := lostError("%v", err) // the agent closed it at once
-		e.notGreeted = true
+		// The agent closed it at once, after saying why (refusal) or not.
+		if r := c.refusal(); r != nil {
+			return nil, r
+		}
+		e := lostError("%v", err)
+		e.unserved = true
 		return nil, e
 	}
 	return c, nil
+}
+
+// Error codes of RST_STREAM and GOAWAY (RFC 9113, section 7).
+const (
+	errCodeEnhanceYourCalm    = 0xb
+	errCodeInadequateSecurity = 0xc
+)
+
+// refusalWait bounds the read of the agent's refusal, which is there
+// already when the agent closed the connection.
+const refusalWait = time.Second
+
+// refusal returns the agent's refusal of this connection at accept, if
+// that is how it ended: the agent's first two frames are then an empty
+// SETTINGS and a GOAWAY that serves no stream, with why in its debug data
+// (agent/refusal.go). Called once the connection failed, it reads those
+// frames if they were not read yet: the agent closed the connection after
+// writing them, so they are there at once.
+//
+// ENHANCE_YOUR_CALM (the agent's connection limits) is Unserved: nothing
+// was processed, and a new connection may pass once others close.
+// INADEQUATE_SECURITY (the agent cannot identify this process) is
+// Unauthenticated, final: a new connection fails alike.
+func (c *Client) refusal() *Error {
+	if !c.goAway && c.framesRead < 2 {
+		c.conn.SetReadDeadline(time.Now().Add(refusalWait)) //nolint:errcheck // the reads fail then, and there is no refusal
+		for c.framesRead < 2 && !c.goAway {
+			n := c.framesRead
+			// The SETTINGS frame's acknowledgement fails to go out: the
+			// frame was read all the same.
+			if err := c.readFrame(nil); err != nil && c.framesRead == n {
+				break
+			}
+		}
+		c.conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
+	}
+	if !c.goAway || c.goAwayAt != 2 || c.goAwayLast != 0 {
+		return nil
+	}
+	why := printable(c.goAwayDebug)
+	if why == "" {
+		why = fmt.Sprintf("GOAWAY, error code %d", c.goAwayCode)
+	}
+	if c.goAwayCode == errCodeInadequateSecurity {
+		return &Error{Code: Unauthenticated, Message: why}
+	}
+	e := lostError("the agent refused the connection: %s", why)
+	e.unserved = true
+	e.refused = why
+	return e
+}
+
+// printable is b with every byte other than printable ASCII replaced:
+// what the agent says goes to the step's terminal.
+func printable(b []byte) string {
+	r := []rune(string(b))
+	for i, c := range r {
+		if c < 0x20 || c > 0x7e {
+			r[i] = '?'
+		}
+	}
+	return string(r)
 }
 
 // Close closes the connection.
@@ -448,12 +519,22 @@ func (c *Client) call(ctx context.Context, method string, req []byte, onMsg func
 
 // fail ends the connection after err, which later calls also return.
 func (c *Client) fail(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
+	e, isErr := err.(*Error)
+	switch {
+	case ctx.Err() != nil:
 		err = ctxError(ctx.Err())
-	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		err = ctxError(context.DeadlineExceeded)
-	} else if _, ok := err.(*Error); !ok {
-		err = lostError("%v", err) // reading or writing the socket failed
+	case isErr && !e.lost:
+		// The agent's answer, or not HTTP/2 as the agent speaks it.
+	default:
+		// The connection ended, or reading or writing it failed: the
+		// agent may have closed it at accept, saying why.
+		if r := c.refusal(); r != nil {
+			err = r
+		} else if !isErr {
+			err = lostError("%v", err)
+		}
 	}
 	c.err = err
 	c.conn.Close()
@@ -519,7 +600,7 @@ func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 		if err := c.awaitGreeting(); err != nil {
 			if c.greeted {
 				// Greeted, then acknowledging the greeting failed: the
-				// agent did answer; not NotGreeted, whatever the timing.
+				// agent did answer; not Unserved, whatever the timing.
 				return nil, err
 			}
 			return nil, beforeGreeting(err)
@@ -563,20 +644,20 @@ func (c *Client) open(ctx context.Context, method string) (*stream, error) {
 }
 
 // beforeGreeting marks err, the failure to read the agent's greeting,
-// as NotGreeted when the connection ended (closed or reset by the agent,
+// as Unserved when the connection ended (closed or reset by the agent,
 // for whatever reason: its limits, a peer it cannot identify, its stop);
 // a timeout or a context's end is left to fail (fail turns a context's
 // end into its code before the caller sees err).
 func beforeGreeting(err error) error {
 	if e, ok := err.(*Error); ok {
-		e.notGreeted = e.lost
+		e.unserved = e.lost
 		return e
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return err
 	}
 	e := lostError("%v", err)
-	e.notGreeted = true
+	e.unserved = true
 	return e
 }
 
@@ -652,6 +733,7 @@ func (c *Client) readFrame(s *stream) error {
 	if _, err := io.ReadFull(c.r, payload); err != nil {
 		return lostError("reading a frame: %v", err)
 	}
+	c.framesRead++
 	mine := s != nil && id == s.id && !s.done
 	if (c.blockStream != 0) != (typ == frameContinuation) || (typ == frameContinuation && id != c.blockStream) {
 		return connError("header block out of order")
@@ -682,8 +764,12 @@ func (c *Client) readFrame(s *stream) error {
 		if id != 0 || length < 8 {
 			return connError("malformed GOAWAY frame")
 		}
-		c.goAway = true
 		last := binary.BigEndian.Uint32(payload[:4]) & (1<<31 - 1) // the last stream it will serve
+		if !c.goAway {
+			c.goAway, c.goAwayAt, c.goAwayLast = true, c.framesRead, last
+			c.goAwayCode = binary.BigEndian.Uint32(payload[4:8])
+			c.goAwayDebug = append([]byte(nil), payload[8:]...)
+		}
 		if s != nil && !s.done && s.id > last {
 			return lostError("the agent is closing the connection (GOAWAY, error code %d)", binary.BigEndian.Uint32(payload[4:8]))
 		}

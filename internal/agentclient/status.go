@@ -52,8 +52,9 @@ type Error struct {
 	Code    Code
 	Message string
 
-	lost       bool // the connection ended under the call (ConnectionLost)
-	notGreeted bool // ... before the agent's greeting (NotGreeted)
+	lost     bool   // the connection ended under the call (ConnectionLost)
+	unserved bool   // ... before the agent served anything (Unserved)
+	refused  string // ... the agent's reason, when it said why (Refused)
 }
 
 func (e *Error) Error() string {
@@ -94,14 +95,27 @@ func ConnectionLost(err error) bool {
 	return ok && e.lost
 }
 
-// NotGreeted reports whether err is a call's failure because the agent
-// ended the connection before it greeted it: nothing was processed. The
-// agent closes a connection at once when its uid already has as many open
-// as agent.LocalLimits allows, so such a call may be made again on a new
-// connection once another closes.
-func NotGreeted(err error) bool {
+// Unserved reports whether err is a call's failure because the agent
+// ended the connection before it served anything on it: it closed it
+// before its greeting (it is stopping, or it is older than Refused), or it
+// greeted it only to refuse it (Refused). The agent closes a connection at
+// once when its uid already has as many open as agent.LocalLimits allows,
+// so such a call may be made again on a new connection once another
+// closes.
+func Unserved(err error) bool {
 	e, ok := err.(*Error)
-	return ok && e.notGreeted
+	return ok && e.unserved
+}
+
+// Refused returns why the agent refused the connection of an Unserved
+// err, when it said so: the agent greets a connection over its limits
+// only to close it, saying why in a GOAWAY's debug data.
+func Refused(err error) (string, bool) {
+	e, ok := err.(*Error)
+	if !ok || e.refused == "" {
+		return "", false
+	}
+	return e.refused, true
 }
 
 // decodeMessage undoes the percent-encoding of grpc-message (gRPC over

@@ -354,7 +354,7 @@ func attestOnNewConnection(ctx context.Context, socket string, req *agentclient.
 		if err == nil {
 			resp, err = attestStep(ctx, client, req, d)
 		}
-		if !agentclient.NotGreeted(err) || time.Now().After(deadline) {
+		if !agentclient.Unserved(err) || time.Now().After(deadline) {
 			return client, resp, err
 		}
 		if client != nil {
@@ -400,10 +400,15 @@ func Explain(socket string, err error) error {
 	if !errors.As(err, &e) {
 		return err
 	}
-	if agentclient.NotGreeted(err) {
-		return fmt.Errorf("the agent at %s kept closing the connection before answering: it is stopping, your uid or all uids are at its connection limits (max_connections_per_uid, max_connections), or it cannot identify this process (e.g. from another pid namespace); its metric hallmark_agent_local_connections_refused_total says which (%s)", socket, e.Message)
+	if why, ok := agentclient.Refused(err); ok {
+		return fmt.Errorf("the agent at %s kept refusing the connection: %s", socket, why)
+	}
+	if agentclient.Unserved(err) {
+		return fmt.Errorf("the agent at %s kept closing the connection before answering: it is stopping, or it is older than this client and your uid or all uids are at its connection limits (max_connections_per_uid, max_connections) or it cannot identify this process; its metric hallmark_agent_local_connections_refused_total says which (%s)", socket, e.Message)
 	}
 	switch e.Code {
+	case agentclient.Unauthenticated:
+		return fmt.Errorf("refused by the agent at %s: %s", socket, e.Message)
 	case agentclient.PermissionDenied:
 		return fmt.Errorf("refused: %s (run `hallmark whoami` to see how the agent identifies you)", e.Message)
 	case agentclient.Unavailable:

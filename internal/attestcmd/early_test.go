@@ -423,7 +423,7 @@ func TestAttestNotAskedAgainOnceSent(t *testing.T) {
 				c.Close()
 			}
 			require.Equal(t, agentclient.Unavailable, agentclient.CodeOf(err), "%v", err)
-			require.False(t, agentclient.NotGreeted(err), "%v", err)
+			require.False(t, agentclient.Unserved(err), "%v", err)
 			require.EqualValues(t, 1, a.calls.Load(), "the request was sent again")
 		})
 	}

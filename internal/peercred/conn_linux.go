@@ -25,6 +25,10 @@ var (
 	// ErrPeerExeced means the process that connected has exec'd since: it
 	// runs another program image, whatever file it was loaded from.
 	ErrPeerExeced = errors.New("peercred: peer process exec'd since it connected")
+	// ErrPidNotVisible means the kernel gave the peer's pid as 0: the peer
+	// runs in a pid namespace that this process's cannot see into (for
+	// example the host's, seen from a container).
+	ErrPidNotVisible = errors.New("peercred: the peer's pid is not visible")
 )
 
 // errCtrlMsg means a read carried control data other than the kernel's

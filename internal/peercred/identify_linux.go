@@ -100,7 +100,7 @@ func newConn(uc *net.UnixConn, laddr net.Addr, cred *unix.Ucred) (*Conn, error) 
 	pid := cred.Pid
 	if pid <= 0 {
 		// The peer is in a pid namespace we cannot see into.
-		return nil, fmt.Errorf("peercred: identify peer: pid %d not visible (uid %d)", pid, cred.Uid)
+		return nil, fmt.Errorf("%w (uid %d, pid %d here): it runs in a pid namespace this process cannot see into", ErrPidNotVisible, cred.Uid, pid)
 	}
 
 	// Without SO_PEERPIDFD, open a pidfd by number and make sure the number

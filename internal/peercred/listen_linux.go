@@ -32,6 +32,12 @@ type ListenConfig struct {
 	// Accept closed because its peer could not be identified or was over
 	// a limit.
 	OnSkip func(err error)
+	// Refusal, if set, gives the bytes Accept writes to a connection it
+	// closes, just before closing it: why, in the protocol the listener's
+	// server speaks (hallmark-agent: an HTTP/2 greeting and GOAWAY). It
+	// is one write that never waits (MSG_DONTWAIT), so a peer that reads
+	// nothing costs nothing more than before.
+	Refusal func(err error) []byte
 	// MaxConns bounds the connections open at once; zero means no bound.
 	MaxConns int
 	// MaxConnsPerUID bounds the connections open at once from one uid;
@@ -50,12 +56,13 @@ var ErrTooManyConns = errors.New("peercred: too many connections")
 // Listener accepts connections on a unix socket and identifies each peer.
 // It implements net.Listener; Accept returns a *Conn.
 type Listener struct {
-	ul     *net.UnixListener
-	addr   *net.UnixAddr
-	id     FileID // the socket file published at addr.Name
-	onSkip func(error)
-	execs  *ExecWatch
-	limits connLimits
+	ul      *net.UnixListener
+	addr    *net.UnixAddr
+	id      FileID // the socket file published at addr.Name
+	onSkip  func(error)
+	refusal func(error) []byte
+	execs   *ExecWatch
+	limits  connLimits
 
 	closeOnce sync.Once
 	closeErr  error
@@ -117,12 +124,13 @@ func Listen(cfg ListenConfig) (*Listener, error) {
 	}
 	os.Remove(tmp)
 	return &Listener{
-		ul:     ul,
-		addr:   &net.UnixAddr{Name: path, Net: "unix"},
-		id:     id,
-		onSkip: cfg.OnSkip,
-		execs:  cfg.Execs,
-		limits: connLimits{max: cfg.MaxConns, perUID: cfg.MaxConnsPerUID, open: map[uint32]int{}},
+		ul:      ul,
+		addr:    &net.UnixAddr{Name: path, Net: "unix"},
+		id:      id,
+		onSkip:  cfg.OnSkip,
+		refusal: cfg.Refusal,
+		execs:   cfg.Execs,
+		limits:  connLimits{max: cfg.MaxConns, perUID: cfg.MaxConnsPerUID, open: map[uint32]int{}},
 	}, nil
 }
 
@@ -278,13 +286,33 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		c, err := l.admit(uc)
 		if err != nil {
-			uc.Close()
+			l.refuse(uc, err)
 			if l.onSkip != nil {
 				l.onSkip(err)
 			}
 			continue
 		}
 		return c, nil
+	}
+}
+
+// refuse closes uc, which admit refused with err, after telling its peer
+// why (ListenConfig.Refusal), if it can without waiting.
+func (l *Listener) refuse(uc *net.UnixConn, err error) {
+	defer uc.Close()
+	if l.refusal == nil {
+		return
+	}
+	b := l.refusal(err)
+	if len(b) == 0 {
+		return
+	}
+	if rc, err := uc.SyscallConn(); err == nil {
+		rc.Write(func(fd uintptr) bool { //nolint:errcheck // best effort: the connection is closed next
+			// MSG_NOSIGNAL: a peer gone already is EPIPE, not SIGPIPE.
+			unix.Send(int(fd), b, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL) //nolint:errcheck // as above
+			return true
+		})
 	}
 }
 

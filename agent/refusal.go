@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+
+	"github.com/hallmark-dev/hallmark/internal/peercred"
+)
+
+// maxRefusalText bounds the reason a refused connection is told.
+const maxRefusalText = 512
+
+// localRefusal returns what the local API writes to a connection it closes
+// at accept (peercred.ListenConfig.Refusal): the HTTP/2 server preface, an
+// empty SETTINGS frame, then a GOAWAY that serves no stream, last stream 0
+// (RFC 9113, sections 3.4 and 6.8), whose debug data says why.
+//
+//   - ENHANCE_YOUR_CALM: over max_connections_per_uid or max_connections.
+//     Nothing was processed, and a new connection passes once others close.
+//   - INADEQUATE_SECURITY: the agent cannot identify the caller (its pid is
+//     not visible from the agent's pid namespace, it is gone, ...): a new
+//     connection from the same process fails alike.
+//
+// hallmark-attest and hallmark read it (agentclient); grpc-go's clients
+// quote the debug data in their error. The caller learns only what it
+// could find out about itself, and the limits in force.
+func localRefusal(lim LocalLimits) func(error) []byte {
+	return func(err error) []byte {
+		code := http2.ErrCodeInadequateSecurity
+		why := "cannot identify the caller: " + strings.TrimPrefix(err.Error(), "peercred: ")
+		switch {
+		case errors.Is(err, peercred.ErrPidNotVisible):
+			why = "cannot identify the caller: its pid is not visible from the agent's pid namespace " +
+				"(run hallmark-agent in the host's pid namespace, or the step in the agent's)"
+		case errors.Is(err, peercred.ErrTooManyConns):
+			code = http2.ErrCodeEnhanceYourCalm
+			why = fmt.Sprintf("%s (max_connections_per_uid = %d, max_connections = %d)",
+				strings.TrimPrefix(err.Error(), "peercred: "), lim.ConnectionsPerUID, lim.Connections)
+		}
+		if len(why) > maxRefusalText {
+			why = why[:maxRefusalText]
+		}
+		var b bytes.Buffer
+		fr := http2.NewFramer(&b, nil)
+		// Writes to a bytes.Buffer; the only failure is a debug text
+		// longer than a frame, which maxRefusalText rules out.
+		fr.WriteSettings()                                      //nolint:errcheck // as above
+		fr.WriteGoAway(0, code, []byte("hallmark-agent: "+why)) //nolint:errcheck // as above
+		return b.Bytes()
+	}
+}
+
+// refusalLogEvery is how often, at most, the agent logs the connections it
+// closed at accept for one reason; the metric
+// hallmark_agent_local_connections_refused_total counts every one.
+const refusalLogEvery = 10 * time.Second
+
+// refusalLog logs the connections the local API closes at accept: the
+// first for a reason at once, then at most one line per refusalLogEvery
+// for it, which counts those not logged since.
+type refusalLog struct {
+	log *zap.Logger
+	now func() time.Time
+
+	mu        sync.Mutex
+	last      map[string]time.Time
+	notLogged map[string]int
+}
+
+func newRefusalLog(log *zap.Logger, now func() time.Time) *refusalLog {
+	return &refusalLog{log: log, now: now, last: map[string]time.Time{}, notLogged: map[string]int{}}
+}
+
+func (r *refusalLog) record(reason string, err error) {
+	r.mu.Lock()
+	now := r.now()
+	if t, ok := r.last[reason]; ok && now.Sub(t) < refusalLogEvery {
+		r.notLogged[reason]++
+		r.mu.Unlock()
+		return
+	}
+	n := r.notLogged[reason]
+	r.last[reason], r.notLogged[reason] = now, 0
+	r.mu.Unlock()
+	r.log.Warn("Closed a local API connection at accept; its caller was told why",
+		zap.String(logReason, reason), zap.Error(err), zap.Int(logNotLogged, n))
+}
