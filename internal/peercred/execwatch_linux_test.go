@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -376,7 +377,10 @@ func FuzzHTTP2Greeting(f *testing.F) {
 func TestListenerLimits(t *testing.T) {
 	path := sockDir(t) + "/agent.sock"
 	skips := make(chan error, 16)
-	l, err := Listen(ListenConfig{Path: path, GID: -1, MaxConnsPerUID: 2, OnSkip: func(err error) { skips <- err }})
+	l, err := Listen(ListenConfig{
+		Path: path, GID: -1, MaxConnsPerUID: 2, OnSkip: func(err error) { skips <- err },
+		Refusal: func(err error) []byte { return []byte("refused: " + err.Error()) },
+	})
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	dial := func() net.Conn {
@@ -399,9 +403,11 @@ func TestListenerLimits(t *testing.T) {
 			got <- c.(*Conn)
 		}
 	}()
+	// It is told why (Refusal), then closed.
 	require.NoError(t, over.SetReadDeadline(time.Now().Add(10*time.Second)))
-	_, err = over.Read(make([]byte, 1))
-	require.Error(t, err, "closed by the agent")
+	said, err := io.ReadAll(over)
+	require.NoError(t, err, "closed by the listener")
+	require.Equal(t, "refused: peercred: too many connections: uid "+strconv.Itoa(os.Getuid())+" has 2 open, the most one uid may", string(said))
 	for range 2 { // the third and the fourth: both over the limit while two are open
 		select {
 		case err := <-skips:

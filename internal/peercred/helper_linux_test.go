@@ -52,6 +52,19 @@ func runHelper(role, sock string) error {
 		return c, err
 	}
 	switch role {
+	case "listen-refuse":
+		// Listen at sock, telling every connection refused why (Refusal
+		// writes the error), until stdin closes.
+		l, err := Listen(ListenConfig{Path: sock, GID: -1, Refusal: func(err error) []byte { return []byte(err.Error()) }})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		go l.Accept() //nolint:errcheck // until l closes
+		say("ready")
+		waitStdin()
+		return nil
+
 	case "hold":
 		// Connect, write, and live until stdin closes.
 		c, err := dial()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"syscall"
 	"testing"
@@ -309,6 +310,35 @@ func TestAcceptSkipsUnidentifiable(t *testing.T) {
 	default:
 		t.Fatal("OnSkip was not called for the exited peer")
 	}
+}
+
+// Must show, as a caller in another pid namespace meets it: the kernel
+// gives a listener that cannot see into the caller's pid namespace pid 0;
+// the connection is refused, and the caller is told why (Refusal) before
+// it is closed. The listener runs in a pid namespace of its own, where the
+// test's process has no pid.
+func TestRefusalTellsACallerItCannotSee(t *testing.T) {
+	path := sockDir(t) + "/agent.sock"
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envRole+"=listen-refuse", envSock+"="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	if os.Geteuid() != 0 {
+		// A user namespace lets others make a pid namespace.
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: os.Getuid(), HostID: os.Getuid(), Size: 1}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: os.Getgid(), HostID: os.Getgid(), Size: 1}}
+	}
+	h := startPrepared(t, cmd)
+	h.expect(t, "ready")
+
+	c, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	said, err := io.ReadAll(c)
+	require.NoError(t, err, "closed by the listener")
+	require.Contains(t, string(said), ErrPidNotVisible.Error())
+	require.Contains(t, string(said), "uid "+strconv.Itoa(os.Getuid()))
 }
 
 // 8. Many connections, refused ones, the fallback path and listeners leave
