@@ -3,6 +3,7 @@ package attestcmd
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/stats"
@@ -303,11 +305,13 @@ func TestAttestAgainWhenTheEarlyConnectionIsTainted(t *testing.T) {
 }
 
 // closingListener closes the first n connections it accepts unanswered,
-// as the agent closes those over their uid's connection limit.
+// as an agent older than the client closes those over their uid's
+// connection limit, or after saying say, as the agent does now.
 type closingListener struct {
 	net.Listener
 	n      atomic.Int32
 	closed atomic.Int32
+	say    []byte
 }
 
 func (l *closingListener) Accept() (net.Conn, error) {
@@ -317,7 +321,61 @@ func (l *closingListener) Accept() (net.Conn, error) {
 			return c, err
 		}
 		l.closed.Add(1)
+		c.Write(l.say) //nolint:errcheck // then closed
 		c.Close()
+	}
+}
+
+// refusal is the agent's refusal of a connection at accept
+// (agent/refusal.go), as golang.org/x/net/http2 writes it.
+func refusal(code http2.ErrCode, why string) []byte {
+	var b bytes.Buffer
+	f := http2.NewFramer(&b, nil)
+	f.WriteSettings()                   //nolint:errcheck // to a bytes.Buffer
+	f.WriteGoAway(0, code, []byte(why)) //nolint:errcheck // as above
+	return b.Bytes()
+}
+
+// Must show: a connection the agent refuses over its limits, saying so,
+// is tried again until one is served; one it refuses because it cannot
+// identify the caller fails the step at once, with the agent's reason:
+// a new connection would fail alike.
+func TestRefusedConnections(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		say        []byte
+		n          int32
+		wantCode   int
+		wantClosed int32
+		wantSaid   string
+	}{
+		{"over the limits, then served", refusal(http2.ErrCodeEnhanceYourCalm, "hallmark-agent: too many connections"), 4, 0, 4, ""},
+		{"unidentified", refusal(http2.ErrCodeInadequateSecurity, "hallmark-agent: cannot identify the caller: gone"), 1 << 30, 1, 2,
+			"refused by the agent at %s: hallmark-agent: cannot identify the caller: gone"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, socket := socketDir(t)
+			ln, err := net.Listen("unix", socket)
+			require.NoError(t, err)
+			cl := &closingListener{Listener: ln, say: tc.say}
+			cl.n.Store(tc.n)
+			a := &connAgent{marker: filepath.Join(dir, "ended")}
+			srv := grpc.NewServer(grpc.StatsHandler(a))
+			agentv1.RegisterWorkloadServiceServer(srv, a)
+			go srv.Serve(cl) //nolint:errcheck // stopped below
+			t.Cleanup(srv.Stop)
+
+			start := time.Now()
+			code, stderr := runStep(t, dir, socket, "touch "+a.marker)
+			require.Equal(t, tc.wantCode, code, stderr)
+			require.Equal(t, tc.wantClosed, cl.closed.Load(), "connections refused")
+			if tc.wantSaid != "" {
+				require.Contains(t, stderr, fmt.Sprintf(tc.wantSaid, socket))
+				require.Less(t, time.Since(start), retryUnanswered/2, "not tried again")
+			} else {
+				require.Equal(t, []seenCall{{method: "AttestStep", conn: 1, ended: true}}, a.seen())
+			}
+		})
 	}
 }
 

@@ -410,7 +410,21 @@ func TestAbuseFromAnotherUID(t *testing.T) {
 		t.Fatal("the abuse did not get under way in 5 minutes")
 	}
 	abusedAt := attested.Load()
+	// Meanwhile a step of the abuser's uid, at its limit, is told why
+	// its connections are refused; it tries for 10 s, then says so.
+	type outcome struct {
+		out  []byte
+		err  error
+		took time.Duration
+	}
+	refused := make(chan outcome, 1)
+	go func() {
+		start := time.Now()
+		out, err := abuserUser.as(t, exec.Command(stack.Bins.Attest, "--socket", ag.Socket, "--step", "build", "--", "true")).CombinedOutput()
+		refused <- outcome{out, err, time.Since(start)}
+	}()
 	time.Sleep(10 * time.Second) // everything held open
+	r := <-refused
 	close(done)
 	steps.Wait()
 	close(stop)
@@ -421,6 +435,10 @@ func TestAbuseFromAnotherUID(t *testing.T) {
 	t.Logf("agent: RSS %d -> max %d KiB (bound %d), descriptors %d -> max %d (bound %d)",
 		rss0, maxRSS.Load(), abuseMaxRSS, fds0, maxFDs.Load(), abuseMaxFDs)
 	t.Logf("connections refused at accept for limits: %.0f", counter(t, ag, `hallmark_agent_local_connections_refused_total{reason="limits"}`))
+	require.Error(t, r.err, "%s", r.out)
+	require.Contains(t, string(r.out), fmt.Sprintf("kept refusing the connection: hallmark-agent: too many connections: uid %d has 64 open, the most one uid may (max_connections_per_uid = 64, max_connections = 1024)", abuserUser.uid))
+	require.GreaterOrEqual(t, r.took, 10*time.Second, "tried again for 10 s")
+	require.Contains(t, ag.Log(), `"reason":"limits"`, "the agent logs its refusals")
 	require.Zero(t, failed.Load(), "authorized steps failed under abuse")
 	require.Greater(t, attested.Load()-abusedAt, int64(10), "authorized steps went on while everything was held")
 	require.Less(t, maxRSS.Load(), int64(abuseMaxRSS))
