@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -175,6 +176,9 @@ func roleAbuse(socket string) error {
 		keep(c)
 		for i := 0; i < perConn && opened < streams; i++ {
 			if h.headers(uint32(2*i+1), methodAttest, false) != nil {
+				if i == 0 {
+					opened++ // greeted only to be refused (a GOAWAY follows): an attempt
+				}
 				break
 			}
 			headers.Add(1)
@@ -192,8 +196,10 @@ func roleAbuse(socket string) error {
 	mu.Lock()
 	open := 0
 	for _, c := range held {
+		// Open while reading what the agent sent (a greeting, a refusal)
+		// times out rather than ending.
 		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond)) //nolint:errcheck // a probe
-		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		if _, err := io.Copy(io.Discard, c); errors.Is(err, os.ErrDeadlineExceeded) {
 			open++
 		}
 	}
