@@ -8,9 +8,9 @@ PROTOS := $(shell find proto -name '*.proto')
 
 .PHONY: build test unit e2e lint bench demo dev tools proto proto-check spire openbao protoc deploy-check postgres interop-tools fuzz soak
 
-## build: without symbols or DWARF (test/harness.LinkFlags): SPIRE hashes hallmark-agent's executable on every pid-mode call.
+## build: without x/net/trace, symbols or DWARF (test/harness.BuildFlags): SPIRE hashes hallmark-agent's executable on every pid-mode call.
 build:
-	go build -ldflags='-s -w' -o bin/ ./cmd/...
+	go build -tags grpcnotrace -ldflags='-s -w' -o bin/ ./cmd/...
 
 ## tools: SPIRE v1.13.3 and a Vault-API server (OpenBao; cached in .tools/bin, taken from PATH when
 ## there), protoc and its plugins.

@@ -27,16 +27,19 @@ type Binaries struct {
 	Attest string // hallmark-attest: `hallmark attest` alone, light to start
 }
 
-// LinkFlags are the linker flags `make build` gives: no symbol table and
-// no DWARF, as SPIRE's own releases are built. Size is CPU on every step in
-// SPIRE's pid mode: with discover_workload_path, the SPIRE agent hashes
+// BuildFlags are the flags `make build` gives go build: without
+// golang.org/x/net/trace, which grpc-go links unless told not to and
+// Hallmark never enables (grpc.EnableTracing), and without a symbol table
+// or DWARF, as SPIRE's own releases are built. Size is CPU on every step
+// in SPIRE's pid mode: with discover_workload_path, the SPIRE agent hashes
 // hallmark-agent's whole executable on every Delegated Identity call, to
 // attest it as a delegate, and the step's executable too.
-const LinkFlags = "-s -w"
+var BuildFlags = []string{"-tags", "grpcnotrace", "-ldflags=-s -w"}
 
 // BuildBinaries builds ./cmd/... from root into dir, as `make build` does.
 func BuildBinaries(ctx context.Context, root, dir string) (Binaries, error) {
-	cmd := exec.CommandContext(ctx, "go", "build", "-ldflags="+LinkFlags, "-o", dir+string(filepath.Separator), "./cmd/...")
+	args := append(append([]string{"build"}, BuildFlags...), "-o", dir+string(filepath.Separator), "./cmd/...")
+	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Binaries{}, fmt.Errorf("go build ./cmd/...: %w: %s", err, out)

@@ -13,7 +13,10 @@ func TestBuildBinariesLinksAsMakeBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "go build -ldflags='" + LinkFlags + "' -o bin/ ./cmd/..."
+	want := "go build -tags grpcnotrace -ldflags='-s -w' -o bin/ ./cmd/..."
+	if got := strings.Join(BuildFlags, " "); got != "-tags grpcnotrace -ldflags=-s -w" {
+		t.Fatalf("BuildFlags are %q, not the Makefile's", got)
+	}
 	if !strings.Contains(string(mk), "\n\t"+want+"\n") {
 		t.Fatalf("the Makefile's build target is not %q", want)
 	}
