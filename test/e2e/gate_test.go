@@ -420,7 +420,9 @@ func TestAbuseFromAnotherUID(t *testing.T) {
 	refused := make(chan outcome, 1)
 	go func() {
 		start := time.Now()
-		out, err := abuserUser.as(t, exec.Command(stack.Bins.Attest, "--socket", ag.Socket, "--step", "build", "--", "true")).CombinedOutput()
+		cmd := abuserUser.as(t, exec.Command(stack.Bins.Attest, "--socket", ag.Socket, "--step", "build", "--product", "out", "--", "true"))
+		cmd.Dir = os.TempDir()
+		out, err := cmd.CombinedOutput()
 		refused <- outcome{out, err, time.Since(start)}
 	}()
 	time.Sleep(10 * time.Second) // everything held open
@@ -435,6 +437,7 @@ func TestAbuseFromAnotherUID(t *testing.T) {
 	t.Logf("agent: RSS %d -> max %d KiB (bound %d), descriptors %d -> max %d (bound %d)",
 		rss0, maxRSS.Load(), abuseMaxRSS, fds0, maxFDs.Load(), abuseMaxFDs)
 	t.Logf("connections refused at accept for limits: %.0f", counter(t, ag, `hallmark_agent_local_connections_refused_total{reason="limits"}`))
+	t.Logf("a step of the abuser's uid, after %v: %s", r.took.Round(time.Millisecond), r.out)
 	require.Error(t, r.err, "%s", r.out)
 	require.Contains(t, string(r.out), fmt.Sprintf("kept refusing the connection: hallmark-agent: too many connections: uid %d has 64 open, the most one uid may (max_connections_per_uid = 64, max_connections = 1024)", abuserUser.uid))
 	require.GreaterOrEqual(t, r.took, 10*time.Second, "tried again for 10 s")
