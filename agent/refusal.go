@@ -18,9 +18,9 @@ import (
 const maxRefusalText = 512
 
 // localRefusal returns what the local API writes to a connection it closes
-// at accept (peercred.ListenConfig.Refusal): the HTTP/2 server preface, an
-// empty SETTINGS frame, then a GOAWAY that serves no stream, last stream 0
-// (RFC 9113, sections 3.4 and 6.8), whose debug data says why.
+// at accept (peercred.ListenConfig.Refusal): one HTTP/2 GOAWAY frame that
+// serves no stream, last stream 0 (RFC 9113, section 6.8), whose debug data
+// says why.
 //
 //   - ENHANCE_YOUR_CALM: over max_connections_per_uid or max_connections.
 //     Nothing was processed, and a new connection passes once others close.
@@ -28,9 +28,14 @@ const maxRefusalText = 512
 //     not visible from the agent's pid namespace, it is gone, ...): a new
 //     connection from the same process fails alike.
 //
-// hallmark-attest and hallmark read it (agentclient); grpc-go's clients
-// quote the debug data in their error. The caller learns only what it
-// could find out about itself, and the limits in force.
+// No SETTINGS frame comes first, so this is not a server's connection
+// preface (RFC 9113, section 3.4): any HTTP/2 client takes the connection
+// as failed, as when the agent closed it without a word. Preceded by an
+// empty SETTINGS, grpc-go's clients took the connection as ready, then
+// gone, and dialed again at once, over and over until their deadline
+// (TestGRPCClientsFailAtOnceWhenRefused). hallmark-attest and hallmark
+// read the GOAWAY (agentclient). The caller learns only what it could
+// find out about itself, and the limits in force.
 func localRefusal(lim LocalLimits) func(error) []byte {
 	return func(err error) []byte {
 		code := http2.ErrCodeInadequateSecurity
@@ -48,11 +53,9 @@ func localRefusal(lim LocalLimits) func(error) []byte {
 			why = why[:maxRefusalText]
 		}
 		var b bytes.Buffer
-		fr := http2.NewFramer(&b, nil)
 		// Writes to a bytes.Buffer; the only failure is a debug text
 		// longer than a frame, which maxRefusalText rules out.
-		fr.WriteSettings()                                      //nolint:errcheck // as above
-		fr.WriteGoAway(0, code, []byte("hallmark-agent: "+why)) //nolint:errcheck // as above
+		http2.NewFramer(&b, nil).WriteGoAway(0, code, []byte("hallmark-agent: "+why)) //nolint:errcheck // as above
 		return b.Bytes()
 	}
 }

@@ -2,10 +2,15 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,15 +19,19 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/internal/peercred"
+	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
 )
 
 // Must show: what the local API writes to a connection it closes at accept
-// is, as golang.org/x/net/http2 reads it, an HTTP/2 server preface (an
-// empty SETTINGS frame) and a GOAWAY that serves no stream, its code
-// telling a refusal that may pass later (the limits) from one that will
-// not, its debug data why, bounded.
+// is, as golang.org/x/net/http2 reads it, one GOAWAY that serves no stream
+// (and no server preface), its code telling a refusal that may pass later
+// (the limits) from one that will not, its debug data why, bounded.
 func TestLocalRefusal(t *testing.T) {
 	lim := LocalLimits{ConnectionsPerUID: 64, Connections: 1024}
 	long := errors.New(strings.Repeat("x", 4096))
@@ -45,14 +54,8 @@ func TestLocalRefusal(t *testing.T) {
 			fr := http2.NewFramer(nil, bytes.NewReader(localRefusal(lim)(tc.err)))
 			f, err := fr.ReadFrame()
 			require.NoError(t, err)
-			settings, ok := f.(*http2.SettingsFrame)
-			require.True(t, ok, "first frame %v", f)
-			require.False(t, settings.IsAck())
-			require.Zero(t, settings.NumSettings())
-			f, err = fr.ReadFrame()
-			require.NoError(t, err)
 			goAway, ok := f.(*http2.GoAwayFrame)
-			require.True(t, ok, "second frame %v", f)
+			require.True(t, ok, "first frame %v", f)
 			require.Zero(t, goAway.LastStreamID, "no stream served")
 			require.Equal(t, tc.wantCode, goAway.ErrCode)
 			require.Equal(t, tc.want, string(goAway.DebugData()))
@@ -95,4 +98,50 @@ func TestRefusalLog(t *testing.T) {
 	r.record("limits", limits)
 	r.record("unidentified", gone)
 	require.Equal(t, []line{{"limits", 2}, {"unidentified", 0}}, seen())
+}
+
+// Must show, with grpc-go's client as any third party's: a connection the
+// agent refuses fails the call at once, after one connection, with the
+// agent's refusal named; it is not taken for a connection that was ready
+// and then went away, which grpc-go dials again at once, over and over
+// (an empty SETTINGS before the GOAWAY made 144 connections in 3 s).
+func TestGRPCClientsFailAtOnceWhenRefused(t *testing.T) {
+	dir, err := os.MkdirTemp("", "hm-refuse-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "agent.sock")
+	refusal := localRefusal(LocalLimits{ConnectionsPerUID: 64, Connections: 1024})(
+		fmt.Errorf("%w: uid 1000 has 64 open, the most one uid may", peercred.ErrTooManyConns))
+	for _, wait := range []time.Duration{0, 20 * time.Millisecond} { // before and after the client's preface arrives
+		t.Run(wait.String(), func(t *testing.T) {
+			var refused atomic.Int32
+			ln, err := peercred.Listen(peercred.ListenConfig{
+				Path: socket, GID: -1, MaxConnsPerUID: 1,
+				Refusal: func(error) []byte { time.Sleep(wait); return refusal },
+				OnSkip:  func(error) { refused.Add(1) },
+			})
+			require.NoError(t, err)
+			defer ln.Close()
+			// This uid's one connection, held: every other is refused.
+			held, err := net.Dial("unix", socket)
+			require.NoError(t, err)
+			defer held.Close()
+			accepted, err := ln.Accept()
+			require.NoError(t, err)
+			defer accepted.Close()
+			go ln.Accept() //nolint:errcheck // refuses until ln closes
+
+			cc, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			require.NoError(t, err)
+			defer cc.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err = agentv1.NewWorkloadServiceClient(cc).WhoAmI(ctx, &agentv1.WhoAmIRequest{})
+			require.Equal(t, codes.Unavailable, status.Code(err), "%v", err)
+			require.Less(t, time.Since(start), time.Second, "failed at once: %v", err)
+			require.LessOrEqual(t, refused.Load(), int32(2), "connections made: %v", err)
+			t.Logf("%d connections refused; %v", refused.Load(), err)
+		})
+	}
 }

@@ -505,12 +505,12 @@ func attestOnce(ctx context.Context, socket string, greetWithin time.Duration) e
 	return err
 }
 
-// Must show: the agent's refusal of a connection at accept (an empty
-// SETTINGS, then a GOAWAY that serves no stream, agent/refusal.go) is read
-// whichever comes first, the agent's close or the client's greeting: over
-// the agent's limits it is Unserved, with the agent's reason (Refused); a
+// Must show: the agent's refusal of a connection at accept (a GOAWAY that
+// serves no stream as its first frame, agent/refusal.go) is read whichever
+// comes first, the agent's close or the client's greeting: over the
+// agent's limits it is Unserved, with the agent's reason (Refused); a
 // caller the agent cannot identify is Unauthenticated and not Unserved, so
-// nobody tries again. A GOAWAY that is not the agent's second frame, or
+// nobody tries again. A GOAWAY that is not the agent's first frame, or
 // that serves a stream, is no refusal. The frames are written by
 // golang.org/x/net/http2, as grpc-go writes them.
 func TestRefused(t *testing.T) {
@@ -523,8 +523,7 @@ func TestRefused(t *testing.T) {
 	}
 	refusal := func(code http2.ErrCode, last uint32, why string) []byte {
 		return frames(func(f *http2.Framer) {
-			f.WriteSettings()                      //nolint:errcheck // to a bytes.Buffer
-			f.WriteGoAway(last, code, []byte(why)) //nolint:errcheck // as above
+			f.WriteGoAway(last, code, []byte(why)) //nolint:errcheck // to a bytes.Buffer
 		})
 	}
 	for _, tc := range []struct {
@@ -541,9 +540,8 @@ func TestRefused(t *testing.T) {
 		// Unserved or not, by the order of the agent's close and the
 		// client's greeting, as TestUnserved shows; never Refused.
 		{"a stream served", refusal(http2.ErrCodeEnhanceYourCalm, 1, limits), Unavailable, eitherWay, ""},
-		{"not the second frame", frames(func(f *http2.Framer) {
+		{"not the first frame", frames(func(f *http2.Framer) {
 			f.WriteSettings()                                              //nolint:errcheck // to a bytes.Buffer
-			f.WritePing(false, [8]byte{})                                  //nolint:errcheck // as above
 			f.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(limits)) //nolint:errcheck // as above
 		}), Unavailable, eitherWay, ""},
 	} {

@@ -238,30 +238,22 @@ const (
 const refusalWait = time.Second
 
 // refusal returns the agent's refusal of this connection at accept, if
-// that is how it ended: the agent's first two frames are then an empty
-// SETTINGS and a GOAWAY that serves no stream, with why in its debug data
-// (agent/refusal.go). Called once the connection failed, it reads those
-// frames if they were not read yet: the agent closed the connection after
-// writing them, so they are there at once.
+// that is how it ended: the agent's first frame is then a GOAWAY that
+// serves no stream, with why in its debug data (agent/refusal.go). Called
+// once the connection failed, it reads that frame if it was not read yet:
+// the agent closed the connection after writing it, so it is there at once.
 //
 // ENHANCE_YOUR_CALM (the agent's connection limits) is Unserved: nothing
 // was processed, and a new connection may pass once others close.
 // INADEQUATE_SECURITY (the agent cannot identify this process) is
 // Unauthenticated, final: a new connection fails alike.
 func (c *Client) refusal() *Error {
-	if !c.goAway && c.framesRead < 2 {
-		c.conn.SetReadDeadline(time.Now().Add(refusalWait)) //nolint:errcheck // the reads fail then, and there is no refusal
-		for c.framesRead < 2 && !c.goAway {
-			n := c.framesRead
-			// The SETTINGS frame's acknowledgement fails to go out: the
-			// frame was read all the same.
-			if err := c.readFrame(nil); err != nil && c.framesRead == n {
-				break
-			}
-		}
-		c.conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
+	if c.framesRead == 0 {
+		c.conn.SetReadDeadline(time.Now().Add(refusalWait)) //nolint:errcheck // the read fails then, and there is no refusal
+		c.readFrame(nil)                                    //nolint:errcheck // a refusal, or none
+		c.conn.SetReadDeadline(time.Time{})                 //nolint:errcheck // as above
 	}
-	if !c.goAway || c.goAwayAt != 2 || c.goAwayLast != 0 {
+	if !c.goAway || c.goAwayAt != 1 || c.goAwayLast != 0 {
 		return nil
 	}
 	why := printable(c.goAwayDebug)

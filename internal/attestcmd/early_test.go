@@ -330,9 +330,7 @@ func (l *closingListener) Accept() (net.Conn, error) {
 // (agent/refusal.go), as golang.org/x/net/http2 writes it.
 func refusal(code http2.ErrCode, why string) []byte {
 	var b bytes.Buffer
-	f := http2.NewFramer(&b, nil)
-	f.WriteSettings()                   //nolint:errcheck // to a bytes.Buffer
-	f.WriteGoAway(0, code, []byte(why)) //nolint:errcheck // as above
+	http2.NewFramer(&b, nil).WriteGoAway(0, code, []byte(why)) //nolint:errcheck // to a bytes.Buffer
 	return b.Bytes()
 }
 
