@@ -251,8 +251,20 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 		return nil, nil, fmt.Errorf("the open files limit (%d) is too low for max_connections = %d: raise it to %d (LimitNOFILE) or lower max_connections",
 			rl.Cur, lim.Connections, 4*lim.Connections+512)
 	}
+	ln, err := peercred.Listen(a.localListenConfig(lim, execs))
+	if err != nil {
+		execs.Close()
+		return nil, nil, err
+	}
+	return ln, execs, nil
+}
+
+// localListenConfig is the local API's socket, its limits lim, and what
+// happens to a connection refused at accept: the caller is told why
+// (localRefusal), the refusal counted and logged (refusalLog).
+func (a *Agent) localListenConfig(lim LocalLimits, execs *peercred.ExecWatch) peercred.ListenConfig {
 	refusals := newRefusalLog(a.log, a.cfg.Now)
-	ln, err := peercred.Listen(peercred.ListenConfig{
+	return peercred.ListenConfig{
 		Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID,
 		MaxConns: lim.Connections, MaxConnsPerUID: lim.ConnectionsPerUID, Execs: execs,
 		Refusal: localRefusal(lim),
@@ -264,12 +276,7 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 			a.metrics.refusedConns.WithLabelValues(reason).Inc()
 			refusals.record(reason, err)
 		},
-	})
-	if err != nil {
-		execs.Close()
-		return nil, nil, err
 	}
-	return ln, execs, nil
 }
 
 func (a *Agent) run(ctx context.Context) error {

@@ -22,11 +22,12 @@ const maxRefusalText = 512
 // serves no stream, last stream 0 (RFC 9113, section 6.8), whose debug data
 // says why.
 //
-//   - ENHANCE_YOUR_CALM: over max_connections_per_uid or max_connections.
-//     Nothing was processed, and a new connection passes once others close.
-//   - INADEQUATE_SECURITY: the agent cannot identify the caller (its pid is
-//     not visible from the agent's pid namespace, it is gone, ...): a new
-//     connection from the same process fails alike.
+//   - INADEQUATE_SECURITY: the caller's pid is not visible from the
+//     agent's pid namespace. A new connection from it fails alike.
+//   - ENHANCE_YOUR_CALM: any other refusal: over max_connections_per_uid
+//     or max_connections, or an identification that failed otherwise
+//     (the peer gone, descriptors or memory short). Nothing was
+//     processed, and a new connection may pass.
 //
 // No SETTINGS frame comes first, so this is not a server's connection
 // preface (RFC 9113, section 3.4): any HTTP/2 client takes the connection
@@ -38,14 +39,14 @@ const maxRefusalText = 512
 // find out about itself, and the limits in force.
 func localRefusal(lim LocalLimits) func(error) []byte {
 	return func(err error) []byte {
-		code := http2.ErrCodeInadequateSecurity
+		code := http2.ErrCodeEnhanceYourCalm
 		why := "cannot identify the caller: " + strings.TrimPrefix(err.Error(), "peercred: ")
 		switch {
 		case errors.Is(err, peercred.ErrPidNotVisible):
+			code = http2.ErrCodeInadequateSecurity
 			why = "cannot identify the caller: its pid is not visible from the agent's pid namespace " +
 				"(run hallmark-agent in the host's pid namespace, or the step in the agent's)"
 		case errors.Is(err, peercred.ErrTooManyConns):
-			code = http2.ErrCodeEnhanceYourCalm
 			why = fmt.Sprintf("%s (max_connections_per_uid = %d, max_connections = %d)",
 				strings.TrimPrefix(err.Error(), "peercred: "), lim.ConnectionsPerUID, lim.Connections)
 		}

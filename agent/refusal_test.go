@@ -45,9 +45,9 @@ func TestLocalRefusal(t *testing.T) {
 			"hallmark-agent: too many connections: uid 1000 has 64 open, the most one uid may (max_connections_per_uid = 64, max_connections = 1024)"},
 		{"a pid not visible", fmt.Errorf("%w (uid 1000, pid 0 here)", peercred.ErrPidNotVisible), http2.ErrCodeInadequateSecurity,
 			"hallmark-agent: cannot identify the caller: its pid is not visible from the agent's pid namespace (run hallmark-agent in the host's pid namespace, or the step in the agent's)"},
-		{"another failure", errors.New("peercred: identify pid 7: open /proc/7/stat: no such file or directory"), http2.ErrCodeInadequateSecurity,
+		{"another failure", errors.New("peercred: identify pid 7: open /proc/7/stat: no such file or directory"), http2.ErrCodeEnhanceYourCalm,
 			"hallmark-agent: cannot identify the caller: identify pid 7: open /proc/7/stat: no such file or directory"},
-		{"a long reason", long, http2.ErrCodeInadequateSecurity,
+		{"a long reason", long, http2.ErrCodeEnhanceYourCalm,
 			"hallmark-agent: " + ("cannot identify the caller: " + long.Error())[:maxRefusalText]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,4 +144,56 @@ func TestGRPCClientsFailAtOnceWhenRefused(t *testing.T) {
 			t.Logf("%d connections refused; %v", refused.Load(), err)
 		})
 	}
+}
+
+// Must show: the agent's local socket, as listenLocal sets it up (without
+// the exec watch, which needs privileges), tells a connection over its
+// uid's limit why, counts it in the metric and logs it; a connection
+// within the limit is served.
+func TestLocalListenerRefuses(t *testing.T) {
+	dir, err := os.MkdirTemp("", "hm-listen-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	core, logs := observer.New(zapcore.InfoLevel)
+	a, err := New(Config{
+		Log: zap.New(core), ServerAddress: "hallmark.test:8443", ServerID: serverID,
+		WorkloadAPIAddr: "unix:///nonexistent/api.sock", SocketPath: filepath.Join(dir, "agent.sock"), SocketGID: -1,
+	})
+	require.NoError(t, err)
+	lim := LocalLimits{ConnectionsPerUID: 1}.withDefaults()
+	ln, err := peercred.Listen(a.localListenConfig(lim, nil))
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+
+	// Accepted in order: the first is admitted, the second is over the
+	// uid's limit.
+	served, err := net.Dial("unix", a.cfg.SocketPath)
+	require.NoError(t, err)
+	defer served.Close()
+	over, err := net.Dial("unix", a.cfg.SocketPath)
+	require.NoError(t, err)
+	defer over.Close()
+	require.NoError(t, over.SetReadDeadline(time.Now().Add(5*time.Second)))
+	f, err := http2.NewFramer(nil, over).ReadFrame()
+	require.NoError(t, err)
+	goAway, ok := f.(*http2.GoAwayFrame)
+	require.True(t, ok, "%v", f)
+	require.Equal(t, http2.ErrCodeEnhanceYourCalm, goAway.ErrCode)
+	require.Contains(t, string(goAway.DebugData()), fmt.Sprintf("uid %d has 1 open, the most one uid may (max_connections_per_uid = 1,", os.Getuid()))
+	require.Equal(t, 1.0, metricValue(t, a.metrics.refusedConns.WithLabelValues("limits")))
+	require.Equal(t, 1, logs.FilterField(zap.String(logReason, "limits")).Len())
+
+	// The connection within the limit was served: it is open.
+	require.NoError(t, served.SetReadDeadline(time.Now().Add(50*time.Millisecond)))
+	_, err = served.Read(make([]byte, 1))
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
 }

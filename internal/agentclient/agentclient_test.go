@@ -536,7 +536,8 @@ func TestRefused(t *testing.T) {
 		{"over the limits", refusal(http2.ErrCodeEnhanceYourCalm, 0, limits), Unavailable, yes, limits},
 		{"unidentified", refusal(http2.ErrCodeInadequateSecurity, 0, "hallmark-agent: cannot identify the caller"), Unauthenticated, no, "hallmark-agent: cannot identify the caller"},
 		{"no reason given", refusal(http2.ErrCodeEnhanceYourCalm, 0, ""), Unavailable, yes, "GOAWAY, error code 11"},
-		{"control characters", refusal(http2.ErrCodeEnhanceYourCalm, 0, "a\x1b[2Jb\nc\u00e9"), Unavailable, yes, "a?[2Jb?c?"},
+		{"control characters", refusal(http2.ErrCodeEnhanceYourCalm, 0, "a\x1b[2Jb\nc\u00e9\x7f"), Unavailable, yes, "a?[2Jb?c??"},
+		{"a long reason", refusal(http2.ErrCodeEnhanceYourCalm, 0, strings.Repeat("x", 4000)), Unavailable, yes, strings.Repeat("x", maxReason)},
 		// Unserved or not, by the order of the agent's close and the
 		// client's greeting, as TestUnserved shows; never Refused.
 		{"a stream served", refusal(http2.ErrCodeEnhanceYourCalm, 1, limits), Unavailable, eitherWay, ""},
@@ -544,6 +545,12 @@ func TestRefused(t *testing.T) {
 			f.WriteSettings()                                              //nolint:errcheck // to a bytes.Buffer
 			f.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(limits)) //nolint:errcheck // as above
 		}), Unavailable, eitherWay, ""},
+		// The same, the connection held open: the client reads the
+		// GOAWAY after its request went out.
+		{"not the first frame, held open", frames(func(f *http2.Framer) {
+			f.WriteSettings()                                              //nolint:errcheck // to a bytes.Buffer
+			f.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte(limits)) //nolint:errcheck // as above
+		}), Unavailable, no, ""},
 	} {
 		for _, order := range []struct {
 			name  string
@@ -556,6 +563,9 @@ func TestRefused(t *testing.T) {
 				socket := serveEach(t, func(c net.Conn) {
 					order.first(c)
 					c.Write(tc.say) //nolint:errcheck // then gone
+					if strings.HasSuffix(tc.name, "held open") {
+						io.Copy(io.Discard, c) //nolint:errcheck // until the client goes
+					}
 					c.Close()
 				})
 				for range 20 { // both orders of the agent's close and the client's writes

@@ -105,6 +105,7 @@ type Client struct {
 
 	greeted      bool // the agent's SETTINGS were read
 	framesRead   int  // frames read whole, to tell the connection's first ones
+	cut          bool // a read failed inside a frame: what follows is not at a frame's start
 	greetWithin  time.Duration
 	nextStream   uint32 // the next stream to open
 	goAway       bool   // the agent said GOAWAY: no new streams
@@ -136,7 +137,7 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 	case err != nil:
 		return nil, connError("dial unix %s: %v", socket, err)
 	}
-	c, err := newClient(f)
+	c, err := newClient(ctx, f)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -191,8 +192,9 @@ type conn interface {
 	SetReadDeadline(time.Time) error
 }
 
-// newClient sends this client's greeting on conn.
-func newClient(conn conn) (*Client, error) {
+// newClient sends this client's greeting on conn; ctx bounds reading the
+// agent's refusal, should it have closed conn at once.
+func newClient(ctx context.Context, conn conn) (*Client, error) {
 	c := &Client{
 		conn:         conn,
 		r:            bufio.NewReader(conn),
@@ -217,7 +219,7 @@ func newClient(conn conn) (*Client, error) {
 	c.writeWindowUpdate(0, maxWindow-defaultWindow)
 	if err := c.w.Flush(); err != nil {
 		// The agent closed it at once, after saying why (refusal) or not.
-		if r := c.refusal(); r != nil {
+		if r := c.refusal(ctx); r != nil {
 			return nil, r
 		}
 		e := lostError("%v", err)
@@ -227,11 +229,9 @@ func newClient(conn conn) (*Client, error) {
 	return c, nil
 }
 
-// Error codes of RST_STREAM and GOAWAY (RFC 9113, section 7).
-const (
-	errCodeEnhanceYourCalm    = 0xb
-	errCodeInadequateSecurity = 0xc
-)
+// errCodeInadequateSecurity is the GOAWAY error code (RFC 9113, section 7)
+// of the agent's final refusals.
+const errCodeInadequateSecurity = 0xc
 
 // refusalWait bounds the read of the agent's refusal, which is there
 // already when the agent closed the connection.
@@ -247,38 +247,54 @@ const refusalWait = time.Second
 // was processed, and a new connection may pass once others close.
 // INADEQUATE_SECURITY (the agent cannot identify this process) is
 // Unauthenticated, final: a new connection fails alike.
-func (c *Client) refusal() *Error {
-	if c.framesRead == 0 {
-		c.conn.SetReadDeadline(time.Now().Add(refusalWait)) //nolint:errcheck // the read fails then, and there is no refusal
-		c.readFrame(nil)                                    //nolint:errcheck // a refusal, or none
-		c.conn.SetReadDeadline(time.Time{})                 //nolint:errcheck // as above
+func (c *Client) refusal(ctx context.Context) *Error {
+	if c.framesRead == 0 && !c.cut {
+		d := time.Now().Add(refusalWait)
+		if dl, ok := ctx.Deadline(); ok && dl.Before(d) {
+			d = dl
+		}
+		c.conn.SetReadDeadline(d)           //nolint:errcheck // the read fails then, and there is no refusal
+		c.readFrame(nil)                    //nolint:errcheck // a refusal, or none
+		c.conn.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
 	}
-	if !c.goAway || c.goAwayAt != 1 || c.goAwayLast != 0 {
+	// The client opens no stream before the agent's greeting, nor after a
+	// GOAWAY: nothing was sent but the client's own greeting.
+	if !c.goAway || c.goAwayAt != 1 || c.goAwayLast != 0 || c.nextStream != 1 {
 		return nil
 	}
 	why := printable(c.goAwayDebug)
 	if why == "" {
 		why = fmt.Sprintf("GOAWAY, error code %d", c.goAwayCode)
 	}
-	if c.goAwayCode == errCodeInadequateSecurity {
+	switch c.goAwayCode {
+	case errCodeInadequateSecurity:
 		return &Error{Code: Unauthenticated, Message: why}
+	default:
+		// ENHANCE_YOUR_CALM, the agent's limits; any other code alike:
+		// nothing was processed.
+		e := lostError("the agent refused the connection: %s", why)
+		e.unserved = true
+		e.refused = why
+		return e
 	}
-	e := lostError("the agent refused the connection: %s", why)
-	e.unserved = true
-	e.refused = why
-	return e
 }
 
-// printable is b with every byte other than printable ASCII replaced:
-// what the agent says goes to the step's terminal.
+// maxReason bounds the agent's reason as the client shows it.
+const maxReason = 1024
+
+// printable is at most maxReason bytes of b, every byte other than
+// printable ASCII replaced: what the agent says goes to the step's
+// terminal.
 func printable(b []byte) string {
-	r := []rune(string(b))
-	for i, c := range r {
-		if c < 0x20 || c > 0x7e {
-			r[i] = '?'
-		}
+	if len(b) > maxReason {
+		b = b[:maxReason]
 	}
-	return string(r)
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, string(b))
 }
 
 // Close closes the connection.
@@ -522,7 +538,7 @@ func (c *Client) fail(ctx context.Context, err error) error {
 	default:
 		// The connection ended, or reading or writing it failed: the
 		// agent may have closed it at accept, saying why.
-		if r := c.refusal(); r != nil {
+		if r := c.refusal(ctx); r != nil {
 			err = r
 		} else if !isErr {
 			err = lostError("%v", err)
@@ -707,6 +723,7 @@ func (c *Client) send(s *stream, req []byte) error {
 // readFrame reads one frame and acts on it; s is the open stream, if any.
 func (c *Client) readFrame(s *stream) error {
 	if _, err := io.ReadFull(c.r, c.hdr[:]); err != nil {
+		c.cut = c.cut || err != io.EOF // io.EOF: nothing of a frame was read
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return lostError("the agent closed the connection")
 		}
@@ -723,6 +740,7 @@ func (c *Client) readFrame(s *stream) error {
 	}
 	payload := c.frame[:length]
 	if _, err := io.ReadFull(c.r, payload); err != nil {
+		c.cut = true
 		return lostError("reading a frame: %v", err)
 	}
 	c.framesRead++

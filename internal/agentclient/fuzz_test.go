@@ -37,7 +37,7 @@ func FuzzAnswer(f *testing.F) {
 			go io.Copy(io.Discard, agent) //nolint:errcheck // ends with the pipe
 			agent.Write(answer)           //nolint:errcheck // the client may be gone
 		}()
-		c, err := newClient(client)
+		c, err := newClient(context.Background(), client)
 		if err != nil {
 			return
 		}

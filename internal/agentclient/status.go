@@ -97,8 +97,9 @@ func ConnectionLost(err error) bool {
 
 // Unserved reports whether err is a call's failure because the agent
 // ended the connection before it served anything on it: it closed it
-// before its greeting (it is stopping, or it is older than Refused), or it
-// greeted it only to refuse it (Refused). The agent closes a connection at
+// before its greeting (it is stopping, or it is older than this client),
+// or it refused it at accept, saying why (Refused). Either way the client
+// had sent nothing but its own greeting. The agent refuses a connection at
 // once when its uid already has as many open as agent.LocalLimits allows,
 // so such a call may be made again on a new connection once another
 // closes.
@@ -108,8 +109,8 @@ func Unserved(err error) bool {
 }
 
 // Refused returns why the agent refused the connection of an Unserved
-// err, when it said so: the agent greets a connection over its limits
-// only to close it, saying why in a GOAWAY's debug data.
+// err, when it said so: the agent closes a connection over its limits
+// after a GOAWAY whose debug data says why.
 func Refused(err error) (string, bool) {
 	e, ok := err.(*Error)
 	if !ok || e.refused == "" {

@@ -337,15 +337,17 @@ func waitForLog(ctx context.Context, c *agentclient.Client, socket, id string) (
 const retryUnanswered = 10 * time.Second
 
 // attestOnNewConnection dials the agent and asks it to attest req. While
-// the agent closes the connection before greeting it, nothing was sent
-// but this client's own greeting (open waits for the agent's before it
-// writes a request), so nothing was processed, and it tries again; it
-// starts no try after retryUnanswered (one under way may take longer:
-// DialSocket's wait, the greeting's). The agent closes a connection at
-// accept when the uid is at max_connections_per_uid (other steps' early
-// identifications, attestations and --wait-log waits) or all uids at
-// max_connections, and also when it cannot identify the peer, which no
-// try mends. The client it returns, if any, is the caller's to close.
+// the agent closes the connection before greeting it, or refuses it at
+// accept, nothing was sent but this client's own greeting (open waits for
+// the agent's before it writes a request, and opens nothing after a
+// GOAWAY), so nothing was processed (agentclient.Unserved), and it tries
+// again; it starts no try after retryUnanswered (one under way may take
+// longer: DialSocket's wait, the greeting's). The agent refuses a
+// connection at accept when the uid is at max_connections_per_uid (other
+// steps' early identifications, attestations and --wait-log waits) or all
+// uids at max_connections, or when identifying the peer failed; a refusal
+// that no try mends (the peer's pid not visible to the agent) is not
+// Unserved. The client it returns, if any, is the caller's to close.
 func attestOnNewConnection(ctx context.Context, socket string, req *agentclient.AttestStepRequest, d *progressDisplay) (*agentclient.Client, *agentclient.AttestStepResponse, error) {
 	deadline := time.Now().Add(retryUnanswered)
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {

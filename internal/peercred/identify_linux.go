@@ -31,7 +31,7 @@ func peerCred(uc *net.UnixConn) (*unix.Ucred, error) {
 		return nil, fmt.Errorf("peercred: identify peer: %w", err)
 	}
 	if credErr != nil {
-		return nil, fmt.Errorf("peercred: identify peer: SO_PEERGROUPS: %w", credErr)
+		return nil, fmt.Errorf("peercred: identify peer: SO_PEERCRED: %w", credErr)
 	}
 	return cred, nil
 }

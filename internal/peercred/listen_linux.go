@@ -34,9 +34,9 @@ type ListenConfig struct {
 	OnSkip func(err error)
 	// Refusal, if set, gives the bytes Accept writes to a connection it
 	// closes, just before closing it: why, in the protocol the listener's
-	// server speaks (hallmark-agent: an HTTP/2 greeting and GOAWAY). It
-	// is one write that never waits (MSG_DONTWAIT), so a peer that reads
-	// nothing costs nothing more than before.
+	// server speaks (hallmark-agent: an HTTP/2 GOAWAY). It is one write
+	// that never waits (MSG_DONTWAIT); a peer that reads nothing keeps it
+	// in the kernel, with the closed socket, until it closes its end.
 	Refusal func(err error) []byte
 	// MaxConns bounds the connections open at once; zero means no bound.
 	MaxConns int
