@@ -335,9 +335,9 @@ func refusal(code http2.ErrCode, why string) []byte {
 }
 
 // Must show: a connection the agent refuses over its limits, saying so,
-// is tried again until one is served; one it refuses because it cannot
-// identify the caller fails the step at once, with the agent's reason:
-// a new connection would fail alike.
+// is tried again until one is served; one it refuses because the caller's
+// pid is not visible to it fails the step at once, with the agent's
+// reason: a new connection would fail alike.
 func TestRefusedConnections(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -348,8 +348,8 @@ func TestRefusedConnections(t *testing.T) {
 		wantSaid   string
 	}{
 		{"over the limits, then served", refusal(http2.ErrCodeEnhanceYourCalm, "hallmark-agent: too many connections"), 4, 0, 4, ""},
-		{"unidentified", refusal(http2.ErrCodeInadequateSecurity, "hallmark-agent: cannot identify the caller: gone"), 1 << 30, 1, 2,
-			"refused by the agent at %s: hallmark-agent: cannot identify the caller: gone"},
+		{"pid not visible", refusal(http2.ErrCodeInadequateSecurity, "hallmark-agent: cannot identify the caller: its pid is not visible"), 1 << 30, 1, 2,
+			"refused by the agent at %s: hallmark-agent: cannot identify the caller: its pid is not visible"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, socket := socketDir(t)
@@ -481,6 +481,51 @@ func TestAttestNotAskedAgainOnceSent(t *testing.T) {
 			require.Equal(t, agentclient.Unavailable, agentclient.CodeOf(err), "%v", err)
 			require.False(t, agentclient.Unserved(err), "%v", err)
 			require.EqualValues(t, 1, a.calls.Load(), "the request was sent again")
+		})
+	}
+}
+
+// Must show: what a step tells its user when the agent refused its
+// connection, from the error the client made of the agent's bytes.
+func TestExplainRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		say  []byte
+		want string
+	}{
+		{"over the limits", refusal(http2.ErrCodeEnhanceYourCalm, "hallmark-agent: too many connections: uid 7 has 64 open"),
+			"the agent at %s kept refusing the connection: hallmark-agent: too many connections: uid 7 has 64 open"},
+		{"pid not visible", refusal(http2.ErrCodeInadequateSecurity, "hallmark-agent: cannot identify the caller: its pid is not visible"),
+			"refused by the agent at %s: hallmark-agent: cannot identify the caller: its pid is not visible"},
+		{"closed without a word", nil, "the agent at %s kept closing the connection before answering"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, socket := socketDir(t)
+			ln, err := net.Listen("unix", socket)
+			require.NoError(t, err)
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					c.Write(tc.say) //nolint:errcheck // then closed
+					c.Close()
+				}
+			}()
+			ctx := context.Background()
+			var c *agentclient.Client
+			c, err = agentclient.Dial(ctx, socket)
+			if err == nil {
+				defer c.Close()
+				_, err = c.AttestStep(ctx, &agentclient.AttestStepRequest{Step: "build"})
+			}
+			if tc.say == nil {
+				require.ErrorContains(t, Explain(socket, err), fmt.Sprintf(tc.want, socket))
+			} else {
+				require.EqualError(t, Explain(socket, err), fmt.Sprintf(tc.want, socket))
+			}
 		})
 	}
 }
