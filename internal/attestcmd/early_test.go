@@ -504,16 +504,9 @@ func TestExplainRefusals(t *testing.T) {
 			ln, err := net.Listen("unix", socket)
 			require.NoError(t, err)
 			t.Cleanup(func() { ln.Close() })
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					c.Write(tc.say) //nolint:errcheck // then closed
-					c.Close()
-				}
-			}()
+			cl := &closingListener{Listener: ln, say: tc.say}
+			cl.n.Store(1 << 30)
+			go cl.Accept() //nolint:errcheck // closes every connection, until ln closes
 			ctx := context.Background()
 			var c *agentclient.Client
 			c, err = agentclient.Dial(ctx, socket)
