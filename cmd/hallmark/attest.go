@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,7 +48,11 @@ func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
 				return nil, err
 			}
 			defer f.Close() // FileConn holds its own descriptor
-			return net.FileConn(f)
+			nc, err := net.FileConn(f)
+			if err != nil {
+				return nil, err
+			}
+			return readGreeting(ctx, nc)
 		}))
 	if err != nil {
 		return nil, nil, err
@@ -55,11 +60,62 @@ func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
 	return agentv1.NewWorkloadServiceClient(conn), func() { conn.Close() }, nil
 }
 
+// refusedBy starts the dial error of a connection the agent refused at
+// accept; explain finds it in grpc-go's error.
+const refusedBy = "the agent refused the connection: "
+
+// readGreeting reads the first frame the agent sends on nc, its greeting
+// or its refusal (a GOAWAY, agent/refusal.go), before grpc-go does: grpc-go
+// would only say that the first frame was not SETTINGS. A refusal fails
+// the dial, saying why; a greeting is given back to grpc-go first.
+func readGreeting(ctx context.Context, nc net.Conn) (net.Conn, error) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(agentclient.GreetingTimeout)
+	}
+	nc.SetReadDeadline(deadline) //nolint:errcheck // the read fails then
+	first := make([]byte, 9, 9+64)
+	_, err := io.ReadFull(nc, first)
+	if n := int(first[0])<<16 | int(first[1])<<8 | int(first[2]); err == nil && n <= 16384 {
+		first = append(first, make([]byte, n)...)
+		_, err = io.ReadFull(nc, first[9:])
+	}
+	if why, _, ok := agentclient.ParseRefusal(first); ok {
+		nc.Close()
+		return nil, errors.New(refusedBy + why)
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
+	return &greetedConn{Conn: nc, first: first}, nil
+}
+
+// greetedConn is the agent's connection with its first frame read
+// already, given back before the rest.
+type greetedConn struct {
+	net.Conn
+	first []byte
+}
+
+func (c *greetedConn) Read(b []byte) (int, error) {
+	if len(c.first) > 0 {
+		n := copy(b, c.first)
+		c.first = c.first[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
 // explain turns an agent error into what the user should know.
 func explain(socket string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
+	}
+	if _, why, ok := strings.Cut(st.Message(), refusedBy); ok {
+		return fmt.Errorf("the agent at %s refused the connection: %s", socket, strings.TrimSuffix(why, `"`))
 	}
 	return attestcmd.Explain(socket, &agentclient.Error{Code: agentclient.Code(st.Code()), Message: st.Message()})
 }

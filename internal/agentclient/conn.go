@@ -262,21 +262,43 @@ func (c *Client) refusal(ctx context.Context) *Error {
 	if !c.goAway || c.goAwayAt != 1 || c.goAwayLast != 0 || c.nextStream != 1 {
 		return nil
 	}
-	why := printable(c.goAwayDebug)
-	if why == "" {
-		why = fmt.Sprintf("GOAWAY, error code %d", c.goAwayCode)
-	}
-	switch c.goAwayCode {
-	case errCodeInadequateSecurity:
+	why, final := refusalReason(c.goAwayCode, c.goAwayDebug)
+	if final {
 		return &Error{Code: Unauthenticated, Message: why}
-	default:
-		// ENHANCE_YOUR_CALM, the agent's limits; any other code alike:
-		// nothing was processed.
-		e := lostError("the agent refused the connection: %s", why)
-		e.unserved = true
-		e.refused = why
-		return e
 	}
+	// Nothing was processed: a new connection may pass.
+	e := lostError("the agent refused the connection: %s", why)
+	e.unserved = true
+	e.refused = why
+	return e
+}
+
+// refusalReason is what a refusal's GOAWAY says: its debug data, shown
+// safely, and whether it is final (INADEQUATE_SECURITY: a new connection
+// from the same process meets it alike) or not (ENHANCE_YOUR_CALM, the
+// agent's limits, and any other code).
+func refusalReason(code uint32, debug []byte) (why string, final bool) {
+	why = printable(debug)
+	if why == "" {
+		why = fmt.Sprintf("GOAWAY, error code %d", code)
+	}
+	return why, code == errCodeInadequateSecurity
+}
+
+// ParseRefusal reads the agent's refusal of a connection at accept from
+// the first bytes the agent sent on it: a whole GOAWAY frame that serves
+// no stream (agent/refusal.go). For clients other than Client, such as
+// grpc-go's, which only say that the first frame was not SETTINGS.
+func ParseRefusal(b []byte) (why string, final, ok bool) {
+	if len(b) < 9+8 || b[3] != frameGoAway || binary.BigEndian.Uint32(b[5:9])&(1<<31-1) != 0 {
+		return "", false, false
+	}
+	n := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
+	if n < 8 || n > maxFrameSize || len(b) < 9+n || binary.BigEndian.Uint32(b[9:13])&(1<<31-1) != 0 {
+		return "", false, false
+	}
+	why, final = refusalReason(binary.BigEndian.Uint32(b[13:17]), b[17:9+n])
+	return why, final, true
 }
 
 // maxReason bounds the agent's reason as the client shows it.
