@@ -1,6 +1,7 @@
 package agentclient
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -125,6 +127,39 @@ func FuzzWire(f *testing.F) {
 		}
 		if wantOK && !reflect.DeepEqual(got, want) {
 			t.Fatalf("fields read %v, protowire %v", got, want)
+		}
+	})
+}
+
+// FuzzParseRefusal: whatever the socket sends first, ParseRefusal does not
+// panic, and it takes for a refusal only what golang.org/x/net/http2 reads
+// as a GOAWAY on stream 0 that serves no stream, its reason the frame's
+// debug data shown safely.
+func FuzzParseRefusal(f *testing.F) {
+	for _, code := range []http2.ErrCode{http2.ErrCodeEnhanceYourCalm, http2.ErrCodeInadequateSecurity, http2.ErrCodeNo} {
+		var b bytes.Buffer
+		http2.NewFramer(&b, nil).WriteGoAway(0, code, []byte("hallmark-agent: why")) //nolint:errcheck // to a bytes.Buffer
+		f.Add(b.Bytes())
+	}
+	var b bytes.Buffer
+	http2.NewFramer(&b, nil).WriteSettings() //nolint:errcheck // as above
+	f.Add(b.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		why, final, ok := ParseRefusal(b)
+		if !ok {
+			return
+		}
+		fr, err := http2.NewFramer(nil, bytes.NewReader(b)).ReadFrame()
+		if err != nil {
+			t.Fatalf("ParseRefusal took %x for a refusal; http2 reads: %v", b, err)
+		}
+		g, isGoAway := fr.(*http2.GoAwayFrame)
+		if !isGoAway || g.LastStreamID != 0 {
+			t.Fatalf("ParseRefusal took %v for a refusal", fr)
+		}
+		wantWhy, wantFinal := refusalReason(uint32(g.ErrCode), g.DebugData())
+		if why != wantWhy || final != wantFinal {
+			t.Fatalf("ParseRefusal said %q, %v; the frame says %q, %v", why, final, wantWhy, wantFinal)
 		}
 	})
 }
