@@ -8,10 +8,12 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -35,10 +37,19 @@ func socketFlag(cmd *cobra.Command, socket *string) {
 	cmd.Flags().StringVar(socket, "socket", def, "the agent's local API socket (env HALLMARK_AGENT_SOCKET)")
 }
 
-func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
+// agentConn is a grpc-go connection to the agent's local API.
+type agentConn struct {
+	agentv1.WorkloadServiceClient
+	socket  string
+	conn    *grpc.ClientConn
+	refused atomic.Pointer[string] // why the agent refused a connection at accept, the last time
+}
+
+func dialAgent(socket string) (*agentConn, error) {
 	if !agentclient.IsSocket(socket) {
-		return nil, nil, fmt.Errorf("no agent at %s: is hallmark-agent running? (set --socket or HALLMARK_AGENT_SOCKET)", socket)
+		return nil, fmt.Errorf("no agent at %s: is hallmark-agent running? (set --socket or HALLMARK_AGENT_SOCKET)", socket)
 	}
+	a := &agentConn{socket: socket}
 	conn, err := grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(agentclient.MaxMessageBytes)),
@@ -52,44 +63,68 @@ func dialAgent(socket string) (agentv1.WorkloadServiceClient, func(), error) {
 			if err != nil {
 				return nil, err
 			}
-			return readGreeting(ctx, nc)
+			gc, why, err := readGreeting(ctx, nc)
+			if why != "" {
+				a.refused.Store(&why)
+			}
+			return gc, err
 		}))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return agentv1.NewWorkloadServiceClient(conn), func() { conn.Close() }, nil
+	a.WorkloadServiceClient, a.conn = agentv1.NewWorkloadServiceClient(conn), conn
+	return a, nil
 }
 
-// refusedBy starts the dial error of a connection the agent refused at
-// accept; explain finds it in grpc-go's error.
-const refusedBy = "the agent refused the connection: "
+func (a *agentConn) Close() error { return a.conn.Close() }
+
+// explain turns the error of a call to the agent into what the user should
+// know: why the agent refused the connection, when it did.
+func (a *agentConn) explain(err error) error {
+	if why := a.refused.Load(); why != nil && status.Code(err) == codes.Unavailable {
+		return fmt.Errorf("the agent at %s refused the connection: %s", a.socket, *why)
+	}
+	return explain(a.socket, err)
+}
+
+// maxGreeting bounds the first frame readGreeting reads whole: HTTP/2's
+// initial SETTINGS_MAX_FRAME_SIZE. A larger one is left to grpc-go.
+const maxGreeting = 16384
 
 // readGreeting reads the first frame the agent sends on nc, its greeting
 // or its refusal (a GOAWAY, agent/refusal.go), before grpc-go does: grpc-go
-// would only say that the first frame was not SETTINGS. A refusal fails
-// the dial, saying why; a greeting is given back to grpc-go first.
-func readGreeting(ctx context.Context, nc net.Conn) (net.Conn, error) {
+// would only say that the first frame was not SETTINGS. The agent greets
+// first, before it reads anything. A refusal fails the dial, returning
+// why; a greeting is given back to grpc-go first. ctx's end, or its
+// deadline, ends the wait (without a deadline, agentclient.GreetingTimeout).
+func readGreeting(ctx context.Context, nc net.Conn) (net.Conn, string, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(agentclient.GreetingTimeout)
 	}
-	nc.SetReadDeadline(deadline) //nolint:errcheck // the read fails then
+	nc.SetReadDeadline(deadline)                                                   //nolint:errcheck // the read fails then
+	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Unix(1, 0)) }) //nolint:errcheck // as above
 	first := make([]byte, 9, 9+64)
 	_, err := io.ReadFull(nc, first)
-	if n := int(first[0])<<16 | int(first[1])<<8 | int(first[2]); err == nil && n <= 16384 {
+	if n := int(first[0])<<16 | int(first[1])<<8 | int(first[2]); err == nil && n <= maxGreeting {
 		first = append(first, make([]byte, n)...)
-		_, err = io.ReadFull(nc, first[9:])
+		var m int
+		m, err = io.ReadFull(nc, first[9:])
+		first = first[:9+m] // never a frame cut short
 	}
-	if why, _, ok := agentclient.ParseRefusal(first); ok {
-		nc.Close()
-		return nil, errors.New(refusedBy + why)
+	if !stop() {
+		err = ctx.Err() // ended the read, or would fail the dial anyway
 	}
 	if err != nil {
 		nc.Close()
-		return nil, err
+		return nil, "", err
+	}
+	if why, _, ok := agentclient.ParseRefusal(first); ok {
+		nc.Close()
+		return nil, why, errors.New("the agent refused the connection: " + why)
 	}
 	nc.SetReadDeadline(time.Time{}) //nolint:errcheck // as above
-	return &greetedConn{Conn: nc, first: first}, nil
+	return &greetedConn{Conn: nc, first: first}, "", nil
 }
 
 // greetedConn is the agent's connection with its first frame read
@@ -113,9 +148,6 @@ func explain(socket string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
-	}
-	if _, why, ok := strings.Cut(st.Message(), refusedBy); ok {
-		return fmt.Errorf("the agent at %s refused the connection: %s", socket, strings.TrimSuffix(why, `"`))
 	}
 	return attestcmd.Explain(socket, &agentclient.Error{Code: agentclient.Code(st.Code()), Message: st.Message()})
 }
@@ -154,16 +186,16 @@ func whoamiCmd() *cobra.Command {
 		Short: "Show how the local agent identifies you and what policy allows you",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			client, closeConn, err := dialAgent(socket)
+			agent, err := dialAgent(socket)
 			if err != nil {
 				return err
 			}
-			defer closeConn()
+			defer agent.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
 			defer cancel()
-			resp, err := client.WhoAmI(ctx, &agentv1.WhoAmIRequest{})
+			resp, err := agent.WhoAmI(ctx, &agentv1.WhoAmIRequest{})
 			if err != nil {
-				return explain(socket, err)
+				return agent.explain(err)
 			}
 			printWhoAmI(cmd.OutOrStdout(), resp)
 			return nil

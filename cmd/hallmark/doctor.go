@@ -270,16 +270,20 @@ func checkSocket(_ context.Context, s *doctorState) (bool, string, string) {
 }
 
 func checkWhoAmI(ctx context.Context, s *doctorState) (bool, string, string) {
-	client, closeConn, err := dialAgent(s.socket)
+	agent, err := dialAgent(s.socket)
 	if err != nil {
 		return false, err.Error(), "fix the socket check first"
 	}
-	defer closeConn()
+	defer agent.Close()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	resp, err := client.WhoAmI(ctx, &agentv1.WhoAmIRequest{})
+	resp, err := agent.WhoAmI(ctx, &agentv1.WhoAmIRequest{})
 	if err != nil {
-		return false, explain(s.socket, err).Error(),
+		if agent.refused.Load() != nil {
+			return false, agent.explain(err).Error(),
+				"the agent said why it refused the connection; its log has each refusal"
+		}
+		return false, agent.explain(err).Error(),
 			"check you may open the socket (its group: socket_group) and the agent's log"
 	}
 	s.whoami = resp

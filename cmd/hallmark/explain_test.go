@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"sync/atomic"
@@ -34,8 +36,8 @@ func TestExplainUnavailable(t *testing.T) {
 
 // Must show: `hallmark whoami` and `hallmark doctor` (grpc-go) say why the
 // agent refused their connection at accept (a GOAWAY as its first frame,
-// agent/refusal.go), at once and after one connection, where grpc-go
-// alone says only that the first frame was not SETTINGS.
+// agent/refusal.go), at once and after at most two connections, where
+// grpc-go alone says only that the first frame was not SETTINGS.
 func TestDialAgentRefused(t *testing.T) {
 	for _, code := range []http2.ErrCode{http2.ErrCodeEnhanceYourCalm, http2.ErrCodeInadequateSecurity} {
 		t.Run(code.String(), func(t *testing.T) {
@@ -58,16 +60,74 @@ func TestDialAgentRefused(t *testing.T) {
 					c.Close()
 				}
 			}()
-			client, closeConn, err := dialAgent(socket)
+			agent, err := dialAgent(socket)
 			require.NoError(t, err)
-			defer closeConn()
+			defer agent.Close()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			start := time.Now()
-			_, err = client.WhoAmI(ctx, &agentv1.WhoAmIRequest{})
-			require.EqualError(t, explain(socket, err), "the agent at "+socket+" refused the connection: "+why)
+			_, err = agent.WhoAmI(ctx, &agentv1.WhoAmIRequest{})
+			require.EqualError(t, agent.explain(err), "the agent at "+socket+" refused the connection: "+why)
 			require.Less(t, time.Since(start), time.Second)
 			require.LessOrEqual(t, conns.Load(), int32(2))
 		})
 	}
+}
+
+// Must show: readGreeting gives grpc-go back exactly the bytes it read,
+// then the rest, with the greeting's deadline gone; a first frame cut
+// short, or ctx's end, fails the dial without taking it for a refusal.
+func TestReadGreeting(t *testing.T) {
+	var greeting bytes.Buffer
+	fr := http2.NewFramer(&greeting, nil)
+	require.NoError(t, fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 16}))
+	require.NoError(t, fr.WritePing(false, [8]byte{1, 2, 3}))
+	settingsLen := 9 + 6
+	var refusal bytes.Buffer
+	require.NoError(t, http2.NewFramer(&refusal, nil).WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte("hallmark-agent: why")))
+
+	t.Run("greeting given back", func(t *testing.T) {
+		client, agent := net.Pipe()
+		defer agent.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		go agent.Write(greeting.Bytes()[:settingsLen]) //nolint:errcheck // read below
+		nc, why, err := readGreeting(ctx, client)
+		require.NoError(t, err)
+		require.Empty(t, why)
+		defer nc.Close()
+		time.Sleep(150 * time.Millisecond)             // past the greeting's deadline
+		go agent.Write(greeting.Bytes()[settingsLen:]) //nolint:errcheck // read below
+		got := make([]byte, greeting.Len())
+		_, err = io.ReadFull(nc, got)
+		require.NoError(t, err)
+		require.Equal(t, greeting.Bytes(), got)
+	})
+	for _, cut := range []int{5, 9, refusal.Len() - 1} {
+		t.Run(fmt.Sprintf("cut at %d", cut), func(t *testing.T) {
+			client, agent := net.Pipe()
+			go func() { agent.Write(refusal.Bytes()[:cut]); agent.Close() }() //nolint:errcheck // then closed
+			nc, why, err := readGreeting(context.Background(), client)
+			require.Error(t, err)
+			require.Nil(t, nc)
+			require.Empty(t, why)
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		client, agent := net.Pipe()
+		go func() { agent.Write(refusal.Bytes()); agent.Close() }() //nolint:errcheck // then closed
+		_, why, err := readGreeting(context.Background(), client)
+		require.Error(t, err)
+		require.Equal(t, "hallmark-agent: why", why)
+	})
+	t.Run("canceled", func(t *testing.T) {
+		client, agent := net.Pipe()
+		defer agent.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(50*time.Millisecond, cancel)
+		start := time.Now()
+		_, _, err := readGreeting(ctx, client)
+		require.ErrorIs(t, err, context.Canceled)
+		require.Less(t, time.Since(start), 5*time.Second)
+	})
 }
