@@ -109,10 +109,7 @@ type Client struct {
 	greetWithin  time.Duration
 	nextStream   uint32 // the next stream to open
 	goAway       bool   // the agent said GOAWAY: no new streams
-	goAwayAt     int    // ... in this frame (framesRead)
-	goAwayLast   uint32 // ... the last stream it serves
-	goAwayCode   uint32 // ... its error code
-	goAwayDebug  []byte // ... and why (its debug data, bounded by maxFrameSize)
+	refusedWith  []byte // the payload of a GOAWAY that was the agent's first frame and served no stream (refusal)
 	maxSendFrame int
 	initWindow   int64 // the agent's SETTINGS_INITIAL_WINDOW_SIZE
 	connWindow   int64 // what the connection lets this client send
@@ -259,10 +256,10 @@ func (c *Client) refusal(ctx context.Context) *Error {
 	}
 	// The client opens no stream before the agent's greeting, nor after a
 	// GOAWAY: nothing was sent but the client's own greeting.
-	if !c.goAway || c.goAwayAt != 1 || c.goAwayLast != 0 || c.nextStream != 1 {
+	if c.refusedWith == nil || c.nextStream != 1 {
 		return nil
 	}
-	why, final := refusalReason(c.goAwayCode, c.goAwayDebug)
+	why, final := refusalReason(binary.BigEndian.Uint32(c.refusedWith[4:8]), c.refusedWith[8:])
 	if final {
 		return &Error{Code: Unauthenticated, Message: why}
 	}
@@ -797,11 +794,10 @@ func (c *Client) readFrame(s *stream) error {
 			return connError("malformed GOAWAY frame")
 		}
 		last := binary.BigEndian.Uint32(payload[:4]) & (1<<31 - 1) // the last stream it will serve
-		if !c.goAway {
-			c.goAway, c.goAwayAt, c.goAwayLast = true, c.framesRead, last
-			c.goAwayCode = binary.BigEndian.Uint32(payload[4:8])
-			c.goAwayDebug = append([]byte(nil), payload[8:]...)
+		if c.framesRead == 1 && last == 0 {
+			c.refusedWith = append([]byte(nil), payload...) // payload is reused
 		}
+		c.goAway = true
 		if s != nil && !s.done && s.id > last {
 			return lostError("the agent is closing the connection (GOAWAY, error code %d)", binary.BigEndian.Uint32(payload[4:8]))
 		}
