@@ -260,21 +260,18 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 }
 
 // localListenConfig is the local API's socket, its limits lim, and what
-// happens to a connection refused at accept: the caller is told why
-// (localRefusal), the refusal counted and logged (refusalLog).
+// happens to a connection refused at accept (localRefusal): the refusal
+// is counted and logged (refusalLog), and the caller told why.
 func (a *Agent) localListenConfig(lim LocalLimits, execs *peercred.ExecWatch) peercred.ListenConfig {
 	refusals := newRefusalLog(a.log, a.cfg.Now)
 	return peercred.ListenConfig{
 		Path: a.cfg.SocketPath, Mode: a.cfg.SocketMode, GID: a.cfg.SocketGID,
 		MaxConns: lim.Connections, MaxConnsPerUID: lim.ConnectionsPerUID, Execs: execs,
-		Refusal: localRefusal(lim),
-		OnSkip: func(err error) {
-			reason := "unidentified"
-			if errors.Is(err, peercred.ErrTooManyConns) {
-				reason = "limits"
-			}
+		Refused: func(err error) []byte {
+			reason, goAway := localRefusal(lim, err)
 			a.metrics.refusedConns.WithLabelValues(reason).Inc()
 			refusals.record(reason, err)
+			return goAway
 		},
 	}
 }

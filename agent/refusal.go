@@ -17,10 +17,18 @@ import (
 // maxRefusalText bounds the reason a refused connection is told.
 const maxRefusalText = 512
 
-// localRefusal returns what the local API writes to a connection it closes
-// at accept (peercred.ListenConfig.Refusal): one HTTP/2 GOAWAY frame that
-// serves no stream, last stream 0 (RFC 9113, section 6.8), whose debug data
-// says why.
+// Reasons a connection is refused at accept, as the metric
+// hallmark_agent_local_connections_refused_total and the log name them.
+const (
+	refusedLimits       = "limits"       // over max_connections_per_uid or max_connections
+	refusedUnidentified = "unidentified" // the caller could not be identified
+)
+
+// localRefusal is how the local API refuses a connection at accept, err
+// saying why (peercred.ListenConfig.Refused): the reason it is counted and
+// logged under, and what the caller is told: one HTTP/2 GOAWAY frame that
+// serves no stream, last stream 0 (RFC 9113, section 6.8), whose debug
+// data says why.
 //
 //   - INADEQUATE_SECURITY: the caller's pid is not visible from the
 //     agent's pid namespace. A new connection from it fails alike.
@@ -37,28 +45,27 @@ const maxRefusalText = 512
 // (TestGRPCClientsFailAtOnceWhenRefused). hallmark-attest and hallmark
 // read the GOAWAY (agentclient). The caller learns only what it could
 // find out about itself, and the limits in force.
-func localRefusal(lim LocalLimits) func(error) []byte {
-	return func(err error) []byte {
-		code := http2.ErrCodeEnhanceYourCalm
-		why := "cannot identify the caller: " + strings.TrimPrefix(err.Error(), "peercred: ")
-		switch {
-		case errors.Is(err, peercred.ErrPidNotVisible):
-			code = http2.ErrCodeInadequateSecurity
-			why = "cannot identify the caller: its pid is not visible from the agent's pid namespace " +
-				"(run hallmark-agent in the host's pid namespace, or the step in the agent's)"
-		case errors.Is(err, peercred.ErrTooManyConns):
-			why = fmt.Sprintf("%s (max_connections_per_uid = %d, max_connections = %d)",
-				strings.TrimPrefix(err.Error(), "peercred: "), lim.ConnectionsPerUID, lim.Connections)
-		}
-		if len(why) > maxRefusalText {
-			why = why[:maxRefusalText]
-		}
-		var b bytes.Buffer
-		// Writes to a bytes.Buffer; the only failure is a debug text
-		// longer than a frame, which maxRefusalText rules out.
-		http2.NewFramer(&b, nil).WriteGoAway(0, code, []byte("hallmark-agent: "+why)) //nolint:errcheck // as above
-		return b.Bytes()
+func localRefusal(lim LocalLimits, err error) (reason string, goAway []byte) {
+	reason, code := refusedUnidentified, http2.ErrCodeEnhanceYourCalm
+	why := "cannot identify the caller: " + strings.TrimPrefix(err.Error(), "peercred: ")
+	switch {
+	case errors.Is(err, peercred.ErrPidNotVisible):
+		code = http2.ErrCodeInadequateSecurity
+		why = "cannot identify the caller: its pid is not visible from the agent's pid namespace " +
+			"(run hallmark-agent in the host's pid namespace, or the step in the agent's)"
+	case errors.Is(err, peercred.ErrTooManyConns):
+		reason = refusedLimits
+		why = fmt.Sprintf("%s (max_connections_per_uid = %d, max_connections = %d)",
+			strings.TrimPrefix(err.Error(), "peercred: "), lim.ConnectionsPerUID, lim.Connections)
 	}
+	if len(why) > maxRefusalText {
+		why = why[:maxRefusalText]
+	}
+	var b bytes.Buffer
+	// Writes to a bytes.Buffer; the only failure is a debug text longer
+	// than a frame, which maxRefusalText rules out.
+	http2.NewFramer(&b, nil).WriteGoAway(0, code, []byte("hallmark-agent: "+why)) //nolint:errcheck // as above
+	return reason, b.Bytes()
 }
 
 // refusalLogEvery is how often, at most, the agent logs the connections it

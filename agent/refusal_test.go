@@ -36,22 +36,25 @@ func TestLocalRefusal(t *testing.T) {
 	lim := LocalLimits{ConnectionsPerUID: 64, Connections: 1024}
 	long := errors.New(strings.Repeat("x", 4096))
 	for _, tc := range []struct {
-		name     string
-		err      error
-		wantCode http2.ErrCode
-		want     string
+		name       string
+		err        error
+		wantReason string
+		wantCode   http2.ErrCode
+		want       string
 	}{
-		{"a uid over its limit", fmt.Errorf("%w: uid 1000 has 64 open, the most one uid may", peercred.ErrTooManyConns), http2.ErrCodeEnhanceYourCalm,
+		{"a uid over its limit", fmt.Errorf("%w: uid 1000 has 64 open, the most one uid may", peercred.ErrTooManyConns), "limits", http2.ErrCodeEnhanceYourCalm,
 			"hallmark-agent: too many connections: uid 1000 has 64 open, the most one uid may (max_connections_per_uid = 64, max_connections = 1024)"},
-		{"a pid not visible", fmt.Errorf("%w (uid 1000, pid 0 here)", peercred.ErrPidNotVisible), http2.ErrCodeInadequateSecurity,
+		{"a pid not visible", fmt.Errorf("%w (uid 1000, pid 0 here)", peercred.ErrPidNotVisible), "unidentified", http2.ErrCodeInadequateSecurity,
 			"hallmark-agent: cannot identify the caller: its pid is not visible from the agent's pid namespace (run hallmark-agent in the host's pid namespace, or the step in the agent's)"},
-		{"another failure", errors.New("peercred: identify pid 7: open /proc/7/stat: no such file or directory"), http2.ErrCodeEnhanceYourCalm,
+		{"another failure", errors.New("peercred: identify pid 7: open /proc/7/stat: no such file or directory"), "unidentified", http2.ErrCodeEnhanceYourCalm,
 			"hallmark-agent: cannot identify the caller: identify pid 7: open /proc/7/stat: no such file or directory"},
-		{"a long reason", long, http2.ErrCodeEnhanceYourCalm,
+		{"a long reason", long, "unidentified", http2.ErrCodeEnhanceYourCalm,
 			"hallmark-agent: " + ("cannot identify the caller: " + long.Error())[:maxRefusalText]},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fr := http2.NewFramer(nil, bytes.NewReader(localRefusal(lim)(tc.err)))
+			reason, said := localRefusal(lim, tc.err)
+			require.Equal(t, tc.wantReason, reason)
+			fr := http2.NewFramer(nil, bytes.NewReader(said))
 			f, err := fr.ReadFrame()
 			require.NoError(t, err)
 			goAway, ok := f.(*http2.GoAwayFrame)
@@ -87,9 +90,9 @@ func TestRefusalLog(t *testing.T) {
 		}
 		return got
 	}
-	r.record("limits", limits)
-	r.record("limits", limits)
-	r.record("unidentified", gone)
+	r.record(refusedLimits, limits)
+	r.record(refusedLimits, limits)
+	r.record(refusedUnidentified, gone)
 	require.Equal(t, []line{{"limits", 0}, {"unidentified", 0}}, seen())
 	now = now.Add(refusalLogEvery - time.Nanosecond)
 	r.record("limits", limits)
@@ -110,15 +113,14 @@ func TestGRPCClientsFailAtOnceWhenRefused(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	socket := filepath.Join(dir, "agent.sock")
-	refusal := localRefusal(LocalLimits{ConnectionsPerUID: 64, Connections: 1024})(
+	_, refusal := localRefusal(LocalLimits{ConnectionsPerUID: 64, Connections: 1024},
 		fmt.Errorf("%w: uid 1000 has 64 open, the most one uid may", peercred.ErrTooManyConns))
 	for _, wait := range []time.Duration{0, 20 * time.Millisecond} { // before and after the client's preface arrives
 		t.Run(wait.String(), func(t *testing.T) {
 			var refused atomic.Int32
 			ln, err := peercred.Listen(peercred.ListenConfig{
 				Path: socket, GID: -1, MaxConnsPerUID: 1,
-				Refusal: func(error) []byte { time.Sleep(wait); return refusal },
-				OnSkip:  func(error) { refused.Add(1) },
+				Refused: func(error) []byte { refused.Add(1); time.Sleep(wait); return refusal },
 			})
 			require.NoError(t, err)
 			defer ln.Close()

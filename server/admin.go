@@ -325,7 +325,12 @@ func (a *adminService) publishIssuers(ctx context.Context) error {
 func (s *Server) serveAdmin(ctx context.Context, svc *adminService, allowed func(uid uint32) bool) error {
 	ln, err := peercred.Listen(peercred.ListenConfig{
 		Path: s.cfg.AdminSocket, Mode: 0o600, GID: -1,
-		OnSkip: func(err error) { s.log.Warn("Admin connection dropped", zap.Error(err)) },
+		Refused: func(err error) []byte {
+			s.log.Warn("Admin connection dropped", zap.Error(err))
+			// No limits here: its peer could not be identified (gone,
+			// most likely). Closed without a word.
+			return nil
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("server: admin socket: %w", err)

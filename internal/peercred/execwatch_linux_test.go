@@ -378,8 +378,8 @@ func TestListenerLimits(t *testing.T) {
 	path := sockDir(t) + "/agent.sock"
 	skips := make(chan error, 16)
 	l, err := Listen(ListenConfig{
-		Path: path, GID: -1, MaxConnsPerUID: 2, OnSkip: func(err error) { skips <- err },
-		Refusal: func(err error) []byte { return []byte("refused: " + err.Error()) },
+		Path: path, GID: -1, MaxConnsPerUID: 2,
+		Refused: func(err error) []byte { skips <- err; return []byte("refused: " + err.Error()) },
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
@@ -403,7 +403,7 @@ func TestListenerLimits(t *testing.T) {
 			got <- c.(*Conn)
 		}
 	}()
-	// It is told why (Refusal), then closed.
+	// It is told why (Refused), then closed.
 	require.NoError(t, over.SetReadDeadline(time.Now().Add(10*time.Second)))
 	said, err := io.ReadAll(over)
 	require.NoError(t, err, "closed by the listener")

@@ -53,9 +53,9 @@ func runHelper(role, sock string) error {
 	}
 	switch role {
 	case "listen-refuse":
-		// Listen at sock, telling every connection refused why (Refusal
+		// Listen at sock, telling every connection refused why (Refused
 		// writes the error), until stdin closes.
-		l, err := Listen(ListenConfig{Path: sock, GID: -1, Refusal: func(err error) []byte { return []byte(err.Error()) }})
+		l, err := Listen(ListenConfig{Path: sock, GID: -1, Refused: func(err error) []byte { return []byte(err.Error()) }})
 		if err != nil {
 			return err
 		}

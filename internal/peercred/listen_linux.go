@@ -28,16 +28,16 @@ type ListenConfig struct {
 	// GID is the socket's group; -1 leaves the creating process's group.
 	// Zero is a real group (root), not "unset".
 	GID int
-	// OnSkip, if set, is called with the reason for every connection that
-	// Accept closed because its peer could not be identified or was over
-	// a limit.
-	OnSkip func(err error)
-	// Refusal, if set, gives the bytes Accept writes to a connection it
-	// closes, just before closing it: why, in the protocol the listener's
-	// server speaks (hallmark-agent: an HTTP/2 GOAWAY). It is one write
-	// that never waits (MSG_DONTWAIT); a peer that reads nothing keeps it
-	// in the kernel, with the closed socket, until it closes its end.
-	Refusal func(err error) []byte
+	// Refused, if set, is called with the reason for every connection
+	// that Accept refuses: its peer could not be identified or was over a
+	// limit. It returns the bytes Accept writes to the connection just
+	// before closing it (why, in the protocol the listener's server
+	// speaks; hallmark-agent: an HTTP/2 GOAWAY), or nil to close it
+	// without a word. The write is one send that never waits
+	// (MSG_DONTWAIT); a peer that reads nothing keeps it in the kernel,
+	// with the closed socket, until it closes its end. Accept calls it
+	// from its own goroutine, before it accepts the next connection.
+	Refused func(err error) []byte
 	// MaxConns bounds the connections open at once; zero means no bound.
 	MaxConns int
 	// MaxConnsPerUID bounds the connections open at once from one uid;
@@ -59,8 +59,7 @@ type Listener struct {
 	ul      *net.UnixListener
 	addr    *net.UnixAddr
 	id      FileID // the socket file published at addr.Name
-	onSkip  func(error)
-	refusal func(error) []byte
+	refused func(error) []byte
 	execs   *ExecWatch
 	limits  connLimits
 
@@ -127,8 +126,7 @@ func Listen(cfg ListenConfig) (*Listener, error) {
 		ul:      ul,
 		addr:    &net.UnixAddr{Name: path, Net: "unix"},
 		id:      id,
-		onSkip:  cfg.OnSkip,
-		refusal: cfg.Refusal,
+		refused: cfg.Refused,
 		execs:   cfg.Execs,
 		limits:  connLimits{max: cfg.MaxConns, perUID: cfg.MaxConnsPerUID, open: map[uint32]int{}},
 	}, nil
@@ -276,8 +274,8 @@ func removeStale(path string) error {
 
 // Accept waits for the next connection whose peer is under the limits and
 // can be identified, and returns it as a *Conn, watched for exec(2) when
-// the listener has an ExecWatch. Other connections are closed, reported to
-// ListenConfig.OnSkip and never returned.
+// the listener has an ExecWatch. Other connections are refused
+// (ListenConfig.Refused) and never returned.
 func (l *Listener) Accept() (net.Conn, error) {
 	for {
 		uc, err := l.ul.AcceptUnix()
@@ -287,23 +285,21 @@ func (l *Listener) Accept() (net.Conn, error) {
 		c, err := l.admit(uc)
 		if err != nil {
 			l.refuse(uc, err)
-			if l.onSkip != nil {
-				l.onSkip(err)
-			}
 			continue
 		}
 		return c, nil
 	}
 }
 
-// refuse closes uc, which admit refused with err, after telling its peer
-// why (ListenConfig.Refusal), if it can without waiting.
+// refuse closes uc, which admit refused with err, after reporting it
+// (ListenConfig.Refused) and writing what that returns, if it can without
+// waiting.
 func (l *Listener) refuse(uc *net.UnixConn, err error) {
 	defer uc.Close()
-	if l.refusal == nil {
+	if l.refused == nil {
 		return
 	}
-	b := l.refusal(err)
+	b := l.refused(err)
 	if len(b) == 0 {
 		return
 	}

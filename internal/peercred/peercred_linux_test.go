@@ -291,7 +291,7 @@ func TestFallbackWithoutPeerPidfd(t *testing.T) {
 func TestAcceptSkipsUnidentifiable(t *testing.T) {
 	path := sockDir(t) + "/agent.sock"
 	skipped := make(chan error, 4)
-	l, err := Listen(ListenConfig{Path: path, GID: -1, OnSkip: func(err error) { skipped <- err }})
+	l, err := Listen(ListenConfig{Path: path, GID: -1, Refused: func(err error) []byte { skipped <- err; return nil }})
 	require.NoError(t, err)
 	defer l.Close()
 
@@ -308,13 +308,13 @@ func TestAcceptSkipsUnidentifiable(t *testing.T) {
 		require.Error(t, err)
 		t.Logf("skipped: %v", err)
 	default:
-		t.Fatal("OnSkip was not called for the exited peer")
+		t.Fatal("Refused was not called for the exited peer")
 	}
 }
 
 // Must show, as a caller in another pid namespace meets it: the kernel
 // gives a listener that cannot see into the caller's pid namespace pid 0;
-// the connection is refused, and the caller is told why (Refusal) before
+// the connection is refused, and the caller is told why (Refused) before
 // it is closed. The listener runs in a pid namespace of its own, where the
 // test's process has no pid.
 func TestRefusalTellsACallerItCannotSee(t *testing.T) {
@@ -379,7 +379,7 @@ func TestNoFDLeaks(t *testing.T) {
 		}
 		return orig(fd)
 	}
-	l.onSkip = func(error) { skips++ }
+	l.refused = func(error) []byte { skips++; return nil }
 	for range 50 {
 		cc, err := net.Dial("unix", path)
 		require.NoError(t, err)
