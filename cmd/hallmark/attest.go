@@ -87,10 +87,6 @@ func (a *agentConn) explain(err error) error {
 	return explain(a.socket, err)
 }
 
-// maxGreeting bounds the first frame readGreeting reads whole: HTTP/2's
-// initial SETTINGS_MAX_FRAME_SIZE. A larger one is left to grpc-go.
-const maxGreeting = 16384
-
 // readGreeting reads the first frame the agent sends on nc, its greeting
 // or its refusal (a GOAWAY, agent/refusal.go), before grpc-go does: grpc-go
 // would only say that the first frame was not SETTINGS. The agent greets
@@ -104,14 +100,7 @@ func readGreeting(ctx context.Context, nc net.Conn) (net.Conn, string, error) {
 	}
 	nc.SetReadDeadline(deadline)                                                   //nolint:errcheck // the read fails then
 	stop := context.AfterFunc(ctx, func() { nc.SetReadDeadline(time.Unix(1, 0)) }) //nolint:errcheck // as above
-	first := make([]byte, 9, 9+64)
-	_, err := io.ReadFull(nc, first)
-	if n := int(first[0])<<16 | int(first[1])<<8 | int(first[2]); err == nil && n <= maxGreeting {
-		first = append(first, make([]byte, n)...)
-		var m int
-		m, err = io.ReadFull(nc, first[9:])
-		first = first[:9+m] // never a frame cut short
-	}
+	first, err := agentclient.ReadFirstFrame(nc)
 	if !stop() {
 		err = ctx.Err() // ended the read, or would fail the dial anyway
 	}

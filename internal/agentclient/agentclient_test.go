@@ -505,6 +505,56 @@ func attestOnce(ctx context.Context, socket string, greetWithin time.Duration) e
 	return err
 }
 
+// Must show: ReadFirstFrame returns the agent's first frame whole, as
+// golang.org/x/net/http2 wrote it, and not a byte after it; a frame cut
+// short is an error, never a frame; a frame longer than the client reads
+// comes back as its header alone.
+func TestReadFirstFrame(t *testing.T) {
+	frames := func(write func(fr *http2.Framer) error) []byte {
+		var b bytes.Buffer
+		require.NoError(t, write(http2.NewFramer(&b, nil)))
+		return b.Bytes()
+	}
+	settings := frames(func(fr *http2.Framer) error {
+		return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 16})
+	})
+	goAway := frames(func(fr *http2.Framer) error {
+		return fr.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte("hallmark-agent: why"))
+	})
+	ping := frames(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{1}) })
+	large := frames(func(fr *http2.Framer) error {
+		fr.SetMaxReadFrameSize(1 << 20)
+		return fr.WriteData(1, false, make([]byte, maxFrameSize+1))
+	})
+	empty := frames(func(fr *http2.Framer) error { return fr.WriteSettings() })
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	for _, tc := range []struct {
+		name    string
+		sent    []byte
+		want    []byte
+		wantErr error
+	}{
+		{"the greeting, then more", cat(settings, ping), settings, nil},
+		{"a refusal", goAway, goAway, nil},
+		{"an empty SETTINGS", cat(empty, ping), empty, nil},
+		{"a frame longer than the client reads", large, large[:9], nil},
+		{"nothing", nil, nil, io.EOF},
+		{"a header cut short", goAway[:5], nil, io.ErrUnexpectedEOF},
+		{"a payload cut short", goAway[:len(goAway)-1], nil, io.ErrUnexpectedEOF},
+		{"a header alone", goAway[:9], nil, io.EOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := bytes.NewReader(tc.sent)
+			got, err := ReadFirstFrame(r)
+			require.ErrorIs(t, err, tc.wantErr)
+			require.Equal(t, tc.want, got)
+			if err == nil {
+				require.Equal(t, len(tc.sent)-len(tc.want), r.Len(), "read nothing after the frame")
+			}
+		})
+	}
+}
+
 // Must show: the agent's refusal of a connection at accept (a GOAWAY that
 // serves no stream as its first frame, agent/refusal.go) is read whichever
 // comes first, the agent's close or the client's greeting: over the

@@ -298,6 +298,28 @@ func ParseRefusal(b []byte) (why string, final, ok bool) {
 	return why, final, true
 }
 
+// ReadFirstFrame reads the first frame an agent sends on a connection,
+// whole, and nothing after it: its greeting (SETTINGS) or its refusal at
+// accept (a GOAWAY, which ParseRefusal reads). It never returns a frame
+// cut short. A frame longer than this client reads (maxFrameSize) is
+// returned as its 9-byte header alone, for the caller's HTTP/2 client to
+// refuse. For clients other than Client, which reads its frames itself.
+func ReadFirstFrame(r io.Reader) ([]byte, error) {
+	b := make([]byte, 9, 9+64)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	n := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
+	if n > maxFrameSize {
+		return b, nil
+	}
+	b = append(b, make([]byte, n)...)
+	if _, err := io.ReadFull(r, b[9:]); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
 // maxReason bounds the agent's reason as the client shows it.
 const maxReason = 1024
 
