@@ -284,8 +284,8 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 		}
 		return 0, nil
 	}
-	if err := os.WriteFile(out, bundle, 0o644); err != nil {
-		return 1, err
+	if err := writeBundle(out, bundle); err != nil {
+		return 1, bundleNotWritten(resp, logged, err)
 	}
 	state := "logged"
 	if !logged {
@@ -294,6 +294,20 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 	fmt.Fprintf(env.Stderr, "%s: attested step %s (%d products, invocation %s, %s) -> %s\n",
 		cfg.name, cfg.step, len(resp.Subjects), resp.InvocationID, state, out)
 	return 0, nil
+}
+
+// bundleNotWritten says that the step was attested but its bundle not
+// written (err), and how to get the bundle back: from the log, by a
+// product's digest, once the attestation is logged.
+func bundleNotWritten(resp *agentclient.AttestStepResponse, logged bool, err error) error {
+	state, hint := "logged", ""
+	if !logged {
+		state = "queued for the log"
+	}
+	if len(resp.Subjects) > 0 {
+		hint = fmt.Sprintf("; `hallmark search --digest sha256:%s` rebuilds it from the log once it is logged", resp.Subjects[0].SHA256)
+	}
+	return fmt.Errorf("attested (invocation %s, %s) but the bundle was not written: %w%s", resp.InvocationID, state, err, hint)
 }
 
 // reason is why a call failed: what ended ctx when it ended the call (the

@@ -81,14 +81,19 @@ func silentSocket(t *testing.T) (dir, socket string) {
 	return dir, socket
 }
 
-// bundleAgent answers GetBundle with a logged bundle, or with err.
+// bundleAgent answers AttestStep with attested (an empty bundle, queued
+// for the log, if nil), and GetBundle with a logged bundle, or with err.
 type bundleAgent struct {
 	agentv1.UnimplementedWorkloadServiceServer
-	err   error
-	calls atomic.Int32
+	attested *agentv1.AttestStepResponse
+	err      error
+	calls    atomic.Int32
 }
 
 func (b *bundleAgent) AttestStep(context.Context, *agentv1.AttestStepRequest) (*agentv1.AttestStepResponse, error) {
+	if b.attested != nil {
+		return b.attested, nil
+	}
 	return &agentv1.AttestStepResponse{InvocationId: "inv"}, nil
 }
 

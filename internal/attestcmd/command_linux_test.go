@@ -396,6 +396,115 @@ func TestCommandExitStatus(t *testing.T) {
 	}
 }
 
+// Must show: the bundle's file holds what it held before or the whole
+// bundle, never part of one. A write cut short (here by a file size
+// limit, as a full disk would) leaves the previous bundle as it was and
+// nothing beside it, and the step fails naming the invocation and how to
+// rebuild the bundle from the log. A FIFO or a symlink at --out is
+// written through, not replaced.
+func TestBundleWrittenWholeOrNotAtAll(t *testing.T) {
+	const digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	bundle := bytes.Repeat([]byte("bundle "), 10_000) // 70 kB
+	agent := &bundleAgent{attested: &agentv1.AttestStepResponse{
+		Bundle: bundle, InvocationId: "inv", Logged: true,
+		Subjects: []*agentv1.Subject{{Name: "p", Sha256: digest}},
+	}}
+	socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, agent) })
+	prlimit, err := exec.LookPath("prlimit")
+	require.NoError(t, err, "prlimit (util-linux)")
+	attest := func(t *testing.T, dir string, fsize int, out string) (code int, stderr string) {
+		t.Helper()
+		args := []string{os.Args[0], "--step", "b", "--product", "p", "--socket", socket, "--out", out, "--", "true"}
+		if fsize > 0 {
+			args = append([]string{prlimit, "--fsize=" + strconv.Itoa(fsize)}, args...)
+		}
+		var errOut bytes.Buffer
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Dir, cmd.Stderr = dir, &errOut
+		cmd.Env = append(os.Environ(), commandHelperEnv+"=1")
+		require.NoError(t, cmd.Start())
+		return exitCode(t, cmd), errOut.String()
+	}
+	names := func(t *testing.T, dir string) []string {
+		t.Helper()
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		var got []string
+		for _, e := range entries {
+			got = append(got, e.Name())
+		}
+		return got
+	}
+
+	t.Run("replaced whole", func(t *testing.T) {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "b.hallmark.json")
+		require.NoError(t, os.WriteFile(out, []byte("old"), 0o600))
+		code, stderr := attest(t, dir, 0, out)
+		require.Equal(t, 0, code, "stderr: %s", stderr)
+		got, err := os.ReadFile(out)
+		require.NoError(t, err)
+		require.Equal(t, bundle, got)
+		require.Equal(t, []string{"b.hallmark.json"}, names(t, dir))
+		umask := unix.Umask(0)
+		unix.Umask(umask)
+		fi, err := os.Stat(out)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o644&^umask), fi.Mode().Perm(), "as os.WriteFile creates it")
+	})
+	t.Run("cut short", func(t *testing.T) {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "b.hallmark.json")
+		require.NoError(t, os.WriteFile(out, []byte("old"), 0o644))
+		code, stderr := attest(t, dir, 4096, out)
+		require.Equal(t, 1, code, "stderr: %s", stderr)
+		require.Contains(t, stderr, "hallmark-attest: attested (invocation inv, logged) but the bundle was not written: ")
+		require.Contains(t, stderr, "file too large")
+		require.Contains(t, stderr, "; `hallmark search --digest sha256:"+digest+"` rebuilds it from the log once it is logged\n")
+		got, err := os.ReadFile(out)
+		require.NoError(t, err)
+		require.Equal(t, "old", string(got), "the previous bundle, as it was")
+		require.Equal(t, []string{"b.hallmark.json"}, names(t, dir), "nothing left beside it")
+	})
+	t.Run("cut short, nothing there before", func(t *testing.T) {
+		dir := t.TempDir()
+		code, stderr := attest(t, dir, 4096, filepath.Join(dir, "b.hallmark.json"))
+		require.Equal(t, 1, code, "stderr: %s", stderr)
+		require.Empty(t, names(t, dir), "no bundle cut short")
+	})
+	t.Run("a FIFO", func(t *testing.T) {
+		dir := t.TempDir()
+		fifo := filepath.Join(dir, "fifo")
+		require.NoError(t, unix.Mkfifo(fifo, 0o600))
+		read := make(chan []byte, 1)
+		go func() {
+			b, _ := os.ReadFile(fifo) //nolint:errcheck // compared below
+			read <- b
+		}()
+		code, stderr := attest(t, dir, 0, fifo)
+		require.Equal(t, 0, code, "stderr: %s", stderr)
+		require.Equal(t, bundle, <-read)
+		fi, err := os.Lstat(fifo)
+		require.NoError(t, err)
+		require.Equal(t, os.ModeNamedPipe, fi.Mode().Type(), "still a FIFO")
+	})
+	t.Run("a symlink", func(t *testing.T) {
+		dir, elsewhere := t.TempDir(), t.TempDir()
+		target := filepath.Join(elsewhere, "bundle.json")
+		link := filepath.Join(dir, "b.hallmark.json")
+		require.NoError(t, os.WriteFile(target, []byte("old"), 0o644))
+		require.NoError(t, os.Symlink(target, link))
+		code, stderr := attest(t, dir, 0, link)
+		require.Equal(t, 0, code, "stderr: %s", stderr)
+		got, err := os.ReadFile(target)
+		require.NoError(t, err)
+		require.Equal(t, bundle, got, "written through the link")
+		fi, err := os.Lstat(link)
+		require.NoError(t, err)
+		require.Equal(t, os.ModeSymlink, fi.Mode().Type(), "still a symlink")
+	})
+}
+
 // Must show, as an attacker would try it: a program planted in the
 // workspace does not run in place of the one PATH names, even where PATH
 // has a relative entry (os/exec's ErrDot).

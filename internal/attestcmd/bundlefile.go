@@ -1,0 +1,61 @@
+package attestcmd
+
+import (
+	"errors"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+)
+
+// writeBundle writes bundle to path so that path holds what it held
+// before or the whole bundle, never part of one: a step killed while it
+// writes (a runner's timeout) or a write that fails (a full disk, a file
+// size limit) leaves no bundle cut short for a later step to upload or
+// verify. Where path is a regular file or nothing yet, the bundle is
+// written to a new file beside it, then renamed over it; the new file
+// has mode 0644 less the umask, as os.WriteFile gives. Anything else at
+// path (a device, a FIFO, /dev/fd/N from a shell's process substitution,
+// a symlink) is written through in place, as os.WriteFile does: renaming
+// would replace the node itself. Nothing is synced: a bundle is rebuilt
+// from the log (hallmark search) should the machine lose it.
+func writeBundle(path string, bundle []byte) error {
+	switch fi, err := os.Lstat(path); {
+	case err == nil && !fi.Mode().IsRegular():
+		return os.WriteFile(path, bundle, 0o644)
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	f, err := createBeside(path)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(bundle)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name()) //nolint:errcheck // best effort; err says what failed
+		return err
+	}
+	return nil
+}
+
+// createBeside creates a new file in path's directory, named after path
+// and hidden (.NAME.RANDOM.tmp). O_EXCL: it never opens what another
+// process put there, file or symlink.
+func createBeside(path string) (*os.File, error) {
+	dir, base := filepath.Split(path)
+	for try := 0; ; try++ {
+		name := filepath.Join(dir, "."+base+"."+strconv.FormatUint(rand.Uint64(), 36)+".tmp")
+		f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if errors.Is(err, fs.ErrExist) && try < 100 {
+			continue
+		}
+		return f, err
+	}
+}
