@@ -14,14 +14,16 @@ import (
 // writes (a runner's timeout) or a write that fails (a full disk, a file
 // size limit) leaves no bundle cut short for a later step to upload or
 // verify. Where path is a regular file or nothing yet, the bundle is
-// written to a new file beside it, then renamed over it; the new file
-// has mode 0644 less the umask, as os.WriteFile gives. Anything else at
+// written to a new file beside it, then renamed over it; it has the mode
+// of the file it replaces, or 0644 less the umask, as os.WriteFile gives
+// either. Anything else at
 // path (a device, a FIFO, /dev/fd/N from a shell's process substitution,
 // a symlink) is written through in place, as os.WriteFile does: renaming
 // would replace the node itself. Nothing is synced: a bundle is rebuilt
 // from the log (hallmark search) should the machine lose it.
 func writeBundle(path string, bundle []byte) error {
-	switch fi, err := os.Lstat(path); {
+	fi, err := os.Lstat(path)
+	switch {
 	case err == nil && !fi.Mode().IsRegular():
 		return os.WriteFile(path, bundle, 0o644)
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
@@ -31,7 +33,12 @@ func writeBundle(path string, bundle []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(bundle)
+	if fi != nil {
+		err = f.Chmod(fi.Mode().Perm()) // the mode it replaces, as os.WriteFile keeps it
+	}
+	if err == nil {
+		_, err = f.Write(bundle)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
