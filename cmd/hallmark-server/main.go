@@ -4,12 +4,11 @@
 package main
 
 import (
-	"os"
-
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/hallmark-dev/hallmark/internal/daemon"
+	"github.com/hallmark-dev/hallmark/internal/wholefile"
 	"github.com/hallmark-dev/hallmark/server"
 )
 
@@ -46,7 +45,7 @@ func trustCmd(configPath *string) *cobra.Command {
 				_, err = cmd.OutOrStdout().Write(data)
 				return err
 			}
-			return os.WriteFile(out, data, 0o644)
+			return wholefile.Write(out, data)
 		},
 	}
 	export.Flags().StringVar(&out, "out", "", "file to write (default: standard output)")

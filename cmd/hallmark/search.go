@@ -19,6 +19,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
+	"github.com/hallmark-dev/hallmark/internal/wholefile"
 )
 
 // searchPage is GET /log/entries's answer (docs/log.md).
@@ -81,7 +82,7 @@ then neither sent nor read.`,
 						return fmt.Errorf("entry from the server: %w", err)
 					}
 					path := filepath.Join(outDir, fmt.Sprintf("%s.%d.hallmark.json", hexDigest[:12], index))
-					if err := os.WriteFile(path, b, 0o644); err != nil {
+					if err := wholefile.Write(path, b); err != nil {
 						return err
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "%s  log index %d  builder %s\n", path, index, e.SPIFFEID)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/hallmark-dev/hallmark/attest"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
+	"github.com/hallmark-dev/hallmark/internal/wholefile"
 )
 
 // pipelineFlags are the flags of `hallmark verify` in pipeline mode, the
@@ -265,5 +266,5 @@ func writeVSA(path string, report *pipeline.Report, resource, policyURI string, 
 			return err
 		}
 	}
-	return os.WriteFile(path, append(out, '\n'), 0o644)
+	return wholefile.Write(path, append(out, '\n'))
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/hallmark-dev/hallmark/internal/agentclient"
+	"github.com/hallmark-dev/hallmark/internal/wholefile"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
@@ -284,7 +285,7 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 		}
 		return 0, nil
 	}
-	if err := writeBundle(out, bundle); err != nil {
+	if err := wholefile.Write(out, bundle); err != nil {
 		return 1, bundleNotWritten(resp, logged, err)
 	}
 	state := "logged"

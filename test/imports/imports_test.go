@@ -147,7 +147,7 @@ func TestStepClientIsLight(t *testing.T) {
 			require.False(t, dep == f || strings.HasPrefix(dep, f+"/"), "hallmark-attest imports %s (directly or not)", dep)
 		}
 		if rel, ok := strings.CutPrefix(dep, module+"/"); ok {
-			require.Contains(t, []string{"cmd/hallmark-attest", "internal/attestcmd", "internal/agentclient", "attest/claims"}, rel,
+			require.Contains(t, []string{"cmd/hallmark-attest", "internal/attestcmd", "internal/agentclient", "internal/wholefile", "attest/claims"}, rel,
 				"hallmark-attest imports %s", dep)
 		}
 	}

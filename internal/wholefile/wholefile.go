@@ -1,4 +1,7 @@
-package attestcmd
+// Package wholefile writes the files Hallmark's commands leave for their
+// users (bundles, trusted roots, VSAs) so that a file holds what it held
+// before or the whole of what was written, never part of it.
+package wholefile
 
 import (
 	"errors"
@@ -9,23 +12,23 @@ import (
 	"strconv"
 )
 
-// writeBundle writes bundle to path so that path holds what it held
-// before or the whole bundle, never part of one: a step killed while it
-// writes (a runner's timeout) or a write that fails (a full disk, a file
-// size limit) leaves no bundle cut short for a later step to upload or
-// verify. Where path is a regular file or nothing yet, the bundle is
-// written to a new file beside it, then renamed over it; it has the mode
-// of the file it replaces, or 0644 less the umask, as os.WriteFile gives
-// either. Anything else at
-// path (a device, a FIFO, /dev/fd/N from a shell's process substitution,
-// a symlink) is written through in place, as os.WriteFile does: renaming
-// would replace the node itself. Nothing is synced: a bundle is rebuilt
-// from the log (hallmark search) should the machine lose it.
-func writeBundle(path string, bundle []byte) error {
+// Write writes data to path so that path holds what it held before or the
+// whole of data, never part of it: a command killed while it writes (a
+// runner's timeout) or a write that fails (a full disk, a file size
+// limit) leaves no file cut short for a later step to upload, verify or
+// trust. Where path is a regular file or nothing yet, data is written to
+// a new file beside it, then renamed over it; it has the mode of the file
+// it replaces, or 0644 less the umask, as os.WriteFile gives either.
+// Anything else at path (a device, a FIFO, /dev/fd/N from a shell's
+// process substitution, a symlink) is written through in place, as
+// os.WriteFile does: renaming would replace the node itself. Nothing is
+// synced: what a power loss may take, the command can write again (a
+// bundle is rebuilt from the log).
+func Write(path string, data []byte) error {
 	fi, err := os.Lstat(path)
 	switch {
 	case err == nil && !fi.Mode().IsRegular():
-		return os.WriteFile(path, bundle, 0o644)
+		return os.WriteFile(path, data, 0o644)
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return err
 	}
@@ -37,7 +40,7 @@ func writeBundle(path string, bundle []byte) error {
 		err = f.Chmod(fi.Mode().Perm()) // the mode it replaces, as os.WriteFile keeps it
 	}
 	if err == nil {
-		_, err = f.Write(bundle)
+		_, err = f.Write(data)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
