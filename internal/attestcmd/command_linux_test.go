@@ -424,45 +424,40 @@ func TestBundleWrittenWholeOrNotAtAll(t *testing.T) {
 		require.NoError(t, cmd.Start())
 		return exitCode(t, cmd), errOut.String()
 	}
-	names := func(t *testing.T, dir string) []string {
-		t.Helper()
-		entries, err := os.ReadDir(dir)
-		require.NoError(t, err)
-		var got []string
-		for _, e := range entries {
-			got = append(got, e.Name())
-		}
-		return got
+	for _, tc := range []struct {
+		name       string
+		fsize      int // RLIMIT_FSIZE, if not 0
+		wantCode   int
+		wantStderr []string
+		want       []byte
+	}{
+		{name: "replaced whole", want: bundle},
+		{name: "cut short", fsize: 4096, wantCode: 1, wantStderr: []string{
+			"hallmark-attest: attested (invocation inv, logged) but the bundle was not written: ",
+			"file too large",
+			"; `hallmark search --digest sha256:" + digest + "` rebuilds it from the log once it is logged\n",
+		}, want: []byte("old")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			out := filepath.Join(dir, "b.hallmark.json")
+			require.NoError(t, os.WriteFile(out, []byte("old"), 0o600))
+			code, stderr := attest(t, dir, tc.fsize, out)
+			require.Equal(t, tc.wantCode, code, "stderr: %s", stderr)
+			for _, w := range tc.wantStderr {
+				require.Contains(t, stderr, w)
+			}
+			got, err := os.ReadFile(out)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+			fi, err := os.Stat(out)
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the mode it had")
+			beside, err := filepath.Glob(filepath.Join(dir, ".*"))
+			require.NoError(t, err)
+			require.Empty(t, beside, "nothing left beside it")
+		})
 	}
-
-	t.Run("replaced whole", func(t *testing.T) {
-		dir := t.TempDir()
-		out := filepath.Join(dir, "b.hallmark.json")
-		require.NoError(t, os.WriteFile(out, []byte("old"), 0o600))
-		code, stderr := attest(t, dir, 0, out)
-		require.Equal(t, 0, code, "stderr: %s", stderr)
-		got, err := os.ReadFile(out)
-		require.NoError(t, err)
-		require.Equal(t, bundle, got)
-		require.Equal(t, []string{"b.hallmark.json"}, names(t, dir))
-		fi, err := os.Stat(out)
-		require.NoError(t, err)
-		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the mode it replaced")
-	})
-	t.Run("cut short", func(t *testing.T) {
-		dir := t.TempDir()
-		out := filepath.Join(dir, "b.hallmark.json")
-		require.NoError(t, os.WriteFile(out, []byte("old"), 0o644))
-		code, stderr := attest(t, dir, 4096, out)
-		require.Equal(t, 1, code, "stderr: %s", stderr)
-		require.Contains(t, stderr, "hallmark-attest: attested (invocation inv, logged) but the bundle was not written: ")
-		require.Contains(t, stderr, "file too large")
-		require.Contains(t, stderr, "; `hallmark search --digest sha256:"+digest+"` rebuilds it from the log once it is logged\n")
-		got, err := os.ReadFile(out)
-		require.NoError(t, err)
-		require.Equal(t, "old", string(got), "the previous bundle, as it was")
-		require.Equal(t, []string{"b.hallmark.json"}, names(t, dir), "nothing left beside it")
-	})
 }
 
 // Must show, as an attacker would try it: a program planted in the
