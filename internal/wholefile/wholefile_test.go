@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -82,7 +83,12 @@ func TestWrite(t *testing.T) {
 			read <- b
 		}()
 		require.NoError(t, Write(fifo, data))
-		require.Equal(t, data, <-read)
+		select {
+		case got := <-read:
+			require.Equal(t, data, got)
+		case <-time.After(10 * time.Second):
+			t.Fatal("nothing came through the FIFO") // its reader waits for a writer that never came
+		}
 		fi, err := os.Lstat(fifo)
 		require.NoError(t, err)
 		require.Equal(t, os.ModeNamedPipe, fi.Mode().Type(), "still a FIFO")
