@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,14 +14,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// writeEnv makes the test binary Write writeEnv's path (70 kB), as a
-// command of its own, under a file size limit the test sets.
-const writeEnv = "HALLMARK_WHOLEFILE_TEST_WRITE"
+// Helper process: writeEnv's path is written (70 kB) by the test binary
+// as a command of its own, its file size limit (RLIMIT_FSIZE) fsizeEnv
+// bytes, as a full disk would stop it.
+const (
+	writeEnv = "HALLMARK_WHOLEFILE_TEST_WRITE"
+	fsizeEnv = "HALLMARK_WHOLEFILE_TEST_FSIZE"
+)
 
 var data = bytes.Repeat([]byte("bundle "), 10_000)
 
 func TestMain(m *testing.M) {
 	if path := os.Getenv(writeEnv); path != "" {
+		if n, err := strconv.ParseUint(os.Getenv(fsizeEnv), 10, 64); err == nil {
+			if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: n, Max: n}); err != nil {
+				os.Stderr.WriteString(err.Error())
+				os.Exit(3)
+			}
+		}
 		if err := Write(path, data); err != nil {
 			os.Stderr.WriteString(err.Error())
 			os.Exit(1)
@@ -40,40 +52,119 @@ func names(t *testing.T, dir string) []string {
 	return got
 }
 
-// Must show: a path holds what it held before or the whole of what was
-// written; a regular file keeps its mode, a new one gets 0644 less the
-// umask; a FIFO and a symlink are written through, not replaced.
+func stat(t *testing.T, path string) *syscall.Stat_t {
+	t.Helper()
+	var st syscall.Stat_t
+	require.NoError(t, syscall.Lstat(path, &st))
+	return &st
+}
+
+// withUmask runs the test under umask, the process's, restored after.
+func withUmask(t *testing.T, umask int) {
+	old := unix.Umask(umask)
+	t.Cleanup(func() { unix.Umask(old) })
+}
+
+// Must show: a new file, and a regular file of the caller's own, are
+// replaced whole (a new inode renamed over the path, the mode it had, or
+// 0644 less the umask), the new file 0600 while it is written when it
+// replaces one; nothing is left beside them.
 func TestWrite(t *testing.T) {
-	umask := unix.Umask(0)
-	unix.Umask(umask)
+	withUmask(t, 0o022)
 	for _, tc := range []struct {
-		name     string
-		before   func(t *testing.T, path string) // what is at path before, if anything
-		wantMode os.FileMode
+		name        string
+		before      os.FileMode // the mode of the file there before; 0: none
+		wantMode    os.FileMode
+		wantWriting os.FileMode // the new file's mode as it is written
 	}{
-		{"created", nil, 0o644 &^ os.FileMode(umask)},
-		{"replaced", func(t *testing.T, path string) { require.NoError(t, os.WriteFile(path, []byte("old"), 0o600)) }, 0o600},
-		{"replaced, longer before", func(t *testing.T, path string) {
-			require.NoError(t, os.WriteFile(path, bytes.Repeat([]byte("x"), 2*len(data)), 0o640))
-		}, 0o640},
+		{"created", 0, 0o644, 0o644},
+		{"replaced", 0o640, 0o640, 0o600},
+		{"replaced, private", 0o600, 0o600, 0o600},
+		{"replaced, open to all", 0o666, 0o666, 0o600},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, "b.hallmark.json")
-			if tc.before != nil {
-				tc.before(t, path)
+			var oldIno uint64
+			if tc.before != 0 {
+				require.NoError(t, os.WriteFile(path, bytes.Repeat([]byte("x"), 2*len(data)), 0o600))
+				require.NoError(t, os.Chmod(path, tc.before))
+				oldIno = stat(t, path).Ino
 			}
+			var writing os.FileMode
+			orig := created
+			created = func(f *os.File) {
+				fi, err := f.Stat()
+				require.NoError(t, err)
+				writing = fi.Mode().Perm()
+			}
+			t.Cleanup(func() { created = orig })
+
 			require.NoError(t, Write(path, data))
 			got, err := os.ReadFile(path)
 			require.NoError(t, err)
 			require.Equal(t, data, got)
-			fi, err := os.Lstat(path)
-			require.NoError(t, err)
-			require.Equal(t, tc.wantMode, fi.Mode())
+			st := stat(t, path)
+			require.Equal(t, tc.wantMode, os.FileMode(st.Mode).Perm())
+			require.NotEqual(t, oldIno, st.Ino, "a new file, renamed over the path")
+			require.Equal(t, tc.wantWriting, writing, "its mode while written")
 			require.Equal(t, []string{"b.hallmark.json"}, names(t, dir), "nothing left beside it")
 		})
 	}
+}
 
+// Must show: what is not plainly the caller's own regular file is written
+// in place, as os.WriteFile writes it (the same inode, owner and mode),
+// not replaced: a FIFO, a symlink, a file with another link, one without
+// its owner's write bit (root writes it, as before), another user's file
+// (so that, in a sticky directory, the kernel's fs.protected_regular
+// still decides). A directory is an error, with nothing created.
+func TestWriteInPlace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("another user's file, and writing a file without its write bit, take root (CI runs as root)")
+	}
+	inPlace := func(t *testing.T, path, read string) {
+		t.Helper()
+		ino := stat(t, path).Ino
+		require.NoError(t, Write(path, data))
+		require.Equal(t, ino, stat(t, path).Ino, "written in place")
+		got, err := os.ReadFile(read)
+		require.NoError(t, err)
+		require.Equal(t, data, got)
+		require.Len(t, names(t, filepath.Dir(path)), 1, "nothing left beside it")
+	}
+	t.Run("another user's file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "b.hallmark.json")
+		require.NoError(t, os.WriteFile(path, []byte("old"), 0o600))
+		require.NoError(t, os.Chmod(path, 0o666))
+		require.NoError(t, os.Chown(path, 4012, 4012))
+		inPlace(t, path, path)
+		st := stat(t, path)
+		require.Equal(t, uint32(4012), st.Uid, "its owner's still")
+		require.Equal(t, os.FileMode(0o666), os.FileMode(st.Mode).Perm())
+	})
+	t.Run("no write bit", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "b.hallmark.json")
+		require.NoError(t, os.WriteFile(path, []byte("old"), 0o444))
+		inPlace(t, path, path)
+		require.Equal(t, os.FileMode(0o444), os.FileMode(stat(t, path).Mode).Perm())
+	})
+	t.Run("another link", func(t *testing.T) {
+		dir := t.TempDir()
+		path, other := filepath.Join(dir, "b.hallmark.json"), filepath.Join(t.TempDir(), "other")
+		require.NoError(t, os.WriteFile(path, []byte("old"), 0o644))
+		require.NoError(t, os.Link(path, other))
+		inPlace(t, path, other)
+	})
+	t.Run("a symlink", func(t *testing.T) {
+		target, link := filepath.Join(t.TempDir(), "target"), filepath.Join(t.TempDir(), "b.hallmark.json")
+		require.NoError(t, os.WriteFile(target, []byte("old"), 0o644))
+		require.NoError(t, os.Symlink(target, link))
+		inPlace(t, link, target)
+		fi, err := os.Lstat(link)
+		require.NoError(t, err)
+		require.Equal(t, os.ModeSymlink, fi.Mode().Type(), "still a symlink")
+	})
 	t.Run("a FIFO", func(t *testing.T) {
 		fifo := filepath.Join(t.TempDir(), "fifo")
 		require.NoError(t, unix.Mkfifo(fifo, 0o600))
@@ -93,32 +184,45 @@ func TestWrite(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, os.ModeNamedPipe, fi.Mode().Type(), "still a FIFO")
 	})
-	t.Run("a symlink", func(t *testing.T) {
-		dir := t.TempDir()
-		target, link := filepath.Join(t.TempDir(), "target"), filepath.Join(dir, "link")
-		require.NoError(t, os.WriteFile(target, []byte("old"), 0o644))
-		require.NoError(t, os.Symlink(target, link))
-		require.NoError(t, Write(link, data))
-		got, err := os.ReadFile(target)
-		require.NoError(t, err)
-		require.Equal(t, data, got, "written through the link")
-		fi, err := os.Lstat(link)
-		require.NoError(t, err)
-		require.Equal(t, os.ModeSymlink, fi.Mode().Type(), "still a symlink")
-	})
 	t.Run("a directory", func(t *testing.T) {
-		dir := t.TempDir()
-		require.Error(t, Write(dir, data))
-		require.Empty(t, names(t, dir))
+		parent := t.TempDir()
+		require.NoError(t, os.Mkdir(filepath.Join(parent, "d"), 0o755))
+		require.Error(t, Write(filepath.Join(parent, "d"), data))
+		require.Equal(t, []string{"d"}, names(t, parent))
+		require.Empty(t, names(t, filepath.Join(parent, "d")))
 	})
 }
 
-// Must show: a write cut short, here by a file size limit (RLIMIT_FSIZE,
-// as util-linux prlimit sets it) as a full disk would, fails and leaves
+// Must show, as another user with the directory's write access would try
+// it: a name planted where the new file is to be created (a symlink to a
+// file of the caller's) is neither followed nor removed; another name is
+// tried.
+func TestWriteNeverOpensWhatIsPlanted(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "b.hallmark.json")
+	victim := filepath.Join(t.TempDir(), "victim")
+	require.NoError(t, os.WriteFile(victim, []byte("mine"), 0o644))
+	require.NoError(t, os.Symlink(victim, filepath.Join(dir, ".planted")))
+	tries := []string{".planted", ".fresh"}
+	orig := tempName
+	tempName = func(string) string { n := tries[0]; tries = tries[1:]; return n }
+	t.Cleanup(func() { tempName = orig })
+	require.NoError(t, Write(path, data))
+	got, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	require.Equal(t, "mine", string(got), "the planted symlink was not followed")
+	got, err = os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	fi, err := os.Lstat(filepath.Join(dir, ".planted"))
+	require.NoError(t, err)
+	require.Equal(t, os.ModeSymlink, fi.Mode().Type(), "left as it was")
+}
+
+// Must show: a write cut short, here by a file size limit as a full disk
+// would, fails naming the path (not the new file beside it), and leaves
 // the previous file as it was, or none, and nothing beside it.
 func TestWriteCutShort(t *testing.T) {
-	prlimit, err := exec.LookPath("prlimit")
-	require.NoError(t, err, "prlimit (util-linux)")
 	for _, before := range []string{"", "old"} {
 		t.Run("before "+before, func(t *testing.T) {
 			dir := t.TempDir()
@@ -126,11 +230,11 @@ func TestWriteCutShort(t *testing.T) {
 			if before != "" {
 				require.NoError(t, os.WriteFile(path, []byte(before), 0o644))
 			}
-			cmd := exec.Command(prlimit, "--fsize=4096", os.Args[0])
-			cmd.Env = append(os.Environ(), writeEnv+"="+path)
+			cmd := exec.Command(os.Args[0])
+			cmd.Env = append(os.Environ(), writeEnv+"="+path, fsizeEnv+"=4096")
 			out, err := cmd.CombinedOutput()
 			require.Error(t, err)
-			require.Contains(t, string(out), "file too large")
+			require.Equal(t, "write "+path+": file too large", string(out))
 			if before == "" {
 				require.Empty(t, names(t, dir), "no file cut short")
 				return
