@@ -522,10 +522,7 @@ func TestReadFirstFrame(t *testing.T) {
 		return fr.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, []byte("hallmark-agent: why"))
 	})
 	ping := frames(func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{1}) })
-	large := frames(func(fr *http2.Framer) error {
-		fr.SetMaxReadFrameSize(1 << 20)
-		return fr.WriteData(1, false, make([]byte, maxFrameSize+1))
-	})
+	large := frames(func(fr *http2.Framer) error { return fr.WriteData(1, false, make([]byte, maxFrameSize+1)) })
 	empty := frames(func(fr *http2.Framer) error { return fr.WriteSettings() })
 	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 	for _, tc := range []struct {
@@ -541,7 +538,7 @@ func TestReadFirstFrame(t *testing.T) {
 		{"nothing", nil, nil, io.EOF},
 		{"a header cut short", goAway[:5], nil, io.ErrUnexpectedEOF},
 		{"a payload cut short", goAway[:len(goAway)-1], nil, io.ErrUnexpectedEOF},
-		{"a header alone", goAway[:9], nil, io.EOF},
+		{"a header alone", goAway[:9], nil, io.ErrUnexpectedEOF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := bytes.NewReader(tc.sent)

@@ -315,6 +315,9 @@ func ReadFirstFrame(r io.Reader) ([]byte, error) {
 	}
 	b = append(b, make([]byte, n)...)
 	if _, err := io.ReadFull(r, b[9:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the header was read: a frame cut short
+		}
 		return nil, err
 	}
 	return b, nil

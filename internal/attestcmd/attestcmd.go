@@ -298,15 +298,18 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 }
 
 // bundleNotWritten says that the step was attested but its bundle not
-// written (err), and how to get the bundle back: from the log, by a
-// product's digest, once the attestation is logged.
+// written (err), and where to find it: in the log, by a product's digest.
 func bundleNotWritten(resp *agentclient.AttestStepResponse, logged bool, err error) error {
 	state, hint := "logged", ""
 	if !logged {
 		state = "queued for the log"
 	}
 	if len(resp.Subjects) > 0 {
-		hint = fmt.Sprintf("; `hallmark search --digest sha256:%s` rebuilds it from the log once it is logged", resp.Subjects[0].SHA256)
+		hint = fmt.Sprintf("; `hallmark search --digest sha256:%s` fetches it from the log, with any other attestation of %s",
+			resp.Subjects[0].SHA256, resp.Subjects[0].Name)
+		if !logged {
+			hint += ", once it is logged"
+		}
 	}
 	return fmt.Errorf("attested (invocation %s, %s) but the bundle was not written: %w%s", resp.InvocationID, state, err, hint)
 }

@@ -34,6 +34,10 @@ const commandHelperEnv = "HALLMARK_ATTESTCMD_TEST_AS_COMMAND"
 // process, as a sandbox may (see refuse).
 const refuseEnv = "HALLMARK_ATTESTCMD_TEST_REFUSE"
 
+// fsizeEnv is the helper process's file size limit (RLIMIT_FSIZE) in
+// bytes, if not 0: a write past it fails, as on a full disk.
+const fsizeEnv = "HALLMARK_ATTESTCMD_TEST_FSIZE"
+
 // runRegistersEnv makes the helper process call Run with no
 // Env.Signals, as `hallmark attest` does, instead of Main.
 const runRegistersEnv = "HALLMARK_ATTESTCMD_TEST_RUN_REGISTERS"
@@ -47,6 +51,12 @@ var registrations = []struct {
 
 func TestMain(m *testing.M) {
 	if os.Getenv(commandHelperEnv) != "" {
+		if n, _ := strconv.ParseUint(os.Getenv(fsizeEnv), 10, 64); n > 0 {
+			if err := unix.Setrlimit(unix.RLIMIT_FSIZE, &unix.Rlimit{Cur: n, Max: n}); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(3)
+			}
+		}
 		if what := os.Getenv(refuseEnv); what != "" {
 			if err := refuse(what); err != nil {
 				fmt.Fprintln(os.Stderr, err)
@@ -398,9 +408,9 @@ func TestCommandExitStatus(t *testing.T) {
 
 // Must show: the bundle's file holds what it held before or the whole
 // bundle, never part of one (internal/wholefile). A write cut short (here
-// by a file size limit, as a full disk would) leaves the previous bundle
-// as it was and nothing beside it, and the step fails naming the
-// invocation and how to rebuild the bundle from the log.
+// by RLIMIT_FSIZE, as a full disk would) leaves the previous bundle as it
+// was and nothing beside it, and the step fails naming the invocation and
+// where to find the bundle: in the log.
 func TestBundleWrittenWholeOrNotAtAll(t *testing.T) {
 	const digest = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 	bundle := bytes.Repeat([]byte("bundle "), 10_000) // 70 kB
@@ -409,18 +419,13 @@ func TestBundleWrittenWholeOrNotAtAll(t *testing.T) {
 		Subjects: []*agentv1.Subject{{Name: "p", Sha256: digest}},
 	}}
 	socket := serveUnix(t, func(s *grpc.Server) { agentv1.RegisterWorkloadServiceServer(s, agent) })
-	prlimit, err := exec.LookPath("prlimit")
-	require.NoError(t, err, "prlimit (util-linux)")
 	attest := func(t *testing.T, dir string, fsize int, out string) (code int, stderr string) {
 		t.Helper()
 		args := []string{os.Args[0], "--step", "b", "--product", "p", "--socket", socket, "--out", out, "--", "true"}
-		if fsize > 0 {
-			args = append([]string{prlimit, "--fsize=" + strconv.Itoa(fsize)}, args...)
-		}
 		var errOut bytes.Buffer
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Dir, cmd.Stderr = dir, &errOut
-		cmd.Env = append(os.Environ(), commandHelperEnv+"=1")
+		cmd.Env = append(os.Environ(), commandHelperEnv+"=1", fsizeEnv+"="+strconv.Itoa(fsize))
 		require.NoError(t, cmd.Start())
 		return exitCode(t, cmd), errOut.String()
 	}
@@ -435,7 +440,7 @@ func TestBundleWrittenWholeOrNotAtAll(t *testing.T) {
 		{name: "cut short", fsize: 4096, wantCode: 1, wantStderr: []string{
 			"hallmark-attest: attested (invocation inv, logged) but the bundle was not written: ",
 			"file too large",
-			"; `hallmark search --digest sha256:" + digest + "` rebuilds it from the log once it is logged\n",
+			"; `hallmark search --digest sha256:" + digest + "` fetches it from the log, with any other attestation of p\n",
 		}, want: []byte("old")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

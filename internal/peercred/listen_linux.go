@@ -36,7 +36,10 @@ type ListenConfig struct {
 	// without a word. The write is one send that never waits
 	// (MSG_DONTWAIT); a peer that reads nothing keeps it in the kernel,
 	// with the closed socket, until it closes its end. Accept calls it
-	// from its own goroutine, before it accepts the next connection.
+	// from its own goroutine, before it answers the refused connection
+	// and accepts the next one: it must not block, and where anyone may
+	// connect, what it logs it should rate-limit (a peer can be refused as
+	// fast as it connects; the agent's refusalLog).
 	Refused func(err error) []byte
 	// MaxConns bounds the connections open at once; zero means no bound.
 	MaxConns int
