@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/hallmark-dev/hallmark/internal/proctest"
 )
 
 // Helper process: writeEnv's path is written (70 kB) by the test binary
@@ -118,7 +120,8 @@ func TestWrite(t *testing.T) {
 // not replaced: a FIFO, a symlink, a file with another link, one without
 // its owner's write bit (root writes it, as before), another user's file
 // (so that, in a sticky directory, the kernel's fs.protected_regular
-// still decides). A directory is an error, with nothing created.
+// still decides), a file in a directory its user cannot write. A
+// directory is an error, with nothing created.
 func TestWriteInPlace(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("another user's file, and writing a file without its write bit, take root (CI runs as root)")
@@ -164,6 +167,32 @@ func TestWriteInPlace(t *testing.T) {
 		fi, err := os.Lstat(link)
 		require.NoError(t, err)
 		require.Equal(t, os.ModeSymlink, fi.Mode().Type(), "still a symlink")
+	})
+	t.Run("a directory that takes no new file", func(t *testing.T) {
+		// As uid 4012: its own file, in its own directory that it cannot
+		// write (0555). Before, os.WriteFile wrote such a file in place.
+		const uid = 4012
+		exe := proctest.WorldExecutableCopy(t)
+		base, err := os.MkdirTemp("", "hm-wholefile-")
+		require.NoError(t, err)
+		t.Cleanup(func() { os.RemoveAll(base) })
+		require.NoError(t, os.Chmod(base, 0o755))
+		dir, path := filepath.Join(base, "ro"), filepath.Join(base, "ro", "b.hallmark.json")
+		require.NoError(t, os.Mkdir(dir, 0o755))
+		require.NoError(t, os.WriteFile(path, []byte("old"), 0o644))
+		require.NoError(t, os.Chown(path, uid, uid))
+		require.NoError(t, os.Chown(dir, uid, uid))
+		require.NoError(t, os.Chmod(dir, 0o555))
+		ino := stat(t, path).Ino
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), writeEnv+"="+path)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		require.Equal(t, ino, stat(t, path).Ino, "written in place")
+		got, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.Equal(t, data, got)
 	})
 	t.Run("a FIFO", func(t *testing.T) {
 		fifo := filepath.Join(t.TempDir(), "fifo")
