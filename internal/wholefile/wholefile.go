@@ -23,23 +23,25 @@ import (
 // step to upload, verify or trust. A command killed mid-write may leave
 // the new file beside it, hidden: .NAME.RANDOM.tmp.
 //
-// The new file has the mode of the file it replaces, or 0644 less the
-// umask, as os.WriteFile gives either; not its ACLs or other extended
-// attributes. Anything else at path is written in place by os.WriteFile,
-// as before, so that what guarded it still does: a device, a FIFO,
-// /dev/fd/N from a shell's process substitution or a symlink (renaming
-// would replace the node itself), another user's file (its owner and
-// mode, and the kernel's fs.protected_regular in a sticky directory), a
-// file without its owner's write bit, a file with other links. So is a
-// file whose directory takes no new file, or that cannot be renamed over
-// (a file bind-mounted into a container). Nothing is synced: what a power
-// loss may take, the command can write again (a bundle is rebuilt from
-// the log).
+// The new file has the group and mode of the file it replaces, or 0644
+// less the umask, as os.WriteFile gives either; not its ACLs or other
+// extended attributes. Anything else at path is written in place by
+// os.WriteFile, as before, so that what guarded it still does: a device,
+// a FIFO, /dev/fd/N from a shell's process substitution or a symlink
+// (renaming would replace the node itself), another user's file (its
+// owner and mode, and the kernel's fs.protected_regular in a sticky
+// directory), a file without its owner's write bit, a file with other
+// links. So is a file whose directory takes no new file, that cannot be
+// renamed over (a file bind-mounted into a container), or whose group
+// and mode the new file cannot take (vfat; a group its user is no member
+// of). Any other error (a full disk) fails the write, the previous file
+// untouched. Nothing is synced: what a power loss may take, the command
+// can write again (a bundle is rebuilt from the log).
 func Write(path string, data []byte) error {
 	fi, err := os.Lstat(path)
 	switch {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
-		return err
+		return fmt.Errorf("write %s: %w", path, bare(err))
 	case err == nil && !replaceable(fi):
 		return os.WriteFile(path, data, 0o644)
 	}
@@ -87,10 +89,8 @@ func replace(path string, data []byte, old fs.FileInfo) error {
 	}
 	created(f)
 	_, err = f.Write(data)
-	if err == nil && old != nil && old.Mode().Perm() != perm {
-		if err = f.Chmod(old.Mode().Perm()); err != nil {
-			err = errInPlace // a file system without modes (vfat)
-		}
+	if err == nil && old != nil {
+		err = keep(f, old)
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -103,6 +103,21 @@ func replace(path string, data []byte, old fs.FileInfo) error {
 	}
 	if err != nil {
 		os.Remove(f.Name()) //nolint:errcheck // best effort; err says what failed
+	}
+	return err
+}
+
+// keep gives f the group and mode of old, the file it replaces: the group
+// first, so that the group bits never apply to another group. Where the
+// file system or the caller's groups do not allow it (vfat; a group the
+// caller is no member of), errInPlace.
+func keep(f *os.File, old fs.FileInfo) error {
+	err := f.Chown(-1, int(old.Sys().(*syscall.Stat_t).Gid))
+	if err == nil {
+		err = f.Chmod(old.Mode().Perm())
+	}
+	if inPlace(err, syscall.EPERM, syscall.ENOTSUP) {
+		return errInPlace
 	}
 	return err
 }

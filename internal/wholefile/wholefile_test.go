@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -111,6 +112,37 @@ func TestWrite(t *testing.T) {
 			require.NotEqual(t, oldIno, st.Ino, "a new file, renamed over the path")
 			require.Equal(t, tc.wantWriting, writing, "its mode while written")
 			require.Equal(t, []string{"b.hallmark.json"}, names(t, dir), "nothing left beside it")
+		})
+	}
+}
+
+// Must show: a replaced file keeps its group, so that its group bits give
+// no other group access, and its mode whatever the umask.
+func TestWriteKeepsGroupAndMode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("a file of another group takes root (CI runs as root)")
+	}
+	for _, tc := range []struct {
+		name  string
+		umask int
+		gid   int
+		mode  os.FileMode
+	}{
+		{"another group", 0o022, 4012, 0o640},
+		{"a umask that takes the owner's write bit", 0o277, 0, 0o600},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			withUmask(t, tc.umask)
+			path := filepath.Join(t.TempDir(), "b.hallmark.json")
+			require.NoError(t, os.WriteFile(path, []byte("old"), 0o600))
+			require.NoError(t, os.Chown(path, 0, tc.gid))
+			require.NoError(t, os.Chmod(path, tc.mode))
+			ino := stat(t, path).Ino
+			require.NoError(t, Write(path, data))
+			st := stat(t, path)
+			require.NotEqual(t, ino, st.Ino, "replaced")
+			require.Equal(t, uint32(tc.gid), st.Gid)
+			require.Equal(t, tc.mode, os.FileMode(st.Mode).Perm())
 		})
 	}
 }
@@ -246,6 +278,39 @@ func TestWriteNeverOpensWhatIsPlanted(t *testing.T) {
 	fi, err := os.Lstat(filepath.Join(dir, ".planted"))
 	require.NoError(t, err)
 	require.Equal(t, os.ModeSymlink, fi.Mode().Type(), "left as it was")
+}
+
+// Must show: an error creating the new file (here every name taken) fails
+// the write and leaves the previous file as it was: it is no reason to
+// write in place, as a full disk is not.
+func TestWriteCreateFailsNotInPlace(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "b.hallmark.json")
+	require.NoError(t, os.WriteFile(path, []byte("old"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, ".taken"), nil, 0o644))
+	orig := tempName
+	tempName = func(string) string { return ".taken" }
+	t.Cleanup(func() { tempName = orig })
+	err := Write(path, data)
+	require.ErrorIs(t, err, os.ErrExist)
+	require.Equal(t, "write "+path+": file exists", err.Error())
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, "old", string(got))
+}
+
+// Must show: a name as long as a file system takes (255 bytes) is
+// replaced whole too: the new file's name beside it is cut to fit.
+func TestWriteLongName(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, strings.Repeat("b", 250)+".json")
+	require.NoError(t, os.WriteFile(path, []byte("old"), 0o644))
+	ino := stat(t, path).Ino
+	require.NoError(t, Write(path, data))
+	require.NotEqual(t, ino, stat(t, path).Ino, "replaced")
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
 }
 
 // Must show: a write cut short, here by a file size limit as a full disk
