@@ -299,6 +299,16 @@ func TestWriteCreateFailsNotInPlace(t *testing.T) {
 	require.Equal(t, "old", string(got))
 }
 
+// Must show: a path that cannot be looked at fails naming it, as every
+// error of Write's does.
+func TestWriteLstatFails(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	err := Write(filepath.Join(file, "b.hallmark.json"), data)
+	require.ErrorIs(t, err, syscall.ENOTDIR)
+	require.Equal(t, "write "+filepath.Join(file, "b.hallmark.json")+": not a directory", err.Error())
+}
+
 // Must show: a name as long as a file system takes (255 bytes) is
 // replaced whole too: the new file's name beside it is cut to fit.
 func TestWriteLongName(t *testing.T) {
