@@ -106,3 +106,56 @@ func TestSearchByDigest(t *testing.T) {
 	require.Equal(t, 2, ee.ExitCode())
 	require.Contains(t, string(output), "want a SPIFFE ID")
 }
+
+// Nothing lost: a step attested whose bundle cannot be written (here a
+// file size limit, `ulimit -f`, as a full disk would) fails, leaves the
+// previous bundle untouched and nothing beside it, and says where the
+// attestation is: the `hallmark search` it names fetches it from the
+// real server's log, and the bundle it rebuilds verifies.
+func TestBundleNotWrittenIsFoundInTheLog(t *testing.T) {
+	t.Parallel()
+	ws := workspace(t, map[string]string{"app.bin": "app " + t.Name()})
+	out := filepath.Join(ws, "build.hallmark.json")
+	require.NoError(t, os.WriteFile(out, []byte("previous"), 0o644))
+	// 2 blocks: 1 KiB in dash's blocks of 512 bytes, 2 KiB in bash's;
+	// a bundle is several.
+	step := exec.Command("sh", "-c", `ulimit -f 2 && exec "$@"`, "sh", stack.Bins.Attest, "--socket", stack.Agent.Socket,
+		"--step", "build", "--wait-log", "--product", "app.bin", "--out", out, "--", "true")
+	step.Dir = ws
+	output, err := step.CombinedOutput()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee, "output: %s", output)
+	require.Equal(t, 1, ee.ExitCode(), "output: %s", output)
+	require.Contains(t, string(output), "hallmark-attest: attested (invocation ")
+	require.Contains(t, string(output), ", logged) but the bundle was not written: write "+out+": file too large")
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Equal(t, "previous", string(got))
+	beside, err := filepath.Glob(filepath.Join(ws, ".*"))
+	require.NoError(t, err)
+	require.Empty(t, beside)
+
+	_, hint, ok := strings.Cut(string(output), "`hallmark search --digest ")
+	require.True(t, ok, "output: %s", output)
+	digest, _, ok := strings.Cut(hint, "`")
+	require.True(t, ok, "output: %s", output)
+	sum := sha256sum(t, ws, "app.bin")[0] // "app.bin HEX"
+	require.Equal(t, "sha256:"+sum[len("app.bin "):], digest)
+	found := filepath.Join(ws, "found")
+	search := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", digest,
+		"--out-dir", found, "--builder-id-prefix", harness.AgentID.String())
+	output, err = search.CombinedOutput()
+	require.NoError(t, err, "output: %s", output)
+	matches, err := filepath.Glob(filepath.Join(found, "*.hallmark.json"))
+	require.NoError(t, err)
+	require.Len(t, matches, 1, "output: %s", output)
+
+	root, err := stack.Server.Get(context.Background(), "/trust/trusted_root.json")
+	require.NoError(t, err)
+	rootFile := filepath.Join(ws, "trusted_root.json")
+	require.NoError(t, os.WriteFile(rootFile, root, 0o644))
+	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, "app.bin"), "--bundle", matches[0], "--trusted-root", rootFile,
+		"--builder-id-prefix", harness.AgentID.String())
+	output, err = verify.CombinedOutput()
+	require.NoError(t, err, "verify: %s", output)
+}
