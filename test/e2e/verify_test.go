@@ -66,20 +66,7 @@ func TestSearchByDigest(t *testing.T) {
 	digest := "sha256:" + sum[len("lib.so "):]
 
 	found := filepath.Join(ws, "found")
-	search := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", digest, "--out-dir", found)
-	output, err = search.CombinedOutput()
-	require.NoError(t, err, "output: %s", output)
-	matches, err := filepath.Glob(filepath.Join(found, "*.hallmark.json"))
-	require.NoError(t, err)
-	require.Len(t, matches, 1, "output: %s", output)
-
-	root, err := stack.Server.Get(context.Background(), "/trust/trusted_root.json")
-	require.NoError(t, err)
-	rootFile := filepath.Join(ws, "trusted_root.json")
-	require.NoError(t, os.WriteFile(rootFile, root, 0o644))
-	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, "lib.so"), "--bundle", matches[0], "--trusted-root", rootFile, "--builder-id-prefix", harness.AgentID.String())
-	output, err = verify.CombinedOutput()
-	require.NoError(t, err, "verify: %s", output)
+	searchAndVerify(t, ws, digest, "lib.so", found)
 
 	none := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", "sha256:"+strings.Repeat("0", 64), "--out-dir", found)
 	output, err = none.CombinedOutput()
@@ -141,10 +128,17 @@ func TestBundleNotWrittenIsFoundInTheLog(t *testing.T) {
 	require.True(t, ok, "output: %s", output)
 	sum := sha256sum(t, ws, "app.bin")[0] // "app.bin HEX"
 	require.Equal(t, "sha256:"+sum[len("app.bin "):], digest)
-	found := filepath.Join(ws, "found")
-	search := exec.Command(stack.Bins.CLI, "search", "--server", "http://"+stack.Server.HealthAddr, "--digest", digest,
-		"--out-dir", found, "--builder-id-prefix", harness.AgentID.String())
-	output, err = search.CombinedOutput()
+	searchAndVerify(t, ws, digest, "app.bin", filepath.Join(ws, "found"), "--builder-id-prefix", harness.AgentID.String())
+}
+
+// searchAndVerify runs `hallmark search` for digest (with flags), which
+// must write one bundle into found, and `hallmark verify` of artifact in
+// ws against it and the server's trusted root, which must pass.
+func searchAndVerify(t *testing.T, ws, digest, artifact, found string, flags ...string) {
+	t.Helper()
+	search := exec.Command(stack.Bins.CLI, append([]string{"search", "--server", "http://" + stack.Server.HealthAddr,
+		"--digest", digest, "--out-dir", found}, flags...)...)
+	output, err := search.CombinedOutput()
 	require.NoError(t, err, "output: %s", output)
 	matches, err := filepath.Glob(filepath.Join(found, "*.hallmark.json"))
 	require.NoError(t, err)
@@ -154,7 +148,7 @@ func TestBundleNotWrittenIsFoundInTheLog(t *testing.T) {
 	require.NoError(t, err)
 	rootFile := filepath.Join(ws, "trusted_root.json")
 	require.NoError(t, os.WriteFile(rootFile, root, 0o644))
-	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, "app.bin"), "--bundle", matches[0], "--trusted-root", rootFile,
+	verify := exec.Command(stack.Bins.CLI, "verify", filepath.Join(ws, artifact), "--bundle", matches[0], "--trusted-root", rootFile,
 		"--builder-id-prefix", harness.AgentID.String())
 	output, err = verify.CombinedOutput()
 	require.NoError(t, err, "verify: %s", output)
