@@ -288,9 +288,9 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 	if err := wholefile.Write(out, bundle); err != nil {
 		return 1, bundleNotWritten(resp, logged, err)
 	}
-	state := "logged"
+	state := logState(logged)
 	if !logged {
-		state = "queued for the log; `--wait-log` waits for it"
+		state += "; `--wait-log` waits for it"
 	}
 	fmt.Fprintf(env.Stderr, "%s: attested step %s (%d products, invocation %s, %s) -> %s\n",
 		cfg.name, cfg.step, len(resp.Subjects), resp.InvocationID, state, out)
@@ -300,10 +300,7 @@ func (cfg *config) run(ctx context.Context, env Env, sigs *stepSignals) (int, er
 // bundleNotWritten says that the step was attested but its bundle not
 // written (err), and where to find it: in the log, by a product's digest.
 func bundleNotWritten(resp *agentclient.AttestStepResponse, logged bool, err error) error {
-	state, hint := "logged", ""
-	if !logged {
-		state = "queued for the log"
-	}
+	hint := ""
 	if len(resp.Subjects) > 0 {
 		hint = fmt.Sprintf("; `hallmark search --digest sha256:%s` fetches it from the log, with any other attestation of %s",
 			resp.Subjects[0].SHA256, resp.Subjects[0].Name)
@@ -311,7 +308,15 @@ func bundleNotWritten(resp *agentclient.AttestStepResponse, logged bool, err err
 			hint += ", once it is logged"
 		}
 	}
-	return fmt.Errorf("attested (invocation %s, %s) but the bundle was not written: %w%s", resp.InvocationID, state, err, hint)
+	return fmt.Errorf("attested (invocation %s, %s) but the bundle was not written: %w%s", resp.InvocationID, logState(logged), err, hint)
+}
+
+// logState is where an attestation stands with the log.
+func logState(logged bool) string {
+	if logged {
+		return "logged"
+	}
+	return "queued for the log"
 }
 
 // reason is why a call failed: what ended ctx when it ended the call (the

@@ -81,7 +81,7 @@ func replace(path string, data []byte, old fs.FileInfo) error {
 		perm = 0o600
 	}
 	f, err := createBeside(path, perm)
-	if inPlace(err, syscall.EACCES, syscall.EPERM, syscall.EROFS) {
+	if isErrno(err, syscall.EACCES, syscall.EPERM, syscall.EROFS) {
 		return errInPlace // a directory that takes no new file
 	}
 	if err != nil {
@@ -97,7 +97,7 @@ func replace(path string, data []byte, old fs.FileInfo) error {
 	}
 	if err == nil {
 		err = os.Rename(f.Name(), path)
-		if inPlace(err, syscall.EBUSY, syscall.EXDEV) {
+		if isErrno(err, syscall.EBUSY, syscall.EXDEV) {
 			err = errInPlace // a mount point: a file bind-mounted into a container
 		}
 	}
@@ -116,14 +116,14 @@ func keep(f *os.File, old fs.FileInfo) error {
 	if err == nil {
 		err = f.Chmod(old.Mode().Perm())
 	}
-	if inPlace(err, syscall.EPERM, syscall.ENOTSUP) {
+	if isErrno(err, syscall.EPERM, syscall.ENOTSUP) {
 		return errInPlace
 	}
 	return err
 }
 
-// inPlace reports whether err is one of errnos.
-func inPlace(err error, errnos ...syscall.Errno) bool {
+// isErrno reports whether err is one of errnos.
+func isErrno(err error, errnos ...syscall.Errno) bool {
 	for _, e := range errnos {
 		if errors.Is(err, e) {
 			return true
