@@ -117,6 +117,13 @@ func benchAttest(ctx context.Context, dir string) ([]Result, error) {
 			// submits to the log in the background, after it answers.
 			fmt.Fprintf(os.Stderr, "bench: %s at %d callers: hallmark-server, on the same cores and not counted, used %.0f us of CPU per attestation (its timestamps and log appends)\n",
 				v.name, n, float64((procCPU(st.Server.Pid())-server0).Microseconds())/float64(agentRun.ops))
+			perOp := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(agentRun.ops) }
+			byProcess := fmt.Sprintf("the callers (this process) %.0f us, hallmark-agent %.0f us", perOp(agentRun.parts[0]), perOp(agentRun.parts[1]))
+			if len(agentRun.parts) > 2 {
+				byProcess += fmt.Sprintf(", SPIRE agent %.0f us", perOp(agentRun.parts[2]))
+			}
+			fmt.Fprintf(os.Stderr, "bench: %s at %d callers: CPU per attestation: %s; the floor's, callers and server in this process, %.0f us\n",
+				v.name, n, byProcess, floorRun.cpuPerOp())
 			suffix := fmt.Sprintf("_c%d", n)
 			res := []Result{
 				{Name: v.name + "_rate" + suffix, Value: agentRun.rate(), Unit: "ops/s", Floor: floorRun.rate(), Rate: true},
@@ -145,7 +152,8 @@ type run struct {
 	ops       int
 	elapsed   time.Duration
 	latencies []time.Duration
-	cpu       time.Duration // client plus server CPU
+	cpu       time.Duration   // client plus server CPU
+	parts     []time.Duration // cpu by process: this one, then each of load's pids
 }
 
 func (r run) rate() float64     { return float64(r.ops) / r.elapsed.Seconds() }
@@ -190,12 +198,12 @@ func load(ctx context.Context, socket string, n int, req *agentv1.AttestStepRequ
 			return run{}, err
 		}
 	}
-	cpu := func() time.Duration {
-		d := selfCPU()
+	cpu := func() []time.Duration {
+		parts := []time.Duration{selfCPU()}
 		for _, pid := range pids {
-			d += procCPU(pid)
+			parts = append(parts, procCPU(pid))
 		}
-		return d
+		return parts
 	}
 	cpu0 := cpu()
 	start := time.Now()
@@ -226,11 +234,16 @@ func load(ctx context.Context, socket string, n int, req *agentv1.AttestStepRequ
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	used := cpu() - cpu0
+	parts := cpu()
+	var used time.Duration
+	for i := range parts {
+		parts[i] -= cpu0[i]
+		used += parts[i]
+	}
 	if werr != nil {
 		return run{}, werr
 	}
-	return run{ops: len(lat), elapsed: elapsed, latencies: lat, cpu: used}, nil
+	return run{ops: len(lat), elapsed: elapsed, latencies: lat, cpu: used, parts: parts}, nil
 }
 
 // serveFloor serves the floor: AttestStep answered with an ECDSA P-256
