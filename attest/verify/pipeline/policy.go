@@ -162,8 +162,15 @@ type StepRule struct {
 	MaterialsFrom []string
 	// Sources names source blocks: the step must have recorded a git
 	// source, each one allowed by one of these; its materials inside a
-	// clean allowed work tree come from the source.
+	// clean allowed work tree come from the source. A later step may
+	// take as a material only the products of this step that lie in such
+	// a tree (files of the commit), unless ProductsOutsideSource.
 	Sources []string
+	// ProductsOutsideSource (only with Sources) lets later steps take
+	// products of this step that are no file of its source: its own
+	// output (a build that reads the source and writes a binary), trusted
+	// as far as its workload is.
+	ProductsOutsideSource bool
 	// Products (final step only) are path.Match patterns, each matching
 	// at least one subject name of the final step's attestation.
 	Products []string
@@ -201,13 +208,14 @@ type sourceBlock struct {
 }
 
 type stepBlock struct {
-	Name              string   `hcl:"name,label"`
-	BuilderIDPrefixes []string `hcl:"builder_id_prefixes,optional"`
-	WorkloadSPIFFEIDs []string `hcl:"workload_spiffe_ids,optional"`
-	WorkloadSelectors []string `hcl:"workload_selectors,optional"`
-	MaterialsFrom     []string `hcl:"materials_from,optional"`
-	Sources           []string `hcl:"sources,optional"`
-	Products          []string `hcl:"products,optional"`
+	Name                  string   `hcl:"name,label"`
+	BuilderIDPrefixes     []string `hcl:"builder_id_prefixes,optional"`
+	WorkloadSPIFFEIDs     []string `hcl:"workload_spiffe_ids,optional"`
+	WorkloadSelectors     []string `hcl:"workload_selectors,optional"`
+	MaterialsFrom         []string `hcl:"materials_from,optional"`
+	Sources               []string `hcl:"sources,optional"`
+	ProductsOutsideSource bool     `hcl:"products_outside_source,optional"`
+	Products              []string `hcl:"products,optional"`
 }
 
 // parseBody parses src as HCL native syntax, or as HCL's JSON syntax when
@@ -216,10 +224,15 @@ func parseBody(filename string, src []byte) (hcl.Body, error) {
 	if len(src) > MaxPolicySize {
 		return nil, fmt.Errorf("pipeline: policy %s is %d bytes, limit is %d", filename, len(src), MaxPolicySize)
 	}
+	trimmed := bytes.TrimLeft(src, " \t\r\n")
+	json := len(trimmed) > 0 && trimmed[0] == '{'
+	if err := checkShape(filename, src, json); err != nil {
+		return nil, err
+	}
 	p := hclparse.NewParser()
 	var f *hcl.File
 	var diags hcl.Diagnostics
-	if trimmed := bytes.TrimLeft(src, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
+	if json {
 		f, diags = p.ParseJSON(src, filename)
 	} else {
 		f, diags = p.ParseHCL(src, filename)
@@ -358,6 +371,9 @@ func (p *Policy) validate() error {
 			return nil
 		}); err != nil {
 			return err
+		}
+		if s.ProductsOutsideSource && len(s.Sources) == 0 {
+			return fmt.Errorf("%s: products_outside_source: only for a step with sources (every other step's products are its own output)", at)
 		}
 		if len(s.Products) > 0 && i != len(p.Steps)-1 {
 			return fmt.Errorf("%s: products: only the final step's products are required (the last step block, %q)", at, p.Steps[len(p.Steps)-1].Name)

@@ -78,6 +78,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"duplicate entry", `materials_from      = ["checkout"]`, `materials_from = ["checkout", "checkout"]`, `"checkout" listed twice`},
 		{"unused source", `version = 1`, "version = 1\nsource \"spare\" {\n  repositories = [\"x\"]\n}", `source "spare": no step names it`},
 		{"syntax error", `version = 1`, `version = `, `pipeline.hcl:2,`},
+		{"products_outside_source without sources", `materials_from      = ["build"]`, "materials_from      = [\"build\"]\n  products_outside_source = true", `step "package": products_outside_source: only for a step with sources`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Contains(t, testPolicy, tc.old)
@@ -90,4 +91,57 @@ func TestParsePolicyErrors(t *testing.T) {
 	require.ErrorContains(t, err, "no step blocks")
 	_, err = pipeline.ParsePolicy("p.hcl", make([]byte, pipeline.MaxPolicySize+1))
 	require.ErrorContains(t, err, "limit is")
+}
+
+// A policy file is untrusted input to an admission controller as much as
+// to hallmark verify: one that nests without end (HCL's parsers recurse
+// per level, and a Go stack overflow kills the process) or lists without
+// end (decoding a list is quadratic in its length) is refused before HCL
+// reads it, naming where.
+func TestParsePolicyShape(t *testing.T) {
+	deep := func(n int, open, close string) string { return strings.Repeat(open, n) + strings.Repeat(close, n) }
+	list := func(n int) string { return "[" + strings.Repeat(`"x",`, n-1) + `"x"]` }
+	native := func(products string) string {
+		return strings.Replace(testPolicy, `products            = ["widget-*.tar.gz"]`, "products = "+products, 1)
+	}
+	json := func(value string) string {
+		return `{"version": 1, "step": {"a": {"workload_selectors": ["unix:uid:1"], "products": ` + value + `}}}`
+	}
+	for _, tc := range []struct {
+		name, src, want string
+	}{
+		{"nested lists", native(deep(100000, "[", "]")), "pipeline.hcl:25,"},
+		{"nested parentheses", native("[" + deep(100000, "(", ")") + "]"), "nested more than 32 deep"},
+		{"nested in a template", native(`["${` + deep(100000, "[", "]") + `}"]`), "nested more than 32 deep"},
+		{"nested templates", native(`[` + strings.Repeat(`"${`, 50000) + strings.Repeat(`}"`, 50000) + `]`), "nested more than 32 deep"},
+		{"nested blocks", strings.Replace(testPolicy, `step "package" {`, strings.Repeat("step \"x\" {\n", 50000)+strings.Repeat("}\n", 50000)+`step "package" {`, 1), "nested more than 32 deep"},
+		{"JSON nested arrays", json(deep(200000, "[", "]")), "pipeline.hcl:1,"},
+		{"JSON nested objects", json(deep(100000, `{"a":`, "}")), "nested more than 32 deep"},
+		{"a long list", native(list(50000)), "a list of more than 256 entries"},
+		{"a long JSON list", json(list(50000)), "a list of more than 256 entries"},
+		{"a long list in a list", native("[" + list(50000) + "]"), "a list of more than 256 entries"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Less(t, len(tc.src), pipeline.MaxPolicySize)
+			_, err := pipeline.ParsePolicy("pipeline.hcl", []byte(tc.src))
+			require.ErrorContains(t, err, tc.want)
+			require.False(t, pipeline.IsPolicy([]byte(tc.src)))
+		})
+	}
+	// At the limits: 256 entries, with or without a trailing comma, and
+	// brackets inside strings, which nest nothing.
+	for _, src := range []string{
+		native(list(256)),
+		native(`["widget-` + strings.Repeat("[", 1000) + `"]`),
+		json(`["` + strings.Repeat("[", 1000) + `\"` + strings.Repeat("{", 1000) + `"]`),
+	} {
+		_, err := pipeline.ParsePolicy("pipeline.hcl", []byte(src))
+		if err != nil {
+			require.NotContains(t, err.Error(), "nested more than")
+			require.NotContains(t, err.Error(), "a list of more than")
+		}
+	}
+	src := strings.Replace(native(list(256)), `"x"]`, `"x",]`, 1)
+	_, err := pipeline.ParsePolicy("pipeline.hcl", []byte(src))
+	require.ErrorContains(t, err, `"x" listed twice`, "256 entries and a trailing comma reach the list's own checks")
 }
