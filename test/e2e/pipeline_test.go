@@ -384,6 +384,25 @@ func TestPipelineEndToEnd(t *testing.T) {
 	cases = append(cases, refusal{"build bundle of another run", artifact, policy,
 		[]string{checkout, buildRun2, pkg}, "step.package.materials_from", "another run's, or the file was replaced after build"})
 
+	// A checkout of the allowed commit, clean, that also lists as a
+	// product a file it wrote under the tree's .git (which the clean check
+	// does not compare); build compiles that file as main.c. It is no
+	// file of the commit: the chain must not pass it off as the source's.
+	plantedCheckout := e.attest("checkout", "checkout", src, "checkout-planted.hallmark.json", "--product", "main.c", "--product", "Makefile",
+		"--product", ".git/evil.c", "--", "sh", "-c", `printf 'int main(void) { /* backdoor */ return 1; }\n' > .git/evil.c`)
+	require.Equal(t, true, gitSourceOf(t, plantedCheckout)["clean"], "the work tree is clean: .git is the repository")
+	plantedWS := filepath.Join(e.dir, "build-planted")
+	place(t, filepath.Join(src, ".git", "evil.c"), filepath.Join(plantedWS, "main.c"))
+	place(t, filepath.Join(src, "Makefile"), filepath.Join(plantedWS, "Makefile"))
+	buildPlanted := e.attest("build", "build", plantedWS, "build-planted.hallmark.json", "--material", "main.c", "--material", "Makefile", "--product", "app",
+		"--", "sh", "-c", "cat main.c > app")
+	pkgPlantedWS := filepath.Join(e.dir, "package-planted")
+	place(t, filepath.Join(plantedWS, "app"), filepath.Join(pkgPlantedWS, "app"))
+	pkgPlanted := e.attest("package", "package", pkgPlantedWS, "package-planted.hallmark.json", "--material", "app", "--product", "widget-1.0.tar",
+		"--", "tar", "--mtime=@0", "--owner=0", "--group=0", "-cf", "widget-1.0.tar", "app")
+	cases = append(cases, refusal{"checkout passes on a file it planted under .git", filepath.Join(pkgPlantedWS, "widget-1.0.tar"), policy,
+		[]string{plantedCheckout, buildPlanted, pkgPlanted}, "step.checkout.sources", "is checkout's product .git/evil.c "})
+
 	// A dirty work tree is recorded as dirty, and the policy (clean
 	// required by default) refuses it.
 	require.NoError(t, os.WriteFile(filepath.Join(src, "local-change.txt"), []byte("uncommitted"), 0o644))

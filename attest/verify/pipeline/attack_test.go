@@ -32,8 +32,9 @@ source "widget" {
   commits      = ["`+commit+`"]
 }
 step "build" {
-  workload_spiffe_ids = ["`+buildID+`"]
-  sources             = ["widget"]
+  workload_spiffe_ids     = ["`+buildID+`"]
+  sources                 = ["widget"]
+  products_outside_source = true # app is its own output
 }
 step "package" {
   workload_spiffe_ids = ["`+packageID+`"]
@@ -64,6 +65,63 @@ step "package" {
 			require.Contains(t, re.Failure.Reason, "material "+tc.material+" ")
 		})
 	}
+}
+
+// A checkout step that records a clean work tree at the allowed commit
+// also lists, as a product, a file that is not the commit's: one it wrote
+// under the tree's .git (which the clean check does not compare), or one
+// beside the tree. build compiles that file instead of the commit's: the
+// chain must not pass it off as the source's.
+func TestAttackSourceStepPassesOnAFileNotOfItsSource(t *testing.T) {
+	f := newFixture(t)
+	const backdoor = "int main(void) { /* backdoor */ return 1; }"
+	for _, tc := range []struct {
+		name, treePath, planted string
+	}{
+		{"under the tree's .git", "src", "src/.git/evil.c"},
+		{"under .git, the workspace is the tree", ".", ".git/evil.c"},
+		{"beside the tree", "src", "evil.c"},
+		{"a sibling whose name starts like the tree", "src", "src2/main.c"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRun("1")
+			r.checkout.Sources[0].Path = tc.treePath
+			if tc.treePath == "." {
+				for i := range r.checkout.Products {
+					r.checkout.Products[i].Name = strings.TrimPrefix(r.checkout.Products[i].Name, "src/")
+				}
+			}
+			r.checkout.Products = append(r.checkout.Products, artifact(tc.planted, backdoor))
+			// build's main.c is the planted file's content.
+			for i, m := range r.build.Materials {
+				if m.Name == "src/main.c" {
+					r.build.Materials[i] = artifact("src/main.c", backdoor)
+				}
+			}
+			bundles := f.bundles(t, r.checkout, r.build, r.packag)
+			_, err := f.verifyArtifact(mustPolicy(t, testPolicy), "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(bundles))
+			var re *pipeline.RuleError
+			require.ErrorAs(t, err, &re, "the planted file is no file of commit %s", commit)
+			require.Equal(t, "step.checkout.sources", re.Failure.Rule, re.Failure.Reason)
+			require.Contains(t, re.Failure.Reason, "material src/main.c ")
+			require.Contains(t, re.Failure.Reason, "checkout's product "+tc.planted+" ")
+			require.Contains(t, re.Failure.Reason, "products_outside_source")
+
+			// A policy that says checkout's products are its own output
+			// takes them as it takes any step's.
+			p := policyWith(t, `sources             = ["widget"]`, `sources             = ["widget"]
+  products_outside_source = true`)
+			rep, err := f.verifyArtifact(p, "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(bundles))
+			require.NoError(t, err)
+			require.True(t, rep.Verified)
+		})
+	}
+	// The honest checkout, whose products are the tree's files, passes
+	// them on.
+	r := newRun("1")
+	rep, err := f.verifyArtifact(mustPolicy(t, testPolicy), "w", r.files["widget-1.0.tar.gz"], pipeline.NewBundleSet(f.bundles(t, r.checkout, r.build, r.packag)))
+	require.NoError(t, err)
+	require.True(t, rep.Verified)
 }
 
 // Every step must be part of the chain that verified, not merely of some

@@ -90,7 +90,8 @@ type Node struct {
 	Inputs  []Link   `json:"inputs,omitempty"`
 	Failure *Failure `json:"failure,omitempty"`
 
-	first *Failure // own failure or the first failing input's
+	first *Failure      // own failure or the first failing input's
+	trees []allowedTree // its clean allowed work trees (a step with sources)
 }
 
 // Link is a group of a step's materials with one origin: an earlier
@@ -481,6 +482,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 	if f != nil {
 		return refuse(f)
 	}
+	n.trees = allowed
 	if final {
 		if f := checkProducts(s, a.res); f != nil {
 			return refuse(f)
@@ -506,7 +508,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 			addLink("source|"+src.path, Link{SourcePath: src.path, Source: src.rule}, m.Name)
 			continue
 		}
-		producer, failed, err := w.producerOf(s, m)
+		producer, failed, outside, err := w.producerOf(s, m)
 		if err != nil {
 			return nil, err
 		}
@@ -521,6 +523,12 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 			n.Inputs = linkList(links, order)
 			n.Verdict, n.first = VerdictInputRefused, failed.first
 			return n, nil
+		}
+		if outside != nil {
+			id := outside.ID
+			addLink("node|"+outside.Step+"|"+outside.BundleSHA256, Link{Step: outside.Step, Node: &id}, m.Name)
+			n.Inputs = linkList(links, order)
+			return refuse(outsideSource(s, m, outside))
 		}
 		fail, err := w.unproduced(s, m, len(allowed) > 0)
 		if err != nil {
@@ -545,15 +553,17 @@ func linkList(links map[string]*Link, order []string) []Link {
 // producerOf finds the attestation material m of step s came from: the
 // first (newest) verified attestation, of a step s takes materials from,
 // that has m as a product and itself verifies. Otherwise it returns the
-// first such attestation that was refused, if any.
-func (w *walker) producerOf(s StepRule, m Material) (ok, failed *Node, err error) {
+// first such attestation that verifies but, as a step with sources, has m
+// only as a product that is no file of its source (outside), or else the
+// first that was refused (failed), if any.
+func (w *walker) producerOf(s StepRule, m Material) (ok, failed, outside *Node, err error) {
 	// First the attestations already verified (a step's products are
 	// usually all materials of the next: one search finds them all), then
 	// what a search for the material finds.
 	for pass := 0; pass < 2; pass++ {
 		if pass == 1 {
 			if err := w.search(m.SHA256); err != nil {
-				return nil, nil, err
+				return nil, nil, nil, err
 			}
 		}
 		for _, from := range s.MaterialsFrom {
@@ -561,18 +571,63 @@ func (w *walker) producerOf(s StepRule, m Material) (ok, failed *Node, err error
 			for _, a := range w.known(t, m.SHA256) {
 				n, err := w.evalStep(t, a, false)
 				if err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
-				if n.first == nil {
-					return n, nil, nil
-				}
-				if failed == nil {
-					failed = n
+				switch {
+				case n.first != nil:
+					if failed == nil {
+						failed = n
+					}
+				case !passesOn(t, n, m.SHA256):
+					if outside == nil {
+						outside = n
+					}
+				default:
+					return n, nil, nil, nil
 				}
 			}
 		}
 	}
-	return nil, failed, nil
+	if outside != nil {
+		return nil, nil, outside, nil
+	}
+	return nil, failed, nil, nil
+}
+
+// passesOn reports whether node n of step t may pass on its product of
+// digest to a later step. A step with sources passes on only files of a
+// work tree it recorded that its sources allow (clean, unless a source
+// says require_clean = false), not under the tree's .git: else its
+// products could be anything, with the commit it recorded as their
+// credential. With products_outside_source, any of its products.
+func passesOn(t StepRule, n *Node, digest string) bool {
+	if len(t.Sources) == 0 || t.ProductsOutsideSource {
+		return true
+	}
+	return slices.ContainsFunc(n.Attestation.Subjects, func(sub verify.Subject) bool {
+		return sub.SHA256 == digest && slices.ContainsFunc(n.trees, func(t allowedTree) bool { return t.holds(sub.Name) })
+	})
+}
+
+// outsideSource is the failure of material m of step s that step
+// producer.Step, which has sources, produced outside its source.
+func outsideSource(s StepRule, m Material, producer *Node) *Failure {
+	var names, trees []string
+	for _, sub := range producer.Attestation.Subjects {
+		if sub.SHA256 == m.SHA256 {
+			names = append(names, sub.Name)
+		}
+	}
+	for _, t := range producer.Sources {
+		state := "clean"
+		if !t.Clean {
+			state = "not clean"
+		}
+		trees = append(trees, t.Path+" ("+state+")")
+	}
+	return &Failure{Step: producer.Step, Rule: "step." + producer.Step + ".sources",
+		Reason: fmt.Sprintf("material %s (sha256 %s) of step %s is %s's product %s (%s), which lies in no work tree its sources allow (work trees: %s; a .git directory is the repository, not the commit's tree): a step with sources passes on only its source's files, unless the policy sets products_outside_source = true for it",
+			m.Name, m.SHA256, s.Name, producer.Step, truncList(names, 5), producer.Origin, strings.Join(trees, ", "))}
 }
 
 // unproduced is the failure of a material no allowed step produced and
@@ -726,15 +781,21 @@ func matchSource(step string, r SourceRule, g GitSource) *Failure {
 // repository, which the clean check does not compare with the commit).
 func coveredBy(trees []allowedTree, name string) (allowedTree, bool) {
 	for _, t := range trees {
-		rel, inside := name, t.path == "."
-		if !inside {
-			rel, inside = strings.CutPrefix(name, t.path+"/")
-		}
-		if t.clean && inside && rel != ".git" && !strings.HasPrefix(rel, ".git/") {
+		if t.clean && t.holds(name) {
 			return t, true
 		}
 	}
 	return allowedTree{}, false
+}
+
+// holds reports whether name is a file beneath the work tree, not in its
+// .git.
+func (t allowedTree) holds(name string) bool {
+	rel, inside := name, t.path == "."
+	if !inside {
+		rel, inside = strings.CutPrefix(name, t.path+"/")
+	}
+	return inside && rel != ".git" && !strings.HasPrefix(rel, ".git/")
 }
 
 // normalizeRepo compares repository URLs without a trailing "/" or ".git".

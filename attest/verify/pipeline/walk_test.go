@@ -245,7 +245,8 @@ func TestVerifyChainRefusals(t *testing.T) {
 				r.build.Sources = r.checkout.Sources
 				return setup{bundles: f.bundles(t, r.checkout, r.build, r.packag),
 					policy: policyWith(t, `materials_from      = ["checkout"]`, `materials_from      = ["checkout"]
-  sources             = ["widget"]`)}
+  sources             = ["widget"]
+  products_outside_source = true`)}
 			},
 			rule:   "step.checkout",
 			reason: "missing step: no material of the chain came from an attestation of checkout",
