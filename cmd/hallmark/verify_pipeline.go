@@ -144,7 +144,11 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 			// server, and passed over here if it sends them: however
 			// many of them name the artifact, they hide nothing.
 			Builders: policy.SearchBuilders(builderPrefixes),
-			Builder:  func(id string) bool { return policy.MayBuild(id, builderPrefixes) }})
+			Builder:  func(id string) bool { return policy.MayBuild(id, builderPrefixes) },
+			// So are attestations of steps, or for workloads, that no
+			// step allows: a CI tenant who may attest any step cannot
+			// bury a released artifact under its own attestations.
+			Step: policy.MayAttest})
 	}
 	artifact, err := digestFile(args[0])
 	if err != nil {

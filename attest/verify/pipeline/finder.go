@@ -17,6 +17,7 @@ import (
 	dssepb "github.com/sigstore/protobuf-specs/gen/pb-go/dsse"
 	rekorpb "github.com/sigstore/protobuf-specs/gen/pb-go/rekor/v1"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/hallmark-dev/hallmark/attest"
 )
@@ -104,11 +105,15 @@ func claimedSubjects(bundleJSON []byte) []string {
 	return claimed(bundleJSON).subjects
 }
 
-// claim is what a bundle's payload claims, unverified: only to narrow the
-// search and pass over what no rule could accept.
+// claim is what a statement claims, unverified: only to narrow the search
+// and pass over what no rule could accept.
 type claim struct {
 	subjects []string // sha256 digests of the subjects
 	builder  string   // runDetails.builder.id
+	step     string   // buildDefinition.externalParameters.step
+	// buildDefinition.internalParameters.workload's spiffe_ids and
+	// selectors
+	workloadSPIFFEIDs, workloadSelectors []string
 }
 
 func claimed(bundleJSON []byte) claim {
@@ -116,8 +121,12 @@ func claimed(bundleJSON []byte) claim {
 	if err != nil {
 		return claim{}
 	}
+	return claimedStatement(b.GetDsseEnvelope().GetPayload())
+}
+
+func claimedStatement(payload []byte) claim {
 	var st ita1.Statement
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b.GetDsseEnvelope().GetPayload(), &st); err != nil {
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(payload, &st); err != nil {
 		return claim{}
 	}
 	c := claim{subjects: make([]string, 0, len(st.GetSubject()))}
@@ -126,8 +135,24 @@ func claimed(bundleJSON []byte) claim {
 			c.subjects = append(c.subjects, strings.ToLower(d))
 		}
 	}
-	c.builder = st.GetPredicate().GetFields()["runDetails"].GetStructValue().GetFields()["builder"].GetStructValue().GetFields()["id"].GetStringValue()
+	pred := st.GetPredicate().GetFields()
+	c.builder = pred["runDetails"].GetStructValue().GetFields()["builder"].GetStructValue().GetFields()["id"].GetStringValue()
+	bd := pred["buildDefinition"].GetStructValue().GetFields()
+	c.step = bd["externalParameters"].GetStructValue().GetFields()["step"].GetStringValue()
+	wl := bd["internalParameters"].GetStructValue().GetFields()["workload"].GetStructValue().GetFields()
+	c.workloadSPIFFEIDs, c.workloadSelectors = claimedStrings(wl["spiffe_ids"]), claimedStrings(wl["selectors"])
 	return c
+}
+
+// claimedStrings is a list's strings (what else it holds, left out).
+func claimedStrings(v *structpb.Value) []string {
+	var out []string
+	for _, e := range v.GetListValue().GetValues() {
+		if s, ok := e.GetKind().(*structpb.Value_StringValue); ok {
+			out = append(out, s.StringValue)
+		}
+	}
+	return out
 }
 
 // LogSearch is a Finder that asks a Hallmark server's log for the
@@ -150,7 +175,15 @@ type LogSearch struct {
 	// the search for it fail (before, 1,001 did). Policy.MayBuild tells
 	// which builders a pipeline policy could accept.
 	Builder func(spiffeID string) bool
-	// MaxSkipped bounds the entries Builder refuses for one digest
+	// Step, when not nil, passes over entries whose statement (as it
+	// claims, unverified) is of a step, for a workload, that it refuses,
+	// like those Builder refuses: read, not rebuilt, counted against
+	// MaxSkipped. So attestations of another step naming the artifact
+	// (any CI tenant who may attest some step can make them) do not make
+	// the search for it fail. Policy.MayAttest tells which a pipeline
+	// policy could accept.
+	Step func(step string, workloadSPIFFEIDs, workloadSelectors []string) bool
+	// MaxSkipped bounds the entries Builder or Step refuses for one digest
 	// (default 100 times MaxEntries).
 	MaxSkipped int
 	// Builders, when not empty, are named to the server with every
@@ -204,9 +237,9 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 			return nil, err
 		}
 		for _, e := range page.Entries {
-			if l.Builder != nil && !l.Builder(e.SPIFFEID) {
+			if l.Builder != nil && !l.Builder(e.SPIFFEID) || l.Step != nil && !l.Step(entryClaim(e)) {
 				if skipped++; skipped > maxSkipped {
-					return nil, fmt.Errorf("pipeline: log search: more than %d entries naming sha256:%s are by builders no rule allows (%s among them); not reading further", maxSkipped, sha256Hex, e.SPIFFEID)
+					return nil, &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("log search: more than %d entries naming sha256:%s are by builders, or of steps and workloads, no rule allows (one by %s); not reading further", maxSkipped, sha256Hex, e.SPIFFEID)}}
 				}
 				continue
 			}
@@ -217,7 +250,7 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 			out = append(out, Candidate{Bundle: b, Origin: fmt.Sprintf("log entry %d", index), URI: l.searchURL(sha256Hex, index)})
 		}
 		if len(out) > limit {
-			return nil, fmt.Errorf("pipeline: log search: more than %d entries name sha256:%s", limit, sha256Hex)
+			return nil, &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("log search: more than %d entries name sha256:%s (LogSearch.MaxEntries)", limit, sha256Hex)}}
 		}
 		if page.Next == nil {
 			return out, nil
@@ -227,6 +260,17 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 		}
 		start = *page.Next
 	}
+}
+
+// entryClaim is the step and workload an entry's statement claims, read
+// from its envelope without trusting either.
+func entryClaim(e SearchEntry) (step string, workloadSPIFFEIDs, workloadSelectors []string) {
+	var env dssepb.Envelope
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(e.DSSEEnvelope, &env); err != nil {
+		return "", nil, nil
+	}
+	c := claimedStatement(env.GetPayload())
+	return c.step, c.workloadSPIFFEIDs, c.workloadSelectors
 }
 
 // searchURL is the search for the entries naming a digest from index

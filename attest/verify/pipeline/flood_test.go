@@ -58,13 +58,70 @@ func TestFloodByAnUntrustedBuilderHidesNothing(t *testing.T) {
 	// Passing over has its own bound, with its own error.
 	capped := &pipeline.LogSearch{BaseURL: srv.URL, MaxSkipped: 10, Builder: search.Builder}
 	_, err = pipeline.Verify(context.Background(), p, artifact, opts(capped))
+	var re *pipeline.RuleError
+	require.ErrorAs(t, err, &re, "too many to read is the limits rule (exit 1), not a failed call")
+	require.Equal(t, pipeline.RuleLimits, re.Failure.Rule)
 	require.ErrorContains(t, err, "more than 10 entries naming sha256:")
-	require.ErrorContains(t, err, "are by builders no rule allows ("+rogueID+" among them)")
+	require.ErrorContains(t, err, "no rule allows (one by "+rogueID+")")
 
 	// The rogue builder is what the verifier leaves out: with it
 	// allowed, its attestations are read and counted, and the search
 	// refuses to read more than it may.
 	_, err = pipeline.Verify(context.Background(), p, artifact, pipeline.Options{Verify: verify.Options{TrustedRoot: f.root},
 		Finder: &pipeline.LogSearch{BaseURL: srv.URL, Builder: func(id string) bool { return p.MayBuild(id, nil) }}})
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, pipeline.RuleLimits, re.Failure.Rule)
 	require.ErrorContains(t, err, "more than 1000 entries name sha256:")
+}
+
+// Must show, as the outside review did it: a CI tenant whose workload the
+// agent lets attest some step, on an agent the verifier trusts, attests
+// a copy of a released artifact 1,001 times (hallmark-attest --step test
+// --product widget-1.0.tar.gz, about 40 s), as a step the pipeline does
+// not have, or as one of its steps for a workload that step does not
+// allow. The log is append-only: before, every later search for the
+// artifact failed ("more than 1000 entries name sha256:..."), for good.
+// They are passed over uncounted, and the genuine chain verifies.
+func TestFloodByATenantHidesNothing(t *testing.T) {
+	f := newFixture(t)
+	r := newRun("1")
+	genuine := f.bundles(t, r.checkout, r.build, r.packag)
+	for _, tc := range []struct {
+		name, step, workload string
+	}{
+		{"a step the pipeline does not have", "test", "spiffe://example.org/ci/tenant"},
+		{"a step of the pipeline, another workload", "package", "spiffe://example.org/ci/tenant"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			all := append([]pipeline.Candidate(nil), genuine...)
+			for i := range 1001 {
+				s := r.step(tc.step, tc.workload, []string{"widget-1.0.tar.gz"}, nil)
+				s.CallerClaims = map[string]string{"flood": strconv.Itoa(i)}
+				all = append(all, pipeline.Candidate{Bundle: f.bundle(t, s), Origin: "flood " + strconv.Itoa(i)})
+			}
+			p := mustPolicy(t, testPolicy)
+			artifact := verify.DigestBytes("widget-1.0.tar.gz", []byte(r.files["widget-1.0.tar.gz"]))
+			srv := logServer(t, all)
+			search := func(step func(string, []string, []string) bool) pipeline.Options {
+				return pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Finder: &pipeline.LogSearch{BaseURL: srv.URL,
+					Builder: func(id string) bool { return p.MayBuild(id, nil) }, Step: step}}
+			}
+			rep, err := pipeline.Verify(context.Background(), p, artifact, search(p.MayAttest))
+			require.NoError(t, err)
+			require.True(t, rep.Verified)
+
+			// Without the step filter they are read, and the search
+			// stops at its limit: the limits rule.
+			_, err = pipeline.Verify(context.Background(), p, artifact, search(nil))
+			var re *pipeline.RuleError
+			require.ErrorAs(t, err, &re)
+			require.Equal(t, pipeline.RuleLimits, re.Failure.Rule)
+		})
+	}
+	p := mustPolicy(t, testPolicy)
+	require.True(t, p.MayAttest("package", []string{packageID}, nil))
+	require.False(t, p.MayAttest("package", []string{buildID}, nil))
+	require.True(t, p.MayAttest("build", []string{buildID}, []string{"unix:uid:1001", "unix:gid:0"}))
+	require.False(t, p.MayAttest("build", []string{buildID}, []string{"unix:uid:1002"}))
+	require.False(t, p.MayAttest("test", []string{packageID}, nil))
 }

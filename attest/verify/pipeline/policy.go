@@ -74,6 +74,18 @@ func (p *Policy) MayBuild(builder string, verifierPrefixes []string) bool {
 	return slices.ContainsFunc(p.Steps, func(s StepRule) bool { return len(s.BuilderIDPrefixes) == 0 || under(s.BuilderIDPrefixes) })
 }
 
+// MayAttest reports whether an attestation of step for a workload with
+// those SPIFFE IDs and selectors could satisfy the policy: step is one of
+// its steps, and the workload passes that step's workload_spiffe_ids and
+// workload_selectors. One for which it is false is refused by every rule
+// that could use it, so a log search need not rebuild or verify it
+// (LogSearch.Step): a CI tenant that may attest some other step cannot
+// bury a released artifact under attestations of its own naming it.
+func (p *Policy) MayAttest(step string, workloadSPIFFEIDs, workloadSelectors []string) bool {
+	s, ok := p.Step(step)
+	return ok && workloadFailure(s, workloadSPIFFEIDs, workloadSelectors) == nil
+}
+
 // maxSearchBuilders is the most builders a search names to the server
 // (its bound on GET /log/entries's builder parameter).
 const maxSearchBuilders = 32
