@@ -32,7 +32,13 @@ type verifiedEntry struct {
 func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, env *dssepb.Envelope, certDER []byte) (verifiedEntry, error) {
 	// Hallmark logs every envelope once, in one log.
 	if n := len(entries); n != 1 {
-		return verifiedEntry{}, fmt.Errorf("bundle has %d transparency log entries, want exactly 1", n)
+		hint := ""
+		if n == 0 {
+			// What a step writes when the log has not yet taken the
+			// entry (hallmark attest without --wait-log).
+			hint = " (a step's bundle written before its entry was logged: attest with --wait-log, or fetch the logged bundle with hallmark search --digest)"
+		}
+		return verifiedEntry{}, fmt.Errorf("bundle has %d transparency log entries, want exactly 1%s", n, hint)
 	}
 	e := entries[0]
 

@@ -228,7 +228,7 @@ func TestVerifyRefuses(t *testing.T) {
 		}},
 
 		// tlog
-		{name: "no tlog entry", check: verify.CheckTlog, msg: "0 transparency log entries", bundle: func(t *testing.T) []byte {
+		{name: "no tlog entry", check: verify.CheckTlog, msg: "0 transparency log entries, want exactly 1 (a step's bundle written before its entry was logged: attest with --wait-log", bundle: func(t *testing.T) []byte {
 			return f.tampered(t, func(b *bundlepb.Bundle) { b.VerificationMaterial.TlogEntries = nil })
 		}},
 		{name: "two tlog entries", check: verify.CheckTlog, msg: "2 transparency log entries", bundle: func(t *testing.T) []byte {
