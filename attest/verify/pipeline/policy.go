@@ -256,15 +256,20 @@ func parseBody(filename string, src []byte) (hcl.Body, error) {
 }
 
 // IsPolicy reports whether src is a pipeline policy rather than another
-// kind of policy file: it parses and has a top-level `version` attribute.
-// (hallmark verify's single-step JSON policy has no such key.)
+// kind of policy file: it parses and has a top-level `version` attribute
+// or a `step` or `source` block, so that one with a misspelt or
+// duplicated version goes to ParsePolicy, which says where. (hallmark
+// verify's single-step JSON policy has none of them.)
 func IsPolicy(src []byte) bool {
 	body, err := parseBody("policy", src)
 	if err != nil {
 		return false
 	}
-	content, _, diags := body.PartialContent(&hcl.BodySchema{Attributes: []hcl.AttributeSchema{{Name: "version"}}})
-	return !diags.HasErrors() && content.Attributes["version"] != nil
+	content, _, diags := body.PartialContent(&hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "version"}},
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "step", LabelNames: []string{"name"}}, {Type: "source", LabelNames: []string{"name"}}},
+	})
+	return content != nil && (len(content.Blocks) > 0 || !diags.HasErrors() && content.Attributes["version"] != nil)
 }
 
 // ParsePolicy decodes a pipeline policy strictly (unknown attributes and
@@ -334,6 +339,15 @@ func (p *Policy) validate() error {
 			return err
 		}
 	}
+	// Names first: a step block given twice is that, whatever else the
+	// blocks between the two get wrong.
+	named := map[string]bool{}
+	for _, s := range p.Steps {
+		if named[s.Name] {
+			return fmt.Errorf("step %q: defined twice", s.Name)
+		}
+		named[s.Name] = true
+	}
 	steps := map[string]int{}
 	usedSources := map[string]bool{}
 	consumed := map[string]bool{}
@@ -341,9 +355,6 @@ func (p *Policy) validate() error {
 		at := fmt.Sprintf("step %q", s.Name)
 		if !validName(s.Name) {
 			return fmt.Errorf("%s: use 1-128 letters, digits, '.', '_' and '-'", at)
-		}
-		if _, dup := steps[s.Name]; dup {
-			return fmt.Errorf("%s: defined twice", at)
 		}
 		if len(s.WorkloadSPIFFEIDs) == 0 && len(s.WorkloadSelectors) == 0 {
 			return fmt.Errorf("%s: say who may run it: workload_spiffe_ids or workload_selectors", at)

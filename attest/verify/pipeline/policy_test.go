@@ -51,6 +51,16 @@ func TestIsPolicy(t *testing.T) {
 	require.False(t, pipeline.IsPolicy([]byte(`{"builder_id_prefixes": ["spiffe://example.org/hallmark/agent"], "steps": ["build"]}`)))
 	require.False(t, pipeline.IsPolicy([]byte(`not a policy {`)))
 	require.False(t, pipeline.IsPolicy(nil))
+	// A pipeline policy in JSON syntax whose version is misspelt or
+	// given twice is one: ParsePolicy then says where it is wrong.
+	for _, src := range []string{
+		`{"versoin": 1, "step": {"a": {"workload_selectors": ["unix:uid:1"]}}}`,
+		`{"version": 1, "version": 1, "step": {"a": {"workload_selectors": ["unix:uid:1"]}}}`,
+	} {
+		require.True(t, pipeline.IsPolicy([]byte(src)), src)
+		_, err := pipeline.ParsePolicy("p.json", []byte(src))
+		require.ErrorContains(t, err, "p.json:1,", src)
+	}
 }
 
 func TestParsePolicyErrors(t *testing.T) {
@@ -74,6 +84,7 @@ func TestParsePolicyErrors(t *testing.T) {
 		{"products on an earlier step", `workload_selectors  = ["unix:uid:1001"]`, "workload_selectors  = [\"unix:uid:1001\"]\n  products = [\"app\"]", `step "build": products: only the final step's products`},
 		{"unlinked step", `materials_from      = ["build"]`, `materials_from = ["checkout"]`, `step "build": no later step takes materials from it`},
 		{"duplicate step", `step "package" {`, "step \"build\" {\n  workload_selectors = [\"unix:uid:1\"]\n}\nstep \"package\" {", `step "build": defined twice`},
+		{"duplicate step after the final one", "  products            = [\"widget-*.tar.gz\"]\n}", "  products            = [\"widget-*.tar.gz\"]\n}\nstep \"build\" {\n  workload_selectors = [\"unix:uid:1\"]\n}", `step "build": defined twice`},
 		{"bad step name", `step "package" {`, `step "pack age" {`, `step "pack age": use 1-128 letters`},
 		{"duplicate entry", `materials_from      = ["checkout"]`, `materials_from = ["checkout", "checkout"]`, `"checkout" listed twice`},
 		{"unused source", `version = 1`, "version = 1\nsource \"spare\" {\n  repositories = [\"x\"]\n}", `source "spare": no step names it`},
