@@ -139,6 +139,24 @@ func place(t *testing.T, from, to string) {
 	copyFile(t, from, to)
 }
 
+// buildAndPackage runs the build step on copies of mainC and makefile
+// (as main.c and Makefile) and the package step on its app, in
+// workspaces build-NAME and package-NAME, and returns their bundles
+// (build-NAME.hallmark.json, package-NAME.hallmark.json) and the tarball.
+func (e *pipelineEnv) buildAndPackage(name, mainC, makefile string) (build, pkg, artifact string) {
+	e.t.Helper()
+	buildWS := filepath.Join(e.dir, "build-"+name)
+	place(e.t, mainC, filepath.Join(buildWS, "main.c"))
+	place(e.t, makefile, filepath.Join(buildWS, "Makefile"))
+	build = e.attest("build", "build", buildWS, "build-"+name+".hallmark.json", "--material", "main.c", "--material", "Makefile", "--product", "app",
+		"--", "sh", "-c", "cat main.c > app")
+	pkgWS := filepath.Join(e.dir, "package-"+name)
+	place(e.t, filepath.Join(buildWS, "app"), filepath.Join(pkgWS, "app"))
+	pkg = e.attest("package", "package", pkgWS, "package-"+name+".hallmark.json", "--material", "app", "--product", "widget-1.0.tar",
+		"--", "tar", "--mtime=@0", "--owner=0", "--group=0", "-cf", "widget-1.0.tar", "app")
+	return build, pkg, filepath.Join(pkgWS, "widget-1.0.tar")
+}
+
 // bundleDir makes a directory holding the named bundles.
 func (e *pipelineEnv) bundleDir(name string, bundles ...string) string {
 	e.t.Helper()
@@ -362,16 +380,8 @@ func TestPipelineEndToEnd(t *testing.T) {
 	e.git(oldWS, "remote", "set-url", "origin", pipelineRemote)
 	e.git(oldWS, "checkout", "-q", "-B", "main", first)
 	checkoutOld := e.attest("checkout", "checkout", oldWS, "checkout-old.hallmark.json", "--product", "main.c", "--product", "Makefile")
-	buildOldWS := filepath.Join(e.dir, "build-old")
-	place(t, filepath.Join(oldWS, "main.c"), filepath.Join(buildOldWS, "main.c"))
-	place(t, filepath.Join(oldWS, "Makefile"), filepath.Join(buildOldWS, "Makefile"))
-	buildOld := e.attest("build", "build", buildOldWS, "build-old.hallmark.json", "--material", "main.c", "--material", "Makefile", "--product", "app",
-		"--", "sh", "-c", "cat main.c > app")
-	pkgOldWS := filepath.Join(e.dir, "package-old")
-	place(t, filepath.Join(buildOldWS, "app"), filepath.Join(pkgOldWS, "app"))
-	pkgOld := e.attest("package", "package", pkgOldWS, "package-old.hallmark.json", "--material", "app", "--product", "widget-1.0.tar",
-		"--", "tar", "--mtime=@0", "--owner=0", "--group=0", "-cf", "widget-1.0.tar", "app")
-	cases = append(cases, refusal{"a real checkout at a commit the policy does not allow", filepath.Join(pkgOldWS, "widget-1.0.tar"), policy,
+	buildOld, pkgOld, artifactOld := e.buildAndPackage("old", filepath.Join(oldWS, "main.c"), filepath.Join(oldWS, "Makefile"))
+	cases = append(cases, refusal{"a real checkout at a commit the policy does not allow", artifactOld, policy,
 		[]string{checkoutOld, buildOld, pkgOld}, "source.widget.commits", "commit " + first + " is none of the allowed"})
 
 	// A bundle of the same step from another run whose products do not
@@ -391,16 +401,8 @@ func TestPipelineEndToEnd(t *testing.T) {
 	plantedCheckout := e.attest("checkout", "checkout", src, "checkout-planted.hallmark.json", "--product", "main.c", "--product", "Makefile",
 		"--product", ".git/evil.c", "--", "sh", "-c", `printf 'int main(void) { /* backdoor */ return 1; }\n' > .git/evil.c`)
 	require.Equal(t, true, gitSourceOf(t, plantedCheckout)["clean"], "the work tree is clean: .git is the repository")
-	plantedWS := filepath.Join(e.dir, "build-planted")
-	place(t, filepath.Join(src, ".git", "evil.c"), filepath.Join(plantedWS, "main.c"))
-	place(t, filepath.Join(src, "Makefile"), filepath.Join(plantedWS, "Makefile"))
-	buildPlanted := e.attest("build", "build", plantedWS, "build-planted.hallmark.json", "--material", "main.c", "--material", "Makefile", "--product", "app",
-		"--", "sh", "-c", "cat main.c > app")
-	pkgPlantedWS := filepath.Join(e.dir, "package-planted")
-	place(t, filepath.Join(plantedWS, "app"), filepath.Join(pkgPlantedWS, "app"))
-	pkgPlanted := e.attest("package", "package", pkgPlantedWS, "package-planted.hallmark.json", "--material", "app", "--product", "widget-1.0.tar",
-		"--", "tar", "--mtime=@0", "--owner=0", "--group=0", "-cf", "widget-1.0.tar", "app")
-	cases = append(cases, refusal{"checkout passes on a file it planted under .git", filepath.Join(pkgPlantedWS, "widget-1.0.tar"), policy,
+	buildPlanted, pkgPlanted, artifactPlanted := e.buildAndPackage("planted", filepath.Join(src, ".git", "evil.c"), filepath.Join(src, "Makefile"))
+	cases = append(cases, refusal{"checkout passes on a file it planted under .git", artifactPlanted, policy,
 		[]string{plantedCheckout, buildPlanted, pkgPlanted}, "step.checkout.sources", "is checkout's product .git/evil.c "})
 
 	// A dirty work tree is recorded as dirty, and the policy (clean
