@@ -82,6 +82,12 @@ func (a *Agent) serveHealth(ctx context.Context, ln net.Listener) error {
 			http.Error(w, "not ready: no valid signing certificate", http.StatusServiceUnavailable)
 			return
 		}
+		if ob := a.outbox; ob != nil {
+			if err := ob.Broken(); err != nil {
+				http.Error(w, "not ready: "+err.Error()+" (restart hallmark-agent once its data_dir is writable)", http.StatusServiceUnavailable)
+				return
+			}
+		}
 		fmt.Fprintln(w, "ready")
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {

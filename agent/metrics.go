@@ -22,8 +22,10 @@ type metrics struct {
 	outboxQueued    prometheus.Gauge
 	outboxRefused   prometheus.Gauge
 	outboxDamaged   prometheus.Counter
-	measuredFiles   prometheus.Counter
-	refusedConns    *prometheus.CounterVec
+	// outboxRefusingWrites is 1 once the outbox refuses every write.
+	outboxRefusingWrites prometheus.Gauge
+	measuredFiles        prometheus.Counter
+	refusedConns         *prometheus.CounterVec
 
 	timestamps       *prometheus.CounterVec
 	timestampSeconds prometheus.Histogram
@@ -103,6 +105,10 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_outbox_damaged_records_total",
 			Help: "Damaged outbox records moved aside (into the outbox's damaged/ directory) when the agent started.",
 		}),
+		outboxRefusingWrites: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_outbox_refusing_writes",
+			Help: "1 when the outbox refuses every write (a failed write could neither be cut back off its file nor the file rewritten): every attestation is refused until hallmark-agent restarts.",
+		}),
 		timestamps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_timestamps_total",
 			Help: "RFC 3161 timestamps asked of the log's authority for signatures, by result (granted, error: the attestation was refused).",
@@ -131,7 +137,7 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
-		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.denials, m.attestedSteps,
+		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.outboxRefusingWrites, m.denials, m.attestedSteps,
 		m.timestamps, m.timestampSeconds,
 		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns, m.execCanaryPassed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -52,5 +52,18 @@ func (a *Agent) outboxStatus() *OutboxStatus {
 		st.RecentRefusals = append(st.RecentRefusals, Refusal{InvocationID: it.ID, Reason: it.Reason, At: time.Unix(it.Created, 0).UTC()})
 	}
 	st.DamagedDir, st.Damaged = ob.DamagedFiles()
+	if err := ob.Broken(); err != nil {
+		st.RefusingWrites = err.Error()
+	}
 	return st
+}
+
+// outboxRefusesWrites reports a Put that failed because the outbox
+// refuses every write, once, at error level, and on the gauge: only a
+// restart mends it, and /readyz says so too.
+func (a *Agent) outboxRefusesWrites(err error) {
+	a.metrics.outboxRefusingWrites.Set(1)
+	if a.outboxBrokenLogged.CompareAndSwap(false, true) {
+		a.log.Error("The outbox refuses every write, so every attestation is refused: restart hallmark-agent once its data_dir is writable (nothing queued is lost)", zap.Error(err))
+	}
 }

@@ -69,6 +69,9 @@ type OutboxStatus struct {
 	// until an operator removes them.
 	Damaged    int    `json:"damaged"`
 	DamagedDir string `json:"damaged_dir,omitempty"`
+	// RefusingWrites, when set, says why the outbox refuses every write
+	// (and so every attestation) until hallmark-agent restarts.
+	RefusingWrites string `json:"refusing_writes,omitempty"`
 }
 
 // Refusal is one attestation the log refused.

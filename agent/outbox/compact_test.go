@@ -581,6 +581,7 @@ func TestWritesQueuedBehindAFailedWriteAreNotLost(t *testing.T) {
 	require.Error(t, <-failed)
 	errB := <-queued
 	errC := o.Put(item("c"))
+	require.ErrorContains(t, o.Broken(), "refusing writes: a write failed and rewriting the file after it failed too")
 	require.NoError(t, o.Close())
 	require.NoError(t, os.RemoveAll(tmp))
 

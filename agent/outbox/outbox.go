@@ -595,8 +595,14 @@ func (o *Outbox) flush() {
 		if err == nil {
 			err = syncFile(f)
 		}
+		cutBack := false
 		if err != nil {
 			err = fmt.Errorf("outbox: write: %w", err)
+			// A full disk, most often. Cut the file back to where this
+			// batch began, which needs no free space, so that the next
+			// write appends after the last good record: the batch fails,
+			// and nothing else does. Else the rewrite below.
+			cutBack = truncateTo(f, base, syncFile) == nil
 		}
 		o.mu.Lock()
 		o.writeInFlight = false
@@ -617,6 +623,8 @@ func (o *Outbox) flush() {
 				w.apply(at)
 			}
 			o.maybeCompact()
+		} else if cutBack {
+			// The batch failed; the file is as it was before it.
 		} else if rerr := o.rewrite(); rerr != nil {
 			// A partial record may sit mid-file, where replay would stop:
 			// rebuild from memory, or refuse to go on appending after it,
@@ -635,6 +643,27 @@ func (o *Outbox) flush() {
 			w.done <- err
 		}
 	}
+}
+
+// truncateTo cuts f back to size bytes and makes that durable.
+func truncateTo(f *os.File, size int64, syncFile func(*os.File) error) error {
+	if err := f.Truncate(size); err != nil {
+		return err
+	}
+	return syncFile(f)
+}
+
+// Broken returns why the outbox refuses every write, or nil when it
+// takes them: after a write failed and neither cutting it back off the
+// file nor rewriting the file worked, the file on disk and the one in
+// memory may differ, and only a restart (which reads the file) mends it.
+func (o *Outbox) Broken() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.broken == nil {
+		return nil
+	}
+	return o.refusal()
 }
 
 // refusal is the error of a write refused because the outbox is broken.

@@ -177,4 +177,7 @@ func printOutbox(w io.Writer, ob *agentstatus.OutboxStatus) {
 	if ob.Damaged > 0 {
 		fmt.Fprintf(w, "  DAMAGED: %d damaged outbox records moved aside, kept in %s (inspect, then remove)\n", ob.Damaged, ob.DamagedDir)
 	}
+	if ob.RefusingWrites != "" {
+		fmt.Fprintf(w, "  REFUSING WRITES, so every attestation: %s (restart hallmark-agent once its data_dir is writable)\n", ob.RefusingWrites)
+	}
 }

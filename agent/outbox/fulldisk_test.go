@@ -1,0 +1,68 @@
+package outbox
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// Must show, as the outside review found it: one write that meets a full
+// disk stopped the outbox for good (every later step refused, the agent
+// still ready) until a restart, because the rewrite after it needs as
+// much free space as the file. Here the file size limit (RLIMIT_FSIZE)
+// stops write(2) partway, as a full disk does. The failed put is refused
+// and cut back off the file, which needs no free space; a put that fits
+// goes on while the disk is still full, and every put once there is room;
+// a reopen finds every acknowledged put and no damage.
+func TestFullDiskFailsOnlyTheWriteThatMeetsIt(t *testing.T) {
+	dir := privateDir(t)
+	o, err := Open(dir, Options{})
+	require.NoError(t, err)
+	require.NoError(t, o.Put(item("a")))
+	st, err := os.Stat(filepath.Join(dir, "outbox.log"))
+	require.NoError(t, err)
+
+	// Nor could the disk take a rewrite of the file: its temporary file
+	// cannot be made.
+	tmp := filepath.Join(dir, "outbox.log.tmp")
+	require.NoError(t, os.MkdirAll(filepath.Join(tmp, "x"), 0o700))
+	var unlimited unix.Rlimit
+	require.NoError(t, unix.Getrlimit(unix.RLIMIT_FSIZE, &unlimited))
+	full := unix.Rlimit{Cur: uint64(st.Size()) + 4096, Max: unlimited.Max}
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_FSIZE, &full))
+	errBig := o.Put(Item{ID: "big", Bundle: bytes.Repeat([]byte("b"), 64<<10)})
+	errSmall := o.Put(item("small"))
+	require.NoError(t, unix.Setrlimit(unix.RLIMIT_FSIZE, &unlimited))
+	require.NoError(t, os.RemoveAll(tmp))
+
+	require.ErrorContains(t, errBig, "outbox: write: ")
+	require.ErrorIs(t, errBig, unix.EFBIG)
+	require.NoError(t, errSmall, "the file was cut back: what fits is written")
+	require.NoError(t, o.Broken())
+	require.NoError(t, o.Put(item("after")))
+	require.NoError(t, o.MarkLogged("a", []byte(`{"logIndex":"1"}`)))
+	checkAll(t, o, []string{"small", "after"}, "open")
+	_, ok, err := o.Get("big")
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.NoError(t, o.Close())
+
+	o, err = Open(dir, Options{})
+	require.NoError(t, err)
+	defer o.Close()
+	checkAll(t, o, []string{"small", "after"}, "reopened")
+	a, ok, err := o.Get("a")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, Logged, a.State)
+	_, ok, err = o.Get("big")
+	require.NoError(t, err)
+	require.False(t, ok)
+	require.Empty(t, o.Damaged())
+	_, torn := o.Torn()
+	require.False(t, torn)
+}
