@@ -35,8 +35,24 @@ func (api *localAPI) GetBundle(ctx context.Context, req *agentv1.GetBundleReques
 		return nil, status.Errorf(codes.Internal, "read the attestation from the outbox: %v", err)
 	}
 	if req.GetWait() && it.State == outbox.Pending {
+		// Until the caller's deadline, or until the agent stops: it
+		// submits nothing more then, and a wait must not hold its stop.
+		waitCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-api.stopping:
+				cancel()
+			case <-waitCtx.Done():
+			}
+		}()
 		var err error
-		if it, err = ob.Wait(ctx, it.ID); err != nil {
+		if it, err = ob.Wait(waitCtx, it.ID); err != nil {
+			select {
+			case <-api.stopping:
+				return nil, status.Errorf(codes.Unavailable, "hallmark-agent is stopping: invocation %s is queued on its disk and is logged once the agent runs again", req.GetInvocationId())
+			default:
+			}
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 				return nil, status.Error(codes.DeadlineExceeded, "not logged yet: is hallmark-server reachable? (see `hallmark status`)")
 			}

@@ -78,7 +78,16 @@ type localAPI struct {
 	watched map[*peercred.Conn]*watchedIDs
 
 	lastSerial atomic.Pointer[certSerial]
+
+	// stopping is closed when the agent begins to stop: --wait-log
+	// waits end then, rather than hold the stop for their own timeouts.
+	stopping chan struct{}
 }
+
+// localStopGrace bounds how long the local API's graceful stop waits for
+// calls under way (an attestation hashing its products) before it closes
+// their connections.
+const localStopGrace = 10 * time.Second
 
 // certSerial is a signing certificate's serial number as logged.
 type certSerial struct {
@@ -102,8 +111,9 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	lim := a.cfg.LocalLimits.withDefaults()
 	api := &localAPI{
 		a: a, auditLog: a.log.WithOptions(zap.WithCaller(false)),
-		attests: uidlimit.New(lim.AttestationsPerUID, 0),
-		idents:  uidlimit.New(lim.IdentificationsPerUID, lim.Identifications),
+		attests:  uidlimit.New(lim.AttestationsPerUID, 0),
+		idents:   uidlimit.New(lim.IdentificationsPerUID, lim.Identifications),
+		stopping: make(chan struct{}),
 	}
 	if v := os.Getenv(pauseBeforeSignEnv); v != "" {
 		d, err := time.ParseDuration(v)
@@ -131,7 +141,15 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
-		srv.GracefulStop()
+		close(api.stopping)
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(localStopGrace):
+			a.log.Warn("Calls to the local API still under way at the stop were cut off", zap.Duration("grace", localStopGrace))
+			srv.Stop()
+		}
 		return nil
 	case err := <-errc:
 		return fmt.Errorf("agent: local API: %w", err)

@@ -58,6 +58,9 @@ type localAPIFixture struct {
 	attestor *switchAttestor
 	logs     *observer.ObservedLogs // at info level
 	debugLog *lockedBuffer          // everything, debug level included, as JSON lines
+	// stop stops the local API, as the agent's stop does, and returns
+	// once it has stopped (it may be called again).
+	stop func()
 }
 
 // lockedBuffer is a log sink that goroutines share.
@@ -129,11 +132,15 @@ func newLocalAPIFixtureLimits(t *testing.T, lim LocalLimits, extra ...NamedAttes
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- fx.a.serveLocal(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		ln.Close()
-	})
+	var once sync.Once
+	fx.stop = func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			ln.Close()
+		})
+	}
+	t.Cleanup(fx.stop)
 	return fx
 }
 

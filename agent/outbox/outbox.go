@@ -153,6 +153,8 @@ type Outbox struct {
 	damaged []Damage
 	// compactFailures counts compactions that failed.
 	compactFailures int
+	// waiting counts Wait calls under way.
+	waiting int
 }
 
 // slot is an item and where its records lie in the file.
@@ -815,6 +817,8 @@ func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 	defer stop()
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	o.waiting++
+	defer func() { o.waiting-- }()
 	for {
 		sl, ok := o.items[id]
 		if !ok {
@@ -828,6 +832,13 @@ func (o *Outbox) Wait(ctx context.Context, id string) (Item, error) {
 		}
 		o.cond.Wait()
 	}
+}
+
+// Waiting returns how many Wait calls are waiting.
+func (o *Outbox) Waiting() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.waiting
 }
 
 // Close stops accepting writes and closes the file.
