@@ -148,7 +148,9 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 			// So are attestations of steps, or for workloads, that no
 			// step allows: a CI tenant who may attest any step cannot
 			// bury a released artifact under its own attestations.
-			Step: policy.MayAttest})
+			Step: func(builder, step string, ids, selectors []string) bool {
+				return policy.MayAttest(builder, step, ids, selectors, builderPrefixes)
+			}})
 	}
 	artifact, err := digestFile(args[0])
 	if err != nil {

@@ -298,3 +298,36 @@ func TestAttackMixedBundles(t *testing.T) {
 		})
 	}
 }
+
+// The final step's artifact is passed on to the consumer as a material is
+// to the next step (found by the review of the rule above): a one-step
+// policy whose step has sources does not vouch for a file it wrote under
+// the tree's .git.
+func TestAttackFinalSourceStepVouchesForAFileNotOfItsSource(t *testing.T) {
+	f := newFixture(t)
+	p := mustPolicy(t, `
+version = 1
+source "widget" {
+  repositories = ["https://git.example.org/acme/*"]
+  commits      = ["`+commit+`"]
+}
+step "checkout" {
+  workload_spiffe_ids = ["`+checkoutID+`"]
+  sources             = ["widget"]
+}
+`)
+	r := newRun("1")
+	r.checkout.Products = append(r.checkout.Products, artifact("src/.git/evil.c", "int backdoor;"))
+	cands := f.bundles(t, r.checkout)
+	_, err := f.verifyArtifact(p, "evil.c", "int backdoor;", pipeline.NewBundleSet(cands))
+	var re *pipeline.RuleError
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, "step.checkout.sources", re.Failure.Rule, re.Failure.Reason)
+	require.Contains(t, re.Failure.Reason, "the artifact (sha256 ")
+	require.Contains(t, re.Failure.Reason, "checkout's product src/.git/evil.c ")
+
+	// A file of the tree verifies.
+	rep, err := f.verifyArtifact(p, "main.c", r.files["src/main.c"], pipeline.NewBundleSet(cands))
+	require.NoError(t, err)
+	require.True(t, rep.Verified)
+}

@@ -176,13 +176,13 @@ type LogSearch struct {
 	// which builders a pipeline policy could accept.
 	Builder func(spiffeID string) bool
 	// Step, when not nil, passes over entries whose statement (as it
-	// claims, unverified) is of a step, for a workload, that it refuses,
-	// like those Builder refuses: read, not rebuilt, counted against
-	// MaxSkipped. So attestations of another step naming the artifact
-	// (any CI tenant who may attest some step can make them) do not make
-	// the search for it fail. Policy.MayAttest tells which a pipeline
-	// policy could accept.
-	Step func(step string, workloadSPIFFEIDs, workloadSelectors []string) bool
+	// claims, unverified) is of a step, by their submitting agent, for a
+	// workload, that it refuses, like those Builder refuses: read, not
+	// rebuilt, counted against MaxSkipped. So attestations of another
+	// step naming the artifact (any CI tenant who may attest some step
+	// can make them) do not make the search for it fail.
+	// Policy.MayAttest tells which a pipeline policy could accept.
+	Step func(builder, step string, workloadSPIFFEIDs, workloadSelectors []string) bool
 	// MaxSkipped bounds the entries Builder or Step refuses for one digest
 	// (default 100 times MaxEntries).
 	MaxSkipped int
@@ -237,7 +237,7 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 			return nil, err
 		}
 		for _, e := range page.Entries {
-			if l.Builder != nil && !l.Builder(e.SPIFFEID) || l.Step != nil && !l.Step(entryClaim(e)) {
+			if l.Builder != nil && !l.Builder(e.SPIFFEID) || l.Step != nil && !l.mayBeStep(e) {
 				if skipped++; skipped > maxSkipped {
 					return nil, &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("log search: more than %d entries naming sha256:%s are by builders, or of steps and workloads, no rule allows (one by %s); not reading further", maxSkipped, sha256Hex, e.SPIFFEID)}}
 				}
@@ -262,15 +262,16 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 	}
 }
 
-// entryClaim is the step and workload an entry's statement claims, read
-// from its envelope without trusting either.
-func entryClaim(e SearchEntry) (step string, workloadSPIFFEIDs, workloadSelectors []string) {
+// mayBeStep asks Step about entry e: its submitting agent, and the step
+// and workload its statement claims, read from its envelope without
+// trusting any of them.
+func (l *LogSearch) mayBeStep(e SearchEntry) bool {
 	var env dssepb.Envelope
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(e.DSSEEnvelope, &env); err != nil {
-		return "", nil, nil
+		return false
 	}
 	c := claimedStatement(env.GetPayload())
-	return c.step, c.workloadSPIFFEIDs, c.workloadSelectors
+	return l.Step(e.SPIFFEID, c.step, c.workloadSPIFFEIDs, c.workloadSelectors)
 }
 
 // searchURL is the search for the entries naming a digest from index

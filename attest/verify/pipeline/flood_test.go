@@ -3,6 +3,7 @@ package pipeline_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,27 +87,39 @@ func TestFloodByATenantHidesNothing(t *testing.T) {
 	f := newFixture(t)
 	r := newRun("1")
 	genuine := f.bundles(t, r.checkout, r.build, r.packag)
+	// An agent the policy trusts for checkout only (the review's case:
+	// a shared pool of runners).
+	const sharedID = "spiffe://example.org/hallmark/shared/node-1"
+	shared, err := f.h.CAs[0].NewAgent(sharedID, f.now.Add(-time.Hour), f.now.Add(time.Hour))
+	require.NoError(t, err)
+	p := mustPolicy(t, strings.Replace(strings.Replace(testPolicy, `builder_id_prefixes = ["spiffe://example.org/hallmark/agent"]`,
+		`builder_id_prefixes = ["spiffe://example.org/hallmark/agent", "spiffe://example.org/hallmark/shared"]`, 1),
+		`materials_from      = ["build"]`, "materials_from      = [\"build\"]\n  builder_id_prefixes = [\"spiffe://example.org/hallmark/agent\"]", 1))
 	for _, tc := range []struct {
 		name, step, workload string
+		agent                *verifytest.Agent
 	}{
-		{"a step the pipeline does not have", "test", "spiffe://example.org/ci/tenant"},
-		{"a step of the pipeline, another workload", "package", "spiffe://example.org/ci/tenant"},
+		{"a step the pipeline does not have", "test", "spiffe://example.org/ci/tenant", f.agent},
+		{"a step of the pipeline, another workload", "package", "spiffe://example.org/ci/tenant", f.agent},
+		{"a step of the pipeline, on an agent that step does not allow", "package", packageID, shared},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			all := append([]pipeline.Candidate(nil), genuine...)
 			for i := range 1001 {
 				s := r.step(tc.step, tc.workload, []string{"widget-1.0.tar.gz"}, nil)
 				s.CallerClaims = map[string]string{"flood": strconv.Itoa(i)}
-				all = append(all, pipeline.Candidate{Bundle: f.bundle(t, s), Origin: "flood " + strconv.Itoa(i)})
+				s.BuilderID = tc.agent.ID
+				all = append(all, pipeline.Candidate{Bundle: f.bundleBy(t, tc.agent, s), Origin: "flood " + strconv.Itoa(i)})
 			}
-			p := mustPolicy(t, testPolicy)
 			artifact := verify.DigestBytes("widget-1.0.tar.gz", []byte(r.files["widget-1.0.tar.gz"]))
 			srv := logServer(t, all)
-			search := func(step func(string, []string, []string) bool) pipeline.Options {
+			search := func(step func(string, string, []string, []string) bool) pipeline.Options {
 				return pipeline.Options{Verify: verify.Options{TrustedRoot: f.root}, Finder: &pipeline.LogSearch{BaseURL: srv.URL,
 					Builder: func(id string) bool { return p.MayBuild(id, nil) }, Step: step}}
 			}
-			rep, err := pipeline.Verify(context.Background(), p, artifact, search(p.MayAttest))
+			rep, err := pipeline.Verify(context.Background(), p, artifact, search(func(builder, step string, ids, selectors []string) bool {
+				return p.MayAttest(builder, step, ids, selectors, nil)
+			}))
 			require.NoError(t, err)
 			require.True(t, rep.Verified)
 
@@ -118,10 +131,13 @@ func TestFloodByATenantHidesNothing(t *testing.T) {
 			require.Equal(t, pipeline.RuleLimits, re.Failure.Rule)
 		})
 	}
-	p := mustPolicy(t, testPolicy)
-	require.True(t, p.MayAttest("package", []string{packageID}, nil))
-	require.False(t, p.MayAttest("package", []string{buildID}, nil))
-	require.True(t, p.MayAttest("build", []string{buildID}, []string{"unix:uid:1001", "unix:gid:0"}))
-	require.False(t, p.MayAttest("build", []string{buildID}, []string{"unix:uid:1002"}))
-	require.False(t, p.MayAttest("test", []string{packageID}, nil))
+	agent := verifytest.AgentID
+	require.True(t, p.MayAttest(agent, "package", []string{packageID}, nil, nil))
+	require.False(t, p.MayAttest(agent, "package", []string{buildID}, nil, nil))
+	require.False(t, p.MayAttest(sharedID, "package", []string{packageID}, nil, nil))
+	require.True(t, p.MayAttest(sharedID, "checkout", []string{checkoutID}, nil, nil))
+	require.False(t, p.MayAttest(sharedID, "checkout", []string{checkoutID}, nil, []string{"spiffe://example.org/hallmark/agent"}))
+	require.True(t, p.MayAttest(agent, "build", []string{buildID}, []string{"unix:uid:1001", "unix:gid:0"}, nil))
+	require.False(t, p.MayAttest(agent, "build", []string{buildID}, []string{"unix:uid:1002"}, nil))
+	require.False(t, p.MayAttest(agent, "test", []string{packageID}, nil, nil))
 }

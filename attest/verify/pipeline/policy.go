@@ -74,16 +74,19 @@ func (p *Policy) MayBuild(builder string, verifierPrefixes []string) bool {
 	return slices.ContainsFunc(p.Steps, func(s StepRule) bool { return len(s.BuilderIDPrefixes) == 0 || under(s.BuilderIDPrefixes) })
 }
 
-// MayAttest reports whether an attestation of step for a workload with
-// those SPIFFE IDs and selectors could satisfy the policy: step is one of
-// its steps, and the workload passes that step's workload_spiffe_ids and
-// workload_selectors. One for which it is false is refused by every rule
-// that could use it, so a log search need not rebuild or verify it
-// (LogSearch.Step): a CI tenant that may attest some other step cannot
-// bury a released artifact under attestations of its own naming it.
-func (p *Policy) MayAttest(step string, workloadSPIFFEIDs, workloadSelectors []string) bool {
+// MayAttest reports whether an attestation of step, by builder, for a
+// workload with those SPIFFE IDs and selectors, could satisfy the policy:
+// step is one of its steps, and they pass that step's identity rules
+// (builder_id_prefixes, and verifierPrefixes when any;
+// workload_spiffe_ids, workload_selectors). One for which it is false is
+// refused by every rule that could use it, so a log search need not
+// rebuild or verify it (LogSearch.Step): a CI tenant that may attest some
+// other step, or this step on another agent, cannot bury a released
+// artifact under attestations of its own naming it.
+func (p *Policy) MayAttest(builder, step string, workloadSPIFFEIDs, workloadSelectors, verifierPrefixes []string) bool {
 	s, ok := p.Step(step)
-	return ok && workloadFailure(s, workloadSPIFFEIDs, workloadSelectors) == nil
+	return ok && checkIdentity(s, verifierPrefixes, &verify.Result{BuilderID: builder,
+		Workload: verify.Workload{SPIFFEIDs: workloadSPIFFEIDs, Selectors: workloadSelectors}}) == nil
 }
 
 // maxSearchBuilders is the most builders a search names to the server

@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"crypto/sha256"
+	"os"
 	"strings"
 	"testing"
 
@@ -105,10 +106,13 @@ func TestParsePolicyErrors(t *testing.T) {
 }
 
 // A policy file is untrusted input to an admission controller as much as
-// to hallmark verify: one that nests without end (HCL's parsers recurse
-// per level, and a Go stack overflow kills the process) or lists without
-// end (decoding a list is quadratic in its length) is refused before HCL
-// reads it, naming where.
+// to hallmark verify. HCL's parser and evaluator recurse once per
+// operator or nesting level without a bound (a Go stack overflow kills
+// the process), and some expressions are slow to read: a policy uses only
+// literal values, lists and blocks, and anything else, an index, nesting
+// without end or a list without end is refused before HCL reads the file,
+// naming where. The attacks are the outside reviews' (each crashed the
+// verifier or kept it busy for minutes before).
 func TestParsePolicyShape(t *testing.T) {
 	deep := func(n int, open, close string) string { return strings.Repeat(open, n) + strings.Repeat(close, n) }
 	list := func(n int) string { return "[" + strings.Repeat(`"x",`, n-1) + `"x"]` }
@@ -118,13 +122,25 @@ func TestParsePolicyShape(t *testing.T) {
 	json := func(value string) string {
 		return `{"version": 1, "step": {"a": {"workload_selectors": ["unix:uid:1"], "products": ` + value + `}}}`
 	}
+	version := func(expr string) string { return strings.Replace(testPolicy, "version = 1", "version = "+expr, 1) }
 	for _, tc := range []struct {
 		name, src, want string
 	}{
 		{"nested lists", native(deep(100000, "[", "]")), "pipeline.hcl:25,"},
-		{"nested parentheses", native("[" + deep(100000, "(", ")") + "]"), "nested more than 32 deep"},
-		{"nested in a template", native(`["${` + deep(100000, "[", "]") + `}"]`), "nested more than 32 deep"},
-		{"nested templates", native(`[` + strings.Repeat(`"${`, 50000) + strings.Repeat(`}"`, 50000) + `]`), "nested more than 32 deep"},
+		{"nested parentheses", native("[" + deep(100000, "(", ")") + "]"), `"(" is not allowed`},
+		{"nested in a template", native(`["${` + deep(100000, "[", "]") + `}"]`), `"${" is not allowed`},
+		{"nested templates", native(`[` + strings.Repeat(`"${`, 50000) + strings.Repeat(`}"`, 50000) + `]`), `"${" is not allowed`},
+		{"unary minus signs", version(strings.Repeat("-", 240000) + "1"), `pipeline.hcl:2,11: "-" is not allowed`},
+		{"negations", version(strings.Repeat("!", 240000) + "true"), `"!" is not allowed`},
+		{"a sum", version("1" + strings.Repeat("+1", 430000)), `"+" is not allowed`},
+		{"an index chain", version("x" + strings.Repeat("[y]", 300000)), "an index is not allowed"},
+		{"an index after a comment", version("x/**/[0]"), "an index is not allowed"},
+		{"an index of a list", native(`["a"][0]`), "an index is not allowed"},
+		{"unclosed template ifs", native(`["` + strings.Repeat("%{if a}", 140000) + `"]`), `"%{" is not allowed`},
+		{"a heredoc", native("[<<EOT\nx\nEOT\n]"), `"<<EOT\n" is not allowed`},
+		{"a function call", native(`[upper("x")]`), `"(" is not allowed`},
+		{"a conditional", version("true ? 1 : 2"), `"?" is not allowed`},
+		{"a for expression", native(`[for s in ["a"]: s]`), "is not allowed"},
 		{"nested blocks", strings.Replace(testPolicy, `step "package" {`, strings.Repeat("step \"x\" {\n", 50000)+strings.Repeat("}\n", 50000)+`step "package" {`, 1), "nested more than 32 deep"},
 		{"JSON nested arrays", json(deep(200000, "[", "]")), "pipeline.hcl:1,"},
 		{"JSON nested objects", json(deep(100000, `{"a":`, "}")), "nested more than 32 deep"},
@@ -155,4 +171,18 @@ func TestParsePolicyShape(t *testing.T) {
 	src := strings.Replace(native(list(256)), `"x"]`, `"x",]`, 1)
 	_, err := pipeline.ParsePolicy("pipeline.hcl", []byte(src))
 	require.ErrorContains(t, err, `"x" listed twice`, "256 entries and a trailing comma reach the list's own checks")
+}
+
+// The worked example of docs/pipelines.md parses (comments and all), as
+// the docs say.
+func TestDocsExamplePolicyParses(t *testing.T) {
+	doc, err := os.ReadFile("../../../docs/pipelines.md")
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(doc), "```hcl\n")
+	require.True(t, ok)
+	example, _, ok := strings.Cut(rest, "\n```")
+	require.True(t, ok)
+	p, err := pipeline.ParsePolicy("pipelines.md", []byte(example))
+	require.NoError(t, err)
+	require.Len(t, p.Steps, 3)
 }

@@ -8,20 +8,36 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
-// maxPolicyDepth bounds how deeply a policy file nests brackets, braces,
-// parentheses, strings and template sequences. A policy needs about five;
-// HCL's parsers recurse once per level without a bound of their own, and
-// a Go stack overflow is fatal, not an error: a 200 KB file of nested
-// brackets took hallmark verify down (and would take down any program
-// calling ParsePolicy or IsPolicy).
+// maxPolicyDepth bounds how deeply a policy file nests brackets and
+// braces. A policy needs about four.
 const maxPolicyDepth = 32
 
-// checkShape refuses, before HCL parses it, a policy file that nests
+// policyTokens are the HCL native syntax tokens a policy is made of:
+// attributes and blocks whose values are literal strings, numbers,
+// booleans and lists of them. Everything else HCL reads (operators,
+// conditionals, function calls, indexes, for expressions, splats,
+// templates, heredocs) is refused before HCL parses the file: its parser
+// and its evaluator recurse once per operator or nesting level without a
+// bound of their own, and a Go stack overflow is fatal, not an error
+// (240 KB of unary minus signs, `1+1+...`, nested brackets, each took
+// hallmark verify down, and would take down any program calling
+// ParsePolicy or IsPolicy); and some are slow to read (an index chain
+// is quadratic: 300,000 levels took 314 s of CPU; unclosed template ifs,
+// 100 s).
+var policyTokens = map[hclsyntax.TokenType]bool{
+	hclsyntax.TokenIdent: true, hclsyntax.TokenEqual: true, hclsyntax.TokenNumberLit: true,
+	hclsyntax.TokenOQuote: true, hclsyntax.TokenQuotedLit: true, hclsyntax.TokenCQuote: true,
+	hclsyntax.TokenOBrack: true, hclsyntax.TokenCBrack: true, hclsyntax.TokenOBrace: true, hclsyntax.TokenCBrace: true,
+	hclsyntax.TokenComma: true, hclsyntax.TokenNewline: true, hclsyntax.TokenComment: true, hclsyntax.TokenEOF: true,
+}
+
+// checkShape refuses, before HCL parses it, a policy file that uses more
+// of HCL than a policy needs (policyTokens), indexes a value, nests
 // deeper than maxPolicyDepth or has a list of more than maxListLen
-// entries (decoding a long list costs go-cty time quadratic in its
-// length: 18 s for 50,000 strings). It reads HCL native syntax as HCL's
-// own lexer does (an iterative scanner; strings, templates and heredocs
-// included), and HCL's JSON syntax as JSON. Errors name the position.
+// entries (decoding a list costs go-cty time quadratic in its length:
+// 18 s for 50,000 strings). It reads HCL native syntax with HCL's own
+// lexer (an iterative scanner), and HCL's JSON syntax as JSON. Errors
+// name the position.
 func checkShape(filename string, src []byte, json bool) error {
 	if json {
 		return checkJSONShape(filename, src)
@@ -31,17 +47,27 @@ func checkShape(filename string, src []byte, json bool) error {
 		typ     hclsyntax.TokenType
 		entries int // commas, in a list
 	}
-	var stack []open
+	var (
+		stack []open
+		prev  hclsyntax.TokenType // the last token other than a comment or newline
+	)
 	for _, tok := range tokens {
+		if !policyTokens[tok.Type] {
+			return shapeError(filename, tok.Range.Start, fmt.Sprintf("%q is not allowed: a policy's values are literal strings, numbers, booleans and lists of them", truncate(string(tok.Bytes), 16)))
+		}
 		switch tok.Type {
-		case hclsyntax.TokenOBrace, hclsyntax.TokenOBrack, hclsyntax.TokenOParen,
-			hclsyntax.TokenTemplateInterp, hclsyntax.TokenTemplateControl,
-			hclsyntax.TokenOQuote, hclsyntax.TokenOHeredoc:
+		case hclsyntax.TokenOBrack:
+			// A list is a value: it follows "=", "[" or ",". After
+			// anything else it would index one.
+			if prev != hclsyntax.TokenEqual && prev != hclsyntax.TokenOBrack && prev != hclsyntax.TokenComma {
+				return shapeError(filename, tok.Range.Start, "an index is not allowed: a list follows \"=\", \"[\" or \",\"")
+			}
+			fallthrough
+		case hclsyntax.TokenOBrace:
 			if stack = append(stack, open{typ: tok.Type}); len(stack) > maxPolicyDepth {
 				return shapeError(filename, tok.Range.Start, fmt.Sprintf("nested more than %d deep", maxPolicyDepth))
 			}
-		case hclsyntax.TokenCBrace, hclsyntax.TokenCBrack, hclsyntax.TokenCParen,
-			hclsyntax.TokenTemplateSeqEnd, hclsyntax.TokenCQuote, hclsyntax.TokenCHeredoc:
+		case hclsyntax.TokenCBrace, hclsyntax.TokenCBrack:
 			if len(stack) > 0 {
 				stack = stack[:len(stack)-1]
 			}
@@ -52,8 +78,18 @@ func checkShape(filename string, src []byte, json bool) error {
 				}
 			}
 		}
+		if tok.Type != hclsyntax.TokenComment && tok.Type != hclsyntax.TokenNewline {
+			prev = tok.Type
+		}
 	}
 	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // checkJSONShape is checkShape for HCL's JSON syntax. Strings are skipped

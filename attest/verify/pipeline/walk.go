@@ -487,6 +487,11 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 		if f := checkProducts(s, a.res); f != nil {
 			return refuse(f)
 		}
+		// The artifact is passed on to whoever verifies it, as a
+		// material is to the next step.
+		if digest := w.report.Artifact.SHA256; !passesOn(s, n, digest) {
+			return refuse(outsideSource(fmt.Sprintf("the artifact (sha256 %s)", digest), digest, n))
+		}
 	}
 
 	// Materials, sorted by name: each from a clean allowed work tree of
@@ -528,7 +533,7 @@ func (w *walker) evalStep(s StepRule, a *attestation, final bool) (*Node, error)
 			id := outside.ID
 			addLink("node|"+outside.Step+"|"+outside.BundleSHA256, Link{Step: outside.Step, Node: &id}, m.Name)
 			n.Inputs = linkList(links, order)
-			return refuse(outsideSource(s, m, outside))
+			return refuse(outsideSource(fmt.Sprintf("material %s (sha256 %s) of step %s", m.Name, m.SHA256, s.Name), m.SHA256, outside))
 		}
 		fail, err := w.unproduced(s, m, len(allowed) > 0)
 		if err != nil {
@@ -609,12 +614,13 @@ func passesOn(t StepRule, n *Node, digest string) bool {
 	})
 }
 
-// outsideSource is the failure of material m of step s that step
-// producer.Step, which has sources, produced outside its source.
-func outsideSource(s StepRule, m Material, producer *Node) *Failure {
+// outsideSource is the failure of what (a material, the artifact), of
+// that digest, which step producer.Step, a step with sources, produced
+// outside its source.
+func outsideSource(what, digest string, producer *Node) *Failure {
 	var names, trees []string
 	for _, sub := range producer.Attestation.Subjects {
-		if sub.SHA256 == m.SHA256 {
+		if sub.SHA256 == digest {
 			names = append(names, sub.Name)
 		}
 	}
@@ -626,8 +632,8 @@ func outsideSource(s StepRule, m Material, producer *Node) *Failure {
 		trees = append(trees, t.Path+" ("+state+")")
 	}
 	return &Failure{Step: producer.Step, Rule: "step." + producer.Step + ".sources",
-		Reason: fmt.Sprintf("material %s (sha256 %s) of step %s is %s's product %s (%s), which lies in no work tree its sources allow (work trees: %s; a .git directory is the repository, not the commit's tree): a step with sources passes on only its source's files, unless the policy sets products_outside_source = true for it",
-			m.Name, m.SHA256, s.Name, producer.Step, truncList(names, 5), producer.Origin, strings.Join(trees, ", "))}
+		Reason: fmt.Sprintf("%s is %s's product %s (%s), which lies in no work tree its sources allow (work trees: %s; a .git directory is the repository, not the commit's tree): a step with sources passes on only its source's files, unless the policy sets products_outside_source = true for it",
+			what, producer.Step, truncList(names, 5), producer.Origin, strings.Join(trees, ", "))}
 }
 
 // unproduced is the failure of a material no allowed step produced and
