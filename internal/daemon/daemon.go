@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -46,12 +47,13 @@ func Command[C any](s Spec[C]) (*cobra.Command, *string) {
 				if err != nil {
 					return err
 				}
-				defer s.Logger(cfg).Sync() //nolint:errcheck // nothing to do if stderr is gone
+				log := s.Logger(cfg)
+				defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
 				r, err := s.New(cfg)
 				if err != nil {
 					return err
 				}
-				return r.Run(cmd.Context())
+				return runLogged(cmd.Context(), log, r)
 			},
 		},
 		&cobra.Command{
@@ -68,6 +70,26 @@ func Command[C any](s Spec[C]) (*cobra.Command, *string) {
 		},
 	)
 	return root, configPath
+}
+
+// runLogged runs r until ctx ends (SIGINT or SIGTERM) and logs the stop:
+// when it began and how long draining took, so that a clean stop reads
+// differently from a crash in the logs.
+func runLogged(ctx context.Context, log *zap.Logger, r Runner) error {
+	began := make(chan time.Time, 1)
+	context.AfterFunc(ctx, func() {
+		began <- time.Now()
+		log.Info("Stopping")
+	})
+	err := r.Run(ctx)
+	select {
+	case at := <-began:
+		if err == nil {
+			log.Info("Stopped", zap.Duration("drain", time.Since(at)))
+		}
+	default:
+	}
+	return err
 }
 
 // Main executes root until SIGINT or SIGTERM and exits 1 on error.
