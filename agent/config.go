@@ -184,7 +184,7 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 	if f.Policy != nil {
 		rules, c.PolicyFromFile = f.Policy.Rules, true
 	}
-	if c.PolicyRefresh, err = config.Duration("agent.policy_refresh", a.PolicyRefresh, DefaultPolicyRefresh); err != nil {
+	if c.PolicyRefresh, err = config.DurationAtLeast("agent.policy_refresh", a.PolicyRefresh, DefaultPolicyRefresh, time.Second); err != nil {
 		return Config{}, err
 	}
 	if c.Policy, err = policy.New(rules); err != nil {

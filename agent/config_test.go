@@ -56,6 +56,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{name: "socket_mode world-writable", src: agentHCL(`socket_mode = "0666"`), wantErr: []string{`agent.socket_mode: "0666" lets every local user connect; use a group (socket_group) instead`}},
 		{name: "socket_mode world-writable only", src: agentHCL(`socket_mode = "0602"`), wantErr: []string{`agent.socket_mode: "0602" lets every local user connect`}},
 		{name: "socket_mode not octal", src: agentHCL(`socket_mode = "rw-rw----"`), wantErr: []string{`agent.socket_mode: "rw-rw----" is not an octal mode like "0660"`}},
+		{name: "policy_refresh that would fetch without pause", src: agentHCL(`policy_refresh = "1ns"`), wantErr: []string{"agent.policy_refresh: 1ns is shorter than 1s, the least it takes"}},
 		{name: "socket_mode beyond permissions", src: agentHCL(`socket_mode = "04660"`), wantErr: []string{`agent.socket_mode: "04660" is not an octal mode`}},
 		{name: "no agent block", src: "", wantErr: []string{"Missing agent block"}},
 		{

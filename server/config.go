@@ -158,7 +158,7 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 	if c.CertificateTTL, err = config.Duration("server.certificate_ttl", s.CertificateTTL, DefaultCertificateTTL); err != nil {
 		return Config{}, err
 	}
-	if c.MaxConnectionAge, err = config.Duration("server.max_connection_age", s.MaxConnectionAge, DefaultMaxConnectionAge); err != nil {
+	if c.MaxConnectionAge, err = config.DurationAtLeast("server.max_connection_age", s.MaxConnectionAge, DefaultMaxConnectionAge, 5*time.Second); err != nil {
 		return Config{}, err
 	}
 	if c.CertificateTTL < MinCertificateTTL {

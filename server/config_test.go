@@ -243,6 +243,17 @@ key_manager "vault" {
 			wantErr: []string{`server.certificate_ttl: "5" is not a duration`},
 		},
 		{
+			name:    "max_connection_age that would reconnect without pause",
+			src:     serverHCL(`max_connection_age = "1ms"`),
+			wantErr: []string{"server.max_connection_age: 1ms is shorter than 5s, the least it takes"},
+		},
+		{
+			name: "local ca_ttl that would rotate without pause",
+			src: `server { trust_domain = "example.org" }
+key_manager "local" { ca_ttl = "1s" }`,
+			wantErr: []string{`key_manager "local": ca_ttl: 1s is shorter than 1h0m0s, the least it takes`},
+		},
+		{
 			name:    "negative max_connection_age",
 			src:     serverHCL(`max_connection_age = "-1m"`),
 			wantErr: []string{"server.max_connection_age: must be positive"},

@@ -66,6 +66,18 @@ func Duration(key, value string, def time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
+// DurationAtLeast is Duration for a setting that must not be shorter
+// than least: one that sets how often something is redone, where a tiny
+// value is a busy loop (policy_refresh = "1ns" kept the agent and the
+// server at 60% of a core each), not a stricter setting.
+func DurationAtLeast(key, value string, def, least time.Duration) (time.Duration, error) {
+	d, err := Duration(key, value, def)
+	if err == nil && d < least {
+		return 0, fmt.Errorf("%s: %s is shorter than %s, the least it takes", key, value, least)
+	}
+	return d, err
+}
+
 // Log holds the logging settings both daemons take.
 type Log struct {
 	Level  string `hcl:"log_level,optional"`  // debug, info, warn, error; default info
