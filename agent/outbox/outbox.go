@@ -217,6 +217,9 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	if err := checkAncestors(filepath.Dir(dir)); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
@@ -311,6 +314,36 @@ func (o *Outbox) keepAside(off int, b []byte, suffix string) (string, error) {
 // user and is closed to group and others; else an ErrNotPrivate naming
 // what is wrong and how to fix it. A path that does not exist is
 // os.ErrNotExist.
+// checkAncestors refuses an outbox whose directory's parent (the agent's
+// data_dir) or any directory above it another user could rename entries
+// of: writable by group or others without the sticky bit, or owned by
+// someone other than root or the agent. Whoever could would move the
+// outbox aside, and the agent would start with an empty one, dropping
+// every attestation it had queued (found by an outside review with
+// data_dir 0777). Directories not made yet are made 0700 by Open.
+func checkAncestors(dir string) error {
+	euid := os.Geteuid()
+	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("outbox: %w", err)
+		default:
+			st, _ := fi.Sys().(*syscall.Stat_t)
+			if st != nil && st.Uid != 0 && int(st.Uid) != euid {
+				return fmt.Errorf("outbox: %s is owned by uid %d, neither root nor the agent (euid %d): that user could move the outbox aside, and the agent would drop what it queued", p, st.Uid, euid)
+			}
+			if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+				return fmt.Errorf("outbox: %s is writable by group or others: they could move the outbox aside, and the agent would drop what it queued (chmod go-w %s)", p, p)
+			}
+		}
+		if parent := filepath.Dir(p); parent == p {
+			return nil
+		}
+	}
+}
+
 func checkPrivate(path string, dir bool) error {
 	fi, err := os.Lstat(path)
 	if err != nil {

@@ -355,3 +355,50 @@ func TestTornTailIsKeptAndReported(t *testing.T) {
 		})
 	}
 }
+
+// Must show (from an outside review): with data_dir 0777, a local user
+// moved the outbox aside (mv data/outbox data/gone), and the restarted
+// agent started an empty one, dropping five queued attestations without
+// a word. The outbox is refused where another user could rename entries
+// of its parent or of any directory above it; a sticky directory (/tmp)
+// lets nobody rename another's entries.
+func TestOpenRefusesADataDirOthersCanRenameIn(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		parent, grandpar os.FileMode
+		owner            int // of the parent; -1: unchanged
+		want             string
+	}{
+		{"private", 0o700, 0o755, -1, ""},
+		{"readable by all", 0o755, 0o755, -1, ""},
+		{"writable by all", 0o777, 0o755, -1, "is writable by group or others"},
+		{"writable by the group", 0o770, 0o755, -1, "is writable by group or others"},
+		{"sticky and writable by all", 0o777 | os.ModeSticky, 0o755, -1, ""},
+		{"a directory above writable by all", 0o700, 0o777, -1, "is writable by group or others"},
+		{"owned by another user", 0o700, 0o755, 4012, "is owned by uid 4012"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.owner >= 0 && os.Geteuid() != 0 {
+				t.Skip("chown to another user needs root")
+			}
+			grand := filepath.Join(t.TempDir(), "grand")
+			parent := filepath.Join(grand, "data")
+			require.NoError(t, os.MkdirAll(parent, 0o700))
+			require.NoError(t, os.Chmod(grand, tc.grandpar))
+			require.NoError(t, os.Chmod(parent, tc.parent))
+			if tc.owner >= 0 {
+				require.NoError(t, os.Chown(parent, tc.owner, tc.owner))
+			}
+			t.Cleanup(func() { os.Chmod(grand, 0o700) }) //nolint:errcheck // best effort
+			o, err := Open(filepath.Join(parent, "outbox"), Options{})
+			if tc.want == "" {
+				require.NoError(t, err)
+				require.NoError(t, o.Close())
+				return
+			}
+			require.ErrorContains(t, err, tc.want)
+			_, statErr := os.Stat(filepath.Join(parent, "outbox"))
+			require.ErrorIs(t, statErr, os.ErrNotExist, "nothing made where it was refused")
+		})
+	}
+}
