@@ -26,6 +26,8 @@ func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte(`version = "1"`))
 	f.Add([]byte(`{"version": 1, "step": {"a": {"workload_selectors": [1]}}}`))
 	f.Add([]byte("version = 1\nsource \"s\" {\n repositories = [\"[\"]\n}\n"))
+	f.Add([]byte("version = -1\nstep \"a\" {\n workload_selectors = [\"u:1\"][0]\n}\n"))
+	f.Add([]byte("version = 1\nstep \"a\" {\n workload_selectors = [\"${x}\", \"%{if a}\"]\n}\n"))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		p, err := pipeline.ParsePolicy("fuzz.hcl", src)
 		if err != nil {
