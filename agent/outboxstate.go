@@ -54,13 +54,15 @@ func (a *Agent) outboxStatus() *OutboxStatus {
 	st.DamagedDir, st.Damaged = ob.DamagedFiles()
 	if err := ob.Broken(); err != nil {
 		st.RefusingWrites = err.Error()
+		a.outboxRefusesWrites(err)
 	}
 	return st
 }
 
-// outboxRefusesWrites reports a Put that failed because the outbox
-// refuses every write, once, at error level, and on the gauge: only a
-// restart mends it, and /readyz says so too.
+// outboxRefusesWrites reports, once, at error level, and on the gauge,
+// that the outbox refuses every write, when whatever finds it so first
+// (an attestation or a settlement refused, /readyz, /status): only a
+// restart mends it.
 func (a *Agent) outboxRefusesWrites(err error) {
 	a.metrics.outboxRefusingWrites.Set(1)
 	if a.outboxBrokenLogged.CompareAndSwap(false, true) {

@@ -71,7 +71,7 @@ func localKeyManager(body hcl.Body, dataDir string, _ func(string) string) (func
 	if err := config.DecodeBlock(body, &b); err != nil {
 		return nil, err
 	}
-	ttl, err := config.DurationAtLeast("ca_ttl", b.CATTL, local.DefaultCATTL, time.Hour)
+	ttl, err := config.DurationAtLeast("ca_ttl", b.CATTL, local.DefaultCATTL, 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}

@@ -251,7 +251,7 @@ key_manager "vault" {
 			name: "local ca_ttl that would rotate without pause",
 			src: `server { trust_domain = "example.org" }
 key_manager "local" { ca_ttl = "1s" }`,
-			wantErr: []string{`key_manager "local": ca_ttl: 1s is shorter than 1h0m0s, the least it takes`},
+			wantErr: []string{`key_manager "local": ca_ttl: 1s is shorter than 24h0m0s, the least it takes`},
 		},
 		{
 			name:    "negative max_connection_age",
@@ -330,7 +330,7 @@ func FuzzParseConfig(f *testing.F) {
   data_dir          = "/var/lib/x"
   certificate_ttl   = "30s"
 }
-key_manager "local" { ca_ttl = "1h" }`)
+key_manager "local" { ca_ttl = "24h" }`)
 	f.Add(`server { trust_domain = "example.org" }
 key_manager "vault" {
   address = "https://vault:8200"

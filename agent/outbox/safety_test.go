@@ -402,3 +402,29 @@ func TestOpenRefusesADataDirOthersCanRenameIn(t *testing.T) {
 		})
 	}
 }
+
+// The attacker review's bypass: data_dir is a symbolic link, in a private
+// directory, to a directory inside one that everyone may write. The
+// directories that really hold the outbox are checked too.
+func TestOpenRefusesADataDirLinkedIntoADirectoryOthersCanRenameIn(t *testing.T) {
+	base := t.TempDir()
+	shared := filepath.Join(base, "shared")
+	real := filepath.Join(shared, "data")
+	require.NoError(t, os.MkdirAll(real, 0o700))
+	require.NoError(t, os.Chmod(shared, 0o777))
+	safe := filepath.Join(base, "safe")
+	require.NoError(t, os.Mkdir(safe, 0o755))
+	dataDir := filepath.Join(safe, "data")
+	require.NoError(t, os.Symlink(real, dataDir))
+
+	for _, dir := range []string{filepath.Join(real, "outbox"), filepath.Join(dataDir, "outbox")} {
+		_, err := Open(dir, Options{})
+		require.ErrorIs(t, err, ErrNotPrivate, dir)
+		require.ErrorContains(t, err, shared+" is writable by group or others")
+	}
+	// With the shared directory closed, the link is fine.
+	require.NoError(t, os.Chmod(shared, 0o755))
+	o, err := Open(filepath.Join(dataDir, "outbox"), Options{})
+	require.NoError(t, err)
+	require.NoError(t, o.Close())
+}

@@ -76,18 +76,20 @@ func Command[C any](s Spec[C]) (*cobra.Command, *string) {
 // when it began and how long draining took, so that a clean stop reads
 // differently from a crash in the logs.
 func runLogged(ctx context.Context, log *zap.Logger, r Runner) error {
-	began := make(chan time.Time, 1)
-	context.AfterFunc(ctx, func() {
-		began <- time.Now()
+	var began time.Time
+	logged := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		began = time.Now()
 		log.Info("Stopping")
+		close(logged)
 	})
 	err := r.Run(ctx)
-	select {
-	case at := <-began:
-		if err == nil {
-			log.Info("Stopped", zap.Duration("drain", time.Since(at)))
-		}
-	default:
+	if stop() {
+		return err // it ended on its own, before any stop
+	}
+	<-logged // "Stopping" first, and began set
+	if err == nil {
+		log.Info("Stopped", zap.Duration("drain", time.Since(began)))
 	}
 	return err
 }

@@ -52,3 +52,22 @@ func TestRunLoggedLogsTheStop(t *testing.T) {
 	require.Error(t, err)
 	require.Zero(t, logs.Len())
 }
+
+// The attacker review's race: a runner that returns the moment ctx ends
+// raced the logging of the stop; "Stopped" went missing or came first.
+func TestRunLoggedOrdersTheStopLines(t *testing.T) {
+	for range 500 {
+		core, logs := observer.New(zap.InfoLevel)
+		ctx, cancel := context.WithCancel(context.Background())
+		err := runLogged(ctx, zap.New(core), runnerFunc(func(ctx context.Context) error {
+			cancel()
+			<-ctx.Done()
+			return nil
+		}))
+		require.NoError(t, err)
+		all := logs.All()
+		require.Len(t, all, 2)
+		require.Equal(t, "Stopping", all[0].Message)
+		require.Equal(t, "Stopped", all[1].Message)
+	}
+}
