@@ -358,6 +358,20 @@ func (s *Server) Kill() {
 	}
 }
 
+// Hang stops the server's processes (SIGSTOP) without closing anything:
+// connections are accepted by the kernel and never answered, as by a
+// server that hangs. The returned function resumes them (SIGCONT).
+func (s *Server) Hang() (resume func()) {
+	s.mu.Lock()
+	cmd := s.proc
+	s.mu.Unlock()
+	if cmd == nil {
+		return func() {}
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGSTOP)                   //nolint:errcheck // gone already is fine
+	return func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGCONT) } //nolint:errcheck // as above
+}
+
 // Restart starts a persistent server again after Kill, on the same port
 // with the same data, and unseals it.
 func (s *Server) Restart(ctx context.Context) error {

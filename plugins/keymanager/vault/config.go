@@ -3,6 +3,7 @@ package vault
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -34,6 +35,10 @@ type Config struct {
 	// Token is the static token for the dev_token method, taken from the
 	// VAULT_TOKEN environment variable, never from the file.
 	Token string
+
+	// requestTimeout bounds each request (tests); zero is
+	// defaultRequestTimeout.
+	requestTimeout time.Duration
 }
 
 // AuthConfig is the auth "METHOD" block.

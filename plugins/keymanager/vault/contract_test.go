@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -496,6 +497,45 @@ func TestContractFaults(t *testing.T) {
 		require.Contains(t, ve.Fix(), "unseal")
 		require.Len(t, logs.FilterMessage("Vault fault: sealed").All(), 1)
 		require.NoError(t, own.Unseal(ctx))
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		require.Len(t, logs.FilterMessage("Vault answers again").All(), 1)
+	})
+
+	// Must show (from an outside review, which stopped OpenBao with
+	// SIGSTOP for 100 s): a Vault that hangs is the key manager's fault,
+	// unreachable, within its request bound, which is shorter than an
+	// agent's call to the server; before, both were 30 s, the agent gave up
+	// first, and the server logged only "context canceled". A caller that
+	// gives up first is still not Vault's fault.
+	t.Run("hung, then resumed", func(t *testing.T) {
+		f := newFixture(t, own, "cert", nil)
+		core, logs := observer.New(zap.InfoLevel)
+		c := f.config(f.certAuth())
+		vault.SetRequestTimeout(&c, 2*time.Second)
+		km, err := vault.New(c, vault.Deps{Log: zap.New(core), SVIDs: &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}})
+		require.NoError(t, err)
+		csr, _ := newCSR(t)
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+
+		resume := own.Hang()
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second) // an agent's call
+		start := time.Now()
+		_, err = km.SignCSR(callCtx, csr, agentID, time.Minute)
+		took := time.Since(start)
+		cancel()
+		gaveUp, cancel := context.WithTimeout(ctx, time.Second)
+		_, errGaveUp := km.SignCSR(gaveUp, csr, agentID, time.Minute)
+		cancel()
+		resume()
+
+		requireFault(t, err, vault.ErrUnreachable, "no answer within 2s")
+		require.Less(t, took, 10*time.Second)
+		require.Len(t, logs.FilterMessage("Vault fault: unreachable").All(), 1)
+		require.ErrorIs(t, errGaveUp, context.DeadlineExceeded)
+		var ve *vault.Error
+		require.False(t, errors.As(errGaveUp, &ve), "the caller gave up: %v", errGaveUp)
 		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
 		require.NoError(t, err)
 		require.Len(t, logs.FilterMessage("Vault answers again").All(), 1)

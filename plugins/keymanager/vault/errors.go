@@ -135,15 +135,27 @@ func (e *Error) path() string {
 	return e.Op
 }
 
+// isTimeout reports whether err is a network timeout (net.Error).
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
 // classify turns a Vault client error into an *Error naming its fault. A
 // 403 is ErrRefusedByPolicy: call has by then logged in afresh (or cannot,
 // with dev_token).
-func (k *KeyManager) classify(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+func (k *KeyManager) classify(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
 		// The caller gave up: not Vault's fault.
 		return fmt.Errorf("vault: %s: %w", op, err)
 	}
 	e := &Error{Op: op, Address: k.cfg.Address}
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		// Vault took all of requestTimeout: it hangs, or the way to it
+		// does.
+		e.Fault, e.Err = ErrUnreachable, fmt.Errorf("no answer within %s: %w", k.cfg.requestTimeoutOr(), err)
+		return e
+	}
 	var re *api.ResponseError
 	if !errors.As(err, &re) {
 		e.Fault, e.Err = ErrUnreachable, err

@@ -13,6 +13,7 @@
 package vault
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -120,13 +121,25 @@ func New(cfg Config, deps Deps) (*KeyManager, error) {
 	return km, nil
 }
 
+// defaultRequestTimeout bounds each request to Vault. It is shorter than
+// an agent's call to the server (30 s), so that a Vault that hangs is
+// reported as the key manager's fault (unreachable), to the agent and in
+// the server's log, before the agent gives up and blames the server (as
+// it did with 30 s here).
+const defaultRequestTimeout = 10 * time.Second
+
+// requestTimeout is the bound on each request to Vault.
+func (c Config) requestTimeoutOr() time.Duration {
+	return cmp.Or(c.requestTimeout, defaultRequestTimeout)
+}
+
 func newClient(cfg Config, transport *http.Transport) (*api.Client, error) {
 	// api.DefaultConfig would read VAULT_* variables (VAULT_SKIP_VERIFY
 	// among them); the file is the only source of settings here.
 	client, err := api.NewClient(&api.Config{
 		Address:    cfg.Address,
-		HttpClient: &http.Client{Transport: transport, Timeout: 30 * time.Second},
-		Timeout:    30 * time.Second,
+		HttpClient: &http.Client{Transport: transport, Timeout: cfg.requestTimeoutOr()},
+		Timeout:    cfg.requestTimeoutOr(),
 		MaxRetries: 0, // the agent retries with backoff; fail fast and say why
 	})
 	if err != nil {
@@ -206,7 +219,7 @@ func (k *KeyManager) callOnce(ctx context.Context, op string, do func() (*api.Se
 		k.setRefused(op, gen, isForbidden(err))
 	}
 	if err != nil {
-		return nil, k.classify(op, err)
+		return nil, k.classify(ctx, op, err)
 	}
 	k.setRefused(op, gen, false)
 	return secret, nil
@@ -280,7 +293,7 @@ func (k *KeyManager) devToken(ctx context.Context) (time.Duration, bool, error) 
 	k.client.SetToken(k.cfg.Token)
 	self, err := k.client.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		return 0, false, k.classify(opTokenLookup, err)
+		return 0, false, k.classify(ctx, opTokenLookup, err)
 	}
 	ttl, err := self.TokenTTL()
 	if err != nil {
@@ -296,7 +309,7 @@ func (k *KeyManager) devToken(ctx context.Context) (time.Duration, bool, error) 
 	}
 	renewed, err := k.client.Auth().Token().RenewSelfWithContext(ctx, 0)
 	if err != nil {
-		return 0, false, k.classify("token renew", err)
+		return 0, false, k.classify(ctx, "token renew", err)
 	}
 	return time.Duration(renewed.Auth.LeaseDuration) * time.Second, true, nil
 }
@@ -322,7 +335,7 @@ func (k *KeyManager) loginWith(ctx context.Context, c *api.Client, data map[stri
 	op := k.cfg.Auth.Method + " login at " + path
 	secret, err := c.Logical().WriteWithContext(ctx, path, data)
 	if err != nil {
-		return 0, k.classify(op, err)
+		return 0, k.classify(ctx, op, err)
 	}
 	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
 		return 0, k.misconfigured(op, "no token in the answer")
