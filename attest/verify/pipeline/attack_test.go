@@ -18,6 +18,15 @@ import (
 // supplier would try them: each makes the walk accept what the policy
 // refuses unless the walk holds.
 
+// widgetAtCommit begins a policy: its version, and the widget source at
+// commit.
+const widgetAtCommit = `
+version = 1
+source "widget" {
+  repositories = ["https://git.example.org/acme/*"]
+  commits      = ["` + commit + `"]
+}`
+
 // A step whose source is a clean work tree stashes an input under the
 // work tree's .git directory, which the clean check does not compare
 // (the repository is not the tree): the material must not pass as the
@@ -25,12 +34,7 @@ import (
 func TestAttackMaterialUnderDotGit(t *testing.T) {
 	f := newFixture(t)
 	// build checks the source out itself; package takes build's app.
-	p := mustPolicy(t, `
-version = 1
-source "widget" {
-  repositories = ["https://git.example.org/acme/*"]
-  commits      = ["`+commit+`"]
-}
+	p := mustPolicy(t, widgetAtCommit+`
 step "build" {
   workload_spiffe_ids     = ["`+buildID+`"]
   sources                 = ["widget"]
@@ -305,12 +309,7 @@ func TestAttackMixedBundles(t *testing.T) {
 // the tree's .git.
 func TestAttackFinalSourceStepVouchesForAFileNotOfItsSource(t *testing.T) {
 	f := newFixture(t)
-	p := mustPolicy(t, `
-version = 1
-source "widget" {
-  repositories = ["https://git.example.org/acme/*"]
-  commits      = ["`+commit+`"]
-}
+	p := mustPolicy(t, widgetAtCommit+`
 step "checkout" {
   workload_spiffe_ids = ["`+checkoutID+`"]
   sources             = ["widget"]
