@@ -84,8 +84,6 @@ type Agent struct {
 	keys    keyHolder
 	pol     atomic.Pointer[policy.Policy] // in force
 	outbox  *outbox.Outbox                // opened by Run
-	// outboxBrokenLogged: the outbox's refusing every write was logged.
-	outboxBrokenLogged atomic.Bool
 	// submitNudge wakes the log submitter when an envelope is queued.
 	submitNudge chan struct{}
 	// timestamps obtains the timestamp of every signature (timestamp.go).

@@ -84,7 +84,6 @@ func (a *Agent) serveHealth(ctx context.Context, ln net.Listener) error {
 		}
 		if ob := a.outbox; ob != nil {
 			if err := ob.Broken(); err != nil {
-				a.outboxRefusesWrites(err)
 				http.Error(w, "not ready: "+err.Error()+" (restart hallmark-agent once its data_dir is writable)", http.StatusServiceUnavailable)
 				return
 			}

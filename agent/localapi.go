@@ -525,9 +525,6 @@ func (api *localAPI) sign(ctx context.Context, c *caller, req *agentv1.AttestSte
 	if a.outbox != nil {
 		if err := a.outbox.Put(outbox.Item{ID: step.InvocationID, Bundle: bundle, Certificate: held.leaf().Raw}); err != nil {
 			a.metrics.attestations.WithLabelValues(resultError).Inc()
-			if broken := a.outbox.Broken(); broken != nil {
-				a.outboxRefusesWrites(broken)
-			}
 			return nil, status.Errorf(codes.Unavailable, "queue the attestation for the log: %v", err)
 		}
 		a.nudgeSubmitter()

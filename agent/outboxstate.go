@@ -14,7 +14,8 @@ import (
 // what became of one) that will not reach the log from here. An outbox
 // in a format this agent cannot read stops the agent, left untouched.
 func (a *Agent) openOutbox(dir string) (*outbox.Outbox, error) {
-	ob, err := outbox.Open(dir, outbox.Options{Now: a.cfg.Now, Log: a.log})
+	ob, err := outbox.Open(dir, outbox.Options{Now: a.cfg.Now, Log: a.log,
+		OnBroken: func(error) { a.metrics.outboxRefusingWrites.Set(1) }})
 	if err != nil {
 		return nil, err
 	}
@@ -54,18 +55,6 @@ func (a *Agent) outboxStatus() *OutboxStatus {
 	st.DamagedDir, st.Damaged = ob.DamagedFiles()
 	if err := ob.Broken(); err != nil {
 		st.RefusingWrites = err.Error()
-		a.outboxRefusesWrites(err)
 	}
 	return st
-}
-
-// outboxRefusesWrites reports, once, at error level, and on the gauge,
-// that the outbox refuses every write, when whatever finds it so first
-// (an attestation or a settlement refused, /readyz, /status): only a
-// restart mends it.
-func (a *Agent) outboxRefusesWrites(err error) {
-	a.metrics.outboxRefusingWrites.Set(1)
-	if a.outboxBrokenLogged.CompareAndSwap(false, true) {
-		a.log.Error("The outbox refuses every write, so every attestation is refused: restart hallmark-agent once its data_dir is writable (nothing queued is lost)", zap.Error(err))
-	}
 }

@@ -217,9 +217,6 @@ func (a *Agent) refused(it outbox.Item, reason string) outbox.Settlement {
 // settle records settlements and updates the outbox gauges.
 func (a *Agent) settle(settled []outbox.Settlement) error {
 	if err := a.outbox.Settle(settled); err != nil {
-		if broken := a.outbox.Broken(); broken != nil {
-			a.outboxRefusesWrites(broken)
-		}
 		return err
 	}
 	a.metrics.outboxQueued.Set(float64(a.outbox.Len()))

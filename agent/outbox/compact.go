@@ -322,8 +322,7 @@ func (o *Outbox) finishCompaction(c *compaction) error {
 	if err != nil {
 		// o.file is the old file, unlinked: what it holds stays
 		// readable, but nothing appended to it would last.
-		o.closed = true
-		o.broken = fmt.Errorf("a compaction replaced the file but %w", err)
+		o.setBroken(fmt.Errorf("a compaction replaced the file but %w", err))
 		return err
 	}
 	// The old file is closed by the caller, once writes go on: closing

@@ -7,12 +7,15 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // within runs op and fails the test when it takes longer than a generous
@@ -551,7 +554,9 @@ func TestWriteFailureWhileACompactionWaitsToSwap(t *testing.T) {
 // the file is read again.
 func TestWritesQueuedBehindAFailedWriteAreNotLost(t *testing.T) {
 	dir := privateDir(t)
-	o, err := Open(dir, Options{})
+	core, logs := observer.New(zap.ErrorLevel)
+	var told []error
+	o, err := Open(dir, Options{Log: zap.New(core), OnBroken: func(err error) { told = append(told, err) }})
 	require.NoError(t, err)
 	require.NoError(t, o.Put(item("a")))
 	restore, fail := swapFile(t, o)
@@ -582,6 +587,12 @@ func TestWritesQueuedBehindAFailedWriteAreNotLost(t *testing.T) {
 	errB := <-queued
 	errC := o.Put(item("c"))
 	require.ErrorContains(t, o.Broken(), "refusing writes: a write failed and rewriting the file after it failed too")
+	o.mu.Lock()
+	toldOnce := slices.Clone(told)
+	o.mu.Unlock()
+	require.Len(t, toldOnce, 1, "OnBroken once, however many writes are refused after")
+	require.Equal(t, o.Broken().Error(), toldOnce[0].Error())
+	require.Equal(t, 1, logs.FilterMessageSnippet("refuses every write").Len())
 	require.NoError(t, o.Close())
 	require.NoError(t, os.RemoveAll(tmp))
 

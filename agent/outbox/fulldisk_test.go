@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -65,4 +66,59 @@ func TestFullDiskFailsOnlyTheWriteThatMeetsIt(t *testing.T) {
 	require.Empty(t, o.Damaged())
 	_, torn := o.Torn()
 	require.False(t, torn)
+}
+
+// The same on a real full disk, as the outside review did it: data_dir on
+// a small tmpfs, a file filling it, one put, the file removed, and more
+// puts. Before, every put after the first full-disk write was refused
+// until a restart. Here with nothing left free, and with 8 KiB left
+// (part of the record reaches the disk).
+func TestFullTmpfsFailsOnlyTheWritesThatMeetIt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root (CI runs as root)")
+	}
+	for _, free := range []int64{0, 8 << 10} {
+		t.Run(fmt.Sprintf("%d bytes free", free), func(t *testing.T) {
+			mnt := t.TempDir()
+			require.NoError(t, unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m,mode=0700"))
+			t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) }) //nolint:errcheck // best effort
+			dir := filepath.Join(mnt, "outbox")
+			o, err := Open(dir, Options{})
+			require.NoError(t, err)
+			require.NoError(t, o.Put(item("a")))
+
+			filler, err := os.Create(filepath.Join(mnt, "filler"))
+			require.NoError(t, err)
+			chunk := make([]byte, 4096)
+			var size int64
+			for {
+				n, err := filler.Write(chunk)
+				size += int64(n)
+				if err != nil {
+					require.ErrorIs(t, err, unix.ENOSPC)
+					break
+				}
+			}
+			require.NoError(t, filler.Truncate(size-free))
+			require.NoError(t, filler.Close())
+
+			errFull := o.Put(Item{ID: "big", Bundle: bytes.Repeat([]byte("b"), 64<<10)})
+			require.NoError(t, os.Remove(filepath.Join(mnt, "filler")))
+			require.ErrorIs(t, errFull, unix.ENOSPC)
+			require.NoError(t, o.Put(item("after")), "space is back: puts go on")
+			require.NoError(t, o.Broken())
+			require.NoError(t, o.Close())
+
+			o, err = Open(dir, Options{})
+			require.NoError(t, err)
+			defer o.Close()
+			checkAll(t, o, []string{"a", "after"}, "reopened")
+			_, ok, err := o.Get("big")
+			require.NoError(t, err)
+			require.False(t, ok)
+			require.Empty(t, o.Damaged())
+			_, torn := o.Torn()
+			require.False(t, torn)
+		})
+	}
 }

@@ -80,8 +80,13 @@ type Options struct {
 	Now       func() time.Time
 	// Log receives what the outbox cannot return to a caller: a torn
 	// tail dropped at Open (Warn), a compaction that failed or a record
-	// found damaged by one (Error). Nil: nothing is logged.
+	// found damaged by one, the outbox refusing every write (Error).
+	// Nil: nothing is logged.
 	Log *zap.Logger
+	// OnBroken, when set, is called once, with Broken's error, when the
+	// outbox comes to refuse every write. It runs with the outbox locked:
+	// it must not block or call the Outbox.
+	OnBroken func(error)
 }
 
 // Outbox is the durable queue. Its methods are safe for concurrent use.
@@ -721,25 +726,37 @@ func (o *Outbox) flush() {
 				w.apply(at)
 			}
 			o.maybeCompact()
-		} else if cutBack {
-			// The batch failed; the file is as it was before it.
-		} else if rerr := o.rewrite(); rerr != nil {
+		} else if !cutBack {
 			// A partial record may sit mid-file, where replay would stop:
 			// rebuild from memory, or refuse to go on appending after it,
 			// the writes already queued included (broken, not just
 			// closed: those would be acknowledged after the partial
 			// record, which swallows them on replay).
-			o.closed = true
-			if o.broken == nil {
-				o.broken = fmt.Errorf("a write failed and rewriting the file after it failed too: %w", rerr)
+			if rerr := o.rewrite(); rerr != nil {
+				o.setBroken(fmt.Errorf("a write failed and rewriting the file after it failed too: %w", rerr))
+				err = errors.Join(err, rerr)
 			}
-			err = errors.Join(err, rerr)
 		}
 		o.cond.Broadcast()
 		o.mu.Unlock()
 		for _, w := range batch {
 			w.done <- err
 		}
+	}
+}
+
+// setBroken makes the outbox refuse every write from now on, for why
+// (the first reason is kept); the first time, it logs that and calls
+// Options.OnBroken. Callers hold o.mu.
+func (o *Outbox) setBroken(why error) {
+	o.closed = true
+	if o.broken != nil {
+		return
+	}
+	o.broken = why
+	o.log.Error("The outbox refuses every write, so every attestation is refused until the agent restarts (nothing acknowledged is lost: the restart reads the file)", zap.Error(why))
+	if o.opts.OnBroken != nil {
+		o.opts.OnBroken(o.refusal())
 	}
 }
 
