@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -32,7 +33,7 @@ func TestRunLoggedLogsTheStop(t *testing.T) {
 			err := runLogged(ctx, zap.New(core), runnerFunc(func(ctx context.Context) error {
 				cancel()
 				<-ctx.Done()
-				require.Eventually(t, func() bool { return logs.FilterMessage("Stopping").Len() == 1 }, 5e9, 1e6)
+				require.Eventually(t, func() bool { return logs.FilterMessage("Stopping").Len() == 1 }, 5*time.Second, time.Millisecond)
 				return tc.runErr
 			}))
 			require.ErrorIs(t, err, tc.runErr)

@@ -231,19 +231,35 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 	}
 	var out []Candidate
 	skipped := 0
+	passOver := func(e SearchEntry) error {
+		if skipped++; skipped > maxSkipped {
+			return &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("log search: more than %d entries naming sha256:%s are by builders, or of steps and workloads, no rule allows (one by %s); not reading further", maxSkipped, sha256Hex, e.SPIFFEID)}}
+		}
+		return nil
+	}
 	for start := int64(0); ; {
 		page, err := l.page(ctx, sha256Hex, start)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range page.Entries {
-			if l.Builder != nil && !l.Builder(e.SPIFFEID) || l.Step != nil && !l.mayBeStep(e) {
-				if skipped++; skipped > maxSkipped {
-					return nil, &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("log search: more than %d entries naming sha256:%s are by builders, or of steps and workloads, no rule allows (one by %s); not reading further", maxSkipped, sha256Hex, e.SPIFFEID)}}
+			if l.Builder != nil && !l.Builder(e.SPIFFEID) { // needs no decoding
+				if err := passOver(e); err != nil {
+					return nil, err
 				}
 				continue
 			}
-			b, index, err := RebuildBundle(e)
+			env, err := envelopeOf(e)
+			if err != nil {
+				return nil, fmt.Errorf("pipeline: log search: entry from %s: envelope: %w", l.BaseURL, err)
+			}
+			if l.Step != nil && !l.mayBeStep(e, env) {
+				if err := passOver(e); err != nil {
+					return nil, err
+				}
+				continue
+			}
+			b, index, err := rebuildBundle(e, env)
 			if err != nil {
 				return nil, fmt.Errorf("pipeline: log search: entry from %s: %w", l.BaseURL, err)
 			}
@@ -263,15 +279,21 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 }
 
 // mayBeStep asks Step about entry e: its submitting agent, and the step
-// and workload its statement claims, read from its envelope without
-// trusting any of them.
-func (l *LogSearch) mayBeStep(e SearchEntry) bool {
-	var env dssepb.Envelope
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(e.DSSEEnvelope, &env); err != nil {
-		return false
-	}
+// and workload the statement of env, its envelope, claims, none of them
+// trusted.
+func (l *LogSearch) mayBeStep(e SearchEntry, env *dssepb.Envelope) bool {
 	c := claimedStatement(env.GetPayload())
 	return l.Step(e.SPIFFEID, c.step, c.workloadSPIFFEIDs, c.workloadSelectors)
+}
+
+// envelopeOf decodes e's DSSE envelope, once for the search's filter and
+// the bundle it rebuilds.
+func envelopeOf(e SearchEntry) (*dssepb.Envelope, error) {
+	var env dssepb.Envelope
+	if err := protojson.Unmarshal(e.DSSEEnvelope, &env); err != nil {
+		return nil, err
+	}
+	return &env, nil
 }
 
 // searchURL is the search for the entries naming a digest from index
@@ -322,13 +344,18 @@ func (l *LogSearch) page(ctx context.Context, sha256Hex string, start int64) (*s
 // its log entry, envelope, certificate and RFC 3161 timestamp. It returns
 // the bundle's JSON and the entry's log index. Nothing is verified.
 func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
+	env, err := envelopeOf(e)
+	if err != nil {
+		return nil, 0, fmt.Errorf("envelope: %w", err)
+	}
+	return rebuildBundle(e, env)
+}
+
+// rebuildBundle is RebuildBundle with e's envelope decoded.
+func rebuildBundle(e SearchEntry, env *dssepb.Envelope) ([]byte, int64, error) {
 	var entry rekorpb.TransparencyLogEntry
 	if err := protojson.Unmarshal(e.TlogEntry, &entry); err != nil {
 		return nil, 0, fmt.Errorf("tlog entry: %w", err)
-	}
-	var env dssepb.Envelope
-	if err := protojson.Unmarshal(e.DSSEEnvelope, &env); err != nil {
-		return nil, 0, fmt.Errorf("envelope: %w", err)
 	}
 	if len(e.Certificate) == 0 || len(e.SignedTimestamp) == 0 {
 		return nil, 0, fmt.Errorf("log entry %d: no certificate or timestamp in the server's answer", entry.GetLogIndex())
@@ -342,7 +369,7 @@ func RebuildBundle(e SearchEntry) ([]byte, int64, error) {
 				Rfc3161Timestamps: []*commonpb.RFC3161SignedTimestamp{{SignedTimestamp: e.SignedTimestamp}},
 			},
 		},
-		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: &env},
+		Content: &bundlepb.Bundle_DsseEnvelope{DsseEnvelope: env},
 	}
 	out, err := attest.MarshalBundle(b)
 	return out, entry.GetLogIndex(), err

@@ -43,46 +43,71 @@ func checkShape(filename string, src []byte, json bool) error {
 		return checkJSONShape(filename, src)
 	}
 	tokens, _ := hclsyntax.LexConfig(src, filename, hcl.InitialPos) // the parser reports lexing errors
-	type open struct {
-		typ     hclsyntax.TokenType
-		entries int // commas, in a list
-	}
 	var (
-		stack []open
-		prev  hclsyntax.TokenType // the last token other than a comment or newline
+		open nesting
+		prev hclsyntax.TokenType // the last token other than a comment or newline
 	)
 	for _, tok := range tokens {
-		if !policyTokens[tok.Type] {
-			return shapeError(filename, tok.Range.Start, fmt.Sprintf("%q is not allowed: a policy's values are literal strings, numbers, booleans and lists of them", truncate(string(tok.Bytes), 16)))
-		}
-		switch tok.Type {
-		case hclsyntax.TokenOBrack:
+		problem := ""
+		switch {
+		case !policyTokens[tok.Type]:
+			problem = fmt.Sprintf("%q is not allowed: a policy's values are literal strings, numbers, booleans and lists of them", truncate(string(tok.Bytes), 16))
+		case tok.Type == hclsyntax.TokenOBrack:
 			// A list is a value: it follows "=", "[" or ",". After
 			// anything else it would index one.
 			if prev != hclsyntax.TokenEqual && prev != hclsyntax.TokenOBrack && prev != hclsyntax.TokenComma {
-				return shapeError(filename, tok.Range.Start, "an index is not allowed: a list follows \"=\", \"[\" or \",\"")
+				problem = "an index is not allowed: a list follows \"=\", \"[\" or \",\""
+			} else {
+				problem = open.push(true)
 			}
-			fallthrough
-		case hclsyntax.TokenOBrace:
-			if stack = append(stack, open{typ: tok.Type}); len(stack) > maxPolicyDepth {
-				return shapeError(filename, tok.Range.Start, fmt.Sprintf("nested more than %d deep", maxPolicyDepth))
-			}
-		case hclsyntax.TokenCBrace, hclsyntax.TokenCBrack:
-			if len(stack) > 0 {
-				stack = stack[:len(stack)-1]
-			}
-		case hclsyntax.TokenComma:
-			if top := len(stack) - 1; top >= 0 && stack[top].typ == hclsyntax.TokenOBrack {
-				if stack[top].entries++; stack[top].entries > maxListLen {
-					return shapeError(filename, tok.Range.Start, fmt.Sprintf("a list of more than %d entries", maxListLen))
-				}
-			}
+		case tok.Type == hclsyntax.TokenOBrace:
+			problem = open.push(false)
+		case tok.Type == hclsyntax.TokenCBrace, tok.Type == hclsyntax.TokenCBrack:
+			open.pop()
+		case tok.Type == hclsyntax.TokenComma:
+			problem = open.comma()
+		}
+		if problem != "" {
+			return shapeError(filename, tok.Range.Start, problem)
 		}
 		if tok.Type != hclsyntax.TokenComment && tok.Type != hclsyntax.TokenNewline {
 			prev = tok.Type
 		}
 	}
 	return nil
+}
+
+// nesting follows the open brackets and braces of a policy file, and the
+// entries of each open list, for both syntaxes' checks. Its methods
+// return what is wrong, or "".
+type nesting []level
+
+// level is one open bracket (a list) or brace.
+type level struct {
+	list   bool
+	commas int
+}
+
+func (n *nesting) push(list bool) string {
+	if *n = append(*n, level{list: list}); len(*n) > maxPolicyDepth {
+		return fmt.Sprintf("nested more than %d deep", maxPolicyDepth)
+	}
+	return ""
+}
+
+func (n *nesting) pop() {
+	if len(*n) > 0 {
+		*n = (*n)[:len(*n)-1]
+	}
+}
+
+func (n *nesting) comma() string {
+	if top := len(*n) - 1; top >= 0 && (*n)[top].list {
+		if (*n)[top].commas++; (*n)[top].commas > maxListLen {
+			return fmt.Sprintf("a list of more than %d entries", maxListLen)
+		}
+	}
+	return ""
 }
 
 func truncate(s string, n int) string {
@@ -96,13 +121,10 @@ func truncate(s string, n int) string {
 // whole: ParsePolicy decodes without an evaluation context, so HCL reads
 // no template in them.
 func checkJSONShape(filename string, src []byte) error {
-	type open struct {
-		c       byte
-		entries int
-	}
-	var stack []open
+	var open nesting
 	inString, escaped := false, false
 	for i, c := range src {
+		problem := ""
 		switch {
 		case inString:
 			switch {
@@ -116,19 +138,14 @@ func checkJSONShape(filename string, src []byte) error {
 		case c == '"':
 			inString = true
 		case c == '[' || c == '{':
-			if stack = append(stack, open{c: c}); len(stack) > maxPolicyDepth {
-				return shapeError(filename, offsetPos(src, i), fmt.Sprintf("nested more than %d deep", maxPolicyDepth))
-			}
+			problem = open.push(c == '[')
 		case c == ']' || c == '}':
-			if len(stack) > 0 {
-				stack = stack[:len(stack)-1]
-			}
+			open.pop()
 		case c == ',':
-			if top := len(stack) - 1; top >= 0 && stack[top].c == '[' {
-				if stack[top].entries++; stack[top].entries > maxListLen {
-					return shapeError(filename, offsetPos(src, i), fmt.Sprintf("a list of more than %d entries", maxListLen))
-				}
-			}
+			problem = open.comma()
+		}
+		if problem != "" {
+			return shapeError(filename, offsetPos(src, i), problem)
 		}
 	}
 	return nil

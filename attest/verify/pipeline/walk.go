@@ -677,25 +677,18 @@ func checkIdentity(s StepRule, verifierPrefixes []string, r *verify.Result) *Fai
 				Reason: fmt.Sprintf("builder %s is under none of %s", r.BuilderID, strings.Join(prefixes, ", "))}
 		}
 	}
-	return workloadFailure(s, r.Workload.SPIFFEIDs, r.Workload.Selectors)
-}
-
-// workloadFailure applies the step's workload rules to a workload with
-// those SPIFFE IDs and selectors.
-func workloadFailure(s StepRule, spiffeIDs, selectors []string) *Failure {
-	at := "step." + s.Name + "."
-	if len(s.WorkloadSPIFFEIDs) > 0 && !slices.ContainsFunc(spiffeIDs, func(id string) bool { return slices.Contains(s.WorkloadSPIFFEIDs, id) }) {
+	if len(s.WorkloadSPIFFEIDs) > 0 && !slices.ContainsFunc(r.Workload.SPIFFEIDs, func(id string) bool { return slices.Contains(s.WorkloadSPIFFEIDs, id) }) {
 		held := "no SPIFFE ID"
-		if len(spiffeIDs) > 0 {
-			held = strings.Join(spiffeIDs, ", ")
+		if len(r.Workload.SPIFFEIDs) > 0 {
+			held = strings.Join(r.Workload.SPIFFEIDs, ", ")
 		}
 		return &Failure{Step: s.Name, Rule: at + "workload_spiffe_ids",
 			Reason: fmt.Sprintf("the step was attested for a workload with %s, none of the allowed %s", held, strings.Join(s.WorkloadSPIFFEIDs, ", "))}
 	}
 	for _, sel := range s.WorkloadSelectors {
-		if !slices.Contains(selectors, sel) {
+		if !slices.Contains(r.Workload.Selectors, sel) {
 			return &Failure{Step: s.Name, Rule: at + "workload_selectors",
-				Reason: fmt.Sprintf("the workload did not have selector %s (it had %s)", sel, strings.Join(selectors, ", "))}
+				Reason: fmt.Sprintf("the workload did not have selector %s (it had %s)", sel, strings.Join(r.Workload.Selectors, ", "))}
 		}
 	}
 	return nil
