@@ -52,20 +52,28 @@ func TestFullDiskFailsOnlyTheWriteThatMeetsIt(t *testing.T) {
 	require.False(t, ok)
 	require.NoError(t, o.Close())
 
-	o, err = Open(dir, Options{})
-	require.NoError(t, err)
-	defer o.Close()
-	checkAll(t, o, []string{"small", "after"}, "reopened")
+	o = reopenWhole(t, dir, []string{"small", "after"}, "big")
 	a, ok, err := o.Get("a")
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, Logged, a.State)
-	_, ok, err = o.Get("big")
+}
+
+// reopenWhole reopens the outbox in dir and checks that it holds the
+// puts ids and not failed, and found no damage and no torn tail.
+func reopenWhole(t *testing.T, dir string, ids []string, failed string) *Outbox {
+	t.Helper()
+	o, err := Open(dir, Options{})
 	require.NoError(t, err)
-	require.False(t, ok)
+	t.Cleanup(func() { o.Close() })
+	checkAll(t, o, ids, "reopened")
+	_, ok, err := o.Get(failed)
+	require.NoError(t, err)
+	require.False(t, ok, "the failed put is nowhere")
 	require.Empty(t, o.Damaged())
 	_, torn := o.Torn()
 	require.False(t, torn)
+	return o
 }
 
 // The same on a real full disk, as the outside review did it: data_dir on
@@ -109,16 +117,7 @@ func TestFullTmpfsFailsOnlyTheWritesThatMeetIt(t *testing.T) {
 			require.NoError(t, o.Broken())
 			require.NoError(t, o.Close())
 
-			o, err = Open(dir, Options{})
-			require.NoError(t, err)
-			defer o.Close()
-			checkAll(t, o, []string{"a", "after"}, "reopened")
-			_, ok, err := o.Get("big")
-			require.NoError(t, err)
-			require.False(t, ok)
-			require.Empty(t, o.Damaged())
-			_, torn := o.Torn()
-			require.False(t, torn)
+			reopenWhole(t, dir, []string{"a", "after"}, "big")
 		})
 	}
 }
