@@ -36,6 +36,7 @@ import (
 	"github.com/hallmark-dev/hallmark/internal/limits"
 	"github.com/hallmark-dev/hallmark/internal/peercred"
 	"github.com/hallmark-dev/hallmark/internal/policy"
+	"github.com/hallmark-dev/hallmark/internal/serverfault"
 	"github.com/hallmark-dev/hallmark/internal/svidwatch"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -484,12 +485,16 @@ func (a *Agent) checkChain(ders [][]byte, key *ecdsa.PrivateKey) ([]*x509.Certif
 	return chain, nil
 }
 
-// recordCall notes whether the server answered the last call.
+// recordCall notes whether the server answered the last call. An
+// Unavailable the server marked as its key manager's or store's fault is
+// an answer: the server is reachable, and the error says what failed
+// behind it.
 func (a *Agent) recordCall(err error) {
 	reachable := true
 	switch status.Code(err) {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-		reachable = false
+		_, answered := serverfault.Dependency(err)
+		reachable = answered
 	}
 	a.mu.Lock()
 	a.reachable = reachable
@@ -502,6 +507,39 @@ func (a *Agent) recordCall(err error) {
 		a.metrics.serverReachable.Set(1)
 	} else {
 		a.metrics.serverReachable.Set(0)
+	}
+}
+
+// noCertCause says why the agent holds no valid signing certificate, for
+// the step it refuses: what its last renewal met, and whether the server
+// answered it (then the fault is behind the server, e.g. its Vault).
+func (a *Agent) noCertCause() string {
+	a.mu.Lock()
+	renewErr, reachable := a.renewErr, a.reachable
+	a.mu.Unlock()
+	switch {
+	case renewErr == "":
+		return "no renewal has finished yet (is hallmark-server reachable? see `hallmark status`)"
+	case reachable:
+		return "hallmark-server answered its last renewal, but could not certify: " + renewErr + " (see `hallmark status` and the server's log)"
+	default:
+		return "its last renewal failed, is hallmark-server reachable? " + renewErr + " (see `hallmark status`)"
+	}
+}
+
+// serverCause says, for a step whose wait ran out, what the agent's last
+// call to the server met.
+func (a *Agent) serverCause() string {
+	a.mu.Lock()
+	lastErr, reachable := a.lastErr, a.reachable
+	a.mu.Unlock()
+	switch {
+	case lastErr == "":
+		return "hallmark-server's log is slow (see `hallmark status`)"
+	case reachable:
+		return "hallmark-server answered the agent's last call with: " + lastErr + " (see `hallmark status` and the server's log)"
+	default:
+		return "is hallmark-server reachable? the agent's last call failed: " + lastErr + " (see `hallmark status`)"
 	}
 }
 

@@ -54,7 +54,7 @@ func (api *localAPI) GetBundle(ctx context.Context, req *agentv1.GetBundleReques
 			default:
 			}
 			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-				return nil, status.Error(codes.DeadlineExceeded, "not logged yet: is hallmark-server reachable? (see `hallmark status`)")
+				return nil, status.Error(codes.DeadlineExceeded, "not logged yet: "+api.a.serverCause())
 			}
 			return nil, status.Error(codes.Internal, err.Error())
 		}

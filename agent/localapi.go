@@ -481,7 +481,7 @@ func (api *localAPI) sign(ctx context.Context, c *caller, req *agentv1.AttestSte
 	held, ok := a.keys.current(a.cfg.Now())
 	if !ok {
 		a.metrics.attestations.WithLabelValues(resultError).Inc()
-		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate yet (is hallmark-server reachable? see `hallmark status`)")
+		return nil, status.Error(codes.Unavailable, "the agent holds no valid signing certificate: "+a.noCertCause())
 	}
 	if a.outbox != nil {
 		if n, max := a.outbox.PendingBytes(), a.cfg.OutboxMaxPendingBytes; n > max {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/elliptic"
 	"crypto/x509"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hallmark-dev/hallmark/internal/serverfault"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
@@ -58,6 +60,18 @@ func TestRenew(t *testing.T) {
 			answer:        fails(status.Error(codes.Unavailable, "connection refused")),
 			wantErr:       "issue signing certificate: rpc error: code = Unavailable desc = connection refused",
 			wantReachable: false,
+		},
+		{
+			name:          "server answers that its key manager is down",
+			answer:        fails(serverfault.Errorf(codes.Unavailable, "key manager vault", "key manager vault: unreachable: no answer within 10s")),
+			wantErr:       "issue signing certificate: rpc error: code = Unavailable desc = key manager vault: unreachable",
+			wantReachable: true, // it answered; what failed is behind it
+		},
+		{
+			name:          "server answers that its key manager refuses",
+			answer:        fails(serverfault.Errorf(codes.FailedPrecondition, "key manager vault", "key manager vault: permission denied; fix: grant the role")),
+			wantErr:       "issue signing certificate: rpc error: code = FailedPrecondition desc = key manager vault: permission denied; fix: grant the role",
+			wantReachable: true,
 		},
 		{
 			name:          "call timed out",
@@ -442,4 +456,64 @@ func FuzzCheckChain(f *testing.F) {
 		require.Equal(t, agentID.String(), leaf.URIs[0].String())
 		require.NoError(t, leaf.CheckSignatureFrom(chain[1]))
 	})
+}
+
+// A step the agent refuses for want of a certificate, or whose log wait
+// runs out, is told what the agent's last call met: the server's own
+// answer when it gave one (its Vault is down), not "is it reachable?".
+func TestStepsAreToldWhatTheServerAnswered(t *testing.T) {
+	sealed := serverfault.Errorf(codes.Unavailable, "key manager vault", "key manager vault: sealed; fix: unseal Vault")
+	refused := status.Error(codes.Unavailable, "connection error: dial unix: connection refused")
+	tests := []struct {
+		name      string
+		call      error // the last call's error; nil: none made
+		noCert    []string
+		notNoCert string
+		wait      []string
+		notWait   string
+	}{
+		{
+			name:   "no call finished yet",
+			noCert: []string{"no renewal has finished yet", "is hallmark-server reachable?"},
+			wait:   []string{"slow"},
+		},
+		{
+			name:      "the server answered: its Vault is sealed",
+			call:      sealed,
+			noCert:    []string{"hallmark-server answered its last renewal, but could not certify", "key manager vault: sealed; fix: unseal Vault"},
+			notNoCert: "reachable?",
+			wait:      []string{"hallmark-server answered the agent's last call with", "key manager vault: sealed"},
+			notWait:   "reachable?",
+		},
+		{
+			name:   "no server answered",
+			call:   refused,
+			noCert: []string{"is hallmark-server reachable?", "connection refused"},
+			wait:   []string{"is hallmark-server reachable?", "connection refused"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := newTestAgent(t, time.Now)
+			if tt.call != nil {
+				a.recordCall(tt.call)
+				a.mu.Lock()
+				a.renewErr = fmt.Errorf("issue signing certificate: %w", tt.call).Error()
+				a.mu.Unlock()
+			}
+			noCert, wait := a.noCertCause(), a.serverCause()
+			for _, want := range tt.noCert {
+				require.Contains(t, noCert, want)
+			}
+			for _, want := range tt.wait {
+				require.Contains(t, wait, want)
+			}
+			if tt.notNoCert != "" {
+				require.NotContains(t, noCert, tt.notNoCert)
+			}
+			if tt.notWait != "" {
+				require.NotContains(t, wait, tt.notWait)
+			}
+		})
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hallmark-dev/hallmark/internal/serverfault"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
 
@@ -71,7 +72,7 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 	// signed under it.
 	if err := a.recordSigningCA(ctx, chain); err != nil {
 		a.s.metrics.issued.WithLabelValues(resultError).Inc()
-		return nil, status.Errorf(codes.Unavailable, "recording the signing CA: %v", err)
+		return nil, serverfault.Errorf(codes.Unavailable, "store", "recording the signing CA: %v", err)
 	}
 
 	leaf := chain[0]
@@ -109,14 +110,15 @@ type keyManagerFault interface {
 // knows it, so that the agent's status and `hallmark doctor` show it.
 func keyManagerStatus(name string, err error) error {
 	var f keyManagerFault
+	dep := "key manager " + name
 	if !errors.As(err, &f) {
-		return status.Errorf(codes.Unavailable, "key manager %s: %v", name, err)
+		return serverfault.Errorf(codes.Unavailable, dep, "%s: %v", dep, err)
 	}
 	code := codes.Unavailable
 	if !f.Transient() {
 		code = codes.FailedPrecondition
 	}
-	return status.Errorf(code, "key manager %s: %v; fix: %s", name, err, f.Fix())
+	return serverfault.Errorf(code, dep, "%s: %v; fix: %s", dep, err, f.Fix())
 }
 
 // parseCSR parses and checks a CSR from caller id: its signature, an ECDSA

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/attest/tlog"
+	"github.com/hallmark-dev/hallmark/internal/serverfault"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 	serverv1 "github.com/hallmark-dev/hallmark/proto/hallmark/server/v1"
 )
@@ -32,7 +33,7 @@ func (a *agentService) SubmitEntries(ctx context.Context, req *serverv1.SubmitEn
 	// every entry (signatures, timestamps, chains) of a call that agents
 	// will send again and again until the store is back.
 	if err := a.s.storeReady(ctx); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "transparency log: store: %v", err)
+		return nil, serverfault.Errorf(codes.Unavailable, "store", "transparency log: store: %v", err)
 	}
 	subs := make([]Submission, n)
 	for i, e := range req.GetEntries() {
@@ -47,7 +48,7 @@ func (a *agentService) SubmitEntries(ctx context.Context, req *serverv1.SubmitEn
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 			return nil, status.FromContextError(err).Err()
 		}
-		return nil, status.Errorf(codes.Unavailable, "transparency log: %v", err)
+		return nil, serverfault.Errorf(codes.Unavailable, "transparency log", "transparency log: %v", err)
 	}
 	resp := &serverv1.SubmitEntriesResponse{Results: make([]*serverv1.LogEntryResult, n)}
 	for i, r := range results {

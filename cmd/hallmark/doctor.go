@@ -166,8 +166,9 @@ func checkAgentSVID(_ context.Context, s *doctorState) (bool, string, string) {
 
 func checkServer(_ context.Context, s *doctorState) (bool, string, string) {
 	sv := s.status.Server
-	if !sv.Reachable && strings.Contains(sv.LastError, keyManagerPrefix) {
+	if strings.Contains(sv.LastError, keyManagerPrefix) {
 		// The server answered: its key manager (Vault) is what failed.
+		// (The agent counts that as reachable; agents before it did not.)
 		return true, fmt.Sprintf("hallmark-server %s (%s) answers, but its key manager cannot certify (see signing-cert)", sv.Address, sv.SPIFFEID),
 			"fix the key manager as signing-cert says"
 	}

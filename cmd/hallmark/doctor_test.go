@@ -271,7 +271,7 @@ func TestDoctorKeyManagerFault(t *testing.T) {
 	require.Contains(t, out, "OK    server")
 
 	st = healthyStatus()
-	st.Server.Reachable, st.Server.LastError, st.RenewalError = false, vaultSealed, vaultSealed
+	st.Server.Reachable, st.Server.LastError, st.RenewalError = true, vaultSealed, vaultSealed
 	ok, out = runDoctorWith(t, doctorSetup{status: st})
 	require.True(t, ok, out)
 	require.Contains(t, out, "WARN  server")

@@ -280,6 +280,7 @@ func TestVaultFaults(t *testing.T) {
 			require.True(t, s.SigningCertificate.NotAfter.After(time.Now()), "the agent's certificate is still valid")
 			require.Equal(t, held.SigningCertificate.Serial, s.SigningCertificate.Serial)
 			during = s.RenewalError
+			require.True(t, s.Server.Reachable, "the server answered, naming its Vault's fault: it is reachable (%s)", during)
 			out := doctorFor(t, st)
 			require.Contains(t, out, "WARN  signing-cert", out)
 			require.Contains(t, out, f.doctor, out)
