@@ -89,13 +89,8 @@ const (
 
 type fileConfig struct {
 	Agent     agentBlock    `hcl:"agent,block"`
-	Attestors []pluginBlock `hcl:"workload_attestor,block"`
+	Attestors []config.Block `hcl:"workload_attestor,block"`
 	Policy    *policy.File  `hcl:"policy,block"`
-}
-
-type pluginBlock struct {
-	Name string   `hcl:"name,label"`
-	Body hcl.Body `hcl:",remain"`
 }
 
 type agentBlock struct {
@@ -109,21 +104,24 @@ type agentBlock struct {
 	SocketPath        string    `hcl:"socket_path,optional"`
 	SocketMode        string    `hcl:"socket_mode,optional"`
 	SocketGroup       string    `hcl:"socket_group,optional"`
-	MaxFiles          int       `hcl:"max_files,optional"`
-	MaxFileBytes      int64     `hcl:"max_file_bytes,optional"`
-	MaxTotalBytes     int64     `hcl:"max_total_bytes,optional"`
 	PolicyRefresh     string    `hcl:"policy_refresh,optional"`
 
-	MaxConnections           int    `hcl:"max_connections,optional"`
-	MaxConnectionsPerUID     int    `hcl:"max_connections_per_uid,optional"`
-	MaxStreamsPerConnection  int    `hcl:"max_streams_per_connection,optional"`
-	MaxAttestationsPerUID    int    `hcl:"max_attestations_per_uid,optional"`
-	MaxIdentificationsPerUID int    `hcl:"max_identifications_per_uid,optional"`
-	MaxIdentifications       int    `hcl:"max_identifications,optional"`
-	IdleTimeout              string `hcl:"idle_timeout,optional"`
-	DataDir                  string `hcl:"data_dir,optional"`
-	LogBatchSize             int    `hcl:"log_batch_size,optional"`
-	OutboxMaxPendingBytes    int64  `hcl:"outbox_max_pending_bytes,optional"`
+	// Counts and sizes are pointers: unset is the default, and a 0
+	// written in the file is refused (config.Positive).
+	MaxFiles                 *int   `hcl:"max_files,optional"`
+	MaxFileBytes             *int64 `hcl:"max_file_bytes,optional"`
+	MaxTotalBytes            *int64 `hcl:"max_total_bytes,optional"`
+	MaxConnections           *int   `hcl:"max_connections,optional"`
+	MaxConnectionsPerUID     *int   `hcl:"max_connections_per_uid,optional"`
+	MaxStreamsPerConnection  *int   `hcl:"max_streams_per_connection,optional"`
+	MaxAttestationsPerUID    *int   `hcl:"max_attestations_per_uid,optional"`
+	MaxIdentificationsPerUID *int   `hcl:"max_identifications_per_uid,optional"`
+	MaxIdentifications       *int   `hcl:"max_identifications,optional"`
+	LogBatchSize             *int   `hcl:"log_batch_size,optional"`
+	OutboxMaxPendingBytes    *int64 `hcl:"outbox_max_pending_bytes,optional"`
+
+	IdleTimeout string `hcl:"idle_timeout,optional"`
+	DataDir     string `hcl:"data_dir,optional"`
 }
 
 // LoadConfig reads an agent configuration file. Unknown keys are errors;
@@ -170,7 +168,10 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 		return Config{}, err
 	}
 	if len(f.Attestors) == 0 {
-		f.Attestors = []pluginBlock{{Name: "unix", Body: hcl.EmptyBody()}}
+		f.Attestors = []config.Block{{Name: "unix", Body: hcl.EmptyBody()}}
+	}
+	if err := config.DistinctBlocks("workload_attestor", f.Attestors); err != nil {
+		return Config{}, err
 	}
 	digests := exedigest.New(0)
 	for _, b := range f.Attestors {
@@ -198,12 +199,46 @@ func ParseConfig(filename string, src []byte) (Config, error) {
 
 // localAPIConfig fills the socket and limit settings.
 func localAPIConfig(c *Config, a agentBlock) error {
-	c.LogBatchSize = a.LogBatchSize
-	if c.LogBatchSize < 0 || c.LogBatchSize > limits.MaxEntriesPerCall {
+	var (
+		lim   measure.Limits
+		local LocalLimits
+		err   error
+	)
+	for _, n := range []struct {
+		key string
+		in  *int
+		out *int
+	}{
+		{"max_files", a.MaxFiles, &lim.MaxFiles},
+		{"max_connections", a.MaxConnections, &local.Connections},
+		{"max_connections_per_uid", a.MaxConnectionsPerUID, &local.ConnectionsPerUID},
+		{"max_streams_per_connection", a.MaxStreamsPerConnection, &local.StreamsPerConnection},
+		{"max_attestations_per_uid", a.MaxAttestationsPerUID, &local.AttestationsPerUID},
+		{"max_identifications_per_uid", a.MaxIdentificationsPerUID, &local.IdentificationsPerUID},
+		{"max_identifications", a.MaxIdentifications, &local.Identifications},
+		{"log_batch_size", a.LogBatchSize, &c.LogBatchSize},
+	} {
+		if *n.out, err = config.Positive("agent."+n.key, n.in); err != nil {
+			return err
+		}
+	}
+	for _, n := range []struct {
+		key string
+		in  *int64
+		out *int64
+	}{
+		{"max_file_bytes", a.MaxFileBytes, &lim.MaxFileBytes},
+		{"max_total_bytes", a.MaxTotalBytes, &lim.MaxTotalBytes},
+		{"outbox_max_pending_bytes", a.OutboxMaxPendingBytes, &c.OutboxMaxPendingBytes},
+	} {
+		if *n.out, err = config.Positive("agent."+n.key, n.in); err != nil {
+			return err
+		}
+	}
+	if c.LogBatchSize > limits.MaxEntriesPerCall {
 		return fmt.Errorf("agent.log_batch_size: %d is not in 1..%d, what the log takes in one call", c.LogBatchSize, limits.MaxEntriesPerCall)
 	}
-	c.OutboxMaxPendingBytes = a.OutboxMaxPendingBytes
-	if c.OutboxMaxPendingBytes < 0 || (c.OutboxMaxPendingBytes > 0 && c.OutboxMaxPendingBytes < limits.MaxBundleBytes) {
+	if c.OutboxMaxPendingBytes > 0 && c.OutboxMaxPendingBytes < limits.MaxBundleBytes {
 		return fmt.Errorf("agent.outbox_max_pending_bytes: %d is less than one bundle the log takes (%d bytes)", c.OutboxMaxPendingBytes, limits.MaxBundleBytes)
 	}
 	c.DataDir = a.DataDir
@@ -245,29 +280,11 @@ func localAPIConfig(c *Config, a agentBlock) error {
 		}
 		c.SocketGID = gid
 	}
-	if a.MaxFiles < 0 || a.MaxFileBytes < 0 || a.MaxTotalBytes < 0 {
-		return errors.New("agent: max_files, max_file_bytes and max_total_bytes must be positive")
-	}
-	c.Limits = measure.Limits{MaxFiles: a.MaxFiles, MaxFileBytes: a.MaxFileBytes, MaxTotalBytes: a.MaxTotalBytes}
-	for name, v := range map[string]int{
-		"max_connections": a.MaxConnections, "max_connections_per_uid": a.MaxConnectionsPerUID,
-		"max_streams_per_connection": a.MaxStreamsPerConnection, "max_attestations_per_uid": a.MaxAttestationsPerUID,
-		"max_identifications_per_uid": a.MaxIdentificationsPerUID, "max_identifications": a.MaxIdentifications,
-	} {
-		if v < 0 {
-			return fmt.Errorf("agent.%s: %d must be positive", name, v)
-		}
-	}
-	idle, err := config.Duration("agent.idle_timeout", a.IdleTimeout, DefaultIdleTimeout)
-	if err != nil {
+	c.Limits = lim
+	if local.IdleTimeout, err = config.Duration("agent.idle_timeout", a.IdleTimeout, DefaultIdleTimeout); err != nil {
 		return err
 	}
-	c.LocalLimits = LocalLimits{
-		Connections: a.MaxConnections, ConnectionsPerUID: a.MaxConnectionsPerUID,
-		StreamsPerConnection: a.MaxStreamsPerConnection, AttestationsPerUID: a.MaxAttestationsPerUID,
-		IdentificationsPerUID: a.MaxIdentificationsPerUID, Identifications: a.MaxIdentifications,
-		IdleTimeout: idle,
-	}
+	c.LocalLimits = local
 	return nil
 }
 

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+
+	"github.com/hallmark-dev/hallmark/agent/measure"
 )
 
 // agentHCL is an agent block with the required settings and extra lines.
@@ -44,6 +46,21 @@ func TestParseConfig(t *testing.T) {
 
 	_, err = New(c)
 	require.NoError(t, err, "a parsed configuration is one New accepts")
+
+	c, err = ParseConfig("agent.hcl", []byte(agentHCL(
+		`max_files = 1`, `max_file_bytes = 2`, `max_total_bytes = 3`,
+		`max_connections = 4`, `max_connections_per_uid = 5`, `max_streams_per_connection = 6`,
+		`max_attestations_per_uid = 7`, `max_identifications_per_uid = 8`, `max_identifications = 9`,
+		`log_batch_size = 10`, `outbox_max_pending_bytes = 68719476736`,
+	)))
+	require.NoError(t, err)
+	require.Equal(t, measure.Limits{MaxFiles: 1, MaxFileBytes: 2, MaxTotalBytes: 3}, c.Limits)
+	require.Equal(t, LocalLimits{
+		Connections: 4, ConnectionsPerUID: 5, StreamsPerConnection: 6, AttestationsPerUID: 7,
+		IdentificationsPerUID: 8, Identifications: 9, IdleTimeout: DefaultIdleTimeout,
+	}, c.LocalLimits)
+	require.Equal(t, 10, c.LogBatchSize)
+	require.Equal(t, int64(64<<30), c.OutboxMaxPendingBytes)
 }
 
 func TestParseConfigErrors(t *testing.T) {
@@ -69,6 +86,24 @@ func TestParseConfigErrors(t *testing.T) {
 			src:     agentHCL() + `server { trust_domain = "example.org" }`,
 			wantErr: []string{`"server"`, "agent.hcl:6"},
 		},
+		{
+			name: "misspelt required key",
+			src:  "agent {\n  server_address = \"hallmark.internal:8443\"\n  server_spife_id = \"spiffe://example.org/hallmark/server\"\n}\n",
+			// First the misspelling and its fix, then what it left missing.
+			wantErr: []string{`agent.hcl:3,3-18: Unsupported argument; An argument named "server_spife_id" is not expected here. Did you mean "server_spiffe_id"?` + "\n" +
+				`agent.hcl:1,7-7: Missing required argument; The argument "server_spiffe_id" is required`},
+		},
+		{
+			name:    "two workload_attestor blocks of one name",
+			src:     agentHCL() + "workload_attestor \"unix\" {\n  hash_executable = true\n}\nworkload_attestor \"unix\" {}\n",
+			wantErr: []string{`agent.hcl:9,1-25: workload_attestor "unix" is given twice (first at line 6): merge the two blocks`},
+		},
+		{name: "a negative count", src: agentHCL(`max_files = -1`), wantErr: []string{"agent.max_files: -1 must be at least 1 (leave it unset for the default)"}},
+		{name: "a zero count", src: agentHCL(`max_connections = 0`), wantErr: []string{"agent.max_connections: 0 must be at least 1 (leave it unset for the default)"}},
+		{name: "a zero size", src: agentHCL(`max_total_bytes = 0`), wantErr: []string{"agent.max_total_bytes: 0 must be at least 1"}},
+		{name: "a zero batch", src: agentHCL(`log_batch_size = 0`), wantErr: []string{"agent.log_batch_size: 0 must be at least 1"}},
+		{name: "a batch the log never takes", src: agentHCL(`log_batch_size = 501`), wantErr: []string{"agent.log_batch_size: 501 is not in 1..500"}},
+		{name: "a zero outbox bound", src: agentHCL(`outbox_max_pending_bytes = 0`), wantErr: []string{"agent.outbox_max_pending_bytes: 0 must be at least 1"}},
 		{
 			name:    "missing server_spiffe_id",
 			src:     "agent {\n  server_address = \"hallmark.internal:8443\"\n}\n",

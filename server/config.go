@@ -91,9 +91,9 @@ func (c *Config) setLogDefaults() {
 // at most one store and at most one log block.
 type fileConfig struct {
 	Server      serverBlock   `hcl:"server,block"`
-	KeyManagers []pluginBlock `hcl:"key_manager,block"`
+	KeyManagers []config.Block `hcl:"key_manager,block"`
 	Policy      *policy.File  `hcl:"policy,block"`
-	Stores      []pluginBlock `hcl:"store,block"`
+	Stores      []config.Block `hcl:"store,block"`
 	Log         *logBlock     `hcl:"log,block"`
 }
 
@@ -114,11 +114,6 @@ type serverBlock struct {
 	MaxConnectionAge  string `hcl:"max_connection_age,optional"`
 	LogLevel          string `hcl:"log_level,optional"`
 	LogFormat         string `hcl:"log_format,optional"`
-}
-
-type pluginBlock struct {
-	Name string   `hcl:"name,label"`
-	Body hcl.Body `hcl:",remain"`
 }
 
 // LoadConfig reads a server configuration file. Unknown keys, blocks and
@@ -167,15 +162,14 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 	if c.CertificateTTL > MaxCertificateTTL {
 		return Config{}, fmt.Errorf("server.certificate_ttl: %s is above the %s maximum: signing certificates are short-lived, so that a stolen agent key signs for minutes", c.CertificateTTL, MaxCertificateTTL)
 	}
-	switch len(f.KeyManagers) {
-	case 0:
-		c.KeyManager, err = keyManagerConfig("local", hcl.EmptyBody(), c.DataDir, getenv)
-	case 1:
-		c.KeyManager, err = keyManagerConfig(f.KeyManagers[0].Name, f.KeyManagers[0].Body, c.DataDir, getenv)
-	default:
-		err = errors.New("key_manager: only one key_manager block is allowed")
-	}
+	km, err := config.OneBlock("key_manager", f.KeyManagers)
 	if err != nil {
+		return Config{}, err
+	}
+	if km == nil {
+		km = &config.Block{Name: "local", Body: hcl.EmptyBody()}
+	}
+	if c.KeyManager, err = keyManagerConfig(km.Name, km.Body, c.DataDir, getenv); err != nil {
 		return Config{}, err
 	}
 	if f.Policy != nil {
@@ -183,15 +177,14 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 			return Config{}, err
 		}
 	}
-	switch len(f.Stores) {
-	case 0:
-		c.Store, err = storeConfig("sqlite", hcl.EmptyBody(), c.DataDir)
-	case 1:
-		c.Store, err = storeConfig(f.Stores[0].Name, f.Stores[0].Body, c.DataDir)
-	default:
-		err = errors.New("store: only one store block is allowed")
-	}
+	sb, err := config.OneBlock("store", f.Stores)
 	if err != nil {
+		return Config{}, err
+	}
+	if sb == nil {
+		sb = &config.Block{Name: "sqlite", Body: hcl.EmptyBody()}
+	}
+	if c.Store, err = storeConfig(sb.Name, sb.Body, c.DataDir); err != nil {
 		return Config{}, err
 	}
 	if f.Log != nil {

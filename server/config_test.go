@@ -202,7 +202,15 @@ key_manager {}`,
 			src: `server { trust_domain = "example.org" }
 key_manager "local" {}
 key_manager "local" {}`,
-			wantErr: []string{"only one key_manager block is allowed"},
+			wantErr: []string{`server.hcl:3,1-20: key_manager "local": only one key_manager block is allowed; the first is at line 2`},
+		},
+		{
+			name: "two store blocks",
+			src: `server { trust_domain = "example.org" }
+store "sqlite" {}
+
+store "postgres" {}`,
+			wantErr: []string{`server.hcl:4,1-17: store "postgres": only one store block is allowed; the first is at line 2`},
 		},
 		{
 			name: "unknown key in the local key manager",

@@ -4,8 +4,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -26,12 +29,81 @@ func Decode(filename string, src []byte, dst any) error {
 	}
 	file, diags := hclparse.NewParser().ParseHCL(src, filename)
 	if diags.HasErrors() {
-		return diags
+		return diagError(diags)
 	}
 	if diags := gohcl.DecodeBody(file.Body, nil, dst); diags.HasErrors() {
-		return diags
+		return diagError(diags)
 	}
 	return nil
+}
+
+// diagError is every error of diags, one per line, the unknown keys
+// first: a misspelt required key is both unknown and missing, and only
+// the first says "Did you mean". (hcl.Diagnostics' own Error gives the
+// first and "and N other diagnostic(s)".)
+func diagError(diags hcl.Diagnostics) error {
+	var errs hcl.Diagnostics
+	for _, d := range diags {
+		if d.Severity == hcl.DiagError {
+			errs = append(errs, d)
+		}
+	}
+	sort.SliceStable(errs, func(i, j int) bool {
+		return strings.HasPrefix(errs[i].Summary, "Unsupported") && !strings.HasPrefix(errs[j].Summary, "Unsupported")
+	})
+	lines := make([]string, len(errs))
+	for i, d := range errs {
+		lines[i] = d.Error()
+	}
+	return errors.New(strings.Join(lines, "\n"))
+}
+
+// Block is a labelled block whose body a plugin decodes, like
+// key_manager "vault" { ... }; Range is where it begins, for errors.
+type Block struct {
+	Name  string    `hcl:"name,label"`
+	Body  hcl.Body  `hcl:",remain"`
+	Range hcl.Range `hcl:",def_range"`
+}
+
+// OneBlock returns the only block of a kind (e.g. "key_manager"), or nil
+// when there is none; more than one is an error naming where each is.
+func OneBlock(kind string, blocks []Block) (*Block, error) {
+	switch len(blocks) {
+	case 0:
+		return nil, nil
+	case 1:
+		return &blocks[0], nil
+	}
+	return nil, fmt.Errorf("%s: %s %q: only one %s block is allowed; the first is at line %d",
+		blocks[1].Range, kind, blocks[1].Name, kind, blocks[0].Range.Start.Line)
+}
+
+// DistinctBlocks is an error naming where a block of kind (e.g.
+// "workload_attestor") is given a second time with the same name.
+func DistinctBlocks(kind string, blocks []Block) error {
+	first := make(map[string]hcl.Range, len(blocks))
+	for _, b := range blocks {
+		if r, ok := first[b.Name]; ok {
+			return fmt.Errorf("%s: %s %q is given twice (first at line %d): merge the two blocks", b.Range, kind, b.Name, r.Start.Line)
+		}
+		first[b.Name] = b.Range
+	}
+	return nil
+}
+
+// Positive is the setting named key, which must be at least 1 when it is
+// set. Unset (nil) is 0, which the setting's user takes as its default. A 0
+// written in the file is an error, not the default: it reads as "none" or
+// "no limit", and means neither.
+func Positive[T ~int | ~int64](key string, v *T) (T, error) {
+	if v == nil {
+		return 0, nil
+	}
+	if *v < 1 {
+		return 0, fmt.Errorf("%s: %d must be at least 1 (leave it unset for the default)", key, *v)
+	}
+	return *v, nil
 }
 
 // Load reads and decodes the file at path into dst.
@@ -46,7 +118,7 @@ func Load(path string, dst any) error {
 // DecodeBlock decodes a plugin's own block body into dst, strictly.
 func DecodeBlock(body hcl.Body, dst any) error {
 	if diags := gohcl.DecodeBody(body, nil, dst); diags.HasErrors() {
-		return diags
+		return diagError(diags)
 	}
 	return nil
 }
