@@ -88,9 +88,9 @@ const (
 )
 
 type fileConfig struct {
-	Agent     agentBlock    `hcl:"agent,block"`
+	Agent     agentBlock     `hcl:"agent,block"`
 	Attestors []config.Block `hcl:"workload_attestor,block"`
-	Policy    *policy.File  `hcl:"policy,block"`
+	Policy    *policy.File   `hcl:"policy,block"`
 }
 
 type agentBlock struct {

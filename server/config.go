@@ -90,11 +90,11 @@ func (c *Config) setLogDefaults() {
 // fileConfig is the HCL file: one server block, at most one key_manager,
 // at most one store and at most one log block.
 type fileConfig struct {
-	Server      serverBlock   `hcl:"server,block"`
+	Server      serverBlock    `hcl:"server,block"`
 	KeyManagers []config.Block `hcl:"key_manager,block"`
-	Policy      *policy.File  `hcl:"policy,block"`
+	Policy      *policy.File   `hcl:"policy,block"`
 	Stores      []config.Block `hcl:"store,block"`
-	Log         *logBlock     `hcl:"log,block"`
+	Log         *logBlock      `hcl:"log,block"`
 }
 
 // logBlock configures the transparency log.
