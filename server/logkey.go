@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/hallmark-dev/hallmark/internal/privdir"
 )
 
 // The log key lives in data_dir/log/key: an Ed25519 key as PKCS #8 PEM
@@ -132,16 +134,17 @@ func createExclusive(path string, data []byte) error {
 	return nil
 }
 
-// readPrivate reads a key file, refusing one that group or others can
-// access; what names it in the error. A missing file's error wraps
-// fs.ErrNotExist.
+// readPrivate reads a key file, refusing one another local user wrote or
+// can read, or whose directory or any above it another user could rename
+// entries in (privdir); what names it in the error. A missing file's
+// error wraps fs.ErrNotExist.
 func readPrivate(path, what string) ([]byte, fs.FileInfo, error) {
-	info, err := os.Stat(path)
+	if err := privdir.CheckAncestors(filepath.Dir(path), "put a "+what+" of their own in its place, and sign as this server's log"); err != nil {
+		return nil, nil, fmt.Errorf("%s %s: %w", what, path, err)
+	}
+	info, err := privdir.CheckFile(path, what)
 	if err != nil {
 		return nil, nil, err
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, nil, fmt.Errorf("%s %s is accessible by group or others (mode %s): chmod 600 it", what, path, info.Mode().Perm())
 	}
 	data, err := os.ReadFile(path)
 	return data, info, err

@@ -28,7 +28,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +35,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/hallmark-dev/hallmark/internal/privdir"
 )
 
 // State of an item.
@@ -223,8 +224,9 @@ func Open(dir string, opts Options) (*Outbox, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
-	if err := checkAncestors(filepath.Dir(dir)); err != nil {
-		return nil, err
+	// data_dir and up (found by an outside review with data_dir 0777).
+	if err := privdir.CheckAncestors(filepath.Dir(dir), "move the outbox aside, and the agent would drop what it queued"); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotPrivate, err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
@@ -313,98 +315,6 @@ func (o *Outbox) keepAside(off int, b []byte, suffix string) (string, error) {
 		return "", err
 	}
 	return name, syncDirOf(dir)
-}
-
-// checkAncestors refuses an outbox whose directory's parent (the agent's
-// data_dir) or any directory above it another user could rename entries
-// of: writable by group or others without the sticky bit, or owned by
-// someone other than root or the agent. Whoever could would move the
-// outbox aside, and the agent would start with an empty one, dropping
-// every attestation it had queued (found by an outside review with
-// data_dir 0777). It checks the path as written, each name as it is (a
-// symbolic link's directory is an ancestor too), and the path the links
-// lead to: the directories that really hold data_dir. Directories not
-// made yet are made 0700 by Open. In a user namespace, directories of
-// users it does not map (the host's root among them) show as the overflow
-// uid, which counts as root's.
-func checkAncestors(dir string) error {
-	dir, err := filepath.Abs(dir)
-	if err != nil {
-		return fmt.Errorf("outbox: %w", err)
-	}
-	if err := checkChain(dir); err != nil {
-		return err
-	}
-	real, err := resolveExisting(dir)
-	if err != nil {
-		return fmt.Errorf("outbox: %w", err)
-	}
-	return checkChain(real)
-}
-
-// checkChain applies checkAncestors' rule to dir and each directory
-// above it, as named (Lstat: a symbolic link itself is passed over, its
-// directory is checked).
-func checkChain(dir string) error {
-	euid, overflow := os.Geteuid(), overflowUID()
-	for p := filepath.Clean(dir); ; p = filepath.Dir(p) {
-		fi, err := os.Lstat(p)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-		case err != nil:
-			return fmt.Errorf("outbox: %w", err)
-		case fi.Mode()&os.ModeSymlink != 0:
-		default:
-			st, _ := fi.Sys().(*syscall.Stat_t)
-			if st != nil && st.Uid != 0 && int(st.Uid) != euid && int(st.Uid) != overflow {
-				return fmt.Errorf("%w: %s is owned by uid %d, neither root nor the agent (euid %d): that user could move the outbox aside, and the agent would drop what it queued", ErrNotPrivate, p, st.Uid, euid)
-			}
-			if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
-				return fmt.Errorf("%w: %s is writable by group or others: they could move the outbox aside, and the agent would drop what it queued (chmod go-w %s)", ErrNotPrivate, p, p)
-			}
-		}
-		if parent := filepath.Dir(p); parent == p {
-			return nil
-		}
-	}
-}
-
-// resolveExisting is dir with the symbolic links of its longest existing
-// prefix resolved.
-func resolveExisting(dir string) (string, error) {
-	var rest []string
-	for p := dir; ; p = filepath.Dir(p) {
-		real, err := filepath.EvalSymlinks(p)
-		if err == nil {
-			return filepath.Join(append([]string{real}, rest...)...), nil
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			return "", err
-		}
-		if filepath.Dir(p) == p {
-			return dir, nil
-		}
-		rest = append([]string{filepath.Base(p)}, rest...)
-	}
-}
-
-// overflowUID is the uid this user namespace shows for users it does
-// not map (/proc/sys/kernel/overflowuid, 65534 by default), or -1 in the
-// initial namespace, where that uid is a user like any other (nobody).
-func overflowUID() int {
-	m, err := os.ReadFile("/proc/self/uid_map")
-	if err != nil || strings.Join(strings.Fields(string(m)), " ") == "0 0 4294967295" {
-		return -1
-	}
-	b, err := os.ReadFile("/proc/sys/kernel/overflowuid")
-	if err != nil {
-		return -1
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return -1
-	}
-	return n
 }
 
 // checkPrivate returns nil when path (a directory when dir, else a

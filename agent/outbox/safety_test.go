@@ -366,28 +366,29 @@ func TestOpenRefusesADataDirOthersCanRenameIn(t *testing.T) {
 	for _, tc := range []struct {
 		name             string
 		parent, grandpar os.FileMode
-		owner            int // of the parent; -1: unchanged
+		owner, group     int // of the parent; -1: unchanged
 		want             string
 	}{
-		{"private", 0o700, 0o755, -1, ""},
-		{"readable by all", 0o755, 0o755, -1, ""},
-		{"writable by all", 0o777, 0o755, -1, "is writable by group or others"},
-		{"writable by the group", 0o770, 0o755, -1, "is writable by group or others"},
-		{"sticky and writable by all", 0o777 | os.ModeSticky, 0o755, -1, ""},
-		{"a directory above writable by all", 0o700, 0o777, -1, "is writable by group or others"},
-		{"owned by another user", 0o700, 0o755, 4012, "is owned by uid 4012"},
+		{"private", 0o700, 0o755, -1, -1, ""},
+		{"readable by all", 0o755, 0o755, -1, -1, ""},
+		{"writable by all", 0o777, 0o755, -1, -1, "is writable by others"},
+		{"writable by another group", 0o770, 0o755, -1, 4013, "is writable by group 4013, not this daemon's own"},
+		{"writable by the agent's own group (a volume under Kubernetes' fsGroup)", 0o770 | os.ModeSetgid, 0o755, -1, -1, ""},
+		{"sticky and writable by all", 0o777 | os.ModeSticky, 0o755, -1, -1, ""},
+		{"a directory above writable by all", 0o700, 0o777, -1, -1, "is writable by others"},
+		{"owned by another user", 0o700, 0o755, 4012, -1, "is owned by uid 4012"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.owner >= 0 && os.Geteuid() != 0 {
-				t.Skip("chown to another user needs root")
+			if (tc.owner >= 0 || tc.group >= 0) && os.Geteuid() != 0 {
+				t.Skip("chown to another user or group needs root")
 			}
 			grand := filepath.Join(t.TempDir(), "grand")
 			parent := filepath.Join(grand, "data")
 			require.NoError(t, os.MkdirAll(parent, 0o700))
 			require.NoError(t, os.Chmod(grand, tc.grandpar))
 			require.NoError(t, os.Chmod(parent, tc.parent))
-			if tc.owner >= 0 {
-				require.NoError(t, os.Chown(parent, tc.owner, tc.owner))
+			if tc.owner >= 0 || tc.group >= 0 {
+				require.NoError(t, os.Chown(parent, tc.owner, tc.group))
 			}
 			t.Cleanup(func() { os.Chmod(grand, 0o700) }) //nolint:errcheck // best effort
 			o, err := Open(filepath.Join(parent, "outbox"), Options{})
@@ -420,7 +421,7 @@ func TestOpenRefusesADataDirLinkedIntoADirectoryOthersCanRenameIn(t *testing.T) 
 	for _, dir := range []string{filepath.Join(real, "outbox"), filepath.Join(dataDir, "outbox")} {
 		_, err := Open(dir, Options{})
 		require.ErrorIs(t, err, ErrNotPrivate, dir)
-		require.ErrorContains(t, err, shared+" is writable by group or others")
+		require.ErrorContains(t, err, shared+" is writable by others")
 	}
 	// With the shared directory closed, the link is fine.
 	require.NoError(t, os.Chmod(shared, 0o755))

@@ -38,6 +38,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/hallmark-dev/hallmark/internal/privdir"
 	"github.com/hallmark-dev/hallmark/plugins/keymanager"
 )
 
@@ -142,6 +143,9 @@ func New(cfg Config) (*KeyManager, error) {
 	}
 	if cfg.CommonName == "" {
 		cfg.CommonName = "Hallmark local signing CA"
+	}
+	if err := privdir.CheckAncestors(cfg.Dir, "put a CA of their own in its place, and certify any agent name"); err != nil {
+		return nil, fmt.Errorf("local: %w", err)
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("local: create directory: %w", err)
@@ -453,16 +457,15 @@ func validID(id string) bool {
 // never a reason to replace the CA. The key must be the certificate's.
 func loadPair(dir, certRel, keyRel string) (crypto.Signer, *x509.Certificate, error) {
 	keyPath := filepath.Join(dir, keyRel)
+	if _, err := privdir.CheckFile(keyPath, "CA key"); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("local: %w", err)
+	}
 	keyPEM, err := os.ReadFile(keyPath)
 	if err != nil {
 		return nil, nil, err
-	}
-	info, err := os.Stat(keyPath)
-	if err != nil {
-		return nil, nil, err
-	}
-	if info.Mode().Perm()&0o077 != 0 {
-		return nil, nil, fmt.Errorf("local: %s is accessible by group or others (mode %s): chmod 600 it", keyPath, info.Mode().Perm())
 	}
 	if _, err := os.ReadFile(filepath.Join(dir, certRel)); err != nil {
 		return nil, nil, fmt.Errorf("local: CA key present but certificate missing or unreadable (refusing to replace the CA): %v", err)

@@ -248,6 +248,23 @@ func TestNewRefusesBadCA(t *testing.T) {
 			wantErr: "is accessible by group or others",
 		},
 		{
+			name: "key written by another user",
+			breakIt: func(t *testing.T, dir string) {
+				if os.Geteuid() != 0 {
+					t.Skip("chown needs root")
+				}
+				require.NoError(t, os.Chown(filepath.Join(dir, keyFile), 4018, 4018))
+			},
+			wantErr: "is owned by uid 4018, not this daemon's (euid 0): whoever wrote it chose the key",
+		},
+		{
+			name: "its directory writable by others",
+			breakIt: func(t *testing.T, dir string) {
+				require.NoError(t, os.Chmod(dir, 0o707))
+			},
+			wantErr: " is writable by others: they could put a CA of their own in its place, and certify any agent name",
+		},
+		{
 			name:    "key not PEM",
 			breakIt: func(t *testing.T, dir string) { writeKeyFile(t, dir, []byte("not a key")) },
 			wantErr: "local: ca.key: no PEM block",
@@ -356,7 +373,7 @@ func TestNewErrors(t *testing.T) {
 	}{
 		{name: "no directory", dir: "", wantErr: "local: directory is required"},
 		{name: "directory is a file", dir: file, wantErr: "local: "},
-		{name: "directory under a file", dir: filepath.Join(file, "ca"), wantErr: "local: create directory: "},
+		{name: "directory under a file", dir: filepath.Join(file, "ca"), wantErr: "not a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

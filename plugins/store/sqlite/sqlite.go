@@ -26,6 +26,7 @@ import (
 
 	sqlitedriver "modernc.org/sqlite" // also registers the "sqlite" driver
 
+	"github.com/hallmark-dev/hallmark/internal/privdir"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 )
 
@@ -187,6 +188,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // that SQLite, which gives its -wal and -shm files the database file's
 // mode, never creates anything more open.
 func prepareFile(path string, mustExist bool) error {
+	if err := privdir.CheckAncestors(filepath.Dir(path), "put a database of their own in its place, and the server would sign checkpoints over their entries"); err != nil {
+		return fmt.Errorf("sqlite: %w", err)
+	}
 	info, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && mustExist:

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/hallmark-dev/hallmark/internal/privdir"
 	"github.com/hallmark-dev/hallmark/plugins/store"
 	"github.com/hallmark-dev/hallmark/plugins/store/storetest"
 )
@@ -63,4 +64,11 @@ func TestPersistenceAndPermissions(t *testing.T) {
 	cp, err := s.LatestCheckpoint(ctx)
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), cp.Size)
+
+	// A directory others could rename the database out of is refused.
+	require.NoError(t, os.Chmod(dir, 0o777))
+	defer os.Chmod(dir, 0o700) //nolint:errcheck // best effort
+	_, err = Open(ctx, Config{Path: path, MustExist: true})
+	require.ErrorIs(t, err, privdir.ErrNotPrivate)
+	require.ErrorContains(t, err, "sqlite: "+dir+" is writable by others: they could put a database of their own in its place")
 }
