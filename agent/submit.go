@@ -147,7 +147,6 @@ func (a *Agent) submitOnce(ctx context.Context, client entrySubmitter) error {
 			return fmt.Errorf("server answer for %s: %w", it.ID, err)
 		}
 		settled = append(settled, outbox.Settlement{ID: it.ID, Logged: logged})
-		a.metrics.logSubmissions.WithLabelValues("logged").Inc()
 	}
 	return a.settle(settled)
 }
@@ -205,19 +204,28 @@ func submission(it outbox.Item) (sub *serverv1.LogSubmission, size int, refusal 
 	return &serverv1.LogSubmission{Envelope: env, Certificate: it.Certificate, Timestamp: ts}, size, ""
 }
 
-// refused reports that the log will never take it (counted, logged) and
-// returns its settlement.
+// refused reports that the log will never take it (logged; settle counts
+// it) and returns its settlement.
 func (a *Agent) refused(it outbox.Item, reason string) outbox.Settlement {
-	a.metrics.logSubmissions.WithLabelValues(resultDenied).Inc()
 	a.log.Error("The log refused an attestation; it will not be retried (see `hallmark status`)",
 		zap.String(logInvocationID, it.ID), zap.String(logReason, reason))
 	return outbox.Settlement{ID: it.ID, Reason: reason}
 }
 
 // settle records settlements and updates the outbox gauges.
+//
+// Each settlement is counted in hallmark_agent_log_submissions_total once
+// it is saved: one whose saving fails is submitted again, and counted then.
 func (a *Agent) settle(settled []outbox.Settlement) error {
 	if err := a.outbox.Settle(settled); err != nil {
 		return err
+	}
+	for _, st := range settled {
+		if st.Reason != "" {
+			a.metrics.logSubmissions.WithLabelValues(resultDenied).Inc()
+		} else {
+			a.metrics.logSubmissions.WithLabelValues("logged").Inc()
+		}
 	}
 	a.metrics.outboxQueued.Set(float64(a.outbox.Len()))
 	a.metrics.outboxRefused.Set(float64(a.outbox.RefusedLen()))

@@ -436,3 +436,25 @@ func TestAttestRefusedWhileTheOutboxIsFull(t *testing.T) {
 	_, err = c.AttestStep(context.Background(), req)
 	require.NoError(t, err, "the log took the queued one")
 }
+
+// A settlement is counted in hallmark_agent_log_submissions_total when it
+// is saved: one whose saving fails is submitted again and counted then,
+// not twice.
+func TestSubmissionsAreCountedOnceSettled(t *testing.T) {
+	a, _, _ := outboxAgent(t)
+	require.NoError(t, a.outbox.Put(outbox.Item{ID: "inv-1", Envelope: envelopeOfSize("1", 100), Certificate: []byte("cert")}))
+	require.NoError(t, a.outbox.Put(outbox.Item{ID: "inv-2", Envelope: envelopeOfSize("2", 100), Certificate: []byte("cert")}))
+	settled := []outbox.Settlement{{ID: "inv-1", Logged: []byte(`{}`)}, {ID: "inv-2", Reason: "refused"}}
+	require.NoError(t, a.outbox.Close())
+
+	require.Error(t, a.settle(settled), "a closed outbox saves nothing")
+	require.Zero(t, metricValue(t, a.metrics.logSubmissions.WithLabelValues("logged")))
+	require.Zero(t, metricValue(t, a.metrics.logSubmissions.WithLabelValues(resultDenied)))
+
+	b, _, _ := outboxAgent(t)
+	require.NoError(t, b.outbox.Put(outbox.Item{ID: "inv-1", Envelope: envelopeOfSize("1", 100), Certificate: []byte("cert")}))
+	require.NoError(t, b.outbox.Put(outbox.Item{ID: "inv-2", Envelope: envelopeOfSize("2", 100), Certificate: []byte("cert")}))
+	require.NoError(t, b.settle(settled))
+	require.Equal(t, 1.0, metricValue(t, b.metrics.logSubmissions.WithLabelValues("logged")))
+	require.Equal(t, 1.0, metricValue(t, b.metrics.logSubmissions.WithLabelValues(resultDenied)))
+}

@@ -78,6 +78,7 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 	leaf := chain[0]
 	a.s.agents.issued(id.String(), chain, start)
 	a.s.metrics.issued.WithLabelValues(resultIssued).Inc()
+	a.s.metrics.caExpiry.Set(float64(caNotAfter(chain).Unix()))
 	a.s.log.Info("Signing certificate issued",
 		zap.String(logSPIFFEID, id.String()),
 		zap.String(logSerial, leaf.SerialNumber.Text(16)),
@@ -88,6 +89,18 @@ func (a *agentService) IssueSigningCertificate(ctx context.Context, req *serverv
 		resp.CertificateChain = append(resp.CertificateChain, c.Raw)
 	}
 	return resp, nil
+}
+
+// caNotAfter is the earliest NotAfter of the CA certificates in chain
+// (leaf first): when the chain stops certifying anything.
+func caNotAfter(chain []*x509.Certificate) time.Time {
+	var t time.Time
+	for _, c := range chain[1:] {
+		if t.IsZero() || c.NotAfter.Before(t) {
+			t = c.NotAfter
+		}
+	}
+	return t
 }
 
 var errForeignName = errors.New("a CSR may name only its caller")

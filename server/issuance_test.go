@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -383,7 +384,10 @@ func TestIssueSigningCertificate(t *testing.T) {
 			}
 			require.Equal(t, tt.wantSigned, km.calls == 1)
 			require.Equal(t, 1.0, counterValue(t, s.metrics.issued.WithLabelValues(tt.wantResult)))
+			var caExpiry dto.Metric
+			require.NoError(t, s.metrics.caExpiry.Write(&caExpiry))
 			if tt.wantCode != codes.OK {
+				require.Zero(t, caExpiry.GetGauge().GetValue(), "nothing issued: no CA to report")
 				require.Nil(t, resp)
 				if tt.wantCode == codes.Internal {
 					require.Equal(t, 1, logs.FilterMessage("Key manager issued a certificate that does not match the request; discarded").Len())
@@ -397,8 +401,18 @@ func TestIssueSigningCertificate(t *testing.T) {
 			require.Equal(t, leaf.NotAfter, resp.GetExpiresAt().AsTime())
 			require.Equal(t, 5*time.Minute, leaf.NotAfter.Sub(leaf.NotBefore))
 			require.Equal(t, 1, logs.FilterMessage("Signing certificate issued").Len())
+			require.Equal(t, float64(ca.cert.NotAfter.Unix()), caExpiry.GetGauge().GetValue(), "the issuing CA's NotAfter")
 		})
 	}
+}
+
+func TestCANotAfterIsTheChainsEarliest(t *testing.T) {
+	t0 := time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
+	leaf := &x509.Certificate{NotAfter: t0.Add(time.Minute)}
+	inter := &x509.Certificate{NotAfter: t0.Add(24 * time.Hour)}
+	root := &x509.Certificate{NotAfter: t0.Add(12 * time.Hour)}
+	require.Equal(t, t0.Add(12*time.Hour), caNotAfter([]*x509.Certificate{leaf, inter, root}), "a root ending first ends the chain")
+	require.Equal(t, t0.Add(24*time.Hour), caNotAfter([]*x509.Certificate{leaf, inter}), "the leaf is not a CA")
 }
 
 func TestCheckIssuedRequiresSigningOnlyLeaf(t *testing.T) {

@@ -14,6 +14,7 @@ type metrics struct {
 	keyManagerSign *prometheus.HistogramVec
 	svidRotations  prometheus.Counter
 	svidExpiry     prometheus.Gauge
+	caExpiry       prometheus.Gauge
 	timestamps     *prometheus.CounterVec
 }
 
@@ -55,12 +56,16 @@ func newMetrics() *metrics {
 			Name: "hallmark_server_svid_expiry_timestamp_seconds",
 			Help: "NotAfter of the server's current X509-SVID.",
 		}),
+		caExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_server_signing_ca_expiry_timestamp_seconds",
+			Help: "Earliest NotAfter of the CA certificates in the chain of the last signing certificate issued: past it, the key manager certifies nothing until the signing CA is rotated (docs/rotation.md). 0 until the first issuance.",
+		}),
 		timestamps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_server_timestamps_total",
 			Help: "Signatures timestamped for agents as they sign (Timestamp), by result: granted, error.",
 		}, []string{"result"}),
 	}
-	m.registry.MustRegister(m.issued, m.denied, m.limited, m.keyManagerSign, m.svidRotations, m.svidExpiry, m.timestamps,
+	m.registry.MustRegister(m.issued, m.denied, m.limited, m.keyManagerSign, m.svidRotations, m.svidExpiry, m.caExpiry, m.timestamps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
