@@ -221,13 +221,25 @@ func (c *Conn) Verify() error {
 	i := c.info
 	if c.watch != nil {
 		werr := c.watch.check(c)
+		// The watch hears of an exec only as the process resumes from
+		// it, and a tracer can hold it stopped at PTRACE_EVENT_EXEC for
+		// as long as it likes, /proc/PID/exe already naming the new
+		// program (found by an attacker review: a request sent before
+		// the exec was attributed to the program exec'd). So the
+		// executable is compared too: whatever a held exec put there is
+		// not what connected, and an exec back needs the held one to
+		// resume, which the watch hears of first.
+		exe, exeErr := statExe(i.PID)
 		// Alive after the check means every exec of this pid since the
 		// watch began was the peer's own (a pid is reused only once its
 		// process is reaped); gone is the more precise reason otherwise.
 		if err := checkAlive(c.pidfd, i.PID); err != nil {
 			return err
 		}
-		return werr
+		if werr != nil {
+			return werr
+		}
+		return c.sameExe(exe, exeErr)
 	}
 	if err := checkAlive(c.pidfd, i.PID); err != nil {
 		return err
@@ -236,21 +248,23 @@ func (c *Conn) Verify() error {
 		return err
 	}
 	exe, exeErr := statExe(i.PID)
-	var path string
-	if exeErr == nil && exe != i.Exe {
-		// Only for the message, but read before the liveness check like
-		// the rest.
-		path, _ = os.Readlink(procPath(i.PID, "exe"))
-	}
 	// Alive after the /proc reads means the pid named this process during
 	// them (a pid is only reused once its process is reaped).
 	if err := checkAlive(c.pidfd, i.PID); err != nil {
 		return err
 	}
+	return c.sameExe(exe, exeErr)
+}
+
+// sameExe is nil when exe, the peer's /proc/PID/exe as just read (or
+// exeErr), is the file it connected with.
+func (c *Conn) sameExe(exe FileID, exeErr error) error {
+	i := c.info
 	if exeErr != nil {
 		return fmt.Errorf("peercred: verify pid %d: %w", i.PID, exeErr)
 	}
 	if exe != i.Exe {
+		path, _ := os.Readlink(procPath(i.PID, "exe")) // for the message only
 		return fmt.Errorf("%w: pid %d ran %s (%s), now %s (%s)",
 			ErrPeerExeced, i.PID, i.ExePath, i.Exe, path, exe)
 	}

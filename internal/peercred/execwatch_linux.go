@@ -44,6 +44,10 @@ var ErrExecWatch = errors.New("peercred: exec watch unavailable")
 // Check has drained the socket, every exec that happened before Check
 // began has been seen. If the kernel ever drops events (the socket's
 // buffer overflowed), every connection registered before is refused.
+// One exec is not yet "happened" by then: one a tracer holds stopped at
+// PTRACE_EVENT_EXEC, which comes before the event is queued, while
+// /proc/PID/exe already names the new program. Conn.Verify therefore
+// compares the executable as well.
 //
 // The connector needs CAP_NET_ADMIN, the initial network namespace (the
 // kernel's connector socket lives there) and the initial user and pid
