@@ -263,6 +263,19 @@ func (a *adminService) RevokeIssuer(ctx context.Context, req *serverv1.RevokeIss
 		// two whole seconds would admit a signature made just after it.
 		at = req.GetAt().AsTime().UTC().Truncate(time.Second)
 	}
+	if prev := v.st.RevokedAt; !prev.IsZero() {
+		// Revoked before: running revoke again (as after a key manager
+		// failure) keeps the recorded time unless given an earlier one.
+		// A later one would trust again what was signed in between.
+		switch {
+		case req.GetAt() == nil:
+			at = prev
+		case at.After(prev):
+			return nil, status.Errorf(codes.FailedPrecondition, "revoke: issuer %s is revoked from %s; a later time (%s) would trust again what it signed in between, "+
+				"so revocation only moves earlier (run revoke without --at to retry the key manager step)",
+				v.ID, prev.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
+		}
+	}
 	if at.After(now) {
 		return nil, status.Errorf(codes.InvalidArgument, "revoke: at %s is in the future; revocation takes effect from a past or present time", at.Format(time.RFC3339))
 	}
@@ -279,7 +292,7 @@ func (a *adminService) RevokeIssuer(ctx context.Context, req *serverv1.RevokeIss
 		return nil, status.Errorf(codes.Unavailable, "revoke: %v", err)
 	}
 	if err := a.km.RevokeIssuer(ctx, v.ID); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "revoke: recorded, but key manager %s: %v (run revoke again)", a.s.cfg.KeyManager.Name, err)
+		return nil, status.Errorf(codes.Unavailable, "revoke: recorded, but key manager %s: %v (run `hallmark admin rotate signing revoke --id %s` again: the recorded time stays)", a.s.cfg.KeyManager.Name, err, v.ID)
 	}
 	a.s.log.Warn("Signing CA revoked", zap.String(logIssuer, v.ID), zap.Time("revoked_at", at))
 	return a.report(ctx, "revoke", v.ID)

@@ -272,6 +272,32 @@ func TestSigningCARotation(t *testing.T) {
 	require.True(t, revoked.GetTrustedUntil().AsTime().Equal(revokeAt.Add(-time.Nanosecond)), "revoked from T: trusted until just before")
 	require.Equal(t, map[string]string{tainted.GetId(): issuerRevoked, prepared.GetId(): issuerActive}, f.states(t))
 
+	// Revoked again (as after a key manager failure): without a time,
+	// or with a later one, T stays; a later one is refused, since it
+	// would trust again what was signed between T and it (found by an
+	// outside review). An earlier one moves T back.
+	for _, req := range []*serverv1.RevokeIssuerRequest{
+		{Id: tainted.GetId()},
+		{Id: tainted.GetId(), At: timestamppb.New(revokeAt.Add(time.Second))},
+		{Id: tainted.GetId(), At: timestamppb.New(f.clk.now())},
+	} {
+		again, err := f.admin.RevokeIssuer(ctx, req)
+		if req.At != nil {
+			require.Equal(t, codes.FailedPrecondition, code(err), "revoke at %s", req.At.AsTime())
+			require.ErrorContains(t, err, "revocation only moves earlier")
+			continue
+		}
+		require.NoError(t, err)
+		require.True(t, again.GetRevokedAt().AsTime().Equal(revokeAt), "kept: %s", again.GetRevokedAt().AsTime())
+	}
+	status, err := f.admin.GetStatus(ctx, &serverv1.GetStatusRequest{})
+	require.NoError(t, err)
+	for _, is := range status.GetIssuers() {
+		if is.GetId() == tainted.GetId() {
+			require.True(t, is.GetRevokedAt().AsTime().Equal(revokeAt), "still revoked from T")
+		}
+	}
+
 	// Before T: still verifies. After T under the revoked issuer: no
 	// longer. The new issuer's: verifies.
 	require.NoError(t, f.verify(t, beforeBundle, before))
