@@ -22,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hallmark-dev/hallmark/agent/measure"
 	"github.com/hallmark-dev/hallmark/agent/outbox"
@@ -51,6 +52,12 @@ const (
 	maxPaths        = 10000   // products plus materials named in a request
 	maxPathLen      = 4096
 	maxHeaderBytes  = 16 << 10
+	// maxHeldRequestBytesPerUID bounds the requests one uid has waiting
+	// or under way, in bytes: an attestation waits for its uid's slot
+	// until its deadline, which a caller may leave unset, and 1,000 of
+	// them at 1 MiB held the agent at 1.6 GiB (an attacker review).
+	// hallmark-attest's requests are a few hundred bytes.
+	maxHeldRequestBytesPerUID = 16 << 20
 	// handshakeTimeout bounds how long a connection may take to greet.
 	handshakeTimeout = 10 * time.Second
 )
@@ -73,6 +80,8 @@ type localAPI struct {
 	// attests and idents bound, per uid and in all, the attestations and
 	// the identifications (workload attestor calls) under way.
 	attests, idents *uidlimit.Limit
+	// held bounds the bytes of requests each uid has waiting or under way.
+	held *uidlimit.Budget
 
 	mu      sync.Mutex // guards watched
 	watched map[*peercred.Conn]*watchedIDs
@@ -112,6 +121,7 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	api := &localAPI{
 		a: a, auditLog: a.log.WithOptions(zap.WithCaller(false)),
 		attests:  uidlimit.New(lim.AttestationsPerUID, 0),
+		held:     uidlimit.NewBudget(maxHeldRequestBytesPerUID),
 		idents:   uidlimit.New(lim.IdentificationsPerUID, lim.Identifications),
 		stopping: make(chan struct{}),
 	}
@@ -158,17 +168,71 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 
 // logErrors logs unexpected failures once, at the API edge. Denials are
 // logged as audit events where they are decided.
+// Each call's request is held against its uid's budget of request bytes
+// (maxHeldRequestBytesPerUID) until the call ends.
 func (api *localAPI) logErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	release, err := api.hold(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	resp, err := handler(ctx, req)
 	api.logFailure(info.FullMethod, err)
 	return resp, err
 }
 
-// logStreamErrors is logErrors for streaming calls.
+// logStreamErrors is logErrors for streaming calls; their requests are
+// held from when they are read.
 func (api *localAPI) logStreamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
+	hs := &heldStream{ServerStream: ss, api: api}
+	defer hs.release()
+	err := handler(srv, hs)
 	api.logFailure(info.FullMethod, err)
 	return err
+}
+
+// hold takes req's size from its caller's budget of request bytes, or
+// refuses the call (ResourceExhausted) when the caller's uid already holds
+// its budget's worth.
+func (api *localAPI) hold(ctx context.Context, req any) (func(), error) {
+	m, ok := req.(proto.Message)
+	c, r := kernelCaller(ctx)
+	if !ok || r != nil {
+		return func() {}, nil // the handler refuses an unidentified caller
+	}
+	release, used, ok := api.held.Take(c.peer.UID, int64(proto.Size(m)))
+	if !ok {
+		api.a.metrics.denials.WithLabelValues(denyLimits).Inc()
+		return nil, status.Errorf(codes.ResourceExhausted, "hallmark-agent: uid %d has %d KiB of requests waiting or under way, the most one uid may hold is %d MiB; "+
+			"nothing was done: send it again once its other calls end", c.peer.UID, used>>10, maxHeldRequestBytesPerUID>>20)
+	}
+	return release, nil
+}
+
+// heldStream holds what a streaming call's handler reads, as logErrors
+// holds a unary call's request.
+type heldStream struct {
+	grpc.ServerStream
+	api      *localAPI
+	releases []func()
+}
+
+func (s *heldStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	release, err := s.api.hold(s.Context(), m)
+	if err != nil {
+		return err
+	}
+	s.releases = append(s.releases, release)
+	return nil
+}
+
+func (s *heldStream) release() {
+	for _, r := range s.releases {
+		r()
+	}
 }
 
 func (api *localAPI) logFailure(method string, err error) {
@@ -176,7 +240,7 @@ func (api *localAPI) logFailure(method string, err error) {
 		return
 	}
 	switch st := status.Convert(err); st.Code() {
-	case codes.PermissionDenied, codes.InvalidArgument, codes.Canceled:
+	case codes.PermissionDenied, codes.InvalidArgument, codes.Canceled, codes.ResourceExhausted:
 	default:
 		api.a.log.Warn("Local API call failed", zap.String(logMethod, method),
 			zap.String(logCode, st.Code().String()), zap.String(logError, st.Message()))

@@ -17,6 +17,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
@@ -407,4 +409,63 @@ func clientAs(t *testing.T, socket string, uid int) agentv1.WorkloadServiceClien
 	require.NoError(t, err)
 	t.Cleanup(func() { cc.Close() })
 	return agentv1.NewWorkloadServiceClient(cc)
+}
+
+// Must show (an attacker review's flood): a uid that sends many large
+// requests, which wait for its attestation slot with no deadline, holds
+// at most maxHeldRequestBytesPerUID of them; the rest are refused at
+// once, told why, instead of held in memory (1,000 of 1 MiB held the
+// agent at 1.6 GiB). Once its calls end the uid is served again.
+func TestRequestBytesHeldPerUIDAreBounded(t *testing.T) {
+	lim := limitsFromHCL(t, "max_attestations_per_uid = 1")
+	fx, h := newHeldFixture(t, lim)
+	fx.write(t, "dist/app", 10)
+	small := &agentv1.AttestStepRequest{Step: "build", Workspace: fx.ws, Products: []string{"dist"}}
+	results := make(chan error, 1)
+	go func() {
+		_, err := fx.client(t).AttestStep(context.Background(), small)
+		results <- err
+	}()
+	h.awaitEntered(t, 1, "the uid's one attestation") // its slot is taken
+
+	// 1 MB each: 250 names of 4,000 bytes, under maxRequestBytes.
+	big := &agentv1.AttestStepRequest{Step: "build", Workspace: fx.ws}
+	for i := range 250 {
+		big.Products = append(big.Products, fmt.Sprintf("%04d", i)+string(make([]byte, 3996)))
+	}
+	const sent = 40
+	clients := []agentv1.WorkloadServiceClient{fx.client(t), fx.client(t), fx.client(t)}
+	errs := make(chan error, sent)
+	for i := range sent {
+		go func() {
+			_, err := clients[i%len(clients)].AttestStep(context.Background(), big) // no deadline, as the attacker's
+			errs <- err
+		}()
+	}
+	refused := 0
+	for deadline := time.After(20 * time.Second); refused < sent-maxHeldRequestBytesPerUID/1_000_000; {
+		select {
+		case err := <-errs:
+			require.Equal(t, codes.ResourceExhausted, status.Code(err), "refused at once: %v", err)
+			require.ErrorContains(t, err, fmt.Sprintf("uid %d has ", os.Geteuid()))
+			require.ErrorContains(t, err, "the most one uid may hold is 16 MiB")
+			refused++
+		case <-deadline:
+			t.Fatalf("%d of %d requests refused; the rest are held", refused, sent)
+		}
+	}
+	require.Equal(t, sent-16, refused, "16 MB of them wait, the rest are refused")
+	select {
+	case err := <-errs:
+		t.Fatalf("a held request ended: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	h.freeAll()
+	require.NoError(t, awaitResult(t, results))
+	for range 16 {
+		require.Error(t, awaitResult(t, errs), "the big ones name no files; they ran and were refused by measuring")
+	}
+	_, err := fx.client(t).AttestStep(context.Background(), small)
+	require.NoError(t, err, "with its calls ended the uid is served again")
 }
