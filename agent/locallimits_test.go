@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/hallmark-dev/hallmark/plugins/workloadattestor"
 	agentv1 "github.com/hallmark-dev/hallmark/proto/hallmark/agent/v1"
