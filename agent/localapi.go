@@ -466,7 +466,7 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	if r != nil {
 		return nil, au.deny(r)
 	}
-	au.allowed(rule)
+	au.allowed(rule, req.GetStep())
 	products, materials, sources, r := api.measure(ctx, c, req, progress)
 	if r != nil {
 		if cr := api.confirm(ctx, c, nil); cr != nil {
@@ -485,6 +485,11 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 type audit struct {
 	api    *localAPI
 	fields []zap.Field
+	// stepLabel is the step's label in hallmark_agent_attested_steps_total
+	// once policy allowed it: its name when the rule names it, "*" when
+	// the rule grants every step (any name a caller makes up would
+	// otherwise be a series of its own, for good).
+	stepLabel string
 }
 
 func (api *localAPI) newAudit(c *caller, req *agentv1.AttestStepRequest) *audit {
@@ -501,8 +506,12 @@ func (au *audit) identified(c *caller) {
 	au.fields = append(au.fields, zap.Strings(logSPIFFEIDs, c.id.SPIFFEIDs), zap.Strings(logSelectors, c.id.Selectors))
 }
 
-func (au *audit) allowed(rule policy.Rule) {
+func (au *audit) allowed(rule policy.Rule, step string) {
 	au.fields = append(au.fields, zap.String(logRule, rule.Name))
+	au.stepLabel = "*"
+	if slices.Contains(rule.Steps, step) {
+		au.stepLabel = step
+	}
 }
 
 // deny counts and logs a refusal and returns it as the caller's status. A
@@ -595,7 +604,7 @@ func (api *localAPI) sign(ctx context.Context, c *caller, req *agentv1.AttestSte
 		a.metrics.outboxQueued.Set(float64(a.outbox.Len()))
 	}
 	a.metrics.attestations.WithLabelValues(resultAttested).Inc()
-	a.metrics.attestedSteps.WithLabelValues(step.Name).Inc() // names policy granted: bounded
+	a.metrics.attestedSteps.WithLabelValues(au.stepLabel).Inc() // names policy lists, or "*": bounded
 	a.metrics.attestSeconds.Observe(a.cfg.Now().Sub(start).Seconds())
 	api.auditLog.Info("Step attested", append(au.fields,
 		zap.String(logEvent, "step_attested"),

@@ -83,7 +83,7 @@ func newMetrics() *metrics {
 		}, []string{"reason"}),
 		attestedSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_attested_steps_total",
-			Help: "Attestations made, by step name (only names policy allowed).",
+			Help: "Attestations made, by step name as the allowing rule names it; \"*\" for a step a rule allows only by granting every step.",
 		}, []string{"step"}),
 		measuredFiles: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hallmark_agent_measured_files_total",

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -308,4 +309,35 @@ func TestAttestStepStreamProgress(t *testing.T) {
 	}
 	require.Equal(t, int64(files), prev.GetFilesDone())
 	require.Equal(t, int64(files*size), prev.GetBytesDone())
+}
+
+// Must show (an attacker review's finding): under a rule granting every
+// step ("*"), the step names a caller makes up do not each become a
+// metric series for good: they are counted as "*"; a step the rule names
+// keeps its own.
+func TestAttestedStepsMetricIsBounded(t *testing.T) {
+	fx := newLocalAPIFixture(t)
+	pol, err := policy.New([]policy.Rule{{
+		Name: "anything", SPIFFEIDs: []string{testCallerID}, Steps: []string{"build", "*"}, WorkspaceRoots: []string{fx.ws},
+	}})
+	require.NoError(t, err)
+	fx.a.pol.Store(pol)
+	fx.write(t, "dist/app", 10)
+	c := fx.client(t)
+	for _, step := range []string{"build", "made-up-1", "made-up-2", "made-up-3"} {
+		_, err := c.AttestStep(t.Context(), &agentv1.AttestStepRequest{Step: step, Workspace: fx.ws, Products: []string{"dist"}})
+		require.NoError(t, err, step)
+	}
+	require.Equal(t, 1.0, metricValue(t, fx.a.metrics.attestedSteps.WithLabelValues("build")))
+	require.Equal(t, 3.0, metricValue(t, fx.a.metrics.attestedSteps.WithLabelValues("*")))
+	require.Equal(t, 2, testutilCount(t, fx.a.metrics.attestedSteps), "two series: build and *")
+}
+
+// testutilCount is the number of series of a metric vector.
+func testutilCount(t *testing.T, c prometheus.Collector) int {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 64)
+	c.Collect(ch)
+	close(ch)
+	return len(ch)
 }
