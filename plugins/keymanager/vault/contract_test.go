@@ -376,6 +376,33 @@ func TestContractCertAuth(t *testing.T) {
 		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len())
 		require.Equal(t, 2, src.fetches(), "each login showed the SVID current then")
 	})
+	// An outside review ran docs/rotation.md's SPIRE rotation against
+	// this key manager: the server's new SVID, from an authority Vault's
+	// cert auth was never given (setup.sh not run again), failed its
+	// login at half the token's life, and the key manager dropped a token
+	// still good: no signing until setup.sh ran, and no word before.
+	t.Run("keeps a token still good while a fresh login is refused, saying so", func(t *testing.T) {
+		src := &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}
+		core, logs := observer.New(zap.InfoLevel)
+		km, err := vault.New(f.config(f.certAuth()), vault.Deps{SVIDs: src, Log: zap.New(core)})
+		require.NoError(t, err)
+		csr, _ := newCSR(t)
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err)
+		loggedIn := time.Now()
+		src.set(newTestCA(t).svid(t, serverID, "hallmark-server")) // from an authority Vault does not trust
+		time.Sleep(1100 * time.Millisecond)                          // past half the 2s token TTL
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		require.NoError(t, err, "the token in use is still good")
+		refused := logs.FilterMessage("Vault refused a fresh login; signing goes on with the current token until it expires").All()
+		require.Len(t, refused, 1)
+		require.Contains(t, refused[0].ContextMap()["error"], "invalid certificate or no client certificate supplied")
+		require.NotEmpty(t, refused[0].ContextMap()["fix"])
+
+		time.Sleep(time.Until(loggedIn.Add(2100 * time.Millisecond))) // past the token's life
+		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		requireFault(t, err, vault.ErrMisconfigured, "invalid certificate or no client certificate supplied")
+	})
 }
 
 // Must show: jwt auth with JWT-SVIDs, as setup.sh configures it.

@@ -59,6 +59,7 @@ type KeyManager struct {
 	mu        sync.Mutex
 	hasToken  bool
 	refreshAt time.Time // zero: never
+	expiresAt time.Time // of the token in use, as its login said; zero: never
 	// generation counts logins, so that of many requests refused with one
 	// token only the first logs in again.
 	generation uint64
@@ -271,21 +272,40 @@ func (k *KeyManager) ensureToken(ctx context.Context, stale uint64) (uint64, err
 		ttl, err = k.loginJWT(ctx)
 	}
 	if err != nil {
+		if k.hasToken && !force && (k.expiresAt.IsZero() || now.Before(k.expiresAt)) {
+			// A refresh, refused while the token in use is still good:
+			// keep it, and say so now rather than when it expires (after
+			// SPIRE's authority rotated, setup.sh not run again, this
+			// was an outage at the token's expiry and not a word before).
+			k.refreshAt = now.Add(keptTokenRetry(k.expiresAt.Sub(now)))
+			fields := []zap.Field{zap.Error(err), zap.Time("token_expires_at", k.expiresAt), zap.Time("retry_at", k.refreshAt)}
+			if f := (*Error)(nil); errors.As(err, &f) {
+				fields = append(fields, zap.String("fix", f.Fix()))
+			}
+			k.deps.Log.Error("Vault refused a fresh login; signing goes on with the current token until it expires", fields...)
+			return k.generation, nil
+		}
 		k.hasToken = false
 		return 0, err
 	}
 	k.hasToken = true
 	k.generation++
 	k.refused = map[string]bool{}
-	k.refreshAt = time.Time{}
+	k.refreshAt, k.expiresAt = time.Time{}, time.Time{}
 	if ttl > 0 {
-		k.refreshAt = now.Add(ttl / 2)
+		k.refreshAt, k.expiresAt = now.Add(ttl/2), now.Add(ttl)
 	}
 	k.deps.Log.Info("Vault token ready",
 		zap.String("auth_method", k.cfg.Auth.Method),
 		zap.Duration("token_ttl", ttl),
 		zap.Bool("renewable", renewable || k.cfg.Auth.Method != AuthDevToken))
 	return k.generation, nil
+}
+
+// keptTokenRetry is when to try a login again after one was refused
+// while the token in use has left to live: soon, but not in a loop.
+func keptTokenRetry(left time.Duration) time.Duration {
+	return min(10*time.Second, max(left/2, time.Second))
 }
 
 // devToken sets the static token and renews it when Vault allows.
