@@ -391,7 +391,7 @@ func TestContractCertAuth(t *testing.T) {
 		require.NoError(t, err)
 		loggedIn := time.Now()
 		src.set(newTestCA(t).svid(t, serverID, "hallmark-server")) // from an authority Vault does not trust
-		time.Sleep(1100 * time.Millisecond)                          // past half the 2s token TTL
+		time.Sleep(1100 * time.Millisecond)                        // past half the 2s token TTL
 		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
 		require.NoError(t, err, "the token in use is still good")
 		refused := logs.FilterMessage("Vault refused a fresh login; signing goes on with the current token until it expires").All()
