@@ -191,6 +191,11 @@ func checkEnvelope(env *dssepb.Envelope) error {
 	if len(env.GetSignatures()[0].GetSig()) == 0 {
 		return errors.New("attest: envelope signature is empty")
 	}
+	// Hallmark signs with an empty keyid. One in a bundle is bytes no
+	// signature covers, and cosign refuses a keyid its key does not have.
+	if id := env.GetSignatures()[0].GetKeyid(); id != "" {
+		return fmt.Errorf("attest: envelope signature has keyid %q; Hallmark's have none", id)
+	}
 	return nil
 }
 

@@ -53,6 +53,19 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 			kv.GetKind(), kv.GetVersion(), tlog.EntryKind, tlog.EntryVersion)
 	}
 
+	// Rekor v2 entries, and this log's, carry no integratedTime and no
+	// inclusionPromise (a signed entry timestamp): the bundle's RFC 3161
+	// timestamp says when. Bytes that no signature covers, which cosign
+	// and sigstore-go would check (integratedTime against the
+	// certificate's validity, the promise's signature) and refuse, are
+	// refused here too, so that all agree on every bundle.
+	if t := e.GetIntegratedTime(); t != 0 {
+		return verifiedEntry{}, fmt.Errorf("entry has integratedTime %d; this log gives none (the bundle's timestamp says when), and Sigstore's verifiers would check it", t)
+	}
+	if e.GetInclusionPromise() != nil {
+		return verifiedEntry{}, errors.New("entry has an inclusionPromise; this log issues none, and Sigstore's verifiers would check it")
+	}
+
 	// rekor-tiles CLIENTS.md: the log ID is the C2SP signed-note key ID
 	// of the log's checkpoint key, and selects a log of the trusted root.
 	// A legacy entry may also name its log by the SHA-256 of the key's

@@ -212,6 +212,9 @@ func TestVerifyRefuses(t *testing.T) {
 				require.NotEqual(t, f.bundle.GetDsseEnvelope().GetPayload(), env.Payload)
 			})
 		}},
+		{name: "keyid added (cosign refuses it)", check: verify.CheckBundle, msg: `keyid "anything"`, bundle: func(t *testing.T) []byte {
+			return f.tampered(t, func(b *bundlepb.Bundle) { b.GetDsseEnvelope().GetSignatures()[0].Keyid = "anything" })
+		}},
 		{name: "signature changed", check: verify.CheckSignature, bundle: func(t *testing.T) []byte {
 			return f.tampered(t, func(b *bundlepb.Bundle) {
 				sig := b.GetDsseEnvelope().GetSignatures()[0]
@@ -234,6 +237,14 @@ func TestVerifyRefuses(t *testing.T) {
 		{name: "two tlog entries", check: verify.CheckTlog, msg: "2 transparency log entries", bundle: func(t *testing.T) []byte {
 			return f.tampered(t, func(b *bundlepb.Bundle) {
 				b.VerificationMaterial.TlogEntries = append(b.VerificationMaterial.TlogEntries, entryOf(b))
+			})
+		}},
+		{name: "integratedTime added (cosign and sigstore-go check it)", check: verify.CheckTlog, msg: "entry has integratedTime 1", bundle: func(t *testing.T) []byte {
+			return f.tampered(t, func(b *bundlepb.Bundle) { entryOf(b).IntegratedTime = 1 })
+		}},
+		{name: "inclusionPromise added (Sigstore's verifiers check it)", check: verify.CheckTlog, msg: "entry has an inclusionPromise", bundle: func(t *testing.T) []byte {
+			return f.tampered(t, func(b *bundlepb.Bundle) {
+				entryOf(b).InclusionPromise = &rekorpb.InclusionPromise{SignedEntryTimestamp: []byte("garbage")}
 			})
 		}},
 		{name: "unknown entry kind", check: verify.CheckTlog, msg: "kind", bundle: func(t *testing.T) []byte {
