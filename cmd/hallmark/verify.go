@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -213,18 +216,34 @@ func reportVerified(w io.Writer, output string, paths []string, res *verify.Resu
 			Result   *verify.Result `json:"result"`
 		}{true, res})
 	}
+	// What the statement and certificate say is printed as the terminal
+	// shows it only when it is plain text: a subject name is the step's
+	// choice, and may carry escape sequences that would rewrite the
+	// consumer's screen (an outside review forged a "verified" line so).
 	for i, a := range res.Artifacts {
-		fmt.Fprintf(w, "verified: %s (subject %s, sha256 %s)\n", paths[i], a.Name, a.SHA256)
+		fmt.Fprintf(w, "verified: %s (subject %s, sha256 %s)\n", paths[i], plain(a.Name), a.SHA256)
 	}
-	fmt.Fprintf(w, "  builder:   %s\n", res.BuilderID)
-	fmt.Fprintf(w, "  step:      %s\n", res.Step)
+	fmt.Fprintf(w, "  builder:   %s\n", plain(res.BuilderID))
+	fmt.Fprintf(w, "  step:      %s\n", plain(res.Step))
 	ids := "(no SPIFFE ID)"
 	if len(res.Workload.SPIFFEIDs) > 0 {
-		ids = strings.Join(res.Workload.SPIFFEIDs, ", ")
+		ids = plain(strings.Join(res.Workload.SPIFFEIDs, ", "))
 	}
 	fmt.Fprintf(w, "  workload:  %s (pid %d, uid %d, gid %d)\n", ids, res.Workload.PID, res.Workload.UID, res.Workload.GID)
-	fmt.Fprintf(w, "  issuer:    %s\n", res.Issuer)
+	fmt.Fprintf(w, "  issuer:    %s\n", plain(res.Issuer))
 	fmt.Fprintf(w, "  signed at: %s (RFC 3161 timestamp)\n", res.SignedAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "  log entry: %d in log %s\n", res.LogIndex, res.LogID)
 	return nil
+}
+
+// plain is s when it is printable text (letters, marks, numbers,
+// punctuation, symbols and the space), else s quoted as a Go string, its
+// control characters and invalid UTF-8 escaped.
+func plain(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || (r != ' ' && !unicode.IsGraphic(r)) || unicode.In(r, unicode.Bidi_Control) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/verifytest"
 )
 
@@ -148,5 +149,32 @@ func TestVerifyCommand(t *testing.T) {
 				require.NoError(t, json.Unmarshal([]byte(stdout), &v), stdout)
 			}
 		})
+	}
+}
+
+// Must show (an outside review's finding): a subject name the step chose,
+// carrying terminal escapes, reaches the consumer's terminal quoted, so it
+// cannot rewrite what the screen says was verified.
+func TestReportVerifiedQuotesWhatIsNotPlainText(t *testing.T) {
+	forged := "evil.bin\x1b[1A\x1b[2K\rverified: app.tar (subject app.tar"
+	res := &verify.Result{
+		Artifacts: []verify.Subject{{Name: forged, SHA256: "ab"}},
+		Step:      "build", BuilderID: "spiffe://example.org/hallmark/agent/r1",
+	}
+	var out bytes.Buffer
+	require.NoError(t, reportVerified(&out, "text", []string{"plain.bin"}, res))
+	require.NotContains(t, out.String(), "\x1b")
+	require.NotContains(t, out.String(), "\r")
+	require.Contains(t, out.String(), `verified: plain.bin (subject "evil.bin\x1b[1A\x1b[2K\rverified: app.tar (subject app.tar", sha256 ab)`)
+
+	for in, want := range map[string]string{
+		"dist/app-1.0.tar.gz":  "dist/app-1.0.tar.gz",
+		"dossier/résumé é.pdf": "dossier/résumé é.pdf",
+		"a\nb":                 `"a\nb"`,
+		"a\u2028b":             `"a\u2028b"`,
+		"abc\u202edcba":        `"abc\u202edcba"`,
+		"bad\xffutf8":          `"bad\xffutf8"`,
+	} {
+		require.Equal(t, want, plain(in), "%q", in)
 	}
 }
