@@ -162,7 +162,10 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	report, err := pipeline.Verify(ctx, policy, artifact, pipeline.Options{Verify: opts, Finder: finders, BuilderIDPrefixes: builderPrefixes})
 	var re *pipeline.RuleError
 	if err != nil && !errors.As(err, &re) {
-		return usageError(cmd, err)
+		// Exit 2 as for a usage error, without pointing at usage: the
+		// flags were fine, a server or the deadline was not.
+		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: could not verify: %v\n", err)
+		return &exitError{code: exitUsage}
 	}
 	if pf.vsa != "" {
 		resource := pf.vsaResource

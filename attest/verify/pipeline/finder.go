@@ -195,6 +195,13 @@ type LogSearch struct {
 	// parameter). Every builder Builder accepts must be one of these or
 	// under one; Policy.SearchBuilders gives them.
 	Builders []string
+	// MaxPages bounds the pages read for one digest (default 5,000):
+	// hallmark-server's page holds up to 100 entries, or says it scanned
+	// 1,000 others, so 5,000 pages cover more than any bound above,
+	// while a server that answers one entry, or none, a page keeps the
+	// search busy no longer than that (an outside review's lying server
+	// held it for the CLI's whole 5 minutes).
+	MaxPages int
 }
 
 // maxSearchPage bounds one answer of the server.
@@ -237,7 +244,15 @@ func (l *LogSearch) Find(ctx context.Context, sha256Hex string) ([]Candidate, er
 		}
 		return nil
 	}
-	for start := int64(0); ; {
+	maxPages := l.MaxPages
+	if maxPages <= 0 {
+		maxPages = 5000
+	}
+	for start, pages := int64(0), 1; ; pages++ {
+		if pages > maxPages {
+			return nil, &limitError{Failure{Rule: RuleLimits, Reason: fmt.Sprintf("log search: more than %d pages for sha256:%s from %s (LogSearch.MaxPages): "+
+				"its pages are far smaller than hallmark-server's; not reading further", maxPages, sha256Hex, l.BaseURL)}}
+		}
 		page, err := l.page(ctx, sha256Hex, start)
 		if err != nil {
 			return nil, err

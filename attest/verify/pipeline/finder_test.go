@@ -8,7 +8,9 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -144,4 +146,27 @@ func TestLogSearchErrors(t *testing.T) {
 			require.NotErrorIs(t, err, pipeline.ErrNotVerified)
 		})
 	}
+}
+
+// Must show (an outside review's lying server): a server whose every page
+// is empty, its next one index on, ends the search at MaxPages, with the
+// rule limits, instead of keeping it busy until the caller's deadline.
+func TestLogSearchEndsOnPagesThatDoNotProgress(t *testing.T) {
+	f := newFixture(t)
+	r := newRun("1")
+	var pages atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		pages.Add(1)
+		start, _ := strconv.ParseInt(req.URL.Query().Get("start"), 10, 64)
+		fmt.Fprintf(w, `{"entries":[],"next":%d}`, start+1)
+	}))
+	defer srv.Close()
+	began := time.Now()
+	_, err := f.verifyArtifact(mustPolicy(t, testPolicy), "w", r.files["widget-1.0.tar.gz"], &pipeline.LogSearch{BaseURL: srv.URL})
+	var re *pipeline.RuleError
+	require.ErrorAs(t, err, &re)
+	require.Equal(t, pipeline.RuleLimits, re.Failure.Rule)
+	require.ErrorContains(t, err, "more than 5000 pages")
+	require.EqualValues(t, 5000, pages.Load(), "the default bound")
+	t.Logf("5,000 empty pages read in %s", time.Since(began).Round(time.Millisecond))
 }
