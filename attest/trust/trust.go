@@ -111,7 +111,7 @@ func SigningCA(chain []*x509.Certificate, taintedAt, revokedAt time.Time) (CA, e
 	r := Range{Start: notBefore, End: notAfter}
 	// A revocation takes effect from the whole second at or before
 	// revokedAt: a timestamp's time may be rounded down (Hallmark's
-	// authority rounds it to the millisecond), so a signature made just
+	// authority writes whole seconds), so a signature made just
 	// after a revocation between two whole seconds could carry a time
 	// before it.
 	if revokedAt = revokedAt.Truncate(time.Second); !revokedAt.IsZero() && before(revokedAt).Before(r.End) {
