@@ -43,6 +43,7 @@
 package exedigest
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -98,8 +99,10 @@ func New(maxEntries int) *Cache {
 // start, or "" when it is larger than limit bytes (limit > 0). f is the
 // executable of a running process, opened through /proc/PID/exe (see the
 // package documentation). A remembered digest is returned when the file's
-// status matches it.
-func (c *Cache) Sum(f *os.File, limit int64) (string, error) {
+// status matches it. Reading stops when ctx ends: a caller's executable of
+// hundreds of MiB is not hashed on for a call that gave up (found by an
+// outside review).
+func (c *Cache) Sum(ctx context.Context, f *os.File, limit int64) (string, error) {
 	var start time.Time
 	if c != nil {
 		start = c.now()
@@ -126,7 +129,7 @@ func (c *Cache) Sum(f *os.File, limit int64) (string, error) {
 	if readLimit < math.MaxInt64 {
 		readLimit++ // to see a file that grew past limit
 	}
-	n, err := io.Copy(h, io.NewSectionReader(f, 0, readLimit))
+	n, err := io.Copy(h, ctxReader{ctx, io.NewSectionReader(f, 0, readLimit)})
 	if err != nil {
 		return "", fmt.Errorf("exedigest: read %s: %w", f.Name(), err)
 	}
@@ -162,6 +165,19 @@ func (c *Cache) Sum(f *os.File, limit int64) (string, error) {
 	}
 	c.entries[key] = e
 	return e.sum, nil
+}
+
+// ctxReader is r until ctx ends, then ctx's error.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (cr ctxReader) Read(p []byte) (int, error) {
+	if err := cr.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return cr.r.Read(p)
 }
 
 func (e entry) matches(st *unix.Stat_t) bool {

@@ -1,6 +1,7 @@
 package exedigest
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"math"
@@ -57,7 +58,7 @@ func sum(t *testing.T, c *Cache, path string, limit int64) string {
 	f, err := os.Open(path)
 	require.NoError(t, err)
 	defer f.Close()
-	s, err := c.Sum(f, limit)
+	s, err := c.Sum(context.Background(), f, limit)
 	require.NoError(t, err)
 	return s
 }
@@ -263,4 +264,27 @@ func TestSumEvicts(t *testing.T) {
 	defer c.mu.Unlock()
 	require.LessOrEqual(t, len(c.entries), 2)
 	require.Equal(t, 5, c.hashed, "each file hashed once, then remembered")
+}
+
+// Must show: hashing stops when the call gives up (an outside review kept
+// the agent hashing a caller's 250 MB executable after its attestor's
+// timeout, on every call).
+func TestSumStopsWhenTheCallEnds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fat")
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(64<<20)) // sparse: reading it costs only the hashing
+	require.NoError(t, f.Close())
+	f, err = os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = New(0).Sum(ctx, f, 1<<30)
+	require.ErrorIs(t, err, context.Canceled)
+
+	s, err := New(0).Sum(context.Background(), f, 1<<30)
+	require.NoError(t, err)
+	require.Len(t, s, 64, "the same file hashes when the call goes on")
 }

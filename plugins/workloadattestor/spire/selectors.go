@@ -98,7 +98,7 @@ func NewSelectors(cfg Config, digests *exedigest.Cache) (*SelectorAttestor, erro
 // Attest returns the SPIFFE IDs SPIRE's registration entries give the
 // caller's unix selectors (none when no entry matches them).
 func (a *SelectorAttestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
-	sels, err := a.selectors(c)
+	sels, err := a.selectors(ctx, c)
 	if err != nil {
 		return workloadattestor.Result{}, err
 	}
@@ -116,7 +116,7 @@ func (a *SelectorAttestor) Attest(ctx context.Context, c workloadattestor.Caller
 }
 
 // selectors are the caller's selectors of type "unix", sorted.
-func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error) {
+func (a *SelectorAttestor) selectors(ctx context.Context, c workloadattestor.Caller) ([]string, error) {
 	sels := c.IDSelectors()
 	for _, sg := range c.Groups {
 		id := strconv.FormatUint(uint64(sg), 10)
@@ -126,7 +126,7 @@ func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error
 		}
 	}
 	if a.cfg.DiscoverWorkloadPath {
-		path, onHost, sum, err := a.executable(c.PID)
+		path, onHost, sum, err := a.executable(ctx, c.PID)
 		if err != nil {
 			return nil, err
 		}
@@ -145,7 +145,7 @@ func (a *SelectorAttestor) selectors(c workloadattestor.Caller) ([]string, error
 // names it, whether that path names it on this host
 // (workloadattestor.HostPath), and its sha256 (none with a negative
 // workload_size_limit), from one open of that very file.
-func (a *SelectorAttestor) executable(pid int32) (path string, onHost bool, sum string, err error) {
+func (a *SelectorAttestor) executable(ctx context.Context, pid int32) (path string, onHost bool, sum string, err error) {
 	fail := func(err error) (string, bool, string, error) {
 		return "", false, "", fmt.Errorf("spire: executable of pid %d: %w", pid, err)
 	}
@@ -169,7 +169,7 @@ func (a *SelectorAttestor) executable(pid int32) (path string, onHost bool, sum 
 	case limit == 0:
 		limit = math.MaxInt64
 	}
-	if sum, err = a.digests.Sum(f, limit); err != nil {
+	if sum, err = a.digests.Sum(ctx, f, limit); err != nil {
 		return fail(err)
 	}
 	if sum == "" {

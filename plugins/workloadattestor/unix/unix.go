@@ -63,7 +63,7 @@ func New(cfg Config, digests *exedigest.Cache) *Attestor {
 // names resolve), unix:path (the executable, when that path names it on
 // this host: workloadattestor.HostPath) and, when configured,
 // unix:sha256.
-func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
+func (a *Attestor) Attest(ctx context.Context, c workloadattestor.Caller) (workloadattestor.Result, error) {
 	var sel []string
 	for _, s := range c.IDSelectors() {
 		sel = append(sel, "unix:"+s)
@@ -81,7 +81,7 @@ func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloa
 		sel = append(sel, "unix:path:"+path)
 	}
 	if a.cfg.HashExecutable {
-		sum, err := a.hashExe(exeLink)
+		sum, err := a.hashExe(ctx, exeLink)
 		if err != nil {
 			return workloadattestor.Result{}, fmt.Errorf("unix: pid %d: %w", c.PID, err)
 		}
@@ -95,13 +95,13 @@ func (a *Attestor) Attest(_ context.Context, c workloadattestor.Caller) (workloa
 // hashExe hashes the executable through /proc/PID/exe, which names the
 // file the process runs even if its path was replaced since; "" when it is
 // larger than max_hash_bytes.
-func (a *Attestor) hashExe(exeLink string) (string, error) {
+func (a *Attestor) hashExe(ctx context.Context, exeLink string) (string, error) {
 	f, err := os.Open(exeLink)
 	if err != nil {
 		return "", fmt.Errorf("open executable: %w", err)
 	}
 	defer f.Close()
-	sum, err := a.digests.Sum(f, a.cfg.MaxHashBytes)
+	sum, err := a.digests.Sum(ctx, f, a.cfg.MaxHashBytes)
 	if err != nil {
 		return "", fmt.Errorf("hash executable: %w", err)
 	}
