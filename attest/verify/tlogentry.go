@@ -18,8 +18,9 @@ import (
 
 // verifiedEntry is what a verified transparency-log entry establishes.
 type verifiedEntry struct {
-	index int64
-	log   *transparencyLog
+	index      int64
+	log        *transparencyLog
+	checkpoint tlog.Checkpoint
 }
 
 // verifyTlogEntry checks the bundle's transparency-log entries: there is
@@ -128,7 +129,7 @@ func (tr *TrustedRoot) verifyTlogEntry(entries []*rekorpb.TransparencyLogEntry, 
 			cp.Size, cp.Root, p.GetTreeSize(), p.GetRootHash())
 	}
 
-	return verifiedEntry{index: e.GetLogIndex(), log: log}, nil
+	return verifiedEntry{index: e.GetLogIndex(), log: log, checkpoint: cp}, nil
 }
 
 // trustedAt reports whether the log's key vouched for entries at t

@@ -171,6 +171,23 @@ func NewTrustedRootFromState(s trust.State, opts ...Option) (*TrustedRoot, error
 // State is the trust state tr was prepared from.
 func (tr *TrustedRoot) State() trust.State { return tr.state }
 
+// OpenCheckpoint verifies a signed checkpoint (a C2SP signed note, as
+// GET /log/checkpoint serves it) of the trusted root's log with origin,
+// signed by that log's key, and returns it.
+func (tr *TrustedRoot) OpenCheckpoint(origin string, signed []byte) (Checkpoint, error) {
+	for _, l := range tr.logs {
+		if l.origin != origin {
+			continue
+		}
+		cp, err := tlog.OpenCheckpoint(signed, l.origin, l.key)
+		if err != nil {
+			return Checkpoint{}, err
+		}
+		return Checkpoint{Origin: cp.Origin, Size: cp.Size, RootHash: cp.Root}, nil
+	}
+	return Checkpoint{}, fmt.Errorf("verify: the trusted root has no log %q", origin)
+}
+
 func newTimestampAuthority(ta trust.TSA) (*timestampAuthority, error) {
 	roots, intermediates := x509.NewCertPool(), x509.NewCertPool()
 	for i, cert := range ta.Chain {

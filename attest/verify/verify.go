@@ -87,8 +87,21 @@ type Result struct {
 	// LogIndex is the entry's index in the log, LogID the log's ID (hex).
 	LogIndex int64  `json:"logIndex"`
 	LogID    string `json:"logId"`
+	// Checkpoint is the log's signed checkpoint the entry's inclusion
+	// was proven under (its signature checked with the log's key).
+	// Nothing here compares it with other checkpoints of the log: see
+	// package logstate.
+	Checkpoint Checkpoint `json:"checkpoint"`
 	// Issuer is the subject of the trust anchor the certificate chained to.
 	Issuer string `json:"issuer"`
+}
+
+// Checkpoint is a log checkpoint (C2SP tlog-checkpoint) whose signature
+// was verified: the log's origin, its tree size and root hash.
+type Checkpoint struct {
+	Origin   string `json:"origin"`
+	Size     uint64 `json:"size"`
+	RootHash []byte `json:"rootHash"`
 }
 
 // Subject is a statement subject: a file name and its SHA-256 (lowercase
@@ -203,15 +216,16 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 	}
 
 	return &Result{
-		BuilderID: prov.builderID,
-		Step:      prov.step,
-		Subjects:  st.subjects,
-		Artifacts: matched,
-		Workload:  prov.workload,
-		SignedAt:  t,
-		LogIndex:  entry.index,
-		LogID:     hex.EncodeToString(entry.log.id),
-		Issuer:    ca.anchor.Subject.String(),
+		BuilderID:  prov.builderID,
+		Step:       prov.step,
+		Subjects:   st.subjects,
+		Artifacts:  matched,
+		Workload:   prov.workload,
+		SignedAt:   t,
+		LogIndex:   entry.index,
+		LogID:      hex.EncodeToString(entry.log.id),
+		Checkpoint: Checkpoint{Origin: entry.checkpoint.Origin, Size: entry.checkpoint.Size, RootHash: entry.checkpoint.Root},
+		Issuer:     ca.anchor.Subject.String(),
 	}, nil
 }
 

@@ -78,6 +78,8 @@ A policy file is JSON; each list that is present must be satisfied
 				return usageError(cmd, errors.New("--bundle is required, once (several bundles: use a pipeline policy)"))
 			case rootPath == "":
 				return usageError(cmd, errors.New("--trusted-root is required"))
+			case pf.server != "" && pf.logState == "":
+				return usageError(cmd, errors.New("--server: a single bundle is verified offline; the server is asked only for --log-state"))
 			}
 			opts, err := loadVerifyOptions(rootPath, policyPath, builderPrefixes, anyBuilder)
 			if err != nil {
@@ -104,7 +106,19 @@ A policy file is JSON; each list that is present must be satisfied
 			if err != nil {
 				return usageError(cmd, err)
 			}
-			return reportVerified(cmd.OutOrStdout(), output, args, res)
+			// Verified as far as the bundle goes; the log state may yet
+			// show its checkpoint is not the log's.
+			seen := []verify.Checkpoint{res.Checkpoint}
+			if err := checkLogState(cmd, pf.logState, pf.server, opts.TrustedRoot, seen); err != nil {
+				return err
+			}
+			if err := reportVerified(cmd.OutOrStdout(), output, args, res); err != nil {
+				return err
+			}
+			if output != "json" {
+				printLogState(cmd.OutOrStdout(), pf.logState, seen)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringArrayVar(&bundlePaths, "bundle", nil, "the Sigstore bundle (JSON) attesting the artifacts (pipeline mode: repeatable)")

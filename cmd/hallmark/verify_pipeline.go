@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/verify"
 	"github.com/hallmark-dev/hallmark/attest/verify/pipeline"
 	"github.com/hallmark-dev/hallmark/internal/wholefile"
 )
@@ -33,6 +34,8 @@ import (
 type pipelineFlags struct {
 	bundleDir, server, vsa, vsaKey, vsaResource string
 	asJSON                                      bool
+	// logState is --log-state, in both modes.
+	logState string
 }
 
 // pipelineHelp is appended to `hallmark verify --help`.
@@ -50,7 +53,9 @@ signed in DSSE with --vsa-key (PEM, ECDSA P-256).`
 
 func addPipelineFlags(cmd *cobra.Command, pf *pipelineFlags) {
 	cmd.Flags().StringVar(&pf.bundleDir, "bundle-dir", "", "pipeline mode: a directory of bundles (*.json)")
-	cmd.Flags().StringVar(&pf.server, "server", "", "pipeline mode: hallmark-server's HTTP address, to search its log by digest")
+	cmd.Flags().StringVar(&pf.server, "server", "", "hallmark-server's HTTP address: pipeline mode searches its log by digest; with --log-state, its checkpoint and consistency proofs")
+	cmd.Flags().StringVar(&pf.logState, "log-state", "", "remember the latest checkpoint of each log in this file, and refuse a checkpoint not consistent with it (a forked log); "+
+		"checkpoints of other sizes are compared with --server's consistency proofs")
 	cmd.Flags().StringVar(&pf.vsa, "vsa", "", "pipeline mode: write an SLSA Verification Summary Attestation to this file")
 	cmd.Flags().StringVar(&pf.vsaKey, "vsa-key", "", "pipeline mode: sign the VSA in DSSE with this key (PEM, ECDSA P-256; not readable by group or others)")
 	cmd.Flags().StringVar(&pf.vsaResource, "vsa-resource-uri", "", "pipeline mode: the VSA's resourceUri (default: the ARTIFACT's file: URI)")
@@ -164,8 +169,21 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	if err != nil && !errors.As(err, &re) {
 		// Exit 2 as for a usage error, without pointing at usage: the
 		// flags were fine, a server or the deadline was not.
-		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: could not verify: %v\n", err)
-		return &exitError{code: exitUsage}
+		return couldNotVerify(cmd, err)
+	}
+	// Verified as far as the bundles go; the log state may yet show a
+	// checkpoint they were proven under is not the log's. Checked before
+	// anything is written or printed as verified.
+	var seen []verify.Checkpoint
+	if re == nil {
+		for _, n := range report.Chain() {
+			if n.Attestation != nil {
+				seen = append(seen, n.Attestation.Checkpoint)
+			}
+		}
+		if err := checkLogState(cmd, pf.logState, pf.server, opts.TrustedRoot, seen); err != nil {
+			return err
+		}
 	}
 	if pf.vsa != "" {
 		resource := pf.vsaResource
@@ -189,6 +207,9 @@ func runPipelineVerify(cmd *cobra.Command, args []string, policyPath string, pol
 	if re != nil {
 		fmt.Fprintf(cmd.ErrOrStderr(), "hallmark verify: NOT VERIFIED: rule %s\n", re.Failure)
 		return &exitError{code: exitNotVerified}
+	}
+	if output != "json" {
+		printLogState(out, pf.logState, seen)
 	}
 	return nil
 }
