@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -659,6 +660,8 @@ func TestContractRotation(t *testing.T) {
 		root := next.Chain[len(next.Chain)-1]
 		require.True(t, root.IsCA)
 		require.Equal(t, oldRoot.Subject.CommonName, root.Subject.CommonName)
+		require.NotEqual(t, oldRoot.Subject.String(), root.Subject.String(), "told apart by their subjects")
+		require.True(t, strings.HasPrefix(root.Subject.SerialNumber, "hallmark-"), "the issuer's name: %s", root.Subject)
 		require.IsType(t, &ecdsa.PublicKey{}, root.PublicKey)
 		require.Equal(t, elliptic.P256(), root.PublicKey.(*ecdsa.PublicKey).Curve)
 		require.InDelta(t, oldRoot.NotAfter.Sub(oldRoot.NotBefore).Seconds(), root.NotAfter.Sub(root.NotBefore).Seconds(), 120, "same lifetime as the current issuer")

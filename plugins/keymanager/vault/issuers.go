@@ -108,10 +108,15 @@ func (k *KeyManager) PrepareIssuer(ctx context.Context) (keymanager.Issuer, erro
 	path := k.cfg.PKIMount + "/root/rotate/internal"
 	secret, err := k.write(ctx, path, map[string]any{
 		"common_name": ca.Subject.CommonName,
-		"key_type":    "ec",
-		"key_bits":    256,
-		"ttl":         fmt.Sprintf("%ds", int64(ttl/time.Second)),
-		"issuer_name": name,
+		// The subject's serialNumber, so that two issuers' subjects
+		// differ: verifiers print the subject (`hallmark verify`'s
+		// issuer line), and an outside review could not tell the old CA
+		// from the new by it.
+		"serial_number": name,
+		"key_type":      "ec",
+		"key_bits":      256,
+		"ttl":           fmt.Sprintf("%ds", int64(ttl/time.Second)),
+		"issuer_name":   name,
 	})
 	if err != nil {
 		return keymanager.Issuer{}, err
