@@ -51,6 +51,7 @@ const (
 	maxRequestBytes = 1 << 20 // a request is names, not content
 	maxPaths        = 10000   // products plus materials named in a request
 	maxPathLen      = 4096
+	maxCommandArgs  = 65536 // the command as the step ran it, recorded
 	maxHeaderBytes  = 16 << 10
 	// maxHeldRequestBytesPerUID bounds the requests one uid has waiting
 	// or under way, in bytes: an attestation waits for its uid's slot
@@ -200,13 +201,25 @@ func (api *localAPI) hold(ctx context.Context, req any) (func(), error) {
 	if !ok || r != nil {
 		return func() {}, nil // the handler refuses an unidentified caller
 	}
-	release, used, ok := api.held.Take(c.peer.UID, int64(proto.Size(m)))
+	release, used, ok := api.held.Take(c.peer.UID, heldSize(m))
 	if !ok {
 		api.a.metrics.denials.WithLabelValues(denyLimits).Inc()
 		return nil, status.Errorf(codes.ResourceExhausted, "hallmark-agent: uid %d has %d KiB of requests waiting or under way, the most one uid may hold is %d MiB; "+
 			"nothing was done: send it again once its other calls end", c.peer.UID, used>>10, maxHeldRequestBytesPerUID>>20)
 	}
 	return release, nil
+}
+
+// heldSize is about what m holds in memory once decoded: its wire size,
+// and for an attestation request the string headers of its lists and the
+// entries of its claims, which are far larger than on the wire (an empty
+// string is 2 bytes there and 16 here).
+func heldSize(m proto.Message) int64 {
+	n := int64(proto.Size(m))
+	if r, ok := m.(*agentv1.AttestStepRequest); ok {
+		n += 16*int64(len(r.GetProducts())+len(r.GetMaterials())+len(r.GetCommand())) + 64*int64(len(r.GetCallerClaims()))
+	}
+	return n
 }
 
 // heldStream holds what a streaming call's handler reads, as logErrors
@@ -426,9 +439,10 @@ func (api *localAPI) AttestStepStream(req *agentv1.AttestStepRequest, stream age
 // attestStep is the local API's gate, one ordered pipeline in which each
 // stage is a small function with one reason to refuse:
 //
-//  1. limits: the caller's uid is within its attestations under way (its
-//     connections and streams were bounded before the call began);
-//  2. request: the request is well formed (names only; nothing is opened);
+//  1. request: the request is well formed (names only; nothing is opened);
+//  2. limits: the caller's uid is within its attestations under way (its
+//     connections, streams and held request bytes were bounded before the
+//     call began);
 //  3. identify: who the caller is, from the kernel and the workload
 //     attestors (a few identifications at a time per uid);
 //  4. decide: policy allows this identity this step in this workspace, as
@@ -450,14 +464,17 @@ func (api *localAPI) attestStep(ctx context.Context, req *agentv1.AttestStepRequ
 	}
 	au := api.newAudit(c, req)
 
+	// The request is checked before it may wait for its uid's slot: a
+	// request out of bounds (a million empty paths in 1 MiB, eight times
+	// that decoded) is not held in memory meanwhile (a second review).
+	if r := checkRequest(req); r != nil {
+		return nil, au.deny(r)
+	}
 	release, r := api.limit(ctx, c)
 	if r != nil {
 		return nil, au.deny(r)
 	}
 	defer release()
-	if r := checkRequest(req); r != nil {
-		return nil, au.deny(r)
-	}
 	if r := api.identify(ctx, c); r != nil {
 		return nil, au.deny(r)
 	}
@@ -631,6 +648,9 @@ func checkRequest(req *agentv1.AttestStepRequest) *refusal {
 	}
 	if n := len(req.GetProducts()) + len(req.GetMaterials()); n > maxPaths {
 		return bad("%d paths named, more than the %d allowed", n, maxPaths)
+	}
+	if n := len(req.GetCommand()); n > maxCommandArgs {
+		return bad("a command of %d arguments, more than the %d allowed", n, maxCommandArgs)
 	}
 	ws := req.GetWorkspace()
 	for _, paths := range [][]string{req.GetProducts(), req.GetMaterials(), {ws}} {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -431,7 +432,7 @@ func TestRequestBytesHeldPerUIDAreBounded(t *testing.T) {
 	// 1 MB each: 250 names of 4,000 bytes, under maxRequestBytes.
 	big := &agentv1.AttestStepRequest{Step: "build", Workspace: fx.ws}
 	for i := range 250 {
-		big.Products = append(big.Products, fmt.Sprintf("%04d", i)+string(make([]byte, 3996)))
+		big.Products = append(big.Products, fmt.Sprintf("%04d", i)+strings.Repeat("x", 3996))
 	}
 	const sent = 40
 	clients := []agentv1.WorkloadServiceClient{fx.client(t), fx.client(t), fx.client(t)}
@@ -468,4 +469,25 @@ func TestRequestBytesHeldPerUIDAreBounded(t *testing.T) {
 	}
 	_, err := fx.client(t).AttestStep(context.Background(), small)
 	require.NoError(t, err, "with its calls ended the uid is served again")
+}
+
+// Must show (a second review's amplification): a request that would hold
+// far more decoded than on the wire, such as half a million empty paths
+// in 1 MB, is refused before it waits for the uid's slot, not held.
+func TestOversizedRequestsAreRefusedBeforeTheyWait(t *testing.T) {
+	lim := limitsFromHCL(t, "max_attestations_per_uid = 1")
+	fx, h := newHeldFixture(t, lim)
+	fx.write(t, "dist/app", 10)
+	go fx.client(t).AttestStep(context.Background(), &agentv1.AttestStepRequest{Step: "build", Workspace: fx.ws, Products: []string{"dist"}}) //nolint:errcheck // freed at the end
+	h.awaitEntered(t, 1, "the uid's one attestation")
+
+	for name, req := range map[string]*agentv1.AttestStepRequest{
+		"half a million empty paths":           {Step: "build", Workspace: fx.ws, Products: make([]string, 500_000)},
+		"a command of 100,000 empty arguments": {Step: "build", Workspace: fx.ws, Products: []string{"dist"}, Command: make([]string, 100_000)},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := fx.client(t).AttestStep(ctx, req)
+		cancel()
+		require.Equal(t, codes.InvalidArgument, status.Code(err), "%s: refused at once, not held: %v", name, err)
+	}
 }

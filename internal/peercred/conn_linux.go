@@ -220,16 +220,18 @@ func (c *Conn) Verify() error {
 	}
 	i := c.info
 	if c.watch != nil {
-		werr := c.watch.check(c)
 		// The watch hears of an exec only as the process resumes from
 		// it, and a tracer can hold it stopped at PTRACE_EVENT_EXEC for
 		// as long as it likes, /proc/PID/exe already naming the new
 		// program (found by an attacker review: a request sent before
 		// the exec was attributed to the program exec'd). So the
-		// executable is compared too: whatever a held exec put there is
-		// not what connected, and an exec back needs the held one to
-		// resume, which the watch hears of first.
+		// executable is compared too, and read first: whatever a held
+		// exec put there is not what connected, and an exec back needs
+		// the held one to resume, which queues its event before the
+		// drain below (read after the drain, an exec away and back in
+		// between went unseen: a second review).
 		exe, exeErr := statExe(i.PID)
+		werr := c.watch.check(c)
 		// Alive after the check means every exec of this pid since the
 		// watch began was the peer's own (a pid is reused only once its
 		// process is reaped); gone is the more precise reason otherwise.
