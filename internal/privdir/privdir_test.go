@@ -1,11 +1,13 @@
 package privdir
 
 import (
+	"encoding/binary"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func TestCheckAncestors(t *testing.T) {
@@ -79,4 +81,50 @@ func TestCheckFile(t *testing.T) {
 		require.ErrorIs(t, err, ErrNotPrivate)
 		require.ErrorContains(t, err, "is owned by uid 4016, not this daemon's (euid 0): whoever wrote it chose the key")
 	}
+}
+
+// Must show (a second review's bypasses): the directory of a symbolic
+// link met halfway to data_dir is checked, and a POSIX ACL that lets
+// another user write is not hidden by the mode's group bits.
+func TestCheckAncestorsLinksAndACLs(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown and ACLs of other users need root")
+	}
+	base := t.TempDir()
+	mk := func(name string, mode os.FileMode, uid int) string {
+		p := filepath.Join(base, name)
+		require.NoError(t, os.MkdirAll(p, 0o700))
+		require.NoError(t, os.Chmod(p, mode))
+		require.NoError(t, os.Chown(p, uid, -1))
+		return p
+	}
+	a, b, c := mk("a", 0o755, 0), mk("b", 0o755, 4016), mk("c/real", 0o755, 0)
+	require.NoError(t, os.Symlink(filepath.Join(b, "link2"), filepath.Join(a, "link1")))
+	require.NoError(t, os.Symlink(c, filepath.Join(b, "link2")))
+	err := CheckAncestors(filepath.Join(a, "link1", "state"), "do harm")
+	require.ErrorIs(t, err, ErrNotPrivate)
+	require.ErrorContains(t, err, b+" is owned by uid 4016")
+	require.NoError(t, CheckAncestors(filepath.Join(c, "state"), "do harm"), "the real directory itself is fine")
+
+	shared := mk("acl", 0o775, 0) // the daemon's own group may write...
+	acl := posixACL(t, [][3]uint32{{0x01, 7, 0xffffffff}, {0x02, 7, 4016}, {0x04, 5, 0xffffffff}, {0x10, 7, 0xffffffff}, {0x20, 5, 0xffffffff}})
+	if err := unix.Lsetxattr(shared, "system.posix_acl_access", acl, 0); err != nil {
+		t.Skipf("no POSIX ACLs on %s: %v", base, err)
+	}
+	err = CheckAncestors(filepath.Join(shared, "state"), "do harm")
+	require.ErrorIs(t, err, ErrNotPrivate, "...but an ACL entry for user 4016 is another writer")
+	require.ErrorContains(t, err, "has an ACL that lets user 4016 write in it")
+}
+
+// posixACL encodes entries (tag, perm, id) as the system.posix_acl_access
+// extended attribute (version 2).
+func posixACL(t *testing.T, entries [][3]uint32) []byte {
+	t.Helper()
+	b := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, e := range entries {
+		b = binary.LittleEndian.AppendUint16(b, uint16(e[0]))
+		b = binary.LittleEndian.AppendUint16(b, uint16(e[1]))
+		b = binary.LittleEndian.AppendUint32(b, e[2])
+	}
+	return b
 }
