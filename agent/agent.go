@@ -114,6 +114,9 @@ type Agent struct {
 	reachable bool
 	lastErr   string
 	renewErr  string // why the last renewal failed; empty after a success
+	// exeForgeable, when set, says why callers' executables can be
+	// forged on this host (peercred.ExeForgeable).
+	exeForgeable string
 	renewals  int
 	failures  int // renewals that failed
 
@@ -237,6 +240,16 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 	execs, err := peercred.WatchExecs()
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (hallmark-agent needs CAP_NET_ADMIN and the host's network, user and pid namespaces: on Kubernetes hostNetwork and hostPID)", err)
+	}
+	if forgeable, why := peercred.ExeForgeable(); forgeable {
+		a.mu.Lock()
+		a.exeForgeable = why
+		a.mu.Unlock()
+		a.metrics.exeForgeable.Set(1)
+		a.log.Warn("Any local user can make its /proc/PID/exe name a program it never ran on this host ("+why+"): "+
+			"selectors read from the executable (unix:path, unix:sha256, SPIRE's path and sha256) do not prove which program called. "+
+			"Name callers in policy by uid, group or SPIFFE IDs not resting on those, or close unprivileged user namespaces "+
+			"(sysctl user.max_user_namespaces=0, or kernel.apparmor_restrict_unprivileged_userns=1); docs/security.md")
 	}
 	if execs.Unfiltered() {
 		a.log.Warn("The kernel sends the exec watch every process event, not exec events alone (Linux before 6.6): " +

@@ -37,7 +37,8 @@ func (a *Agent) Status() Status {
 			Reachable: a.reachable, LastError: a.lastErr,
 		},
 		Renewals: a.renewals, RenewalFailures: a.failures, RenewalError: a.renewErr, SVIDRotations: a.rotations,
-		Policy: PolicyStatus{Source: a.policySource, Revision: a.policyRevision},
+		Policy:                PolicyStatus{Source: a.policySource, Revision: a.policyRevision},
+		ExeSelectorsForgeable: a.exeForgeable,
 	}
 	if !a.id.IsZero() {
 		st.SPIFFEID = a.id.String()

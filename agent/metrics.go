@@ -19,6 +19,7 @@ type metrics struct {
 	logSubmissions  *prometheus.CounterVec
 	denials         *prometheus.CounterVec
 	attestedSteps   *prometheus.CounterVec
+	exeForgeable    prometheus.Gauge
 	outboxQueued    prometheus.Gauge
 	outboxRefused   prometheus.Gauge
 	outboxDamaged   prometheus.Counter
@@ -81,6 +82,10 @@ func newMetrics() *metrics {
 			Name: "hallmark_agent_attestation_denials_total",
 			Help: "Refused attestation requests by reason (invalid_request, policy, path_escape, no_access, limits, caller_changed).",
 		}, []string{"reason"}),
+		exeForgeable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "hallmark_agent_exe_selectors_forgeable",
+			Help: "1 when any local user can make its /proc/PID/exe name a program it never ran (unprivileged user namespaces are open): unix:path and unix:sha256 selectors prove nothing then.",
+		}),
 		attestedSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "hallmark_agent_attested_steps_total",
 			Help: "Attestations made, by step name as the allowing rule names it; \"*\" for a step a rule allows only by granting every step.",
@@ -137,7 +142,7 @@ func newMetrics() *metrics {
 		}),
 	}
 	m.registry.MustRegister(m.renewals, m.certExpiry, m.certInfo, m.serverReachable, m.svidRotations, m.svidExpiry,
-		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.outboxRefusingWrites, m.denials, m.attestedSteps,
+		m.attestations, m.attestSeconds, m.logSubmissions, m.outboxQueued, m.outboxRefused, m.outboxDamaged, m.outboxRefusingWrites, m.denials, m.attestedSteps, m.exeForgeable,
 		m.timestamps, m.timestampSeconds,
 		m.taintedRenewals, m.authoritiesWatch, m.measuredFiles, m.refusedConns, m.execCanaryPassed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -22,6 +22,10 @@ type Status struct {
 	Policy        PolicyStatus `json:"policy"`
 	// Outbox is nil when the agent keeps none (no data_dir).
 	Outbox *OutboxStatus `json:"outbox,omitempty"`
+	// ExeSelectorsForgeable, when set, says why any local user can make
+	// its executable look like another program's on this host: selectors
+	// read from the executable prove nothing there (docs/security.md).
+	ExeSelectorsForgeable string `json:"exe_selectors_forgeable,omitempty"`
 }
 
 // ServerStatus describes the agent's view of hallmark-server.

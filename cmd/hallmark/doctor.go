@@ -57,6 +57,7 @@ var doctorChecks = []doctorCheck{
 	{name: "server", needs: hasStatus, run: checkServer},
 	{name: "signing-cert", needs: hasStatus, run: checkSigningCert},
 	{name: "policy", needs: hasStatus, run: checkPolicy},
+	{name: "exe-selectors", needs: hasStatus, run: checkExeSelectors},
 	{name: "socket", run: checkSocket},
 	{name: "whoami", needs: hasSocket, run: checkWhoAmI},
 	{name: "delegation", needs: hasWhoAmI, run: checkDelegation},
@@ -241,6 +242,19 @@ func checkPolicy(_ context.Context, s *doctorState) (bool, string, string) {
 			"add rule blocks to the agent's policy block, or to the server's when the agent has none"
 	}
 	return true, fmt.Sprintf("policy from %s: rules %s", src, strings.Join(p.Rules, ", ")), ""
+}
+
+// checkExeSelectors warns where any local user can forge its executable:
+// rules naming unix:path or unix:sha256 (or SPIFFE IDs SPIRE gives by path
+// or sha256) then prove nothing about which program called.
+func checkExeSelectors(_ context.Context, s *doctorState) (bool, string, string) {
+	why := s.status.ExeSelectorsForgeable
+	if why == "" {
+		return true, "callers' executables cannot be forged by unprivileged users (user namespaces are closed to them)", ""
+	}
+	return true, "any local user can make its executable look like another program's: " + why,
+		"name callers in policy by uid, group or SPIFFE IDs that do not rest on path or sha256 selectors, or close unprivileged user namespaces " +
+			"(sysctl user.max_user_namespaces=0, or kernel.apparmor_restrict_unprivileged_userns=1); see docs/security.md"
 }
 
 func checkSocket(_ context.Context, s *doctorState) (bool, string, string) {

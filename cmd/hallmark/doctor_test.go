@@ -298,3 +298,19 @@ func TestDoctorWarnings(t *testing.T) {
 	require.Contains(t, out, "WARN  delegation")
 	require.Contains(t, out, "authorized_delegates")
 }
+
+// Must show: doctor warns where any local user can forge its executable
+// (the agent found unprivileged user namespaces open), and says how to
+// close it; where they are closed, the check passes quietly.
+func TestDoctorExeSelectors(t *testing.T) {
+	st := healthyStatus()
+	ok, out := runDoctorWith(t, doctorSetup{status: st})
+	require.True(t, ok, out)
+	require.Contains(t, out, "OK    exe-selectors")
+
+	st.ExeSelectorsForgeable = "unprivileged user namespaces are enabled"
+	ok, out = runDoctorWith(t, doctorSetup{status: st})
+	require.True(t, ok, "a warning, not a failure:\n%s", out)
+	require.Contains(t, out, "WARN  exe-selectors any local user can make its executable look like another program's: unprivileged user namespaces are enabled")
+	require.Contains(t, out, "sysctl user.max_user_namespaces=0")
+}
