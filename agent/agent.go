@@ -117,8 +117,8 @@ type Agent struct {
 	// exeForgeable, when set, says why callers' executables can be
 	// forged on this host (peercred.ExeForgeable).
 	exeForgeable string
-	renewals  int
-	failures  int // renewals that failed
+	renewals     int
+	failures     int // renewals that failed
 
 	policySource   string // where the policy in force came from
 	policyRevision string // the server's revision of it
@@ -246,9 +246,9 @@ func (a *Agent) listenLocal() (*peercred.Listener, *peercred.ExecWatch, error) {
 		a.exeForgeable = why
 		a.mu.Unlock()
 		a.metrics.exeForgeable.Set(1)
-		a.log.Warn("Any local user can make its /proc/PID/exe name a program it never ran on this host ("+why+"): "+
-			"selectors read from the executable (unix:path, unix:sha256, SPIRE's path and sha256) do not prove which program called. "+
-			"Name callers in policy by uid, group or SPIFFE IDs not resting on those, or close unprivileged user namespaces "+
+		a.log.Warn("Any local user can make its /proc/PID/exe name a program it never ran on this host (" + why + "): " +
+			"selectors read from the executable (unix:path, unix:sha256, SPIRE's path and sha256) do not prove which program called. " +
+			"Name callers in policy by uid, group or SPIFFE IDs not resting on those, or close unprivileged user namespaces " +
 			"(sysctl user.max_user_namespaces=0, or kernel.apparmor_restrict_unprivileged_userns=1); docs/security.md")
 	}
 	if execs.Unfiltered() {
