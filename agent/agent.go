@@ -530,14 +530,10 @@ func (a *Agent) noCertCause() string {
 	a.mu.Lock()
 	renewErr, reachable := a.renewErr, a.reachable
 	a.mu.Unlock()
-	switch {
-	case renewErr == "":
+	if renewErr == "" {
 		return "no renewal has finished yet (is hallmark-server reachable? see `hallmark status`)"
-	case reachable:
-		return "hallmark-server answered its last renewal, but could not certify: " + renewErr + " (see `hallmark status` and the server's log)"
-	default:
-		return "its last renewal failed, is hallmark-server reachable? " + renewErr + " (see `hallmark status`)"
 	}
+	return serverFault(renewErr, reachable, "hallmark-server answered its last renewal, but could not certify: ", "its last renewal failed, is hallmark-server reachable? ")
 }
 
 // serverCause says, for a step whose wait ran out, what the agent's last
@@ -546,14 +542,19 @@ func (a *Agent) serverCause() string {
 	a.mu.Lock()
 	lastErr, reachable := a.lastErr, a.reachable
 	a.mu.Unlock()
-	switch {
-	case lastErr == "":
+	if lastErr == "" {
 		return "hallmark-server's log is slow (see `hallmark status`)"
-	case reachable:
-		return "hallmark-server answered the agent's last call with: " + lastErr + " (see `hallmark status` and the server's log)"
-	default:
-		return "is hallmark-server reachable? the agent's last call failed: " + lastErr + " (see `hallmark status`)"
 	}
+	return serverFault(lastErr, reachable, "hallmark-server answered the agent's last call with: ", "is hallmark-server reachable? the agent's last call failed: ")
+}
+
+// serverFault is msg, a call's error, after answered when the server
+// answered it, else after failed, and where to look.
+func serverFault(msg string, reachable bool, answered, failed string) string {
+	if reachable {
+		return answered + msg + " (see `hallmark status` and the server's log)"
+	}
+	return failed + msg + " (see `hallmark status`)"
 }
 
 // waitRenewal waits until t, until the renew loop is nudged (nudged is

@@ -362,7 +362,9 @@ func TestContractCertAuth(t *testing.T) {
 			}
 		})
 	}
-	t.Run("logs in again with the rotated SVID when the token ages", func(t *testing.T) {
+	// loggedIn is a key manager that has logged in with the server's
+	// SVID (from src) and signed once, and its log.
+	loggedIn := func(t *testing.T) (*vault.KeyManager, *svidSource, *observer.ObservedLogs, *x509.CertificateRequest) {
 		src := &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}
 		core, logs := observer.New(zap.InfoLevel)
 		km, err := vault.New(f.config(f.certAuth()), vault.Deps{SVIDs: src, Log: zap.New(core)})
@@ -370,9 +372,13 @@ func TestContractCertAuth(t *testing.T) {
 		csr, _ := newCSR(t)
 		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
 		require.NoError(t, err)
+		return km, src, logs, csr
+	}
+	t.Run("logs in again with the rotated SVID when the token ages", func(t *testing.T) {
+		km, src, logs, csr := loggedIn(t)
 		src.set(f.spire.svid(t, serverID, "hallmark-server")) // SPIRE rotated it
 		time.Sleep(1100 * time.Millisecond)                   // past half the 2s token TTL
-		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
 		require.NoError(t, err)
 		require.Equal(t, 2, logs.FilterMessage("Vault token ready").Len())
 		require.Equal(t, 2, src.fetches(), "each login showed the SVID current then")
@@ -383,24 +389,18 @@ func TestContractCertAuth(t *testing.T) {
 	// login at half the token's life, and the key manager dropped a token
 	// still good: no signing until setup.sh ran, and no word before.
 	t.Run("keeps a token still good while a fresh login is refused, saying so", func(t *testing.T) {
-		src := &svidSource{svid: f.spire.svid(t, serverID, "hallmark-server")}
-		core, logs := observer.New(zap.InfoLevel)
-		km, err := vault.New(f.config(f.certAuth()), vault.Deps{SVIDs: src, Log: zap.New(core)})
-		require.NoError(t, err)
-		csr, _ := newCSR(t)
-		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
-		require.NoError(t, err)
-		loggedIn := time.Now()
+		km, src, logs, csr := loggedIn(t)
+		loggedInAt := time.Now()
 		src.set(newTestCA(t).svid(t, serverID, "hallmark-server")) // from an authority Vault does not trust
 		time.Sleep(1100 * time.Millisecond)                        // past half the 2s token TTL
-		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
+		_, err := km.SignCSR(ctx, csr, agentID, time.Minute)
 		require.NoError(t, err, "the token in use is still good")
 		refused := logs.FilterMessage("Vault refused a fresh login; signing goes on with the current token until it expires").All()
 		require.Len(t, refused, 1)
 		require.Contains(t, refused[0].ContextMap()["error"], "invalid certificate or no client certificate supplied")
 		require.NotEmpty(t, refused[0].ContextMap()["fix"])
 
-		time.Sleep(time.Until(loggedIn.Add(2100 * time.Millisecond))) // past the token's life
+		time.Sleep(time.Until(loggedInAt.Add(2100 * time.Millisecond))) // past the token's life
 		_, err = km.SignCSR(ctx, csr, agentID, time.Minute)
 		requireFault(t, err, vault.ErrMisconfigured, "invalid certificate or no client certificate supplied")
 	})
