@@ -32,19 +32,20 @@ func refuse(format string, args ...any) error {
 }
 
 // CheckAncestors refuses dir when it or any directory above it is
-// writable, without the sticky bit, by others or by a group other than
-// the daemon's own effective group, or owned by someone other than root
-// or the daemon's effective user. (A group-writable directory of the
-// daemon's own group is what Kubernetes makes of a volume under fsGroup.) harm ends the error:
-// what such a user could do (e.g. "move the outbox aside, and the agent
-// would drop what it queued").
+// writable, without the sticky bit, by others, by a group other than the
+// daemon's own effective group, or through a POSIX ACL by anyone else; or
+// owned by someone other than root or the daemon's effective user. (A
+// group-writable directory of the daemon's own group is what Kubernetes
+// makes of a volume under fsGroup.) harm ends the error: what such a user
+// could do (e.g. "move the outbox aside, and the agent would drop what it
+// queued").
 //
-// It checks the path as written, each name as it is (a symbolic link's
-// directory is an ancestor too), and the path the links lead to: the
-// directories that really hold dir. Directories not made yet are passed
-// over (the caller makes them 0700). In a user namespace, directories of
-// users it does not map (the host's root among them) show as the overflow
-// uid, which counts as root's.
+// It checks the path as written, the directory holding each symbolic link
+// met on the way (whoever renames there repoints the link), and the path
+// the links lead to: the directories that really hold dir. Directories
+// not made yet are passed over (the caller makes them 0700). In a user
+// namespace, directories of users it does not map (the host's root among
+// them) show as the overflow uid, which counts as root's.
 func CheckAncestors(dir, harm string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -53,10 +54,7 @@ func CheckAncestors(dir, harm string) error {
 	if err := checkChain(dir, harm); err != nil {
 		return err
 	}
-	if err := checkLinks(dir, harm); err != nil {
-		return err
-	}
-	real, err := resolveExisting(dir)
+	real, err := resolve(dir, func(linkDir string) error { return checkChain(linkDir, harm) })
 	if err != nil {
 		return err
 	}
@@ -99,56 +97,52 @@ func checkChain(dir, harm string) error {
 	}
 }
 
-// checkLinks applies checkChain to the directory of every symbolic link
-// met on the way from dir to what it resolves to: whoever can rename in
-// the directory of a link halfway can point it elsewhere (a second review:
-// a/link1 -> b/link2 -> c/real, b another user's; the path as written and
-// as resolved pass over b).
-func checkLinks(dir, harm string) error {
-	p := filepath.Clean(dir)
-	for hops := 0; hops < 40; hops++ {
-		link, rest, err := firstLink(p)
-		if err != nil || link == "" {
-			return err
-		}
-		if err := checkChain(filepath.Dir(link), harm); err != nil {
-			return err
-		}
-		target, err := os.Readlink(link)
-		if err != nil {
-			return err
-		}
-		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(link), target)
-		}
-		p = filepath.Join(target, rest)
-	}
-	return fmt.Errorf("%s: too many levels of symbolic links", dir)
-}
-
-// firstLink returns the first prefix of the absolute path p that is a
-// symbolic link, and what follows it; "" when none is (or a prefix does
-// not exist).
-func firstLink(p string) (link, rest string, err error) {
-	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+// resolve walks the absolute path dir as the kernel does, one name at a
+// time, and returns where its symbolic links lead (its part that does not
+// exist yet kept as written). met is called with the directory holding
+// each link on the way: a second review repointed a link halfway
+// (a/link1 -> b/link2 -> c/real, b another user's) that neither the path
+// as written nor as resolved passes through.
+func resolve(dir string, met func(linkDir string) error) (string, error) {
+	todo := strings.Split(dir, "/")
 	cur := "/"
-	for i, part := range parts {
-		if part == "" {
+	for hops := 0; len(todo) > 0; {
+		name := todo[0]
+		todo = todo[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur) // cur holds no link: its parent is the kernel's
 			continue
 		}
-		next := filepath.Join(cur, part)
+		next := filepath.Join(cur, name)
 		fi, err := os.Lstat(next)
 		switch {
 		case errors.Is(err, os.ErrNotExist):
-			return "", "", nil
+			return filepath.Join(append([]string{next}, todo...)...), nil
 		case err != nil:
-			return "", "", err
-		case fi.Mode()&os.ModeSymlink != 0:
-			return next, filepath.Join(parts[i+1:]...), nil
+			return "", err
+		case fi.Mode()&os.ModeSymlink == 0:
+			cur = next
+			continue
 		}
-		cur = next
+		if hops++; hops > 40 {
+			return "", fmt.Errorf("%s: too many levels of symbolic links", dir)
+		}
+		if err := met(cur); err != nil {
+			return "", err
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		todo = append(strings.Split(target, "/"), todo...)
 	}
-	return "", "", nil
+	return cur, nil
 }
 
 // aclWriter names who, beyond a directory's owner, group and others, a
@@ -194,25 +188,6 @@ func groupOf(st *syscall.Stat_t) int {
 		return -1
 	}
 	return int(st.Gid)
-}
-
-// resolveExisting is dir with the symbolic links of its longest existing
-// prefix resolved.
-func resolveExisting(dir string) (string, error) {
-	var rest []string
-	for p := dir; ; p = filepath.Dir(p) {
-		real, err := filepath.EvalSymlinks(p)
-		if err == nil {
-			return filepath.Join(append([]string{real}, rest...)...), nil
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			return "", err
-		}
-		if filepath.Dir(p) == p {
-			return dir, nil
-		}
-		rest = append([]string{filepath.Base(p)}, rest...)
-	}
 }
 
 // CheckFile refuses a file that is a symbolic link, not a regular file,

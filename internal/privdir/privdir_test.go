@@ -105,6 +105,13 @@ func TestCheckAncestorsLinksAndACLs(t *testing.T) {
 	require.ErrorIs(t, err, ErrNotPrivate)
 	require.ErrorContains(t, err, b+" is owned by uid 4016")
 	require.NoError(t, CheckAncestors(filepath.Join(c, "state"), "do harm"), "the real directory itself is fine")
+	// A link met after a "..", which a lexical clean of the target drops:
+	// x/up -> ../b/link2/../real resolves through b/link2 (to c, then up).
+	x := mk("x", 0o755, 0)
+	require.NoError(t, os.Symlink("../b/link2/../real", filepath.Join(x, "up")))
+	err = CheckAncestors(filepath.Join(x, "up", "state"), "do harm")
+	require.ErrorIs(t, err, ErrNotPrivate)
+	require.ErrorContains(t, err, b+" is owned by uid 4016")
 
 	shared := mk("acl", 0o775, 0) // the daemon's own group may write...
 	acl := posixACL(t, [][3]uint32{{0x01, 7, 0xffffffff}, {0x02, 7, 4016}, {0x04, 5, 0xffffffff}, {0x10, 7, 0xffffffff}, {0x20, 5, 0xffffffff}})
