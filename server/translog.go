@@ -35,7 +35,9 @@ const (
 type TransparencyLogConfig struct {
 	Store Store
 	// Key signs checkpoints; KeyCreated is when it was made (the start of
-	// its validity in the trusted root).
+	// its validity in the trusted root), taken down to the whole second:
+	// timestamps are whole seconds, so a start within a second would
+	// refuse what is signed in the rest of it.
 	Key        ed25519.PrivateKey
 	KeyCreated time.Time
 	// Origin is the checkpoint origin; see docs/log.md.
@@ -137,7 +139,7 @@ func NewTransparencyLog(ctx context.Context, cfg TransparencyLogConfig) (*Transp
 	pub := cfg.Key.Public().(ed25519.PublicKey)
 	logID := tlog.KeyID(cfg.Origin, pub)
 	l := &TransparencyLog{
-		store: cfg.Store, key: cfg.Key, pub: pub, created: cfg.KeyCreated, origin: cfg.Origin, logID: logID,
+		store: cfg.Store, key: cfg.Key, pub: pub, created: cfg.KeyCreated.Truncate(time.Second), origin: cfg.Origin, logID: logID,
 		tsa: cfg.TSA, now: cfg.Now, log: cfg.Log, metrics: newLogMetrics(cfg.TSA),
 		maxBatch: cfg.MaxBatch, batchWait: cfg.BatchWait,
 		reqs: make(chan *appendRequest, 1024), stopped: make(chan struct{}),
