@@ -142,8 +142,8 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 		grpc.MaxConcurrentStreams(uint32(lim.StreamsPerConnection)),
 		grpc.ConnectionTimeout(handshakeTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: lim.IdleTimeout}),
-		grpc.UnaryInterceptor(api.logErrors),
-		grpc.StreamInterceptor(api.logStreamErrors),
+		grpc.UnaryInterceptor(api.unaryEdge),
+		grpc.StreamInterceptor(api.streamEdge),
 	)
 	agentv1.RegisterWorkloadServiceServer(srv, api)
 	healthpb.RegisterHealthServer(srv, &localHealth{a: a})
@@ -167,11 +167,11 @@ func (a *Agent) serveLocal(ctx context.Context, ln *peercred.Listener) error {
 	}
 }
 
-// logErrors logs unexpected failures once, at the API edge. Denials are
-// logged as audit events where they are decided.
-// Each call's request is held against its uid's budget of request bytes
-// (maxHeldRequestBytesPerUID) until the call ends.
-func (api *localAPI) logErrors(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// unaryEdge is the API's edge for unary calls: each call's request is
+// held against its uid's budget of request bytes (maxHeldRequestBytesPerUID)
+// until the call ends, and unexpected failures are logged once. Denials
+// are logged as audit events where they are decided.
+func (api *localAPI) unaryEdge(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	release, err := api.hold(ctx, req)
 	if err != nil {
 		return nil, err
@@ -182,9 +182,9 @@ func (api *localAPI) logErrors(ctx context.Context, req any, info *grpc.UnarySer
 	return resp, err
 }
 
-// logStreamErrors is logErrors for streaming calls; their requests are
-// held from when they are read.
-func (api *localAPI) logStreamErrors(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+// streamEdge is unaryEdge for streaming calls; their requests are held
+// from when they are read.
+func (api *localAPI) streamEdge(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	hs := &heldStream{ServerStream: ss, api: api}
 	defer hs.release()
 	err := handler(srv, hs)
@@ -222,7 +222,7 @@ func heldSize(m proto.Message) int64 {
 	return n
 }
 
-// heldStream holds what a streaming call's handler reads, as logErrors
+// heldStream holds what a streaming call's handler reads, as unaryEdge
 // holds a unary call's request.
 type heldStream struct {
 	grpc.ServerStream

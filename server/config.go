@@ -162,12 +162,9 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 	if c.CertificateTTL > MaxCertificateTTL {
 		return Config{}, fmt.Errorf("server.certificate_ttl: %s is above the %s maximum: signing certificates are short-lived, so that a stolen agent key signs for minutes", c.CertificateTTL, MaxCertificateTTL)
 	}
-	km, err := config.OneBlock("key_manager", f.KeyManagers)
+	km, err := config.OneBlock("key_manager", "local", f.KeyManagers)
 	if err != nil {
 		return Config{}, err
-	}
-	if km == nil {
-		km = &config.Block{Name: "local", Body: hcl.EmptyBody()}
 	}
 	if c.KeyManager, err = keyManagerConfig(km.Name, km.Body, c.DataDir, getenv); err != nil {
 		return Config{}, err
@@ -177,12 +174,9 @@ func ParseConfig(filename string, src []byte, getenv func(string) string) (Confi
 			return Config{}, err
 		}
 	}
-	sb, err := config.OneBlock("store", f.Stores)
+	sb, err := config.OneBlock("store", "sqlite", f.Stores)
 	if err != nil {
 		return Config{}, err
-	}
-	if sb == nil {
-		sb = &config.Block{Name: "sqlite", Body: hcl.EmptyBody()}
 	}
 	if c.Store, err = storeConfig(sb.Name, sb.Body, c.DataDir); err != nil {
 		return Config{}, err

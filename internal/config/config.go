@@ -66,16 +66,17 @@ type Block struct {
 	Range hcl.Range `hcl:",def_range"`
 }
 
-// OneBlock returns the only block of a kind (e.g. "key_manager"), or nil
-// when there is none; more than one is an error naming where each is.
-func OneBlock(kind string, blocks []Block) (*Block, error) {
+// OneBlock returns the only block of a kind (e.g. "key_manager"), or an
+// empty block named def when there is none; more than one is an error
+// naming where each is.
+func OneBlock(kind, def string, blocks []Block) (Block, error) {
 	switch len(blocks) {
 	case 0:
-		return nil, nil
+		return Block{Name: def, Body: hcl.EmptyBody()}, nil
 	case 1:
-		return &blocks[0], nil
+		return blocks[0], nil
 	}
-	return nil, fmt.Errorf("%s: %s %q: only one %s block is allowed; the first is at line %d",
+	return Block{}, fmt.Errorf("%s: %s %q: only one %s block is allowed; the first is at line %d",
 		blocks[1].Range, kind, blocks[1].Name, kind, blocks[0].Range.Start.Line)
 }
 
