@@ -279,9 +279,9 @@ func VerifyConsistency(size1, size2 uint64, hashes [][]byte, root1, root2 []byte
 
 // Checkpoint is a C2SP tlog-checkpoint body.
 type Checkpoint struct {
-	Origin string
-	Size   uint64
-	Root   []byte
+	Origin string `json:"origin"`
+	Size   uint64 `json:"size"`
+	Root   []byte `json:"rootHash"`
 }
 
 // Marshal renders the checkpoint body: origin, size and base64 root, one

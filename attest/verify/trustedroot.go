@@ -179,11 +179,7 @@ func (tr *TrustedRoot) OpenCheckpoint(origin string, signed []byte) (Checkpoint,
 		if l.origin != origin {
 			continue
 		}
-		cp, err := tlog.OpenCheckpoint(signed, l.origin, l.key)
-		if err != nil {
-			return Checkpoint{}, err
-		}
-		return Checkpoint{Origin: cp.Origin, Size: cp.Size, RootHash: cp.Root}, nil
+		return tlog.OpenCheckpoint(signed, l.origin, l.key)
 	}
 	return Checkpoint{}, fmt.Errorf("verify: the trusted root has no log %q", origin)
 }

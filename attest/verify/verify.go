@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/hallmark-dev/hallmark/attest"
+	"github.com/hallmark-dev/hallmark/attest/tlog"
 )
 
 // Names of the checks, in the order [Verify] runs them. They are stable:
@@ -98,11 +99,7 @@ type Result struct {
 
 // Checkpoint is a log checkpoint (C2SP tlog-checkpoint) whose signature
 // was verified: the log's origin, its tree size and root hash.
-type Checkpoint struct {
-	Origin   string `json:"origin"`
-	Size     uint64 `json:"size"`
-	RootHash []byte `json:"rootHash"`
-}
+type Checkpoint = tlog.Checkpoint
 
 // Subject is a statement subject: a file name and its SHA-256 (lowercase
 // hex).
@@ -224,7 +221,7 @@ func Verify(bundleJSON []byte, artifacts []Digest, opts Options) (*Result, error
 		SignedAt:   t,
 		LogIndex:   entry.index,
 		LogID:      hex.EncodeToString(entry.log.id),
-		Checkpoint: Checkpoint{Origin: entry.checkpoint.Origin, Size: entry.checkpoint.Size, RootHash: entry.checkpoint.Root},
+		Checkpoint: entry.checkpoint,
 		Issuer:     ca.anchor.Subject.String(),
 	}, nil
 }

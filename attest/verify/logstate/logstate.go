@@ -87,7 +87,7 @@ func Load(path string) (*State, error) {
 		return nil, fmt.Errorf("logstate: %s: version %d, want 1", path, f.Version)
 	}
 	for _, cp := range f.Logs {
-		if cp.Origin == "" || len(cp.RootHash) != 32 {
+		if cp.Origin == "" || len(cp.Root) != 32 {
 			return nil, fmt.Errorf("logstate: %s: a checkpoint without an origin or a 32-byte root", path)
 		}
 		if _, dup := s.logs[cp.Origin]; dup {
@@ -116,8 +116,8 @@ func (s *State) Observe(ctx context.Context, cp verify.Checkpoint, proofs Proofs
 		return nil
 	}
 	if cp.Size == prev.Size {
-		if !bytes.Equal(cp.RootHash, prev.RootHash) {
-			return fmt.Errorf("%w: %s of size %d has root %x here and root %x in %s", ErrInconsistent, cp.Origin, cp.Size, cp.RootHash, prev.RootHash, s.path)
+		if !bytes.Equal(cp.Root, prev.Root) {
+			return fmt.Errorf("%w: %s of size %d has root %x here and root %x in %s", ErrInconsistent, cp.Origin, cp.Size, cp.Root, prev.Root, s.path)
 		}
 		return nil
 	}
@@ -138,9 +138,9 @@ func (s *State) Observe(ctx context.Context, cp verify.Checkpoint, proofs Proofs
 	if err != nil {
 		return fmt.Errorf("%w: %s from %d to %d: %w", ErrNoProof, cp.Origin, small.Size, large.Size, err)
 	}
-	if err := tlog.VerifyConsistency(small.Size, large.Size, hashes, small.RootHash, large.RootHash); err != nil {
+	if err := tlog.VerifyConsistency(small.Size, large.Size, hashes, small.Root, large.Root); err != nil {
 		return fmt.Errorf("%w: %s of size %d (root %x) is not extended by size %d (root %x): %w",
-			ErrInconsistent, cp.Origin, small.Size, small.RootHash, large.Size, large.RootHash, err)
+			ErrInconsistent, cp.Origin, small.Size, small.Root, large.Size, large.Root, err)
 	}
 	s.rememberLarger(cp, prev)
 	return nil
@@ -153,7 +153,7 @@ func (s *State) rememberLarger(cp, prev verify.Checkpoint) {
 }
 
 func (s *State) remember(cp verify.Checkpoint) {
-	s.logs[cp.Origin] = verify.Checkpoint{Origin: cp.Origin, Size: cp.Size, RootHash: bytes.Clone(cp.RootHash)}
+	s.logs[cp.Origin] = verify.Checkpoint{Origin: cp.Origin, Size: cp.Size, Root: bytes.Clone(cp.Root)}
 	s.changed = true
 }
 

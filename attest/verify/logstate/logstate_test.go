@@ -37,7 +37,7 @@ func tree(entries ...string) *testonly.Tree {
 }
 
 func at(t *testonly.Tree, size uint64) verify.Checkpoint {
-	return verify.Checkpoint{Origin: origin, Size: size, RootHash: t.HashAt(size)}
+	return verify.Checkpoint{Origin: origin, Size: size, Root: t.HashAt(size)}
 }
 
 func TestObserve(t *testing.T) {
@@ -100,7 +100,7 @@ func TestSaveLoad(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 
 	require.NoError(t, s.Observe(ctx, at(genuine, 3), nil))
-	other := verify.Checkpoint{Origin: "other.example.org", Size: 1, RootHash: tree("x").HashAt(1)}
+	other := verify.Checkpoint{Origin: "other.example.org", Size: 1, Root: tree("x").HashAt(1)}
 	require.NoError(t, s.Observe(ctx, other, nil))
 	require.NoError(t, s.Save())
 	fi, err := os.Stat(path)
