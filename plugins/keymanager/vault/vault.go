@@ -129,7 +129,7 @@ func New(cfg Config, deps Deps) (*KeyManager, error) {
 // it did with 30 s here).
 const defaultRequestTimeout = 10 * time.Second
 
-// requestTimeout is the bound on each request to Vault.
+// requestTimeoutOr is the bound on each request to Vault.
 func (c Config) requestTimeoutOr() time.Duration {
 	return cmp.Or(c.requestTimeout, defaultRequestTimeout)
 }
@@ -272,6 +272,9 @@ func (k *KeyManager) ensureToken(ctx context.Context, stale uint64) (uint64, err
 		ttl, err = k.loginJWT(ctx)
 	}
 	if err != nil {
+		if ctx.Err() != nil {
+			return 0, err // the caller gave up: nothing is learnt of Vault
+		}
 		if k.hasToken && !force && (k.expiresAt.IsZero() || now.Before(k.expiresAt)) {
 			// A refresh, refused while the token in use is still good:
 			// keep it, and say so now rather than when it expires (after
