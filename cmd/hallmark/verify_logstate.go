@@ -29,26 +29,20 @@ func checkLogState(cmd *cobra.Command, statePath, server string, tr *verify.Trus
 		return couldNotVerify(cmd, fmt.Errorf("--log-state: %w", err))
 	}
 	var proofs logstate.Proofs
-	if server != "" {
+	if server != "" && len(seen) > 0 {
+		// The server has one log, the one Hallmark's bundles are in.
 		srv := logstate.Server{BaseURL: server}
 		proofs = srv
-		origins := map[string]bool{}
-		for _, cp := range seen {
-			if origins[cp.Origin] {
-				continue
-			}
-			origins[cp.Origin] = true
-			note, err := srv.Checkpoint(ctx)
-			if err != nil {
-				return couldNotVerify(cmd, fmt.Errorf("--log-state: %w", err))
-			}
-			latest, err := tr.OpenCheckpoint(cp.Origin, note)
-			if err != nil {
-				return couldNotVerify(cmd, fmt.Errorf("--log-state: the latest checkpoint of %s: %w", server, err))
-			}
-			if err := state.Observe(ctx, latest, proofs); err != nil {
-				return logStateError(cmd, err)
-			}
+		note, err := srv.Checkpoint(ctx)
+		if err != nil {
+			return couldNotVerify(cmd, fmt.Errorf("--log-state: %w", err))
+		}
+		latest, err := tr.OpenCheckpoint(seen[0].Origin, note)
+		if err != nil {
+			return couldNotVerify(cmd, fmt.Errorf("--log-state: the latest checkpoint of %s: %w", server, err))
+		}
+		if err := state.Observe(ctx, latest, proofs); err != nil {
+			return logStateError(cmd, err)
 		}
 	}
 	for _, cp := range seen {

@@ -17,10 +17,14 @@ import (
 // executable (unix:path, unix:sha256, and SPIRE's unix path and sha256)
 // then say nothing about which program called. why names the sysctls.
 func ExeForgeable() (forgeable bool, why string) {
-	read := func(name string) (string, bool) {
+	return exeForgeable(func(name string) (string, bool) {
 		b, err := os.ReadFile("/proc/sys/" + name)
 		return strings.TrimSpace(string(b)), err == nil
-	}
+	})
+}
+
+// exeForgeable is ExeForgeable reading sysctls (by /proc/sys path) with read.
+func exeForgeable(read func(name string) (string, bool)) (bool, string) {
 	if v, ok := read("user/max_user_namespaces"); ok {
 		if n, err := strconv.Atoi(v); err == nil && n == 0 {
 			return false, "user.max_user_namespaces = 0"
